@@ -1,0 +1,33 @@
+"""patchmmd: perceptual image distances as the MMD between local patch distributions.
+
+Amir & Weiss (CVPR 2021) showed that the perceptual distance of a deep CNN, even one with random
+filters, is the maximum mean discrepancy between the distributions of small patches of the two images.
+This package computes that distance directly: no network, no downloaded weights, deterministic.
+
+Example:
+    >>> import torch, patchmmd
+    >>> x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    >>> patchmmd.mmdpp(x, x.roll(1, dims=-1)).shape
+    torch.Size([2])
+"""
+
+from .aligned import l2_distance, local_distance
+from .mmd import patch_mmd
+from .mmdpp import PRESETS, MMDPPConfig, distance_map, get_config, mmdpp
+from .modules import MMDPP, PatchMMD
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MMDPP",
+    "PRESETS",
+    "MMDPPConfig",
+    "PatchMMD",
+    "__version__",
+    "distance_map",
+    "get_config",
+    "l2_distance",
+    "local_distance",
+    "mmdpp",
+    "patch_mmd",
+]

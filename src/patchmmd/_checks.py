@@ -1,0 +1,158 @@
+"""Input validation and small shared helpers (reduction, dtype policy).
+
+Every public entry point funnels its image arguments through :func:`check_pair`, so that bad input
+fails in one place with one kind of message: the argument's name and what was expected.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+
+Reduction = Literal["none", "mean", "sum"]
+OutOfRange = Literal["raise", "clamp", "ignore"]
+
+_REDUCTIONS = ("none", "mean", "sum")
+_OUT_OF_RANGE = ("raise", "clamp", "ignore")
+
+#: Values may stray this far outside ``value_range`` (as a fraction of its width) before they count as
+#: out of range: resampling and colour conversion leave such rounding noise.
+RANGE_TOLERANCE = 1e-3
+
+
+def check_image(name: str, t: object) -> torch.Tensor:
+    """Check one image argument and return it as a 4-D ``(N, C, H, W)`` tensor.
+
+    A 3-D ``(C, H, W)`` tensor is taken as a batch of one.
+    """
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (N, C, H, W) or (C, H, W), got {type(t).__name__}")
+    if t.dim() == 3:
+        t = t.unsqueeze(0)
+    elif t.dim() != 4:
+        raise ValueError(f"{name} must have shape (N, C, H, W) or (C, H, W), got {t.dim()} dimensions {tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise TypeError(
+            f"{name} must be a floating-point tensor (float16, bfloat16, float32 or float64), got {t.dtype}; "
+            "convert integer images with x.float() / 255"
+        )
+    if t.shape[0] == 0 or t.shape[1] == 0:
+        raise ValueError(f"{name} must have at least one image and one channel, got shape {tuple(t.shape)}")
+    return t
+
+
+def check_pair(
+    x: object,
+    y: object,
+    *,
+    value_range: Sequence[float] = (0.0, 1.0),
+    out_of_range: OutOfRange = "raise",
+    min_size: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate two image batches and return them as 4-D tensors of one dtype and device.
+
+    Checks: tensor type, 3 or 4 dimensions, floating dtype, equal shapes, same device, finite values,
+    values within ``value_range`` (up to :data:`RANGE_TOLERANCE` of its width, unless
+    ``out_of_range`` says otherwise) and a spatial size of at least ``min_size``.
+    """
+    x = check_image("x", x)
+    y = check_image("y", y)
+    if x.shape != y.shape:
+        raise ValueError(f"x and y must have the same shape (N, C, H, W), got {tuple(x.shape)} and {tuple(y.shape)}")
+    if x.device != y.device:
+        raise ValueError(f"x and y must be on the same device, got {x.device} and {y.device}")
+    if x.dtype != y.dtype:
+        raise TypeError(f"x and y must have the same dtype, got {x.dtype} and {y.dtype}")
+    lo, hi = check_value_range(value_range)
+    if out_of_range not in _OUT_OF_RANGE:
+        raise ValueError(f"out_of_range must be one of {_OUT_OF_RANGE}, got {out_of_range!r}")
+    h, w = x.shape[-2:]
+    if min(h, w) < min_size:
+        raise ValueError(
+            f"x and y must be at least {min_size}x{min_size} pixels (the patch size), got {h}x{w}"
+        )
+    for name, t in (("x", x), ("y", y)):
+        finite = torch.isfinite(t)
+        if not bool(finite.all()):
+            raise ValueError(f"{name} contains NaN or Inf values")
+        if out_of_range == "raise":
+            tol = RANGE_TOLERANCE * (hi - lo)
+            tmin, tmax = float(t.min()), float(t.max())
+            if tmin < lo - tol or tmax > hi + tol:
+                raise ValueError(
+                    f"{name} has values in [{tmin:.4g}, {tmax:.4g}], outside value_range=({lo:g}, {hi:g}); "
+                    "pass value_range=(lo, hi) for other scales (e.g. (0, 255) or (-1, 1)), or "
+                    "out_of_range='clamp' / 'ignore' for network outputs that overshoot slightly"
+                )
+    if out_of_range == "clamp":
+        x, y = x.clamp(lo, hi), y.clamp(lo, hi)
+    return x, y
+
+
+def check_value_range(value_range: object) -> tuple[float, float]:
+    """Return ``value_range`` as a ``(lo, hi)`` pair of floats with ``lo < hi``."""
+    try:
+        lo, hi = (float(v) for v in value_range)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise ValueError(f"value_range must be a pair (lo, hi) of numbers, got {value_range!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"value_range must be a pair (lo, hi) of finite numbers with lo < hi, got {value_range!r}")
+    return lo, hi
+
+
+def check_reduction(reduction: object) -> Reduction:
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    return reduction  # type: ignore[return-value]
+
+
+def check_positive_int(name: str, value: object, *, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_positive_float(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def check_nonnegative_float(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def check_patch_size(patch_size: object) -> int:
+    check_positive_int("patch_size", patch_size)
+    if patch_size % 2 == 0:  # type: ignore[operator]
+        raise ValueError(f"patch_size must be odd (patches are centred on a pixel), got {patch_size!r}")
+    return patch_size  # type: ignore[return-value]
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the computation runs in: 16-bit inputs are promoted to float32.
+
+    ``cos`` of arguments of a few radians and the cancellation in ``Kxx + Kyy - 2 Kxy`` lose most of
+    their digits in 16-bit arithmetic, so half-precision inputs are computed in float32 and the result is
+    cast back to the input dtype (the way autocast treats reductions).
+    """
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def reduce(values: torch.Tensor, reduction: Reduction) -> torch.Tensor:
+    """Apply ``reduction`` to per-image values of shape ``(N,)``."""
+    if reduction == "mean":
+        return values.mean()
+    if reduction == "sum":
+        return values.sum()
+    return values
+
+
+def to_unit_scale(t: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """Map values from ``[lo, hi]`` to the method's internal ``[-1, 1]`` scale."""
+    return (t - lo) * (2.0 / (hi - lo)) - 1.0

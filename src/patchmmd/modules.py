@@ -1,0 +1,112 @@
+"""``nn.Module`` wrappers: thin, stateless shells over the functional API (same numbers).
+
+The modules hold options only; random features are drawn from the seed (and cached) on first use, so a
+module has no parameters, nothing to train, and no weights to download or save.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ._checks import OutOfRange, Reduction, check_reduction, check_value_range
+from .features import FeatureKind
+from .mmd import DEFAULT_NUM_FEATURES, Estimator, check_mmd_options, patch_mmd
+from .mmdpp import MMDPPConfig, distance_map, get_config, mmdpp
+
+
+class MMDPP(nn.Module):
+    """MMD++ as a loss / metric module: ``MMDPP(**options)(x, y) == mmdpp(x, y, **options)``.
+
+    Args:
+        preset: ``"default"`` or ``"followup"`` (see :mod:`patchmmd.mmdpp`), or an :class:`MMDPPConfig`.
+        value_range, out_of_range: as in :func:`patchmmd.mmdpp`.
+        reduction: ``"mean"`` by default, as for PyTorch loss modules; ``"none"`` gives ``(N,)``.
+        **options: :class:`MMDPPConfig` fields overriding the preset.
+
+    Example:
+        >>> loss_fn = MMDPP()
+        >>> x = torch.rand(4, 3, 64, 64, requires_grad=True)
+        >>> loss = loss_fn(x, torch.rand(4, 3, 64, 64))
+        >>> loss.backward()
+        >>> loss.shape, bool(torch.isfinite(x.grad).all())
+        (torch.Size([]), True)
+    """
+
+    def __init__(
+        self,
+        preset: str | MMDPPConfig = "default",
+        *,
+        value_range: Sequence[float] = (0.0, 1.0),
+        out_of_range: OutOfRange = "raise",
+        reduction: Reduction = "mean",
+        **options: object,
+    ) -> None:
+        super().__init__()
+        self.config = get_config(preset, **options)
+        self.value_range = check_value_range(value_range)
+        self.out_of_range: OutOfRange = out_of_range
+        self.reduction = check_reduction(reduction)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return mmdpp(
+            x, y, preset=self.config, value_range=self.value_range,
+            out_of_range=self.out_of_range, reduction=self.reduction,
+        )
+
+    def distance_map(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The ``(N, 1, H, W)`` map whose mean is the per-image distance (see :func:`patchmmd.distance_map`)."""
+        return distance_map(x, y, preset=self.config, value_range=self.value_range, out_of_range=self.out_of_range)
+
+    def extra_repr(self) -> str:
+        return f"config={self.config}, value_range={self.value_range}, reduction={self.reduction!r}"
+
+
+class PatchMMD(nn.Module):
+    """The windowed patch MMD² as a module: ``PatchMMD(**kw)(x, y) == patch_mmd(x, y, **kw)``.
+
+    ``reduction`` defaults to ``"mean"`` as for PyTorch loss modules; other arguments as in
+    :func:`patchmmd.patch_mmd`.
+
+    Example:
+        >>> m = PatchMMD(estimator="rff")
+        >>> x = torch.rand(2, 3, 32, 32)
+        >>> float(m(x, x))
+        0.0
+    """
+
+    def __init__(
+        self,
+        *,
+        patch_size: int = 3,
+        sigma: float = 0.06,
+        window: int | None = 32,
+        stride: int = 16,
+        center: bool = True,
+        estimator: Estimator = "exact",
+        num_features: int = DEFAULT_NUM_FEATURES,
+        features: FeatureKind = "stratified",
+        seed: int = 0,
+        value_range: Sequence[float] = (0.0, 1.0),
+        out_of_range: OutOfRange = "raise",
+        reduction: Reduction = "mean",
+    ) -> None:
+        super().__init__()
+        check_mmd_options(
+            patch_size=patch_size, sigma=sigma, window=window, stride=stride, estimator=estimator,
+            num_features=num_features, features=features, seed=seed,
+        )
+        self.options = dict(
+            patch_size=patch_size, sigma=sigma, window=window, stride=stride, center=center,
+            estimator=estimator, num_features=num_features, features=features, seed=seed,
+            value_range=check_value_range(value_range), out_of_range=out_of_range,
+            reduction=check_reduction(reduction),
+        )
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return patch_mmd(x, y, **self.options)  # type: ignore[arg-type]
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.options.items())

@@ -1,0 +1,143 @@
+"""Patches and windows: the sets of vectors that the MMD compares (method.md §1-2).
+
+* ``P_u(x)``: the ``k x k x C`` patch centred on pixel ``u``, with reflect padding at the borders, so an
+  ``H x W`` image has ``H * W`` patches, flattened channel-major to vectors of dimension ``d = C k^2``.
+* ``Π``: per-channel centring, the removal of each colour channel's mean inside the patch.
+* Windows: ``w x w`` blocks of patch centres with stride ``t``, placed as ``avg_pool2d(kernel=w, stride=t)``
+  places them (fully inside the image). A window larger than the image is clipped to the image in that
+  dimension, which leaves one window spanning it; ``window=None`` is one window over the whole image
+  (the "global" MMD).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def reflect_pad(x: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Pad ``(N, C, H, W)`` by ``patch_size // 2`` on each side with reflection (no edge repeat)."""
+    p = patch_size // 2
+    if p == 0:
+        return x
+    return F.pad(x, (p, p, p, p), mode="reflect")
+
+
+def center_patches(patches: torch.Tensor, channels: int) -> torch.Tensor:
+    """Apply Π: subtract each channel's mean inside each patch.
+
+    ``patches`` has the patch vector in dimension 1, channel-major (as :func:`torch.nn.functional.unfold`
+    lays it out): shape ``(N, C * k * k, ...)``.
+    """
+    n, d = patches.shape[:2]
+    rest = patches.shape[2:]
+    v = patches.reshape(n, channels, d // channels, *rest)
+    return (v - v.mean(dim=2, keepdim=True)).reshape(n, d, *rest)
+
+
+def extract_patches(x: torch.Tensor, patch_size: int, *, center: bool = True) -> torch.Tensor:
+    """All patches of ``x`` as a map of vectors, shape ``(N, C * k * k, H, W)``.
+
+    Example:
+        >>> x = torch.arange(2 * 4 * 5, dtype=torch.float64).reshape(1, 2, 4, 5)
+        >>> p = extract_patches(x, 3, center=False)
+        >>> p.shape
+        torch.Size([1, 18, 4, 5])
+        >>> p[0, :, 1, 1].reshape(2, 3, 3)[0].tolist()  # the 3x3 block of channel 0 around (1, 1)
+        [[0.0, 1.0, 2.0], [5.0, 6.0, 7.0], [10.0, 11.0, 12.0]]
+    """
+    return patch_rows(reflect_pad(x, patch_size), patch_size, 0, x.shape[-2], center=center)
+
+
+def patch_rows(padded: torch.Tensor, patch_size: int, start: int, stop: int, *, center: bool = True) -> torch.Tensor:
+    """Patches centred on pixel rows ``[start, stop)`` of an image already padded by :func:`reflect_pad`.
+
+    Returns ``(N, C * k * k, stop - start, W)``; extracting a band of rows at a time keeps memory bounded
+    on large images.
+    """
+    n, c = padded.shape[:2]
+    w = padded.shape[-1] - 2 * (patch_size // 2)
+    rows = padded[:, :, start : stop + 2 * (patch_size // 2)]
+    cols = F.unfold(rows, patch_size)  # (N, C*k*k, (stop-start)*W)
+    if center:
+        cols = center_patches(cols, c)
+    return cols.reshape(n, c * patch_size * patch_size, stop - start, w)
+
+
+@dataclass(frozen=True)
+class WindowGrid:
+    """Placement of the MMD windows on an ``height x width`` grid of patch centres."""
+
+    height: int
+    width: int
+    window_h: int
+    window_w: int
+    stride_h: int
+    stride_w: int
+
+    @property
+    def rows(self) -> int:
+        return (self.height - self.window_h) // self.stride_h + 1
+
+    @property
+    def cols(self) -> int:
+        return (self.width - self.window_w) // self.stride_w + 1
+
+    @property
+    def num_windows(self) -> int:
+        return self.rows * self.cols
+
+    @property
+    def patches_per_window(self) -> int:
+        return self.window_h * self.window_w
+
+    def pool(self, t: torch.Tensor) -> torch.Tensor:
+        """Average ``t`` of shape ``(..., height, width)`` over every window: ``(..., rows, cols)``."""
+        return F.avg_pool2d(t, (self.window_h, self.window_w), (self.stride_h, self.stride_w))
+
+    def spread(self, per_window: torch.Tensor) -> torch.Tensor:
+        """Spread per-window values ``(N, 1, rows, cols)`` back onto the ``height x width`` grid.
+
+        Each pixel receives the sum of the values of the windows that contain it, scaled so that the mean
+        over the grid equals the mean over windows. Pixels that no window covers receive 0.
+        """
+        ones = per_window.new_ones(1, 1, self.window_h, self.window_w)
+        full = F.conv_transpose2d(per_window, ones, stride=(self.stride_h, self.stride_w))
+        full = F.pad(full, (0, self.width - full.shape[-1], 0, self.height - full.shape[-2]))
+        return full * (self.height * self.width / (self.patches_per_window * self.num_windows))
+
+
+def window_grid(height: int, width: int, window: int | None, stride: int) -> WindowGrid:
+    """The window placement for an image of ``height x width`` patch centres.
+
+    A window larger than the image (or ``window=None``) is clipped to the image, leaving one window in
+    that dimension.
+
+    Example:
+        >>> g = window_grid(64, 64, 32, 16)
+        >>> (g.rows, g.cols, g.num_windows)
+        (3, 3, 9)
+        >>> window_grid(20, 100, 32, 16).window_h, window_grid(20, 100, 32, 16).cols
+        (20, 5)
+    """
+    wh = height if window is None else min(window, height)
+    ww = width if window is None else min(window, width)
+    return WindowGrid(height, width, wh, ww, stride, stride)
+
+
+def window_patch_sets(patch_map: torch.Tensor, grid: WindowGrid, row_start: int, row_stop: int) -> torch.Tensor:
+    """Patch sets of the windows in window-rows ``[row_start, row_stop)``.
+
+    ``patch_map`` is ``(N, d, h, W)`` and holds the patch rows from ``row_start * stride_h`` on (a band
+    of the full map). Returns ``(N * windows, patches_per_window, d)``, windows in row-major order.
+    """
+    n, d = patch_map.shape[:2]
+    nrows = row_stop - row_start
+    band_h = (nrows - 1) * grid.stride_h + grid.window_h
+    band = patch_map[:, :, :band_h]
+    cols = F.unfold(band, (grid.window_h, grid.window_w), stride=(grid.stride_h, grid.stride_w))
+    # (N, d * wh * ww, nrows * cols) -> (N, d, n_patches, n_windows) -> (N * n_windows, n_patches, d)
+    cols = cols.reshape(n, d, grid.patches_per_window, nrows * grid.cols)
+    return cols.permute(0, 3, 2, 1).reshape(n * nrows * grid.cols, grid.patches_per_window, d)

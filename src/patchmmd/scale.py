@@ -1,0 +1,99 @@
+"""The scale rule: at which resolutions the patch distances look at an image.
+
+MMD++'s constants (3x3 patches, 32x32 windows, the kernel widths) were tuned on 64x64 crops. A 3x3 patch
+of a 768x512 photograph sees a far smaller part of the scene than a 3x3 patch of a 64x64 crop, and the
+full-size photo's perceptually important structure (edges, textures at the scale a viewer sees them) is
+spread over many more pixels. The rule, applied identically to both images:
+
+1. **Working resolution.** Box-downsample by the integer factor ``f = max(1, round(min(H, W) / base_size))``
+   (the rule of the reference SSIM code, there with ``base_size = 256``), so a photo is looked at with
+   about ``base_size`` pixels along its short side whatever its capture size.
+2. **Pyramid.** From there, ``num_scales`` levels, each a 2x box downsampling of the previous, averaged
+   with fixed weights; a level whose short side would fall below ``min_size`` is dropped and the weights
+   of the kept levels are renormalised.
+
+On a 64x64 input (with ``base_size >= 43`` and ``min_size > 32``) the rule keeps the one native level, so
+the distance reduces to the method's MMD++ exactly. ``base_size=None`` disables step 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Level:
+    """One level of the pyramid: its total downsampling factor and its (renormalised) weight."""
+
+    factor: int
+    weight: float
+
+
+def working_factor(height: int, width: int, base_size: int | None) -> int:
+    """``max(1, round(min(H, W) / base_size))``; 1 when ``base_size`` is ``None``.
+
+    Example:
+        >>> working_factor(512, 768, 256), working_factor(64, 64, 256), working_factor(1080, 1920, 256)
+        (2, 1, 4)
+    """
+    if base_size is None:
+        return 1
+    return max(1, int(round(min(height, width) / base_size)))
+
+
+def pyramid_levels(
+    height: int,
+    width: int,
+    *,
+    base_size: int | None,
+    num_scales: int,
+    min_size: int,
+    scale_weights: Sequence[float] | None = None,
+) -> list[Level]:
+    """The levels the scale rule uses for an ``H x W`` image (at least one: the working resolution).
+
+    Example:
+        >>> [(lv.factor, lv.weight) for lv in pyramid_levels(512, 768, base_size=256, num_scales=3, min_size=64)]
+        [(2, 0.3333333333333333), (4, 0.3333333333333333), (8, 0.3333333333333333)]
+        >>> [(lv.factor, lv.weight) for lv in pyramid_levels(64, 64, base_size=256, num_scales=3, min_size=64)]
+        [(1, 1.0)]
+    """
+    f = working_factor(height, width, base_size)
+    weights = list(scale_weights) if scale_weights is not None else [1.0] * num_scales
+    if len(weights) != num_scales:
+        raise ValueError(f"scale_weights must have num_scales={num_scales} entries, got {len(weights)}")
+    kept = []
+    for i, wt in enumerate(weights):
+        factor = f * 2**i
+        if i > 0 and min(height, width) // factor < min_size:
+            break
+        kept.append((factor, float(wt)))
+    total = sum(wt for _, wt in kept)
+    if total <= 0:
+        raise ValueError(f"scale_weights of the levels used must sum to > 0, got {[wt for _, wt in kept]}")
+    return [Level(factor, wt / total) for factor, wt in kept]
+
+
+def downsample(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Box (area) downsampling by an integer factor; trailing rows/columns that do not fill a box drop."""
+    if factor == 1:
+        return x
+    return F.avg_pool2d(x, factor)
+
+
+def upsample_map(m: torch.Tensor, factor: int, height: int, width: int) -> torch.Tensor:
+    """Bring a map ``(N, 1, h, w)`` computed at ``factor`` back to ``height x width``, preserving its mean.
+
+    Each value is repeated over its ``factor x factor`` box; pixels beyond the boxes get 0, and the map is
+    rescaled so that its mean over ``height x width`` equals the mean of ``m``.
+    """
+    if factor == 1 and m.shape[-2:] == (height, width):
+        return m
+    h, w = m.shape[-2:]
+    up = m.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+    up = F.pad(up, (0, width - up.shape[-1], 0, height - up.shape[-2]))
+    return up * (height * width / (h * w * factor * factor))
