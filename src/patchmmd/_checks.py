@@ -74,7 +74,7 @@ def check_pair(
         raise ValueError(
             f"x and y must be at least {min_size}x{min_size} pixels (the patch size), got {h}x{w}"
         )
-    for name, t in (("x", x), ("y", y)):
+    for name, t in (("x", x.detach()), ("y", y.detach())):
         finite = torch.isfinite(t)
         if not bool(finite.all()):
             raise ValueError(f"{name} contains NaN or Inf values")

@@ -42,7 +42,7 @@ def working_factor(height: int, width: int, base_size: int | None) -> int:
     """
     if base_size is None:
         return 1
-    return max(1, int(round(min(height, width) / base_size)))
+    return max(1, round(min(height, width) / base_size))
 
 
 def pyramid_levels(

@@ -1,0 +1,25 @@
+"""The ``patchmmd`` command line (click). Each subcommand lives in a module of this package.
+
+Subcommand modules are imported at the bottom of this file; each defines its commands with
+``@main.command(...)`` (or ``main.add_command``). They import heavy or optional dependencies inside the
+command function, so ``patchmmd --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import click
+
+from .. import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="patchmmd")
+def main() -> None:
+    """patchmmd: perceptual image distances as the MMD between local patch distributions.
+
+    No network and no downloaded weights: every distance is computed from the images and a seed.
+    """
+
+
+# Subcommand modules (each registers its commands on `main` when imported).
+from . import _commands  # noqa: E402, F401

@@ -1,0 +1,3 @@
+"""Imports every subcommand module so that its commands register on :func:`patchmmd.cli.main`."""
+
+# One line per subcommand module; keep sorted.

@@ -1,0 +1,40 @@
+"""Registration of the package's own distances in :mod:`patchmmd.registry`."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from .aligned import l2_distance, local_distance
+from .mmd import patch_mmd
+from .mmdpp import mmdpp
+from .registry import Metric, register
+
+
+@register("mmdpp", "MMD++ with the scale rule: the library's default perceptual distance")
+def _mmdpp(**options: object) -> Metric:
+    return partial(mmdpp, preset="default", **options)
+
+
+@register("mmdpp-followup", "the follow-up study's MMD++: native resolution, 512 i.i.d. random features")
+def _mmdpp_followup(**options: object) -> Metric:
+    return partial(mmdpp, preset="followup", **options)
+
+
+@register("patch-mmd", "windowed squared patch MMD (centred Gaussian kernel), exact estimator")
+def _patch_mmd(**options: object) -> Metric:
+    return partial(patch_mmd, **{"estimator": "exact", **options})
+
+
+@register("patch-mmd-rff", "windowed squared patch MMD, random-feature estimator")
+def _patch_mmd_rff(**options: object) -> Metric:
+    return partial(patch_mmd, **{"estimator": "rff", **options})
+
+
+@register("local", "aligned 3x3 patch term of MMD++")
+def _local(**options: object) -> Metric:
+    return partial(local_distance, **options)
+
+
+@register("l2", "mean squared error on the [-1, 1] scale (PSNR ranks images identically)")
+def _l2(**options: object) -> Metric:
+    return partial(l2_distance, **options)

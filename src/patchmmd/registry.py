@@ -1,0 +1,92 @@
+"""The metric registry: every distance the CLI and the evaluation harness can use, by name.
+
+A metric is a callable ``(x, y) -> (N,)`` on image batches ``(N, C, H, W)`` with values in [0, 1]. Its
+:class:`MetricSpec` says whether larger values mean *more* different (a distance, the default) or more
+similar (``higher_is_better=True``, e.g. PSNR, SSIM), so evaluation code can orient every metric alike.
+
+Modules register their metrics with :func:`register`; the built-in modules listed in
+:data:`BUILTIN_MODULES` are imported on the first lookup, so importing :mod:`patchmmd` stays light.
+
+Example:
+    >>> from patchmmd.registry import get_metric, metric_names
+    >>> "mmdpp" in metric_names()
+    True
+    >>> import torch
+    >>> d = get_metric("mmdpp")(torch.zeros(1, 3, 32, 32), torch.zeros(1, 3, 32, 32))
+    >>> float(d)
+    0.0
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+#: Modules whose import registers metrics. Each must import without optional dependencies; a metric
+#: needing one raises a clear ``ImportError`` when it is built, not when it is registered.
+BUILTIN_MODULES: list[str] = ["patchmmd.metrics"]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A registered metric: its name, how to build it, and how to read its values."""
+
+    name: str
+    factory: Callable[..., Metric]
+    description: str
+    higher_is_better: bool = False
+    group: str = "patchmmd"
+
+
+_REGISTRY: dict[str, MetricSpec] = {}
+_loaded = False
+
+
+def register(
+    name: str, description: str, *, higher_is_better: bool = False, group: str = "patchmmd"
+) -> Callable[[Callable[..., Metric]], Callable[..., Metric]]:
+    """Decorator registering ``factory(**options) -> metric`` under ``name``."""
+
+    def deco(factory: Callable[..., Metric]) -> Callable[..., Metric]:
+        if name in _REGISTRY:
+            raise ValueError(f"metric {name!r} is already registered")
+        _REGISTRY[name] = MetricSpec(name, factory, description, higher_is_better, group)
+        return factory
+
+    return deco
+
+
+def _load_builtins() -> None:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for module in BUILTIN_MODULES:
+            importlib.import_module(module)
+
+
+def metric_specs() -> list[MetricSpec]:
+    """All registered metrics, sorted by group then name."""
+    _load_builtins()
+    return sorted(_REGISTRY.values(), key=lambda s: (s.group, s.name))
+
+
+def metric_names() -> list[str]:
+    return [s.name for s in metric_specs()]
+
+
+def get_spec(name: str) -> MetricSpec:
+    """The spec of a metric; ``ValueError`` naming the valid names if unknown."""
+    _load_builtins()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown metric {name!r}; available metrics: {', '.join(metric_names())}")
+    return _REGISTRY[name]
+
+
+def get_metric(name: str, **options: object) -> Metric:
+    """Build the metric ``name`` (options go to its factory)."""
+    return get_spec(name).factory(**options)
