@@ -1,0 +1,445 @@
+"""Perceptual distances of CNNs with random (never trained) filters, and the pretrained-VGG16 comparison.
+
+Two networks (method.md §4 and the seed paper's §1.2):
+
+* :class:`RandomCNNDistance`: a ``k x k`` convolution to ``width`` channels, then ``depth - 1`` 1x1
+  convolutions ``width -> width``, a ReLU after each; weights i.i.d. Gaussian of variance
+  ``sigma_w2 / fan_in`` (``2 / fan_in``: He), biases of variance ``sigma_b2`` (default: no bias), reflect
+  padding. The features at pixel ``u`` are ``Φ(P_u(x))``, a function of the patch at ``u`` only. The
+  distance is ``(1/N) ‖pooled F(x) - pooled F(y)‖²`` averaged over the pooling windows, which is exactly
+  the windowed V-statistic MMD² of the patch sets with the empirical kernel ``(1/N) <Φ(p), Φ(q)>`` and
+  converges to :func:`patchmmd.nngp.infinite_cnn_distance` as the width grows.
+* :class:`VGGDistance`: a VGG16 trunk (13 3x3 convolutions, ReLU, 2x2 max pooling) compared at the usual
+  taps ``relu1_2, relu2_2, relu3_3, relu4_3, relu5_3``, either with random He-initialised filters (the
+  first layer's optionally made zero-mean) or with pretrained VGG16 weights read from a local file in
+  torchvision's ``state_dict`` layout (``features.<i>.weight`` / ``.bias``). Nothing is downloaded; weight
+  files are read with ``torch.load(..., weights_only=True)`` (data only, never code).
+
+Weights are drawn in float64 on the CPU from a ``torch.Generator`` seeded with ``seed`` and then cast, so
+a seed gives the same network on every device and dtype. The modules hold no parameters: nothing to
+train, nothing to save.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._checks import (
+    OutOfRange,
+    Reduction,
+    check_nonnegative_float,
+    check_pair,
+    check_patch_size,
+    check_positive_float,
+    check_positive_int,
+    check_reduction,
+    check_value_range,
+    compute_dtype,
+    reduce,
+    to_unit_scale,
+)
+from .nngp import FIRST_LAYERS, PATCH_NORM_EPS, FirstLayer, Pooling, _pool_window, check_pooling
+from .patches import reflect_pad, window_grid
+
+#: One layer: convolution weight ``(out, in, k, k)`` and bias ``(out,)`` or ``None``.
+Layer = tuple[torch.Tensor, "torch.Tensor | None"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# The random CNN of method.md §4
+# ----------------------------------------------------------------------------------------------------
+
+
+def random_cnn_weights(
+    in_channels: int,
+    width: int,
+    depth: int,
+    *,
+    kernel_size: int = 3,
+    first_layer: FirstLayer = "he",
+    sigma_w2: float = 2.0,
+    sigma_b2: float = 0.0,
+    seed: int = 0,
+) -> list[Layer]:
+    """The layers of the random CNN, drawn in float64 on the CPU from ``seed``.
+
+    Layer 1: ``(width, in_channels, k, k)`` with variance ``sigma_w2 / (in_channels k²)`` (made zero-mean
+    over each filter's ``k x k`` block per input channel for ``first_layer="zero_mean"``); layers 2..depth:
+    ``(width, width, 1, 1)`` with variance ``sigma_w2 / width``. Biases (variance ``sigma_b2``) only when
+    ``sigma_b2 > 0``.
+
+    Example:
+        >>> layers = random_cnn_weights(3, 8, 2, seed=0)
+        >>> [tuple(w.shape) for w, _ in layers], layers[0][0].dtype
+        ([(8, 3, 3, 3), (8, 8, 1, 1)], torch.float64)
+        >>> torch.equal(random_cnn_weights(3, 8, 2, seed=0)[1][0], layers[1][0])
+        True
+    """
+    check_positive_int("in_channels", in_channels)
+    check_positive_int("width", width)
+    check_positive_int("depth", depth)
+    check_patch_size(kernel_size)
+    check_positive_float("sigma_w2", sigma_w2)
+    check_nonnegative_float("sigma_b2", sigma_b2)
+    if first_layer not in FIRST_LAYERS:
+        raise ValueError(f"first_layer must be one of {FIRST_LAYERS}, got {first_layer!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    layers: list[Layer] = []
+    fan_in = in_channels * kernel_size * kernel_size
+    shape: tuple[int, ...] = (width, in_channels, kernel_size, kernel_size)
+    for i in range(depth):
+        w = torch.randn(shape, generator=gen, dtype=torch.float64) * (sigma_w2 / fan_in) ** 0.5
+        b = torch.randn(width, generator=gen, dtype=torch.float64)
+        if i == 0 and first_layer == "zero_mean":
+            w = w - w.mean(dim=(2, 3), keepdim=True)
+        layers.append((w, b * sigma_b2**0.5 if sigma_b2 > 0 else None))
+        fan_in, shape = width, (width, width, 1, 1)
+    return layers
+
+
+def random_cnn_features(x: torch.Tensor, layers: Sequence[Layer], *, first_layer: FirstLayer = "he") -> torch.Tensor:
+    """The feature map ``F(x)(u) = Φ(P_u(x))`` after the last ReLU: ``(N, C, H, W) -> (N, width, H, W)``.
+
+    ``x`` is on the internal [-1, 1] scale; reflect padding, so every pixel has its full patch.
+    """
+    w1, b1 = layers[0]
+    k = w1.shape[-1]
+    xp = reflect_pad(x, k)
+    h = F.conv2d(xp, w1)
+    if first_layer == "patch_norm":
+        box = xp.new_ones(1, x.shape[1], k, k)
+        h = h / torch.sqrt(F.conv2d(xp * xp, box) + PATCH_NORM_EPS**2)
+    if b1 is not None:
+        h = h + b1.view(1, -1, 1, 1)
+    h = torch.relu(h)
+    for w, b in layers[1:]:
+        h = torch.relu(F.conv2d(h, w, b))
+    return h
+
+
+def pooled_feature_distance(fx: torch.Tensor, fy: torch.Tensor, pooling: Pooling) -> torch.Tensor:
+    """``(1/N) ‖pool F(x) - pool F(y)‖²`` averaged over the windows (or over pixels for ``pooling=None``).
+
+    ``fx``, ``fy``: ``(N, width, H, W)``; returns ``(N,)``.
+    """
+    if pooling is None:
+        return (fx - fy).pow(2).mean(dim=(1, 2, 3))
+    window, stride = _pool_window(pooling)
+    grid = window_grid(fx.shape[-2], fx.shape[-1], window, stride)
+    return (grid.pool(fx) - grid.pool(fy)).pow(2).mean(dim=(1, 2, 3))
+
+
+class _WeightCache:
+    """float64 master weights, cast and moved on first use per (device, dtype)."""
+
+    def __init__(self, layers: list[Layer]) -> None:
+        self.master = layers
+        self._cache: dict[tuple[torch.device, torch.dtype], list[Layer]] = {}
+
+    def get(self, device: torch.device, dtype: torch.dtype) -> list[Layer]:
+        key = (device, dtype)
+        if key not in self._cache:
+            self._cache[key] = [
+                (w.to(device=device, dtype=dtype), None if b is None else b.to(device=device, dtype=dtype))
+                for w, b in self.master
+            ]
+        return self._cache[key]
+
+
+class RandomCNNDistance(nn.Module):
+    """The perceptual distance of a random-filter CNN (method.md §4): ``(1/N) ‖pool F(x) - pool F(y)‖²``.
+
+    Args:
+        width: channels ``N`` of every layer.
+        depth: number of ReLU layers ``L`` (one ``k x k`` convolution, then ``L - 1`` 1x1 convolutions).
+        kernel_size: ``k`` of the first convolution (odd; reflect padding).
+        first_layer: ``"he"`` (plain), ``"zero_mean"`` (first-layer filters zero-mean per colour channel)
+            or ``"patch_norm"`` (first-layer output divided by the patch norm).
+        pooling: ``(window, stride)`` average pooling of the last feature map (windows placed as
+            ``avg_pool2d`` places them, clipped to the image), ``"global"``, or ``None`` (no pooling: the
+            aligned distance ``mean_u (1/N) ‖F(x)(u) - F(y)(u)‖²``).
+        seed: the weights are drawn from it (float64, CPU), never trained.
+        sigma_w2, sigma_b2: weight variance times fan-in (2: He) and bias variance (0: no bias).
+        value_range, out_of_range: the valid pixel range of the inputs (mapped to [-1, 1]) and what to do
+            outside it.
+        reduction: ``"none"`` (default) gives ``(N,)``; ``"mean"`` / ``"sum"`` a scalar.
+
+    The value equals the windowed V-statistic MMD² with the empirical kernel ``(1/N) <Φ(p), Φ(q)>``
+    exactly, and tends to :class:`patchmmd.nngp.InfiniteCNNDistance` (same options) as ``width -> ∞``.
+
+    Example:
+        >>> x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        >>> d = RandomCNNDistance(width=64, depth=2, pooling=(16, 8))
+        >>> v = d(x, x.roll(2, -1))
+        >>> v.shape, bool((v > 0).all()), float(d(x, x).max())
+        (torch.Size([2]), True, 0.0)
+    """
+
+    def __init__(
+        self,
+        *,
+        width: int = 512,
+        depth: int = 2,
+        kernel_size: int = 3,
+        first_layer: FirstLayer = "he",
+        pooling: Pooling = (32, 16),
+        seed: int = 0,
+        sigma_w2: float = 2.0,
+        sigma_b2: float = 0.0,
+        in_channels: int = 3,
+        value_range: Sequence[float] = (0.0, 1.0),
+        out_of_range: OutOfRange = "raise",
+        reduction: Reduction = "none",
+    ) -> None:
+        super().__init__()
+        self.width, self.depth, self.kernel_size, self.seed = width, depth, kernel_size, seed
+        self.first_layer: FirstLayer = first_layer
+        self.sigma_w2, self.sigma_b2 = float(sigma_w2), float(sigma_b2)
+        self.in_channels = in_channels
+        self.pooling = check_pooling(pooling)
+        self.value_range = check_value_range(value_range)
+        self.out_of_range: OutOfRange = out_of_range
+        self.reduction = check_reduction(reduction)
+        self._weights = _WeightCache(
+            random_cnn_weights(
+                in_channels, width, depth, kernel_size=kernel_size, first_layer=first_layer,
+                sigma_w2=sigma_w2, sigma_b2=sigma_b2, seed=seed,
+            )
+        )
+
+    def layers(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64) -> list[Layer]:
+        """The network's layers ``[(weight, bias or None), ...]`` on ``device`` in ``dtype``."""
+        return self._weights.get(torch.device(device), dtype)
+
+    def _prepare(self, x: object, y: object) -> tuple[torch.Tensor, torch.Tensor, torch.dtype]:
+        x, y = check_pair(x, y, value_range=self.value_range, out_of_range=self.out_of_range,
+                          min_size=self.kernel_size)
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"x and y have {x.shape[1]} channels but the network was built for in_channels={self.in_channels}"
+            )
+        lo, hi = self.value_range
+        ct = compute_dtype(x.dtype)
+        return to_unit_scale(x.to(ct), lo, hi), to_unit_scale(y.to(ct), lo, hi), x.dtype
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature map ``F(x)`` of images ``x`` given in ``value_range``: ``(N, width, H, W)``."""
+        xs, _, _ = self._prepare(x, x)
+        return random_cnn_features(xs, self.layers(xs.device, xs.dtype), first_layer=self.first_layer)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        xs, ys, dtype = self._prepare(x, y)
+        layers = self.layers(xs.device, xs.dtype)
+        f = random_cnn_features(torch.cat([xs, ys]), layers, first_layer=self.first_layer)
+        fx, fy = f.chunk(2)
+        return reduce(pooled_feature_distance(fx, fy, self.pooling).to(dtype), self.reduction)
+
+    def extra_repr(self) -> str:
+        return (
+            f"width={self.width}, depth={self.depth}, kernel_size={self.kernel_size}, "
+            f"first_layer={self.first_layer!r}, pooling={self.pooling!r}, seed={self.seed}, "
+            f"sigma_w2={self.sigma_w2:g}, sigma_b2={self.sigma_b2:g}"
+        )
+
+
+# ----------------------------------------------------------------------------------------------------
+# VGG16 trunk: random or pretrained filters
+# ----------------------------------------------------------------------------------------------------
+
+#: torchvision's ``vgg16().features`` configuration (numbers: conv output channels; "M": 2x2 max pool).
+VGG16_CONFIG: tuple[int | str, ...] = (
+    64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M",
+)
+#: Indices in ``vgg16().features`` of the convolutions, and of the ReLUs used as taps (relu1_2, relu2_2,
+#: relu3_3, relu4_3, relu5_3; LPIPS's choice).
+VGG16_CONV_INDICES: tuple[int, ...] = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+VGG16_TAPS: tuple[str, ...] = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
+_TAP_AFTER_CONV = (1, 3, 6, 9, 12)  # 0-based conv numbers whose ReLU is a tap
+_POOL_AFTER_CONV = (1, 3, 6, 9)  # max pooling after these convs (before the next tap)
+#: ImageNet normalisation that torchvision's pretrained VGG16 expects (inputs in [0, 1]).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+VGGFirstLayer = Literal["he", "zero_mean"]
+
+
+def _vgg16_shapes() -> list[tuple[int, int]]:
+    shapes, cin = [], 3
+    for v in VGG16_CONFIG:
+        if v != "M":
+            shapes.append((int(v), cin))
+            cin = int(v)
+    return shapes
+
+
+def vgg16_random_weights(*, seed: int = 0, first_layer: VGGFirstLayer = "he") -> list[Layer]:
+    """Random VGG16 convolution weights: He normal (variance ``2 / fan_in``), zero biases; float64, CPU.
+
+    ``first_layer="zero_mean"`` makes every first-layer filter zero-mean over its 3x3 block per input
+    channel (the paper's variant).
+
+    Example:
+        >>> layers = vgg16_random_weights(seed=0, first_layer="zero_mean")
+        >>> len(layers), tuple(layers[0][0].shape), float(layers[0][0].sum(dim=(2, 3)).abs().max()) < 1e-12
+        (13, (64, 3, 3, 3), True)
+    """
+    if first_layer not in ("he", "zero_mean"):
+        raise ValueError(f"first_layer must be 'he' or 'zero_mean', got {first_layer!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    layers: list[Layer] = []
+    for i, (cout, cin) in enumerate(_vgg16_shapes()):
+        w = torch.randn(cout, cin, 3, 3, generator=gen, dtype=torch.float64) * (2.0 / (cin * 9)) ** 0.5
+        if i == 0 and first_layer == "zero_mean":
+            w = w - w.mean(dim=(2, 3), keepdim=True)
+        layers.append((w, torch.zeros(cout, dtype=torch.float64)))
+    return layers
+
+
+def load_vgg16_weights(path: str | os.PathLike[str]) -> list[Layer]:
+    """Read the 13 convolutions of a pretrained VGG16 from a local ``state_dict`` file (torchvision layout).
+
+    The file is what ``torch.save(torchvision.models.vgg16(weights=...).state_dict(), path)`` writes
+    (keys ``features.<i>.weight`` and ``features.<i>.bias``; classifier keys are ignored); a state dict
+    of the ``features`` module alone (keys ``<i>.weight``) is accepted too. Loaded with
+    ``weights_only=True``: tensors only, never code. Nothing is downloaded.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file is not a weights-only state dict, or its keys or shapes are not VGG16's.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"VGG16 weights file not found: {path!r}. patchmmd downloads nothing; save torchvision's weights "
+            "once with torch.save(torchvision.models.vgg16(weights='IMAGENET1K_V1').state_dict(), path)"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # any failure to read is reported the same way
+        raise ValueError(f"cannot read {path!r} as a weights-only PyTorch state dict: {e}") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path!r} must hold a state dict (a mapping of names to tensors), got {type(state).__name__}")
+    prefix = "features." if any(str(k).startswith("features.") for k in state) else ""
+    layers: list[Layer] = []
+    for idx, (cout, cin) in zip(VGG16_CONV_INDICES, _vgg16_shapes(), strict=True):
+        wkey, bkey = f"{prefix}{idx}.weight", f"{prefix}{idx}.bias"
+        if wkey not in state or bkey not in state:
+            raise ValueError(
+                f"{path!r} is not a VGG16 state dict in torchvision's layout: missing {wkey!r} / {bkey!r} "
+                f"(found keys such as {sorted(map(str, state))[:6]})"
+            )
+        w, b = state[wkey], state[bkey]
+        if not isinstance(w, torch.Tensor) or tuple(w.shape) != (cout, cin, 3, 3):
+            got = tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__
+            raise ValueError(f"{path!r}: {wkey} must have shape {(cout, cin, 3, 3)} (VGG16), got {got}")
+        if not isinstance(b, torch.Tensor) or tuple(b.shape) != (cout,):
+            got = tuple(b.shape) if isinstance(b, torch.Tensor) else type(b).__name__
+            raise ValueError(f"{path!r}: {bkey} must have shape {(cout,)} (VGG16), got {got}")
+        layers.append((w.detach().to(torch.float64), b.detach().to(torch.float64)))
+    return layers
+
+
+def vgg16_taps(x: torch.Tensor, layers: Sequence[Layer]) -> list[torch.Tensor]:
+    """The five tap feature maps of the VGG16 trunk for ImageNet-normalised input ``x``."""
+    taps = []
+    h = x
+    for i, (w, b) in enumerate(layers):
+        h = torch.relu(F.conv2d(h, w, b, padding=1))
+        if i in _TAP_AFTER_CONV:
+            taps.append(h)
+        if i in _POOL_AFTER_CONV:
+            h = F.max_pool2d(h, 2)
+    return taps
+
+
+class VGGDistance(nn.Module):
+    """Perceptual distance of a VGG16 trunk with random or pretrained filters, summed over five taps.
+
+    Per tap (``relu1_2 ... relu5_3``): with ``normalize=True`` (LPIPS's untrained "baseline"), each pixel's
+    channel vector is scaled to unit length and the squared differences are summed over channels;
+    with ``normalize=False`` they are averaged over channels (the ``(1/N) ‖.‖²`` of the random CNN).
+    Then the mean over pixels, and the sum over taps.
+
+    Args:
+        weights: ``None`` for random He-initialised filters drawn from ``seed``, or the path of a local
+            pretrained VGG16 state dict (see :func:`load_vgg16_weights`).
+        first_layer: ``"he"`` or ``"zero_mean"`` (random filters only).
+        seed: seed of the random filters.
+        normalize: unit-normalise channel vectors per tap (LPIPS convention).
+        value_range, out_of_range, reduction: as in :class:`RandomCNNDistance`.
+
+    Inputs are mapped to [0, 1] and normalised with ImageNet's mean and standard deviation (what the
+    pretrained weights expect; used for random filters too, so the two compare like for like). Images
+    must be at least 16x16 (four 2x2 max poolings before the last tap).
+
+    Example:
+        >>> d = VGGDistance(seed=0, first_layer="zero_mean")
+        >>> x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        >>> bool(d(x, x.flip(-1)) > 0), float(d(x, x))
+        (True, 0.0)
+    """
+
+    def __init__(
+        self,
+        *,
+        weights: str | os.PathLike[str] | None = None,
+        first_layer: VGGFirstLayer = "he",
+        seed: int = 0,
+        normalize: bool = True,
+        value_range: Sequence[float] = (0.0, 1.0),
+        out_of_range: OutOfRange = "raise",
+        reduction: Reduction = "none",
+    ) -> None:
+        super().__init__()
+        if weights is None:
+            layers = vgg16_random_weights(seed=seed, first_layer=first_layer)
+            self.source = f"random (seed={seed}, first_layer={first_layer!r})"
+        else:
+            if first_layer != "he":
+                raise ValueError("first_layer applies to random filters only; pass first_layer='he' with weights=")
+            layers = load_vgg16_weights(weights)
+            self.source = f"pretrained ({os.fspath(weights)})"
+        self._weights = _WeightCache(layers)
+        self.normalize = bool(normalize)
+        self.value_range = check_value_range(value_range)
+        self.out_of_range: OutOfRange = out_of_range
+        self.reduction = check_reduction(reduction)
+
+    def layers(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64) -> list[Layer]:
+        """The 13 convolutions ``[(weight, bias), ...]`` on ``device`` in ``dtype``."""
+        return self._weights.get(torch.device(device), dtype)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x, y = check_pair(x, y, value_range=self.value_range, out_of_range=self.out_of_range, min_size=16)
+        if x.shape[1] != 3:
+            raise ValueError(f"x and y must have 3 (RGB) channels for VGG16, got {x.shape[1]}")
+        lo, hi = self.value_range
+        dtype = x.dtype
+        ct = compute_dtype(dtype)
+        both = (torch.cat([x, y]).to(ct) - lo) / (hi - lo)
+        mean = torch.tensor(IMAGENET_MEAN, dtype=ct, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, dtype=ct, device=x.device).view(1, 3, 1, 1)
+        taps = vgg16_taps((both - mean) / std, self.layers(x.device, ct))
+        total = x.new_zeros(x.shape[0], dtype=ct)
+        for f in taps:
+            fx, fy = f.chunk(2)
+            if self.normalize:
+                fx = fx / torch.sqrt((fx * fx).sum(1, keepdim=True) + 1e-20)
+                fy = fy / torch.sqrt((fy * fy).sum(1, keepdim=True) + 1e-20)
+                total = total + (fx - fy).pow(2).sum(1).mean(dim=(1, 2))
+            else:
+                total = total + (fx - fy).pow(2).mean(dim=(1, 2, 3))
+        return reduce(total.to(dtype), self.reduction)
+
+    def extra_repr(self) -> str:
+        return f"weights={self.source}, normalize={self.normalize}"
