@@ -1,3 +1,4 @@
 """Imports every subcommand module so that its commands register on :func:`patchmmd.cli.main`."""
 
 # One line per subcommand module; keep sorted.
+from . import score  # noqa: F401

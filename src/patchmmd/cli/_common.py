@@ -1,0 +1,167 @@
+"""Shared pieces of the subcommands: options for metric, metric options, device, image mode and batch
+size, and the policy for output paths that already exist.
+
+They are generic: any subcommand can decorate itself with them. Validation errors are
+:class:`click.BadParameter` / :class:`click.UsageError`, so click prints them with the option's name.
+
+Example:
+    >>> parse_metric_options(("num_scales=3", "features=iid", "scale_weights=[1, 2, 1]", "base_size=none"))
+    {'num_scales': 3, 'features': 'iid', 'scale_weights': [1, 2, 1], 'base_size': None}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Metrics that have a spatial distance map (:func:`patchmmd.distance_map`), with their MMD++ preset.
+MAP_PRESETS: dict[str, str] = {"mmdpp": "default", "mmdpp-followup": "followup"}
+
+
+def _check_metric(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from ..registry import get_spec
+
+    try:
+        get_spec(value)
+    except ValueError as e:
+        raise click.BadParameter(f"{e} (see `patchmmd metrics`)", ctx=ctx, param=param) from None
+    return value
+
+
+def metric_option(default: str = "mmdpp") -> Callable[[F], F]:
+    """``--metric NAME`` validated against the registry (an unknown name lists the valid ones)."""
+    return click.option(
+        "--metric", "-m", default=default, show_default=True, callback=_check_metric,
+        help="Distance or baseline to compute; `patchmmd metrics` lists them.",
+    )
+
+
+def _parse_value(text: str) -> Any:
+    low = text.strip().lower()
+    if low in ("none", "null"):
+        return None
+    if low in ("true", "false"):
+        return low == "true"
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_metric_options(items: Iterable[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings to a dict; values are read as JSON when they parse (numbers, lists, booleans),
+    ``none`` as ``None``, anything else as a string.
+
+    Raises:
+        click.BadParameter: an item without ``=`` or with an empty key.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected KEY=VALUE (e.g. num_scales=3), got {item!r}", param_hint="--option")
+        out[key.strip()] = _parse_value(value)
+    return out
+
+
+def metric_options_option() -> Callable[[F], F]:
+    """``--option/-o KEY=VALUE`` (repeatable): keyword options for the metric's factory."""
+    return click.option(
+        "--option", "-o", "metric_options", multiple=True, metavar="KEY=VALUE",
+        help="Option for the metric, repeatable (e.g. -o num_scales=3 -o seed=1).",
+    )
+
+
+def build_metric(name: str, options: dict[str, Any]) -> Callable[..., Any]:
+    """The registry's metric ``name`` with ``options``; a bad option becomes a usage error naming it."""
+    from ..registry import get_metric
+
+    try:
+        return get_metric(name, **options)
+    except (TypeError, ValueError) as e:
+        raise click.BadParameter(f"{name}: {e}", param_hint="--option") from None
+
+
+def check_metric_call(fn: Callable[..., Any], name: str) -> None:
+    """Run the metric once on a tiny pair so bad options fail before any work (partials defer them)."""
+    import torch
+
+    x = torch.full((1, 3, 64, 64), 0.5)
+    try:
+        fn(x, x)
+    except (TypeError, ValueError) as e:
+        raise click.BadParameter(f"{name}: {e}", param_hint="--option") from None
+    except ImportError as e:
+        raise click.ClickException(f"metric {name!r} needs an optional dependency: {e}") from None
+
+
+def device_option() -> Callable[[F], F]:
+    """``--device auto|cpu|cuda|cuda:N`` (default ``auto``: CUDA when available)."""
+    return click.option(
+        "--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]",
+        help="Where to compute: auto picks CUDA when available.",
+    )
+
+
+def resolve_device_or_fail(device: str) -> Any:
+    """:func:`patchmmd.scoring.resolve_device`, with its error as a usage error on ``--device``."""
+    from ..scoring import resolve_device
+
+    try:
+        return resolve_device(device)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--device") from None
+
+
+def mode_option() -> Callable[[F], F]:
+    """``--mode RGB|L|keep``: how image files are read (see :mod:`patchmmd.io`)."""
+    return click.option(
+        "--mode", type=click.Choice(["RGB", "L", "keep"]), default="RGB", show_default=True,
+        help="RGB: grayscale replicated, alpha composited over white; L: luminance; keep: the file's channels.",
+    )
+
+
+def batch_size_option(default: int = 16) -> Callable[[F], F]:
+    """``--batch-size N`` (N >= 1)."""
+    return click.option(
+        "--batch-size", "-b", type=click.IntRange(min=1), default=default, show_default=True,
+        help="Pairs of equal size scored together.",
+    )
+
+
+def check_output_path(
+    path: str | os.PathLike[str],
+    *,
+    overwrite: bool,
+    resume: bool | None = None,
+    companions: Iterable[str | os.PathLike[str]] = (),
+    option: str = "--out",
+) -> Path:
+    """The output policy: an existing output is refused unless ``--overwrite`` (or ``--resume``).
+
+    ``companions`` are files that belong to the output (e.g. a journal): their presence counts as an
+    existing output too. ``resume=None`` means the command has no ``--resume`` option. The output's
+    folder is created if missing.
+
+    Raises:
+        click.UsageError: the output (or a companion) exists and neither flag allows it; both flags given;
+            the output is a folder.
+    """
+    out = Path(path)
+    if resume and overwrite:
+        raise click.UsageError("--resume and --overwrite exclude each other: continue a job, or start it over")
+    if out.is_dir():
+        raise click.UsageError(f"{option} {out} is a folder; give a file path")
+    existing = [p for p in (out, *map(Path, companions)) if p.exists()]
+    if existing and not overwrite and not resume:
+        flags = "--resume to continue the job or --overwrite to start over" if resume is not None else "--overwrite"
+        raise click.UsageError(f"{option}: {', '.join(map(str, existing))} already exist(s); pass {flags}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out

@@ -1,0 +1,618 @@
+"""The scoring engine behind ``patchmmd score``: a job of image pairs, journaled and resumable.
+
+The command line is a thin layer over this module, which knows nothing of click or terminals. Its
+pieces are built so that a job can also be split over several writers (``torchrun`` ranks):
+
+* **The job** is a deterministic, stably ordered list of :class:`PairTask` (:func:`paired_tasks` for two
+  folders matched by relative path, :func:`all_pair_tasks` for every unordered pair of one folder). Each
+  task has a stable id derived from its two relative paths, so the same files give the same ids on any
+  machine, in any run.
+* :func:`shard` gives each of ``world_size`` writers a disjoint share of the tasks.
+* Each writer appends finished rows to its own **journal** (:class:`Journal`, JSON lines: one header line
+  naming the job, then one line per finished pair), flushed and ``fsync``-ed after every batch. A
+  ``kill -9`` can leave at most a truncated last line, which reading ignores and reopening cuts off.
+* :func:`write_csv_atomic` writes the final, sorted CSV to a temporary file in the output folder, fsyncs
+  it and renames it over the output (``os.replace``): the output is either absent, the old file or the
+  complete new one, never half-written.
+
+:func:`run_tasks` scores a list of tasks (loading images, batching pairs of equal shape, recording a
+read error or a size mismatch in the pair's row and going on), skipping tasks already in the journal.
+
+Example:
+    >>> import tempfile, pathlib, torch
+    >>> from patchmmd.io import save_image
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> for i in range(3):
+    ...     save_image(torch.full((3, 8, 8), i / 4), d / f"im{i}.png")
+    >>> tasks = all_pair_tasks(d)
+    >>> [(t.ref, t.dist) for t in tasks]
+    [('im0.png', 'im1.png'), ('im0.png', 'im2.png'), ('im1.png', 'im2.png')]
+    >>> [t.index for t in shard(tasks, 1, 2)]
+    [1]
+    >>> job = job_header("l2", {}, tasks, mode="RGB", resize=False)
+    >>> with Journal.open(d / "scores.csv.journal", job) as journal:
+    ...     summary = run_tasks(tasks, "l2", journal, batch_size=2)
+    >>> summary.scored, summary.errors
+    (3, 0)
+    >>> rows = read_journal(d / "scores.csv.journal", job)
+    >>> write_csv_atomic(d / "scores.csv", sorted_rows(rows, tasks), value_column="distance")
+    >>> lines = (d / "scores.csv").read_text().splitlines()
+    >>> lines[0], lines[1][:20]
+    ('ref,dist,metric,distance,error', 'im0.png,im1.png,l2,0')
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import tempfile
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .io import IMAGE_SUFFIXES, ImageMode, ImageReadError, load_image
+
+JOURNAL_FORMAT = "patchmmd-score-journal"
+JOURNAL_VERSION = 1
+CSV_COLUMNS_BASE = ("ref", "dist", "metric")
+
+
+class JobMismatchError(ValueError):
+    """An existing journal belongs to a different job (other folders, metric, options or file list)."""
+
+
+# --------------------------------------------------------------------------------------------- the job
+@dataclass(frozen=True)
+class PairTask:
+    """One pair to score: its position in the job, stable id, display paths and file paths.
+
+    ``ref`` and ``dist`` are POSIX paths relative to the folder each image was found in; ``id`` depends
+    only on them (not on the folders' absolute location), so it is stable across machines and runs.
+    """
+
+    index: int
+    id: str
+    ref: str
+    dist: str
+    ref_path: Path
+    dist_path: Path
+
+
+def task_id(ref: str, dist: str) -> str:
+    """A stable 16-hex-digit id for the pair ``(ref, dist)`` of relative paths.
+
+    Example:
+        >>> task_id("a.png", "b.png") == task_id("a.png", "b.png") != task_id("b.png", "a.png")
+        True
+    """
+    return hashlib.sha256(f"{ref}\0{dist}".encode()).hexdigest()[:16]
+
+
+def list_images(folder: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
+    """Image files under ``folder`` (recursively) as sorted relative POSIX paths, and the other files.
+
+    A file counts as an image by its suffix (:data:`patchmmd.io.IMAGE_SUFFIXES`, any case); whether it
+    really decodes is found out when it is scored. Hidden files and folders (name starting with ``.``) are
+    skipped.
+
+    Raises:
+        FileNotFoundError: ``folder`` does not exist. NotADirectoryError: it is not a folder.
+    """
+    root = Path(folder)
+    if not root.exists():
+        raise FileNotFoundError(f"folder not found: {root}")
+    if not root.is_dir():
+        raise NotADirectoryError(f"not a folder: {root}")
+    images: list[str] = []
+    others: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if name.startswith("."):
+                continue
+            rel = (Path(dirpath) / name).relative_to(root).as_posix()
+            (images if name.lower().endswith(IMAGE_SUFFIXES) else others).append(rel)
+    return sorted(images), sorted(others)
+
+
+@dataclass
+class PairedJob:
+    """The tasks of a two-folder job and the files that found no partner."""
+
+    tasks: list[PairTask]
+    only_ref: list[str] = field(default_factory=list)
+    only_dist: list[str] = field(default_factory=list)
+
+
+def paired_tasks(ref_dir: str | os.PathLike[str], dist_dir: str | os.PathLike[str]) -> PairedJob:
+    """Pairs of images with the same relative path under ``ref_dir`` and ``dist_dir``, sorted by path.
+
+    Unmatched files are returned in :attr:`PairedJob.only_ref` / :attr:`PairedJob.only_dist`; the caller
+    decides whether they are an error.
+    """
+    refs, _ = list_images(ref_dir)
+    dists, _ = list_images(dist_dir)
+    dist_set = set(dists)
+    ref_set = set(refs)
+    common = [r for r in refs if r in dist_set]
+    tasks = [
+        PairTask(i, task_id(r, r), r, r, Path(ref_dir) / r, Path(dist_dir) / r) for i, r in enumerate(common)
+    ]
+    return PairedJob(tasks, [r for r in refs if r not in dist_set], [d for d in dists if d not in ref_set])
+
+
+def all_pair_tasks(folder: str | os.PathLike[str]) -> list[PairTask]:
+    """Every unordered pair ``(i, j)``, ``i < j``, of the images under ``folder`` in sorted path order."""
+    names, _ = list_images(folder)
+    root = Path(folder)
+    tasks = []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            tasks.append(PairTask(len(tasks), task_id(a, b), a, b, root / a, root / b))
+    return tasks
+
+
+def shard(tasks: Sequence[PairTask], rank: int, world_size: int) -> list[PairTask]:
+    """The tasks of writer ``rank`` out of ``world_size``: every ``world_size``-th task from ``rank``.
+
+    The shards are disjoint, cover the job, differ in size by at most one and keep the job's order.
+
+    Example:
+        >>> [t.index for t in shard([PairTask(i, str(i), "", "", Path(), Path()) for i in range(7)], 2, 3)]
+        [2, 5]
+    """
+    if not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size must be a positive integer, got {world_size!r}")
+    if not isinstance(rank, int) or not 0 <= rank < world_size:
+        raise ValueError(f"rank must be an integer in [0, world_size={world_size}), got {rank!r}")
+    return list(tasks[rank::world_size])
+
+
+def tasks_digest(tasks: Iterable[PairTask]) -> str:
+    """A hash of the job's task list (ids in order): changes when files are added, removed or renamed."""
+    h = hashlib.sha256()
+    for t in tasks:
+        h.update(t.id.encode())
+    return h.hexdigest()[:16]
+
+
+def job_header(
+    metric: str,
+    options: dict[str, Any],
+    tasks: Sequence[PairTask],
+    *,
+    mode: str,
+    resize: bool,
+    **extra: Any,
+) -> dict[str, Any]:
+    """What identifies a job for ``--resume``: everything that changes a row's value.
+
+    Device and batch size are left out: they do not change the result, so a job may be resumed with other
+    ones. ``extra`` holds anything else the caller wants checked (e.g. the folders).
+    """
+    return {
+        "metric": metric,
+        "options": {k: options[k] for k in sorted(options)},
+        "mode": mode,
+        "resize": bool(resize),
+        "num_tasks": len(tasks),
+        "tasks": tasks_digest(tasks),
+        **{k: extra[k] for k in sorted(extra)},
+    }
+
+
+# ----------------------------------------------------------------------------------------- the journal
+def journal_path(output: str | os.PathLike[str], rank: int = 0, world_size: int = 1) -> Path:
+    """The journal next to ``output``: ``OUT.journal``, or ``OUT.rank{r}-of-{w}.journal`` when sharded.
+
+    Example:
+        >>> journal_path("scores.csv").name, journal_path("scores.csv", 1, 4).name
+        ('scores.csv.journal', 'scores.csv.rank1-of-4.journal')
+    """
+    out = Path(output)
+    suffix = ".journal" if world_size == 1 else f".rank{rank}-of-{world_size}.journal"
+    return out.with_name(out.name + suffix)
+
+
+def _read_lines(path: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]], int]:
+    """Header, rows, and the byte length of the valid prefix (complete, parseable lines) of a journal."""
+    data = path.read_bytes()
+    header: dict[str, Any] | None = None
+    rows: list[dict[str, Any]] = []
+    valid = 0
+    pos = 0
+    while pos < len(data):
+        end = data.find(b"\n", pos)
+        if end < 0:
+            break  # a last line without its newline: cut off by a crash
+        try:
+            obj = json.loads(data[pos:end])
+        except ValueError:
+            break  # a torn line (only the last one can be)
+        if header is None:
+            header = obj
+        else:
+            rows.append(obj)
+        pos = valid = end + 1
+    return header, rows, valid
+
+
+def _check_header(path: Path, header: dict[str, Any] | None, job: dict[str, Any]) -> None:
+    if header is None or header.get("format") != JOURNAL_FORMAT:
+        raise JobMismatchError(f"{path} is not a patchmmd score journal (or its header is damaged)")
+    if header.get("version") != JOURNAL_VERSION:
+        raise JobMismatchError(f"{path} has journal version {header.get('version')}, expected {JOURNAL_VERSION}")
+    old = header.get("job", {})
+    differ = sorted(k for k in set(old) | set(job) if old.get(k) != job.get(k))
+    if differ:
+        detail = "; ".join(f"{k}: journal {old.get(k)!r}, now {job.get(k)!r}" for k in differ)
+        raise JobMismatchError(f"{path} belongs to a different job ({detail}); rerun with the same arguments")
+
+
+def read_journal(path: str | os.PathLike[str], job: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The rows of a journal (a torn last line ignored); with ``job``, check the journal belongs to it.
+
+    Raises:
+        JobMismatchError: ``job`` is given and differs from the journal's.
+    """
+    header, rows, _ = _read_lines(Path(path))
+    if job is not None:
+        _check_header(Path(path), header, job)
+    return rows
+
+
+class Journal:
+    """An append-only JSON-lines journal of finished rows, durable after each :meth:`append`.
+
+    Use :meth:`open`: it creates the journal with its header, or (``resume=True``) reopens an existing one
+    for the same job, cutting off a torn last line, and exposes the ids already done in :attr:`done`.
+    """
+
+    def __init__(self, path: Path, fh: io.BufferedWriter, done: dict[str, dict[str, Any]]) -> None:
+        self.path = path
+        self._fh = fh
+        self.done = done
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], job: dict[str, Any], *, resume: bool = False) -> Journal:
+        """Create (or with ``resume``, reopen) the journal at ``path`` for ``job``.
+
+        Raises:
+            FileExistsError: the journal exists and ``resume`` is false.
+            JobMismatchError: ``resume`` and the journal belongs to another job.
+        """
+        path = Path(path)
+        if path.exists():
+            if not resume:
+                raise FileExistsError(f"journal {path} exists: resume it or remove it")
+            header, rows, valid = _read_lines(path)
+            _check_header(path, header, job)
+            fh = open(path, "r+b")  # owned by the Journal, closed in close()
+            fh.truncate(valid)
+            fh.seek(valid)
+            _fsync(fh)
+            return cls(path, fh, {r["id"]: r for r in rows})
+        fh = open(path, "xb")
+        header = {"format": JOURNAL_FORMAT, "version": JOURNAL_VERSION, "job": job, "created": time.time()}
+        fh.write(json.dumps(header, sort_keys=True).encode() + b"\n")
+        _fsync(fh)
+        _fsync_dir(path.parent)
+        return cls(path, fh, {})
+
+    def append(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Append rows (each with an ``id``) and make them durable (flush + fsync) before returning."""
+        data = b"".join(json.dumps(r, sort_keys=True).encode() + b"\n" for r in rows)
+        if not data:
+            return
+        self._fh.write(data)
+        _fsync(self._fh)
+        for r in rows:
+            self.done[r["id"]] = r
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _fsync(fh: io.BufferedIOBase) -> None:
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows: folders cannot be opened
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------- the output
+def value_column(higher_is_better: bool) -> str:
+    """``"score"`` for similarity metrics (PSNR, SSIM: higher = more alike), else ``"distance"``."""
+    return "score" if higher_is_better else "distance"
+
+
+def sorted_rows(rows: Iterable[dict[str, Any]], tasks: Sequence[PairTask]) -> list[dict[str, Any]]:
+    """The journal rows of ``tasks`` in job order (later duplicates of an id win).
+
+    Raises:
+        ValueError: some task has no row (the job is not finished).
+    """
+    by_id = {r["id"]: r for r in rows}
+    missing = [t for t in tasks if t.id not in by_id]
+    if missing:
+        first = missing[0]
+        raise ValueError(f"{len(missing)} of {len(tasks)} pairs have no row yet (first: {first.ref}, {first.dist})")
+    return [by_id[t.id] for t in tasks]
+
+
+def format_value(value: float | None) -> str:
+    """A value as written in the CSV: shortest round-trip repr, empty for a missing value.
+
+    Example:
+        >>> format_value(0.1), format_value(None), format_value(float("nan"))
+        ('0.1', '', 'nan')
+    """
+    return "" if value is None else repr(float(value))
+
+
+def write_csv_atomic(path: str | os.PathLike[str], rows: Sequence[dict[str, Any]], *, value_column: str) -> None:
+    """Write rows as CSV (``ref,dist,metric,<value_column>,error``) atomically at ``path``.
+
+    The data goes to a temporary file in the same folder, is fsynced, then renamed over ``path``.
+    """
+    path = Path(path)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow([*CSV_COLUMNS_BASE, value_column, "error"])
+    for r in rows:
+        w.writerow([r["ref"], r["dist"], r["metric"], format_value(r.get("value")), r.get("error") or ""])
+    atomic_write_text(path, buf.getvalue())
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Replace ``path`` by a file holding ``text`` (UTF-8) atomically: temp file, fsync, ``os.replace``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(text.encode())
+            _fsync(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def merge_journals(paths: Iterable[str | os.PathLike[str]], job: dict[str, Any]) -> list[dict[str, Any]]:
+    """All rows of several writers' journals (each checked against ``job``), for the final CSV."""
+    rows: list[dict[str, Any]] = []
+    for p in paths:
+        rows.extend(read_journal(p, job))
+    return rows
+
+
+# ------------------------------------------------------------------------------------------- scoring
+@dataclass
+class RunSummary:
+    """What :func:`run_tasks` did: pairs scored now, rows with an error, and tasks skipped as done."""
+
+    scored: int = 0
+    errors: int = 0
+    skipped: int = 0
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> CUDA if available else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:N"`` as given.
+
+    Raises:
+        ValueError: CUDA asked for but not available, or an unknown device string.
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r} ({e})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but CUDA is not available; use --device cpu or auto")
+    return dev
+
+
+def resize_to(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize a ``(C, H, W)`` image in [0, 1] to ``size = (H, W)`` (antialiased bilinear).
+
+    Example:
+        >>> resize_to(torch.rand(3, 10, 20), (5, 10)).shape
+        torch.Size([3, 5, 10])
+    """
+    if tuple(img.shape[-2:]) == tuple(size):
+        return img
+    out = torch.nn.functional.interpolate(img[None], size=size, mode="bilinear", antialias=True, align_corners=False)
+    return out[0].clamp(0, 1)
+
+
+def _row(task: PairTask, metric: str, value: float | None, error: str | None) -> dict[str, Any]:
+    return {"id": task.id, "ref": task.ref, "dist": task.dist, "metric": metric, "value": value, "error": error}
+
+
+def _error_text(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}".replace("\n", " ")
+
+
+class _ImageCache:
+    """A small LRU cache of loaded images (all-pairs jobs read each image many times)."""
+
+    def __init__(self, mode: ImageMode, capacity: int = 128) -> None:
+        self.mode = mode
+        self.capacity = capacity
+        self._items: OrderedDict[Path, torch.Tensor | ImageReadError] = OrderedDict()
+
+    def get(self, path: Path) -> torch.Tensor:
+        if path in self._items:
+            self._items.move_to_end(path)
+            item = self._items[path]
+        else:
+            try:
+                item = load_image(path, mode=self.mode)
+            except ImageReadError as e:
+                item = e
+            self._items[path] = item
+            if len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+        if isinstance(item, ImageReadError):
+            raise item
+        return item
+
+
+def run_tasks(
+    tasks: Sequence[PairTask],
+    metric: str,
+    journal: Journal,
+    *,
+    options: dict[str, Any] | None = None,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    mode: ImageMode = "RGB",
+    resize: bool = False,
+    progress: Callable[[int], None] | None = None,
+    after_batch: Callable[[], None] | None = None,
+) -> RunSummary:
+    """Score the tasks not yet in ``journal`` and append their rows, one durable batch at a time.
+
+    Pairs are read in job order in chunks of ``4 * batch_size``; inside a chunk, pairs whose images have
+    the same shape are scored together in batches of up to ``batch_size``. A pair whose file cannot be
+    read, whose two images differ in shape (unless ``resize``: the second is resized to the first) or on
+    which the metric fails gets a row with an empty value and the error, and the job goes on.
+
+    Args:
+        metric: a name in :mod:`patchmmd.registry`; ``options`` go to its factory.
+        progress: called with the number of tasks finished after each batch (e.g. ``tqdm.update``).
+        after_batch: called after each durable batch (tests use it to slow a job down).
+    """
+    from .registry import get_metric
+
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    fn = get_metric(metric, **(options or {}))
+    dev = resolve_device(device) if isinstance(device, str) else device
+    cache = _ImageCache(mode)
+    summary = RunSummary()
+    todo = [t for t in tasks if t.id not in journal.done]
+    summary.skipped = len(tasks) - len(todo)
+
+    def commit(rows: list[dict[str, Any]]) -> None:
+        journal.append(rows)
+        summary.scored += sum(r["error"] is None for r in rows)
+        summary.errors += sum(r["error"] is not None for r in rows)
+        if progress is not None:
+            progress(len(rows))
+        if after_batch is not None:
+            after_batch()
+
+    for chunk in _chunks(todo, 4 * batch_size):
+        groups: dict[tuple[int, ...], list[tuple[PairTask, torch.Tensor, torch.Tensor]]] = {}
+        error_rows = []
+        for t in chunk:
+            try:
+                x = cache.get(t.ref_path)
+                y = cache.get(t.dist_path)
+                if x.shape != y.shape:
+                    if resize and x.shape[0] == y.shape[0]:
+                        y = resize_to(y, (x.shape[1], x.shape[2]))
+                    else:
+                        raise ValueError(
+                            f"images differ in shape: {_shape_text(x)} vs {_shape_text(y)}"
+                            + ("" if resize else " (use --resize to resize the second to the first)")
+                        )
+            except (ImageReadError, ValueError) as e:
+                error_rows.append(_row(t, metric, None, _error_text(e)))
+                continue
+            groups.setdefault(tuple(x.shape), []).append((t, x, y))
+        if error_rows:
+            commit(error_rows)
+        for items in groups.values():
+            for batch in _chunks(items, batch_size):
+                commit(_score_batch(fn, batch, metric, dev))
+    return summary
+
+
+def _shape_text(img: torch.Tensor) -> str:
+    c, h, w = img.shape
+    return f"{w}x{h} ({c} channel{'s' if c != 1 else ''})"
+
+
+def _score_batch(
+    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    batch: list[tuple[PairTask, torch.Tensor, torch.Tensor]],
+    metric: str,
+    dev: torch.device,
+) -> list[dict[str, Any]]:
+    x = torch.stack([b[1] for b in batch]).to(dev)
+    y = torch.stack([b[2] for b in batch]).to(dev)
+    try:
+        with torch.no_grad():
+            values = fn(x, y).detach().double().cpu().tolist()
+        return [_row(t, metric, v, None) for (t, _, _), v in zip(batch, values, strict=True)]
+    except (ValueError, TypeError, RuntimeError) as e:
+        if len(batch) == 1:
+            return [_row(batch[0][0], metric, None, _error_text(e))]
+        # Find the culprit(s): score one by one.
+        return [r for item in batch for r in _score_batch(fn, [item], metric, dev)]
+
+
+def _chunks(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
+
+
+def finalize(
+    output: str | os.PathLike[str],
+    tasks: Sequence[PairTask],
+    job: dict[str, Any],
+    *,
+    value_column: str,
+    world_size: int = 1,
+    keep_journals: bool = False,
+) -> list[dict[str, Any]]:
+    """Merge the writers' journals, write the sorted CSV atomically, then remove the journals.
+
+    Run by one process (rank 0) once every writer has finished. Returns the rows written.
+
+    Raises:
+        ValueError: some task has no row in any journal. JobMismatchError: a journal is from another job.
+    """
+    paths = [journal_path(output, r, world_size) for r in range(world_size)]
+    rows = sorted_rows(merge_journals(paths, job), tasks)
+    write_csv_atomic(output, rows, value_column=value_column)
+    if not keep_journals:
+        for p in paths:
+            p.unlink(missing_ok=True)
+    return rows
