@@ -1,0 +1,235 @@
+"""``patchmmd score`` end to end: outputs, messages, and resuming after kill -9 and Ctrl-C."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from patchmmd.cli import main
+from patchmmd.io import save_image
+
+
+def _images(folder: Path, n: int, *, seed: int = 0, size: int = 48) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    for i in range(n):
+        save_image(torch.rand(3, size, size, generator=g), folder / f"im{i:02d}.png")
+
+
+@pytest.fixture
+def pair_dirs(tmp_path: Path) -> tuple[Path, Path]:
+    ref, dist = tmp_path / "ref", tmp_path / "dist"
+    _images(ref, 5)
+    _images(dist, 5, seed=1)
+    return ref, dist
+
+
+def _invoke(*args: object) -> object:
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_paired_scores_match_the_library(pair_dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    from patchmmd import l2_distance
+    from patchmmd.io import load_image
+
+    ref, dist = pair_dirs
+    out = tmp_path / "s.csv"
+    r = _invoke("score", ref, dist, "--out", out, "--metric", "l2", "-b", "2", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    rows = _rows(out)
+    assert list(rows[0]) == ["ref", "dist", "metric", "distance", "error"]
+    assert [row["ref"] for row in rows] == [f"im{i:02d}.png" for i in range(5)]
+    for row in rows:
+        expect = l2_distance(load_image(ref / row["ref"]), load_image(dist / row["dist"]))
+        assert float(row["distance"]) == pytest.approx(float(expect), rel=1e-6)
+        assert row["metric"] == "l2" and row["error"] == ""
+    assert not (tmp_path / "s.csv.journal").exists()
+    assert "wrote 5 rows" in r.output
+
+
+def test_all_pairs_and_default_metric(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    _images(d, 4)
+    out = tmp_path / "a.csv"
+    r = _invoke("score", "--all-pairs", d, "--out", out, "-q")
+    assert r.exit_code == 0, r.output
+    rows = _rows(out)
+    assert [(x["ref"], x["dist"]) for x in rows] == [
+        (f"im{i:02d}.png", f"im{j:02d}.png") for i in range(4) for j in range(i + 1, 4)
+    ]
+    assert all(x["metric"] == "mmdpp" and float(x["distance"]) > 0 for x in rows)
+
+
+def test_bad_files_are_rows_and_the_job_goes_on(pair_dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    ref, dist = pair_dirs
+    (dist / "im01.png").write_bytes(b"not an image at all")
+    save_image(torch.rand(3, 40, 48), dist / "im02.png")
+    out = tmp_path / "s.csv"
+    r = _invoke("score", ref, dist, "--out", out, "-m", "l2")
+    assert r.exit_code == 0, r.output
+    rows = {x["ref"]: x for x in _rows(out)}
+    assert rows["im01.png"]["distance"] == "" and "ImageReadError" in rows["im01.png"]["error"]
+    assert "48x40" in rows["im02.png"]["error"] and "--resize" in rows["im02.png"]["error"]
+    assert rows["im03.png"]["error"] == ""
+    assert "2 with errors" in r.output
+    out2 = tmp_path / "s2.csv"
+    assert _invoke("score", ref, dist, "--out", out2, "-m", "l2", "--resize").exit_code == 0
+    assert _rows(out2)[2]["error"] == "" and float(_rows(out2)[2]["distance"]) > 0
+
+
+def test_messages(pair_dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    ref, dist = pair_dirs
+    out = tmp_path / "s.csv"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = [
+        (("score", tmp_path / "missing", dist, "--out", out), "REF_DIR: folder not found"),
+        (("score", ref, empty, "--out", out), "DIST_DIR: no image files"),
+        (("score", "--all-pairs", empty, "--out", out), "no image files"),
+        (("score", ref, "--out", out), "expected REF_DIR DIST_DIR"),
+        (("score", "--all-pairs", ref, dist, "--out", out), "--all-pairs takes exactly one FOLDER"),
+        (("score", ref, dist, "--out", out, "-m", "nosuch"), "unknown metric 'nosuch'"),
+        (("score", ref, dist, "--out", out, "-m", "mmdpp", "-o", "bogus=1"), "unknown option(s) ['bogus']"),
+        (("score", ref, dist, "--out", out, "--device", "tpu"), "device must be"),
+        (("score", ref, dist, "--out", out, "--resume", "--overwrite"), "exclude each other"),
+    ]
+    for args, message in cases:
+        r = _invoke(*args)
+        assert r.exit_code == 2, (args, r.output)
+        assert message in r.output, (message, r.output)
+    assert not out.exists()
+
+
+def test_unmatched_pairs(tmp_path: Path) -> None:
+    ref, dist = tmp_path / "ref", tmp_path / "dist"
+    _images(ref, 3)
+    _images(dist, 2, seed=1)
+    save_image(torch.rand(3, 48, 48), dist / "other.png")
+    r = _invoke("score", ref, dist, "--out", tmp_path / "s.csv", "-m", "l2")
+    assert r.exit_code == 0
+    assert "1 in REF_DIR only (im02.png)" in r.output and "1 in DIST_DIR only (other.png)" in r.output
+    assert len(_rows(tmp_path / "s.csv")) == 2
+    lone = tmp_path / "lone"
+    _images(lone, 1)
+    (tmp_path / "x").mkdir()
+    save_image(torch.rand(3, 8, 8), tmp_path / "x" / "zz.png")
+    r = _invoke("score", lone, tmp_path / "x", "--out", tmp_path / "t.csv")
+    assert r.exit_code == 2 and "no pairs" in r.output
+    r = _invoke("score", "--all-pairs", lone, "--out", tmp_path / "t.csv")
+    assert r.exit_code == 2 and "single image" in r.output
+
+
+def test_existing_output_policy(pair_dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    ref, dist = pair_dirs
+    out = tmp_path / "s.csv"
+    assert _invoke("score", ref, dist, "--out", out, "-m", "l2").exit_code == 0
+    first = out.read_text()
+    r = _invoke("score", ref, dist, "--out", out, "-m", "l2")
+    assert r.exit_code == 2 and "already exist" in r.output and "--overwrite" in r.output
+    r = _invoke("score", ref, dist, "--out", out, "-m", "l2", "--resume")
+    assert r.exit_code == 2 and "nothing to resume" in r.output
+    r = _invoke("score", ref, dist, "--out", out, "-m", "local", "--overwrite")
+    assert r.exit_code == 0 and out.read_text() != first
+    # a leftover journal alone also counts as an existing output
+    (tmp_path / "new.csv.journal").write_text("")
+    r = _invoke("score", ref, dist, "--out", tmp_path / "new.csv")
+    assert r.exit_code == 2 and "new.csv.journal" in r.output
+
+
+def test_resume_with_other_arguments_is_refused(pair_dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    from patchmmd import scoring
+
+    ref, dist = pair_dirs
+    out = tmp_path / "s.csv"
+    tasks = scoring.paired_tasks(ref, dist).tasks
+    job = scoring.job_header("l2", {}, tasks, mode="RGB", resize=False, kind="paired",
+                             ref_dir=str(ref.resolve()), dist_dir=str(dist.resolve()))
+    with scoring.Journal.open(scoring.journal_path(out), job) as j:
+        scoring.run_tasks(tasks[:2], "l2", j)
+    r = _invoke("score", ref, dist, "--out", out, "-m", "local", "--resume")
+    assert r.exit_code == 2 and "different job" in r.output and "metric" in r.output
+    r = _invoke("score", ref, dist, "--out", out, "-m", "l2", "--resume")
+    assert r.exit_code == 0, r.output
+    assert "2 from the journal" in r.output and len(_rows(out)) == 5
+
+
+# --- real processes, really interrupted ---------------------------------------------------------------
+def _cmd(folder: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "patchmmd", "score", "--all-pairs", str(folder), "--out", str(out),
+            "-m", "l2", "-b", "2", "--device", "cpu", *extra]
+
+
+def _wait_for_rows(journal: Path, proc: subprocess.Popen, rows: int, timeout: float = 60) -> None:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if journal.exists() and journal.read_bytes().count(b"\n") >= 1 + rows:
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"the job ended before it could be interrupted: {proc.communicate()}")
+        time.sleep(0.02)
+    pytest.fail("the job wrote no rows in time")
+
+
+@pytest.fixture
+def job_dir(tmp_path: Path) -> tuple[Path, str]:
+    d = tmp_path / "imgs"
+    _images(d, 12, size=24)  # 66 pairs
+    (d / "broken.png").write_bytes(b"junk")  # error rows must survive resuming too
+    ref = tmp_path / "reference.csv"
+    subprocess.run(_cmd(d, ref, "-q"), check=True, timeout=120)
+    return d, ref.read_text()
+
+
+def test_kill9_then_resume_equals_uninterrupted_run(job_dir: tuple[Path, str], tmp_path: Path) -> None:
+    d, expected = job_dir
+    out = tmp_path / "scores.csv"
+    journal = tmp_path / "scores.csv.journal"
+    proc = subprocess.Popen(_cmd(d, out, "-q", "--throttle", "0.05"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait_for_rows(journal, proc, 6)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert not out.exists()  # never a half-written output
+    done = journal.read_bytes().count(b"\n") - 1
+    assert 6 <= done < 78
+    with open(journal, "ab") as f:  # as if the kill had torn a write
+        f.write(b'{"distance": 0.1, "id": "')
+    # without --resume: refused, nothing touched
+    r = subprocess.run(_cmd(d, out), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--resume" in r.stderr
+    r = subprocess.run(_cmd(d, out, "--resume"), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert f"{done} from the journal" in r.stderr
+    assert out.read_text() == expected
+    assert not journal.exists()
+
+
+def test_ctrl_c_then_resume(job_dir: tuple[Path, str], tmp_path: Path) -> None:
+    d, expected = job_dir
+    out = tmp_path / "scores.csv"
+    journal = tmp_path / "scores.csv.journal"
+    proc = subprocess.Popen(_cmd(d, out, "--throttle", "0.05"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    _wait_for_rows(journal, proc, 4)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "--resume" in err
+    assert not out.exists()
+    r = subprocess.run(_cmd(d, out, "--resume", "-q"), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert out.read_text() == expected
