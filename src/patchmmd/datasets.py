@@ -1,0 +1,421 @@
+"""Readers for human-judgment datasets, yielding images in the library's conventions ((C, H, W), [0, 1]).
+
+* :class:`BAPPS2AFC`: BAPPS two-alternative forced choice triplets,
+  ``2afc/{train,val}/<subset>/{ref,p0,p1,judge}/NNNNNN.{png,npy}`` (method.md §5).
+* :class:`BAPPSJND`: BAPPS just-noticeable-difference pairs, ``jnd/val/<subset>/{p0,p1,same}/``.
+* :class:`MOSDataset`: any full-reference MOS/DMOS dataset given as a CSV of reference path, distorted path
+  and score (e.g. ``shared/data/live-dev/labels.csv``).
+
+Every reader is indexable and iterable; items are small named tuples of tensors read with
+:func:`patchmmd.io.load_image`. Files are matched by name when the reader is built, so a missing folder, an
+empty folder or an unmatched file is reported at once with a message naming it (:class:`DatasetError`, or
+:class:`FileNotFoundError` for paths that do not exist), never halfway through an evaluation.
+
+BAPPS patches are stored at 256×256 and evaluated at 64×64 by LPIPS's loader; ``load_size=64`` (the default)
+does the same (shorter side resized with antialiased bilinear interpolation); ``load_size=None`` keeps the
+files' size.
+
+Example:
+    >>> import numpy as np, tempfile, pathlib
+    >>> from patchmmd.io import save_image
+    >>> import torch
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> sub = root / "2afc" / "val" / "traditional"
+    >>> for part in ("ref", "p0", "p1", "judge"):
+    ...     (sub / part).mkdir(parents=True)
+    >>> for part in ("ref", "p0", "p1"):
+    ...     save_image(torch.rand(3, 64, 64), sub / part / "000000.png")
+    >>> np.save(sub / "judge" / "000000.npy", np.array([0.25]))
+    >>> ds = BAPPS2AFC(root)
+    >>> len(ds), ds.subsets
+    (1, ['traditional'])
+    >>> item = ds[0]
+    >>> item.ref.shape, item.judge, item.subset
+    (torch.Size([3, 64, 64]), 0.25, 'traditional')
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Iterator, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import ClassVar, NamedTuple
+
+import numpy as np
+import torch
+
+from .io import IMAGE_SUFFIXES, ImageMode, load_image
+
+__all__ = [
+    "BAPPS2AFC",
+    "BAPPSJND",
+    "BAPPS_SUBSETS",
+    "DatasetError",
+    "JNDItem",
+    "MOSDataset",
+    "MOSItem",
+    "TwoAFCItem",
+]
+
+#: The subsets of BAPPS, in LPIPS's order. 2AFC has all six; JND has ``traditional`` and ``cnn``.
+BAPPS_SUBSETS = ("traditional", "cnn", "superres", "deblur", "color", "frameinterp")
+_MAX_LISTED = 5
+
+
+class DatasetError(ValueError):
+    """A dataset folder or label file is empty, malformed, or its files do not match up."""
+
+
+class TwoAFCItem(NamedTuple):
+    """One 2AFC triplet: reference, two distorted patches, and ``judge`` = fraction preferring ``p1``."""
+
+    ref: torch.Tensor
+    p0: torch.Tensor
+    p1: torch.Tensor
+    judge: float
+    subset: str
+    name: str
+
+
+class JNDItem(NamedTuple):
+    """One JND pair and ``same`` = fraction of people who judged the two patches identical."""
+
+    p0: torch.Tensor
+    p1: torch.Tensor
+    same: float
+    subset: str
+    name: str
+
+
+class MOSItem(NamedTuple):
+    """One row of a MOS/DMOS file; ``score`` is ``None`` where the file leaves it empty."""
+
+    reference: torch.Tensor
+    distorted: torch.Tensor
+    score: float | None
+    group: str | None
+    reference_path: str
+    distorted_path: str
+
+
+def _listing(paths: Sequence[object]) -> str:
+    shown = ", ".join(str(p) for p in list(paths)[:_MAX_LISTED])
+    more = len(paths) - _MAX_LISTED
+    return shown + (f" (and {more} more)" if more > 0 else "")
+
+
+def _check_dir(path: Path, what: str) -> None:
+    if not path.exists():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    if not path.is_dir():
+        raise DatasetError(f"{what} is not a folder: {path}")
+
+
+def _stems(folder: Path, suffixes: Sequence[str]) -> dict[str, Path]:
+    _check_dir(folder, "folder")
+    found: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith("."):
+            if p.stem in found:
+                raise DatasetError(f"two files share the name {p.stem!r} in {folder}: {found[p.stem].name}, {p.name}")
+            found[p.stem] = p
+    if not found:
+        kinds = "/".join(suffixes) if len(suffixes) <= 2 else "image"
+        raise DatasetError(f"folder is empty (no {kinds} files): {folder}")
+    return found
+
+
+def _match(folder: Path, parts: dict[str, Sequence[str]]) -> list[tuple[str, dict[str, Path]]]:
+    """Files of each part folder matched by name; a name missing from any part is an error."""
+    files = {part: _stems(folder / part, suffixes) for part, suffixes in parts.items()}
+    names = set().union(*files.values())
+    problems = []
+    for part, found in files.items():
+        missing = sorted(names - set(found))
+        if missing:
+            problems.append(f"{part}/ lacks {len(missing)}: {_listing(missing)}")
+    if problems:
+        raise DatasetError(f"unmatched files in {folder}: " + "; ".join(problems))
+    return [(name, {part: files[part][name] for part in parts}) for name in sorted(names)]
+
+
+def _load_fraction(path: Path, what: str) -> float:
+    try:
+        a = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"cannot read {what} file {path}: {e}") from None
+    a = np.asarray(a, dtype=np.float64).reshape(-1)
+    if a.size != 1 or not np.isfinite(a[0]) or not 0 <= a[0] <= 1:
+        raise DatasetError(f"{what} file {path} must hold one fraction in [0, 1], got {a[:4].tolist()}")
+    return float(a[0])
+
+
+def _resize(t: torch.Tensor, load_size: int | None) -> torch.Tensor:
+    if load_size is None:
+        return t
+    h, w = t.shape[-2:]
+    if min(h, w) == load_size:
+        return t
+    scale = load_size / min(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    out = torch.nn.functional.interpolate(t[None], size=size, mode="bilinear", align_corners=False, antialias=True)
+    return out[0].clamp(0, 1)
+
+
+def _check_load_size(load_size: int | None) -> int | None:
+    if load_size is not None and (not isinstance(load_size, int) or isinstance(load_size, bool) or load_size < 1):
+        raise ValueError(f"load_size must be a positive integer or None (keep the files' size), got {load_size!r}")
+    return load_size
+
+
+def _subset_dirs(root: str | os.PathLike[str], kind: str, split: str, subsets: Sequence[str] | None,
+                 parts: Sequence[str]) -> dict[str, Path]:
+    """Resolve BAPPS subset folders under ``root`` (the BAPPS root, its ``kind`` folder, a split, or a subset)."""
+    root = Path(root)
+    _check_dir(root, "dataset folder")
+    if all((root / p).is_dir() for p in parts):  # root is itself one subset
+        if subsets:
+            raise ValueError(f"{root} is a single subset folder; do not also select subsets {list(subsets)}")
+        return {root.name: root}
+    def holds_subsets(base: Path) -> bool:
+        return base.is_dir() and any(c.is_dir() and all((c / q).is_dir() for q in parts) for c in base.iterdir())
+
+    for base in (root / kind / split, root / split, root):
+        if holds_subsets(base):
+            break
+    else:
+        raise FileNotFoundError(
+            f"no BAPPS {kind} data under {root}: expected {kind}/{split}/<subset>/{{{','.join(parts)}}}/ "
+            f"(subsets: {', '.join(BAPPS_SUBSETS)})"
+        )
+    if subsets:
+        names = []
+        for s in subsets:
+            if "/" in s:
+                s_split, s = s.split("/", 1)
+                if s_split != split:
+                    raise ValueError(f"subset {s_split}/{s} does not belong to split {split!r}")
+            names.append(s)
+    else:
+        names = [s for s in BAPPS_SUBSETS if (base / s).is_dir()]
+        names += sorted(p.name for p in base.iterdir() if p.is_dir() and p.name not in BAPPS_SUBSETS
+                        and all((p / q).is_dir() for q in parts))
+    out = {}
+    for s in names:
+        _check_dir(base / s, f"subset folder {s!r}")
+        out[s] = base / s
+    return out
+
+
+class _BAPPS:
+    _parts: ClassVar[dict[str, Sequence[str]]] = {}
+    _kind: ClassVar[str] = ""
+
+    def __init__(self, root: str | os.PathLike[str], subsets: Sequence[str] | str | None = None, *,
+                 split: str = "val", load_size: int | None = 64, mode: ImageMode = "RGB") -> None:
+        if isinstance(subsets, str):
+            subsets = [s for s in subsets.split(",") if s.strip()]
+        self.root = Path(root)
+        self.load_size = _check_load_size(load_size)
+        self.mode = mode
+        self.subset_dirs = _subset_dirs(root, self._kind, split, subsets, list(self._parts))
+        self.items: list[tuple[str, str, dict[str, Path]]] = []
+        for name, folder in self.subset_dirs.items():
+            self.items += [(name, stem, files) for stem, files in _match(folder, self._parts)]
+
+    @property
+    def subsets(self) -> list[str]:
+        """Names of the subsets read, in order."""
+        return list(self.subset_dirs)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _image(self, path: Path) -> torch.Tensor:
+        return _resize(load_image(path, mode=self.mode), self.load_size)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.root)!r}, subsets={self.subsets}, n={len(self)})"
+
+
+_IMG = IMAGE_SUFFIXES
+_NPY = (".npy",)
+
+
+class BAPPS2AFC(_BAPPS):
+    """BAPPS 2AFC triplets (``ref``, ``p0``, ``p1``, ``judge``), all subsets found or those named.
+
+    Args:
+        root: the BAPPS root (holding ``2afc/``), the ``2afc`` folder, a split folder, or one subset folder.
+        subsets: names (``"traditional"`` or ``"val/traditional"``), a comma-separated string, or ``None``
+            for every subset present, in LPIPS's order.
+        split: ``"val"`` (default) or ``"train"``.
+        load_size: shorter side after resizing (64, LPIPS's evaluation size) or ``None``.
+        mode: colour mode of :func:`patchmmd.io.load_image`.
+
+    Raises:
+        FileNotFoundError: the root or a named subset folder does not exist.
+        DatasetError: a folder is empty or its files do not match by name.
+    """
+
+    _parts: ClassVar[dict[str, Sequence[str]]] = {"ref": _IMG, "p0": _IMG, "p1": _IMG, "judge": _NPY}
+    _kind = "2afc"
+
+    def __getitem__(self, i: int) -> TwoAFCItem:
+        subset, stem, f = self.items[i]
+        return TwoAFCItem(self._image(f["ref"]), self._image(f["p0"]), self._image(f["p1"]),
+                          _load_fraction(f["judge"], "judge"), subset, stem)
+
+    def __iter__(self) -> Iterator[TwoAFCItem]:
+        return (self[i] for i in range(len(self)))
+
+
+class BAPPSJND(_BAPPS):
+    """BAPPS JND pairs (``p0``, ``p1``, ``same``); arguments as :class:`BAPPS2AFC` (``root`` holds ``jnd/``)."""
+
+    _parts: ClassVar[dict[str, Sequence[str]]] = {"p0": _IMG, "p1": _IMG, "same": _NPY}
+    _kind = "jnd"
+
+    def __getitem__(self, i: int) -> JNDItem:
+        subset, stem, f = self.items[i]
+        return JNDItem(self._image(f["p0"]), self._image(f["p1"]), _load_fraction(f["same"], "same"), subset, stem)
+
+    def __iter__(self) -> Iterator[JNDItem]:
+        return (self[i] for i in range(len(self)))
+
+
+_REFERENCE_COLUMNS = ("reference", "ref", "reference_path", "ref_path", "ref_name", "reference_image")
+_DISTORTED_COLUMNS = ("distorted", "dist", "distorted_path", "dist_path", "dis_path", "dist_name",
+                      "distorted_image", "image")
+_SCORE_COLUMNS = ("dmos", "mos", "score", "dmos_score", "mos_score", "zscore")
+
+
+def _pick_column(header: Sequence[str], given: str | None, candidates: Sequence[str], what: str,
+                 option: str) -> str:
+    if given is not None:
+        if given not in header:
+            raise DatasetError(f"{option}: column {given!r} is not in the header {list(header)}")
+        return given
+    lower = {h.lower().strip(): h for h in header}
+    for c in candidates:
+        if c in lower:
+            return lower[c]
+    raise DatasetError(
+        f"cannot find the {what} column in the header {list(header)}: name it with {option} "
+        f"(looked for {', '.join(candidates)})"
+    )
+
+
+class MOSDataset:
+    """A full-reference MOS/DMOS dataset from a CSV with reference path, distorted path and score columns.
+
+    Args:
+        labels_csv: the CSV file (a header row, then one row per distorted image).
+        root: folder the paths are relative to (default: the CSV's folder).
+        reference_column, distorted_column, score_column: column names; by default the first of the usual
+            names found (``reference``/``ref``…, ``distorted``/``dist``…, ``dmos``/``mos``/``score``…).
+        group_column: a column to group results by (e.g. ``distortion``), or ``None``.
+        mode: colour mode of :func:`patchmmd.io.load_image`.
+
+    Rows whose score is empty (e.g. live-dev's copies identical to their reference) are kept with
+    ``score=None``; :attr:`scored` lists the others. Every referenced file must exist.
+
+    Raises:
+        FileNotFoundError: the CSV, the root, or files it names do not exist (the first few are listed).
+        DatasetError: the CSV has no rows, a column is missing, or a score is not a number.
+
+    Example:
+        >>> from pathlib import Path
+        >>> live = Path(__file__).resolve().parents[3] / "shared" / "data" / "live-dev"
+        >>> if (live / "labels.csv").exists():
+        ...     ds = MOSDataset(live / "labels.csv", group_column="distortion")
+        ...     print(len(ds), len(ds.scored), sorted(set(ds.groups)))
+        ... else:
+        ...     print(29, 27, ['gblur', 'jpeg', 'wn'])
+        29 27 ['gblur', 'jpeg', 'wn']
+    """
+
+    def __init__(self, labels_csv: str | os.PathLike[str], root: str | os.PathLike[str] | None = None, *,
+                 reference_column: str | None = None, distorted_column: str | None = None,
+                 score_column: str | None = None, group_column: str | None = None,
+                 mode: ImageMode = "RGB") -> None:
+        self.labels_csv = Path(labels_csv)
+        if not self.labels_csv.is_file():
+            raise FileNotFoundError(f"labels CSV not found: {self.labels_csv}")
+        self.root = Path(root) if root is not None else self.labels_csv.parent
+        _check_dir(self.root, "image root folder")
+        self.mode = mode
+        with open(self.labels_csv, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            rows = [r for r in reader if any((v or "").strip() for v in r.values())]
+        if not header or not rows:
+            raise DatasetError(f"labels CSV has no data rows: {self.labels_csv}")
+        self.reference_column = _pick_column(header, reference_column, _REFERENCE_COLUMNS, "reference path",
+                                             "--reference-column")
+        self.distorted_column = _pick_column(header, distorted_column, _DISTORTED_COLUMNS, "distorted path",
+                                             "--distorted-column")
+        self.score_column = _pick_column(header, score_column, _SCORE_COLUMNS, "score", "--score-column")
+        self.group_column = None if group_column is None else _pick_column(header, group_column, (), "group",
+                                                                           "--group-column")
+        self.rows = rows
+        self.references: list[str] = []
+        self.distorted: list[str] = []
+        self.scores: list[float | None] = []
+        self.groups: list[str | None] = []
+        missing: list[str] = []
+        for line, r in enumerate(rows, start=2):
+            ref, dist = (r.get(self.reference_column) or "").strip(), (r.get(self.distorted_column) or "").strip()
+            if not ref or not dist:
+                raise DatasetError(f"{self.labels_csv}, line {line}: empty reference or distorted path")
+            for p in (ref, dist):
+                if not (self.root / p).is_file():
+                    missing.append(p)
+            raw = (r.get(self.score_column) or "").strip()
+            try:
+                score = float(raw) if raw else None
+            except ValueError:
+                raise DatasetError(
+                    f"{self.labels_csv}, line {line}: score {raw!r} in column {self.score_column!r} is not a number"
+                ) from None
+            if score is not None and not np.isfinite(score):
+                raise DatasetError(f"{self.labels_csv}, line {line}: score must be finite, got {raw!r}")
+            self.references.append(ref)
+            self.distorted.append(dist)
+            self.scores.append(score)
+            self.groups.append((r.get(self.group_column) or "").strip() if self.group_column else None)
+        if missing:
+            missing = sorted(set(missing))
+            raise FileNotFoundError(
+                f"{len(missing)} image file(s) named in {self.labels_csv} not found under {self.root}: "
+                f"{_listing(missing)}"
+            )
+        self._load = lru_cache(maxsize=8)(self._load_uncached)
+
+    @property
+    def scored(self) -> list[int]:
+        """Indices of the rows with a score."""
+        return [i for i, s in enumerate(self.scores) if s is not None]
+
+    def _load_uncached(self, path: str) -> torch.Tensor:
+        return load_image(self.root / path, mode=self.mode)
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def __getitem__(self, i: int) -> MOSItem:
+        ref, dist = self._load(self.references[i]), self._load(self.distorted[i])
+        if ref.shape != dist.shape:
+            raise DatasetError(
+                f"reference {self.references[i]} {tuple(ref.shape)} and distorted {self.distorted[i]} "
+                f"{tuple(dist.shape)} differ in size (row {i + 1} of {self.labels_csv})"
+            )
+        return MOSItem(ref, dist, self.scores[i], self.groups[i], self.references[i], self.distorted[i])
+
+    def __iter__(self) -> Iterator[MOSItem]:
+        return (self[i] for i in range(len(self)))
+
+    def __repr__(self) -> str:
+        return f"MOSDataset({str(self.labels_csv)!r}, n={len(self)}, scored={len(self.scored)})"
