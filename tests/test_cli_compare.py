@@ -1,0 +1,114 @@
+"""``patchmmd compare`` and ``patchmmd metrics`` end to end on small files made here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from patchmmd import l2_distance, mmdpp
+from patchmmd.cli import main
+from patchmmd.io import load_image, save_image
+
+
+def _invoke(*args: object) -> object:
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Path]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 48, 48, generator=g)
+    y = (x + 0.1 * torch.randn(3, 48, 48, generator=g)).clamp(0, 1)
+    paths = {k: tmp_path / f"{k}.png" for k in ("a", "b", "small", "gray", "rgba", "bad")}
+    save_image(x, paths["a"])
+    save_image(y, paths["b"])
+    save_image(torch.rand(3, 40, 44, generator=g), paths["small"])
+    Image.fromarray((x.mean(0).numpy() * 255).astype(np.uint8), mode="L").save(paths["gray"])
+    rgba = np.concatenate([(x.permute(1, 2, 0).numpy() * 255).astype(np.uint8), np.full((48, 48, 1), 128, np.uint8)], 2)
+    Image.fromarray(rgba, mode="RGBA").save(paths["rgba"])
+    paths["bad"].write_text("this is not a PNG")
+    return paths
+
+
+def test_value_equals_library(files: dict[str, Path]) -> None:
+    r = _invoke("compare", files["a"], files["b"])
+    assert r.exit_code == 0, r.output
+    x, y = load_image(files["a"]), load_image(files["b"])
+    assert float(r.output) == pytest.approx(float(mmdpp(x, y)), rel=1e-6)
+    r = _invoke("compare", files["a"], files["b"], "--metric", "l2", "--json", "--device", "cpu")
+    obj = json.loads(r.output)
+    assert obj["metric"] == "l2" and obj["distance"] == pytest.approx(float(l2_distance(x, y)), rel=1e-6)
+    assert obj["shape_a"] == [3, 48, 48] and obj["higher_is_better"] is False and obj["resized"] is False
+
+
+def test_metric_options(files: dict[str, Path]) -> None:
+    r = _invoke("compare", files["a"], files["b"], "-o", "seed=3", "-o", "num_features=64", "--json")
+    assert r.exit_code == 0, r.output
+    x, y = load_image(files["a"]), load_image(files["b"])
+    assert json.loads(r.output)["distance"] == pytest.approx(float(mmdpp(x, y, seed=3, num_features=64)), rel=1e-6)
+    r = _invoke("compare", files["a"], files["b"], "-o", "nonsense")
+    assert r.exit_code == 2 and "KEY=VALUE" in r.output
+
+
+def test_sizes_and_resize(files: dict[str, Path]) -> None:
+    r = _invoke("compare", files["a"], files["small"])
+    assert r.exit_code == 1
+    assert "48x48" in r.output and "44x40" in r.output and "--resize" in r.output
+    r = _invoke("compare", files["a"], files["small"], "--resize", "--json", "-m", "l2")
+    assert r.exit_code == 0, r.output
+    obj = json.loads(r.output)
+    assert obj["resized"] is True and obj["shape_b"] == [3, 48, 48]
+
+
+def test_modes(files: dict[str, Path]) -> None:
+    # default RGB: grayscale replicated, alpha composited over white, so all compare
+    for other in ("gray", "rgba"):
+        r = _invoke("compare", files["a"], files[other], "--json", "-m", "l2")
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.output)["shape_b"] == [3, 48, 48]
+    r = _invoke("compare", files["gray"], files["a"], "--mode", "L", "--json", "-m", "l2")
+    assert json.loads(r.output)["shape_a"] == [1, 48, 48]
+    r = _invoke("compare", files["rgba"], files["a"], "--mode", "keep")
+    assert r.exit_code == 1 and "different modes" in r.output and "4 channel" in r.output
+
+
+def test_map(files: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "map.png"
+    r = _invoke("compare", files["a"], files["b"], "--map", out)
+    assert r.exit_code == 0, r.output
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.size[0] > 100
+    r = _invoke("compare", files["a"], files["b"], "--map", out)
+    assert r.exit_code == 2 and "already exist" in r.output
+    assert _invoke("compare", files["a"], files["b"], "--map", out, "--overwrite").exit_code == 0
+    r = _invoke("compare", files["a"], files["b"], "--map", tmp_path / "m2.png", "-m", "l2")
+    assert r.exit_code == 2 and "--map needs a metric with a distance map" in r.output
+    assert not (tmp_path / "m2.png").exists()
+
+
+def test_errors(files: dict[str, Path], tmp_path: Path) -> None:
+    r = _invoke("compare", files["a"], files["bad"])
+    assert r.exit_code == 1 and "cannot read" in r.output
+    r = _invoke("compare", files["a"], tmp_path / "missing.png")
+    assert r.exit_code == 1 and "not found" in r.output
+    r = _invoke("compare", files["a"], files["b"], "-m", "psnr-typo")
+    assert r.exit_code == 2 and "unknown metric" in r.output and "mmdpp" in r.output
+
+
+def test_metrics_listing() -> None:
+    from patchmmd.registry import metric_names
+
+    r = _invoke("metrics")
+    assert r.exit_code == 0
+    lines = r.output.splitlines()
+    assert lines[0].split()[:4] == ["name", "group", "higher_is_better", "map"]
+    assert {line.split()[0] for line in lines[1:]} == set(metric_names())
+    rows = json.loads(_invoke("metrics", "--json").output)
+    mm = next(x for x in rows if x["name"] == "mmdpp")
+    assert mm["has_map"] is True and mm["higher_is_better"] is False
