@@ -61,9 +61,9 @@ class MMDPPConfig:
     num_features: int = 512
     features: FeatureKind = "stratified"
     seed: int = 0
-    base_size: int | None = 256
-    num_scales: int = 1
-    min_size: int = 64
+    base_size: int | None = 128
+    num_scales: int = 2
+    min_size: int = 48
     scale_weights: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:

@@ -1,19 +1,25 @@
 """The scale rule: at which resolutions the patch distances look at an image.
 
-MMD++'s constants (3x3 patches, 32x32 windows, the kernel widths) were tuned on 64x64 crops. A 3x3 patch
-of a 768x512 photograph sees a far smaller part of the scene than a 3x3 patch of a 64x64 crop, and the
-full-size photo's perceptually important structure (edges, textures at the scale a viewer sees them) is
-spread over many more pixels. The rule, applied identically to both images:
+MMD++'s constants (3x3 patches, 32x32 windows, the kernel widths) were tuned on 64x64 crops (BAPPS). A
+3x3 patch of a 768x512 photograph sees a far smaller part of the scene than a 3x3 patch of a 64x64 crop,
+so the same formula applied at native resolution mostly measures pixel-level noise and ranks human
+judgments poorly (method.md §3). The rule, applied identically to both images:
 
 1. **Working resolution.** Box-downsample by the integer factor ``f = max(1, round(min(H, W) / base_size))``
-   (the rule of the reference SSIM code, there with ``base_size = 256``), so a photo is looked at with
-   about ``base_size`` pixels along its short side whatever its capture size.
-2. **Pyramid.** From there, ``num_scales`` levels, each a 2x box downsampling of the previous, averaged
-   with fixed weights; a level whose short side would fall below ``min_size`` is dropped and the weights
-   of the kept levels are renormalised.
+   (the form of the reference SSIM code's rule, there with 256), so that an image is looked at with about
+   ``base_size`` pixels along its short side whatever its capture size. Default ``base_size = 128``:
+   twice the 64-pixel crops the constants were tuned on.
+2. **Pyramid.** From there, up to ``num_scales`` (default 2) levels, each a 2x box downsampling of the
+   previous, averaged with fixed weights (equal by default). A level beyond the first is kept only if its
+   short side is at least ``min_size`` (default 48 = window + stride: room for a 2x2 grid of 32x32
+   windows at stride 16, so the MMD still compares several local distributions). The weights of the
+   kept levels are renormalised to sum to 1. Since the working resolution has a short side between
+   about 96 and 171 pixels, its half always qualifies: every image of 96 px or more gets both levels.
 
-On a 64x64 input (with ``base_size >= 43`` and ``min_size > 32``) the rule keeps the one native level, so
-the distance reduces to the method's MMD++ exactly. ``base_size=None`` disables step 1.
+Consequences: on a 64x64 input the rule keeps the one native level, so the distance *is* the method's
+MMD++; a 768x512 photo is compared at 192x128 and 96x64; a 3840x2160 frame at 225x127 and 112x63. The choice of
+``base_size`` and ``num_scales`` was made on development data only (``scripts/scale_rule_dev.py``,
+documented in ``docs/scale-rule.md``). ``base_size=None`` disables step 1 (native resolution).
 """
 
 from __future__ import annotations
@@ -57,9 +63,11 @@ def pyramid_levels(
     """The levels the scale rule uses for an ``H x W`` image (at least one: the working resolution).
 
     Example:
-        >>> [(lv.factor, lv.weight) for lv in pyramid_levels(512, 768, base_size=256, num_scales=3, min_size=64)]
-        [(2, 0.3333333333333333), (4, 0.3333333333333333), (8, 0.3333333333333333)]
-        >>> [(lv.factor, lv.weight) for lv in pyramid_levels(64, 64, base_size=256, num_scales=3, min_size=64)]
+        >>> [(lv.factor, lv.weight) for lv in pyramid_levels(512, 768, base_size=128, num_scales=2, min_size=48)]
+        [(4, 0.5), (8, 0.5)]
+        >>> [(lv.factor, lv.weight) for lv in pyramid_levels(2160, 3840, base_size=128, num_scales=2, min_size=48)]
+        [(17, 0.5), (34, 0.5)]
+        >>> [(lv.factor, lv.weight) for lv in pyramid_levels(64, 64, base_size=128, num_scales=2, min_size=48)]
         [(1, 1.0)]
     """
     f = working_factor(height, width, base_size)
