@@ -78,9 +78,11 @@ def test_bad_files_are_rows_and_the_job_goes_on(pair_dirs: tuple[Path, Path], tm
     ref, dist = pair_dirs
     (dist / "im01.png").write_bytes(b"not an image at all")
     save_image(torch.rand(3, 40, 48), dist / "im02.png")
+    (dist / "readme.txt").write_text("notes")
     out = tmp_path / "s.csv"
     r = _invoke("score", ref, dist, "--out", out, "-m", "l2")
     assert r.exit_code == 0, r.output
+    assert "1 file(s) without an image suffix ignored (readme.txt)" in r.output
     rows = {x["ref"]: x for x in _rows(out)}
     assert rows["im01.png"]["distance"] == "" and "ImageReadError" in rows["im01.png"]["error"]
     assert "48x40" in rows["im02.png"]["error"] and "--resize" in rows["im02.png"]["error"]

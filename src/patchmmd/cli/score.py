@@ -46,6 +46,9 @@ def _list_or_fail(folder: str, role: str) -> tuple[list[str], list[str]]:
         raise click.UsageError(
             f"{role}: no image files in {folder}{extra}; looked for {', '.join(IMAGE_SUFFIXES)}"
         )
+    if others:
+        click.echo(f"note: {role}: {len(others)} file(s) without an image suffix ignored ({_describe(others)})",
+                   err=True)
     return images, others
 
 
