@@ -29,7 +29,7 @@ Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 #: Modules whose import registers metrics. Each must import without optional dependencies; a metric
 #: needing one raises a clear ``ImportError`` when it is built, not when it is registered.
-BUILTIN_MODULES: list[str] = ["patchmmd.metrics"]
+BUILTIN_MODULES: list[str] = ["patchmmd.metrics", "patchmmd.theory_metrics", "patchmmd.baselines"]
 
 
 @dataclass(frozen=True)

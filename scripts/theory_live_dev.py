@@ -1,0 +1,142 @@
+"""How random CNNs, the infinite CNN and MMD++ rank human scores on the LIVE development subset.
+
+Usage (from the repository root; writes a Markdown table to stdout and, with --out, a CSV of distances)::
+
+    python scripts/theory_live_dev.py [--data ../shared/data/live-dev] [--out theory_live_dev.csv]
+
+Reads ``labels.csv`` (columns reference, distorted, distortion, dmos, identical_to_reference; rows without
+a DMOS are skipped; higher DMOS = worse), computes every metric with its registry defaults on the
+full-size images, and reports Spearman SROCC, Kendall KROCC and Pearson PLCC after the VQEG 5-parameter
+logistic ``b1 (0.5 - 1 / (1 + exp(b2 (x - b3)))) + b4 x + b5``, overall and per distortion. Correlations are
+oriented so that a good metric is positive (PSNR, a similarity, is negated). Nothing is tuned here.
+
+The statistics come from :mod:`patchmmd.evaluation` when it is installed, otherwise from the scipy
+fallback below (same definitions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from patchmmd.io import load_image
+from patchmmd.registry import get_metric
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "live-dev"
+
+#: (column label, registry name, options, higher_is_better)
+METRICS: list[tuple[str, str, dict[str, object], bool]] = [
+    ("random-cnn (he)", "random-cnn", {}, False),
+    ("random-cnn (zero_mean)", "random-cnn-zero-mean", {}, False),
+    ("infinite-cnn (he)", "infinite-cnn", {}, False),
+    ("infinite-cnn (zero_mean)", "infinite-cnn", {"first_layer": "zero_mean"}, False),
+    ("random-vgg (he)", "random-vgg", {}, False),
+    ("random-vgg (zero_mean)", "random-vgg", {"first_layer": "zero_mean"}, False),
+    ("mmdpp", "mmdpp", {}, False),
+    ("l2", "l2", {}, False),
+]
+
+
+def _logistic5(x, b1, b2, b3, b4, b5):  # type: ignore[no-untyped-def]
+    return b1 * (0.5 - 1.0 / (1.0 + np.exp(b2 * (x - b3)))) + b4 * x + b5
+
+
+def _fallback_stats(d: np.ndarray, s: np.ndarray) -> dict[str, float]:
+    from scipy.optimize import curve_fit
+    from scipy.stats import kendalltau, pearsonr, spearmanr
+
+    z = (d - d.mean()) / (d.std() or 1.0)
+    p0 = [np.ptp(s) or 1.0, 1.0, 0.0, 0.0, float(s.mean())]
+    try:
+        params, _ = curve_fit(_logistic5, z, s, p0=p0, maxfev=20000)
+        fitted = _logistic5(z, *params)
+    except RuntimeError:
+        fitted = z
+    return {
+        "n": len(d),
+        "srocc": float(spearmanr(d, s).statistic),
+        "krocc": float(kendalltau(d, s).statistic),
+        "plcc": float(pearsonr(fitted, s).statistic),
+    }
+
+
+def statistics(d: np.ndarray, s: np.ndarray, groups: list[str]) -> tuple[dict[str, dict[str, float]], str]:
+    try:
+        from patchmmd.evaluation import grouped_correlations
+    except ImportError:
+        out = {"all": _fallback_stats(d, s)}
+        for g in sorted(set(groups)):
+            idx = np.array([i for i, x in enumerate(groups) if x == g])
+            out[g] = _fallback_stats(d[idx], s[idx])
+        return out, "scipy fallback in scripts/theory_live_dev.py"
+    return grouped_correlations(d, s, groups), "patchmmd.evaluation.grouped_correlations"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--out", type=Path, default=None, help="CSV of per-image distances")
+    ap.add_argument("--metrics", default=None, help="comma-separated subset of the column labels' registry names")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    rows = []
+    with open(args.data / "labels.csv", newline="") as f:
+        for r in csv.DictReader(f):
+            if (r.get("dmos") or "").strip():
+                rows.append(r)
+    metrics = METRICS
+    if args.metrics:
+        keep = set(args.metrics.split(","))
+        metrics = [m for m in METRICS if m[1] in keep or m[0] in keep]
+    dmos = np.array([float(r["dmos"]) for r in rows])
+    groups = [r["distortion"] for r in rows]
+    values: dict[str, list[float]] = {label: [] for label, *_ in metrics}
+    values["psnr"] = []
+    built = {label: get_metric(name, **opts) for label, name, opts, _ in metrics}
+    timings = dict.fromkeys(values, 0.0)
+    for i, r in enumerate(rows):
+        x = load_image(args.data / r["reference"]).unsqueeze(0)
+        y = load_image(args.data / r["distorted"]).unsqueeze(0)
+        with torch.no_grad():
+            for label, metric in built.items():
+                t = time.perf_counter()
+                values[label].append(float(metric(x, y)[0]))
+                timings[label] += time.perf_counter() - t
+        mse = float((x - y).pow(2).mean())
+        values["psnr"].append(10 * math.log10(1.0 / mse) if mse > 0 else math.inf)
+        print(f"[{i + 1}/{len(rows)}] {r['distorted']}", file=sys.stderr)
+    higher = {label: hib for label, _, _, hib in metrics}
+    higher["psnr"] = True
+    if args.out:
+        with open(args.out, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["distorted", "distortion", "dmos", *values])
+            for i, r in enumerate(rows):
+                w.writerow([r["distorted"], r["distortion"], r["dmos"], *(values[k][i] for k in values)])
+    cols = ["all", *sorted(set(groups))]
+    source = ""
+    print(f"LIVE dev subset: {len(rows)} distorted images with DMOS, {len(set(r['reference'] for r in rows))} "
+          f"references; distortions: {', '.join(f'{g} ({groups.count(g)})' for g in cols[1:])}\n")
+    print("| metric | " + " | ".join(f"{c} SROCC / KROCC / PLCC" for c in cols) + " | s per pair |")
+    print("|---|" + "---|" * (len(cols) + 1))
+    for label, v in values.items():
+        d = np.asarray(v, dtype=np.float64)
+        if higher[label]:
+            d = -d
+        stats, source = statistics(d, dmos, groups)
+        cells = [f"{stats[c]['srocc']:.3f} / {stats[c]['krocc']:.3f} / {stats[c]['plcc']:.3f}" for c in cols]
+        print(f"| {label} | " + " | ".join(cells) + f" | {timings[label] / len(rows):.2f} |")
+    print(f"\nStatistics: {source}. PLCC after the 5-parameter logistic fit.")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,92 @@
+"""Registration of the theory module's distances (random and infinite CNNs, VGG16) in :mod:`patchmmd.registry`.
+
+Metrics take ``[0, 1]`` images ``(N, C, H, W)`` and return ``(N,)`` distances. The random-CNN and
+infinite-CNN metrics apply the scale rule of the default MMD++ (:mod:`patchmmd.scale`, with the levels
+of ``MMDPPConfig.levels``): a 768x512 photo is box-downsampled 2x before the network sees it, a 64x64
+crop is used as is. Pass ``scale_rule=False`` for native resolution. The VGG metrics run at native
+resolution by default (as LPIPS does); ``scale_rule=True`` applies the same rule.
+
+Example:
+    >>> import torch
+    >>> from patchmmd.registry import get_metric
+    >>> x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    >>> float(get_metric("infinite-cnn", depth=1)(x, x))
+    0.0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .cnn import RandomCNNDistance, VGGDistance
+from .mmdpp import get_config
+from .nngp import InfiniteCNNDistance
+from .registry import Metric, register
+from .scale import downsample
+
+
+def with_scale_rule(metric: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], enabled: bool = True) -> Metric:
+    """Wrap a ``[0, 1]``-image metric so it runs at the levels of the default MMD++ scale rule.
+
+    Each level box-downsamples both images by its factor; the level values are averaged with the rule's
+    weights. Box downsampling keeps values inside ``[0, 1]``.
+    """
+    if not enabled:
+        return metric
+    levels_of = get_config("default").levels
+
+    def scaled(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.dim() < 3:
+            return metric(x, y)  # let the metric report the bad input
+        total = None
+        for level in levels_of(x.shape[-2], x.shape[-1]):
+            value = level.weight * metric(downsample(x, level.factor), downsample(y, level.factor))
+            total = value if total is None else total + value
+        assert total is not None
+        return total
+
+    return scaled
+
+
+def _split(options: dict[str, object], default_scale: bool) -> tuple[dict[str, object], bool]:
+    opts = dict(options)
+    return opts, bool(opts.pop("scale_rule", default_scale))
+
+
+@register("random-cnn", "random-filter CNN (3x3 + 1x1 conv, ReLU, He, width 512), windowed pooling", group="theory")
+def _random_cnn(**options: object) -> Metric:
+    opts, scale = _split(options, True)
+    return with_scale_rule(RandomCNNDistance(**opts), scale)  # type: ignore[arg-type]
+
+
+@register("random-cnn-zero-mean", "random-filter CNN with zero-mean first-layer filters", group="theory")
+def _random_cnn_zero_mean(**options: object) -> Metric:
+    opts, scale = _split(options, True)
+    return with_scale_rule(RandomCNNDistance(**{"first_layer": "zero_mean", **opts}), scale)  # type: ignore[arg-type]
+
+
+@register("infinite-cnn", "infinitely wide random CNN: windowed MMD² with the arc-cosine (NNGP) kernel", group="theory")
+def _infinite_cnn(**options: object) -> Metric:
+    opts, scale = _split(options, True)
+    return with_scale_rule(InfiniteCNNDistance(**opts), scale)  # type: ignore[arg-type]
+
+
+@register("random-vgg", "VGG16 trunk with random He filters, five taps, LPIPS-style unit normalisation", group="theory")
+def _random_vgg(**options: object) -> Metric:
+    opts, scale = _split(options, False)
+    if "weights" in opts:
+        raise ValueError("random-vgg draws its filters from seed=; use the 'vgg' metric with weights= for pretrained")
+    return with_scale_rule(VGGDistance(**opts), scale)  # type: ignore[arg-type]
+
+
+@register("vgg", "VGG16 trunk with pretrained filters from a local file (option weights=PATH)", group="theory")
+def _vgg(**options: object) -> Metric:
+    opts, scale = _split(options, False)
+    if opts.get("weights") is None:
+        raise ValueError(
+            "the 'vgg' metric needs weights=PATH, a local VGG16 state dict in torchvision's layout "
+            "(nothing is downloaded); use 'random-vgg' for random filters"
+        )
+    return with_scale_rule(VGGDistance(**opts), scale)  # type: ignore[arg-type]
