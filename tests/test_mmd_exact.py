@@ -35,7 +35,8 @@ def test_exact_matches_brute_force(c, h, w, k, window, stride, center):
     got = patchmmd.patch_mmd(x, y, patch_size=k, sigma=sigma, window=window, stride=stride, center=center)
     for i in range(2):
         ref = windowed_mmd2(
-            (2 * x[i] - 1).numpy(), (2 * y[i] - 1).numpy(), k=k, sigma=sigma, window=window, stride=stride, center=center
+            (2 * x[i] - 1).numpy(), (2 * y[i] - 1).numpy(),
+            k=k, sigma=sigma, window=window, stride=stride, center=center,
         )
         assert abs(float(got[i]) - ref) <= 1e-8 * abs(ref), (float(got[i]), ref)
     assert got.dtype == torch.float64
@@ -56,7 +57,8 @@ def test_window_placement_and_border_padding():
     g = window_grid(10, 10, 4, 4)
     assert (g.rows, g.cols) == (2, 2)
     # Reflect padding: the patch centred on row 0 sees row 1 above it, not a zero or a repeated row 0.
-    ref = windowed_mmd2((2 * x[0] - 1).numpy(), (2 * y8[0] - 1).numpy(), k=3, sigma=0.1, window=4, stride=4, center=True)
+    xs, ys = (2 * x[0] - 1).numpy(), (2 * y8[0] - 1).numpy()
+    ref = windowed_mmd2(xs, ys, k=3, sigma=0.1, window=4, stride=4, center=True)
     assert float(patchmmd.patch_mmd(x, y8, **opts)) == pytest.approx(ref, rel=1e-10)
 
 

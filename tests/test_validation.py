@@ -111,7 +111,9 @@ def test_images_smaller_than_a_window_use_one_clipped_window():
     assert (g.window_h, g.window_w, g.rows, g.cols) == (20, 32, 1, 3)
 
 
-_floats = st.one_of(st.floats(min_value=-2.0, max_value=3.0, width=32), st.sampled_from([math.nan, math.inf, -math.inf]))
+_floats = st.one_of(
+    st.floats(min_value=-2.0, max_value=3.0, width=32), st.sampled_from([math.nan, math.inf, -math.inf])
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
