@@ -1,0 +1,158 @@
+"""Baseline metrics: values, registration, and the weight-file rules of LPIPS/DISTS (local files only)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from patchmmd.baselines import DISTS, LPIPS, WeightsError, alexnet_features, psnr, vgg16_features
+from patchmmd.registry import get_metric, get_spec, metric_names
+
+
+def test_registered() -> None:
+    for name in ("psnr", "ssim", "ssim-downsampled", "ms-ssim", "lpips-alex", "lpips-vgg", "dists"):
+        assert name in metric_names() and get_spec(name).group == "baselines"
+    assert get_spec("psnr").higher_is_better and get_spec("ssim").higher_is_better
+    assert get_spec("ms-ssim").higher_is_better
+    assert not get_spec("lpips-alex").higher_is_better and not get_spec("dists").higher_is_better
+
+
+def test_psnr_values() -> None:
+    x = torch.zeros(2, 3, 8, 8)
+    y = x.clone()
+    y[1] += 0.01
+    v = psnr(x, y)
+    assert v[0].item() == pytest.approx(100.0) and v[1].item() == pytest.approx(40.0, abs=1e-4)
+    with pytest.raises(ValueError, match="same shape"):
+        psnr(x, y[:, :, :4])
+
+
+def test_ssim_family() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 200, 200, generator=g)
+    y = (x + 0.1 * torch.rand(2, 3, 200, 200, generator=g)).clamp(0, 1)
+    for name in ("ssim", "ssim-downsampled", "ms-ssim"):
+        m = get_metric(name)
+        same, diff = m(x, x), m(x, y)
+        assert same.shape == (2,) and torch.allclose(same, torch.ones(2), atol=1e-5)
+        assert (diff < 1).all()
+    small = torch.rand(1, 3, 64, 64, generator=g)
+    with pytest.raises(ValueError, match=r"ms-ssim with win_size=11 needs images larger than 160 px"):
+        get_metric("ms-ssim")(small, small)
+    assert get_metric("ms-ssim", win_size=3)(small, small).item() == pytest.approx(1.0, abs=1e-5)
+    # the downsampled variant pools by round(min(H, W) / 256): 512 px -> factor 2
+    big = torch.rand(1, 3, 512, 512, generator=g)
+    pooled = torch.nn.functional.avg_pool2d(big, 2)
+    noisy = (big + 0.05).clamp(0, 1)
+    ref = get_metric("ssim")(pooled, torch.nn.functional.avg_pool2d(noisy, 2))
+    assert get_metric("ssim-downsampled")(big, noisy).item() == pytest.approx(ref.item(), abs=1e-6)
+
+
+def test_module_imports_without_pytorch_msssim() -> None:
+    code = ("import sys; sys.modules['pytorch_msssim'] = None\n"
+            "from patchmmd.registry import get_metric, get_spec\n"
+            "print(get_spec('ssim').name)\n"
+            "try:\n    get_metric('ssim')\nexcept ImportError as e:\n    print('ImportError', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("ssim\nImportError") and "pip install" in out
+
+
+def _save_trunk(path: Path, features: torch.nn.Sequential, full: bool) -> Path:
+    sd = features.state_dict()
+    if full:  # a whole torchvision checkpoint: features.* plus a classifier to ignore
+        sd = {f"features.{k}": v for k, v in sd.items()} | {"classifier.1.weight": torch.zeros(4, 2)}
+    torch.save(sd, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def weight_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    files = {
+        "alex": _save_trunk(d / "alexnet.pth", alexnet_features(), full=True),
+        "vgg": _save_trunk(d / "vgg16.pth", vgg16_features(), full=False),
+    }
+    for net, chans in (("alex", (64, 192, 384, 256, 256)), ("vgg", (64, 128, 256, 512, 512))):
+        # the lpips package's layout (with the dropout at model.0)
+        heads = {f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) for k, c in enumerate(chans)}
+        torch.save(heads, d / f"{net}_head.pth")
+        files[f"{net}_head"] = d / f"{net}_head.pth"
+    torch.save({"alpha": torch.rand(1, 1475, 1, 1), "beta": torch.rand(1, 1475, 1, 1)}, d / "dists.pt")
+    files["dists"] = d / "dists.pt"
+    return files
+
+
+@pytest.mark.parametrize("name", ["lpips-alex", "lpips-vgg", "dists"])
+def test_deep_baselines_from_files(name: str, weight_files: dict[str, Path]) -> None:
+    net = "alex" if name == "lpips-alex" else "vgg"
+    head = weight_files["dists"] if name == "dists" else weight_files[f"{net}_head"]
+    m = get_metric(name, backbone=str(weight_files[net]), weights=str(head))
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 3, 64, 64, generator=g)
+    y = (x + 0.2 * torch.rand(2, 3, 64, 64, generator=g)).clamp(0, 1)
+    same, diff = m(x, x), m(x, y)
+    assert same.shape == (2,) and same.abs().max().item() < 1e-5
+    assert (diff > same + 1e-6).all()
+    # the loaded trunk is the saved one
+    module = m.module  # type: ignore[attr-defined]
+    saved = torch.load(weight_files[net], weights_only=True)
+    key = "features.0.weight" if "features.0.weight" in saved else "0.weight"
+    assert torch.equal(module.features[0].weight, saved[key])
+
+
+def test_lpips_matches_definition(weight_files: dict[str, Path]) -> None:
+    """LPIPS = Σ_layers spatial mean of w·(unit-normalised feature difference)², computed independently."""
+    m = LPIPS.from_files("alex", weight_files["alex"], weight_files["alex_head"])
+    heads = torch.load(weight_files["alex_head"], weights_only=True)
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.rand(1, 3, 64, 64, generator=g), torch.rand(1, 3, 64, 64, generator=g)
+    shift = torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1)
+    scale = torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1)
+    fx, fy = ((2 * x - 1) - shift) / scale, ((2 * y - 1) - shift) / scale
+    total, k = 0.0, 0
+    for i, layer in enumerate(m.features):
+        fx, fy = layer(fx), layer(fy)
+        if i in (1, 4, 7, 9, 11):  # after each ReLU LPIPS taps
+            nx = fx / (fx.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+            ny = fy / (fy.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+            w = heads[f"lin{k}.model.1.weight"].view(1, -1, 1, 1)
+            total += float(((nx - ny) ** 2 * w).sum(1).mean())
+            k += 1
+    assert m(x, y).item() == pytest.approx(total, rel=1e-5)
+
+
+def test_dists_is_one_minus_similarity_for_constant_weights(weight_files: dict[str, Path]) -> None:
+    m = DISTS.from_files(weight_files["vgg"], weight_files["dists"])
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    assert 0 < m(x, 1 - x).item() <= 1.0 + 1e-6
+
+
+def test_weight_file_errors(tmp_path: Path, weight_files: dict[str, Path]) -> None:
+    with pytest.raises(WeightsError, match="metric 'lpips-alex' needs backbone=PATH"):
+        get_metric("lpips-alex")
+    with pytest.raises(WeightsError, match="needs weights=PATH"):
+        get_metric("lpips-alex", backbone=str(weight_files["alex"]))
+    with pytest.raises(WeightsError, match="backbone file not found"):
+        get_metric("dists", backbone=str(tmp_path / "none.pth"), weights=str(weight_files["dists"]))
+    # a VGG file where AlexNet is expected: refused, listing the differences
+    with pytest.raises(WeightsError, match=r"does not match the expected layout.*(missing|unexpected|wrong shape)"):
+        get_metric("lpips-alex", backbone=str(weight_files["vgg"]), weights=str(weight_files["alex_head"]))
+    # wrong head shapes
+    with pytest.raises(WeightsError, match=r"wrong shape: 0.weight \(1, 64, 1, 1\) \(expected \(1, 128, 1, 1\)\)|"
+                                           r"wrong shape"):
+        get_metric("lpips-vgg", backbone=str(weight_files["vgg"]), weights=str(weight_files["alex_head"]))
+    torch.save({"alpha": torch.rand(1, 10, 1, 1)}, tmp_path / "bad_dists.pt")
+    with pytest.raises(WeightsError, match="missing 1: beta"):
+        get_metric("dists", backbone=str(weight_files["vgg"]), weights=str(tmp_path / "bad_dists.pt"))
+    # files are data only: pickled objects are refused by weights_only loading
+    torch.save({"x": Path("evil")}, tmp_path / "obj.pth")
+    with pytest.raises(WeightsError, match="weights_only"):
+        get_metric("dists", backbone=str(tmp_path / "obj.pth"), weights=str(weight_files["dists"]))
+    (tmp_path / "junk.pth").write_bytes(b"not a file of tensors")
+    with pytest.raises(WeightsError, match="cannot read"):
+        get_metric("dists", backbone=str(tmp_path / "junk.pth"), weights=str(weight_files["dists"]))

@@ -1,0 +1,140 @@
+"""Dataset readers: BAPPS 2AFC / JND layouts made in tmp_path, MOS CSVs, live-dev."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from patchmmd.datasets import BAPPS2AFC, BAPPSJND, DatasetError, MOSDataset
+from patchmmd.io import save_image
+
+LIVE_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "live-dev"
+
+
+def make_2afc(root: Path, subsets: dict[str, list[float]], size: int = 64, kind: str = "2afc") -> Path:
+    """A BAPPS-layout folder: per subset, triplets of constant-grey images and judge/same .npy files."""
+    parts = ("ref", "p0", "p1") if kind == "2afc" else ("p0", "p1")
+    label = "judge" if kind == "2afc" else "same"
+    for s, values in subsets.items():
+        base = root / kind / "val" / s
+        for p in (*parts, label):
+            (base / p).mkdir(parents=True, exist_ok=True)
+        for i, v in enumerate(values):
+            for j, p in enumerate(parts):
+                save_image(torch.full((3, size, size), 0.2 + 0.1 * j + 0.01 * i), base / p / f"{i:06d}.png")
+            np.save(base / label / f"{i:06d}.npy", np.array([v], dtype=np.float32))
+    return root
+
+
+def test_2afc_reader(tmp_path: Path) -> None:
+    root = make_2afc(tmp_path, {"traditional": [0.0, 0.5, 1.0], "cnn": [0.25]}, size=256)
+    ds = BAPPS2AFC(root)
+    assert ds.subsets == ["traditional", "cnn"]  # LPIPS's order, not alphabetical
+    assert len(ds) == 4
+    item = ds[1]
+    assert item.ref.shape == (3, 64, 64) and item.p0.dtype == torch.float32
+    assert 0 <= float(item.p1.min()) and float(item.p1.max()) <= 1
+    assert item.judge == pytest.approx(0.5) and item.subset == "traditional" and item.name == "000001"
+    assert [it.judge for it in ds] == pytest.approx([0.0, 0.5, 1.0, 0.25])
+    assert BAPPS2AFC(root, load_size=None)[0].ref.shape == (3, 256, 256)
+    # other ways to point at the data, and subset selection
+    assert len(BAPPS2AFC(root / "2afc")) == 4
+    assert len(BAPPS2AFC(root / "2afc" / "val")) == 4
+    assert BAPPS2AFC(root / "2afc" / "val" / "cnn").subsets == ["cnn"]
+    assert BAPPS2AFC(root, "cnn").subsets == ["cnn"]
+    assert BAPPS2AFC(root, ["val/traditional"]).subsets == ["traditional"]
+
+
+def test_jnd_reader(tmp_path: Path) -> None:
+    root = make_2afc(tmp_path, {"traditional": [1.0, 0.0], "cnn": [0.5]}, kind="jnd")
+    ds = BAPPSJND(root)
+    assert ds.subsets == ["traditional", "cnn"] and len(ds) == 3
+    assert ds[2].same == pytest.approx(0.5) and ds[0].p0.shape == (3, 64, 64)
+
+
+def test_bapps_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="dataset folder not found"):
+        BAPPS2AFC(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="no BAPPS 2afc data"):
+        BAPPS2AFC(tmp_path)
+    root = make_2afc(tmp_path / "a", {"traditional": [0.5, 0.5]})
+    with pytest.raises(FileNotFoundError, match="subset folder 'color' not found"):
+        BAPPS2AFC(root, "color")
+    (root / "2afc" / "val" / "traditional" / "p1" / "000001.png").unlink()
+    with pytest.raises(DatasetError, match=r"unmatched files .*p1/ lacks 1: 000001"):
+        BAPPS2AFC(root)
+    empty = tmp_path / "b" / "2afc" / "val" / "cnn"
+    for p in ("ref", "p0", "p1", "judge"):
+        (empty / p).mkdir(parents=True)
+    with pytest.raises(DatasetError, match="folder is empty"):
+        BAPPS2AFC(tmp_path / "b")
+    bad = make_2afc(tmp_path / "c", {"cnn": [0.5]})
+    np.save(bad / "2afc" / "val" / "cnn" / "judge" / "000000.npy", np.array([3.0]))
+    with pytest.raises(DatasetError, match=r"must hold one fraction in \[0, 1\]"):
+        BAPPS2AFC(bad)[0]
+    with pytest.raises(ValueError, match="load_size"):
+        BAPPS2AFC(bad, load_size=0)
+
+
+def make_mos(tmp_path: Path, n: int = 6) -> Path:
+    ref = torch.full((3, 32, 48), 0.5)
+    save_image(ref, tmp_path / "ref.png")
+    rows = ["ref,dist,kind,mos"]
+    for i in range(n):
+        save_image((ref + 0.04 * (i + 1)).clamp(0, 1), tmp_path / f"d{i}.png")
+        rows.append(f"ref.png,d{i}.png,{'ab'[i % 2]},{90 - 10 * i}")
+    rows.append("ref.png,ref.png,a,")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    return tmp_path / "labels.csv"
+
+
+def test_mos_reader(tmp_path: Path) -> None:
+    csv_path = make_mos(tmp_path)
+    ds = MOSDataset(csv_path, group_column="kind")
+    assert (ds.reference_column, ds.distorted_column, ds.score_column) == ("ref", "dist", "mos")
+    assert len(ds) == 7 and ds.scored == list(range(6))
+    item = ds[0]
+    assert item.reference.shape == (3, 32, 48) and item.score == 90.0 and item.group == "a"
+    assert ds[6].score is None
+    assert MOSDataset(csv_path, root=tmp_path, score_column="mos").groups[0] is None
+
+
+def test_mos_errors(tmp_path: Path) -> None:
+    csv_path = make_mos(tmp_path)
+    with pytest.raises(FileNotFoundError, match="labels CSV not found"):
+        MOSDataset(tmp_path / "missing.csv")
+    with pytest.raises(DatasetError, match="column 'nope' is not in the header"):
+        MOSDataset(csv_path, score_column="nope")
+    (tmp_path / "d3.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"1 image file\(s\) named in .* not found under .*: d3.png"):
+        MOSDataset(csv_path)
+    (tmp_path / "bad.csv").write_text("reference,distorted,dmos\nref.png,ref.png,high\n")
+    with pytest.raises(DatasetError, match="line 2: score 'high'"):
+        MOSDataset(tmp_path / "bad.csv")
+    (tmp_path / "empty.csv").write_text("reference,distorted,dmos\n")
+    with pytest.raises(DatasetError, match="no data rows"):
+        MOSDataset(tmp_path / "empty.csv")
+    (tmp_path / "cols.csv").write_text("a,b,c\nref.png,ref.png,1\n")
+    with pytest.raises(DatasetError, match="cannot find the reference path column"):
+        MOSDataset(tmp_path / "cols.csv")
+
+
+def test_mos_size_mismatch(tmp_path: Path) -> None:
+    save_image(torch.zeros(3, 8, 8), tmp_path / "a.png")
+    save_image(torch.zeros(3, 8, 9), tmp_path / "b.png")
+    (tmp_path / "l.csv").write_text("reference,distorted,dmos\na.png,b.png,1\n")
+    with pytest.raises(DatasetError, match="differ in size"):
+        MOSDataset(tmp_path / "l.csv")[0]
+
+
+def test_live_dev() -> None:
+    if not (LIVE_DEV / "labels.csv").exists():
+        pytest.skip(f"live-dev not found at {LIVE_DEV}")
+    ds = MOSDataset(LIVE_DEV / "labels.csv", group_column="distortion")
+    assert len(ds) == 29 and len(ds.scored) == 27
+    unscored = [i for i in range(len(ds)) if ds.scores[i] is None]
+    item = ds[unscored[0]]
+    assert item.reference.shape == (3, 512, 768) and torch.equal(item.reference, item.distorted)
