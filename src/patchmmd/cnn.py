@@ -22,6 +22,7 @@ train, nothing to save.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from typing import Literal
@@ -295,6 +296,11 @@ def vgg16_random_weights(*, seed: int = 0, first_layer: VGGFirstLayer = "he") ->
         raise ValueError(f"first_layer must be 'he' or 'zero_mean', got {first_layer!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an integer, got {seed!r}")
+    return [(w.clone(), b.clone()) for w, b in _vgg16_random_weights(seed, first_layer)]
+
+
+@functools.lru_cache(maxsize=4)
+def _vgg16_random_weights(seed: int, first_layer: str) -> tuple[Layer, ...]:
     gen = torch.Generator(device="cpu").manual_seed(seed)
     layers: list[Layer] = []
     for i, (cout, cin) in enumerate(_vgg16_shapes()):
@@ -302,7 +308,7 @@ def vgg16_random_weights(*, seed: int = 0, first_layer: VGGFirstLayer = "he") ->
         if i == 0 and first_layer == "zero_mean":
             w = w - w.mean(dim=(2, 3), keepdim=True)
         layers.append((w, torch.zeros(cout, dtype=torch.float64)))
-    return layers
+    return tuple(layers)
 
 
 def load_vgg16_weights(path: str | os.PathLike[str]) -> list[Layer]:

@@ -1,9 +1,10 @@
 """Registration of the theory module's distances (random and infinite CNNs, VGG16) in :mod:`patchmmd.registry`.
 
 Metrics take ``[0, 1]`` images ``(N, C, H, W)`` and return ``(N,)`` distances. The random-CNN and
-infinite-CNN metrics apply the scale rule of the default MMD++ (:mod:`patchmmd.scale`, with the levels
-of ``MMDPPConfig.levels``): a 768x512 photo is box-downsampled 2x before the network sees it, a 64x64
-crop is used as is. Pass ``scale_rule=False`` for native resolution. The VGG metrics run at native
+infinite-CNN metrics apply the scale rule of the default MMD++ (:mod:`patchmmd.scale`, the levels of
+``get_config("default").levels(H, W)``): a 768x512 photo is box-downsampled to the rule's working
+resolution (and pyramid levels, averaged with the rule's weights) before the network sees it, as MMD++
+does; a 64x64 crop is used as is. Pass ``scale_rule=False`` for native resolution. The VGG metrics run at native
 resolution by default (as LPIPS does); ``scale_rule=True`` applies the same rule.
 
 Example:
