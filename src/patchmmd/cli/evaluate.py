@@ -452,7 +452,6 @@ def mos_command(labels: str, root: str | None, score_higher_is_better: bool, gro
     (psnr, ssim) are negated, and so are the scores with --higher-is-better. Rows without a score are left
     out of the statistics; where such a pair is identical, the metric's value on it is checked.
     """
-    import numpy as np
     import torch
 
     from .. import datasets
@@ -593,5 +592,4 @@ def mos_command(labels: str, root: str | None, score_higher_is_better: bool, gro
     _write_reports(outdir, report, "\n".join(md) + "\n")
     summary_end = md.index("## Details")
     click.echo("\n".join(md[md.index("## Summary (SROCC / KROCC / PLCC)"):summary_end]).rstrip())
-    _ = np  # numpy is used by the statistics; imported here so a missing install fails early
     click.echo(f"wrote {outdir}/report.md, report.json, scores.csv" + (", plots" if plots else ""), err=True)
