@@ -222,6 +222,51 @@ def journal_path(output: str | os.PathLike[str], rank: int = 0, world_size: int 
     return out.with_name(out.name + suffix)
 
 
+_JOURNAL_RE = r"\.(?:rank(\d+)-of-(\d+)\.)?journal"
+
+
+def find_journals(output: str | os.PathLike[str]) -> list[Path]:
+    """The journals of ``output`` that exist, of any world size: ``OUT.journal`` first, then the writers'
+    ``OUT.rank{r}-of-{w}.journal`` by world size and rank.
+
+    A job interrupted with one world size may be resumed with another: the done rows are read from all
+    of them, and the final CSV merges all of them.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> for r in (1, 0):
+        ...     journal_path(d / "s.csv", r, 2).touch()
+        >>> (d / "s.csv.journal").touch(); (d / "s.csv.rank0-of-2.journal.tmp").touch()
+        >>> [p.name for p in find_journals(d / "s.csv")]
+        ['s.csv.journal', 's.csv.rank0-of-2.journal', 's.csv.rank1-of-2.journal']
+    """
+    import re
+
+    out = Path(output)
+    pattern = re.compile(re.escape(out.name) + _JOURNAL_RE)
+    found: list[tuple[tuple[int, int], Path]] = []
+    try:
+        entries = list(os.scandir(out.parent if str(out.parent) else "."))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    for entry in entries:
+        m = pattern.fullmatch(entry.name)
+        if m and entry.is_file():
+            key = (0, 0) if m.group(1) is None else (int(m.group(2)), int(m.group(1)))
+            found.append((key, out.with_name(entry.name)))
+    return [p for _, p in sorted(found)]
+
+
+def done_rows(paths: Iterable[str | os.PathLike[str]], job: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The finished rows (by id) of several journals, each checked against ``job``.
+
+    Raises:
+        JobMismatchError: a journal belongs to another job.
+    """
+    return {r["id"]: r for r in merge_journals(paths, job)}
+
+
 def _read_lines(path: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]], int]:
     """Header, rows, and the byte length of the valid prefix (complete, parseable lines) of a journal."""
     data = path.read_bytes()
@@ -601,15 +646,21 @@ def finalize(
     value_column: str,
     world_size: int = 1,
     keep_journals: bool = False,
+    journals: Sequence[str | os.PathLike[str]] | None = None,
 ) -> list[dict[str, Any]]:
     """Merge the writers' journals, write the sorted CSV atomically, then remove the journals.
 
-    Run by one process (rank 0) once every writer has finished. Returns the rows written.
+    Run by one process (rank 0) once every writer has finished. The journals are those of ``world_size``
+    writers, or ``journals`` when given (e.g. :func:`find_journals`, after resuming with another world
+    size). Returns the rows written.
 
     Raises:
         ValueError: some task has no row in any journal. JobMismatchError: a journal is from another job.
     """
-    paths = [journal_path(output, r, world_size) for r in range(world_size)]
+    if journals is None:
+        paths = [journal_path(output, r, world_size) for r in range(world_size)]
+    else:
+        paths = [Path(p) for p in journals]
     rows = sorted_rows(merge_journals(paths, job), tasks)
     write_csv_atomic(output, rows, value_column=value_column)
     if not keep_journals:

@@ -5,9 +5,13 @@ A thin layer over :mod:`patchmmd.scoring`, which holds the job, the journal and 
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NoReturn
 
 import click
 
@@ -33,7 +37,7 @@ def _describe(names: list[str]) -> str:
     return ", ".join(names[:_SHOW_UNMATCHED]) + more
 
 
-def _list_or_fail(folder: str, role: str) -> tuple[list[str], list[str]]:
+def _list_or_fail(folder: str, role: str, echo: Callable[..., None] = click.echo) -> tuple[list[str], list[str]]:
     from ..io import IMAGE_SUFFIXES
     from ..scoring import list_images
 
@@ -47,8 +51,7 @@ def _list_or_fail(folder: str, role: str) -> tuple[list[str], list[str]]:
             f"{role}: no image files in {folder}{extra}; looked for {', '.join(IMAGE_SUFFIXES)}"
         )
     if others:
-        click.echo(f"note: {role}: {len(others)} file(s) without an image suffix ignored ({_describe(others)})",
-                   err=True)
+        echo(f"note: {role}: {len(others)} file(s) without an image suffix ignored ({_describe(others)})", err=True)
     return images, others
 
 
@@ -91,20 +94,116 @@ def score(
     with --resume to score only what is left. A file that cannot be read, or a pair of images of different
     sizes, gets a row with its error and the job goes on.
 
+    Under torchrun (or any launcher setting WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) each
+    process scores its share into its own journal (OUT.rank{r}-of-{w}.journal) and rank 0 writes the
+    CSV, identical to a single process's; --resume works with any number of processes.
+
     \b
     Examples:
       patchmmd score ref/ distorted/ --out scores.csv
       patchmmd score --all-pairs photos/ --out pairs.csv --metric l2 --batch-size 64
       patchmmd score ref/ distorted/ --out scores.csv --resume
+      torchrun --nproc_per_node=4 -m patchmmd score ref/ distorted/ --out scores.csv
     """
+    from .. import distributed
+
+    try:
+        env = distributed.detect()
+    except ValueError as e:
+        raise click.UsageError(f"bad launch environment: {e}") from None
+    args = _Args(folders, all_pairs, out, metric, metric_options, mode, resize, device, batch_size, resume,
+                 overwrite, quiet, throttle)
+    if not env.is_distributed:
+        _score(args, env, resolve_device_or_fail(device))
+        return
+    # Several processes: every rank checks the same things; only rank 0 prints a usage error.
+    try:
+        dev = distributed.device_for(device, env)
+    except ValueError as e:
+        _raise_on_main(env, click.BadParameter(str(e), param_hint="--device"))
+    try:
+        with distributed.process_group(dev, env=env):
+            _score(args, env, dev)
+    except click.ClickException as e:
+        _raise_on_main(env, e)
+    except distributed.PeerLostError as e:
+        _lost_contact(e, args.out)
+
+
+@dataclass(frozen=True)
+class _Args:
+    folders: tuple[str, ...]
+    all_pairs: bool
+    out: Path
+    metric: str
+    metric_options: tuple[str, ...]
+    mode: str
+    resize: bool
+    device: str
+    batch_size: int
+    resume: bool
+    overwrite: bool
+    quiet: bool
+    throttle: float
+
+
+class _Terminated(BaseException):
+    """SIGTERM (a launcher stopping the survivors after a rank failed), raised in the main thread."""
+
+
+class _OtherRankFailed(click.ClickException):
+    exit_code = 1
+
+
+def _raise_on_main(env: Any, e: click.ClickException) -> NoReturn:
+    if env.is_main:
+        raise e
+    sys.exit(e.exit_code)
+
+
+def _lost_contact(e: Exception, out: Path) -> NoReturn:
+    click.echo(f"{e}\nfinished rows are kept in the journals next to {out}; "
+               "rerun the same command with --resume to finish", err=True)
+    sys.exit(1)
+
+
+def _agree(env: Any, error: click.ClickException | None) -> None:
+    """Stop every rank if a step failed on any: rank 0 reports the error, the others exit quietly."""
+    from .. import distributed
+
+    if not env.is_distributed:
+        if error is not None:
+            raise error
+        return
+    failures = distributed.all_gather_object(None if error is None else (error.exit_code, error.format_message()))
+    if error is not None:
+        raise error
+    for rank, failure in enumerate(failures):
+        if failure is not None:
+            code, message = failure
+            e = click.UsageError(f"rank {rank}: {message}") if code == 2 else _OtherRankFailed(
+                f"rank {rank}: {message}")
+            raise e
+
+
+def _attempt(step: Callable[[], Any]) -> tuple[Any, click.ClickException | None]:
+    try:
+        return step(), None
+    except click.ClickException as e:
+        return None, e
+
+
+def _build_job(args: _Args, env: Any) -> dict[str, Any]:
+    """The job, the metric and the output policy, all checked before any work (reads only)."""
     from .. import scoring
     from ..registry import get_spec
 
-    # --- the job
-    if all_pairs:
+    folders = args.folders
+    echo = click.echo if env.is_main else (lambda *a, **k: None)
+    if args.all_pairs:
         if len(folders) != 1:
             raise click.UsageError(f"--all-pairs takes exactly one FOLDER, got {len(folders)}: {' '.join(folders)}")
-        _list_or_fail(folders[0], "FOLDER")
+        _list_or_fail(folders[0], "FOLDER", echo)
         tasks = scoring.all_pair_tasks(folders[0])
         if not tasks:
             raise click.UsageError(f"FOLDER: {folders[0]} holds a single image; --all-pairs needs at least two")
@@ -114,8 +213,8 @@ def score(
             raise click.UsageError(
                 f"expected REF_DIR DIST_DIR (or --all-pairs DIR), got {len(folders)} folder(s): {' '.join(folders)}"
             )
-        _list_or_fail(folders[0], "REF_DIR")
-        _list_or_fail(folders[1], "DIST_DIR")
+        _list_or_fail(folders[0], "REF_DIR", echo)
+        _list_or_fail(folders[1], "DIST_DIR", echo)
         job_pairs = scoring.paired_tasks(folders[0], folders[1])
         tasks = job_pairs.tasks
         unmatched = []
@@ -129,60 +228,130 @@ def score(
                 + "; ".join(unmatched)
             )
         if unmatched:
-            click.echo(f"warning: unmatched images are skipped: {'; '.join(unmatched)}", err=True)
+            echo(f"warning: unmatched images are skipped: {'; '.join(unmatched)}", err=True)
         where = {"kind": "paired", "ref_dir": str(Path(folders[0]).resolve()),
                  "dist_dir": str(Path(folders[1]).resolve())}
 
-    # --- the metric, device and output policy (all checked before any work)
-    options = parse_metric_options(metric_options)
-    check_metric_call(build_metric(metric, options), metric)
-    dev = resolve_device_or_fail(device)
-    spec = get_spec(metric)
-    journal_file = scoring.journal_path(out)
-    check_output_path(out, overwrite=overwrite, resume=resume, companions=[journal_file])
-    if resume and out.exists() and not journal_file.exists():
+    options = parse_metric_options(args.metric_options)
+    check_metric_call(build_metric(args.metric, options), args.metric)
+    spec = get_spec(args.metric)
+    out = args.out
+    journals = scoring.find_journals(out)
+    own = scoring.journal_path(out, env.rank, env.world_size)
+    check_output_path(out, overwrite=args.overwrite, resume=args.resume, companions=[own, *journals])
+    if args.resume and out.exists() and not journals:
         raise click.UsageError(
             f"nothing to resume: {out} exists and has no journal, so its job finished; "
             "pass --overwrite to compute it again"
         )
-    if overwrite:
-        journal_file.unlink(missing_ok=True)
-    job = scoring.job_header(metric, options, tasks, mode=mode, resize=resize, **where)
+    job = scoring.job_header(args.metric, options, tasks, mode=args.mode, resize=args.resize, **where)
+    done: dict[str, dict[str, Any]] = {}
+    if args.resume:
+        try:
+            done = scoring.done_rows(journals, job)
+        except scoring.JobMismatchError as e:
+            raise click.UsageError(f"cannot resume: {e}; or pass --overwrite to start over") from None
+    return {"tasks": tasks, "job": job, "options": options, "spec": spec, "own": own, "done": done}
+
+
+def _score(args: _Args, env: Any, dev: Any) -> None:
+    from .. import distributed, scoring
+
+    out = args.out
+    # --- the job, the metric and the output policy (all checked before any work, on every rank)
+    built, error = _attempt(lambda: _build_job(args, env))
+    _agree(env, error)
+    tasks, job, own = built["tasks"], built["job"], built["own"]
+    done: dict[str, dict[str, Any]] = built["done"]
+    if args.overwrite:
+        if env.is_main:
+            for p in scoring.find_journals(out):
+                p.unlink(missing_ok=True)
+        distributed.barrier()  # no rank writes before the old journals are gone
+    # Every rank has read the same finished rows: the rest is shared out alike on every rank.
+    remaining = [t for t in tasks if t.id not in done]
+    skipped = len(tasks) - len(remaining)
+    mine = scoring.shard(remaining, env.rank, env.world_size)
 
     # --- the work
-    try:
-        journal = scoring.Journal.open(journal_file, job, resume=resume)
-    except scoring.JobMismatchError as e:
-        raise click.UsageError(f"cannot resume: {e}; or pass --overwrite to start over") from None
-    show = not quiet and sys.stderr.isatty()
+    def open_journal() -> scoring.Journal:
+        try:
+            return scoring.Journal.open(own, job, resume=args.resume)
+        except scoring.JobMismatchError as e:
+            raise click.UsageError(f"cannot resume: {e}; or pass --overwrite to start over") from None
+        except OSError as e:
+            raise click.ClickException(f"cannot open the journal {own}: {e}") from None
+
+    journal, error = _attempt(open_journal)
+    _agree(env, error)
+    show = env.is_main and not args.quiet and sys.stderr.isatty()
     from tqdm import tqdm
 
-    bar = tqdm(total=len(tasks), initial=len(journal.done), unit="pair", file=sys.stderr,
-               disable=not show, dynamic_ncols=True)
+    if env.is_distributed:
+        bar = tqdm(total=len(mine), unit="pair", file=sys.stderr, disable=not show, dynamic_ncols=True,
+                   desc=f"rank 0 of {env.world_size}")
+    else:
+        bar = tqdm(total=len(tasks), initial=skipped, unit="pair", file=sys.stderr,
+                   disable=not show, dynamic_ncols=True)
+    old_sigterm = None
+    if env.is_distributed:
+        def on_sigterm(signum: int, frame: object) -> None:
+            raise _Terminated()
+
+        old_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
     t0 = time.perf_counter()
     try:
         with journal:
             summary = scoring.run_tasks(
-                tasks, metric, journal, options=options, batch_size=batch_size, device=dev, mode=mode,
-                resize=resize, progress=bar.update,
-                after_batch=(lambda: time.sleep(throttle)) if throttle > 0 else None,
+                mine, args.metric, journal, options=built["options"], batch_size=args.batch_size, device=dev,
+                mode=args.mode, resize=args.resize, progress=bar.update,
+                after_batch=(lambda: time.sleep(args.throttle)) if args.throttle > 0 else None,
             )
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Terminated) as e:
         bar.close()
-        done = len(scoring.read_journal(journal_file))
-        click.echo(
-            f"\ninterrupted: {done} of {len(tasks)} pairs are saved in {journal_file}; "
-            "rerun the same command with --resume to finish",
-            err=True,
-        )
-        sys.exit(130)
+        code, what = (130, "interrupted") if isinstance(e, KeyboardInterrupt) else (143, "stopped (SIGTERM)")
+        if env.is_distributed:
+            saved = sum(1 for r in scoring.read_journal(own) if r["id"] not in done)
+            click.echo(
+                f"\nrank {env.rank}: {what}: {saved} of its {len(mine)} pairs are saved in {own}; "
+                "rerun the same command with --resume to finish",
+                err=True,
+            )
+        else:
+            saved = len(set(done) | {r["id"] for r in scoring.read_journal(own)})
+            click.echo(
+                f"\n{what}: {saved} of {len(tasks)} pairs are saved in {own}; "
+                "rerun the same command with --resume to finish",
+                err=True,
+            )
+        sys.exit(code)
+    finally:
+        if old_sigterm is not None:
+            signal.signal(signal.SIGTERM, old_sigterm)
     bar.close()
-    rows = scoring.finalize(out, tasks, job, value_column=scoring.value_column(spec.higher_is_better))
-    errors = sum(1 for r in rows if r.get("error"))
-    if not quiet:
-        resumed = f", {summary.skipped} from the journal" if summary.skipped else ""
+
+    # --- every rank is done: rank 0 merges all journals into the CSV
+    counts = distributed.all_gather_object((summary.scored, summary.errors))
+    rows: list[dict[str, Any]] = []
+    failure = None
+    if env.is_main:
+        try:
+            rows = scoring.finalize(out, tasks, job, value_column=scoring.value_column(built["spec"].higher_is_better),
+                                    journals=scoring.find_journals(out))
+        except (ValueError, OSError) as e:
+            if not env.is_distributed:
+                raise
+            failure = f"rank 0 could not write {out}: {type(e).__name__}: {e}"
+    failures = distributed.all_gather_object(failure)
+    if failures[0] is not None:
+        raise _OtherRankFailed(f"{failures[0]}; the journals are kept, rerun with --resume")
+    if env.is_main and not args.quiet:
+        errors = sum(1 for r in rows if r.get("error"))
+        now = sum(s + e for s, e in counts)
+        by = f" by {env.world_size} processes" if env.is_distributed else ""
+        resumed = f", {skipped} from the journal" if skipped else ""
         click.echo(
-            f"wrote {len(rows)} rows to {out} ({summary.scored + summary.errors} scored now{resumed}; "
+            f"wrote {len(rows)} rows to {out} ({now} scored now{by}{resumed}; "
             f"{errors} with errors) in {time.perf_counter() - t0:.1f}s",
             err=True,
         )

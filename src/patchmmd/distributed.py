@@ -1,0 +1,328 @@
+"""Running on several processes or GPUs with ``torch.distributed`` (``torchrun``, SLURM, Kubernetes).
+
+patchmmd has no scheduler of its own: a launcher (``torchrun``, ``srun`` + ``torchrun``, a Kubernetes
+PyTorchJob...) starts one process per GPU (or per CPU share) and sets the usual environment variables
+``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK`` (and ``MASTER_ADDR`` / ``MASTER_PORT`` for the rendezvous). This
+module reads them and wraps the few pieces of ``torch.distributed`` that ``patchmmd score`` and a training
+script need:
+
+* :func:`detect` reads the environment into a :class:`DistEnv` (a single process when ``WORLD_SIZE`` is
+  unset or 1);
+* :func:`device_for` picks each rank's device (``cuda:LOCAL_RANK`` on GPUs) and :func:`choose_backend` the
+  backend (``nccl`` for CUDA devices, ``gloo`` otherwise);
+* :func:`process_group` (a context manager) / :func:`init` and :func:`destroy` set up and tear down the
+  default process group;
+* :func:`barrier`, :func:`all_gather_object` and :func:`same_on_all_ranks` are collectives that are no-ops
+  (or trivial) in a single process, so the same code runs with and without a launcher;
+* :func:`echo0` prints from rank 0 only.
+
+Errors of a collective caused by a lost peer (a rank killed or crashed) are raised as :class:`PeerLostError`
+with a message that says so.
+
+Example (a single process: nothing is initialised, collectives are trivial):
+    >>> env = detect({})
+    >>> env.world_size, env.rank, env.is_distributed
+    (1, 0, False)
+    >>> with process_group("cpu", env=env) as (env, device):
+    ...     barrier()
+    ...     all_gather_object({"rank": env.rank}), str(device)
+    ([{'rank': 0}], 'cpu')
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+#: Environment variable: the timeout of collectives in seconds (default :data:`DEFAULT_TIMEOUT_S`).
+TIMEOUT_ENV = "PATCHMMD_DIST_TIMEOUT"
+#: One hour: how long a rank waits for the others at a barrier (e.g. at the end of a scoring job).
+DEFAULT_TIMEOUT_S = 3600.0
+
+
+class PeerLostError(RuntimeError):
+    """A collective failed: another rank is gone (killed, crashed) or did not answer within the timeout."""
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process stands in a launch: its global rank, the world size and its rank on its node."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+
+    @property
+    def is_distributed(self) -> bool:
+        """Whether there is more than one process (a process group is needed)."""
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that writes outputs and prints summaries."""
+        return self.rank == 0
+
+
+def _env_int(environ: Mapping[str, str], name: str, default: int) -> int:
+    text = environ.get(name)
+    if text is None or text.strip() == "":
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={text!r} is not an integer") from None
+
+
+def detect(environ: Mapping[str, str] | None = None) -> DistEnv:
+    """The launch this process belongs to, from ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``.
+
+    Unset variables mean a single process (world size 1, rank 0). ``LOCAL_RANK`` defaults to ``RANK`` and
+    ``LOCAL_WORLD_SIZE`` to ``WORLD_SIZE`` (one node).
+
+    Raises:
+        ValueError: a variable is not an integer, or the ranks are out of range.
+
+    Example:
+        >>> detect({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"})
+        DistEnv(rank=3, world_size=4, local_rank=1, local_world_size=2)
+    """
+    environ = os.environ if environ is None else environ
+    world_size = _env_int(environ, "WORLD_SIZE", 1)
+    rank = _env_int(environ, "RANK", 0)
+    local_rank = _env_int(environ, "LOCAL_RANK", rank)
+    local_world_size = _env_int(environ, "LOCAL_WORLD_SIZE", world_size)
+    if world_size < 1:
+        raise ValueError(f"WORLD_SIZE must be at least 1, got {world_size}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"RANK must be in [0, WORLD_SIZE={world_size}), got {rank}")
+    if not 0 <= local_rank < max(local_world_size, 1):
+        raise ValueError(f"LOCAL_RANK must be in [0, LOCAL_WORLD_SIZE={local_world_size}), got {local_rank}")
+    return DistEnv(rank, world_size, local_rank, local_world_size)
+
+
+def device_for(device: str | torch.device, env: DistEnv | None = None) -> torch.device:
+    """This rank's device for a ``--device`` value: ``auto`` and ``cuda`` become ``cuda:LOCAL_RANK``.
+
+    ``auto`` is CUDA when available, else the CPU; ``cpu`` and an explicit ``cuda:N`` are kept as given.
+    In a single process ``auto`` / ``cuda`` mean the current CUDA device, as usual.
+
+    Raises:
+        ValueError: CUDA asked for but not available, ``LOCAL_RANK`` has no GPU, or an unknown device.
+
+    Example:
+        >>> device_for("cpu", DistEnv(rank=1, world_size=2, local_rank=1))
+        device(type='cpu')
+    """
+    env = detect() if env is None else env
+    if isinstance(device, torch.device):
+        dev = device
+    else:
+        text = device.strip().lower()
+        if text == "auto":
+            text = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            dev = torch.device(text)
+        except RuntimeError as e:
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r} ({e})") from None
+    if dev.type != "cuda":
+        return dev
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} asked for, but CUDA is not available; use --device cpu or auto")
+    if dev.index is None and env.is_distributed:
+        count = torch.cuda.device_count()
+        if env.local_rank >= count:
+            raise ValueError(
+                f"LOCAL_RANK={env.local_rank} but this node has {count} GPU(s): start at most {count} "
+                "processes per node (torchrun --nproc_per_node), or use --device cpu"
+            )
+        dev = torch.device("cuda", env.local_rank)
+    return dev
+
+
+def choose_backend(device: str | torch.device) -> str:
+    """``"nccl"`` for a CUDA device when NCCL is available, else ``"gloo"`` (CPU, or no NCCL).
+
+    Example:
+        >>> choose_backend("cpu")
+        'gloo'
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda" and torch.cuda.is_available():
+        import torch.distributed as dist
+
+        if dist.is_nccl_available():
+            return "nccl"
+    return "gloo"
+
+
+def default_timeout() -> timedelta:
+    """The timeout of collectives: ``$PATCHMMD_DIST_TIMEOUT`` seconds, default one hour.
+
+    Raises:
+        ValueError: the variable is not a positive number.
+    """
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not text:
+        return timedelta(seconds=DEFAULT_TIMEOUT_S)
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ValueError(f"{TIMEOUT_ENV}={text!r}: expected a positive number of seconds")
+    return timedelta(seconds=seconds)
+
+
+# The device whose tensors the default group's backend can reduce (CUDA for nccl, else CPU).
+_collective_device: torch.device | None = None
+
+
+def is_initialized() -> bool:
+    """Whether a default process group is set up (in this process)."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def init(device: str | torch.device, env: DistEnv | None = None, *, timeout: timedelta | None = None) -> str:
+    """Set up the default process group for ``env`` (rendezvous from ``MASTER_ADDR`` / ``MASTER_PORT``).
+
+    The backend follows ``device`` (:func:`choose_backend`); a CUDA device becomes the current device.
+    Does nothing for a single process or when a group is already initialised. Returns the backend
+    (``""`` when nothing was initialised).
+    """
+    import torch.distributed as dist
+
+    global _collective_device
+    env = detect() if env is None else env
+    if not env.is_distributed or is_initialized():
+        return ""
+    if not dist.is_available():
+        raise RuntimeError("this build of PyTorch has no torch.distributed; run a single process")
+    dev = torch.device(device)
+    backend = choose_backend(dev)
+    if backend == "nccl":
+        torch.cuda.set_device(dev)
+        _collective_device = dev if dev.index is not None else torch.device("cuda", torch.cuda.current_device())
+    else:
+        _collective_device = torch.device("cpu")
+    dist.init_process_group(
+        backend=backend, init_method="env://", rank=env.rank, world_size=env.world_size,
+        timeout=timeout or default_timeout(),
+    )
+    return backend
+
+
+def destroy() -> None:
+    """Tear down the default process group, if any."""
+    import torch.distributed as dist
+
+    global _collective_device
+    if is_initialized():
+        dist.destroy_process_group()
+    _collective_device = None
+
+
+@contextmanager
+def process_group(
+    device: str | torch.device = "auto", *, env: DistEnv | None = None, timeout: timedelta | None = None
+) -> Iterator[tuple[DistEnv, torch.device]]:
+    """``with process_group("auto") as (env, device):`` — the launch, this rank's device, a live group.
+
+    The group is destroyed on exit (also on an error). In a single process nothing is initialised.
+    """
+    env = detect() if env is None else env
+    dev = device_for(device, env)
+    started = bool(init(dev, env, timeout=timeout))
+    try:
+        yield env, dev
+    finally:
+        if started:
+            destroy()
+
+
+def _lost(e: BaseException) -> PeerLostError:
+    rank = os.environ.get("RANK", "?")
+    return PeerLostError(
+        f"rank {rank}: lost contact with the other ranks (one was killed, crashed or timed out): "
+        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    )
+
+
+def barrier() -> None:
+    """Wait for every rank (a no-op in a single process).
+
+    Raises:
+        PeerLostError: a rank is gone.
+    """
+    if not is_initialized():
+        return
+    import torch.distributed as dist
+
+    try:
+        if _collective_device is not None and _collective_device.type == "cuda":
+            dist.barrier(device_ids=[_collective_device.index])
+        else:
+            dist.barrier()
+    except RuntimeError as e:
+        raise _lost(e) from e
+
+
+def all_gather_object(obj: T) -> list[T]:
+    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` in a single process.
+
+    Raises:
+        PeerLostError: a rank is gone.
+    """
+    if not is_initialized():
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * dist.get_world_size()
+    try:
+        dist.all_gather_object(out, obj)
+    except RuntimeError as e:
+        raise _lost(e) from e
+    return out
+
+
+def tensor_digest(tensor: torch.Tensor) -> str:
+    """A hash of a tensor's dtype, shape and exact values (on any device).
+
+    Example:
+        >>> tensor_digest(torch.zeros(3)) == tensor_digest(torch.zeros(3)) != tensor_digest(torch.ones(3))
+        True
+    """
+    t = tensor.detach().to("cpu").contiguous().reshape(-1)
+    h = hashlib.sha256(f"{t.dtype}{tuple(tensor.shape)}".encode())
+    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def same_on_all_ranks(*tensors: torch.Tensor) -> bool:
+    """Whether the tensors are bit-identical on every rank (e.g. random features, model parameters).
+
+    Example:
+        >>> same_on_all_ranks(torch.arange(4.0))
+        True
+    """
+    digest = hashlib.sha256("".join(tensor_digest(t) for t in tensors).encode()).hexdigest()
+    return len(set(all_gather_object(digest))) == 1
+
+
+def echo0(*args: object, err: bool = True, env: DistEnv | None = None) -> None:
+    """``print`` from rank 0 only (to stderr unless ``err=False``)."""
+    env = detect() if env is None else env
+    if env.is_main:
+        print(*args, file=sys.stderr if err else sys.stdout, flush=True)
