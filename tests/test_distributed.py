@@ -307,3 +307,15 @@ def test_ddp_example_keeps_ranks_identical(tmp_path: Path) -> None:
     assert "done: 3 steps; parameters identical on all 2 rank(s)" in p.stderr
     # the parameters did move
     assert (sums / "rank0-init.txt").read_text() == (sums / "rank1-init.txt").read_text() != digests[0]
+
+
+def test_resume_on_a_fresh_job_starts_it(tmp_path: Path) -> None:
+    """Batch scripts may always pass --resume: with nothing to continue, it starts the job."""
+    d = tmp_path / "d"
+    _images(d, 3, size=16)
+    out = tmp_path / "s.csv"
+    r = _invoke(*_score_args(d, out, "-m", "l2", "--resume"))
+    assert r.exit_code == 0, r.output
+    assert len(_rows(out)) == 3 and scoring.find_journals(out) == []
+    r = _invoke(*_score_args(d, out, "-m", "l2", "--resume"))
+    assert r.exit_code == 2 and "nothing to resume" in r.output

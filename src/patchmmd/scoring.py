@@ -11,6 +11,9 @@ pieces are built so that a job can also be split over several writers (``torchru
 * Each writer appends finished rows to its own **journal** (:class:`Journal`, JSON lines: one header line
   naming the job, then one line per finished pair), flushed and ``fsync``-ed after every batch. A
   ``kill -9`` can leave at most a truncated last line, which reading ignores and reopening cuts off.
+  :func:`find_journals` lists an output's journals of any world size and :func:`done_rows` reads their
+  finished rows, so a job can be resumed by another number of writers (``patchmmd score`` shares out
+  only the pairs left; see ``docs/distributed.md``).
 * :func:`write_csv_atomic` writes the final, sorted CSV to a temporary file in the output folder, fsyncs
   it and renames it over the output (``os.replace``): the output is either absent, the old file or the
   complete new one, never half-written.

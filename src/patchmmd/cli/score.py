@@ -263,6 +263,14 @@ def _score(args: _Args, env: Any, dev: Any) -> None:
     _agree(env, error)
     tasks, job, own = built["tasks"], built["job"], built["own"]
     done: dict[str, dict[str, Any]] = built["done"]
+    if env.is_distributed:
+        # The rest is shared out from what each rank read: all must have read the same journals.
+        view = (tuple(p.name for p in scoring.find_journals(out)), scoring.tasks_digest(
+            t for t in tasks if t.id in done))
+        if len(set(distributed.all_gather_object(view))) > 1:
+            raise click.UsageError(
+                f"the ranks see different journals next to {out}: put --out on a file system shared by all nodes"
+            )
     if args.overwrite:
         if env.is_main:
             for p in scoring.find_journals(out):
@@ -342,6 +350,8 @@ def _score(args: _Args, env: Any, dev: Any) -> None:
             if not env.is_distributed:
                 raise
             failure = f"rank 0 could not write {out}: {type(e).__name__}: {e}"
+            if isinstance(e, ValueError):
+                failure += f" (is {out.parent} on a file system shared by all nodes?)"
     failures = distributed.all_gather_object(failure)
     if failures[0] is not None:
         raise _OtherRankFailed(f"{failures[0]}; the journals are kept, rerun with --resume")
