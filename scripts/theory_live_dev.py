@@ -89,6 +89,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None, help="CSV of per-image distances")
     ap.add_argument("--metrics", default=None, help="comma-separated subset of the column labels' registry names")
     ap.add_argument("--vgg", action="store_true", help="also the random VGG16 trunk (he and zero_mean)")
+    ap.add_argument("--from-csv", type=Path, default=None,
+                    help="recompute the statistics from a CSV written by --out (no distances computed)")
     args = ap.parse_args()
     torch.manual_seed(0)
     rows = []
@@ -104,9 +106,19 @@ def main() -> int:
     groups = [r["distortion"] for r in rows]
     values: dict[str, list[float]] = {label: [] for label, *_ in metrics}
     values["psnr"] = []
-    built = {label: get_metric(name, **opts) for label, name, opts, _ in metrics}
     timings = dict.fromkeys(values, 0.0)
-    for i, r in enumerate(rows):
+    if args.from_csv:
+        with open(args.from_csv, newline="") as f:
+            saved = list(csv.DictReader(f))
+        if [r["distorted"] for r in saved] != [r["distorted"] for r in rows]:
+            raise SystemExit(f"{args.from_csv} does not list the rows of {args.data / 'labels.csv'} in order")
+        values = {k: [float(r[k]) for r in saved] for k in saved[0] if k not in ("distorted", "distortion", "dmos")}
+        timings = dict.fromkeys(values, math.nan)
+        rows_to_compute: list[dict[str, str]] = []
+    else:
+        rows_to_compute = rows
+    built = {label: get_metric(name, **opts) for label, name, opts, _ in metrics} if rows_to_compute else {}
+    for i, r in enumerate(rows_to_compute):
         x = load_image(args.data / r["reference"]).unsqueeze(0)
         y = load_image(args.data / r["distorted"]).unsqueeze(0)
         with torch.no_grad():
@@ -117,9 +129,9 @@ def main() -> int:
         mse = float((x - y).pow(2).mean())
         values["psnr"].append(10 * math.log10(1.0 / mse) if mse > 0 else math.inf)
         print(f"[{i + 1}/{len(rows)}] {r['distorted']}", file=sys.stderr)
-    higher = {label: hib for label, _, _, hib in metrics}
+    higher = {label: hib for label, _, _, hib in [*METRICS, *VGG_METRICS]}
     higher["psnr"] = True
-    if args.out:
+    if args.out and rows_to_compute:
         with open(args.out, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["distorted", "distortion", "dmos", *values])
@@ -133,7 +145,7 @@ def main() -> int:
     print("|---|" + "---|" * (len(cols) + 1))
     for label, v in values.items():
         d = np.asarray(v, dtype=np.float64)
-        if higher[label]:
+        if higher.get(label, False):
             d = -d
         stats, source = statistics(d, dmos, groups)
         cells = [f"{stats[c]['srocc']:.3f} / {stats[c]['krocc']:.3f} / {stats[c]['plcc']:.3f}" for c in cols]
