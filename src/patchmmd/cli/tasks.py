@@ -1,0 +1,346 @@
+"""``patchmmd gim``, ``patchmmd train-ae``, ``patchmmd train-sr``: perceptual tasks with a chosen loss.
+
+Each command is seeded and deterministic on CPU (same ``metrics.json`` for the same arguments), shows a
+progress bar, and writes to ``--out DIR`` (refused if it exists and is not empty, unless ``--overwrite``):
+its images, ``metrics.json`` and ``figure.png`` (side by side). See ``docs/tasks.md`` and
+:mod:`patchmmd.tasks`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import main
+from ._common import parse_metric_options
+
+# Kept in sync with patchmmd.tasks.losses.LOSS_NAMES (not imported here so `patchmmd --help` stays light).
+LOSS_CHOICES = ("l2", "l1", "ssim", "mmdpp", "mmdpp-followup", "random-cnn", "random-vgg", "infinite-cnn", "vgg")
+
+
+def _loss_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--eval-distances", default="mmdpp,random-cnn", show_default=True, metavar="NAMES",
+                     help="Comma-separated registry distances reported besides PSNR/SSIM/MSE/sharpness "
+                          "(vgg is added when --weights is given; empty: none).")(f)
+    f = click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")(f)
+    f = click.option("--overwrite", is_flag=True, help="Write into --out even if it exists and is not empty.")(f)
+    f = click.option("--out", "out", type=click.Path(file_okay=False), default=None,
+                     help="Output folder [default: runs/COMMAND-LOSS].")(f)
+    f = click.option("--seed", type=int, default=0, show_default=True, help="Seed of everything random.")(f)
+    f = click.option("--loss-option", "-o", "loss_option", multiple=True, metavar="KEY=VALUE",
+                     help="Option of the loss's distance, repeatable (e.g. -o width=128 for random-cnn).")(f)
+    f = click.option("--weights", type=click.Path(dir_okay=False), default=None,
+                     help="Local pretrained VGG16 state dict (torchvision layout); needed by --loss vgg.")(f)
+    f = click.option("--loss", "loss_name", type=click.Choice(LOSS_CHOICES), default="mmdpp", show_default=True,
+                     help="Training / optimisation loss.")(f)
+    return f
+
+
+def _build_loss(name: str, weights: str | None, items: tuple[str, ...]) -> Any:
+    from ..tasks.losses import MissingWeightsError, make_loss
+
+    options = parse_metric_options(items)
+    if name == "vgg" and weights is None:
+        raise click.UsageError(
+            "--loss vgg needs --weights PATH, a local pretrained VGG16 state dict in torchvision's layout; "
+            "no file given, so this run is skipped (nothing written; patchmmd downloads nothing)."
+        )
+    if weights is not None and name != "vgg":
+        raise click.BadParameter(f"--weights is for --loss vgg only, not {name!r}", param_hint="--weights")
+    try:
+        return make_loss(name, weights=weights, **options)
+    except MissingWeightsError as e:
+        raise click.BadParameter(str(e), param_hint="--weights") from None
+    except (TypeError, ValueError) as e:
+        raise click.BadParameter(f"{name}: {e}", param_hint="--loss-option") from None
+
+
+def _out_dir(out: str | None, command: str, loss: str, overwrite: bool) -> Path:
+    path = Path(out) if out is not None else Path("runs") / f"{command}-{loss}"
+    if path.exists() and not path.is_dir():
+        raise click.UsageError(f"--out {path} is a file; give a folder")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise click.UsageError(f"--out {path} already exists and is not empty; pass --overwrite")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _bar(total: int, desc: str, enabled: bool) -> tuple[Any, Callable[[int, float], None]]:
+    from ..tasks._common import progress
+
+    bar = progress(total, desc, enabled)
+
+    def callback(step: int, value: float) -> None:
+        bar.update(1)
+        if step % 10 == 0 or step == total - 1:
+            bar.set_postfix(loss=f"{value:.4g}")
+
+    return bar, callback
+
+
+def _history(values: list[float], points: int = 50) -> list[float]:
+    every = max(1, len(values) // points)
+    return [float(f"{v:.6g}") for v in values[::every]]
+
+
+def _load_inputs(items: tuple[str, ...]) -> tuple[list[Any], list[str]]:
+    from ..data import sample_image, sample_names
+    from ..io import ImageReadError, load_image
+
+    images, names = [], []
+    for item in items:
+        if not Path(item).exists() and item in sample_names():
+            images.append(sample_image(item))
+        else:
+            try:
+                images.append(load_image(item))
+            except ImageReadError as e:
+                raise click.BadParameter(f"{e} (or name a shipped photo: {', '.join(sample_names())})",
+                                         param_hint="IMAGES") from None
+        names.append(item)
+    return images, names
+
+
+@main.command("gim")
+@click.argument("images", nargs=-1, required=True)
+@_loss_options
+@click.option("--shifts", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Build the input set from ONE image: its crop and K copies cropped at offsets on a ring.")
+@click.option("--max-shift", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Offset of the shifted copies, in pixels.")
+@click.option("--size", type=click.IntRange(min=0), default=64, show_default=True,
+              help="Side of the central square crop optimised (0: the largest that fits).")
+@click.option("--steps", type=click.IntRange(min=1), default=100, show_default=True, help="Adam steps.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.02, show_default=True,
+              help="Adam learning rate (pixels in [0, 1]).")
+@click.option("--init", type=click.Choice(["mean", "noise"]), default="mean", show_default=True,
+              help="Start: the pixel mean of the set, or uniform noise from the seed.")
+def gim_command(
+    images: tuple[str, ...], loss_name: str, weights: str | None, loss_option: tuple[str, ...], seed: int,
+    out: str | None, overwrite: bool, progress: bool, eval_distances: str, shifts: int, max_shift: int, size: int,
+    steps: int, lr: float, init: str,
+) -> None:
+    """Generalized image mean: x* = argmin_x sum_i D(x, y_i) over IMAGES (files or shipped photo names).
+
+    \b
+    patchmmd gim --shifts 4 astronaut --loss mmdpp --out runs/gim-mmdpp
+    patchmmd gim a.png b.png c.png --loss l2 --size 0 --out runs/gim-l2
+
+    Writes DIR/result.png, DIR/pixel_mean.png, DIR/input_NNN.png, DIR/metrics.json and DIR/figure.png.
+    The metrics compare the result (and the pixel mean) with every input (averaged) and with the first one.
+    """
+    import torch
+
+    from ..tasks._common import deterministic, image_grid_figure, save_images, write_json
+    from ..tasks.gim import center_crop_common, generalized_mean, shifted_set
+    from ..tasks.metrics import sharpness_ratio
+
+    loss = _build_loss(loss_name, weights, loss_option)
+    imgs, names = _load_inputs(images)
+    try:
+        if shifts:
+            if len(imgs) != 1:
+                raise click.UsageError("--shifts builds the set from one image; give exactly one")
+            ys, offsets = shifted_set(imgs[0], shifts, size=size or None, max_shift=max_shift)
+        else:
+            if len(imgs) < 2:
+                raise click.UsageError("give at least two images, or one image with --shifts K")
+            if len({t.shape[0] for t in imgs}) != 1:
+                raise click.UsageError("the images have different numbers of channels")
+            ys, offsets = center_crop_common(imgs, size or None), None
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    folder = _out_dir(out, "gim", loss_name, overwrite)
+    t0 = time.time()
+    with deterministic(seed):
+        bar, callback = _bar(steps, f"gim {loss_name}", progress)
+        try:
+            res = generalized_mean(ys, loss, steps=steps, lr=lr, init=init, seed=seed, callback=callback)
+        finally:
+            bar.close()
+        evaluate = _evaluator(eval_distances, weights)
+
+        def report(x: torch.Tensor) -> dict[str, Any]:
+            m_all = evaluate(x.expand_as(ys), ys)
+            m_all["sharpness"] = float(f"{sharpness_ratio(x, ys):.6g}")
+            return {"vs_inputs": m_all, "vs_first": evaluate(x, ys[:1])}
+
+        metrics = {
+            "task": "gim", "loss": loss_name, "loss_options": parse_metric_options(loss_option), "seed": seed,
+            "inputs": names, "shifts": shifts, "offsets": offsets, "size": list(ys.shape[-2:]),
+            "steps": steps, "lr": lr, "init": init,
+            "final_loss": float(f"{res.history[-1]:.6g}"), "loss_history": _history(res.history),
+            "result": report(res.image), "pixel_mean": report(ys.mean(0, keepdim=True)),
+        }
+    from ..io import save_image
+
+    save_image(res.image, folder / "result.png")
+    save_image(ys.mean(0, keepdim=True), folder / "pixel_mean.png")
+    save_images(ys, folder, "input")
+    write_json(metrics, folder / "metrics.json")
+    shown = list(ys[: min(3, len(ys))])
+    image_grid_figure(
+        [[*shown, ys.mean(0), res.image[0]]], [f"K={len(ys)}"],
+        [*(f"input {i}" for i in range(len(shown))), "pixel mean (L2 optimum)", f"GIM, {loss_name}"],
+        folder / "figure.png",
+    )
+    _summary(folder, time.time() - t0, {"result": metrics["result"]["vs_inputs"],
+                                         "pixel mean": metrics["pixel_mean"]["vs_inputs"]})
+
+
+def _summary(folder: Path, seconds: float, rows: dict[str, dict[str, float]]) -> None:
+    keys = list(next(iter(rows.values())))
+    click.echo(f"{'':12s}" + "".join(f"{k:>12s}" for k in keys))
+    for name, m in rows.items():
+        click.echo(f"{name:12s}" + "".join(f"{m[k]:12.4g}" for k in keys))
+    click.echo(f"wrote {folder}/ ({seconds:.0f} s)")
+
+
+def _evaluator(names: str, weights: str | None) -> Any:
+    from ..tasks.metrics import Evaluator
+
+    distances = [n.strip() for n in names.split(",") if n.strip()]
+    try:
+        return Evaluator(distances, vgg_weights=weights)
+    except (TypeError, ValueError) as e:
+        raise click.BadParameter(str(e), param_hint="--eval-distances") from None
+
+
+def _split_options(f: Callable[..., Any], *, crop: int, steps: int, lr: float) -> Callable[..., Any]:
+    f = click.option("--steps", type=click.IntRange(min=1), default=steps, show_default=True,
+                     help="Training steps (batches).")(f)
+    f = click.option("--batch", type=click.IntRange(min=1), default=4, show_default=True, help="Crops per batch.")(f)
+    f = click.option("--crop", type=click.IntRange(min=8), default=crop, show_default=True,
+                     help="Side of the training crops and of the held-out tiles.")(f)
+    f = click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=lr, show_default=True,
+                     help="Adam learning rate.")(f)
+    f = click.option("--width", type=click.IntRange(min=1), default=32, show_default=True, help="Network width.")(f)
+    f = click.option("--max-tiles", type=click.IntRange(min=1), default=None,
+                     help="Evaluate on at most this many held-out tiles [default: all].")(f)
+    return f
+
+
+def _data(data_dir: str | None, crop: int, max_tiles: int | None) -> Any:
+    from ..tasks.data import load_photos, split_photos
+
+    try:
+        photos, names = load_photos(data_dir)
+        return split_photos(photos, crop, max_tiles=max_tiles), names
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+
+
+def _figure_columns(n: int, shown: int = 6) -> list[int]:
+    if n <= shown:
+        return list(range(n))
+    return [round(i * (n - 1) / (shown - 1)) for i in range(shown)]
+
+
+@main.command("train-ae")
+@click.argument("data_dir", required=False, type=click.Path(exists=True, file_okay=False))
+@_loss_options
+@lambda f: _split_options(f, crop=64, steps=100, lr=2e-3)
+@click.option("--latent", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Bottleneck channels (on a crop/8 grid).")
+def train_ae_command(
+    data_dir: str | None, loss_name: str, weights: str | None, loss_option: tuple[str, ...], seed: int,
+    out: str | None, overwrite: bool, progress: bool, eval_distances: str, steps: int, batch: int, crop: int,
+    lr: float, width: int, max_tiles: int | None, latent: int,
+) -> None:
+    """Train a small convolutional autoencoder on random crops of the photos in DATA_DIR.
+
+    DATA_DIR defaults to the photos the package ships. The right quarter of every photo is held out; the
+    reconstructions of its crop x crop tiles are saved and scored against the originals.
+    """
+    from ..tasks._common import deterministic, image_grid_figure, save_images, write_json
+    from ..tasks.autoencoder import reconstruct, train_autoencoder
+
+    if crop % 8:
+        raise click.BadParameter(f"must be a multiple of 8, got {crop}", param_hint="--crop")
+    loss = _build_loss(loss_name, weights, loss_option)
+    split, names = _data(data_dir, crop, max_tiles)
+    folder = _out_dir(out, "train-ae", loss_name, overwrite)
+    t0 = time.time()
+    with deterministic(seed):
+        bar, callback = _bar(steps, f"train-ae {loss_name}", progress)
+        try:
+            res = train_autoencoder(split, loss, steps=steps, batch=batch, lr=lr, width=width, latent=latent,
+                                    seed=seed, callback=callback)
+        finally:
+            bar.close()
+        recon = reconstruct(res.model, split.heldout)
+        m = _evaluator(eval_distances, weights)(recon, split.heldout)
+    metrics = {
+        "task": "train-ae", "loss": loss_name, "loss_options": parse_metric_options(loss_option), "seed": seed,
+        "data": names, "crop": crop, "batch": batch, "steps": steps, "lr": lr, "width": width, "latent": latent,
+        "heldout_tiles": len(split.heldout), "final_loss": float(f"{res.history[-1]:.6g}"),
+        "loss_history": _history(res.history), "heldout": m,
+    }
+    save_images(split.heldout, folder, "heldout")
+    save_images(recon, folder, "recon")
+    write_json(metrics, folder / "metrics.json")
+    cols = _figure_columns(len(recon))
+    image_grid_figure([[split.heldout[i] for i in cols], [recon[i] for i in cols]],
+                      ["held-out", f"AE, {loss_name}"], None, folder / "figure.png")
+    _summary(folder, time.time() - t0, {"held-out": m})
+
+
+@main.command("train-sr")
+@click.argument("data_dir", required=False, type=click.Path(exists=True, file_okay=False))
+@_loss_options
+@lambda f: _split_options(f, crop=64, steps=100, lr=1e-3)
+@click.option("--scale", type=click.IntRange(min=2), default=4, show_default=True, help="Upscaling factor.")
+@click.option("--blocks", type=click.IntRange(min=0), default=4, show_default=True, help="Residual blocks.")
+def train_sr_command(
+    data_dir: str | None, loss_name: str, weights: str | None, loss_option: tuple[str, ...], seed: int,
+    out: str | None, overwrite: bool, progress: bool, eval_distances: str, steps: int, batch: int, crop: int,
+    lr: float, width: int, max_tiles: int | None, scale: int, blocks: int,
+) -> None:
+    """Train a small super-resolution network (residual blocks, pixel shuffle) on crops of DATA_DIR's photos.
+
+    DATA_DIR defaults to the photos the package ships. Inputs are box-downsampled by --scale. The right
+    quarter of every photo is held out; its tiles are super-resolved and scored against the ground truth,
+    next to bicubic upsampling.
+    """
+    from ..tasks._common import deterministic, image_grid_figure, save_images, write_json
+    from ..tasks.superres import bicubic, degrade, train_superres, upscale
+
+    if crop % scale:
+        raise click.BadParameter(f"must be a multiple of --scale {scale}, got {crop}", param_hint="--crop")
+    loss = _build_loss(loss_name, weights, loss_option)
+    split, names = _data(data_dir, crop, max_tiles)
+    folder = _out_dir(out, "train-sr", loss_name, overwrite)
+    t0 = time.time()
+    with deterministic(seed):
+        bar, callback = _bar(steps, f"train-sr {loss_name}", progress)
+        try:
+            res = train_superres(split, loss, scale=scale, steps=steps, batch=batch, lr=lr, width=width,
+                                 blocks=blocks, seed=seed, callback=callback)
+        finally:
+            bar.close()
+        low = degrade(split.heldout, scale)
+        sr = upscale(res.model, low)
+        bic = bicubic(low, scale)
+        evaluate = _evaluator(eval_distances, weights)
+        m_sr, m_bic = evaluate(sr, split.heldout), evaluate(bic, split.heldout)
+    metrics = {
+        "task": "train-sr", "loss": loss_name, "loss_options": parse_metric_options(loss_option), "seed": seed,
+        "data": names, "scale": scale, "crop": crop, "batch": batch, "steps": steps, "lr": lr, "width": width,
+        "blocks": blocks, "heldout_tiles": len(split.heldout), "final_loss": float(f"{res.history[-1]:.6g}"),
+        "loss_history": _history(res.history), "heldout": m_sr, "bicubic": m_bic,
+    }
+    save_images(split.heldout, folder, "heldout")
+    save_images(low, folder, "lowres")
+    save_images(sr, folder, "sr")
+    save_images(bic, folder, "bicubic")
+    write_json(metrics, folder / "metrics.json")
+    cols = _figure_columns(len(sr))
+    image_grid_figure(
+        [[bic[i] for i in cols], [sr[i] for i in cols], [split.heldout[i] for i in cols]],
+        ["bicubic", f"SR x{scale}, {loss_name}", "ground truth"], None, folder / "figure.png",
+    )
+    _summary(folder, time.time() - t0, {"sr": m_sr, "bicubic": m_bic})

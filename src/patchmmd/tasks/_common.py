@@ -1,0 +1,85 @@
+"""Shared pieces of the task experiments: determinism, progress, image I/O and figures."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@contextlib.contextmanager
+def deterministic(seed: int) -> Iterator[None]:
+    """Seed torch and turn on deterministic algorithms for the block (the previous setting is restored)."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def progress(total: int, desc: str, enabled: bool) -> Any:
+    """A tqdm progress bar (on stderr) or a silent stand-in."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+def write_json(data: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    Path(path).write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def save_images(batch: torch.Tensor, folder: str | os.PathLike[str], prefix: str) -> list[str]:
+    """Save a batch as ``prefix_000.png, ...`` in ``folder``; returns the file names."""
+    from ..io import save_image
+
+    names = []
+    for i, img in enumerate(batch):
+        name = f"{prefix}_{i:03d}.png"
+        save_image(img.clamp(0, 1), Path(folder) / name)
+        names.append(name)
+    return names
+
+
+def image_grid_figure(
+    rows: Sequence[Sequence[torch.Tensor]], row_labels: Sequence[str], col_labels: Sequence[str] | None,
+    path: str | os.PathLike[str], *, title: str | None = None, cell: float = 1.8,
+) -> None:
+    """A matplotlib (Agg) grid of ``[0, 1]`` images ``(C, H, W)``; rows share ``row_labels``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    h, w = rows[0][0].shape[-2:]
+    fig, axes = plt.subplots(
+        n_rows, n_cols, figsize=(cell * n_cols * w / max(h, w) + 0.6, cell * n_rows * h / max(h, w) + 0.4),
+        squeeze=False,
+    )
+    for i, row in enumerate(rows):
+        for j in range(n_cols):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for s in ax.spines.values():
+                s.set_visible(False)
+            if j < len(row):
+                img = row[j].detach().clamp(0, 1).float().cpu()
+                ax.imshow(img.permute(1, 2, 0).numpy() if img.shape[0] == 3 else img[0].numpy(),
+                          cmap=None if img.shape[0] == 3 else "gray", vmin=0, vmax=1, interpolation="nearest")
+            if j == 0:
+                ax.set_ylabel(row_labels[i], fontsize=8)
+            if i == 0 and col_labels is not None and j < len(col_labels):
+                ax.set_title(col_labels[j], fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,85 @@
+"""Photos for the training experiments: loading a folder, the train / held-out split, seeded crops.
+
+Split (the same for every image): the right-most columns, ``max(crop, round(holdout * W))`` wide, are held
+out; the held-out crops are the non-overlapping ``crop x crop`` tiles of that strip, top to bottom. Training
+crops are drawn from the remaining columns only, so no held-out pixel is ever seen in training. Crop
+positions (and horizontal flips) come from a ``torch.Generator`` seeded with the run's seed: the data order
+is fixed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+def load_photos(folder: str | os.PathLike[str] | None) -> tuple[list[torch.Tensor], list[str]]:
+    """RGB images ``(3, H, W)`` in ``[0, 1]`` from ``folder`` (sorted by name), or the shipped photos if ``None``."""
+    if folder is None:
+        from ..data import sample_image, sample_names
+
+        names = sample_names()
+        return [sample_image(n) for n in names], names
+    from ..io import IMAGE_SUFFIXES, load_image
+
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    return [load_image(p) for p in files], [p.name for p in files]
+
+
+@dataclass
+class Split:
+    """Training regions (one per image) and the held-out tiles ``(M, 3, crop, crop)``."""
+
+    train: list[torch.Tensor]
+    heldout: torch.Tensor
+    crop: int
+
+
+def split_photos(
+    images: list[torch.Tensor], crop: int, *, holdout: float = 0.25, max_tiles: int | None = None
+) -> Split:
+    """The train / held-out split of the module docstring.
+
+    Raises:
+        ValueError: an image too small for a training crop beside a held-out strip.
+
+    Example:
+        >>> s = split_photos([torch.rand(3, 64, 128)], 32)
+        >>> [tuple(t.shape) for t in s.train], tuple(s.heldout.shape)
+        ([(3, 64, 96)], (2, 3, 32, 32))
+    """
+    train, tiles = [], []
+    for i, img in enumerate(images):
+        _, h, w = img.shape
+        strip = max(crop, round(holdout * w))
+        if h < crop or w - strip < crop:
+            raise ValueError(
+                f"image {i} is {w}x{h}: too small for {crop} px training crops beside a {strip} px held-out strip"
+            )
+        train.append(img[:, :, : w - strip])
+        left = w - strip
+        for top in range(0, h - crop + 1, crop):
+            tiles.append(img[:, top : top + crop, left : left + crop])
+    heldout = torch.stack(tiles)
+    if max_tiles is not None:
+        heldout = heldout[:max_tiles]
+    return Split(train, heldout, crop)
+
+
+def random_crops(regions: list[torch.Tensor], crop: int, n: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` random ``crop x crop`` crops (images chosen uniformly, random horizontal flips): ``(n, 3, crop, crop)``."""
+    out = []
+    for _ in range(n):
+        r = regions[int(torch.randint(len(regions), (1,), generator=generator))]
+        top = int(torch.randint(r.shape[1] - crop + 1, (1,), generator=generator))
+        left = int(torch.randint(r.shape[2] - crop + 1, (1,), generator=generator))
+        c = r[:, top : top + crop, left : left + crop]
+        if bool(torch.rand((), generator=generator) < 0.5):
+            c = c.flip(-1)
+        out.append(c)
+    return torch.stack(out)

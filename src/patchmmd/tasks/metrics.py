@@ -1,0 +1,111 @@
+"""What the task experiments report for every output: PSNR, SSIM, the project's distances and sharpness.
+
+All metrics compare ``[0, 1]`` images ``(N, C, H, W)`` with references of the same shape and are averaged
+over the batch. They are reported, never used for tuning.
+
+* ``psnr`` (dB, higher is better) and ``ssim`` (pytorch-msssim, Gaussian window of 11 px or the largest odd
+  size that fits; higher is better);
+* ``mse`` on ``[0, 1]``;
+* the distances named in ``distances`` (default ``mmdpp`` and ``random-cnn``; ``vgg`` when a weights file is
+  given), as the registry computes them (lower is better);
+* ``sharpness``: :func:`high_frequency_energy` of the outputs divided by that of the references. 1 means
+  as much fine detail as the references; a blurry output gives well below 1, noise or ringing above 1.
+
+Example:
+    >>> import torch
+    >>> y = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    >>> m = image_metrics(y, y, distances=())
+    >>> m["psnr"], m["ssim"], m["sharpness"]
+    (100.0, 1.0, 1.0)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+#: Distances reported besides PSNR / SSIM / MSE / sharpness.
+DEFAULT_DISTANCES: tuple[str, ...] = ("mmdpp", "random-cnn")
+
+_LAPLACE = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
+
+
+def high_frequency_energy(x: torch.Tensor) -> torch.Tensor:
+    """Per-image mean squared response to the 3x3 Laplacian (reflect padding), averaged over channels: ``(N,)``.
+
+    Example:
+        >>> float(high_frequency_energy(torch.full((1, 3, 8, 8), 0.5)))
+        0.0
+    """
+    c = x.shape[1]
+    k = _LAPLACE.to(x).view(1, 1, 3, 3).repeat(c, 1, 1, 1)
+    r = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), k, groups=c)
+    return r.pow(2).mean(dim=(1, 2, 3))
+
+
+def sharpness_ratio(x: torch.Tensor, reference: torch.Tensor) -> float:
+    """Total high-frequency energy of ``x`` over that of ``reference`` (batches of any sizes)."""
+    den = float(high_frequency_energy(reference).mean())
+    return float(high_frequency_energy(x).mean()) / den if den > 0 else float("nan")
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor, max_db: float = 100.0) -> torch.Tensor:
+    """Per-image PSNR in dB on ``[0, 1]``, capped at ``max_db``: ``(N,)``."""
+    mse = (x - y).pow(2).mean(dim=(1, 2, 3))
+    db = -10.0 * torch.log10(mse.clamp_min(1e-30))
+    return torch.where(mse > 0, db, torch.full_like(mse, max_db)).clamp(max=max_db)
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-image SSIM (pytorch-msssim) with an 11 px window, or the largest odd one that fits: ``(N,)``."""
+    import pytorch_msssim
+
+    win = min(11, min(x.shape[-2:]))
+    win = win if win % 2 == 1 else win - 1
+    return pytorch_msssim.ssim(x.float(), y.float(), data_range=1.0, size_average=False, win_size=win)
+
+
+class Evaluator:
+    """Computes :func:`image_metrics` with distances built once (random features and weights are cached)."""
+
+    def __init__(
+        self, distances: Sequence[str] = DEFAULT_DISTANCES, *, vgg_weights: str | os.PathLike[str] | None = None
+    ) -> None:
+        from ..registry import get_metric
+
+        names = list(distances)
+        if vgg_weights is not None and "vgg" not in names:
+            names.append("vgg")
+        self.distances = {}
+        for name in names:
+            opts = {"weights": os.fspath(vgg_weights)} if name == "vgg" else {}
+            self.distances[name] = get_metric(name, **opts)
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        x, y = x.detach().clamp(0, 1), y.detach().clamp(0, 1)
+        out = {
+            "psnr": float(psnr(x, y).mean()),
+            "ssim": float(ssim(x, y).mean()),
+            "mse": float((x - y).pow(2).mean()),
+        }
+        for name, fn in self.distances.items():
+            out[name] = float(fn(x, y).mean())
+        out["sharpness"] = sharpness_ratio(x, y)
+        return {k: _round(v) for k, v in out.items()}
+
+
+def image_metrics(
+    x: torch.Tensor, y: torch.Tensor, *, distances: Sequence[str] = DEFAULT_DISTANCES,
+    vgg_weights: str | os.PathLike[str] | None = None,
+) -> dict[str, float]:
+    """PSNR, SSIM, MSE, the ``distances`` and the sharpness ratio of ``x`` against references ``y``."""
+    return Evaluator(distances, vgg_weights=vgg_weights)(x, y)
+
+
+def _round(v: float) -> float:
+    return v if not math.isfinite(v) else float(f"{v:.6g}")

@@ -1,0 +1,104 @@
+"""A small super-resolution network trained with a chosen loss on crops of photos.
+
+Degradation: the low-resolution input is the ``scale x scale`` box average of the high-resolution image
+(:func:`degrade`). Network (:class:`SRNet`): a 3x3 convolution to ``width`` channels, ``blocks`` residual
+blocks (conv-ReLU-conv), a 3x3 convolution to ``3 scale²`` channels and a pixel shuffle; its output is
+added to the bilinear upsampling of the input (the last convolution starts at zero, so the untrained
+network is bilinear upsampling), and the network learns the missing detail. The output is not
+squashed (the losses use ``out_of_range="ignore"``); it is clamped to ``[0, 1]`` for saving and evaluation.
+
+Training: Adam on ``steps`` batches of random high-resolution crops (:mod:`patchmmd.tasks.data`), seeded.
+Evaluation: the held-out tiles, against their ground truth, with bicubic upsampling as a reference row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .autoencoder import TrainResult
+from .data import Split, random_crops
+
+
+def degrade(hr: torch.Tensor, scale: int) -> torch.Tensor:
+    """Box-downsample by ``scale`` (sides must be multiples of it)."""
+    if hr.shape[-1] % scale or hr.shape[-2] % scale:
+        raise ValueError(f"image sides {tuple(hr.shape[-2:])} must be multiples of the scale {scale}")
+    return F.avg_pool2d(hr, scale)
+
+
+def bicubic(lr: torch.Tensor, scale: int) -> torch.Tensor:
+    """Bicubic upsampling by ``scale``, clamped to ``[0, 1]`` (the reference row of the evaluation)."""
+    return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(width, width, 3, padding=1)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(torch.relu(self.conv1(x)))
+
+
+class SRNet(nn.Module):
+    """``scale``x super-resolution: residual blocks, pixel shuffle, plus a bilinear skip connection."""
+
+    def __init__(self, scale: int = 4, width: int = 32, blocks: int = 4) -> None:
+        super().__init__()
+        self.scale = scale
+        self.head = nn.Conv2d(3, width, 3, padding=1)
+        self.body = nn.Sequential(*[ResBlock(width) for _ in range(blocks)])
+        self.tail = nn.Sequential(nn.Conv2d(width, 3 * scale * scale, 3, padding=1), nn.PixelShuffle(scale))
+        nn.init.zeros_(self.tail[0].weight)  # start as bilinear upsampling
+        nn.init.zeros_(self.tail[0].bias)
+
+    def forward(self, lr: torch.Tensor) -> torch.Tensor:
+        h = self.head(lr)
+        up = F.interpolate(lr, scale_factor=self.scale, mode="bilinear", align_corners=False)
+        return up + self.tail(h + self.body(h))
+
+
+def train_superres(
+    split: Split,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    scale: int = 4,
+    steps: int = 100,
+    batch: int = 4,
+    lr: float = 1e-3,
+    width: int = 32,
+    blocks: int = 4,
+    seed: int = 0,
+    callback: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Train :class:`SRNet` on random crops of ``split.train``; deterministic for ``seed``."""
+    if split.crop % scale:
+        raise ValueError(f"the crop size {split.crop} must be a multiple of the scale {scale}")
+    torch.manual_seed(seed)
+    model = SRNet(scale, width, blocks)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed + 1)
+    history = []
+    model.train()
+    for step in range(steps):
+        hr = random_crops(split.train, split.crop, batch, g)
+        opt.zero_grad(set_to_none=True)
+        value = loss(model(degrade(hr, scale)), hr)
+        value.backward()
+        opt.step()
+        history.append(float(value.detach()))
+        if callback is not None:
+            callback(step, history[-1])
+    model.eval()
+    return TrainResult(model, history)
+
+
+@torch.no_grad()
+def upscale(model: nn.Module, lr: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+    """Super-resolved images, clamped to ``[0, 1]``."""
+    return torch.cat([model(lr[i : i + chunk]) for i in range(0, len(lr), chunk)]).clamp(0, 1)

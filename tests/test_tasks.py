@@ -1,0 +1,130 @@
+"""Library side of the perceptual tasks (issue 5): losses, metrics, GIM, data split, networks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from patchmmd.tasks import LOSS_NAMES, MissingWeightsError, make_loss
+from patchmmd.tasks._common import deterministic
+from patchmmd.tasks.autoencoder import ConvAutoencoder, train_autoencoder
+from patchmmd.tasks.data import random_crops, split_photos
+from patchmmd.tasks.gim import generalized_mean, ring_offsets, shifted_set
+from patchmmd.tasks.metrics import high_frequency_energy, image_metrics, sharpness_ratio
+from patchmmd.tasks.superres import SRNet, degrade, train_superres
+
+
+def _img(h: int, w: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("name", [n for n in LOSS_NAMES if n != "vgg"])
+def test_losses_are_differentiable_and_accept_overshoot(name: str) -> None:
+    size = 16 if name == "infinite-cnn" else 24
+    x = (torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(1)) * 1.2 - 0.1).requires_grad_(True)
+    y = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(2))
+    kw = {"win_size": 7} if name == "ssim" else {}
+    value = make_loss(name, **kw)(x, y)
+    assert value.dim() == 0 and torch.isfinite(value) and float(value.detach()) > 0
+    value.backward()
+    assert torch.isfinite(x.grad).all() and float(x.grad.abs().sum()) > 0
+    assert float(make_loss(name, **kw)(y, y)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_vgg_loss_needs_a_weight_file(tmp_path) -> None:
+    with pytest.raises(MissingWeightsError, match="weights"):
+        make_loss("vgg")
+    with pytest.raises(MissingWeightsError, match="not found"):
+        make_loss("vgg", weights=tmp_path / "missing.pth")
+    with pytest.raises(ValueError, match="vgg"):
+        make_loss("mmdpp", weights=tmp_path / "missing.pth")
+    with pytest.raises(ValueError, match="unknown loss"):
+        make_loss("lpips")
+    with pytest.raises(ValueError, match="no options"):
+        make_loss("l2", foo=1)
+
+
+def test_metrics_identity_and_blur_sharpness() -> None:
+    y = _img(32, 32)[None]
+    m = image_metrics(y, y, distances=("mmdpp",))
+    assert m["psnr"] == 100.0 and m["ssim"] == pytest.approx(1.0) and m["mmdpp"] == 0.0 and m["sharpness"] == 1.0
+    blurred = torch.nn.functional.avg_pool2d(y, 3, stride=1, padding=1, count_include_pad=False)
+    assert sharpness_ratio(blurred, y) < 0.5
+    assert float(high_frequency_energy(torch.full((1, 3, 8, 8), 0.3))) == 0.0
+
+
+def test_ring_offsets_and_shifted_set() -> None:
+    assert ring_offsets(4, 2) == [(0, 0), (0, 2), (2, 0), (0, -2), (-2, 0)]
+    img = _img(20, 30)
+    ys, offs = shifted_set(img, 4, size=10, max_shift=2)
+    assert ys.shape == (5, 3, 10, 10)
+    top, left = 5, 10
+    for crop, (dy, dx) in zip(ys, offs, strict=True):
+        assert torch.equal(crop, img[:, top + dy : top + dy + 10, left + dx : left + dx + 10])
+    with pytest.raises(ValueError, match="does not fit"):
+        shifted_set(img, 2, size=18, max_shift=2)
+
+
+def test_gim_l2_answer_is_the_pixel_mean() -> None:
+    ys, _ = shifted_set(_img(40, 40), 4, size=24, max_shift=3)
+    loss = make_loss("l2")
+    mean = ys.mean(0, keepdim=True)
+    res = generalized_mean(ys, loss, steps=3, init="mean")
+    # The pixel mean is the minimum: Adam only jitters there (it normalises rounding-level gradients).
+    assert float((res.image - mean).abs().max()) < 0.05
+    assert float(loss(res.image.expand_as(ys), ys)) == pytest.approx(float(loss(mean.expand_as(ys), ys)), abs=1e-4)
+    noisy = generalized_mean(ys, loss, steps=60, lr=0.05, init="noise", seed=3)
+    assert float(loss(noisy.image.expand_as(ys), ys)) < float(loss(noisy.start.expand_as(ys), ys))
+    assert noisy.history[-1] < noisy.history[0]
+
+
+def test_gim_mmdpp_decreases_loss_and_is_deterministic() -> None:
+    ys, _ = shifted_set(_img(40, 40), 2, size=32, max_shift=3)
+    loss = make_loss("mmdpp")
+    with deterministic(0):
+        a = generalized_mean(ys, loss, steps=3)
+    with deterministic(0):
+        b = generalized_mean(ys, loss, steps=3)
+    assert torch.equal(a.image, b.image) and a.history == b.history
+    assert a.history[-1] < a.history[0]
+    assert float(a.image.min()) >= 0 and float(a.image.max()) <= 1
+
+
+def test_deterministic_restores_the_global_setting() -> None:
+    before = torch.are_deterministic_algorithms_enabled()
+    with deterministic(1):
+        assert torch.are_deterministic_algorithms_enabled()
+    assert torch.are_deterministic_algorithms_enabled() == before
+
+
+def test_split_never_trains_on_heldout_pixels() -> None:
+    img = _img(64, 100)
+    s = split_photos([img], 32)
+    assert s.train[0].shape == (3, 64, 68) and s.heldout.shape == (2, 3, 32, 32)
+    assert torch.equal(s.heldout[1], img[:, 32:64, 68:100])
+    crops = random_crops(s.train, 32, 5, torch.Generator().manual_seed(0))
+    assert crops.shape == (5, 3, 32, 32)
+    with pytest.raises(ValueError, match="too small"):
+        split_photos([_img(64, 50)], 32)
+
+
+def test_networks_shapes_and_sr_starts_bilinear() -> None:
+    x = _img(32, 32)[None]
+    assert ConvAutoencoder(8, 4)(x).shape == x.shape
+    net = SRNet(scale=2, width=8, blocks=1)
+    low = degrade(x, 2)
+    up = torch.nn.functional.interpolate(low, scale_factor=2, mode="bilinear", align_corners=False)
+    assert torch.allclose(net(low), up)
+    with pytest.raises(ValueError, match="multiples"):
+        degrade(_img(30, 32)[None], 4)
+
+
+def test_training_is_deterministic_and_learns() -> None:
+    split = split_photos([_img(32, 64, 1), _img(32, 64, 2)], 16)
+    loss = make_loss("l1")
+    a = train_autoencoder(split, loss, steps=3, width=8, latent=4, seed=5)
+    b = train_autoencoder(split, loss, steps=3, width=8, latent=4, seed=5)
+    assert a.history == b.history
+    assert all(torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True))
+    sr = train_superres(split, loss, scale=2, steps=3, width=8, blocks=1, seed=5)
+    assert len(sr.history) == 3 and all(map(lambda v: v == v, sr.history))

@@ -1,0 +1,115 @@
+"""The task commands on tiny inputs: gim, train-ae, train-sr; the weight-file error; determinism."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from patchmmd.cli import main
+
+FAST = ["--no-progress", "--eval-distances", "mmdpp"]
+
+
+def _run(args: list[str]) -> str:
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        base = rng.random((8, 12, 3))
+        img = np.kron(base, np.ones((8, 8, 1))) * 0.8 + 0.2 * rng.random((64, 96, 3))
+        Image.fromarray((img * 255).astype(np.uint8)).save(folder / f"p{i}.png")
+    return folder
+
+
+def test_gim_shifts_writes_outputs_and_is_deterministic(tmp_path: Path) -> None:
+    args = ["gim", "--shifts", "2", "astronaut", "--size", "32", "--steps", "2", "--loss", "mmdpp", *FAST]
+    out = _run([*args, "--out", str(tmp_path / "a")])
+    assert "wrote" in out
+    _run([*args, "--out", str(tmp_path / "b")])
+    for name in ("result.png", "pixel_mean.png", "input_000.png", "input_002.png", "figure.png"):
+        assert (tmp_path / "a" / name).is_file()
+    a = (tmp_path / "a" / "metrics.json").read_text()
+    assert a == (tmp_path / "b" / "metrics.json").read_text()
+    m = json.loads(a)
+    assert m["offsets"] == [[0, 0], [0, 3], [0, -3]] and m["size"] == [32, 32] and len(m["loss_history"]) == 2
+    for key in ("psnr", "ssim", "mse", "mmdpp", "sharpness"):
+        assert key in m["result"]["vs_inputs"] and key in m["pixel_mean"]["vs_first"]
+    assert m["pixel_mean"]["vs_inputs"]["sharpness"] < 1
+
+
+def test_gim_image_files_and_errors(tmp_path: Path, photo_dir: Path) -> None:
+    files = [str(p) for p in sorted(photo_dir.iterdir())]
+    _run(["gim", *files, "--size", "32", "--steps", "2", "--loss", "l1", "--init", "noise", *FAST,
+          "--out", str(tmp_path / "g")])
+    assert (tmp_path / "g" / "result.png").is_file()
+    r = CliRunner().invoke(main, ["gim", files[0], "--steps", "1", "--out", str(tmp_path / "h")])
+    assert r.exit_code == 2 and "at least two images" in r.output
+    r = CliRunner().invoke(main, ["gim", "nosuchfile.png", "astronaut", "--out", str(tmp_path / "i")])
+    assert r.exit_code == 2 and "astronaut" in r.output
+    # existing, non-empty output folder: refused unless --overwrite
+    r = CliRunner().invoke(main, ["gim", *files, "--size", "32", "--steps", "1", "--loss", "l2", *FAST,
+                                  "--out", str(tmp_path / "g")])
+    assert r.exit_code == 2 and "--overwrite" in r.output
+    _run(["gim", *files, "--size", "32", "--steps", "1", "--loss", "l2", *FAST, "--out", str(tmp_path / "g"),
+          "--overwrite"])
+
+
+def test_vgg_without_weights_is_skipped_with_a_clear_message(tmp_path: Path) -> None:
+    for cmd in (["gim", "--shifts", "2", "astronaut"], ["train-ae"], ["train-sr"]):
+        out = tmp_path / cmd[0]
+        r = CliRunner().invoke(main, [*cmd, "--loss", "vgg", "--out", str(out)])
+        assert r.exit_code == 2 and "--weights" in r.output and "skipped" in r.output
+        assert not out.exists()
+    r = CliRunner().invoke(main, ["train-ae", "--loss", "vgg", "--weights", str(tmp_path / "no.pth"),
+                                  "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "not found" in r.output
+    r = CliRunner().invoke(main, ["train-ae", "--loss", "l2", "--weights", str(tmp_path / "no.pth"),
+                                  "--out", str(tmp_path / "y")])
+    assert r.exit_code == 2 and "vgg only" in r.output
+
+
+def test_train_ae_tiny_is_deterministic(tmp_path: Path, photo_dir: Path) -> None:
+    args = ["train-ae", str(photo_dir), "--crop", "32", "--steps", "2", "--width", "8", "--latent", "4",
+            "--loss", "mmdpp", *FAST]
+    _run([*args, "--out", str(tmp_path / "a")])
+    _run([*args, "--out", str(tmp_path / "b")])
+    a = (tmp_path / "a" / "metrics.json").read_text()
+    assert a == (tmp_path / "b" / "metrics.json").read_text()
+    m = json.loads(a)
+    assert m["heldout_tiles"] == 4 and m["data"] == ["p0.png", "p1.png"]
+    assert {"psnr", "ssim", "mmdpp", "sharpness"} <= set(m["heldout"])
+    assert (tmp_path / "a" / "recon_003.png").is_file() and (tmp_path / "a" / "figure.png").is_file()
+
+
+def test_train_sr_tiny_is_deterministic(tmp_path: Path, photo_dir: Path) -> None:
+    args = ["train-sr", str(photo_dir), "--crop", "32", "--scale", "4", "--steps", "2", "--width", "8",
+            "--blocks", "1", "--loss", "random-cnn", "-o", "width=32", "--no-progress", "--eval-distances", ""]
+    _run([*args, "--out", str(tmp_path / "a")])
+    _run([*args, "--out", str(tmp_path / "b")])
+    a = (tmp_path / "a" / "metrics.json").read_text()
+    assert a == (tmp_path / "b" / "metrics.json").read_text()
+    m = json.loads(a)
+    assert m["loss_options"] == {"width": 32} and m["scale"] == 4
+    assert set(m["heldout"]) == {"psnr", "ssim", "mse", "sharpness"} and "psnr" in m["bicubic"]
+    for name in ("sr_000.png", "lowres_000.png", "bicubic_000.png", "heldout_000.png", "figure.png"):
+        assert (tmp_path / "a" / name).is_file()
+    r = CliRunner().invoke(main, ["train-sr", str(photo_dir), "--crop", "30", "--out", str(tmp_path / "c")])
+    assert r.exit_code == 2 and "multiple" in r.output
+
+
+def test_train_ae_default_data_runs(tmp_path: Path) -> None:
+    _run(["train-ae", "--crop", "64", "--steps", "1", "--width", "4", "--latent", "2", "--max-tiles", "2",
+          "--loss", "l2", "--no-progress", "--eval-distances", "", "--out", str(tmp_path / "d")])
+    m = json.loads((tmp_path / "d" / "metrics.json").read_text())
+    assert m["data"] == ["astronaut", "chelsea", "coffee"] and m["heldout_tiles"] == 2
