@@ -16,11 +16,14 @@ and the distance is the mean over windows. Two estimators compute it:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from ._checks import (
     OutOfRange,
@@ -44,9 +47,9 @@ ESTIMATORS = ("exact", "rff")
 #: Default number of random features of the ``"rff"`` estimator.
 DEFAULT_NUM_FEATURES = 512
 
-#: Largest full-resolution feature tensor (elements) the RFF estimator builds at once; beyond it the
-#: features are computed in chunks and recomputed in the backward pass, so memory stays bounded.
-MAX_FEATURE_ELEMENTS = 1 << 25
+#: Largest full-resolution feature tensor (elements) the RFF estimator keeps for the backward pass; beyond
+#: it the features are recomputed tile by tile in the backward pass, so memory stays bounded.
+MAX_FEATURE_ELEMENTS = 1 << 26
 
 
 def windowed_mmd2_exact(
@@ -97,6 +100,174 @@ def _pooled_chunk(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, g
     return grid.pool(torch.cos(F.conv2d(xp, weight, phase)))
 
 
+# ------------------------------------------------------------------------------- fast RFF window means
+#: Work size (elements of one ``features x pixels`` tile) of the fused RFF kernel: temporaries of this
+#: size are reused across tiles, so they stay in cache and are never re-allocated.
+TILE_ELEMENTS = 1 << 18
+
+
+@dataclass(frozen=True)
+class PairedFeatures:
+    """Random features in paired form: ``m`` distinct frequencies ``(weight, phase)`` of which the first
+    ``n_sin`` are also used with phase ``+π/2``.
+
+    Feature ``j < m`` is ``cos(z_j)``, feature ``m + j`` (``j < n_sin``) is ``cos(z_j + π/2) = -sin(z_j)``,
+    ``z_j = w_j . P + b_j``: the stratified law's cos/sin pairs cost one convolution and one angle each.
+    ``matrix`` is ``(m, C k² + 1)``: the flattened filters with the phase as last column.
+    """
+
+    matrix: torch.Tensor
+    m: int
+    n_sin: int
+    patch_size: int
+
+    @property
+    def num_features(self) -> int:
+        return self.m + self.n_sin
+
+
+def paired_features(weight: torch.Tensor, phase: torch.Tensor) -> PairedFeatures:
+    """Detect the cos/sin pairs of a feature set (any law; pairs only where the data has them)."""
+    r = weight.shape[0]
+    flat = weight.reshape(r, -1)
+    m, n_sin = r, 0
+    half = (r + 1) // 2
+    if r >= 2 and torch.equal(flat[: r - half], flat[half:]):
+        shift = (phase[half:] - phase[: r - half]) - math.pi / 2
+        if bool((shift.abs() <= 1e-6 * max(1.0, float(phase.abs().max()))).all()):
+            m, n_sin = half, r - half
+    matrix = torch.cat([flat[:m], phase[:m].unsqueeze(1)], dim=1).contiguous()
+    return PairedFeatures(matrix, m, n_sin, weight.shape[-1])
+
+
+def _blocks(grid: WindowGrid) -> tuple[int, int]:
+    """The block size whose means every window is an average of (one block per window where rows = 1)."""
+    bh = grid.window_h if grid.rows == 1 else math.gcd(grid.window_h, grid.stride_h)
+    bw = grid.window_w if grid.cols == 1 else math.gcd(grid.window_w, grid.stride_w)
+    return bh, bw
+
+
+def _covered(grid: WindowGrid) -> tuple[int, int]:
+    return (grid.rows - 1) * grid.stride_h + grid.window_h, (grid.cols - 1) * grid.stride_w + grid.window_w
+
+
+def _tiles(n: int, m: int, pixels: int) -> list[tuple[int, int, int, int]]:
+    fc = max(1, min(m, TILE_ELEMENTS // max(1, pixels)))
+    nb = max(1, min(n, TILE_ELEMENTS // max(1, fc * pixels)))
+    return [(i, min(n, i + nb), j, min(m, j + fc)) for i in range(0, n, nb) for j in range(0, m, fc)]
+
+
+class _RFFBlockMeans(torch.autograd.Function):
+    """Block means of the random features: ``(N, C, Hc + k - 1, Wc + k - 1) -> (N, m + n_sin, Hb, Wb)``.
+
+    Fuses the convolution (one GEMM on the unfolded patches), ``cos``/``sin`` and the block sums tile by
+    tile, so no full-resolution ``r x H x W`` tensor is built. Backward reuses the saved ``cos``/``sin``
+    values when they fit :data:`MAX_FEATURE_ELEMENTS` (no transcendental in the backward pass, and
+    ``d cos = -sin``), and otherwise recomputes them tile by tile (memory bounded by the tile size).
+    """
+
+    @staticmethod
+    def forward(ctx, xp, feats, block, hc, wc, need_grad):  # type: ignore[no-untyped-def,override]
+        n = xp.shape[0]
+        k, m, n_sin = feats.patch_size, feats.m, feats.n_sin
+        bh, bw = block
+        hb, wb = hc // bh, wc // bw
+        pixels = hc * wc
+        sin_rows = m if need_grad else n_sin
+        cols = _unfold_ones(xp, k)
+        out = xp.new_empty(n, m + n_sin, hb, wb)
+        save = need_grad and n * (m + sin_rows) * pixels <= MAX_FEATURE_ELEMENTS
+        saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+        tiles = _tiles(n, m, pixels)
+        for i0, i1, j0, j1 in tiles:
+            c, s = _cos_sin(feats.matrix[j0:j1], cols[i0:i1], min(j1, sin_rows) - j0)
+            out[i0:i1, j0:j1] = _block_sums(c, hc, wc, bh, bw)
+            if j0 < n_sin:
+                out[i0:i1, m + j0 : m + min(j1, n_sin)] = _block_sums(s[:, : min(j1, n_sin) - j0], hc, wc, bh, bw)
+            if save:
+                saved.append((c, s))
+        out.mul_(1.0 / (bh * bw))
+        out[:, m:].neg_()
+        ctx.feats, ctx.block, ctx.hc, ctx.wc, ctx.tiles = feats, block, hc, wc, tiles
+        ctx.saved = saved
+        ctx.xp_shape = xp.shape
+        ctx.save_for_backward(xp if need_grad and not save else None)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # type: ignore[no-untyped-def,override]
+        feats, (bh, bw), hc, wc = ctx.feats, ctx.block, ctx.hc, ctx.wc
+        k, m, n_sin = feats.patch_size, feats.m, feats.n_sin
+        hb, wb = hc // bh, wc // bw
+        (xp,) = ctx.saved_tensors
+        cols = _unfold_ones(xp, k) if xp is not None else None
+        scale = -1.0 / (bh * bw)
+        g_cos = (grad[:, :m] * scale).unsqueeze(3).unsqueeze(5)  # d/dz cos = -sin
+        g_sin = (grad[:, m:] * scale).unsqueeze(3).unsqueeze(5)  # d/dz (-sin) = -cos
+        n = grad.shape[0]
+        grad_cols = grad.new_zeros(n, feats.matrix.shape[1] - 1, hc * wc)
+        dz = None
+        for t, (i0, i1, j0, j1) in enumerate(ctx.tiles):
+            if ctx.saved:
+                c, s = ctx.saved[t]
+            else:
+                assert cols is not None
+                c, s = _cos_sin(feats.matrix[j0:j1], cols[i0:i1], j1 - j0)
+            shape = (i1 - i0, j1 - j0, hb, bh, wb, bw)
+            if dz is None or dz.shape != shape:
+                dz = grad.new_empty(shape)
+            torch.mul(s.view(shape), g_cos[i0:i1, j0:j1], out=dz)
+            ns = min(j1, n_sin) - j0
+            if ns > 0:
+                dz[:, :ns].addcmul_(c[:, :ns].view(i1 - i0, ns, hb, bh, wb, bw), g_sin[i0:i1, j0:j0 + ns])
+            w_t = feats.matrix[j0:j1, :-1].t()
+            grad_cols[i0:i1].baddbmm_(w_t.expand(i1 - i0, *w_t.shape), dz.view(i1 - i0, j1 - j0, hc * wc))
+        g = F.fold(grad_cols, (hc + k - 1, wc + k - 1), k)
+        full = grad.new_zeros(ctx.xp_shape)
+        full[..., : hc + k - 1, : wc + k - 1] = g
+        return full, None, None, None, None, None
+
+
+def _unfold_ones(xp: torch.Tensor, k: int) -> torch.Tensor:
+    """Unfolded patches with a row of ones appended (the phase column): ``(N, C k² + 1, H W)``."""
+    cols = F.unfold(xp, k)
+    return torch.cat([cols, cols.new_ones(cols.shape[0], 1, cols.shape[2])], dim=1)
+
+
+def _cos_sin(matrix: torch.Tensor, cols: torch.Tensor, sin_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cos(z)`` and ``sin(z[:sin_rows])`` for ``z = matrix @ cols``: ``(nb, fc, P)`` each."""
+    z = torch.matmul(matrix, cols)
+    c = torch.cos(z)
+    s = torch.sin(z[:, :sin_rows]) if sin_rows > 0 else z[:, :0]
+    return c, s
+
+
+def _block_sums(t: torch.Tensor, hc: int, wc: int, bh: int, bw: int) -> torch.Tensor:
+    """``(nb, f, hc * wc) -> (nb, f, hc / bh, wc / bw)`` sums over ``bh x bw`` blocks."""
+    nb, f = t.shape[:2]
+    s = t.reshape(nb, f, hc, wc // bw, bw).sum(-1)
+    return s.reshape(nb, f, hc // bh, bh, wc // bw).sum(3)
+
+
+def rff_window_means(x: torch.Tensor, feats: PairedFeatures, grid: WindowGrid) -> torch.Tensor:
+    """Window means of every random feature, ``(N, C, H, W) -> (N, r, rows, cols)`` (fused fast path).
+
+    Equal (to rounding) to ``grid.pool(cos(conv2d(reflect_pad(x), weight, phase)))``; pixels no window
+    covers are never computed.
+    """
+    k = feats.patch_size
+    hc, wc = _covered(grid)
+    block = _blocks(grid)
+    xp = reflect_pad(x, k)[..., : hc + k - 1, : wc + k - 1]
+    means = _RFFBlockMeans.apply(xp, feats, block, hc, wc, torch.is_grad_enabled() and xp.requires_grad)
+    bh, bw = block
+    kh, kw = grid.window_h // bh, grid.window_w // bw
+    if (kh, kw) == (1, 1):
+        return means
+    return F.avg_pool2d(means, (kh, kw), (max(1, grid.stride_h // bh), max(1, grid.stride_w // bw)))
+
+
 def windowed_mmd2_rff(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -114,8 +285,8 @@ def windowed_mmd2_rff(
         x.shape[1], patch_size, bandwidth, num_features,
         seed=seed, kind=features, center=center, device=x.device, dtype=x.dtype,
     )
-    pooled = pooled_cos_features(torch.cat([x, y]), weight, phase, grid)
-    fx, fy = pooled.chunk(2)
+    feats = paired_features(weight, phase)
+    fx, fy = rff_window_means(x, feats, grid), rff_window_means(y, feats, grid)
     return (fx - fy).pow(2).sum(dim=1) * (2.0 / num_features)
 
 
