@@ -1,0 +1,79 @@
+"""Build the docs figures and tables of ``docs/tasks.md`` from the run folders of the task commands.
+
+Usage: python scripts/tasks_figures.py RUNS_DIR OUT_IMG_DIR
+(RUNS_DIR holds gim-LOSS/, train-sr-LOSS/, train-ae-LOSS/ as written by the commands in docs/tasks.md.)
+Prints the Markdown tables; writes tasks-gim.png, tasks-sr.png, tasks-ae.png for the tasks that have runs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from patchmmd.io import load_image
+from patchmmd.tasks._common import image_grid_figure
+
+LOSSES = ("l2", "mmdpp", "random-cnn", "vgg")
+COLS = (("psnr", "PSNR dB ↑"), ("ssim", "SSIM ↑"), ("mmdpp", "MMD++ ↓"), ("random-cnn", "random-CNN ↓"),
+        ("sharpness", "sharpness (1 = as sharp as reference)"))
+
+
+def _row(label: str, m: dict) -> str:
+    return f"| {label} | " + " | ".join(f"{m[k]:.4g}" if k in m else "–" for k, _ in COLS) + " |"
+
+
+def _header(first: str) -> str:
+    return f"| {first} | " + " | ".join(h for _, h in COLS) + " |\n|---|" + "---|" * len(COLS)
+
+
+def _zoom(img: torch.Tensor, size: int) -> torch.Tensor:
+    _, h, w = img.shape
+    t, left = (h - size) // 2, (w - size) // 2
+    return torch.nn.functional.interpolate(img[None, :, t : t + size, left : left + size], scale_factor=h // size,
+                                           mode="nearest")[0]
+
+
+def main(runs: Path, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    gim = {loss: runs / f"gim-{loss}" for loss in LOSSES if (runs / f"gim-{loss}" / "metrics.json").exists()}
+    if gim:
+        first = next(iter(gim.values()))
+        m0 = json.loads((first / "metrics.json").read_text())
+        print("### GIM\n\n" + _header("image (vs every input, averaged)"))
+        print(_row("pixel mean (start)", m0["pixel_mean"]["vs_inputs"]))
+        for loss, d in gim.items():
+            print(_row(f"GIM, {loss}", json.loads((d / "metrics.json").read_text())["result"]["vs_inputs"]))
+        imgs = [load_image(first / "input_000.png"), load_image(first / "pixel_mean.png")]
+        imgs += [load_image(d / "result.png") for d in gim.values()]
+        labels = ["input 0 (unshifted)", "pixel mean"] + [f"GIM, {k}" for k in gim]
+        image_grid_figure([imgs, [_zoom(i, 32) for i in imgs]], ["64x64", "centre 32x32, x2"], labels,
+                          out / "tasks-gim.png", cell=1.6)
+    for task, name in (("train-sr", "tasks-sr.png"), ("train-ae", "tasks-ae.png")):
+        runs_t = {loss: runs / f"{task}-{loss}" for loss in LOSSES
+                  if (runs / f"{task}-{loss}" / "metrics.json").exists()}
+        if not runs_t:
+            continue
+        first = next(iter(runs_t.values()))
+        print(f"\n### {task}\n\n" + _header("held-out tiles, mean"))
+        if task == "train-sr":
+            print(_row("bicubic", json.loads((first / "metrics.json").read_text())["bicubic"]))
+        for loss, d in runs_t.items():
+            print(_row(loss, json.loads((d / "metrics.json").read_text())["heldout"]))
+        n = json.loads((first / "metrics.json").read_text())["heldout_tiles"]
+        picks = sorted({0, n // 2, n - 1})
+        prefix = "sr" if task == "train-sr" else "recon"
+        cols = (["bicubic"] if task == "train-sr" else []) + list(runs_t) + ["ground truth"]
+        rows = []
+        for i in picks:
+            row = [load_image(first / f"bicubic_{i:03d}.png")] if task == "train-sr" else []
+            row += [load_image(d / f"{prefix}_{i:03d}.png") for d in runs_t.values()]
+            row.append(load_image(first / f"heldout_{i:03d}.png"))
+            rows.append(row)
+        image_grid_figure(rows, [f"tile {i}" for i in picks], cols, out / name, cell=1.6)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]))
