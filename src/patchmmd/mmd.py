@@ -181,12 +181,11 @@ class _RFFBlockMeans(torch.autograd.Function):
         tiles = _tiles(n, m, pixels)
         for i0, i1, j0, j1 in tiles:
             c, s = _cos_sin(feats.matrix[j0:j1], cols[i0:i1], min(j1, sin_rows) - j0)
-            out[i0:i1, j0:j1] = _block_sums(c, hc, wc, bh, bw)
+            out[i0:i1, j0:j1] = _block_means(c, hc, wc, bh, bw)
             if j0 < n_sin:
-                out[i0:i1, m + j0 : m + min(j1, n_sin)] = _block_sums(s[:, : min(j1, n_sin) - j0], hc, wc, bh, bw)
+                out[i0:i1, m + j0 : m + min(j1, n_sin)] = _block_means(s[:, : min(j1, n_sin) - j0], hc, wc, bh, bw)
             if save:
                 saved.append((c, s))
-        out.mul_(1.0 / (bh * bw))
         out[:, m:].neg_()
         ctx.feats, ctx.block, ctx.hc, ctx.wc, ctx.tiles = feats, block, hc, wc, tiles
         ctx.saved = saved
@@ -243,11 +242,13 @@ def _cos_sin(matrix: torch.Tensor, cols: torch.Tensor, sin_rows: int) -> tuple[t
     return c, s
 
 
-def _block_sums(t: torch.Tensor, hc: int, wc: int, bh: int, bw: int) -> torch.Tensor:
-    """``(nb, f, hc * wc) -> (nb, f, hc / bh, wc / bw)`` sums over ``bh x bw`` blocks."""
+def _block_means(t: torch.Tensor, hc: int, wc: int, bh: int, bw: int) -> torch.Tensor:
+    """``(nb, f, hc * wc) -> (nb, f, hc / bh, wc / bw)`` means over ``bh x bw`` blocks."""
     nb, f = t.shape[:2]
-    s = t.reshape(nb, f, hc, wc // bw, bw).sum(-1)
-    return s.reshape(nb, f, hc // bh, bh, wc // bw).sum(3)
+    # First over the rows of a block (whole contiguous image rows added: vectorised, memory-bound), then
+    # over the columns of the ``bh`` times smaller result.
+    rows = t.reshape(nb * f * (hc // bh), bh, wc).sum(1)
+    return rows.reshape(nb, f, hc // bh, wc // bw, bw).sum(-1).mul_(1.0 / (bh * bw))
 
 
 def rff_window_means(x: torch.Tensor, feats: PairedFeatures, grid: WindowGrid) -> torch.Tensor:
