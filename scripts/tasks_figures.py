@@ -72,7 +72,7 @@ def main(runs: Path, out: Path) -> None:
             row += [load_image(d / f"{prefix}_{i:03d}.png") for d in runs_t.values()]
             row.append(load_image(first / f"heldout_{i:03d}.png"))
             rows.append(row)
-        image_grid_figure(rows, [f"tile {i}" for i in picks], cols, out / name, cell=1.6)
+        image_grid_figure(rows, [f"tile {i}" for i in picks], cols, out / name, cell=1.4)
 
 
 if __name__ == "__main__":
