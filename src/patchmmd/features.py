@@ -114,6 +114,7 @@ def _draw(
     return weights, phases
 
 
+@torch.compiler.disable
 def random_features(
     channels: int,
     patch_size: int,

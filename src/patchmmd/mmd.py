@@ -251,11 +251,12 @@ def _block_means(t: torch.Tensor, hc: int, wc: int, bh: int, bw: int) -> torch.T
     return rows.reshape(nb, f, hc // bh, wc // bw, bw).sum(-1).mul_(1.0 / (bh * bw))
 
 
+@torch.compiler.disable
 def rff_window_means(x: torch.Tensor, feats: PairedFeatures, grid: WindowGrid) -> torch.Tensor:
     """Window means of every random feature, ``(N, C, H, W) -> (N, r, rows, cols)`` (fused fast path).
 
     Equal (to rounding) to ``grid.pool(cos(conv2d(reflect_pad(x), weight, phase)))``; pixels no window
-    covers are never computed.
+    covers are never computed. Opaque to ``torch.compile`` (a tiled loop that it would only unroll).
     """
     k = feats.patch_size
     hc, wc = _covered(grid)
@@ -263,10 +264,23 @@ def rff_window_means(x: torch.Tensor, feats: PairedFeatures, grid: WindowGrid) -
     xp = reflect_pad(x, k)[..., : hc + k - 1, : wc + k - 1]
     means = _RFFBlockMeans.apply(xp, feats, block, hc, wc, torch.is_grad_enabled() and xp.requires_grad)
     bh, bw = block
-    kh, kw = grid.window_h // bh, grid.window_w // bw
-    if (kh, kw) == (1, 1):
+    kernel = (grid.window_h // bh, grid.window_w // bw)
+    stride = (max(1, grid.stride_h // bh) if grid.rows > 1 else 1, max(1, grid.stride_w // bw) if grid.cols > 1 else 1)
+    if kernel == (1, 1) and stride == (1, 1):
         return means
-    return F.avg_pool2d(means, (kh, kw), (max(1, grid.stride_h // bh), max(1, grid.stride_w // bw)))
+    return F.avg_pool2d(means, kernel, stride)
+
+
+def rff_features(
+    x: torch.Tensor, *, patch_size: int, bandwidth: float, num_features: int, seed: int, features: FeatureKind,
+    center: bool,
+) -> PairedFeatures:
+    """The seeded random features for images like ``x`` (channels, device, dtype), in paired form."""
+    weight, phase = random_features(
+        x.shape[1], patch_size, bandwidth, num_features,
+        seed=seed, kind=features, center=center, device=x.device, dtype=x.dtype,
+    )
+    return paired_features(weight, phase)
 
 
 def windowed_mmd2_rff(
@@ -280,14 +294,17 @@ def windowed_mmd2_rff(
     seed: int,
     features: FeatureKind,
     center: bool,
+    y_features: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Random-feature estimate of every window's squared MMD, ``(N, rows, cols)`` (internal scale)."""
-    weight, phase = random_features(
-        x.shape[1], patch_size, bandwidth, num_features,
-        seed=seed, kind=features, center=center, device=x.device, dtype=x.dtype,
-    )
-    feats = paired_features(weight, phase)
-    fx, fy = rff_window_means(x, feats, grid), rff_window_means(y, feats, grid)
+    """Random-feature estimate of every window's squared MMD, ``(N, rows, cols)`` (internal scale).
+
+    ``y_features``: ``y``'s window means (from :func:`rff_features`) when they were computed before
+    (a fixed target in a training loop); ``y`` is then not used.
+    """
+    feats = rff_features(x, patch_size=patch_size, bandwidth=bandwidth, num_features=num_features, seed=seed,
+                         features=features, center=center)
+    fx = rff_window_means(x, feats, grid)
+    fy = rff_window_means(y, feats, grid) if y_features is None else y_features
     return (fx - fy).pow(2).sum(dim=1) * (2.0 / num_features)
 
 
@@ -304,8 +321,12 @@ def windowed_mmd2(
     num_features: int,
     seed: int,
     features: FeatureKind,
+    y_features: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, WindowGrid]:
-    """Per-window squared MMD of internal-scale images, and the window grid it lives on."""
+    """Per-window squared MMD of internal-scale images, and the window grid it lives on.
+
+    ``y_features``: precomputed RFF window means of ``y`` (:func:`target_window_means`), RFF only.
+    """
     grid = window_grid(x.shape[-2], x.shape[-1], window, stride)
     bandwidth = gaussian_bandwidth(sigma, patch_size)
     if estimator == "exact":
@@ -313,9 +334,21 @@ def windowed_mmd2(
     else:
         values = windowed_mmd2_rff(
             x, y, grid, patch_size=patch_size, bandwidth=bandwidth, num_features=num_features,
-            seed=seed, features=features, center=center,
+            seed=seed, features=features, center=center, y_features=y_features,
         )
     return values, grid
+
+
+def target_window_means(
+    y: torch.Tensor, *, patch_size: int, sigma: float, window: int | None, stride: int, center: bool,
+    num_features: int, seed: int, features: FeatureKind,
+) -> torch.Tensor:
+    """RFF window means of an internal-scale image ``y``, ``(N, r, rows, cols)``: what
+    :func:`windowed_mmd2` needs of a fixed target (pass them as ``y_features``)."""
+    grid = window_grid(y.shape[-2], y.shape[-1], window, stride)
+    feats = rff_features(y, patch_size=patch_size, bandwidth=gaussian_bandwidth(sigma, patch_size),
+                         num_features=num_features, seed=seed, features=features, center=center)
+    return rff_window_means(y, feats, grid)
 
 
 def check_mmd_options(

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -39,7 +39,7 @@ from ._checks import (
 )
 from .aligned import l2_map, local_map
 from .features import FeatureKind
-from .mmd import Estimator, check_mmd_options, windowed_mmd2
+from .mmd import Estimator, check_mmd_options, target_window_means, windowed_mmd2
 from .scale import Level, downsample, pyramid_levels, upsample_map
 
 
@@ -123,7 +123,7 @@ def get_config(preset: str | MMDPPConfig = "default", **options: object) -> MMDP
 
 
 def _level_terms(
-    xs: torch.Tensor, ys: torch.Tensor, cfg: MMDPPConfig, want_map: bool
+    xs: torch.Tensor, ys: torch.Tensor, cfg: MMDPPConfig, want_map: bool, y_features: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """MMD++ of internal-scale images at one resolution: values ``(N,)`` and, if asked, the map."""
     value = xs.new_zeros(xs.shape[0])
@@ -140,7 +140,7 @@ def _level_terms(
         per_window, grid = windowed_mmd2(
             xs, ys, patch_size=cfg.patch_size, sigma=cfg.sigma, window=cfg.window, stride=cfg.stride,
             center=cfg.center, estimator=cfg.estimator, num_features=cfg.num_features, seed=cfg.seed,
-            features=cfg.features,
+            features=cfg.features, y_features=y_features,
         )
         value = value + cfg.weight_mmd * per_window.mean(dim=(1, 2))
         dmap = dmap + cfg.weight_mmd * grid.spread(per_window.unsqueeze(1)) if dmap is not None else None
@@ -163,6 +163,94 @@ def mmdpp_internal(
     return total, full
 
 
+def _target_internal(xs: torch.Tensor, target: MMDPPTarget) -> torch.Tensor:
+    """MMD++ of internal-scale ``xs`` against a precomputed target: ``(N,)``."""
+    total = xs.new_zeros(xs.shape[0])
+    for level, yl, feats in zip(target.levels, target.images, target.features, strict=True):
+        xl = downsample(xs, level.factor)
+        value, _ = _level_terms(xl, yl, target.config, False, feats)
+        total = total + level.weight * value
+    return total
+
+
+@dataclass(frozen=True, eq=False)
+class MMDPPTarget:
+    """A fixed second argument of :func:`mmdpp`, precomputed once (:func:`precompute_target`).
+
+    Holds ``y`` at every level of the scale rule and, for the RFF estimator, its random-feature window
+    means, so that ``mmdpp(x, target)`` computes features for ``x`` only (half the work of
+    ``mmdpp(x, y)`` in a training loop with a fixed target) and returns the same value.
+    """
+
+    config: MMDPPConfig
+    value_range: tuple[float, float]
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    levels: tuple[Level, ...]
+    images: tuple[torch.Tensor, ...]
+    features: tuple[torch.Tensor | None, ...] = field(repr=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.images[0].device
+
+
+def precompute_target(
+    y: torch.Tensor,
+    *,
+    preset: str | MMDPPConfig = "default",
+    value_range: Sequence[float] = (0.0, 1.0),
+    out_of_range: OutOfRange = "raise",
+    **options: object,
+) -> MMDPPTarget:
+    """Precompute what :func:`mmdpp` needs of a fixed ``y``: ``mmdpp(x, precompute_target(y)) == mmdpp(x, y)``.
+
+    The target is computed without gradients (it is a constant). Options as in :func:`mmdpp`; they are
+    stored in the target.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x, y = torch.rand(2, 3, 64, 64, generator=g), torch.rand(2, 3, 64, 64, generator=g)
+        >>> t = precompute_target(y)
+        >>> bool(torch.allclose(mmdpp(x, t), mmdpp(x, y), rtol=1e-5))
+        True
+    """
+    cfg = get_config(preset, **options)
+    with torch.no_grad():
+        ys, _, dtype = _prepare(y, y, cfg, value_range, out_of_range)
+        levels = tuple(cfg.levels(*ys.shape[-2:]))
+        images, feats = [], []
+        for level in levels:
+            yl = downsample(ys, level.factor)
+            images.append(yl)
+            feats.append(
+                target_window_means(
+                    yl, patch_size=cfg.patch_size, sigma=cfg.sigma, window=cfg.window, stride=cfg.stride,
+                    center=cfg.center, num_features=cfg.num_features, seed=cfg.seed, features=cfg.features,
+                )
+                if cfg.estimator == "rff" and cfg.weight_mmd > 0 else None
+            )
+    lo, hi = float(value_range[0]), float(value_range[1])
+    return MMDPPTarget(cfg, (lo, hi), tuple(ys.shape), dtype, levels, tuple(images), tuple(feats))
+
+
+def _mmdpp_target(
+    x: object, target: MMDPPTarget, preset: object, value_range: Sequence[float], out_of_range: OutOfRange,
+    options: dict[str, object],
+) -> tuple[torch.Tensor, torch.dtype]:
+    cfg = target.config
+    if options or not (preset == "default" or preset is cfg):
+        raise ValueError("mmdpp(x, target): the options are the target's; pass them to precompute_target")
+    if (float(value_range[0]), float(value_range[1])) != target.value_range:
+        raise ValueError(f"value_range {tuple(value_range)} differs from the target's {target.value_range}")
+    xs, _, dtype = _prepare(x, x, cfg, value_range, out_of_range)
+    if tuple(xs.shape) != target.shape:
+        raise ValueError(f"x has shape {tuple(xs.shape)}, the target {target.shape}")
+    if xs.device != target.device or dtype != target.dtype:
+        raise ValueError(f"x ({xs.device}, {dtype}) and the target ({target.device}, {target.dtype}) differ")
+    return _target_internal(xs, target), dtype
+
+
 def _prepare(
     x: object, y: object, cfg: MMDPPConfig, value_range: Sequence[float], out_of_range: OutOfRange
 ) -> tuple[torch.Tensor, torch.Tensor, torch.dtype]:
@@ -177,7 +265,7 @@ def _prepare(
 
 def mmdpp(
     x: torch.Tensor,
-    y: torch.Tensor,
+    y: torch.Tensor | MMDPPTarget,
     *,
     preset: str | MMDPPConfig = "default",
     value_range: Sequence[float] = (0.0, 1.0),
@@ -188,7 +276,9 @@ def mmdpp(
     """MMD++ perceptual distance between ``x`` and ``y``: the library's default distance.
 
     Args:
-        x, y: images ``(N, C, H, W)`` or ``(C, H, W)`` with values in ``value_range`` (default ``[0, 1]``).
+        x, y: images ``(N, C, H, W)`` or ``(C, H, W)`` with values in ``value_range`` (default ``[0, 1]``);
+            ``y`` may be a :class:`MMDPPTarget` from :func:`precompute_target` (same value, half the work;
+            the options are then the target's).
         preset: ``"default"`` (scale rule on) or ``"followup"`` (the follow-up study's MMD++), or a config.
         value_range, out_of_range: the valid pixel range and what to do outside it (``"raise"``,
             ``"clamp"``, ``"ignore"``).
@@ -203,8 +293,11 @@ def mmdpp(
         >>> torch.equal(mmdpp(x, x.roll(1, -1)), d)  # deterministic: same seed, same features
         True
     """
-    cfg = get_config(preset, **options)
     reduction = check_reduction(reduction)
+    if isinstance(y, MMDPPTarget):
+        value, dtype = _mmdpp_target(x, y, preset, value_range, out_of_range, options)
+        return reduce(value.to(dtype), reduction)
+    cfg = get_config(preset, **options)
     xs, ys, dtype = _prepare(x, y, cfg, value_range, out_of_range)
     value, _ = mmdpp_internal(xs, ys, cfg)
     return reduce(value.to(dtype), reduction)

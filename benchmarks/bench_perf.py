@@ -1,0 +1,297 @@
+"""Speed and memory of MMD++ against LPIPS (AlexNet / VGG16 trunks), SSIM and the exact estimator.
+
+All methods run in one process, interleaved round by round (so load changes hit every method alike), and
+each cell is the median over the rounds. Times are relative to LPIPS-alex in the same configuration.
+
+    python benchmarks/bench_perf.py                       # 64²x16, 256²x4, 1024²x1, forward and fwd+bwd
+    python benchmarks/bench_perf.py --threads 1 --out benchmarks/results/cpu_1thread.csv --md docs/x.md
+    python benchmarks/bench_perf.py --scaling             # default distance, 256² .. 2048², fitted exponent
+    python benchmarks/bench_perf.py --memory              # peak memory per method (one subprocess each)
+    python benchmarks/bench_perf.py --device cuda         # on a GPU (peak memory from the CUDA allocator)
+
+LPIPS: the trunks (torchvision's AlexNet / VGG16 ``features``) and the five 1x1 heads are defined here with
+random weights: the time does not depend on the weight values. As in the ``lpips`` package, both images go
+through the trunk at every call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+import patchmmd
+from patchmmd.mmdpp import precompute_target
+
+# ------------------------------------------------------------------------------------------------- LPIPS
+ALEX = [(3, 64, 11, 4, 2), "R", "M", (64, 192, 5, 1, 2), "R", "M", (192, 384, 3, 1, 1), "R",
+        (384, 256, 3, 1, 1), "R", (256, 256, 3, 1, 1), "R"]
+VGG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
+
+
+class LPIPSArch(nn.Module):
+    """LPIPS v0.1's computation on a random AlexNet or VGG16 trunk: unit-normalised features of five layers,
+    squared differences, 1x1 heads, spatial means."""
+
+    def __init__(self, net: str) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        taps: list[int] = []
+        chans: list[int] = []
+        if net == "alex":
+            for spec in ALEX:
+                if spec == "R":
+                    layers.append(nn.ReLU())
+                    taps.append(len(layers))
+                    chans.append(layers[-2].out_channels)  # type: ignore[union-attr]
+                elif spec == "M":
+                    layers.append(nn.MaxPool2d(3, 2))
+                else:
+                    cin, cout, k, s, p = spec  # type: ignore[misc]
+                    layers.append(nn.Conv2d(cin, cout, k, s, p))
+        else:
+            cin = 3
+            for i, v in enumerate(VGG):
+                if v == "M":
+                    layers.append(nn.MaxPool2d(2, 2))
+                    continue
+                layers += [nn.Conv2d(cin, int(v), 3, padding=1), nn.ReLU()]
+                cin = int(v)
+                if i + 1 == len(VGG) or VGG[i + 1] == "M":
+                    taps.append(len(layers))
+                    chans.append(cin)
+        self.trunk = nn.Sequential(*layers)
+        self.taps = taps
+        self.heads = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in chans)
+        self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1))
+        self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1))
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        h = ((2 * torch.cat([x, y]) - 1) - self.shift) / self.scale
+        total = x.new_zeros(n)
+        k = 0
+        for i, layer in enumerate(self.trunk):
+            h = layer(h)
+            if k < len(self.taps) and i + 1 == self.taps[k]:
+                f = h / (h.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+                total = total + self.heads[k]((f[:n] - f[n:]).pow(2)).mean((1, 2, 3))
+                k += 1
+        return total
+
+
+# ----------------------------------------------------------------------------------------------- methods
+Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def methods(device: str, size: int, with_exact: bool) -> dict[str, Metric]:
+    alex, vgg = LPIPSArch("alex").to(device), LPIPSArch("vgg").to(device)
+    out: dict[str, Metric] = {
+        "lpips-alex": alex,
+        "lpips-vgg": vgg,
+        "mmdpp-default": lambda x, y: patchmmd.mmdpp(x, y),
+        "mmdpp-default-target": _with_target,
+        "mmdpp-followup": lambda x, y: patchmmd.mmdpp(x, y, preset="followup"),
+    }
+    try:
+        import pytorch_msssim
+
+        out["ssim"] = lambda x, y: pytorch_msssim.ssim(x, y, data_range=1.0, size_average=False)
+    except ImportError:
+        pass
+    if with_exact:
+        out["exact-default"] = lambda x, y: patchmmd.mmdpp(x, y, estimator="exact")
+    return out
+
+
+_TARGETS: dict[int, object] = {}
+
+
+def _with_target(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """A training loop's use: the fixed target's features are computed once, outside the timed step."""
+    key = id(y)
+    if key not in _TARGETS:
+        _TARGETS.clear()
+        _TARGETS[key] = precompute_target(y)
+    return patchmmd.mmdpp(x, _TARGETS[key])  # type: ignore[arg-type]
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run_once(fn: Callable, x: torch.Tensor, y: torch.Tensor, mode: str, device: str) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    if mode == "forward":
+        with torch.no_grad():
+            fn(x, y)
+    else:
+        xg = x.detach().requires_grad_(True)
+        fn(xg, y).sum().backward()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def images(n: int, size: int, device: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 3, size, size, generator=g)
+    y = (x + 0.1 * torch.randn(n, 3, size, size, generator=g)).clamp(0, 1)
+    return x.to(device), y.to(device)
+
+
+def bench(configs: list[tuple[int, int]], modes: list[str], repeats: int, device: str, exact_max: int,
+          only: list[str] | None) -> list[dict[str, object]]:
+    rows = []
+    for size, n in configs:
+        fns = methods(device, size, size <= exact_max)
+        if only:
+            fns = {k: v for k, v in fns.items() if k in only or k == "lpips-alex"}
+        x, y = images(n, size, device)
+        for mode in modes:
+            times: dict[str, list[float]] = {k: [] for k in fns}
+            for fn in fns.values():  # warm-up (feature draws, caches, allocator)
+                run_once(fn, x, y, mode, device)
+            for _ in range(repeats):
+                for name, fn in fns.items():
+                    times[name].append(run_once(fn, x, y, mode, device))
+            ref = statistics.median(times["lpips-alex"])
+            for name, ts in times.items():
+                med = statistics.median(ts)
+                rows.append(dict(device=device, threads=torch.get_num_threads(), size=size, batch=n, mode=mode,
+                                 method=name, median_s=round(med, 5), vs_lpips_alex=round(med / ref, 3),
+                                 repeats=repeats))
+                print(f"{size:5d}² x{n:<3d} {mode:16s} {name:22s} {med * 1e3:10.1f} ms  {med / ref:7.3f}x lpips-alex",
+                      flush=True)
+    return rows
+
+
+def scaling(sizes: list[int], repeats: int, device: str) -> list[dict[str, object]]:
+    """Default distance fwd+bwd at batch 1, sizes interleaved; log-log fit of time against pixel count."""
+    data = {s: images(1, s, device) for s in sizes}
+    fn = lambda x, y: patchmmd.mmdpp(x, y)  # noqa: E731
+    times: dict[int, list[float]] = {s: [] for s in sizes}
+    for s in sizes:
+        run_once(fn, *data[s], "forward+backward", device)
+    for _ in range(repeats):
+        for s in sizes:
+            times[s].append(run_once(fn, *data[s], "forward+backward", device))
+    med = {s: statistics.median(v) for s, v in times.items()}
+    lx = [math.log(s * s) for s in sizes]
+    ly = [math.log(med[s]) for s in sizes]
+    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+    slope = sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=True)) / sum((a - mx) ** 2 for a in lx)
+    rows = []
+    for s in sizes:
+        rows.append(dict(device=device, threads=torch.get_num_threads(), size=s, batch=1, mode="forward+backward",
+                         method="mmdpp-default", median_s=round(med[s], 5), exponent=round(slope, 3)))
+        print(f"{s:5d}²  {med[s] * 1e3:10.1f} ms", flush=True)
+    print(f"fitted exponent of time vs pixel count: {slope:.3f}")
+    return rows
+
+
+_MEM_CHILD = """
+import json, resource, sys, torch
+sys.path.insert(0, {bench_dir!r})
+torch.set_num_threads({threads})
+import bench_perf as b
+fn = b.methods("cpu", {size}, True)[{method!r}]
+x, y = b.images({n}, {size}, "cpu")
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+b.run_once(fn, x, y, {mode!r}, "cpu")
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps(dict(peak_mb=peak / 1024, above_inputs_mb=(peak - base) / 1024)))
+"""
+
+
+def memory(configs: list[tuple[int, int]], modes: list[str], device: str, exact_max: int,
+           only: list[str] | None) -> list[dict[str, object]]:
+    rows = []
+    for size, n in configs:
+        names = list(methods(device, size, size <= exact_max))
+        if only:
+            names = [k for k in names if k in only or k == "lpips-alex"]
+        for mode in modes:
+            for name in names:
+                if device.startswith("cuda"):
+                    fn = methods(device, size, True)[name]
+                    x, y = images(n, size, device)
+                    torch.cuda.reset_peak_memory_stats()
+                    base = torch.cuda.memory_allocated()
+                    run_once(fn, x, y, mode, device)
+                    res = dict(peak_mb=torch.cuda.max_memory_allocated() / 2**20,
+                               above_inputs_mb=(torch.cuda.max_memory_allocated() - base) / 2**20)
+                else:
+                    code = _MEM_CHILD.format(bench_dir=os.path.dirname(os.path.abspath(__file__)), size=size, n=n,
+                                             method=name, mode=mode, threads=torch.get_num_threads())
+                    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+                    res = json.loads(out.stdout.strip().splitlines()[-1])
+                rows.append(dict(device=device, size=size, batch=n, mode=mode, method=name,
+                                 peak_mb=round(res["peak_mb"], 1), above_inputs_mb=round(res["above_inputs_mb"], 1)))
+                print(f"{size:5d}² x{n:<3d} {mode:16s} {name:22s} peak {res['peak_mb']:8.1f} MB "
+                      f"(+{res['above_inputs_mb']:.1f} MB during the call)", flush=True)
+    return rows
+
+
+def markdown(rows: list[dict[str, object]]) -> str:
+    if not rows:
+        return ""
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: PyTorch's)")
+    p.add_argument("--configs", default="64x16,256x4,1024x1", help="SIZExBATCH,... (square images)")
+    p.add_argument("--modes", default="forward,forward+backward")
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--exact-max", type=int, default=64, help="largest size at which the exact estimator runs")
+    p.add_argument("--only", default=None, help="comma-separated method names (lpips-alex always runs)")
+    p.add_argument("--scaling", action="store_true", help="time vs image size of the default distance")
+    p.add_argument("--scaling-sizes", default="256,512,1024,2048")
+    p.add_argument("--memory", action="store_true", help="peak memory instead of time")
+    p.add_argument("--out", default=None, help="CSV file")
+    p.add_argument("--md", default=None, help="Markdown table file")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    print(f"device={a.device} threads={torch.get_num_threads()} torch={torch.__version__}", flush=True)
+    configs = [tuple(int(v) for v in c.split("x")) for c in a.configs.split(",")]
+    modes = a.modes.split(",")
+    only = a.only.split(",") if a.only else None
+    if a.scaling:
+        rows = scaling([int(s) for s in a.scaling_sizes.split(",")], a.repeats, a.device)
+    elif a.memory:
+        rows = memory(configs, modes, a.device, a.exact_max, only)  # type: ignore[arg-type]
+    else:
+        rows = bench(configs, modes, a.repeats, a.device, a.exact_max, only)  # type: ignore[arg-type]
+    if a.out:
+        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+        with open(a.out, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    if a.md:
+        with open(a.md, "w") as f:
+            f.write(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Performance internals (issue 6), non-timed: the fast RFF path, the precomputed target, torch.compile,
+bounded memory at 2048², and the fast path's accuracy against the exact estimator on photos."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import patchmmd
+import patchmmd.mmd as mmd
+from patchmmd.data import sample_image
+from patchmmd.features import random_features
+from patchmmd.mmdpp import MMDPPTarget, mmdpp, precompute_target
+from patchmmd.modules import MMDPP
+from patchmmd.patches import window_grid
+
+
+def _pair(shape=(2, 3, 64, 64), seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(*shape, generator=g, dtype=dtype)
+    y = (x + 0.2 * torch.randn(*shape, generator=g, dtype=dtype)).clamp(0, 1)
+    return x, y
+
+
+@pytest.mark.parametrize(
+    ("kind", "r", "hw", "window"),
+    [("stratified", 512, (64, 64), 32), ("stratified", 7, (50, 70), 32), ("iid", 16, (40, 33), None),
+     ("orthogonal", 12, (64, 64), 20), ("stratified", 9, (31, 47), 8)],
+)
+def test_fast_path_equals_reference(kind, r, hw, window):
+    x = torch.rand(2, 3, *hw, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 2 - 1
+    w, b = random_features(3, 3, 0.54, r, seed=1, kind=kind, dtype=torch.float64)
+    grid = window_grid(*hw, window, 16)
+    xr, xf = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ref = mmd.pooled_cos_features(xr, w, b, grid)
+    fast = mmd.rff_window_means(xf, mmd.paired_features(w, b), grid)
+    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-13)
+    co = torch.randn_like(ref)
+    (ref * co).sum().backward()
+    (fast * co).sum().backward()
+    torch.testing.assert_close(xf.grad, xr.grad, rtol=0, atol=1e-12)
+
+
+def test_pairs_detected_only_for_the_stratified_law():
+    w, b = random_features(3, 3, 0.54, 512, seed=0)
+    assert (mmd.paired_features(w, b).m, mmd.paired_features(w, b).n_sin) == (256, 256)
+    w, b = random_features(3, 3, 0.54, 512, seed=0, kind="iid")
+    assert (mmd.paired_features(w, b).m, mmd.paired_features(w, b).n_sin) == (512, 0)
+
+
+def test_recomputing_backward_equals_saved_backward(monkeypatch):
+    x, y = _pair()
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    va = mmdpp(xa, y)
+    (ga,) = torch.autograd.grad(va.sum(), xa)
+    monkeypatch.setattr(mmd, "MAX_FEATURE_ELEMENTS", 0)
+    monkeypatch.setattr(mmd, "TILE_ELEMENTS", 4096)
+    vb = mmdpp(xb, y)
+    (gb,) = torch.autograd.grad(vb.sum(), xb)
+    torch.testing.assert_close(vb, va, rtol=1e-12, atol=0)
+    torch.testing.assert_close(gb, ga, rtol=1e-10, atol=1e-15)
+
+
+@pytest.mark.parametrize("options", [{}, {"preset": "followup"}, {"estimator": "exact", "window": 16, "stride": 8}])
+@pytest.mark.parametrize("size", [48, 200])
+def test_precomputed_target_equals_normal_call(options, size):
+    if options.get("estimator") == "exact" and size > 48:
+        pytest.skip("the exact estimator is slow at this size; 48 px covers it")
+    x, y = _pair(shape=(2, 3, size, size))
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    target = precompute_target(y, **options)
+    assert isinstance(target, MMDPPTarget)
+    va = mmdpp(xa, y, **options)
+    vb = mmdpp(xb, target, preset=target.config)
+    torch.testing.assert_close(vb, va, rtol=1e-12, atol=1e-15)
+    (ga,) = torch.autograd.grad(va.sum(), xa)
+    (gb,) = torch.autograd.grad(vb.sum(), xb)
+    torch.testing.assert_close(gb, ga, rtol=1e-10, atol=1e-15)
+
+
+def test_module_precompute_target_and_errors():
+    x, y = _pair(dtype=torch.float32)
+    m = MMDPP(reduction="none")
+    t = m.precompute_target(y)
+    torch.testing.assert_close(m(x, t), m(x, y), rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="options"):
+        mmdpp(x, t, num_features=64)
+    with pytest.raises(ValueError, match="shape"):
+        mmdpp(x[:1], t)
+    with pytest.raises(ValueError, match="other options"):
+        MMDPP(num_features=64)(x, t)
+
+
+@pytest.mark.slow
+def test_torch_compile_of_the_module():
+    """One small compile (the fused RFF kernel stays opaque to dynamo); ``aot_eager`` keeps CI free of a
+    C++ toolchain and fast on 2 cores. Values and gradients equal the eager module's."""
+    x, y = _pair(shape=(2, 3, 48, 48), dtype=torch.float32)
+    compiled = torch.compile(MMDPP(), backend="aot_eager")
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    va, vb = compiled(xa, y), MMDPP()(xb, y)
+    va.backward()
+    vb.backward()
+    torch.testing.assert_close(va, vb, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-5, atol=1e-8)
+
+
+_MEM_SCRIPT = """
+import json, resource, torch, patchmmd
+torch.set_num_threads(1)
+g = torch.Generator().manual_seed(0)
+x = torch.rand(1, 3, 2048, 2048, generator=g)
+y = (x + 0.05 * torch.randn(1, 3, 2048, 2048, generator=g)).clamp(0, 1)
+with torch.no_grad():
+    v = float(patchmmd.mmdpp(x, y))
+print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "value": v}))
+"""
+
+
+def test_forward_2048_peak_memory_below_1_5_gb():
+    """Peak resident memory of a whole process (interpreter, PyTorch, the two images) for one forward."""
+    out = subprocess.run([sys.executable, "-c", _MEM_SCRIPT], capture_output=True, text=True, check=True, timeout=300)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["value"] > 0
+    assert res["peak_mb"] <= 1536, res
+
+
+def _distortion_suite():
+    """64x64 crops of the sample photos under graded distortions (the default distance is native there)."""
+    g = torch.Generator().manual_seed(0)
+    refs, dists = [], []
+    for name in patchmmd.data.sample_names() if hasattr(patchmmd, "data") else ["astronaut", "chelsea", "coffee"]:
+        img = sample_image(name, dtype=torch.float64)
+        h, w = img.shape[-2:]
+        for top, left in ((h // 4, w // 4), (h // 2, w // 3)):
+            ref = img[:, top : top + 64, left : left + 64]
+            for level in (0.03, 0.1):
+                noise = (ref + level * torch.randn(ref.shape, generator=g, dtype=torch.float64)).clamp(0, 1)
+                blur = torch.nn.functional.avg_pool2d(ref[None], 2 * round(level * 20) + 1, 1,
+                                                      round(level * 20), count_include_pad=False)[0]
+                shift = ref.roll(round(level * 30) or 1, dims=-1)
+                gamma = ref.clamp_min(1e-6) ** (1 + 5 * level)
+                for d in (noise, blur, shift, gamma):
+                    refs.append(ref)
+                    dists.append(d)
+    return torch.stack(refs), torch.stack(dists)
+
+
+def test_fast_path_ranks_like_the_exact_estimator_on_photos():
+    from scipy.stats import spearmanr
+
+    ref, dist = _distortion_suite()
+    fast = mmdpp(ref, dist)
+    exact = mmdpp(ref, dist, estimator="exact")
+    rho = spearmanr(fast.numpy(), exact.numpy()).statistic
+    rel = ((fast - exact).abs() / exact).median()
+    assert rho >= 0.99, (rho, float(rel))
+    assert rel <= 0.02
