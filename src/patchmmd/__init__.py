@@ -12,9 +12,11 @@ Example:
 """
 
 from .aligned import l2_distance, local_distance
+from .cnn import RandomCNNDistance, VGGDistance, load_vgg16_weights
 from .mmd import patch_mmd
-from .mmdpp import PRESETS, MMDPPConfig, distance_map, get_config, mmdpp
+from .mmdpp import PRESETS, MMDPPConfig, MMDPPTarget, distance_map, get_config, mmdpp, precompute_target
 from .modules import MMDPP, PatchMMD
+from .nngp import InfiniteCNNDistance, NNGPKernel, infinite_cnn_distance, kappa1, nngp_kernel
 
 __version__ = "0.1.0"
 

@@ -29,7 +29,9 @@ class ImageReadError(ValueError):
     """An image file is missing, unreadable, corrupt or not an image."""
 
 
-def load_image(path: str | os.PathLike[str], *, mode: ImageMode = "RGB", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def load_image(
+    path: str | os.PathLike[str], *, mode: ImageMode = "RGB", dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Read an image file as a ``(C, H, W)`` tensor in [0, 1].
 
     Raises:
