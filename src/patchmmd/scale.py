@@ -19,7 +19,7 @@ judgments poorly (method.md §3). The rule, applied identically to both images:
 Consequences: on a 64x64 input the rule keeps the one native level, so the distance *is* the method's
 MMD++; a 768x512 photo is compared at 192x128 and 96x64; a 3840x2160 frame at 225x127 and 112x63. The choice of
 ``base_size`` and ``num_scales`` was made on development data only (``scripts/scale_rule_dev.py``,
-documented in ``docs/scale-rule.md``). ``base_size=None`` disables step 1 (native resolution).
+its table is in the README). ``base_size=None`` disables step 1 (native resolution).
 """
 
 from __future__ import annotations
