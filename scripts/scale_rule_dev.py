@@ -8,9 +8,10 @@
    Kendall tau between strength and distance (1.0 = always monotone).
 
 Usage:
-    python scripts/scale_rule_dev.py [--live-dev ../shared/data/live-dev] [--out scale-rule.md]
+    python scripts/scale_rule_dev.py [--live-dev ../shared/data/live-dev] [--out table.md]
 
-It prints a Markdown table (the one in docs/scale-rule.md). Takes about 2-4 minutes on 2 CPU cores.
+It prints a Markdown table (summarised in the README). Takes several minutes on 2 CPU cores (the
+native-resolution row dominates).
 """
 
 from __future__ import annotations
