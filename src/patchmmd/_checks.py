@@ -92,6 +92,25 @@ def check_pair(
     return x, y
 
 
+def prepare_pair(
+    x: object,
+    y: object,
+    *,
+    value_range: Sequence[float] = (0.0, 1.0),
+    out_of_range: OutOfRange = "raise",
+    min_size: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor, torch.dtype]:
+    """Validate ``x`` and ``y`` (:func:`check_pair`) and map them to the internal [-1, 1] scale.
+
+    Returns the two images in the compute dtype (:func:`compute_dtype`) and the input dtype, which results
+    are cast back to.
+    """
+    x, y = check_pair(x, y, value_range=value_range, out_of_range=out_of_range, min_size=min_size)
+    lo, hi = check_value_range(value_range)
+    ct = compute_dtype(x.dtype)
+    return to_unit_scale(x.to(ct), lo, hi), to_unit_scale(y.to(ct), lo, hi), x.dtype
+
+
 def check_value_range(value_range: object) -> tuple[float, float]:
     """Return ``value_range`` as a ``(lo, hi)`` pair of floats with ``lo < hi``."""
     try:

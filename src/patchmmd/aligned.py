@@ -21,13 +21,11 @@ import torch.nn.functional as F
 from ._checks import (
     OutOfRange,
     Reduction,
-    check_pair,
     check_patch_size,
     check_positive_float,
     check_reduction,
-    compute_dtype,
+    prepare_pair,
     reduce,
-    to_unit_scale,
 )
 from .kernels import gaussian_bandwidth
 
@@ -47,10 +45,7 @@ def l2_map(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def _prepared(x, y, value_range, out_of_range, min_size=1):  # type: ignore[no-untyped-def]
-    x, y = check_pair(x, y, value_range=value_range, out_of_range=out_of_range, min_size=min_size)
-    lo, hi = float(value_range[0]), float(value_range[1])
-    ct = compute_dtype(x.dtype)
-    return to_unit_scale(x.to(ct), lo, hi), to_unit_scale(y.to(ct), lo, hi), x.dtype
+    return prepare_pair(x, y, value_range=value_range, out_of_range=out_of_range, min_size=min_size)
 
 
 def local_distance(

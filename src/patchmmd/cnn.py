@@ -42,8 +42,8 @@ from ._checks import (
     check_reduction,
     check_value_range,
     compute_dtype,
+    prepare_pair,
     reduce,
-    to_unit_scale,
 )
 from .nngp import FIRST_LAYERS, PATCH_NORM_EPS, FirstLayer, Pooling, _pool_window, check_pooling
 from .patches import reflect_pad, window_grid
@@ -221,15 +221,13 @@ class RandomCNNDistance(nn.Module):
         return self._weights.get(torch.device(device), dtype)
 
     def _prepare(self, x: object, y: object) -> tuple[torch.Tensor, torch.Tensor, torch.dtype]:
-        x, y = check_pair(x, y, value_range=self.value_range, out_of_range=self.out_of_range,
-                          min_size=self.kernel_size)
-        if x.shape[1] != self.in_channels:
+        xs, ys, dtype = prepare_pair(x, y, value_range=self.value_range, out_of_range=self.out_of_range,
+                                     min_size=self.kernel_size)
+        if xs.shape[1] != self.in_channels:
             raise ValueError(
-                f"x and y have {x.shape[1]} channels but the network was built for in_channels={self.in_channels}"
+                f"x and y have {xs.shape[1]} channels but the network was built for in_channels={self.in_channels}"
             )
-        lo, hi = self.value_range
-        ct = compute_dtype(x.dtype)
-        return to_unit_scale(x.to(ct), lo, hi), to_unit_scale(y.to(ct), lo, hi), x.dtype
+        return xs, ys, dtype
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The last feature map ``F(x)`` of images ``x`` given in ``value_range``: ``(N, width, H, W)``."""

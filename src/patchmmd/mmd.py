@@ -28,14 +28,12 @@ from torch.autograd.function import once_differentiable
 from ._checks import (
     OutOfRange,
     Reduction,
-    check_pair,
     check_patch_size,
     check_positive_float,
     check_positive_int,
     check_reduction,
-    compute_dtype,
+    prepare_pair,
     reduce,
-    to_unit_scale,
 )
 from .features import FEATURE_KINDS, FeatureKind, random_features
 from .kernels import MAX_KERNEL_ELEMENTS, GaussianKernel, Kernel, _checkpointed, gaussian_bandwidth, mmd2_sets
@@ -422,11 +420,7 @@ def patch_mmd(
         num_features=num_features, features=features, seed=seed,
     )
     reduction = check_reduction(reduction)
-    x, y = check_pair(x, y, value_range=value_range, out_of_range=out_of_range, min_size=patch_size)
-    lo, hi = float(value_range[0]), float(value_range[1])
-    out_dtype = x.dtype
-    ct = compute_dtype(out_dtype)
-    xs, ys = to_unit_scale(x.to(ct), lo, hi), to_unit_scale(y.to(ct), lo, hi)
+    xs, ys, out_dtype = prepare_pair(x, y, value_range=value_range, out_of_range=out_of_range, min_size=patch_size)
     values, _ = windowed_mmd2(
         xs, ys, patch_size=patch_size, sigma=sigma, window=window, stride=stride, center=center,
         estimator=estimator, num_features=num_features, seed=seed, features=features,

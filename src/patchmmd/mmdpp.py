@@ -28,14 +28,12 @@ from ._checks import (
     OutOfRange,
     Reduction,
     check_nonnegative_float,
-    check_pair,
     check_patch_size,
     check_positive_float,
     check_positive_int,
     check_reduction,
-    compute_dtype,
+    prepare_pair,
     reduce,
-    to_unit_scale,
 )
 from .aligned import l2_map, local_map
 from .features import FeatureKind
@@ -254,13 +252,10 @@ def _mmdpp_target(
 def _prepare(
     x: object, y: object, cfg: MMDPPConfig, value_range: Sequence[float], out_of_range: OutOfRange
 ) -> tuple[torch.Tensor, torch.Tensor, torch.dtype]:
-    x, y = check_pair(
+    return prepare_pair(
         x, y, value_range=value_range, out_of_range=out_of_range,
         min_size=max(cfg.patch_size, cfg.local_patch_size),
     )
-    lo, hi = float(value_range[0]), float(value_range[1])
-    ct = compute_dtype(x.dtype)
-    return to_unit_scale(x.to(ct), lo, hi), to_unit_scale(y.to(ct), lo, hi), x.dtype
 
 
 def mmdpp(

@@ -43,15 +43,13 @@ from ._checks import (
     OutOfRange,
     Reduction,
     check_nonnegative_float,
-    check_pair,
     check_patch_size,
     check_positive_float,
     check_positive_int,
     check_reduction,
     check_value_range,
-    compute_dtype,
+    prepare_pair,
     reduce,
-    to_unit_scale,
 )
 from .kernels import _checkpointed
 from .mmd import windowed_mmd2_exact
@@ -349,12 +347,8 @@ def infinite_cnn_distance(
     check_patch_size(kernel_size)
     pooling = check_pooling(pooling)
     reduction = check_reduction(reduction)
-    x, y = check_pair(x, y, value_range=value_range, out_of_range=out_of_range, min_size=kernel_size)
-    lo, hi = float(value_range[0]), float(value_range[1])
-    dtype = x.dtype
-    ct = compute_dtype(dtype)
-    xs, ys = to_unit_scale(x.to(ct), lo, hi), to_unit_scale(y.to(ct), lo, hi)
-    kernel = NNGPKernel(depth, sigma_w2=sigma_w2, sigma_b2=sigma_b2, first_layer=first_layer, channels=x.shape[1])
+    xs, ys, dtype = prepare_pair(x, y, value_range=value_range, out_of_range=out_of_range, min_size=kernel_size)
+    kernel = NNGPKernel(depth, sigma_w2=sigma_w2, sigma_b2=sigma_b2, first_layer=first_layer, channels=xs.shape[1])
     if pooling is None:
         values = _checkpointed(_aligned_kernel_distance, xs, ys, kernel, kernel_size)
     else:
