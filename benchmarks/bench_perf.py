@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 import patchmmd
+from patchmmd import _native
 from patchmmd.mmdpp import precompute_target
 
 # ------------------------------------------------------------------------------------------------- LPIPS
@@ -102,6 +103,7 @@ def methods(device: str, size: int, with_exact: bool) -> dict[str, Metric]:
         "lpips-alex": alex,
         "lpips-vgg": vgg,
         "mmdpp-default": lambda x, y: patchmmd.mmdpp(x, y),
+        "mmdpp-default-torch": _torch_path,
         "mmdpp-default-target": _with_target,
         "mmdpp-followup": lambda x, y: patchmmd.mmdpp(x, y, preset="followup"),
     }
@@ -117,6 +119,12 @@ def methods(device: str, size: int, with_exact: bool) -> dict[str, Metric]:
 
 
 _TARGETS: dict[int, object] = {}
+
+
+def _torch_path(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The default distance on its PyTorch path (without the compiled CPU kernels), for comparison."""
+    with _native.disabled():
+        return patchmmd.mmdpp(x, y)
 
 
 def _with_target(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -272,7 +280,9 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    print(f"device={a.device} threads={torch.get_num_threads()} torch={torch.__version__}", flush=True)
+    nk = _native.kernels()
+    print(f"device={a.device} threads={torch.get_num_threads()} torch={torch.__version__} "
+          f"native-kernels={'yes' if nk is not None else 'no (PyTorch path)'}", flush=True)
     configs = [tuple(int(v) for v in c.split("x")) for c in a.configs.split(",")]
     modes = a.modes.split(",")
     only = a.only.split(",") if a.only else None

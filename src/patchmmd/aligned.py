@@ -33,9 +33,9 @@ from .kernels import gaussian_bandwidth
 def local_map(x: torch.Tensor, y: torch.Tensor, *, patch_size: int, sigma: float) -> torch.Tensor:
     """Per-pixel ``1 - exp(-D_u / (2 s_l²))`` of internal-scale images: ``(N, 1, H, W)``."""
     s = gaussian_bandwidth(sigma, patch_size)
-    diff2 = (x - y).pow(2)
-    box = diff2.new_ones(1, x.shape[1], patch_size, patch_size)
-    d = F.conv2d(diff2, box, padding=patch_size // 2)
+    diff2 = (x - y).pow(2).sum(dim=1, keepdim=True)
+    # Box sum over the k x k neighbourhood with zero padding (avg_pool2d is ~3x faster than a conv with ones).
+    d = F.avg_pool2d(diff2, patch_size, 1, patch_size // 2, count_include_pad=True) * (patch_size * patch_size)
     return -torch.expm1(d * (-1.0 / (2.0 * s * s)))
 
 

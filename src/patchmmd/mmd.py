@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from . import _native
 from ._checks import (
     OutOfRange,
     Reduction,
@@ -35,6 +36,7 @@ from ._checks import (
     prepare_pair,
     reduce,
 )
+from ._native import NativeKernels
 from .features import FEATURE_KINDS, FeatureKind, random_features
 from .kernels import MAX_KERNEL_ELEMENTS, GaussianKernel, Kernel, _checkpointed, gaussian_bandwidth, mmd2_sets
 from .patches import WindowGrid, patch_rows, reflect_pad, window_grid, window_patch_sets
@@ -166,6 +168,10 @@ class _RFFBlockMeans(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, xp, feats, block, hc, wc, need_grad):  # type: ignore[no-untyped-def,override]
+        native = _native_kernels(xp)
+        ctx.native = native
+        if native is not None:
+            return _native_forward(ctx, native, xp, feats, block, hc, wc, need_grad)
         n = xp.shape[0]
         k, m, n_sin = feats.patch_size, feats.m, feats.n_sin
         bh, bw = block
@@ -194,6 +200,8 @@ class _RFFBlockMeans(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):  # type: ignore[no-untyped-def,override]
+        if ctx.native is not None:
+            return _native_backward(ctx, grad), None, None, None, None, None
         feats, (bh, bw), hc, wc = ctx.feats, ctx.block, ctx.hc, ctx.wc
         k, m, n_sin = feats.patch_size, feats.m, feats.n_sin
         hb, wb = hc // bh, wc // bw
@@ -224,6 +232,42 @@ class _RFFBlockMeans(torch.autograd.Function):
         full = grad.new_zeros(ctx.xp_shape)
         full[..., : hc + k - 1, : wc + k - 1] = g
         return full, None, None, None, None, None
+
+
+def _native_kernels(xp: torch.Tensor) -> NativeKernels | None:
+    """The compiled CPU kernels where they apply (float32 on the CPU), else ``None``."""
+    if xp.device.type != "cpu" or xp.dtype != torch.float32:
+        return None
+    return _native.kernels()
+
+
+def _native_forward(ctx, native: NativeKernels, xp, feats, block, hc, wc, need_grad):  # type: ignore[no-untyped-def]
+    k, m, n_sin = feats.patch_size, feats.m, feats.n_sin
+    bh, bw = block
+    wcp = -(-wc // _native.VECTOR) * _native.VECTOR
+    xpad = F.pad(xp, (0, wcp - wc)).contiguous()
+    mp = -(-m // _native.BLOCK_FEATURES) * _native.BLOCK_FEATURES
+    matrix = F.pad(feats.matrix, (0, 0, 0, mp - m)).contiguous()
+    sums_c, sums_s = native.block_sums(xpad, matrix, hc, wc, bh, bw, k)
+    scale = 1.0 / (bh * bw)
+    out = torch.cat([sums_c[:, :m], sums_s[:, :n_sin].neg()], dim=1).mul_(scale)
+    ctx.feats, ctx.block, ctx.hc, ctx.wc, ctx.matrix, ctx.xp_shape = feats, block, hc, wc, matrix, xp.shape
+    ctx.save_for_backward(xpad if need_grad else None)
+    return out
+
+
+def _native_backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+    feats, (bh, bw), hc, wc, matrix = ctx.feats, ctx.block, ctx.hc, ctx.wc, ctx.matrix
+    k, m, n_sin = feats.patch_size, feats.m, feats.n_sin
+    (xpad,) = ctx.saved_tensors
+    scale = 1.0 / (bh * bw)
+    mp = matrix.shape[0]
+    g_cos = F.pad(grad[:, :m].float() * scale, (0, 0, 0, 0, 0, mp - m))
+    g_sin = F.pad(grad[:, m:].float() * -scale, (0, 0, 0, 0, 0, mp - n_sin))
+    g = ctx.native.grad_image(xpad, matrix, hc, wc, bh, bw, k, g_cos, g_sin)
+    full = grad.new_zeros(ctx.xp_shape)
+    full[..., : hc + k - 1, : wc + k - 1] = g[..., : hc + k - 1, : wc + k - 1]
+    return full
 
 
 def _unfold_ones(xp: torch.Tensor, k: int) -> torch.Tensor:
