@@ -7,11 +7,13 @@ each cell is the median over the rounds. Times are relative to LPIPS-alex in the
     python benchmarks/bench_perf.py --threads 1 --out benchmarks/results/cpu_1thread.csv --md docs/x.md
     python benchmarks/bench_perf.py --scaling             # default distance, 256² .. 2048², fitted exponent
     python benchmarks/bench_perf.py --memory              # peak memory per method (one subprocess each)
+    python benchmarks/bench_perf.py --accuracy            # fast path vs exact estimator on distorted photos
     python benchmarks/bench_perf.py --device cuda         # on a GPU (peak memory from the CUDA allocator)
 
 LPIPS: the trunks (torchvision's AlexNet / VGG16 ``features``) and the five 1x1 heads are defined here with
 random weights: the time does not depend on the weight values. As in the ``lpips`` package, both images go
-through the trunk at every call.
+through the trunk at every call. ``mmdpp-default-torch`` is the default distance without the compiled CPU
+kernels (:mod:`patchmmd._native`), to show what they bring.
 """
 
 from __future__ import annotations
@@ -254,6 +256,27 @@ def memory(configs: list[tuple[int, int]], modes: list[str], device: str, exact_
     return rows
 
 
+def accuracy() -> list[dict[str, object]]:
+    """The default distance's fast RFF path against the exact estimator on :func:`distortion_suite`
+    (48 distorted 64x64 photo crops): Spearman correlation and relative errors, for float64 (PyTorch path)
+    and float32 (the compiled kernels on the CPU)."""
+    from scipy.stats import spearmanr
+
+    from patchmmd.data import distortion_suite
+
+    ref, dist, _ = distortion_suite()
+    exact = patchmmd.mmdpp(ref, dist, estimator="exact")
+    rows = []
+    for dtype in (torch.float64, torch.float32):
+        fast = patchmmd.mmdpp(ref.to(dtype), dist.to(dtype)).double()
+        rel = (fast - exact).abs() / exact
+        rows.append(dict(dtype=str(dtype).replace("torch.", ""), pairs=len(ref),
+                         spearman=round(float(spearmanr(fast.numpy(), exact.numpy()).statistic), 4),
+                         median_rel_error=round(float(rel.median()), 5), max_rel_error=round(float(rel.max()), 5)))
+        print(rows[-1], flush=True)
+    return rows
+
+
 def markdown(rows: list[dict[str, object]]) -> str:
     if not rows:
         return ""
@@ -275,6 +298,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--scaling", action="store_true", help="time vs image size of the default distance")
     p.add_argument("--scaling-sizes", default="256,512,1024,2048")
     p.add_argument("--memory", action="store_true", help="peak memory instead of time")
+    p.add_argument("--accuracy", action="store_true", help="fast path vs exact estimator on distorted photo crops")
     p.add_argument("--out", default=None, help="CSV file")
     p.add_argument("--md", default=None, help="Markdown table file")
     a = p.parse_args(argv)
@@ -286,7 +310,9 @@ def main(argv: list[str] | None = None) -> None:
     configs = [tuple(int(v) for v in c.split("x")) for c in a.configs.split(",")]
     modes = a.modes.split(",")
     only = a.only.split(",") if a.only else None
-    if a.scaling:
+    if a.accuracy:
+        rows = accuracy()
+    elif a.scaling:
         rows = scaling([int(s) for s in a.scaling_sizes.split(",")], a.repeats, a.device)
     elif a.memory:
         rows = memory(configs, modes, a.device, a.exact_max, only)  # type: ignore[arg-type]

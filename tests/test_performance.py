@@ -10,9 +10,8 @@ import sys
 import pytest
 import torch
 
-import patchmmd
 import patchmmd.mmd as mmd
-from patchmmd.data import sample_image
+from patchmmd.data import distortion_suite
 from patchmmd.features import random_features
 from patchmmd.mmdpp import MMDPPTarget, mmdpp, precompute_target
 from patchmmd.modules import MMDPP
@@ -129,33 +128,18 @@ def test_forward_2048_peak_memory_below_1_5_gb():
     assert res["peak_mb"] <= 1536, res
 
 
-def _distortion_suite():
-    """64x64 crops of the sample photos under graded distortions (the default distance is native there)."""
-    g = torch.Generator().manual_seed(0)
-    refs, dists = [], []
-    for name in patchmmd.data.sample_names() if hasattr(patchmmd, "data") else ["astronaut", "chelsea", "coffee"]:
-        img = sample_image(name, dtype=torch.float64)
-        h, w = img.shape[-2:]
-        for top, left in ((h // 4, w // 4), (h // 2, w // 3)):
-            ref = img[:, top : top + 64, left : left + 64]
-            for level in (0.03, 0.1):
-                noise = (ref + level * torch.randn(ref.shape, generator=g, dtype=torch.float64)).clamp(0, 1)
-                blur = torch.nn.functional.avg_pool2d(ref[None], 2 * round(level * 20) + 1, 1,
-                                                      round(level * 20), count_include_pad=False)[0]
-                shift = ref.roll(round(level * 30) or 1, dims=-1)
-                gamma = ref.clamp_min(1e-6) ** (1 + 5 * level)
-                for d in (noise, blur, shift, gamma):
-                    refs.append(ref)
-                    dists.append(d)
-    return torch.stack(refs), torch.stack(dists)
+@pytest.fixture(scope="module")
+def suite_exact():
+    ref, dist, _ = distortion_suite()
+    return ref, dist, mmdpp(ref, dist, estimator="exact")
 
 
-def test_fast_path_ranks_like_the_exact_estimator_on_photos():
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])  # float32 on the CPU: the compiled kernels
+def test_fast_path_ranks_like_the_exact_estimator_on_photos(suite_exact, dtype):
     from scipy.stats import spearmanr
 
-    ref, dist = _distortion_suite()
-    fast = mmdpp(ref, dist)
-    exact = mmdpp(ref, dist, estimator="exact")
+    ref, dist, exact = suite_exact
+    fast = mmdpp(ref.to(dtype), dist.to(dtype)).double()
     rho = spearmanr(fast.numpy(), exact.numpy()).statistic
     rel = ((fast - exact).abs() / exact).median()
     assert rho >= 0.99, (rho, float(rel))

@@ -39,7 +39,7 @@ from ._checks import (
 from ._native import NativeKernels
 from .features import FEATURE_KINDS, FeatureKind, random_features
 from .kernels import MAX_KERNEL_ELEMENTS, GaussianKernel, Kernel, _checkpointed, gaussian_bandwidth, mmd2_sets
-from .patches import WindowGrid, patch_rows, reflect_pad, window_grid, window_patch_sets
+from .patches import WindowGrid, box_mean, patch_rows, reflect_pad, window_grid, window_patch_sets
 
 Estimator = Literal["exact", "rff"]
 ESTIMATORS = ("exact", "rff")
@@ -310,7 +310,7 @@ def rff_window_means(x: torch.Tensor, feats: PairedFeatures, grid: WindowGrid) -
     stride = (max(1, grid.stride_h // bh) if grid.rows > 1 else 1, max(1, grid.stride_w // bw) if grid.cols > 1 else 1)
     if kernel == (1, 1) and stride == (1, 1):
         return means
-    return F.avg_pool2d(means, kernel, stride)
+    return box_mean(means, kernel, stride)
 
 
 def rff_features(

@@ -109,6 +109,35 @@ class WindowGrid:
         return full * (self.height * self.width / (self.patches_per_window * self.num_windows))
 
 
+def box_mean(
+    t: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int] = (1, 1), padding: tuple[int, int] = (0, 0)
+) -> torch.Tensor:
+    """``F.avg_pool2d(t, kernel, stride, padding, count_include_pad=True)`` (zero padding), computed as
+    shifted slices added row-wise then column-wise when the box is small (several times faster on the CPU
+    than ``avg_pool2d``, forward and backward), else by ``avg_pool2d``.
+
+    Example:
+        >>> t = torch.rand(2, 5, 9, 7, generator=torch.Generator().manual_seed(0))
+        >>> ref = F.avg_pool2d(t, 3, 1, 1, count_include_pad=True)
+        >>> bool(torch.allclose(box_mean(t, (3, 3), padding=(1, 1)), ref, atol=1e-6))
+        True
+    """
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    if kh + kw > 8:
+        return F.avg_pool2d(t, kernel, stride, padding, count_include_pad=True)
+    if ph or pw:
+        t = F.pad(t, (pw, pw, ph, ph))
+    oh = (t.shape[-2] - kh) // sh + 1
+    ow = (t.shape[-1] - kw) // sw + 1
+    rows = t[..., : (oh - 1) * sh + 1 : sh, :]
+    for i in range(1, kh):
+        rows = rows + t[..., i : i + (oh - 1) * sh + 1 : sh, :]
+    out = rows[..., : (ow - 1) * sw + 1 : sw]
+    for j in range(1, kw):
+        out = out + rows[..., j : j + (ow - 1) * sw + 1 : sw]
+    return out * (1.0 / (kh * kw))
+
+
 def window_grid(height: int, width: int, window: int | None, stride: int) -> WindowGrid:
     """The window placement for an image of ``height x width`` patch centres.
 

@@ -45,7 +45,11 @@ static inline vf loadu(const float *p) {
 
 static inline void storeu(float *p, vf v) { memcpy(p, &v, sizeof v); }
 
-static inline vf splat(float a) { return (vf){0} + a; }
+static inline vf splat(float a) { /* a broadcast (not 0 + a: that is an addition the compiler must keep) */
+    vf v;
+    for (int i = 0; i < V; ++i) v[i] = a;
+    return v;
+}
 
 /* cos(z) and sin(z) of S vectors: z -> t = z / 2 pi, r = t - round(t) in [-1/2, 1/2]; cos = Pc(r^2),
  * sin = r Ps(r^2). The S Horner chains are interleaved (one alone is latency-bound). */
@@ -57,11 +61,11 @@ static inline void sincos_s(const vf *z, const float *cc, const float *sc, vf *c
         vf t = z[i] * 0.15915494309189535f;
         r[i] = t - ((t + magic) - magic);
         u[i] = r[i] * r[i];
-        c[i] = splat(cc[NCOEF - 1]);
-        s[i] = splat(sc[NCOEF - 1]);
+        c[i] = u[i] * cc[NCOEF - 1] + cc[NCOEF - 2];
+        s[i] = u[i] * sc[NCOEF - 1] + sc[NCOEF - 2];
     }
 #pragma GCC unroll 8
-    for (int d = NCOEF - 2; d >= 0; --d) {
+    for (int d = NCOEF - 3; d >= 0; --d) {
 #pragma GCC unroll 16
         for (int i = 0; i < S; ++i) {
             c[i] = c[i] * u[i] + cc[d];
@@ -97,7 +101,7 @@ static inline void angles(const float *img, int C, int Hp, int Wp, int k, int K,
                 const float *w = W + (size_t)g * K + kk;
 #pragma GCC unroll 16
                 for (int jj = 0; jj < J; ++jj) {
-                    const vf wj = splat(w[(size_t)jj * K]);
+                    const float wj = w[(size_t)jj * K];
 #pragma GCC unroll 4
                     for (int q = 0; q < P; ++q) z[q][jj] += wj * v[q];
                 }
@@ -199,7 +203,7 @@ void rff_grad_image(const float *img, int C, int Hp, int Wp, int k, int hc, int 
                     const float *w = W + (size_t)g * K + kk;
 #pragma GCC unroll 16
                     for (int jj = 0; jj < J; ++jj) {
-                        const vf wj = splat(w[(size_t)jj * K]);
+                        const float wj = w[(size_t)jj * K];
 #pragma GCC unroll 4
                         for (int q = 0; q < P; ++q) a[q] += wj * dz[q][jj];
                     }
