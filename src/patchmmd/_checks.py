@@ -75,12 +75,12 @@ def check_pair(
             f"x and y must be at least {min_size}x{min_size} pixels (the patch size), got {h}x{w}"
         )
     for name, t in (("x", x.detach()), ("y", y.detach())):
-        finite = torch.isfinite(t)
-        if not bool(finite.all()):
+        # One pass: min and max propagate NaN, so both are finite only if every value is.
+        tmin, tmax = (float(v) for v in torch.aminmax(t))
+        if not (math.isfinite(tmin) and math.isfinite(tmax)):
             raise ValueError(f"{name} contains NaN or Inf values")
         if out_of_range == "raise":
             tol = RANGE_TOLERANCE * (hi - lo)
-            tmin, tmax = float(t.min()), float(t.max())
             if tmin < lo - tol or tmax > hi + tol:
                 raise ValueError(
                     f"{name} has values in [{tmin:.4g}, {tmax:.4g}], outside value_range=({lo:g}, {hi:g}); "
@@ -174,4 +174,5 @@ def reduce(values: torch.Tensor, reduction: Reduction) -> torch.Tensor:
 
 def to_unit_scale(t: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
     """Map values from ``[lo, hi]`` to the method's internal ``[-1, 1]`` scale."""
-    return (t - lo) * (2.0 / (hi - lo)) - 1.0
+    scale = 2.0 / (hi - lo)
+    return torch.add(t.new_tensor(-1.0 - lo * scale), t, alpha=scale)  # one pass: -1 - lo s + s t
