@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import itertools
 import math
 import os
 import platform
@@ -122,27 +123,39 @@ class NativeKernels:
         p, i = ctypes.c_void_p, ctypes.c_int
         lib.rff_block_sums.argtypes = [p, i, i, i, i, i, i, i, i, i, p, p, i, i, p, p, p, p, p]
         lib.rff_block_sums.restype = None
-        lib.rff_grad_image.argtypes = [p, i, i, i, i, i, i, i, i, i, p, p, i, p, p, p, p, i, i, p, i, i, p]
+        lib.rff_grad_image.argtypes = [p, i, i, i, i, i, i, i, i, i, p, p, i, p, p, p, i, i, p, i, i, p]
         lib.rff_grad_image.restype = None
         self._pool: ThreadPoolExecutor | None = None
         self._pool_key = (0, 0)
         self._lock = threading.Lock()
 
     def _map(self, fn, tasks: list) -> None:  # type: ignore[no-untyped-def]
-        threads = max(1, torch.get_num_threads())
-        if threads == 1 or len(tasks) == 1:
+        """Run ``fn(*task)`` for every task on ``torch.get_num_threads()`` threads: the calling thread and
+        ``threads - 1`` pool workers take the next task from a shared counter until none is left."""
+        threads = min(max(1, torch.get_num_threads()), len(tasks))
+        if threads == 1:
             for t in tasks:
                 fn(*t)
             return
-        key = (threads, os.getpid())  # a forked child inherits the pool object but not its threads
+        key = (threads - 1, os.getpid())  # a forked child inherits the pool object but not its threads
         with self._lock:
             if self._pool is None or self._pool_key != key:
                 if self._pool is not None and self._pool_key[1] == key[1]:
                     self._pool.shutdown(wait=False)
-                self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="patchmmd")
+                self._pool = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="patchmmd")
                 self._pool_key = key
             pool = self._pool
-        for f in [pool.submit(fn, *t) for t in tasks]:
+        counter = itertools.count()  # next() on it is atomic under the GIL
+
+        def worker() -> None:
+            for i in iter(lambda: next(counter), None):
+                if i >= len(tasks):
+                    return
+                fn(*tasks[i])
+
+        helpers = [pool.submit(worker) for _ in range(threads - 1)]
+        worker()
+        for f in helpers:
             f.result()
 
     def block_sums(self, xp: torch.Tensor, matrix: torch.Tensor, hc: int, wc: int, bh: int, bw: int,
@@ -186,7 +199,9 @@ class NativeKernels:
         wcp = _round_up(wc, VECTOR)
         weight = matrix[:, :-1].contiguous()
         phase = matrix[:, -1].contiguous()
-        g_cos, g_sin = g_cos.contiguous(), g_sin.contiguous()
+        # dz = g_sin cos z - g_cos sin z = amp cos(z + phs): one cosine per angle in the kernel.
+        amp = torch.hypot(g_cos, g_sin).contiguous()
+        phs = torch.atan2(g_cos, g_sin).contiguous()
         # Few images: split each into bands of rows so that threads have work. The split depends on the
         # shapes only, never on the thread count, so the result does not either.
         rows = hc if n >= 4 else max(k, math.ceil(hc / 8))
@@ -202,8 +217,8 @@ class NativeKernels:
             y0 = starts[t]
             self.lib.rff_grad_image(
                 xp[i].data_ptr(), c, hp, wp, k, hc, wc, wcp, bh, bw, weight.data_ptr(), phase.data_ptr(), m,
-                self.cos_coef.data_ptr(), self.sin_coef.data_ptr(), g_cos[i].data_ptr(), g_sin[i].data_ptr(),
-                y0, min(hc, y0 + rows), out[i, t].data_ptr(), rows + k - 1, wp, buf.data_ptr(),
+                self.cos_coef.data_ptr(), amp[i].data_ptr(), phs[i].data_ptr(), y0, min(hc, y0 + rows),
+                out[i, t].data_ptr(), rows + k - 1, wp, buf.data_ptr(),
             )
 
         self._map(task, [(i, t) for i in range(n) for t in range(len(starts))])

@@ -8,7 +8,8 @@
  * rff_block_sums: sums of cos(z_j) and sin(z_j) over blocks of bh x bw patch centres (forward pass).
  * rff_grad_image: given G_c = dL/d(block sum of cos) and G_s = dL/d(block sum of sin), the gradient with
  *                 respect to the image: dL/dimg[c, y + dy, x + dx] += sum_j W[j, (c, dy, dx)] dz_j(y, x) with
- *                 dz_j = G_s cos z_j - G_c sin z_j (backward pass; angles are recomputed, nothing is stored).
+ *                 dz_j = G_s cos z_j - G_c sin z_j = A cos(z_j + phi) (backward pass; angles are recomputed,
+ *                 nothing is stored).
  *
  * The convolution, the sine/cosine and the block sums are done in registers, J frequencies x P vectors of V
  * patch centres at a time (each weight broadcast once for P vectors, each pixel loaded once for J
@@ -76,20 +77,33 @@ static inline void sincos_s(const vf *z, const float *cc, const float *sc, vf *c
     for (int i = 0; i < S; ++i) s[i] *= r[i];
 }
 
+/* cos(z) only, for S vectors (same reduction and polynomial as sincos_s). */
+static inline void cos_s(const vf *z, const float *cc, vf *c) {
+    const float magic = 12582912.0f;
+    vf u[S];
+#pragma GCC unroll 16
+    for (int i = 0; i < S; ++i) {
+        vf t = z[i] * 0.15915494309189535f;
+        vf r = t - ((t + magic) - magic);
+        u[i] = r * r;
+        c[i] = u[i] * cc[NCOEF - 1] + cc[NCOEF - 2];
+    }
+#pragma GCC unroll 8
+    for (int d = NCOEF - 3; d >= 0; --d) {
+#pragma GCC unroll 16
+        for (int i = 0; i < S; ++i) c[i] = c[i] * u[i] + cc[d];
+    }
+}
+
 static inline void sincos_block(const vf z[J], const float *cc, const float *sc, vf c[J], vf s[J]) {
 #pragma GCC unroll 16
     for (int jj = 0; jj < J; jj += S) sincos_s(z + jj, cc, sc, c + jj, s + jj);
 }
 
-/* Angles of J frequencies (rows g .. g + J of W) at the P * V patch centres starting at (y, x0). */
-static inline void angles(const float *img, int C, int Hp, int Wp, int k, int K, const float *W, const float *b,
-                          int g, int y, int x0, vf z[P][J]) {
-#pragma GCC unroll 16
-    for (int jj = 0; jj < J; ++jj) {
-        const vf b0 = splat(b[g + jj]);
-#pragma GCC unroll 4
-        for (int q = 0; q < P; ++q) z[q][jj] = b0;
-    }
+/* Adds the angles of J frequencies (rows g .. g + J of W) at the P * V patch centres starting at (y, x0) to z
+ * (which holds the phases). */
+static inline void angles(const float *img, int C, int Hp, int Wp, int k, int K, const float *W, int g, int y,
+                          int x0, vf z[P][J]) {
     int kk = 0;
     for (int c = 0; c < C; ++c) {
         for (int dy = 0; dy < k; ++dy) {
@@ -125,7 +139,13 @@ void rff_block_sums(const float *img, int C, int Hp, int Wp, int k, int hc, int 
             for (int y = by * bh; y < (by + 1) * bh; ++y) {
                 for (int x0 = 0; x0 < wcp; x0 += P * V) {
                     vf z[P][J];
-                    angles(img, C, Hp, Wp, k, K, W, b, g, y, x0, z);
+#pragma GCC unroll 16
+                    for (int jj = 0; jj < J; ++jj) {
+                        const float bj = b[g + jj];
+#pragma GCC unroll 4
+                        for (int q = 0; q < P; ++q) z[q][jj] = splat(bj);
+                    }
+                    angles(img, C, Hp, Wp, k, K, W, g, y, x0, z);
 #pragma GCC unroll 4
                     for (int q = 0; q < P; ++q) {
                         vf c[J], s[J];
@@ -157,26 +177,28 @@ void rff_block_sums(const float *img, int C, int Hp, int Wp, int k, int hc, int 
 }
 
 /* Gradient with respect to the (padded) image of one image, from the patch centres of rows y in [y0, y1).
- * gc, gs: (m, hc / bh, wc / bw), dL/d(block sums of cos / sin); m a multiple of J.
+ * The gradients of the block sums, G_c = dL/d(sum of cos z_j) and G_s = dL/d(sum of sin z_j), enter in the
+ * form amp = hypot(G_c, G_s), phs = atan2(G_c, G_s): then dz_j = G_s cos z_j - G_c sin z_j = amp cos(z_j + phs),
+ * one cosine per angle. amp, phs: (m, hc / bh, wc / bw); m a multiple of J.
  * gimg: (C, Hg, Wg), Hg >= y1 - y0 + k - 1, Wg >= wcp + k - 1, zero on entry; row 0 is image row y0. Gradients are
  * added into it (the transposed convolution), so bands of rows may go to separate buffers.
  * work: 2 * m * wcp + K * P * V floats. */
 void rff_grad_image(const float *img, int C, int Hp, int Wp, int k, int hc, int wc, int wcp, int bh, int bw,
-                    const float *W, const float *b, int m, const float *cc, const float *sc, const float *gc,
-                    const float *gs, int y0, int y1, float *gimg, int Hg, int Wg, float *work) {
+                    const float *W, const float *b, int m, const float *cc, const float *amp, const float *phs,
+                    int y0, int y1, float *gimg, int Hg, int Wg, float *work) {
     const int K = C * k * k, hb = hc / bh, wb = wc / bw;
-    float *ec = work, *es = work + (size_t)m * wcp, *gacc = work + 2 * (size_t)m * wcp;
+    float *ea = work, *ep = work + (size_t)m * wcp, *gacc = work + 2 * (size_t)m * wcp;
     int expanded = -1;
     for (int y = y0; y < y1; ++y) {
         const int by = y / bh;
-        if (by != expanded) { /* per-centre copies of this block row's gradients (zero past wc) */
+        if (by != expanded) { /* per-centre copies of this block row's amplitudes (zero past wc) and phases + b */
             for (int j = 0; j < m; ++j) {
-                const float *rc = gc + ((size_t)j * hb + by) * wb, *rs = gs + ((size_t)j * hb + by) * wb;
-                float *pc = ec + (size_t)j * wcp, *ps = es + (size_t)j * wcp;
+                const float *ra = amp + ((size_t)j * hb + by) * wb, *rp = phs + ((size_t)j * hb + by) * wb;
+                float *pa = ea + (size_t)j * wcp, *pp = ep + (size_t)j * wcp;
                 for (int x = 0; x < wcp; ++x) {
                     const int inside = x < wb * bw;
-                    pc[x] = inside ? rc[x / bw] : 0.0f;
-                    ps[x] = inside ? rs[x / bw] : 0.0f;
+                    pa[x] = inside ? ra[x / bw] : 0.0f;
+                    pp[x] = b[j] + (inside ? rp[x / bw] : 0.0f);
                 }
             }
             expanded = by;
@@ -185,16 +207,18 @@ void rff_grad_image(const float *img, int C, int Hp, int Wp, int k, int hc, int 
             memset(gacc, 0, sizeof(float) * (size_t)K * P * V);
             for (int g = 0; g < m; g += J) {
                 vf z[P][J], dz[P][J];
-                angles(img, C, Hp, Wp, k, K, W, b, g, y, x0, z);
+#pragma GCC unroll 16
+                for (int jj = 0; jj < J; ++jj) {
+#pragma GCC unroll 4
+                    for (int q = 0; q < P; ++q) z[q][jj] = loadu(ep + (size_t)(g + jj) * wcp + x0 + q * V);
+                }
+                angles(img, C, Hp, Wp, k, K, W, g, y, x0, z);
 #pragma GCC unroll 4
                 for (int q = 0; q < P; ++q) {
-                    vf c[J], s[J];
-                    sincos_block(z[q], cc, sc, c, s);
 #pragma GCC unroll 16
-                    for (int jj = 0; jj < J; ++jj) {
-                        const size_t at = (size_t)(g + jj) * wcp + x0 + q * V;
-                        dz[q][jj] = loadu(es + at) * c[jj] - loadu(ec + at) * s[jj];
-                    }
+                    for (int jj = 0; jj < J; jj += S) cos_s(z[q] + jj, cc, dz[q] + jj);
+#pragma GCC unroll 16
+                    for (int jj = 0; jj < J; ++jj) dz[q][jj] *= loadu(ea + (size_t)(g + jj) * wcp + x0 + q * V);
                 }
                 for (int kk = 0; kk < K; ++kk) {
                     vf a[P];
