@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -224,12 +225,24 @@ def init(device: str | torch.device, env: DistEnv | None = None, *, timeout: tim
     return backend
 
 
-def destroy() -> None:
-    """Tear down the default process group, if any."""
+def destroy(*, settle: bool = False) -> None:
+    """Tear down the default process group, if any.
+
+    ``settle`` (a normal exit, all ranks alive): first a barrier, then a short pause without the GIL. Gloo's
+    worker threads release finished work items on their own, and releasing one that holds tensors seen by
+    Python needs the GIL; a group destroyed while one is pending (its destructor joins those threads with
+    the GIL held) deadlocks. The pause lets them finish first.
+    """
     import torch.distributed as dist
 
     global _collective_device
     if is_initialized():
+        if settle and dist.get_world_size() > 1:
+            try:
+                dist.barrier()
+            except Exception:  # a peer is gone: nothing to wait for
+                pass
+            time.sleep(0.05)
         dist.destroy_process_group()
     _collective_device = None
 
@@ -247,9 +260,12 @@ def process_group(
     started = bool(init(dev, env, timeout=timeout))
     try:
         yield env, dev
-    finally:
+    except BaseException:
         if started:
             destroy()
+        raise
+    if started:
+        destroy(settle=True)
 
 
 def _lost(e: BaseException) -> PeerLostError:
