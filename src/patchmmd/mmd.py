@@ -298,7 +298,9 @@ def rff_window_means(x: torch.Tensor, feats: PairedFeatures, grid: WindowGrid) -
     """Window means of every random feature, ``(N, C, H, W) -> (N, r, rows, cols)`` (fused fast path).
 
     Equal (to rounding) to ``grid.pool(cos(conv2d(reflect_pad(x), weight, phase)))``; pixels no window
-    covers are never computed. Opaque to ``torch.compile`` (a tiled loop that it would only unroll).
+    covers are never computed. float32 tensors on the CPU run on the compiled kernels of
+    :mod:`patchmmd._native` where they are available; everything else on the tiled PyTorch path. Opaque
+    to ``torch.compile`` (a tiled loop that it would only unroll).
     """
     k = feats.patch_size
     hc, wc = _covered(grid)
