@@ -8,8 +8,9 @@ its images, ``metrics.json`` and ``figure.png`` (side by side). See ``docs/tasks
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,9 @@ def _out_dir(out: str | None, command: str, loss: str, overwrite: bool) -> Path:
     return path
 
 
-def _bar(total: int, desc: str, enabled: bool) -> tuple[Any, Callable[[int, float], None]]:
+@contextlib.contextmanager
+def _bar(total: int, desc: str, enabled: bool) -> Iterator[Callable[[int, float], None]]:
+    """A progress bar over training steps, closed on exit; yields the ``callback(step, loss)`` that moves it."""
     from ..tasks._common import progress
 
     bar = progress(total, desc, enabled)
@@ -79,7 +82,10 @@ def _bar(total: int, desc: str, enabled: bool) -> tuple[Any, Callable[[int, floa
         if step % 10 == 0 or step == total - 1:
             bar.set_postfix(loss=f"{value:.4g}")
 
-    return bar, callback
+    try:
+        yield callback
+    finally:
+        bar.close()
 
 
 def _history(values: list[float], points: int = 50) -> list[float]:
@@ -157,11 +163,8 @@ def gim_command(
     folder = _out_dir(out, "gim", loss_name, overwrite)
     t0 = time.time()
     with deterministic(seed):
-        bar, callback = _bar(steps, f"gim {loss_name}", progress)
-        try:
+        with _bar(steps, f"gim {loss_name}", progress) as callback:
             res = generalized_mean(ys, loss, steps=steps, lr=lr, init=init, seed=seed, callback=callback)
-        finally:
-            bar.close()
         evaluate = _evaluator(eval_distances, weights)
 
         def report(x: torch.Tensor) -> dict[str, Any]:
@@ -266,12 +269,9 @@ def train_ae_command(
     folder = _out_dir(out, "train-ae", loss_name, overwrite)
     t0 = time.time()
     with deterministic(seed):
-        bar, callback = _bar(steps, f"train-ae {loss_name}", progress)
-        try:
+        with _bar(steps, f"train-ae {loss_name}", progress) as callback:
             res = train_autoencoder(split, loss, steps=steps, batch=batch, lr=lr, width=width, latent=latent,
                                     seed=seed, callback=callback)
-        finally:
-            bar.close()
         recon = reconstruct(res.model, split.heldout)
         m = _evaluator(eval_distances, weights)(recon, split.heldout)
     metrics = {
@@ -316,12 +316,9 @@ def train_sr_command(
     folder = _out_dir(out, "train-sr", loss_name, overwrite)
     t0 = time.time()
     with deterministic(seed):
-        bar, callback = _bar(steps, f"train-sr {loss_name}", progress)
-        try:
+        with _bar(steps, f"train-sr {loss_name}", progress) as callback:
             res = train_superres(split, loss, scale=scale, steps=steps, batch=batch, lr=lr, width=width,
                                  blocks=blocks, seed=seed, callback=callback)
-        finally:
-            bar.close()
         low = degrade(split.heldout, scale)
         sr = upscale(res.model, low)
         bic = bicubic(low, scale)

@@ -1,15 +1,17 @@
-"""Shared pieces of the task experiments: determinism, progress, image I/O and figures."""
+"""Shared pieces of the task experiments: determinism, the training loop, progress, image I/O and figures."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 
 @contextlib.contextmanager
@@ -22,6 +24,47 @@ def deterministic(seed: int) -> Iterator[None]:
         yield
     finally:
         torch.use_deterministic_algorithms(previous)
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    history: list[float] = field(default_factory=list)
+
+
+def fit(
+    model: nn.Module,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    batches: Callable[[torch.Generator], tuple[torch.Tensor, torch.Tensor]],
+    *,
+    steps: int,
+    lr: float,
+    seed: int,
+    callback: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Adam on ``loss(model(input), target)`` for ``steps`` batches ``(input, target) = batches(g)``, ``g``
+    a generator seeded with ``seed + 1``; the loss after each step goes to ``history`` and ``callback``."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed + 1)
+    history: list[float] = []
+    model.train()
+    for step in range(steps):
+        inputs, target = batches(g)
+        opt.zero_grad(set_to_none=True)
+        value = loss(model(inputs), target)
+        value.backward()
+        opt.step()
+        history.append(float(value.detach()))
+        if callback is not None:
+            callback(step, history[-1])
+    model.eval()
+    return TrainResult(model, history)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+    """``model`` applied to ``x`` in chunks of ``chunk`` images, clamped to ``[0, 1]``."""
+    return torch.cat([model(x[i : i + chunk]) for i in range(0, len(x), chunk)]).clamp(0, 1)
 
 
 def progress(total: int, desc: str, enabled: bool) -> Any:

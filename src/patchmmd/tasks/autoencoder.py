@@ -13,12 +13,14 @@ Training: Adam, ``steps`` batches of ``batch`` random crops from the training pa
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from ._common import TrainResult, fit, predict
 from .data import Split, random_crops
+
+__all__ = ["ConvAutoencoder", "TrainResult", "reconstruct", "train_autoencoder"]
 
 
 class ConvAutoencoder(nn.Module):
@@ -46,12 +48,6 @@ class ConvAutoencoder(nn.Module):
         return self.decoder(self.encoder(x))
 
 
-@dataclass
-class TrainResult:
-    model: nn.Module
-    history: list[float] = field(default_factory=list)
-
-
 def train_autoencoder(
     split: Split,
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -69,24 +65,14 @@ def train_autoencoder(
         raise ValueError(f"the crop size must be a multiple of 8, got {split.crop}")
     torch.manual_seed(seed)
     model = ConvAutoencoder(width, latent)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    g = torch.Generator().manual_seed(seed + 1)
-    history = []
-    model.train()
-    for step in range(steps):
+
+    def batches(g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         x = random_crops(split.train, split.crop, batch, g)
-        opt.zero_grad(set_to_none=True)
-        value = loss(model(x), x)
-        value.backward()
-        opt.step()
-        history.append(float(value.detach()))
-        if callback is not None:
-            callback(step, history[-1])
-    model.eval()
-    return TrainResult(model, history)
+        return x, x
+
+    return fit(model, loss, batches, steps=steps, lr=lr, seed=seed, callback=callback)
 
 
-@torch.no_grad()
 def reconstruct(model: nn.Module, x: torch.Tensor, chunk: int = 16) -> torch.Tensor:
     """Reconstructions of ``x``, clamped to ``[0, 1]``."""
-    return torch.cat([model(x[i : i + chunk]) for i in range(0, len(x), chunk)]).clamp(0, 1)
+    return predict(model, x, chunk)

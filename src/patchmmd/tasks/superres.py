@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .autoencoder import TrainResult
+from ._common import TrainResult, fit, predict
 from .data import Split, random_crops
 
 
@@ -81,24 +81,14 @@ def train_superres(
         raise ValueError(f"the crop size {split.crop} must be a multiple of the scale {scale}")
     torch.manual_seed(seed)
     model = SRNet(scale, width, blocks)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    g = torch.Generator().manual_seed(seed + 1)
-    history = []
-    model.train()
-    for step in range(steps):
+
+    def batches(g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         hr = random_crops(split.train, split.crop, batch, g)
-        opt.zero_grad(set_to_none=True)
-        value = loss(model(degrade(hr, scale)), hr)
-        value.backward()
-        opt.step()
-        history.append(float(value.detach()))
-        if callback is not None:
-            callback(step, history[-1])
-    model.eval()
-    return TrainResult(model, history)
+        return degrade(hr, scale), hr
+
+    return fit(model, loss, batches, steps=steps, lr=lr, seed=seed, callback=callback)
 
 
-@torch.no_grad()
 def upscale(model: nn.Module, lr: torch.Tensor, chunk: int = 16) -> torch.Tensor:
     """Super-resolved images, clamped to ``[0, 1]``."""
-    return torch.cat([model(lr[i : i + chunk]) for i in range(0, len(lr), chunk)]).clamp(0, 1)
+    return predict(model, lr, chunk)
