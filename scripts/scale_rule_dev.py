@@ -17,7 +17,6 @@ native-resolution row dominates).
 from __future__ import annotations
 
 import argparse
-import io
 from pathlib import Path
 
 import numpy as np
@@ -28,20 +27,13 @@ from scipy.stats import kendalltau
 import patchmmd
 from patchmmd.data import sample_image, sample_names
 from patchmmd.datasets import MOSDataset
+from patchmmd.distortions import jpeg
 from patchmmd.evaluation import correlations
 
 CONFIGS: list[tuple[str, dict]] = [("native (followup preset)", {"preset": "followup"})]
 for base in (64, 96, 128, 192, 256):
     for scales in (1, 2):
         CONFIGS.append((f"base_size={base}, num_scales={scales}", {"base_size": base, "num_scales": scales}))
-
-
-def _jpeg(img: torch.Tensor, quality: int) -> torch.Tensor:
-    a = (img.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(a).save(buf, "JPEG", quality=quality)
-    buf.seek(0)
-    return torch.from_numpy(np.asarray(Image.open(buf), dtype=np.float32) / 255).permute(2, 0, 1)
 
 
 def _blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -61,7 +53,7 @@ def ladders() -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
         out.append((ref, [_blur(ref, s) for s in (0.5, 1.0, 2.0, 4.0)]))
         noise = torch.randn(ref.shape, generator=gen)
         out.append((ref, [(ref + s * noise).clamp(0, 1) for s in (0.01, 0.02, 0.05, 0.1)]))
-        out.append((ref, [_jpeg(ref, q) for q in (90, 50, 20, 5)]))
+        out.append((ref, [jpeg(ref, q) for q in (90, 50, 20, 5)]))
     return out
 
 

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +7,7 @@ import pytest
 import torch
 
 from patchmmd.data import sample_image
+from patchmmd.distortions import gaussian_blur, jpeg
 
 LIVE_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "live-dev"
 
@@ -26,27 +26,6 @@ def live_dev() -> Path:
     return LIVE_DEV
 
 
-def _jpeg(img: torch.Tensor, quality: int) -> torch.Tensor:
-    from PIL import Image
-
-    a = (img.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(a).save(buf, "JPEG", quality=quality)
-    buf.seek(0)
-    return torch.from_numpy(np.asarray(Image.open(buf), dtype=np.float64) / 255).permute(2, 0, 1)
-
-
-def _blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
-    r = int(3 * sigma + 0.5)
-    t = torch.arange(-r, r + 1, dtype=torch.float64)
-    g = torch.exp(-(t**2) / (2 * sigma**2))
-    g = g / g.sum()
-    x = torch.nn.functional.pad(img[None], (r, r, r, r), mode="reflect")
-    x = torch.nn.functional.conv2d(x, g.view(1, 1, 1, -1).repeat(3, 1, 1, 1), groups=3)
-    x = torch.nn.functional.conv2d(x, g.view(1, 1, -1, 1).repeat(3, 1, 1, 1), groups=3)
-    return x[0]
-
-
 @pytest.fixture(scope="session")
 def photo_crop_pairs() -> tuple[torch.Tensor, torch.Tensor]:
     """24 real 64x64 crops of the shipped photos with four distortions (noise, blur, JPEG, 1-px shift), float64."""
@@ -62,9 +41,9 @@ def photo_crop_pairs() -> tuple[torch.Tensor, torch.Tensor]:
             if kind == 0:
                 dist = (ref + torch.from_numpy(gen.normal(0, 0.04, ref.shape))).clamp(0, 1)
             elif kind == 1:
-                dist = _blur(img[:, i : i + 70, j : j + 70], 1.0)[:, :64, :64]
+                dist = gaussian_blur(img[:, i : i + 70, j : j + 70], 1.0)[:, :64, :64]
             elif kind == 2:
-                dist = _jpeg(ref, 20)
+                dist = jpeg(ref, 20)
             else:
                 dist = img[:, i + 1 : i + 65, j + 1 : j + 65]
             xs.append(ref)

@@ -8,7 +8,6 @@ metric (1 = judged least different).
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from collections.abc import Callable
@@ -17,48 +16,12 @@ from typing import Any
 
 import click
 
+from ..distortions import gaussian_blur, jpeg
 from . import main
 from ._common import device_option, resolve_device_or_fail
 
 #: Pixels cut from the right edge of every image so that shifts up to this size need no wrap-around.
 MAX_SHIFT = 2
-
-
-def gaussian_blur(x: Any, sigma: float) -> Any:
-    """Separable Gaussian blur of ``(N, C, H, W)`` with reflect padding (radius ``ceil(3 σ)``).
-
-    Example:
-        >>> import torch
-        >>> x = torch.rand(1, 3, 16, 16)
-        >>> y = gaussian_blur(x, 1.0)
-        >>> y.shape == x.shape, bool(torch.isclose(y.mean(), x.mean(), atol=0.02)), bool(y.std() < x.std())
-        (True, True, True)
-    """
-    import torch
-    import torch.nn.functional as F
-
-    r = max(1, math.ceil(3 * sigma))
-    t = torch.arange(-r, r + 1, dtype=x.dtype)
-    k = torch.exp(-(t**2) / (2 * sigma**2))
-    k = k / k.sum()
-    c = x.shape[1]
-    x = F.pad(x, (r, r, r, r), mode="reflect")
-    x = F.conv2d(x, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-    return F.conv2d(x, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
-
-
-def jpeg(x: Any, quality: int) -> Any:
-    """JPEG-compress a ``(1, 3, H, W)`` image in [0, 1] at ``quality`` with Pillow and decode it."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    a = (x[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(a).save(buf, format="JPEG", quality=quality)
-    buf.seek(0)
-    b = np.asarray(Image.open(buf).convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(b).permute(2, 0, 1)[None].to(x.dtype)
 
 
 def distortion_ladder(image: Any, *, seed: int = 0) -> tuple[Any, list[str], Any]:
