@@ -1,8 +1,8 @@
 """Image distortions used to build test beds: Gaussian blur and a JPEG round trip.
 
-Shared by the demo (``patchmmd demo``), the
-scale-rule sweep (``scripts/scale_rule_dev.py``) and the tests. Both accept ``(C, H, W)`` or
-``(N, C, H, W)`` images in ``[0, 1]`` and return the same shape and dtype.
+Shared by the demo (``patchmmd demo``), the scale-rule sweep (``scripts/scale_rule_dev.py``) and the
+tests. Both accept ``(C, H, W)`` or ``(N, C, H, W)`` images in ``[0, 1]`` and return the same shape and
+dtype.
 """
 
 from __future__ import annotations

@@ -193,7 +193,6 @@ class _RFFBlockMeans(torch.autograd.Function):
         out[:, m:].neg_()
         ctx.feats, ctx.block, ctx.hc, ctx.wc, ctx.tiles = feats, block, hc, wc, tiles
         ctx.saved = saved
-        ctx.xp_shape = xp.shape
         ctx.save_for_backward(xp if need_grad and not save else None)
         return out
 
@@ -229,9 +228,7 @@ class _RFFBlockMeans(torch.autograd.Function):
             w_t = feats.matrix[j0:j1, :-1].t()
             grad_cols[i0:i1].baddbmm_(w_t.expand(i1 - i0, *w_t.shape), dz.view(i1 - i0, j1 - j0, hc * wc))
         g = F.fold(grad_cols, (hc + k - 1, wc + k - 1), k)
-        full = grad.new_zeros(ctx.xp_shape)
-        full[..., : hc + k - 1, : wc + k - 1] = g
-        return full, None, None, None, None, None
+        return g, None, None, None, None, None  # xp is (N, C, hc + k - 1, wc + k - 1): fold's shape
 
 
 def _native_kernels(xp: torch.Tensor) -> NativeKernels | None:
@@ -251,7 +248,7 @@ def _native_forward(ctx, native: NativeKernels, xp, feats, block, hc, wc, need_g
     sums_c, sums_s = native.block_sums(xpad, matrix, hc, wc, bh, bw, k)
     scale = 1.0 / (bh * bw)
     out = torch.cat([sums_c[:, :m], sums_s[:, :n_sin].neg()], dim=1).mul_(scale)
-    ctx.feats, ctx.block, ctx.hc, ctx.wc, ctx.matrix, ctx.xp_shape = feats, block, hc, wc, matrix, xp.shape
+    ctx.feats, ctx.block, ctx.hc, ctx.wc, ctx.matrix = feats, block, hc, wc, matrix
     ctx.save_for_backward(xpad if need_grad else None)
     return out
 
@@ -265,9 +262,7 @@ def _native_backward(ctx, grad: torch.Tensor) -> torch.Tensor:
     g_cos = F.pad(grad[:, :m].float() * scale, (0, 0, 0, 0, 0, mp - m))
     g_sin = F.pad(grad[:, m:].float() * -scale, (0, 0, 0, 0, 0, mp - n_sin))
     g = ctx.native.grad_image(xpad, matrix, hc, wc, bh, bw, k, g_cos, g_sin)
-    full = grad.new_zeros(ctx.xp_shape)
-    full[..., : hc + k - 1, : wc + k - 1] = g[..., : hc + k - 1, : wc + k - 1]
-    return full
+    return g[..., : wc + k - 1]  # drop the columns that padded rows to a multiple of the vector
 
 
 def _unfold_ones(xp: torch.Tensor, k: int) -> torch.Tensor:
