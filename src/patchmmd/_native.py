@@ -172,8 +172,8 @@ class NativeKernels:
         out_s = torch.empty_like(out_c)
         threads = max(1, torch.get_num_threads())
         groups = m // BLOCK_FEATURES
+        # Frequency groups per task: about 4 tasks per thread in all (whole images when there are enough).
         per = max(1, math.ceil(groups * n / (4 * threads))) if n < 4 * threads else groups
-        per = min(per, groups)
         work = {}
 
         def task(i: int, g0: int, g1: int) -> None:
