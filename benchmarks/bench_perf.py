@@ -34,7 +34,7 @@ from torch import nn
 
 import patchmmd
 from patchmmd import _native
-from patchmmd.mmdpp import precompute_target
+from patchmmd.core.mmdpp import precompute_target
 
 # ------------------------------------------------------------------------------------------------- LPIPS
 ALEX = [(3, 64, 11, 4, 2), "R", "M", (64, 192, 5, 1, 2), "R", "M", (192, 384, 3, 1, 1), "R",

@@ -28,7 +28,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from patchmmd import MMDPP, distributed
+from patchmmd import MMDPP
+from patchmmd.scoring import distributed
 
 
 class AutoEncoder(nn.Module):

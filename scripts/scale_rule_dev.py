@@ -26,9 +26,9 @@ from scipy.stats import kendalltau
 
 import patchmmd
 from patchmmd.data import sample_image, sample_names
-from patchmmd.datasets import MOSDataset
-from patchmmd.distortions import jpeg
-from patchmmd.evaluation import correlations
+from patchmmd.data.distortions import jpeg
+from patchmmd.evaluation.datasets import MOSDataset
+from patchmmd.evaluation.stats import correlations
 
 CONFIGS: list[tuple[str, dict]] = [("native (followup preset)", {"preset": "followup"})]
 for base in (64, 96, 128, 192, 256):

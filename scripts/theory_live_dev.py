@@ -10,7 +10,7 @@ full-size images, and reports Spearman SROCC, Kendall KROCC and Pearson PLCC aft
 logistic ``b1 (0.5 - 1 / (1 + exp(b2 (x - b3)))) + b4 x + b5``, overall and per distortion. Correlations are
 oriented so that a good metric is positive (PSNR, a similarity, is negated). Nothing is tuned here.
 
-The statistics come from :mod:`patchmmd.evaluation` when it is installed, otherwise from the scipy
+The statistics come from :mod:`patchmmd.evaluation.stats` when it is installed, otherwise from the scipy
 fallback below (same definitions).
 """
 
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from patchmmd.io import load_image
-from patchmmd.registry import get_metric
+from patchmmd.metrics.registry import get_metric
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "live-dev"
@@ -73,14 +73,14 @@ def _fallback_stats(d: np.ndarray, s: np.ndarray) -> dict[str, float]:
 
 def statistics(d: np.ndarray, s: np.ndarray, groups: list[str]) -> tuple[dict[str, dict[str, float]], str]:
     try:
-        from patchmmd.evaluation import grouped_correlations
+        from patchmmd.evaluation.stats import grouped_correlations
     except ImportError:
         out = {"all": _fallback_stats(d, s)}
         for g in sorted(set(groups)):
             idx = np.array([i for i, x in enumerate(groups) if x == g])
             out[g] = _fallback_stats(d[idx], s[idx])
         return out, "scipy fallback in scripts/theory_live_dev.py"
-    return grouped_correlations(d, s, groups), "patchmmd.evaluation.grouped_correlations"
+    return grouped_correlations(d, s, groups), "patchmmd.evaluation.stats.grouped_correlations"
 
 
 def main() -> int:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from patchmmd.data import sample_image
-from patchmmd.distortions import gaussian_blur, jpeg
+from patchmmd.data.distortions import gaussian_blur, jpeg
 
 LIVE_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "live-dev"
 

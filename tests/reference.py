@@ -1,4 +1,4 @@
-"""Brute-force float64 references, written straight from method.md's formulas.
+"""Brute-force float64 references, written straight from docs/method.md's formulas.
 
 Independent of the package's implementation: explicit reflect indexing (no F.pad), explicit patch loops
 (no unfold), explicit window loops (no avg_pool2d), explicit double sums over patch pairs.

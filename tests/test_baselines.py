@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from patchmmd.baselines import DISTS, LPIPS, WeightsError, alexnet_features, psnr, vgg16_features
-from patchmmd.registry import get_metric, get_spec, metric_names
+from patchmmd.metrics.baselines import DISTS, LPIPS, WeightsError, alexnet_features, psnr, vgg16_features
+from patchmmd.metrics.registry import get_metric, get_spec, metric_names
 
 
 def test_registered() -> None:
@@ -54,7 +54,7 @@ def test_ssim_family() -> None:
 
 def test_module_imports_without_pytorch_msssim() -> None:
     code = ("import sys; sys.modules['pytorch_msssim'] = None\n"
-            "from patchmmd.registry import get_metric, get_spec\n"
+            "from patchmmd.metrics.registry import get_metric, get_spec\n"
             "print(get_spec('ssim').name)\n"
             "try:\n    get_metric('ssim')\nexcept ImportError as e:\n    print('ImportError', e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

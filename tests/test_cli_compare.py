@@ -102,7 +102,7 @@ def test_errors(files: dict[str, Path], tmp_path: Path) -> None:
 
 
 def test_metrics_listing() -> None:
-    from patchmmd.registry import metric_names
+    from patchmmd.metrics.registry import metric_names
 
     r = _invoke("metrics")
     assert r.exit_code == 0

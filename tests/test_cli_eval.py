@@ -15,7 +15,7 @@ import torch
 from click.testing import CliRunner
 
 from patchmmd.cli import main
-from patchmmd.evaluation import jnd_map
+from patchmmd.evaluation.stats import jnd_map
 from patchmmd.io import load_image, save_image
 
 LIVE_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "live-dev"
@@ -193,7 +193,7 @@ def test_clear_errors(tmp_path: Path, setup: str, args: list[str], code: int, me
 
 
 def test_lpips_through_the_cli(bapps: Path, tmp_path: Path) -> None:
-    from patchmmd.baselines import alexnet_features
+    from patchmmd.metrics.baselines import alexnet_features
 
     torch.save({f"features.{k}": v for k, v in alexnet_features().state_dict().items()}, tmp_path / "alex.pth")
     torch.save({f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) for k, c in enumerate((64, 192, 384, 256, 256))},

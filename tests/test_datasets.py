@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from patchmmd.datasets import BAPPS2AFC, BAPPSJND, DatasetError, MOSDataset
+from patchmmd.evaluation.datasets import BAPPS2AFC, BAPPSJND, DatasetError, MOSDataset
 from patchmmd.io import save_image
 
 LIVE_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "live-dev"

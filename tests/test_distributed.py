@@ -18,9 +18,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from patchmmd import distributed, scoring
+from patchmmd import scoring
 from patchmmd.cli import main
 from patchmmd.io import save_image
+from patchmmd.scoring import distributed
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "ddp_train.py"

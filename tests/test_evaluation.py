@@ -1,4 +1,4 @@
-"""Statistics of patchmmd.evaluation against hand-computed values and independent scipy computations."""
+"""Statistics of patchmmd.evaluation.stats against hand-computed values and independent scipy computations."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import scipy.stats
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from patchmmd.evaluation import (
+from patchmmd.evaluation.stats import (
     correlations,
     fit_logistic,
     group_indices,
@@ -156,6 +156,7 @@ def test_importable_without_cli_dependencies() -> None:
     import sys
 
     code = ("import sys; sys.modules['click'] = None; sys.modules['matplotlib'] = None; "
-            "import patchmmd.evaluation, patchmmd.datasets; print(patchmmd.evaluation.two_afc_score([1], [2], [0]))")
+            "import patchmmd.evaluation.datasets; from patchmmd.evaluation.stats import two_afc_score; "
+            "print(two_afc_score([1], [2], [0]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "1.0"

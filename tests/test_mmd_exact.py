@@ -1,4 +1,4 @@
-"""The exact estimator against a brute-force float64 evaluation of method.md §2."""
+"""The exact estimator against a brute-force float64 evaluation of docs/method.md §2."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import patchmmd
-from patchmmd.patches import window_grid
+from patchmmd.core.patches import window_grid
 from reference import local_term, windowed_mmd2
 
 
@@ -72,8 +72,8 @@ def test_float32_exact_close_to_float64():
 
 def test_exact_chunking_does_not_change_the_value(monkeypatch):
     """Bands of window rows and chunks of kernel rows give the same numbers as one big block."""
-    import patchmmd.kernels as kernels
-    import patchmmd.mmd as mmd
+    import patchmmd.core.kernels as kernels
+    import patchmmd.core.mmd as mmd
 
     x, y = _pair((2, 3, 40, 36))
     full = patchmmd.patch_mmd(x, y, window=16, stride=8)
@@ -93,7 +93,7 @@ def test_local_and_l2_match_brute_force():
 
 
 def test_mmdpp_followup_formula():
-    """MMD++ = 0.001 L2 + 0.05 Local + ½ MMD² (method.md §3), here with the exact MMD term."""
+    """MMD++ = 0.001 L2 + 0.05 Local + ½ MMD² (docs/method.md §3), here with the exact MMD term."""
     x, y = _pair((1, 3, 40, 40), seed=5)
     d = patchmmd.mmdpp(x, y, preset="followup", estimator="exact")
     xs, ys = (2 * x[0] - 1).numpy(), (2 * y[0] - 1).numpy()

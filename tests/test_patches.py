@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from patchmmd.patches import box_mean
+from patchmmd.core.patches import box_mean
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Performance internals (issue 6), non-timed: the fast RFF path, the precomputed target, torch.compile,
+"""Performance internals, non-timed: the fast RFF path, the precomputed target, torch.compile,
 bounded memory at 2048², and the fast path's accuracy against the exact estimator on photos."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import sys
 import pytest
 import torch
 
-import patchmmd.mmd as mmd
+import patchmmd.core.mmd as mmd
+from patchmmd.core.features import random_features
+from patchmmd.core.mmdpp import MMDPPTarget, mmdpp, precompute_target
+from patchmmd.core.modules import MMDPP
+from patchmmd.core.patches import window_grid
 from patchmmd.data import distortion_suite
-from patchmmd.features import random_features
-from patchmmd.mmdpp import MMDPPTarget, mmdpp, precompute_target
-from patchmmd.modules import MMDPP
-from patchmmd.patches import window_grid
 
 
 def _pair(shape=(2, 3, 64, 64), seed=0, dtype=torch.float64):

@@ -1,4 +1,4 @@
-"""Properties of method.md §6: zero at x = y, non-negative, symmetric, Π-invariance, finite gradients,
+"""Properties of docs/method.md §6: zero at x = y, non-negative, symmetric, Π-invariance, finite gradients,
 the distance map's exact decomposition, the scale rule's reduction on 64x64, dtypes and devices."""
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ def test_cuda_matches_cpu(estimator):
 
 
 def test_rff_memory_chunking_does_not_change_the_value(monkeypatch):
-    import patchmmd.mmd as mmd
+    import patchmmd.core.mmd as mmd
 
     x, y = _images(shape=(1, 3, 64, 64))
     xg = x.clone().requires_grad_(True)

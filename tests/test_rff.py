@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import patchmmd
-from patchmmd.features import random_features
-from patchmmd.mmd import DEFAULT_NUM_FEATURES
+from patchmmd.core.features import random_features
+from patchmmd.core.mmd import DEFAULT_NUM_FEATURES
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_features_identical_across_devices_and_dtypes(device):
 
 def test_chi_quantile_matches_scipy():
     stats = pytest.importorskip("scipy.stats")
-    from patchmmd.features import chi_quantile
+    from patchmmd.core.features import chi_quantile
 
     u = torch.tensor([1e-6, 0.01, 0.3, 0.5, 0.9, 0.999999], dtype=torch.float64)
     for dof in (1, 8, 24):

@@ -1,4 +1,4 @@
-"""Library side of the perceptual tasks (issue 5): losses, metrics, GIM, data split, networks."""
+"""Library side of the perceptual tasks: losses, metrics, GIM, data split, networks."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from patchmmd.tasks._common import deterministic
 from patchmmd.tasks.autoencoder import ConvAutoencoder, train_autoencoder
 from patchmmd.tasks.data import random_crops, split_photos
 from patchmmd.tasks.gim import generalized_mean, ring_offsets, shifted_set
-from patchmmd.tasks.metrics import high_frequency_energy, image_metrics, sharpness_ratio
+from patchmmd.tasks.report import high_frequency_energy, image_metrics, sharpness_ratio
 from patchmmd.tasks.superres import SRNet, degrade, train_superres
 
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from patchmmd.cnn import RandomCNNDistance
 from patchmmd.data import sample_image
-from patchmmd.nngp import infinite_cnn_distance
+from patchmmd.theory.cnn import RandomCNNDistance
+from patchmmd.theory.nngp import infinite_cnn_distance
 
 
 def _real_crops(size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,12 +12,12 @@ import itertools
 import pytest
 import torch
 
-from patchmmd.cnn import RandomCNNDistance
+from patchmmd.core.kernels import mmd2_sets
+from patchmmd.core.mmd import windowed_mmd2_exact
+from patchmmd.core.patches import extract_patches, window_grid
 from patchmmd.data import sample_image
-from patchmmd.kernels import mmd2_sets
-from patchmmd.mmd import windowed_mmd2_exact
-from patchmmd.nngp import PATCH_NORM_EPS
-from patchmmd.patches import extract_patches, window_grid
+from patchmmd.theory.cnn import RandomCNNDistance
+from patchmmd.theory.nngp import PATCH_NORM_EPS
 
 
 def _pair(h: int = 14, w: int = 18) -> tuple[torch.Tensor, torch.Tensor]:

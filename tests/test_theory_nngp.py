@@ -7,11 +7,12 @@ import math
 import pytest
 import torch
 
-from patchmmd.cnn import RandomCNNDistance, random_cnn_features
+from patchmmd.core.kernels import GaussianKernel
+from patchmmd.core.mmd import patch_mmd, windowed_mmd2_exact
+from patchmmd.core.patches import center_patches, extract_patches, window_grid
 from patchmmd.data import sample_image
-from patchmmd.kernels import GaussianKernel
-from patchmmd.mmd import patch_mmd, windowed_mmd2_exact
-from patchmmd.nngp import (
+from patchmmd.theory.cnn import RandomCNNDistance, random_cnn_features
+from patchmmd.theory.nngp import (
     InfiniteCNNDistance,
     NNGPKernel,
     first_layer_transform,
@@ -20,7 +21,6 @@ from patchmmd.nngp import (
     nngp_from_inner_products,
     nngp_kernel,
 )
-from patchmmd.patches import center_patches, extract_patches, window_grid
 
 F64 = torch.float64
 

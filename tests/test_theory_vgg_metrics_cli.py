@@ -11,12 +11,12 @@ import torch
 from click.testing import CliRunner
 
 from patchmmd.cli import main
-from patchmmd.cnn import VGG16_CONV_INDICES, VGGDistance, load_vgg16_weights, vgg16_random_weights
+from patchmmd.core.mmdpp import get_config
+from patchmmd.core.scale import downsample
 from patchmmd.data import sample_image
 from patchmmd.io import load_image, save_image
-from patchmmd.mmdpp import get_config
-from patchmmd.registry import get_metric, get_spec, metric_names
-from patchmmd.scale import downsample
+from patchmmd.metrics.registry import get_metric, get_spec, metric_names
+from patchmmd.theory.cnn import VGG16_CONV_INDICES, VGGDistance, load_vgg16_weights, vgg16_random_weights
 
 LIVE_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "live-dev"
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import patchmmd
 
 ENTRY_POINTS = {
-    "mmdpp": patchmmd.mmdpp,
+    "mmdpp": patchmmd.core.mmdpp,
     "patch_mmd": patchmmd.patch_mmd,
     "local_distance": patchmmd.local_distance,
     "l2_distance": patchmmd.l2_distance,
@@ -103,7 +103,7 @@ def test_bad_mmdpp_options(kwargs, match):
 
 
 def test_images_smaller_than_a_window_use_one_clipped_window():
-    from patchmmd.patches import window_grid
+    from patchmmd.core.patches import window_grid
 
     x, y = torch.rand(1, 3, 20, 20), torch.rand(1, 3, 20, 20)
     torch.testing.assert_close(patchmmd.patch_mmd(x, y, window=32), patchmmd.patch_mmd(x, y, window=None))
@@ -138,7 +138,7 @@ def test_no_input_crashes_with_anything_but_clear_errors(n, c, h, w, dh, ndim, f
     y = torch.rand(yshape, generator=torch.Generator().manual_seed(1)).to(dtype)
     if x.numel() and x.is_floating_point():
         x.view(-1)[0] = fill
-    kwargs = {"estimator": estimator} if fn in (patchmmd.mmdpp, patchmmd.patch_mmd, patchmmd.distance_map) else {}
+    kwargs = {"estimator": estimator} if fn in (patchmmd.core.mmdpp, patchmmd.patch_mmd, patchmmd.distance_map) else {}
     try:
         out = fn(x, y, **kwargs)
     except (ValueError, TypeError) as e:

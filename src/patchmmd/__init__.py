@@ -11,12 +11,12 @@ Example:
     torch.Size([2])
 """
 
-from .aligned import l2_distance, local_distance
-from .cnn import RandomCNNDistance, VGGDistance, load_vgg16_weights
-from .mmd import patch_mmd
-from .mmdpp import PRESETS, MMDPPConfig, MMDPPTarget, distance_map, get_config, mmdpp, precompute_target
-from .modules import MMDPP, PatchMMD
-from .nngp import InfiniteCNNDistance, NNGPKernel, infinite_cnn_distance, kappa1, nngp_kernel
+from .core.aligned import l2_distance, local_distance
+from .core.mmd import patch_mmd
+from .core.mmdpp import PRESETS, MMDPPConfig, MMDPPTarget, distance_map, get_config, mmdpp, precompute_target
+from .core.modules import MMDPP, PatchMMD
+from .theory.cnn import RandomCNNDistance, VGGDistance, load_vgg16_weights
+from .theory.nngp import InfiniteCNNDistance, NNGPKernel, infinite_cnn_distance, kappa1, nngp_kernel
 
 __version__ = "0.1.0"
 

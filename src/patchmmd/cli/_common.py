@@ -21,12 +21,8 @@ import click
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: Metrics that have a spatial distance map (:func:`patchmmd.distance_map`), with their MMD++ preset.
-MAP_PRESETS: dict[str, str] = {"mmdpp": "default", "mmdpp-followup": "followup"}
-
-
 def _check_metric(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    from ..registry import get_spec
+    from ..metrics.registry import get_spec
 
     try:
         get_spec(value)
@@ -81,7 +77,7 @@ def metric_options_option() -> Callable[[F], F]:
 
 def build_metric(name: str, options: dict[str, Any]) -> Callable[..., Any]:
     """The registry's metric ``name`` with ``options``; a bad option becomes a usage error naming it."""
-    from ..registry import get_metric
+    from ..metrics.registry import get_metric
 
     try:
         return get_metric(name, **options)

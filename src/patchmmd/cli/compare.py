@@ -10,7 +10,6 @@ import click
 
 from . import main
 from ._common import (
-    MAP_PRESETS,
     build_metric,
     check_output_path,
     device_option,
@@ -130,19 +129,20 @@ def compare(
     """
     import torch
 
-    from ..registry import get_spec
+    from ..metrics.registry import get_spec
 
     options = parse_metric_options(metric_options)
+    spec = get_spec(metric)
     if map_path is not None:
-        if metric not in MAP_PRESETS:
-            raise click.UsageError(
-                f"--map needs a metric with a distance map ({', '.join(MAP_PRESETS)}), got --metric {metric}"
-            )
+        if not spec.has_map:
+            from ..metrics.registry import metric_specs
+
+            with_map = ", ".join(s.name for s in metric_specs() if s.has_map)
+            raise click.UsageError(f"--map needs a metric with a distance map ({with_map}), got --metric {metric}")
         check_output_path(map_path, overwrite=overwrite, option="--map")
     fn = build_metric(metric, options)
     dev = resolve_device_or_fail(device)
     x, y, resized = load_pair(a, b, mode=mode, resize=resize)
-    spec = get_spec(metric)
     try:
         with torch.no_grad():
             value = float(fn(x[None].to(dev), y[None].to(dev))[0])
@@ -151,10 +151,9 @@ def compare(
     except ImportError as e:
         raise click.ClickException(f"metric {metric!r} needs an optional dependency: {e}") from None
     if map_path is not None:
-        from .. import distance_map
-
+        assert spec.map_factory is not None
         with torch.no_grad():
-            dmap = distance_map(x[None].to(dev), y[None].to(dev), preset=MAP_PRESETS[metric], **options)
+            dmap = spec.map_factory(**options)(x[None].to(dev), y[None].to(dev))
         save_heatmap(
             x, dmap[0, 0].cpu(), map_path,
             title=f"{metric}({Path(a).name}, {Path(b).name}) = {value:.4g}",

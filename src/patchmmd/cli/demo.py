@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from ..distortions import gaussian_blur, jpeg
+from ..data.distortions import gaussian_blur, jpeg
 from . import main
 from ._common import device_option, resolve_device_or_fail
 
@@ -62,7 +62,7 @@ def distortion_ladder(image: Any, *, seed: int = 0) -> tuple[Any, list[str], Any
 
 def _ssim_metric() -> tuple[Callable[[Any, Any], Any] | None, str]:
     """SSIM from the registry if registered, else pytorch-msssim directly, else ``None`` and why."""
-    from ..registry import get_metric, metric_names
+    from ..metrics.registry import get_metric, metric_names
 
     if "ssim" in metric_names():
         try:

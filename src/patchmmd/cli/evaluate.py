@@ -8,7 +8,7 @@ or ``--resume``):
 * ``plot-<metric>.png``: the metric against the human score, coloured by subset or distortion;
 * ``cache/<metric>.json``: finished metrics, so that ``--resume`` skips them.
 
-Statistics come from :mod:`patchmmd.evaluation`, data from :mod:`patchmmd.datasets`.
+Statistics come from :mod:`patchmmd.evaluation.stats`, data from :mod:`patchmmd.evaluation.datasets`.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def _metric_options(items: Sequence[str], metrics: Sequence[str]) -> dict[str, d
 
 def _build_metrics(names: Sequence[str], options: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Build every metric before any work, so an unknown name or a missing weight file fails at once."""
-    from ..registry import get_spec
+    from ..metrics.registry import get_spec
 
     built = {}
     for name in names:
@@ -268,8 +268,8 @@ def _bapps_command(kind: str) -> Callable[..., Any]:
     def command(root: str, subsets: str | None, split: str, load_size: int, metrics: Sequence[str],
                 metric_options: Sequence[str], out: str, overwrite: bool, resume: bool, device: str,
                 batch_size: int, mode: str, limit: int | None, no_plots: bool) -> None:
-        from .. import datasets
-        from ..evaluation import jnd_map, summarize, two_afc_score, two_afc_scores
+        from ..evaluation import datasets
+        from ..evaluation.stats import jnd_map, summarize, two_afc_score, two_afc_scores
 
         names = _split_metrics(metrics)
         built = _build_metrics(names, _metric_options(metric_options, names))
@@ -454,8 +454,8 @@ def mos_command(labels: str, root: str | None, score_higher_is_better: bool, gro
     """
     import torch
 
-    from .. import datasets
-    from ..evaluation import grouped_correlations, logistic5
+    from ..evaluation import datasets
+    from ..evaluation.stats import grouped_correlations, logistic5
 
     names = _split_metrics(metrics)
     built = _build_metrics(names, _metric_options(metric_options, names))

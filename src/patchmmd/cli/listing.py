@@ -17,15 +17,15 @@ def metrics_table() -> list[dict[str, object]]:
         >>> [r for r in rows if r["name"] == "l2"][0]["higher_is_better"]
         False
     """
-    from ..registry import metric_specs
-    from ._common import MAP_PRESETS
+    from ..metrics.registry import metric_specs
 
     return [
         {
             "name": s.name,
             "group": s.group,
             "higher_is_better": s.higher_is_better,
-            "has_map": s.name in MAP_PRESETS,
+            "has_map": s.has_map,
+            "differentiable": s.differentiable,
             "description": s.description,
         }
         for s in metric_specs()

@@ -105,7 +105,7 @@ def score(
       patchmmd score ref/ distorted/ --out scores.csv --resume
       torchrun --nproc_per_node=4 -m patchmmd score ref/ distorted/ --out scores.csv
     """
-    from .. import distributed
+    from ..scoring import distributed
 
     try:
         env = distributed.detect()
@@ -169,7 +169,7 @@ def _lost_contact(e: Exception, out: Path) -> NoReturn:
 
 def _agree(env: Any, error: click.ClickException | None) -> None:
     """Stop every rank if a step failed on any: rank 0 reports the error, the others exit quietly."""
-    from .. import distributed
+    from ..scoring import distributed
 
     if not env.is_distributed:
         if error is not None:
@@ -196,7 +196,7 @@ def _attempt(step: Callable[[], Any]) -> tuple[Any, click.ClickException | None]
 def _build_job(args: _Args, env: Any) -> dict[str, Any]:
     """The job, the metric and the output policy, all checked before any work (reads only)."""
     from .. import scoring
-    from ..registry import get_spec
+    from ..metrics.registry import get_spec
 
     folders = args.folders
     echo = click.echo if env.is_main else (lambda *a, **k: None)
@@ -255,7 +255,8 @@ def _build_job(args: _Args, env: Any) -> dict[str, Any]:
 
 
 def _score(args: _Args, env: Any, dev: Any) -> None:
-    from .. import distributed, scoring
+    from .. import scoring
+    from ..scoring import distributed
 
     out = args.out
     # --- the job, the metric and the output policy (all checked before any work, on every rank)

@@ -143,7 +143,7 @@ def gim_command(
 
     from ..tasks._common import deterministic, image_grid_figure, save_images, write_json
     from ..tasks.gim import center_crop_common, generalized_mean, shifted_set
-    from ..tasks.metrics import sharpness_ratio
+    from ..tasks.report import sharpness_ratio
 
     loss = _build_loss(loss_name, weights, loss_option)
     imgs, names = _load_inputs(images)
@@ -204,7 +204,7 @@ def _summary(folder: Path, seconds: float, rows: dict[str, dict[str, float]]) ->
 
 
 def _evaluator(names: str, weights: str | None) -> Any:
-    from ..tasks.metrics import Evaluator
+    from ..tasks.report import Evaluator
 
     distances = [n.strip() for n in names.split(",") if n.strip()]
     try:

@@ -76,9 +76,9 @@ def theory(image1, image2, widths, seeds, depth, crop, window, stride, first_lay
     import torch
     from tqdm import tqdm
 
-    from ..cnn import RandomCNNDistance
     from ..io import load_image
-    from ..nngp import infinite_cnn_distance
+    from ..theory.cnn import RandomCNNDistance
+    from ..theory.nngp import infinite_cnn_distance
 
     width_list = _parse_widths(widths)
     if (image1 is None) != (image2 is None):

@@ -1,6 +1,6 @@
-"""Perceptual tasks with the library's distances as losses (GitHub issue 5).
+"""Perceptual tasks with the library's distances as losses.
 
-* :mod:`.gim`: the generalized image mean ``x* = argmin_x Σ_i D(x, y_i)`` (method.md §5).
+* :mod:`.gim`: the generalized image mean ``x* = argmin_x Σ_i D(x, y_i)`` (docs/method.md §5).
 * :mod:`.autoencoder`: a small convolutional autoencoder trained on random crops.
 * :mod:`.superres`: a small residual super-resolution network (pixel shuffle) trained on crops.
 

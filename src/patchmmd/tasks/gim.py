@@ -1,4 +1,4 @@
-"""The generalized image mean (method.md §5): ``x* = argmin_x Σ_i D(x, y_i)`` over a set of similar images.
+"""The generalized image mean (docs/method.md §5): ``x* = argmin_x Σ_i D(x, y_i)`` over a set of similar images.
 
 With ``D = L2`` the answer is the pixel mean, which blurs whatever the images do not share (for shifted
 copies: every edge). A perceptual distance that compares local patch statistics should keep a sharp image.

@@ -97,7 +97,7 @@ def make_loss(name: str, *, weights: str | os.PathLike[str] | None = None, **opt
         if not os.path.exists(weights):
             raise MissingWeightsError(f"VGG16 weights file not found: {os.fspath(weights)!r}")
         options = {**options, "weights": os.fspath(weights)}
-    from ..registry import get_metric
+    from ..metrics.registry import get_metric
 
     metric = get_metric(name, **{"out_of_range": "ignore", **options})
 

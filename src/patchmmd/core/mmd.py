@@ -1,6 +1,6 @@
-"""Windowed maximum mean discrepancy between the patch distributions of two images (method.md §2).
+"""Windowed maximum mean discrepancy between the patch distributions of two images (docs/method.md §2).
 
-For each window ``ω`` (see :mod:`patchmmd.patches`) the biased (V-statistic) squared MMD between the
+For each window ``ω`` (see :mod:`patchmmd.core.patches`) the biased (V-statistic) squared MMD between the
 patches of ``x`` and of ``y`` centred in ``ω``::
 
     MMD²_ω = mean k(p, p') + mean k(q, q') - 2 mean k(p, q)
@@ -25,8 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from . import _native
-from ._checks import (
+from .. import _native
+from .._native import NativeKernels
+from .features import FEATURE_KINDS, FeatureKind, random_features
+from .kernels import MAX_KERNEL_ELEMENTS, GaussianKernel, Kernel, _checkpointed, gaussian_bandwidth, mmd2_sets
+from .patches import WindowGrid, box_mean, patch_rows, reflect_pad, window_grid, window_patch_sets
+from .validation import (
     OutOfRange,
     Reduction,
     check_patch_size,
@@ -36,10 +40,6 @@ from ._checks import (
     prepare_pair,
     reduce,
 )
-from ._native import NativeKernels
-from .features import FEATURE_KINDS, FeatureKind, random_features
-from .kernels import MAX_KERNEL_ELEMENTS, GaussianKernel, Kernel, _checkpointed, gaussian_bandwidth, mmd2_sets
-from .patches import WindowGrid, box_mean, patch_rows, reflect_pad, window_grid, window_patch_sets
 
 Estimator = Literal["exact", "rff"]
 ESTIMATORS = ("exact", "rff")
@@ -430,7 +430,7 @@ def patch_mmd(
 
     The true V-statistic ``MMD²`` (not the follow-up code's half of it) of the Gaussian kernel
     ``exp(-||Π(p - q)||² / (2 s²))``, ``s = sigma * patch_size²``, averaged over ``window x window`` blocks
-    of patch centres placed every ``stride`` pixels (``avg_pool2d`` placement); see method.md §2.
+    of patch centres placed every ``stride`` pixels (``avg_pool2d`` placement); see docs/method.md §2.
 
     Args:
         x, y: images ``(N, C, H, W)`` or ``(C, H, W)`` with values in ``value_range``; ``H, W >= patch_size``.

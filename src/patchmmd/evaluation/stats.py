@@ -1,6 +1,6 @@
 """Statistics that check a metric against human judgments (pure numpy/scipy; no CLI dependencies).
 
-* :func:`two_afc_score`: BAPPS two-alternative forced choice agreement (method.md §5, LPIPS's convention).
+* :func:`two_afc_score`: BAPPS two-alternative forced choice agreement (docs/method.md §5, LPIPS's convention).
 * :func:`jnd_map`: BAPPS just-noticeable-difference mAP (LPIPS's protocol, VOC-style average precision).
 * :func:`logistic5`, :func:`fit_logistic`: the VQEG/LIVE 5-parameter logistic
   ``f(x) = b1 * (0.5 - 1 / (1 + exp(b2 * (x - b3)))) + b4 * x + b5``.
@@ -109,7 +109,7 @@ def two_afc_scores(d0: ArrayLike, d1: ArrayLike, judge: ArrayLike) -> np.ndarray
 
 
 def two_afc_score(d0: ArrayLike, d1: ArrayLike, judge: ArrayLike) -> float:
-    """Mean 2AFC score (method.md §5): how often the distance agrees with the human judges, in [0, 1].
+    """Mean 2AFC score (docs/method.md §5): how often the distance agrees with the human judges, in [0, 1].
 
     ``judge`` is LPIPS's ``g`` = fraction of people preferring ``p1``. A distance that always picks the
     majority scores ``mean(max(g, 1−g))`` (the "human" ceiling); ties count half.

@@ -1,4 +1,4 @@
-"""The fused CPU kernels of the RFF estimator (``native/rff_kernels.c``), compiled on first use.
+"""The fused CPU kernels of the RFF estimator (``rff_kernels.c`` beside this file), compiled on first use.
 
 On the CPU the RFF estimator is bound by the number of ``cos``/``sin`` evaluations (features x patch
 centres), not by FLOPs: PyTorch's vectorised ``cos`` runs at about 1.6 G values/s per core here, and the
@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-SOURCE = Path(__file__).with_name("native") / "rff_kernels.c"
+SOURCE = Path(__file__).with_name("rff_kernels.c")
 #: Frequencies per register block in the C source (``J``).
 BLOCK_FEATURES = 8
 #: Patch centres per register block along a row (``P * V``): rows are padded to a multiple of it.

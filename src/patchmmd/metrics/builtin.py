@@ -1,21 +1,23 @@
-"""Registration of the package's own distances in :mod:`patchmmd.registry`."""
+"""Registration of the package's own distances in :mod:`patchmmd.metrics.registry`."""
 
 from __future__ import annotations
 
 from functools import partial
 
-from .aligned import l2_distance, local_distance
-from .mmd import patch_mmd
-from .mmdpp import mmdpp
+from ..core.aligned import l2_distance, local_distance
+from ..core.mmd import patch_mmd
+from ..core.mmdpp import distance_map, mmdpp
 from .registry import Metric, register
 
 
-@register("mmdpp", "MMD++ with the scale rule: the library's default perceptual distance")
+@register("mmdpp", "MMD++ with the scale rule: the library's default perceptual distance",
+          map_factory=lambda **options: partial(distance_map, preset="default", **options))
 def _mmdpp(**options: object) -> Metric:
     return partial(mmdpp, preset="default", **options)
 
 
-@register("mmdpp-followup", "the follow-up study's MMD++: native resolution, 512 i.i.d. random features")
+@register("mmdpp-followup", "the follow-up study's MMD++: native resolution, 512 i.i.d. random features",
+          map_factory=lambda **options: partial(distance_map, preset="followup", **options))
 def _mmdpp_followup(**options: object) -> Metric:
     return partial(mmdpp, preset="followup", **options)
 

@@ -1,6 +1,6 @@
-"""The infinitely wide random CNN: its arc-cosine (NNGP) kernel and the closed-form distance (method.md §4).
+"""The infinitely wide random CNN: its arc-cosine (NNGP) kernel and the closed-form distance (docs/method.md §4).
 
-The network of :mod:`patchmmd.cnn` (a ``k x k`` convolution to ``N`` channels, then ``depth - 1`` 1x1
+The network of :mod:`patchmmd.theory.cnn` (a ``k x k`` convolution to ``N`` channels, then ``depth - 1`` 1x1
 convolutions, a ReLU after each, Gaussian weights of variance ``sigma_w2 / fan_in``, Gaussian biases of
 variance ``sigma_b2``) maps the patch ``p`` at each pixel to a feature vector ``Φ(p)``. As ``N -> ∞`` the
 empirical kernel ``(1/N) <Φ(p), Φ(q)>`` converges to the NNGP kernel, computed by the recursion::
@@ -12,7 +12,7 @@ empirical kernel ``(1/N) <Φ(p), Φ(q)>`` converges to the NNGP kernel, computed
 
 with ``κ₁(c) = (√(1 - c²) + (π - arccos c) c) / π`` (``E[ReLU(u) ReLU(v)]`` for a centred Gaussian pair).
 Without biases it has the closed form ``k = (σ_w²/2)^L (‖p‖‖q‖ / d) κ₁^{∘L}(cos∠(p, q))``: for He scaling
-(``σ_w² = 2``) the ``(‖p‖‖q‖/d) κ₁^{∘L}`` of method.md §4. First-layer variants:
+(``σ_w² = 2``) the ``(‖p‖‖q‖/d) κ₁^{∘L}`` of docs/method.md §4. First-layer variants:
 
 * ``"he"``: the kernel on the raw patches;
 * ``"zero_mean"``: first-layer filters made zero-mean per colour channel, so ``w·p = w·Πp``: the same
@@ -26,7 +26,7 @@ its own derivative ``(π - arccos c) / π`` (finite at ``c = ±1``, where autogr
 finite gradients.
 
 The distance :class:`InfiniteCNNDistance` is the windowed V-statistic MMD² of this kernel, computed by the
-exact, memory-bounded window machinery of :mod:`patchmmd.mmd`; with ``pooling=None`` it is the aligned
+exact, memory-bounded window machinery of :mod:`patchmmd.core.mmd`; with ``pooling=None`` it is the aligned
 distance ``mean_u [k(p_u, p_u) + k(q_u, q_u) - 2 k(p_u, q_u)]``.
 """
 
@@ -39,7 +39,10 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ._checks import (
+from ..core.kernels import _checkpointed
+from ..core.mmd import windowed_mmd2_exact
+from ..core.patches import extract_patches, window_grid
+from ..core.validation import (
     OutOfRange,
     Reduction,
     check_nonnegative_float,
@@ -51,9 +54,6 @@ from ._checks import (
     prepare_pair,
     reduce,
 )
-from .kernels import _checkpointed
-from .mmd import windowed_mmd2_exact
-from .patches import extract_patches, window_grid
 
 FirstLayer = Literal["he", "zero_mean", "patch_norm"]
 FIRST_LAYERS = ("he", "zero_mean", "patch_norm")
@@ -207,7 +207,7 @@ def nngp_kernel(
 ) -> torch.Tensor:
     """The NNGP (arc-cosine) kernel matrix of the random ReLU CNN between two sets of patch vectors.
 
-    The limit of ``(1/N) <Φ(p), Φ(q)>`` for the network of :class:`patchmmd.cnn.RandomCNNDistance` with
+    The limit of ``(1/N) <Φ(p), Φ(q)>`` for the network of :class:`patchmmd.theory.cnn.RandomCNNDistance` with
     ``depth`` ReLU layers (see the module docstring for the recursion and the closed form).
 
     Args:
@@ -241,7 +241,7 @@ def nngp_kernel(
 
 
 class NNGPKernel:
-    """The NNGP kernel as a :class:`patchmmd.kernels.Kernel` (``matrix`` and ``paired``).
+    """The NNGP kernel as a :class:`patchmmd.core.kernels.Kernel` (``matrix`` and ``paired``).
 
     Example:
         >>> k = NNGPKernel(depth=2)
@@ -301,7 +301,7 @@ def check_pooling(pooling: object) -> Pooling:
 
 
 def _pool_window(pooling: Pooling) -> tuple[int | None, int]:
-    """``(window, stride)`` for :func:`patchmmd.patches.window_grid`; ``None`` window is global."""
+    """``(window, stride)`` for :func:`patchmmd.core.patches.window_grid`; ``None`` window is global."""
     if pooling == "global":
         return None, 1
     assert isinstance(pooling, tuple)
@@ -334,7 +334,7 @@ def infinite_cnn_distance(
 
     The windowed V-statistic MMD² between the patch sets of ``x`` and ``y`` with :func:`nngp_kernel`,
     averaged over the windows of ``pooling = (window, stride)`` (``"global"``: one window; ``None``: the
-    aligned distance). The width-``N`` network distance of :class:`patchmmd.cnn.RandomCNNDistance` with the
+    aligned distance). The width-``N`` network distance of :class:`patchmmd.theory.cnn.RandomCNNDistance` with the
     same options converges to it with error ``O(N^-1/2)``. Exact (every kernel value), memory-bounded.
 
     Example:

@@ -5,7 +5,7 @@ A kernel here is any object with two methods:
 * ``matrix(a, b)``: ``(B, n, d), (B, m, d) -> (B, n, m)``, all pairs within each batch entry;
 * ``paired(a, b)``: ``(..., d), (..., d) -> (...)``, element by element (for aligned distances).
 
-:class:`GaussianKernel` is the kernel of MMD++ (method.md §2). The theory module adds the arc-cosine
+:class:`GaussianKernel` is the kernel of MMD++ (docs/method.md §2). The theory module adds the arc-cosine
 (NNGP) kernel of infinitely wide random ReLU networks in the same form, so both run through the same
 window machinery.
 """
@@ -41,7 +41,7 @@ def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def gaussian_bandwidth(sigma: float, patch_size: int) -> float:
-    """The bandwidth ``s = sigma * k^2`` of method.md §2 (``sigma`` per pixel, on the [-1, 1] scale)."""
+    """The bandwidth ``s = sigma * k^2`` of docs/method.md §2 (``sigma`` per pixel, on the [-1, 1] scale)."""
     return sigma * patch_size * patch_size
 
 

@@ -1,7 +1,7 @@
-"""Registration of the theory module's distances (random and infinite CNNs, VGG16) in :mod:`patchmmd.registry`.
+"""Registration of the theory module's distances (random and infinite CNNs, VGG16) in :mod:`patchmmd.metrics.registry`.
 
 Metrics take ``[0, 1]`` images ``(N, C, H, W)`` and return ``(N,)`` distances. The random-CNN and
-infinite-CNN metrics apply the scale rule of the default MMD++ (:mod:`patchmmd.scale`, the levels of
+infinite-CNN metrics apply the scale rule of the default MMD++ (:mod:`patchmmd.core.scale`, the levels of
 ``get_config("default").levels(H, W)``): a 768x512 photo is box-downsampled to the rule's working
 resolution (and pyramid levels, averaged with the rule's weights) before the network sees it, as MMD++
 does; a 64x64 crop is used as is. Pass ``scale_rule=False`` for native resolution. The VGG metrics run at native
@@ -9,7 +9,7 @@ resolution by default (as LPIPS does); ``scale_rule=True`` applies the same rule
 
 Example:
     >>> import torch
-    >>> from patchmmd.registry import get_metric
+    >>> from patchmmd.metrics.registry import get_metric
     >>> x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     >>> float(get_metric("infinite-cnn", depth=1)(x, x))
     0.0
@@ -21,11 +21,11 @@ from collections.abc import Callable
 
 import torch
 
-from .cnn import RandomCNNDistance, VGGDistance
-from .mmdpp import get_config
-from .nngp import InfiniteCNNDistance
+from ..core.mmdpp import get_config
+from ..core.scale import downsample
+from ..theory.cnn import RandomCNNDistance, VGGDistance
+from ..theory.nngp import InfiniteCNNDistance
 from .registry import Metric, register
-from .scale import downsample
 
 
 def with_scale_rule(metric: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], enabled: bool = True) -> Metric:

@@ -3,7 +3,7 @@
 MMD++'s constants (3x3 patches, 32x32 windows, the kernel widths) were tuned on 64x64 crops (BAPPS). A
 3x3 patch of a 768x512 photograph sees a far smaller part of the scene than a 3x3 patch of a 64x64 crop,
 so the same formula applied at native resolution mostly measures pixel-level noise and ranks human
-judgments poorly (method.md §3). The rule, applied identically to both images:
+judgments poorly (docs/method.md §3). The rule, applied identically to both images:
 
 1. **Working resolution.** Box-downsample by the integer factor ``f = max(1, round(min(H, W) / base_size))``
    (the form of the reference SSIM code's rule, there with 256), so that an image is looked at with about

@@ -75,7 +75,7 @@ class Evaluator:
     def __init__(
         self, distances: Sequence[str] = DEFAULT_DISTANCES, *, vgg_weights: str | os.PathLike[str] | None = None
     ) -> None:
-        from ..registry import get_metric
+        from ..metrics.registry import get_metric
 
         names = list(distances)
         if vgg_weights is not None and "vgg" not in names:

@@ -61,7 +61,7 @@ from typing import Any
 
 import torch
 
-from .io import IMAGE_SUFFIXES, ImageMode, ImageReadError, load_image
+from ..io import IMAGE_SUFFIXES, ImageMode, ImageReadError, load_image
 
 JOURNAL_FORMAT = "patchmmd-score-journal"
 JOURNAL_VERSION = 1
@@ -561,11 +561,11 @@ def run_tasks(
     which the metric fails gets a row with an empty value and the error, and the job goes on.
 
     Args:
-        metric: a name in :mod:`patchmmd.registry`; ``options`` go to its factory.
+        metric: a name in :mod:`patchmmd.metrics.registry`; ``options`` go to its factory.
         progress: called with the number of tasks finished after each batch (e.g. ``tqdm.update``).
         after_batch: called after each durable batch (tests use it to slow a job down).
     """
-    from .registry import get_metric
+    from ..metrics.registry import get_metric
 
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")

@@ -1,4 +1,4 @@
-"""Aligned (position-by-position) terms of MMD++ (method.md §3).
+"""Aligned (position-by-position) terms of MMD++ (docs/method.md §3).
 
 The windowed MMD is invariant to moving patches around inside a window and, with Π, blind to each
 channel's patch mean. Two aligned terms restore what it lacks:
@@ -17,7 +17,9 @@ from collections.abc import Sequence
 
 import torch
 
-from ._checks import (
+from .kernels import gaussian_bandwidth
+from .patches import box_mean
+from .validation import (
     OutOfRange,
     Reduction,
     check_patch_size,
@@ -26,8 +28,6 @@ from ._checks import (
     prepare_pair,
     reduce,
 )
-from .kernels import gaussian_bandwidth
-from .patches import box_mean
 
 
 def local_map(x: torch.Tensor, y: torch.Tensor, *, patch_size: int, sigma: float) -> torch.Tensor:

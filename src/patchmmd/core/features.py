@@ -1,4 +1,4 @@
-"""Random Fourier features of the centred Gaussian patch kernel (method.md §2), drawn from a seed.
+"""Random Fourier features of the centred Gaussian patch kernel (docs/method.md §2), drawn from a seed.
 
 For filters ``w_j ~ N(0, Π / s^2)`` (zero-mean per channel, which applies Π exactly) and phases
 ``b_j ~ U[0, 2π)``, ``E[2 cos(w.p + b) cos(w.q + b)] = exp(-||Π(p - q)||^2 / (2 s^2))``. Averaging

@@ -1,6 +1,6 @@
 """Perceptual distances of CNNs with random (never trained) filters, and the pretrained-VGG16 comparison.
 
-Two networks (method.md §4 and the seed paper's §1.2):
+Two networks (docs/method.md §4 and the seed paper's §1.2):
 
 * :class:`RandomCNNDistance`: a ``k x k`` convolution to ``width`` channels, then ``depth - 1`` 1x1
   convolutions ``width -> width``, a ReLU after each; weights i.i.d. Gaussian of variance
@@ -8,7 +8,7 @@ Two networks (method.md §4 and the seed paper's §1.2):
   padding. The features at pixel ``u`` are ``Φ(P_u(x))``, a function of the patch at ``u`` only. The
   distance is ``(1/N) ‖pooled F(x) - pooled F(y)‖²`` averaged over the pooling windows, which is exactly
   the windowed V-statistic MMD² of the patch sets with the empirical kernel ``(1/N) <Φ(p), Φ(q)>`` and
-  converges to :func:`patchmmd.nngp.infinite_cnn_distance` as the width grows.
+  converges to :func:`patchmmd.theory.nngp.infinite_cnn_distance` as the width grows.
 * :class:`VGGDistance`: a VGG16 trunk (13 3x3 convolutions, ReLU, 2x2 max pooling) compared at the usual
   taps ``relu1_2, relu2_2, relu3_3, relu4_3, relu5_3``, either with random He-initialised filters (the
   first layer's optionally made zero-mean) or with pretrained VGG16 weights read from a local file in
@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import (
+from ..core.patches import reflect_pad, window_grid
+from ..core.validation import (
     OutOfRange,
     Reduction,
     check_nonnegative_float,
@@ -46,14 +47,13 @@ from ._checks import (
     reduce,
 )
 from .nngp import FIRST_LAYERS, PATCH_NORM_EPS, FirstLayer, Pooling, _pool_window, check_pooling
-from .patches import reflect_pad, window_grid
 
 #: One layer: convolution weight ``(out, in, k, k)`` and bias ``(out,)`` or ``None``.
 Layer = tuple[torch.Tensor, "torch.Tensor | None"]
 
 
 # ----------------------------------------------------------------------------------------------------
-# The random CNN of method.md §4
+# The random CNN of docs/method.md §4
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -156,7 +156,7 @@ class _WeightCache:
 
 
 class RandomCNNDistance(nn.Module):
-    """The perceptual distance of a random-filter CNN (method.md §4): ``(1/N) ‖pool F(x) - pool F(y)‖²``.
+    """The perceptual distance of a random-filter CNN (docs/method.md §4): ``(1/N) ‖pool F(x) - pool F(y)‖²``.
 
     Args:
         width: channels ``N`` of every layer.
@@ -174,7 +174,7 @@ class RandomCNNDistance(nn.Module):
         reduction: ``"none"`` (default) gives ``(N,)``; ``"mean"`` / ``"sum"`` a scalar.
 
     The value equals the windowed V-statistic MMD² with the empirical kernel ``(1/N) <Φ(p), Φ(q)>``
-    exactly, and tends to :class:`patchmmd.nngp.InfiniteCNNDistance` (same options) as ``width -> ∞``.
+    exactly, and tends to :class:`patchmmd.theory.nngp.InfiniteCNNDistance` (same options) as ``width -> ∞``.
 
     Example:
         >>> x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))

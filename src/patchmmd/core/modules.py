@@ -11,18 +11,18 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ._checks import OutOfRange, Reduction, check_reduction, check_value_range
 from .features import FeatureKind
 from .mmd import DEFAULT_NUM_FEATURES, Estimator, check_mmd_options, patch_mmd
 from .mmdpp import MMDPPConfig, MMDPPTarget, distance_map, get_config, mmdpp, precompute_target
+from .validation import OutOfRange, Reduction, check_reduction, check_value_range
 
 
 class MMDPP(nn.Module):
     """MMD++ as a loss / metric module: ``MMDPP(**options)(x, y) == mmdpp(x, y, **options)``.
 
     Args:
-        preset: ``"default"`` or ``"followup"`` (see :mod:`patchmmd.mmdpp`), or an :class:`MMDPPConfig`.
-        value_range, out_of_range: as in :func:`patchmmd.mmdpp`.
+        preset: ``"default"`` or ``"followup"`` (see :mod:`patchmmd.core.mmdpp`), or an :class:`MMDPPConfig`.
+        value_range, out_of_range: as in :func:`patchmmd.core.mmdpp`.
         reduction: ``"mean"`` by default, as for PyTorch loss modules; ``"none"`` gives ``(N,)``.
         **options: :class:`MMDPPConfig` fields overriding the preset.
 
@@ -63,7 +63,7 @@ class MMDPP(nn.Module):
 
     def precompute_target(self, y: torch.Tensor) -> MMDPPTarget:
         """Precompute a fixed ``y`` once: ``self(x, self.precompute_target(y)) == self(x, y)``, with half
-        the random-feature work per call (see :func:`patchmmd.mmdpp.precompute_target`)."""
+        the random-feature work per call (see :func:`patchmmd.core.mmdpp.precompute_target`)."""
         return precompute_target(y, preset=self.config, value_range=self.value_range,
                                  out_of_range=self.out_of_range)
 

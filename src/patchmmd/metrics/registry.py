@@ -8,7 +8,7 @@ Modules register their metrics with :func:`register`; the built-in modules liste
 :data:`BUILTIN_MODULES` are imported on the first lookup, so importing :mod:`patchmmd` stays light.
 
 Example:
-    >>> from patchmmd.registry import get_metric, metric_names
+    >>> from patchmmd.metrics.registry import get_metric, metric_names
     >>> "mmdpp" in metric_names()
     True
     >>> import torch
@@ -26,10 +26,12 @@ from dataclasses import dataclass
 import torch
 
 Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``(x, y) -> (N, 1, H, W)``: where two image batches differ (its mean over pixels is the metric's value).
+MapMetric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 #: Modules whose import registers metrics. Each must import without optional dependencies; a metric
 #: needing one raises a clear ``ImportError`` when it is built, not when it is registered.
-BUILTIN_MODULES: list[str] = ["patchmmd.metrics", "patchmmd.theory_metrics", "patchmmd.baselines"]
+BUILTIN_MODULES: list[str] = ["patchmmd.metrics.builtin", "patchmmd.metrics.theory", "patchmmd.metrics.baselines"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,14 @@ class MetricSpec:
     description: str
     higher_is_better: bool = False
     group: str = "patchmmd"
+    #: Gradients flow to both inputs (the metric can be a training loss).
+    differentiable: bool = True
+    #: Builds the metric's spatial map with the same options (``None``: the metric has no map).
+    map_factory: Callable[..., MapMetric] | None = None
+
+    @property
+    def has_map(self) -> bool:
+        return self.map_factory is not None
 
 
 _REGISTRY: dict[str, MetricSpec] = {}
@@ -48,14 +58,20 @@ _loaded = False
 
 
 def register(
-    name: str, description: str, *, higher_is_better: bool = False, group: str = "patchmmd"
+    name: str,
+    description: str,
+    *,
+    higher_is_better: bool = False,
+    group: str = "patchmmd",
+    differentiable: bool = True,
+    map_factory: Callable[..., MapMetric] | None = None,
 ) -> Callable[[Callable[..., Metric]], Callable[..., Metric]]:
-    """Decorator registering ``factory(**options) -> metric`` under ``name``."""
+    """Decorator registering ``factory(**options) -> metric`` under ``name``, with its capabilities."""
 
     def deco(factory: Callable[..., Metric]) -> Callable[..., Metric]:
         if name in _REGISTRY:
             raise ValueError(f"metric {name!r} is already registered")
-        _REGISTRY[name] = MetricSpec(name, factory, description, higher_is_better, group)
+        _REGISTRY[name] = MetricSpec(name, factory, description, higher_is_better, group, differentiable, map_factory)
         return factory
 
     return deco

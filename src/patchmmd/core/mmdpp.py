@@ -1,4 +1,4 @@
-"""MMD++: the library's perceptual distance (method.md §3) under a scale rule (:mod:`patchmmd.scale`).
+"""MMD++: the library's perceptual distance (docs/method.md §3) under a scale rule (:mod:`patchmmd.core.scale`).
 
 At each level of the scale rule::
 
@@ -9,7 +9,7 @@ with the follow-up study's weights ``w_l2 = 0.001``, ``w_local = 0.05`` and ``w_
 their fixed weights. Two presets:
 
 * ``"default"``: the library's distance: the scale rule on, RFF estimator with orthogonal features.
-* ``"followup"``: the follow-up study's MMD++ exactly as method.md §3 defines it: native resolution,
+* ``"followup"``: the follow-up study's MMD++ exactly as docs/method.md §3 defines it: native resolution,
   512 i.i.d. random Fourier features, its weights (deterministic under ``seed``, where that code redrew
   its features at every call).
 
@@ -24,7 +24,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._checks import (
+from .aligned import l2_map, local_map
+from .features import FeatureKind
+from .mmd import Estimator, check_mmd_options, target_window_means, windowed_mmd2
+from .scale import Level, downsample, pyramid_levels, upsample_map
+from .validation import (
     OutOfRange,
     Reduction,
     check_nonnegative_float,
@@ -35,15 +39,11 @@ from ._checks import (
     prepare_pair,
     reduce,
 )
-from .aligned import l2_map, local_map
-from .features import FeatureKind
-from .mmd import Estimator, check_mmd_options, target_window_means, windowed_mmd2
-from .scale import Level, downsample, pyramid_levels, upsample_map
 
 
 @dataclass(frozen=True)
 class MMDPPConfig:
-    """All options of MMD++ (see :mod:`patchmmd.mmdpp`); presets are instances of it."""
+    """All options of MMD++ (see :mod:`patchmmd.core.mmdpp`); presets are instances of it."""
 
     patch_size: int = 3
     sigma: float = 0.06

@@ -1,4 +1,4 @@
-"""Baseline metrics for the evaluation harness, registered in :mod:`patchmmd.registry` (group ``"baselines"``).
+"""Baseline metrics for the evaluation harness, registered in :mod:`patchmmd.metrics.registry` (group ``"baselines"``).
 
 ===================  ===========================================================  =================
 name                 what                                                         direction
@@ -35,7 +35,7 @@ This module imports without pytorch-msssim; the SSIM metrics import it when buil
 
 Example:
     >>> import torch
-    >>> from patchmmd.registry import get_metric, get_spec
+    >>> from patchmmd.metrics.registry import get_metric, get_spec
     >>> x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     >>> get_metric("psnr")(x, x.clamp(0.1, 0.9)).shape
     torch.Size([2])
@@ -44,7 +44,7 @@ Example:
     >>> get_metric("lpips-alex")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    patchmmd.baselines.WeightsError: metric 'lpips-alex' needs backbone=PATH: ...
+    patchmmd.metrics.baselines.WeightsError: metric 'lpips-alex' needs backbone=PATH: ...
 """
 
 from __future__ import annotations
@@ -222,7 +222,7 @@ def load_weights(path: str | os.PathLike[str] | None, what: str, metric: str, op
         >>> load_weights(None, "trunk", "lpips-alex", "backbone")
         Traceback (most recent call last):
         ...
-        patchmmd.baselines.WeightsError: metric 'lpips-alex' needs backbone=PATH: trunk
+        patchmmd.metrics.baselines.WeightsError: metric 'lpips-alex' needs backbone=PATH: trunk
     """
     if path is None or str(path) == "":
         raise WeightsError(f"metric {metric!r} needs {option}=PATH: {what}")

@@ -1,7 +1,7 @@
 """Readers for human-judgment datasets, yielding images in the library's conventions ((C, H, W), [0, 1]).
 
 * :class:`BAPPS2AFC`: BAPPS two-alternative forced choice triplets,
-  ``2afc/{train,val}/<subset>/{ref,p0,p1,judge}/NNNNNN.{png,npy}`` (method.md §5).
+  ``2afc/{train,val}/<subset>/{ref,p0,p1,judge}/NNNNNN.{png,npy}`` (docs/method.md §5).
 * :class:`BAPPSJND`: BAPPS just-noticeable-difference pairs, ``jnd/val/<subset>/{p0,p1,same}/``.
 * :class:`MOSDataset`: any full-reference MOS/DMOS dataset given as a CSV of reference path, distorted path
   and score (e.g. ``shared/data/live-dev/labels.csv``).
@@ -46,7 +46,7 @@ from typing import ClassVar, NamedTuple
 import numpy as np
 import torch
 
-from .io import IMAGE_SUFFIXES, ImageMode, load_image
+from ..io import IMAGE_SUFFIXES, ImageMode, load_image
 
 __all__ = [
     "BAPPS2AFC",

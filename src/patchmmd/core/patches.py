@@ -1,4 +1,4 @@
-"""Patches and windows: the sets of vectors that the MMD compares (method.md §1-2).
+"""Patches and windows: the sets of vectors that the MMD compares (docs/method.md §1-2).
 
 * ``P_u(x)``: the ``k x k x C`` patch centred on pixel ``u``, with reflect padding at the borders, so an
   ``H x W`` image has ``H * W`` patches, flattened channel-major to vectors of dimension ``d = C k^2``.
