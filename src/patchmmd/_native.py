@@ -575,11 +575,15 @@ def _load() -> NativeKernels | None:
             if data is not None:
                 nk = _kernels_from(data, dfd, folder, name)
                 if refused:
-                    _warn(refused, "continuing")
+                    _warn(refused, "the compiled kernels are in use")
                 return nk
-        except (_Untrusted, _Broken) as e:
-            (refused if isinstance(e, _Untrusted) else problems).append(str(e))
-            _discard(dfd, name)
+        except (_Untrusted, _Broken, OSError) as e:
+            reason = str(e) if not isinstance(e, OSError) else f"the cached library {folder / name} is unreadable ({e})"
+            (refused if isinstance(e, _Untrusted) else problems).append(reason)
+            try:
+                _discard(dfd, name)
+            except OSError:
+                pass
         for arch in (["-march=native"], []):  # rebuild once; without -march=native if that fails
             data = _compile(cc, arch)
             if data is None:
@@ -595,7 +599,7 @@ def _load() -> NativeKernels | None:
                 except OSError as e:
                     problems.append(f"could not cache it in {folder} ({e})")
             if refused:
-                _warn(refused, "continuing")
+                _warn(refused, "the compiled kernels are in use")
             return nk
         if refused or problems:
             _warn([*refused, *problems], "using PyTorch")
