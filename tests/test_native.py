@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
+import json
 import math
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -144,6 +155,253 @@ def test_compiles_into_an_empty_cache_folder(monkeypatch, tmp_path):
     try:
         nk = _native.kernels()
         assert nk is not None and nk.path.parent == tmp_path / "cache"
-        assert [p.name for p in (tmp_path / "cache").iterdir()] == [nk.path.name]
+        # The library and its record, nothing else (no temporary files, no private copies left behind).
+        assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [nk.path.name, nk.path.name + ".json"]
+        assert stat.S_IMODE((tmp_path / "cache").stat().st_mode) == 0o700
+        record = json.loads(nk.path.with_name(nk.path.name + ".json").read_text())
+        data = nk.path.read_bytes()
+        assert record["size"] == len(data) and record["sha256"] == hashlib.sha256(data).hexdigest()
     finally:
         _native._load.cache_clear()
+
+
+# The kernel cache: what is loaded is only what this process can tell it built (see the docstring of _native).
+
+PLANTED_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+__attribute__((constructor)) static void planted(void) {
+    const char *p = getenv("PATCHMMD_TEST_MARKER");
+    if (p) { FILE *f = fopen(p, "w"); if (f) { fputs("planted code ran", f); fclose(f); } }
+}
+void rff_block_sums(void) {}
+void rff_grad_image(void) {}
+"""
+
+
+def _build_c(folder: Path, source: str) -> bytes:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "lib.c").write_text(source)
+    subprocess.run([_native._compiler(), "-shared", "-fPIC", str(folder / "lib.c"), "-o", str(folder / "lib.so")],
+                   check=True, capture_output=True)
+    return (folder / "lib.so").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def good_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """One good cache folder (library and record) for the cache tests to copy: (folder, library name)."""
+    if _native.kernels() is None:
+        pytest.skip("no C compiler: the PyTorch path is used")
+    folder = tmp_path_factory.mktemp("good") / "cache"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PATCHMMD_CACHE_DIR", str(folder))
+        _native._load.cache_clear()
+        try:
+            nk = _native.kernels()
+        finally:
+            _native._load.cache_clear()
+    assert nk is not None
+    return folder, nk.path.name
+
+
+@pytest.fixture(scope="module")
+def planted_library(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """A library with the kernel symbols whose constructor writes ``$PATCHMMD_TEST_MARKER`` (checked here)."""
+    if _native._compiler() is None:
+        pytest.skip("no C compiler")
+    folder = tmp_path_factory.mktemp("planted")
+    data = _build_c(folder, PLANTED_C)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PATCHMMD_TEST_MARKER", str(folder / "marker"))
+        ctypes.CDLL(str(folder / "lib.so"))
+    assert (folder / "marker").exists()  # loading it runs its code: the tests below must never see this
+    return data
+
+
+def _copy_cache(good_build: tuple[Path, str], dest: Path) -> tuple[Path, Path]:
+    """A copy of the good cache folder: (library, record) paths in it."""
+    shutil.copytree(good_build[0], dest)
+    lib = dest / good_build[1]
+    return lib, lib.with_name(lib.name + ".json")
+
+
+def _replace(lib: Path, data: bytes, record: str) -> None:
+    """Put ``data`` in place of the cached library; ``record``: "stale" (keep), "matching" (rewrite it to
+    match ``data``, as if we had written it) or "none" (delete it)."""
+    lib.write_bytes(data)
+    rec = lib.with_name(lib.name + ".json")
+    if record == "none":
+        rec.unlink(missing_ok=True)
+    elif record == "matching":
+        fields = json.loads(rec.read_text()) if rec.exists() else {}
+        fields.update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+        rec.write_text(json.dumps(fields))
+
+
+def _load_from(monkeypatch: pytest.MonkeyPatch, folder: Path) -> _native.NativeKernels | None:
+    monkeypatch.setenv("PATCHMMD_CACHE_DIR", str(folder))
+    _native._load.cache_clear()
+    try:
+        return _native.kernels()
+    finally:
+        _native._load.cache_clear()
+
+
+def _assert_good(lib: Path) -> None:
+    """The cached library is a build of ours again: it matches its record and has the kernels."""
+    data = lib.read_bytes()
+    record = json.loads(lib.with_name(lib.name + ".json").read_text())
+    assert record["size"] == len(data) and record["sha256"] == hashlib.sha256(data).hexdigest()
+    assert b"rff_block_sums" in data and b"rff_grad_image" in data
+    assert lib.stat().st_uid == os.geteuid()
+
+
+def test_truncated_cached_library_is_rebuilt_in_a_fresh_process(good_build, tmp_path):
+    """A truncated library used to crash every process with a bus error (run in a child process)."""
+    lib, _ = _copy_cache(good_build, tmp_path / "cache")
+    data = lib.read_bytes()
+    lib.write_bytes(data[: len(data) // 2])
+    env = {**os.environ, "PATCHMMD_CACHE_DIR": str(tmp_path / "cache"),
+           "PYTHONPATH": os.pathsep.join([str(Path(patchmmd.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    code = "from patchmmd import _native; print('kernels:', _native.kernels() is not None)"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "kernels: True" in done.stdout
+    _assert_good(lib)
+
+
+def test_cached_library_without_the_kernels_is_rebuilt(good_build, tmp_path, monkeypatch):
+    lib, _ = _copy_cache(good_build, tmp_path / "cache")
+    _replace(lib, _build_c(tmp_path / "other", "int not_the_kernels(void) { return 1; }\n"), "matching")
+    nk = _load_from(monkeypatch, tmp_path / "cache")
+    assert nk is not None and nk.path == lib
+    _assert_good(lib)
+
+
+@pytest.mark.parametrize("record", ["stale", "matching"])
+@pytest.mark.parametrize("content", [b"", b"\x7fELF not a library " * 64], ids=["empty", "garbage"])
+def test_empty_or_garbage_cached_file_is_rebuilt(good_build, tmp_path, monkeypatch, content, record):
+    lib, _ = _copy_cache(good_build, tmp_path / "cache")
+    _replace(lib, content, record)
+    nk = _load_from(monkeypatch, tmp_path / "cache")
+    assert nk is not None and nk.path == lib
+    _assert_good(lib)
+
+
+def test_damaged_cache_that_cannot_be_rebuilt_warns_once_and_uses_pytorch(good_build, tmp_path, monkeypatch):
+    lib, _ = _copy_cache(good_build, tmp_path / "cache")
+    _replace(lib, b"garbage" * 100, "stale")
+    monkeypatch.setattr(_native, "_compile", lambda cc, arch: None)
+    with pytest.warns(RuntimeWarning, match="does not match its record") as caught:
+        assert _load_from(monkeypatch, tmp_path / "cache") is None
+    assert len([w for w in caught if "patchmmd" in str(w.message)]) == 1
+    assert list((tmp_path / "cache").iterdir()) == []  # the damaged file is gone, nothing else was cached
+
+
+@needs_native
+def test_compiler_that_writes_nothing_leaves_nothing_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("CC", "/bin/true")
+    (tmp_path / "cache").mkdir(mode=0o700)
+    with pytest.warns(RuntimeWarning, match="empty"):
+        assert _load_from(monkeypatch, tmp_path / "cache") is None
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+@pytest.mark.parametrize("record", ["stale", "none"])
+def test_planted_library_whose_record_does_not_match_is_never_loaded(good_build, planted_library, tmp_path,
+                                                                     monkeypatch, record):
+    lib, _ = _copy_cache(good_build, tmp_path / "cache")
+    _replace(lib, planted_library, record)
+    monkeypatch.setenv("PATCHMMD_TEST_MARKER", str(tmp_path / "marker"))
+    nk = _load_from(monkeypatch, tmp_path / "cache")
+    assert not (tmp_path / "marker").exists()
+    assert nk is not None
+    _assert_good(lib)
+
+
+def test_shared_cache_folder_is_refused(good_build, planted_library, tmp_path, monkeypatch):
+    """``$PATCHMMD_CACHE_DIR`` writable by others: not used (not even to read), a private folder instead."""
+    lib, _ = _copy_cache(good_build, tmp_path / "shared")
+    _replace(lib, planted_library, "matching")
+    os.chmod(tmp_path / "shared", 0o777)
+    before = sorted(p.name for p in (tmp_path / "shared").iterdir())
+    monkeypatch.setenv("PATCHMMD_TEST_MARKER", str(tmp_path / "marker"))
+    with pytest.warns(RuntimeWarning, match="writable by group or others.*private temporary folder"):
+        nk = _load_from(monkeypatch, tmp_path / "shared")
+    assert not (tmp_path / "marker").exists()
+    assert nk is not None and nk.path.parent != tmp_path / "shared"
+    assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == before
+    assert lib.read_bytes() == planted_library
+
+
+def test_symlinked_cache_folder_is_refused(good_build, planted_library, tmp_path, monkeypatch):
+    lib, _ = _copy_cache(good_build, tmp_path / "real")
+    _replace(lib, planted_library, "matching")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    monkeypatch.setenv("PATCHMMD_TEST_MARKER", str(tmp_path / "marker"))
+    with pytest.warns(RuntimeWarning, match="symbolic link"):
+        nk = _load_from(monkeypatch, tmp_path / "link")
+    assert not (tmp_path / "marker").exists()
+    assert nk is not None and nk.path.parent not in (tmp_path / "real", tmp_path / "link")
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to chown to another user")
+def test_default_folders_planted_by_another_user_are_refused(good_build, tmp_path, monkeypatch):
+    """A shared ``$XDG_CACHE_HOME/patchmmd`` and a ``<tmp>/patchmmd-<uid>`` owned by someone else: neither is
+    used; the library is built in a private temporary folder, which is removed again."""
+    monkeypatch.delenv("PATCHMMD_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    shared = tmp_path / "xdg" / "patchmmd"
+    shared.mkdir(parents=True)
+    os.chmod(shared, 0o777)
+    planted = tmp_path / "tmp" / f"patchmmd-{os.getuid()}"
+    planted.mkdir(parents=True)
+    os.chown(planted, 65534, 65534)
+    _native._load.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match=r"(?s)writable by group or others.*owned by uid 65534"):
+            nk = _native.kernels()
+    finally:
+        _native._load.cache_clear()
+    assert nk is not None and nk.path.parent not in (shared, planted)
+    assert list(shared.iterdir()) == [] and list(planted.iterdir()) == []
+    assert sorted(p.name for p in (tmp_path / "tmp").iterdir()) == [planted.name]
+
+
+def test_unusable_cache_home_falls_back_to_the_next_folder_silently(tmp_path, monkeypatch, good_build):
+    """A cache home that cannot be created (a file in the way) is not a security problem: the next folder."""
+    monkeypatch.delenv("PATCHMMD_CACHE_DIR", raising=False)
+    (tmp_path / "xdg").write_text("not a folder")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    _native._load.cache_clear()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            nk = _native.kernels()
+    finally:
+        _native._load.cache_clear()
+    assert not [w for w in caught if "patchmmd" in str(w.message)]
+    assert nk is not None and nk.path.parent == tmp_path / "tmp" / f"patchmmd-{os.getuid()}"
+
+
+@pytest.mark.parametrize("how", ["writable", "owner"])
+def test_cached_file_writable_by_others_or_owned_by_another_user_is_refused(good_build, planted_library, tmp_path,
+                                                                            monkeypatch, how):
+    lib, _ = _copy_cache(good_build, tmp_path / "cache")
+    _replace(lib, planted_library, "matching")
+    if how == "owner":
+        if os.geteuid() != 0:
+            pytest.skip("needs root to chown to another user")
+        os.chown(lib, 65534, 65534)
+    else:
+        os.chmod(lib, 0o666)
+    monkeypatch.setenv("PATCHMMD_TEST_MARKER", str(tmp_path / "marker"))
+    with pytest.warns(RuntimeWarning, match="owned by uid 65534" if how == "owner" else "writable by group"):
+        nk = _load_from(monkeypatch, tmp_path / "cache")
+    assert not (tmp_path / "marker").exists()
+    assert nk is not None and nk.path == lib
+    _assert_good(lib)
+    assert stat.S_IMODE(lib.stat().st_mode) & 0o022 == 0

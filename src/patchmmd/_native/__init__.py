@@ -7,12 +7,43 @@ sine/cosine and the block sums in registers, so nothing of size ``features x pix
 backward pass recomputes the angles instead of storing them.
 
 The source is compiled once per machine with the system C compiler (``$CC``, else ``cc``/``gcc``/``clang``)
-into a cache folder (``$PATCHMMD_CACHE_DIR``, else ``$XDG_CACHE_HOME/patchmmd`` or ``~/.cache/patchmmd``),
-and loaded with :mod:`ctypes`. Without a compiler, or with ``PATCHMMD_NATIVE=0``, or if the compiled
-kernels fail a self-check against PyTorch on load, :func:`kernels` returns ``None`` and the estimator
-uses its PyTorch path (same numbers to float32 rounding, slower). Only float32 CPU tensors take this path;
-float64 (exact checks, ``gradcheck``) and GPU tensors always use PyTorch. Work is split over
-``torch.get_num_threads()`` threads (``ctypes`` releases the GIL); results do not depend on the split.
+into a cache folder (``$PATCHMMD_CACHE_DIR``, else ``$XDG_CACHE_HOME/patchmmd`` or ``~/.cache/patchmmd``,
+else ``<tmp>/patchmmd-<uid>``), and loaded with :mod:`ctypes`. Without a compiler, or with
+``PATCHMMD_NATIVE=0``, or if the compiled kernels fail a self-check against PyTorch, :func:`kernels` returns
+``None`` and the estimator uses its PyTorch path (same numbers to float32 rounding, slower). Only float32
+CPU tensors take this path; float64 (exact checks, ``gradcheck``) and GPU tensors always use PyTorch. Work
+is split over ``torch.get_num_threads()`` threads (``ctypes`` releases the GIL); results do not depend on
+the split.
+
+What is trusted. Loading a shared library runs its code, so a cached library is loaded only if this
+process can tell that it built it:
+
+- The cache folder must be a real folder (not a symbolic link), owned by the effective user, with no
+  group/other write bit; it is created with mode 0700. It is opened once (``O_NOFOLLOW``) and every file in
+  it is then reached through that descriptor (``openat``), so renaming or replacing the path afterwards
+  cannot redirect the loader. A folder that fails these checks (``$PATCHMMD_CACHE_DIR`` or
+  ``$XDG_CACHE_HOME`` pointing at a shared folder, a ``<tmp>/patchmmd-<uid>`` planted by another user) is
+  not used, with one :class:`RuntimeWarning` that says why; if no candidate folder is usable the library
+  is compiled into a private ``tempfile.mkdtemp`` folder for this process only (slower start, still fast).
+- Beside ``rff_kernels-<key>.so`` lies a record ``rff_kernels-<key>.so.json`` (size, SHA-256, source hash,
+  compiler, flags), written by this module only after the build passed its checks. Both are written to a
+  temporary name, ``fsync``-ed and renamed into place (then the folder is ``fsync``-ed), under an ``flock``
+  of the folder, so a crash or a concurrent process never leaves a half-written library that looks valid.
+  The files must be regular files (opened with ``O_NOFOLLOW``) owned by the user and not group/other
+  writable, and the library's bytes, read through that descriptor, must match the record.
+- The verified bytes, held in memory, are written to a fresh file (``O_EXCL``, mode 0700) in the same
+  folder and that copy is loaded: on Linux through ``/proc/self/fd/<folder descriptor>/<copy>``, elsewhere
+  through the folder's path after checking that it still names the opened folder. The copy is unlinked
+  once loaded. So what is loaded is exactly what was verified (no check-then-swap window), and it lies on
+  the same file system as the cache (a ``noexec`` ``/tmp`` does not matter).
+- Before it is used or cached a build must export the kernel symbols and pass :func:`_self_check`.
+
+A cached library that fails any of this (no record, truncated, garbage, zero bytes, missing symbols, a
+failed self-check) is deleted and rebuilt once; a folder or file with the wrong owner, mode or a symbolic
+link is also reported in the warning. If the rebuild fails too, one :class:`RuntimeWarning` says why and
+the PyTorch path is used. A build is compiled in a private temporary folder and is never cached unless it
+passed the checks. Platforms without ``O_NOFOLLOW``, ``openat`` and file owners (Windows) always use the
+PyTorch path.
 """
 
 from __future__ import annotations
@@ -20,10 +51,13 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import itertools
+import json
 import math
 import os
 import platform
+import secrets
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -64,6 +98,22 @@ def sincos_coefficients() -> tuple[torch.Tensor, torch.Tensor]:
     return pc.float().contiguous(), ps.float().contiguous()
 
 
+#: The library's entry points: a build that lacks one is not used.
+SYMBOLS = ("rff_block_sums", "rff_grad_image")
+_SUFFIX = ".dll" if sys.platform == "win32" else ".so"
+#: Layout version of the record written beside a cached library.
+_RECORD_FORMAT = 1
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+class _Untrusted(Exception):
+    """A cache folder or file that must not be loaded from: wrong owner, writable by others, a symbolic link."""
+
+
+class _Broken(Exception):
+    """A library that does not match its record, cannot be loaded, lacks the kernels or fails the self-check."""
+
+
 def _compiler() -> str | None:
     for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
         if name and shutil.which(name):
@@ -72,7 +122,8 @@ def _compiler() -> str | None:
 
 
 def _cache_dirs() -> list[Path]:
-    """Where the compiled library may live, in order of preference (the first writable one is used)."""
+    """Where the compiled library may live, in order of preference: the first that can be created and passes
+    :func:`_open_private_dir` is used (if none does, a private temporary folder for this process)."""
     root = os.environ.get("PATCHMMD_CACHE_DIR")
     if root:
         return [Path(root)]
@@ -80,6 +131,14 @@ def _cache_dirs() -> list[Path]:
     uid = os.getuid() if hasattr(os, "getuid") else "user"
     home = (Path(xdg) if xdg else Path.home() / ".cache") / "patchmmd"
     return [home, Path(tempfile.gettempdir()) / f"patchmmd-{uid}"]
+
+
+def _secure_fs() -> bool:
+    """Whether this platform lets the loader check what it loads without races (``O_NOFOLLOW``, ``openat``
+    and friends, file owners): POSIX systems."""
+    return (hasattr(os, "O_NOFOLLOW") and hasattr(os, "geteuid") and os.open in os.supports_dir_fd
+            and os.rename in os.supports_dir_fd and os.unlink in os.supports_dir_fd
+            and os.stat in os.supports_dir_fd)
 
 
 def _cpu_signature() -> str:
@@ -93,25 +152,223 @@ def _cpu_signature() -> str:
         return platform.processor() + platform.machine()
 
 
-def _compile(cc: str, target: Path) -> bool:
-    """Compile to ``target`` (atomically: concurrent processes may race here). ``-march=native`` first,
-    then without it (compilers or targets that lack it)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    for arch in (["-march=native"], []):
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-        os.close(fd)
-        cmd = [cc, *FLAGS, *arch, str(SOURCE), "-o", tmp, "-lm"]
+def _cache_key(cc: str) -> str:
+    """What the build depends on (source, flags, compiler, CPU, platform), hashed: part of the file name."""
+    return hashlib.sha256(
+        b"\0".join([SOURCE.read_bytes(), " ".join(FLAGS).encode(), cc.encode(), _cpu_signature().encode(),
+                    sys.platform.encode(), platform.machine().encode()])
+    ).hexdigest()[:16]
+
+
+def _compile(cc: str, arch: list[str]) -> bytes | None:
+    """The library built from :data:`SOURCE` with ``FLAGS + arch``, or ``None`` if the compiler fails.
+
+    It is compiled in a fresh private folder (``tempfile.mkdtemp``, mode 0700) that nobody else can write to,
+    and returned as bytes (empty if the compiler claimed success but wrote nothing); the folder is removed.
+    """
+    build = tempfile.mkdtemp(prefix="patchmmd-build-")
+    try:
+        out = os.path.join(build, "rff_kernels" + _SUFFIX)
+        done = subprocess.run([cc, *FLAGS, *arch, str(SOURCE), "-o", out, "-lm"], capture_output=True, text=True,
+                              timeout=120)
+        if done.returncode != 0:
+            return None
         try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-            if done.returncode == 0:
-                os.replace(tmp, target)
-                return True
-        except (OSError, subprocess.SubprocessError):
-            pass
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    return False
+            fd = os.open(out, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | _CLOEXEC)
+        except FileNotFoundError:
+            return b""
+        with os.fdopen(fd, "rb") as f:
+            return f.read()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+
+
+def _check_private(st: os.stat_result, what: str, path: Path) -> None:
+    """Raise :class:`_Untrusted` unless ``st`` is owned by the effective user and not writable by others."""
+    if st.st_uid != os.geteuid():
+        raise _Untrusted(f"{what} {path} is owned by uid {st.st_uid}, not by this user (uid {os.geteuid()})")
+    if st.st_mode & 0o022:
+        raise _Untrusted(f"{what} {path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):o}; "
+                         "`chmod go-w` it if that is not intended)")
+
+
+def _open_private_dir(folder: Path) -> int:
+    """A descriptor of ``folder`` (created with mode 0700 if missing), only if it is a real folder (not a
+    symbolic link) owned by the effective user that no one else can write.
+
+    Raises :class:`_Untrusted` if it exists but fails these checks, :class:`OSError` if it cannot be made.
+    """
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(folder, 0o700)
+    except FileExistsError:
+        pass
+    if stat.S_ISLNK(os.lstat(folder).st_mode):
+        raise _Untrusted(f"the cache folder {folder} is a symbolic link")
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | os.O_NOFOLLOW | _CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISDIR(st.st_mode):
+            raise _Untrusted(f"the cache folder {folder} is not a folder")
+        _check_private(st, "the cache folder", folder)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@contextmanager
+def _locked(dfd: int, shared: bool = False) -> Iterator[None]:
+    """An advisory ``flock`` of the cache folder (shared to read, exclusive to write; none where unsupported),
+    so that a reader never pairs one process's library with another's record."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    try:
+        fcntl.flock(dfd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        held = True
+    except OSError:
+        held = False
+    try:
+        yield
+    finally:
+        if held:
+            fcntl.flock(dfd, fcntl.LOCK_UN)
+
+
+def _read_private(dfd: int, folder: Path, name: str) -> bytes:
+    """The bytes of ``name`` in the opened folder, read through one ``O_NOFOLLOW`` descriptor after checking
+    that it is a regular file owned by the user and not writable by others (:class:`FileNotFoundError` if
+    it is missing, :class:`_Untrusted` if it fails a check)."""
+    if stat.S_ISLNK(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode):
+        raise _Untrusted(f"the cached file {folder / name} is a symbolic link")
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | _CLOEXEC, dir_fd=dfd)
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _Untrusted(f"the cached file {folder / name} is not a regular file")
+        _check_private(st, "the cached file", folder / name)
+        return f.read()
+
+
+def _unlink(dfd: int, name: str) -> None:
+    try:
+        os.unlink(name, dir_fd=dfd)
+    except FileNotFoundError:
+        pass
+
+
+def _write_durably(dfd: int, name: str, data: bytes) -> None:
+    """Write ``name`` in the opened folder atomically and durably: a fresh temporary file (``O_EXCL``), ``fsync``,
+    rename into place, ``fsync`` of the folder."""
+    tmp = f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _CLOEXEC, 0o644, dir_fd=dfd)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+    except BaseException:
+        _unlink(dfd, tmp)
+        raise
+    try:
+        os.fsync(dfd)
+    except OSError:  # some file systems cannot fsync a folder; the rename is still atomic
+        pass
+
+
+def _record(key: str, cc: str, arch: list[str], data: bytes) -> dict:
+    """What we built: stored beside the library, and the library is trusted only if its bytes match it."""
+    return {"format": _RECORD_FORMAT, "key": key, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+            "source_sha256": hashlib.sha256(SOURCE.read_bytes()).hexdigest(), "compiler": cc,
+            "flags": [*FLAGS, *arch]}
+
+
+def _matches(record: object, key: str, data: bytes) -> bool:
+    """Whether ``data`` is what the record says we built for ``key`` from the current source."""
+    return (isinstance(record, dict) and record.get("format") == _RECORD_FORMAT and record.get("key") == key
+            and record.get("size") == len(data) and record.get("sha256") == hashlib.sha256(data).hexdigest()
+            and record.get("source_sha256") == hashlib.sha256(SOURCE.read_bytes()).hexdigest())
+
+
+def _read_cached(dfd: int, folder: Path, name: str, key: str) -> bytes | None:
+    """The cached library's bytes if they match its record; ``None`` if there is no cached library. Raises
+    :class:`_Untrusted` (owner, mode, link) or :class:`_Broken` (no record, or bytes that do not match it)."""
+    with _locked(dfd, shared=True):
+        try:
+            data = _read_private(dfd, folder, name)
+        except FileNotFoundError:
+            return None
+        try:
+            record = json.loads(_read_private(dfd, folder, name + ".json"))
+        except FileNotFoundError:
+            raise _Broken(f"the cached library {folder / name} has no record") from None
+        except ValueError:
+            raise _Broken(f"the record of the cached library {folder / name} is damaged") from None
+    if not _matches(record, key, data):
+        raise _Broken(f"the cached library {folder / name} does not match its record")
+    return data
+
+
+def _dlopen_copy(dfd: int, folder: Path, data: bytes) -> ctypes.CDLL:
+    """Load ``data`` (bytes already verified or just built) from a fresh private copy in the opened folder,
+    reached through its descriptor (see the module docstring); the copy is unlinked once loaded."""
+    name = f".load-{os.getpid()}-{secrets.token_hex(6)}{_SUFFIX}"
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _CLOEXEC, 0o700, dir_fd=dfd)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        proc = Path(f"/proc/self/fd/{dfd}")
+        if proc.is_dir():
+            path = proc / name
+        else:
+            a, b = os.stat(folder), os.fstat(dfd)
+            if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino):
+                raise _Untrusted(f"the cache folder {folder} was replaced while in use")
+            path = folder / name
+        return ctypes.CDLL(str(path))
+    finally:
+        _unlink(dfd, name)
+
+
+def _kernels_from(data: bytes, dfd: int, folder: Path, name: str) -> NativeKernels:
+    """Load ``data`` and check it: the kernel symbols, then :func:`_self_check`. Raises :class:`_Broken`."""
+    if not data:
+        raise _Broken(f"{folder / name} is empty")
+    try:
+        lib = _dlopen_copy(dfd, folder, data)
+    except OSError as e:
+        raise _Broken(f"{folder / name} cannot be loaded ({e})") from None
+    missing = [s for s in SYMBOLS if not hasattr(lib, s)]
+    if missing:
+        raise _Broken(f"{folder / name} lacks the kernels {', '.join(missing)}")
+    nk = NativeKernels(lib, folder / name)
+    if not _self_check(nk):
+        raise _Broken(f"the compiled kernels {folder / name} failed their self-check against PyTorch")
+    return nk
+
+
+def _store(dfd: int, name: str, data: bytes, record: dict) -> None:
+    """Cache a build that passed its checks: the library, then its record (each atomically and durably)."""
+    with _locked(dfd):
+        _write_durably(dfd, name, data)
+        _write_durably(dfd, name + ".json", json.dumps(record, indent=1).encode())
+
+
+def _discard(dfd: int, name: str) -> None:
+    """Delete a cached library that failed verification, and its record."""
+    with _locked(dfd):
+        _unlink(dfd, name)
+        _unlink(dfd, name + ".json")
+
+
+def _warn(reasons: list[str], outcome: str) -> None:
+    warnings.warn(f"patchmmd: {'; '.join(reasons)}; {outcome}", RuntimeWarning, stacklevel=4)
 
 
 class NativeKernels:
@@ -286,27 +543,68 @@ def kernels() -> NativeKernels | None:
 
 @lru_cache(maxsize=1)
 def _load() -> NativeKernels | None:
+    """Find, verify and load the cached library, or build, check and cache it (see the module docstring)."""
     cc = _compiler()
-    if cc is None or not SOURCE.exists():
+    if cc is None or not SOURCE.exists() or not _secure_fs():
         return None
-    key = hashlib.sha256(
-        b"\0".join([SOURCE.read_bytes(), " ".join(FLAGS).encode(), cc.encode(), _cpu_signature().encode(),
-                    sys.platform.encode(), platform.machine().encode()])
-    ).hexdigest()[:16]
-    suffix = ".dll" if sys.platform == "win32" else ".so"
-    nk = None
-    for folder in _cache_dirs():
-        target = folder / f"rff_kernels-{key}{suffix}"
+    key = _cache_key(cc)
+    name = f"rff_kernels-{key}{_SUFFIX}"
+    refused: list[str] = []  # security refusals: always said (once)
+    dfd, folder, private = -1, Path(), False
+    for candidate in _cache_dirs():
         try:
-            if target.exists() or _compile(cc, target):
-                nk = NativeKernels(ctypes.CDLL(str(target)), target)
-                break
+            dfd, folder = _open_private_dir(candidate), candidate
+            break
+        except _Untrusted as e:
+            refused.append(f"{e}: not used")
         except OSError:
             continue
-    if nk is None:
+    if dfd < 0:
+        try:
+            folder, private = Path(tempfile.mkdtemp(prefix="patchmmd-")), True
+            dfd = _open_private_dir(folder)
+        except (OSError, _Untrusted) as e:
+            _warn([*refused, f"no private folder for the compiled kernels ({e})"], "using PyTorch")
+            return None
+        if refused:
+            refused.append("compiling into a private temporary folder for this process instead")
+    problems: list[str] = []  # said only if no working kernels come out of this
+    try:
+        try:
+            data = _read_cached(dfd, folder, name, key)
+            if data is not None:
+                nk = _kernels_from(data, dfd, folder, name)
+                if refused:
+                    _warn(refused, "the compiled kernels are in use")
+                return nk
+        except (_Untrusted, _Broken, OSError) as e:
+            reason = str(e) if not isinstance(e, OSError) else f"the cached library {folder / name} is unreadable ({e})"
+            (refused if isinstance(e, _Untrusted) else problems).append(reason)
+            try:
+                _discard(dfd, name)
+            except OSError:
+                pass
+        for arch in (["-march=native"], []):  # rebuild once; without -march=native if that fails
+            data = _compile(cc, arch)
+            if data is None:
+                continue
+            try:
+                nk = _kernels_from(data, dfd, folder, name)
+            except (_Untrusted, _Broken) as e:
+                problems.append(f"the new build ({' '.join(arch) or 'no -march'}): {e}")
+                continue
+            if not private:
+                try:
+                    _store(dfd, name, data, _record(key, cc, arch, data))
+                except OSError as e:
+                    problems.append(f"could not cache it in {folder} ({e})")
+            if refused:
+                _warn(refused, "the compiled kernels are in use")
+            return nk
+        if refused or problems:
+            _warn([*refused, *problems], "using PyTorch")
         return None
-    if not _self_check(nk):
-        warnings.warn(f"patchmmd: the compiled kernels {nk.path} failed their self-check; using PyTorch",
-                      RuntimeWarning, stacklevel=3)
-        return None
-    return nk
+    finally:
+        os.close(dfd)
+        if private:
+            shutil.rmtree(folder, ignore_errors=True)
