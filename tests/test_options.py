@@ -152,3 +152,57 @@ def test_baseline_weight_files_must_be_real_finite(tmp_path):
     torch.save({"w": torch.tensor([1.0, math.inf])}, path)
     with pytest.raises(WeightsError, match="w contains NaN or Inf"):
         load_weights(path, "heads", "lpips-vgg", "heads")
+
+
+# ------------------------------------------------------------------------------- the CLI: one line, no traceback
+def _pngs(tmp_path, size=32):
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(3)
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "dist").mkdir()
+    for folder in ("ref", "dist"):
+        arr = (torch.rand(size, size, 3, generator=g) * 255).to(torch.uint8).numpy()
+        Image.fromarray(arr).save(tmp_path / folder / "a.png")
+    return tmp_path / "ref", tmp_path / "dist"
+
+
+def _run(*args):
+    from click.testing import CliRunner
+
+    from patchmmd.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.mark.parametrize("option", ["base_size=1", "seed=18446744073709551616", "center=no"])
+def test_cli_bad_option_is_one_line(tmp_path, option):
+    ref, dist = _pngs(tmp_path)
+    for args in (("compare", ref / "a.png", dist / "a.png", "-o", option),
+                 ("score", ref, dist, "--out", tmp_path / "s.csv", "-o", option)):
+        result = _run(*args)
+        assert result.exit_code in (1, 2), result.output
+        assert isinstance(result.exception, SystemExit)  # click's exit, not an exception escaping the command
+        assert "Traceback" not in result.output
+        assert option.split("=")[0] in result.output
+        assert [line for line in result.output.splitlines() if "rror" in line], result.output
+
+
+def test_cli_maps_any_library_exception_to_one_line(tmp_path, monkeypatch):
+    from patchmmd import registry
+
+    def broken(x, y):
+        raise RuntimeError("Padding size should be less\nthan the input")
+
+    monkeypatch.setattr(registry, "get_metric", lambda name, **options: broken)
+    ref, dist = _pngs(tmp_path)
+    result = _run("compare", ref / "a.png", dist / "a.png")
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)
+    assert result.output.strip() == "patchmmd: error: Padding size should be less than the input (RuntimeError)"
+    result = _run("score", ref, dist, "--out", tmp_path / "s.csv")
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
+    assert "Padding size should be less than the input (RuntimeError)" in result.output
+    monkeypatch.setenv("PATCHMMD_DEBUG", "1")
+    result = _run("compare", ref / "a.png", dist / "a.png")
+    assert isinstance(result.exception, RuntimeError)  # with the debug switch: the exception itself
