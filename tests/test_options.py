@@ -206,3 +206,25 @@ def test_cli_maps_any_library_exception_to_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("PATCHMMD_DEBUG", "1")
     result = _run("compare", ref / "a.png", dist / "a.png")
     assert isinstance(result.exception, RuntimeError)  # with the debug switch: the exception itself
+
+
+# ---------------------------------------------------------------------------------- rendezvous on loopback
+def test_rendezvous_defaults_to_loopback_on_one_machine(monkeypatch):
+    import torch.distributed as dist
+
+    from patchmmd import distributed
+
+    two = distributed.DistEnv(rank=1, world_size=2, local_rank=1, local_world_size=2)
+    assert distributed.rendezvous_address(two, {}) == "127.0.0.1"
+    assert distributed.rendezvous_address(two, {"MASTER_ADDR": "node7"}) == "node7"
+    with pytest.raises(ValueError, match="MASTER_ADDR is not set"):
+        distributed.rendezvous_address(distributed.DistEnv(rank=3, world_size=4, local_rank=1, local_world_size=2), {})
+
+    seen = {}
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group",
+                        lambda **kw: seen.update(kw, addr=distributed.os.environ["MASTER_ADDR"]))
+    monkeypatch.setattr(distributed, "_collective_device", None)
+    assert distributed.init("cpu", two) == "gloo"
+    assert seen["addr"] == "127.0.0.1" and seen["init_method"] == "env://"
