@@ -10,6 +10,16 @@ to the device, so every rank uses the same features (checked at start-up).
     torchrun --nproc_per_node=4 examples/ddp_train.py --device cuda --steps 200   # 4 GPUs (nccl)
     python examples/ddp_train.py --steps 5                                  # one process, no DDP
 
+On one machine, keep the rendezvous and the collectives on the loopback interface (PyTorch's rendezvous
+store listens on all interfaces; these settings make every rank connect over 127.0.0.1, and the collectives
+listen on ``lo``; firewall the port on shared machines, see docs/distributed.md)::
+
+    GLOO_SOCKET_IFNAME=lo NCCL_SOCKET_IFNAME=lo torchrun --nproc_per_node=2 \
+        --master-addr=127.0.0.1 --master-port=29500 --local-addr=127.0.0.1 examples/ddp_train.py
+
+Ranks started without torchrun need ``WORLD_SIZE``, ``RANK`` and ``MASTER_PORT``; ``MASTER_ADDR`` defaults
+to 127.0.0.1 when every rank is on this machine (``patchmmd.scoring.distributed.process_group``).
+
 Options: --steps, --batch-size (per process), --image-size, --lr, --seed, --device auto|cpu|cuda,
 --checksum-dir DIR (each rank writes rank{r}-init.txt and rank{r}.txt: hashes of its initial and final
 parameters).

@@ -10,9 +10,10 @@ from __future__ import annotations
 import click
 
 from .. import __version__
+from ._common import ErrorMappingGroup
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=ErrorMappingGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="patchmmd")
 def main() -> None:
     """patchmmd: perceptual image distances as the MMD between local patch distributions.

@@ -3,6 +3,8 @@ size, and the policy for output paths that already exist.
 
 They are generic: any subcommand can decorate itself with them. Validation errors are
 :class:`click.BadParameter` / :class:`click.UsageError`, so click prints them with the option's name.
+Any other exception a command lets through is turned into one line ``patchmmd: error: ...`` by
+:class:`ErrorMappingGroup` (the group of every command), never a traceback unless ``PATCHMMD_DEBUG=1``.
 
 Example:
     >>> parse_metric_options(("num_scales=3", "features=iid", "scale_weights=[1, 2, 1]", "base_size=none"))
@@ -20,6 +22,54 @@ from typing import Any, TypeVar
 import click
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: Environment variable: set to 1 to get a traceback instead of the one-line error (for bug reports).
+DEBUG_ENV = "PATCHMMD_DEBUG"
+
+
+class CommandError(click.ClickException):
+    """An error of the library inside a command, shown as one line ``patchmmd: error: ...`` (exit status 1)."""
+
+    exit_code = 1
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"patchmmd: error: {self.format_message()}", err=True, file=file)
+
+
+def one_line_error(e: BaseException) -> CommandError:
+    """``e`` as a :class:`CommandError`: its message on one line, with the exception's type unless it is a
+    plain ``ValueError`` / ``TypeError`` (whose messages already say what was wrong).
+
+    Example:
+        >>> one_line_error(RuntimeError("bad  thing")).format_message()
+        'bad thing (RuntimeError)'
+    """
+    text = " ".join(str(e).split()) or "no message"
+    if type(e) not in (ValueError, TypeError):
+        text = f"{text} ({type(e).__name__})"
+    return CommandError(text)
+
+
+def debug_enabled() -> bool:
+    """Whether ``$PATCHMMD_DEBUG`` asks for tracebacks (``1``, ``true``, ``yes``)."""
+    return os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+class ErrorMappingGroup(click.Group):
+    """A click group whose commands never end in a traceback: any exception other than click's own, an exit
+    or an interrupt becomes one line ``patchmmd: error: ...`` and exit status 1 (``PATCHMMD_DEBUG=1``
+    re-raises it, traceback and all)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as e:
+            if debug_enabled():
+                raise
+            raise one_line_error(e) from e
+
 
 def _check_metric(ctx: click.Context, param: click.Parameter, value: str) -> str:
     from ..metrics.registry import get_spec
@@ -83,6 +133,12 @@ def build_metric(name: str, options: dict[str, Any]) -> Callable[..., Any]:
         return get_metric(name, **options)
     except (TypeError, ValueError) as e:
         raise click.BadParameter(f"{name}: {e}", param_hint="--option") from None
+    except ImportError as e:
+        raise click.ClickException(f"metric {name!r} needs an optional dependency: {e}") from None
+    except Exception as e:  # any other failure of the metric's factory: one line naming the options
+        if debug_enabled():
+            raise
+        raise click.BadParameter(f"{name}: {one_line_error(e).format_message()}", param_hint="--option") from None
 
 
 def check_metric_call(fn: Callable[..., Any], name: str) -> None:
@@ -96,6 +152,10 @@ def check_metric_call(fn: Callable[..., Any], name: str) -> None:
         raise click.BadParameter(f"{name}: {e}", param_hint="--option") from None
     except ImportError as e:
         raise click.ClickException(f"metric {name!r} needs an optional dependency: {e}") from None
+    except Exception as e:  # e.g. a RuntimeError deep inside: the options do not work on images
+        if debug_enabled():
+            raise
+        raise click.BadParameter(f"{name}: {one_line_error(e).format_message()}", param_hint="--option") from None
 
 
 def device_option() -> Callable[[F], F]:

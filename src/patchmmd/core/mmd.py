@@ -33,10 +33,12 @@ from .patches import WindowGrid, box_mean, patch_rows, reflect_pad, window_grid,
 from .validation import (
     OutOfRange,
     Reduction,
+    check_bool,
+    check_float_in,
     check_patch_size,
-    check_positive_float,
     check_positive_int,
     check_reduction,
+    check_seed,
     prepare_pair,
     reduce,
 )
@@ -390,13 +392,28 @@ def target_window_means(
     return rff_window_means(y, feats, grid)
 
 
+#: Allowed kernel widths ``sigma`` (per pixel, [-1, 1] scale). Outside, the Gaussian kernel is numerically
+#: degenerate in float32: below, every pair of distinct patches is at kernel value 0 (and the random
+#: features' frequencies ``1 / s`` explode); above, every pair is at 1 and every distance is 0.
+SIGMA_RANGE = (1e-6, 1e6)
+
+
+def check_sigma(name: str, value: object) -> float:
+    """A kernel width: a finite number in :data:`SIGMA_RANGE`."""
+    return check_float_in(name, value, *SIGMA_RANGE, why="the kernel is degenerate in float32 outside it")
+
+
 def check_mmd_options(
     *, patch_size: object, sigma: object, window: object, stride: object, estimator: object,
-    num_features: object, features: object, seed: object,
+    num_features: object, features: object, seed: object, center: object = True,
 ) -> None:
-    """Validate the options shared by every windowed-MMD entry point (raises ``ValueError``)."""
+    """Validate the options shared by every windowed-MMD entry point (raises ``ValueError``).
+
+    Besides each option's type and range: ``patch_size=1`` with ``center=True`` is refused, since
+    centring a 1x1 patch leaves zero, so every distance would be exactly 0.
+    """
     check_patch_size(patch_size)
-    check_positive_float("sigma", sigma)
+    check_sigma("sigma", sigma)
     if window is not None:
         check_positive_int("window", window)
     check_positive_int("stride", stride)
@@ -405,8 +422,13 @@ def check_mmd_options(
     check_positive_int("num_features", num_features)
     if features not in FEATURE_KINDS:
         raise ValueError(f"features must be one of {FEATURE_KINDS}, got {features!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
+    check_seed(seed)
+    check_bool("center", center)
+    if center and patch_size == 1:
+        raise ValueError(
+            "patch_size=1 with center=True compares nothing: centring a 1x1 patch (removing its channel means) "
+            "leaves zero, so the distance would be 0 for every pair; use patch_size >= 3 or center=False"
+        )
 
 
 def patch_mmd(
@@ -458,7 +480,7 @@ def patch_mmd(
     """
     check_mmd_options(
         patch_size=patch_size, sigma=sigma, window=window, stride=stride, estimator=estimator,
-        num_features=num_features, features=features, seed=seed,
+        num_features=num_features, features=features, seed=seed, center=center,
     )
     reduction = check_reduction(reduction)
     xs, ys, out_dtype = prepare_pair(x, y, value_range=value_range, out_of_range=out_of_range, min_size=patch_size)

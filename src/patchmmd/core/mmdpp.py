@@ -26,14 +26,13 @@ import torch
 
 from .aligned import l2_map, local_map
 from .features import FeatureKind
-from .mmd import Estimator, check_mmd_options, target_window_means, windowed_mmd2
-from .scale import Level, downsample, pyramid_levels, upsample_map
+from .mmd import Estimator, check_mmd_options, check_sigma, target_window_means, windowed_mmd2
+from .scale import MAX_SCALES, Level, downsample, pyramid_levels, upsample_map
 from .validation import (
     OutOfRange,
     Reduction,
     check_nonnegative_float,
     check_patch_size,
-    check_positive_float,
     check_positive_int,
     check_reduction,
     prepare_pair,
@@ -68,23 +67,38 @@ class MMDPPConfig:
         check_mmd_options(
             patch_size=self.patch_size, sigma=self.sigma, window=self.window, stride=self.stride,
             estimator=self.estimator, num_features=self.num_features, features=self.features, seed=self.seed,
+            center=self.center,
         )
         check_patch_size(self.local_patch_size)
-        check_positive_float("local_sigma", self.local_sigma)
+        check_sigma("local_sigma", self.local_sigma)
         for name in ("weight_l2", "weight_local", "weight_mmd"):
             check_nonnegative_float(name, getattr(self, name))
+        if self.weight_l2 == self.weight_local == self.weight_mmd == 0:
+            raise ValueError("weight_l2, weight_local and weight_mmd are all 0: at least one must be > 0")
+        need = self.min_level_size
         if self.base_size is not None:
-            check_positive_int("base_size", self.base_size)
-        check_positive_int("num_scales", self.num_scales)
-        check_positive_int("min_size", self.min_size)
+            check_positive_int("base_size", self.base_size, minimum=need)
+        check_positive_int("num_scales", self.num_scales, maximum=MAX_SCALES)
+        check_positive_int("min_size", self.min_size, minimum=need)
         if self.scale_weights is not None:
-            object.__setattr__(self, "scale_weights", tuple(float(w) for w in self.scale_weights))
-            for w in self.scale_weights:
-                check_nonnegative_float("scale_weights", w)
-            if len(self.scale_weights) != self.num_scales:
+            try:
+                weights = tuple(self.scale_weights)
+            except TypeError:
                 raise ValueError(
-                    f"scale_weights must have num_scales={self.num_scales} entries, got {len(self.scale_weights)}"
-                )
+                    f"scale_weights must be a sequence of numbers >= 0, got {self.scale_weights!r}"
+                ) from None
+            for w in weights:
+                check_nonnegative_float("scale_weights", w)
+            object.__setattr__(self, "scale_weights", tuple(float(w) for w in weights))
+            if len(weights) != self.num_scales:
+                raise ValueError(f"scale_weights must have num_scales={self.num_scales} entries, got {len(weights)}")
+            if sum(weights) <= 0:
+                raise ValueError(f"scale_weights must not all be 0, got {self.scale_weights!r}")
+
+    @property
+    def min_level_size(self) -> int:
+        """The smallest side a level may have: the larger of the two patch sizes (reflect padding needs it)."""
+        return max(self.patch_size, self.local_patch_size)
 
     def replace(self, **options: object) -> MMDPPConfig:
         """A copy with ``options`` changed; an unknown option name raises ``TypeError`` listing the valid ones."""
@@ -94,10 +108,23 @@ class MMDPPConfig:
         return dataclasses.replace(self, **options)  # type: ignore[arg-type]
 
     def levels(self, height: int, width: int) -> list[Level]:
-        return pyramid_levels(
+        """The scale rule's levels for an ``height x width`` image.
+
+        Raises:
+            ValueError: ``base_size`` brings the image below :attr:`min_level_size` pixels.
+        """
+        levels = pyramid_levels(
             height, width, base_size=self.base_size, num_scales=self.num_scales,
             min_size=self.min_size, scale_weights=self.scale_weights,
         )
+        f, need = levels[0].factor, self.min_level_size
+        if min(height, width) // f < need:
+            raise ValueError(
+                f"base_size={self.base_size} brings the {height}x{width} image down to "
+                f"{height // f}x{width // f} pixels, smaller than the {need}x{need} patches; use a larger "
+                "base_size or base_size=None (native resolution)"
+            )
+        return levels
 
 
 OPTION_NAMES = tuple(f.name for f in dataclasses.fields(MMDPPConfig))

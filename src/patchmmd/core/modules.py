@@ -107,7 +107,7 @@ class PatchMMD(nn.Module):
         super().__init__()
         check_mmd_options(
             patch_size=patch_size, sigma=sigma, window=window, stride=stride, estimator=estimator,
-            num_features=num_features, features=features, seed=seed,
+            num_features=num_features, features=features, seed=seed, center=center,
         )
         self.options = dict(
             patch_size=patch_size, sigma=sigma, window=window, stride=stride, center=center,

@@ -30,6 +30,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .validation import check_positive_int
+
+#: Most levels a pyramid may have: each halves the image, so a 33rd level would need an image side of
+#: at least ``2**32`` pixels times ``min_size``.
+MAX_SCALES = 32
+
 
 @dataclass(frozen=True)
 class Level:
@@ -48,6 +54,7 @@ def working_factor(height: int, width: int, base_size: int | None) -> int:
     """
     if base_size is None:
         return 1
+    check_positive_int("base_size", base_size)
     return max(1, round(min(height, width) / base_size))
 
 
@@ -71,6 +78,8 @@ def pyramid_levels(
         [(1, 1.0)]
     """
     f = working_factor(height, width, base_size)
+    check_positive_int("num_scales", num_scales, maximum=MAX_SCALES)
+    check_positive_int("min_size", min_size)
     weights = list(scale_weights) if scale_weights is not None else [1.0] * num_scales
     if len(weights) != num_scales:
         raise ValueError(f"scale_weights must have num_scales={num_scales} entries, got {len(weights)}")

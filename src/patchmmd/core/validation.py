@@ -111,14 +111,47 @@ def prepare_pair(
     return to_unit_scale(x.to(ct), lo, hi), to_unit_scale(y.to(ct), lo, hi), x.dtype
 
 
+#: Largest magnitude of ``lo``, ``hi`` and ``hi - lo`` in a ``value_range``: ``√(float32 max)``, so that the
+#: bounds, the width and their squares are finite float32 numbers.
+VALUE_RANGE_MAX = math.sqrt(float(torch.finfo(torch.float32).max))
+#: Fewest float32 steps the range must span at its largest bound (``2**10``): rescaling
+#: ``(x - lo) / (hi - lo)`` must keep at least about 10 bits of the pixel values.
+VALUE_RANGE_MIN_STEPS = 2**10
+
+
 def check_value_range(value_range: object) -> tuple[float, float]:
-    """Return ``value_range`` as a ``(lo, hi)`` pair of floats with ``lo < hi``."""
+    """Return ``value_range`` as a ``(lo, hi)`` pair of floats with ``lo < hi``.
+
+    Images are mapped to the internal [-1, 1] scale by ``-1 + 2 (x - lo) / (hi - lo)`` in float32 (or
+    float64), so the rescaling must be representable in float32: ``|lo|``, ``|hi|`` and the width
+    ``hi - lo`` must be at most :data:`VALUE_RANGE_MAX` (about 1.8e19; their squares stay finite), and the
+    width must span at least :data:`VALUE_RANGE_MIN_STEPS` float32 steps at ``max(|lo|, |hi|)`` (else the
+    pixel values collapse to a few levels, or to zero: ``(-1e38, 1e38)`` is refused, not a distance of 0).
+
+    Example:
+        >>> check_value_range((0, 255))
+        (0.0, 255.0)
+    """
     try:
         lo, hi = (float(v) for v in value_range)  # type: ignore[union-attr]
     except (TypeError, ValueError):
         raise ValueError(f"value_range must be a pair (lo, hi) of numbers, got {value_range!r}") from None
+    if any(isinstance(v, bool) for v in value_range):  # type: ignore[union-attr]
+        raise ValueError(f"value_range must be a pair (lo, hi) of numbers, not booleans, got {value_range!r}")
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         raise ValueError(f"value_range must be a pair (lo, hi) of finite numbers with lo < hi, got {value_range!r}")
+    width, top = hi - lo, max(abs(lo), abs(hi))
+    if not (top <= VALUE_RANGE_MAX and width <= VALUE_RANGE_MAX):
+        raise ValueError(
+            f"value_range={value_range!r} is too wide: |lo|, |hi| and hi - lo must be at most {VALUE_RANGE_MAX:.3g} "
+            "(rescaling to [-1, 1] must be representable in float32)"
+        )
+    step = top * float(torch.finfo(torch.float32).eps)
+    if width < VALUE_RANGE_MIN_STEPS * step or width < float(torch.finfo(torch.float32).tiny) ** 0.5:
+        raise ValueError(
+            f"value_range={value_range!r} is too narrow for its magnitude: float32 resolves fewer than "
+            f"{VALUE_RANGE_MIN_STEPS} values between lo and hi (rescaling to [-1, 1] would lose the pixel values)"
+        )
     return lo, hi
 
 
@@ -128,9 +161,55 @@ def check_reduction(reduction: object) -> Reduction:
     return reduction  # type: ignore[return-value]
 
 
-def check_positive_int(name: str, value: object, *, minimum: int = 1) -> int:
+def check_positive_int(name: str, value: object, *, minimum: int = 1, maximum: int | None = None) -> int:
+    """``value`` as an ``int`` in ``[minimum, maximum]`` (``bool`` is not an integer here)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise ValueError(
+            f"{name} must be an integer >= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+            + f", got {value!r}"
+        )
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be an integer between {minimum} and {maximum}, got {value!r}")
+    return value
+
+
+def check_bool(name: str, value: object) -> bool:
+    """``value`` if it is a ``bool`` (``True`` / ``False``); strings, ``None`` and numbers are refused."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+#: Seeds are integers in ``[0, SEED_LIMIT)``: what :meth:`torch.Generator.manual_seed` takes without
+#: wrapping around (it maps ``-1`` to ``2**64 - 1``), restricted to what a signed 64-bit integer holds.
+SEED_LIMIT = 2**63
+
+
+def check_seed(value: object, name: str = "seed") -> int:
+    """``value`` as a seed: an integer with ``0 <= seed < 2**63`` (:data:`SEED_LIMIT`)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_LIMIT:
+        raise ValueError(f"{name} must be an integer with 0 <= {name} < 2**63, got {value!r}")
+    return value
+
+
+def check_float_in(name: str, value: object, lo: float, hi: float, why: str = "") -> float:
+    """``value`` as a finite float in ``[lo, hi]``; ``why`` is added to the message."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not (
+        lo <= value <= hi
+    ):
+        raise ValueError(f"{name} must be a finite number between {lo:g} and {hi:g}, got {value!r}"
+                         + (f" ({why})" if why else ""))
+    return float(value)
+
+
+def check_weight_tensor(source: str, key: str, value: object) -> torch.Tensor:
+    """A tensor read from a weights file: real floating point and finite; errors name the file and the key."""
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"{source}: {key} must be a tensor, got {type(value).__name__}")
+    if not value.is_floating_point():
+        raise ValueError(f"{source}: {key} must be a real floating-point tensor, got dtype {value.dtype}")
+    if value.numel() and not bool(torch.isfinite(value).all()):
+        raise ValueError(f"{source}: {key} contains NaN or Inf values")
     return value
 
 

@@ -241,6 +241,10 @@ def load_weights(path: str | os.PathLike[str] | None, what: str, metric: str, op
     out = {}
     for k, v in obj.items():
         k = str(k)
+        if not v.is_floating_point() or (v.numel() and not bool(torch.isfinite(v).all())):
+            what_is_wrong = f"has dtype {v.dtype}" if not v.is_floating_point() else "contains NaN or Inf values"
+            raise WeightsError(f"{metric}: {option} file {p}: {k} {what_is_wrong}; weights must be real "
+                               "floating-point tensors of finite values")
         out[k[len("module."):] if k.startswith("module.") else k] = v
     return out
 

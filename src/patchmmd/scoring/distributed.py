@@ -49,6 +49,9 @@ T = TypeVar("T")
 TIMEOUT_ENV = "PATCHMMD_DIST_TIMEOUT"
 #: One hour: how long a rank waits for the others at a barrier (e.g. at the end of a scoring job).
 DEFAULT_TIMEOUT_S = 3600.0
+#: The rendezvous address :func:`init` uses on one machine when ``MASTER_ADDR`` is unset: the loopback
+#: interface, so that ranks started by hand on one machine connect over 127.0.0.1 only.
+LOOPBACK_ADDR = "127.0.0.1"
 
 
 class PeerLostError(RuntimeError):
@@ -185,6 +188,34 @@ def default_timeout() -> timedelta:
     return timedelta(seconds=seconds)
 
 
+def rendezvous_address(env: DistEnv, environ: Mapping[str, str] | None = None) -> str:
+    """The rendezvous host for ``env``: ``$MASTER_ADDR`` if set, else :data:`LOOPBACK_ADDR` on one machine.
+
+    One machine means ``LOCAL_WORLD_SIZE == WORLD_SIZE`` (every rank on this node). Launchers (``torchrun``,
+    SLURM scripts, Kubernetes operators) set ``MASTER_ADDR`` themselves; this default only serves ranks
+    started by hand, and keeps them on the loopback interface instead of the host's public name.
+
+    Raises:
+        ValueError: ``MASTER_ADDR`` is unset and the ranks span several machines.
+
+    Example:
+        >>> rendezvous_address(DistEnv(rank=1, world_size=2, local_rank=1, local_world_size=2), {})
+        '127.0.0.1'
+        >>> rendezvous_address(DistEnv(rank=1, world_size=2, local_rank=1, local_world_size=2), {"MASTER_ADDR": "n1"})
+        'n1'
+    """
+    environ = os.environ if environ is None else environ
+    addr = environ.get("MASTER_ADDR", "").strip()
+    if addr:
+        return addr
+    if env.local_world_size != env.world_size:
+        raise ValueError(
+            f"MASTER_ADDR is not set and the {env.world_size} ranks span several machines "
+            f"(LOCAL_WORLD_SIZE={env.local_world_size}); set MASTER_ADDR to the host of rank 0"
+        )
+    return LOOPBACK_ADDR
+
+
 # The device whose tensors the default group's backend can reduce (CUDA for nccl, else CPU).
 _collective_device: torch.device | None = None
 
@@ -199,6 +230,9 @@ def is_initialized() -> bool:
 def init(device: str | torch.device, env: DistEnv | None = None, *, timeout: timedelta | None = None) -> str:
     """Set up the default process group for ``env`` (rendezvous from ``MASTER_ADDR`` / ``MASTER_PORT``).
 
+    ``MASTER_ADDR`` defaults to 127.0.0.1 on one machine (:func:`rendezvous_address`); ``MASTER_PORT``
+    must be set (``torchrun`` sets both).
+
     The backend follows ``device`` (:func:`choose_backend`); a CUDA device becomes the current device.
     Does nothing for a single process or when a group is already initialised. Returns the backend
     (``""`` when nothing was initialised).
@@ -211,6 +245,7 @@ def init(device: str | torch.device, env: DistEnv | None = None, *, timeout: tim
         return ""
     if not dist.is_available():
         raise RuntimeError("this build of PyTorch has no torch.distributed; run a single process")
+    os.environ["MASTER_ADDR"] = rendezvous_address(env)
     dev = torch.device(device)
     backend = choose_backend(dev)
     if backend == "nccl":

@@ -35,13 +35,16 @@ from ..core.patches import reflect_pad, window_grid
 from ..core.validation import (
     OutOfRange,
     Reduction,
+    check_bool,
     check_nonnegative_float,
     check_pair,
     check_patch_size,
     check_positive_float,
     check_positive_int,
     check_reduction,
+    check_seed,
     check_value_range,
+    check_weight_tensor,
     compute_dtype,
     prepare_pair,
     reduce,
@@ -90,8 +93,7 @@ def random_cnn_weights(
     check_nonnegative_float("sigma_b2", sigma_b2)
     if first_layer not in FIRST_LAYERS:
         raise ValueError(f"first_layer must be one of {FIRST_LAYERS}, got {first_layer!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
+    check_seed(seed)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     layers: list[Layer] = []
     fan_in = in_channels * kernel_size * kernel_size
@@ -292,8 +294,7 @@ def vgg16_random_weights(*, seed: int = 0, first_layer: VGGFirstLayer = "he") ->
     """
     if first_layer not in ("he", "zero_mean"):
         raise ValueError(f"first_layer must be 'he' or 'zero_mean', got {first_layer!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
+    check_seed(seed)
     return [(w.clone(), b.clone()) for w, b in _vgg16_random_weights(seed, first_layer)]
 
 
@@ -319,7 +320,8 @@ def load_vgg16_weights(path: str | os.PathLike[str]) -> list[Layer]:
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: the file is not a weights-only state dict, or its keys or shapes are not VGG16's.
+        ValueError: the file is not a weights-only state dict, its keys or shapes are not VGG16's, or a
+            weight is not a real floating-point tensor of finite values (the message names the file and key).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -342,13 +344,12 @@ def load_vgg16_weights(path: str | os.PathLike[str]) -> list[Layer]:
                 f"{path!r} is not a VGG16 state dict in torchvision's layout: missing {wkey!r} / {bkey!r} "
                 f"(found keys such as {sorted(map(str, state))[:6]})"
             )
-        w, b = state[wkey], state[bkey]
-        if not isinstance(w, torch.Tensor) or tuple(w.shape) != (cout, cin, 3, 3):
-            got = tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__
-            raise ValueError(f"{path!r}: {wkey} must have shape {(cout, cin, 3, 3)} (VGG16), got {got}")
-        if not isinstance(b, torch.Tensor) or tuple(b.shape) != (cout,):
-            got = tuple(b.shape) if isinstance(b, torch.Tensor) else type(b).__name__
-            raise ValueError(f"{path!r}: {bkey} must have shape {(cout,)} (VGG16), got {got}")
+        w = check_weight_tensor(repr(path), wkey, state[wkey])
+        b = check_weight_tensor(repr(path), bkey, state[bkey])
+        if tuple(w.shape) != (cout, cin, 3, 3):
+            raise ValueError(f"{path!r}: {wkey} must have shape {(cout, cin, 3, 3)} (VGG16), got {tuple(w.shape)}")
+        if tuple(b.shape) != (cout,):
+            raise ValueError(f"{path!r}: {bkey} must have shape {(cout,)} (VGG16), got {tuple(b.shape)}")
         layers.append((w.detach().to(torch.float64), b.detach().to(torch.float64)))
     return layers
 
@@ -405,6 +406,7 @@ class VGGDistance(nn.Module):
         reduction: Reduction = "none",
     ) -> None:
         super().__init__()
+        check_bool("normalize", normalize)
         if weights is None:
             layers = vgg16_random_weights(seed=seed, first_layer=first_layer)
             self.source = f"random (seed={seed}, first_layer={first_layer!r})"
@@ -414,7 +416,7 @@ class VGGDistance(nn.Module):
             layers = load_vgg16_weights(weights)
             self.source = f"pretrained ({os.fspath(weights)})"
         self._weights = _WeightCache(layers)
-        self.normalize = bool(normalize)
+        self.normalize = check_bool("normalize", normalize)
         self.value_range = check_value_range(value_range)
         self.out_of_range: OutOfRange = out_of_range
         self.reduction = check_reduction(reduction)

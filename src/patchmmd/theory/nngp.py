@@ -86,11 +86,22 @@ class _Kappa1(torch.autograd.Function):
         return grad * (_PI - theta) / _PI
 
 
+def _cosine_tolerance(dtype: torch.dtype) -> float:
+    """How far a cosine may stray outside ``[-1, 1]`` by rounding: 1024 units in the last place, at least 1e-6."""
+    return max(1e-6, 1024 * float(torch.finfo(dtype).eps))
+
+
 def kappa1(c: torch.Tensor) -> torch.Tensor:
     """The degree-1 arc-cosine function ``κ₁(c) = (√(1 - c²) + (π - arccos c) c) / π``.
 
-    ``2 E[ReLU(u) ReLU(v)]`` for standard Gaussians ``u, v`` of correlation ``c``. Inputs are clamped to
-    ``[-1, 1]``; the gradient ``(π - arccos c) / π`` is finite everywhere (1 at ``c = 1``, 0 at ``c = -1``).
+    ``2 E[ReLU(u) ReLU(v)]`` for standard Gaussians ``u, v`` of correlation ``c``. ``c`` is a cosine: values
+    may stray outside ``[-1, 1]`` by rounding (up to ``max(1e-6, 1024 eps)`` of the dtype) and are clamped;
+    farther out, or NaN, is an error. The gradient ``(π - arccos c) / π`` is finite everywhere (1 at
+    ``c = 1``, 0 at ``c = -1``).
+
+    Raises:
+        TypeError: ``c`` is not a floating-point ``torch.Tensor``.
+        ValueError: ``c`` has NaN values or values outside ``[-1, 1]`` beyond rounding.
 
     Example:
         >>> c = torch.tensor([-1.0, 0.0, 1.0], dtype=torch.float64, requires_grad=True)
@@ -99,6 +110,19 @@ def kappa1(c: torch.Tensor) -> torch.Tensor:
         >>> kappa1(c).sum().backward(); c.grad.tolist()
         [0.0, 0.5, 1.0]
     """
+    if not isinstance(c, torch.Tensor):
+        raise TypeError(f"c must be a torch.Tensor of cosines, got {type(c).__name__}; use torch.as_tensor(c)")
+    if not c.is_floating_point():
+        raise TypeError(f"c must be a floating-point tensor, got {c.dtype}")
+    if c.numel():
+        lo, hi = (float(v) for v in torch.aminmax(c.detach()))
+        tol = _cosine_tolerance(c.dtype)
+        if math.isnan(lo) or math.isnan(hi):
+            raise ValueError("c contains NaN values")
+        if lo < -1.0 - tol or hi > 1.0 + tol:
+            raise ValueError(
+                f"c must hold cosines in [-1, 1] (up to rounding, {tol:.2g}), got values in [{lo:g}, {hi:g}]"
+            )
     return _Kappa1.apply(c)
 
 
@@ -152,7 +176,7 @@ def nngp_from_inner_products(
         pos = g > 0
         c = torch.where(pos, pq / torch.where(pos, g, torch.ones_like(g)), torch.zeros_like(g))
         for _ in range(depth):
-            c = kappa1(c)
+            c = _Kappa1.apply(c)
         return g * c * ((sigma_w2 / 2.0) ** depth / dim)
     kpp = sigma_b2 + sigma_w2 / dim * pp
     kqq = sigma_b2 + sigma_w2 / dim * qq
@@ -162,7 +186,7 @@ def nngp_from_inner_products(
         g = _safe_sqrt(kpp) * _safe_sqrt(kqq)
         pos = g > 0
         c = torch.where(pos, kpq / torch.where(pos, g, torch.ones_like(g)), torch.zeros_like(g))
-        post = 0.5 * g * kappa1(c)
+        post = 0.5 * g * _Kappa1.apply(c)
         if layer + 1 < depth:
             kpq = sigma_b2 + sigma_w2 * post
             kpp = sigma_b2 + sigma_w2 * 0.5 * kpp
@@ -186,6 +210,7 @@ def first_layer_transform(p: torch.Tensor, first_layer: FirstLayer, channels: in
         if channels is None:
             raise ValueError("first_layer='zero_mean' needs channels= (the colour channels of the patch vectors)")
         d = p.shape[-1]
+        check_positive_int("channels", channels)
         if d % channels:
             raise ValueError(f"patch dimension {d} is not a multiple of channels={channels}")
         v = p.reshape(*p.shape[:-1], channels, d // channels)
@@ -193,6 +218,21 @@ def first_layer_transform(p: torch.Tensor, first_layer: FirstLayer, channels: in
     if first_layer == "patch_norm":
         return p / torch.sqrt((p * p).sum(-1, keepdim=True) + PATCH_NORM_EPS**2)
     raise ValueError(f"first_layer must be one of {FIRST_LAYERS}, got {first_layer!r}")
+
+
+def _check_vectors(name: str, t: object) -> None:
+    """A set of vectors ``(..., n, d)``: a floating-point tensor of finite values, ``d >= 1``."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (..., n, d), got {type(t).__name__}; "
+                        "use torch.as_tensor")
+    if t.dim() < 2:
+        raise ValueError(f"{name} must have shape (..., n, d) (at least 2 dimensions), got shape {tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
+    if t.shape[-1] == 0:
+        raise ValueError(f"{name} must have vectors of dimension d >= 1, got shape {tuple(t.shape)}")
+    if t.numel() and not bool(torch.isfinite(t.detach()).all()):
+        raise ValueError(f"{name} contains NaN or Inf values")
 
 
 def nngp_kernel(
@@ -220,6 +260,10 @@ def nngp_kernel(
     Returns:
         ``(..., n, m)``.
 
+    Raises:
+        TypeError: ``P`` or ``Q`` is not a floating-point tensor.
+        ValueError: fewer than 2 dimensions, different vector dimensions, dtypes or devices, NaN or Inf.
+
     Example:
         >>> p = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
         >>> K = nngp_kernel(p, p, depth=1)
@@ -229,8 +273,22 @@ def nngp_kernel(
         True
     """
     _check_kernel_options(depth, sigma_w2, sigma_b2, first_layer)
+    _check_vectors("P", P)
+    _check_vectors("Q", Q)
     if P.shape[-1] != Q.shape[-1]:
         raise ValueError(f"P and Q must have the same vector dimension, got {P.shape[-1]} and {Q.shape[-1]}")
+    if P.dtype != Q.dtype or P.device != Q.device:
+        raise ValueError(f"P and Q must have the same dtype and device, got {P.dtype} on {P.device} and "
+                         f"{Q.dtype} on {Q.device}")
+    return _nngp_matrix(P, Q, depth=depth, sigma_w2=sigma_w2, sigma_b2=sigma_b2, first_layer=first_layer,
+                        channels=channels)
+
+
+def _nngp_matrix(
+    P: torch.Tensor, Q: torch.Tensor, *, depth: int, sigma_w2: float, sigma_b2: float, first_layer: FirstLayer,
+    channels: int | None,
+) -> torch.Tensor:
+    """:func:`nngp_kernel` without the input checks (for validated inputs)."""
     d = P.shape[-1]
     P = first_layer_transform(P, first_layer, channels)
     Q = first_layer_transform(Q, first_layer, channels)
@@ -262,6 +320,8 @@ class NNGPKernel:
         _check_kernel_options(depth, sigma_w2, sigma_b2, first_layer)
         if first_layer == "zero_mean" and channels is None:
             raise ValueError("first_layer='zero_mean' needs channels= (the colour channels of the patch vectors)")
+        if channels is not None:
+            check_positive_int("channels", channels)
         self.depth = depth
         self.sigma_w2 = float(sigma_w2)
         self.sigma_b2 = float(sigma_b2)
@@ -272,7 +332,7 @@ class NNGPKernel:
         return dict(depth=self.depth, sigma_w2=self.sigma_w2, sigma_b2=self.sigma_b2)
 
     def matrix(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return nngp_kernel(a, b, first_layer=self.first_layer, channels=self.channels, **self._options())  # type: ignore[arg-type]
+        return _nngp_matrix(a, b, first_layer=self.first_layer, channels=self.channels, **self._options())  # type: ignore[arg-type]
 
     def paired(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         d = a.shape[-1]
