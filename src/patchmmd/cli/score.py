@@ -92,7 +92,8 @@ def score(
     Each finished batch is saved in a journal next to the output (OUT.journal); the CSV is written
     atomically when the job ends. After an interruption (Ctrl-C, kill -9, a crash), rerun the same command
     with --resume to score only what is left. A file that cannot be read, or a pair of images of different
-    sizes, gets a row with its error and the job goes on.
+    sizes, gets a row with its error and the job goes on. One run at a time may write OUT: a second one is
+    refused while the first holds OUT.lock.
 
     Under torchrun (or any launcher setting WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) each
     process scores its share into its own journal (OUT.rank{r}-of-{w}.journal) and rank 0 writes the
