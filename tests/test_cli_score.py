@@ -235,3 +235,90 @@ def test_ctrl_c_then_resume(job_dir: tuple[Path, str], tmp_path: Path) -> None:
     r = subprocess.run(_cmd(d, out, "--resume", "-q"), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert out.read_text() == expected
+
+
+# --- file names, the output's folder, a damaged journal -----------------------------------------------
+def test_awkward_file_names_end_to_end(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    d.mkdir()
+    names = ["cr\rname.png", "=SUM(A1).png", "a,b.png", 'q"x.png', "-2.png"]
+    g = torch.Generator().manual_seed(0)
+    for n in names:
+        save_image(torch.rand(3, 16, 16, generator=g), d / n)
+    try:
+        with open(os.path.join(os.fsencode(d), b"bad\xff.png"), "wb") as f:
+            f.write((d / "a,b.png").read_bytes())
+        odd = ["bad\\xff.png"]
+    except (OSError, UnicodeError):
+        odd = []  # the file system refuses names that are not UTF-8
+    out = tmp_path / "s.csv"
+    r = _invoke("score", "--all-pairs", d, "--out", out, "-m", "l2")
+    assert r.exit_code == 0, r.output
+    rows = _rows(out)
+    shown = sorted({x["ref"] for x in rows} | {x["dist"] for x in rows})
+    unguarded = sorted(s[1:] if s.startswith("'") else s for s in shown)
+    assert unguarded == sorted(names + odd)
+    assert all(not s.startswith(("=", "-", "\r")) for s in shown)
+    assert all(x["error"] == "" and float(x["distance"]) >= 0 for x in rows)
+
+
+def test_out_under_a_regular_file(pair_dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    ref, dist = pair_dirs
+    (tmp_path / "f").write_text("a file")
+    for out in (tmp_path / "f" / "s.csv", tmp_path / "f" / "sub" / "s.csv"):
+        r = _invoke("score", ref, dist, "--out", out, "-m", "l2")
+        assert r.exit_code == 2, r.output
+        assert f"{tmp_path / 'f'} is a file, not a folder" in r.output
+        assert r.exception is None or isinstance(r.exception, SystemExit)
+
+
+def test_a_damaged_journal_row_is_a_one_line_error(pair_dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    from patchmmd import scoring
+
+    ref, dist = pair_dirs
+    out = tmp_path / "s.csv"
+    tasks = scoring.paired_tasks(ref, dist).tasks
+    job = scoring.job_header("l2", {}, tasks, mode="RGB", resize=False, kind="paired",
+                             ref_dir=str(ref.resolve()), dist_dir=str(dist.resolve()))
+    journal = scoring.journal_path(out)
+    with scoring.Journal.open(journal, job) as j:
+        scoring.run_tasks(tasks[:2], "l2", j)
+    good = journal.read_text()
+    for bad, message in (("[]", "must be a JSON object"), ('{"x": 1}', "missing"),
+                         (good.splitlines()[1].replace('"value": 0.', '"value": NaN, "v": 0.'), "unknown v"),
+                         (good.splitlines()[1].replace('"error": null', '"error": null, "value": null')
+                          .replace('"value": 0.', '"w": 0.'), "unknown w")):
+        journal.write_text(good + bad + "\n")
+        r = _invoke("score", ref, dist, "--out", out, "-m", "l2", "--resume")
+        assert r.exit_code == 2, r.output
+        assert f"{journal}, line 4: " in r.output and message in r.output, r.output
+        assert r.exception is None or isinstance(r.exception, SystemExit)
+        assert journal.read_text() == good + bad + "\n" and not out.exists()
+
+
+# --- two runs on one output ---------------------------------------------------------------------------
+def test_a_second_run_on_the_same_output_is_refused(job_dir: tuple[Path, str], tmp_path: Path) -> None:
+    import socket
+
+    d, expected = job_dir
+    out = tmp_path / "scores.csv"
+    journal = tmp_path / "scores.csv.journal"
+    # slow enough (about a minute) to still be running while the second run starts; killed below
+    proc = subprocess.Popen(_cmd(d, out, "-q", "--throttle", "2"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_for_rows(journal, proc, 2)
+        for flag in ("--resume", "--overwrite"):
+            r = subprocess.run(_cmd(d, out, flag), capture_output=True, text=True, timeout=120)
+            assert r.returncode == 1, r.stderr
+            assert f"another run (pid {proc.pid} on {socket.gethostname()}, started " in r.stderr
+            assert f"is writing {out}; wait for it or stop it" in r.stderr
+            assert "Traceback" not in r.stderr
+            assert journal.exists() and not out.exists()
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+    assert (tmp_path / "scores.csv.lock").exists()  # stale: the kernel dropped the lock with the process
+    r = subprocess.run(_cmd(d, out, "--resume", "-q"), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert out.read_text() == expected
+    assert not (tmp_path / "scores.csv.lock").exists() and not journal.exists()

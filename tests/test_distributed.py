@@ -198,6 +198,20 @@ def test_torchrun_score_matches_single_process(tmp_path: Path) -> None:
     assert p.stderr.count("wrote 21 rows") == 1
 
 
+@needs_gloo
+def test_torchrun_score_refuses_a_locked_output(tmp_path: Path) -> None:
+    """Rank 0 takes the output's lock; when another run holds it, every rank stops before any journal."""
+    d = tmp_path / "imgs"
+    _images(d, 3, size=16)
+    out = tmp_path / "s.csv"
+    with scoring.OutputLock.acquire(out, argv=["patchmmd", "score"]):
+        p = subprocess.run(_torchrun("-m", "patchmmd", *_score_args(d, out, "-m", "l2", "--resume")),
+                           capture_output=True, text=True, timeout=150, env=_env(), cwd=tmp_path)
+    assert p.returncode != 0, p.stdout + p.stderr
+    assert p.stderr.count(f"another run (pid {os.getpid()} on ") == 1, p.stderr  # rank 0 alone speaks
+    assert "patchmmd/cli" not in p.stderr and "patchmmd/scoring" not in p.stderr  # no traceback of ours
+    assert scoring.find_journals(out) == [] and not out.exists()
+
 def _children(pid: int) -> list[int]:
     kids = []
     for entry in Path("/proc").iterdir():

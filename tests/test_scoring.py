@@ -201,3 +201,201 @@ def test_resolve_device() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             scoring.resolve_device("cuda")
+
+
+# --- file names in the CSV, file modes ------------------------------------------------------------------
+AWKWARD = ["cr\rname.png", "nl\nname.png", "a,b.png", 'q"x.png', "=SUM(A1).png", "+1.png", "-2.png", "@x.png",
+           "\ttab.png", "'quoted.png", "plain.png"]
+
+
+def _unguard(cell: str) -> str:
+    return cell[1:] if cell.startswith("'") else cell
+
+
+def test_csv_round_trips_awkward_names_and_guards_formulas(tmp_path: Path) -> None:
+    import csv
+
+    rows = [{"id": str(i), "ref": name, "dist": "d.png", "metric": "l2", "value": -0.5, "error": None}
+            for i, name in enumerate(AWKWARD)]
+    rows.append({"id": "e", "ref": "r.png", "dist": "=cmd", "metric": "l2", "value": None, "error": "-boom"})
+    out = tmp_path / "s.csv"
+    scoring.write_csv_atomic(out, rows, value_column="distance")
+    with open(out, newline="", encoding="utf-8") as f:
+        back = list(csv.DictReader(f))
+    assert [_unguard(r["ref"]) for r in back] == [*AWKWARD, "r.png"]
+    # no text cell can start a formula, numbers are never prefixed
+    for r in back:
+        for key in ("ref", "dist", "metric", "error"):
+            assert not r[key].startswith(("=", "+", "-", "@", "\t", "\r"))
+    assert back[0]["distance"] == "-0.5"
+    assert back[-1]["dist"] == "'=cmd" and back[-1]["error"] == "'-boom" and back[-1]["distance"] == ""
+    assert out.read_bytes().count(b"\n") == len(rows) + 2  # one line per row, plus the one inside "nl\nname"
+
+
+def test_non_utf8_file_names(tmp_path: Path) -> None:
+    import os
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    _images(d, ["a.png"])
+    try:
+        raw = os.path.join(os.fsencode(d), b"bad\xff.png")
+        with open(raw, "wb") as f:
+            f.write((d / "a.png").read_bytes())
+    except (OSError, UnicodeError):
+        pytest.skip("the file system refuses a file name that is not UTF-8")
+    tasks = scoring.all_pair_tasks(d)
+    assert [(t.ref, t.dist) for t in tasks] == [("a.png", "bad\udcff.png")]
+    job = _job(tasks)
+    out = tmp_path / "s.csv"
+    with scoring.Journal.open(scoring.journal_path(out), job) as j:
+        summary = scoring.run_tasks(tasks, "l2", j)
+    assert summary.scored == 1
+    assert [r["dist"] for r in scoring.read_journal(scoring.journal_path(out), job, tasks)] == ["bad\udcff.png"]
+    scoring.finalize(out, tasks, job, value_column="distance", keep_journals=True)
+    assert out.read_text(encoding="utf-8").splitlines()[1].startswith("a.png,bad\\xff.png,l2,0.0,")
+    with scoring.Journal.open(scoring.journal_path(out), job, resume=True, tasks=tasks) as j:
+        assert set(j.done) == {tasks[0].id}  # the journal keeps the raw name exactly
+
+
+def test_csv_and_journal_honour_the_umask(folder: Path, tmp_path: Path) -> None:
+    import os
+    import stat
+
+    tasks = scoring.all_pair_tasks(folder)
+    job = _job(tasks)
+    out = tmp_path / "s.csv"
+    old = os.umask(0o027)
+    try:
+        with scoring.Journal.open(scoring.journal_path(out), job) as j:
+            scoring.run_tasks(tasks, "l2", j)
+        journal_mode = stat.S_IMODE(scoring.journal_path(out).stat().st_mode)
+        scoring.finalize(out, tasks, job, value_column="distance")
+    finally:
+        os.umask(old)
+    assert journal_mode == 0o640
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640
+
+
+def test_a_non_finite_metric_value_becomes_an_error_row(folder: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from patchmmd.metrics import registry
+
+    registry.metric_names()  # load the built-ins first
+    spec = registry.MetricSpec("nan-test", lambda: (lambda x, y: torch.full((x.shape[0],), float("nan"))), "test")
+    monkeypatch.setitem(registry._REGISTRY, "nan-test", spec)
+    tasks = scoring.all_pair_tasks(folder)[:2]
+    job = _job(tasks, "nan-test")
+    path = tmp_path / "j.journal"
+    with scoring.Journal.open(path, job) as j:
+        summary = scoring.run_tasks(tasks, "nan-test", j)
+    assert summary.errors == 2
+    rows = scoring.read_journal(path, job, tasks)
+    assert all(r["value"] is None and r["error"] == "the metric returned nan" for r in rows)
+
+
+# --- journal rows are checked -------------------------------------------------------------------------
+BAD_ROWS = [
+    ("[]", "must be a JSON object"),
+    ('{"x": 1}', "missing dist, error, id, metric, ref, value; unknown x"),
+    ('{"ref": "a.png", "dist": "b.png", "metric": "l2", "value": 1.0, "error": null}', "missing id"),
+    ('{"id": 7, "ref": "a.png", "dist": "b.png", "metric": "l2", "value": 1.0, "error": null}', "'id' must be a str"),
+    ("ROW value=null", "'value' must be a number when 'error' is null"),
+    ("ROW value=NaN", "must be a finite number"),
+    ("ROW value=Infinity", "must be a finite number"),
+    ('ROW value="0.5"', "'value' must be a number"),
+    ('ROW value=0.5 error="boom"', "'value' must be null when there is an error"),
+    ('ROW value=null error=""', "'error' must be null or a non-empty string"),
+    ('ROW metric="mmdpp"', "the job's metric is 'l2'"),
+    ('ROW id="0123456789abcdef"', "is not a pair of this job"),
+    ('ROW ref="zzz.png"', "is the pair ('a.png', 'b.png')"),
+]
+
+
+def _edited_row(template: str, first: dict) -> str:
+    if not template.startswith("ROW"):
+        return template
+    row = dict(first)
+    for assignment in template.split()[1:]:
+        key, value = assignment.split("=", 1)
+        row[key] = json.loads(value)
+    return json.dumps(row)
+
+
+@pytest.mark.parametrize(("line", "message"), BAD_ROWS)
+def test_journal_rows_of_the_wrong_shape_are_refused_with_their_line(
+    folder: Path, tmp_path: Path, line: str, message: str
+) -> None:
+    tasks = scoring.all_pair_tasks(folder)
+    job = _job(tasks)
+    path = tmp_path / "j.journal"
+    with scoring.Journal.open(path, job) as j:
+        scoring.run_tasks(tasks[:2], "l2", j, batch_size=1)
+    lines = path.read_text().splitlines()
+    lines.insert(2, _edited_row(line, json.loads(lines[1])))  # between two good rows: line 3 of 4
+    path.write_text("\n".join(lines) + "\n")
+    for read in (lambda: scoring.read_journal(path, job, tasks),
+                 lambda: scoring.done_rows([path], job, tasks),
+                 lambda: scoring.Journal.open(path, job, resume=True, tasks=tasks)):
+        with pytest.raises(scoring.JournalError, match=r"j\.journal, line 3: ") as info:
+            read()
+        assert message in str(info.value)
+    assert path.read_text().count("\n") == 4  # nothing cut off
+
+
+def test_journal_accepts_a_hand_edited_finite_value(folder: Path, tmp_path: Path) -> None:
+    tasks = scoring.all_pair_tasks(folder)
+    job = _job(tasks)
+    path = tmp_path / "j.journal"
+    with scoring.Journal.open(path, job) as j:
+        scoring.run_tasks(tasks[:1], "l2", j)
+    lines = path.read_text().splitlines()
+    lines[1] = _edited_row("ROW value=999", json.loads(lines[1]))
+    path.write_text("\n".join(lines) + "\n")
+    assert [r["value"] for r in scoring.read_journal(path, job, tasks)] == [999.0]
+
+
+@pytest.mark.parametrize("header", ["[]", '{"format": "patchmmd-score-journal", "version": 1, "job": []}', "1"])
+def test_journal_header_of_the_wrong_shape(folder: Path, tmp_path: Path, header: str) -> None:
+    tasks = scoring.all_pair_tasks(folder)
+    path = tmp_path / "j.journal"
+    path.write_text(header + "\n")
+    with pytest.raises(scoring.JobMismatchError, match="not a patchmmd score journal"):
+        scoring.Journal.open(path, _job(tasks), resume=True)
+
+
+# --- the lock -------------------------------------------------------------------------------------------
+_HOLD = """
+import sys, time
+from patchmmd.scoring import OutputLock
+lock = OutputLock.acquire(sys.argv[1], argv=["patchmmd", "score", "--out", sys.argv[1]])
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_output_lock_refuses_a_second_holder_and_survives_kill9(tmp_path: Path) -> None:
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    out = tmp_path / "s.csv"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(out)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+        with pytest.raises(scoring.OutputLockedError) as info:
+            scoring.OutputLock.acquire(out)
+        message = str(info.value)
+        assert message.startswith(f"another run (pid {proc.pid} on {socket.gethostname()}, started ")
+        assert message.endswith(f"patchmmd score --out {out}) is writing {out}; wait for it or stop it")
+        assert info.value.holder["pid"] == proc.pid
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+    assert scoring.lock_path(out).exists()  # left behind by kill -9, but stale
+    with scoring.OutputLock.acquire(out) as lock:
+        assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+    assert not scoring.lock_path(out).exists()

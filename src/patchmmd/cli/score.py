@@ -92,7 +92,8 @@ def score(
     Each finished batch is saved in a journal next to the output (OUT.journal); the CSV is written
     atomically when the job ends. After an interruption (Ctrl-C, kill -9, a crash), rerun the same command
     with --resume to score only what is left. A file that cannot be read, or a pair of images of different
-    sizes, gets a row with its error and the job goes on.
+    sizes, gets a row with its error and the job goes on. One run at a time may write OUT: a second one is
+    refused while the first holds OUT.lock.
 
     Under torchrun (or any launcher setting WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) each
     process scores its share into its own journal (OUT.rank{r}-of-{w}.journal) and rank 0 writes the
@@ -235,6 +236,43 @@ def _build_job(args: _Args, env: Any) -> dict[str, Any]:
     options = parse_metric_options(args.metric_options)
     check_metric_call(build_metric(args.metric, options), args.metric)
     spec = get_spec(args.metric)
+    job = scoring.job_header(args.metric, options, tasks, mode=args.mode, resize=args.resize, **where)
+    return {"tasks": tasks, "job": job, "options": options, "spec": spec}
+
+
+def _prepare_folder(out: Path) -> None:
+    """Create ``--out``'s folder, or say in one line why it cannot be."""
+    if out.is_dir():
+        raise click.UsageError(f"--out {out} is a folder; give a file path")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        blocker = next((p for p in out.parents if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise click.UsageError(f"--out {out}: {blocker} is a file, not a folder") from None
+        raise click.ClickException(f"--out {out}: cannot create the folder {out.parent}: {e.strerror or e}") from None
+
+
+def _lock_output(args: _Args, env: Any) -> Any:
+    """Rank 0 (or the single process) locks the output for the whole run; None elsewhere."""
+    from .. import scoring
+
+    _prepare_folder(args.out)
+    if not env.is_main:
+        return None
+    try:
+        return scoring.OutputLock.acquire(args.out)
+    except scoring.OutputLockedError as e:
+        raise click.ClickException(str(e)) from None
+    except OSError as e:  # e.g. a file system without flock: go on, as before locks existed
+        click.echo(f"warning: cannot lock {args.out} ({e}); make sure no other run writes it", err=True)
+        return None
+
+
+def _read_output(args: _Args, env: Any, built: dict[str, Any]) -> tuple[Path, dict[str, dict[str, Any]]]:
+    """The output policy and, with --resume, the finished rows of the journals (reads only; under the lock)."""
+    from .. import scoring
+
     out = args.out
     journals = scoring.find_journals(out)
     own = scoring.journal_path(out, env.rank, env.world_size)
@@ -244,26 +282,41 @@ def _build_job(args: _Args, env: Any) -> dict[str, Any]:
             f"nothing to resume: {out} exists and has no journal, so its job finished; "
             "pass --overwrite to compute it again"
         )
-    job = scoring.job_header(args.metric, options, tasks, mode=args.mode, resize=args.resize, **where)
     done: dict[str, dict[str, Any]] = {}
     if args.resume:
         try:
-            done = scoring.done_rows(journals, job)
+            done = scoring.done_rows(journals, built["job"], built["tasks"])
         except scoring.JobMismatchError as e:
             raise click.UsageError(f"cannot resume: {e}; or pass --overwrite to start over") from None
-    return {"tasks": tasks, "job": job, "options": options, "spec": spec, "own": own, "done": done}
+        except scoring.JournalError as e:
+            raise click.UsageError(
+                f"cannot resume: {e}; fix or delete that line, or pass --overwrite to start over") from None
+    return own, done
 
 
 def _score(args: _Args, env: Any, dev: Any) -> None:
+    # --- the job and the metric (checked before any work, on every rank)
+    built, error = _attempt(lambda: _build_job(args, env))
+    _agree(env, error)
+    # --- no other run may write the output meanwhile: lock it before its journals are read
+    lock, error = _attempt(lambda: _lock_output(args, env))
+    try:
+        _agree(env, error)
+        _score_locked(args, env, dev, built)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _score_locked(args: _Args, env: Any, dev: Any, built: dict[str, Any]) -> None:
     from .. import scoring
     from ..scoring import distributed
 
     out = args.out
-    # --- the job, the metric and the output policy (all checked before any work, on every rank)
-    built, error = _attempt(lambda: _build_job(args, env))
+    tasks, job = built["tasks"], built["job"]
+    read, error = _attempt(lambda: _read_output(args, env, built))
     _agree(env, error)
-    tasks, job, own = built["tasks"], built["job"], built["own"]
-    done: dict[str, dict[str, Any]] = built["done"]
+    own, done = read
     if env.is_distributed:
         # The rest is shared out from what each rank read: all must have read the same journals.
         view = (tuple(p.name for p in scoring.find_journals(out)), scoring.tasks_digest(
@@ -285,9 +338,12 @@ def _score(args: _Args, env: Any, dev: Any) -> None:
     # --- the work
     def open_journal() -> scoring.Journal:
         try:
-            return scoring.Journal.open(own, job, resume=args.resume)
+            return scoring.Journal.open(own, job, resume=args.resume, tasks=tasks)
         except scoring.JobMismatchError as e:
             raise click.UsageError(f"cannot resume: {e}; or pass --overwrite to start over") from None
+        except scoring.JournalError as e:
+            raise click.UsageError(
+                f"cannot resume: {e}; fix or delete that line, or pass --overwrite to start over") from None
         except OSError as e:
             raise click.ClickException(f"cannot open the journal {own}: {e}") from None
 
@@ -349,9 +405,10 @@ def _score(args: _Args, env: Any, dev: Any) -> None:
                                     journals=scoring.find_journals(out))
         except (ValueError, OSError) as e:
             if not env.is_distributed:
-                raise
+                raise click.ClickException(
+                    f"could not write {out}: {e}; the journals are kept, rerun with --resume") from None
             failure = f"rank 0 could not write {out}: {type(e).__name__}: {e}"
-            if isinstance(e, ValueError):
+            if isinstance(e, ValueError) and not isinstance(e, scoring.JournalError):
                 failure += f" (is {out.parent} on a file system shared by all nodes?)"
     failures = distributed.all_gather_object(failure)
     if failures[0] is not None:

@@ -14,9 +14,12 @@ pieces are built so that a job can also be split over several writers (``torchru
   :func:`find_journals` lists an output's journals of any world size and :func:`done_rows` reads their
   finished rows, so a job can be resumed by another number of writers (``patchmmd score`` shares out
   only the pairs left; see ``docs/distributed.md``).
+  Reading a journal checks every row's shape (:class:`JournalError` names the line of a bad one).
 * :func:`write_csv_atomic` writes the final, sorted CSV to a temporary file in the output folder, fsyncs
   it and renames it over the output (``os.replace``): the output is either absent, the old file or the
-  complete new one, never half-written.
+  complete new one, never half-written. File names are written readably and never as spreadsheet
+  formulas (:func:`csv_text`).
+* :class:`OutputLock` keeps two runs from writing one output at once (``OUT.lock``, ``flock``).
 
 :func:`run_tasks` scores a list of tasks (loading images, batching pairs of equal shape, recording a
 read error or a size mismatch in the pair's row and going on), skipping tasks already in the journal.
@@ -50,6 +53,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 import tempfile
 import time
@@ -72,6 +76,13 @@ class JobMismatchError(ValueError):
     """An existing journal belongs to a different job (other folders, metric, options or file list)."""
 
 
+class JournalError(ValueError):
+    """A journal line that is valid JSON but not a row this engine writes (wrong shape or values).
+
+    The message names the journal and the line number (1 = the header).
+    """
+
+
 # --------------------------------------------------------------------------------------------- the job
 @dataclass(frozen=True)
 class PairTask:
@@ -92,11 +103,14 @@ class PairTask:
 def task_id(ref: str, dist: str) -> str:
     """A stable 16-hex-digit id for the pair ``(ref, dist)`` of relative paths.
 
+        File names that are not valid UTF-8 (held as :func:`os.fsdecode` gives them, with lone surrogates)
+    are hashed as their raw bytes.
+
     Example:
         >>> task_id("a.png", "b.png") == task_id("a.png", "b.png") != task_id("b.png", "a.png")
         True
     """
-    return hashlib.sha256(f"{ref}\0{dist}".encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{ref}\0{dist}".encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 def list_images(folder: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
@@ -261,22 +275,31 @@ def find_journals(output: str | os.PathLike[str]) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def done_rows(paths: Iterable[str | os.PathLike[str]], job: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The finished rows (by id) of several journals, each checked against ``job``.
+def done_rows(
+    paths: Iterable[str | os.PathLike[str]],
+    job: dict[str, Any],
+    tasks: Sequence[PairTask] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The finished rows (by id) of several journals, each checked against ``job`` (and ``tasks``).
 
     Raises:
-        JobMismatchError: a journal belongs to another job.
+        JobMismatchError: a journal belongs to another job. JournalError: a row is malformed.
     """
-    return {r["id"]: r for r in merge_journals(paths, job)}
+    return {r["id"]: r for r in merge_journals(paths, job, tasks)}
 
 
-def _read_lines(path: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]], int]:
-    """Header, rows, and the byte length of the valid prefix (complete, parseable lines) of a journal."""
+ROW_KEYS = frozenset({"id", "ref", "dist", "metric", "value", "error"})
+
+
+def _read_lines(path: Path) -> tuple[dict[str, Any] | None, list[tuple[int, Any]], int]:
+    """Header, (line number, parsed line) of each row, and the byte length of the valid prefix (complete,
+    parseable lines) of a journal. The rows are not checked here (see :func:`_check_row`)."""
     data = path.read_bytes()
-    header: dict[str, Any] | None = None
-    rows: list[dict[str, Any]] = []
+    header: Any = None
+    rows: list[tuple[int, Any]] = []
     valid = 0
     pos = 0
+    line = 0
     while pos < len(data):
         end = data.find(b"\n", pos)
         if end < 0:
@@ -285,36 +308,103 @@ def _read_lines(path: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]]
             obj = json.loads(data[pos:end])
         except ValueError:
             break  # a torn line (only the last one can be)
-        if header is None:
+        line += 1
+        if line == 1:
             header = obj
         else:
-            rows.append(obj)
+            rows.append((line, obj))
         pos = valid = end + 1
     return header, rows, valid
 
 
-def _check_header(path: Path, header: dict[str, Any] | None, job: dict[str, Any]) -> None:
-    if header is None or header.get("format") != JOURNAL_FORMAT:
+def _check_header(path: Path, header: Any, job: dict[str, Any]) -> None:
+    if not isinstance(header, dict) or header.get("format") != JOURNAL_FORMAT:
         raise JobMismatchError(f"{path} is not a patchmmd score journal (or its header is damaged)")
     if header.get("version") != JOURNAL_VERSION:
         raise JobMismatchError(f"{path} has journal version {header.get('version')}, expected {JOURNAL_VERSION}")
     old = header.get("job", {})
+    if not isinstance(old, dict):
+        raise JobMismatchError(f"{path} is not a patchmmd score journal (or its header is damaged)")
     differ = sorted(k for k in set(old) | set(job) if old.get(k) != job.get(k))
     if differ:
         detail = "; ".join(f"{k}: journal {old.get(k)!r}, now {job.get(k)!r}" for k in differ)
         raise JobMismatchError(f"{path} belongs to a different job ({detail}); rerun with the same arguments")
 
 
-def read_journal(path: str | os.PathLike[str], job: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def _row_problem(row: Any, metric: str | None, tasks: dict[str, PairTask] | None) -> str | None:
+    """Why ``row`` is not a row this engine writes, or None if it is one."""
+    if not isinstance(row, dict):
+        return f"a row must be a JSON object, got {type(row).__name__}"
+    if set(row) != ROW_KEYS:
+        missing, extra = sorted(ROW_KEYS - set(row)), sorted(set(row) - ROW_KEYS)
+        return "a row must have the keys " + ", ".join(sorted(ROW_KEYS)) + (
+            f"; missing {', '.join(missing)}" if missing else "") + (f"; unknown {', '.join(extra)}" if extra else "")
+    for key in ("id", "ref", "dist", "metric"):
+        if not isinstance(row[key], str):
+            return f"{key!r} must be a string, got {row[key]!r}"
+    value, error = row["value"], row["error"]
+    if error is not None and not (isinstance(error, str) and error):
+        return f"'error' must be null or a non-empty string, got {error!r}"
+    if error is None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"'value' must be a number when 'error' is null, got {value!r}"
+        if not math.isfinite(value):
+            return f"'value' must be a finite number, got {value!r}"
+    elif value is not None:
+        return f"'value' must be null when there is an error, got {value!r}"
+    if metric is not None and row["metric"] != metric:
+        return f"'metric' is {row['metric']!r}, but the job's metric is {metric!r}"
+    if tasks is not None:
+        task = tasks.get(row["id"])
+        if task is None:
+            return f"'id' {row['id']!r} is not a pair of this job"
+        if (row["ref"], row["dist"]) != (task.ref, task.dist):
+            theirs = f"({row['ref']!r}, {row['dist']!r})"
+            return f"'id' {row['id']!r} is the pair ({task.ref!r}, {task.dist!r}), not {theirs}"
+    return None
+
+
+def _checked_rows(
+    path: Path,
+    rows: list[tuple[int, Any]],
+    job: dict[str, Any] | None,
+    tasks: Sequence[PairTask] | None,
+) -> list[dict[str, Any]]:
+    metric = None if job is None else job.get("metric")
+    by_id = None if tasks is None else {t.id: t for t in tasks}
+    out = []
+    for line, row in rows:
+        problem = _row_problem(row, metric, by_id)
+        if problem is not None:
+            raise JournalError(f"{path}, line {line}: {problem}")
+        if row["value"] is not None:
+            row["value"] = float(row["value"])
+        out.append(row)
+    return out
+
+
+def read_journal(
+    path: str | os.PathLike[str],
+    job: dict[str, Any] | None = None,
+    tasks: Sequence[PairTask] | None = None,
+) -> list[dict[str, Any]]:
     """The rows of a journal (a torn last line ignored); with ``job``, check the journal belongs to it.
+
+    Every row is checked for its shape: a JSON object with exactly the keys ``id, ref, dist, metric, value,
+    error``; strings where strings belong; ``value`` a finite number when ``error`` is null, and null when
+    ``error`` is a non-empty string. With ``job`` the row's metric must be the job's, and with ``tasks`` its id
+    must be one of theirs, with their ``ref`` and ``dist``. A value is trusted only as far as that: a
+    hand-edited finite number passes.
 
     Raises:
         JobMismatchError: ``job`` is given and differs from the journal's.
+        JournalError: a row is malformed (the message names the line).
     """
-    header, rows, _ = _read_lines(Path(path))
+    path = Path(path)
+    header, rows, _ = _read_lines(path)
     if job is not None:
-        _check_header(Path(path), header, job)
-    return rows
+        _check_header(path, header, job)
+    return _checked_rows(path, rows, job, tasks)
 
 
 class Journal:
@@ -330,19 +420,30 @@ class Journal:
         self.done = done
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], job: dict[str, Any], *, resume: bool = False) -> Journal:
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        job: dict[str, Any],
+        *,
+        resume: bool = False,
+        tasks: Sequence[PairTask] | None = None,
+    ) -> Journal:
         """Create (or with ``resume``, reopen) the journal at ``path`` for ``job``.
+
+        Reopened rows are checked as in :func:`read_journal` (against ``tasks`` when given).
 
         Raises:
             FileExistsError: the journal exists and ``resume`` is false.
             JobMismatchError: ``resume`` and the journal belongs to another job.
+            JournalError: ``resume`` and a row of the journal is malformed.
         """
         path = Path(path)
         if path.exists():
             if not resume:
                 raise FileExistsError(f"journal {path} exists: resume it or remove it")
-            header, rows, valid = _read_lines(path)
+            header, numbered, valid = _read_lines(path)
             _check_header(path, header, job)
+            rows = _checked_rows(path, numbered, job, tasks)
             fh = open(path, "r+b")  # owned by the Journal, closed in close()
             fh.truncate(valid)
             fh.seek(valid)
@@ -423,28 +524,94 @@ def format_value(value: float | None) -> str:
     return "" if value is None else repr(float(value))
 
 
+FORMULA_CHARS = ("=", "+", "-", "@", "\t", "\r", "'")
+"""A text cell starting with one of these gets a leading ``'`` in the CSV (see :func:`csv_text`)."""
+
+
+def csv_text(text: str) -> str:
+    """A text cell (file name, metric, error) as written in the CSV: readable, and never a formula.
+
+    * File names that are not valid UTF-8 (lone surrogates from :func:`os.fsdecode`) show their undecodable
+      bytes as ``\\xNN``: ``bad\\xff.png``.
+    * A cell starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return, which a spreadsheet could
+      run as a formula, gets a leading ``'``; so does one starting with ``'`` itself, so that removing one
+      leading ``'`` from any cell that has one gives the name back.
+
+    Example:
+        >>> csv_text("a.png"), csv_text("=1+1.png"), csv_text("'q.png"), csv_text("bad\\udcff.png")
+        ('a.png', "'=1+1.png", "''q.png", 'bad\\\\xff.png')
+    """
+    try:
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that no file name decodes to (a hand-edited journal)
+        text = text.encode("utf-8", "backslashreplace").decode("ascii")
+    return "'" + text if text.startswith(FORMULA_CHARS) else text
+
+
+def csv_line(fields: Sequence[str]) -> str:
+    """One CSV record ending in ``\\n``; a field holding ``,``, ``"``, ``\\r`` or ``\\n`` is quoted.
+
+    (``csv.writer`` with ``lineterminator="\\n"`` leaves a lone ``\\r`` unquoted, which readers take for
+    a line break.)
+
+    Example:
+        >>> csv_line(["a\\rb", "c,d", 'e"f', "g"])
+        '"a\\rb","c,d","e""f",g\\n'
+    """
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\r\n").writerow(fields)  # quotes any field holding \r or \n
+    return buf.getvalue()[:-2] + "\n"
+
+
 def write_csv_atomic(path: str | os.PathLike[str], rows: Sequence[dict[str, Any]], *, value_column: str) -> None:
     """Write rows as CSV (``ref,dist,metric,<value_column>,error``) atomically at ``path``.
 
-    The data goes to a temporary file in the same folder, is fsynced, then renamed over ``path``.
+    Text cells go through :func:`csv_text` (readable non-UTF-8 names, a ``'`` before a would-be formula);
+    fields holding a comma, a quote or a line break are quoted. The data goes to a temporary file in the
+    same folder, is fsynced, then renamed over ``path``.
     """
     path = Path(path)
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow([*CSV_COLUMNS_BASE, value_column, "error"])
+    lines = [csv_line([*CSV_COLUMNS_BASE, value_column, "error"])]
     for r in rows:
-        w.writerow([r["ref"], r["dist"], r["metric"], format_value(r.get("value")), r.get("error") or ""])
-    atomic_write_text(path, buf.getvalue())
+        lines.append(csv_line([
+            csv_text(r["ref"]), csv_text(r["dist"]), csv_text(r["metric"]), format_value(r.get("value")),
+            csv_text(r.get("error") or ""),
+        ]))
+    atomic_write_text(path, "".join(lines))
+
+
+def creation_mode() -> int:
+    """The mode a new file gets from ``open()``: ``0o666`` less the process's umask.
+
+    Example:
+        >>> creation_mode() & ~0o666
+        0
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # no other way to read it; set back at once
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Replace ``path`` by a file holding ``text`` (UTF-8) atomically: temp file, fsync, ``os.replace``."""
+    """Replace ``path`` by a file holding ``text`` (UTF-8) atomically: temp file, fsync, ``os.replace``.
+
+    The file gets the mode of any new file (``0o666`` less the umask, see :func:`creation_mode`), as the
+    journals do, not the ``0o600`` of a temporary file.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(text.encode())
             _fsync(fh)
+        os.chmod(tmp, creation_mode())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -455,12 +622,171 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     _fsync_dir(path.parent)
 
 
-def merge_journals(paths: Iterable[str | os.PathLike[str]], job: dict[str, Any]) -> list[dict[str, Any]]:
-    """All rows of several writers' journals (each checked against ``job``), for the final CSV."""
+def merge_journals(
+    paths: Iterable[str | os.PathLike[str]],
+    job: dict[str, Any],
+    tasks: Sequence[PairTask] | None = None,
+) -> list[dict[str, Any]]:
+    """All rows of several writers' journals (each checked against ``job`` and ``tasks``), for the final CSV."""
     rows: list[dict[str, Any]] = []
     for p in paths:
-        rows.extend(read_journal(p, job))
+        rows.extend(read_journal(p, job, tasks))
     return rows
+
+
+# ------------------------------------------------------------------------------------------- the lock
+class OutputLockedError(RuntimeError):
+    """Another run holds the lock on the output; :attr:`holder` is what it wrote in the lock file."""
+
+    def __init__(self, output: Path, holder: dict[str, Any] | None) -> None:
+        self.output = output
+        self.holder = holder or {}
+        super().__init__(f"another run ({describe_holder(self.holder)}) is writing {output}; wait for it or stop it")
+
+
+def describe_holder(holder: dict[str, Any]) -> str:
+    """``pid N on HOST, started YYYY-mm-dd HH:MM:SS: COMMAND`` from a lock file's content (parts it lacks left out).
+
+    Example:
+        >>> describe_holder({"pid": 12, "host": "node1", "argv": ["patchmmd", "score"]})
+        'pid 12 on node1: patchmmd score'
+        >>> describe_holder({})
+        'its details are unknown'
+    """
+    who = []
+    if isinstance(holder.get("pid"), int):
+        who.append(f"pid {holder['pid']}")
+    if isinstance(holder.get("host"), str):
+        who.append(f"on {holder['host']}")
+    parts = [" ".join(who)] if who else []
+    if isinstance(holder.get("started"), (int, float)):
+        try:
+            parts.append("started " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder["started"])))
+        except (OverflowError, OSError, ValueError):
+            pass
+    text = ", ".join(parts)
+    argv = holder.get("argv")
+    if isinstance(argv, list) and all(isinstance(a, str) for a in argv):
+        import shlex
+
+        command = shlex.join(argv)
+        command = command if len(command) <= 200 else command[:197] + "..."
+        text = f"{text}: {command}" if text else command
+    return text or "its details are unknown"
+
+
+def lock_path(output: str | os.PathLike[str]) -> Path:
+    """The lock file next to ``output``: ``OUT.lock``.
+
+    Example:
+        >>> lock_path("runs/scores.csv").as_posix()
+        'runs/scores.csv.lock'
+    """
+    out = Path(output)
+    return out.with_name(out.name + ".lock")
+
+
+class OutputLock:
+    """An exclusive lock on an output (its CSV and journals) for the time of one run: ``OUT.lock``.
+
+    :meth:`acquire` creates ``OUT.lock``, takes ``fcntl.flock(LOCK_EX | LOCK_NB)`` on it and writes the
+    holder's pid, host name, start time and command line into it (JSON); :meth:`release` removes the file
+    and drops the lock. The kernel drops the lock when the process ends in any way, so a file left behind
+    by ``kill -9`` or a crash does not block the next run, which takes it over. Where ``fcntl`` does not
+    exist (Windows) no lock is taken.
+
+    Example:
+        >>> import tempfile
+        >>> out = Path(tempfile.mkdtemp()) / "s.csv"
+        >>> with OutputLock.acquire(out):
+        ...     try:
+        ...         OutputLock.acquire(out)
+        ...     except OutputLockedError as e:
+        ...         print(str(e).startswith("another run (pid"))
+        True
+        >>> lock_path(out).exists()
+        False
+    """
+
+    def __init__(self, path: Path, fd: int | None) -> None:
+        self.path = path
+        self._fd = fd
+
+    @classmethod
+    def acquire(cls, output: str | os.PathLike[str], *, argv: Sequence[str] | None = None) -> OutputLock:
+        """Lock ``output`` (whose folder must exist) for this process; ``argv`` is recorded (default ``sys.argv``).
+
+        Raises:
+            OutputLockedError: another process holds the lock.
+            OSError: the lock file cannot be created, or the file system does not support ``flock``.
+        """
+        import socket
+        import sys
+
+        try:
+            import fcntl
+        except ImportError:  # Windows
+            return cls(lock_path(output), None)
+        path = lock_path(output)
+        for _ in range(100):
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_holder(fd)
+                os.close(fd)
+                raise OutputLockedError(Path(output), holder) from None
+            except BaseException:
+                os.close(fd)
+                raise
+            # The holder we waited for removes the file before it drops the lock: if the name no longer
+            # leads to the file we locked, another run may already hold a new one; try again.
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        else:  # pragma: no cover - a lock file replaced 100 times in a row
+            raise OSError(f"could not lock {path}: it keeps being replaced")
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
+                "argv": list(sys.argv if argv is None else argv)}
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps(info, sort_keys=True).encode() + b"\n")
+        except OSError:
+            pass  # the lock holds without the details
+        return cls(path, fd)
+
+    def release(self) -> None:
+        """Remove the lock file and drop the lock (idempotent)."""
+        if self._fd is None:
+            return
+        try:
+            try:
+                if os.path.samestat(os.fstat(self._fd), os.stat(self.path)):
+                    os.unlink(self.path)  # while still holding the lock: see acquire
+            except OSError:
+                pass
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> OutputLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _read_holder(fd: int) -> dict[str, Any] | None:
+    try:
+        data = os.pread(fd, 65536, 0)
+        holder = json.loads(data)
+    except (OSError, ValueError):
+        return None
+    return holder if isinstance(holder, dict) else None
 
 
 # ------------------------------------------------------------------------------------------- scoring
@@ -508,6 +834,8 @@ def resize_to(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def _row(task: PairTask, metric: str, value: float | None, error: str | None) -> dict[str, Any]:
+    if value is not None and not math.isfinite(value):  # the journal and the CSV hold finite values only
+        value, error = None, f"the metric returned {value}"
     return {"id": task.id, "ref": task.ref, "dist": task.dist, "metric": metric, "value": value, "error": error}
 
 
@@ -659,12 +987,13 @@ def finalize(
 
     Raises:
         ValueError: some task has no row in any journal. JobMismatchError: a journal is from another job.
+        JournalError: a journal row is malformed.
     """
     if journals is None:
         paths = [journal_path(output, r, world_size) for r in range(world_size)]
     else:
         paths = [Path(p) for p in journals]
-    rows = sorted_rows(merge_journals(paths, job), tasks)
+    rows = sorted_rows(merge_journals(paths, job, tasks), tasks)
     write_csv_atomic(output, rows, value_column=value_column)
     if not keep_journals:
         for p in paths:
