@@ -144,3 +144,62 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     a, b = load_image(tmp_path / "upright.png"), load_image(tmp_path / "rotated.jpg")
     assert a.shape == b.shape == (3, 16, 24)
     assert (a - b).abs().mean().item() < 0.03  # the same picture, up to JPEG
+
+
+# --------------------------------------------------------------------------------- in a scoring job
+def _folder(path: Path, sizes: list[int], seed: int = 0) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    for i, size in enumerate(sizes):
+        save_image(torch.rand(3, size, size, generator=g), path / f"im{i:02d}.png")
+    return path
+
+
+def test_a_bomb_in_a_scoring_job_is_an_error_row(tmp_path: Path) -> None:
+    from patchmmd import scoring
+
+    ref, dist = _folder(tmp_path / "ref", [8, 8, 8]), _folder(tmp_path / "dist", [8, 8, 8], seed=1)
+    bomb_png(dist / "im01.png")
+    bomb_png(ref / "im02.png", 10000, 10000)
+    tasks = scoring.paired_tasks(ref, dist).tasks
+    job = scoring.job_header("l2", {}, tasks, mode="RGB", resize=False)
+    with scoring.Journal.open(tmp_path / "j.journal", job) as journal:
+        summary = scoring.run_tasks(tasks, "l2", journal, batch_size=4)
+    assert (summary.scored, summary.errors) == (1, 2)
+    rows = {r["ref"]: r for r in scoring.read_journal(tmp_path / "j.journal")}
+    assert rows["im00.png"]["error"] is None
+    assert rows["im01.png"]["value"] is None and "ImageTooLargeError" in rows["im01.png"]["error"]
+    assert "10000x10000 = 100000000 pixels" in rows["im02.png"]["error"]
+
+
+def test_batches_and_cache_are_bounded_in_pixels(tmp_path: Path) -> None:
+    from patchmmd import scoring
+
+    d = _folder(tmp_path / "d", [16] * 6)
+    tasks = scoring.all_pair_tasks(d)  # 15 pairs of 16x16 = 256-pixel images
+    job = scoring.job_header("l2", {}, tasks, mode="RGB", resize=False)
+    sizes: list[int] = []
+    with scoring.Journal.open(tmp_path / "j.journal", job) as journal:
+        summary = scoring.run_tasks(tasks, "l2", journal, batch_size=16, batch_pixels=3 * 256,
+                                    progress=sizes.append)
+    assert summary.scored == 15 and sum(sizes) == 15
+    assert max(sizes) == 3  # three pairs' pixels per batch, though 16 pairs were allowed
+    rows = {(r["ref"], r["dist"]): r["value"] for r in scoring.read_journal(tmp_path / "j.journal")}
+    with scoring.Journal.open(tmp_path / "k.journal", job) as journal:
+        scoring.run_tasks(tasks, "l2", journal, batch_size=16)
+    assert rows == {(r["ref"], r["dist"]): r["value"] for r in scoring.read_journal(tmp_path / "k.journal")}
+    # A pair over the budget is scored alone.
+    sizes.clear()
+    with scoring.Journal.open(tmp_path / "m.journal", job) as journal:
+        scoring.run_tasks(tasks, "l2", journal, batch_size=16, batch_pixels=100, progress=sizes.append)
+    assert sizes == [1] * 15
+
+    cache = scoring._ImageCache("RGB", pixel_capacity=2 * 256)
+    for i in range(6):
+        assert cache.get(d / f"im{i:02d}.png").shape == (3, 16, 16)
+        assert cache.pixels <= 2 * 256 and len(cache._items) <= 2
+    big = scoring._ImageCache("RGB", pixel_capacity=100)  # the newest image stays, even over the budget
+    big.get(d / "im00.png")
+    assert big.pixels == 256
+    with pytest.raises(ImageTooLargeError):
+        scoring._ImageCache("RGB", max_pixels=255).get(d / "im00.png")
