@@ -203,3 +203,42 @@ def test_batches_and_cache_are_bounded_in_pixels(tmp_path: Path) -> None:
     assert big.pixels == 256
     with pytest.raises(ImageTooLargeError):
         scoring._ImageCache("RGB", max_pixels=255).get(d / "im00.png")
+
+
+# ----------------------------------------------------------------------------- compare and eval mos
+def test_compare_reports_a_bomb_in_one_line(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from patchmmd.cli import main
+
+    save_image(torch.rand(3, 8, 8), tmp_path / "a.png")
+    bomb_png(tmp_path / "bomb.png")
+    bomb_png(tmp_path / "big.png", 10000, 10000)
+    for b, what in (("bomb.png", "decompression bomb"), ("big.png", "--max-pixels sets the limit")):
+        r = CliRunner().invoke(main, ["compare", str(tmp_path / "a.png"), str(tmp_path / b), "-m", "l2"])
+        assert r.exit_code == 1, r.output
+        assert isinstance(r.exception, SystemExit)  # a reported error, not an exception escaping
+        assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+        assert r.output.startswith("Error: ") and b in r.output and what in r.output
+
+
+def test_eval_mos_reports_a_bomb_in_one_line(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from patchmmd.cli import main
+
+    folder = tmp_path / "mos"
+    g = torch.Generator().manual_seed(0)
+    lines = ["reference,distorted,mos"]
+    folder.mkdir()
+    save_image(torch.rand(3, 8, 8, generator=g), folder / "ref.png")
+    for i in range(4):
+        save_image(torch.rand(3, 8, 8, generator=g), folder / f"d{i}.png")
+        lines.append(f"ref.png,d{i}.png,{10 * i}")
+    bomb_png(folder / "d2.png")
+    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
+    r = CliRunner().invoke(main, ["eval", "mos", str(folder / "labels.csv"), "-m", "l2", "--bootstrap", "0",
+                                  "--no-plots", "--out", str(tmp_path / "out")])
+    assert r.exit_code == 1, r.output
+    assert isinstance(r.exception, SystemExit) and "Traceback" not in r.output
+    assert "Error: " in r.output and "d2.png" in r.output and "decompression bomb" in r.output

@@ -58,7 +58,12 @@ class ImageReadError(ValueError):
 
 
 class ImageTooLargeError(ImageReadError):
-    """An image has more pixels than allowed (``max_pixels``, or Pillow's decompression-bomb limit)."""
+    """An image has more pixels than allowed: ``max_pixels``, or (``by_pillow``) Pillow's decompression-bomb
+    limit ``PIL.Image.MAX_IMAGE_PIXELS``, which a larger ``max_pixels`` does not lift."""
+
+    def __init__(self, message: str, *, by_pillow: bool = False) -> None:
+        super().__init__(message)
+        self.by_pillow = by_pillow
 
 
 def check_max_pixels(max_pixels: int | None) -> int | None:
@@ -127,9 +132,14 @@ def load_image(
     except FileNotFoundError:
         raise ImageReadError(f"image file not found: {path}") from None
     except Image.DecompressionBombError as e:
+        # Pillow's error threshold is twice MAX_IMAGE_PIXELS: below it, our own limit refuses first.
+        over_ours = max_pixels is not None and Image.MAX_IMAGE_PIXELS is not None and (
+            max_pixels < 2 * Image.MAX_IMAGE_PIXELS)
+        detail = f"over the limit of {max_pixels} pixels (max_pixels), and " if over_ours else ""
         raise ImageTooLargeError(
-            f"{path}: too large for Pillow's decompression-bomb check (PIL.Image.MAX_IMAGE_PIXELS): {e} "
-            f"(the limit here: max_pixels = {max_pixels})"
+            f"{path}: {detail}refused by Pillow as a possible decompression bomb: {e} "
+            "(Pillow's limit is PIL.Image.MAX_IMAGE_PIXELS)",
+            by_pillow=True,
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
         if isinstance(e, ImageReadError):
