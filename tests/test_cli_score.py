@@ -169,6 +169,62 @@ def test_resume_with_other_arguments_is_refused(pair_dirs: tuple[Path, Path], tm
     assert "2 from the journal" in r.output and len(_rows(out)) == 5
 
 
+def test_a_decompression_bomb_is_an_error_row_and_resume_goes_past_it(
+    pair_dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from patchmmd import scoring
+    from test_io import bomb_png
+
+    ref, dist = pair_dirs
+    bomb_png(dist / "im03.png")  # 70 bytes claiming 50000x50000 pixels
+    out = tmp_path / "s.csv"
+    r = CliRunner().invoke(main, ["score", str(ref), str(dist), "--out", str(out), "-m", "l2"])
+    assert r.exit_code == 0, r.output
+    assert r.exception is None and "Traceback" not in r.output
+    rows = {x["ref"]: x for x in _rows(out)}
+    assert rows["im03.png"]["distance"] == "" and "ImageTooLargeError" in rows["im03.png"]["error"]
+    assert "decompression bomb" in rows["im03.png"]["error"]
+    assert all(rows[f"im0{i}.png"]["error"] == "" for i in (0, 1, 2, 4))
+    assert "1 with errors" in r.output
+    # An interrupted job (two rows journaled) resumes past the bomb.
+    out2 = tmp_path / "s2.csv"
+    tasks = scoring.paired_tasks(ref, dist).tasks
+    job = scoring.job_header("l2", {}, tasks, mode="RGB", resize=False, kind="paired",
+                             ref_dir=str(ref.resolve()), dist_dir=str(dist.resolve()))
+    with scoring.Journal.open(scoring.journal_path(out2), job) as j:
+        scoring.run_tasks(tasks[:2], "l2", j)
+    r = CliRunner().invoke(main, ["score", str(ref), str(dist), "--out", str(out2), "-m", "l2", "--resume"])
+    assert r.exit_code == 0, r.output
+    assert r.exception is None and "2 from the journal" in r.output
+    assert _rows(out2) == _rows(out)
+
+
+def test_max_pixels(pair_dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    ref, dist = pair_dirs  # 48x48 images
+    out = tmp_path / "s.csv"
+    r = _invoke("score", ref, dist, "--out", out, "-m", "l2", "--max-pixels", 48 * 48 - 1)
+    assert r.exit_code == 0, r.output
+    assert all("48x48 = 2304 pixels is over the limit of 2303" in x["error"] for x in _rows(out))
+    for limit in (48 * 48, 0, "none"):
+        r = _invoke("score", ref, dist, "--out", out, "-m", "l2", "--max-pixels", limit, "--overwrite")
+        assert r.exit_code == 0, r.output
+        assert all(x["error"] == "" for x in _rows(out))
+    # The limit changes rows, so it is part of the job: resuming with another one is refused.
+    out2 = tmp_path / "s2.csv"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("patchmmd.scoring.Journal.append", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+        r = _invoke("score", ref, dist, "--out", out2, "-m", "l2")
+    assert r.exit_code == 130, r.output
+    r = _invoke("score", ref, dist, "--out", out2, "-m", "l2", "--resume", "--max-pixels", "none")
+    assert r.exit_code == 2 and "max_pixels" in r.output
+    r = _invoke("score", ref, dist, "--out", out2, "-m", "l2", "--resume")
+    assert r.exit_code == 0, r.output
+    r = _invoke("score", ref, dist, "--out", out, "-m", "l2", "--max-pixels", "-5", "--overwrite")
+    assert r.exit_code == 2 and "--max-pixels" in r.output
+    r = _invoke("score", "--help")
+    assert "--max-pixels" in r.output and "no limit" in r.output
+
+
 # --- real processes, really interrupted ---------------------------------------------------------------
 def _cmd(folder: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "patchmmd", "score", "--all-pairs", str(folder), "--out", str(out),

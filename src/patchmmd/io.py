@@ -8,14 +8,27 @@ Modes (documented behaviour for the CLI and the dataset readers):
 * ``"L"``: one luminance channel (ITU-R 601-2, Pillow's conversion).
 * ``"keep"``: the file's own channels (1, 3 or 4), alpha included.
 
-8-bit and 16-bit files are both mapped to [0, 1]. ``.npy`` files (as in BAPPS's judgments) are not images
-and are read with :func:`numpy.load` elsewhere.
+Value ranges: each kind of file is read with its own fixed range, never a guess from the pixels.
+
+* 8-bit files (and palette, bilevel, CMYK, ... converted by Pillow): divided by 255.
+* 16-bit grayscale (PNG, TIFF, and PGM/PPM with a maxval above 255, which Pillow rescales to 16 bits):
+  divided by 65535, so a dark 16-bit image stays dark.
+* 32-bit float grayscale (TIFF mode ``F``): taken as they are; values must lie in [0, 1] (NaN, Inf or
+  values outside are refused: their scale is unknown).
+* 32-bit integer grayscale (e.g. a signed-integer TIFF) is refused: its range is unknown.
+
+The EXIF orientation tag is applied (a photo saved rotated with an orientation tag reads upright, as
+viewers show it). Images larger than ``max_pixels`` (default :data:`DEFAULT_MAX_PIXELS`) are refused
+from their header, before any pixel is decoded, so a small compressed file that claims a huge size (a
+decompression bomb) costs nothing. ``.npy`` files (as in BAPPS's judgments) are not images and are read
+with :func:`numpy.load` elsewhere.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Literal
+import warnings
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -24,19 +37,74 @@ ImageMode = Literal["RGB", "L", "keep"]
 IMAGE_MODES = ("RGB", "L", "keep")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
 
+DEFAULT_MAX_PIXELS = 64 * 2**20
+"""The default largest image :func:`load_image` reads: 64 megapixels (8192 x 8192).
+
+A 64-megapixel RGB image takes 768 MB as float32, and a metric's intermediates several times that; the
+limit is also below Pillow's own decompression-bomb threshold (``PIL.Image.MAX_IMAGE_PIXELS``, about 89
+megapixels for a warning and 179 for an error), so Pillow never warns first. Pass ``max_pixels=None`` to
+lift it (Pillow's error threshold then still applies unless ``PIL.Image.MAX_IMAGE_PIXELS`` is raised).
+"""
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+# Formats whose mode "I" images are 16-bit (Pillow's PGM/PPM reader rescales maxval > 255 to 0..65535,
+# and Pillow before 10 opened 16-bit grayscale PNG as "I").
+_SIXTEEN_BIT_AS_I = ("PNG", "PPM")
+_EXIF_ORIENTATION = 0x0112
+
 
 class ImageReadError(ValueError):
-    """An image file is missing, unreadable, corrupt or not an image."""
+    """An image file is missing, unreadable, corrupt, not an image, or of a kind that cannot be read."""
+
+
+class ImageTooLargeError(ImageReadError):
+    """An image has more pixels than allowed: ``max_pixels``, or (``by_pillow``) Pillow's decompression-bomb
+    limit ``PIL.Image.MAX_IMAGE_PIXELS``, which a larger ``max_pixels`` does not lift."""
+
+    def __init__(self, message: str, *, by_pillow: bool = False) -> None:
+        super().__init__(message)
+        self.by_pillow = by_pillow
+
+
+def check_max_pixels(max_pixels: int | None) -> int | None:
+    """Validate a pixel limit: a positive integer, or ``None`` for no limit.
+
+    Raises:
+        ValueError: anything else (0, a negative number, a float, a bool).
+
+    Example:
+        >>> check_max_pixels(1000), check_max_pixels(None)
+        (1000, None)
+    """
+    if max_pixels is None:
+        return None
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1:
+        raise ValueError(f"max_pixels must be a positive integer or None (no limit), got {max_pixels!r}")
+    return int(max_pixels)
 
 
 def load_image(
-    path: str | os.PathLike[str], *, mode: ImageMode = "RGB", dtype: torch.dtype = torch.float32
+    path: str | os.PathLike[str],
+    *,
+    mode: ImageMode = "RGB",
+    dtype: torch.dtype = torch.float32,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> torch.Tensor:
     """Read an image file as a ``(C, H, W)`` tensor in [0, 1].
 
+    Args:
+        path: the file.
+        mode: ``"RGB"``, ``"L"`` or ``"keep"`` (see the module's docstring).
+        dtype: the tensor's floating dtype.
+        max_pixels: the largest width x height read (checked from the header before decoding);
+            ``None`` for no limit of ours (Pillow's decompression-bomb error still applies).
+
     Raises:
-        ImageReadError: the file does not exist or cannot be decoded as an image.
-        ValueError: ``mode`` is not one of ``"RGB"``, ``"L"``, ``"keep"``.
+        ImageTooLargeError: the image has more than ``max_pixels`` pixels (a subclass of ImageReadError).
+        ImageReadError: the file does not exist, cannot be decoded as an image, or holds values whose
+            range is unknown (32-bit integers, floats outside [0, 1]).
+        ValueError: ``mode`` is not one of ``"RGB"``, ``"L"``, ``"keep"``, or ``max_pixels`` is not a
+            positive integer or None.
 
     Example:
         >>> from patchmmd.data import sample_path
@@ -49,42 +117,123 @@ def load_image(
 
     if mode not in IMAGE_MODES:
         raise ValueError(f"mode must be one of {IMAGE_MODES}, got {mode!r}")
+    max_pixels = check_max_pixels(max_pixels)
     try:
-        with open(path, "rb") as f:
+        with open(path, "rb") as f, warnings.catch_warnings():
+            # Our own limit decides (it is below Pillow's warning threshold by default).
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(f)
+            w, h = im.size
+            if max_pixels is not None and w * h > max_pixels:
+                raise ImageTooLargeError(
+                    f"{path}: {w}x{h} = {w * h} pixels is over the limit of {max_pixels} (max_pixels)"
+                )
             im.load()
     except FileNotFoundError:
         raise ImageReadError(f"image file not found: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except Image.DecompressionBombError as e:
+        # Pillow's error threshold is twice MAX_IMAGE_PIXELS: below it, our own limit refuses first.
+        over_ours = max_pixels is not None and Image.MAX_IMAGE_PIXELS is not None and (
+            max_pixels < 2 * Image.MAX_IMAGE_PIXELS)
+        detail = f"over the limit of {max_pixels} pixels (max_pixels), and " if over_ours else ""
+        raise ImageTooLargeError(
+            f"{path}: {detail}refused by Pillow as a possible decompression bomb: {e} "
+            "(Pillow's limit is PIL.Image.MAX_IMAGE_PIXELS)",
+            by_pillow=True,
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
+        if isinstance(e, ImageReadError):
+            raise
         raise ImageReadError(f"cannot read {path} as an image: {e}") from None
-    arr = _to_array(im, mode)
-    t = torch.from_numpy(arr)
-    return (t.permute(2, 0, 1) if t.dim() == 3 else t.unsqueeze(0)).contiguous().to(dtype)
+    a, scale = _pixels(_upright(im), mode, path)
+    del im  # only the samples are needed now: let Pillow's copy go before the float one is made
+    return _to_tensor(a, scale, mode, dtype)
 
 
-def _to_array(im, mode: ImageMode) -> np.ndarray:  # type: ignore[no-untyped-def]
+def _upright(im: Any) -> Any:
+    """``im`` turned as its EXIF orientation tag says (unchanged without one or with unreadable EXIF)."""
+    from PIL import ImageOps
+
+    try:
+        orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+        if orientation in (2, 3, 4, 5, 6, 7, 8):
+            return ImageOps.exif_transpose(im)
+    except (OSError, ValueError, SyntaxError, KeyError, TypeError, EOFError):
+        pass  # damaged EXIF: the pixels are still good, read them as stored
+    return im
+
+
+def _pixels(im: Any, mode: ImageMode, path: str | os.PathLike[str]) -> tuple[np.ndarray, float]:
+    """The image's samples as stored (``(H, W)`` or ``(H, W, C)``; 8-bit, 16-bit or float32) and the number
+    they are divided by to map them to [0, 1].
+
+    Raises:
+        ImageReadError: a mode whose range is unknown (32-bit integers), floats outside [0, 1], or a mode
+            Pillow cannot convert.
+    """
+    if im.mode in _SIXTEEN_BIT_MODES or (im.mode == "I" and im.format in _SIXTEEN_BIT_AS_I):
+        a = np.asarray(im)
+        if im.mode == "I" and a.size and (int(a.min()) < 0 or int(a.max()) > 65535):
+            raise ImageReadError(f"cannot read {path}: its {im.format} 16-bit values are out of range")
+        return a, 65535.0
+    if im.mode == "I":
+        raise ImageReadError(
+            f"cannot read {path}: a 32-bit integer image ({im.format}, mode I) has no known value range; "
+            "save it as 8-bit, 16-bit, or float with values in [0, 1]"
+        )
+    if im.mode == "F":
+        a = np.asarray(im)
+        if a.size:
+            lo, hi = float(a.min()), float(a.max())
+            if not (np.isfinite(lo) and np.isfinite(hi)):
+                raise ImageReadError(f"cannot read {path}: its float values include NaN or Inf")
+            if lo < 0.0 or hi > 1.0:
+                raise ImageReadError(
+                    f"cannot read {path}: a float image (mode F) is read as it is and must hold values in "
+                    f"[0, 1]; it holds [{lo:.6g}, {hi:.6g}]"
+                )
+        return a, 1.0
+    try:
+        im = _to_8bit(im, mode)
+    except ValueError as e:
+        raise ImageReadError(f"cannot read {path}: cannot convert its mode {im.mode}: {e}") from None
+    return np.asarray(im), 255.0
+
+
+def _to_tensor(a: np.ndarray, scale: float, mode: ImageMode, dtype: torch.dtype) -> torch.Tensor:
+    """``a / scale`` as a contiguous ``(C, H, W)`` tensor of ``dtype``; a gray ``(H, W)`` array becomes 3
+    channels in ``"RGB"`` mode.
+
+    The division is done in float32 for float32 results (the same values as in float64, rounded: exact
+    for 8- and 16-bit samples) and in float64 otherwise, with one float copy of the image.
+    """
+    work = torch.float32 if dtype == torch.float32 else torch.float64
+    if a.ndim == 3:
+        # Channels first, still in the file's sample type (a small, writable copy), then one float copy.
+        t = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))).to(work)
+    else:
+        t = torch.from_numpy(a.astype(np.float32 if work == torch.float32 else np.float64))[None]
+    if scale != 1.0:
+        t /= scale
+    if mode == "RGB" and t.shape[0] == 1:
+        t = t.expand(3, -1, -1)
+    return t.to(dtype).contiguous()
+
+
+def _to_8bit(im: Any, mode: ImageMode) -> Any:
+    """``im`` converted to an 8-bit mode: ``"L"``, ``"RGB"`` or (``keep`` only) ``"RGBA"``."""
     from PIL import Image
 
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit (or 32-bit integer) grayscale: scale by the type's range.
-        a = np.asarray(im, dtype=np.float64)
-        scale = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
-        gray = np.clip(a / scale, 0.0, 1.0)
-        if mode == "RGB":
-            return np.repeat(gray[..., None], 3, axis=2)
-        return gray[..., None]
     if im.mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
     if mode == "keep":
         if im.mode not in ("L", "RGB", "RGBA"):
             im = im.convert("RGBA" if "A" in im.mode else "RGB")
-        a = np.asarray(im, dtype=np.float64) / 255.0
-        return a if a.ndim == 3 else a[..., None]
+        return im
     if "A" in im.mode:
         background = Image.new("RGBA", im.size, (255, 255, 255, 255))
         im = Image.alpha_composite(background, im.convert("RGBA"))
-    a = np.asarray(im.convert(mode), dtype=np.float64) / 255.0
-    return a if a.ndim == 3 else a[..., None]
+    return im if im.mode == mode else im.convert(mode)
 
 
 def save_image(t: torch.Tensor, path: str | os.PathLike[str]) -> None:

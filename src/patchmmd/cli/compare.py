@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from ..io import DEFAULT_MAX_PIXELS
 from . import main
 from ._common import (
     build_metric,
@@ -19,6 +20,7 @@ from ._common import (
     parse_metric_options,
     resolve_device_or_fail,
 )
+from .score import max_pixels_option
 
 
 def size_text(img: Any) -> str:
@@ -33,19 +35,24 @@ def size_text(img: Any) -> str:
     return f"{w}x{h} ({c} channel{'s' if c != 1 else ''})"
 
 
-def load_pair(a: str, b: str, *, mode: str, resize: bool) -> tuple[Any, Any, bool]:
+def load_pair(
+    a: str, b: str, *, mode: str, resize: bool, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> tuple[Any, Any, bool]:
     """Read A and B in ``mode``; check they match (or resize B to A). Returns ``(x, y, resized)``.
 
     Raises:
-        click.ClickException: a file cannot be read; the channel counts differ (``--mode keep`` on an RGBA
-            and an RGB file); the sizes differ and ``resize`` is false.
+        click.ClickException: a file cannot be read (or is over ``max_pixels``); the channel counts differ
+            (``--mode keep`` on an RGBA and an RGB file); the sizes differ and ``resize`` is false.
     """
-    from ..io import ImageReadError, load_image
+    from ..io import ImageReadError, ImageTooLargeError, load_image
     from ..scoring import resize_to
 
     try:
-        x = load_image(a, mode=mode)  # type: ignore[arg-type]
-        y = load_image(b, mode=mode)  # type: ignore[arg-type]
+        x = load_image(a, mode=mode, max_pixels=max_pixels)  # type: ignore[arg-type]
+        y = load_image(b, mode=mode, max_pixels=max_pixels)  # type: ignore[arg-type]
+    except ImageTooLargeError as e:
+        hint = "" if e.by_pillow else "; --max-pixels sets the limit"
+        raise click.ClickException(f"{e}{hint}") from None
     except ImageReadError as e:
         raise click.ClickException(str(e)) from None
     if x.shape[0] != y.shape[0]:
@@ -102,6 +109,7 @@ def save_heatmap(
 @click.option("--map", "map_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the spatial distance map as a heat map over A (PNG); MMD++ metrics only.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --map file.")
+@max_pixels_option()
 @device_option()
 def compare(
     a: str,
@@ -113,6 +121,7 @@ def compare(
     as_json: bool,
     map_path: Path | None,
     overwrite: bool,
+    max_pixels: int | None,
     device: str,
 ) -> None:
     """The distance between image files A (reference) and B.
@@ -142,7 +151,7 @@ def compare(
         check_output_path(map_path, overwrite=overwrite, option="--map")
     fn = build_metric(metric, options)
     dev = resolve_device_or_fail(device)
-    x, y, resized = load_pair(a, b, mode=mode, resize=resize)
+    x, y, resized = load_pair(a, b, mode=mode, resize=resize, max_pixels=max_pixels)
     try:
         with torch.no_grad():
             value = float(fn(x[None].to(dev), y[None].to(dev))[0])

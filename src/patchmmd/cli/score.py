@@ -32,6 +32,37 @@ from ._common import (
 _SHOW_UNMATCHED = 5
 
 
+class _MaxPixels(click.ParamType):
+    """A positive pixel count, or ``0`` / ``none`` for no limit (``None``)."""
+
+    name = "N|none"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | None:
+        if value is None or isinstance(value, int):
+            n = value
+        elif str(value).strip().lower() in ("none", "0"):
+            return None
+        else:
+            try:
+                n = int(str(value).replace("_", ""))
+            except ValueError:
+                self.fail(f"expected a number of pixels, 0 or none (no limit), got {value!r}", param, ctx)
+        if n is not None and n < 0:
+            self.fail(f"expected a positive number of pixels, 0 or none (no limit), got {value!r}", param, ctx)
+        return n or None
+
+
+def max_pixels_option() -> Callable[[Any], Any]:
+    """``--max-pixels N``: the largest image read (width x height); ``0`` or ``none``: no limit."""
+    from ..io import DEFAULT_MAX_PIXELS
+
+    return click.option(
+        "--max-pixels", type=_MaxPixels(), default=DEFAULT_MAX_PIXELS, show_default=True,
+        help="Largest image read, in pixels (width x height), checked from the file's header before decoding; "
+             "larger files (and decompression bombs) are reported like unreadable ones. 0 or none: no limit.",
+    )
+
+
 def _describe(names: list[str]) -> str:
     more = f" and {len(names) - _SHOW_UNMATCHED} more" if len(names) > _SHOW_UNMATCHED else ""
     return ", ".join(names[:_SHOW_UNMATCHED]) + more
@@ -67,6 +98,7 @@ def _list_or_fail(folder: str, role: str, echo: Callable[..., None] = click.echo
               "(antialiased bilinear) instead of reporting an error.")
 @device_option()
 @batch_size_option()
+@max_pixels_option()
 @click.option("--resume", is_flag=True, help="Continue an interrupted job from its journal (same arguments).")
 @click.option("--overwrite", is_flag=True, help="Start over, replacing an existing output and journal.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
@@ -81,6 +113,7 @@ def score(
     resize: bool,
     device: str,
     batch_size: int,
+    max_pixels: int | None,
     resume: bool,
     overwrite: bool,
     quiet: bool,
@@ -91,9 +124,9 @@ def score(
 
     Each finished batch is saved in a journal next to the output (OUT.journal); the CSV is written
     atomically when the job ends. After an interruption (Ctrl-C, kill -9, a crash), rerun the same command
-    with --resume to score only what is left. A file that cannot be read, or a pair of images of different
-    sizes, gets a row with its error and the job goes on. One run at a time may write OUT: a second one is
-    refused while the first holds OUT.lock.
+    with --resume to score only what is left. A file that cannot be read or is larger than --max-pixels,
+    or a pair of images of different sizes, gets a row with its error and the job goes on. One run at a time
+    may write OUT: a second one is refused while the first holds OUT.lock.
 
     Under torchrun (or any launcher setting WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) each
     process scores its share into its own journal (OUT.rank{r}-of-{w}.journal) and rank 0 writes the
@@ -113,7 +146,7 @@ def score(
     except ValueError as e:
         raise click.UsageError(f"bad launch environment: {e}") from None
     args = _Args(folders, all_pairs, out, metric, metric_options, mode, resize, device, batch_size, resume,
-                 overwrite, quiet, throttle)
+                 overwrite, quiet, throttle, max_pixels)
     if not env.is_distributed:
         _score(args, env, resolve_device_or_fail(device))
         return
@@ -146,6 +179,7 @@ class _Args:
     overwrite: bool
     quiet: bool
     throttle: float
+    max_pixels: int | None
 
 
 class _Terminated(BaseException):
@@ -208,7 +242,7 @@ def _build_job(args: _Args, env: Any) -> dict[str, Any]:
         tasks = scoring.all_pair_tasks(folders[0])
         if not tasks:
             raise click.UsageError(f"FOLDER: {folders[0]} holds a single image; --all-pairs needs at least two")
-        where = {"kind": "all-pairs", "folder": str(Path(folders[0]).resolve())}
+        where: dict[str, Any] = {"kind": "all-pairs", "folder": str(Path(folders[0]).resolve())}
     else:
         if len(folders) != 2:
             raise click.UsageError(
@@ -233,6 +267,10 @@ def _build_job(args: _Args, env: Any) -> dict[str, Any]:
         where = {"kind": "paired", "ref_dir": str(Path(folders[0]).resolve()),
                  "dist_dir": str(Path(folders[1]).resolve())}
 
+    from ..io import DEFAULT_MAX_PIXELS
+
+    if args.max_pixels != DEFAULT_MAX_PIXELS:  # a job with the default limit keeps its header as before
+        where["max_pixels"] = "none" if args.max_pixels is None else args.max_pixels
     options = parse_metric_options(args.metric_options)
     check_metric_call(build_metric(args.metric, options), args.metric)
     spec = get_spec(args.metric)
@@ -369,7 +407,7 @@ def _score_locked(args: _Args, env: Any, dev: Any, built: dict[str, Any]) -> Non
         with journal:
             summary = scoring.run_tasks(
                 mine, args.metric, journal, options=built["options"], batch_size=args.batch_size, device=dev,
-                mode=args.mode, resize=args.resize, progress=bar.update,
+                mode=args.mode, resize=args.resize, progress=bar.update, max_pixels=args.max_pixels,
                 after_batch=(lambda: time.sleep(args.throttle)) if args.throttle > 0 else None,
             )
     except (KeyboardInterrupt, _Terminated) as e:

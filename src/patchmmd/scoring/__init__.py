@@ -65,7 +65,7 @@ from typing import Any
 
 import torch
 
-from ..io import IMAGE_SUFFIXES, ImageMode, ImageReadError, load_image
+from ..io import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageMode, ImageReadError, check_max_pixels, load_image
 
 JOURNAL_FORMAT = "patchmmd-score-journal"
 JOURNAL_VERSION = 1
@@ -843,12 +843,33 @@ def _error_text(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}".replace("\n", " ")
 
 
-class _ImageCache:
-    """A small LRU cache of loaded images (all-pairs jobs read each image many times)."""
+DEFAULT_BATCH_PIXELS = 16 * 2**20
+"""Pixels (height x width of the first image, summed over the pairs) in one batch of :func:`run_tasks`."""
 
-    def __init__(self, mode: ImageMode, capacity: int = 128) -> None:
+DEFAULT_CACHE_PIXELS = 64 * 2**20
+"""Pixels of loaded images that :func:`run_tasks` keeps for reuse (all-pairs jobs read each image often)."""
+
+
+def _pixels(img: torch.Tensor) -> int:
+    return int(img.shape[-1]) * int(img.shape[-2])
+
+
+class _ImageCache:
+    """A small LRU cache of loaded images, bounded in count and in pixels (the newest image always stays)."""
+
+    def __init__(
+        self,
+        mode: ImageMode,
+        capacity: int = 128,
+        *,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        pixel_capacity: int = DEFAULT_CACHE_PIXELS,
+    ) -> None:
         self.mode = mode
         self.capacity = capacity
+        self.max_pixels = max_pixels
+        self.pixel_capacity = pixel_capacity
+        self.pixels = 0
         self._items: OrderedDict[Path, torch.Tensor | ImageReadError] = OrderedDict()
 
     def get(self, path: Path) -> torch.Tensor:
@@ -857,15 +878,23 @@ class _ImageCache:
             item = self._items[path]
         else:
             try:
-                item = load_image(path, mode=self.mode)
+                item = load_image(path, mode=self.mode, max_pixels=self.max_pixels)
             except ImageReadError as e:
                 item = e
             self._items[path] = item
-            if len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+            self.pixels += self._size(item)
+            while len(self._items) > 1 and (
+                len(self._items) > self.capacity or self.pixels > self.pixel_capacity
+            ):
+                _, old = self._items.popitem(last=False)
+                self.pixels -= self._size(old)
         if isinstance(item, ImageReadError):
             raise item
         return item
+
+    @staticmethod
+    def _size(item: torch.Tensor | ImageReadError) -> int:
+        return 0 if isinstance(item, ImageReadError) else _pixels(item)
 
 
 def run_tasks(
@@ -880,26 +909,39 @@ def run_tasks(
     resize: bool = False,
     progress: Callable[[int], None] | None = None,
     after_batch: Callable[[], None] | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    batch_pixels: int = DEFAULT_BATCH_PIXELS,
 ) -> RunSummary:
     """Score the tasks not yet in ``journal`` and append their rows, one durable batch at a time.
 
-    Pairs are read in job order in chunks of ``4 * batch_size``; inside a chunk, pairs whose images have
-    the same shape are scored together in batches of up to ``batch_size``. A pair whose file cannot be
-    read, whose two images differ in shape (unless ``resize``: the second is resized to the first) or on
-    which the metric fails gets a row with an empty value and the error, and the job goes on.
+    Pairs are read in job order in chunks of ``4 * batch_size`` pairs or ``4 * batch_pixels`` pixels,
+    whichever comes first; inside a chunk, pairs whose images have the same shape are scored together in
+    batches of up to ``batch_size`` pairs and ``batch_pixels`` pixels (a larger pair alone). A pair whose
+    file cannot be read (or is over ``max_pixels``), whose two images differ in shape (unless ``resize``:
+    the second is resized to the first) or on which the metric fails gets a row with an empty value and
+    the error, and the job goes on.
+
+    Memory is bounded whatever the files: one image is at most ``max_pixels``, the cache of loaded images
+    holds at most :data:`DEFAULT_CACHE_PIXELS` (and 128 images) plus the newest, a chunk about
+    ``4 * batch_pixels`` pairs plus one pair; pixels here are height x width.
 
     Args:
         metric: a name in :mod:`patchmmd.metrics.registry`; ``options`` go to its factory.
         progress: called with the number of tasks finished after each batch (e.g. ``tqdm.update``).
         after_batch: called after each durable batch (tests use it to slow a job down).
+        max_pixels: the largest image read (:func:`patchmmd.io.load_image`); ``None``: no limit.
+        batch_pixels: the pixel budget of a batch (of the pairs' first images).
     """
     from ..metrics.registry import get_metric
 
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if isinstance(batch_pixels, bool) or not isinstance(batch_pixels, int) or batch_pixels < 1:
+        raise ValueError(f"batch_pixels must be a positive integer, got {batch_pixels!r}")
+    max_pixels = check_max_pixels(max_pixels)
     fn = get_metric(metric, **(options or {}))
     dev = resolve_device(device) if isinstance(device, str) else device
-    cache = _ImageCache(mode)
+    cache = _ImageCache(mode, max_pixels=max_pixels)
     summary = RunSummary()
     todo = [t for t in tasks if t.id not in journal.done]
     summary.skipped = len(tasks) - len(todo)
@@ -913,31 +955,59 @@ def run_tasks(
         if after_batch is not None:
             after_batch()
 
-    for chunk in _chunks(todo, 4 * batch_size):
-        groups: dict[tuple[int, ...], list[tuple[PairTask, torch.Tensor, torch.Tensor]]] = {}
-        error_rows = []
-        for t in chunk:
-            try:
-                x = cache.get(t.ref_path)
-                y = cache.get(t.dist_path)
-                if x.shape != y.shape:
-                    if resize and x.shape[0] == y.shape[0]:
-                        y = resize_to(y, (x.shape[1], x.shape[2]))
-                    else:
-                        raise ValueError(
-                            f"images differ in shape: {_shape_text(x)} vs {_shape_text(y)}"
-                            + ("" if resize else " (use --resize to resize the second to the first)")
-                        )
-            except (ImageReadError, ValueError) as e:
-                error_rows.append(_row(t, metric, None, _error_text(e)))
-                continue
-            groups.setdefault(tuple(x.shape), []).append((t, x, y))
+    groups: dict[tuple[int, ...], list[tuple[PairTask, torch.Tensor, torch.Tensor]]] = {}
+    error_rows: list[dict[str, Any]] = []
+    pending = pending_pixels = 0
+
+    def flush() -> None:
         if error_rows:
             commit(error_rows)
         for items in groups.values():
-            for batch in _chunks(items, batch_size):
+            for batch in _pixel_batches(items, batch_size, batch_pixels):
                 commit(_score_batch(fn, batch, metric, dev))
+        error_rows.clear()
+        groups.clear()
+
+    for t in todo:
+        try:
+            x = cache.get(t.ref_path)
+            y = cache.get(t.dist_path)
+            if x.shape != y.shape:
+                if resize and x.shape[0] == y.shape[0]:
+                    y = resize_to(y, (x.shape[1], x.shape[2]))
+                else:
+                    raise ValueError(
+                        f"images differ in shape: {_shape_text(x)} vs {_shape_text(y)}"
+                        + ("" if resize else " (use --resize to resize the second to the first)")
+                    )
+        except (ImageReadError, ValueError) as e:
+            error_rows.append(_row(t, metric, None, _error_text(e)))
+        else:
+            groups.setdefault(tuple(x.shape), []).append((t, x, y))
+            pending_pixels += _pixels(x)
+        pending += 1
+        if pending >= 4 * batch_size or pending_pixels >= 4 * batch_pixels:
+            flush()
+            pending = pending_pixels = 0
+    flush()
     return summary
+
+
+def _pixel_batches(
+    items: Sequence[tuple[PairTask, torch.Tensor, torch.Tensor]], batch_size: int, batch_pixels: int
+) -> Iterator[list[tuple[PairTask, torch.Tensor, torch.Tensor]]]:
+    """Consecutive items, at most ``batch_size`` of them and ``batch_pixels`` pixels (a larger item alone)."""
+    batch: list[tuple[PairTask, torch.Tensor, torch.Tensor]] = []
+    pixels = 0
+    for item in items:
+        size = _pixels(item[1])
+        if batch and (len(batch) == batch_size or pixels + size > batch_pixels):
+            yield batch
+            batch, pixels = [], 0
+        batch.append(item)
+        pixels += size
+    if batch:
+        yield batch
 
 
 def _shape_text(img: torch.Tensor) -> str:
@@ -962,11 +1032,6 @@ def _score_batch(
             return [_row(batch[0][0], metric, None, _error_text(e))]
         # Find the culprit(s): score one by one.
         return [r for item in batch for r in _score_batch(fn, [item], metric, dev)]
-
-
-def _chunks(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
-    for i in range(0, len(seq), n):
-        yield seq[i : i + n]
 
 
 def finalize(

@@ -1,0 +1,244 @@
+"""``patchmmd.io.load_image`` on hostile and unusual files: decompression bombs, huge images, 16-bit and float
+files, EXIF orientation. Every file is written by Pillow or numpy into a temporary folder."""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from patchmmd.io import DEFAULT_MAX_PIXELS, ImageReadError, ImageTooLargeError, load_image, save_image
+
+
+def bomb_png(path: Path, width: int = 50000, height: int = 50000) -> Path:
+    """A ~70-byte PNG whose header claims ``width`` x ``height`` pixels (its data holds one pixel)."""
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    assert data[12:16] == b"IHDR"
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF)
+    path.write_bytes(bytes(data))
+    return path
+
+
+# ------------------------------------------------------------------------------------------ too large
+def test_decompression_bomb_is_an_image_read_error(tmp_path: Path) -> None:
+    path = bomb_png(tmp_path / "bomb.png")
+    assert path.stat().st_size < 200
+    for limit in (DEFAULT_MAX_PIXELS, None):
+        with pytest.raises(ImageTooLargeError, match=r"bomb\.png") as info:
+            load_image(path, max_pixels=limit)
+        assert isinstance(info.value, ImageReadError)
+        assert "--" not in str(info.value)  # a library message names no command-line flag
+
+
+def test_over_the_limit_is_refused_from_the_header(tmp_path: Path) -> None:
+    # 10000x10000 claimed, over the default limit and between Pillow's warning and error thresholds.
+    path = bomb_png(tmp_path / "big.png", 10000, 10000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Pillow's DecompressionBombWarning must not escape either
+        with pytest.raises(ImageTooLargeError, match=r"10000x10000 = 100000000 pixels is over the limit of "
+                           rf"{DEFAULT_MAX_PIXELS} \(max_pixels\)"):
+            load_image(path)
+
+
+def test_max_pixels_is_a_limit_on_width_times_height(tmp_path: Path) -> None:
+    save_image(torch.rand(3, 20, 30), tmp_path / "a.png")
+    assert load_image(tmp_path / "a.png", max_pixels=600).shape == (3, 20, 30)
+    assert load_image(tmp_path / "a.png", max_pixels=None).shape == (3, 20, 30)
+    with pytest.raises(ImageTooLargeError, match=r"30x20 = 600 pixels is over the limit of 599"):
+        load_image(tmp_path / "a.png", max_pixels=599)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="max_pixels"):
+            load_image(tmp_path / "a.png", max_pixels=bad)  # type: ignore[arg-type]
+
+
+def test_the_default_limit_is_below_pillows() -> None:
+    assert Image.MAX_IMAGE_PIXELS is None or DEFAULT_MAX_PIXELS < Image.MAX_IMAGE_PIXELS
+
+
+# ------------------------------------------------------------------------------------------- ranges
+def test_float_tiffs_are_read_as_they_are(tmp_path: Path) -> None:
+    for name, v in (("a.tif", 0.2), ("b.tif", 0.6)):
+        Image.fromarray(np.full((6, 7), v, np.float32)).save(tmp_path / name)
+        assert Image.open(tmp_path / name).mode == "F"
+    a, b = load_image(tmp_path / "a.tif"), load_image(tmp_path / "b.tif")
+    assert a.shape == b.shape == (3, 6, 7)
+    assert torch.allclose(a, torch.full_like(a, 0.2)) and torch.allclose(b, torch.full_like(b, 0.6))
+    assert not torch.equal(a, b)
+    assert load_image(tmp_path / "a.tif", mode="L").shape == (1, 6, 7)
+    assert load_image(tmp_path / "a.tif", dtype=torch.float64)[0, 0, 0].item() == pytest.approx(0.2, abs=1e-7)
+
+
+@pytest.mark.parametrize("values, what", [((-0.5, 2.0), r"\[-0.5, 2\]"), ((0.0, float("nan")), "NaN")])
+def test_float_tiffs_outside_zero_one_are_refused(tmp_path: Path, values: tuple[float, float], what: str) -> None:
+    a = np.zeros((4, 4), np.float32)
+    a[0, :2] = values
+    Image.fromarray(a).save(tmp_path / "f.tif")
+    with pytest.raises(ImageReadError, match=what):
+        load_image(tmp_path / "f.tif")
+
+
+def test_16_bit_pgm_keeps_its_brightness(tmp_path: Path) -> None:
+    # Pillow writes 16-bit PGM with maxval 65535 and reads it back as mode "I"; one image's values all
+    # fit in 8 bits, the other's do not: both must be divided by the same 65535.
+    for name, v in (("dark.pgm", 200), ("bright.pgm", 400)):
+        Image.fromarray(np.full((5, 5), v, np.uint16)).save(tmp_path / name)
+        assert Image.open(tmp_path / name).mode == "I"
+    dark, bright = load_image(tmp_path / "dark.pgm"), load_image(tmp_path / "bright.pgm")
+    assert bright.mean().item() / dark.mean().item() == pytest.approx(2.0)
+    assert dark.mean().item() == pytest.approx(200 / 65535)
+
+
+def test_pgm_with_another_maxval_is_scaled_by_it(tmp_path: Path) -> None:
+    values = np.array([[0, 100, 1023]], dtype=">u2")
+    (tmp_path / "ten.pgm").write_bytes(b"P5\n3 1\n1023\n" + values.tobytes())
+    got = load_image(tmp_path / "ten.pgm", mode="L", dtype=torch.float64)[0, 0]
+    assert got.tolist() == pytest.approx([0.0, 100 / 1023, 1.0], abs=1e-4)
+
+
+def test_16_bit_png_and_tiff(tmp_path: Path) -> None:
+    a = np.array([[0, 1000, 65535]], np.uint16)
+    for name in ("g.png", "g.tif"):
+        Image.fromarray(a).save(tmp_path / name)
+        got = load_image(tmp_path / name, mode="L", dtype=torch.float64)[0, 0]
+        assert got.tolist() == pytest.approx([0.0, 1000 / 65535, 1.0])
+
+
+def test_32_bit_integer_tiff_is_refused(tmp_path: Path) -> None:
+    Image.fromarray(np.array([[0, 70000]], np.int32)).save(tmp_path / "i.tif")
+    assert Image.open(tmp_path / "i.tif").mode == "I"
+    with pytest.raises(ImageReadError, match="32-bit integer"):
+        load_image(tmp_path / "i.tif")
+
+
+def test_8_bit_values_are_exact(tmp_path: Path) -> None:
+    a = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    Image.fromarray(np.stack([a, a[::-1], a.T], axis=2)).save(tmp_path / "rgb.png")
+    for dtype in (torch.float32, torch.float64):
+        got = load_image(tmp_path / "rgb.png", dtype=dtype)
+        assert got.dtype == dtype and got.is_contiguous()
+        want = torch.from_numpy(np.stack([a, a[::-1], a.T]).astype(np.float64) / 255.0).to(dtype)
+        assert torch.equal(got, want)
+
+
+# ------------------------------------------------------------------------------------------- EXIF
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    g = np.linspace(0, 255, 24 * 16).reshape(16, 24).astype(np.uint8)
+    upright = np.stack([g, g[::-1], np.full_like(g, 128)], axis=2)  # 24 wide, 16 high
+    Image.fromarray(upright).save(tmp_path / "upright.png")
+    # Orientation 6: the stored pixels must be turned 90° clockwise to be shown upright, so store them
+    # turned 90° counter-clockwise.
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(tmp_path / "rotated.jpg", quality=95, exif=exif)
+    a, b = load_image(tmp_path / "upright.png"), load_image(tmp_path / "rotated.jpg")
+    assert a.shape == b.shape == (3, 16, 24)
+    assert (a - b).abs().mean().item() < 0.03  # the same picture, up to JPEG
+
+
+# --------------------------------------------------------------------------------- in a scoring job
+def _folder(path: Path, sizes: list[int], seed: int = 0) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    for i, size in enumerate(sizes):
+        save_image(torch.rand(3, size, size, generator=g), path / f"im{i:02d}.png")
+    return path
+
+
+def test_a_bomb_in_a_scoring_job_is_an_error_row(tmp_path: Path) -> None:
+    from patchmmd import scoring
+
+    ref, dist = _folder(tmp_path / "ref", [8, 8, 8]), _folder(tmp_path / "dist", [8, 8, 8], seed=1)
+    bomb_png(dist / "im01.png")
+    bomb_png(ref / "im02.png", 10000, 10000)
+    tasks = scoring.paired_tasks(ref, dist).tasks
+    job = scoring.job_header("l2", {}, tasks, mode="RGB", resize=False)
+    with scoring.Journal.open(tmp_path / "j.journal", job) as journal:
+        summary = scoring.run_tasks(tasks, "l2", journal, batch_size=4)
+    assert (summary.scored, summary.errors) == (1, 2)
+    rows = {r["ref"]: r for r in scoring.read_journal(tmp_path / "j.journal")}
+    assert rows["im00.png"]["error"] is None
+    assert rows["im01.png"]["value"] is None and "ImageTooLargeError" in rows["im01.png"]["error"]
+    assert "10000x10000 = 100000000 pixels" in rows["im02.png"]["error"]
+
+
+def test_batches_and_cache_are_bounded_in_pixels(tmp_path: Path) -> None:
+    from patchmmd import scoring
+
+    d = _folder(tmp_path / "d", [16] * 6)
+    tasks = scoring.all_pair_tasks(d)  # 15 pairs of 16x16 = 256-pixel images
+    job = scoring.job_header("l2", {}, tasks, mode="RGB", resize=False)
+    sizes: list[int] = []
+    with scoring.Journal.open(tmp_path / "j.journal", job) as journal:
+        summary = scoring.run_tasks(tasks, "l2", journal, batch_size=16, batch_pixels=3 * 256,
+                                    progress=sizes.append)
+    assert summary.scored == 15 and sum(sizes) == 15
+    assert max(sizes) == 3  # three pairs' pixels per batch, though 16 pairs were allowed
+    rows = {(r["ref"], r["dist"]): r["value"] for r in scoring.read_journal(tmp_path / "j.journal")}
+    with scoring.Journal.open(tmp_path / "k.journal", job) as journal:
+        scoring.run_tasks(tasks, "l2", journal, batch_size=16)
+    assert rows == {(r["ref"], r["dist"]): r["value"] for r in scoring.read_journal(tmp_path / "k.journal")}
+    # A pair over the budget is scored alone.
+    sizes.clear()
+    with scoring.Journal.open(tmp_path / "m.journal", job) as journal:
+        scoring.run_tasks(tasks, "l2", journal, batch_size=16, batch_pixels=100, progress=sizes.append)
+    assert sizes == [1] * 15
+
+    cache = scoring._ImageCache("RGB", pixel_capacity=2 * 256)
+    for i in range(6):
+        assert cache.get(d / f"im{i:02d}.png").shape == (3, 16, 16)
+        assert cache.pixels <= 2 * 256 and len(cache._items) <= 2
+    big = scoring._ImageCache("RGB", pixel_capacity=100)  # the newest image stays, even over the budget
+    big.get(d / "im00.png")
+    assert big.pixels == 256
+    with pytest.raises(ImageTooLargeError):
+        scoring._ImageCache("RGB", max_pixels=255).get(d / "im00.png")
+
+
+# ----------------------------------------------------------------------------- compare and eval mos
+def test_compare_reports_a_bomb_in_one_line(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from patchmmd.cli import main
+
+    save_image(torch.rand(3, 8, 8), tmp_path / "a.png")
+    bomb_png(tmp_path / "bomb.png")
+    bomb_png(tmp_path / "big.png", 10000, 10000)
+    for b, what in (("bomb.png", "decompression bomb"), ("big.png", "--max-pixels sets the limit")):
+        r = CliRunner().invoke(main, ["compare", str(tmp_path / "a.png"), str(tmp_path / b), "-m", "l2"])
+        assert r.exit_code == 1, r.output
+        assert isinstance(r.exception, SystemExit)  # a reported error, not an exception escaping
+        assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+        assert r.output.startswith("Error: ") and b in r.output and what in r.output
+
+
+def test_eval_mos_reports_a_bomb_in_one_line(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from patchmmd.cli import main
+
+    folder = tmp_path / "mos"
+    g = torch.Generator().manual_seed(0)
+    lines = ["reference,distorted,mos"]
+    folder.mkdir()
+    save_image(torch.rand(3, 8, 8, generator=g), folder / "ref.png")
+    for i in range(4):
+        save_image(torch.rand(3, 8, 8, generator=g), folder / f"d{i}.png")
+        lines.append(f"ref.png,d{i}.png,{10 * i}")
+    bomb_png(folder / "d2.png")
+    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
+    r = CliRunner().invoke(main, ["eval", "mos", str(folder / "labels.csv"), "-m", "l2", "--bootstrap", "0",
+                                  "--no-plots", "--out", str(tmp_path / "out")])
+    assert r.exit_code == 1, r.output
+    assert isinstance(r.exception, SystemExit) and "Traceback" not in r.output
+    assert "Error: " in r.output and "d2.png" in r.output and "decompression bomb" in r.output
