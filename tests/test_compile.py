@@ -172,8 +172,10 @@ def test_ops_reject_what_the_kernels_cannot_take():
 
 @pytest.mark.slow
 @needs_native
-def test_inductor_compiled_module_equals_eager():
-    """One inductor compile (C++ code generation): the native path inside an inductor graph."""
+def test_inductor_compiled_module_equals_eager(monkeypatch, tmp_path):
+    """One inductor compile (C++ code generation): the native path inside an inductor graph. A fresh cache
+    folder: the on-disk AOTAutograd cache keys graphs by operator name, not by its autograd formula."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     x, y = _pair(torch.float32, shape=(2, 3, 48, 48))
     _assert_compiled_equals_eager(x, y, "inductor")
 
@@ -189,7 +191,8 @@ def test_compiled_module_equals_eager_on_gpu(dtype):
 @pytest.mark.cuda
 @cuda
 @pytest.mark.slow
-def test_inductor_compiled_module_equals_eager_on_gpu():
+def test_inductor_compiled_module_equals_eager_on_gpu(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     x, y = _pair(torch.float32, "cuda")
     _assert_compiled_equals_eager(x, y, "inductor")
 

@@ -374,6 +374,8 @@ def _load() -> NativeKernels | None:
 # implementations, so ``torch.compile`` traces through them in one graph, and an autograd formula, so the
 # forward op is differentiable in ``xp`` (the filters and phases are constants: no gradient). Only float32
 # CPU tensors may reach them; the estimator routes everything else to its PyTorch path before it calls them.
+# PyTorch's on-disk AOTAutograd cache keys a graph by the operators' names, not by their autograd formula or
+# implementation: give the ops new names (a version suffix) whenever those change.
 
 
 def _required() -> NativeKernels:
