@@ -13,7 +13,12 @@ each cell is the median over the rounds. Times are relative to LPIPS-alex in the
 LPIPS: the trunks (torchvision's AlexNet / VGG16 ``features``) and the five 1x1 heads are defined here with
 random weights: the time does not depend on the weight values. As in the ``lpips`` package, both images go
 through the trunk at every call. ``mmdpp-default-torch`` is the default distance without the compiled CPU
-kernels (:mod:`patchmmd._native`), to show what they bring.
+kernels (:mod:`patchmmd._native`), to show what they bring. ``--compiled`` adds ``torch.compile`` (inductor)
+of the default distance with the kernels (``mmdpp-default-compiled``) and on its PyTorch path
+(``mmdpp-default-compiled-torch``); the warm-up round includes the compilation.
+
+    python benchmarks/bench_perf.py --threads 1 --compiled --configs 64x16,256x4 --modes forward+backward \
+        --only mmdpp-default,mmdpp-default-torch,mmdpp-default-compiled,mmdpp-default-compiled-torch
 """
 
 from __future__ import annotations
@@ -99,6 +104,24 @@ class LPIPSArch(nn.Module):
 Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+#: Also time ``torch.compile`` (inductor) of the default distance (``--compiled``).
+COMPILED = [False]
+
+
+def _compiled(native: bool) -> Metric:
+    """``torch.compile`` (inductor) of the default distance, with the compiled CPU kernels in the graph as
+    operators (``native``) or on its PyTorch path (``_native.disabled()``, which the graph is guarded on)."""
+    fn = torch.compile(patchmmd.MMDPP(reduction="none"), dynamic=False)
+    if native:
+        return fn
+
+    def run(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with _native.disabled():
+            return fn(x, y)
+
+    return run
+
+
 def methods(device: str, size: int, with_exact: bool) -> dict[str, Metric]:
     alex, vgg = LPIPSArch("alex").to(device), LPIPSArch("vgg").to(device)
     out: dict[str, Metric] = {
@@ -115,6 +138,9 @@ def methods(device: str, size: int, with_exact: bool) -> dict[str, Metric]:
         out["ssim"] = lambda x, y: pytorch_msssim.ssim(x, y, data_range=1.0, size_average=False)
     except ImportError:
         pass
+    if COMPILED[0]:
+        out["mmdpp-default-compiled"] = _compiled(True)
+        out["mmdpp-default-compiled-torch"] = _compiled(False)
     if with_exact:
         out["exact-default"] = lambda x, y: patchmmd.mmdpp(x, y, estimator="exact")
     return out
@@ -184,7 +210,7 @@ def bench(configs: list[tuple[int, int]], modes: list[str], repeats: int, device
                 rows.append(dict(device=device, threads=torch.get_num_threads(), size=size, batch=n, mode=mode,
                                  method=name, median_s=round(med, 5), vs_lpips_alex=round(med / ref, 3),
                                  repeats=repeats))
-                print(f"{size:5d}² x{n:<3d} {mode:16s} {name:22s} {med * 1e3:10.1f} ms  {med / ref:7.3f}x lpips-alex",
+                print(f"{size:5d}² x{n:<3d} {mode:16s} {name:28s} {med * 1e3:10.1f} ms  {med / ref:7.3f}x lpips-alex",
                       flush=True)
     return rows
 
@@ -319,11 +345,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--scaling-sizes", default="256,512,1024,2048")
     p.add_argument("--memory", action="store_true", help="peak memory instead of time")
     p.add_argument("--accuracy", action="store_true", help="fast path vs exact estimator on distorted photo crops")
+    p.add_argument("--compiled", action="store_true",
+                   help="add torch.compile (inductor) of the default distance, with and without the C kernels")
     p.add_argument("--out", default=None, help="CSV file")
     p.add_argument("--md", default=None, help="Markdown table file")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.compiled:
+        COMPILED[0] = True
+        torch._dynamo.config.cache_size_limit = 64  # one graph per size, mode and variant
     nk = _native.kernels()
     print(f"device={a.device} threads={torch.get_num_threads()} torch={torch.__version__} "
           f"native-kernels={'yes' if nk is not None else 'no (PyTorch path)'}", flush=True)

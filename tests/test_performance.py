@@ -96,10 +96,11 @@ def test_module_precompute_target_and_errors():
 
 @pytest.mark.slow
 def test_torch_compile_of_the_module():
-    """One small compile (the fused RFF kernel stays opaque to dynamo); ``aot_eager`` keeps CI free of a
-    C++ toolchain and fast on 2 cores. Values and gradients equal the eager module's."""
+    """One small compile, the whole loss in one graph (the compiled RFF kernels are PyTorch operators);
+    ``aot_eager`` keeps CI free of a C++ toolchain and fast on 2 cores. Values and gradients equal the eager
+    module's (more cases in ``tests/test_compile.py``)."""
     x, y = _pair(shape=(2, 3, 48, 48), dtype=torch.float32)
-    compiled = torch.compile(MMDPP(), backend="aot_eager")
+    compiled = torch.compile(MMDPP(), backend="aot_eager", fullgraph=True)
     xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
     va, vb = compiled(xa, y), MMDPP()(xb, y)
     va.backward()

@@ -63,11 +63,12 @@ import sys
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -372,27 +373,62 @@ def _warn(reasons: list[str], outcome: str) -> None:
 
 
 class NativeKernels:
-    """The loaded library and the thread pool that drives it."""
+    """The loaded library and the thread pool that drives it.
+
+    The two C functions are declared (typed ``ctypes`` signatures) and called in one place each,
+    :meth:`_call_block_sums` and :meth:`_call_grad_image`; the tasks handed to the pool are plain ``ctypes``
+    calls on precomputed addresses (no PyTorch call runs on a pool thread, so nothing depends on the
+    thread-local state of autograd, dispatch or ``torch.compile``).
+    """
 
     def __init__(self, lib: ctypes.CDLL, path: Path) -> None:
         self.lib, self.path = lib, path
         self.cos_coef, self.sin_coef = sincos_coefficients()
         p, i = ctypes.c_void_p, ctypes.c_int
+        # img, C, Hp, Wp, k, hc, wc, wcp, bh, bw, W, b, j0, j1, cc, sc, out_c, out_s, work
         lib.rff_block_sums.argtypes = [p, i, i, i, i, i, i, i, i, i, p, p, i, i, p, p, p, p, p]
         lib.rff_block_sums.restype = None
+        # img, C, Hp, Wp, k, hc, wc, wcp, bh, bw, W, b, m, cc, amp, phs, y0, y1, gimg, Hg, Wg, work
         lib.rff_grad_image.argtypes = [p, i, i, i, i, i, i, i, i, i, p, p, i, p, p, p, i, i, p, i, i, p]
         lib.rff_grad_image.restype = None
         self._pool: ThreadPoolExecutor | None = None
         self._pool_key = (0, 0)
         self._lock = threading.Lock()
 
-    def _map(self, fn, tasks: list) -> None:  # type: ignore[no-untyped-def]
-        """Run ``fn(*task)`` for every task on ``torch.get_num_threads()`` threads: the calling thread and
-        ``threads - 1`` pool workers take the next task from a shared counter until none is left."""
-        threads = min(max(1, torch.get_num_threads()), len(tasks))
-        if threads == 1:
+    # ------------------------------------------------------------------------------ the two C functions
+    def _call_block_sums(
+        self, *, img: int, channels: int, hp: int, wp: int, k: int, hc: int, wc: int, wcp: int, bh: int, bw: int,
+        weight: int, phase: int, j0: int, j1: int, out_c: int, out_s: int, work: int,
+    ) -> None:
+        """``rff_block_sums`` of ``native/rff_kernels.c`` (addresses as ints; see the C source)."""
+        self.lib.rff_block_sums(
+            img, channels, hp, wp, k, hc, wc, wcp, bh, bw, weight, phase, j0, j1,
+            self.cos_coef.data_ptr(), self.sin_coef.data_ptr(), out_c, out_s, work,
+        )
+
+    def _call_grad_image(
+        self, *, img: int, channels: int, hp: int, wp: int, k: int, hc: int, wc: int, wcp: int, bh: int, bw: int,
+        weight: int, phase: int, m: int, amp: int, phs: int, y0: int, y1: int, gimg: int, hg: int, wg: int,
+        work: int,
+    ) -> None:
+        """``rff_grad_image`` of ``native/rff_kernels.c`` (addresses as ints; see the C source)."""
+        self.lib.rff_grad_image(
+            img, channels, hp, wp, k, hc, wc, wcp, bh, bw, weight, phase, m, self.cos_coef.data_ptr(), amp, phs,
+            y0, y1, gimg, hg, wg, work,
+        )
+
+    # ----------------------------------------------------------------------------------- thread pool
+    def _threads(self, tasks: int) -> int:
+        return max(1, min(torch.get_num_threads(), tasks))
+
+    def _map(self, fn: Callable[..., None], tasks: list[tuple[int, ...]], threads: int) -> None:
+        """Run ``fn(slot, *task)`` for every task on ``threads`` threads: the calling thread (slot 0) and
+        ``threads - 1`` pool workers (slots 1, 2, ...) take the next task from a shared counter until none is
+        left. ``slot`` says which per-thread work buffer to use. Returns only when every worker is done,
+        also when a task raised (the first error is re-raised then)."""
+        if threads <= 1:
             for t in tasks:
-                fn(*t)
+                fn(0, *t)
             return
         key = (threads - 1, os.getpid())  # a forked child inherits the pool object but not its threads
         with self._lock:
@@ -404,81 +440,96 @@ class NativeKernels:
             pool = self._pool
         counter = itertools.count()  # next() on it is atomic under the GIL
 
-        def worker() -> None:
-            for i in iter(lambda: next(counter), None):
-                if i >= len(tasks):
-                    return
-                fn(*tasks[i])
+        def worker(slot: int) -> None:
+            while (i := next(counter)) < len(tasks):
+                fn(slot, *tasks[i])
 
-        helpers = [pool.submit(worker) for _ in range(threads - 1)]
-        worker()
-        for f in helpers:
-            f.result()
+        helpers = [pool.submit(worker, s) for s in range(1, threads)]
+        try:
+            worker(0)
+        finally:
+            for f in helpers:
+                f.result()
 
+    # ------------------------------------------------------------------------------ the computations
     def block_sums(self, xp: torch.Tensor, matrix: torch.Tensor, hc: int, wc: int, bh: int, bw: int,
                    k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Block sums of ``cos(z)`` and ``sin(z)``: ``xp`` ``(N, C, Hp, Wp)`` float32 contiguous, padded
         so that ``Wp >= round_up(wc, VECTOR) + k - 1``; ``matrix`` ``(m, C k² + 1)`` with ``m`` a multiple of
         :data:`BLOCK_FEATURES` (filters, then the phase). Returns two ``(N, m, hc/bh, wc/bw)`` tensors."""
+        return self.block_sums_split(xp, matrix[:, :-1].contiguous(), matrix[:, -1].contiguous(), hc, wc, bh, bw, k)
+
+    def block_sums_split(self, xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, hc: int, wc: int,
+                         bh: int, bw: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`block_sums` with the filters ``(m, C k²)`` and phases ``(m,)`` apart (contiguous float32)."""
         n, c, hp, wp = xp.shape
-        m = matrix.shape[0]
+        m = weight.shape[0]
         wcp = _round_up(wc, VECTOR)
-        weight = matrix[:, :-1].contiguous()
-        phase = matrix[:, -1].contiguous()
         out_c = xp.new_empty(n, m, hc // bh, wc // bw)
         out_s = torch.empty_like(out_c)
         threads = max(1, torch.get_num_threads())
         groups = m // BLOCK_FEATURES
         # Frequency groups per task: about 4 tasks per thread in all (whole images when there are enough).
         per = max(1, math.ceil(groups * n / (4 * threads))) if n < 4 * threads else groups
-        work = {}
+        tasks = [(i, g, min(groups, g + per)) for i in range(n) for g in range(0, groups, per)]
+        threads = self._threads(len(tasks))
+        work = torch.empty(threads, 2 * BLOCK_FEATURES * wcp, dtype=torch.float32)
+        f = xp.element_size()
+        x0, xs = xp.data_ptr(), xp.stride(0) * f
+        c0, s0, os_ = out_c.data_ptr(), out_s.data_ptr(), out_c.stride(0) * f
+        w0, ws = work.data_ptr(), work.stride(0) * f
+        wptr, pptr = weight.data_ptr(), phase.data_ptr()
 
-        def task(i: int, g0: int, g1: int) -> None:
-            buf = work.get(threading.get_ident())
-            if buf is None:
-                buf = work.setdefault(threading.get_ident(), torch.empty(2 * BLOCK_FEATURES * wcp))
-            self.lib.rff_block_sums(
-                xp[i].data_ptr(), c, hp, wp, k, hc, wc, wcp, bh, bw, weight.data_ptr(), phase.data_ptr(),
-                g0 * BLOCK_FEATURES, g1 * BLOCK_FEATURES, self.cos_coef.data_ptr(), self.sin_coef.data_ptr(),
-                out_c[i].data_ptr(), out_s[i].data_ptr(), buf.data_ptr(),
+        def task(slot: int, i: int, g0: int, g1: int) -> None:
+            self._call_block_sums(
+                img=x0 + i * xs, channels=c, hp=hp, wp=wp, k=k, hc=hc, wc=wc, wcp=wcp, bh=bh, bw=bw, weight=wptr,
+                phase=pptr, j0=g0 * BLOCK_FEATURES, j1=g1 * BLOCK_FEATURES, out_c=c0 + i * os_, out_s=s0 + i * os_,
+                work=w0 + slot * ws,
             )
 
-        tasks = [(i, g, min(groups, g + per)) for i in range(n) for g in range(0, groups, per)]
-        self._map(task, tasks)
+        self._map(task, tasks, threads)
         return out_c, out_s
 
     def grad_image(self, xp: torch.Tensor, matrix: torch.Tensor, hc: int, wc: int, bh: int, bw: int, k: int,
                    g_cos: torch.Tensor, g_sin: torch.Tensor) -> torch.Tensor:
         """Gradient with respect to ``xp`` (same shape), given the gradients of the block sums of ``cos`` and
         ``sin`` (``(N, m, hc/bh, wc/bw)`` each)."""
+        amp, phs = grad_polar(g_cos, g_sin)
+        return self.grad_image_polar(xp, matrix[:, :-1].contiguous(), matrix[:, -1].contiguous(), amp, phs,
+                                     hc, wc, bh, bw, k)
+
+    def grad_image_polar(self, xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, amp: torch.Tensor,
+                         phs: torch.Tensor, hc: int, wc: int, bh: int, bw: int, k: int) -> torch.Tensor:
+        """:meth:`grad_image` from the gradients in polar form (:func:`grad_polar`, contiguous float32) and
+        the filters and phases apart."""
         n, c, hp, wp = xp.shape
-        m = matrix.shape[0]
+        m = weight.shape[0]
         wcp = _round_up(wc, VECTOR)
-        weight = matrix[:, :-1].contiguous()
-        phase = matrix[:, -1].contiguous()
-        # dz = g_sin cos z - g_cos sin z = amp cos(z + phs): one cosine per angle in the kernel.
-        amp = torch.hypot(g_cos, g_sin).contiguous()
-        phs = torch.atan2(g_cos, g_sin).contiguous()
         # Few images: split each into bands of rows so that threads have work. The split depends on the
         # shapes only, never on the thread count, so the result does not either.
         rows = hc if n >= 4 else max(k, math.ceil(hc / 8))
         starts = list(range(0, hc, rows))
         # One buffer per (image, band of rows): bands overlap by k - 1 rows in the image.
         out = xp.new_zeros(n, len(starts), c, rows + k - 1, wp)
-        work: dict[int, torch.Tensor] = {}
+        tasks = [(i, t) for i in range(n) for t in range(len(starts))]
+        threads = self._threads(len(tasks))
+        work = torch.empty(threads, 2 * m * wcp + c * k * k * VECTOR, dtype=torch.float32)
+        f = xp.element_size()
+        x0, xs = xp.data_ptr(), xp.stride(0) * f
+        a0, p0, gs = amp.data_ptr(), phs.data_ptr(), amp.stride(0) * f
+        o0, o_img, o_band = out.data_ptr(), out.stride(0) * f, out.stride(1) * f
+        w0, ws = work.data_ptr(), work.stride(0) * f
+        wptr, pptr = weight.data_ptr(), phase.data_ptr()
 
-        def task(i: int, t: int) -> None:
-            buf = work.get(threading.get_ident())
-            if buf is None:
-                buf = work.setdefault(threading.get_ident(), torch.empty(2 * m * wcp + c * k * k * VECTOR))
+        def task(slot: int, i: int, t: int) -> None:
             y0 = starts[t]
-            self.lib.rff_grad_image(
-                xp[i].data_ptr(), c, hp, wp, k, hc, wc, wcp, bh, bw, weight.data_ptr(), phase.data_ptr(), m,
-                self.cos_coef.data_ptr(), amp[i].data_ptr(), phs[i].data_ptr(), y0, min(hc, y0 + rows),
-                out[i, t].data_ptr(), rows + k - 1, wp, buf.data_ptr(),
+            self._call_grad_image(
+                img=x0 + i * xs, channels=c, hp=hp, wp=wp, k=k, hc=hc, wc=wc, wcp=wcp, bh=bh, bw=bw, weight=wptr,
+                phase=pptr, m=m, amp=a0 + i * gs, phs=p0 + i * gs, y0=y0, y1=min(hc, y0 + rows),
+                gimg=o0 + i * o_img + t * o_band, hg=rows + k - 1, wg=wp, work=w0 + slot * ws,
             )
 
-        self._map(task, [(i, t) for i in range(n) for t in range(len(starts))])
+        self._map(task, tasks, threads)
         if len(starts) == 1:
             grad = out[:, 0]
             return grad if grad.shape[-2] == hp else F.pad(grad, (0, 0, 0, hp - grad.shape[-2]))
@@ -487,6 +538,12 @@ class NativeKernels:
             h = min(rows, hc - y0) + k - 1
             grad[:, :, y0 : y0 + h] += out[:, t, :, :h]
         return grad
+
+
+def grad_polar(g_cos: torch.Tensor, g_sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradients of the block sums of ``cos z`` and ``sin z`` in the form the backward kernel takes:
+    ``dz = g_sin cos z - g_cos sin z = amp cos(z + phs)`` (one cosine per angle in the kernel)."""
+    return torch.hypot(g_cos, g_sin).contiguous(), torch.atan2(g_cos, g_sin).contiguous()
 
 
 def _round_up(v: int, to: int) -> int:
@@ -608,3 +665,99 @@ def _load() -> NativeKernels | None:
         os.close(dfd)
         if private:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------- PyTorch operators
+# The kernels as operators ``torch.ops.patchmmd.rff_block_sums`` / ``rff_grad_image``: with fake (meta)
+# implementations, so ``torch.compile`` traces through them in one graph, and an autograd formula, so the
+# forward op is differentiable in ``xp`` (the filters and phases are constants: no gradient). Only float32
+# CPU tensors may reach them; the estimator routes everything else to its PyTorch path before it calls them.
+# PyTorch's on-disk AOTAutograd cache keys a graph by the operators' names, not by their autograd formula or
+# implementation: give the ops new names (a version suffix) whenever those change.
+
+
+def _required() -> NativeKernels:
+    nk = kernels()
+    if nk is None:
+        raise RuntimeError(
+            "patchmmd: the compiled CPU kernels are unavailable or turned off (PATCHMMD_NATIVE=0, "
+            "_native.disabled()); a graph traced while they were on cannot run without them: compile it again"
+        )
+    return nk
+
+
+def _check_op_inputs(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, hc: int, wc: int, bh: int,
+                     bw: int, k: int) -> None:
+    """What the C kernels assume of their arguments (a violation would read or write out of bounds)."""
+    for name, t, dim in (("xp", xp, 4), ("weight", weight, 2), ("phase", phase, 1)):
+        if t.device.type != "cpu" or t.dtype != torch.float32 or t.dim() != dim or not t.is_contiguous():
+            raise ValueError(f"patchmmd::rff ops: {name} must be a contiguous {dim}-D float32 CPU tensor, "
+                             f"got {tuple(t.shape)} {t.dtype} on {t.device}")
+    _, c, hp, wp = xp.shape
+    m = weight.shape[0]
+    if min(hc, wc, bh, bw, k) < 1 or hc % bh or wc % bw:
+        raise ValueError(f"patchmmd::rff ops: bad geometry hc={hc} wc={wc} bh={bh} bw={bw} k={k}")
+    if hp < hc + k - 1 or wp < _round_up(wc, VECTOR) + k - 1:
+        raise ValueError(f"patchmmd::rff ops: xp {tuple(xp.shape)} is too small for hc={hc}, wc={wc}, k={k} "
+                         f"(rows padded to a multiple of {VECTOR})")
+    if m % BLOCK_FEATURES or weight.shape[1] != c * k * k or phase.shape[0] != m:
+        raise ValueError(f"patchmmd::rff ops: weight {tuple(weight.shape)} / phase {tuple(phase.shape)} must be "
+                         f"(m, C k²) / (m,) with m a multiple of {BLOCK_FEATURES}")
+
+
+@torch.library.custom_op("patchmmd::rff_block_sums", mutates_args=(), device_types="cpu")
+def rff_block_sums(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, hc: int, wc: int, bh: int, bw: int,
+                   k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sums of ``cos z`` and ``sin z``, ``z_j = weight_j . P(xp) + phase_j``, over ``bh x bw`` blocks of the
+    ``hc x wc`` patch centres: two ``(N, m, hc/bh, wc/bw)`` tensors. ``xp`` ``(N, C, Hp, Wp)``,
+    ``Hp >= hc + k - 1``, ``Wp >= round_up(wc, VECTOR) + k - 1``; ``m`` a multiple of :data:`BLOCK_FEATURES`."""
+    _check_op_inputs(xp, weight, phase, hc, wc, bh, bw, k)
+    return _required().block_sums_split(xp, weight, phase, hc, wc, bh, bw, k)
+
+
+@rff_block_sums.register_fake
+def _rff_block_sums_fake(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, hc: int, wc: int, bh: int,
+                         bw: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    shape = (xp.shape[0], weight.shape[0], hc // bh, wc // bw)
+    return xp.new_empty(shape), xp.new_empty(shape)
+
+
+@torch.library.custom_op("patchmmd::rff_grad_image", mutates_args=(), device_types="cpu")
+def rff_grad_image(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, g_cos: torch.Tensor,
+                   g_sin: torch.Tensor, hc: int, wc: int, bh: int, bw: int, k: int) -> torch.Tensor:
+    """Gradient of a loss with respect to ``xp`` (its shape), given its gradients ``g_cos``, ``g_sin``
+    (``(N, m, hc/bh, wc/bw)`` float32 each) with respect to the two outputs of :func:`rff_block_sums`."""
+    _check_op_inputs(xp, weight, phase, hc, wc, bh, bw, k)
+    shape = (xp.shape[0], weight.shape[0], hc // bh, wc // bw)
+    for name, t in (("g_cos", g_cos), ("g_sin", g_sin)):
+        if tuple(t.shape) != shape or t.dtype != torch.float32 or t.device.type != "cpu":
+            raise ValueError(f"patchmmd::rff_grad_image: {name} must be a float32 CPU tensor of shape {shape}, "
+                             f"got {tuple(t.shape)} {t.dtype} on {t.device}")
+    # Contiguous first: the vectorised atan2 and the one for broadcast (stride-0) gradients round differently.
+    amp, phs = grad_polar(g_cos.contiguous(), g_sin.contiguous())
+    return _required().grad_image_polar(xp, weight, phase, amp, phs, hc, wc, bh, bw, k)
+
+
+@rff_grad_image.register_fake
+def _rff_grad_image_fake(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, g_cos: torch.Tensor,
+                         g_sin: torch.Tensor, hc: int, wc: int, bh: int, bw: int, k: int) -> torch.Tensor:
+    return xp.new_empty(xp.shape)
+
+
+def _block_sums_setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+    xp, weight, phase, hc, wc, bh, bw, k = inputs
+    ctx.save_for_backward(xp, weight, phase)
+    ctx.geometry = (hc, wc, bh, bw, k)
+
+
+def _block_sums_backward(ctx: Any, g_cos: torch.Tensor | None, g_sin: torch.Tensor | None) -> tuple[Any, ...]:
+    xp, weight, phase = ctx.saved_tensors
+    hc, wc, bh, bw, k = ctx.geometry
+    shape = (xp.shape[0], weight.shape[0], hc // bh, wc // bw)
+    g_cos = xp.new_zeros(shape) if g_cos is None else g_cos
+    g_sin = xp.new_zeros(shape) if g_sin is None else g_sin
+    grad = rff_grad_image(xp, weight, phase, g_cos, g_sin, hc, wc, bh, bw, k)
+    return grad, None, None, None, None, None, None, None
+
+
+rff_block_sums.register_autograd(_block_sums_backward, setup_context=_block_sums_setup_context)

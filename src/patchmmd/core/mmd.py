@@ -19,14 +19,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from functools import lru_cache
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
+from torch.utils.checkpoint import checkpoint
 
 from .. import _native
-from .._native import NativeKernels
 from .features import FEATURE_KINDS, FeatureKind, random_features
 from .kernels import MAX_KERNEL_ELEMENTS, GaussianKernel, Kernel, _checkpointed, gaussian_bandwidth, mmd2_sets
 from .patches import WindowGrid, box_mean, patch_rows, reflect_pad, window_grid, window_patch_sets
@@ -166,14 +167,12 @@ class _RFFBlockMeans(torch.autograd.Function):
     tile, so no full-resolution ``r x H x W`` tensor is built. Backward reuses the saved ``cos``/``sin``
     values when they fit :data:`MAX_FEATURE_ELEMENTS` (no transcendental in the backward pass, and
     ``d cos = -sin``), and otherwise recomputes them tile by tile (memory bounded by the tile size).
+    The eager PyTorch path: the compiled CPU kernels are an operator of their own
+    (:func:`_native_block_means`), and ``torch.compile`` traces :func:`_traced_block_means` instead.
     """
 
     @staticmethod
     def forward(ctx, xp, feats, block, hc, wc, need_grad):  # type: ignore[no-untyped-def,override]
-        native = _native_kernels(xp)
-        ctx.native = native
-        if native is not None:
-            return _native_forward(ctx, native, xp, feats, block, hc, wc, need_grad)
         n = xp.shape[0]
         k, m, n_sin = feats.patch_size, feats.m, feats.n_sin
         bh, bw = block
@@ -201,8 +200,6 @@ class _RFFBlockMeans(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):  # type: ignore[no-untyped-def,override]
-        if ctx.native is not None:
-            return _native_backward(ctx, grad), None, None, None, None, None
         feats, (bh, bw), hc, wc = ctx.feats, ctx.block, ctx.hc, ctx.wc
         k, m, n_sin = feats.patch_size, feats.m, feats.n_sin
         hb, wb = hc // bh, wc // bw
@@ -233,38 +230,62 @@ class _RFFBlockMeans(torch.autograd.Function):
         return g, None, None, None, None, None  # xp is (N, C, hc + k - 1, wc + k - 1): fold's shape
 
 
-def _native_kernels(xp: torch.Tensor) -> NativeKernels | None:
-    """The compiled CPU kernels where they apply (float32 on the CPU), else ``None``."""
+def _use_native(xp: torch.Tensor) -> bool:
+    """Whether the compiled CPU kernels compute the block means of ``xp``: float32 on the CPU, where they are
+    available and not turned off. Decided from the device and dtype (static under ``torch.compile``): while
+    a graph is traced, :func:`patchmmd._native.disabled` is a guard of the graph and the availability of the
+    kernels (and ``PATCHMMD_NATIVE``) a constant of it."""
     if xp.device.type != "cpu" or xp.dtype != torch.float32:
-        return None
-    return _native.kernels()
+        return False
+    if torch.compiler.is_compiling():
+        return _native._ENABLED[-1] and _native_available()
+    return _native.kernels() is not None
 
 
-def _native_forward(ctx, native: NativeKernels, xp, feats, block, hc, wc, need_grad):  # type: ignore[no-untyped-def]
+@torch.compiler.assume_constant_result
+def _native_available() -> bool:
+    return _native.kernels() is not None
+
+
+def _native_block_means(xp: torch.Tensor, feats: PairedFeatures, block: tuple[int, int], hc: int,
+                        wc: int) -> torch.Tensor:
+    """:class:`_RFFBlockMeans` on the compiled kernels (operator ``patchmmd::rff_block_sums``, which
+    differentiates itself); ``xp`` float32 on the CPU."""
     k, m, n_sin = feats.patch_size, feats.m, feats.n_sin
     bh, bw = block
     wcp = -(-wc // _native.VECTOR) * _native.VECTOR
     xpad = F.pad(xp, (0, wcp - wc)).contiguous()
     mp = -(-m // _native.BLOCK_FEATURES) * _native.BLOCK_FEATURES
-    matrix = F.pad(feats.matrix, (0, 0, 0, mp - m)).contiguous()
-    sums_c, sums_s = native.block_sums(xpad, matrix, hc, wc, bh, bw, k)
-    scale = 1.0 / (bh * bw)
-    out = torch.cat([sums_c[:, :m], sums_s[:, :n_sin].neg()], dim=1).mul_(scale)
-    ctx.feats, ctx.block, ctx.hc, ctx.wc, ctx.matrix = feats, block, hc, wc, matrix
-    ctx.save_for_backward(xpad if need_grad else None)
-    return out
+    matrix = F.pad(feats.matrix, (0, 0, 0, mp - m))
+    weight, phase = matrix[:, :-1].contiguous(), matrix[:, -1].contiguous()
+    sums_c, sums_s = _native.rff_block_sums(xpad, weight, phase, hc, wc, bh, bw, k)
+    return torch.cat([sums_c[:, :m], sums_s[:, :n_sin].neg()], dim=1).mul_(1.0 / (bh * bw))
 
 
-def _native_backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-    feats, (bh, bw), hc, wc, matrix = ctx.feats, ctx.block, ctx.hc, ctx.wc, ctx.matrix
+def _traced_block_means(xp: torch.Tensor, feats: PairedFeatures, block: tuple[int, int], hc: int,
+                        wc: int) -> torch.Tensor:
+    """:class:`_RFFBlockMeans` as plain differentiable operations, for ``torch.compile`` (the tiled loop of
+    the eager path would only be unrolled): ``cos``/``sin`` of one GEMM per chunk of features, block
+    means; chunks of at most :data:`MAX_FEATURE_ELEMENTS` values, recomputed in the backward pass when
+    there are several."""
     k, m, n_sin = feats.patch_size, feats.m, feats.n_sin
-    (xpad,) = ctx.saved_tensors
-    scale = 1.0 / (bh * bw)
-    mp = matrix.shape[0]
-    g_cos = F.pad(grad[:, :m].float() * scale, (0, 0, 0, 0, 0, mp - m))
-    g_sin = F.pad(grad[:, m:].float() * -scale, (0, 0, 0, 0, 0, mp - n_sin))
-    g = ctx.native.grad_image(xpad, matrix, hc, wc, bh, bw, k, g_cos, g_sin)
-    return g[..., : wc + k - 1]  # drop the columns that padded rows to a multiple of the vector
+    bh, bw = block
+    n, pixels = xp.shape[0], hc * wc
+    cols = _unfold_ones(xp, k)
+    chunk = max(1, MAX_FEATURE_ELEMENTS // max(1, n * pixels))
+
+    def part(matrix: torch.Tensor, cols: torch.Tensor, sin_rows: int) -> torch.Tensor:
+        c, s = _cos_sin(matrix, cols, sin_rows)
+        return torch.cat([_block_means(c, hc, wc, bh, bw), _block_means(s, hc, wc, bh, bw).neg()], dim=1)
+
+    if chunk >= m:
+        parts = [part(feats.matrix, cols, n_sin)]
+    else:
+        parts = [checkpoint(part, feats.matrix[j : j + chunk], cols, max(0, min(chunk, n_sin - j)), use_reentrant=False)
+                 for j in range(0, m, chunk)]
+    cos_parts = [p[:, : min(chunk, m - j)] for p, j in zip(parts, range(0, m, chunk), strict=True)]
+    sin_parts = [p[:, min(chunk, m - j) :] for p, j in zip(parts, range(0, m, chunk), strict=True)]
+    return torch.cat(cos_parts + sin_parts, dim=1)
 
 
 def _unfold_ones(xp: torch.Tensor, k: int) -> torch.Tensor:
@@ -290,20 +311,25 @@ def _block_means(t: torch.Tensor, hc: int, wc: int, bh: int, bw: int) -> torch.T
     return rows.reshape(nb, f, hc // bh, wc // bw, bw).sum(-1).mul_(1.0 / (bh * bw))
 
 
-@torch.compiler.disable
 def rff_window_means(x: torch.Tensor, feats: PairedFeatures, grid: WindowGrid) -> torch.Tensor:
     """Window means of every random feature, ``(N, C, H, W) -> (N, r, rows, cols)`` (fused fast path).
 
     Equal (to rounding) to ``grid.pool(cos(conv2d(reflect_pad(x), weight, phase)))``; pixels no window
     covers are never computed. float32 tensors on the CPU run on the compiled kernels of
-    :mod:`patchmmd._native` where they are available; everything else on the tiled PyTorch path. Opaque
-    to ``torch.compile`` (a tiled loop that it would only unroll).
+    :mod:`patchmmd._native` where they are available (as the operator ``patchmmd::rff_block_sums``, which
+    ``torch.compile`` traces into its graph); everything else on the tiled PyTorch path in eager mode, and
+    on the same computation in plain differentiable operations under ``torch.compile``.
     """
     k = feats.patch_size
     hc, wc = _covered(grid)
     block = _blocks(grid)
     xp = reflect_pad(x, k)[..., : hc + k - 1, : wc + k - 1]
-    means = _RFFBlockMeans.apply(xp, feats, block, hc, wc, torch.is_grad_enabled() and xp.requires_grad)
+    if _use_native(xp):
+        means = _native_block_means(xp, feats, block, hc, wc)
+    elif torch.compiler.is_compiling():
+        means = _traced_block_means(xp, feats, block, hc, wc)
+    else:
+        means = _RFFBlockMeans.apply(xp, feats, block, hc, wc, torch.is_grad_enabled() and xp.requires_grad)
     bh, bw = block
     kernel = (grid.window_h // bh, grid.window_w // bw)
     stride = (max(1, grid.stride_h // bh) if grid.rows > 1 else 1, max(1, grid.stride_w // bw) if grid.cols > 1 else 1)
@@ -316,12 +342,35 @@ def rff_features(
     x: torch.Tensor, *, patch_size: int, bandwidth: float, num_features: int, seed: int, features: FeatureKind,
     center: bool,
 ) -> PairedFeatures:
-    """The seeded random features for images like ``x`` (channels, device, dtype), in paired form."""
+    """The seeded random features for images like ``x`` (channels, device, dtype), in paired form.
+
+    Drawn once per set of options, device and dtype and cached; under ``torch.compile`` they are constants
+    of the graph (drawing them, and detecting the cos/sin pairs, is data-dependent host code).
+    """
+    key = (x.shape[1], patch_size, float(bandwidth), num_features, seed, features, center, x.device, x.dtype)
+    m, n_sin = _feature_split(*key)
+    return PairedFeatures(_feature_matrix(*key), m, n_sin, patch_size)
+
+
+@lru_cache(maxsize=32)
+def _cached_features(channels: int, patch_size: int, bandwidth: float, num_features: int, seed: int,
+                     features: FeatureKind, center: bool, device: torch.device, dtype: torch.dtype) -> PairedFeatures:
     weight, phase = random_features(
-        x.shape[1], patch_size, bandwidth, num_features,
-        seed=seed, kind=features, center=center, device=x.device, dtype=x.dtype,
+        channels, patch_size, bandwidth, num_features, seed=seed, kind=features, center=center, device=device,
+        dtype=dtype,
     )
     return paired_features(weight, phase)
+
+
+@torch.compiler.assume_constant_result
+def _feature_matrix(*key: Any) -> torch.Tensor:
+    return _cached_features(*key).matrix
+
+
+@torch.compiler.assume_constant_result
+def _feature_split(*key: Any) -> tuple[int, int]:
+    feats = _cached_features(*key)
+    return feats.m, feats.n_sin
 
 
 def windowed_mmd2_rff(

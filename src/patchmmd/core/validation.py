@@ -57,6 +57,12 @@ def check_pair(
     Checks: tensor type, 3 or 4 dimensions, floating dtype, equal shapes, same device, finite values,
     values within ``value_range`` (up to :data:`RANGE_TOLERANCE` of its width, unless
     ``out_of_range`` says otherwise) and a spatial size of at least ``min_size``.
+
+    Under ``torch.compile`` (:func:`torch.compiler.is_compiling`) the two value checks (finite, in range) are
+    skipped: they read the data, which would break the graph. A compiled graph does not validate values;
+    call the function eagerly once on representative data to validate them. The other checks (types, shapes,
+    devices, dtypes) depend only on what the graph is specialised on and still raise, when it is traced.
+    ``out_of_range="clamp"`` still clamps.
     """
     x = check_image("x", x)
     y = check_image("y", y)
@@ -74,7 +80,7 @@ def check_pair(
         raise ValueError(
             f"x and y must be at least {min_size}x{min_size} pixels (the patch size), got {h}x{w}"
         )
-    for name, t in (("x", x.detach()), ("y", y.detach())):
+    for name, t in (() if torch.compiler.is_compiling() else (("x", x.detach()), ("y", y.detach()))):
         # One pass: min and max propagate NaN, so both are finite only if every value is.
         tmin, tmax = (float(v) for v in torch.aminmax(t))
         if not (math.isfinite(tmin) and math.isfinite(tmax)):
