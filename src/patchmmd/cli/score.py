@@ -103,9 +103,7 @@ def _click_error(e: BaseException) -> click.ClickException:
         message = f"rank {e.rank}: {inner.format_message()}"
         if isinstance(inner, click.UsageError):
             return click.UsageError(message)
-        failed = click.ClickException(message)
-        failed.exit_code = inner.exit_code
-        return failed
+        return click.ClickException(message)
     if isinstance(e, DeviceError):
         return click.BadParameter(str(e), param_hint="--device")
     if isinstance(e, scoring.FolderError):

@@ -114,7 +114,7 @@ def all_pair_tasks(folder: str | os.PathLike[str]) -> list[PairTask]:
     """Every unordered pair ``(i, j)``, ``i < j``, of the images under ``folder`` in sorted path order."""
     names, _ = list_images(folder)
     root = Path(folder)
-    tasks = []
+    tasks: list[PairTask] = []
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             tasks.append(PairTask(len(tasks), task_id(a, b), a, b, root / a, root / b))

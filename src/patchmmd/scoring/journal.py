@@ -216,7 +216,7 @@ class Journal:
     for the same job, cutting off a torn last line, and exposes the ids already done in :attr:`done`.
     """
 
-    def __init__(self, path: Path, fh: io.BufferedWriter, done: dict[str, dict[str, Any]]) -> None:
+    def __init__(self, path: Path, fh: io.BufferedIOBase, done: dict[str, dict[str, Any]]) -> None:
         self.path = path
         self._fh = fh
         self.done = done
@@ -251,12 +251,12 @@ class Journal:
             fh.seek(valid)
             _fsync(fh)
             return cls(path, fh, {r["id"]: r for r in rows})
-        fh = open(path, "xb")
+        new_fh = open(path, "xb")
         header = {"format": JOURNAL_FORMAT, "version": JOURNAL_VERSION, "job": job, "created": time.time()}
-        fh.write(json.dumps(header, sort_keys=True).encode() + b"\n")
-        _fsync(fh)
+        new_fh.write(json.dumps(header, sort_keys=True).encode() + b"\n")
+        _fsync(new_fh)
         _fsync_dir(path.parent)
-        return cls(path, fh, {})
+        return cls(path, new_fh, {})
 
     def append(self, rows: Iterable[dict[str, Any]]) -> None:
         """Append rows (each with an ``id``) and make them durable (flush + fsync) before returning."""
