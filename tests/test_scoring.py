@@ -399,3 +399,62 @@ def test_output_lock_refuses_a_second_holder_and_survives_kill9(tmp_path: Path) 
     with scoring.OutputLock.acquire(out) as lock:
         assert json.loads(lock.path.read_text())["pid"] == os.getpid()
     assert not scoring.lock_path(out).exists()
+
+
+# --- the job runner -----------------------------------------------------------------------------------
+def test_score_runner_runs_resumes_and_reports(tmp_path: Path) -> None:
+    _images(tmp_path / "d", ["a.png", "b.png", "c.png"])
+    (tmp_path / "d" / "notes.txt").write_text("x")
+    out = tmp_path / "o" / "s.csv"
+    job = scoring.ScoreJob((tmp_path / "d",), all_pairs=True, output=out, metric="l2")
+    seen: list[tuple[int, int]] = []
+    notices: list[object] = []
+    result = scoring.ScoreRunner(job, device="cpu", progress=lambda d, t: seen.append((d, t)),
+                                 notify=notices.append).run()
+    assert (result.scored, result.errors, result.skipped, len(result.rows)) == (3, 0, 0, 3)
+    assert seen[0] == (0, 3) and seen[-1] == (3, 3)
+    assert notices == [scoring.IgnoredFiles("folder", ["notes.txt"])]
+    assert out.read_text().startswith("ref,dist,metric,distance,error\n") and scoring.find_journals(out) == []
+    # the output rules, in the library's words (never a flag)
+    with pytest.raises(scoring.OutputExistsError, match="resume the job or overwrite it") as info:
+        scoring.ScoreRunner(job, device="cpu").run()
+    assert "--" not in str(info.value)
+    again = scoring.ScoreJob((tmp_path / "d",), all_pairs=True, output=out, metric="l2", resume=True)
+    with pytest.raises(scoring.NothingToResumeError, match="nothing to resume"):
+        scoring.ScoreRunner(again, device="cpu").run()
+    first = out.read_text()
+    over = scoring.ScoreJob((tmp_path / "d",), all_pairs=True, output=out, metric="l2", overwrite=True)
+    assert scoring.ScoreRunner(over, device="cpu").run().scored == 3 and out.read_text() == first
+
+
+def test_score_runner_errors_name_no_flags(tmp_path: Path) -> None:
+    _images(tmp_path / "ref", ["a.png"])
+    _images(tmp_path / "dist", ["b.png"])
+    out = tmp_path / "s.csv"
+    cases = [
+        (scoring.ScoreJob((tmp_path / "nope", tmp_path / "dist"), output=out), scoring.FolderError, "not found"),
+        (scoring.ScoreJob((tmp_path / "ref",), all_pairs=True, output=out), scoring.FolderError, "single image"),
+        (scoring.ScoreJob((tmp_path / "ref", tmp_path / "dist"), output=out), scoring.NoPairsError, "no pairs"),
+        (scoring.ScoreJob((tmp_path / "ref", tmp_path / "ref"), output=out, metric="mmdpp", options={"bogus": 1}),
+         scoring.MetricSetupError, "bogus"),
+        (scoring.ScoreJob((tmp_path / "ref", tmp_path / "ref"), output=tmp_path), scoring.OutputPathError, "folder"),
+    ]
+    for job, kind, message in cases:
+        with pytest.raises(kind, match=message) as info:
+            scoring.ScoreRunner(job, device="cpu").run()
+        assert "--" not in str(info.value), info.value
+    assert not out.exists()
+    with pytest.raises(ValueError, match="exclude each other"):
+        scoring.ScoreJob((tmp_path / "ref",), all_pairs=True, output=out, resume=True, overwrite=True)
+    with pytest.raises(ValueError, match="two folders"):
+        scoring.ScoreJob((tmp_path / "ref",), output=out)
+
+
+def test_scoring_errors_pickle_with_their_attributes(tmp_path: Path) -> None:
+    import pickle
+
+    e = scoring.RankFailedError(1, scoring.NoPairsError("no pairs", only_ref=["a"], only_dist=["b"]))
+    back = pickle.loads(pickle.dumps(e))
+    assert (back.rank, str(back), back.cause.only_ref, back.cause.only_dist) == (1, str(e), ["a"], ["b"])
+    locked = pickle.loads(pickle.dumps(scoring.OutputLockedError(tmp_path / "s.csv", {"pid": 3})))
+    assert locked.holder == {"pid": 3} and "pid 3" in str(locked)

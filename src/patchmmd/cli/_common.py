@@ -1,5 +1,6 @@
 """Shared pieces of the subcommands: options for metric, metric options, device, image mode and batch
-size, and the policy for output paths that already exist.
+size, and the policies for outputs that already exist: :func:`prepare_output_dir` for every command that
+writes a folder, :func:`check_output_path` for one that writes a file.
 
 They are generic: any subcommand can decorate itself with them. Validation errors are
 :class:`click.BadParameter` / :class:`click.UsageError`, so click prints them with the option's name.
@@ -159,20 +160,22 @@ def check_metric_call(fn: Callable[..., Any], name: str) -> None:
 
 
 def device_option() -> Callable[[F], F]:
-    """``--device auto|cpu|cuda|cuda:N`` (default ``auto``: CUDA when available)."""
+    """``--device auto|cpu|cuda|cuda:N|mps`` (default ``auto``: CUDA when available), parsed later by
+    :func:`resolve_device_or_fail` (or, for ``score``, by the job runner: both use
+    :func:`patchmmd.runtime.resolve_device`)."""
     return click.option(
-        "--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]",
+        "--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]|mps",
         help="Where to compute: auto picks CUDA when available.",
     )
 
 
 def resolve_device_or_fail(device: str) -> Any:
-    """:func:`patchmmd.scoring.resolve_device`, with its error as a usage error on ``--device``."""
-    from ..scoring import resolve_device
+    """:func:`patchmmd.runtime.resolve_device`, with its error as a usage error on ``--device``."""
+    from ..runtime import DeviceError, resolve_device
 
     try:
         return resolve_device(device)
-    except ValueError as e:
+    except DeviceError as e:
         raise click.BadParameter(str(e), param_hint="--device") from None
 
 
@@ -190,6 +193,39 @@ def batch_size_option(default: int = 16) -> Callable[[F], F]:
         "--batch-size", "-b", type=click.IntRange(min=1), default=default, show_default=True,
         help="Pairs of equal size scored together.",
     )
+
+
+def prepare_output_dir(path: str | os.PathLike[str], *, overwrite: bool, option: str = "--out") -> Path:
+    """The output-folder policy of every command that writes a folder: an existing folder that is not empty
+    is refused unless ``overwrite`` (``--overwrite``); a file in its place is refused; the folder is created.
+
+    With ``overwrite`` nothing is deleted: the command's files are replaced as it writes them.
+
+    Raises:
+        click.UsageError: ``path`` is a file, or a non-empty folder without ``overwrite``.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp()) / "out"
+        >>> prepare_output_dir(d, overwrite=False) == d and d.is_dir()
+        True
+        >>> (d / "x.txt").write_text("x")
+        1
+        >>> prepare_output_dir(d, overwrite=False)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        click.exceptions.UsageError: --out ... already exists and is not empty; pass --overwrite to write into it
+    """
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise click.UsageError(f"{option} {out} is a file; give a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise click.UsageError(f"{option} {out} already exists and is not empty; pass --overwrite to write into it")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise click.UsageError(f"{option} {out}: cannot create the folder: {e.strerror or e}") from None
+    return out
 
 
 def check_output_path(

@@ -24,15 +24,17 @@ from .score import max_pixels_option
 
 
 def size_text(img: Any) -> str:
-    """``"WxH"`` plus the channel count, for messages about a ``(C, H, W)`` image.
+    """``"WxH"`` plus the channel count, for messages about a ``(C, H, W)`` image
+    (:func:`patchmmd.runtime.shape_text`).
 
     Example:
         >>> import torch
         >>> size_text(torch.zeros(4, 20, 30))
         '30x20 (4 channels)'
     """
-    c, h, w = img.shape
-    return f"{w}x{h} ({c} channel{'s' if c != 1 else ''})"
+    from ..runtime import shape_text
+
+    return shape_text(img)
 
 
 def load_pair(

@@ -18,7 +18,7 @@ import click
 
 from ..data.distortions import gaussian_blur, jpeg
 from . import main
-from ._common import device_option, resolve_device_or_fail
+from ._common import device_option, prepare_output_dir, resolve_device_or_fail
 
 #: Pixels cut from the right edge of every image so that shifts up to this size need no wrap-around.
 MAX_SHIFT = 2
@@ -99,10 +99,11 @@ def _ranks(values: list[float], higher_is_better: bool) -> list[int]:
 @click.option("--image", "image_name", default="astronaut", show_default=True,
               help="Shipped sample photo to distort (astronaut, chelsea, coffee).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("patchmmd-demo"),
-              show_default=True, help="Folder for demo.md, demo.json and distance_map.png.")
+              show_default=True, help="Folder for demo.md, demo.json and distance_map.png (refused if not empty, "
+              "unless --overwrite).")
 @click.option("--map-for", "map_for", default="JPEG q=20", show_default=True,
               help="Distortion whose MMD++ distance map is drawn.")
-@click.option("--overwrite", is_flag=True, help="Replace the files of an earlier demo in --out.")
+@click.option("--overwrite", is_flag=True, help="Write into --out even if it exists and is not empty.")
 @device_option()
 def demo(image_name: str, out_dir: Path, map_for: str, overwrite: bool, device: str) -> None:
     """MMD++ vs L2 vs SSIM on a ladder of distortions of a shipped photo: no data or download needed.
@@ -119,14 +120,11 @@ def demo(image_name: str, out_dir: Path, map_for: str, overwrite: bool, device: 
     if image_name not in sample_names():
         raise click.BadParameter(f"must be one of {sample_names()}, got {image_name!r}", param_hint="--image")
     files = {"md": out_dir / "demo.md", "json": out_dir / "demo.json", "map": out_dir / "distance_map.png"}
-    if out_dir.exists() and not overwrite:
-        existing = [str(p) for p in files.values() if p.exists()]
-        if existing:
-            raise click.UsageError(f"--out: {', '.join(existing)} already exist(s); pass --overwrite")
     dev = resolve_device_or_fail(device)
     ref, names, dist = distortion_ladder(sample_image(image_name))
     if map_for not in names:
         raise click.BadParameter(f"must be one of {names}, got {map_for!r}", param_hint="--map-for")
+    prepare_output_dir(out_dir, overwrite=overwrite)
     refs = ref.expand_as(dist).contiguous()
 
     ssim_fn, ssim_note = _ssim_metric()
@@ -172,7 +170,6 @@ def demo(image_name: str, out_dir: Path, map_for: str, overwrite: bool, device: 
         click.echo(f"- {f}")
 
     # --- the files
-    out_dir.mkdir(parents=True, exist_ok=True)
     k = names.index(map_for)
     with torch.no_grad():
         dmap = distance_map(ref.to(dev), dist[k : k + 1].to(dev))[0, 0].cpu()

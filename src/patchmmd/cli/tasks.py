@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from . import main
-from ._common import parse_metric_options
+from ._common import parse_metric_options, prepare_output_dir
 
 # Kept in sync with patchmmd.tasks.losses.LOSS_NAMES (not imported here so `patchmmd --help` stays light).
 LOSS_CHOICES = ("l2", "l1", "ssim", "mmdpp", "mmdpp-followup", "random-cnn", "random-vgg", "infinite-cnn", "vgg")
@@ -62,11 +62,7 @@ def _build_loss(name: str, weights: str | None, items: tuple[str, ...]) -> Any:
 
 def _out_dir(out: str | None, command: str, loss: str, overwrite: bool) -> Path:
     path = Path(out) if out is not None else Path("runs") / f"{command}-{loss}"
-    if path.exists() and not path.is_dir():
-        raise click.UsageError(f"--out {path} is a file; give a folder")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise click.UsageError(f"--out {path} already exists and is not empty; pass --overwrite")
-    path.mkdir(parents=True, exist_ok=True)
+    path = prepare_output_dir(path, overwrite=overwrite)
     return path
 
 

@@ -4,18 +4,19 @@ For two images (by default a crop of a shipped photo and a noisy copy of it), sw
 random CNN, draw several seeds per width, and compare the finite-width distance with the analytic
 infinite-width one (windowed MMD² with the arc-cosine kernel). Writes ``theory.csv`` (one row per width and
 seed), ``theory.md`` (a table per width) and ``theory.png`` (log-log plot of the mean absolute relative
-error against ``N`` with the fitted slope; the theory says -1/2).
+error against ``N`` with the fitted slope; the theory says -1/2) into ``--out``, a folder that must be new
+or empty unless ``--overwrite`` (:func:`patchmmd.cli._common.prepare_output_dir`).
 """
 
 from __future__ import annotations
 
 import csv
 import math
-from pathlib import Path
 
 import click
 
 from . import main
+from ._common import prepare_output_dir
 
 DEFAULT_WIDTHS = "16,32,64,128,256,512,1024"
 
@@ -61,8 +62,9 @@ def _center_crop(t, crop: int):  # type: ignore[no-untyped-def]
 @click.option("--first-layer", type=click.Choice(["he", "zero_mean", "patch_norm"]), default="he",
               show_default=True)
 @click.option("--out", "out_dir", default="theory-out", show_default=True, type=click.Path(file_okay=False),
-              help="directory for theory.csv, theory.md and theory.png")
-def theory(image1, image2, widths, seeds, depth, crop, window, stride, first_layer, out_dir) -> None:  # type: ignore[no-untyped-def]
+              help="directory for theory.csv, theory.md and theory.png (refused if not empty, unless --overwrite)")
+@click.option("--overwrite", is_flag=True, help="Write into --out even if it exists and is not empty.")
+def theory(image1, image2, widths, seeds, depth, crop, window, stride, first_layer, out_dir, overwrite) -> None:  # type: ignore[no-untyped-def]
     """Finite random CNN distance vs its infinite-width closed form (error ~ N^-1/2).
 
     IMAGE1 and IMAGE2 are compared on their centre crops (same size needed); without them, a shipped
@@ -95,6 +97,7 @@ def theory(image1, image2, widths, seeds, depth, crop, window, stride, first_lay
     exact = float(infinite_cnn_distance(x, y, depth=depth, pooling=pooling, first_layer=first_layer))
     if exact <= 0:
         raise click.UsageError("the two crops are identical (analytic distance 0): nothing to compare")
+    out = prepare_output_dir(out_dir, overwrite=overwrite)  # checked before the long sweep
     rows = []
     with torch.no_grad():
         for width in tqdm(width_list, desc="widths", unit="width"):
@@ -103,8 +106,6 @@ def theory(image1, image2, widths, seeds, depth, crop, window, stride, first_lay
                 d = float(net(x, y))
                 rows.append({"width": width, "seed": seed, "finite": d, "analytic": exact,
                              "rel_error": abs(d - exact) / exact})
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     with open(out / "theory.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()

@@ -116,42 +116,24 @@ def detect(environ: Mapping[str, str] | None = None) -> DistEnv:
 
 
 def device_for(device: str | torch.device, env: DistEnv | None = None) -> torch.device:
-    """This rank's device for a ``--device`` value: ``auto`` and ``cuda`` become ``cuda:LOCAL_RANK``.
+    """This rank's device for a device string: ``auto`` and ``cuda`` become ``cuda:LOCAL_RANK``.
 
+    :func:`patchmmd.runtime.resolve_device` with the rank's ``LOCAL_RANK`` when there are several processes.
     ``auto`` is CUDA when available, else the CPU; ``cpu`` and an explicit ``cuda:N`` are kept as given.
     In a single process ``auto`` / ``cuda`` mean the current CUDA device, as usual.
 
     Raises:
-        ValueError: CUDA asked for but not available, ``LOCAL_RANK`` has no GPU, or an unknown device.
+        patchmmd.runtime.DeviceError: (a ``ValueError``) CUDA asked for but not available, ``LOCAL_RANK``
+            has no GPU, or an unknown device.
 
     Example:
         >>> device_for("cpu", DistEnv(rank=1, world_size=2, local_rank=1))
         device(type='cpu')
     """
+    from ..runtime import resolve_device
+
     env = detect() if env is None else env
-    if isinstance(device, torch.device):
-        dev = device
-    else:
-        text = device.strip().lower()
-        if text == "auto":
-            text = "cuda" if torch.cuda.is_available() else "cpu"
-        try:
-            dev = torch.device(text)
-        except RuntimeError as e:
-            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r} ({e})") from None
-    if dev.type != "cuda":
-        return dev
-    if not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} asked for, but CUDA is not available; use --device cpu or auto")
-    if dev.index is None and env.is_distributed:
-        count = torch.cuda.device_count()
-        if env.local_rank >= count:
-            raise ValueError(
-                f"LOCAL_RANK={env.local_rank} but this node has {count} GPU(s): start at most {count} "
-                "processes per node (torchrun --nproc_per_node), or use --device cpu"
-            )
-        dev = torch.device("cuda", env.local_rank)
-    return dev
+    return resolve_device(device, local_rank=env.local_rank if env.is_distributed else None)
 
 
 def choose_backend(device: str | torch.device) -> str:

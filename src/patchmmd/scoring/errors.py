@@ -1,0 +1,147 @@
+"""The errors of a scoring job: each says what is wrong, in the library's words (no command-line flags).
+
+Every error a job can meet on bad input or a bad state of its output is a :class:`ScoringError` (a
+``ValueError``); a front end (``patchmmd score``) maps each class to its own message and exit status. The
+errors pickle with their attributes, so that a rank of a launch can send its error to the others.
+
+Example:
+    >>> import pickle
+    >>> e = pickle.loads(pickle.dumps(FolderError("folder not found: x", role="ref")))
+    >>> type(e).__name__, e.role, str(e)
+    ('FolderError', 'ref', 'folder not found: x')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def _rebuild(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]) -> BaseException:
+    """Unpickle an error without calling its ``__init__`` (whose signature may differ from ``args``)."""
+    e = cls.__new__(cls)
+    e.args = args
+    e.__dict__.update(state)
+    return e
+
+
+class ScoringError(ValueError):
+    """A scoring job cannot go on: bad input, or an output in a state the job's rules refuse."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild, (type(self), self.args, self.__dict__)
+
+
+class JobMismatchError(ScoringError):
+    """An existing journal belongs to a different job (other folders, metric, options or file list)."""
+
+
+class JournalError(ScoringError):
+    """A journal line that is valid JSON but not a row this engine writes (wrong shape or values).
+
+    The message names the journal and the line number (1 = the header).
+    """
+
+
+class FolderError(ScoringError):
+    """An input folder is missing, not a folder, or holds too few images.
+
+    :attr:`role` is ``"folder"`` (an all-pairs job), ``"ref"`` or ``"dist"`` (a paired job).
+    """
+
+    def __init__(self, message: str, *, role: str) -> None:
+        super().__init__(message)
+        self.role = role
+
+
+class NoPairsError(ScoringError):
+    """A paired job whose folders share no relative path; :attr:`only_ref` / :attr:`only_dist` list the files."""
+
+    def __init__(self, message: str, *, only_ref: Sequence[str] = (), only_dist: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.only_ref = list(only_ref)
+        self.only_dist = list(only_dist)
+
+
+class MetricSetupError(ScoringError):
+    """The metric cannot be built with its options, or fails on a tiny test pair.
+
+    :attr:`missing_dependency` is true when an optional package is missing (not a fault of the options).
+    """
+
+    def __init__(self, message: str, *, metric: str, missing_dependency: bool = False) -> None:
+        super().__init__(message)
+        self.metric = metric
+        self.missing_dependency = missing_dependency
+
+
+class OutputPathError(ScoringError):
+    """The output path cannot hold a file: :attr:`reason` is ``"is_folder"``, ``"parent_is_file"`` or
+    ``"cannot_create"`` (its folder cannot be created: an operating-system error, not a usage error)."""
+
+    def __init__(self, message: str, *, output: Path, reason: str) -> None:
+        super().__init__(message)
+        self.output = output
+        self.reason = reason
+
+
+class OutputExistsError(ScoringError):
+    """The output or one of its journals exists, and the job neither resumes nor overwrites."""
+
+    def __init__(self, message: str, *, existing: Sequence[Path]) -> None:
+        super().__init__(message)
+        self.existing = list(existing)
+
+
+class NothingToResumeError(ScoringError):
+    """Resuming a job whose output exists without a journal: that job has finished."""
+
+    def __init__(self, message: str, *, output: Path) -> None:
+        super().__init__(message)
+        self.output = output
+
+
+class JournalOpenError(ScoringError):
+    """A rank's journal cannot be created or opened (an operating-system error)."""
+
+    def __init__(self, message: str, *, path: Path) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class InconsistentJournalsError(ScoringError):
+    """The ranks of a launch do not see the same journals (the output is not on a shared file system)."""
+
+
+class FinalizeError(ScoringError):
+    """The final CSV could not be written; the journals are kept, so the job can be resumed."""
+
+
+class RankFailedError(ScoringError):
+    """Another rank of the launch failed a step; :attr:`cause` is its error, :attr:`rank` its rank.
+
+    Every rank stops: the failing one with its own error, the others with this one.
+    """
+
+    def __init__(self, rank: int, cause: BaseException) -> None:
+        super().__init__(f"rank {rank}: {cause}")
+        self.rank = rank
+        self.cause = cause
+
+
+class JobInterrupted(KeyboardInterrupt):
+    """The job was stopped by Ctrl-C or SIGTERM; the finished rows are kept in the journal(s).
+
+    :attr:`signal` is ``"SIGINT"`` or ``"SIGTERM"``; :attr:`saved` of :attr:`total` pairs are in
+    :attr:`journal` (in a launch of several ranks: this rank's share, :attr:`distributed` true).
+    """
+
+    def __init__(self, *, signal: str, saved: int, total: int, journal: Path, rank: int, distributed: bool) -> None:
+        super().__init__(f"{signal}: {saved} of {total} pairs are saved in {journal}")
+        self.signal = signal
+        self.saved = saved
+        self.total = total
+        self.journal = journal
+        self.rank = rank
+        self.distributed = distributed

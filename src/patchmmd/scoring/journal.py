@@ -1,0 +1,450 @@
+"""The journal of a scoring job, and the lock on its output.
+
+Each writer appends finished rows to its own **journal** (:class:`Journal`, JSON lines: one header line naming
+the job, then one line per finished pair), flushed and ``fsync``-ed after every batch. A ``kill -9`` can leave
+at most a truncated last line, which reading ignores and reopening cuts off. :func:`find_journals` lists an
+output's journals of any world size and :func:`done_rows` reads their finished rows, so a job can be resumed
+by another number of writers. Reading a journal checks every row's shape (:class:`JournalError` names the
+line of a bad one).
+
+:class:`OutputLock` keeps two runs from writing one output at once (``OUT.lock``, ``flock``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import JobMismatchError, JournalError, _rebuild
+from .jobs import PairTask
+from .output import _fsync, _fsync_dir
+
+JOURNAL_FORMAT = "patchmmd-score-journal"
+JOURNAL_VERSION = 1
+
+
+def journal_path(output: str | os.PathLike[str], rank: int = 0, world_size: int = 1) -> Path:
+    """The journal next to ``output``: ``OUT.journal``, or ``OUT.rank{r}-of-{w}.journal`` when sharded.
+
+    Example:
+        >>> journal_path("scores.csv").name, journal_path("scores.csv", 1, 4).name
+        ('scores.csv.journal', 'scores.csv.rank1-of-4.journal')
+    """
+    out = Path(output)
+    suffix = ".journal" if world_size == 1 else f".rank{rank}-of-{world_size}.journal"
+    return out.with_name(out.name + suffix)
+
+
+_JOURNAL_RE = r"\.(?:rank(\d+)-of-(\d+)\.)?journal"
+
+
+def find_journals(output: str | os.PathLike[str]) -> list[Path]:
+    """The journals of ``output`` that exist, of any world size: ``OUT.journal`` first, then the writers'
+    ``OUT.rank{r}-of-{w}.journal`` by world size and rank.
+
+    A job interrupted with one world size may be resumed with another: the done rows are read from all
+    of them, and the final CSV merges all of them.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> for r in (1, 0):
+        ...     journal_path(d / "s.csv", r, 2).touch()
+        >>> (d / "s.csv.journal").touch(); (d / "s.csv.rank0-of-2.journal.tmp").touch()
+        >>> [p.name for p in find_journals(d / "s.csv")]
+        ['s.csv.journal', 's.csv.rank0-of-2.journal', 's.csv.rank1-of-2.journal']
+    """
+    import re
+
+    out = Path(output)
+    pattern = re.compile(re.escape(out.name) + _JOURNAL_RE)
+    found: list[tuple[tuple[int, int], Path]] = []
+    try:
+        entries = list(os.scandir(out.parent if str(out.parent) else "."))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    for entry in entries:
+        m = pattern.fullmatch(entry.name)
+        if m and entry.is_file():
+            key = (0, 0) if m.group(1) is None else (int(m.group(2)), int(m.group(1)))
+            found.append((key, out.with_name(entry.name)))
+    return [p for _, p in sorted(found)]
+
+
+def done_rows(
+    paths: Iterable[str | os.PathLike[str]],
+    job: dict[str, Any],
+    tasks: Sequence[PairTask] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The finished rows (by id) of several journals, each checked against ``job`` (and ``tasks``).
+
+    Raises:
+        JobMismatchError: a journal belongs to another job. JournalError: a row is malformed.
+    """
+    return {r["id"]: r for r in merge_journals(paths, job, tasks)}
+
+
+ROW_KEYS = frozenset({"id", "ref", "dist", "metric", "value", "error"})
+
+
+def _read_lines(path: Path) -> tuple[dict[str, Any] | None, list[tuple[int, Any]], int]:
+    """Header, (line number, parsed line) of each row, and the byte length of the valid prefix (complete,
+    parseable lines) of a journal. The rows are not checked here (see :func:`_check_row`)."""
+    data = path.read_bytes()
+    header: Any = None
+    rows: list[tuple[int, Any]] = []
+    valid = 0
+    pos = 0
+    line = 0
+    while pos < len(data):
+        end = data.find(b"\n", pos)
+        if end < 0:
+            break  # a last line without its newline: cut off by a crash
+        try:
+            obj = json.loads(data[pos:end])
+        except ValueError:
+            break  # a torn line (only the last one can be)
+        line += 1
+        if line == 1:
+            header = obj
+        else:
+            rows.append((line, obj))
+        pos = valid = end + 1
+    return header, rows, valid
+
+
+def _check_header(path: Path, header: Any, job: dict[str, Any]) -> None:
+    if not isinstance(header, dict) or header.get("format") != JOURNAL_FORMAT:
+        raise JobMismatchError(f"{path} is not a patchmmd score journal (or its header is damaged)")
+    if header.get("version") != JOURNAL_VERSION:
+        raise JobMismatchError(f"{path} has journal version {header.get('version')}, expected {JOURNAL_VERSION}")
+    old = header.get("job", {})
+    if not isinstance(old, dict):
+        raise JobMismatchError(f"{path} is not a patchmmd score journal (or its header is damaged)")
+    differ = sorted(k for k in set(old) | set(job) if old.get(k) != job.get(k))
+    if differ:
+        detail = "; ".join(f"{k}: journal {old.get(k)!r}, now {job.get(k)!r}" for k in differ)
+        raise JobMismatchError(f"{path} belongs to a different job ({detail}); rerun with the same arguments")
+
+
+def _row_problem(row: Any, metric: str | None, tasks: dict[str, PairTask] | None) -> str | None:
+    """Why ``row`` is not a row this engine writes, or None if it is one."""
+    if not isinstance(row, dict):
+        return f"a row must be a JSON object, got {type(row).__name__}"
+    if set(row) != ROW_KEYS:
+        missing, extra = sorted(ROW_KEYS - set(row)), sorted(set(row) - ROW_KEYS)
+        return "a row must have the keys " + ", ".join(sorted(ROW_KEYS)) + (
+            f"; missing {', '.join(missing)}" if missing else "") + (f"; unknown {', '.join(extra)}" if extra else "")
+    for key in ("id", "ref", "dist", "metric"):
+        if not isinstance(row[key], str):
+            return f"{key!r} must be a string, got {row[key]!r}"
+    value, error = row["value"], row["error"]
+    if error is not None and not (isinstance(error, str) and error):
+        return f"'error' must be null or a non-empty string, got {error!r}"
+    if error is None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"'value' must be a number when 'error' is null, got {value!r}"
+        if not math.isfinite(value):
+            return f"'value' must be a finite number, got {value!r}"
+    elif value is not None:
+        return f"'value' must be null when there is an error, got {value!r}"
+    if metric is not None and row["metric"] != metric:
+        return f"'metric' is {row['metric']!r}, but the job's metric is {metric!r}"
+    if tasks is not None:
+        task = tasks.get(row["id"])
+        if task is None:
+            return f"'id' {row['id']!r} is not a pair of this job"
+        if (row["ref"], row["dist"]) != (task.ref, task.dist):
+            theirs = f"({row['ref']!r}, {row['dist']!r})"
+            return f"'id' {row['id']!r} is the pair ({task.ref!r}, {task.dist!r}), not {theirs}"
+    return None
+
+
+def _checked_rows(
+    path: Path,
+    rows: list[tuple[int, Any]],
+    job: dict[str, Any] | None,
+    tasks: Sequence[PairTask] | None,
+) -> list[dict[str, Any]]:
+    metric = None if job is None else job.get("metric")
+    by_id = None if tasks is None else {t.id: t for t in tasks}
+    out = []
+    for line, row in rows:
+        problem = _row_problem(row, metric, by_id)
+        if problem is not None:
+            raise JournalError(f"{path}, line {line}: {problem}")
+        if row["value"] is not None:
+            row["value"] = float(row["value"])
+        out.append(row)
+    return out
+
+
+def read_journal(
+    path: str | os.PathLike[str],
+    job: dict[str, Any] | None = None,
+    tasks: Sequence[PairTask] | None = None,
+) -> list[dict[str, Any]]:
+    """The rows of a journal (a torn last line ignored); with ``job``, check the journal belongs to it.
+
+    Every row is checked for its shape: a JSON object with exactly the keys ``id, ref, dist, metric, value,
+    error``; strings where strings belong; ``value`` a finite number when ``error`` is null, and null when
+    ``error`` is a non-empty string. With ``job`` the row's metric must be the job's, and with ``tasks`` its id
+    must be one of theirs, with their ``ref`` and ``dist``. A value is trusted only as far as that: a
+    hand-edited finite number passes.
+
+    Raises:
+        JobMismatchError: ``job`` is given and differs from the journal's.
+        JournalError: a row is malformed (the message names the line).
+    """
+    path = Path(path)
+    header, rows, _ = _read_lines(path)
+    if job is not None:
+        _check_header(path, header, job)
+    return _checked_rows(path, rows, job, tasks)
+
+
+class Journal:
+    """An append-only JSON-lines journal of finished rows, durable after each :meth:`append`.
+
+    Use :meth:`open`: it creates the journal with its header, or (``resume=True``) reopens an existing one
+    for the same job, cutting off a torn last line, and exposes the ids already done in :attr:`done`.
+    """
+
+    def __init__(self, path: Path, fh: io.BufferedIOBase, done: dict[str, dict[str, Any]]) -> None:
+        self.path = path
+        self._fh = fh
+        self.done = done
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        job: dict[str, Any],
+        *,
+        resume: bool = False,
+        tasks: Sequence[PairTask] | None = None,
+    ) -> Journal:
+        """Create (or with ``resume``, reopen) the journal at ``path`` for ``job``.
+
+        Reopened rows are checked as in :func:`read_journal` (against ``tasks`` when given).
+
+        Raises:
+            FileExistsError: the journal exists and ``resume`` is false.
+            JobMismatchError: ``resume`` and the journal belongs to another job.
+            JournalError: ``resume`` and a row of the journal is malformed.
+        """
+        path = Path(path)
+        if path.exists():
+            if not resume:
+                raise FileExistsError(f"journal {path} exists: resume it or remove it")
+            header, numbered, valid = _read_lines(path)
+            _check_header(path, header, job)
+            rows = _checked_rows(path, numbered, job, tasks)
+            fh = open(path, "r+b")  # owned by the Journal, closed in close()
+            fh.truncate(valid)
+            fh.seek(valid)
+            _fsync(fh)
+            return cls(path, fh, {r["id"]: r for r in rows})
+        new_fh = open(path, "xb")
+        header = {"format": JOURNAL_FORMAT, "version": JOURNAL_VERSION, "job": job, "created": time.time()}
+        new_fh.write(json.dumps(header, sort_keys=True).encode() + b"\n")
+        _fsync(new_fh)
+        _fsync_dir(path.parent)
+        return cls(path, new_fh, {})
+
+    def append(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Append rows (each with an ``id``) and make them durable (flush + fsync) before returning."""
+        data = b"".join(json.dumps(r, sort_keys=True).encode() + b"\n" for r in rows)
+        if not data:
+            return
+        self._fh.write(data)
+        _fsync(self._fh)
+        for r in rows:
+            self.done[r["id"]] = r
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+
+def merge_journals(
+    paths: Iterable[str | os.PathLike[str]],
+    job: dict[str, Any],
+    tasks: Sequence[PairTask] | None = None,
+) -> list[dict[str, Any]]:
+    """All rows of several writers' journals (each checked against ``job`` and ``tasks``), for the final CSV."""
+    rows: list[dict[str, Any]] = []
+    for p in paths:
+        rows.extend(read_journal(p, job, tasks))
+    return rows
+
+
+
+# ------------------------------------------------------------------------------------------- the lock
+class OutputLockedError(RuntimeError):
+    """Another run holds the lock on the output; :attr:`holder` is what it wrote in the lock file."""
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickles with its attributes (sent between ranks)
+        return _rebuild, (type(self), self.args, self.__dict__)
+
+    def __init__(self, output: Path, holder: dict[str, Any] | None) -> None:
+        self.output = output
+        self.holder = holder or {}
+        super().__init__(f"another run ({describe_holder(self.holder)}) is writing {output}; wait for it or stop it")
+
+
+def describe_holder(holder: dict[str, Any]) -> str:
+    """``pid N on HOST, started YYYY-mm-dd HH:MM:SS: COMMAND`` from a lock file's content (parts it lacks left out).
+
+    Example:
+        >>> describe_holder({"pid": 12, "host": "node1", "argv": ["patchmmd", "score"]})
+        'pid 12 on node1: patchmmd score'
+        >>> describe_holder({})
+        'its details are unknown'
+    """
+    who = []
+    if isinstance(holder.get("pid"), int):
+        who.append(f"pid {holder['pid']}")
+    if isinstance(holder.get("host"), str):
+        who.append(f"on {holder['host']}")
+    parts = [" ".join(who)] if who else []
+    if isinstance(holder.get("started"), (int, float)):
+        try:
+            parts.append("started " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder["started"])))
+        except (OverflowError, OSError, ValueError):
+            pass
+    text = ", ".join(parts)
+    argv = holder.get("argv")
+    if isinstance(argv, list) and all(isinstance(a, str) for a in argv):
+        import shlex
+
+        command = shlex.join(argv)
+        command = command if len(command) <= 200 else command[:197] + "..."
+        text = f"{text}: {command}" if text else command
+    return text or "its details are unknown"
+
+
+def lock_path(output: str | os.PathLike[str]) -> Path:
+    """The lock file next to ``output``: ``OUT.lock``.
+
+    Example:
+        >>> lock_path("runs/scores.csv").as_posix()
+        'runs/scores.csv.lock'
+    """
+    out = Path(output)
+    return out.with_name(out.name + ".lock")
+
+
+class OutputLock:
+    """An exclusive lock on an output (its CSV and journals) for the time of one run: ``OUT.lock``.
+
+    :meth:`acquire` creates ``OUT.lock``, takes ``fcntl.flock(LOCK_EX | LOCK_NB)`` on it and writes the
+    holder's pid, host name, start time and command line into it (JSON); :meth:`release` removes the file
+    and drops the lock. The kernel drops the lock when the process ends in any way, so a file left behind
+    by ``kill -9`` or a crash does not block the next run, which takes it over. Where ``fcntl`` does not
+    exist (Windows) no lock is taken.
+
+    Example:
+        >>> import tempfile
+        >>> out = Path(tempfile.mkdtemp()) / "s.csv"
+        >>> with OutputLock.acquire(out):
+        ...     try:
+        ...         OutputLock.acquire(out)
+        ...     except OutputLockedError as e:
+        ...         print(str(e).startswith("another run (pid"))
+        True
+        >>> lock_path(out).exists()
+        False
+    """
+
+    def __init__(self, path: Path, fd: int | None) -> None:
+        self.path = path
+        self._fd = fd
+
+    @classmethod
+    def acquire(cls, output: str | os.PathLike[str], *, argv: Sequence[str] | None = None) -> OutputLock:
+        """Lock ``output`` (whose folder must exist) for this process; ``argv`` is recorded (default ``sys.argv``).
+
+        Raises:
+            OutputLockedError: another process holds the lock.
+            OSError: the lock file cannot be created, or the file system does not support ``flock``.
+        """
+        import socket
+        import sys
+
+        try:
+            import fcntl
+        except ImportError:  # Windows
+            return cls(lock_path(output), None)
+        path = lock_path(output)
+        for _ in range(100):
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_holder(fd)
+                os.close(fd)
+                raise OutputLockedError(Path(output), holder) from None
+            except BaseException:
+                os.close(fd)
+                raise
+            # The holder we waited for removes the file before it drops the lock: if the name no longer
+            # leads to the file we locked, another run may already hold a new one; try again.
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        else:  # pragma: no cover - a lock file replaced 100 times in a row
+            raise OSError(f"could not lock {path}: it keeps being replaced")
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
+                "argv": list(sys.argv if argv is None else argv)}
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps(info, sort_keys=True).encode() + b"\n")
+        except OSError:
+            pass  # the lock holds without the details
+        return cls(path, fd)
+
+    def release(self) -> None:
+        """Remove the lock file and drop the lock (idempotent)."""
+        if self._fd is None:
+            return
+        try:
+            try:
+                if os.path.samestat(os.fstat(self._fd), os.stat(self.path)):
+                    os.unlink(self.path)  # while still holding the lock: see acquire
+            except OSError:
+                pass
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> OutputLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _read_holder(fd: int) -> dict[str, Any] | None:
+    try:
+        data = os.pread(fd, 65536, 0)
+        holder = json.loads(data)
+    except (OSError, ValueError):
+        return None
+    return holder if isinstance(holder, dict) else None

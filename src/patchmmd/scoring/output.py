@@ -1,0 +1,166 @@
+"""The output of a scoring job: the sorted CSV, written atomically, with readable and formula-safe cells.
+
+:func:`write_csv_atomic` writes the final CSV to a temporary file in the output folder, fsyncs it and renames
+it over the output (``os.replace``): the output is either absent, the old file or the complete new one, never
+half-written. File names are written readably and never as spreadsheet formulas (:func:`csv_text`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .jobs import PairTask
+
+CSV_COLUMNS_BASE = ("ref", "dist", "metric")
+
+
+# ---------------------------------------------------------------------------------------- the output
+def value_column(higher_is_better: bool) -> str:
+    """``"score"`` for similarity metrics (PSNR, SSIM: higher = more alike), else ``"distance"``."""
+    return "score" if higher_is_better else "distance"
+
+
+def sorted_rows(rows: Iterable[dict[str, Any]], tasks: Sequence[PairTask]) -> list[dict[str, Any]]:
+    """The journal rows of ``tasks`` in job order (later duplicates of an id win).
+
+    Raises:
+        ValueError: some task has no row (the job is not finished).
+    """
+    by_id = {r["id"]: r for r in rows}
+    missing = [t for t in tasks if t.id not in by_id]
+    if missing:
+        first = missing[0]
+        raise ValueError(f"{len(missing)} of {len(tasks)} pairs have no row yet (first: {first.ref}, {first.dist})")
+    return [by_id[t.id] for t in tasks]
+
+
+def format_value(value: float | None) -> str:
+    """A value as written in the CSV: shortest round-trip repr, empty for a missing value.
+
+    Example:
+        >>> format_value(0.1), format_value(None), format_value(float("nan"))
+        ('0.1', '', 'nan')
+    """
+    return "" if value is None else repr(float(value))
+
+
+FORMULA_CHARS = ("=", "+", "-", "@", "\t", "\r", "'")
+"""A text cell starting with one of these gets a leading ``'`` in the CSV (see :func:`csv_text`)."""
+
+
+def csv_text(text: str) -> str:
+    """A text cell (file name, metric, error) as written in the CSV: readable, and never a formula.
+
+    * File names that are not valid UTF-8 (lone surrogates from :func:`os.fsdecode`) show their undecodable
+      bytes as ``\\xNN``: ``bad\\xff.png``.
+    * A cell starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return, which a spreadsheet could
+      run as a formula, gets a leading ``'``; so does one starting with ``'`` itself, so that removing one
+      leading ``'`` from any cell that has one gives the name back.
+
+    Example:
+        >>> csv_text("a.png"), csv_text("=1+1.png"), csv_text("'q.png"), csv_text("bad\\udcff.png")
+        ('a.png', "'=1+1.png", "''q.png", 'bad\\\\xff.png')
+    """
+    try:
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that no file name decodes to (a hand-edited journal)
+        text = text.encode("utf-8", "backslashreplace").decode("ascii")
+    return "'" + text if text.startswith(FORMULA_CHARS) else text
+
+
+def csv_line(fields: Sequence[str]) -> str:
+    """One CSV record ending in ``\\n``; a field holding ``,``, ``"``, ``\\r`` or ``\\n`` is quoted.
+
+    (``csv.writer`` with ``lineterminator="\\n"`` leaves a lone ``\\r`` unquoted, which readers take for
+    a line break.)
+
+    Example:
+        >>> csv_line(["a\\rb", "c,d", 'e"f', "g"])
+        '"a\\rb","c,d","e""f",g\\n'
+    """
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\r\n").writerow(fields)  # quotes any field holding \r or \n
+    return buf.getvalue()[:-2] + "\n"
+
+
+def write_csv_atomic(path: str | os.PathLike[str], rows: Sequence[dict[str, Any]], *, value_column: str) -> None:
+    """Write rows as CSV (``ref,dist,metric,<value_column>,error``) atomically at ``path``.
+
+    Text cells go through :func:`csv_text` (readable non-UTF-8 names, a ``'`` before a would-be formula);
+    fields holding a comma, a quote or a line break are quoted. The data goes to a temporary file in the
+    same folder, is fsynced, then renamed over ``path``.
+    """
+    path = Path(path)
+    lines = [csv_line([*CSV_COLUMNS_BASE, value_column, "error"])]
+    for r in rows:
+        lines.append(csv_line([
+            csv_text(r["ref"]), csv_text(r["dist"]), csv_text(r["metric"]), format_value(r.get("value")),
+            csv_text(r.get("error") or ""),
+        ]))
+    atomic_write_text(path, "".join(lines))
+
+
+def creation_mode() -> int:
+    """The mode a new file gets from ``open()``: ``0o666`` less the process's umask.
+
+    Example:
+        >>> creation_mode() & ~0o666
+        0
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # no other way to read it; set back at once
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Replace ``path`` by a file holding ``text`` (UTF-8) atomically: temp file, fsync, ``os.replace``.
+
+    The file gets the mode of any new file (``0o666`` less the umask, see :func:`creation_mode`), as the
+    journals do, not the ``0o600`` of a temporary file.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(text.encode())
+            _fsync(fh)
+        os.chmod(tmp, creation_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync(fh: io.BufferedIOBase) -> None:
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows: folders cannot be opened
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

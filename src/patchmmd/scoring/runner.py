@@ -1,0 +1,736 @@
+"""Scoring: :func:`run_tasks` scores a list of pairs into a journal; :class:`ScoreRunner` runs a whole job.
+
+:func:`run_tasks` loads images (through a small bounded cache), batches pairs of equal shape, records a read
+error or a size mismatch in the pair's row and goes on, skipping tasks already in the journal.
+:func:`finalize` merges the writers' journals into the final CSV.
+
+:class:`ScoreRunner` is the job-level runner behind ``patchmmd score``: it builds the tasks, applies the
+output and resume rules, takes the output lock, shares the pairs out over the ranks of a launch (all ranks
+stop if one fails), scores them into journals and writes the CSV. It reports through callbacks and raises
+:class:`~patchmmd.scoring.errors.ScoringError` subclasses; it knows nothing of terminals or flags.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from ..io import DEFAULT_MAX_PIXELS, ImageMode, ImageReadError, check_max_pixels, load_image
+from ..runtime import resolve_device, shape_text
+from . import distributed
+from .errors import (
+    FinalizeError,
+    FolderError,
+    InconsistentJournalsError,
+    JobInterrupted,
+    JournalError,
+    JournalOpenError,
+    MetricSetupError,
+    NoPairsError,
+    NothingToResumeError,
+    OutputExistsError,
+    OutputPathError,
+    RankFailedError,
+    ScoringError,
+)
+from .jobs import PairTask, all_pair_tasks, job_header, list_images, paired_tasks, shard, tasks_digest
+from .journal import (
+    Journal,
+    OutputLock,
+    OutputLockedError,
+    done_rows,
+    find_journals,
+    journal_path,
+    merge_journals,
+    read_journal,
+)
+from .output import sorted_rows, value_column, write_csv_atomic
+
+T = TypeVar("T")
+
+
+@dataclass
+class RunSummary:
+    """What :func:`run_tasks` did: pairs scored now, rows with an error, and tasks skipped as done."""
+
+    scored: int = 0
+    errors: int = 0
+    skipped: int = 0
+
+
+
+def resize_to(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize a ``(C, H, W)`` image in [0, 1] to ``size = (H, W)`` (antialiased bilinear).
+
+    Example:
+        >>> resize_to(torch.rand(3, 10, 20), (5, 10)).shape
+        torch.Size([3, 5, 10])
+    """
+    if tuple(img.shape[-2:]) == tuple(size):
+        return img
+    out = torch.nn.functional.interpolate(img[None], size=size, mode="bilinear", antialias=True, align_corners=False)
+    return out[0].clamp(0, 1)
+
+
+def _row(task: PairTask, metric: str, value: float | None, error: str | None) -> dict[str, Any]:
+    if value is not None and not math.isfinite(value):  # the journal and the CSV hold finite values only
+        value, error = None, f"the metric returned {value}"
+    return {"id": task.id, "ref": task.ref, "dist": task.dist, "metric": metric, "value": value, "error": error}
+
+
+def _error_text(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}".replace("\n", " ")
+
+
+DEFAULT_RESIZE_HINT = "resize=True resizes the second to the first"
+"""What :func:`run_tasks` suggests in the error row of a pair of images that differ in shape."""
+
+DEFAULT_BATCH_PIXELS = 16 * 2**20
+"""Pixels (height x width of the first image, summed over the pairs) in one batch of :func:`run_tasks`."""
+
+DEFAULT_CACHE_PIXELS = 64 * 2**20
+"""Pixels of loaded images that :func:`run_tasks` keeps for reuse (all-pairs jobs read each image often)."""
+
+
+def _pixels(img: torch.Tensor) -> int:
+    return int(img.shape[-1]) * int(img.shape[-2])
+
+
+class _ImageCache:
+    """A small LRU cache of loaded images, bounded in count and in pixels (the newest image always stays)."""
+
+    def __init__(
+        self,
+        mode: ImageMode,
+        capacity: int = 128,
+        *,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        pixel_capacity: int = DEFAULT_CACHE_PIXELS,
+    ) -> None:
+        self.mode = mode
+        self.capacity = capacity
+        self.max_pixels = max_pixels
+        self.pixel_capacity = pixel_capacity
+        self.pixels = 0
+        self._items: OrderedDict[Path, torch.Tensor | ImageReadError] = OrderedDict()
+
+    def get(self, path: Path) -> torch.Tensor:
+        if path in self._items:
+            self._items.move_to_end(path)
+            item = self._items[path]
+        else:
+            try:
+                item = load_image(path, mode=self.mode, max_pixels=self.max_pixels)
+            except ImageReadError as e:
+                item = e
+            self._items[path] = item
+            self.pixels += self._size(item)
+            while len(self._items) > 1 and (
+                len(self._items) > self.capacity or self.pixels > self.pixel_capacity
+            ):
+                _, old = self._items.popitem(last=False)
+                self.pixels -= self._size(old)
+        if isinstance(item, ImageReadError):
+            raise item
+        return item
+
+    @staticmethod
+    def _size(item: torch.Tensor | ImageReadError) -> int:
+        return 0 if isinstance(item, ImageReadError) else _pixels(item)
+
+
+def run_tasks(
+    tasks: Sequence[PairTask],
+    metric: str,
+    journal: Journal,
+    *,
+    options: dict[str, Any] | None = None,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    mode: ImageMode = "RGB",
+    resize: bool = False,
+    progress: Callable[[int], None] | None = None,
+    after_batch: Callable[[], None] | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    batch_pixels: int = DEFAULT_BATCH_PIXELS,
+    resize_hint: str = DEFAULT_RESIZE_HINT,
+) -> RunSummary:
+    """Score the tasks not yet in ``journal`` and append their rows, one durable batch at a time.
+
+    Pairs are read in job order in chunks of ``4 * batch_size`` pairs or ``4 * batch_pixels`` pixels,
+    whichever comes first; inside a chunk, pairs whose images have the same shape are scored together in
+    batches of up to ``batch_size`` pairs and ``batch_pixels`` pixels (a larger pair alone). A pair whose
+    file cannot be read (or is over ``max_pixels``), whose two images differ in shape (unless ``resize``:
+    the second is resized to the first) or on which the metric fails gets a row with an empty value and
+    the error, and the job goes on.
+
+    Memory is bounded whatever the files: one image is at most ``max_pixels``, the cache of loaded images
+    holds at most :data:`DEFAULT_CACHE_PIXELS` (and 128 images) plus the newest, a chunk about
+    ``4 * batch_pixels`` pairs plus one pair; pixels here are height x width.
+
+    Args:
+        metric: a name in :mod:`patchmmd.metrics.registry`; ``options`` go to its factory.
+        progress: called with the number of tasks finished after each batch (e.g. ``tqdm.update``).
+        after_batch: called after each durable batch (tests use it to slow a job down).
+        max_pixels: the largest image read (:func:`patchmmd.io.load_image`); ``None``: no limit.
+        batch_pixels: the pixel budget of a batch (of the pairs' first images).
+        resize_hint: added in brackets to a shape-mismatch error when ``resize`` is off (a front end names
+            its own option here).
+    """
+    from ..metrics.registry import get_metric
+
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if isinstance(batch_pixels, bool) or not isinstance(batch_pixels, int) or batch_pixels < 1:
+        raise ValueError(f"batch_pixels must be a positive integer, got {batch_pixels!r}")
+    max_pixels = check_max_pixels(max_pixels)
+    fn = get_metric(metric, **(options or {}))
+    dev = resolve_device(device) if isinstance(device, str) else device
+    cache = _ImageCache(mode, max_pixels=max_pixels)
+    summary = RunSummary()
+    todo = [t for t in tasks if t.id not in journal.done]
+    summary.skipped = len(tasks) - len(todo)
+
+    def commit(rows: list[dict[str, Any]]) -> None:
+        journal.append(rows)
+        summary.scored += sum(r["error"] is None for r in rows)
+        summary.errors += sum(r["error"] is not None for r in rows)
+        if progress is not None:
+            progress(len(rows))
+        if after_batch is not None:
+            after_batch()
+
+    groups: dict[tuple[int, ...], list[tuple[PairTask, torch.Tensor, torch.Tensor]]] = {}
+    error_rows: list[dict[str, Any]] = []
+    pending = pending_pixels = 0
+
+    def flush() -> None:
+        if error_rows:
+            commit(error_rows)
+        for items in groups.values():
+            for batch in _pixel_batches(items, batch_size, batch_pixels):
+                commit(_score_batch(fn, batch, metric, dev))
+        error_rows.clear()
+        groups.clear()
+
+    for t in todo:
+        try:
+            x = cache.get(t.ref_path)
+            y = cache.get(t.dist_path)
+            if x.shape != y.shape:
+                if resize and x.shape[0] == y.shape[0]:
+                    y = resize_to(y, (x.shape[1], x.shape[2]))
+                else:
+                    raise ValueError(
+                        f"images differ in shape: {shape_text(x)} vs {shape_text(y)}"
+                        + ("" if resize or not resize_hint else f" ({resize_hint})")
+                    )
+        except (ImageReadError, ValueError) as e:
+            error_rows.append(_row(t, metric, None, _error_text(e)))
+        else:
+            groups.setdefault(tuple(x.shape), []).append((t, x, y))
+            pending_pixels += _pixels(x)
+        pending += 1
+        if pending >= 4 * batch_size or pending_pixels >= 4 * batch_pixels:
+            flush()
+            pending = pending_pixels = 0
+    flush()
+    return summary
+
+
+def _pixel_batches(
+    items: Sequence[tuple[PairTask, torch.Tensor, torch.Tensor]], batch_size: int, batch_pixels: int
+) -> Iterator[list[tuple[PairTask, torch.Tensor, torch.Tensor]]]:
+    """Consecutive items, at most ``batch_size`` of them and ``batch_pixels`` pixels (a larger item alone)."""
+    batch: list[tuple[PairTask, torch.Tensor, torch.Tensor]] = []
+    pixels = 0
+    for item in items:
+        size = _pixels(item[1])
+        if batch and (len(batch) == batch_size or pixels + size > batch_pixels):
+            yield batch
+            batch, pixels = [], 0
+        batch.append(item)
+        pixels += size
+    if batch:
+        yield batch
+
+
+def _score_batch(
+    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    batch: list[tuple[PairTask, torch.Tensor, torch.Tensor]],
+    metric: str,
+    dev: torch.device,
+) -> list[dict[str, Any]]:
+    x = torch.stack([b[1] for b in batch]).to(dev)
+    y = torch.stack([b[2] for b in batch]).to(dev)
+    try:
+        with torch.no_grad():
+            values = fn(x, y).detach().double().cpu().tolist()
+        return [_row(t, metric, v, None) for (t, _, _), v in zip(batch, values, strict=True)]
+    except (ValueError, TypeError, RuntimeError) as e:
+        if len(batch) == 1:
+            return [_row(batch[0][0], metric, None, _error_text(e))]
+        # Find the culprit(s): score one by one.
+        return [r for item in batch for r in _score_batch(fn, [item], metric, dev)]
+
+
+def finalize(
+    output: str | os.PathLike[str],
+    tasks: Sequence[PairTask],
+    job: dict[str, Any],
+    *,
+    value_column: str,
+    world_size: int = 1,
+    keep_journals: bool = False,
+    journals: Sequence[str | os.PathLike[str]] | None = None,
+) -> list[dict[str, Any]]:
+    """Merge the writers' journals, write the sorted CSV atomically, then remove the journals.
+
+    Run by one process (rank 0) once every writer has finished. The journals are those of ``world_size``
+    writers, or ``journals`` when given (e.g. :func:`find_journals`, after resuming with another world
+    size). Returns the rows written.
+
+    Raises:
+        ValueError: some task has no row in any journal. JobMismatchError: a journal is from another job.
+        JournalError: a journal row is malformed.
+    """
+    if journals is None:
+        paths = [journal_path(output, r, world_size) for r in range(world_size)]
+    else:
+        paths = [Path(p) for p in journals]
+    rows = sorted_rows(merge_journals(paths, job, tasks), tasks)
+    write_csv_atomic(output, rows, value_column=value_column)
+    if not keep_journals:
+        for p in paths:
+            p.unlink(missing_ok=True)
+    return rows
+
+
+# --------------------------------------------------------------------------------------- the job runner
+@dataclass(frozen=True)
+class ScoreJob:
+    """What to score and where: a paired job (``folders = (ref_dir, dist_dir)``) or an all-pairs one
+    (``all_pairs=True``, ``folders = (folder,)``), the metric and its options, how images are read, the
+    output CSV and what to do with an existing one (``resume`` or ``overwrite``, not both).
+
+    Device, batch size and the launch are not part of the job: they do not change its result.
+
+    Raises:
+        ValueError: the number of folders does not fit the kind of job; both ``resume`` and ``overwrite``.
+
+    Example:
+        >>> ScoreJob(("ref", "dist"), output=Path("s.csv")).kind
+        'paired'
+        >>> ScoreJob(("ref",), output=Path("s.csv"))
+        Traceback (most recent call last):
+        ...
+        ValueError: a paired job takes two folders (reference, distorted), got 1
+    """
+
+    folders: tuple[str | os.PathLike[str], ...]
+    output: Path
+    all_pairs: bool = False
+    metric: str = "mmdpp"
+    options: Mapping[str, Any] = field(default_factory=dict)
+    mode: ImageMode = "RGB"
+    resize: bool = False
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    resume: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        n = len(self.folders)
+        if self.all_pairs and n != 1:
+            raise ValueError(f"an all-pairs job takes one folder, got {n}")
+        if not self.all_pairs and n != 2:
+            raise ValueError(f"a paired job takes two folders (reference, distorted), got {n}")
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite exclude each other: continue a job, or start it over")
+        object.__setattr__(self, "output", Path(self.output))
+
+    @property
+    def kind(self) -> str:
+        """``"all-pairs"`` or ``"paired"`` (as recorded in the journal)."""
+        return "all-pairs" if self.all_pairs else "paired"
+
+
+@dataclass(frozen=True)
+class IgnoredFiles:
+    """Notice: files without an image suffix in a folder (``role``: ``folder``, ``ref`` or ``dist``)."""
+
+    role: str
+    files: list[str]
+
+
+@dataclass(frozen=True)
+class UnmatchedImages:
+    """Notice: images of a paired job without a partner (skipped)."""
+
+    only_ref: list[str]
+    only_dist: list[str]
+
+
+@dataclass(frozen=True)
+class LockUnavailable:
+    """Notice: the output could not be locked (e.g. no ``flock`` on its file system); the job goes on."""
+
+    output: Path
+    error: OSError
+
+
+Notice = IgnoredFiles | UnmatchedImages | LockUnavailable
+
+
+@dataclass
+class ScoreResult:
+    """What a job did. ``rows`` (the CSV's rows) is filled on rank 0 only; the counts cover every rank."""
+
+    output: Path
+    rows: list[dict[str, Any]]
+    scored: int
+    errors: int
+    skipped: int
+    world_size: int
+    seconds: float
+
+    @property
+    def error_rows(self) -> int:
+        """Rows of the CSV with an error."""
+        return sum(1 for r in self.rows if r.get("error"))
+
+
+@dataclass(frozen=True)
+class _Built:
+    tasks: list[PairTask]
+    job: dict[str, Any]
+    value_column: str
+
+
+class _Terminated(BaseException):
+    """SIGTERM (a launcher stopping the survivors after a rank failed), raised in the main thread."""
+
+
+_AGREED_ERRORS: tuple[type[BaseException], ...] = (ScoringError, OutputLockedError)
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or "no message"
+    return text if type(e) in (ValueError, TypeError) else f"{text} ({type(e).__name__})"
+
+
+class ScoreRunner:
+    """Runs a :class:`ScoreJob` from start to final CSV, alone or as one rank of a launch.
+
+    Steps, each checked on every rank before the next (if one rank fails, every rank stops: the failing one
+    with its error, the others with :class:`RankFailedError`): build the tasks and check the metric on a
+    tiny pair; lock the output (rank 0); apply the output rules (an existing output or journal needs
+    ``resume`` or ``overwrite``) and read the finished rows when resuming; check that every rank sees the
+    same journals; open this rank's journal; score this rank's share of what is left; rank 0 merges all
+    journals into the CSV.
+
+    Args:
+        job: what to score. device: a string for :func:`patchmmd.runtime.resolve_device` (under a launch,
+            ``auto`` / ``cuda`` become ``cuda:LOCAL_RANK``). env: the launch (default: read from the
+            environment, :func:`patchmmd.scoring.distributed.detect`).
+        batch_size, batch_pixels: as in :func:`run_tasks`.
+        progress: called as ``progress(done, total)`` once before scoring and after each batch (rank 0's
+            share under a launch; in a single process ``done`` starts at the pairs already in the journal).
+        notify: called with each :data:`Notice` (rank 0 only).
+        after_batch: called after each durable batch. resize_hint: see :func:`run_tasks`.
+        argv: the command line recorded in the lock file (default ``sys.argv``).
+
+    Raises (from :meth:`run`):
+        ScoringError: its subclasses say what is wrong (folders, metric, output, journals, another rank).
+        OutputLockedError: another run writes the output. patchmmd.runtime.DeviceError: a bad device.
+        JobInterrupted: Ctrl-C, or SIGTERM under a launch. distributed.PeerLostError: a rank is gone.
+
+    Example:
+        >>> import tempfile, torch
+        >>> from patchmmd.io import save_image
+        >>> d = Path(tempfile.mkdtemp())
+        >>> (d / "photos").mkdir()
+        >>> for i in range(3):
+        ...     save_image(torch.full((3, 8, 8), i / 4), d / "photos" / f"im{i}.png")
+        >>> job = ScoreJob((d / "photos",), all_pairs=True, output=d / "pairs.csv", metric="l2")
+        >>> result = ScoreRunner(job, device="cpu").run()
+        >>> len(result.rows), result.scored, (d / "pairs.csv").read_text().splitlines()[0]
+        (3, 3, 'ref,dist,metric,distance,error')
+    """
+
+    def __init__(
+        self,
+        job: ScoreJob,
+        *,
+        device: str | torch.device = "auto",
+        batch_size: int = 16,
+        batch_pixels: int = DEFAULT_BATCH_PIXELS,
+        env: distributed.DistEnv | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        notify: Callable[[Notice], None] | None = None,
+        after_batch: Callable[[], None] | None = None,
+        resize_hint: str = DEFAULT_RESIZE_HINT,
+        argv: Sequence[str] | None = None,
+    ) -> None:
+        self.job = job
+        self.device = device
+        self.batch_size = batch_size
+        self.batch_pixels = batch_pixels
+        self.env = distributed.detect() if env is None else env
+        self.progress = progress
+        self.notify = notify
+        self.after_batch = after_batch
+        self.resize_hint = resize_hint
+        self.argv = argv
+
+    # ---------------------------------------------------------------------------------- helpers
+    def _notice(self, notice: Notice) -> None:
+        if self.env.is_main and self.notify is not None:
+            self.notify(notice)
+
+    def _agreed(self, step: Callable[[], T]) -> T:
+        """Run ``step`` on every rank; if it failed on any, every rank stops (see the class)."""
+        value: Any = None
+        error: BaseException | None = None
+        try:
+            value = step()
+        except _AGREED_ERRORS as e:
+            error = e
+        if not self.env.is_distributed:
+            if error is not None:
+                raise error
+            return value  # type: ignore[no-any-return]  # step's own value
+        failures = distributed.all_gather_object(error)
+        if error is not None:
+            raise error
+        for rank, failure in enumerate(failures):
+            if failure is not None:
+                raise RankFailedError(rank, failure)
+        return value  # type: ignore[no-any-return]  # step's own value
+
+    # ---------------------------------------------------------------------------------- the steps
+    def _list(self, folder: str | os.PathLike[str], role: str) -> None:
+        from ..io import IMAGE_SUFFIXES
+
+        try:
+            images, others = list_images(folder)
+        except (FileNotFoundError, NotADirectoryError) as e:
+            raise FolderError(str(e), role=role) from None
+        if not images:
+            extra = f" (it holds {len(others)} other file(s), e.g. {others[0]})" if others else " (it is empty)"
+            raise FolderError(f"no image files in {folder}{extra}; looked for {', '.join(IMAGE_SUFFIXES)}",
+                              role=role)
+        if others:
+            self._notice(IgnoredFiles(role, others))
+
+    def _build(self) -> _Built:
+        """The tasks, the job header and the metric, all checked before any work (reads only)."""
+        from ..metrics.registry import get_spec
+
+        job = self.job
+        if job.all_pairs:
+            folder = job.folders[0]
+            self._list(folder, "folder")
+            tasks = all_pair_tasks(folder)
+            if not tasks:
+                raise FolderError(f"{folder} holds a single image; an all-pairs job needs at least two",
+                                  role="folder")
+            where: dict[str, Any] = {"kind": "all-pairs", "folder": str(Path(folder).resolve())}
+        else:
+            ref_dir, dist_dir = job.folders
+            self._list(ref_dir, "ref")
+            self._list(dist_dir, "dist")
+            pairs = paired_tasks(ref_dir, dist_dir)
+            tasks = pairs.tasks
+            if not tasks:
+                raise NoPairsError(
+                    f"no pairs: no file in {ref_dir} has a partner with the same relative path in {dist_dir}",
+                    only_ref=pairs.only_ref, only_dist=pairs.only_dist,
+                )
+            if pairs.only_ref or pairs.only_dist:
+                self._notice(UnmatchedImages(pairs.only_ref, pairs.only_dist))
+            where = {"kind": "paired", "ref_dir": str(Path(ref_dir).resolve()),
+                     "dist_dir": str(Path(dist_dir).resolve())}
+        if job.max_pixels != DEFAULT_MAX_PIXELS:  # a job with the default limit keeps its header as before
+            where["max_pixels"] = "none" if job.max_pixels is None else job.max_pixels
+        options = dict(job.options)
+        _check_metric(job.metric, options)
+        header = job_header(job.metric, options, tasks, mode=job.mode, resize=job.resize, **where)
+        return _Built(tasks, header, value_column(get_spec(job.metric).higher_is_better))
+
+    def _prepare_folder(self) -> None:
+        out = self.job.output
+        if out.is_dir():
+            raise OutputPathError(f"{out} is a folder; give a file path", output=out, reason="is_folder")
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            blocker = next((p for p in out.parents if p.exists()), None)
+            if blocker is not None and not blocker.is_dir():
+                raise OutputPathError(f"{out}: {blocker} is a file, not a folder", output=out,
+                                      reason="parent_is_file") from None
+            raise OutputPathError(f"{out}: cannot create the folder {out.parent}: {e.strerror or e}", output=out,
+                                  reason="cannot_create") from None
+
+    def _lock(self) -> OutputLock | None:
+        """Rank 0 (or the single process) locks the output for the whole run; None elsewhere."""
+        self._prepare_folder()
+        if not self.env.is_main:
+            return None
+        try:
+            return OutputLock.acquire(self.job.output, argv=self.argv)
+        except OutputLockedError:
+            raise
+        except OSError as e:  # e.g. a file system without flock: go on, as before locks existed
+            self._notice(LockUnavailable(self.job.output, e))
+            return None
+
+    def _read_output(self, built: _Built) -> tuple[Path, dict[str, dict[str, Any]]]:
+        """The output rules and, when resuming, the finished rows of the journals (reads only; locked)."""
+        job, env = self.job, self.env
+        out = job.output
+        journals = find_journals(out)
+        own = journal_path(out, env.rank, env.world_size)
+        existing = [p for p in (out, own, *journals) if p.exists()]
+        if existing and not (job.resume or job.overwrite):
+            names = ", ".join(dict.fromkeys(map(str, existing)))
+            raise OutputExistsError(f"{names} already exist(s); resume the job or overwrite it",
+                                    existing=list(dict.fromkeys(existing)))
+        if job.resume and out.exists() and not journals:
+            raise NothingToResumeError(
+                f"nothing to resume: {out} exists and has no journal, so its job finished; overwrite it to "
+                "compute it again", output=out)
+        done: dict[str, dict[str, Any]] = {}
+        if job.resume:
+            done = done_rows(journals, built.job, built.tasks)
+        return own, done
+
+    def _open_journal(self, own: Path, built: _Built) -> Journal:
+        try:
+            return Journal.open(own, built.job, resume=self.job.resume, tasks=built.tasks)
+        except OSError as e:
+            raise JournalOpenError(f"cannot open the journal {own}: {e}", path=own) from None
+
+    # ---------------------------------------------------------------------------------- the run
+    def run(self) -> ScoreResult:
+        """Run the job (see the class); returns what it did."""
+        env = self.env
+        dev = distributed.device_for(self.device, env)
+        if not env.is_distributed:
+            return self._run(dev)
+        with distributed.process_group(dev, env=env):
+            return self._run(dev)
+
+    def _run(self, dev: torch.device) -> ScoreResult:
+        built = self._agreed(self._build)
+        # no other run may write the output meanwhile: lock it before its journals are read
+        lock: OutputLock | None = None
+        try:
+            lock = self._agreed(self._lock)
+            return self._run_locked(dev, built)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _run_locked(self, dev: torch.device, built: _Built) -> ScoreResult:
+        job, env = self.job, self.env
+        out, tasks = job.output, built.tasks
+        own, done = self._agreed(lambda: self._read_output(built))
+        if env.is_distributed:
+            # The rest is shared out from what each rank read: all must have read the same journals.
+            view = (tuple(p.name for p in find_journals(out)), tasks_digest(t for t in tasks if t.id in done))
+            if len(set(distributed.all_gather_object(view))) > 1:
+                raise InconsistentJournalsError(
+                    f"the ranks see different journals next to {out}: put the output on a file system shared "
+                    "by all nodes")
+        if job.overwrite:
+            if env.is_main:
+                for p in find_journals(out):
+                    p.unlink(missing_ok=True)
+            distributed.barrier()  # no rank writes before the old journals are gone
+        # Every rank has read the same finished rows: the rest is shared out alike on every rank.
+        remaining = [t for t in tasks if t.id not in done]
+        skipped = len(tasks) - len(remaining)
+        mine = shard(remaining, env.rank, env.world_size)
+        journal = self._agreed(lambda: self._open_journal(own, built))
+
+        # progress: rank 0's share under a launch; the whole job, from what is done, in a single process
+        total, finished = (len(mine), 0) if env.is_distributed else (len(tasks), skipped)
+
+        def advance(n: int) -> None:
+            nonlocal finished
+            finished += n
+            if self.progress is not None and env.is_main:
+                self.progress(finished, total)
+
+        advance(0)
+        old_sigterm = None
+        if env.is_distributed:
+            def on_sigterm(signum: int, frame: object) -> None:
+                raise _Terminated()
+
+            old_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
+        t0 = time.perf_counter()
+        try:
+            with journal:
+                summary = run_tasks(
+                    mine, job.metric, journal, options=dict(job.options), batch_size=self.batch_size, device=dev,
+                    mode=job.mode, resize=job.resize, progress=advance, after_batch=self.after_batch,
+                    max_pixels=job.max_pixels, batch_pixels=self.batch_pixels, resize_hint=self.resize_hint,
+                )
+        except (KeyboardInterrupt, _Terminated) as e:
+            name = "SIGINT" if isinstance(e, KeyboardInterrupt) else "SIGTERM"
+            ids = {r["id"] for r in read_journal(own)}
+            if env.is_distributed:
+                saved, of = len(ids - set(done)), len(mine)
+            else:
+                saved, of = len(set(done) | ids), len(tasks)
+            raise JobInterrupted(signal=name, saved=saved, total=of, journal=own, rank=env.rank,
+                                 distributed=env.is_distributed) from None
+        finally:
+            if old_sigterm is not None:
+                signal.signal(signal.SIGTERM, old_sigterm)
+
+        # --- every rank is done: rank 0 merges all journals into the CSV
+        counts = distributed.all_gather_object((summary.scored, summary.errors))
+        rows: list[dict[str, Any]] = []
+        failure: str | None = None
+        if env.is_main:
+            try:
+                rows = finalize(out, tasks, built.job, value_column=built.value_column, journals=find_journals(out))
+            except (ValueError, OSError) as e:
+                if not env.is_distributed:
+                    raise FinalizeError(f"could not write {out}: {e}") from None
+                failure = f"rank 0 could not write {out}: {type(e).__name__}: {e}"
+                if isinstance(e, ValueError) and not isinstance(e, JournalError):
+                    failure += f" (is {out.parent} on a file system shared by all nodes?)"
+        failures = distributed.all_gather_object(failure)
+        if failures[0] is not None:
+            raise FinalizeError(failures[0])
+        return ScoreResult(
+            output=out, rows=rows, scored=sum(s for s, _ in counts), errors=sum(e for _, e in counts),
+            skipped=skipped, world_size=env.world_size, seconds=time.perf_counter() - t0,
+        )
+
+
+def _check_metric(name: str, options: dict[str, Any]) -> None:
+    """Build the metric and run it once on a tiny pair, so that bad options fail before any work."""
+    from ..metrics.registry import get_metric
+
+    try:
+        fn = get_metric(name, **options)
+        fn(torch.full((1, 3, 64, 64), 0.5), torch.full((1, 3, 64, 64), 0.5))
+    except ImportError as e:
+        raise MetricSetupError(str(e), metric=name, missing_dependency=True) from None
+    except (TypeError, ValueError) as e:
+        raise MetricSetupError(str(e), metric=name) from None
+    except Exception as e:  # e.g. a RuntimeError deep inside: the options do not work on images
+        raise MetricSetupError(_one_line(e), metric=name) from e
