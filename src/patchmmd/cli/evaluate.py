@@ -179,7 +179,7 @@ def _evaluate(ds: Any, built: list[Any], outdir: Path, *, device: Any, batch_siz
         raise click.UsageError(f"--resume: {e}; pass --overwrite to start over") from None
     except evaluation.DatasetError as e:
         raise _dataset_error(e) from None
-    except (evaluation.EvaluationError, OSError) as e:
+    except (ValueError, OSError) as e:  # EvaluationError, an image that cannot be read (ImageReadError), ...
         raise click.ClickException(str(e)) from None
     except ImportError as e:
         raise click.ClickException(str(e)) from None
