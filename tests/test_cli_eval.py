@@ -173,6 +173,12 @@ def test_output_folder_policy(tmp_path: Path) -> None:
         ("bapps", ["eval", "2afc", "{tmp}/bapps", "-m", "l2", "-o", "psnr:max_db=50"], 2, "not among --metric"),
         ("none", ["eval", "mos", "{tmp}/missing.csv"], 1, "labels CSV not found"),
         ("mos-unmatched", ["eval", "mos", "{tmp}/mos/labels.csv", "-m", "l2"], 1, "not found under"),
+        ("mos", ["eval", "mos", "{tmp}/mos/labels.csv", "-m", "l2", "--score-column", "nope"], 1,
+         "--score-column: column 'nope' is not in the header"),
+        ("mos", ["eval", "mos", "{tmp}/mos/labels.csv", "-m", "l2", "--group-column", "kind"], 1,
+         "--group-column: column 'kind' is not in the header"),
+        ("mos", ["eval", "mos", "{tmp}/mos/labels.csv", "-m", "l2", "--limit", "2"], 1,
+         "only 2 row(s) with a score among the first 2"),
     ],
 )
 def test_clear_errors(tmp_path: Path, setup: str, args: list[str], code: int, message: str) -> None:
@@ -183,8 +189,9 @@ def test_clear_errors(tmp_path: Path, setup: str, args: list[str], code: int, me
     if setup == "empty":
         for p in ("ref", "p0", "p1", "judge"):
             (tmp_path / "empty" / "2afc" / "val" / "cnn" / p).mkdir(parents=True)
-    if setup == "mos-unmatched":
+    if setup in ("mos", "mos-unmatched"):
         make_mos_csv(tmp_path / "mos")
+    if setup == "mos-unmatched":
         (tmp_path / "mos" / "d3.png").unlink()
     r = CliRunner().invoke(main, [a.format(tmp=tmp_path) for a in args] + ["--out", str(tmp_path / "o")])
     assert r.exit_code == code, r.output

@@ -106,8 +106,9 @@ def test_mos_errors(tmp_path: Path) -> None:
     csv_path = make_mos(tmp_path)
     with pytest.raises(FileNotFoundError, match="labels CSV not found"):
         MOSDataset(tmp_path / "missing.csv")
-    with pytest.raises(DatasetError, match="column 'nope' is not in the header"):
+    with pytest.raises(DatasetError, match="column 'nope' is not in the header") as info:
         MOSDataset(csv_path, score_column="nope")
+    assert info.value.parameter == "score_column" and "--" not in str(info.value)  # front ends name their flag
     (tmp_path / "d3.png").unlink()
     with pytest.raises(FileNotFoundError, match=r"1 image file\(s\) named in .* not found under .*: d3.png"):
         MOSDataset(csv_path)
@@ -118,8 +119,9 @@ def test_mos_errors(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="no data rows"):
         MOSDataset(tmp_path / "empty.csv")
     (tmp_path / "cols.csv").write_text("a,b,c\nref.png,ref.png,1\n")
-    with pytest.raises(DatasetError, match="cannot find the reference path column"):
+    with pytest.raises(DatasetError, match="cannot find the reference path column") as info:
         MOSDataset(tmp_path / "cols.csv")
+    assert info.value.parameter == "reference_column" and "--" not in str(info.value)
 
 
 def test_mos_size_mismatch(tmp_path: Path) -> None:

@@ -1,15 +1,22 @@
-"""Statistics of patchmmd.evaluation.stats against hand-computed values and independent scipy computations."""
+"""Statistics of patchmmd.evaluation.stats against hand-computed values and independent scipy computations;
+evaluation.run and report.write on a tiny synthetic MOS set, without the CLI."""
 
 from __future__ import annotations
 
+import json
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.stats
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from patchmmd import evaluation
+from patchmmd.evaluation import CacheMismatchError, EvalMetric, EvaluationError, MOSDataset, Progress, run, write
 from patchmmd.evaluation.stats import (
     correlations,
     fit_logistic,
@@ -156,7 +163,126 @@ def test_importable_without_cli_dependencies() -> None:
     import sys
 
     code = ("import sys; sys.modules['click'] = None; sys.modules['matplotlib'] = None; "
+            "sys.modules['scipy'] = None; sys.modules['PIL'] = None; "
             "import patchmmd.evaluation.datasets; from patchmmd.evaluation.stats import two_afc_score; "
+            "from patchmmd.evaluation import run, write, MOSDataset, BAPPS2AFC, correlations; "
             "print(two_afc_score([1], [2], [0]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "1.0"
+
+
+# ------------------------------------------------------------------------------- run + write, no CLI
+def tiny_mos(folder: Path, n: int = 5) -> Path:
+    """A 32x32 reference, ``n`` copies with growing noise (DMOS growing with it) and one unscored identical row."""
+    folder.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(0)
+    ref = torch.rand(3, 32, 32, generator=g) * 0.5 + 0.25
+    from patchmmd.io import save_image
+
+    save_image(ref, folder / "ref.png")
+    rows = ["reference,distorted,distortion,dmos"]
+    for i in range(n):
+        save_image((ref + (i + 1) * 0.03 * torch.randn(3, 32, 32, generator=g)).clamp(0, 1), folder / f"d{i}.png")
+        rows.append(f"ref.png,d{i}.png,{'ab'[i % 2]},{10 * (i + 1)}")
+    rows.append("ref.png,ref.png,a,")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    return folder / "labels.csv"
+
+
+class Counting:
+    """l2 on batches, counting the pairs it was called on."""
+
+    def __init__(self) -> None:
+        self.pairs = 0
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.pairs += x.shape[0]
+        return (x - y).pow(2).flatten(1).mean(1)
+
+
+def test_run_and_write_mos_without_cli(tmp_path: Path) -> None:
+    ds = MOSDataset(tiny_mos(tmp_path / "data"), group_column="distortion")
+    events: list[Progress] = []
+    counting = Counting()
+    metrics = [EvalMetric("mse", counting, options={"k": 1}), "psnr"]
+    result = run(ds, metrics, cache=tmp_path / "cache", batch_size=2, progress=events.append, bootstrap=20)
+    assert result.kind == "mos" and result.metric_names == ["mse", "psnr"] and result.n == 6
+    assert counting.pairs == 6 + 1 and result.scored == [0, 1, 2, 3, 4]  # + the unscored row's (ref, ref)
+    for name in ("mse", "psnr"):  # a distance and a similarity (negated): both rank the DMOS exactly
+        res = result.metrics[name]
+        assert res["all"]["srocc"] == pytest.approx(1.0) and res["all"]["krocc"] == pytest.approx(1.0)
+        assert list(res) == ["higher_is_better", "group", "all", "a", "b"] and res["a"]["n"] == 3
+        assert set(res["all"]["ci"]) == {"srocc", "krocc", "plcc", "rmse"}
+        assert result.unscored[name][0]["identical"] and result.unscored[name][0]["ok"]
+    assert result.values["mse"][5] == [0.0]
+    # progress: start, one event per batch of 2 (equal sizes), per metric
+    assert [(e.metric, e.done) for e in events] == [("mse", 0), ("mse", 2), ("mse", 4), ("mse", 6),
+                                                    ("psnr", 0), ("psnr", 2), ("psnr", 4), ("psnr", 6)]
+    assert all(e.total == 6 and e.cached is None for e in events)
+    assert {p.name for p in (tmp_path / "cache").iterdir()} == {"mse.json", "psnr.json"}
+
+    report = write(result, tmp_path / "out", plots=False)
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"report.md", "report.json", "scores.csv"}
+    data = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert data["n_rows"] == 6 and data["n_scored"] == 5 and data["group_column"] == "distortion"
+    assert data["metrics"]["mse"]["all"]["srocc"] == pytest.approx(1.0) and data["unscored_rows"]["psnr"][0]["ok"]
+    rows = (tmp_path / "out" / "scores.csv").read_text().splitlines()
+    assert rows[0] == "metric,reference,distorted,group,value,dmos" and len(rows) == 1 + 2 * 6
+    assert rows[6] == "mse,ref.png,ref.png,a,0,"
+    assert report.summary.startswith("## Summary (SROCC / KROCC / PLCC)")
+    assert "| mse | 1.000 / 1.000 /" in report.summary
+    assert (tmp_path / "out" / "report.md").read_text() == report.markdown
+
+    # the cache: a rerun with the same settings recomputes no item (only the unscored row's check on (ref, ref));
+    # other settings are refused
+    events.clear()
+    again = run(ds, metrics, cache=tmp_path / "cache", progress=events.append, bootstrap=20)
+    assert counting.pairs == 7 + 1 and again.values == result.values and again.metrics["mse"] == result.metrics["mse"]
+    assert [(e.metric, e.done, e.cached) for e in events] == [("mse", 6, tmp_path / "cache" / "mse.json"),
+                                                              ("psnr", 6, tmp_path / "cache" / "psnr.json")]
+    with pytest.raises(CacheMismatchError, match="other settings") as info:
+        run(ds, metrics, cache=tmp_path / "cache", limit=4)
+    assert info.value.path == tmp_path / "cache" / "mse.json" and info.value.cached_settings["n"] == 6
+    with pytest.raises(CacheMismatchError):
+        run(ds, [EvalMetric("mse", counting, options={"k": 2})], cache=tmp_path / "cache")
+
+
+def test_write_with_plots(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    result = run(MOSDataset(tiny_mos(tmp_path / "data")), ["l2"], bootstrap=0)
+    report = result.write(tmp_path / "out")
+    assert report.plots == {"l2": "plot-l2.png"} and (tmp_path / "out" / "plot-l2.png").stat().st_size > 1000
+    assert "![l2](plot-l2.png)" in report.markdown
+    evaluation.remove_outputs(tmp_path / "out")
+    assert not list((tmp_path / "out").iterdir())
+
+
+def test_run_errors(tmp_path: Path) -> None:
+    ds = MOSDataset(tiny_mos(tmp_path / "data"))
+    with pytest.raises(EvaluationError, match="returned 1 values for 2 pairs"):
+        run(ds, [EvalMetric("one", lambda x, y: torch.zeros(1))], batch_size=2, bootstrap=0)
+    with pytest.raises(EvaluationError, match="'nan' returned a non-finite value"):
+        run(ds, [EvalMetric("nan", lambda x, y: torch.full((x.shape[0],), math.nan))], bootstrap=0)
+
+    def bad(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        raise ValueError("images too small")
+
+    with pytest.raises(EvaluationError, match=r"^bad: images too small$"):
+        run(ds, [EvalMetric("bad", bad)], bootstrap=0)
+    with pytest.raises(EvaluationError, match=r"only 2 row\(s\) with a score among the first 2"):
+        run(ds, ["l2"], limit=2)
+    with pytest.raises(ValueError, match="unknown metric 'nope'"):
+        run(ds, ["nope"])
+    with pytest.raises(ValueError, match="batch_size"):
+        run(ds, ["l2"], batch_size=0)
+    with pytest.raises(TypeError, match="BAPPS2AFC, BAPPSJND or MOSDataset"):
+        run([1, 2, 3], ["l2"])  # type: ignore[arg-type]  # the wrong type on purpose
+
+
+def test_library_errors_name_no_cli_flags() -> None:
+    """Messages of the evaluation package never quote a command-line option (the CLI adds them)."""
+    folder = Path(evaluation.__file__).parent
+    for path in sorted(folder.glob("*.py")):
+        code = "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("#"))
+        flags = re.findall(r"[\"'(`\s]--[a-z][a-z-]+", code)
+        assert not flags, f"{path.name} names CLI flags: {flags}"

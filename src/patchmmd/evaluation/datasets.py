@@ -65,7 +65,16 @@ _MAX_LISTED = 5
 
 
 class DatasetError(ValueError):
-    """A dataset folder or label file is empty, malformed, or its files do not match up."""
+    """A dataset folder or label file is empty, malformed, or its files do not match up.
+
+    Attributes:
+        parameter: the argument of the reader the error is about (e.g. ``"score_column"``), or ``None``;
+            front ends use it to name their own option.
+    """
+
+    def __init__(self, message: str, *, parameter: str | None = None) -> None:
+        super().__init__(message)
+        self.parameter = parameter
 
 
 class TwoAFCItem(NamedTuple):
@@ -218,6 +227,7 @@ class _BAPPS:
         if isinstance(subsets, str):
             subsets = [s for s in subsets.split(",") if s.strip()]
         self.root = Path(root)
+        self.split = split
         self.load_size = _check_load_size(load_size)
         self.mode = mode
         self.subset_dirs = _subset_dirs(root, self._kind, split, subsets, list(self._parts))
@@ -293,18 +303,18 @@ _SCORE_COLUMNS = ("dmos", "mos", "score", "dmos_score", "mos_score", "zscore")
 
 
 def _pick_column(header: Sequence[str], given: str | None, candidates: Sequence[str], what: str,
-                 option: str) -> str:
+                 parameter: str) -> str:
     if given is not None:
         if given not in header:
-            raise DatasetError(f"{option}: column {given!r} is not in the header {list(header)}")
+            raise DatasetError(f"column {given!r} is not in the header {list(header)}", parameter=parameter)
         return given
     lower = {h.lower().strip(): h for h in header}
     for c in candidates:
         if c in lower:
             return lower[c]
     raise DatasetError(
-        f"cannot find the {what} column in the header {list(header)}: name it with {option} "
-        f"(looked for {', '.join(candidates)})"
+        f"cannot find the {what} column in the header {list(header)} (looked for {', '.join(candidates)}); "
+        "name the column explicitly", parameter=parameter,
     )
 
 
@@ -354,12 +364,12 @@ class MOSDataset:
         if not header or not rows:
             raise DatasetError(f"labels CSV has no data rows: {self.labels_csv}")
         self.reference_column = _pick_column(header, reference_column, _REFERENCE_COLUMNS, "reference path",
-                                             "--reference-column")
+                                             "reference_column")
         self.distorted_column = _pick_column(header, distorted_column, _DISTORTED_COLUMNS, "distorted path",
-                                             "--distorted-column")
-        self.score_column = _pick_column(header, score_column, _SCORE_COLUMNS, "score", "--score-column")
+                                             "distorted_column")
+        self.score_column = _pick_column(header, score_column, _SCORE_COLUMNS, "score", "score_column")
         self.group_column = None if group_column is None else _pick_column(header, group_column, (), "group",
-                                                                           "--group-column")
+                                                                           "group_column")
         self.rows = rows
         self.references: list[str] = []
         self.distorted: list[str] = []

@@ -336,7 +336,7 @@ def correlations(
     out["ci"] = {}
     if bootstrap and n >= 3:
         rng = np.random.default_rng(seed)
-        samples = {k: [] for k in STATISTICS}
+        samples: dict[str, list[float]] = {k: [] for k in STATISTICS}
         for _ in range(bootstrap):
             idx = rng.integers(0, n, size=n)
             st = _point_stats(x[idx], y[idx], scipy, start=out["logistic"])

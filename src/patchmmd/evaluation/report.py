@@ -1,0 +1,302 @@
+"""Write an :class:`~.runner.EvaluationResult` to a folder: report.md, report.json, scores.csv and plots.
+
+* ``report.md`` and ``report.json``: the statistics per metric, overall and per subset / group;
+* ``scores.csv``: one row per item and metric (the metric's values and the human judgment);
+* ``plot-<metric>.png``: the metric against the human score, coloured by subset or group (matplotlib, the
+  ``eval`` extra, imported only when plots are written).
+
+:func:`write` returns a :class:`Report` holding the Markdown and its summary table (what a front end prints).
+:func:`remove_outputs` deletes these files (and a ``cache/`` folder) from a folder, to start a run over.
+
+Example:
+    >>> import tempfile, pathlib, torch
+    >>> from patchmmd.io import save_image
+    >>> from patchmmd.evaluation import MOSDataset, run
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> ref = torch.full((3, 32, 32), 0.5)
+    >>> save_image(ref, root / "ref.png")
+    >>> rows = ["reference,distorted,dmos"]
+    >>> for i in range(4):
+    ...     save_image((ref + 0.05 * (i + 1)).clamp(0, 1), root / f"d{i}.png")
+    ...     rows.append(f"ref.png,d{i}.png,{10 * (i + 1)}")
+    >>> _ = (root / "labels.csv").write_text("\\n".join(rows) + "\\n")
+    >>> rep = write(run(MOSDataset(root / "labels.csv"), ["l2"], bootstrap=0), root / "out", plots=False)
+    >>> sorted(p.name for p in rep.files)
+    ['report.json', 'report.md', 'scores.csv']
+    >>> print(rep.summary.splitlines()[-1])
+    | l2 | 1.000 / 1.000 / 1.000 |
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import math
+import os
+import shutil
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .runner import EvaluationResult
+
+__all__ = ["OUTPUT_FILES", "Report", "remove_outputs", "write"]
+
+#: The files :func:`write` creates (besides ``plot-<metric>.png``).
+OUTPUT_FILES = ("report.md", "report.json", "scores.csv")
+
+
+@dataclass
+class Report:
+    """What :func:`write` wrote: the folder, the files, the Markdown, and its summary table."""
+
+    out_dir: Path
+    markdown: str
+    summary: str
+    json: dict[str, Any]
+    files: list[Path] = field(default_factory=list)
+    plots: dict[str, str] = field(default_factory=dict)
+
+
+def remove_outputs(out_dir: str | os.PathLike[str]) -> None:
+    """Delete what :func:`write` and a :func:`~.runner.run` cache (``cache/``) left in ``out_dir``; nothing else."""
+    path = Path(out_dir)
+    if not path.is_dir():
+        return
+    for name in OUTPUT_FILES:
+        (path / name).unlink(missing_ok=True)
+    for p in path.glob("plot-*.png"):
+        p.unlink()
+    shutil.rmtree(path / "cache", ignore_errors=True)
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for r in rows:
+            w.writerow([f"{v:.8g}" if isinstance(v, float) else v for v in r])
+
+
+def _plt() -> Any:
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ImportError("plots need matplotlib: `pip install 'patchmmd[eval]'` (or write without plots)") from e
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _scatter(out: Path, metric: str, xs: Sequence[float], ys: Sequence[float], groups: Sequence[str],
+             xlabel: str, ylabel: str, title: str, curve: Callable[[Any], Any] | None = None) -> str:
+    import numpy as np
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 4.2), dpi=110)
+    names = list(dict.fromkeys(groups))
+    cmap = plt.get_cmap("tab10")
+    for k, g in enumerate(names):
+        idx = [i for i, gg in enumerate(groups) if gg == g]
+        ax.scatter([xs[i] for i in idx], [ys[i] for i in idx], s=14, alpha=0.75, color=cmap(k % 10), label=str(g))
+    if curve is not None and len(xs) > 1:
+        grid = np.linspace(min(xs), max(xs), 200)
+        ax.plot(grid, curve(grid), color="black", lw=1, label="logistic fit")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    name = f"plot-{metric}.png"
+    fig.savefig(out / name)
+    plt.close(fig)
+    return name
+
+
+def _finish(out: Path, report: dict[str, Any], md: list[str], summary: str, plots: dict[str, str],
+            files: list[Path]) -> Report:
+    markdown = "\n".join(md) + "\n"
+    (out / "report.json").write_text(json.dumps(report, indent=2, allow_nan=True) + "\n")
+    (out / "report.md").write_text(markdown)
+    files = [out / "report.md", out / "report.json", *files, *(out / p for p in plots.values())]
+    return Report(out, markdown, summary, report, files, plots)
+
+
+def _write_bapps(r: EvaluationResult, out: Path, plots_on: bool) -> Report:
+    from .stats import summarize, two_afc_scores
+
+    ds: Any = r.dataset
+    kind, n, truth, subsets_of, stems = r.kind, r.n, r.truth, r.subsets, r.names
+    rows: list[list[Any]] = []
+    plots: dict[str, str] = {}
+    for name, spec in r.specs.items():
+        vals = r.values[name]
+        sign = -1.0 if spec.higher_is_better else 1.0
+        res = r.metrics[name]
+        if kind == "2afc":
+            sc = two_afc_scores([sign * v[0] for v in vals], [sign * v[1] for v in vals], truth)
+            rows += [[name, subsets_of[i], stems[i], vals[i][0], vals[i][1], truth[i], float(sc[i])]
+                     for i in range(n)]
+            if plots_on:
+                rel = [sign * (v[0] - v[1]) / (abs(v[0]) + abs(v[1]) + 1e-12) for v in vals]
+                plots[name] = _scatter(out, name, truth, rel, subsets_of, "human judge g (fraction preferring p1)",
+                                       "(d0 − d1) / (|d0| + |d1|)" + (" (negated similarity)" if sign < 0 else ""),
+                                       f"{name}: 2AFC {res['mean']:.3f} (mean over subsets)")
+        else:
+            rows += [[name, subsets_of[i], stems[i], vals[i][0], truth[i]] for i in range(n)]
+            if plots_on:
+                plots[name] = _scatter(out, name, [v[0] for v in vals], truth, subsets_of,
+                                       f"{name} ({'similarity' if sign < 0 else 'distance'})",
+                                       "fraction judging the pair 'same'",
+                                       f"{name}: JND mAP {res['mean']:.3f} (mean over subsets)")
+    if kind == "2afc":
+        _write_csv(out / "scores.csv", ["metric", "subset", "name", "d0", "d1", "judge", "score"], rows)
+    else:
+        _write_csv(out / "scores.csv", ["metric", "subset", "name", "distance", "same"], rows)
+    human = r.human
+    split, load_size, limit = ds.split, ds.load_size or 0, r.limit
+    title = "2AFC agreement" if kind == "2afc" else "JND mAP"
+    report: dict[str, Any] = {
+        "command": f"eval {kind}", "dataset": str(ds.root), "split": split, "subsets": ds.subsets,
+        "n": {s: subsets_of.count(s) for s in ds.subsets}, "load_size": load_size, "limit": limit,
+        "statistic": title, "metrics": r.metrics, "plots": plots,
+    }
+    if human:
+        report["human_majority"] = {"subsets": human, "mean": summarize(human)}
+    md = [f"# {title} on BAPPS {kind} ({split})", "",
+          f"Dataset: `{ds.root}`; subsets: {', '.join(ds.subsets)}; images resized to "
+          f"{load_size or 'native size'}{'; first ' + str(limit) + ' per subset' if limit else ''}.", ""]
+    if kind == "2afc":
+        md += ["Score per triplet: 1[d0<d1]·(1−g) + 1[d1<d0]·g + 0.5·1[d0=d1], g = fraction of people "
+               "preferring p1; mean per subset, then the mean over subsets (as LPIPS reports).", ""]
+    else:
+        md += ["Average precision of the distance (ascending) for predicting 'same' judgments "
+               "(LPIPS protocol, VOC-style AP), per subset, then the mean over subsets.", ""]
+    table_start = len(md)
+    md += ["| metric | " + " | ".join(ds.subsets) + " | mean |", "|---|" + "---|" * (len(ds.subsets) + 1)]
+    for name, res in r.metrics.items():
+        md.append(f"| {name} | " + " | ".join(_fmt(res["subsets"][s], 3) for s in ds.subsets)
+                  + f" | **{_fmt(res['mean'], 3)}** |")
+    if human:
+        md.append("| *human (majority)* | " + " | ".join(_fmt(human[s], 3) for s in ds.subsets)
+                  + f" | {_fmt(summarize(human), 3)} |")
+    md += ["", "n per subset: " + ", ".join(f"{s} {subsets_of.count(s)}" for s in ds.subsets), ""]
+    md += [f"![{m}]({p})" for m, p in plots.items()]
+    summary = "\n".join(md[table_start:]).split("\n\n![")[0]
+    return _finish(out, report, md, summary, plots, [out / "scores.csv"])
+
+
+def _curve(x: Any, params: Sequence[float]) -> Any:
+    from .stats import logistic5
+
+    return logistic5(x, *params)
+
+
+def _write_mos(r: EvaluationResult, out: Path, plots_on: bool) -> Report:
+    ds: Any = r.dataset
+    n, scored = r.n, r.scored
+    score_higher_is_better, bootstrap, seed = r.score_higher_is_better, r.bootstrap, r.seed
+    group_column = ds.group_column
+    y = [float(r.truth[i]) for i in scored]
+    groups = [str(r.subsets[i]) for i in scored] if group_column else None
+    rows: list[list[Any]] = []
+    plots: dict[str, str] = {}
+    for name, spec in r.specs.items():
+        v = [r.values[name][i][0] for i in range(n)]
+        x = [v[i] for i in scored]
+        rows += [[name, ds.references[r.indices[i]], r.names[i], r.subsets[i] or "", v[i],
+                  "" if r.truth[i] is None else r.truth[i]] for i in range(n)]
+        if plots_on:
+            res = r.metrics[name]
+            sign = -1.0 if spec.higher_is_better else 1.0
+            ys = [(-1.0 if score_higher_is_better else 1.0) * s for s in y]
+            p = res["all"]["logistic"]
+            plots[name] = _scatter(
+                out, name, [sign * xx for xx in x], ys, groups or ["all"] * len(x),
+                f"{name}" + (" (negated: higher = more different)" if sign < 0 else " (distance)"),
+                ds.score_column + (" (negated)" if score_higher_is_better else ""),
+                f"{name}: SROCC {res['all']['srocc']:.3f}, PLCC {res['all']['plcc']:.3f}",
+                curve=functools.partial(_curve, params=p) if p else None,
+            )
+    _write_csv(out / "scores.csv", ["metric", "reference", "distorted", "group", "value", ds.score_column], rows)
+    results = r.metrics
+    group_names = [k for k in next(iter(results.values())) if k not in ("higher_is_better", "group", "all")]
+    csv_path = ds.labels_csv
+    report = {
+        "command": "eval mos", "labels": str(csv_path), "root": str(ds.root), "score_column": ds.score_column,
+        "score_higher_is_better": score_higher_is_better, "group_column": group_column, "n_rows": n,
+        "n_scored": len(scored), "bootstrap": bootstrap, "seed": seed, "metrics": results,
+        "unscored_rows": r.unscored, "plots": plots,
+        "convention": "correlations oriented so a good metric is positive: similarities negated"
+                      + ("; scores negated (higher = better)" if score_higher_is_better else
+                         "; scores used as is (higher = worse)"),
+    }
+    kind = "MOS (higher = better)" if score_higher_is_better else f"{ds.score_column} (higher = worse)"
+    md = [f"# Correlation with human scores: `{csv_path}`", "",
+          f"{len(scored)} scored pairs (of {n} rows); human score: {kind}. SROCC = Spearman, KROCC = Kendall "
+          "(tau-b), PLCC = Pearson after the 5-parameter logistic fit "
+          "f(x) = b1(0.5 − 1/(1+exp(b2(x−b3)))) + b4·x + b5, RMSE of that fit in score units. "
+          "Oriented so that a good metric gives positive correlations (similarities such as PSNR and SSIM are "
+          "negated" + ("; so are the MOS scores" if score_higher_is_better else "") + ")."
+          + (f" 95% bootstrap intervals from {bootstrap} resamples (seed {seed})." if bootstrap else ""), "",
+          "## Summary (SROCC / KROCC / PLCC)", "",
+          "| metric | " + " | ".join(["all", *group_names]) + " |", "|---|" + "---|" * (1 + len(group_names))]
+    for name, res in results.items():
+        md.append(f"| {name} | " + " | ".join(
+            f"{_fmt(res[g]['srocc'], 3)} / {_fmt(res[g]['krocc'], 3)} / {_fmt(res[g]['plcc'], 3)}"
+            for g in ["all", *group_names]) + " |")
+    md += ["", "## Details", "", "| metric | subset | n | SROCC | KROCC | PLCC | RMSE |",
+           "|---|---|---|---|---|---|---|"]
+    for name, res in results.items():
+        for g in ["all", *group_names]:
+            st, ci = res[g], res[g].get("ci", {})
+
+            def cell(k: str, st: Any = st, ci: Any = ci) -> str:
+                c = ci.get(k)
+                return _fmt(st[k], 3) + (f" [{_fmt(c[0], 3)}, {_fmt(c[1], 3)}]" if c else "")
+
+            md.append(f"| {name} | {g} | {st['n']} | {cell('srocc')} | {cell('krocc')} | {cell('plcc')} | "
+                      f"{cell('rmse')} |")
+    if r.unscored:
+        md += ["", "## Rows without a score", "",
+               "| metric | distorted | identical to reference | value | value on (ref, ref) | ok |",
+               "|---|---|---|---|---|---|"]
+        for name, checks in r.unscored.items():
+            for c in checks:
+                md.append(f"| {name} | {c['distorted']} | {c['identical']} | {_fmt(c['value'], 6)} | "
+                          f"{_fmt(c['value_on_itself'], 6)} | {'yes' if c['ok'] else 'NO'} |")
+    md += [""] + [f"![{m}]({p})" for m, p in plots.items()]
+    summary = "\n".join(md[md.index("## Summary (SROCC / KROCC / PLCC)"):md.index("## Details")]).rstrip()
+    return _finish(out, report, md, summary, plots, [out / "scores.csv"])
+
+
+def write(result: EvaluationResult, out_dir: str | os.PathLike[str], *, plots: bool = True) -> Report:
+    """Write ``result`` into ``out_dir`` (created if missing): report.md, report.json, scores.csv, plots.
+
+    Files of an earlier report there are replaced; nothing else is touched.
+
+    Args:
+        result: what :func:`~.runner.run` returned.
+        out_dir: the folder.
+        plots: also write ``plot-<metric>.png`` (needs matplotlib).
+
+    Raises:
+        ImportError: ``plots`` without matplotlib installed (nothing is written then).
+    """
+    out = Path(out_dir)
+    if plots:
+        _plt()  # fail before writing anything
+    out.mkdir(parents=True, exist_ok=True)
+    if result.kind == "mos":
+        return _write_mos(result, out, plots)
+    return _write_bapps(result, out, plots)

@@ -1,0 +1,478 @@
+"""Compute metrics over a human-judgment dataset and their agreement with the judgments.
+
+:func:`run` takes a dataset of :mod:`.datasets` (:class:`~.datasets.BAPPS2AFC`, :class:`~.datasets.BAPPSJND`
+or :class:`~.datasets.MOSDataset`) and metrics (registry names or :class:`EvalMetric`), computes every
+metric's values over the items in batches of equal image size, and returns an :class:`EvaluationResult`
+holding the values and the statistics of :mod:`.stats`:
+
+* 2AFC: the agreement per subset and the mean over subsets (docs/method.md §5), plus the human ceiling;
+* JND: the mAP of "same" judgments per subset and the mean;
+* MOS/DMOS: SROCC, KROCC, PLCC (after the logistic fit) and RMSE, overall and per group, with bootstrap
+  intervals; rows without a score are checked instead (identical pairs must give the metric's value on
+  ``(ref, ref)``).
+
+With ``cache`` (a folder), each finished metric's values are stored as ``<cache>/<metric>.json`` together
+with the settings they were computed with; a later run with the same settings reads them back instead of
+recomputing, and one with other settings raises :class:`CacheMismatchError`. Progress is reported through
+a callback receiving :class:`Progress` events (no progress bar here). :mod:`.report` writes the result.
+
+Example:
+    >>> import tempfile, pathlib, torch
+    >>> from patchmmd.io import save_image
+    >>> from patchmmd.evaluation.datasets import MOSDataset
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> ref = torch.full((3, 32, 32), 0.5)
+    >>> save_image(ref, root / "ref.png")
+    >>> rows = ["reference,distorted,dmos"]
+    >>> for i in range(4):
+    ...     save_image((ref + 0.05 * (i + 1)).clamp(0, 1), root / f"d{i}.png")
+    ...     rows.append(f"ref.png,d{i}.png,{10 * (i + 1)}")
+    >>> _ = (root / "labels.csv").write_text("\\n".join(rows) + "\\n")
+    >>> result = run(MOSDataset(root / "labels.csv"), ["l2", "psnr"], bootstrap=0)
+    >>> result.kind, result.metric_names
+    ('mos', ['l2', 'psnr'])
+    >>> round(result.metrics["l2"]["all"]["srocc"], 3), round(result.metrics["psnr"]["all"]["srocc"], 3)
+    (1.0, 1.0)
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from .datasets import _BAPPS, BAPPS2AFC, BAPPSJND, MOSDataset, _load_fraction
+
+__all__ = [
+    "CacheMismatchError",
+    "EvalMetric",
+    "EvaluationError",
+    "EvaluationResult",
+    "Progress",
+    "run",
+    "select_items",
+]
+
+Kind = Literal["2afc", "jnd", "mos"]
+Dataset = BAPPS2AFC | BAPPSJND | MOSDataset
+
+
+class EvaluationError(ValueError):
+    """An evaluation cannot proceed: a metric returned unusable values, or too few items have a score."""
+
+
+class CacheMismatchError(EvaluationError):
+    """A cached metric was computed with other settings than the current run's.
+
+    Attributes:
+        path: the cache file.
+        cached_settings: the settings stored in it.
+    """
+
+    def __init__(self, message: str, path: Path, cached_settings: Any) -> None:
+        super().__init__(message)
+        self.path = path
+        self.cached_settings = cached_settings
+
+
+@dataclass(frozen=True)
+class EvalMetric:
+    """A metric to evaluate: a callable on batches ``(N, C, H, W)`` returning ``N`` values, and how to read them.
+
+    Attributes:
+        name: the name used in results, caches and file names.
+        fn: ``fn(x, y) -> (N,)`` values.
+        higher_is_better: the metric is a similarity (PSNR, SSIM): its values are negated for the statistics.
+        group: the registry's group (reported as is).
+        options: the options it was built with, recorded with cached values (a change means recomputing).
+
+    Example:
+        >>> m = EvalMetric.from_registry("psnr")
+        >>> m.name, m.higher_is_better, m.group
+        ('psnr', True, 'baselines')
+    """
+
+    name: str
+    fn: Callable[..., Any]
+    higher_is_better: bool = False
+    group: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_registry(cls, name: str, **options: Any) -> EvalMetric:
+        """The registry's metric ``name`` built with ``options`` (errors of the factory propagate).
+
+        Raises:
+            ValueError: an unknown name (the message lists the valid ones).
+        """
+        from ..metrics.registry import get_spec
+
+        spec = get_spec(name)
+        return cls(name, spec.factory(**options), spec.higher_is_better, spec.group, dict(options))
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A progress event of :func:`run`: ``done`` of ``total`` items of ``metric`` computed.
+
+    A metric's events go ``done=0`` (start), then one per batch, ending with ``done == total``. ``cached``
+    is the cache file when the values were read from it (a single event with ``done == total``).
+    """
+
+    metric: str
+    done: int
+    total: int
+    cached: Path | None = None
+
+
+@dataclass
+class EvaluationResult:
+    """What :func:`run` computed: the metrics' values over the items and their statistics.
+
+    Attributes:
+        kind: ``"2afc"``, ``"jnd"`` or ``"mos"``.
+        dataset: the dataset evaluated.
+        indices: indices into ``dataset`` of the items used (all, or the first ``limit``).
+        values: per metric, per item of ``indices``, the metric's values (``[d0, d1]`` for 2AFC, ``[d]``
+            otherwise), as the metric returned them (not oriented).
+        metrics: per metric, the statistics: 2AFC/JND ``{"subsets", "mean", "higher_is_better", "group"}``;
+            MOS ``{"higher_is_better", "group", "all", <group>...}`` (see :func:`.stats.grouped_correlations`).
+        specs: the metrics evaluated.
+        truth: the human judgment per item (2AFC: fraction preferring ``p1``; JND: fraction judging "same";
+            MOS: the score or ``None``).
+        subsets: per item, the BAPPS subset or the MOS group (``None`` without a group column).
+        names: per item, the file stem (BAPPS) or the distorted path (MOS).
+        human: 2AFC only: the human majority ceiling ``mean(max(g, 1 - g))`` per subset (empty otherwise).
+        unscored: MOS only: per metric, the checks of the rows without a score.
+        settings: the settings the values depend on (stored with cached values).
+        limit, score_higher_is_better, bootstrap, seed: the options of the run.
+    """
+
+    kind: Kind
+    dataset: Dataset
+    indices: list[int]
+    values: dict[str, list[list[float]]]
+    metrics: dict[str, dict[str, Any]]
+    specs: dict[str, EvalMetric]
+    truth: list[Any]
+    subsets: list[Any]
+    names: list[str]
+    human: dict[str, float] = field(default_factory=dict)
+    unscored: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    limit: int | None = None
+    score_higher_is_better: bool = False
+    bootstrap: int = 0
+    seed: int = 0
+
+    @property
+    def metric_names(self) -> list[str]:
+        """The metrics, in the order evaluated."""
+        return list(self.specs)
+
+    @property
+    def n(self) -> int:
+        """Number of items used."""
+        return len(self.indices)
+
+    @property
+    def scored(self) -> list[int]:
+        """Positions (into :attr:`indices`) of the items with a human judgment (MOS rows may lack one)."""
+        return [i for i, t in enumerate(self.truth) if t is not None]
+
+    def write(self, out_dir: str | os.PathLike[str], *, plots: bool = True) -> Any:
+        """:func:`.report.write` of this result (report.md, report.json, scores.csv, plots)."""
+        from .report import write
+
+        return write(self, out_dir, plots=plots)
+
+
+def _kind(dataset: Any) -> Kind:
+    if isinstance(dataset, BAPPS2AFC):
+        return "2afc"
+    if isinstance(dataset, BAPPSJND):
+        return "jnd"
+    if isinstance(dataset, MOSDataset):
+        return "mos"
+    raise TypeError(f"dataset must be a BAPPS2AFC, BAPPSJND or MOSDataset, got {type(dataset).__name__}")
+
+
+def _check_limit(limit: int | None) -> int | None:
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
+    return limit
+
+
+def select_items(dataset: Dataset, limit: int | None = None) -> list[int]:
+    """Indices of the items :func:`run` uses: all, or the first ``limit`` (per subset for BAPPS).
+
+    Example:
+        >>> class Fake(BAPPSJND):
+        ...     def __init__(self): self.items = [("a", "0", {}), ("a", "1", {}), ("b", "0", {})]
+        >>> select_items(Fake(), 1)
+        [0, 2]
+    """
+    limit = _check_limit(limit)
+    if isinstance(dataset, _BAPPS):
+        seen: dict[str, int] = {}
+        keep = []
+        for i, it in enumerate(dataset.items):
+            seen[it[0]] = seen.get(it[0], 0) + 1
+            if limit is None or seen[it[0]] <= limit:
+                keep.append(i)
+        return keep
+    n = len(dataset)
+    return list(range(n if limit is None else min(limit, n)))
+
+
+def _batches(indices: Sequence[int], load: Callable[[int], Any], size_of: Callable[[Any], tuple[int, ...]],
+             batch_size: int) -> Iterable[list[tuple[int, Any]]]:
+    """Consecutive items of equal image size, at most ``batch_size`` at a time (positions into ``indices``)."""
+    batch: list[tuple[int, Any]] = []
+    for pos, i in enumerate(indices):
+        item = load(i)
+        if batch and (len(batch) == batch_size or size_of(batch[0][1]) != size_of(item)):
+            yield batch
+            batch = []
+        batch.append((pos, item))
+    if batch:
+        yield batch
+
+
+def _pairs_2afc(items: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    ref = torch.stack([it.ref for it in items])
+    distorted = torch.cat([torch.stack([it.p0 for it in items]), torch.stack([it.p1 for it in items])])
+    return torch.cat([ref, ref]), distorted
+
+
+def _size_2afc(it: Any) -> tuple[int, ...]:
+    return (*it.ref.shape, *it.p0.shape, *it.p1.shape)
+
+
+def _pairs_jnd(items: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.stack([it.p0 for it in items]), torch.stack([it.p1 for it in items])
+
+
+def _size_jnd(it: Any) -> tuple[int, ...]:
+    return (*it.p0.shape, *it.p1.shape)
+
+
+def _pairs_mos(items: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.stack([it.reference for it in items]), torch.stack([it.distorted for it in items])
+
+
+def _size_mos(it: Any) -> tuple[int, ...]:
+    return tuple(it.reference.shape)
+
+
+def _compute(metric: EvalMetric, dataset: Dataset, indices: Sequence[int], kind: Kind, batch_size: int,
+             device: torch.device, progress: Callable[[Progress], None] | None) -> list[list[float]]:
+    """Values of ``metric`` over ``dataset[indices]``: 2 per item for 2AFC (d0, d1), 1 otherwise."""
+    pairs, size_of = {"2afc": (_pairs_2afc, _size_2afc), "jnd": (_pairs_jnd, _size_jnd),
+                      "mos": (_pairs_mos, _size_mos)}[kind]
+    per_item = 2 if kind == "2afc" else 1
+    n = len(indices)
+    values: list[list[float]] = [[] for _ in range(n)]
+    done = 0
+    if progress is not None:
+        progress(Progress(metric.name, 0, n))
+    for batch in _batches(indices, dataset.__getitem__, size_of, batch_size):
+        x, y = pairs([item for _, item in batch])
+        try:
+            with torch.no_grad():
+                d = metric.fn(x.to(device), y.to(device))
+        except (ValueError, TypeError) as e:
+            raise EvaluationError(f"{metric.name}: {e}") from e
+        except ImportError as e:
+            raise ImportError(f"metric {metric.name!r} needs an optional dependency: {e}") from e
+        d = torch.as_tensor(d).detach().double().cpu().reshape(-1)
+        if d.numel() != x.shape[0]:
+            raise EvaluationError(f"metric {metric.name!r} returned {d.numel()} values for {x.shape[0]} pairs")
+        if not torch.isfinite(d).all():
+            raise EvaluationError(f"metric {metric.name!r} returned a non-finite value")
+        k = len(batch)
+        for j, (pos, _) in enumerate(batch):
+            values[pos] = [float(d[j + r * k]) for r in range(per_item)]
+        done += k
+        if progress is not None:
+            progress(Progress(metric.name, done, n))
+    return values
+
+
+def _cached(cache: Path | None, metric: EvalMetric, settings: dict[str, Any],
+            compute: Callable[[], list[list[float]]], progress: Callable[[Progress], None] | None,
+            n: int) -> list[list[float]]:
+    if cache is None:
+        return compute()
+    path = cache / f"{metric.name}.json"
+    if path.is_file():
+        data = json.loads(path.read_text())
+        if data.get("settings") != settings:
+            raise CacheMismatchError(f"{path} was computed with other settings ({data.get('settings')})", path,
+                                     data.get("settings"))
+        if progress is not None:
+            progress(Progress(metric.name, n, n, cached=path))
+        values: list[list[float]] = data["values"]
+        return values
+    t0 = time.perf_counter()
+    values = compute()
+    cache.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"settings": settings, "values": values, "seconds": time.perf_counter() - t0}))
+    return values
+
+
+def _plain(v: Any) -> Any:
+    return str(v) if isinstance(v, Path) else v
+
+
+def _metrics(metrics: Iterable[str | EvalMetric] | Mapping[str, EvalMetric]) -> dict[str, EvalMetric]:
+    items = metrics.values() if isinstance(metrics, Mapping) else metrics
+    out: dict[str, EvalMetric] = {}
+    for m in items:
+        m = EvalMetric.from_registry(m) if isinstance(m, str) else m
+        if not isinstance(m, EvalMetric):
+            raise TypeError(f"metrics must be registry names or EvalMetric, got {type(m).__name__}")
+        if m.name in out:
+            raise ValueError(f"metric {m.name!r} is given twice")
+        out[m.name] = m
+    if not out:
+        raise ValueError("no metric to evaluate")
+    return out
+
+
+def _values_on_itself(metric: EvalMetric, item: Any, device: torch.device) -> float:
+    with torch.no_grad():
+        r = item.reference[None].to(device)
+        return float(torch.as_tensor(metric.fn(r, r)).reshape(-1)[0])
+
+
+def run(
+    dataset: Dataset,
+    metrics: Iterable[str | EvalMetric] | Mapping[str, EvalMetric],
+    *,
+    cache: str | os.PathLike[str] | None = None,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    progress: Callable[[Progress], None] | None = None,
+    limit: int | None = None,
+    score_higher_is_better: bool = False,
+    bootstrap: int = 1000,
+    seed: int = 0,
+) -> EvaluationResult:
+    """Evaluate ``metrics`` on ``dataset``: their values over the items and the agreement statistics.
+
+    Args:
+        dataset: a :class:`~.datasets.BAPPS2AFC`, :class:`~.datasets.BAPPSJND` or :class:`~.datasets.MOSDataset`.
+        metrics: registry names (built with their default options) and/or :class:`EvalMetric`.
+        cache: a folder for per-metric values (``<metric>.json``): values computed with the same settings
+            are read back instead of recomputed; ``None``: no cache.
+        batch_size: pairs of equal image size passed to a metric at once.
+        device: where the metrics run (``"auto"``, ``"cpu"``, ``"cuda[:N]"`` or a :class:`torch.device`).
+        progress: called with a :class:`Progress` at the start of each metric and after each batch.
+        limit: use only the first ``limit`` items (per subset for BAPPS).
+        score_higher_is_better: MOS only: the scores are qualities (MOS) rather than badnesses (DMOS).
+        bootstrap: MOS only: bootstrap resamples for the confidence intervals (0: none).
+        seed: MOS only: seed of the bootstrap.
+
+    Returns:
+        An :class:`EvaluationResult`; :func:`.report.write` (or its ``write`` method) writes it.
+
+    Raises:
+        CacheMismatchError: a cached metric was computed with other settings.
+        EvaluationError: a metric failed on the data, returned the wrong number of values or a non-finite
+            value; or fewer than 3 MOS rows have a score.
+        DatasetError, OSError: an item cannot be read.
+        ValueError, TypeError: bad arguments (unknown metric name, ``batch_size`` < 1, ...).
+    """
+    from ..scoring import resolve_device
+    from .stats import grouped_correlations, jnd_map, summarize, two_afc_score
+
+    kind = _kind(dataset)
+    specs = _metrics(metrics)
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    dev = resolve_device(device) if isinstance(device, str) else device
+    indices = select_items(dataset, limit)
+    n = len(indices)
+    cache_dir = None if cache is None else Path(cache)
+
+    result = EvaluationResult(kind=kind, dataset=dataset, indices=indices, values={}, metrics={}, specs=specs,
+                              truth=[], subsets=[], names=[], limit=limit,
+                              score_higher_is_better=score_higher_is_better, bootstrap=bootstrap, seed=seed)
+    if isinstance(dataset, _BAPPS):
+        what = "judge" if kind == "2afc" else "same"
+        result.subsets = [dataset.items[i][0] for i in indices]
+        result.names = [dataset.items[i][1] for i in indices]
+        result.truth = [_load_fraction(dataset.items[i][2][what], what) for i in indices]
+        result.settings = {"kind": kind, "root": str(Path(dataset.root).resolve()), "subsets": dataset.subsets,
+                           "split": dataset.split, "load_size": dataset.load_size or 0, "mode": dataset.mode,
+                           "limit": limit, "n": n}
+    else:
+        result.subsets = [dataset.groups[i] for i in indices]
+        result.names = [dataset.distorted[i] for i in indices]
+        result.truth = [dataset.scores[i] for i in indices]
+        scored = result.scored
+        if len(scored) < 3:
+            raise EvaluationError(f"{dataset.labels_csv}: only {len(scored)} row(s) with a score among the first "
+                                  f"{n}; correlations need at least 3")
+        result.settings = {"kind": kind, "labels": str(dataset.labels_csv.resolve()),
+                           "root": str(dataset.root.resolve()), "mode": dataset.mode, "n": n,
+                           "columns": [dataset.reference_column, dataset.distorted_column, dataset.score_column]}
+    result.settings = {k: _plain(v) for k, v in result.settings.items()}
+
+    for name, metric in specs.items():
+        settings = {**result.settings, "metric": name, "options": dict(metric.options)}
+        vals = _cached(cache_dir, metric, settings,
+                       functools.partial(_compute, metric, dataset, indices, kind, batch_size, dev, progress),
+                       progress, n)
+        result.values[name] = vals
+        sign = -1.0 if metric.higher_is_better else 1.0  # statistics need "higher = more different"
+        if kind in ("2afc", "jnd"):
+            per_subset: dict[str, float] = {}
+            for s in dataset.subsets:  # type: ignore[union-attr]  # BAPPS here
+                idx = [i for i in range(n) if result.subsets[i] == s]
+                if kind == "2afc":
+                    per_subset[s] = two_afc_score([sign * vals[i][0] for i in idx], [sign * vals[i][1] for i in idx],
+                                                  [result.truth[i] for i in idx])
+                else:
+                    same = [result.truth[i] for i in idx]
+                    per_subset[s] = jnd_map([sign * vals[i][0] for i in idx], same) if sum(same) > 0 else math.nan
+            result.metrics[name] = {"subsets": per_subset, "mean": summarize(per_subset),
+                                    "higher_is_better": metric.higher_is_better, "group": metric.group}
+        else:
+            assert isinstance(dataset, MOSDataset)
+            scored = result.scored
+            x = [vals[i][0] for i in scored]
+            y = [float(result.truth[i]) for i in scored]
+            groups = [str(result.subsets[i]) for i in scored] if dataset.group_column else None
+            result.metrics[name] = {"higher_is_better": metric.higher_is_better, "group": metric.group,
+                                    **grouped_correlations(x, y, groups, higher_is_better=metric.higher_is_better,
+                                                           score_higher_is_better=score_higher_is_better,
+                                                           bootstrap=bootstrap, seed=seed)}
+            unscored = [i for i in range(n) if result.truth[i] is None]
+            if unscored:
+                checks = []
+                for i in unscored:
+                    item = dataset[indices[i]]
+                    identical = bool(torch.equal(item.reference, item.distorted))
+                    expected = _values_on_itself(metric, item, dev) if identical else None
+                    v = vals[i][0]
+                    checks.append({"distorted": result.names[i], "identical": identical, "value": v,
+                                   "value_on_itself": expected,
+                                   "ok": identical and expected is not None
+                                   and abs(v - expected) <= 1e-6 * max(1.0, abs(expected))})
+                result.unscored[name] = checks
+    if kind == "2afc":
+        result.human = {s: float(sum(max(result.truth[i], 1 - result.truth[i]) for i in range(n)
+                                     if result.subsets[i] == s) / max(1, result.subsets.count(s)))
+                        for s in dataset.subsets}  # type: ignore[union-attr]  # BAPPS here
+    return result
+
