@@ -32,6 +32,7 @@ from patchmmd.theory.cnn import VGG16_CONV_INDICES, vgg16_random_weights
 #: Every check the suite runs per case (the names :data:`EXCEPTIONS` may use).
 CHECKS = (
     "shape", "identity", "symmetry", "batch", "module", "gradients", "gradcheck", "half", "compile", "device",
+    "map",
 )
 
 #: The ``(N, C, H, W)`` input shape unless a case needs more: small, so the harness stays fast on 2 cores.
@@ -164,6 +165,8 @@ EXCEPTIONS: dict[tuple[str, str], str] = {
        for name in ("local", "l2", "psnr", "ssim", "ssim-downsampled", "ms-ssim")},
     **{(name, "gradcheck"): _FLOAT32_INSIDE
        for name in ("ssim", "ssim-downsampled", "ms-ssim", "lpips-alex", "lpips-vgg", "dists")},
+    **{(name, "map"): "no spatial map (its MetricSpec has no map_factory)"
+       for name in CASES if not get_spec(name).has_map},
     **{(name, "compile"): "torch.compile is checked for the core metrics only (mmdpp, patch-mmd, local, l2)"
        for name in CASES if not CASES[name].compile},
 }
@@ -304,7 +307,7 @@ class MetricTester:
         assert_rounding_close(module(x, y), per, dtype)
         if self.case.module_reduces:
             for reduction, expected in (("mean", per.mean()), ("sum", per.sum())):
-                got = self.case.module(opts, reduction)(x, y)
+                got = self.case.module(opts, reduction).to(self.device)(x, y)
                 assert got.shape == ()
                 assert_rounding_close(got, expected, dtype)
 
@@ -354,6 +357,15 @@ class MetricTester:
         (ge,) = torch.autograd.grad(m(xe, y).sum(), (xe,))
         (gc,) = torch.autograd.grad(compiled(xc, y).sum(), (xc,))
         assert_rounding_close(gc, ge, dtype)
+
+    def check_map(self, dtype: torch.dtype) -> None:
+        """The registered spatial map: ``(N, 1, H, W)``, non-negative, its pixel mean the metric's value."""
+        assert self.spec.map_factory is not None
+        x, y = self.inputs(dtype)
+        dmap = self.spec.map_factory(**self.options())(x, y)
+        assert dmap.shape == (x.shape[0], 1, *x.shape[-2:]) and dmap.dtype == dtype
+        assert bool((dmap >= 0).all())
+        assert_rounding_close(dmap.mean(dim=(1, 2, 3)), self.metric()(x, y), dtype)
 
     def check_device(self, dtype: torch.dtype) -> None:
         """The values on this device equal the CPU's (the same images, the same seeds)."""

@@ -2,7 +2,8 @@
 
 Checks: shape ``(N,)`` and finiteness, the best value at ``x == y``, symmetry, batch independence, module ==
 functional with every reduction, finite gradients (vanishing at ``x == y``), float64 gradcheck, 16-bit
-inputs, ``torch.compile`` (core metrics) and CUDA == CPU. Exceptions are declared in ``harness.EXCEPTIONS``.
+inputs, the spatial map's mean, ``torch.compile`` (core metrics) and CUDA == CPU. Exceptions are declared
+in ``harness.EXCEPTIONS``.
 """
 
 from __future__ import annotations
@@ -123,6 +124,13 @@ def test_gradients_finite(tester: MetricTester, dtype: torch.dtype) -> None:
 @pytest.mark.parametrize("name", metrics_for("gradcheck"))
 def test_gradcheck_float64(tester: MetricTester) -> None:
     tester.check_gradcheck()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", metrics_for("map"))
+def test_distance_map_averages_to_the_value(tester: MetricTester, dtype: torch.dtype) -> None:
+    tester.check_map(dtype)
 
 
 @pytest.mark.parametrize("device", DEVICES)
