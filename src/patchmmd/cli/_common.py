@@ -257,26 +257,3 @@ def check_output_path(
         raise click.UsageError(f"{option}: {', '.join(map(str, existing))} already exist(s); pass {flags}")
     out.parent.mkdir(parents=True, exist_ok=True)
     return out
-
-
-def prepare_output_dir(path: str | os.PathLike[str], *, overwrite: bool) -> Path:
-    """The output policy for folders: an existing non-empty folder is refused unless ``overwrite``.
-
-    The folder is created if missing; nothing in it is deleted here.
-
-    Raises:
-        click.UsageError: ``path`` exists and is not a folder, or is a non-empty folder without ``overwrite``.
-
-    Example:
-        >>> import tempfile, pathlib
-        >>> out = prepare_output_dir(pathlib.Path(tempfile.mkdtemp()) / "new", overwrite=False)
-        >>> out.is_dir()
-        True
-    """
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise click.UsageError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise click.UsageError(f"--out {out} already exists and is not empty; pass --overwrite to replace its results")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
