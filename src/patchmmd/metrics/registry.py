@@ -31,7 +31,10 @@ MapMetric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 #: Modules whose import registers metrics. Each must import without optional dependencies; a metric
 #: needing one raises a clear ``ImportError`` when it is built, not when it is registered.
-BUILTIN_MODULES: list[str] = ["patchmmd.metrics.builtin", "patchmmd.metrics.theory", "patchmmd.metrics.baselines"]
+BUILTIN_MODULES: list[str] = [
+    "patchmmd.metrics.builtin", "patchmmd.metrics.theory", "patchmmd.metrics.classic", "patchmmd.metrics.lpips",
+    "patchmmd.metrics.dists",
+]
 
 
 @dataclass(frozen=True)

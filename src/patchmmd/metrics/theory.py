@@ -5,7 +5,8 @@ infinite-CNN metrics apply the scale rule of the default MMD++ (:mod:`patchmmd.c
 ``get_config("default").levels(H, W)``): a 768x512 photo is box-downsampled to the rule's working
 resolution (and pyramid levels, averaged with the rule's weights) before the network sees it, as MMD++
 does; a 64x64 crop is used as is. Pass ``scale_rule=False`` for native resolution. The VGG metrics run at native
-resolution by default (as LPIPS does); ``scale_rule=True`` applies the same rule.
+resolution by default (as LPIPS does); ``scale_rule=True`` applies the same rule. The modules behind them
+default to ``reduction="mean"``; the factories build them with ``reduction="none"``, so a metric gives ``(N,)``.
 
 Example:
     >>> import torch
@@ -52,7 +53,8 @@ def with_scale_rule(metric: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _split(options: dict[str, object], default_scale: bool) -> tuple[dict[str, object], bool]:
-    opts = dict(options)
+    """The module's options (per-image values: ``reduction="none"`` unless given) and the scale-rule switch."""
+    opts = {"reduction": "none", **options}
     return opts, bool(opts.pop("scale_rule", default_scale))
 
 
