@@ -40,7 +40,7 @@ def test_random_vgg_properties() -> None:
     x, y = _pair()
     for first_layer in ("he", "zero_mean"):
         for normalize in (True, False):
-            d = VGGDistance(first_layer=first_layer, normalize=normalize)
+            d = VGGDistance(first_layer=first_layer, normalize=normalize, reduction="none")
             v = d(x, y)
             assert v.shape == (1,) and float(v) > 0
             assert float(d(x, x)) == 0.0
@@ -57,7 +57,7 @@ def test_pretrained_weights_from_local_file(tmp_path: Path) -> None:
     torch.save(_torchvision_state_dict(3), path)
     layers = load_vgg16_weights(path)
     assert len(layers) == 13 and layers[0][0].shape == (64, 3, 3, 3)
-    pre = VGGDistance(weights=path)
+    pre = VGGDistance(weights=path, reduction="none")
     assert "pretrained" in repr(pre)
     # same filters as the random seed-3 network, biases shifted by 0.01
     torch.testing.assert_close(pre.layers()[5][0], vgg16_random_weights(seed=3)[5][0].float().double())
@@ -66,7 +66,7 @@ def test_pretrained_weights_from_local_file(tmp_path: Path) -> None:
     # features-only layout ("0.weight") is accepted too
     features_only = {k.removeprefix("features."): v for k, v in _torchvision_state_dict(3).items() if "features" in k}
     torch.save(features_only, tmp_path / "features.pth")
-    torch.testing.assert_close(VGGDistance(weights=tmp_path / "features.pth")(x, y), pre(x, y))
+    torch.testing.assert_close(VGGDistance(weights=tmp_path / "features.pth", reduction="none")(x, y), pre(x, y))
     # through the registry
     torch.testing.assert_close(get_metric("vgg", weights=str(path))(x, y), pre(x, y))
 

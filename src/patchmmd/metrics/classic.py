@@ -107,7 +107,7 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, *, win_size: int = 11) -> torch.Te
 
 
 @register("psnr", "peak signal-to-noise ratio in dB on [0, 1] (capped at 100 dB)", higher_is_better=True,
-          group="baselines")
+          group="baselines", differentiable=True)
 def _psnr(*, max_db: float = MAX_PSNR) -> Metric:
     def metric(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return psnr(x, y, max_db=float(max_db))
@@ -125,19 +125,19 @@ def _ssim_metric(win_size: int, downsample: bool, name: str) -> Metric:
 
 
 @register("ssim", "SSIM (pytorch-msssim, 11x11 Gaussian window) at the image's own resolution",
-          higher_is_better=True, group="baselines")
+          higher_is_better=True, group="baselines", differentiable=True)
 def _ssim(*, win_size: int = 11) -> Metric:
     return _ssim_metric(int(win_size), False, "ssim")
 
 
 @register("ssim-downsampled", "SSIM after the reference code's downsampling by round(min(H,W)/256)",
-          higher_is_better=True, group="baselines")
+          higher_is_better=True, group="baselines", differentiable=True)
 def _ssim_downsampled(*, win_size: int = 11) -> Metric:
     return _ssim_metric(int(win_size), True, "ssim-downsampled")
 
 
 @register("ms-ssim", "multi-scale SSIM (pytorch-msssim, 5 scales; images > 160 px)", higher_is_better=True,
-          group="baselines")
+          group="baselines", differentiable=True)
 def _ms_ssim(*, win_size: int = 11) -> Metric:
     _msssim_module()
     win = int(win_size)

@@ -107,6 +107,6 @@ class DISTS(nn.Module):
 
 
 @register("dists", "DISTS, VGG16 trunk with L2 pooling; needs backbone=PATH and weights=PATH (local files)",
-          group="baselines")
+          group="baselines", differentiable=True)
 def _dists(*, backbone: WeightsPath = None, weights: WeightsPath = None) -> Metric:
     return module_metric(DISTS.from_files(backbone, weights))

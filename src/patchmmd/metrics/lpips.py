@@ -101,12 +101,12 @@ class LPIPS(nn.Module):
 
 
 @register("lpips-alex", "LPIPS v0.1, AlexNet trunk; needs backbone=PATH and weights=PATH (local files)",
-          group="baselines")
+          group="baselines", differentiable=True)
 def _lpips_alex(*, backbone: WeightsPath = None, weights: WeightsPath = None) -> Metric:
     return module_metric(LPIPS.from_files("alex", backbone, weights))
 
 
 @register("lpips-vgg", "LPIPS v0.1, VGG16 trunk; needs backbone=PATH and weights=PATH (local files)",
-          group="baselines")
+          group="baselines", differentiable=True)
 def _lpips_vgg(*, backbone: WeightsPath = None, weights: WeightsPath = None) -> Metric:
     return module_metric(LPIPS.from_files("vgg", backbone, weights))

@@ -46,7 +46,8 @@ class MetricSpec:
     description: str
     higher_is_better: bool = False
     group: str = "patchmmd"
-    #: Gradients flow to both inputs (the metric can be a training loss).
+    #: Gradients flow to both inputs (the metric can be a training loss; the differentiable distances are the
+    #: loss names of :mod:`patchmmd.tasks.losses`). Every registration states it.
     differentiable: bool = True
     #: Builds the metric's spatial map with the same options (``None``: the metric has no map).
     map_factory: Callable[..., MapMetric] | None = None

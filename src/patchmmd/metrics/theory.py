@@ -58,25 +58,29 @@ def _split(options: dict[str, object], default_scale: bool) -> tuple[dict[str, o
     return opts, bool(opts.pop("scale_rule", default_scale))
 
 
-@register("random-cnn", "random-filter CNN (3x3 + 1x1 conv, ReLU, He, width 512), windowed pooling", group="theory")
+@register("random-cnn", "random-filter CNN (3x3 + 1x1 conv, ReLU, He, width 512), windowed pooling",
+          group="theory", differentiable=True)
 def _random_cnn(**options: object) -> Metric:
     opts, scale = _split(options, True)
     return with_scale_rule(RandomCNNDistance(**opts), scale)  # type: ignore[arg-type]
 
 
-@register("random-cnn-zero-mean", "random-filter CNN with zero-mean first-layer filters", group="theory")
+@register("random-cnn-zero-mean", "random-filter CNN with zero-mean first-layer filters",
+          group="theory", differentiable=True)
 def _random_cnn_zero_mean(**options: object) -> Metric:
     opts, scale = _split(options, True)
     return with_scale_rule(RandomCNNDistance(**{"first_layer": "zero_mean", **opts}), scale)  # type: ignore[arg-type]
 
 
-@register("infinite-cnn", "infinitely wide random CNN: windowed MMD² with the arc-cosine (NNGP) kernel", group="theory")
+@register("infinite-cnn", "infinitely wide random CNN: windowed MMD² with the arc-cosine (NNGP) kernel",
+          group="theory", differentiable=True)
 def _infinite_cnn(**options: object) -> Metric:
     opts, scale = _split(options, True)
     return with_scale_rule(InfiniteCNNDistance(**opts), scale)  # type: ignore[arg-type]
 
 
-@register("random-vgg", "VGG16 trunk with random He filters, five taps, LPIPS-style unit normalisation", group="theory")
+@register("random-vgg", "VGG16 trunk with random He filters, five taps, LPIPS-style unit normalisation",
+          group="theory", differentiable=True)
 def _random_vgg(**options: object) -> Metric:
     opts, scale = _split(options, False)
     if "weights" in opts:
@@ -84,7 +88,8 @@ def _random_vgg(**options: object) -> Metric:
     return with_scale_rule(VGGDistance(**opts), scale)  # type: ignore[arg-type]
 
 
-@register("vgg", "VGG16 trunk with pretrained filters from a local file (option weights=PATH)", group="theory")
+@register("vgg", "VGG16 trunk with pretrained filters from a local file (option weights=PATH)",
+          group="theory", differentiable=True)
 def _vgg(**options: object) -> Metric:
     opts, scale = _split(options, False)
     if opts.get("weights") is None:
