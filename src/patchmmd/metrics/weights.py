@@ -66,7 +66,7 @@ def check_weight_tensor(where: str, key: str, value: object) -> torch.Tensor:
 
 
 def load_weights(
-    path: WeightsPath, *, what: str, metric: str, option: str, hint: str = ""
+    path: WeightsPath, what: str, metric: str, option: str, *, hint: str = ""
 ) -> dict[str, torch.Tensor]:
     """Read a tensor dictionary with ``torch.load(weights_only=True)``; :class:`WeightsError` for every failure.
 
