@@ -38,6 +38,8 @@ __all__ = ["DISTS"]
 class _L2Pool(nn.Module):
     """DISTS's L2 pooling: sqrt of a 3×3 Hann-weighted average of squares, stride 2."""
 
+    filter: torch.Tensor
+
     def __init__(self, channels: int) -> None:
         super().__init__()
         a = torch.tensor([0.5, 1.0, 0.5])
@@ -57,6 +59,8 @@ class DISTS(nn.Module):
     Build with :meth:`from_files`.
     """
 
+    mean: torch.Tensor
+    std: torch.Tensor
     _CHANNELS = (3, 64, 128, 256, 512, 512)
     _POOL_INDICES = (4, 9, 16, 23)
 

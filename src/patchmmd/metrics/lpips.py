@@ -52,6 +52,8 @@ class LPIPS(nn.Module):
         (True, torch.Size([2]))
     """
 
+    shift: torch.Tensor
+    scale: torch.Tensor
     _CHANNELS: ClassVar[dict[str, tuple[int, ...]]] = {
         "alex": (64, 192, 384, 256, 256), "vgg": (64, 128, 256, 512, 512)}
 

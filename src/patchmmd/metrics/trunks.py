@@ -71,9 +71,11 @@ IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 #: torchvision's ``alexnet().features`` (conv indices 0, 3, 6, 8, 10).
-_ALEX = [("conv", 3, 64, 11, 4, 2), ("relu",), ("pool",), ("conv", 64, 192, 5, 1, 2), ("relu",), ("pool",),
-         ("conv", 192, 384, 3, 1, 1), ("relu",), ("conv", 384, 256, 3, 1, 1), ("relu",),
-         ("conv", 256, 256, 3, 1, 1), ("relu",), ("pool",)]
+#: ``(in, out, kernel, stride, padding)`` of a convolution, or "relu" / "pool".
+_ALEX: tuple[tuple[int, int, int, int, int] | str, ...] = (
+    (3, 64, 11, 4, 2), "relu", "pool", (64, 192, 5, 1, 2), "relu", "pool", (192, 384, 3, 1, 1), "relu",
+    (384, 256, 3, 1, 1), "relu", (256, 256, 3, 1, 1), "relu", "pool",
+)
 #: The ReLUs of ``alexnet().features`` that LPIPS taps.
 ALEXNET_TAP_INDICES: tuple[int, ...] = (1, 4, 7, 9, 11)
 
@@ -87,10 +89,10 @@ def alexnet_features() -> nn.Sequential:
     """
     layers: list[nn.Module] = []
     for spec in _ALEX:
-        if spec[0] == "conv":
-            _, cin, cout, k, s, p = spec
+        if isinstance(spec, tuple):
+            cin, cout, k, s, p = spec
             layers.append(nn.Conv2d(cin, cout, k, stride=s, padding=p))
-        elif spec[0] == "relu":
+        elif spec == "relu":
             layers.append(nn.ReLU(inplace=False))
         else:
             layers.append(nn.MaxPool2d(3, 2))

@@ -326,7 +326,7 @@ def vgg16_random_weights(*, seed: int = 0, first_layer: VGGFirstLayer = "he") ->
     if first_layer not in ("he", "zero_mean"):
         raise ValueError(f"first_layer must be 'he' or 'zero_mean', got {first_layer!r}")
     check_seed(seed)
-    return [(w.clone(), b.clone()) for w, b in _vgg16_random_weights(seed, first_layer)]
+    return [(w.clone(), None if b is None else b.clone()) for w, b in _vgg16_random_weights(seed, first_layer)]
 
 
 @functools.lru_cache(maxsize=4)
