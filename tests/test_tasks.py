@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from patchmmd.tasks import LOSS_NAMES, MissingWeightsError, make_loss
+from patchmmd.metrics.registry import metric_specs
+from patchmmd.metrics.weights import WeightsError
+from patchmmd.tasks import LOSS_NAMES, LOSSES_NEEDING_WEIGHTS, TASK_LOSSES, MissingWeightsError, make_loss
 from patchmmd.tasks._common import deterministic
 from patchmmd.tasks.autoencoder import ConvAutoencoder, train_autoencoder
 from patchmmd.tasks.data import random_crops, split_photos
@@ -18,7 +20,7 @@ def _img(h: int, w: int, seed: int = 0) -> torch.Tensor:
     return torch.rand(3, h, w, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("name", [n for n in LOSS_NAMES if n != "vgg"])
+@pytest.mark.parametrize("name", [n for n in LOSS_NAMES if n not in LOSSES_NEEDING_WEIGHTS])
 def test_losses_are_differentiable_and_accept_overshoot(name: str) -> None:
     size = 16 if name == "infinite-cnn" else 24
     x = (torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(1)) * 1.2 - 0.1).requires_grad_(True)
@@ -29,6 +31,19 @@ def test_losses_are_differentiable_and_accept_overshoot(name: str) -> None:
     value.backward()
     assert torch.isfinite(x.grad).all() and float(x.grad.abs().sum()) > 0
     assert float(make_loss(name, **kw)(y, y)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_loss_names_come_from_the_registry() -> None:
+    distances = {s.name for s in metric_specs() if s.differentiable and not s.higher_is_better}
+    assert set(LOSS_NAMES) == set(TASK_LOSSES) | distances and len(set(LOSS_NAMES)) == len(LOSS_NAMES)
+    assert LOSS_NAMES[:3] == ("l2", "l1", "ssim")
+    for name in ("mmdpp", "mmdpp-followup", "random-cnn", "random-vgg", "infinite-cnn", "vgg", "lpips-alex", "dists"):
+        assert name in LOSS_NAMES
+    assert "psnr" not in LOSS_NAMES and "ssim-downsampled" not in LOSS_NAMES  # scores, not distances
+    assert set(LOSSES_NEEDING_WEIGHTS) == {"vgg", "lpips-alex", "lpips-vgg", "dists"}
+    assert issubclass(MissingWeightsError, WeightsError)
+    with pytest.raises(WeightsError, match="needs backbone=PATH"):
+        make_loss("lpips-alex")
 
 
 def test_vgg_loss_needs_a_weight_file(tmp_path) -> None:

@@ -113,3 +113,9 @@ def test_train_ae_default_data_runs(tmp_path: Path) -> None:
           "--loss", "l2", "--no-progress", "--eval-distances", "", "--out", str(tmp_path / "d")])
     m = json.loads((tmp_path / "d" / "metrics.json").read_text())
     assert m["data"] == ["astronaut", "chelsea", "coffee"] and m["heldout_tiles"] == 2
+
+
+def test_unknown_loss_lists_the_names() -> None:
+    r = CliRunner().invoke(main, ["gim", "astronaut", "--loss", "lpips"])
+    assert r.exit_code == 2 and "unknown loss 'lpips'" in r.output
+    assert "random-cnn" in r.output and "lpips-alex" in r.output

@@ -86,7 +86,7 @@ CASES = list(
 @pytest.mark.parametrize(("pooling", "first_layer", "depth"), CASES)
 def test_pooled_distance_is_mmd_of_empirical_kernel(pooling, first_layer, depth) -> None:  # type: ignore[no-untyped-def]
     x, y = _pair()
-    net = RandomCNNDistance(width=24, depth=depth, first_layer=first_layer, pooling=pooling, seed=3)
+    net = RandomCNNDistance(width=24, depth=depth, first_layer=first_layer, pooling=pooling, seed=3, reduction="none")
     got = net(x, y)
     want = _brute_force(x, y, net)
     assert got.dtype == torch.float64
@@ -96,7 +96,7 @@ def test_pooled_distance_is_mmd_of_empirical_kernel(pooling, first_layer, depth)
 @pytest.mark.parametrize("pooling", [(8, 4), "global", None])
 def test_identity_with_biases_and_other_variance(pooling) -> None:  # type: ignore[no-untyped-def]
     x, y = _pair(12, 12)
-    net = RandomCNNDistance(width=16, depth=2, pooling=pooling, sigma_w2=1.5, sigma_b2=0.2, seed=1)
+    net = RandomCNNDistance(width=16, depth=2, pooling=pooling, sigma_w2=1.5, sigma_b2=0.2, seed=1, reduction="none")
     assert net.layers()[0][1] is not None
     torch.testing.assert_close(net(x, y), _brute_force(x, y, net), rtol=1e-10, atol=0.0)
 
@@ -120,7 +120,7 @@ class _EmpiricalKernel:
 
 def test_identity_through_library_window_machinery() -> None:
     x, y = _pair(20, 20)
-    net = RandomCNNDistance(width=32, depth=2, pooling=(8, 4), seed=0)
+    net = RandomCNNDistance(width=32, depth=2, pooling=(8, 4), seed=0, reduction="none")
     grid = window_grid(20, 20, 8, 4)
     via_mmd = windowed_mmd2_exact(x * 2 - 1, y * 2 - 1, grid, _EmpiricalKernel(net), patch_size=3, center=False)
     torch.testing.assert_close(net(x, y), via_mmd.mean(dim=(1, 2)), rtol=1e-10, atol=0.0)
@@ -134,27 +134,29 @@ def test_identity_through_library_window_machinery() -> None:
 
 def test_random_cnn_basic_properties() -> None:
     x, y = _pair(16, 16)
-    net = RandomCNNDistance(width=32, depth=2, pooling=(8, 4))
+    net = RandomCNNDistance(width=32, depth=2, pooling=(8, 4), reduction="none")
     d = net(x, y)
     assert torch.all(d > 0)
     torch.testing.assert_close(net(y, x), d, rtol=1e-12, atol=0.0)
     assert float(net(x, x).abs().max()) == 0.0
     # deterministic from the seed; a different seed gives different weights
-    torch.testing.assert_close(RandomCNNDistance(width=32, depth=2, pooling=(8, 4))(x, y), d, rtol=0, atol=0)
-    assert not torch.equal(RandomCNNDistance(width=32, depth=2, pooling=(8, 4), seed=1)(x, y), d)
+    same = RandomCNNDistance(width=32, depth=2, pooling=(8, 4), reduction="none")
+    torch.testing.assert_close(same(x, y), d, rtol=0, atol=0)
+    assert not torch.equal(RandomCNNDistance(width=32, depth=2, pooling=(8, 4), seed=1, reduction="none")(x, y), d)
     # float32 input computes in float32 and matches float64 closely
     d32 = net(x.float(), y.float())
     assert d32.dtype == torch.float32
     torch.testing.assert_close(d32.double(), d, rtol=1e-4, atol=0.0)
     # value_range is honoured
     torch.testing.assert_close(
-        RandomCNNDistance(width=32, depth=2, pooling=(8, 4), value_range=(0, 255))(x * 255, y * 255), d,
+        RandomCNNDistance(width=32, depth=2, pooling=(8, 4), value_range=(0, 255), reduction="none")(x * 255, y * 255),
+        d,
         rtol=1e-10, atol=0.0,
     )
 
 
 def test_weights_are_he_scaled_and_seeded() -> None:
-    net = RandomCNNDistance(width=4096, depth=2, seed=7)
+    net = RandomCNNDistance(width=4096, depth=2, seed=7, reduction="none")
     (w1, b1), (w2, b2) = net.layers()
     assert b1 is None and b2 is None
     assert abs(float(w1.var()) * 27 / 2 - 1) < 0.02
@@ -169,7 +171,7 @@ def test_gradients_finite_at_x_equals_y() -> None:
     flat = torch.full_like(x, 0.5)
     for pooling in [(8, 4), "global", None]:
         for first_layer in ["he", "zero_mean", "patch_norm"]:
-            net = RandomCNNDistance(width=16, depth=2, pooling=pooling, first_layer=first_layer)
+            net = RandomCNNDistance(width=16, depth=2, pooling=pooling, first_layer=first_layer, reduction="none")
             for img in (x, flat):
                 a = img.clone().requires_grad_(True)
                 net(a, img).sum().backward()

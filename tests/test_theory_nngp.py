@@ -191,7 +191,7 @@ def test_infinite_distance_by_brute_force() -> None:
 
 def test_infinite_distance_properties_and_module() -> None:
     x, y = _crops()
-    d = InfiniteCNNDistance(depth=2, pooling=(16, 8))
+    d = InfiniteCNNDistance(depth=2, pooling=(16, 8), reduction="none")
     v = d(x, y)
     assert v.shape == (1,) and float(v) > 0
     torch.testing.assert_close(d(y, x), v, rtol=1e-12, atol=0)

@@ -16,7 +16,15 @@ from patchmmd.core.scale import downsample
 from patchmmd.data import sample_image
 from patchmmd.io import load_image, save_image
 from patchmmd.metrics.registry import get_metric, get_spec, metric_names
-from patchmmd.theory.cnn import VGG16_CONV_INDICES, VGGDistance, load_vgg16_weights, vgg16_random_weights
+from patchmmd.metrics.weights import WeightsError
+from patchmmd.theory.cnn import (
+    VGG16_CONV_INDICES,
+    RandomCNNDistance,
+    VGGDistance,
+    load_vgg16_weights,
+    vgg16_random_weights,
+)
+from patchmmd.theory.nngp import InfiniteCNNDistance
 
 LIVE_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "live-dev"
 
@@ -40,7 +48,7 @@ def test_random_vgg_properties() -> None:
     x, y = _pair()
     for first_layer in ("he", "zero_mean"):
         for normalize in (True, False):
-            d = VGGDistance(first_layer=first_layer, normalize=normalize)
+            d = VGGDistance(first_layer=first_layer, normalize=normalize, reduction="none")
             v = d(x, y)
             assert v.shape == (1,) and float(v) > 0
             assert float(d(x, x)) == 0.0
@@ -57,7 +65,7 @@ def test_pretrained_weights_from_local_file(tmp_path: Path) -> None:
     torch.save(_torchvision_state_dict(3), path)
     layers = load_vgg16_weights(path)
     assert len(layers) == 13 and layers[0][0].shape == (64, 3, 3, 3)
-    pre = VGGDistance(weights=path)
+    pre = VGGDistance(weights=path, reduction="none")
     assert "pretrained" in repr(pre)
     # same filters as the random seed-3 network, biases shifted by 0.01
     torch.testing.assert_close(pre.layers()[5][0], vgg16_random_weights(seed=3)[5][0].float().double())
@@ -66,7 +74,7 @@ def test_pretrained_weights_from_local_file(tmp_path: Path) -> None:
     # features-only layout ("0.weight") is accepted too
     features_only = {k.removeprefix("features."): v for k, v in _torchvision_state_dict(3).items() if "features" in k}
     torch.save(features_only, tmp_path / "features.pth")
-    torch.testing.assert_close(VGGDistance(weights=tmp_path / "features.pth")(x, y), pre(x, y))
+    torch.testing.assert_close(VGGDistance(weights=tmp_path / "features.pth", reduction="none")(x, y), pre(x, y))
     # through the registry
     torch.testing.assert_close(get_metric("vgg", weights=str(path))(x, y), pre(x, y))
 
@@ -74,6 +82,8 @@ def test_pretrained_weights_from_local_file(tmp_path: Path) -> None:
 def test_pretrained_weights_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="not found"):
         VGGDistance(weights=tmp_path / "missing.pth")
+    with pytest.raises(WeightsError, match="downloads nothing"):  # the one loader's error, also a FileNotFoundError
+        load_vgg16_weights(tmp_path / "missing.pth")
     bad = _torchvision_state_dict(0)
     bad["features.2.weight"] = torch.zeros(64, 64, 5, 5)
     torch.save(bad, tmp_path / "bad.pth")
@@ -175,3 +185,45 @@ def test_theory_command_with_images_and_errors(tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["theory", str(tmp_path / "a.png"), str(tmp_path / "a.png"), "--widths", "8,16",
                                     "--crop", "20", "--out", str(tmp_path / "o")])
     assert res.exit_code != 0 and "identical" in res.output
+
+
+def test_vgg_file_with_unexpected_keys_is_refused(tmp_path: Path) -> None:
+    state = _torchvision_state_dict(0) | {"features.31.weight": torch.zeros(1)}
+    torch.save(state, tmp_path / "extra.pth")
+    with pytest.raises(WeightsError, match=r"unexpected 1: features\.31\.weight"):
+        load_vgg16_weights(tmp_path / "extra.pth")
+
+
+@pytest.mark.parametrize("make", [
+    lambda **kw: RandomCNNDistance(width=8, pooling=(8, 4), **kw),
+    lambda **kw: VGGDistance(**kw),
+    lambda **kw: InfiniteCNNDistance(depth=1, pooling=(8, 4), **kw),
+])
+def test_modules_default_to_the_mean(make) -> None:  # type: ignore[no-untyped-def]
+    x, y = _pair(16)
+    x, y = torch.cat([x, y]), torch.cat([y, x.flip(-1)])
+    per_image = make(reduction="none")(x, y)
+    assert per_image.shape == (2,)
+    torch.testing.assert_close(make()(x, y), per_image.mean(), rtol=0, atol=0)
+    torch.testing.assert_close(make(reduction="sum")(x, y), per_image.sum())
+
+
+@pytest.mark.parametrize("make", [lambda: RandomCNNDistance(width=8, sigma_b2=0.1), lambda: VGGDistance(seed=1)])
+def test_weights_are_non_persistent_buffers(make) -> None:  # type: ignore[no-untyped-def]
+    net = make()
+    names = [n for n, _ in net.named_buffers()]
+    assert names and all(n.startswith(("weight", "bias")) for n in names)
+    assert list(net.parameters()) == [] and net.state_dict() == {}
+    assert all(b.dtype == torch.float64 for b in net.buffers())
+    x, y = _pair(16)
+    ref = net(x.double(), y.double())
+    net.float()  # .float() / .double() / .to() cast and move the weights like any module's
+    assert all(b.dtype == torch.float32 for b in net.buffers())
+    assert net.layers()[0][0].dtype == torch.float32
+    torch.testing.assert_close(net(x, y), ref.float(), rtol=1e-4, atol=1e-6)
+    net.double()
+    assert all(b.dtype == torch.float64 for b in net.buffers())
+    torch.testing.assert_close(net(x.double(), y.double()), ref, rtol=1e-4, atol=0)  # float32-rounded weights
+    net.to(torch.device("meta"))
+    assert all(b.device.type == "meta" for b in net.buffers())
+    assert net.layers()[0][0].device.type == "meta"

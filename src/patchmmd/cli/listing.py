@@ -10,7 +10,7 @@ from . import main
 
 
 def metrics_table() -> list[dict[str, object]]:
-    """One dict per registered metric: name, group, higher_is_better, has_map, description.
+    """One dict per registered metric: name, group, higher_is_better, has_map, differentiable, description.
 
     Example:
         >>> rows = metrics_table()
@@ -38,16 +38,17 @@ def metrics(as_json: bool) -> None:
     """List the metrics usable with --metric: name, group, whether higher means more similar, description.
 
     Distances (higher_is_better = no) are 0 for identical images; scores (PSNR, SSIM: yes) are highest
-    for identical images. `map` marks metrics whose spatial map `patchmmd compare --map` can draw.
+    for identical images. `map` marks metrics whose spatial map `patchmmd compare --map` can draw;
+    `grad` those that pass gradients (the differentiable distances are the `--loss` choices of the tasks).
     """
     rows = metrics_table()
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    header = ("name", "group", "higher_is_better", "map", "description")
+    header = ("name", "group", "higher_is_better", "map", "grad", "description")
     cells = [
         (str(r["name"]), str(r["group"]), "yes" if r["higher_is_better"] else "no",
-         "yes" if r["has_map"] else "", str(r["description"]))
+         "yes" if r["has_map"] else "", "yes" if r["differentiable"] else "", str(r["description"]))
         for r in rows
     ]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header[:-1])]

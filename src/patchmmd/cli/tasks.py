@@ -19,8 +19,15 @@ import click
 from . import main
 from ._common import parse_metric_options, prepare_output_dir
 
-# Kept in sync with patchmmd.tasks.losses.LOSS_NAMES (not imported here so `patchmmd --help` stays light).
-LOSS_CHOICES = ("l2", "l1", "ssim", "mmdpp", "mmdpp-followup", "random-cnn", "random-vgg", "infinite-cnn", "vgg")
+
+def _check_loss(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """``--loss`` callback: one of :data:`patchmmd.tasks.losses.LOSS_NAMES` (imported here, on use, so that
+    ``patchmmd --help`` stays light); the error lists the names."""
+    from ..tasks.losses import LOSS_NAMES
+
+    if value not in LOSS_NAMES:
+        raise click.BadParameter(f"unknown loss {value!r}; choose one of {', '.join(LOSS_NAMES)}")
+    return value
 
 
 def _loss_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -36,8 +43,9 @@ def _loss_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Option of the loss's distance, repeatable (e.g. -o width=128 for random-cnn).")(f)
     f = click.option("--weights", type=click.Path(dir_okay=False), default=None,
                      help="Local pretrained VGG16 state dict (torchvision layout); needed by --loss vgg.")(f)
-    f = click.option("--loss", "loss_name", type=click.Choice(LOSS_CHOICES), default="mmdpp", show_default=True,
-                     help="Training / optimisation loss.")(f)
+    f = click.option("--loss", "loss_name", default="mmdpp", show_default=True, metavar="NAME", callback=_check_loss,
+                     help="Training / optimisation loss: l2, l1, ssim, or any distance that `patchmmd metrics` "
+                          "marks differentiable (mmdpp, random-cnn, vgg, ...); an unknown name lists them all.")(f)
     return f
 
 
@@ -52,8 +60,8 @@ def _build_loss(name: str, weights: str | None, items: tuple[str, ...]) -> Any:
         )
     if weights is not None and name != "vgg":
         raise click.BadParameter(f"--weights is for --loss vgg only, not {name!r}", param_hint="--weights")
-    try:
-        return make_loss(name, weights=weights, **options)
+    try:  # a head file of lpips-*/dists comes as -o weights=PATH (--weights is the vgg loss's VGG16 file)
+        return make_loss(name, **({"weights": weights} if weights is not None else {}), **options)
     except MissingWeightsError as e:
         raise click.BadParameter(str(e), param_hint="--weights") from None
     except (TypeError, ValueError) as e:

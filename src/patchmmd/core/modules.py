@@ -2,6 +2,12 @@
 
 The modules hold options only; random features are drawn from the seed (and cached) on first use, so a
 module has no parameters, nothing to train, and no weights to download or save.
+
+One rule for ``reduction`` across the package: every ``nn.Module`` distance (:class:`MMDPP`, :class:`PatchMMD`,
+:class:`patchmmd.theory.cnn.RandomCNNDistance`, :class:`~patchmmd.theory.cnn.VGGDistance`,
+:class:`~patchmmd.theory.nngp.InfiniteCNNDistance`) defaults to ``"mean"`` like a PyTorch loss module, while
+every function with a ``reduction`` argument (and every registry metric) defaults to ``"none"``, one value per
+image ``(N,)``.
 """
 
 from __future__ import annotations

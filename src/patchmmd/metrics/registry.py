@@ -31,7 +31,10 @@ MapMetric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 #: Modules whose import registers metrics. Each must import without optional dependencies; a metric
 #: needing one raises a clear ``ImportError`` when it is built, not when it is registered.
-BUILTIN_MODULES: list[str] = ["patchmmd.metrics.builtin", "patchmmd.metrics.theory", "patchmmd.metrics.baselines"]
+BUILTIN_MODULES: list[str] = [
+    "patchmmd.metrics.builtin", "patchmmd.metrics.theory", "patchmmd.metrics.classic", "patchmmd.metrics.lpips",
+    "patchmmd.metrics.dists",
+]
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,8 @@ class MetricSpec:
     description: str
     higher_is_better: bool = False
     group: str = "patchmmd"
-    #: Gradients flow to both inputs (the metric can be a training loss).
+    #: Gradients flow to both inputs (the metric can be a training loss; the differentiable distances are the
+    #: loss names of :mod:`patchmmd.tasks.losses`). Every registration states it.
     differentiable: bool = True
     #: Builds the metric's spatial map with the same options (``None``: the metric has no map).
     map_factory: Callable[..., MapMetric] | None = None

@@ -5,7 +5,8 @@ infinite-CNN metrics apply the scale rule of the default MMD++ (:mod:`patchmmd.c
 ``get_config("default").levels(H, W)``): a 768x512 photo is box-downsampled to the rule's working
 resolution (and pyramid levels, averaged with the rule's weights) before the network sees it, as MMD++
 does; a 64x64 crop is used as is. Pass ``scale_rule=False`` for native resolution. The VGG metrics run at native
-resolution by default (as LPIPS does); ``scale_rule=True`` applies the same rule.
+resolution by default (as LPIPS does); ``scale_rule=True`` applies the same rule. The modules behind them
+default to ``reduction="mean"``; the factories build them with ``reduction="none"``, so a metric gives ``(N,)``.
 
 Example:
     >>> import torch
@@ -52,29 +53,34 @@ def with_scale_rule(metric: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _split(options: dict[str, object], default_scale: bool) -> tuple[dict[str, object], bool]:
-    opts = dict(options)
+    """The module's options (per-image values: ``reduction="none"`` unless given) and the scale-rule switch."""
+    opts = {"reduction": "none", **options}
     return opts, bool(opts.pop("scale_rule", default_scale))
 
 
-@register("random-cnn", "random-filter CNN (3x3 + 1x1 conv, ReLU, He, width 512), windowed pooling", group="theory")
+@register("random-cnn", "random-filter CNN (3x3 + 1x1 conv, ReLU, He, width 512), windowed pooling",
+          group="theory", differentiable=True)
 def _random_cnn(**options: object) -> Metric:
     opts, scale = _split(options, True)
     return with_scale_rule(RandomCNNDistance(**opts), scale)  # type: ignore[arg-type]
 
 
-@register("random-cnn-zero-mean", "random-filter CNN with zero-mean first-layer filters", group="theory")
+@register("random-cnn-zero-mean", "random-filter CNN with zero-mean first-layer filters",
+          group="theory", differentiable=True)
 def _random_cnn_zero_mean(**options: object) -> Metric:
     opts, scale = _split(options, True)
     return with_scale_rule(RandomCNNDistance(**{"first_layer": "zero_mean", **opts}), scale)  # type: ignore[arg-type]
 
 
-@register("infinite-cnn", "infinitely wide random CNN: windowed MMD² with the arc-cosine (NNGP) kernel", group="theory")
+@register("infinite-cnn", "infinitely wide random CNN: windowed MMD² with the arc-cosine (NNGP) kernel",
+          group="theory", differentiable=True)
 def _infinite_cnn(**options: object) -> Metric:
     opts, scale = _split(options, True)
     return with_scale_rule(InfiniteCNNDistance(**opts), scale)  # type: ignore[arg-type]
 
 
-@register("random-vgg", "VGG16 trunk with random He filters, five taps, LPIPS-style unit normalisation", group="theory")
+@register("random-vgg", "VGG16 trunk with random He filters, five taps, LPIPS-style unit normalisation",
+          group="theory", differentiable=True)
 def _random_vgg(**options: object) -> Metric:
     opts, scale = _split(options, False)
     if "weights" in opts:
@@ -82,7 +88,8 @@ def _random_vgg(**options: object) -> Metric:
     return with_scale_rule(VGGDistance(**opts), scale)  # type: ignore[arg-type]
 
 
-@register("vgg", "VGG16 trunk with pretrained filters from a local file (option weights=PATH)", group="theory")
+@register("vgg", "VGG16 trunk with pretrained filters from a local file (option weights=PATH)",
+          group="theory", differentiable=True)
 def _vgg(**options: object) -> Metric:
     opts, scale = _split(options, False)
     if opts.get("weights") is None:

@@ -4,7 +4,7 @@ All metrics compare ``[0, 1]`` images ``(N, C, H, W)`` with references of the sa
 over the batch. They are reported, never used for tuning.
 
 * ``psnr`` (dB, higher is better) and ``ssim`` (pytorch-msssim, Gaussian window of 11 px or the largest odd
-  size that fits; higher is better);
+  size that fits; higher is better), the package's one PSNR and SSIM (:mod:`patchmmd.metrics.classic`);
 * ``mse`` on ``[0, 1]``;
 * the distances named in ``distances`` (default ``mmdpp`` and ``random-cnn``; ``vgg`` when a weights file is
   given), as the registry computes them (lower is better);
@@ -27,6 +27,8 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+
+from ..metrics import classic
 
 #: Distances reported besides PSNR / SSIM / MSE / sharpness.
 DEFAULT_DISTANCES: tuple[str, ...] = ("mmdpp", "random-cnn")
@@ -54,19 +56,16 @@ def sharpness_ratio(x: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor, max_db: float = 100.0) -> torch.Tensor:
-    """Per-image PSNR in dB on ``[0, 1]``, capped at ``max_db``: ``(N,)``."""
-    mse = (x - y).pow(2).mean(dim=(1, 2, 3))
-    db = -10.0 * torch.log10(mse.clamp_min(1e-30))
-    return torch.where(mse > 0, db, torch.full_like(mse, max_db)).clamp(max=max_db)
+    """Per-image PSNR in dB on ``[0, 1]``, capped at ``max_db``: ``(N,)`` (:func:`patchmmd.metrics.classic.psnr`)."""
+    return classic.psnr(x, y, max_db=max_db)
 
 
 def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-image SSIM (pytorch-msssim) with an 11 px window, or the largest odd one that fits: ``(N,)``."""
-    import pytorch_msssim
-
+    """Per-image SSIM with an 11 px window, or the largest odd one that fits: ``(N,)``
+    (:func:`patchmmd.metrics.classic.ssim`)."""
     win = min(11, min(x.shape[-2:]))
     win = win if win % 2 == 1 else win - 1
-    return pytorch_msssim.ssim(x.float(), y.float(), data_range=1.0, size_average=False, win_size=win)
+    return classic.ssim(x, y, win_size=win)
 
 
 class Evaluator:

@@ -17,7 +17,15 @@ Two networks (docs/method.md §4 and the seed paper's §1.2):
 
 Weights are drawn in float64 on the CPU from a ``torch.Generator`` seeded with ``seed`` and then cast, so
 a seed gives the same network on every device and dtype. The modules hold no parameters: nothing to
-train, nothing to save.
+train, nothing to save. The weights are non-persistent buffers (absent from ``state_dict``), so ``.to()``,
+``.cuda()``, ``.double()`` move and cast them like any module's; each call computes in the input's dtype on the
+input's device (the cast copy is kept until the module is moved again).
+
+Both modules reduce like PyTorch loss modules: ``reduction="mean"`` by default (a scalar); pass
+``reduction="none"`` for per-image distances ``(N,)``, as the registry's metrics do.
+
+The VGG16 trunk is :mod:`patchmmd.metrics.trunks`' (the one LPIPS and DISTS use), and pretrained files are read
+by :func:`patchmmd.metrics.weights.load_weights`, so a bad file raises :class:`patchmmd.metrics.weights.WeightsError`.
 """
 
 from __future__ import annotations
@@ -44,15 +52,40 @@ from ..core.validation import (
     check_reduction,
     check_seed,
     check_value_range,
-    check_weight_tensor,
     compute_dtype,
     prepare_pair,
     reduce,
 )
+from ..metrics.trunks import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    VGG16_CONFIG,
+    VGG16_CONV_INDICES,
+    VGG16_TAPS,
+    Layer,
+    read_trunk,
+    vgg16_conv_shapes,
+    vgg16_layout,
+    vgg16_taps,
+)
 from .nngp import FIRST_LAYERS, PATCH_NORM_EPS, FirstLayer, Pooling, _pool_window, check_pooling
 
-#: One layer: convolution weight ``(out, in, k, k)`` and bias ``(out,)`` or ``None``.
-Layer = tuple[torch.Tensor, "torch.Tensor | None"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "VGG16_CONFIG",
+    "VGG16_CONV_INDICES",
+    "VGG16_TAPS",
+    "Layer",
+    "RandomCNNDistance",
+    "VGGDistance",
+    "load_vgg16_weights",
+    "pooled_feature_distance",
+    "random_cnn_features",
+    "random_cnn_weights",
+    "vgg16_random_weights",
+    "vgg16_taps",
+]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -140,24 +173,45 @@ def pooled_feature_distance(fx: torch.Tensor, fy: torch.Tensor, pooling: Pooling
     return (grid.pool(fx) - grid.pool(fy)).pow(2).mean(dim=(1, 2, 3))
 
 
-class _WeightCache:
-    """float64 master weights, cast and moved on first use per (device, dtype)."""
+class _LayerBuffers(nn.Module):
+    """Base of the modules whose convolutions are non-persistent buffers ``weight<i>`` / ``bias<i>``.
 
-    def __init__(self, layers: list[Layer]) -> None:
-        self.master = layers
-        self._cache: dict[tuple[torch.device, torch.dtype], list[Layer]] = {}
+    ``.to()``, ``.cuda()``, ``.double()`` move and cast them (they stay out of ``state_dict``: they are drawn
+    from a seed or read from a file, never trained). :meth:`layers` gives them on any device and dtype; casts
+    are cached until the module is moved again.
+    """
 
-    def get(self, device: torch.device, dtype: torch.dtype) -> list[Layer]:
-        key = (device, dtype)
-        if key not in self._cache:
-            self._cache[key] = [
-                (w.to(device=device, dtype=dtype), None if b is None else b.to(device=device, dtype=dtype))
-                for w, b in self.master
+    def _register_layers(self, layers: Sequence[Layer]) -> None:
+        self._num_layers = len(layers)
+        for i, (w, b) in enumerate(layers):
+            self.register_buffer(f"weight{i}", w, persistent=False)
+            self.register_buffer(f"bias{i}", b, persistent=False)
+        self._cast: dict[tuple[torch.device, torch.dtype], list[Layer]] = {}
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]  # nn.Module's own (untyped) signature
+        self._cast = {}
+        return super()._apply(fn, recurse)
+
+    def _own_layers(self) -> list[Layer]:
+        return [(getattr(self, f"weight{i}"), getattr(self, f"bias{i}")) for i in range(self._num_layers)]
+
+    def layers(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> list[Layer]:
+        """The layers ``[(weight, bias or None), ...]`` on ``device`` in ``dtype`` (default: where and as the
+        buffers are: float64 on the CPU unless the module was moved or cast)."""
+        own = self._own_layers()
+        w0 = own[0][0]
+        key = (w0.device if device is None else torch.device(device), w0.dtype if dtype is None else dtype)
+        if key == (w0.device, w0.dtype):
+            return own
+        if key not in self._cast:
+            self._cast[key] = [
+                (w.to(device=key[0], dtype=key[1]), None if b is None else b.to(device=key[0], dtype=key[1]))
+                for w, b in own
             ]
-        return self._cache[key]
+        return self._cast[key]
 
 
-class RandomCNNDistance(nn.Module):
+class RandomCNNDistance(_LayerBuffers):
     """The perceptual distance of a random-filter CNN (docs/method.md §4): ``(1/N) ‖pool F(x) - pool F(y)‖²``.
 
     Args:
@@ -173,17 +227,21 @@ class RandomCNNDistance(nn.Module):
         sigma_w2, sigma_b2: weight variance times fan-in (2: He) and bias variance (0: no bias).
         value_range, out_of_range: the valid pixel range of the inputs (mapped to [-1, 1]) and what to do
             outside it.
-        reduction: ``"none"`` (default) gives ``(N,)``; ``"mean"`` / ``"sum"`` a scalar.
+        reduction: ``"mean"`` (default, as for PyTorch loss modules) or ``"sum"`` give a scalar; ``"none"``
+            gives ``(N,)``.
 
     The value equals the windowed V-statistic MMD² with the empirical kernel ``(1/N) <Φ(p), Φ(q)>``
     exactly, and tends to :class:`patchmmd.theory.nngp.InfiniteCNNDistance` (same options) as ``width -> ∞``.
+    The weights are non-persistent float64 buffers (``.to()`` / ``.cuda()`` / ``.double()`` move them).
 
     Example:
         >>> x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-        >>> d = RandomCNNDistance(width=64, depth=2, pooling=(16, 8))
+        >>> d = RandomCNNDistance(width=64, depth=2, pooling=(16, 8), reduction="none")
         >>> v = d(x, x.roll(2, -1))
         >>> v.shape, bool((v > 0).all()), float(d(x, x).max())
         (torch.Size([2]), True, 0.0)
+        >>> RandomCNNDistance(width=64, depth=2, pooling=(16, 8))(x, x.roll(2, -1)).shape  # default: the mean
+        torch.Size([])
     """
 
     def __init__(
@@ -200,7 +258,7 @@ class RandomCNNDistance(nn.Module):
         in_channels: int = 3,
         value_range: Sequence[float] = (0.0, 1.0),
         out_of_range: OutOfRange = "raise",
-        reduction: Reduction = "none",
+        reduction: Reduction = "mean",
     ) -> None:
         super().__init__()
         self.width, self.depth, self.kernel_size, self.seed = width, depth, kernel_size, seed
@@ -211,16 +269,12 @@ class RandomCNNDistance(nn.Module):
         self.value_range = check_value_range(value_range)
         self.out_of_range: OutOfRange = out_of_range
         self.reduction = check_reduction(reduction)
-        self._weights = _WeightCache(
+        self._register_layers(
             random_cnn_weights(
                 in_channels, width, depth, kernel_size=kernel_size, first_layer=first_layer,
                 sigma_w2=sigma_w2, sigma_b2=sigma_b2, seed=seed,
             )
         )
-
-    def layers(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64) -> list[Layer]:
-        """The network's layers ``[(weight, bias or None), ...]`` on ``device`` in ``dtype``."""
-        return self._weights.get(torch.device(device), dtype)
 
     def _prepare(self, x: object, y: object) -> tuple[torch.Tensor, torch.Tensor, torch.dtype]:
         xs, ys, dtype = prepare_pair(x, y, value_range=self.value_range, out_of_range=self.out_of_range,
@@ -255,30 +309,7 @@ class RandomCNNDistance(nn.Module):
 # VGG16 trunk: random or pretrained filters
 # ----------------------------------------------------------------------------------------------------
 
-#: torchvision's ``vgg16().features`` configuration (numbers: conv output channels; "M": 2x2 max pool).
-VGG16_CONFIG: tuple[int | str, ...] = (
-    64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M",
-)
-#: Indices in ``vgg16().features`` of the convolutions, and of the ReLUs used as taps (relu1_2, relu2_2,
-#: relu3_3, relu4_3, relu5_3; LPIPS's choice).
-VGG16_CONV_INDICES: tuple[int, ...] = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
-VGG16_TAPS: tuple[str, ...] = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
-_TAP_AFTER_CONV = (1, 3, 6, 9, 12)  # 0-based conv numbers whose ReLU is a tap
-_POOL_AFTER_CONV = (1, 3, 6, 9)  # max pooling after these convs (before the next tap)
-#: ImageNet normalisation that torchvision's pretrained VGG16 expects (inputs in [0, 1]).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 VGGFirstLayer = Literal["he", "zero_mean"]
-
-
-def _vgg16_shapes() -> list[tuple[int, int]]:
-    shapes, cin = [], 3
-    for v in VGG16_CONFIG:
-        if v != "M":
-            shapes.append((int(v), cin))
-            cin = int(v)
-    return shapes
 
 
 def vgg16_random_weights(*, seed: int = 0, first_layer: VGGFirstLayer = "he") -> list[Layer]:
@@ -295,14 +326,14 @@ def vgg16_random_weights(*, seed: int = 0, first_layer: VGGFirstLayer = "he") ->
     if first_layer not in ("he", "zero_mean"):
         raise ValueError(f"first_layer must be 'he' or 'zero_mean', got {first_layer!r}")
     check_seed(seed)
-    return [(w.clone(), b.clone()) for w, b in _vgg16_random_weights(seed, first_layer)]
+    return [(w.clone(), None if b is None else b.clone()) for w, b in _vgg16_random_weights(seed, first_layer)]
 
 
 @functools.lru_cache(maxsize=4)
 def _vgg16_random_weights(seed: int, first_layer: str) -> tuple[Layer, ...]:
     gen = torch.Generator(device="cpu").manual_seed(seed)
     layers: list[Layer] = []
-    for i, (cout, cin) in enumerate(_vgg16_shapes()):
+    for i, (cout, cin) in enumerate(vgg16_conv_shapes()):
         w = torch.randn(cout, cin, 3, 3, generator=gen, dtype=torch.float64) * (2.0 / (cin * 9)) ** 0.5
         if i == 0 and first_layer == "zero_mean":
             w = w - w.mean(dim=(2, 3), keepdim=True)
@@ -315,59 +346,26 @@ def load_vgg16_weights(path: str | os.PathLike[str]) -> list[Layer]:
 
     The file is what ``torch.save(torchvision.models.vgg16(weights=...).state_dict(), path)`` writes
     (keys ``features.<i>.weight`` and ``features.<i>.bias``; classifier keys are ignored); a state dict
-    of the ``features`` module alone (keys ``<i>.weight``) is accepted too. Loaded with
-    ``weights_only=True``: tensors only, never code. Nothing is downloaded.
+    of the ``features`` module alone (keys ``<i>.weight``) is accepted too. Read by the package's one weight
+    reader (:func:`patchmmd.metrics.trunks.read_trunk`, :func:`patchmmd.metrics.weights.load_weights`):
+    ``weights_only=True``, tensors only, never code. Nothing is downloaded.
 
     Raises:
-        FileNotFoundError: no file at ``path``.
-        ValueError: the file is not a weights-only state dict, its keys or shapes are not VGG16's, or a
-            weight is not a real floating-point tensor of finite values (the message names the file and key).
+        WeightsFileNotFoundError: no file at ``path`` (a ``FileNotFoundError`` and a ``WeightsError``).
+        WeightsError: (a ``ValueError``) the file is not a weights-only state dict, its keys or shapes are not
+            VGG16's, or a weight is not a real floating-point tensor of finite values (the message names the
+            file and key).
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"VGG16 weights file not found: {path!r}. patchmmd downloads nothing; save torchvision's weights "
-            "once with torch.save(torchvision.models.vgg16(weights='IMAGENET1K_V1').state_dict(), path)"
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # any failure to read is reported the same way
-        raise ValueError(f"cannot read {path!r} as a weights-only PyTorch state dict: {e}") from None
-    if not isinstance(state, dict):
-        raise ValueError(f"{path!r} must hold a state dict (a mapping of names to tensors), got {type(state).__name__}")
-    prefix = "features." if any(str(k).startswith("features.") for k in state) else ""
-    layers: list[Layer] = []
-    for idx, (cout, cin) in zip(VGG16_CONV_INDICES, _vgg16_shapes(), strict=True):
-        wkey, bkey = f"{prefix}{idx}.weight", f"{prefix}{idx}.bias"
-        if wkey not in state or bkey not in state:
-            raise ValueError(
-                f"{path!r} is not a VGG16 state dict in torchvision's layout: missing {wkey!r} / {bkey!r} "
-                f"(found keys such as {sorted(map(str, state))[:6]})"
-            )
-        w = check_weight_tensor(repr(path), wkey, state[wkey])
-        b = check_weight_tensor(repr(path), bkey, state[bkey])
-        if tuple(w.shape) != (cout, cin, 3, 3):
-            raise ValueError(f"{path!r}: {wkey} must have shape {(cout, cin, 3, 3)} (VGG16), got {tuple(w.shape)}")
-        if tuple(b.shape) != (cout,):
-            raise ValueError(f"{path!r}: {bkey} must have shape {(cout,)} (VGG16), got {tuple(b.shape)}")
-        layers.append((w.detach().to(torch.float64), b.detach().to(torch.float64)))
-    return layers
+    state = read_trunk(
+        os.fspath(path), vgg16_layout(), metric="vgg", arch="VGG16", option="weights",
+        hint="patchmmd downloads nothing; save torchvision's weights once with "
+             "torch.save(torchvision.models.vgg16(weights='IMAGENET1K_V1').state_dict(), path)",
+    )
+    return [(state[f"{idx}.weight"].detach().to(torch.float64), state[f"{idx}.bias"].detach().to(torch.float64))
+            for idx in VGG16_CONV_INDICES]
 
 
-def vgg16_taps(x: torch.Tensor, layers: Sequence[Layer]) -> list[torch.Tensor]:
-    """The five tap feature maps of the VGG16 trunk for ImageNet-normalised input ``x``."""
-    taps = []
-    h = x
-    for i, (w, b) in enumerate(layers):
-        h = torch.relu(F.conv2d(h, w, b, padding=1))
-        if i in _TAP_AFTER_CONV:
-            taps.append(h)
-        if i in _POOL_AFTER_CONV:
-            h = F.max_pool2d(h, 2)
-    return taps
-
-
-class VGGDistance(nn.Module):
+class VGGDistance(_LayerBuffers):
     """Perceptual distance of a VGG16 trunk with random or pretrained filters, summed over five taps.
 
     Per tap (``relu1_2 ... relu5_3``): with ``normalize=True`` (LPIPS's untrained "baseline"), each pixel's
@@ -381,17 +379,21 @@ class VGGDistance(nn.Module):
         first_layer: ``"he"`` or ``"zero_mean"`` (random filters only).
         seed: seed of the random filters.
         normalize: unit-normalise channel vectors per tap (LPIPS convention).
-        value_range, out_of_range, reduction: as in :class:`RandomCNNDistance`.
+        value_range, out_of_range, reduction: as in :class:`RandomCNNDistance` (``reduction="mean"`` by default).
 
+    The trunk is :func:`patchmmd.metrics.trunks.vgg16_taps` (the one LPIPS-VGG and DISTS run); its 13
+    convolutions are non-persistent float64 buffers (``.to()`` / ``.cuda()`` / ``.double()`` move them).
     Inputs are mapped to [0, 1] and normalised with ImageNet's mean and standard deviation (what the
     pretrained weights expect; used for random filters too, so the two compare like for like). Images
     must be at least 16x16 (four 2x2 max poolings before the last tap).
 
     Example:
         >>> d = VGGDistance(seed=0, first_layer="zero_mean")
-        >>> x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        >>> x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
         >>> bool(d(x, x.flip(-1)) > 0), float(d(x, x))
         (True, 0.0)
+        >>> VGGDistance(seed=0, reduction="none")(x, x.flip(-1)).shape
+        torch.Size([2])
     """
 
     def __init__(
@@ -403,7 +405,7 @@ class VGGDistance(nn.Module):
         normalize: bool = True,
         value_range: Sequence[float] = (0.0, 1.0),
         out_of_range: OutOfRange = "raise",
-        reduction: Reduction = "none",
+        reduction: Reduction = "mean",
     ) -> None:
         super().__init__()
         check_bool("normalize", normalize)
@@ -415,15 +417,11 @@ class VGGDistance(nn.Module):
                 raise ValueError("first_layer applies to random filters only; pass first_layer='he' with weights=")
             layers = load_vgg16_weights(weights)
             self.source = f"pretrained ({os.fspath(weights)})"
-        self._weights = _WeightCache(layers)
+        self._register_layers(layers)
         self.normalize = check_bool("normalize", normalize)
         self.value_range = check_value_range(value_range)
         self.out_of_range: OutOfRange = out_of_range
         self.reduction = check_reduction(reduction)
-
-    def layers(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64) -> list[Layer]:
-        """The 13 convolutions ``[(weight, bias), ...]`` on ``device`` in ``dtype``."""
-        return self._weights.get(torch.device(device), dtype)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x, y = check_pair(x, y, value_range=self.value_range, out_of_range=self.out_of_range, min_size=16)

@@ -421,14 +421,17 @@ def infinite_cnn_distance(
 class InfiniteCNNDistance(nn.Module):
     """:func:`infinite_cnn_distance` as a module (no parameters; options only).
 
-    ``reduction`` defaults to ``"none"`` (per-image distances ``(N,)``), other arguments as in
-    :func:`infinite_cnn_distance`.
+    ``reduction`` defaults to ``"mean"`` (a scalar), as for PyTorch loss modules and every module of the
+    package; ``reduction="none"`` gives per-image distances ``(N,)`` (the function's default). Other arguments
+    as in :func:`infinite_cnn_distance`.
 
     Example:
-        >>> m = InfiniteCNNDistance(depth=2, pooling=(16, 8))
+        >>> m = InfiniteCNNDistance(depth=2, pooling=(16, 8), reduction="none")
         >>> x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
         >>> m(x, x.roll(3, -1)).shape
         torch.Size([2])
+        >>> InfiniteCNNDistance(depth=2, pooling=(16, 8))(x, x.roll(3, -1)).shape
+        torch.Size([])
     """
 
     def __init__(
@@ -442,7 +445,7 @@ class InfiniteCNNDistance(nn.Module):
         sigma_b2: float = 0.0,
         value_range: Sequence[float] = (0.0, 1.0),
         out_of_range: OutOfRange = "raise",
-        reduction: Reduction = "none",
+        reduction: Reduction = "mean",
     ) -> None:
         super().__init__()
         _check_kernel_options(depth, sigma_w2, sigma_b2, first_layer)

@@ -1,0 +1,148 @@
+"""The classic image-quality scores: PSNR, SSIM and MS-SSIM — one implementation each.
+
+The registry's ``psnr``, ``ssim``, ``ssim-downsampled`` and ``ms-ssim`` (group ``"baselines"``), the task
+reports (:mod:`patchmmd.tasks.report`) and the ``ssim`` training loss (:mod:`patchmmd.tasks.losses`) all call
+:func:`psnr`, :func:`ssim` and :func:`ms_ssim`. Inputs are image batches ``(N, C, H, W)`` on ``[0, 1]``; every
+function returns one value per image, ``(N,)``, higher for more similar images, and is differentiable.
+
+* :func:`psnr`: ``10·log10(1 / MSE)`` dB, computed in float64, capped at ``max_db`` (identical images give the cap).
+* :func:`ssim`: pytorch-msssim's SSIM (11×11 Gaussian window, σ 1.5), channels averaged; ``downsample=True``
+  first average-pools by ``f = max(1, round(min(H, W) / 256))`` as Wang et al.'s reference ``ssim.m`` does.
+* :func:`ms_ssim`: pytorch-msssim's 5-scale MS-SSIM.
+
+This module imports without pytorch-msssim; the SSIM functions import it when called.
+
+Example:
+    >>> import torch
+    >>> x = torch.zeros(1, 1, 4, 4)
+    >>> psnr(x, x + 0.1).item(), psnr(x, x).item()
+    (20.0, 100.0)
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import torch
+import torch.nn.functional as F
+
+from .registry import Metric, register
+
+__all__ = ["MAX_PSNR", "check_batch", "ms_ssim", "psnr", "ssim"]
+
+#: The cap of :func:`psnr` in dB (what identical images score).
+MAX_PSNR = 100.0
+
+
+def check_batch(x: torch.Tensor, y: torch.Tensor) -> None:
+    """``TypeError`` / ``ValueError`` unless ``x`` and ``y`` are image batches ``(N, C, H, W)`` of one shape."""
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise TypeError(f"x and y must be tensors, got {type(x).__name__} and {type(y).__name__}")
+    if x.dim() != 4 or x.shape != y.shape:
+        raise ValueError(f"x and y must be image batches (N, C, H, W) of the same shape, got {tuple(x.shape)} "
+                         f"and {tuple(y.shape)}")
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor, *, data_range: float = 1.0, max_db: float = MAX_PSNR) -> torch.Tensor:
+    """PSNR in dB per image, ``10·log10(range² / MSE)``, capped at ``max_db`` (identical images give the cap).
+
+    Example:
+        >>> x = torch.zeros(1, 1, 4, 4)
+        >>> psnr(x, x + 0.1).item()
+        20.0
+        >>> psnr(x, x).item()
+        100.0
+    """
+    check_batch(x, y)
+    mse = (x.double() - y.double()).pow(2).flatten(1).mean(1)
+    floor = data_range**2 * 10.0 ** (-max_db / 10.0)
+    return (10.0 * torch.log10(data_range**2 / mse.clamp_min(floor))).to(x.dtype if x.is_floating_point() else
+                                                                       torch.float32)
+
+
+def _msssim_module() -> ModuleType:
+    try:
+        import pytorch_msssim
+    except ImportError as e:
+        raise ImportError(
+            "the SSIM baselines need pytorch-msssim: `pip install 'patchmmd[baselines]'` (or `pip install "
+            "pytorch-msssim`)"
+        ) from e
+    return pytorch_msssim
+
+
+def _check_ssim_size(x: torch.Tensor, win_size: int, scales: int, name: str) -> None:
+    need = (win_size - 1) * 2 ** (scales - 1) if scales > 1 else win_size - 1
+    if min(x.shape[-2:]) <= need:
+        hint = "use `ssim`, or pass win_size=3 (images > 32 px)" if scales > 1 else "pass a smaller win_size"
+        raise ValueError(
+            f"{name} with win_size={win_size} needs images larger than {need} px on the short side, got "
+            f"{tuple(x.shape[-2:])}: {hint}"
+        )
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, *, win_size: int = 11, downsample: bool = False,
+         name: str = "ssim") -> torch.Tensor:
+    """SSIM per image (pytorch-msssim, Gaussian window of ``win_size`` px, σ 1.5; channels averaged): ``(N,)``.
+
+    ``downsample=True`` first average-pools both images by ``max(1, round(min(H, W) / 256))`` (the reference
+    code's scale step; what published LIVE numbers use). ``name`` is the caller's name in error messages.
+    """
+    ms = _msssim_module()
+    check_batch(x, y)
+    if downsample:
+        f = max(1, round(min(x.shape[-2:]) / 256))
+        if f > 1:
+            x, y = F.avg_pool2d(x, f), F.avg_pool2d(y, f)
+    _check_ssim_size(x, win_size, 1, name)
+    return ms.ssim(x.float(), y.float(), data_range=1.0, size_average=False, win_size=win_size)
+
+
+def ms_ssim(x: torch.Tensor, y: torch.Tensor, *, win_size: int = 11) -> torch.Tensor:
+    """Multi-scale SSIM per image (pytorch-msssim, 5 scales; images larger than ``16·(win_size − 1)`` px): ``(N,)``."""
+    ms = _msssim_module()
+    check_batch(x, y)
+    _check_ssim_size(x, win_size, 5, "ms-ssim")
+    return ms.ms_ssim(x.float(), y.float(), data_range=1.0, size_average=False, win_size=win_size)
+
+
+@register("psnr", "peak signal-to-noise ratio in dB on [0, 1] (capped at 100 dB)", higher_is_better=True,
+          group="baselines", differentiable=True)
+def _psnr(*, max_db: float = MAX_PSNR) -> Metric:
+    def metric(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return psnr(x, y, max_db=float(max_db))
+
+    return metric
+
+
+def _ssim_metric(win_size: int, downsample: bool, name: str) -> Metric:
+    _msssim_module()  # fail when built, not when called
+
+    def metric(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return ssim(x, y, win_size=win_size, downsample=downsample, name=name)
+
+    return metric
+
+
+@register("ssim", "SSIM (pytorch-msssim, 11x11 Gaussian window) at the image's own resolution",
+          higher_is_better=True, group="baselines", differentiable=True)
+def _ssim(*, win_size: int = 11) -> Metric:
+    return _ssim_metric(int(win_size), False, "ssim")
+
+
+@register("ssim-downsampled", "SSIM after the reference code's downsampling by round(min(H,W)/256)",
+          higher_is_better=True, group="baselines", differentiable=True)
+def _ssim_downsampled(*, win_size: int = 11) -> Metric:
+    return _ssim_metric(int(win_size), True, "ssim-downsampled")
+
+
+@register("ms-ssim", "multi-scale SSIM (pytorch-msssim, 5 scales; images > 160 px)", higher_is_better=True,
+          group="baselines", differentiable=True)
+def _ms_ssim(*, win_size: int = 11) -> Metric:
+    _msssim_module()
+    win = int(win_size)
+
+    def metric(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return ms_ssim(x, y, win_size=win)
+
+    return metric

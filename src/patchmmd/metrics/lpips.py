@@ -1,0 +1,114 @@
+"""LPIPS v0.1 (Zhang et al. 2018) on an AlexNet or VGG16 trunk, from local weight files only.
+
+Registered as ``lpips-alex`` and ``lpips-vgg`` (group ``"baselines"``); both need two files, passed as options:
+``backbone=`` the trunk in torchvision's layout (:func:`patchmmd.metrics.trunks.read_trunk`) and ``weights=``
+the lpips package's ``weights/v0.1/alex.pth`` or ``vgg.pth`` (``lin0.model.1.weight`` … ``lin4.model.1.weight``,
+shapes ``(1, C, 1, 1)``). Files are read by :func:`patchmmd.metrics.weights.load_weights` (weights only, nothing
+downloaded). The metric is differentiable (gradients flow when an input requires them).
+
+Example:
+    >>> from patchmmd.metrics.registry import get_metric
+    >>> get_metric("lpips-alex")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    patchmmd.metrics.weights.WeightsError: metric 'lpips-alex' needs backbone=PATH: ...
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from .classic import check_batch
+from .registry import Metric, register
+from .trunks import (
+    alexnet_features,
+    alexnet_taps,
+    conv_layers,
+    freeze,
+    load_trunk,
+    module_metric,
+    vgg16_features,
+    vgg16_taps,
+)
+from .weights import WeightsPath, check_layout, load_weights
+
+__all__ = ["LPIPS"]
+
+
+class LPIPS(nn.Module):
+    """LPIPS v0.1 (Zhang et al. 2018): unit-normalised trunk features, squared differences, learned 1×1 heads.
+
+    Inputs are image batches in [0, 1]; they are mapped to [-1, 1] and shifted/scaled as LPIPS does. Output:
+    one distance per image ``(N,)`` (spatial average, summed over the five layers). Build it with
+    :meth:`from_files` (or the registry's ``lpips-alex`` / ``lpips-vgg``).
+
+    Example:
+        >>> m = LPIPS("alex")  # random weights: for shape checks only
+        >>> x = torch.rand(2, 3, 64, 64)
+        >>> m(x, x).abs().max().item() < 1e-6, m(x, x.flip(-1)).shape
+        (True, torch.Size([2]))
+    """
+
+    shift: torch.Tensor
+    scale: torch.Tensor
+    _CHANNELS: ClassVar[dict[str, tuple[int, ...]]] = {
+        "alex": (64, 192, 384, 256, 256), "vgg": (64, 128, 256, 512, 512)}
+
+    def __init__(self, net: str = "alex") -> None:
+        super().__init__()
+        if net not in self._CHANNELS:
+            raise ValueError(f"net must be 'alex' or 'vgg', got {net!r}")
+        self.net = net
+        self.features = alexnet_features() if net == "alex" else vgg16_features()
+        self.lins = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in self._CHANNELS[net])
+        self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1))
+        self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1))
+        freeze(self)
+
+    @classmethod
+    def from_files(cls, net: str, backbone: WeightsPath, weights: WeightsPath) -> LPIPS:
+        """Build LPIPS from a torchvision trunk file and an LPIPS head file (see the module docstring)."""
+        metric = f"lpips-{net}"
+        m = cls(net)
+        load_trunk(m.features, backbone, metric=metric, arch="AlexNet" if net == "alex" else "VGG16")
+        head = load_weights(weights, what=f"the LPIPS v0.1 linear heads (lpips package weights/v0.1/{net}.pth)",
+                            metric=metric, option="weights")
+        renamed = {}
+        for k, v in head.items():
+            parts = k.split(".")
+            if len(parts) == 4 and parts[0].startswith("lin") and parts[1] == "model" and parts[3] == "weight":
+                renamed[f"{parts[0][3:]}.weight"] = v
+            else:
+                renamed[k] = v
+        check_layout(renamed, m.lins.state_dict(), metric=metric, option="weights", path=weights)
+        m.lins.load_state_dict({k: v.float() for k, v in renamed.items()})
+        freeze(m)
+        return m
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        check_batch(x, y)
+        h = torch.cat([x, y]).float()
+        h = ((2 * h - 1) - self.shift) / self.scale
+        n = x.shape[0]
+        total = torch.zeros(n, device=x.device)
+        taps = alexnet_taps(h, self.features) if self.net == "alex" else vgg16_taps(h, conv_layers(self.features))
+        for lin, f in zip(self.lins, taps, strict=True):
+            f = f / (f.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+            d = (f[:n] - f[n:]).pow(2)
+            total = total + lin(d).mean((1, 2, 3))
+        return total
+
+
+@register("lpips-alex", "LPIPS v0.1, AlexNet trunk; needs backbone=PATH and weights=PATH (local files)",
+          group="baselines", differentiable=True)
+def _lpips_alex(*, backbone: WeightsPath = None, weights: WeightsPath = None) -> Metric:
+    return module_metric(LPIPS.from_files("alex", backbone, weights))
+
+
+@register("lpips-vgg", "LPIPS v0.1, VGG16 trunk; needs backbone=PATH and weights=PATH (local files)",
+          group="baselines", differentiable=True)
+def _lpips_vgg(*, backbone: WeightsPath = None, weights: WeightsPath = None) -> Metric:
+    return module_metric(LPIPS.from_files("vgg", backbone, weights))
