@@ -26,7 +26,8 @@ import torch
 
 from .aligned import l2_map, local_map
 from .features import FeatureKind
-from .mmd import Estimator, check_mmd_options, check_sigma, target_window_means, windowed_mmd2
+from .mmd import Estimator, check_mmd_options, check_sigma, windowed_mmd2
+from .rff import target_window_means
 from .scale import MAX_SCALES, Level, downsample, pyramid_levels, upsample_map
 from .validation import (
     OutOfRange,

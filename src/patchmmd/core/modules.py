@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from .features import FeatureKind
-from .mmd import DEFAULT_NUM_FEATURES, Estimator, check_mmd_options, patch_mmd
+from .mmd import Estimator, check_mmd_options, patch_mmd
 from .mmdpp import MMDPPConfig, MMDPPTarget, distance_map, get_config, mmdpp, precompute_target
+from .rff import DEFAULT_NUM_FEATURES
 from .validation import OutOfRange, Reduction, check_reduction, check_value_range
 
 
