@@ -63,7 +63,7 @@ import sys
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import lru_cache
@@ -420,7 +420,7 @@ class NativeKernels:
     def _threads(self, tasks: int) -> int:
         return max(1, min(torch.get_num_threads(), tasks))
 
-    def _map(self, fn: Callable[..., None], tasks: list[tuple[int, ...]], threads: int) -> None:
+    def _map(self, fn: Callable[..., None], tasks: Sequence[tuple[int, ...]], threads: int) -> None:
         """Run ``fn(slot, *task)`` for every task on ``threads`` threads: the calling thread (slot 0) and
         ``threads - 1`` pool workers (slots 1, 2, ...) take the next task from a shared counter until none is
         left. ``slot`` says which per-thread work buffer to use. Returns only when every worker is done,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -101,12 +102,12 @@ class MMDPPConfig:
         """The smallest side a level may have: the larger of the two patch sizes (reflect padding needs it)."""
         return max(self.patch_size, self.local_patch_size)
 
-    def replace(self, **options: object) -> MMDPPConfig:
+    def replace(self, **options: Any) -> MMDPPConfig:
         """A copy with ``options`` changed; an unknown option name raises ``TypeError`` listing the valid ones."""
         unknown = sorted(set(options) - set(OPTION_NAMES))
         if unknown:
             raise TypeError(f"unknown option(s) {unknown}; valid options are {sorted(OPTION_NAMES)}")
-        return dataclasses.replace(self, **options)  # type: ignore[arg-type]
+        return dataclasses.replace(self, **options)
 
     def levels(self, height: int, width: int) -> list[Level]:
         """The scale rule's levels for an ``height x width`` image.

@@ -7,6 +7,7 @@ module has no parameters, nothing to train, and no weights to download or save.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -110,7 +111,7 @@ class PatchMMD(nn.Module):
             patch_size=patch_size, sigma=sigma, window=window, stride=stride, estimator=estimator,
             num_features=num_features, features=features, seed=seed, center=center,
         )
-        self.options = dict(
+        self.options: dict[str, Any] = dict(
             patch_size=patch_size, sigma=sigma, window=window, stride=stride, center=center,
             estimator=estimator, num_features=num_features, features=features, seed=seed,
             value_range=check_value_range(value_range), out_of_range=out_of_range,
@@ -118,7 +119,7 @@ class PatchMMD(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return patch_mmd(x, y, **self.options)  # type: ignore[arg-type]
+        return patch_mmd(x, y, **self.options)
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.options.items())

@@ -127,7 +127,8 @@ class _RFFBlockMeans(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, xp, feats, block, hc, wc, need_grad):  # type: ignore[no-untyped-def,override]
+    def forward(ctx: Any, xp: torch.Tensor, feats: PairedFeatures, block: tuple[int, int], hc: int, wc: int,
+                need_grad: bool) -> torch.Tensor:
         n = xp.shape[0]
         k, m, n_sin = feats.patch_size, feats.m, feats.n_sin
         bh, bw = block
@@ -154,7 +155,7 @@ class _RFFBlockMeans(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad):  # type: ignore[no-untyped-def,override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         feats, (bh, bw), hc, wc = ctx.feats, ctx.block, ctx.hc, ctx.wc
         k, m, n_sin = feats.patch_size, feats.m, feats.n_sin
         hb, wb = hc // bh, wc // bw
