@@ -68,9 +68,9 @@ def test_compiled_pytorch_path_float32_with_kernels_off():
 
 def test_compiled_pytorch_path_in_feature_chunks(monkeypatch):
     """More features than one chunk holds: chunks recomputed in the backward pass, same numbers."""
-    import patchmmd.core.mmd as mmd
+    import patchmmd.core.rff as rff
 
-    monkeypatch.setattr(mmd, "MAX_FEATURE_ELEMENTS", 2 * 64 * 64 * 50)
+    monkeypatch.setattr(rff, "MAX_FEATURE_ELEMENTS", 2 * 64 * 64 * 50)
     x, y = _pair(torch.float64)
     _assert_compiled_equals_eager(x, y, "aot_eager")
 

@@ -21,8 +21,8 @@ import torch
 import patchmmd
 from patchmmd import _native
 from patchmmd.core.features import random_features
-from patchmmd.core.mmd import paired_features, rff_window_means
 from patchmmd.core.patches import window_grid
+from patchmmd.core.rff import paired_features, rff_window_means
 
 needs_native = pytest.mark.skipif(_native.kernels() is None, reason="no C compiler: the PyTorch path is used")
 

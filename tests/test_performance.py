@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-import patchmmd.core.mmd as mmd
+import patchmmd.core.rff as rff
 from patchmmd.core.features import random_features
 from patchmmd.core.mmdpp import MMDPPTarget, mmdpp, precompute_target
 from patchmmd.core.modules import MMDPP
@@ -35,8 +35,8 @@ def test_fast_path_equals_reference(kind, r, hw, window):
     w, b = random_features(3, 3, 0.54, r, seed=1, kind=kind, dtype=torch.float64)
     grid = window_grid(*hw, window, 16)
     xr, xf = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    ref = mmd.pooled_cos_features(xr, w, b, grid)
-    fast = mmd.rff_window_means(xf, mmd.paired_features(w, b), grid)
+    ref = rff.pooled_cos_features(xr, w, b, grid)
+    fast = rff.rff_window_means(xf, rff.paired_features(w, b), grid)
     torch.testing.assert_close(fast, ref, rtol=0, atol=1e-13)
     co = torch.randn_like(ref)
     (ref * co).sum().backward()
@@ -46,9 +46,9 @@ def test_fast_path_equals_reference(kind, r, hw, window):
 
 def test_pairs_detected_only_for_the_stratified_law():
     w, b = random_features(3, 3, 0.54, 512, seed=0)
-    assert (mmd.paired_features(w, b).m, mmd.paired_features(w, b).n_sin) == (256, 256)
+    assert (rff.paired_features(w, b).m, rff.paired_features(w, b).n_sin) == (256, 256)
     w, b = random_features(3, 3, 0.54, 512, seed=0, kind="iid")
-    assert (mmd.paired_features(w, b).m, mmd.paired_features(w, b).n_sin) == (512, 0)
+    assert (rff.paired_features(w, b).m, rff.paired_features(w, b).n_sin) == (512, 0)
 
 
 def test_recomputing_backward_equals_saved_backward(monkeypatch):
@@ -56,8 +56,8 @@ def test_recomputing_backward_equals_saved_backward(monkeypatch):
     xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
     va = mmdpp(xa, y)
     (ga,) = torch.autograd.grad(va.sum(), xa)
-    monkeypatch.setattr(mmd, "MAX_FEATURE_ELEMENTS", 0)
-    monkeypatch.setattr(mmd, "TILE_ELEMENTS", 4096)
+    monkeypatch.setattr(rff, "MAX_FEATURE_ELEMENTS", 0)
+    monkeypatch.setattr(rff, "TILE_ELEMENTS", 4096)
     vb = mmdpp(xb, y)
     (gb,) = torch.autograd.grad(vb.sum(), xb)
     torch.testing.assert_close(vb, va, rtol=1e-12, atol=0)

@@ -180,13 +180,13 @@ def test_cuda_matches_cpu(estimator):
 
 
 def test_rff_memory_chunking_does_not_change_the_value(monkeypatch):
-    import patchmmd.core.mmd as mmd
+    import patchmmd.core.rff as rff
 
     x, y = _images(shape=(1, 3, 64, 64))
     xg = x.clone().requires_grad_(True)
     full = patchmmd.patch_mmd(xg, y, estimator="rff")
     (g_full,) = torch.autograd.grad(full.sum(), xg)
-    monkeypatch.setattr(mmd, "MAX_FEATURE_ELEMENTS", 3 * 64 * 64 * 2)
+    monkeypatch.setattr(rff, "MAX_FEATURE_ELEMENTS", 3 * 64 * 64 * 2)
     chunked = patchmmd.patch_mmd(xg, y, estimator="rff")
     (g_chunked,) = torch.autograd.grad(chunked.sum(), xg)
     torch.testing.assert_close(chunked, full, rtol=1e-12, atol=0)

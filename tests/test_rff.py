@@ -8,7 +8,7 @@ import torch
 
 import patchmmd
 from patchmmd.core.features import random_features
-from patchmmd.core.mmd import DEFAULT_NUM_FEATURES
+from patchmmd.core.rff import DEFAULT_NUM_FEATURES
 
 
 @pytest.fixture(scope="module")

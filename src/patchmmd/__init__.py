@@ -11,14 +11,13 @@ Example:
     torch.Size([2])
 """
 
+from ._version import __version__
 from .core.aligned import l2_distance, local_distance
 from .core.mmd import patch_mmd
 from .core.mmdpp import PRESETS, MMDPPConfig, MMDPPTarget, distance_map, get_config, mmdpp, precompute_target
 from .core.modules import MMDPP, PatchMMD
 from .theory.cnn import RandomCNNDistance, VGGDistance, load_vgg16_weights
 from .theory.nngp import InfiniteCNNDistance, NNGPKernel, infinite_cnn_distance, kappa1, nngp_kernel
-
-__version__ = "0.1.0"
 
 __all__ = [
     "MMDPP",

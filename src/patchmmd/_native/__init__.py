@@ -63,12 +63,11 @@ import sys
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -421,7 +420,7 @@ class NativeKernels:
     def _threads(self, tasks: int) -> int:
         return max(1, min(torch.get_num_threads(), tasks))
 
-    def _map(self, fn: Callable[..., None], tasks: list[tuple[int, ...]], threads: int) -> None:
+    def _map(self, fn: Callable[..., None], tasks: Sequence[tuple[int, ...]], threads: int) -> None:
         """Run ``fn(slot, *task)`` for every task on ``threads`` threads: the calling thread (slot 0) and
         ``threads - 1`` pool workers (slots 1, 2, ...) take the next task from a shared counter until none is
         left. ``slot`` says which per-thread work buffer to use. Returns only when every worker is done,
@@ -667,97 +666,7 @@ def _load() -> NativeKernels | None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-# ------------------------------------------------------------------------------- PyTorch operators
-# The kernels as operators ``torch.ops.patchmmd.rff_block_sums`` / ``rff_grad_image``: with fake (meta)
-# implementations, so ``torch.compile`` traces through them in one graph, and an autograd formula, so the
-# forward op is differentiable in ``xp`` (the filters and phases are constants: no gradient). Only float32
-# CPU tensors may reach them; the estimator routes everything else to its PyTorch path before it calls them.
-# PyTorch's on-disk AOTAutograd cache keys a graph by the operators' names, not by their autograd formula or
-# implementation: give the ops new names (a version suffix) whenever those change.
-
-
-def _required() -> NativeKernels:
-    nk = kernels()
-    if nk is None:
-        raise RuntimeError(
-            "patchmmd: the compiled CPU kernels are unavailable or turned off (PATCHMMD_NATIVE=0, "
-            "_native.disabled()); a graph traced while they were on cannot run without them: compile it again"
-        )
-    return nk
-
-
-def _check_op_inputs(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, hc: int, wc: int, bh: int,
-                     bw: int, k: int) -> None:
-    """What the C kernels assume of their arguments (a violation would read or write out of bounds)."""
-    for name, t, dim in (("xp", xp, 4), ("weight", weight, 2), ("phase", phase, 1)):
-        if t.device.type != "cpu" or t.dtype != torch.float32 or t.dim() != dim or not t.is_contiguous():
-            raise ValueError(f"patchmmd::rff ops: {name} must be a contiguous {dim}-D float32 CPU tensor, "
-                             f"got {tuple(t.shape)} {t.dtype} on {t.device}")
-    _, c, hp, wp = xp.shape
-    m = weight.shape[0]
-    if min(hc, wc, bh, bw, k) < 1 or hc % bh or wc % bw:
-        raise ValueError(f"patchmmd::rff ops: bad geometry hc={hc} wc={wc} bh={bh} bw={bw} k={k}")
-    if hp < hc + k - 1 or wp < _round_up(wc, VECTOR) + k - 1:
-        raise ValueError(f"patchmmd::rff ops: xp {tuple(xp.shape)} is too small for hc={hc}, wc={wc}, k={k} "
-                         f"(rows padded to a multiple of {VECTOR})")
-    if m % BLOCK_FEATURES or weight.shape[1] != c * k * k or phase.shape[0] != m:
-        raise ValueError(f"patchmmd::rff ops: weight {tuple(weight.shape)} / phase {tuple(phase.shape)} must be "
-                         f"(m, C k²) / (m,) with m a multiple of {BLOCK_FEATURES}")
-
-
-@torch.library.custom_op("patchmmd::rff_block_sums", mutates_args=(), device_types="cpu")
-def rff_block_sums(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, hc: int, wc: int, bh: int, bw: int,
-                   k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sums of ``cos z`` and ``sin z``, ``z_j = weight_j . P(xp) + phase_j``, over ``bh x bw`` blocks of the
-    ``hc x wc`` patch centres: two ``(N, m, hc/bh, wc/bw)`` tensors. ``xp`` ``(N, C, Hp, Wp)``,
-    ``Hp >= hc + k - 1``, ``Wp >= round_up(wc, VECTOR) + k - 1``; ``m`` a multiple of :data:`BLOCK_FEATURES`."""
-    _check_op_inputs(xp, weight, phase, hc, wc, bh, bw, k)
-    return _required().block_sums_split(xp, weight, phase, hc, wc, bh, bw, k)
-
-
-@rff_block_sums.register_fake
-def _rff_block_sums_fake(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, hc: int, wc: int, bh: int,
-                         bw: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    shape = (xp.shape[0], weight.shape[0], hc // bh, wc // bw)
-    return xp.new_empty(shape), xp.new_empty(shape)
-
-
-@torch.library.custom_op("patchmmd::rff_grad_image", mutates_args=(), device_types="cpu")
-def rff_grad_image(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, g_cos: torch.Tensor,
-                   g_sin: torch.Tensor, hc: int, wc: int, bh: int, bw: int, k: int) -> torch.Tensor:
-    """Gradient of a loss with respect to ``xp`` (its shape), given its gradients ``g_cos``, ``g_sin``
-    (``(N, m, hc/bh, wc/bw)`` float32 each) with respect to the two outputs of :func:`rff_block_sums`."""
-    _check_op_inputs(xp, weight, phase, hc, wc, bh, bw, k)
-    shape = (xp.shape[0], weight.shape[0], hc // bh, wc // bw)
-    for name, t in (("g_cos", g_cos), ("g_sin", g_sin)):
-        if tuple(t.shape) != shape or t.dtype != torch.float32 or t.device.type != "cpu":
-            raise ValueError(f"patchmmd::rff_grad_image: {name} must be a float32 CPU tensor of shape {shape}, "
-                             f"got {tuple(t.shape)} {t.dtype} on {t.device}")
-    # Contiguous first: the vectorised atan2 and the one for broadcast (stride-0) gradients round differently.
-    amp, phs = grad_polar(g_cos.contiguous(), g_sin.contiguous())
-    return _required().grad_image_polar(xp, weight, phase, amp, phs, hc, wc, bh, bw, k)
-
-
-@rff_grad_image.register_fake
-def _rff_grad_image_fake(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, g_cos: torch.Tensor,
-                         g_sin: torch.Tensor, hc: int, wc: int, bh: int, bw: int, k: int) -> torch.Tensor:
-    return xp.new_empty(xp.shape)
-
-
-def _block_sums_setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
-    xp, weight, phase, hc, wc, bh, bw, k = inputs
-    ctx.save_for_backward(xp, weight, phase)
-    ctx.geometry = (hc, wc, bh, bw, k)
-
-
-def _block_sums_backward(ctx: Any, g_cos: torch.Tensor | None, g_sin: torch.Tensor | None) -> tuple[Any, ...]:
-    xp, weight, phase = ctx.saved_tensors
-    hc, wc, bh, bw, k = ctx.geometry
-    shape = (xp.shape[0], weight.shape[0], hc // bh, wc // bw)
-    g_cos = xp.new_zeros(shape) if g_cos is None else g_cos
-    g_sin = xp.new_zeros(shape) if g_sin is None else g_sin
-    grad = rff_grad_image(xp, weight, phase, g_cos, g_sin, hc, wc, bh, bw, k)
-    return grad, None, None, None, None, None, None, None
-
-
-rff_block_sums.register_autograd(_block_sums_backward, setup_context=_block_sums_setup_context)
+# The PyTorch operators (``torch.ops.patchmmd.*``), registered on import; they use the names above.
+from . import ops as ops  # noqa: E402
+from .ops import rff_block_sums as rff_block_sums  # noqa: E402
+from .ops import rff_grad_image as rff_grad_image  # noqa: E402

@@ -2,7 +2,8 @@
 the exact and random-feature MMD estimators, MMD++ and the ``nn.Module`` wrappers (docs/method.md §1-3).
 
 Data flows one way: :mod:`.validation` → :mod:`.patches` / :mod:`.kernels` / :mod:`.features` →
-:mod:`.mmd` (estimators) and :mod:`.aligned` → :mod:`.mmdpp` (under :mod:`.scale`) → :mod:`.modules`.
+:mod:`.rff` (random-feature estimator, on :mod:`patchmmd._native`) → :mod:`.mmd` (exact estimator, dispatch) and
+:mod:`.aligned` → :mod:`.mmdpp` (under :mod:`.scale`) → :mod:`.modules`.
 Nothing here imports the CLI, image IO or any optional dependency.
 """
 

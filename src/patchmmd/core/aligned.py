@@ -45,7 +45,8 @@ def l2_map(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (x - y).pow(2).mean(dim=1, keepdim=True)
 
 
-def _prepared(x, y, value_range, out_of_range, min_size=1):  # type: ignore[no-untyped-def]
+def _prepared(x: torch.Tensor, y: torch.Tensor, value_range: Sequence[float], out_of_range: OutOfRange,
+              min_size: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.dtype]:
     return prepare_pair(x, y, value_range=value_range, out_of_range=out_of_range, min_size=min_size)
 
 

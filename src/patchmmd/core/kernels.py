@@ -13,7 +13,8 @@ window machinery.
 from __future__ import annotations
 
 import math  # noqa: F401  (used in doctests)
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -100,7 +101,7 @@ def mmd2_sets(kernel: Kernel, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return value.clamp_min(0.0)
 
 
-def _checkpointed(fn, *args):  # type: ignore[no-untyped-def]
+def _checkpointed(fn: Callable[..., torch.Tensor], *args: Any) -> torch.Tensor:
     """Run ``fn`` without keeping its intermediates for backward when gradients are needed."""
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):

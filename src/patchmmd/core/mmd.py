@@ -8,29 +8,24 @@ patches of ``x`` and of ``y`` centred in ``ω``::
 and the distance is the mean over windows. Two estimators compute it:
 
 * ``"exact"``: every kernel value, window by window, in chunks that bound memory (float64 when the input
-  is float64). The reference, and the metric for evaluation.
-* ``"rff"``: random Fourier features, ``(2 / r) Σ_j (mean_ω cos(w_j.P(x) + b_j) - mean_ω cos(w_j.P(y) + b_j))²``,
-  one convolution, a cosine and an average pool: the fast estimator and training loss. Deterministic for
-  a seed; relative error ``O(r^-1/2)``.
+  is float64). The reference, and the metric for evaluation. Here.
+* ``"rff"``: random Fourier features (:mod:`.rff`): one convolution, a cosine and an average pool, the fast
+  estimator and training loss. Deterministic for a seed; relative error ``O(r^-1/2)``.
+
+:func:`windowed_mmd2` dispatches between them; :func:`patch_mmd` is the public entry point.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from functools import lru_cache
-from typing import Any, Literal
+from typing import Literal
 
 import torch
-import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
-from torch.utils.checkpoint import checkpoint
 
-from .. import _native
-from .features import FEATURE_KINDS, FeatureKind, random_features
+from .features import FEATURE_KINDS, FeatureKind
 from .kernels import MAX_KERNEL_ELEMENTS, GaussianKernel, Kernel, _checkpointed, gaussian_bandwidth, mmd2_sets
-from .patches import WindowGrid, box_mean, patch_rows, reflect_pad, window_grid, window_patch_sets
+from .patches import WindowGrid, patch_rows, reflect_pad, window_grid, window_patch_sets
+from .rff import DEFAULT_NUM_FEATURES, windowed_mmd2_rff
 from .validation import (
     OutOfRange,
     Reduction,
@@ -46,13 +41,6 @@ from .validation import (
 
 Estimator = Literal["exact", "rff"]
 ESTIMATORS = ("exact", "rff")
-
-#: Default number of random features of the ``"rff"`` estimator.
-DEFAULT_NUM_FEATURES = 512
-
-#: Largest full-resolution feature tensor (elements) the RFF estimator keeps for the backward pass; beyond
-#: it the features are recomputed tile by tile in the backward pass, so memory stays bounded.
-MAX_FEATURE_ELEMENTS = 1 << 26
 
 
 def windowed_mmd2_exact(
@@ -82,322 +70,6 @@ def windowed_mmd2_exact(
     return torch.cat(rows, dim=1)
 
 
-def pooled_cos_features(x: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, grid: WindowGrid) -> torch.Tensor:
-    """Window means of ``cos(w_j . P_u(x) + b_j)``: ``(N, C, H, W) -> (N, r, rows, cols)``.
-
-    ``x`` is on the internal scale, unpadded. Chunks over features keep the full-resolution temporaries
-    under :data:`MAX_FEATURE_ELEMENTS` elements.
-    """
-    xp = reflect_pad(x, weight.shape[-1])
-    per_feature = x.shape[0] * x.shape[-2] * x.shape[-1]
-    r = weight.shape[0]
-    chunk = max(1, MAX_FEATURE_ELEMENTS // per_feature)
-    if chunk >= r:
-        return _pooled_chunk(xp, weight, phase, grid)
-    parts = [_checkpointed(_pooled_chunk, xp, weight[i : i + chunk], phase[i : i + chunk], grid)
-             for i in range(0, r, chunk)]
-    return torch.cat(parts, dim=1)
-
-
-def _pooled_chunk(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, grid: WindowGrid) -> torch.Tensor:
-    return grid.pool(torch.cos(F.conv2d(xp, weight, phase)))
-
-
-# ------------------------------------------------------------------------------- fast RFF window means
-#: Work size (elements of one ``features x pixels`` tile) of the fused RFF kernel: temporaries of this
-#: size are reused across tiles, so they stay in cache and are never re-allocated.
-TILE_ELEMENTS = 1 << 18
-
-
-@dataclass(frozen=True)
-class PairedFeatures:
-    """Random features in paired form: ``m`` distinct frequencies ``(weight, phase)`` of which the first
-    ``n_sin`` are also used with phase ``+π/2``.
-
-    Feature ``j < m`` is ``cos(z_j)``, feature ``m + j`` (``j < n_sin``) is ``cos(z_j + π/2) = -sin(z_j)``,
-    ``z_j = w_j . P + b_j``: the stratified law's cos/sin pairs cost one convolution and one angle each.
-    ``matrix`` is ``(m, C k² + 1)``: the flattened filters with the phase as last column.
-    """
-
-    matrix: torch.Tensor
-    m: int
-    n_sin: int
-    patch_size: int
-
-    @property
-    def num_features(self) -> int:
-        return self.m + self.n_sin
-
-
-def paired_features(weight: torch.Tensor, phase: torch.Tensor) -> PairedFeatures:
-    """Detect the cos/sin pairs of a feature set (any law; pairs only where the data has them)."""
-    r = weight.shape[0]
-    flat = weight.reshape(r, -1)
-    m, n_sin = r, 0
-    half = (r + 1) // 2
-    if r >= 2 and torch.equal(flat[: r - half], flat[half:]):
-        shift = (phase[half:] - phase[: r - half]) - math.pi / 2
-        if bool((shift.abs() <= 1e-6 * max(1.0, float(phase.abs().max()))).all()):
-            m, n_sin = half, r - half
-    matrix = torch.cat([flat[:m], phase[:m].unsqueeze(1)], dim=1).contiguous()
-    return PairedFeatures(matrix, m, n_sin, weight.shape[-1])
-
-
-def _blocks(grid: WindowGrid) -> tuple[int, int]:
-    """The block size whose means every window is an average of (one block per window where rows = 1)."""
-    bh = grid.window_h if grid.rows == 1 else math.gcd(grid.window_h, grid.stride_h)
-    bw = grid.window_w if grid.cols == 1 else math.gcd(grid.window_w, grid.stride_w)
-    return bh, bw
-
-
-def _covered(grid: WindowGrid) -> tuple[int, int]:
-    return (grid.rows - 1) * grid.stride_h + grid.window_h, (grid.cols - 1) * grid.stride_w + grid.window_w
-
-
-def _tiles(n: int, m: int, pixels: int) -> list[tuple[int, int, int, int]]:
-    fc = max(1, min(m, TILE_ELEMENTS // max(1, pixels)))
-    nb = max(1, min(n, TILE_ELEMENTS // max(1, fc * pixels)))
-    return [(i, min(n, i + nb), j, min(m, j + fc)) for i in range(0, n, nb) for j in range(0, m, fc)]
-
-
-class _RFFBlockMeans(torch.autograd.Function):
-    """Block means of the random features: ``(N, C, Hc + k - 1, Wc + k - 1) -> (N, m + n_sin, Hb, Wb)``.
-
-    Fuses the convolution (one GEMM on the unfolded patches), ``cos``/``sin`` and the block sums tile by
-    tile, so no full-resolution ``r x H x W`` tensor is built. Backward reuses the saved ``cos``/``sin``
-    values when they fit :data:`MAX_FEATURE_ELEMENTS` (no transcendental in the backward pass, and
-    ``d cos = -sin``), and otherwise recomputes them tile by tile (memory bounded by the tile size).
-    The eager PyTorch path: the compiled CPU kernels are an operator of their own
-    (:func:`_native_block_means`), and ``torch.compile`` traces :func:`_traced_block_means` instead.
-    """
-
-    @staticmethod
-    def forward(ctx, xp, feats, block, hc, wc, need_grad):  # type: ignore[no-untyped-def,override]
-        n = xp.shape[0]
-        k, m, n_sin = feats.patch_size, feats.m, feats.n_sin
-        bh, bw = block
-        hb, wb = hc // bh, wc // bw
-        pixels = hc * wc
-        sin_rows = m if need_grad else n_sin
-        cols = _unfold_ones(xp, k)
-        out = xp.new_empty(n, m + n_sin, hb, wb)
-        save = need_grad and n * (m + sin_rows) * pixels <= MAX_FEATURE_ELEMENTS
-        saved: list[tuple[torch.Tensor, torch.Tensor]] = []
-        tiles = _tiles(n, m, pixels)
-        for i0, i1, j0, j1 in tiles:
-            c, s = _cos_sin(feats.matrix[j0:j1], cols[i0:i1], min(j1, sin_rows) - j0)
-            out[i0:i1, j0:j1] = _block_means(c, hc, wc, bh, bw)
-            if j0 < n_sin:
-                out[i0:i1, m + j0 : m + min(j1, n_sin)] = _block_means(s[:, : min(j1, n_sin) - j0], hc, wc, bh, bw)
-            if save:
-                saved.append((c, s))
-        out[:, m:].neg_()
-        ctx.feats, ctx.block, ctx.hc, ctx.wc, ctx.tiles = feats, block, hc, wc, tiles
-        ctx.saved = saved
-        ctx.save_for_backward(xp if need_grad and not save else None)
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):  # type: ignore[no-untyped-def,override]
-        feats, (bh, bw), hc, wc = ctx.feats, ctx.block, ctx.hc, ctx.wc
-        k, m, n_sin = feats.patch_size, feats.m, feats.n_sin
-        hb, wb = hc // bh, wc // bw
-        (xp,) = ctx.saved_tensors
-        cols = _unfold_ones(xp, k) if xp is not None else None
-        scale = -1.0 / (bh * bw)
-        g_cos = (grad[:, :m] * scale).unsqueeze(3).unsqueeze(5)  # d/dz cos = -sin
-        g_sin = (grad[:, m:] * scale).unsqueeze(3).unsqueeze(5)  # d/dz (-sin) = -cos
-        n = grad.shape[0]
-        grad_cols = grad.new_zeros(n, feats.matrix.shape[1] - 1, hc * wc)
-        dz = None
-        for t, (i0, i1, j0, j1) in enumerate(ctx.tiles):
-            if ctx.saved:
-                c, s = ctx.saved[t]
-            else:
-                assert cols is not None
-                c, s = _cos_sin(feats.matrix[j0:j1], cols[i0:i1], j1 - j0)
-            shape = (i1 - i0, j1 - j0, hb, bh, wb, bw)
-            if dz is None or dz.shape != shape:
-                dz = grad.new_empty(shape)
-            torch.mul(s.view(shape), g_cos[i0:i1, j0:j1], out=dz)
-            ns = min(j1, n_sin) - j0
-            if ns > 0:
-                dz[:, :ns].addcmul_(c[:, :ns].view(i1 - i0, ns, hb, bh, wb, bw), g_sin[i0:i1, j0:j0 + ns])
-            w_t = feats.matrix[j0:j1, :-1].t()
-            grad_cols[i0:i1].baddbmm_(w_t.expand(i1 - i0, *w_t.shape), dz.view(i1 - i0, j1 - j0, hc * wc))
-        g = F.fold(grad_cols, (hc + k - 1, wc + k - 1), k)
-        return g, None, None, None, None, None  # xp is (N, C, hc + k - 1, wc + k - 1): fold's shape
-
-
-def _use_native(xp: torch.Tensor) -> bool:
-    """Whether the compiled CPU kernels compute the block means of ``xp``: float32 on the CPU, where they are
-    available and not turned off. Decided from the device and dtype (static under ``torch.compile``): while
-    a graph is traced, :func:`patchmmd._native.disabled` is a guard of the graph and the availability of the
-    kernels (and ``PATCHMMD_NATIVE``) a constant of it."""
-    if xp.device.type != "cpu" or xp.dtype != torch.float32:
-        return False
-    if torch.compiler.is_compiling():
-        return _native._ENABLED[-1] and _native_available()
-    return _native.kernels() is not None
-
-
-@torch.compiler.assume_constant_result
-def _native_available() -> bool:
-    return _native.kernels() is not None
-
-
-def _native_block_means(xp: torch.Tensor, feats: PairedFeatures, block: tuple[int, int], hc: int,
-                        wc: int) -> torch.Tensor:
-    """:class:`_RFFBlockMeans` on the compiled kernels (operator ``patchmmd::rff_block_sums``, which
-    differentiates itself); ``xp`` float32 on the CPU."""
-    k, m, n_sin = feats.patch_size, feats.m, feats.n_sin
-    bh, bw = block
-    wcp = -(-wc // _native.VECTOR) * _native.VECTOR
-    xpad = F.pad(xp, (0, wcp - wc)).contiguous()
-    mp = -(-m // _native.BLOCK_FEATURES) * _native.BLOCK_FEATURES
-    matrix = F.pad(feats.matrix, (0, 0, 0, mp - m))
-    weight, phase = matrix[:, :-1].contiguous(), matrix[:, -1].contiguous()
-    sums_c, sums_s = _native.rff_block_sums(xpad, weight, phase, hc, wc, bh, bw, k)
-    return torch.cat([sums_c[:, :m], sums_s[:, :n_sin].neg()], dim=1).mul_(1.0 / (bh * bw))
-
-
-def _traced_block_means(xp: torch.Tensor, feats: PairedFeatures, block: tuple[int, int], hc: int,
-                        wc: int) -> torch.Tensor:
-    """:class:`_RFFBlockMeans` as plain differentiable operations, for ``torch.compile`` (the tiled loop of
-    the eager path would only be unrolled): ``cos``/``sin`` of one GEMM per chunk of features, block
-    means; chunks of at most :data:`MAX_FEATURE_ELEMENTS` values, recomputed in the backward pass when
-    there are several."""
-    k, m, n_sin = feats.patch_size, feats.m, feats.n_sin
-    bh, bw = block
-    n, pixels = xp.shape[0], hc * wc
-    cols = _unfold_ones(xp, k)
-    chunk = max(1, MAX_FEATURE_ELEMENTS // max(1, n * pixels))
-
-    def part(matrix: torch.Tensor, cols: torch.Tensor, sin_rows: int) -> torch.Tensor:
-        c, s = _cos_sin(matrix, cols, sin_rows)
-        return torch.cat([_block_means(c, hc, wc, bh, bw), _block_means(s, hc, wc, bh, bw).neg()], dim=1)
-
-    if chunk >= m:
-        parts = [part(feats.matrix, cols, n_sin)]
-    else:
-        parts = [checkpoint(part, feats.matrix[j : j + chunk], cols, max(0, min(chunk, n_sin - j)), use_reentrant=False)
-                 for j in range(0, m, chunk)]
-    cos_parts = [p[:, : min(chunk, m - j)] for p, j in zip(parts, range(0, m, chunk), strict=True)]
-    sin_parts = [p[:, min(chunk, m - j) :] for p, j in zip(parts, range(0, m, chunk), strict=True)]
-    return torch.cat(cos_parts + sin_parts, dim=1)
-
-
-def _unfold_ones(xp: torch.Tensor, k: int) -> torch.Tensor:
-    """Unfolded patches with a row of ones appended (the phase column): ``(N, C k² + 1, H W)``."""
-    cols = F.unfold(xp, k)
-    return torch.cat([cols, cols.new_ones(cols.shape[0], 1, cols.shape[2])], dim=1)
-
-
-def _cos_sin(matrix: torch.Tensor, cols: torch.Tensor, sin_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``cos(z)`` and ``sin(z[:sin_rows])`` for ``z = matrix @ cols``: ``(nb, fc, P)`` each."""
-    z = torch.matmul(matrix, cols)
-    c = torch.cos(z)
-    s = torch.sin(z[:, :sin_rows]) if sin_rows > 0 else z[:, :0]
-    return c, s
-
-
-def _block_means(t: torch.Tensor, hc: int, wc: int, bh: int, bw: int) -> torch.Tensor:
-    """``(nb, f, hc * wc) -> (nb, f, hc / bh, wc / bw)`` means over ``bh x bw`` blocks."""
-    nb, f = t.shape[:2]
-    # First over the rows of a block (whole contiguous image rows added: vectorised, memory-bound), then
-    # over the columns of the ``bh`` times smaller result.
-    rows = t.reshape(nb * f * (hc // bh), bh, wc).sum(1)
-    return rows.reshape(nb, f, hc // bh, wc // bw, bw).sum(-1).mul_(1.0 / (bh * bw))
-
-
-def rff_window_means(x: torch.Tensor, feats: PairedFeatures, grid: WindowGrid) -> torch.Tensor:
-    """Window means of every random feature, ``(N, C, H, W) -> (N, r, rows, cols)`` (fused fast path).
-
-    Equal (to rounding) to ``grid.pool(cos(conv2d(reflect_pad(x), weight, phase)))``; pixels no window
-    covers are never computed. float32 tensors on the CPU run on the compiled kernels of
-    :mod:`patchmmd._native` where they are available (as the operator ``patchmmd::rff_block_sums``, which
-    ``torch.compile`` traces into its graph); everything else on the tiled PyTorch path in eager mode, and
-    on the same computation in plain differentiable operations under ``torch.compile``.
-    """
-    k = feats.patch_size
-    hc, wc = _covered(grid)
-    block = _blocks(grid)
-    xp = reflect_pad(x, k)[..., : hc + k - 1, : wc + k - 1]
-    if _use_native(xp):
-        means = _native_block_means(xp, feats, block, hc, wc)
-    elif torch.compiler.is_compiling():
-        means = _traced_block_means(xp, feats, block, hc, wc)
-    else:
-        means = _RFFBlockMeans.apply(xp, feats, block, hc, wc, torch.is_grad_enabled() and xp.requires_grad)
-    bh, bw = block
-    kernel = (grid.window_h // bh, grid.window_w // bw)
-    stride = (max(1, grid.stride_h // bh) if grid.rows > 1 else 1, max(1, grid.stride_w // bw) if grid.cols > 1 else 1)
-    if kernel == (1, 1) and stride == (1, 1):
-        return means
-    return box_mean(means, kernel, stride)
-
-
-def rff_features(
-    x: torch.Tensor, *, patch_size: int, bandwidth: float, num_features: int, seed: int, features: FeatureKind,
-    center: bool,
-) -> PairedFeatures:
-    """The seeded random features for images like ``x`` (channels, device, dtype), in paired form.
-
-    Drawn once per set of options, device and dtype and cached; under ``torch.compile`` they are constants
-    of the graph (drawing them, and detecting the cos/sin pairs, is data-dependent host code).
-    """
-    key = (x.shape[1], patch_size, float(bandwidth), num_features, seed, features, center, x.device, x.dtype)
-    m, n_sin = _feature_split(*key)
-    return PairedFeatures(_feature_matrix(*key), m, n_sin, patch_size)
-
-
-@lru_cache(maxsize=32)
-def _cached_features(channels: int, patch_size: int, bandwidth: float, num_features: int, seed: int,
-                     features: FeatureKind, center: bool, device: torch.device, dtype: torch.dtype) -> PairedFeatures:
-    weight, phase = random_features(
-        channels, patch_size, bandwidth, num_features, seed=seed, kind=features, center=center, device=device,
-        dtype=dtype,
-    )
-    return paired_features(weight, phase)
-
-
-@torch.compiler.assume_constant_result
-def _feature_matrix(*key: Any) -> torch.Tensor:
-    return _cached_features(*key).matrix
-
-
-@torch.compiler.assume_constant_result
-def _feature_split(*key: Any) -> tuple[int, int]:
-    feats = _cached_features(*key)
-    return feats.m, feats.n_sin
-
-
-def windowed_mmd2_rff(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    grid: WindowGrid,
-    *,
-    patch_size: int,
-    bandwidth: float,
-    num_features: int,
-    seed: int,
-    features: FeatureKind,
-    center: bool,
-    y_features: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Random-feature estimate of every window's squared MMD, ``(N, rows, cols)`` (internal scale).
-
-    ``y_features``: ``y``'s window means (from :func:`rff_features`) when they were computed before
-    (a fixed target in a training loop); ``y`` is then not used.
-    """
-    feats = rff_features(x, patch_size=patch_size, bandwidth=bandwidth, num_features=num_features, seed=seed,
-                         features=features, center=center)
-    fx = rff_window_means(x, feats, grid)
-    fy = rff_window_means(y, feats, grid) if y_features is None else y_features
-    return (fx - fy).pow(2).sum(dim=1) * (2.0 / num_features)
-
-
 def windowed_mmd2(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -415,7 +87,7 @@ def windowed_mmd2(
 ) -> tuple[torch.Tensor, WindowGrid]:
     """Per-window squared MMD of internal-scale images, and the window grid it lives on.
 
-    ``y_features``: precomputed RFF window means of ``y`` (:func:`target_window_means`), RFF only.
+    ``y_features``: precomputed RFF window means of ``y`` (:func:`.rff.target_window_means`), RFF only.
     """
     grid = window_grid(x.shape[-2], x.shape[-1], window, stride)
     bandwidth = gaussian_bandwidth(sigma, patch_size)
@@ -427,18 +99,6 @@ def windowed_mmd2(
             seed=seed, features=features, center=center, y_features=y_features,
         )
     return values, grid
-
-
-def target_window_means(
-    y: torch.Tensor, *, patch_size: int, sigma: float, window: int | None, stride: int, center: bool,
-    num_features: int, seed: int, features: FeatureKind,
-) -> torch.Tensor:
-    """RFF window means of an internal-scale image ``y``, ``(N, r, rows, cols)``: what
-    :func:`windowed_mmd2` needs of a fixed target (pass them as ``y_features``)."""
-    grid = window_grid(y.shape[-2], y.shape[-1], window, stride)
-    feats = rff_features(y, patch_size=patch_size, bandwidth=gaussian_bandwidth(sigma, patch_size),
-                         num_features=num_features, seed=seed, features=features, center=center)
-    return rff_window_means(y, feats, grid)
 
 
 #: Allowed kernel widths ``sigma`` (per pixel, [-1, 1] scale). Outside, the Gaussian kernel is numerically

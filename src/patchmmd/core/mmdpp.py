@@ -21,12 +21,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from .aligned import l2_map, local_map
 from .features import FeatureKind
-from .mmd import Estimator, check_mmd_options, check_sigma, target_window_means, windowed_mmd2
+from .mmd import Estimator, check_mmd_options, check_sigma, windowed_mmd2
+from .rff import target_window_means
 from .scale import MAX_SCALES, Level, downsample, pyramid_levels, upsample_map
 from .validation import (
     OutOfRange,
@@ -100,12 +102,12 @@ class MMDPPConfig:
         """The smallest side a level may have: the larger of the two patch sizes (reflect padding needs it)."""
         return max(self.patch_size, self.local_patch_size)
 
-    def replace(self, **options: object) -> MMDPPConfig:
+    def replace(self, **options: Any) -> MMDPPConfig:
         """A copy with ``options`` changed; an unknown option name raises ``TypeError`` listing the valid ones."""
         unknown = sorted(set(options) - set(OPTION_NAMES))
         if unknown:
             raise TypeError(f"unknown option(s) {unknown}; valid options are {sorted(OPTION_NAMES)}")
-        return dataclasses.replace(self, **options)  # type: ignore[arg-type]
+        return dataclasses.replace(self, **options)
 
     def levels(self, height: int, width: int) -> list[Level]:
         """The scale rule's levels for an ``height x width`` image.

@@ -13,13 +13,15 @@ image ``(N,)``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from .features import FeatureKind
-from .mmd import DEFAULT_NUM_FEATURES, Estimator, check_mmd_options, patch_mmd
+from .mmd import Estimator, check_mmd_options, patch_mmd
 from .mmdpp import MMDPPConfig, MMDPPTarget, distance_map, get_config, mmdpp, precompute_target
+from .rff import DEFAULT_NUM_FEATURES
 from .validation import OutOfRange, Reduction, check_reduction, check_value_range
 
 
@@ -115,7 +117,7 @@ class PatchMMD(nn.Module):
             patch_size=patch_size, sigma=sigma, window=window, stride=stride, estimator=estimator,
             num_features=num_features, features=features, seed=seed, center=center,
         )
-        self.options = dict(
+        self.options: dict[str, Any] = dict(
             patch_size=patch_size, sigma=sigma, window=window, stride=stride, center=center,
             estimator=estimator, num_features=num_features, features=features, seed=seed,
             value_range=check_value_range(value_range), out_of_range=out_of_range,
@@ -123,7 +125,7 @@ class PatchMMD(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return patch_mmd(x, y, **self.options)  # type: ignore[arg-type]
+        return patch_mmd(x, y, **self.options)
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.options.items())

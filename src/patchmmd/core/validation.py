@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal, cast
 
 import torch
 
@@ -138,11 +138,12 @@ def check_value_range(value_range: object) -> tuple[float, float]:
         >>> check_value_range((0, 255))
         (0.0, 255.0)
     """
+    pair: Any = value_range  # any iterable of two float()-convertible values: checked by trying
     try:
-        lo, hi = (float(v) for v in value_range)  # type: ignore[union-attr]
+        lo, hi = (float(v) for v in pair)
     except (TypeError, ValueError):
         raise ValueError(f"value_range must be a pair (lo, hi) of numbers, got {value_range!r}") from None
-    if any(isinstance(v, bool) for v in value_range):  # type: ignore[union-attr]
+    if any(isinstance(v, bool) for v in pair):
         raise ValueError(f"value_range must be a pair (lo, hi) of numbers, not booleans, got {value_range!r}")
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         raise ValueError(f"value_range must be a pair (lo, hi) of finite numbers with lo < hi, got {value_range!r}")
@@ -164,7 +165,7 @@ def check_value_range(value_range: object) -> tuple[float, float]:
 def check_reduction(reduction: object) -> Reduction:
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    return reduction  # type: ignore[return-value]
+    return cast(Reduction, reduction)  # one of the literals, checked above
 
 
 def check_positive_int(name: str, value: object, *, minimum: int = 1, maximum: int | None = None) -> int:
@@ -232,10 +233,10 @@ def check_nonnegative_float(name: str, value: object) -> float:
 
 
 def check_patch_size(patch_size: object) -> int:
-    check_positive_int("patch_size", patch_size)
-    if patch_size % 2 == 0:  # type: ignore[operator]
+    size = check_positive_int("patch_size", patch_size)
+    if size % 2 == 0:
         raise ValueError(f"patch_size must be odd (patches are centred on a pixel), got {patch_size!r}")
-    return patch_size  # type: ignore[return-value]
+    return size
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

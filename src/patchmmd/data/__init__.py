@@ -10,10 +10,18 @@ Example:
 
 from __future__ import annotations
 
+import sys
 from importlib import resources
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    if sys.version_info >= (3, 11):
+        from importlib.resources.abc import Traversable
+    else:
+        from importlib.abc import Traversable
 
 _NAMES = ("astronaut", "chelsea", "coffee")
 
@@ -23,7 +31,7 @@ def sample_names() -> list[str]:
     return sorted(_NAMES)
 
 
-def sample_path(name: str):  # type: ignore[no-untyped-def]
+def sample_path(name: str) -> Traversable:
     """A path-like (``importlib.resources.Traversable``) to the PNG file of a sample photograph."""
     if name not in _NAMES:
         raise ValueError(f"name must be one of {sample_names()}, got {name!r}")

@@ -53,9 +53,11 @@ class SRNet(nn.Module):
         self.scale = scale
         self.head = nn.Conv2d(3, width, 3, padding=1)
         self.body = nn.Sequential(*[ResBlock(width) for _ in range(blocks)])
-        self.tail = nn.Sequential(nn.Conv2d(width, 3 * scale * scale, 3, padding=1), nn.PixelShuffle(scale))
-        nn.init.zeros_(self.tail[0].weight)  # start as bilinear upsampling
-        nn.init.zeros_(self.tail[0].bias)
+        last = nn.Conv2d(width, 3 * scale * scale, 3, padding=1)
+        self.tail = nn.Sequential(last, nn.PixelShuffle(scale))
+        nn.init.zeros_(last.weight)  # start as bilinear upsampling
+        assert last.bias is not None
+        nn.init.zeros_(last.bias)
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         h = self.head(lr)
