@@ -84,10 +84,10 @@ def _build_metrics(metrics: Sequence[str], metric_options: Sequence[str]) -> lis
             built.append(EvalMetric.from_registry(name, **options[name]))
         except ImportError as e:
             raise click.ClickException(f"metric {name!r} needs an optional dependency: {e}") from None
+        except (TypeError, ValueError) as e:  # a missing weights file too (WeightsError): a bad option value
+            raise click.BadParameter(f"{name}: {e}", param_hint="--metric-option") from None
         except FileNotFoundError as e:
             raise click.ClickException(f"{name}: {e}") from None
-        except (TypeError, ValueError) as e:
-            raise click.BadParameter(f"{name}: {e}", param_hint="--metric-option") from None
     return built
 
 
