@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ..io import DEFAULT_MAX_PIXELS
+from ..io import DEFAULT_MAX_PIXELS, ImageMode
 from . import main
 from ._common import (
     build_metric,
@@ -38,7 +38,7 @@ def size_text(img: Any) -> str:
 
 
 def load_pair(
-    a: str, b: str, *, mode: str, resize: bool, max_pixels: int | None = DEFAULT_MAX_PIXELS
+    a: str, b: str, *, mode: ImageMode, resize: bool, max_pixels: int | None = DEFAULT_MAX_PIXELS
 ) -> tuple[Any, Any, bool]:
     """Read A and B in ``mode``; check they match (or resize B to A). Returns ``(x, y, resized)``.
 
@@ -50,8 +50,8 @@ def load_pair(
     from ..scoring import resize_to
 
     try:
-        x = load_image(a, mode=mode, max_pixels=max_pixels)  # type: ignore[arg-type]
-        y = load_image(b, mode=mode, max_pixels=max_pixels)  # type: ignore[arg-type]
+        x = load_image(a, mode=mode, max_pixels=max_pixels)
+        y = load_image(b, mode=mode, max_pixels=max_pixels)
     except ImageTooLargeError as e:
         hint = "" if e.by_pillow else "; --max-pixels sets the limit"
         raise click.ClickException(f"{e}{hint}") from None
@@ -118,7 +118,7 @@ def compare(
     b: str,
     metric: str,
     metric_options: tuple[str, ...],
-    mode: str,
+    mode: ImageMode,  # click.Choice of the three modes
     resize: bool,
     as_json: bool,
     map_path: Path | None,

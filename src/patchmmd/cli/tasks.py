@@ -176,7 +176,7 @@ def gim_command(
             m_all["sharpness"] = float(f"{sharpness_ratio(x, ys):.6g}")
             return {"vs_inputs": m_all, "vs_first": evaluate(x, ys[:1])}
 
-        metrics = {
+        metrics: dict[str, Any] = {
             "task": "gim", "loss": loss_name, "loss_options": parse_metric_options(loss_option), "seed": seed,
             "inputs": names, "shifts": shifts, "offsets": offsets, "size": list(ys.shape[-2:]),
             "steps": steps, "lr": lr, "init": init,

@@ -12,11 +12,17 @@ from __future__ import annotations
 
 import csv
 import math
+from typing import TYPE_CHECKING
 
 import click
 
 from . import main
 from ._common import prepare_output_dir
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..theory.nngp import FirstLayer
 
 DEFAULT_WIDTHS = "16,32,64,128,256,512,1024"
 
@@ -31,7 +37,7 @@ def _parse_widths(text: str) -> list[int]:
     return widths
 
 
-def _default_pair(crop: int):  # type: ignore[no-untyped-def]
+def _default_pair(crop: int) -> tuple[torch.Tensor, torch.Tensor, str]:
     import torch
 
     from ..data import sample_image
@@ -42,7 +48,7 @@ def _default_pair(crop: int):  # type: ignore[no-untyped-def]
     return x, y, "astronaut (shipped) vs a copy with Gaussian noise (std 0.1, seed 0)"
 
 
-def _center_crop(t, crop: int):  # type: ignore[no-untyped-def]
+def _center_crop(t: torch.Tensor, crop: int) -> torch.Tensor:
     h, w = t.shape[-2:]
     c = min(crop, h, w)
     top, left = (h - c) // 2, (w - c) // 2
@@ -64,7 +70,10 @@ def _center_crop(t, crop: int):  # type: ignore[no-untyped-def]
 @click.option("--out", "out_dir", default="theory-out", show_default=True, type=click.Path(file_okay=False),
               help="directory for theory.csv, theory.md and theory.png (refused if not empty, unless --overwrite)")
 @click.option("--overwrite", is_flag=True, help="Write into --out even if it exists and is not empty.")
-def theory(image1, image2, widths, seeds, depth, crop, window, stride, first_layer, out_dir, overwrite) -> None:  # type: ignore[no-untyped-def]
+def theory(
+    image1: str | None, image2: str | None, widths: str, seeds: int, depth: int, crop: int, window: int, stride: int,
+    first_layer: FirstLayer, out_dir: str, overwrite: bool,
+) -> None:
     """Finite random CNN distance vs its infinite-width closed form (error ~ N^-1/2).
 
     IMAGE1 and IMAGE2 are compared on their centre crops (same size needed); without them, a shipped
@@ -85,7 +94,7 @@ def theory(image1, image2, widths, seeds, depth, crop, window, stride, first_lay
     width_list = _parse_widths(widths)
     if (image1 is None) != (image2 is None):
         raise click.UsageError("give two images, or none for the shipped sample pair")
-    if image1 is None:
+    if image1 is None or image2 is None:  # both None (checked above)
         x, y, label = _default_pair(crop)
     else:
         x, y = load_image(image1, dtype=torch.float64), load_image(image2, dtype=torch.float64)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Mapping, Sequence
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -51,7 +52,7 @@ __all__ = [
 STATISTICS = ("srocc", "krocc", "plcc", "rmse")
 
 
-def _require_scipy(what: str):  # type: ignore[no-untyped-def]
+def _require_scipy(what: str) -> ModuleType:
     try:
         import scipy
         import scipy.optimize
@@ -265,7 +266,9 @@ def orient(values: ArrayLike, *, higher_is_better: bool) -> np.ndarray:
     return -a if higher_is_better else a
 
 
-def _point_stats(x: np.ndarray, y: np.ndarray, scipy, start=None) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def _point_stats(
+    x: np.ndarray, y: np.ndarray, scipy: ModuleType, start: Sequence[float] | None = None
+) -> dict[str, Any]:
     with np.errstate(all="ignore"):
         import warnings
 

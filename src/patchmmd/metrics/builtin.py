@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 from ..core.aligned import l2_distance, local_distance
 from ..core.mmd import patch_mmd
@@ -12,31 +13,31 @@ from .registry import Metric, register
 
 @register("mmdpp", "MMD++ with the scale rule: the library's default perceptual distance",
           map_factory=lambda **options: partial(distance_map, preset="default", **options), differentiable=True)
-def _mmdpp(**options: object) -> Metric:
+def _mmdpp(**options: Any) -> Metric:
     return partial(mmdpp, preset="default", **options)
 
 
 @register("mmdpp-followup", "the follow-up study's MMD++: native resolution, 512 i.i.d. random features",
           map_factory=lambda **options: partial(distance_map, preset="followup", **options), differentiable=True)
-def _mmdpp_followup(**options: object) -> Metric:
+def _mmdpp_followup(**options: Any) -> Metric:
     return partial(mmdpp, preset="followup", **options)
 
 
 @register("patch-mmd", "windowed squared patch MMD (centred Gaussian kernel), exact estimator", differentiable=True)
-def _patch_mmd(**options: object) -> Metric:
+def _patch_mmd(**options: Any) -> Metric:
     return partial(patch_mmd, **{"estimator": "exact", **options})
 
 
 @register("patch-mmd-rff", "windowed squared patch MMD, random-feature estimator", differentiable=True)
-def _patch_mmd_rff(**options: object) -> Metric:
+def _patch_mmd_rff(**options: Any) -> Metric:
     return partial(patch_mmd, **{"estimator": "rff", **options})
 
 
 @register("local", "aligned 3x3 patch term of MMD++", differentiable=True)
-def _local(**options: object) -> Metric:
+def _local(**options: Any) -> Metric:
     return partial(local_distance, **options)
 
 
 @register("l2", "mean squared error on the [-1, 1] scale (PSNR ranks images identically)", differentiable=True)
-def _l2(**options: object) -> Metric:
+def _l2(**options: Any) -> Metric:
     return partial(l2_distance, **options)

@@ -507,14 +507,14 @@ class ScoreRunner:
         if not self.env.is_distributed:
             if error is not None:
                 raise error
-            return value  # type: ignore[no-any-return]  # step's own value
+            return value
         failures = distributed.all_gather_object(error)
         if error is not None:
             raise error
         for rank, failure in enumerate(failures):
             if failure is not None:
                 raise RankFailedError(rank, failure)
-        return value  # type: ignore[no-any-return]  # step's own value
+        return value
 
     # ---------------------------------------------------------------------------------- the steps
     def _list(self, folder: str | os.PathLike[str], role: str) -> None:

@@ -81,7 +81,7 @@ class Evaluator:
             names.append("vgg")
         self.distances = {}
         for name in names:
-            opts = {"weights": os.fspath(vgg_weights)} if name == "vgg" else {}
+            opts = {"weights": os.fspath(vgg_weights)} if name == "vgg" and vgg_weights is not None else {}
             self.distances[name] = get_metric(name, **opts)
 
     @torch.no_grad()

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -188,7 +188,7 @@ class _LayerBuffers(nn.Module):
             self.register_buffer(f"bias{i}", b, persistent=False)
         self._cast: dict[tuple[torch.device, torch.dtype], list[Layer]] = {}
 
-    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]  # nn.Module's own (untyped) signature
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> _LayerBuffers:
         self._cast = {}
         return super()._apply(fn, recurse)
 

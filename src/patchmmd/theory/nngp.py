@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -72,8 +72,9 @@ _PI = math.pi
 class _Kappa1(torch.autograd.Function):
     """``κ₁(c)`` for ``c`` clamped to ``[-1, 1]``, with the derivative ``(π - arccos c) / π`` everywhere."""
 
+    # ``ctx`` is typed Any: torch's ``FunctionCtx`` declares ``save_for_backward`` but not ``saved_tensors``.
     @staticmethod
-    def forward(ctx, c: torch.Tensor) -> torch.Tensor:  # type: ignore[no-untyped-def, override]
+    def forward(ctx: Any, c: torch.Tensor) -> torch.Tensor:
         c = c.clamp(-1.0, 1.0)
         theta = torch.arccos(c)
         ctx.save_for_backward(theta)
@@ -81,7 +82,7 @@ class _Kappa1(torch.autograd.Function):
         return (s + (_PI - theta) * c) / _PI
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[no-untyped-def, override]
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         (theta,) = ctx.saved_tensors
         return grad * (_PI - theta) / _PI
 
@@ -328,18 +329,19 @@ class NNGPKernel:
         self.first_layer: FirstLayer = first_layer
         self.channels = channels
 
-    def _options(self) -> dict[str, object]:
-        return dict(depth=self.depth, sigma_w2=self.sigma_w2, sigma_b2=self.sigma_b2)
-
     def matrix(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return _nngp_matrix(a, b, first_layer=self.first_layer, channels=self.channels, **self._options())  # type: ignore[arg-type]
+        return _nngp_matrix(
+            a, b, first_layer=self.first_layer, channels=self.channels,
+            depth=self.depth, sigma_w2=self.sigma_w2, sigma_b2=self.sigma_b2,
+        )
 
     def paired(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         d = a.shape[-1]
         a = first_layer_transform(a, self.first_layer, self.channels)
         b = first_layer_transform(b, self.first_layer, self.channels)
         return nngp_from_inner_products(
-            (a * a).sum(-1), (b * b).sum(-1), (a * b).sum(-1), dim=d, **self._options()  # type: ignore[arg-type]
+            (a * a).sum(-1), (b * b).sum(-1), (a * b).sum(-1), dim=d,
+            depth=self.depth, sigma_w2=self.sigma_w2, sigma_b2=self.sigma_b2,
         )
 
     def __repr__(self) -> str:
@@ -352,7 +354,7 @@ class NNGPKernel:
 def check_pooling(pooling: object) -> Pooling:
     """Validate a ``pooling`` argument: ``(window, stride)``, ``"global"`` or ``None``."""
     if pooling is None or pooling == "global":
-        return pooling  # type: ignore[return-value]
+        return pooling
     if isinstance(pooling, (tuple, list)) and len(pooling) == 2:
         check_positive_int("pooling window", pooling[0])
         check_positive_int("pooling stride", pooling[1])
@@ -450,14 +452,14 @@ class InfiniteCNNDistance(nn.Module):
         super().__init__()
         _check_kernel_options(depth, sigma_w2, sigma_b2, first_layer)
         check_patch_size(kernel_size)
-        self.options = dict(
+        self.options: dict[str, Any] = dict(
             depth=depth, kernel_size=kernel_size, pooling=check_pooling(pooling), first_layer=first_layer,
             sigma_w2=float(sigma_w2), sigma_b2=float(sigma_b2), value_range=check_value_range(value_range),
             out_of_range=out_of_range, reduction=check_reduction(reduction),
         )
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return infinite_cnn_distance(x, y, **self.options)  # type: ignore[arg-type]
+        return infinite_cnn_distance(x, y, **self.options)
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.options.items())
