@@ -374,8 +374,11 @@ def suite_command(candidates: Sequence[str], human: Sequence[str], weights: str 
             photos = load_photos(train_photos)[0]
         except (OSError, ValueError) as e:
             raise click.BadParameter(str(e), param_hint="--train-photos") from None
-    cfg = SuiteConfig.quick(seed) if quick else SuiteConfig(seed=seed)
-    cfg = dataclasses.replace(cfg, dists_loss=dists_loss, **({} if bootstrap is None else {"bootstrap": bootstrap}))
+    cfg = SuiteConfig.quick_config(seed) if quick else SuiteConfig(seed=seed)
+    changes: dict[str, Any] = {"dists_loss": dists_loss}
+    if bootstrap is not None:
+        changes["bootstrap"] = bootstrap
+    cfg = dataclasses.replace(cfg, **changes)
     if not no_figures:
         try:
             import matplotlib  # noqa: F401

@@ -17,7 +17,7 @@ The checks a candidate must pass (:data:`CHECKS`) are evaluated and marked pass 
 missing input, e.g. no weights). Everything is seeded: the same call gives the same numbers.
 
 Example (the shape of a run; the real one reads files):
-    >>> cfg = SuiteConfig.quick()
+    >>> cfg = SuiteConfig.quick_config()
     >>> cfg.sr_steps, cfg.quick
     (3, True)
     >>> parse_candidate("mmdpp:num_scales=3,scale_weights=[1, 2, 1]")
@@ -84,7 +84,7 @@ CHECKS: dict[str, str] = {
 @dataclass(frozen=True)
 class SuiteConfig:
     """Sizes and seeds of a suite run. The defaults are the full suite (SR as in docs/evaluation.md);
-    :meth:`quick` is the smoke version CI runs (every part end to end, tiny sizes, one candidate)."""
+    :meth:`quick_config` is the smoke version CI runs (every part end to end, tiny sizes, one candidate)."""
 
     quick: bool = False
     seed: int = 0
@@ -109,7 +109,7 @@ class SuiteConfig:
     dists_loss: bool = False  # train with DISTS too (costly on CPU: off by default)
 
     @classmethod
-    def quick(cls, seed: int = 0, **changes: Any) -> SuiteConfig:
+    def quick_config(cls, seed: int = 0, **changes: Any) -> SuiteConfig:
         """The smoke-test sizes: a few steps on small crops, 20 bootstrap resamples, 8 rows per human set."""
         base = cls(quick=True, seed=seed, bootstrap=20, human_limit=8, shift_size=48, tile=64, tiles_per_image=1,
                    sr_steps=3, sr_batch=2, sr_crop=32, ae_steps=3, ae_batch=2, ae_crop=32, gim_steps=3,
@@ -656,7 +656,8 @@ def _markdown(d: dict[str, Any], figures: Sequence[str]) -> str:
 def _figures(r: SuiteResult, out: Path) -> list[str]:
     from ..tasks._common import image_grid_figure
 
-    f, written = r.figures, []
+    f = r.figures
+    written: list[str] = []
     if not f:
         return written
     n = min(3, len(f["tiles"]))
