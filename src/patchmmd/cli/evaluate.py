@@ -301,3 +301,103 @@ def mos_command(labels: str, root: str | None, score_higher_is_better: bool, gro
                err=True)
     _evaluate(ds, built, outdir, device=dev, batch_size=batch_size, limit=limit, no_plots=no_plots,
               score_higher_is_better=score_higher_is_better, bootstrap=bootstrap, seed=seed)
+
+
+# ------------------------------------------------------------------------------------------------ suite
+def _human_sets(items: Sequence[str]) -> list[Any]:
+    from ..evaluation.suite import HumanSet
+
+    sets, names = [], set()
+    for item in items:
+        name, eq, path = item.partition("=")
+        if not eq or not name.strip() or not path.strip():
+            raise click.BadParameter(f"{item!r} is not NAME=PATH/labels.csv", param_hint="--human")
+        if name in names:
+            raise click.BadParameter(f"the name {name!r} is given twice", param_hint="--human")
+        if not Path(path).is_file():
+            raise click.BadParameter(f"{name}: labels file not found: {path}", param_hint="--human")
+        names.add(name)
+        sets.append(HumanSet(name.strip(), Path(path)))
+    return sets
+
+
+@eval_group.command("suite")
+@click.option("--candidate", "candidates", multiple=True, metavar="NAME[:KEY=VALUE,...]",
+              help="A metric under test with its options, repeatable (default: mmdpp), e.g. mmdpp:preset=followup.")
+@click.option("--human", "human", multiple=True, metavar="NAME=PATH",
+              help="A MOS/DMOS labels CSV and its name, repeatable (e.g. live-dev=.../live-dev/labels.csv). Sets "
+                   "named *live* and *csiq* get the human checks.")
+@click.option("--weights", type=click.Path(file_okay=False), default=None,
+              help="Folder of the published weights (alexnet.pth, vgg16.pth, lpips/{alex,vgg}.pth, dists.pt); "
+                   "without it the deep baselines and judges are skipped.")
+@click.option("--train-photos", type=click.Path(file_okay=False), default=None,
+              help="More training photos for the tasks, besides the package's samples.")
+@click.option("--out", "out", default="suite-out", show_default=True, type=click.Path(file_okay=False),
+              help="Output folder (report.md, report.json, figures).")
+@click.option("--overwrite", is_flag=True, help="Write into an existing, non-empty output folder.")
+@click.option("--quick", is_flag=True, help="The short version CI runs: tiny sizes, the first candidate only.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of everything random.")
+@click.option("--bootstrap", type=click.IntRange(min=0), default=None,
+              help="Bootstrap resamples of the human part [default: 1000; 20 with --quick].")
+@click.option("--dists-loss", is_flag=True, help="Also train the tasks with the DISTS loss (slow on CPU).")
+@click.option("--no-figures", is_flag=True, help="Skip the figures (matplotlib).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads of torch (default: torch's choice; 1 is fastest on a busy machine).")
+def suite_command(candidates: Sequence[str], human: Sequence[str], weights: str | None, train_photos: str | None,
+                  out: str, overwrite: bool, quick: bool, seed: int, bootstrap: int | None, dists_loss: bool,
+                  no_figures: bool, threads: int | None) -> None:
+    """The dev benchmark: candidates and baselines on human scores, the shift check and three training tasks.
+
+    Writes report.md (one table per part and the must-hold checks, pass/fail with the numbers), report.json
+    (everything) and figures to --out. The full suite takes about half an hour on 2 CPU cores; --quick
+    checks in well under a minute that every part runs. See docs/evaluation.md.
+    """
+    import dataclasses
+    import time
+
+    from ..evaluation.suite import SuiteConfig, parse_candidate, run_suite, write_suite
+
+    specs = list(candidates) or ["mmdpp"]
+    for spec in specs:
+        try:
+            parse_candidate(spec)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--candidate") from None
+    sets = _human_sets(human)
+    if weights is not None and not Path(weights).is_dir():
+        raise click.BadParameter(f"folder not found: {weights}", param_hint="--weights")
+    photos: list[Any] = []
+    if train_photos is not None:
+        from ..tasks.data import load_photos
+
+        try:
+            photos = load_photos(train_photos)[0]
+        except (OSError, ValueError) as e:
+            raise click.BadParameter(str(e), param_hint="--train-photos") from None
+    cfg = SuiteConfig.quick_config(seed) if quick else SuiteConfig(seed=seed)
+    changes: dict[str, Any] = {"dists_loss": dists_loss}
+    if bootstrap is not None:
+        changes["bootstrap"] = bootstrap
+    cfg = dataclasses.replace(cfg, **changes)
+    if not no_figures:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise click.ClickException("figures need matplotlib: `pip install 'patchmmd[eval]'` (or --no-figures)"
+                                       ) from None
+    outdir = prepare_output_dir(out, overwrite=overwrite)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+
+    def log(line: str) -> None:
+        click.echo(f"[{time.perf_counter() - t0:6.0f} s] {line}", err=True)
+
+    result = run_suite(specs, human=sets, weights=weights, train_photos=photos, config=cfg, log=log)
+    files = write_suite(result, outdir, figures=not no_figures)
+    for c, rows in result.data["checks"].items():
+        marks = {True: "pass", False: "FAIL", None: "–"}
+        click.echo(f"{c}: " + ", ".join(f"{r['check']} {marks[r['pass']]}" for r in rows))
+    click.echo(f"wrote {', '.join(str(f) for f in files)} ({result.data['seconds']['total']:.0f} s)", err=True)

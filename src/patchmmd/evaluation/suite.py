@@ -1,0 +1,686 @@
+"""The dev benchmark: one run that produces the evidence for choosing the default perceptual distance.
+
+:func:`run_suite` evaluates *candidates* (registry metrics with options, e.g. ``mmdpp`` or
+``mmdpp:preset=followup``) next to the *baselines* (``l2``, ``ssim``, and with published weights
+``lpips-vgg``, ``lpips-alex``, ``dists``) in three parts; :func:`write_suite` writes ``report.md``,
+``report.json`` and figures. ``patchmmd eval suite`` (:mod:`patchmmd.cli.evaluate`) is the command.
+
+1. **Human** (:func:`patchmmd.evaluation.run`): per MOS/DMOS set, SROCC/KROCC/PLCC with bootstrap intervals,
+   overall and per distortion.
+2. **Shift** (:mod:`.shift`): per photo, what a 1 px, 1 px diagonal, 2 px and half-pixel translation counts
+   relative to the mildest visible distortion (noise σ 0.03, blur σ 1); median and max over photos.
+3. **Tasks** with each metric as a training loss (:mod:`patchmmd.tasks`): SR ×4, the autoencoder and the
+   generalized image mean, judged on held-out tiles by DISTS and LPIPS-vgg with the published weights, plus
+   PSNR, SSIM, the sharpness ratio and, for SR, the 4x4 lattice ratio (:mod:`.artifacts`).
+
+The checks a candidate must pass (:data:`CHECKS`) are evaluated and marked pass / fail / not judged (a
+missing input, e.g. no weights). Everything is seeded: the same call gives the same numbers.
+
+Example (the shape of a run; the real one reads files):
+    >>> cfg = SuiteConfig.quick_config()
+    >>> cfg.sr_steps, cfg.quick
+    (3, True)
+    >>> parse_candidate("mmdpp:num_scales=3,scale_weights=[1, 2, 1]")
+    ('mmdpp', {'num_scales': 3, 'scale_weights': [1, 2, 1]})
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .artifacts import lattice_ratio
+from .shift import SHIFTS, shift_distances
+
+__all__ = [
+    "CHECKS",
+    "DEEP_BASELINES",
+    "WEIGHT_FILES",
+    "HumanSet",
+    "SuiteConfig",
+    "SuiteMetric",
+    "SuiteResult",
+    "judge_tiles",
+    "parse_candidate",
+    "run_suite",
+    "write_suite",
+]
+
+#: The deep baselines and the files of ``--weights DIR`` each needs (``backbone``, ``weights``).
+WEIGHT_FILES: dict[str, tuple[str, str]] = {
+    "lpips-vgg": ("vgg16.pth", "lpips/vgg.pth"),
+    "lpips-alex": ("alexnet.pth", "lpips/alex.pth"),
+    "dists": ("vgg16.pth", "dists.pt"),
+}
+DEEP_BASELINES: tuple[str, ...] = tuple(WEIGHT_FILES)
+#: The judges of the tasks (deep metrics with the published weights).
+JUDGES: tuple[str, ...] = ("dists", "lpips-vgg")
+
+#: The must-hold checks, by key: what each says (the thresholds are in the text).
+CHECKS: dict[str, str] = {
+    "human-live": "SROCC ≥ 0.96 on the LIVE scenes (every human set whose name contains 'live')",
+    "human-csiq": "SROCC ≥ the best deep metric's on the second database (every set whose name contains 'csiq')",
+    "shift": "a 1 px shift (horizontal and diagonal, median over photos) counts ≤ 0.15× the mildest "
+             "visible distortion (noise σ 0.03 / blur σ 1)",
+    "sr-vs-l2": "SR ×4 trained with it beats the L2-trained network under DISTS",
+    "sr-vs-lpips": "SR ×4 trained with it is within 5 % of the LPIPS-vgg-trained network under DISTS",
+    "sr-lattice": "no periodic artifact: 4x4 lattice power of its SR outputs ≤ 2× the truth's",
+    "ae-vs-l2": "the autoencoder is sharper than L2's and closer under DISTS",
+    "gim-vs-l2": "the generalized image mean is sharper than L2's and closer under DISTS",
+}
+
+
+# ------------------------------------------------------------------------------------------------ config
+@dataclass(frozen=True)
+class SuiteConfig:
+    """Sizes and seeds of a suite run. The defaults are the full suite (SR as in docs/evaluation.md);
+    :meth:`quick_config` is the smoke version CI runs (every part end to end, tiny sizes, one candidate)."""
+
+    quick: bool = False
+    seed: int = 0
+    bootstrap: int = 1000
+    human_limit: int | None = None  # rows per human set (None: all)
+    shift_size: int = 256  # photos centre-cropped to at most this for the shift check
+    tile: int = 128  # side of the held-out judge tiles
+    tiles_per_image: int = 4
+    sr_steps: int = 300
+    sr_batch: int = 8
+    sr_crop: int = 64
+    sr_lr: float = 1e-3
+    ae_steps: int = 300
+    ae_batch: int = 8
+    ae_crop: int = 64
+    ae_lr: float = 2e-3
+    gim_steps: int = 100
+    gim_size: int = 64
+    gim_shifts: int = 4
+    gim_max_shift: int = 3
+    gim_lr: float = 0.02
+    dists_loss: bool = False  # train with DISTS too (costly on CPU: off by default)
+
+    @classmethod
+    def quick_config(cls, seed: int = 0, **changes: Any) -> SuiteConfig:
+        """The smoke-test sizes: a few steps on small crops, 20 bootstrap resamples, 8 rows per human set."""
+        base = cls(quick=True, seed=seed, bootstrap=20, human_limit=8, shift_size=48, tile=64, tiles_per_image=1,
+                   sr_steps=3, sr_batch=2, sr_crop=32, ae_steps=3, ae_batch=2, ae_crop=32, gim_steps=3,
+                   gim_size=32, gim_shifts=2, gim_max_shift=2)
+        return dataclasses.replace(base, **changes)
+
+
+@dataclass(frozen=True)
+class HumanSet:
+    """A MOS/DMOS label file (:class:`patchmmd.evaluation.MOSDataset`) and the name it is reported under."""
+
+    name: str
+    labels: Path
+
+
+@dataclass
+class SuiteMetric:
+    """A metric of the suite: its label (``mmdpp:preset=followup``), registry name, options and role."""
+
+    label: str
+    name: str
+    options: dict[str, Any]
+    role: str  # "candidate" or "baseline"
+    higher_is_better: bool = False
+    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+
+    @property
+    def metric(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The built metric (after :func:`run_suite` built it)."""
+        if self.fn is None:
+            raise RuntimeError(f"metric {self.label!r} is not built")
+        return self.fn
+
+    def distance(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The metric as a distance (similarities ``s`` become ``1 - s``), no gradients: ``(N,)``."""
+        with torch.no_grad():
+            v = torch.as_tensor(self.metric(x, y)).detach().double().reshape(-1)
+        return 1.0 - v if self.higher_is_better else v
+
+
+@dataclass
+class SuiteResult:
+    """What :func:`run_suite` computed: ``data`` is report.json; ``figures`` the images for the figures."""
+
+    data: dict[str, Any]
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+def _split_top(text: str) -> list[str]:
+    """Split on commas outside brackets (option values may be lists)."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        if ch in "[(":
+            depth += 1
+        elif ch in "])":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    return [p.strip() for p in parts if p.strip()]
+
+
+def parse_candidate(spec: str) -> tuple[str, dict[str, Any]]:
+    """``NAME[:KEY=VALUE,...]`` into the registry name and its options (values parsed as the CLI does).
+
+    Raises:
+        ValueError: an empty name or an option without ``=``.
+    """
+    from ..cli._common import parse_metric_options
+
+    name, _, rest = spec.partition(":")
+    name = name.strip()
+    if not name:
+        raise ValueError(f"candidate {spec!r} has no metric name")
+    items = _split_top(rest)
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"candidate {spec!r}: option {item!r} is not KEY=VALUE")
+    try:
+        options = parse_metric_options(tuple(items))
+    except Exception as e:  # click.BadParameter: keep the library free of click in its signature
+        raise ValueError(f"candidate {spec!r}: {getattr(e, 'message', e)}") from None
+    return name, options
+
+
+# --------------------------------------------------------------------------------------------- building
+def _deep_options(name: str, weights: Path) -> dict[str, Any]:
+    backbone, head = WEIGHT_FILES[name]
+    return {"backbone": str(weights / backbone), "weights": str(weights / head)}
+
+
+def _build(m: SuiteMetric) -> SuiteMetric:
+    from ..metrics.registry import get_spec
+
+    spec = get_spec(m.name)
+    m.higher_is_better = spec.higher_is_better
+    m.fn = spec.factory(**m.options)
+    return m
+
+
+def _make_loss(name: str, options: Mapping[str, Any]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """:func:`patchmmd.tasks.losses.make_loss`; a registry distance it does not list yet (the deep baselines)
+    becomes the distance averaged over the batch, as make_loss does for the others."""
+    from ..metrics.registry import get_spec
+    from ..tasks.losses import LOSS_NAMES, make_loss
+
+    if name in LOSS_NAMES:
+        return make_loss(name, **options)
+    spec = get_spec(name)
+    if not spec.differentiable or spec.higher_is_better:
+        raise ValueError(f"metric {name!r} cannot be a training loss (not a differentiable distance)")
+    metric = spec.factory(**options)
+    return lambda x, y: metric(x, y).mean()
+
+
+def judge_tiles(images: Sequence[torch.Tensor], tile: int, per_image: int) -> torch.Tensor:
+    """``per_image`` tiles of ``tile x tile`` per image, evenly spaced along its diagonal: ``(M, C, t, t)``.
+
+    Example:
+        >>> judge_tiles([torch.rand(3, 40, 60)], 20, 3).shape
+        torch.Size([3, 3, 20, 20])
+    """
+    out = []
+    for img in images:
+        h, w = img.shape[-2:]
+        if min(h, w) < tile:
+            continue
+        for k in range(per_image):
+            f = k / (per_image - 1) if per_image > 1 else 0.5
+            top, left = round(f * (h - tile)), round(f * (w - tile))
+            out.append(img[:, top : top + tile, left : left + tile])
+    if not out:
+        raise ValueError(f"no image is large enough for {tile} px judge tiles")
+    return torch.stack(out)
+
+
+def _center(img: torch.Tensor, size: int) -> torch.Tensor:
+    h, w = img.shape[-2:]
+    s_h, s_w = min(h, size), min(w, size)
+    top, left = (h - s_h) // 2, (w - s_w) // 2
+    return img[:, top : top + s_h, left : left + s_w]
+
+
+def _finite(v: float) -> float | None:
+    return v if math.isfinite(v) else None
+
+
+def _r(v: float, digits: int = 6) -> float:
+    return v if not math.isfinite(v) else float(f"{v:.{digits}g}")
+
+
+# ----------------------------------------------------------------------------------------------- parts
+def _human(sets: Sequence[HumanSet], metrics: Sequence[SuiteMetric], cfg: SuiteConfig,
+           log: Callable[[str], None]) -> tuple[dict[str, Any], list[torch.Tensor], list[str]]:
+    """Part 1; also returns the sets' reference images (for the shift check and the judge tiles)."""
+    import csv
+
+    from ..io import load_image
+    from .datasets import MOSDataset
+    from .runner import EvalMetric, run
+
+    out: dict[str, Any] = {}
+    refs: list[torch.Tensor] = []
+    ref_names: list[str] = []
+    for hs in sets:
+        with open(hs.labels, newline="", encoding="utf-8-sig") as f:
+            header = next(csv.reader(f), [])
+        ds = MOSDataset(hs.labels, group_column="distortion" if "distortion" in header else None)
+        for ref in dict.fromkeys(ds.references):
+            refs.append(load_image(ds.root / ref, mode=ds.mode))
+            ref_names.append(f"{hs.name}/{Path(ref).stem}")
+        t0 = time.perf_counter()
+        ems = [EvalMetric(m.label, m.metric, m.higher_is_better, m.role, dict(m.options)) for m in metrics]
+        log(f"human {hs.name}: {len(ems)} metrics on {cfg.human_limit or len(ds)} rows")
+        res = run(ds, ems, bootstrap=cfg.bootstrap, seed=cfg.seed, limit=cfg.human_limit, batch_size=4)
+        out[hs.name] = {
+            "labels": str(hs.labels), "n_rows": res.n, "n_scored": len(res.scored),
+            "group_column": ds.group_column, "score_column": ds.score_column,
+            "metrics": {k: {g: v for g, v in st.items() if g not in ("higher_is_better", "group")}
+                        for k, st in res.metrics.items()},
+            "unscored_ok": {k: all(c["ok"] for c in v) for k, v in res.unscored.items()},
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+    return out, refs, ref_names
+
+
+def _shift(photos: Sequence[torch.Tensor], names: Sequence[str], metrics: Sequence[SuiteMetric], cfg: SuiteConfig,
+           log: Callable[[str], None]) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    crops = [_center(p, cfg.shift_size) for p in photos]
+    out: dict[str, Any] = {"photos": list(names), "size": cfg.shift_size, "metrics": {}}
+    for m in metrics:
+        log(f"shift: {m.label} on {len(crops)} photos")
+        per_photo: dict[str, dict[str, float]] = {}
+        for i, (name, img) in enumerate(zip(names, crops, strict=True)):
+            d = shift_distances(m.distance, img, seed=cfg.seed + i)
+            mild = min(d["noise"], d["blur"])
+            per_photo[name] = {**{k: _r(d[k] / mild) if mild > 0 else math.nan for k in SHIFTS},
+                               "d_noise": _r(d["noise"]), "d_blur": _r(d["blur"])}
+        out["metrics"][m.label] = {
+            "median": {k: _r(statistics.median(p[k] for p in per_photo.values())) for k in SHIFTS},
+            "max": {k: _r(max(p[k] for p in per_photo.values())) for k in SHIFTS},
+            "per_photo": per_photo,
+        }
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def _judge(judges: Mapping[str, SuiteMetric], x: torch.Tensor, y: torch.Tensor, chunk: int = 8) -> dict[str, float]:
+    from ..tasks.report import psnr, sharpness_ratio, ssim
+
+    x, y = x.detach().clamp(0, 1).float(), y.detach().clamp(0, 1).float()
+    out = {}
+    for name, j in judges.items():
+        vals = torch.cat([j.distance(x[i : i + chunk], y[i : i + chunk]) for i in range(0, len(x), chunk)])
+        out[name] = _r(float(vals.mean()))
+    out["psnr"] = _r(float(psnr(x, y).mean()))
+    out["ssim"] = _r(float(ssim(x, y).mean()))
+    out["sharpness"] = _r(sharpness_ratio(x, y))
+    return out
+
+
+def _tasks(losses: Sequence[SuiteMetric], judges: Mapping[str, SuiteMetric], train: list[torch.Tensor],
+           tiles: torch.Tensor, gim_photos: Sequence[torch.Tensor], cfg: SuiteConfig,
+           log: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, Any]]:
+    from ..tasks._common import deterministic
+    from ..tasks.autoencoder import reconstruct, train_autoencoder
+    from ..tasks.data import Split
+    from ..tasks.gim import generalized_mean, shifted_set
+    from ..tasks.superres import bicubic, degrade, train_superres, upscale
+
+    sr_split = Split(train, tiles, cfg.sr_crop)
+    ae_split = Split(train, tiles, cfg.ae_crop)
+    lr_tiles = degrade(tiles, 4)
+    gim_sets = [shifted_set(p, cfg.gim_shifts, size=cfg.gim_size, max_shift=cfg.gim_max_shift)[0] for p in gim_photos]
+    results: dict[str, Any] = {"sr": {}, "ae": {}, "gim": {}}
+    figures: dict[str, Any] = {"tiles": tiles, "sr": {}, "ae": {}, "gim": {}, "gim_sets": gim_sets}
+
+    up = bicubic(lr_tiles, 4)
+    results["sr"]["bicubic (no training)"] = {**_judge(judges, up, tiles), "lattice": _r(lattice_ratio(up, tiles))}
+    figures["sr"]["bicubic"] = up
+    means = [ys.mean(0, keepdim=True) for ys in gim_sets]
+    results["gim"]["pixel mean (no optimisation)"] = _gim_scores(judges, means, gim_sets)
+    figures["gim"]["pixel mean"] = torch.cat(means)
+
+    for m in losses:
+        loss = _make_loss(m.name, m.options)
+        t0 = time.perf_counter()
+        log(f"tasks: SR x4 with {m.label} ({cfg.sr_steps} steps)")
+        with deterministic(cfg.seed):
+            model = train_superres(sr_split, loss, scale=4, steps=cfg.sr_steps, batch=cfg.sr_batch, lr=cfg.sr_lr,
+                                   seed=cfg.seed).model
+        out = upscale(model, lr_tiles)
+        t_sr = time.perf_counter() - t0
+        results["sr"][m.label] = {**_judge(judges, out, tiles), "lattice": _r(lattice_ratio(out, tiles)),
+                                  "seconds": round(t_sr, 1)}
+        figures["sr"][m.label] = out
+
+        t0 = time.perf_counter()
+        log(f"tasks: autoencoder with {m.label} ({cfg.ae_steps} steps)")
+        with deterministic(cfg.seed):
+            model = train_autoencoder(ae_split, loss, steps=cfg.ae_steps, batch=cfg.ae_batch, lr=cfg.ae_lr,
+                                      seed=cfg.seed).model
+        out = reconstruct(model, tiles)
+        results["ae"][m.label] = {**_judge(judges, out, tiles), "seconds": round(time.perf_counter() - t0, 1)}
+        figures["ae"][m.label] = out
+
+        t0 = time.perf_counter()
+        log(f"tasks: generalized image mean with {m.label} ({len(gim_sets)} sets, {cfg.gim_steps} steps)")
+        images = []
+        for ys in gim_sets:
+            with deterministic(cfg.seed):
+                images.append(generalized_mean(ys, loss, steps=cfg.gim_steps, lr=cfg.gim_lr, init="mean",
+                                               seed=cfg.seed).image)
+        results["gim"][m.label] = {**_gim_scores(judges, images, gim_sets),
+                                   "seconds": round(time.perf_counter() - t0, 1)}
+        figures["gim"][m.label] = torch.cat(images)
+    return results, figures
+
+
+def _gim_scores(judges: Mapping[str, SuiteMetric], images: Sequence[torch.Tensor],
+                sets: Sequence[torch.Tensor]) -> dict[str, float]:
+    """Per set, the image against every member of the set; averaged over sets (sharpness: against the set)."""
+    per = [_judge(judges, x.expand_as(ys), ys) for x, ys in zip(images, sets, strict=True)]
+    return {k: _r(statistics.fmean(p[k] for p in per)) for k in per[0]}
+
+
+# ---------------------------------------------------------------------------------------------- checks
+def _check(key: str, ok: bool | None, value: str, why: str = "") -> dict[str, Any]:
+    return {"check": key, "pass": ok, "value": value, "note": why}
+
+
+def _checks(data: dict[str, Any], candidates: Sequence[str], deep: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    human, shift, tasks = data["human"], data["shift"], data["tasks"]
+    for c in candidates:
+        rows = []
+        live = [n for n in human if "live" in n.lower()]
+        csiq = [n for n in human if "csiq" in n.lower()]
+        if not live:
+            rows.append(_check("human-live", None, "–", "no human set named *live*"))
+        for n in live:
+            s = human[n]["metrics"][c]["all"]["srocc"]
+            rows.append(_check("human-live", bool(s >= 0.96), f"{n}: SROCC {s:.3f} (≥ 0.960)"))
+        for n in csiq:
+            s = human[n]["metrics"][c]["all"]["srocc"]
+            got = {d: human[n]["metrics"][d]["all"]["srocc"] for d in deep if d in human[n]["metrics"]}
+            if not got:
+                rows.append(_check("human-csiq", None, f"{n}: SROCC {s:.3f}", "no deep metrics (no --weights)"))
+                continue
+            best = max(got, key=lambda d: got[d])
+            rows.append(_check("human-csiq", bool(s >= got[best]), f"{n}: SROCC {s:.3f} vs {best} {got[best]:.3f}"))
+        if not csiq:
+            rows.append(_check("human-csiq", None, "–", "no human set named *csiq*"))
+        med = shift["metrics"][c]["median"]
+        worst = max(med["shift-1px"], med["shift-1px-diag"])
+        rows.append(_check("shift", bool(worst <= 0.15), f"1 px {med['shift-1px']:.3f}, diagonal "
+                           f"{med['shift-1px-diag']:.3f} (≤ 0.150)"))
+        sr = tasks.get("sr", {})
+        if c in sr and "dists" in sr[c]:
+            d, d_l2 = sr[c]["dists"], sr.get("l2", {}).get("dists")
+            rows.append(_check("sr-vs-l2", None if d_l2 is None else bool(d < d_l2),
+                               f"DISTS {d:.4f} vs L2 {_fmtn(d_l2)}"))
+            d_lp = sr.get("lpips-vgg", {}).get("dists")
+            rows.append(_check("sr-vs-lpips", None if d_lp is None else bool(d <= 1.05 * d_lp),
+                               f"DISTS {d:.4f} vs LPIPS-vgg loss {_fmtn(d_lp)} (≤ +5 %)"))
+        else:
+            rows.append(_check("sr-vs-l2", None, "–", "no DISTS judge (no --weights)"))
+            rows.append(_check("sr-vs-lpips", None, "–", "no DISTS judge (no --weights)"))
+        if c in sr:
+            lat = sr[c]["lattice"]
+            rows.append(_check("sr-lattice", bool(lat <= 2.0), f"lattice ratio {lat:.3f} (≤ 2)"))
+        for task in ("ae", "gim"):
+            res = tasks.get(task, {})
+            if c not in res or "l2" not in res:
+                continue
+            sharp, sharp_l2 = res[c]["sharpness"], res["l2"]["sharpness"]
+            text = f"sharpness {sharp:.3f} vs L2 {sharp_l2:.3f}"
+            if "dists" in res[c]:
+                d, d_l2 = res[c]["dists"], res["l2"]["dists"]
+                rows.append(_check(f"{task}-vs-l2", bool(sharp > sharp_l2 and d < d_l2),
+                                   f"{text}; DISTS {d:.4f} vs L2 {d_l2:.4f}"))
+            else:
+                rows.append(_check(f"{task}-vs-l2", None, text, "no DISTS judge (no --weights)"))
+        out[c] = rows
+    return out
+
+
+def _fmtn(v: float | None, digits: int = 4) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+# ------------------------------------------------------------------------------------------------- run
+def run_suite(
+    candidates: Sequence[str],
+    *,
+    human: Sequence[HumanSet] = (),
+    weights: str | os.PathLike[str] | None = None,
+    train_photos: Sequence[torch.Tensor] = (),
+    config: SuiteConfig | None = None,
+    log: Callable[[str], None] | None = None,
+) -> SuiteResult:
+    """Run the three parts for ``candidates`` (``NAME[:KEY=VALUE,...]``) and the baselines.
+
+    Args:
+        candidates: the metrics under test (:func:`parse_candidate`); the quick config keeps the first only.
+        human: the MOS/DMOS sets of part 1 (their reference images also feed the shift check and the judge
+            tiles, never the training).
+        weights: a folder laid out as ``shared/tools/published_weights.py`` writes (:data:`WEIGHT_FILES`);
+            ``None`` skips the deep baselines and the judges (noted in the report).
+        train_photos: extra training photos (``(3, H, W)`` in ``[0, 1]``) besides the package's samples.
+        config: sizes and seed (:class:`SuiteConfig`; default the full suite).
+        log: called with one line per step (progress).
+
+    Raises:
+        ValueError: no candidate, a bad candidate spec or option; FileNotFoundError: a missing weight file.
+    """
+    from ..data import sample_image, sample_names
+
+    cfg = config or SuiteConfig()
+    say = log or (lambda s: None)
+    t_start = time.perf_counter()
+    if not candidates:
+        raise ValueError("give at least one candidate")
+    specs = list(dict.fromkeys(candidates))[: 1 if cfg.quick else None]
+    notes: list[str] = []
+    if cfg.quick:
+        notes.append("quick run (--quick): tiny sizes, one candidate; the numbers only show that every part runs")
+    metrics: list[SuiteMetric] = []
+    for spec in specs:
+        name, options = parse_candidate(spec)
+        metrics.append(SuiteMetric(spec, name, options, "candidate"))
+    wdir = Path(weights) if weights is not None else None
+    baselines = ["l2", "ssim"]
+    if wdir is not None:
+        for name in DEEP_BASELINES:
+            for f in WEIGHT_FILES[name]:
+                if not (wdir / f).is_file():
+                    raise FileNotFoundError(f"--weights {wdir}: {f} not found (needed by {name}); lay the folder "
+                                            "out as shared/tools/published_weights.py writes it")
+        baselines += list(DEEP_BASELINES)
+    else:
+        notes.append("no --weights: the deep baselines (lpips-vgg, lpips-alex, dists), the LPIPS-vgg loss and "
+                     "the DISTS / LPIPS judges are skipped, and the checks that need them are not judged")
+    labels = {m.label for m in metrics}
+    for b in baselines:
+        if b not in labels:
+            metrics.append(SuiteMetric(b, b, _deep_options(b, wdir) if b in WEIGHT_FILES and wdir else {}, "baseline"))
+    for m in metrics:
+        try:
+            _build(m)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{m.label}: {e}") from e
+    by_label = {m.label: m for m in metrics}
+    judges = {j: by_label[j] for j in JUDGES if j in by_label}
+    loss_labels = [m.label for m in metrics if m.role == "candidate"] + ["l2", "ssim"]
+    if wdir is not None:
+        loss_labels.append("lpips-vgg")
+        if cfg.dists_loss:
+            loss_labels.append("dists")
+        else:
+            notes.append("DISTS is not trained with (costly on CPU, and it is the judge); pass --dists-loss")
+    losses = [by_label[lb] for lb in dict.fromkeys(loss_labels)]
+
+    data: dict[str, Any] = {
+        "command": "eval suite", "config": dataclasses.asdict(cfg), "weights": None if wdir is None else str(wdir),
+        "candidates": [m.label for m in metrics if m.role == "candidate"],
+        "metrics": {m.label: {"name": m.name, "options": {k: str(v) for k, v in m.options.items()},
+                              "role": m.role, "higher_is_better": m.higher_is_better} for m in metrics},
+        "losses": [m.label for m in losses], "judges": list(judges), "notes": notes, "seconds": {},
+    }
+    t0 = time.perf_counter()
+    data["human"], refs, ref_names = _human(human, metrics, cfg, say)
+    data["seconds"]["human"] = round(time.perf_counter() - t0, 1)
+
+    samples = [sample_image(n) for n in sample_names()]
+    t0 = time.perf_counter()
+    data["shift"] = _shift([*samples, *refs], [f"sample/{n}" for n in sample_names()] + ref_names, metrics, cfg, say)
+    data["seconds"]["shift"] = round(time.perf_counter() - t0, 1)
+
+    t0 = time.perf_counter()
+    train = [*samples, *train_photos]
+    if refs:
+        tiles = judge_tiles(refs, cfg.tile, cfg.tiles_per_image)
+        data["tiles"] = {"source": "the human sets' reference images (never trained on)", "n": len(tiles),
+                         "size": cfg.tile}
+    else:
+        from ..tasks.data import split_photos
+
+        split = split_photos(train, cfg.tile, max_tiles=len(train) * cfg.tiles_per_image)
+        train, tiles = split.train, split.heldout
+        data["tiles"] = {"source": "held-out strips of the training photos (no human sets given)", "n": len(tiles),
+                         "size": cfg.tile}
+        notes.append("no human sets: the judge tiles are the held-out right-hand strips of the training photos")
+    data["tasks"], figures = _tasks(losses, judges, train, tiles, samples, cfg, say)
+    data["seconds"]["tasks"] = round(time.perf_counter() - t0, 1)
+    data["checks"] = _checks(data, data["candidates"], [d for d in DEEP_BASELINES if d in by_label])
+    data["seconds"]["total"] = round(time.perf_counter() - t_start, 1)
+    return SuiteResult(data, figures)
+
+
+# ---------------------------------------------------------------------------------------------- report
+#: The files :func:`write_suite` creates (besides figures).
+OUTPUT_FILES = ("report.md", "report.json")
+FIGURES = ("figure-sr.png", "figure-ae.png", "figure-gim.png")
+
+
+def _mark(ok: bool | None) -> str:
+    return {True: "**pass**", False: "**FAIL**", None: "not judged"}[ok]
+
+
+def _markdown(d: dict[str, Any], figures: Sequence[str]) -> str:
+    cfg = d["config"]
+    md = ["# Dev benchmark (`patchmmd eval suite`)", "",
+          f"Candidates: {', '.join(f'`{c}`' for c in d['candidates'])}. Baselines: "
+          + ", ".join(f"`{k}`" for k, v in d["metrics"].items() if v["role"] == "baseline")
+          + f". Seed {cfg['seed']}; wall time {d['seconds']['total']:.0f} s "
+          f"(human {d['seconds']['human']:.0f} s, shift {d['seconds']['shift']:.0f} s, "
+          f"tasks {d['seconds']['tasks']:.0f} s). See docs/evaluation.md for the protocol.", ""]
+    md += [f"> {n}" for n in d["notes"]] + ([""] if d["notes"] else [])
+    md += ["## Checks", "", "| candidate | check | result | numbers | note |", "|---|---|---|---|---|"]
+    for c, rows in d["checks"].items():
+        for r in rows:
+            md.append(f"| {c} | {r['check']} | {_mark(r['pass'])} | {r['value']} | {r['note']} |")
+    md += ["", "Checks: " + "; ".join(f"**{k}**: {v}" for k, v in CHECKS.items()) + ".", ""]
+
+    md += ["## 1. Human scores (SROCC / KROCC / PLCC)", ""]
+    if not d["human"]:
+        md += ["No human sets given (`--human NAME=labels.csv`).", ""]
+    for name, h in d["human"].items():
+        groups = [g for g in next(iter(h["metrics"].values())) if g != "all"]
+        md += [f"### {name}: {h['n_scored']} scored pairs (`{h['labels']}`)", "",
+               "| metric | all | " + " | ".join(groups) + " |", "|---|---|" + "---|" * len(groups)]
+        for m, st in h["metrics"].items():
+            md.append(f"| {m} | " + " | ".join(
+                f"{_fmtn(st[g]['srocc'], 3)} / {_fmtn(st[g]['krocc'], 3)} / {_fmtn(st[g]['plcc'], 3)}"
+                for g in ["all", *groups]) + " |")
+        md += ["", f"SROCC with its 95 % bootstrap interval ({cfg['bootstrap']} resamples):", "",
+               "| metric | all | " + " | ".join(groups) + " |", "|---|---|" + "---|" * len(groups)]
+        for m, st in h["metrics"].items():
+            cells = []
+            for g in ["all", *groups]:
+                ci = st[g].get("ci", {}).get("srocc")
+                cells.append(_fmtn(st[g]["srocc"], 3) + (f" [{_fmtn(ci[0], 2)}, {_fmtn(ci[1], 2)}]" if ci else ""))
+            md.append(f"| {m} | " + " | ".join(cells) + " |")
+        md.append("")
+
+    s = d["shift"]
+    md += ["## 2. Shift check", "",
+           f"d(shift) / min(d(noise σ 0.03), d(blur σ 1)) over {len(s['photos'])} photos (centre crops of at most "
+           f"{s['size']} px): median (max).", "",
+           "| metric | " + " | ".join(SHIFTS) + " |", "|---|" + "---|" * len(SHIFTS)]
+    for m, st in s["metrics"].items():
+        md.append(f"| {m} | " + " | ".join(f"{_fmtn(st['median'][k], 3)} ({_fmtn(st['max'][k], 3)})"
+                                            for k in SHIFTS) + " |")
+    md.append("")
+
+    t = d["tasks"]
+    judges = d["judges"]
+    cols = [*judges, "psnr", "ssim", "sharpness"]
+    titles = {"sr": f"SR ×4 ({cfg['sr_steps']} steps of {cfg['sr_batch']} crops of {cfg['sr_crop']}², Adam "
+                    f"{cfg['sr_lr']:g})",
+              "ae": f"Autoencoder ({cfg['ae_steps']} steps of {cfg['ae_batch']} crops of {cfg['ae_crop']}², "
+                    f"Adam {cfg['ae_lr']:g})",
+              "gim": f"Generalized image mean ({cfg['gim_steps']} steps, {cfg['gim_size']}² crop and "
+                     f"{cfg['gim_shifts']} copies shifted {cfg['gim_max_shift']} px; judged against every member)"}
+    md += ["## 3. Tasks", "",
+           f"Judged on {d['tiles']['n']} held-out tiles of {d['tiles']['size']}² ({d['tiles']['source']}); "
+           "DISTS / LPIPS lower is better; sharpness = high-frequency energy relative to the truth (1 = as sharp); "
+           "lattice = power at the 4x4 pixel-shuffle frequencies relative to the truth's.", ""]
+    for task in ("sr", "ae", "gim"):
+        c = cols + (["lattice"] if task == "sr" else []) + ["seconds"]
+        md += [f"### {titles[task]}", "", "| loss | " + " | ".join(c) + " |", "|---|" + "---|" * len(c)]
+        for loss, r in t[task].items():
+            md.append(f"| {loss} | " + " | ".join(_fmtn(r.get(k), 1 if k == "seconds" else 4) for k in c) + " |")
+        md.append("")
+    md += [f"![{f}]({f})" for f in figures]
+    return "\n".join(md) + "\n"
+
+
+def _figures(r: SuiteResult, out: Path) -> list[str]:
+    from ..tasks._common import image_grid_figure
+
+    f = r.figures
+    written: list[str] = []
+    if not f:
+        return written
+    n = min(3, len(f["tiles"]))
+    for task, name in (("sr", "figure-sr.png"), ("ae", "figure-ae.png")):
+        labels = ["truth", *f[task]]
+        rows = [[f["tiles"][i], *(v[i] for v in f[task].values())] for i in range(n)]
+        image_grid_figure(rows, [f"tile {i}" for i in range(n)], labels, out / name,
+                          title=f"{task.upper()}: held-out tiles, one column per loss")
+        written.append(name)
+    sets = f["gim_sets"]
+    labels = ["unshifted crop", *f["gim"]]
+    rows = [[ys[0], *(v[i] for v in f["gim"].values())] for i, ys in enumerate(sets)]
+    image_grid_figure(rows, [f"set {i}" for i in range(len(sets))], labels, out / "figure-gim.png",
+                      title="Generalized image mean of shifted copies, one column per loss")
+    written.append("figure-gim.png")
+    return written
+
+
+def write_suite(result: SuiteResult, out_dir: str | os.PathLike[str], *, figures: bool = True) -> list[Path]:
+    """Write report.md, report.json and (with ``figures``, needs matplotlib) the figures; returns the files."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = _figures(result, out) if figures else []
+    (out / "report.json").write_text(json.dumps(result.data, indent=2, allow_nan=True) + "\n")
+    (out / "report.md").write_text(_markdown(result.data, names))
+    return [out / "report.md", out / "report.json", *(out / n for n in names)]
