@@ -142,7 +142,7 @@ def test_quick_suite_end_to_end_without_weights(tmp_path: Path) -> None:
     data = json.loads((out / "report.json").read_text())
     assert data["candidates"] == ["mmdpp"]  # --quick keeps the first candidate
     assert set(data["metrics"]) == {"mmdpp", "l2", "ssim"}  # no deep baselines without --weights
-    assert any("no --weights" in n for n in data["notes"])
+    assert any("no weights folder" in n for n in data["notes"])
     human = data["human"]["live-tiny"]["metrics"]["mmdpp"]
     assert set(human) == {"all", "noise", "blur"} and human["all"]["n"] == 8
     assert "ci" in human["all"] and human["all"]["ci"]

@@ -395,7 +395,10 @@ def suite_command(candidates: Sequence[str], human: Sequence[str], weights: str 
     def log(line: str) -> None:
         click.echo(f"[{time.perf_counter() - t0:6.0f} s] {line}", err=True)
 
-    result = run_suite(specs, human=sets, weights=weights, train_photos=photos, config=cfg, log=log)
+    try:
+        result = run_suite(specs, human=sets, weights=weights, train_photos=photos, config=cfg, log=log)
+    except FileNotFoundError as e:  # a file missing from the weights folder
+        raise click.BadParameter(str(e), param_hint="--weights") from None
     files = write_suite(result, outdir, figures=not no_figures)
     for c, rows in result.data["checks"].items():
         marks = {True: "pass", False: "FAIL", None: "–"}

@@ -56,7 +56,7 @@ __all__ = [
     "write_suite",
 ]
 
-#: The deep baselines and the files of ``--weights DIR`` each needs (``backbone``, ``weights``).
+#: The deep baselines and the files of the ``weights`` folder each needs (``backbone``, ``weights``).
 WEIGHT_FILES: dict[str, tuple[str, str]] = {
     "lpips-vgg": ("vgg16.pth", "lpips/vgg.pth"),
     "lpips-alex": ("alexnet.pth", "lpips/alex.pth"),
@@ -421,7 +421,7 @@ def _checks(data: dict[str, Any], candidates: Sequence[str], deep: Sequence[str]
             s = human[n]["metrics"][c]["all"]["srocc"]
             got = {d: human[n]["metrics"][d]["all"]["srocc"] for d in deep if d in human[n]["metrics"]}
             if not got:
-                rows.append(_check("human-csiq", None, f"{n}: SROCC {s:.3f}", "no deep metrics (no --weights)"))
+                rows.append(_check("human-csiq", None, f"{n}: SROCC {s:.3f}", "no deep metrics (no weights folder)"))
                 continue
             best = max(got, key=lambda d: got[d])
             rows.append(_check("human-csiq", bool(s >= got[best]), f"{n}: SROCC {s:.3f} vs {best} {got[best]:.3f}"))
@@ -440,8 +440,8 @@ def _checks(data: dict[str, Any], candidates: Sequence[str], deep: Sequence[str]
             rows.append(_check("sr-vs-lpips", None if d_lp is None else bool(d <= 1.05 * d_lp),
                                f"DISTS {d:.4f} vs LPIPS-vgg loss {_fmtn(d_lp)} (≤ +5 %)"))
         else:
-            rows.append(_check("sr-vs-l2", None, "–", "no DISTS judge (no --weights)"))
-            rows.append(_check("sr-vs-lpips", None, "–", "no DISTS judge (no --weights)"))
+            rows.append(_check("sr-vs-l2", None, "–", "no DISTS judge (no weights folder)"))
+            rows.append(_check("sr-vs-lpips", None, "–", "no DISTS judge (no weights folder)"))
         if c in sr:
             lat = sr[c]["lattice"]
             rows.append(_check("sr-lattice", bool(lat <= 2.0), f"lattice ratio {lat:.3f} (≤ 2)"))
@@ -456,7 +456,7 @@ def _checks(data: dict[str, Any], candidates: Sequence[str], deep: Sequence[str]
                 rows.append(_check(f"{task}-vs-l2", bool(sharp > sharp_l2 and d < d_l2),
                                    f"{text}; DISTS {d:.4f} vs L2 {d_l2:.4f}"))
             else:
-                rows.append(_check(f"{task}-vs-l2", None, text, "no DISTS judge (no --weights)"))
+                rows.append(_check(f"{task}-vs-l2", None, text, "no DISTS judge (no weights folder)"))
         out[c] = rows
     return out
 
@@ -500,7 +500,7 @@ def run_suite(
     specs = list(dict.fromkeys(candidates))[: 1 if cfg.quick else None]
     notes: list[str] = []
     if cfg.quick:
-        notes.append("quick run (--quick): tiny sizes, one candidate; the numbers only show that every part runs")
+        notes.append("quick run: tiny sizes, one candidate; the numbers only show that every part runs")
     metrics: list[SuiteMetric] = []
     for spec in specs:
         name, options = parse_candidate(spec)
@@ -511,11 +511,11 @@ def run_suite(
         for name in DEEP_BASELINES:
             for f in WEIGHT_FILES[name]:
                 if not (wdir / f).is_file():
-                    raise FileNotFoundError(f"--weights {wdir}: {f} not found (needed by {name}); lay the folder "
+                    raise FileNotFoundError(f"weights folder {wdir}: {f} not found (needed by {name}); lay the folder "
                                             "out as shared/tools/published_weights.py writes it")
         baselines += list(DEEP_BASELINES)
     else:
-        notes.append("no --weights: the deep baselines (lpips-vgg, lpips-alex, dists), the LPIPS-vgg loss and "
+        notes.append("no weights folder: the deep baselines (lpips-vgg, lpips-alex, dists), the LPIPS-vgg loss and "
                      "the DISTS / LPIPS judges are skipped, and the checks that need them are not judged")
     labels = {m.label for m in metrics}
     for b in baselines:
@@ -534,7 +534,7 @@ def run_suite(
         if cfg.dists_loss:
             loss_labels.append("dists")
         else:
-            notes.append("DISTS is not trained with (costly on CPU, and it is the judge); pass --dists-loss")
+            notes.append("DISTS is not trained with (costly on CPU, and it is the judge); set dists_loss=True")
     losses = [by_label[lb] for lb in dict.fromkeys(loss_labels)]
 
     data: dict[str, Any] = {
@@ -601,7 +601,7 @@ def _markdown(d: dict[str, Any], figures: Sequence[str]) -> str:
 
     md += ["## 1. Human scores (SROCC / KROCC / PLCC)", ""]
     if not d["human"]:
-        md += ["No human sets given (`--human NAME=labels.csv`).", ""]
+        md += ["No human sets given.", ""]
     for name, h in d["human"].items():
         groups = [g for g in next(iter(h["metrics"].values())) if g != "all"]
         md += [f"### {name}: {h['n_scored']} scored pairs (`{h['labels']}`)", "",
