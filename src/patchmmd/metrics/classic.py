@@ -87,6 +87,7 @@ def ssim(x: torch.Tensor, y: torch.Tensor, *, win_size: int = 11, downsample: bo
 
     ``downsample=True`` first average-pools both images by ``max(1, round(min(H, W) / 256))`` (the reference
     code's scale step; what published LIVE numbers use). ``name`` is the caller's name in error messages.
+    Computed and returned in float32 whatever the input dtype (pytorch-msssim's precision).
     """
     ms = _msssim_module()
     check_batch(x, y)
@@ -99,7 +100,8 @@ def ssim(x: torch.Tensor, y: torch.Tensor, *, win_size: int = 11, downsample: bo
 
 
 def ms_ssim(x: torch.Tensor, y: torch.Tensor, *, win_size: int = 11) -> torch.Tensor:
-    """Multi-scale SSIM per image (pytorch-msssim, 5 scales; images larger than ``16·(win_size − 1)`` px): ``(N,)``."""
+    """Multi-scale SSIM per image (pytorch-msssim, 5 scales; images larger than ``16·(win_size − 1)`` px): ``(N,)``,
+    float32 whatever the input dtype."""
     ms = _msssim_module()
     check_batch(x, y)
     _check_ssim_size(x, win_size, 5, "ms-ssim")

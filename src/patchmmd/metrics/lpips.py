@@ -42,7 +42,8 @@ class LPIPS(nn.Module):
     """LPIPS v0.1 (Zhang et al. 2018): unit-normalised trunk features, squared differences, learned 1×1 heads.
 
     Inputs are image batches in [0, 1]; they are mapped to [-1, 1] and shifted/scaled as LPIPS does. Output:
-    one distance per image ``(N,)`` (spatial average, summed over the five layers). Build it with
+    one float32 distance per image ``(N,)`` (spatial average, summed over the five layers; the trunk runs in
+    float32 whatever the input dtype). Build it with
     :meth:`from_files` (or the registry's ``lpips-alex`` / ``lpips-vgg``).
 
     Example:
