@@ -142,23 +142,6 @@ def build_metric(name: str, options: dict[str, Any]) -> Callable[..., Any]:
         raise click.BadParameter(f"{name}: {one_line_error(e).format_message()}", param_hint="--option") from None
 
 
-def check_metric_call(fn: Callable[..., Any], name: str) -> None:
-    """Run the metric once on a tiny pair so bad options fail before any work (partials defer them)."""
-    import torch
-
-    x = torch.full((1, 3, 64, 64), 0.5)
-    try:
-        fn(x, x)
-    except (TypeError, ValueError) as e:
-        raise click.BadParameter(f"{name}: {e}", param_hint="--option") from None
-    except ImportError as e:
-        raise click.ClickException(f"metric {name!r} needs an optional dependency: {e}") from None
-    except Exception as e:  # e.g. a RuntimeError deep inside: the options do not work on images
-        if debug_enabled():
-            raise
-        raise click.BadParameter(f"{name}: {one_line_error(e).format_message()}", param_hint="--option") from None
-
-
 def device_option() -> Callable[[F], F]:
     """``--device auto|cpu|cuda|cuda:N|mps`` (default ``auto``: CUDA when available), parsed later by
     :func:`resolve_device_or_fail` (or, for ``score``, by the job runner: both use

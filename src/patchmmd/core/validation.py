@@ -209,17 +209,6 @@ def check_float_in(name: str, value: object, lo: float, hi: float, why: str = ""
     return float(value)
 
 
-def check_weight_tensor(source: str, key: str, value: object) -> torch.Tensor:
-    """A tensor read from a weights file: real floating point and finite; errors name the file and the key."""
-    if not isinstance(value, torch.Tensor):
-        raise ValueError(f"{source}: {key} must be a tensor, got {type(value).__name__}")
-    if not value.is_floating_point():
-        raise ValueError(f"{source}: {key} must be a real floating-point tensor, got dtype {value.dtype}")
-    if value.numel() and not bool(torch.isfinite(value).all()):
-        raise ValueError(f"{source}: {key} contains NaN or Inf values")
-    return value
-
-
 def check_positive_float(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")

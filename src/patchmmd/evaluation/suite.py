@@ -256,10 +256,6 @@ def _center(img: torch.Tensor, size: int) -> torch.Tensor:
     return img[:, top : top + s_h, left : left + s_w]
 
 
-def _finite(v: float) -> float | None:
-    return v if math.isfinite(v) else None
-
-
 def _r(v: float, digits: int = 6) -> float:
     return v if not math.isfinite(v) else float(f"{v:.{digits}g}")
 
