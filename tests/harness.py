@@ -121,9 +121,13 @@ _TINY_MMD = {"window": 4, "stride": 2}
 #: One case per registered metric.
 CASES: dict[str, MetricCase] = {c.name: c for c in [
     # ---------------------------------------------------------------- the library's own distances
+    # gradcheck without the sub-pixel fit, whose correction is a stop-gradient (docs/method.md §3.2; its
+    # gradient is checked against finite differences in test_shift_tolerance.py)
     MetricCase("mmdpp", module=_mmdpp_module("default"), compile="slow",
-               grad_options={**_TINY_MMD, "num_features": 16}),
+               grad_options={**_TINY_MMD, "num_features": 16, "subpixel": False}),
     MetricCase("mmdpp-followup", module=_mmdpp_module("followup"), grad_options={**_TINY_MMD, "num_features": 16}),
+    MetricCase("mmdpp-pixelwise", module=_mmdpp_module("pixelwise"),
+               grad_options={**_TINY_MMD, "num_features": 16}),
     MetricCase("patch-mmd", {"window": 16, "stride": 8}, module=_patch_mmd_module("exact"), compile="slow",
                grad_options=_TINY_MMD),
     MetricCase("patch-mmd-rff", {"num_features": 64}, module=_patch_mmd_module("rff"),

@@ -9,16 +9,25 @@ channel's patch mean. Two aligned terms restore what it lacks:
 * ``L2``: the mean squared pixel difference, which pins absolute colour.
 
 Both are computed on the [-1, 1] scale, like every term of the method.
+
+Compared position by position, both count a 1-px translation, which people barely see, as more than
+visible noise. :func:`tolerant_aligned` makes them tolerate small displacements (docs/method.md §3.2):
+per window, the best of the integer offsets within ``radius`` native pixels, each refined by a
+sub-pixel, locally constant displacement (a symmetric, linearised Lucas-Kanade step, at most one pixel).
+Noise and blur do not move anything, so they are counted as before.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from .kernels import gaussian_bandwidth
-from .patches import box_mean
+from .patches import WindowGrid, box_mean, window_grid
+from .scale import downsample
 from .validation import (
     OutOfRange,
     Reduction,
@@ -32,8 +41,13 @@ from .validation import (
 
 def local_map(x: torch.Tensor, y: torch.Tensor, *, patch_size: int, sigma: float) -> torch.Tensor:
     """Per-pixel ``1 - exp(-D_u / (2 s_l²))`` of internal-scale images: ``(N, 1, H, W)``."""
+    return local_map_of_difference(x - y, patch_size=patch_size, sigma=sigma)
+
+
+def local_map_of_difference(e: torch.Tensor, *, patch_size: int, sigma: float) -> torch.Tensor:
+    """:func:`local_map` given the difference ``e = x - y`` (it depends on nothing else)."""
     s = gaussian_bandwidth(sigma, patch_size)
-    diff2 = (x - y).pow(2).sum(dim=1, keepdim=True)
+    diff2 = e.pow(2).sum(dim=1, keepdim=True)
     # Sum over the k x k neighbourhood, zero padding (box_mean: much faster than a convolution with ones).
     k, half = patch_size, patch_size // 2
     d = box_mean(diff2, (k, k), padding=(half, half)) * (k * k)
@@ -98,3 +112,191 @@ def l2_distance(
     reduction = check_reduction(reduction)
     xs, ys, dtype = _prepared(x, y, value_range, out_of_range)
     return reduce(l2_map(xs, ys).mean(dim=(1, 2, 3)).to(dtype), reduction)
+
+
+#: Largest sub-pixel displacement the Lucas-Kanade step may remove, in native pixels: beyond it the
+#: linearisation is no longer a good model of the image, and the integer offsets take over.
+MAX_SUBPIXEL_SHIFT = 1.0
+#: Regulariser of the Lucas-Kanade normal equations, on the [-1, 1] scale: a flat window (no gradient)
+#: gets no displacement instead of an arbitrary one.
+LK_RIDGE = 1e-3
+
+
+def _gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Central differences along width and height, replicate padding: two ``(N, C, H, W)`` tensors."""
+    p = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    return 0.5 * (p[..., 1:-1, 2:] - p[..., 1:-1, :-2]), 0.5 * (p[..., 2:, 1:-1] - p[..., :-2, 1:-1])
+
+
+def compensated_difference(x: torch.Tensor, y: torch.Tensor, *, window: int) -> torch.Tensor:
+    """``x - y`` with a locally constant sub-pixel displacement removed: ``(N, C, H, W)``.
+
+    Around each pixel, over a ``window x window`` box, the displacement ``d`` minimising
+    ``sum (x - y - d . g)²`` is solved in closed form (Lucas-Kanade: 2x2 normal equations), symmetrically
+    in the two images: ``g`` is the mean of their gradients and the normal matrix the mean of their
+    structure tensors, plus a ridge :data:`LK_RIDGE` (so swapping ``x`` and ``y`` negates the result).
+    ``d`` is clipped to :data:`MAX_SUBPIXEL_SHIFT` per axis; returns ``x - y - d . g``. The correction
+    ``d . g`` is a constant for autograd (see :func:`displacement_correction`).
+
+    Example:
+        >>> t = torch.linspace(0, 1, 32)
+        >>> x = torch.sin(6 * t).expand(1, 1, 32, 32)              # a smooth pattern along the width
+        >>> y = torch.sin(6 * (t + 0.5 / 31)).expand(1, 1, 32, 32)  # moved by half a pixel
+        >>> e = compensated_difference(x, y, window=5)
+        >>> bool(e[..., 2:-2].abs().max() < 0.1 * (x - y)[..., 2:-2].abs().max())  # over 90 % removed
+        True
+        >>> torch.allclose(compensated_difference(y, x, window=5), -e, atol=1e-6)  # antisymmetric
+        True
+    """
+    with torch.no_grad():
+        gx, gy = _gradients(x), _gradients(y)
+        correction = displacement_correction(
+            x - y, gx, gy, structure_tensor(gx, window), structure_tensor(gy, window), window=window
+        )
+    return (x - y) - correction
+
+
+def structure_tensor(grad: tuple[torch.Tensor, torch.Tensor], window: int) -> torch.Tensor:
+    """Box means of ``gx²``, ``gy²``, ``gx gy`` (summed over channels): ``(N, 3, H, W)``."""
+    gx, gy = grad
+    prods = torch.cat([(gx * gx).sum(1, keepdim=True), (gy * gy).sum(1, keepdim=True),
+                       (gx * gy).sum(1, keepdim=True)], dim=1)
+    return box_mean(prods, (window, window), padding=(window // 2, window // 2))
+
+
+def displacement_correction(
+    e: torch.Tensor, grad_x: tuple[torch.Tensor, torch.Tensor], grad_y: tuple[torch.Tensor, torch.Tensor],
+    tensor_x: torch.Tensor, tensor_y: torch.Tensor, *, window: int,
+) -> torch.Tensor:
+    """``d . g`` of :func:`compensated_difference`, given ``e = x - y``, both images' gradients and their
+    :func:`structure_tensor` (which, being box means, can be computed once and read at any offset).
+
+    Computed without autograd (a stop-gradient): the displacement is a nuisance parameter fitted by least
+    squares, so at the fit the residual's derivative through it vanishes to first order, and the backward
+    pass treats the correction as a constant (``d (x - y - c) / dx = 1``), as cheap as a pixelwise
+    difference's. ``tests/test_shift_tolerance.py`` checks that the resulting gradient points where the
+    exact one does.
+    """
+    gx, gy = 0.5 * (grad_x[0] + grad_y[0]), 0.5 * (grad_x[1] + grad_y[1])
+    a = 0.5 * (tensor_x + tensor_y)
+    a11, a22, a12 = a[:, 0:1] + LK_RIDGE, a[:, 1:2] + LK_RIDGE, a[:, 2:3]
+    b = box_mean(torch.cat([(gx * e).sum(1, keepdim=True), (gy * e).sum(1, keepdim=True)], dim=1),
+                 (window, window), padding=(window // 2, window // 2))
+    b1, b2 = b[:, 0:1], b[:, 1:2]
+    det = a11 * a22 - a12 * a12
+    dx = ((a22 * b1 - a12 * b2) / det).clamp(-MAX_SUBPIXEL_SHIFT, MAX_SUBPIXEL_SHIFT)
+    dy = ((a11 * b2 - a12 * b1) / det).clamp(-MAX_SUBPIXEL_SHIFT, MAX_SUBPIXEL_SHIFT)
+    return dx * gx + dy * gy
+
+
+def shift_image(y: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """``y`` read ``dy`` rows down and ``dx`` columns right (``out[i, j] = y[i + dy, j + dx]``), edges replicated."""
+    if dy == dx == 0:
+        return y
+    h, w = y.shape[-2:]
+    r = max(abs(dy), abs(dx))
+    p = F.pad(y, (r, r, r, r), mode="replicate")
+    return p[..., r + dy : r + dy + h, r + dx : r + dx + w]
+
+
+def offsets(radius: int) -> list[tuple[int, int]]:
+    """The integer offsets searched: every ``(dy, dx)`` with ``|dy|, |dx| <= radius``, ``(0, 0)`` first."""
+    rng = range(-radius, radius + 1)
+    return sorted(((dy, dx) for dy in rng for dx in rng), key=lambda o: (o != (0, 0), abs(o[0]) + abs(o[1])))
+
+
+def _window_means(m: torch.Tensor, grid: WindowGrid) -> torch.Tensor:
+    """``grid.pool(m)``, computed as block means (the gcd of window and stride) and then a small box over
+    the blocks: much cheaper than one large-kernel average pool, forward and backward."""
+    bh = grid.window_h if grid.rows == 1 else math.gcd(grid.window_h, grid.stride_h)
+    bw = grid.window_w if grid.cols == 1 else math.gcd(grid.window_w, grid.stride_w)
+    covered_h = (grid.rows - 1) * grid.stride_h + grid.window_h
+    covered_w = (grid.cols - 1) * grid.stride_w + grid.window_w
+    blocks = F.avg_pool2d(m[..., :covered_h, :covered_w], (bh, bw))
+    kernel = (grid.window_h // bh, grid.window_w // bw)
+    stride = (max(1, grid.stride_h // bh), max(1, grid.stride_w // bw))
+    return blocks if kernel == stride == (1, 1) else box_mean(blocks, kernel, stride)
+
+
+def tolerant_aligned(
+    xs: torch.Tensor,
+    ys: torch.Tensor,
+    factors: Sequence[int],
+    *,
+    radius: int,
+    subpixel: bool,
+    window: int,
+    weight_l2: float,
+    weight_local: float,
+    local_patch_size: int,
+    local_sigma: float,
+) -> list[tuple[torch.Tensor, WindowGrid]]:
+    """The aligned terms ``w_l2 L2 + w_local Local`` made tolerant to small displacements, per level.
+
+    ``xs``, ``ys``: internal-scale images at native resolution; ``factors``: the levels' downsampling
+    factors. For every integer offset ``o`` within ``radius`` (native pixels), ``ys`` (and its gradients)
+    are read at ``o``, the difference is (if ``subpixel``) compensated as by :func:`compensated_difference`
+    with a box of ``2 f + 1`` pixels (``f`` the first factor: the box sees the first level's pixel and its
+    neighbours), then box-downsampled to each level, where the two terms' per-pixel maps are averaged
+    over windows of ``window`` level pixels at stride ``window // 2``. Each window keeps its smallest
+    value over the offsets. Returns, per level, the per-window values ``(N, 1, rows, cols)`` and the grid.
+
+    With ``radius=0`` and ``subpixel=False`` this is the pixelwise terms, window-averaged.
+    """
+    lk_box = 2 * factors[0] + 1
+    h, w = xs.shape[-2:]
+    grids = [window_grid(h // f, w // f, window, max(1, window // 2)) for f in factors]
+
+    def padded(t: torch.Tensor) -> torch.Tensor:
+        return F.pad(t, (radius,) * 4, mode="replicate") if radius else t
+
+    def read(t: torch.Tensor, dy: int, dx: int) -> torch.Tensor:  # shift_image of the unpadded t, as a view
+        return t[..., radius + dy : radius + dy + h, radius + dx : radius + dx + w]
+
+    yp = padded(ys)
+    if subpixel:  # computed once, without autograd (displacement_correction), read at every offset
+        with torch.no_grad():
+            grad_x, grad_y = _gradients(xs), _gradients(ys)
+            tensor_x, tensor_yp = structure_tensor(grad_x, lk_box), padded(structure_tensor(grad_y, lk_box))
+            grad_yp = (padded(grad_y[0]), padded(grad_y[1]))
+
+    def at_offset(o: tuple[int, int]) -> list[torch.Tensor]:
+        """Per level, the window means of the two terms with ``ys`` read at ``o``."""
+        e0 = xs - read(yp, *o)
+        if subpixel:
+            with torch.no_grad():
+                grad_yo = (read(grad_yp[0], *o), read(grad_yp[1], *o))
+                correction = displacement_correction(e0, grad_x, grad_yo, tensor_x, read(tensor_yp, *o),
+                                                     window=lk_box)
+            e0 = e0 - correction
+        out = []
+        for f, grid in zip(factors, grids, strict=True):
+            e = downsample(e0, f)
+            m = e.new_zeros(e.shape[0], 1, *e.shape[-2:])
+            if weight_l2 > 0:
+                m = m + weight_l2 * e.pow(2).mean(dim=1, keepdim=True)
+            if weight_local > 0:
+                m = m + weight_local * local_map_of_difference(e, patch_size=local_patch_size, sigma=local_sigma)
+            out.append(_window_means(m, grid))
+        return out
+
+    candidates = offsets(radius)
+    needs_grad = torch.is_grad_enabled() and (xs.requires_grad or ys.requires_grad)
+    if not needs_grad or len(candidates) == 1 or torch.compiler.is_compiling():
+        per_offset = [at_offset(o) for o in candidates]
+        return [(torch.stack([p[i] for p in per_offset]).amin(dim=0), g) for i, g in enumerate(grids)]
+    # With gradients: find each window's best offset without building a graph, then recompute with autograd
+    # only the offsets that win somewhere (usually one or two): same values, a fraction of the backward.
+    with torch.no_grad():
+        per_offset = [at_offset(o) for o in candidates]
+        winners = [torch.stack([p[i] for p in per_offset]).argmin(dim=0) for i in range(len(grids))]
+    del per_offset
+    used = sorted(set().union(*(set(wi.unique().tolist()) for wi in winners)))
+    result: list[torch.Tensor | None] = [None] * len(grids)
+    for j in used:
+        values = at_offset(candidates[j])
+        for i, v in enumerate(values):
+            part = torch.where(winners[i] == j, v, torch.zeros_like(v))
+            prev = result[i]
+            result[i] = part if prev is None else prev + part
+    return [(r, g) for r, g in zip(result, grids, strict=True) if r is not None]

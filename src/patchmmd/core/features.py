@@ -87,7 +87,8 @@ def _stratified_uniform(count: int, gen: torch.Generator) -> torch.Tensor:
 
 @lru_cache(maxsize=64)
 def _draw(
-    channels: int, patch_size: int, bandwidth: float, num_features: int, seed: int, kind: str, center: bool
+    channels: int, patch_size: int, bandwidth: float | tuple[float, ...], num_features: int, seed: int, kind: str,
+    center: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator(device="cpu").manual_seed(seed)
     basis = centred_basis(channels, patch_size, center)  # (d, m)
@@ -104,21 +105,34 @@ def _draw(
         else:
             lengths = chi_quantile(_stratified_uniform(count, gen), m)
         vectors = directions * lengths.unsqueeze(1)
+    per_draw = _draw_bandwidths(bandwidth, count)
     if kind == "stratified":
         phases = _stratified_uniform(count, gen) * (2.0 * math.pi)
         vectors = torch.cat([vectors, vectors])[:num_features]
         phases = torch.cat([phases, phases + math.pi / 2])[:num_features]
+        per_draw = torch.cat([per_draw, per_draw])[:num_features]
     else:
         phases = torch.rand(count, generator=gen, dtype=torch.float64) * (2.0 * math.pi)
-    weights = ((vectors @ basis.T) / bandwidth).reshape(num_features, channels, patch_size, patch_size)
-    return weights, phases
+    weights = (vectors @ basis.T) / per_draw.unsqueeze(1)
+    return weights.reshape(num_features, channels, patch_size, patch_size), phases
+
+
+def _draw_bandwidths(bandwidth: float | tuple[float, ...], count: int) -> torch.Tensor:
+    """Each draw's bandwidth, ``(count,)``.
+
+    A mixture kernel (a tuple of bandwidths, mean of the Gaussians) gets ``count / len(bandwidth)``
+    consecutive draws per bandwidth: its spectral measure is the mixture of theirs, so the feature average
+    estimates the mean kernel. (Stratified features repeat each draw as a cos/sin pair on its bandwidth.)
+    """
+    widths = bandwidth if isinstance(bandwidth, tuple) else (bandwidth,)
+    return torch.tensor(widths, dtype=torch.float64)[torch.arange(count) * len(widths) // count]
 
 
 @torch.compiler.disable
 def random_features(
     channels: int,
     patch_size: int,
-    bandwidth: float,
+    bandwidth: float | tuple[float, ...],
     num_features: int,
     *,
     seed: int = 0,
@@ -128,6 +142,9 @@ def random_features(
     dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Filters ``(r, C, k, k)`` and phases ``(r,)`` for the Gaussian kernel of bandwidth ``s``.
+
+    ``bandwidth`` may be a tuple: the mean of the Gaussian kernels of those bandwidths, each drawn for an
+    equal share of the features (:func:`patchmmd.core.kernels.gaussian_bandwidths`).
 
     Example:
         >>> w, b = random_features(3, 3, 0.54, 512, seed=0)
@@ -140,5 +157,11 @@ def random_features(
     """
     if kind not in FEATURE_KINDS:
         raise ValueError(f"features must be one of {FEATURE_KINDS}, got {kind!r}")
-    w, b = _draw(channels, patch_size, float(bandwidth), num_features, int(seed), kind, bool(center))
+    if isinstance(bandwidth, tuple | list):
+        if not bandwidth or len(bandwidth) > num_features:
+            raise ValueError(f"need 1 to num_features={num_features} bandwidths, got {len(bandwidth)}")
+        widths: float | tuple[float, ...] = tuple(float(b) for b in bandwidth)
+    else:
+        widths = float(bandwidth)
+    w, b = _draw(channels, patch_size, widths, num_features, int(seed), kind, bool(center))
     return w.to(device=device, dtype=dtype), b.to(device=device, dtype=dtype)

@@ -46,6 +46,21 @@ def gaussian_bandwidth(sigma: float, patch_size: int) -> float:
     return sigma * patch_size * patch_size
 
 
+def gaussian_bandwidths(sigma: float | tuple[float, ...], patch_size: int) -> float | tuple[float, ...]:
+    """:func:`gaussian_bandwidth` of one width, or of each width of a multi-bandwidth kernel (a tuple).
+
+    A tuple of widths stands for the kernel that is the *mean* of the Gaussian kernels of those widths
+    (docs/method.md §3): its squared MMD is the mean of their squared MMDs.
+
+    Example:
+        >>> gaussian_bandwidth(0.06, 3), gaussian_bandwidths((0.015, 0.06), 3)
+        (0.54, (0.135, 0.54))
+    """
+    if isinstance(sigma, tuple):
+        return tuple(gaussian_bandwidth(s, patch_size) for s in sigma)
+    return gaussian_bandwidth(sigma, patch_size)
+
+
 class GaussianKernel:
     """``k(p, q) = exp(-||p - q||^2 / (2 s^2))`` (apply Π to the patches first for the centred kernel).
 

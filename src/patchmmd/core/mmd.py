@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 
 from .features import FEATURE_KINDS, FeatureKind
-from .kernels import MAX_KERNEL_ELEMENTS, GaussianKernel, Kernel, _checkpointed, gaussian_bandwidth, mmd2_sets
+from .kernels import MAX_KERNEL_ELEMENTS, GaussianKernel, Kernel, _checkpointed, gaussian_bandwidths, mmd2_sets
 from .patches import WindowGrid, patch_rows, reflect_pad, window_grid, window_patch_sets
 from .rff import DEFAULT_NUM_FEATURES, windowed_mmd2_rff
 from .validation import (
@@ -75,7 +75,7 @@ def windowed_mmd2(
     y: torch.Tensor,
     *,
     patch_size: int,
-    sigma: float,
+    sigma: float | tuple[float, ...],
     window: int | None,
     stride: int,
     center: bool,
@@ -90,9 +90,13 @@ def windowed_mmd2(
     ``y_features``: precomputed RFF window means of ``y`` (:func:`.rff.target_window_means`), RFF only.
     """
     grid = window_grid(x.shape[-2], x.shape[-1], window, stride)
-    bandwidth = gaussian_bandwidth(sigma, patch_size)
+    bandwidth = gaussian_bandwidths(sigma, patch_size)
     if estimator == "exact":
-        values = windowed_mmd2_exact(x, y, grid, GaussianKernel(bandwidth), patch_size=patch_size, center=center)
+        # A tuple of widths is the mean of their Gaussian kernels, so its squared MMD is the mean of theirs.
+        widths = bandwidth if isinstance(bandwidth, tuple) else (bandwidth,)
+        values = torch.stack([
+            windowed_mmd2_exact(x, y, grid, GaussianKernel(b), patch_size=patch_size, center=center) for b in widths
+        ]).mean(dim=0)
     else:
         values = windowed_mmd2_rff(
             x, y, grid, patch_size=patch_size, bandwidth=bandwidth, num_features=num_features,
@@ -112,6 +116,24 @@ def check_sigma(name: str, value: object) -> float:
     return check_float_in(name, value, *SIGMA_RANGE, why="the kernel is degenerate in float32 outside it")
 
 
+#: Most widths a multi-bandwidth kernel may have.
+MAX_SIGMAS = 8
+
+
+def check_sigmas(name: str, value: object) -> float | tuple[float, ...]:
+    """One kernel width, or a tuple of 1 to :data:`MAX_SIGMAS` widths (the mean of their Gaussian kernels).
+
+    Example:
+        >>> check_sigmas("sigma", 0.06), check_sigmas("sigma", [0.015, 0.06])
+        (0.06, (0.015, 0.06))
+    """
+    if isinstance(value, tuple | list):
+        if not 1 <= len(value) <= MAX_SIGMAS:
+            raise ValueError(f"{name} must be a number or 1 to {MAX_SIGMAS} numbers, got {len(value)}")
+        return tuple(check_sigma(name, v) for v in value)
+    return check_sigma(name, value)
+
+
 def check_mmd_options(
     *, patch_size: object, sigma: object, window: object, stride: object, estimator: object,
     num_features: object, features: object, seed: object, center: object = True,
@@ -122,7 +144,7 @@ def check_mmd_options(
     centring a 1x1 patch leaves zero, so every distance would be exactly 0.
     """
     check_patch_size(patch_size)
-    check_sigma("sigma", sigma)
+    check_sigmas("sigma", sigma)
     if window is not None:
         check_positive_int("window", window)
     check_positive_int("stride", stride)
@@ -145,7 +167,7 @@ def patch_mmd(
     y: torch.Tensor,
     *,
     patch_size: int = 3,
-    sigma: float = 0.06,
+    sigma: float | Sequence[float] = 0.06,
     window: int | None = 32,
     stride: int = 16,
     center: bool = True,
@@ -167,7 +189,8 @@ def patch_mmd(
         x, y: images ``(N, C, H, W)`` or ``(C, H, W)`` with values in ``value_range``; ``H, W >= patch_size``.
             Windows larger than the image are clipped to it; ``window=None`` is one window over the image.
         patch_size: odd patch side ``k``; patches use reflect padding at the borders.
-        sigma: kernel width per pixel on the [-1, 1] scale.
+        sigma: kernel width per pixel on the [-1, 1] scale, or several: the mean of their Gaussian kernels
+            (a multi-bandwidth kernel; its squared MMD is the mean of theirs).
         center: remove each channel's mean inside each patch (Π) before the kernel.
         estimator: ``"exact"`` (all kernel values, bounded memory) or ``"rff"`` (random features).
         num_features, features, seed: the ``"rff"`` estimator's feature count, law and seed.
@@ -194,7 +217,7 @@ def patch_mmd(
     reduction = check_reduction(reduction)
     xs, ys, out_dtype = prepare_pair(x, y, value_range=value_range, out_of_range=out_of_range, min_size=patch_size)
     values, _ = windowed_mmd2(
-        xs, ys, patch_size=patch_size, sigma=sigma, window=window, stride=stride, center=center,
+        xs, ys, patch_size=patch_size, sigma=check_sigmas("sigma", sigma), window=window, stride=stride, center=center,
         estimator=estimator, num_features=num_features, seed=seed, features=features,
     )
     return reduce(values.mean(dim=(1, 2)).to(out_dtype), reduction)

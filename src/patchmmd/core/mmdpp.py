@@ -1,17 +1,26 @@
-"""MMD++: the library's perceptual distance (docs/method.md §3) under a scale rule (:mod:`patchmmd.core.scale`).
+"""MMD++: the library's perceptual distance (docs/method.md §3).
 
-At each level of the scale rule::
+The default (docs/method.md §3.2)::
 
-    MMD++ = w_l2 * L2 + w_local * Local + w_mmd * MMD²_windowed
+    MMD++ = Σ_levels w_level · [w_l2 · L2 + w_local · Local]_shift-tolerant + w_mmd · MMD²_windowed
 
-with the follow-up study's weights ``w_l2 = 0.001``, ``w_local = 0.05`` and ``w_mmd = 0.5`` (its
-``1.0 * ½ MMD²``: that code's feature average is half the true squared MMD), and the levels averaged with
-their fixed weights. Two presets:
+* the aligned terms ``L2`` and ``Local`` at the levels of the scale rule (:mod:`patchmmd.core.scale`), each
+  window taking its best match over integer offsets of up to ``shift_radius`` native pixels, refined by a
+  sub-pixel displacement (:func:`patchmmd.core.aligned.tolerant_aligned`): a 1-px shift costs next to nothing,
+  noise and blur what they cost before;
+* the windowed squared MMD at native resolution (``mmd_native``), with the mean of three Gaussian kernels
+  (``sigma=(0.015, 0.03, 0.06)``): the finest octave, where noise lives, and low-amplitude structure;
+* weights ``w_l2 = 2.29``, ``w_local = 114``, ``w_mmd = 19.9``: each part in units of its value on the
+  mildest visible distortion (``scripts/calibrate_weights.py``), not fitted to human scores.
 
-* ``"default"``: the library's distance: the scale rule on, RFF estimator with orthogonal features.
-* ``"followup"``: the follow-up study's MMD++ exactly as docs/method.md §3 defines it: native resolution,
-  512 i.i.d. random Fourier features, its weights (deterministic under ``seed``, where that code redrew
-  its features at every call).
+Presets:
+
+* ``"default"``: the above, RFF estimator with 256 stratified orthogonal features.
+* ``"pixelwise"``: the previous default: all three terms pixelwise at the scale rule's levels, one kernel
+  width (0.06), the follow-up study's weights ``0.001 / 0.05 / 0.5``.
+* ``"followup"``: the follow-up study's MMD++ exactly as docs/method.md §3.1 defines it: native resolution,
+  512 i.i.d. random Fourier features, its weights (deterministic under ``seed``, where that code redrew its
+  features at every call).
 
 Every option of :class:`MMDPPConfig` can be overridden by keyword on top of a preset.
 """
@@ -25,14 +34,15 @@ from typing import Any
 
 import torch
 
-from .aligned import l2_map, local_map
+from .aligned import l2_map, local_map, tolerant_aligned
 from .features import FeatureKind
-from .mmd import Estimator, check_mmd_options, check_sigma, windowed_mmd2
+from .mmd import Estimator, check_mmd_options, check_sigma, check_sigmas, windowed_mmd2
 from .rff import target_window_means
 from .scale import MAX_SCALES, Level, downsample, pyramid_levels, upsample_map
 from .validation import (
     OutOfRange,
     Reduction,
+    check_bool,
     check_nonnegative_float,
     check_patch_size,
     check_positive_int,
@@ -41,31 +51,40 @@ from .validation import (
     reduce,
 )
 
+#: Largest integer search radius of the shift-tolerant aligned terms: ``(2 r + 1)²`` offsets are tried.
+MAX_SHIFT_RADIUS = 4
+
 
 @dataclass(frozen=True)
 class MMDPPConfig:
     """All options of MMD++ (see :mod:`patchmmd.core.mmdpp`); presets are instances of it."""
 
     patch_size: int = 3
-    sigma: float = 0.06
+    sigma: float | tuple[float, ...] = (0.015, 0.03, 0.06)
     window: int | None = 32
     stride: int = 16
     center: bool = True
     local_patch_size: int = 3
     local_sigma: float = 0.1
-    weight_l2: float = 0.001
-    weight_local: float = 0.05
-    weight_mmd: float = 0.5
+    weight_l2: float = 2.29
+    weight_local: float = 114.0
+    weight_mmd: float = 19.9
     estimator: Estimator = "rff"
-    num_features: int = 512
+    num_features: int = 256
     features: FeatureKind = "stratified"
     seed: int = 0
     base_size: int | None = 128
     num_scales: int = 2
     min_size: int = 48
     scale_weights: tuple[float, ...] | None = None
+    mmd_native: bool = True
+    shift_radius: int = 1
+    subpixel: bool = True
+    tolerance_window: int = 16
 
     def __post_init__(self) -> None:
+        if isinstance(self.sigma, list | tuple):
+            object.__setattr__(self, "sigma", check_sigmas("sigma", self.sigma))
         check_mmd_options(
             patch_size=self.patch_size, sigma=self.sigma, window=self.window, stride=self.stride,
             estimator=self.estimator, num_features=self.num_features, features=self.features, seed=self.seed,
@@ -82,6 +101,10 @@ class MMDPPConfig:
             check_positive_int("base_size", self.base_size, minimum=need)
         check_positive_int("num_scales", self.num_scales, maximum=MAX_SCALES)
         check_positive_int("min_size", self.min_size, minimum=need)
+        check_bool("mmd_native", self.mmd_native)
+        check_bool("subpixel", self.subpixel)
+        check_positive_int("shift_radius", self.shift_radius, minimum=0, maximum=MAX_SHIFT_RADIUS)
+        check_positive_int("tolerance_window", self.tolerance_window)
         if self.scale_weights is not None:
             try:
                 weights = tuple(self.scale_weights)
@@ -96,6 +119,15 @@ class MMDPPConfig:
                 raise ValueError(f"scale_weights must have num_scales={self.num_scales} entries, got {len(weights)}")
             if sum(weights) <= 0:
                 raise ValueError(f"scale_weights must not all be 0, got {self.scale_weights!r}")
+
+    @property
+    def shift_tolerant(self) -> bool:
+        """Whether the aligned terms tolerate small displacements (docs/method.md §3.2)."""
+        return self.shift_radius > 0 or self.subpixel
+
+    def mmd_levels(self, levels: Sequence[Level]) -> list[Level]:
+        """Where the windowed MMD is computed: native resolution (``mmd_native``) or the aligned terms' levels."""
+        return [Level(1, 1.0)] if self.mmd_native else list(levels)
 
     @property
     def min_level_size(self) -> int:
@@ -134,7 +166,14 @@ OPTION_NAMES = tuple(f.name for f in dataclasses.fields(MMDPPConfig))
 #: The named configurations; ``mmdpp(x, y, preset=name, **overrides)``.
 PRESETS: dict[str, MMDPPConfig] = {
     "default": MMDPPConfig(),
-    "followup": MMDPPConfig(estimator="rff", num_features=512, features="iid", base_size=None, num_scales=1),
+    "pixelwise": MMDPPConfig(
+        sigma=0.06, weight_l2=0.001, weight_local=0.05, weight_mmd=0.5, num_features=512, mmd_native=False,
+        shift_radius=0, subpixel=False,
+    ),
+    "followup": MMDPPConfig(
+        sigma=0.06, weight_l2=0.001, weight_local=0.05, weight_mmd=0.5, estimator="rff", num_features=512,
+        features="iid", base_size=None, num_scales=1, mmd_native=False, shift_radius=0, subpixel=False,
+    ),
 }
 
 
@@ -149,29 +188,63 @@ def get_config(preset: str | MMDPPConfig = "default", **options: object) -> MMDP
     return base.replace(**options) if options else base
 
 
-def _level_terms(
-    xs: torch.Tensor, ys: torch.Tensor, cfg: MMDPPConfig, want_map: bool, y_features: torch.Tensor | None = None
+def _aligned_terms(
+    xs: torch.Tensor, ys: torch.Tensor, cfg: MMDPPConfig, levels: Sequence[Level], want_map: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """MMD++ of internal-scale images at one resolution: values ``(N,)`` and, if asked, the map."""
+    """``w_l2 L2 + w_local Local`` of internal-scale images over the levels: ``(N,)`` and, if asked, the map."""
+    h, w = xs.shape[-2:]
     value = xs.new_zeros(xs.shape[0])
-    dmap = xs.new_zeros(xs.shape[0], 1, *xs.shape[-2:]) if want_map else None
-    if cfg.weight_l2 > 0:
-        m = l2_map(xs, ys)
-        value = value + cfg.weight_l2 * m.mean(dim=(1, 2, 3))
-        dmap = dmap + cfg.weight_l2 * m if dmap is not None else None
-    if cfg.weight_local > 0:
-        m = local_map(xs, ys, patch_size=cfg.local_patch_size, sigma=cfg.local_sigma)
-        value = value + cfg.weight_local * m.mean(dim=(1, 2, 3))
-        dmap = dmap + cfg.weight_local * m if dmap is not None else None
-    if cfg.weight_mmd > 0:
-        per_window, grid = windowed_mmd2(
-            xs, ys, patch_size=cfg.patch_size, sigma=cfg.sigma, window=cfg.window, stride=cfg.stride,
-            center=cfg.center, estimator=cfg.estimator, num_features=cfg.num_features, seed=cfg.seed,
-            features=cfg.features, y_features=y_features,
+    full = xs.new_zeros(xs.shape[0], 1, h, w) if want_map else None
+    if cfg.weight_l2 == 0 and cfg.weight_local == 0:
+        return value, full
+    if cfg.shift_tolerant:
+        per_level = tolerant_aligned(
+            xs, ys, [lv.factor for lv in levels], radius=cfg.shift_radius, subpixel=cfg.subpixel,
+            window=cfg.tolerance_window, weight_l2=cfg.weight_l2, weight_local=cfg.weight_local,
+            local_patch_size=cfg.local_patch_size, local_sigma=cfg.local_sigma,
         )
-        value = value + cfg.weight_mmd * per_window.mean(dim=(1, 2))
-        dmap = dmap + cfg.weight_mmd * grid.spread(per_window.unsqueeze(1)) if dmap is not None else None
-    return value, dmap
+        for level, (per_window, grid) in zip(levels, per_level, strict=True):
+            value = value + level.weight * per_window.mean(dim=(1, 2, 3))
+            if full is not None:
+                full = full + level.weight * upsample_map(grid.spread(per_window), level.factor, h, w)
+        return value, full
+    for level in levels:
+        xl, yl = downsample(xs, level.factor), downsample(ys, level.factor)
+        m = xl.new_zeros(xl.shape[0], 1, *xl.shape[-2:])
+        if cfg.weight_l2 > 0:
+            m = m + cfg.weight_l2 * l2_map(xl, yl)
+        if cfg.weight_local > 0:
+            m = m + cfg.weight_local * local_map(xl, yl, patch_size=cfg.local_patch_size, sigma=cfg.local_sigma)
+        value = value + level.weight * m.mean(dim=(1, 2, 3))
+        if full is not None:
+            full = full + level.weight * upsample_map(m, level.factor, h, w)
+    return value, full
+
+
+def _mmd_term(
+    xs: torch.Tensor, ys: torch.Tensor | None, cfg: MMDPPConfig, levels: Sequence[Level], want_map: bool,
+    y_features: Sequence[torch.Tensor | None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``w_mmd MMD²_windowed`` over its levels: ``(N,)`` and, if asked, the map (``ys`` may be ``None`` when
+    ``y_features`` holds a precomputed target's window means)."""
+    h, w = xs.shape[-2:]
+    value = xs.new_zeros(xs.shape[0])
+    full = xs.new_zeros(xs.shape[0], 1, h, w) if want_map else None
+    if cfg.weight_mmd == 0:
+        return value, full
+    for i, level in enumerate(levels):
+        xl = downsample(xs, level.factor)
+        yl = downsample(ys, level.factor) if ys is not None else xl
+        per_window, grid = windowed_mmd2(
+            xl, yl, patch_size=cfg.patch_size, sigma=cfg.sigma, window=cfg.window, stride=cfg.stride,
+            center=cfg.center, estimator=cfg.estimator, num_features=cfg.num_features, seed=cfg.seed,
+            features=cfg.features, y_features=y_features[i] if y_features is not None else None,
+        )
+        value = value + (level.weight * cfg.weight_mmd) * per_window.mean(dim=(1, 2))
+        if full is not None:
+            m = grid.spread(per_window.unsqueeze(1))
+            full = full + (level.weight * cfg.weight_mmd) * upsample_map(m, level.factor, h, w)
+    return value, full
 
 
 def mmdpp_internal(
@@ -179,25 +252,20 @@ def mmdpp_internal(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """MMD++ of validated internal-scale ([-1, 1]) images in the compute dtype: ``(N,)`` and the map."""
     h, w = xs.shape[-2:]
-    total = xs.new_zeros(xs.shape[0])
-    full = xs.new_zeros(xs.shape[0], 1, h, w) if want_map else None
-    for level in cfg.levels(h, w):
-        xl, yl = downsample(xs, level.factor), downsample(ys, level.factor)
-        value, dmap = _level_terms(xl, yl, cfg, want_map)
-        total = total + level.weight * value
-        if full is not None and dmap is not None:
-            full = full + level.weight * upsample_map(dmap, level.factor, h, w)
-    return total, full
+    levels = cfg.levels(h, w)
+    aligned, amap = _aligned_terms(xs, ys, cfg, levels, want_map)
+    mmd, mmap = _mmd_term(xs, ys, cfg, cfg.mmd_levels(levels), want_map)
+    full = amap + mmap if amap is not None and mmap is not None else None
+    return aligned + mmd, full
 
 
 def _target_internal(xs: torch.Tensor, target: MMDPPTarget) -> torch.Tensor:
     """MMD++ of internal-scale ``xs`` against a precomputed target: ``(N,)``."""
-    total = xs.new_zeros(xs.shape[0])
-    for level, yl, feats in zip(target.levels, target.images, target.features, strict=True):
-        xl = downsample(xs, level.factor)
-        value, _ = _level_terms(xl, yl, target.config, False, feats)
-        total = total + level.weight * value
-    return total
+    cfg = target.config
+    aligned, _ = _aligned_terms(xs, target.image, cfg, target.levels, False)
+    features = target.features if cfg.estimator == "rff" else None
+    mmd, _ = _mmd_term(xs, target.image, cfg, target.mmd_levels, False, features)
+    return aligned + mmd
 
 
 @dataclass(frozen=True, eq=False)
@@ -214,12 +282,13 @@ class MMDPPTarget:
     shape: tuple[int, ...]
     dtype: torch.dtype
     levels: tuple[Level, ...]
-    images: tuple[torch.Tensor, ...]
+    mmd_levels: tuple[Level, ...]
+    image: torch.Tensor = field(repr=False)
     features: tuple[torch.Tensor | None, ...] = field(repr=False)
 
     @property
     def device(self) -> torch.device:
-        return self.images[0].device
+        return self.image.device
 
 
 def precompute_target(
@@ -246,10 +315,10 @@ def precompute_target(
     with torch.no_grad():
         ys, _, dtype = _prepare(y, y, cfg, value_range, out_of_range)
         levels = tuple(cfg.levels(*ys.shape[-2:]))
-        images, feats = [], []
-        for level in levels:
+        mmd_levels = tuple(cfg.mmd_levels(levels))
+        feats = []
+        for level in mmd_levels:
             yl = downsample(ys, level.factor)
-            images.append(yl)
             feats.append(
                 target_window_means(
                     yl, patch_size=cfg.patch_size, sigma=cfg.sigma, window=cfg.window, stride=cfg.stride,
@@ -258,7 +327,7 @@ def precompute_target(
                 if cfg.estimator == "rff" and cfg.weight_mmd > 0 else None
             )
     lo, hi = float(value_range[0]), float(value_range[1])
-    return MMDPPTarget(cfg, (lo, hi), tuple(ys.shape), dtype, levels, tuple(images), tuple(feats))
+    return MMDPPTarget(cfg, (lo, hi), tuple(ys.shape), dtype, levels, mmd_levels, ys, tuple(feats))
 
 
 def _mmdpp_target(

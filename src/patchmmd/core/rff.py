@@ -26,7 +26,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .. import _native
 from .features import FeatureKind, random_features
-from .kernels import _checkpointed, gaussian_bandwidth
+from .kernels import _checkpointed, gaussian_bandwidths
 from .patches import WindowGrid, box_mean, reflect_pad, window_grid
 
 #: Default number of random features of the ``"rff"`` estimator.
@@ -295,21 +295,22 @@ def rff_window_means(x: torch.Tensor, feats: PairedFeatures, grid: WindowGrid) -
 
 
 def rff_features(
-    x: torch.Tensor, *, patch_size: int, bandwidth: float, num_features: int, seed: int, features: FeatureKind,
-    center: bool,
+    x: torch.Tensor, *, patch_size: int, bandwidth: float | tuple[float, ...], num_features: int, seed: int,
+    features: FeatureKind, center: bool,
 ) -> PairedFeatures:
     """The seeded random features for images like ``x`` (channels, device, dtype), in paired form.
 
     Drawn once per set of options, device and dtype and cached; under ``torch.compile`` they are constants
     of the graph (drawing them, and detecting the cos/sin pairs, is data-dependent host code).
     """
-    key = (x.shape[1], patch_size, float(bandwidth), num_features, seed, features, center, x.device, x.dtype)
+    widths = tuple(float(b) for b in bandwidth) if isinstance(bandwidth, tuple) else float(bandwidth)
+    key = (x.shape[1], patch_size, widths, num_features, seed, features, center, x.device, x.dtype)
     m, n_sin = _feature_split(*key)
     return PairedFeatures(_feature_matrix(*key), m, n_sin, patch_size)
 
 
 @lru_cache(maxsize=32)
-def _cached_features(channels: int, patch_size: int, bandwidth: float, num_features: int, seed: int,
+def _cached_features(channels: int, patch_size: int, bandwidth: float | tuple[float, ...], num_features: int, seed: int,
                      features: FeatureKind, center: bool, device: torch.device, dtype: torch.dtype) -> PairedFeatures:
     weight, phase = random_features(
         channels, patch_size, bandwidth, num_features, seed=seed, kind=features, center=center, device=device,
@@ -335,7 +336,7 @@ def windowed_mmd2_rff(
     grid: WindowGrid,
     *,
     patch_size: int,
-    bandwidth: float,
+    bandwidth: float | tuple[float, ...],
     num_features: int,
     seed: int,
     features: FeatureKind,
@@ -355,13 +356,13 @@ def windowed_mmd2_rff(
 
 
 def target_window_means(
-    y: torch.Tensor, *, patch_size: int, sigma: float, window: int | None, stride: int, center: bool,
-    num_features: int, seed: int, features: FeatureKind,
+    y: torch.Tensor, *, patch_size: int, sigma: float | tuple[float, ...], window: int | None, stride: int,
+    center: bool, num_features: int, seed: int, features: FeatureKind,
 ) -> torch.Tensor:
     """RFF window means of an internal-scale image ``y``, ``(N, r, rows, cols)``: what
     :func:`.mmd.windowed_mmd2` needs of a fixed target (pass them as ``y_features``)."""
     grid = window_grid(y.shape[-2], y.shape[-1], window, stride)
-    feats = rff_features(y, patch_size=patch_size, bandwidth=gaussian_bandwidth(sigma, patch_size),
+    feats = rff_features(y, patch_size=patch_size, bandwidth=gaussian_bandwidths(sigma, patch_size),
                          num_features=num_features, seed=seed, features=features, center=center)
     return rff_window_means(y, feats, grid)
 

@@ -93,11 +93,11 @@ class SuiteConfig:
     shift_size: int = 256  # photos centre-cropped to at most this for the shift check
     tile: int = 128  # side of the held-out judge tiles
     tiles_per_image: int = 4
-    sr_steps: int = 300
+    sr_steps: int = 600
     sr_batch: int = 8
     sr_crop: int = 64
     sr_lr: float = 1e-3
-    ae_steps: int = 300
+    ae_steps: int = 600
     ae_batch: int = 8
     ae_crop: int = 64
     ae_lr: float = 2e-3
@@ -552,9 +552,23 @@ def run_suite(
     t0 = time.perf_counter()
     train = [*samples, *train_photos]
     if refs:
-        tiles = judge_tiles(refs, cfg.tile, cfg.tiles_per_image)
-        data["tiles"] = {"source": "the human sets' reference images (never trained on)", "n": len(tiles),
-                         "size": cfg.tile}
+        from ..tasks.data import split_photos
+
+        # The references' left halves are training photos; the judge tiles come from their right halves
+        # (references too small to halve give judge tiles only).
+        parts = []
+        for ref in refs:
+            if min(ref.shape[-2], ref.shape[-1] // 2) >= cfg.tile:
+                half = split_photos([ref], cfg.tile, holdout=0.5)
+                train += half.train
+                parts.append(half.heldout)
+            elif min(ref.shape[-2:]) >= cfg.tile:
+                parts.append(judge_tiles([ref], cfg.tile, cfg.tiles_per_image))
+        if not parts:
+            raise ValueError(f"no reference image is large enough for {cfg.tile} px judge tiles")
+        tiles = torch.cat(parts)
+        data["tiles"] = {"source": "the right halves of the human sets' reference images (their left halves are "
+                                   "training photos, with the package's samples)", "n": len(tiles), "size": cfg.tile}
     else:
         from ..tasks.data import split_photos
 

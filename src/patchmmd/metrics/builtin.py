@@ -11,10 +11,19 @@ from ..core.mmdpp import distance_map, mmdpp
 from .registry import Metric, register
 
 
-@register("mmdpp", "MMD++ with the scale rule: the library's default perceptual distance",
-          map_factory=lambda **options: partial(distance_map, preset="default", **options), differentiable=True)
+@register("mmdpp", "MMD++: shift-tolerant aligned terms under the scale rule plus a multi-bandwidth windowed MMD "
+          "at native resolution; the library's default perceptual distance",
+          map_factory=lambda **options: partial(distance_map, **{"preset": "default", **options}),
+          differentiable=True)
 def _mmdpp(**options: Any) -> Metric:
-    return partial(mmdpp, preset="default", **options)
+    return partial(mmdpp, **{"preset": "default", **options})
+
+
+@register("mmdpp-pixelwise", "the previous default MMD++: pixelwise aligned terms and one-bandwidth MMD, all under "
+          "the scale rule (counts a 1-px shift as more than visible noise)",
+          map_factory=lambda **options: partial(distance_map, preset="pixelwise", **options), differentiable=True)
+def _mmdpp_pixelwise(**options: Any) -> Metric:
+    return partial(mmdpp, preset="pixelwise", **options)
 
 
 @register("mmdpp-followup", "the follow-up study's MMD++: native resolution, 512 i.i.d. random features",

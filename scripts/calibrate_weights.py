@@ -1,0 +1,51 @@
+"""Derive the default MMD++ term weights: each term measured in units of the mildest visible distortion.
+
+The default distance has two terms of different nature: the shift-tolerant aligned terms
+(``0.001 L2 + 0.05 Local``, the method's internal ratio) and the multi-bandwidth windowed MMD at native
+resolution. Instead of weighting them by a sweep on human scores, each is divided by its value on the
+mildest visible distortion of the shift check (:mod:`patchmmd.evaluation.shift`: Gaussian noise of
+σ = 0.03 or a Gaussian blur of σ = 1 px, whichever the term counts less), median over the images shipped
+with the package. A distance of about 1 is then "just visible" for either term, and neither dominates
+by its units alone (docs/method.md §3.3).
+
+    python scripts/calibrate_weights.py
+
+prints the two constants and the resulting ``weight_l2``, ``weight_local`` and ``weight_mmd``; the
+default preset in ``patchmmd.core.mmdpp`` holds them rounded to three significant digits.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import torch
+
+from patchmmd.core.mmdpp import get_config, mmdpp
+from patchmmd.data import sample_image, sample_names
+from patchmmd.evaluation.shift import shift_distances
+
+L2_SHARE, LOCAL_SHARE = 0.001, 0.05  # the method's ratio of the two aligned terms (docs/method.md §3)
+
+
+def unit(**terms: float) -> float:
+    """Median over the shipped images of min(d(noise), d(blur)) for the default model with ``terms`` weights."""
+    cfg = get_config("default", **terms)
+    values = []
+    for i, name in enumerate(sample_names()):
+        d = shift_distances(lambda a, b: mmdpp(a, b, preset=cfg), sample_image(name), seed=i)
+        values.append(min(d["noise"], d["blur"]))
+    return statistics.median(values)
+
+
+def main() -> None:
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    aligned = unit(weight_l2=L2_SHARE, weight_local=LOCAL_SHARE, weight_mmd=0.0)
+    mmd = unit(weight_l2=0.0, weight_local=0.0, weight_mmd=1.0)
+    print(f"aligned terms (0.001 L2 + 0.05 Local), mildest visible distortion: {aligned:.4g}")
+    print(f"windowed MMD² (multi-bandwidth), mildest visible distortion:      {mmd:.4g}")
+    print(f"weight_l2 = {L2_SHARE / aligned:.3g}, weight_local = {LOCAL_SHARE / aligned:.3g}, "
+          f"weight_mmd = {1 / mmd:.3g}")
+
+
+if __name__ == "__main__":
+    main()
