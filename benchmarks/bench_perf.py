@@ -131,6 +131,7 @@ def methods(device: str, size: int, with_exact: bool) -> dict[str, Metric]:
         "mmdpp-default-torch": _torch_path,
         "mmdpp-default-target": _with_target,
         "mmdpp-followup": lambda x, y: patchmmd.mmdpp(x, y, preset="followup"),
+        "mmdpp-pixelwise": lambda x, y: patchmmd.mmdpp(x, y, preset="pixelwise"),
     }
     try:
         import pytorch_msssim
