@@ -1,4 +1,7 @@
-"""How the default scale rule was chosen: a sweep on development data only.
+"""How the scale rule was chosen: a sweep on development data only.
+
+The sweep was made for the pixelwise model (``preset="pixelwise"``, the default before the shift-tolerant
+redesign of docs/method.md §3.2), which the rule was chosen for; the rule's constants are unchanged since.
 
 1. live-dev (27 human-scored LIVE pairs, ../shared/data/live-dev): SROCC of MMD++ against DMOS, overall and
    per distortion, for native resolution (the follow-up study's setting) and for working resolutions
@@ -10,7 +13,7 @@
 Usage:
     python scripts/scale_rule_dev.py [--live-dev ../shared/data/live-dev] [--out table.md]
 
-It prints a Markdown table (summarised in the README). Takes several minutes on 2 CPU cores (the
+It prints a Markdown table. Takes several minutes on 2 CPU cores (the
 native-resolution row dominates).
 """
 
@@ -33,7 +36,8 @@ from patchmmd.evaluation.stats import correlations
 CONFIGS: list[tuple[str, dict]] = [("native (followup preset)", {"preset": "followup"})]
 for base in (64, 96, 128, 192, 256):
     for scales in (1, 2):
-        CONFIGS.append((f"base_size={base}, num_scales={scales}", {"base_size": base, "num_scales": scales}))
+        CONFIGS.append((f"base_size={base}, num_scales={scales}",
+                        {"preset": "pixelwise", "base_size": base, "num_scales": scales}))
 
 
 def _blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
