@@ -16,10 +16,11 @@ judgments poorly (docs/method.md §3). The rule, applied identically to both ima
    kept levels are renormalised to sum to 1. Since the working resolution has a short side between
    about 96 and 171 pixels, its half always qualifies: every image of 96 px or more gets both levels.
 
-Consequences: on a 64x64 input the rule keeps the one native level, so the distance *is* the method's
-MMD++; a 768x512 photo is compared at 192x128 and 96x64; a 3840x2160 frame at 225x127 and 112x63. The choice of
-``base_size`` and ``num_scales`` was made on development data only (``scripts/scale_rule_dev.py``,
-its table is in the README). ``base_size=None`` disables step 1 (native resolution).
+Consequences: on a 64x64 input the rule keeps the one native level; a 768x512 photo is compared at 192x128
+and 96x64; a 3840x2160 frame at 225x127 and 112x63. The default applies the rule to its aligned terms and
+computes its windowed MMD at native resolution (docs/method.md §3.2). The choice of ``base_size`` and
+``num_scales`` was made on development data only, for the pixelwise model (``scripts/scale_rule_dev.py`` prints
+the sweep). ``base_size=None`` disables step 1 (native resolution).
 """
 
 from __future__ import annotations
