@@ -177,16 +177,22 @@ def displacement_correction(
     difference's. ``tests/test_shift_tolerance.py`` checks that the resulting gradient points where the
     exact one does.
     """
-    gx, gy = 0.5 * (grad_x[0] + grad_y[0]), 0.5 * (grad_x[1] + grad_y[1])
+    # g = (grad_x + grad_y) / 2 is never formed: at large sizes these full-size temporaries are the peak memory.
     a = 0.5 * (tensor_x + tensor_y)
     a11, a22, a12 = a[:, 0:1] + LK_RIDGE, a[:, 1:2] + LK_RIDGE, a[:, 2:3]
-    b = box_mean(torch.cat([(gx * e).sum(1, keepdim=True), (gy * e).sum(1, keepdim=True)], dim=1),
+
+    def projected(gx: torch.Tensor, gy: torch.Tensor) -> torch.Tensor:  # sum_c g_c e_c, (N, 1, H, W)
+        return (gx * e).sum(1, keepdim=True).add_((gy * e).sum(1, keepdim=True)).mul_(0.5)
+
+    b = box_mean(torch.cat([projected(grad_x[0], grad_y[0]), projected(grad_x[1], grad_y[1])], dim=1),
                  (window, window), padding=(window // 2, window // 2))
     b1, b2 = b[:, 0:1], b[:, 1:2]
     det = a11 * a22 - a12 * a12
-    dx = ((a22 * b1 - a12 * b2) / det).clamp(-MAX_SUBPIXEL_SHIFT, MAX_SUBPIXEL_SHIFT)
-    dy = ((a11 * b2 - a12 * b1) / det).clamp(-MAX_SUBPIXEL_SHIFT, MAX_SUBPIXEL_SHIFT)
-    return dx * gx + dy * gy
+    hx = ((a22 * b1 - a12 * b2) / det).clamp_(-MAX_SUBPIXEL_SHIFT, MAX_SUBPIXEL_SHIFT).mul_(0.5)
+    hy = ((a11 * b2 - a12 * b1) / det).clamp_(-MAX_SUBPIXEL_SHIFT, MAX_SUBPIXEL_SHIFT).mul_(0.5)
+    correction = grad_x[0] * hx
+    correction.addcmul_(grad_y[0], hx).addcmul_(grad_x[1], hy).addcmul_(grad_y[1], hy)
+    return correction
 
 
 def shift_image(y: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
@@ -259,6 +265,7 @@ def tolerant_aligned(
             grad_x, grad_y = _gradients(xs), _gradients(ys)
             tensor_x, tensor_yp = structure_tensor(grad_x, lk_box), padded(structure_tensor(grad_y, lk_box))
             grad_yp = (padded(grad_y[0]), padded(grad_y[1]))
+            del grad_y
 
     def at_offset(o: tuple[int, int]) -> list[torch.Tensor]:
         """Per level, the window means of the two terms with ``ys`` read at ``o``."""
@@ -268,7 +275,8 @@ def tolerant_aligned(
                 grad_yo = (read(grad_yp[0], *o), read(grad_yp[1], *o))
                 correction = displacement_correction(e0, grad_x, grad_yo, tensor_x, read(tensor_yp, *o),
                                                      window=lk_box)
-            e0 = e0 - correction
+            e0 = e0.sub_(correction)  # e0 is this offset's own tensor; the correction is a constant
+            del correction
         out = []
         for f, grid in zip(factors, grids, strict=True):
             e = downsample(e0, f)
