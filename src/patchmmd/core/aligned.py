@@ -19,7 +19,6 @@ Noise and blur do not move anything, so they are counted as before.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -211,17 +210,15 @@ def offsets(radius: int) -> list[tuple[int, int]]:
     return sorted(((dy, dx) for dy in rng for dx in rng), key=lambda o: (o != (0, 0), abs(o[0]) + abs(o[1])))
 
 
-def _window_means(m: torch.Tensor, grid: WindowGrid) -> torch.Tensor:
-    """``grid.pool(m)``, computed as block means (the gcd of window and stride) and then a small box over
-    the blocks: much cheaper than one large-kernel average pool, forward and backward."""
-    bh = grid.window_h if grid.rows == 1 else math.gcd(grid.window_h, grid.stride_h)
-    bw = grid.window_w if grid.cols == 1 else math.gcd(grid.window_w, grid.stride_w)
-    covered_h = (grid.rows - 1) * grid.stride_h + grid.window_h
-    covered_w = (grid.cols - 1) * grid.stride_w + grid.window_w
-    blocks = F.avg_pool2d(m[..., :covered_h, :covered_w], (bh, bw))
-    kernel = (grid.window_h // bh, grid.window_w // bw)
-    stride = (max(1, grid.stride_h // bh), max(1, grid.stride_w // bw))
-    return blocks if kernel == stride == (1, 1) else box_mean(blocks, kernel, stride)
+def aligned_map(e: torch.Tensor, *, weight_l2: float, weight_local: float, local_patch_size: int,
+                local_sigma: float) -> torch.Tensor:
+    """``weight_l2 · L2 + weight_local · Local`` per pixel, from the difference ``e = x - y``: ``(N, 1, H, W)``."""
+    m = e.new_zeros(e.shape[0], 1, *e.shape[-2:])
+    if weight_l2 > 0:
+        m = m + weight_l2 * e.pow(2).mean(dim=1, keepdim=True)
+    if weight_local > 0:
+        m = m + weight_local * local_map_of_difference(e, patch_size=local_patch_size, sigma=local_sigma)
+    return m
 
 
 def tolerant_aligned(
@@ -277,16 +274,11 @@ def tolerant_aligned(
                                                      window=lk_box)
             e0 = e0.sub_(correction)  # e0 is this offset's own tensor; the correction is a constant
             del correction
-        out = []
-        for f, grid in zip(factors, grids, strict=True):
-            e = downsample(e0, f)
-            m = e.new_zeros(e.shape[0], 1, *e.shape[-2:])
-            if weight_l2 > 0:
-                m = m + weight_l2 * e.pow(2).mean(dim=1, keepdim=True)
-            if weight_local > 0:
-                m = m + weight_local * local_map_of_difference(e, patch_size=local_patch_size, sigma=local_sigma)
-            out.append(_window_means(m, grid))
-        return out
+        return [
+            grid.pool_fast(aligned_map(downsample(e0, f), weight_l2=weight_l2, weight_local=weight_local,
+                                       local_patch_size=local_patch_size, local_sigma=local_sigma))
+            for f, grid in zip(factors, grids, strict=True)
+        ]
 
     candidates = offsets(radius)
     needs_grad = torch.is_grad_enabled() and (xs.requires_grad or ys.requires_grad)

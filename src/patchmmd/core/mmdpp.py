@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from .aligned import l2_map, local_map, tolerant_aligned
+from .aligned import aligned_map, tolerant_aligned
 from .features import FeatureKind
 from .mmd import Estimator, check_mmd_options, check_sigma, check_sigmas, windowed_mmd2
 from .rff import target_window_means
@@ -209,12 +209,9 @@ def _aligned_terms(
                 full = full + level.weight * upsample_map(grid.spread(per_window), level.factor, h, w)
         return value, full
     for level in levels:
-        xl, yl = downsample(xs, level.factor), downsample(ys, level.factor)
-        m = xl.new_zeros(xl.shape[0], 1, *xl.shape[-2:])
-        if cfg.weight_l2 > 0:
-            m = m + cfg.weight_l2 * l2_map(xl, yl)
-        if cfg.weight_local > 0:
-            m = m + cfg.weight_local * local_map(xl, yl, patch_size=cfg.local_patch_size, sigma=cfg.local_sigma)
+        m = aligned_map(downsample(xs, level.factor) - downsample(ys, level.factor), weight_l2=cfg.weight_l2,
+                        weight_local=cfg.weight_local, local_patch_size=cfg.local_patch_size,
+                        local_sigma=cfg.local_sigma)
         value = value + level.weight * m.mean(dim=(1, 2, 3))
         if full is not None:
             full = full + level.weight * upsample_map(m, level.factor, h, w)

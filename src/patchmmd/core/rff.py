@@ -27,7 +27,7 @@ from torch.utils.checkpoint import checkpoint
 from .. import _native
 from .features import FeatureKind, random_features
 from .kernels import _checkpointed, gaussian_bandwidths
-from .patches import WindowGrid, box_mean, reflect_pad, window_grid
+from .patches import WindowGrid, reflect_pad, window_grid
 
 #: Default number of random features of the ``"rff"`` estimator.
 DEFAULT_NUM_FEATURES = 512
@@ -96,17 +96,6 @@ def paired_features(weight: torch.Tensor, phase: torch.Tensor) -> PairedFeatures
             m, n_sin = half, r - half
     matrix = torch.cat([flat[:m], phase[:m].unsqueeze(1)], dim=1).contiguous()
     return PairedFeatures(matrix, m, n_sin, weight.shape[-1])
-
-
-def _blocks(grid: WindowGrid) -> tuple[int, int]:
-    """The block size whose means every window is an average of (one block per window where rows = 1)."""
-    bh = grid.window_h if grid.rows == 1 else math.gcd(grid.window_h, grid.stride_h)
-    bw = grid.window_w if grid.cols == 1 else math.gcd(grid.window_w, grid.stride_w)
-    return bh, bw
-
-
-def _covered(grid: WindowGrid) -> tuple[int, int]:
-    return (grid.rows - 1) * grid.stride_h + grid.window_h, (grid.cols - 1) * grid.stride_w + grid.window_w
 
 
 def _tiles(n: int, m: int, pixels: int) -> list[tuple[int, int, int, int]]:
@@ -277,8 +266,8 @@ def rff_window_means(x: torch.Tensor, feats: PairedFeatures, grid: WindowGrid) -
     on the same computation in plain differentiable operations under ``torch.compile``.
     """
     k = feats.patch_size
-    hc, wc = _covered(grid)
-    block = _blocks(grid)
+    hc, wc = grid.covered
+    block = grid.blocks
     xp = reflect_pad(x, k)[..., : hc + k - 1, : wc + k - 1]
     if _use_native(xp):
         means = _native_block_means(xp, feats, block, hc, wc)
@@ -286,12 +275,7 @@ def rff_window_means(x: torch.Tensor, feats: PairedFeatures, grid: WindowGrid) -
         means = _traced_block_means(xp, feats, block, hc, wc)
     else:
         means = _RFFBlockMeans.apply(xp, feats, block, hc, wc, torch.is_grad_enabled() and xp.requires_grad)
-    bh, bw = block
-    kernel = (grid.window_h // bh, grid.window_w // bw)
-    stride = (max(1, grid.stride_h // bh) if grid.rows > 1 else 1, max(1, grid.stride_w // bw) if grid.cols > 1 else 1)
-    if kernel == (1, 1) and stride == (1, 1):
-        return means
-    return box_mean(means, kernel, stride)
+    return grid.pool_blocks(means)
 
 
 def rff_features(
