@@ -20,6 +20,7 @@ import torch
 
 import patchmmd
 from patchmmd import _native
+from patchmmd.core import aligned
 from patchmmd.core.features import random_features
 from patchmmd.core.patches import window_grid
 from patchmmd.core.rff import paired_features, rff_window_means
@@ -124,6 +125,79 @@ def test_default_distance_uses_the_native_path_and_agrees_with_pytorch(photo_cro
     with _native.disabled():
         ref = patchmmd.mmdpp(x, y)
     torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-7)
+
+
+@needs_native
+@pytest.mark.parametrize("radius", [0, 1, 2])
+@pytest.mark.parametrize("subpixel", [True, False])
+@pytest.mark.parametrize(("shape", "factors"),
+                         [((2, 3, 64, 48), [1]), ((1, 3, 96, 128), [2, 4]), ((1, 1, 50, 70), [3])])
+def test_native_offset_scan_equals_pytorch(radius, subpixel, shape, factors):
+    g = torch.Generator().manual_seed(radius + 3 * factors[0])
+    x = torch.rand(*shape, generator=g) * 2 - 1
+    y = torch.roll(x, (1, -1), (-2, -1)) + 0.05 * torch.randn(*shape, generator=g)  # moved and noisy: offsets matter
+    args = dict(radius=radius, subpixel=subpixel, window=16, weight_l2=2.29, weight_local=114.0, local_patch_size=3,
+                local_sigma=0.1)
+    fast = aligned.tolerant_aligned(x, y, factors, **args)
+    with _native.disabled():
+        ref = aligned.tolerant_aligned(x, y, factors, **args)
+    assert len(fast) == len(ref) == len(factors)
+    for (v, grid), (r, _) in zip(fast, ref, strict=True):
+        assert v.shape == r.shape == (shape[0], 1, grid.rows, grid.cols)
+        torch.testing.assert_close(v, r, rtol=1e-5, atol=1e-6)
+
+
+@needs_native
+def test_native_offset_scan_zero_weights_and_larger_fit_box():
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(1, 3, 160, 160, generator=g) * 2 - 1
+    y = torch.roll(x, 2, -1) + 0.02 * torch.randn(1, 3, 160, 160, generator=g)
+    for w_l2, w_local in ((0.0, 1.0), (1.0, 0.0)):
+        for factors in ([5], [8, 16]):  # fit boxes of 11 and 17 pixels
+            args = dict(radius=2, subpixel=True, window=8, weight_l2=w_l2, weight_local=w_local, local_patch_size=5,
+                        local_sigma=0.05)
+            fast = aligned.tolerant_aligned(x, y, factors, **args)
+            with _native.disabled():
+                ref = aligned.tolerant_aligned(x, y, factors, **args)
+            for (v, _), (r, _) in zip(fast, ref, strict=True):
+                torch.testing.assert_close(v, r, rtol=1e-5, atol=1e-6)
+
+
+@needs_native
+def test_native_offset_scan_picks_the_same_offsets_for_the_gradient():
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(2, 3, 64, 64, generator=g)
+    y = torch.roll(x, 1, -1).clamp(0, 1)
+    grads = []
+    for native in (True, False):
+        xg = x.clone().requires_grad_(True)
+        if native:
+            patchmmd.mmdpp(xg, y, weight_mmd=0).sum().backward()
+        else:
+            with _native.disabled():
+                patchmmd.mmdpp(xg, y, weight_mmd=0).sum().backward()
+        grads.append(xg.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-7)
+
+
+@needs_native
+def test_aligned_scan_operator_rejects_what_the_kernel_cannot_read():
+    x = torch.rand(1, 3, 16, 16)
+    yp = torch.rand(1, 3, 18, 18)
+    call = torch.ops.patchmmd.aligned_scan
+    good = dict(radius=1, offsets=[0, 0, 1, -1], lk_box=3, ridge=1e-3, max_shift=1.0, factors=[1], local_patch_size=3,
+                weight_l2=1.0, weight_local=1.0, inv2s2=1.0)
+    assert call(x, yp, [], **good).shape == (1, 2, 256)
+    with pytest.raises(ValueError, match="shape"):
+        call(x, yp[..., 1:], [], **good)
+    with pytest.raises(ValueError, match="float32"):
+        call(x.double(), yp.double(), [], **good)
+    with pytest.raises(ValueError, match="within radius"):
+        call(x, yp, [], **{**good, "offsets": [2, 0]})
+    with pytest.raises(ValueError, match="fit must hold"):
+        call(x, yp, [x], **good)
+    with pytest.raises(ValueError, match="geometry"):
+        call(x, yp, [], **{**good, "factors": [32]})
 
 
 def test_disabled_and_unavailable_fall_back_to_pytorch(monkeypatch, tmp_path):

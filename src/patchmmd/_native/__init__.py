@@ -1,10 +1,13 @@
-"""The fused CPU kernels of the RFF estimator (``rff_kernels.c`` beside this file), compiled on first use.
+"""The fused CPU kernels (``kernels.c`` beside this file), compiled on first use: the RFF estimator's two, and
+the offset scan of the shift-tolerant aligned terms (:func:`patchmmd.core.aligned.tolerant_aligned`).
 
 On the CPU the RFF estimator is bound by the number of ``cos``/``sin`` evaluations (features x patch
 centres), not by FLOPs: PyTorch's vectorised ``cos`` runs at about 1.6 G values/s per core here, and the
 convolution that feeds it writes every angle to memory. The C kernels compute the angles, a polynomial
 sine/cosine and the block sums in registers, so nothing of size ``features x pixels`` is written, and the
-backward pass recomputes the angles instead of storing them.
+backward pass recomputes the angles instead of storing them. The aligned terms' offset scan (no gradient)
+is a chain of some forty elementwise operations and box filters per offset; in PyTorch every one of them
+writes a full-size temporary, the C loop keeps each pixel's arithmetic in registers.
 
 The source is compiled once per machine with the system C compiler (``$CC``, else ``cc``/``gcc``/``clang``)
 into a cache folder (``$PATCHMMD_CACHE_DIR``, else ``$XDG_CACHE_HOME/patchmmd`` or ``~/.cache/patchmmd``,
@@ -25,7 +28,7 @@ process can tell that it built it:
   ``$XDG_CACHE_HOME`` pointing at a shared folder, a ``<tmp>/patchmmd-<uid>`` planted by another user) is
   not used, with one :class:`RuntimeWarning` that says why; if no candidate folder is usable the library
   is compiled into a private ``tempfile.mkdtemp`` folder for this process only (slower start, still fast).
-- Beside ``rff_kernels-<key>.so`` lies a record ``rff_kernels-<key>.so.json`` (size, SHA-256, source hash,
+- Beside ``kernels-<key>.so`` lies a record ``kernels-<key>.so.json`` (size, SHA-256, source hash,
   compiler, flags), written by this module only after the build passed its checks. Both are written to a
   temporary name, ``fsync``-ed and renamed into place (then the folder is ``fsync``-ed), under an ``flock``
   of the folder, so a crash or a concurrent process never leaves a half-written library that looks valid.
@@ -72,7 +75,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-SOURCE = Path(__file__).with_name("rff_kernels.c")
+SOURCE = Path(__file__).with_name("kernels.c")
 #: Frequencies per register block in the C source (``J``).
 BLOCK_FEATURES = 8
 #: Patch centres per register block along a row (``P * V``): rows are padded to a multiple of it.
@@ -99,7 +102,7 @@ def sincos_coefficients() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 #: The library's entry points: a build that lacks one is not used.
-SYMBOLS = ("rff_block_sums", "rff_grad_image")
+SYMBOLS = ("rff_block_sums", "rff_grad_image", "aligned_scan")
 _SUFFIX = ".dll" if sys.platform == "win32" else ".so"
 #: Layout version of the record written beside a cached library.
 _RECORD_FORMAT = 1
@@ -168,7 +171,7 @@ def _compile(cc: str, arch: list[str]) -> bytes | None:
     """
     build = tempfile.mkdtemp(prefix="patchmmd-build-")
     try:
-        out = os.path.join(build, "rff_kernels" + _SUFFIX)
+        out = os.path.join(build, "kernels" + _SUFFIX)
         done = subprocess.run([cc, *FLAGS, *arch, str(SOURCE), "-o", out, "-lm"], capture_output=True, text=True,
                               timeout=120)
         if done.returncode != 0:
@@ -374,9 +377,9 @@ def _warn(reasons: list[str], outcome: str) -> None:
 class NativeKernels:
     """The loaded library and the thread pool that drives it.
 
-    The two C functions are declared (typed ``ctypes`` signatures) and called in one place each,
-    :meth:`_call_block_sums` and :meth:`_call_grad_image`; the tasks handed to the pool are plain ``ctypes``
-    calls on precomputed addresses (no PyTorch call runs on a pool thread, so nothing depends on the
+    The C functions are declared (typed ``ctypes`` signatures) and called in one place each,
+    :meth:`_call_block_sums`, :meth:`_call_grad_image` and :meth:`aligned_scan`; the tasks handed to the pool
+    are plain ``ctypes`` calls on precomputed addresses (no PyTorch call runs on a pool thread, so nothing depends on the
     thread-local state of autograd, dispatch or ``torch.compile``).
     """
 
@@ -390,6 +393,11 @@ class NativeKernels:
         # img, C, Hp, Wp, k, hc, wc, wcp, bh, bw, W, b, m, cc, amp, phs, y0, y1, gimg, Hg, Wg, work
         lib.rff_grad_image.argtypes = [p, i, i, i, i, i, i, i, i, i, p, p, i, p, p, p, i, i, p, i, i, p]
         lib.rff_grad_image.restype = None
+        f = ctypes.c_float
+        # x, yp, C, H, W, r, dy, dx, gxx, gxy, gyx, gyy, tx, typ, lk_box, ridge, max_shift, nlev, factors, kloc,
+        # w_l2, w_local, inv2s2, out, work
+        lib.aligned_scan.argtypes = [p, p, i, i, i, i, i, i, p, p, p, p, p, p, i, f, f, i, p, i, f, f, f, p, p]
+        lib.aligned_scan.restype = None
         self._pool: ThreadPoolExecutor | None = None
         self._pool_key = (0, 0)
         self._lock = threading.Lock()
@@ -399,7 +407,7 @@ class NativeKernels:
         self, *, img: int, channels: int, hp: int, wp: int, k: int, hc: int, wc: int, wcp: int, bh: int, bw: int,
         weight: int, phase: int, j0: int, j1: int, out_c: int, out_s: int, work: int,
     ) -> None:
-        """``rff_block_sums`` of ``native/rff_kernels.c`` (addresses as ints; see the C source)."""
+        """``rff_block_sums`` of ``_native/kernels.c`` (addresses as ints; see the C source)."""
         self.lib.rff_block_sums(
             img, channels, hp, wp, k, hc, wc, wcp, bh, bw, weight, phase, j0, j1,
             self.cos_coef.data_ptr(), self.sin_coef.data_ptr(), out_c, out_s, work,
@@ -410,7 +418,7 @@ class NativeKernels:
         weight: int, phase: int, m: int, amp: int, phs: int, y0: int, y1: int, gimg: int, hg: int, wg: int,
         work: int,
     ) -> None:
-        """``rff_grad_image`` of ``native/rff_kernels.c`` (addresses as ints; see the C source)."""
+        """``rff_grad_image`` of ``_native/kernels.c`` (addresses as ints; see the C source)."""
         self.lib.rff_grad_image(
             img, channels, hp, wp, k, hc, wc, wcp, bh, bw, weight, phase, m, self.cos_coef.data_ptr(), amp, phs,
             y0, y1, gimg, hg, wg, work,
@@ -538,6 +546,41 @@ class NativeKernels:
             grad[:, :, y0 : y0 + h] += out[:, t, :, :h]
         return grad
 
+    def aligned_scan(
+        self, x: torch.Tensor, yp: torch.Tensor, fit: Sequence[torch.Tensor] | None, *, radius: int,
+        offsets: Sequence[tuple[int, int]], lk_box: int, ridge: float, max_shift: float, factors: Sequence[int],
+        local_patch_size: int, weight_l2: float, weight_local: float, inv2s2: float,
+    ) -> torch.Tensor:
+        """The per-pixel aligned maps of every offset at every level (``aligned_scan`` of ``kernels.c``):
+        ``(N, len(offsets), sum_l (H // f_l) (W // f_l))``, the levels one after the other.
+
+        ``x`` ``(N, C, H, W)`` and ``yp`` (``y`` replicate-padded by ``radius``) contiguous float32; ``fit``
+        (the sub-pixel fit, or ``None``): x's two gradients ``(N, C, H, W)``, y's two padded gradients, x's
+        structure tensor ``(N, 3, H, W)`` and y's padded one. One task per (image, offset)."""
+        n, c, h, w = x.shape
+        sizes = [(h // f) * (w // f) for f in factors]
+        out = x.new_empty(n, len(offsets), sum(sizes))
+        tasks = [(i, k) for i in range(n) for k in range(len(offsets))]
+        threads = self._threads(len(tasks))
+        wide = -(-max(lk_box, local_patch_size) // 2) * 2  # the C source's B
+        work = torch.empty(threads, 3 * w + wide + (c + 3) * h * w, dtype=torch.float32)
+        fac = (ctypes.c_int * len(factors))(*factors)
+        e = x.element_size()
+        ptrs = [(t.data_ptr(), t.stride(0) * e) for t in (x, yp, *(fit or ()))]
+        o0, o_img, o_off = out.data_ptr(), out.stride(0) * e, out.stride(1) * e
+        w0, ws = work.data_ptr(), work.stride(0) * e
+        lib = self.lib
+
+        def task(slot: int, i: int, k: int) -> None:
+            a = [p0 + i * ps for p0, ps in ptrs]
+            g = a[2:] if fit is not None else [None] * 6
+            lib.aligned_scan(a[0], a[1], c, h, w, radius, offsets[k][0], offsets[k][1], *g, lk_box, ridge,
+                             max_shift, len(factors), fac, local_patch_size, weight_l2, weight_local, inv2s2,
+                             o0 + i * o_img + k * o_off, w0 + slot * ws)
+
+        self._map(task, tasks, threads)
+        return out
+
 
 def grad_polar(g_cos: torch.Tensor, g_sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The gradients of the block sums of ``cos z`` and ``sin z`` in the form the backward kernel takes:
@@ -566,8 +609,34 @@ def _self_check(nk: NativeKernels) -> bool:
     ref_g = F.pad(F.fold(matrix[:, :-1].t() @ dz, (hc + k - 1, wc + k - 1), k), (0, x.shape[-1] - wc - k + 1))
     return bool(
         torch.allclose(sc, ref_c, atol=1e-4) and torch.allclose(ss, ref_s, atol=1e-4)
-        and torch.allclose(grad, ref_g, atol=1e-3)
+        and torch.allclose(grad, ref_g, atol=1e-3) and _self_check_scan(nk, g)
     )
+
+
+def _self_check_scan(nk: NativeKernels, g: torch.Generator) -> bool:
+    """:meth:`NativeKernels.aligned_scan` against the PyTorch functions it fuses, with and without the fit."""
+    from ..core.aligned import _gradients, aligned_map, displacement_correction, structure_tensor
+    from ..core.scale import downsample
+
+    x, y = torch.rand(2, 1, 2, 12, 10, generator=g) * 2 - 1
+    pad = lambda t: F.pad(t, (1, 1, 1, 1), mode="replicate").contiguous()  # noqa: E731
+    gx, gy = _gradients(x), _gradients(y)
+    tx, ty = structure_tensor(gx, 3), structure_tensor(gy, 3)
+    fit = [gx[0], gx[1], pad(gy[0]), pad(gy[1]), tx, pad(ty)]
+    yp, read = pad(y), (lambda t: t[..., 2:14, 0:10])  # offset (1, -1)
+    ok = True
+    for with_fit in (False, True):
+        out = nk.aligned_scan(x, yp, fit if with_fit else None, radius=1, offsets=[(1, -1)], lk_box=3, ridge=1e-3,
+                              max_shift=1.0, factors=[1, 2], local_patch_size=3, weight_l2=0.5, weight_local=2.0,
+                              inv2s2=50.0)
+        e = x - read(yp)
+        if with_fit:
+            e = e - displacement_correction(e, gx, (read(fit[2]), read(fit[3])), tx, read(fit[5]), window=3)
+        # inv2s2 = 50 is local_sigma 0.1 / 9 on 3x3 patches: s = 0.1, 1 / (2 s²) = 50
+        ref = [aligned_map(downsample(e, f), weight_l2=0.5, weight_local=2.0, local_patch_size=3,
+                           local_sigma=0.1 / 9).flatten(1) for f in (1, 2)]
+        ok = ok and torch.allclose(out[:, 0], torch.cat(ref, dim=1), rtol=1e-4, atol=1e-6)
+    return ok
 
 
 _ENABLED = [True]
@@ -604,7 +673,7 @@ def _load() -> NativeKernels | None:
     if cc is None or not SOURCE.exists() or not _secure_fs():
         return None
     key = _cache_key(cc)
-    name = f"rff_kernels-{key}{_SUFFIX}"
+    name = f"kernels-{key}{_SUFFIX}"
     refused: list[str] = []  # security refusals: always said (once)
     dfd, folder, private = -1, Path(), False
     for candidate in _cache_dirs():
@@ -668,5 +737,6 @@ def _load() -> NativeKernels | None:
 
 # The PyTorch operators (``torch.ops.patchmmd.*``), registered on import; they use the names above.
 from . import ops as ops  # noqa: E402
+from .ops import aligned_scan as aligned_scan  # noqa: E402
 from .ops import rff_block_sums as rff_block_sums  # noqa: E402
 from .ops import rff_grad_image as rff_grad_image  # noqa: E402

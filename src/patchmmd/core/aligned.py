@@ -281,16 +281,37 @@ def tolerant_aligned(
         ]
 
     candidates = offsets(radius)
+
+    def scan() -> list[torch.Tensor]:
+        """Per level, the window values of every offset, without autograd: ``(N, len(candidates), rows, cols)``."""
+        with torch.no_grad():
+            if _native_scan(xs):
+                fit = [t.contiguous() for t in (*grad_x, *grad_yp, tensor_x, tensor_yp)] if subpixel else []
+                s = gaussian_bandwidth(local_sigma, local_patch_size)
+                maps = torch.ops.patchmmd.aligned_scan(
+                    xs.contiguous(), yp.contiguous(), fit, radius, [v for o in candidates for v in o], lk_box,
+                    LK_RIDGE, MAX_SUBPIXEL_SHIFT, list(factors), local_patch_size, weight_l2, weight_local,
+                    1.0 / (2.0 * s * s),
+                )
+                n, k, out, start = xs.shape[0], len(candidates), [], 0
+                for f, grid in zip(factors, grids, strict=True):
+                    hl, wl = h // f, w // f
+                    level = maps[..., start : start + hl * wl].reshape(n * k, 1, hl, wl)
+                    out.append(grid.pool_fast(level).view(n, k, grid.rows, grid.cols))
+                    start += hl * wl
+                return out
+            per_offset = [at_offset(o) for o in candidates]
+            return [torch.cat([p[i] for p in per_offset], dim=1) for i in range(len(grids))]
+
     needs_grad = torch.is_grad_enabled() and (xs.requires_grad or ys.requires_grad)
-    if not needs_grad or len(candidates) == 1 or torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or (needs_grad and len(candidates) == 1):
         per_offset = [at_offset(o) for o in candidates]
         return [(torch.stack([p[i] for p in per_offset]).amin(dim=0), g) for i, g in enumerate(grids)]
+    if not needs_grad:
+        return [(v.amin(dim=1, keepdim=True), g) for v, g in zip(scan(), grids, strict=True)]
     # With gradients: find each window's best offset without building a graph, then recompute with autograd
     # only the offsets that win somewhere (usually one or two): same values, a fraction of the backward.
-    with torch.no_grad():
-        per_offset = [at_offset(o) for o in candidates]
-        winners = [torch.stack([p[i] for p in per_offset]).argmin(dim=0) for i in range(len(grids))]
-    del per_offset
+    winners = [v.argmin(dim=1, keepdim=True) for v in scan()]
     used = sorted(set().union(*(set(wi.unique().tolist()) for wi in winners)))
     result: list[torch.Tensor | None] = [None] * len(grids)
     for j in used:
@@ -300,3 +321,13 @@ def tolerant_aligned(
             prev = result[i]
             result[i] = part if prev is None else prev + part
     return [(r, g) for r, g in zip(result, grids, strict=True) if r is not None]
+
+
+def _native_scan(xs: torch.Tensor) -> bool:
+    """Whether the offset scan runs on the compiled CPU kernel (:mod:`patchmmd._native`): float32 on the CPU,
+    kernels available, not while ``torch.compile`` traces (the traced path compares all offsets in PyTorch)."""
+    if xs.device.type != "cpu" or xs.dtype != torch.float32 or torch.compiler.is_compiling():
+        return False
+    from .. import _native
+
+    return _native.kernels() is not None

@@ -1,4 +1,5 @@
-/* Fused random-Fourier-feature kernels for the CPU (see patchmmd/_native.py, which compiles and loads this).
+/* Fused CPU kernels (see patchmmd/_native/__init__.py, which compiles and loads this): the random-Fourier-feature
+ * estimator's, and at the end the offset scan of the shift-tolerant aligned terms.
  *
  * For one image x (C x Hp x Wp, reflect-padded, float32) and m random frequencies (W: m x K, K = C k^2, and
  * phases b), the angle of feature j at patch centre (y, x) is
@@ -19,6 +20,7 @@
  *
  * Plain C11 with GCC/Clang vector extensions: portable to any target those compilers vectorise for.
  */
+#include <math.h>
 #include <stddef.h>
 #include <string.h>
 
@@ -247,5 +249,187 @@ void rff_grad_image(const float *img, int C, int Hp, int Wp, int k, int hc, int 
                 }
             }
         }
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * The offset scan of the shift-tolerant aligned terms (patchmmd/core/aligned.py, tolerant_aligned), no gradient.
+ *
+ * For one image pair and one integer offset (dy, dx) it computes the per-pixel map
+ *
+ *     w_l2 * mean_c e_c^2 + w_local * (1 - exp(-D / (2 s^2))),   D = sum of sum_c e_c^2 over the kloc x kloc
+ *                                                               neighbourhood (zero padding), inv2s2 = 1 / (2 s^2)
+ *
+ * at every level f (e box-downsampled by f, trailing rows/columns dropped), where e = x - y read at the offset,
+ * minus (if the gradients are given) the sub-pixel correction d . g of displacement_correction: per pixel, the
+ * Lucas-Kanade fit over an lk_box x lk_box box (zero padding, the box mean) of the mean gradient g and the mean
+ * structure tensor plus a ridge, d clipped to [-max_shift, max_shift], g the mean of the two images' gradients.
+ *
+ * Running box sums use double accumulators (a float running sum drifts over long rows).
+ * --------------------------------------------------------------------------------------------------------- */
+
+/* 1 - exp(-t) for t >= 0, to float32 precision relative to the result, in a form the compiler vectorises
+ * (expm1f is a scalar library call: most of the scan's time). t < 1/2: its Taylor series to t^9 (remainder below
+ * 3e-10 t); else 1 - 2^-k exp(-r), t = k ln 2 + r, |r| <= ln 2 / 2, exp(-r) to r^7 (remainder below 6e-9). */
+static inline float one_minus_exp_neg(float t) {
+    float small = 1.0f / 362880.0f;
+    small = 1.0f / 40320.0f - t * small;
+    small = 1.0f / 5040.0f - t * small;
+    small = 1.0f / 720.0f - t * small;
+    small = 1.0f / 120.0f - t * small;
+    small = 1.0f / 24.0f - t * small;
+    small = 1.0f / 6.0f - t * small;
+    small = 0.5f - t * small;
+    small = 1.0f - t * small;
+    small = t * small;
+    const float tc = t < 87.0f ? t : 87.0f;
+    const float magic = 12582912.0f; /* 1.5 * 2^23: adding and subtracting it rounds to an integer */
+    const float kf = (tc * 1.44269504088896341f + magic) - magic;
+    const float r = (tc - kf * 0.693145751953125f) - kf * 1.428606765330187e-06f; /* ln 2 in two parts */
+    float e = -1.0f / 5040.0f;
+    e = 1.0f / 720.0f + r * e;
+    e = -1.0f / 120.0f + r * e;
+    e = 1.0f / 24.0f + r * e;
+    e = -1.0f / 6.0f + r * e;
+    e = 0.5f + r * e;
+    e = -1.0f + r * e;
+    e = 1.0f + r * e; /* exp(-r) */
+    union { float f; int i; } scale;
+    scale.i = (127 - (int)kf) << 23; /* 2^-k, k in [0, 126] */
+    const float large = 1.0f - e * scale.f;
+    return t < 0.5f ? small : large;
+}
+
+/* Sum over a b x b box centred on each pixel (b odd, zero padding), H x W, in place in `a`. Along the rows:
+ * direct sums of b shifted copies of a zero-padded row (vectorised); along the columns: running sums in double
+ * (a float running sum drifts over long columns). tmp: H * W floats, acc: W doubles, row: W + b floats. */
+static void box_sum(float *restrict a, float *restrict tmp, double *restrict acc, float *restrict row, int H, int W,
+                    int b) {
+    const int h = b / 2;
+    for (int j = 0; j < h; ++j) row[j] = row[W + h + j] = 0.0f;
+    for (int i = 0; i < H; ++i) {
+        float *out = tmp + (size_t)i * W;
+        memcpy(row + h, a + (size_t)i * W, (size_t)W * sizeof(float));
+        for (int j = 0; j < W; ++j) out[j] = row[j];
+        for (int t = 1; t < b; ++t)
+            for (int j = 0; j < W; ++j) out[j] += row[j + t];
+    }
+    for (int j = 0; j < W; ++j) acc[j] = 0.0;
+    for (int t = 0; t < h && t < H; ++t)
+        for (int j = 0; j < W; ++j) acc[j] += tmp[(size_t)t * W + j];
+    for (int i = 0; i < H; ++i) {
+        if (i + h < H) {
+            const float *add = tmp + (size_t)(i + h) * W;
+            for (int j = 0; j < W; ++j) acc[j] += add[j];
+        }
+        float *out = a + (size_t)i * W;
+        for (int j = 0; j < W; ++j) out[j] = (float)acc[j];
+        if (i - h >= 0) {
+            const float *sub = tmp + (size_t)(i - h) * W;
+            for (int j = 0; j < W; ++j) acc[j] -= sub[j];
+        }
+    }
+}
+
+/* x: C x H x W; yp: C x (H + 2r) x (W + 2r) (y replicate-padded by r); read at (dy, dx), |dy|, |dx| <= r.
+ * Sub-pixel fit if gxx != NULL: gxx, gxy (C x H x W: x's central differences along the width and the height),
+ * gyx, gyy (C x Hp x Wp: y's, padded like yp), tx (3 x H x W: box means of gx^2, gy^2, gx gy of x, summed over
+ * channels), typ (3 x Hp x Wp: y's, padded). Levels: nlev factors; out receives the maps level after level,
+ * (H / f) x (W / f) each. work: 3 W + B + (C + 3) H W floats, B = max(lk_box, kloc) rounded up to even,
+ * 8-byte aligned. */
+void aligned_scan(const float *restrict x, const float *restrict yp, int C, int H, int W, int r, int dy, int dx,
+                  const float *restrict gxx, const float *restrict gxy, const float *restrict gyx,
+                  const float *restrict gyy, const float *restrict tx, const float *restrict typ, int lk_box,
+                  float ridge, float max_shift, int nlev, const int *factors, int kloc, float w_l2, float w_local,
+                  float inv2s2, float *restrict out, float *restrict work) {
+    const size_t HW = (size_t)H * W;
+    const int Hp = H + 2 * r, Wp = W + 2 * r;
+    const size_t HWp = (size_t)Hp * Wp;
+    const int B = (lk_box > kloc ? lk_box : kloc) + 1 & ~1;
+    double *acc = (double *)work;    /* W doubles */
+    float *row = work + 2 * W;       /* W + B */
+    float *restrict e = row + W + B; /* C x H x W */
+    float *restrict p1 = e + C * HW; /* H x W */
+    float *restrict p2 = p1 + HW;    /* H x W */
+    float *restrict tmp = p2 + HW;   /* H x W */
+    for (int c = 0; c < C; ++c)
+        for (int i = 0; i < H; ++i) {
+            const float *xr = x + c * HW + (size_t)i * W;
+            const float *yr = yp + c * HWp + (size_t)(i + r + dy) * Wp + r + dx;
+            float *er = e + c * HW + (size_t)i * W;
+            for (int j = 0; j < W; ++j) er[j] = xr[j] - yr[j];
+        }
+    if (gxx) {
+        /* b = box mean of (1/2) sum_c g_c e_c, g the mean gradient, along the width (p1) and the height (p2) */
+        for (size_t u = 0; u < HW; ++u) p1[u] = p2[u] = 0.0f;
+        for (int c = 0; c < C; ++c)
+            for (int i = 0; i < H; ++i) {
+                const size_t o = c * HW + (size_t)i * W, op = c * HWp + (size_t)(i + r + dy) * Wp + r + dx;
+                float *q1 = p1 + (size_t)i * W, *q2 = p2 + (size_t)i * W;
+                for (int j = 0; j < W; ++j) {
+                    const float ee = e[o + j];
+                    q1[j] += (gxx[o + j] + gyx[op + j]) * ee;
+                    q2[j] += (gxy[o + j] + gyy[op + j]) * ee;
+                }
+            }
+        box_sum(p1, tmp, acc, row, H, W, lk_box);
+        box_sum(p2, tmp, acc, row, H, W, lk_box);
+        const float nb = 0.5f / ((float)lk_box * (float)lk_box);
+        for (int i = 0; i < H; ++i) {
+            const size_t o = (size_t)i * W, op = (size_t)(i + r + dy) * Wp + r + dx;
+            for (int j = 0; j < W; ++j) {
+                const float a11 = 0.5f * (tx[o + j] + typ[op + j]) + ridge;
+                const float a22 = 0.5f * (tx[HW + o + j] + typ[HWp + op + j]) + ridge;
+                const float a12 = 0.5f * (tx[2 * HW + o + j] + typ[2 * HWp + op + j]);
+                const float b1 = p1[o + j] * nb, b2 = p2[o + j] * nb;
+                const float det = a11 * a22 - a12 * a12;
+                float hx = (a22 * b1 - a12 * b2) / det, hy = (a11 * b2 - a12 * b1) / det;
+                hx = 0.5f * (hx < -max_shift ? -max_shift : hx > max_shift ? max_shift : hx);
+                hy = 0.5f * (hy < -max_shift ? -max_shift : hy > max_shift ? max_shift : hy);
+                p1[o + j] = hx;
+                p2[o + j] = hy;
+            }
+        }
+        for (int c = 0; c < C; ++c)
+            for (int i = 0; i < H; ++i) {
+                const size_t o = c * HW + (size_t)i * W, op = c * HWp + (size_t)(i + r + dy) * Wp + r + dx;
+                const float *hx = p1 + (size_t)i * W, *hy = p2 + (size_t)i * W;
+                for (int j = 0; j < W; ++j)
+                    e[o + j] -= (gxx[o + j] + gyx[op + j]) * hx[j] + (gxy[o + j] + gyy[op + j]) * hy[j];
+            }
+    }
+    for (int l = 0; l < nlev; ++l) {
+        const int f = factors[l], Hl = H / f, Wl = W / f;
+        const size_t HWl = (size_t)Hl * Wl;
+        float *sq = p1, *d = p2; /* Hl x Wl each (the fit no longer needs them) */
+        for (size_t u = 0; u < HWl; ++u) sq[u] = 0.0f;
+        if (f == 1) {
+            for (int c = 0; c < C; ++c) {
+                const float *ec = e + c * HW;
+                for (size_t u = 0; u < HW; ++u) sq[u] += ec[u] * ec[u];
+            }
+        } else {
+            const float inv_ff = 1.0f / ((float)f * (float)f);
+            float *rows = tmp; /* W floats: the sum of f rows */
+            for (int c = 0; c < C; ++c)
+                for (int il = 0; il < Hl; ++il) {
+                    const float *er = e + c * HW + (size_t)il * f * W;
+                    for (int j = 0; j < W; ++j) rows[j] = er[j];
+                    for (int a = 1; a < f; ++a)
+                        for (int j = 0; j < W; ++j) rows[j] += er[(size_t)a * W + j];
+                    float *sr = sq + (size_t)il * Wl;
+                    for (int jl = 0; jl < Wl; ++jl) {
+                        float m = 0.0f;
+                        for (int b = 0; b < f; ++b) m += rows[jl * f + b];
+                        m *= inv_ff;
+                        sr[jl] += m * m;
+                    }
+                }
+        }
+        for (size_t u = 0; u < HWl; ++u) d[u] = sq[u];
+        if (w_local > 0.0f) box_sum(d, tmp, acc, row, Hl, Wl, kloc);
+        const float w_mean = w_l2 / (float)C; /* a zero weight adds 0 (everything here is finite) */
+        for (size_t u = 0; u < HWl; ++u) out[u] = w_mean * sq[u] + w_local * one_minus_exp_neg(d[u] * inv2s2);
+        out += HWl;
     }
 }
