@@ -379,8 +379,8 @@ class NativeKernels:
 
     The C functions are declared (typed ``ctypes`` signatures) and called in one place each,
     :meth:`_call_block_sums`, :meth:`_call_grad_image` and :meth:`aligned_scan`; the tasks handed to the pool
-    are plain ``ctypes`` calls on precomputed addresses (no PyTorch call runs on a pool thread, so nothing depends on the
-    thread-local state of autograd, dispatch or ``torch.compile``).
+    are plain ``ctypes`` calls on precomputed addresses (no PyTorch call runs on a pool thread, so nothing
+    depends on the thread-local state of autograd, dispatch or ``torch.compile``).
     """
 
     def __init__(self, lib: ctypes.CDLL, path: Path) -> None:
