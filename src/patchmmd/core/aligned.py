@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .kernels import gaussian_bandwidth
 from .patches import WindowGrid, box_mean, window_grid
@@ -119,6 +120,12 @@ MAX_SUBPIXEL_SHIFT = 1.0
 #: Regulariser of the Lucas-Kanade normal equations, on the [-1, 1] scale: a flat window (no gradient)
 #: gets no displacement instead of an arbitrary one.
 LK_RIDGE = 1e-3
+
+#: Large inputs: from this many elements (``N C H W``) on, :func:`tolerant_aligned` takes the batch in chunks
+#: of images of at most this size (at least one image) and recomputes the winning offsets' graphs in the
+#: backward pass (activation checkpointing) instead of storing them, so its memory is bounded by one chunk's
+#: temporaries and one offset's graph.
+LARGE_ELEMENTS = 1 << 22
 
 
 def _gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -245,7 +252,32 @@ def tolerant_aligned(
     value over the offsets. Returns, per level, the per-window values ``(N, 1, rows, cols)`` and the grid.
 
     With ``radius=0`` and ``subpixel=False`` this is the pixelwise terms, window-averaged.
+
+    The scan over offsets runs without autograd (on the CPU in float32, as the compiled kernel
+    ``torch.ops.patchmmd.aligned_scan``); with gradients, only each window's winning offsets are recomputed
+    with autograd. From :data:`LARGE_ELEMENTS` elements on, the batch is taken in chunks of images and the
+    winners' graphs are recomputed in the backward pass: memory stays bounded at any batch size.
     """
+    large = xs.numel() >= LARGE_ELEMENTS
+
+    def chunk(a: torch.Tensor, b: torch.Tensor) -> list[tuple[torch.Tensor, WindowGrid]]:
+        return _tolerant_aligned(a, b, factors, radius=radius, subpixel=subpixel, window=window, weight_l2=weight_l2,
+                                 weight_local=weight_local, local_patch_size=local_patch_size,
+                                 local_sigma=local_sigma, checkpointed=large)
+
+    per = max(1, LARGE_ELEMENTS // max(1, xs[0].numel()))
+    if xs.shape[0] <= per:
+        return chunk(xs, ys)
+    parts = [chunk(xs[i : i + per], ys[i : i + per]) for i in range(0, xs.shape[0], per)]  # images are independent
+    return [(torch.cat([p[i][0] for p in parts]), parts[0][i][1]) for i in range(len(factors))]
+
+
+def _tolerant_aligned(
+    xs: torch.Tensor, ys: torch.Tensor, factors: Sequence[int], *, radius: int, subpixel: bool, window: int,
+    weight_l2: float, weight_local: float, local_patch_size: int, local_sigma: float, checkpointed: bool,
+) -> list[tuple[torch.Tensor, WindowGrid]]:
+    """:func:`tolerant_aligned` of one chunk of images (``checkpointed``: recompute the winners' graphs in the
+    backward pass)."""
     lk_box = 2 * factors[0] + 1
     h, w = xs.shape[-2:]
     grids = [window_grid(h // f, w // f, window, max(1, window // 2)) for f in factors]
@@ -313,9 +345,11 @@ def tolerant_aligned(
     # only the offsets that win somewhere (usually one or two): same values, a fraction of the backward.
     winners = [v.argmin(dim=1, keepdim=True) for v in scan()]
     used = sorted(set().union(*(set(wi.unique().tolist()) for wi in winners)))
+    # Large images: each winning offset's graph is recomputed in the backward pass instead of stored (at
+    # 4 x 1024², unrelated images, up to nine full-size graphs would be held at once).
     result: list[torch.Tensor | None] = [None] * len(grids)
     for j in used:
-        values = at_offset(candidates[j])
+        values = checkpoint(at_offset, candidates[j], use_reentrant=False) if checkpointed else at_offset(candidates[j])
         for i, v in enumerate(values):
             part = torch.where(winners[i] == j, v, torch.zeros_like(v))
             prev = result[i]

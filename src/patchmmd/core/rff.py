@@ -124,13 +124,15 @@ class _RFFBlockMeans(torch.autograd.Function):
         hb, wb = hc // bh, wc // bw
         pixels = hc * wc
         sin_rows = m if need_grad else n_sin
-        cols = _unfold_ones(xp, k)
         out = xp.new_empty(n, m + n_sin, hb, wb)
         save = need_grad and n * (m + sin_rows) * pixels <= MAX_FEATURE_ELEMENTS
         saved: list[tuple[torch.Tensor, torch.Tensor]] = []
         tiles = _tiles(n, m, pixels)
+        cols, cols_of = xp, (-1, -1)
         for i0, i1, j0, j1 in tiles:
-            c, s = _cos_sin(feats.matrix[j0:j1], cols[i0:i1], min(j1, sin_rows) - j0)
+            if cols_of != (i0, i1):  # the unfolded patches (C k² + 1 values a pixel) of this tile's images only
+                cols, cols_of = _unfold_ones(xp[i0:i1], k), (i0, i1)
+            c, s = _cos_sin(feats.matrix[j0:j1], cols, min(j1, sin_rows) - j0)
             out[i0:i1, j0:j1] = _block_means(c, hc, wc, bh, bw)
             if j0 < n_sin:
                 out[i0:i1, m + j0 : m + min(j1, n_sin)] = _block_means(s[:, : min(j1, n_sin) - j0], hc, wc, bh, bw)
@@ -149,19 +151,33 @@ class _RFFBlockMeans(torch.autograd.Function):
         k, m, n_sin = feats.patch_size, feats.m, feats.n_sin
         hb, wb = hc // bh, wc // bw
         (xp,) = ctx.saved_tensors
-        cols = _unfold_ones(xp, k) if xp is not None else None
         scale = -1.0 / (bh * bw)
         g_cos = (grad[:, :m] * scale).unsqueeze(3).unsqueeze(5)  # d/dz cos = -sin
         g_sin = (grad[:, m:] * scale).unsqueeze(3).unsqueeze(5)  # d/dz (-sin) = -cos
         n = grad.shape[0]
-        grad_cols = grad.new_zeros(n, feats.matrix.shape[1] - 1, hc * wc)
+        g = grad.new_empty(n, (feats.matrix.shape[1] - 1) // (k * k), hc + k - 1, wc + k - 1)
+        # Tiles come image block by image block: the unfolded patches and their gradient are formed for one
+        # block at a time (each C k² values a pixel) and folded back when the block is done.
+        cols: torch.Tensor | None = None
+        grad_cols = grad.new_empty(0)
+        block_of = (-1, -1)
+
+        def fold_block() -> None:
+            if block_of[0] >= 0:
+                g[block_of[0] : block_of[1]] = F.fold(grad_cols, (hc + k - 1, wc + k - 1), k)
+
         dz = None
         for t, (i0, i1, j0, j1) in enumerate(ctx.tiles):
+            if block_of != (i0, i1):
+                fold_block()
+                block_of = (i0, i1)
+                grad_cols = grad.new_zeros(i1 - i0, feats.matrix.shape[1] - 1, hc * wc)
+                cols = _unfold_ones(xp[i0:i1], k) if xp is not None else None
             if ctx.saved:
                 c, s = ctx.saved[t]
             else:
                 assert cols is not None
-                c, s = _cos_sin(feats.matrix[j0:j1], cols[i0:i1], j1 - j0)
+                c, s = _cos_sin(feats.matrix[j0:j1], cols, j1 - j0)
             shape = (i1 - i0, j1 - j0, hb, bh, wb, bw)
             if dz is None or dz.shape != shape:
                 dz = grad.new_empty(shape)
@@ -170,8 +186,8 @@ class _RFFBlockMeans(torch.autograd.Function):
             if ns > 0:
                 dz[:, :ns].addcmul_(c[:, :ns].view(i1 - i0, ns, hb, bh, wb, bw), g_sin[i0:i1, j0:j0 + ns])
             w_t = feats.matrix[j0:j1, :-1].t()
-            grad_cols[i0:i1].baddbmm_(w_t.expand(i1 - i0, *w_t.shape), dz.view(i1 - i0, j1 - j0, hc * wc))
-        g = F.fold(grad_cols, (hc + k - 1, wc + k - 1), k)
+            grad_cols.baddbmm_(w_t.expand(i1 - i0, *w_t.shape), dz.view(i1 - i0, j1 - j0, hc * wc))
+        fold_block()
         return g, None, None, None, None, None  # xp is (N, C, hc + k - 1, wc + k - 1): fold's shape
 
 
