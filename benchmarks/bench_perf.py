@@ -7,8 +7,10 @@ each cell is the median over the rounds. Times are relative to LPIPS-alex in the
     python benchmarks/bench_perf.py --threads 1 --out benchmarks/results/cpu_1thread.csv --md docs/x.md
     python benchmarks/bench_perf.py --scaling             # default distance, 256² .. 2048², fitted exponent
     python benchmarks/bench_perf.py --memory              # peak memory per method (one subprocess each)
+    python benchmarks/bench_perf.py --memory --unrelated  # the same for unrelated image pairs
     python benchmarks/bench_perf.py --accuracy            # fast path vs exact estimator on distorted photos
     python benchmarks/bench_perf.py --device cuda         # on a GPU (peak memory from the CUDA allocator)
+    python benchmarks/bench_perf.py --kernels             # thread scaling of the compiled kernels' work
 
 LPIPS: the trunks (torchvision's AlexNet / VGG16 ``features``) and the five 1x1 heads are defined here with
 random weights: the time does not depend on the weight values. As in the ``lpips`` package, both images go
@@ -183,10 +185,17 @@ def run_once(fn: Callable, x: torch.Tensor, y: torch.Tensor, mode: str, device: 
     return time.perf_counter() - t0
 
 
+#: ``--unrelated``: ``y`` independent of ``x`` (the aligned terms' worst case: any offset may win anywhere).
+UNRELATED = [False]
+
+
 def images(n: int, size: int, device: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(n, 3, size, size, generator=g)
-    y = (x + 0.1 * torch.randn(n, 3, size, size, generator=g)).clamp(0, 1)
+    if UNRELATED[0]:
+        y = torch.rand(n, 3, size, size, generator=g)
+    else:
+        y = (x + 0.1 * torch.randn(n, 3, size, size, generator=g)).clamp(0, 1)
     return x.to(device), y.to(device)
 
 
@@ -245,6 +254,7 @@ import json, resource, sys, torch
 sys.path.insert(0, {bench_dir!r})
 torch.set_num_threads({threads})
 import bench_perf as b
+b.UNRELATED[0] = {unrelated}
 fn = b.methods("cpu", {size}, True)[{method!r}]
 x, y = b.images({n}, {size}, "cpu")
 b.run_once(fn, x, y, {mode!r}, "cpu")  # warm-up: feature draws, compiled kernels, allocator
@@ -260,6 +270,38 @@ if peak is None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps(dict(peak_mb=peak, above_inputs_mb=peak - (base or 0))))
 """
+
+
+def kernel_scaling(configs: list[tuple[int, int]], repeats: int, threads: int) -> list[dict[str, object]]:
+    """Thread scaling of what the compiled CPU kernels run, in the default distance: its MMD term forward+backward
+    (``rff_block_sums`` for both images, ``rff_grad_image``) and its aligned terms without gradient (the offset
+    scan ``aligned_scan``), each on 1 and on ``threads`` threads, interleaved, medians."""
+    parts: dict[str, tuple[str, Callable]] = {
+        "mmd-term": ("forward+backward", lambda x, y: patchmmd.mmdpp(x, y, weight_l2=0.0, weight_local=0.0)),
+        "aligned-scan": ("forward", lambda x, y: patchmmd.mmdpp(x, y, weight_mmd=0.0)),
+    }
+    before = torch.get_num_threads()
+    rows: list[dict[str, object]] = []
+    try:
+        for size, n in configs:
+            x, y = images(n, size, "cpu")
+            times: dict[tuple[str, int], list[float]] = {(p, t): [] for p in parts for t in (1, threads)}
+            for r in range(repeats + 1):  # round 0 warms up
+                for (name, t), ts in times.items():
+                    torch.set_num_threads(t)
+                    mode, fn = parts[name]
+                    dt = 1000 * run_once(fn, x, y, mode, "cpu")
+                    if r:
+                        ts.append(dt)
+            for name in parts:
+                one, many = statistics.median(times[(name, 1)]), statistics.median(times[(name, threads)])
+                rows.append(dict(size=size, batch=n, part=name, mode=parts[name][0], ms_1_thread=round(one, 2),
+                                 threads=threads, ms_threads=round(many, 2), speedup=round(one / many, 3)))
+                print(f"{size:>5}² x{n:<3} {name:14s} 1 thread {one:8.2f} ms   {threads} threads {many:8.2f} ms   "
+                      f"x{one / many:.2f}", flush=True)
+    finally:
+        torch.set_num_threads(before)
+    return rows
 
 
 def rss_mb(field: str) -> float | None:
@@ -293,7 +335,8 @@ def memory(configs: list[tuple[int, int]], modes: list[str], device: str, exact_
                                above_inputs_mb=(torch.cuda.max_memory_allocated() - base) / 2**20)
                 else:
                     code = _MEM_CHILD.format(bench_dir=os.path.dirname(os.path.abspath(__file__)), size=size, n=n,
-                                             method=name, mode=mode, threads=torch.get_num_threads())
+                                             method=name, mode=mode, threads=torch.get_num_threads(),
+                                             unrelated=UNRELATED[0])
                     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
                     res = json.loads(out.stdout.strip().splitlines()[-1])
                 rows.append(dict(device=device, size=size, batch=n, mode=mode, method=name,
@@ -345,6 +388,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--scaling", action="store_true", help="time vs image size of the default distance")
     p.add_argument("--scaling-sizes", default="256,512,1024,2048")
     p.add_argument("--memory", action="store_true", help="peak memory instead of time")
+    p.add_argument("--unrelated", action="store_true",
+                   help="y independent of x (default: x plus noise); the aligned terms' worst case for memory")
+    p.add_argument("--kernels", action="store_true",
+                   help="thread scaling (1 vs --threads, default 2) of the compiled kernels' work")
     p.add_argument("--accuracy", action="store_true", help="fast path vs exact estimator on distorted photo crops")
     p.add_argument("--compiled", action="store_true",
                    help="add torch.compile (inductor) of the default distance, with and without the C kernels")
@@ -353,6 +400,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
+    UNRELATED[0] = a.unrelated
     if a.compiled:
         COMPILED[0] = True
         torch._dynamo.config.cache_size_limit = 64  # one graph per size, mode and variant
@@ -362,7 +410,9 @@ def main(argv: list[str] | None = None) -> None:
     configs = [tuple(int(v) for v in c.split("x")) for c in a.configs.split(",")]
     modes = a.modes.split(",")
     only = a.only.split(",") if a.only else None
-    if a.accuracy:
+    if a.kernels:
+        rows = kernel_scaling(configs, a.repeats, a.threads or 2)
+    elif a.accuracy:
         rows = accuracy()
     elif a.scaling:
         rows = scaling([int(s) for s in a.scaling_sizes.split(",")], a.repeats, a.device)

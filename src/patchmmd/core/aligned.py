@@ -288,22 +288,26 @@ def _tolerant_aligned(
     def read(t: torch.Tensor, dy: int, dx: int) -> torch.Tensor:  # shift_image of the unpadded t, as a view
         return t[..., radius + dy : radius + dy + h, radius + dx : radius + dx + w]
 
-    yp = padded(ys)
-    if subpixel:  # computed once, without autograd (displacement_correction), read at every offset
+    def prepare(xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``ys`` padded and, for the sub-pixel fit, what it reads at every offset, computed once without
+        autograd (see displacement_correction): x's two gradients, y's two (padded), x's structure tensor,
+        y's (padded)."""
+        if not subpixel:
+            return padded(ys), []
         with torch.no_grad():
             grad_x, grad_y = _gradients(xs), _gradients(ys)
             tensor_x, tensor_yp = structure_tensor(grad_x, lk_box), padded(structure_tensor(grad_y, lk_box))
-            grad_yp = (padded(grad_y[0]), padded(grad_y[1]))
-            del grad_y
+            return padded(ys), [*grad_x, padded(grad_y[0]), padded(grad_y[1]), tensor_x, tensor_yp]
 
-    def at_offset(o: tuple[int, int]) -> list[torch.Tensor]:
+    def at_offset(xs: torch.Tensor, yp: torch.Tensor, fit: list[torch.Tensor],
+                  o: tuple[int, int]) -> list[torch.Tensor]:
         """Per level, the window means of the two terms with ``ys`` read at ``o``."""
         e0 = xs - read(yp, *o)
-        if subpixel:
+        if fit:
             with torch.no_grad():
-                grad_yo = (read(grad_yp[0], *o), read(grad_yp[1], *o))
-                correction = displacement_correction(e0, grad_x, grad_yo, tensor_x, read(tensor_yp, *o),
-                                                     window=lk_box)
+                gxx, gxy, gyx, gyy, tensor_x, tensor_yp = fit
+                correction = displacement_correction(e0, (gxx, gxy), (read(gyx, *o), read(gyy, *o)), tensor_x,
+                                                     read(tensor_yp, *o), window=lk_box)
             e0 = e0.sub_(correction)  # e0 is this offset's own tensor; the correction is a constant
             del correction
         return [
@@ -312,18 +316,26 @@ def _tolerant_aligned(
             for f, grid in zip(factors, grids, strict=True)
         ]
 
+    def recomputed(o: tuple[int, int]) -> list[torch.Tensor]:
+        """:func:`at_offset` whose graph, and the fit's inputs, are recomputed in the backward pass."""
+        def run(a: torch.Tensor, b: torch.Tensor) -> list[torch.Tensor]:
+            return at_offset(a, *prepare(a, b), o)
+
+        out: list[torch.Tensor] = checkpoint(run, xs, ys, use_reentrant=False)
+        return out
+
+    yp, fit = prepare(xs, ys)
     candidates = offsets(radius)
 
     def scan() -> list[torch.Tensor]:
         """Per level, the window values of every offset, without autograd: ``(N, len(candidates), rows, cols)``."""
         with torch.no_grad():
             if _native_scan(xs):
-                fit = [t.contiguous() for t in (*grad_x, *grad_yp, tensor_x, tensor_yp)] if subpixel else []
                 s = gaussian_bandwidth(local_sigma, local_patch_size)
                 maps = torch.ops.patchmmd.aligned_scan(
-                    xs.contiguous(), yp.contiguous(), fit, radius, [v for o in candidates for v in o], lk_box,
-                    LK_RIDGE, MAX_SUBPIXEL_SHIFT, list(factors), local_patch_size, weight_l2, weight_local,
-                    1.0 / (2.0 * s * s),
+                    xs.contiguous(), yp.contiguous(), [t.contiguous() for t in fit], radius,
+                    [v for o in candidates for v in o], lk_box, LK_RIDGE, MAX_SUBPIXEL_SHIFT, list(factors),
+                    local_patch_size, weight_l2, weight_local, 1.0 / (2.0 * s * s),
                 )
                 n, k, out, start = xs.shape[0], len(candidates), [], 0
                 for f, grid in zip(factors, grids, strict=True):
@@ -332,12 +344,12 @@ def _tolerant_aligned(
                     out.append(grid.pool_fast(level).view(n, k, grid.rows, grid.cols))
                     start += hl * wl
                 return out
-            per_offset = [at_offset(o) for o in candidates]
+            per_offset = [at_offset(xs, yp, fit, o) for o in candidates]
             return [torch.cat([p[i] for p in per_offset], dim=1) for i in range(len(grids))]
 
     needs_grad = torch.is_grad_enabled() and (xs.requires_grad or ys.requires_grad)
     if torch.compiler.is_compiling() or (needs_grad and len(candidates) == 1):
-        per_offset = [at_offset(o) for o in candidates]
+        per_offset = [at_offset(xs, yp, fit, o) for o in candidates]
         return [(torch.stack([p[i] for p in per_offset]).amin(dim=0), g) for i, g in enumerate(grids)]
     if not needs_grad:
         return [(v.amin(dim=1, keepdim=True), g) for v, g in zip(scan(), grids, strict=True)]
@@ -345,11 +357,13 @@ def _tolerant_aligned(
     # only the offsets that win somewhere (usually one or two): same values, a fraction of the backward.
     winners = [v.argmin(dim=1, keepdim=True) for v in scan()]
     used = sorted(set().union(*(set(wi.unique().tolist()) for wi in winners)))
-    # Large images: each winning offset's graph is recomputed in the backward pass instead of stored (at
-    # 4 x 1024², unrelated images, up to nine full-size graphs would be held at once).
+    # Large inputs: each winning offset's graph is recomputed in the backward pass instead of stored, and so
+    # are the fit's inputs (otherwise that graph would hold them, for every chunk, until the backward pass).
+    if checkpointed:
+        del yp, fit
     result: list[torch.Tensor | None] = [None] * len(grids)
     for j in used:
-        values = checkpoint(at_offset, candidates[j], use_reentrant=False) if checkpointed else at_offset(candidates[j])
+        values = recomputed(candidates[j]) if checkpointed else at_offset(xs, yp, fit, candidates[j])
         for i, v in enumerate(values):
             part = torch.where(winners[i] == j, v, torch.zeros_like(v))
             prev = result[i]
