@@ -176,6 +176,25 @@ def test_new_options_are_validated(options, message):
         patchmmd.get_config(**options)
 
 
+def test_loss_preset_trains_on_crops_at_two_native_octaves():
+    cfg = patchmmd.get_config("loss")
+    assert cfg.base_size is None and not cfg.mmd_native and cfg.num_scales == 2 and cfg.weight_mmd == 199.0
+    assert cfg.shift_tolerant and cfg.sigma == patchmmd.get_config().sigma
+    assert [lv.factor for lv in cfg.levels(64, 64)] == [1, 2]  # a 64² crop: native and one octave down
+    x = _photo(64)[None].repeat(2, 1, 1, 1)
+    y = (x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    xg = x.clone().requires_grad_(True)
+    loss = patchmmd.MMDPP(preset="loss")(xg, y)
+    loss.backward()
+    assert float(loss) > 0 and xg.grad is not None and bool(torch.isfinite(xg.grad).all())
+    # ten times the default's MMD weight: the MMD term's share of the loss is larger than in the default
+    def mmd_share(preset: str) -> float:
+        return float(patchmmd.mmdpp(x, y, preset=preset, weight_l2=0, weight_local=0).sum()
+                     / patchmmd.mmdpp(x, y, preset=preset).sum())
+
+    assert mmd_share("loss") > 2 * mmd_share("default")
+
+
 def test_presets_keep_the_previous_models():
     cfg = patchmmd.get_config("pixelwise")
     assert not cfg.shift_tolerant and not cfg.mmd_native and cfg.sigma == 0.06

@@ -29,7 +29,8 @@ class MMDPP(nn.Module):
     """MMD++ as a loss / metric module: ``MMDPP(**options)(x, y) == mmdpp(x, y, **options)``.
 
     Args:
-        preset: ``"default"`` or ``"followup"`` (see :mod:`patchmmd.core.mmdpp`), or an :class:`MMDPPConfig`.
+        preset: ``"default"``, ``"loss"`` (for training), ``"pixelwise"`` or ``"followup"`` (see
+            :mod:`patchmmd.core.mmdpp`), or an :class:`MMDPPConfig`.
         value_range, out_of_range: as in :func:`patchmmd.core.mmdpp`.
         reduction: ``"mean"`` by default, as for PyTorch loss modules; ``"none"`` gives ``(N,)``.
         **options: :class:`MMDPPConfig` fields overriding the preset.
