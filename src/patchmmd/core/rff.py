@@ -98,10 +98,13 @@ def paired_features(weight: torch.Tensor, phase: torch.Tensor) -> PairedFeatures
     return PairedFeatures(matrix, m, n_sin, weight.shape[-1])
 
 
-def _tiles(n: int, m: int, pixels: int) -> list[tuple[int, int, int, int]]:
+def _tiles(n: int, m: int, pixels: int) -> list[tuple[tuple[int, int], list[tuple[int, int]]]]:
+    """Blocks of images ``(i0, i1)``, each with its chunks of features ``(j0, j1)``: tiles of about
+    :data:`TILE_ELEMENTS` features x pixels. The unfolded patches are formed one image block at a time."""
     fc = max(1, min(m, TILE_ELEMENTS // max(1, pixels)))
     nb = max(1, min(n, TILE_ELEMENTS // max(1, fc * pixels)))
-    return [(i, min(n, i + nb), j, min(m, j + fc)) for i in range(0, n, nb) for j in range(0, m, fc)]
+    chunks = [(j, min(m, j + fc)) for j in range(0, m, fc)]
+    return [((i, min(n, i + nb)), chunks) for i in range(0, n, nb)]
 
 
 class _RFFBlockMeans(torch.autograd.Function):
@@ -128,16 +131,16 @@ class _RFFBlockMeans(torch.autograd.Function):
         save = need_grad and n * (m + sin_rows) * pixels <= MAX_FEATURE_ELEMENTS
         saved: list[tuple[torch.Tensor, torch.Tensor]] = []
         tiles = _tiles(n, m, pixels)
-        cols, cols_of = xp, (-1, -1)
-        for i0, i1, j0, j1 in tiles:
-            if cols_of != (i0, i1):  # the unfolded patches (C k² + 1 values a pixel) of this tile's images only
-                cols, cols_of = _unfold_ones(xp[i0:i1], k), (i0, i1)
-            c, s = _cos_sin(feats.matrix[j0:j1], cols, min(j1, sin_rows) - j0)
-            out[i0:i1, j0:j1] = _block_means(c, hc, wc, bh, bw)
-            if j0 < n_sin:
-                out[i0:i1, m + j0 : m + min(j1, n_sin)] = _block_means(s[:, : min(j1, n_sin) - j0], hc, wc, bh, bw)
-            if save:
-                saved.append((c, s))
+        for (i0, i1), chunks in tiles:
+            cols = _unfold_ones(xp[i0:i1], k)  # C k² + 1 values a pixel, for this block of images only
+            for j0, j1 in chunks:
+                c, s = _cos_sin(feats.matrix[j0:j1], cols, min(j1, sin_rows) - j0)
+                out[i0:i1, j0:j1] = _block_means(c, hc, wc, bh, bw)
+                if j0 < n_sin:
+                    out[i0:i1, m + j0 : m + min(j1, n_sin)] = _block_means(s[:, : min(j1, n_sin) - j0], hc, wc,
+                                                                         bh, bw)
+                if save:
+                    saved.append((c, s))
         out[:, m:].neg_()
         ctx.feats, ctx.block, ctx.hc, ctx.wc, ctx.tiles = feats, block, hc, wc, tiles
         ctx.saved = saved
@@ -156,38 +159,28 @@ class _RFFBlockMeans(torch.autograd.Function):
         g_sin = (grad[:, m:] * scale).unsqueeze(3).unsqueeze(5)  # d/dz (-sin) = -cos
         n = grad.shape[0]
         g = grad.new_empty(n, (feats.matrix.shape[1] - 1) // (k * k), hc + k - 1, wc + k - 1)
-        # Tiles come image block by image block: the unfolded patches and their gradient are formed for one
-        # block at a time (each C k² values a pixel) and folded back when the block is done.
-        cols: torch.Tensor | None = None
-        grad_cols = grad.new_empty(0)
-        block_of = (-1, -1)
-
-        def fold_block() -> None:
-            if block_of[0] >= 0:
-                g[block_of[0] : block_of[1]] = F.fold(grad_cols, (hc + k - 1, wc + k - 1), k)
-
+        saved = iter(ctx.saved)
         dz = None
-        for t, (i0, i1, j0, j1) in enumerate(ctx.tiles):
-            if block_of != (i0, i1):
-                fold_block()
-                block_of = (i0, i1)
-                grad_cols = grad.new_zeros(i1 - i0, feats.matrix.shape[1] - 1, hc * wc)
-                cols = _unfold_ones(xp[i0:i1], k) if xp is not None else None
-            if ctx.saved:
-                c, s = ctx.saved[t]
-            else:
-                assert cols is not None
-                c, s = _cos_sin(feats.matrix[j0:j1], cols, j1 - j0)
-            shape = (i1 - i0, j1 - j0, hb, bh, wb, bw)
-            if dz is None or dz.shape != shape:
-                dz = grad.new_empty(shape)
-            torch.mul(s.view(shape), g_cos[i0:i1, j0:j1], out=dz)
-            ns = min(j1, n_sin) - j0
-            if ns > 0:
-                dz[:, :ns].addcmul_(c[:, :ns].view(i1 - i0, ns, hb, bh, wb, bw), g_sin[i0:i1, j0:j0 + ns])
-            w_t = feats.matrix[j0:j1, :-1].t()
-            grad_cols.baddbmm_(w_t.expand(i1 - i0, *w_t.shape), dz.view(i1 - i0, j1 - j0, hc * wc))
-        fold_block()
+        for (i0, i1), chunks in ctx.tiles:
+            # The unfolded patches and their gradient for one block of images (C k² values a pixel each).
+            cols = _unfold_ones(xp[i0:i1], k) if xp is not None else None
+            grad_cols = grad.new_zeros(i1 - i0, feats.matrix.shape[1] - 1, hc * wc)
+            for j0, j1 in chunks:
+                if ctx.saved:
+                    c, s = next(saved)
+                else:
+                    assert cols is not None
+                    c, s = _cos_sin(feats.matrix[j0:j1], cols, j1 - j0)
+                shape = (i1 - i0, j1 - j0, hb, bh, wb, bw)
+                if dz is None or dz.shape != shape:
+                    dz = grad.new_empty(shape)
+                torch.mul(s.view(shape), g_cos[i0:i1, j0:j1], out=dz)
+                ns = min(j1, n_sin) - j0
+                if ns > 0:
+                    dz[:, :ns].addcmul_(c[:, :ns].view(i1 - i0, ns, hb, bh, wb, bw), g_sin[i0:i1, j0:j0 + ns])
+                w_t = feats.matrix[j0:j1, :-1].t()
+                grad_cols.baddbmm_(w_t.expand(i1 - i0, *w_t.shape), dz.view(i1 - i0, j1 - j0, hc * wc))
+            g[i0:i1] = F.fold(grad_cols, (hc + k - 1, wc + k - 1), k)
         return g, None, None, None, None, None  # xp is (N, C, hc + k - 1, wc + k - 1): fold's shape
 
 
