@@ -118,6 +118,73 @@ def test_native_result_does_not_depend_on_the_thread_count(threads):
     assert torch.equal(grads[0], grads[1])
 
 
+def _kernel_outputs(nk: _native.NativeKernels) -> list[torch.Tensor]:
+    """Block sums, image gradient (one and several bands of rows) and offset scan of fixed random inputs."""
+    g = torch.Generator().manual_seed(3)
+    out = []
+    for n in (1, 5):
+        xp = torch.rand(n, 3, 34, _native.VECTOR * 2 + 2, generator=g)
+        weight, phase = torch.randn(32, 27, generator=g) * 4, torch.rand(32, generator=g)
+        out += nk.block_sums_split(xp, weight, phase, 32, 48, 8, 8, 3)
+        amp, phs = _native.grad_polar(*torch.randn(2, n, 32, 4, 6, generator=g))
+        out.append(nk.grad_image_polar(xp, weight, phase, amp, phs, 32, 48, 8, 8, 3))
+    x, y = torch.rand(2, 3, 3, 20, 24, generator=g)
+    yp = torch.nn.functional.pad(y, (1, 1, 1, 1), mode="replicate").contiguous()
+    out.append(nk.aligned_scan(x, yp, None, radius=1, offsets=[(0, 0), (1, -1), (-1, 1)], lk_box=3, ridge=1e-3,
+                               max_shift=1.0, factors=[1, 2], local_patch_size=3, weight_l2=0.5, weight_local=2.0,
+                               inv2s2=50.0))
+    return out
+
+
+@needs_native
+def test_kernels_run_on_pytorchs_openmp_threads_where_it_is_the_only_runtime():
+    nk = _native.kernels()
+    assert nk is not None
+    assert nk.openmp == (bool(nk.lib.patchmmd_openmp()) and _native._shared_openmp())
+    cc = subprocess.run([_native._compiler() or "cc", "--version"], capture_output=True, text=True).stdout
+    if (sys.platform.startswith("linux") and "ATen parallel backend: OpenMP" in torch.__config__.parallel_info()
+            and "Free Software Foundation" in cc):
+        # GCC links libgomp.so.1, the soname of the libgomp that PyTorch's wheels ship: the loader reuses it
+        assert nk.openmp, "the kernels do not run on PyTorch's OpenMP threads"
+
+
+def test_two_openmp_runtimes_are_not_shared(monkeypatch):
+    maps = ("7f00-7f10 r-xp 0 08:01 1 /opt/torch/lib/libgomp.so.1\n"
+            "7f20-7f30 r-xp 0 08:01 2 /usr/lib/x86_64-linux-gnu/libgomp.so.1\n")
+    real_open = open
+
+    def fake_open(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if path == "/proc/self/maps":
+            import io
+            return io.StringIO(maps)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", fake_open)
+    assert not _native._shared_openmp()
+    maps = maps.splitlines()[0] + "\n"
+    assert _native._shared_openmp()
+
+
+@needs_native
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_openmp_driver_and_thread_pool_give_identical_results(threads, monkeypatch):
+    nk = _native.kernels()
+    assert nk is not None
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        ref = _kernel_outputs(nk)
+        torch.set_num_threads(threads)
+        for openmp in (True, False):
+            if openmp and not nk.lib.patchmmd_openmp():
+                continue
+            monkeypatch.setattr(nk, "openmp", openmp)
+            for a, b in zip(_kernel_outputs(nk), ref, strict=True):
+                assert torch.equal(a, b)
+    finally:
+        torch.set_num_threads(before)
+
+
 @needs_native
 def test_default_distance_uses_the_native_path_and_agrees_with_pytorch(photo_crop_pairs):
     x, y = (t.float() for t in photo_crop_pairs)

@@ -15,8 +15,11 @@ else ``<tmp>/patchmmd-<uid>``), and loaded with :mod:`ctypes`. Without a compile
 ``PATCHMMD_NATIVE=0``, or if the compiled kernels fail a self-check against PyTorch, :func:`kernels` returns
 ``None`` and the estimator uses its PyTorch path (same numbers to float32 rounding, slower). Only float32
 CPU tensors take this path; float64 (exact checks, ``gradcheck``) and GPU tensors always use PyTorch. Work
-is split over ``torch.get_num_threads()`` threads (``ctypes`` releases the GIL); results do not depend on
-the split.
+is split over ``torch.get_num_threads()`` threads: PyTorch's own intra-op (OpenMP) threads when the library
+is compiled with OpenMP and shares PyTorch's runtime (GCC on Linux: both are ``libgomp.so.1``), else a thread
+pool of this module (``ctypes`` releases the GIL); results do not depend on the split. As with PyTorch's own
+operations, a process forked after they ran on several threads must call ``torch.set_num_threads(1)`` before
+using them (GNU OpenMP's threads do not survive a ``fork``; PyTorch's DataLoader workers do this).
 
 What is trusted. Loading a shared library runs its code, so a cached library is loaded only if this
 process can tell that it built it:
@@ -71,6 +74,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -83,6 +87,8 @@ VECTOR = 32
 #: Coefficients per polynomial in the C source (``NCOEF``).
 NUM_COEFFICIENTS = 7
 FLAGS = ("-O3", "-std=c11", "-fPIC", "-shared", "-ffp-contract=fast")
+#: Compiler flags for OpenMP, tried first (see :class:`NativeKernels`: used only if it is PyTorch's runtime).
+OPENMP_FLAGS = ("-fopenmp",)
 
 
 def sincos_coefficients() -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,7 +108,7 @@ def sincos_coefficients() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 #: The library's entry points: a build that lacks one is not used.
-SYMBOLS = ("rff_block_sums", "rff_grad_image", "aligned_scan")
+SYMBOLS = ("rff_block_sums_tasks", "rff_grad_image_tasks", "aligned_scan_tasks", "patchmmd_openmp")
 _SUFFIX = ".dll" if sys.platform == "win32" else ".so"
 #: Layout version of the record written beside a cached library.
 _RECORD_FORMAT = 1
@@ -158,8 +164,8 @@ def _cpu_signature() -> str:
 def _cache_key(cc: str) -> str:
     """What the build depends on (source, flags, compiler, CPU, platform), hashed: part of the file name."""
     return hashlib.sha256(
-        b"\0".join([SOURCE.read_bytes(), " ".join(FLAGS).encode(), cc.encode(), _cpu_signature().encode(),
-                    sys.platform.encode(), platform.machine().encode()])
+        b"\0".join([SOURCE.read_bytes(), " ".join(FLAGS + OPENMP_FLAGS).encode(), cc.encode(),
+                    _cpu_signature().encode(), sys.platform.encode(), platform.machine().encode()])
     ).hexdigest()[:16]
 
 
@@ -375,68 +381,60 @@ def _warn(reasons: list[str], outcome: str) -> None:
 
 
 class NativeKernels:
-    """The loaded library and the thread pool that drives it.
+    """The loaded library and the threads that run it.
 
-    The C functions are declared (typed ``ctypes`` signatures) and called in one place each,
-    :meth:`_call_block_sums`, :meth:`_call_grad_image` and :meth:`aligned_scan`; the tasks handed to the pool
-    are plain ``ctypes`` calls on precomputed addresses (no PyTorch call runs on a pool thread, so nothing
-    depends on the thread-local state of autograd, dispatch or ``torch.compile``).
+    Each kernel is called through its driver in ``kernels.c`` (``*_tasks``: the tasks ``t0 <= t < t1`` of one
+    call, on ``nthreads`` threads), declared with typed ``ctypes`` signatures and called in one place each.
+    When the library was compiled with OpenMP and that OpenMP runtime is PyTorch's own (:func:`_shared_openmp`),
+    one call runs all the tasks on PyTorch's intra-op threads: the threads PyTorch's own operations just used,
+    which otherwise keep spinning for a while and compete with ours. Otherwise the tasks are spread over a
+    :class:`~concurrent.futures.ThreadPoolExecutor` (``ctypes`` releases the GIL), one driver call per task;
+    no PyTorch call runs on a pool thread, so nothing depends on the thread-local state of autograd, dispatch
+    or ``torch.compile``. Either way the split into tasks depends on the shapes only, so results do not depend
+    on the thread count.
     """
 
     def __init__(self, lib: ctypes.CDLL, path: Path) -> None:
         self.lib, self.path = lib, path
         self.cos_coef, self.sin_coef = sincos_coefficients()
-        p, i = ctypes.c_void_p, ctypes.c_int
-        # img, C, Hp, Wp, k, hc, wc, wcp, bh, bw, W, b, j0, j1, cc, sc, out_c, out_s, work
-        lib.rff_block_sums.argtypes = [p, i, i, i, i, i, i, i, i, i, p, p, i, i, p, p, p, p, p]
-        lib.rff_block_sums.restype = None
-        # img, C, Hp, Wp, k, hc, wc, wcp, bh, bw, W, b, m, cc, amp, phs, y0, y1, gimg, Hg, Wg, work
-        lib.rff_grad_image.argtypes = [p, i, i, i, i, i, i, i, i, i, p, p, i, p, p, p, i, i, p, i, i, p]
-        lib.rff_grad_image.restype = None
-        f = ctypes.c_float
-        # x, yp, C, H, W, r, dy, dx, gxx, gxy, gyx, gyy, tx, typ, lk_box, ridge, max_shift, nlev, factors, kloc,
-        # w_l2, w_local, inv2s2, out, work
-        lib.aligned_scan.argtypes = [p, p, i, i, i, i, i, i, p, p, p, p, p, p, i, f, f, i, p, i, f, f, f, p, p]
-        lib.aligned_scan.restype = None
+        p: Any = ctypes.c_void_p  # (Any: mypy cannot type a list of ctypes classes built by unpacking)
+        i, q, f = ctypes.c_int, ctypes.c_int64, ctypes.c_float
+        lib.patchmmd_openmp.argtypes, lib.patchmmd_openmp.restype = [], i
+        tail = [p, q, i, i, i]  # work, work_stride, t0, t1, nthreads
+        # img, img_stride, C, Hp, Wp, k, hc, wc, wcp, bh, bw, W, b, groups, per, cc, sc, out_c, out_s, out_stride
+        lib.rff_block_sums_tasks.argtypes = [p, q, i, i, i, i, i, i, i, i, i, p, p, i, i, p, p, p, p, q, *tail]
+        # img, img_stride, C, Hp, Wp, k, hc, wc, wcp, bh, bw, W, b, m, cc, amp, phs, g_stride, rows, bands, gimg,
+        # gimg_stride, band_stride, Wg
+        lib.rff_grad_image_tasks.argtypes = [p, q, i, i, i, i, i, i, i, i, i, p, p, i, p, p, p, q, i, i, p, q, q, i,
+                                             *tail]
+        # in, in_stride, C, H, W, r, noff, dys, dxs, lk_box, ridge, max_shift, nlev, factors, kloc, w_l2, w_local,
+        # inv2s2, out, out_stride, off_stride
+        lib.aligned_scan_tasks.argtypes = [p, p, i, i, i, i, i, p, p, i, f, f, i, p, i, f, f, f, p, q, q, *tail]
+        for fn in (lib.rff_block_sums_tasks, lib.rff_grad_image_tasks, lib.aligned_scan_tasks):
+            fn.restype = None
+        #: Whether the drivers run on PyTorch's own OpenMP threads (else on a pool of this object's).
+        self.openmp = bool(lib.patchmmd_openmp()) and _shared_openmp()
         self._pool: ThreadPoolExecutor | None = None
         self._pool_key = (0, 0)
         self._lock = threading.Lock()
 
-    # ------------------------------------------------------------------------------ the two C functions
-    def _call_block_sums(
-        self, *, img: int, channels: int, hp: int, wp: int, k: int, hc: int, wc: int, wcp: int, bh: int, bw: int,
-        weight: int, phase: int, j0: int, j1: int, out_c: int, out_s: int, work: int,
-    ) -> None:
-        """``rff_block_sums`` of ``_native/kernels.c`` (addresses as ints; see the C source)."""
-        self.lib.rff_block_sums(
-            img, channels, hp, wp, k, hc, wc, wcp, bh, bw, weight, phase, j0, j1,
-            self.cos_coef.data_ptr(), self.sin_coef.data_ptr(), out_c, out_s, work,
-        )
-
-    def _call_grad_image(
-        self, *, img: int, channels: int, hp: int, wp: int, k: int, hc: int, wc: int, wcp: int, bh: int, bw: int,
-        weight: int, phase: int, m: int, amp: int, phs: int, y0: int, y1: int, gimg: int, hg: int, wg: int,
-        work: int,
-    ) -> None:
-        """``rff_grad_image`` of ``_native/kernels.c`` (addresses as ints; see the C source)."""
-        self.lib.rff_grad_image(
-            img, channels, hp, wp, k, hc, wc, wcp, bh, bw, weight, phase, m, self.cos_coef.data_ptr(), amp, phs,
-            y0, y1, gimg, hg, wg, work,
-        )
-
-    # ----------------------------------------------------------------------------------- thread pool
-    def _threads(self, tasks: int) -> int:
-        return max(1, min(torch.get_num_threads(), tasks))
+    # ----------------------------------------------------------------------------------- threads
+    def _run(self, driver: Callable[[int, int, int, int], None], ntasks: int, slot_floats: int) -> None:
+        """Run ``driver(t0, t1, nthreads, work)`` over the tasks ``range(ntasks)``, with a float32 work buffer of
+        ``slot_floats`` values per thread (``work`` is the address of the first thread's)."""
+        threads = max(1, min(torch.get_num_threads(), ntasks))
+        work = torch.empty(threads, max(1, slot_floats), dtype=torch.float32)
+        w0, ws = work.data_ptr(), work.stride(0) * work.element_size()
+        if self.openmp or threads == 1:
+            driver(0, ntasks, threads, w0)
+            return
+        self._map(lambda slot, t: driver(t, t + 1, 1, w0 + slot * ws), [(t,) for t in range(ntasks)], threads)
 
     def _map(self, fn: Callable[..., None], tasks: Sequence[tuple[int, ...]], threads: int) -> None:
         """Run ``fn(slot, *task)`` for every task on ``threads`` threads: the calling thread (slot 0) and
         ``threads - 1`` pool workers (slots 1, 2, ...) take the next task from a shared counter until none is
         left. ``slot`` says which per-thread work buffer to use. Returns only when every worker is done,
         also when a task raised (the first error is re-raised then)."""
-        if threads <= 1:
-            for t in tasks:
-                fn(0, *t)
-            return
         key = (threads - 1, os.getpid())  # a forked child inherits the pool object but not its threads
         with self._lock:
             if self._pool is None or self._pool_key != key:
@@ -474,27 +472,21 @@ class NativeKernels:
         wcp = _round_up(wc, VECTOR)
         out_c = xp.new_empty(n, m, hc // bh, wc // bw)
         out_s = torch.empty_like(out_c)
-        threads = max(1, torch.get_num_threads())
         groups = m // BLOCK_FEATURES
-        # Frequency groups per task: about 4 tasks per thread in all (whole images when there are enough).
+        # Tasks: images x runs of `per` frequency groups, about 4 a thread (whole images when there are enough);
+        # every feature's sums are computed alone, so the split does not change the values.
+        threads = max(1, torch.get_num_threads())
         per = max(1, math.ceil(groups * n / (4 * threads))) if n < 4 * threads else groups
-        tasks = [(i, g, min(groups, g + per)) for i in range(n) for g in range(0, groups, per)]
-        threads = self._threads(len(tasks))
-        work = torch.empty(threads, 2 * BLOCK_FEATURES * wcp, dtype=torch.float32)
-        f = xp.element_size()
-        x0, xs = xp.data_ptr(), xp.stride(0) * f
-        c0, s0, os_ = out_c.data_ptr(), out_s.data_ptr(), out_c.stride(0) * f
-        w0, ws = work.data_ptr(), work.stride(0) * f
-        wptr, pptr = weight.data_ptr(), phase.data_ptr()
+        ntasks = n * -(-groups // per)
 
-        def task(slot: int, i: int, g0: int, g1: int) -> None:
-            self._call_block_sums(
-                img=x0 + i * xs, channels=c, hp=hp, wp=wp, k=k, hc=hc, wc=wc, wcp=wcp, bh=bh, bw=bw, weight=wptr,
-                phase=pptr, j0=g0 * BLOCK_FEATURES, j1=g1 * BLOCK_FEATURES, out_c=c0 + i * os_, out_s=s0 + i * os_,
-                work=w0 + slot * ws,
+        def driver(t0: int, t1: int, nthreads: int, work: int) -> None:
+            self.lib.rff_block_sums_tasks(
+                xp.data_ptr(), xp.stride(0), c, hp, wp, k, hc, wc, wcp, bh, bw, weight.data_ptr(), phase.data_ptr(),
+                groups, per, self.cos_coef.data_ptr(), self.sin_coef.data_ptr(), out_c.data_ptr(), out_s.data_ptr(),
+                out_c.stride(0), work, 2 * BLOCK_FEATURES * wcp, t0, t1, nthreads,
             )
 
-        self._map(task, tasks, threads)
+        self._run(driver, ntasks, 2 * BLOCK_FEATURES * wcp)
         return out_c, out_s
 
     def grad_image(self, xp: torch.Tensor, matrix: torch.Tensor, hc: int, wc: int, bh: int, bw: int, k: int,
@@ -518,25 +510,16 @@ class NativeKernels:
         starts = list(range(0, hc, rows))
         # One buffer per (image, band of rows): bands overlap by k - 1 rows in the image.
         out = xp.new_zeros(n, len(starts), c, rows + k - 1, wp)
-        tasks = [(i, t) for i in range(n) for t in range(len(starts))]
-        threads = self._threads(len(tasks))
-        work = torch.empty(threads, 2 * m * wcp + c * k * k * VECTOR, dtype=torch.float32)
-        f = xp.element_size()
-        x0, xs = xp.data_ptr(), xp.stride(0) * f
-        a0, p0, gs = amp.data_ptr(), phs.data_ptr(), amp.stride(0) * f
-        o0, o_img, o_band = out.data_ptr(), out.stride(0) * f, out.stride(1) * f
-        w0, ws = work.data_ptr(), work.stride(0) * f
-        wptr, pptr = weight.data_ptr(), phase.data_ptr()
+        slot = 2 * m * wcp + c * k * k * VECTOR
 
-        def task(slot: int, i: int, t: int) -> None:
-            y0 = starts[t]
-            self._call_grad_image(
-                img=x0 + i * xs, channels=c, hp=hp, wp=wp, k=k, hc=hc, wc=wc, wcp=wcp, bh=bh, bw=bw, weight=wptr,
-                phase=pptr, m=m, amp=a0 + i * gs, phs=p0 + i * gs, y0=y0, y1=min(hc, y0 + rows),
-                gimg=o0 + i * o_img + t * o_band, hg=rows + k - 1, wg=wp, work=w0 + slot * ws,
+        def driver(t0: int, t1: int, nthreads: int, work: int) -> None:
+            self.lib.rff_grad_image_tasks(
+                xp.data_ptr(), xp.stride(0), c, hp, wp, k, hc, wc, wcp, bh, bw, weight.data_ptr(), phase.data_ptr(),
+                m, self.cos_coef.data_ptr(), amp.data_ptr(), phs.data_ptr(), amp.stride(0), rows, len(starts),
+                out.data_ptr(), out.stride(0), out.stride(1), wp, work, slot, t0, t1, nthreads,
             )
 
-        self._map(task, tasks, threads)
+        self._run(driver, n * len(starts), slot)
         if len(starts) == 1:
             grad = out[:, 0]
             return grad if grad.shape[-2] == hp else F.pad(grad, (0, 0, 0, hp - grad.shape[-2]))
@@ -560,26 +543,38 @@ class NativeKernels:
         n, c, h, w = x.shape
         sizes = [(h // f) * (w // f) for f in factors]
         out = x.new_empty(n, len(offsets), sum(sizes))
-        tasks = [(i, k) for i in range(n) for k in range(len(offsets))]
-        threads = self._threads(len(tasks))
         wide = -(-max(lk_box, local_patch_size) // 2) * 2  # the C source's B
-        work = torch.empty(threads, 3 * w + wide + (c + 3) * h * w, dtype=torch.float32)
+        inputs = [x, yp, *(fit or ())]
+        ptrs = (ctypes.c_void_p * 8)(*[t.data_ptr() for t in inputs], *[None] * (8 - len(inputs)))
+        strides = (ctypes.c_int64 * 8)(*[t.stride(0) for t in inputs], *[0] * (8 - len(inputs)))
+        dys = (ctypes.c_int * len(offsets))(*[o[0] for o in offsets])
+        dxs = (ctypes.c_int * len(offsets))(*[o[1] for o in offsets])
         fac = (ctypes.c_int * len(factors))(*factors)
-        e = x.element_size()
-        ptrs = [(t.data_ptr(), t.stride(0) * e) for t in (x, yp, *(fit or ()))]
-        o0, o_img, o_off = out.data_ptr(), out.stride(0) * e, out.stride(1) * e
-        w0, ws = work.data_ptr(), work.stride(0) * e
-        lib = self.lib
+        slot = 3 * w + wide + (c + 3) * h * w
 
-        def task(slot: int, i: int, k: int) -> None:
-            a = [p0 + i * ps for p0, ps in ptrs]
-            g = a[2:] if fit is not None else [None] * 6
-            lib.aligned_scan(a[0], a[1], c, h, w, radius, offsets[k][0], offsets[k][1], *g, lk_box, ridge,
-                             max_shift, len(factors), fac, local_patch_size, weight_l2, weight_local, inv2s2,
-                             o0 + i * o_img + k * o_off, w0 + slot * ws)
+        def driver(t0: int, t1: int, nthreads: int, work: int) -> None:
+            self.lib.aligned_scan_tasks(
+                ptrs, strides, c, h, w, radius, len(offsets), dys, dxs, lk_box, ridge, max_shift, len(factors), fac,
+                local_patch_size, weight_l2, weight_local, inv2s2, out.data_ptr(), out.stride(0), out.stride(1),
+                work, slot, t0, t1, nthreads,
+            )
 
-        self._map(task, tasks, threads)
+        self._run(driver, n * len(offsets), slot)
         return out
+
+
+def _shared_openmp() -> bool:
+    """Whether exactly one OpenMP runtime is mapped into this process (read from ``/proc/self/maps``): then the
+    library's OpenMP is PyTorch's own and its threads are PyTorch's intra-op threads. Two runtimes (a compiler
+    whose OpenMP is not the one PyTorch ships) would each keep a team of threads competing for the cores, and
+    where it cannot be told (no ``/proc``) the answer is no."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split(None, 5)[-1].strip() for line in f if "omp" in line}
+    except OSError:
+        return False
+    runtimes = {p for p in paths if os.path.basename(p).startswith(("libgomp", "libomp", "libiomp"))}
+    return len(runtimes) == 1
 
 
 def grad_polar(g_cos: torch.Tensor, g_sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -709,7 +704,8 @@ def _load() -> NativeKernels | None:
                 _discard(dfd, name)
             except OSError:
                 pass
-        for arch in (["-march=native"], []):  # rebuild once; without -march=native if that fails
+        # rebuild once: with OpenMP and -march=native, else without one or both of them
+        for arch in (["-march=native", *OPENMP_FLAGS], ["-march=native"], [*OPENMP_FLAGS], []):
             data = _compile(cc, arch)
             if data is None:
                 continue

@@ -18,11 +18,24 @@
  * t in [-1/2, 1/2] turns and polynomials whose coefficients the loader passes in (fitted there); the maximal
  * absolute error in float32 is below 1e-6 (tests/test_native.py checks it against float64).
  *
+ * Each kernel has a driver (the *_tasks functions at the end) that runs the tasks of one call on the threads of
+ * the OpenMP runtime, when compiled with -fopenmp: the loader uses it only when that runtime is PyTorch's own
+ * (one OpenMP library in the process), so the kernels run on PyTorch's intra-op threads instead of competing
+ * with them. Without OpenMP the drivers run their tasks one after the other and the loader splits the tasks
+ * over threads of its own.
+ *
  * Plain C11 with GCC/Clang vector extensions: portable to any target those compilers vectorise for.
  */
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#define THREAD_SLOT() omp_get_thread_num()
+#else
+#define THREAD_SLOT() 0
+#endif
 
 #ifndef V
 #define V 16 /* patch centres per vector */
@@ -345,7 +358,7 @@ void aligned_scan(const float *restrict x, const float *restrict yp, int C, int 
     const size_t HW = (size_t)H * W;
     const int Hp = H + 2 * r, Wp = W + 2 * r;
     const size_t HWp = (size_t)Hp * Wp;
-    const int B = (lk_box > kloc ? lk_box : kloc) + 1 & ~1;
+    const int B = ((lk_box > kloc ? lk_box : kloc) + 1) & ~1;
     double *acc = (double *)work;    /* W doubles */
     float *row = work + 2 * W;       /* W + B */
     float *restrict e = row + W + B; /* C x H x W */
@@ -431,5 +444,83 @@ void aligned_scan(const float *restrict x, const float *restrict yp, int C, int 
         const float w_mean = w_l2 / (float)C; /* a zero weight adds 0 (everything here is finite) */
         for (size_t u = 0; u < HWl; ++u) out[u] = w_mean * sq[u] + w_local * one_minus_exp_neg(d[u] * inv2s2);
         out += HWl;
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Drivers: tasks t0 <= t < t1 of one call, on nthreads threads (OpenMP; one thread without it). Each thread takes
+ * the next task from a shared counter and uses its own work buffer (work + slot * work_stride floats, slot the
+ * thread's number, below nthreads). The split into tasks is the caller's and depends on the shapes only, and every
+ * task writes its own outputs, so results do not depend on nthreads. Strides are in floats.
+ * --------------------------------------------------------------------------------------------------------- */
+
+/* 1 if the drivers run their tasks on OpenMP threads (compiled with -fopenmp), else 0. */
+int patchmmd_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* rff_block_sums of images i, frequency groups [g0, g1): task t is image t / T, groups from (t % T) * per, with
+ * T = ceil(groups / per) tasks an image (a group is J frequencies). */
+void rff_block_sums_tasks(const float *img, int64_t img_stride, int C, int Hp, int Wp, int k, int hc, int wc, int wcp,
+                          int bh, int bw, const float *W, const float *b, int groups, int per, const float *cc,
+                          const float *sc, float *out_c, float *out_s, int64_t out_stride, float *work,
+                          int64_t work_stride, int t0, int t1, int nthreads) {
+    const int T = (groups + per - 1) / per;
+    int next = t0;
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        float *wk = work + (size_t)THREAD_SLOT() * work_stride;
+        for (int t; (t = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED)) < t1;) {
+            const int i = t / T, g0 = (t % T) * per, g1 = g0 + per < groups ? g0 + per : groups;
+            rff_block_sums(img + i * img_stride, C, Hp, Wp, k, hc, wc, wcp, bh, bw, W, b, g0 * J, g1 * J, cc, sc,
+                           out_c + i * out_stride, out_s + i * out_stride, wk);
+        }
+    }
+}
+
+/* rff_grad_image of images i, bands of rows: task t is image t / bands, rows from (t % bands) * rows, written to
+ * gimg + i * gimg_stride + (t % bands) * band_stride (Hg = rows + k - 1 rows). */
+void rff_grad_image_tasks(const float *img, int64_t img_stride, int C, int Hp, int Wp, int k, int hc, int wc, int wcp,
+                          int bh, int bw, const float *W, const float *b, int m, const float *cc, const float *amp,
+                          const float *phs, int64_t g_stride, int rows, int bands, float *gimg, int64_t gimg_stride,
+                          int64_t band_stride, int Wg, float *work, int64_t work_stride, int t0, int t1,
+                          int nthreads) {
+    int next = t0;
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        float *wk = work + (size_t)THREAD_SLOT() * work_stride;
+        for (int t; (t = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED)) < t1;) {
+            const int i = t / bands, band = t % bands, y0 = band * rows, y1 = y0 + rows < hc ? y0 + rows : hc;
+            rff_grad_image(img + i * img_stride, C, Hp, Wp, k, hc, wc, wcp, bh, bw, W, b, m, cc, amp + i * g_stride,
+                           phs + i * g_stride, y0, y1, gimg + i * gimg_stride + band * band_stride, rows + k - 1, Wg,
+                           wk);
+        }
+    }
+}
+
+/* aligned_scan of images i and offsets o: task t is image t / noff, offset (dys[o], dxs[o]) with o = t % noff.
+ * in[0..7] are x, yp and the six fit inputs (in[2] NULL: no fit), each advancing by in_stride[.] an image; the
+ * maps go to out + i * out_stride + o * off_stride. */
+void aligned_scan_tasks(const float *const *in, const int64_t *in_stride, int C, int H, int W, int r, int noff,
+                        const int *dys, const int *dxs, int lk_box, float ridge, float max_shift, int nlev,
+                        const int *factors, int kloc, float w_l2, float w_local, float inv2s2, float *out,
+                        int64_t out_stride, int64_t off_stride, float *work, int64_t work_stride, int t0, int t1,
+                        int nthreads) {
+    int next = t0;
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        float *wk = work + (size_t)THREAD_SLOT() * work_stride;
+        for (int t; (t = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED)) < t1;) {
+            const int i = t / noff, o = t % noff;
+            const float *a[8];
+            for (int q = 0; q < 8; ++q) a[q] = in[q] ? in[q] + i * in_stride[q] : NULL;
+            aligned_scan(a[0], a[1], C, H, W, r, dys[o], dxs[o], a[2], a[3], a[4], a[5], a[6], a[7], lk_box, ridge,
+                         max_shift, nlev, factors, kloc, w_l2, w_local, inv2s2,
+                         out + i * out_stride + o * off_stride, wk);
+        }
     }
 }
