@@ -108,7 +108,8 @@ def sincos_coefficients() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 #: The library's entry points: a build that lacks one is not used.
-SYMBOLS = ("rff_block_sums_tasks", "rff_grad_image_tasks", "aligned_scan_tasks", "patchmmd_openmp")
+SYMBOLS = ("rff_block_sums_tasks", "rff_grad_image_tasks", "aligned_scan_tasks", "aligned_grad_tasks",
+           "patchmmd_openmp")
 _SUFFIX = ".dll" if sys.platform == "win32" else ".so"
 #: Layout version of the record written beside a cached library.
 _RECORD_FORMAT = 1
@@ -410,7 +411,10 @@ class NativeKernels:
         # in, in_stride, C, H, W, r, noff, dys, dxs, lk_box, ridge, max_shift, nlev, factors, kloc, w_l2, w_local,
         # inv2s2, out, out_stride, off_stride
         lib.aligned_scan_tasks.argtypes = [p, p, i, i, i, i, i, p, p, i, f, f, i, p, i, f, f, f, p, q, q, *tail]
-        for fn in (lib.rff_block_sums_tasks, lib.rff_grad_image_tasks, lib.aligned_scan_tasks):
+        # in, in_stride, C, H, W, r, noff, dys, dxs, lk_box, ridge, max_shift, nlev, factors, kloc, w_l2, w_local,
+        # inv2s2, gmap, gmap_stride, grad, grad_stride
+        lib.aligned_grad_tasks.argtypes = [p, p, i, i, i, i, i, p, p, i, f, f, i, p, i, f, f, f, p, q, p, q, *tail]
+        for fn in (lib.rff_block_sums_tasks, lib.rff_grad_image_tasks, lib.aligned_scan_tasks, lib.aligned_grad_tasks):
             fn.restype = None
         #: Whether the drivers run on PyTorch's own OpenMP threads (else on a pool of this object's).
         self.openmp = bool(lib.patchmmd_openmp()) and _shared_openmp()
@@ -561,6 +565,36 @@ class NativeKernels:
 
         self._run(driver, n * len(offsets), slot)
         return out
+
+    def aligned_grad(
+        self, x: torch.Tensor, yp: torch.Tensor, fit: Sequence[torch.Tensor] | None, gmap: torch.Tensor, *,
+        radius: int, offsets: Sequence[tuple[int, int]], lk_box: int, ridge: float, max_shift: float,
+        factors: Sequence[int], local_patch_size: int, weight_l2: float, weight_local: float, inv2s2: float,
+    ) -> torch.Tensor:
+        """The gradient with respect to ``x`` (``(N, C, H, W)``) of ``sum(gmap * maps)``, ``maps`` the output of
+        :meth:`aligned_scan` at ``offsets`` (``aligned_grad`` of ``kernels.c``; the sub-pixel correction is a
+        constant). ``gmap``: ``(N, len(offsets), sum_l (H // f_l) (W // f_l))`` contiguous float32; other
+        arguments as for :meth:`aligned_scan`. One task per image (it runs over all the offsets)."""
+        n, c, h, w = x.shape
+        grad = torch.empty_like(x)
+        wide = -(-max(lk_box, local_patch_size) // 2) * 2
+        inputs = [x, yp, *(fit or ())]
+        ptrs = (ctypes.c_void_p * 8)(*[t.data_ptr() for t in inputs], *[None] * (8 - len(inputs)))
+        strides = (ctypes.c_int64 * 8)(*[t.stride(0) for t in inputs], *[0] * (8 - len(inputs)))
+        dys = (ctypes.c_int * len(offsets))(*[o[0] for o in offsets])
+        dxs = (ctypes.c_int * len(offsets))(*[o[1] for o in offsets])
+        fac = (ctypes.c_int * len(factors))(*factors)
+        slot = 3 * w + wide + (c + 3) * h * w
+
+        def driver(t0: int, t1: int, nthreads: int, work: int) -> None:
+            self.lib.aligned_grad_tasks(
+                ptrs, strides, c, h, w, radius, len(offsets), dys, dxs, lk_box, ridge, max_shift, len(factors), fac,
+                local_patch_size, weight_l2, weight_local, inv2s2, gmap.data_ptr(), gmap.stride(0), grad.data_ptr(),
+                grad.stride(0), work, slot, t0, t1, nthreads,
+            )
+
+        self._run(driver, n, slot)
+        return grad
 
 
 def _shared_openmp() -> bool:
@@ -733,6 +767,7 @@ def _load() -> NativeKernels | None:
 
 # The PyTorch operators (``torch.ops.patchmmd.*``), registered on import; they use the names above.
 from . import ops as ops  # noqa: E402
+from .ops import aligned_grad as aligned_grad  # noqa: E402
 from .ops import aligned_scan as aligned_scan  # noqa: E402
 from .ops import rff_block_sums as rff_block_sums  # noqa: E402
 from .ops import rff_grad_image as rff_grad_image  # noqa: E402

@@ -344,27 +344,17 @@ static void box_sum(float *restrict a, float *restrict tmp, double *restrict acc
     }
 }
 
-/* x: C x H x W; yp: C x (H + 2r) x (W + 2r) (y replicate-padded by r); read at (dy, dx), |dy|, |dx| <= r.
- * Sub-pixel fit if gxx != NULL: gxx, gxy (C x H x W: x's central differences along the width and the height),
- * gyx, gyy (C x Hp x Wp: y's, padded like yp), tx (3 x H x W: box means of gx^2, gy^2, gx gy of x, summed over
- * channels), typ (3 x Hp x Wp: y's, padded). Levels: nlev factors; out receives the maps level after level,
- * (H / f) x (W / f) each. work: 3 W + B + (C + 3) H W floats, B = max(lk_box, kloc) rounded up to even,
- * 8-byte aligned. */
-void aligned_scan(const float *restrict x, const float *restrict yp, int C, int H, int W, int r, int dy, int dx,
-                  const float *restrict gxx, const float *restrict gxy, const float *restrict gyx,
-                  const float *restrict gyy, const float *restrict tx, const float *restrict typ, int lk_box,
-                  float ridge, float max_shift, int nlev, const int *factors, int kloc, float w_l2, float w_local,
-                  float inv2s2, float *restrict out, float *restrict work) {
+/* The difference e = x - y read at (dy, dx), minus the sub-pixel correction if gxx != NULL (arguments as for
+ * aligned_scan below), into e (C x H x W); p1, p2, tmp (H x W each), acc and row are scratch. */
+static void aligned_difference(const float *restrict x, const float *restrict yp, int C, int H, int W, int r, int dy,
+                               int dx, const float *restrict gxx, const float *restrict gxy,
+                               const float *restrict gyx, const float *restrict gyy, const float *restrict tx,
+                               const float *restrict typ, int lk_box, float ridge, float max_shift,
+                               float *restrict e, float *restrict p1, float *restrict p2, float *restrict tmp,
+                               double *restrict acc, float *restrict row) {
     const size_t HW = (size_t)H * W;
     const int Hp = H + 2 * r, Wp = W + 2 * r;
     const size_t HWp = (size_t)Hp * Wp;
-    const int B = ((lk_box > kloc ? lk_box : kloc) + 1) & ~1;
-    double *acc = (double *)work;    /* W doubles */
-    float *row = work + 2 * W;       /* W + B */
-    float *restrict e = row + W + B; /* C x H x W */
-    float *restrict p1 = e + C * HW; /* H x W */
-    float *restrict p2 = p1 + HW;    /* H x W */
-    float *restrict tmp = p2 + HW;   /* H x W */
     for (int c = 0; c < C; ++c)
         for (int i = 0; i < H; ++i) {
             const float *xr = x + c * HW + (size_t)i * W;
@@ -411,6 +401,29 @@ void aligned_scan(const float *restrict x, const float *restrict yp, int C, int 
                     e[o + j] -= (gxx[o + j] + gyx[op + j]) * hx[j] + (gxy[o + j] + gyy[op + j]) * hy[j];
             }
     }
+}
+
+/* x: C x H x W; yp: C x (H + 2r) x (W + 2r) (y replicate-padded by r); read at (dy, dx), |dy|, |dx| <= r.
+ * Sub-pixel fit if gxx != NULL: gxx, gxy (C x H x W: x's central differences along the width and the height),
+ * gyx, gyy (C x Hp x Wp: y's, padded like yp), tx (3 x H x W: box means of gx^2, gy^2, gx gy of x, summed over
+ * channels), typ (3 x Hp x Wp: y's, padded). Levels: nlev factors; out receives the maps level after level,
+ * (H / f) x (W / f) each. work: 3 W + B + (C + 3) H W floats, B = max(lk_box, kloc) rounded up to even,
+ * 8-byte aligned. */
+void aligned_scan(const float *restrict x, const float *restrict yp, int C, int H, int W, int r, int dy, int dx,
+                  const float *restrict gxx, const float *restrict gxy, const float *restrict gyx,
+                  const float *restrict gyy, const float *restrict tx, const float *restrict typ, int lk_box,
+                  float ridge, float max_shift, int nlev, const int *factors, int kloc, float w_l2, float w_local,
+                  float inv2s2, float *restrict out, float *restrict work) {
+    const size_t HW = (size_t)H * W;
+    const int B = ((lk_box > kloc ? lk_box : kloc) + 1) & ~1;
+    double *acc = (double *)work;    /* W doubles */
+    float *row = work + 2 * W;       /* W + B */
+    float *restrict e = row + W + B; /* C x H x W */
+    float *restrict p1 = e + C * HW; /* H x W */
+    float *restrict p2 = p1 + HW;    /* H x W */
+    float *restrict tmp = p2 + HW;   /* H x W */
+    aligned_difference(x, yp, C, H, W, r, dy, dx, gxx, gxy, gyx, gyy, tx, typ, lk_box, ridge, max_shift, e, p1, p2,
+                       tmp, acc, row);
     for (int l = 0; l < nlev; ++l) {
         const int f = factors[l], Hl = H / f, Wl = W / f;
         const size_t HWl = (size_t)Hl * Wl;
@@ -444,6 +457,77 @@ void aligned_scan(const float *restrict x, const float *restrict yp, int C, int 
         const float w_mean = w_l2 / (float)C; /* a zero weight adds 0 (everything here is finite) */
         for (size_t u = 0; u < HWl; ++u) out[u] = w_mean * sq[u] + w_local * one_minus_exp_neg(d[u] * inv2s2);
         out += HWl;
+    }
+}
+
+/* The gradient of aligned_scan's maps with respect to x, for one image and the offsets (dys[o], dxs[o]),
+ * o < noff, given G = dL/d(map) at every level (gmap: noff x sum_l (H / f) (W / f), the levels one after the
+ * other as aligned_scan writes them). The sub-pixel correction is a constant (a stop-gradient, as in the PyTorch
+ * path), so d e / d x = 1. Per level, with m_c the f x f block means of e (m = e at f = 1), sq = sum_c m_c^2 and
+ * D = the kloc x kloc box sum of sq (zero padding; the box sum is its own adjoint):
+ *     dL/dm_c = 2 m_c (G w_l2 / C + w_local inv2s2 box(G exp(-D inv2s2))),
+ * spread over each block with weight 1 / f^2 (rows and columns that no level pixel covers get nothing).
+ * grad: C x H x W, overwritten. Other arguments and work as for aligned_scan. */
+void aligned_grad(const float *restrict x, const float *restrict yp, int C, int H, int W, int r, int noff,
+                  const int *dys, const int *dxs, const float *restrict gxx, const float *restrict gxy,
+                  const float *restrict gyx, const float *restrict gyy, const float *restrict tx,
+                  const float *restrict typ, int lk_box, float ridge, float max_shift, int nlev, const int *factors,
+                  int kloc, float w_l2, float w_local, float inv2s2, const float *restrict gmap,
+                  float *restrict grad, float *restrict work) {
+    const size_t HW = (size_t)H * W;
+    const int B = ((lk_box > kloc ? lk_box : kloc) + 1) & ~1;
+    double *acc = (double *)work;
+    float *row = work + 2 * W;
+    float *restrict e = row + W + B;
+    float *restrict p1 = e + C * HW;
+    float *restrict p2 = p1 + HW;
+    float *restrict tmp = p2 + HW;
+    size_t total = 0;
+    for (int l = 0; l < nlev; ++l) total += (size_t)(H / factors[l]) * (W / factors[l]);
+    for (size_t u = 0; u < C * HW; ++u) grad[u] = 0.0f;
+    for (int o = 0; o < noff; ++o) {
+        aligned_difference(x, yp, C, H, W, r, dys[o], dxs[o], gxx, gxy, gyx, gyy, tx, typ, lk_box, ridge, max_shift,
+                           e, p1, p2, tmp, acc, row);
+        const float *g = gmap + (size_t)o * total;
+        for (int l = 0; l < nlev; ++l) {
+            const int f = factors[l], Hl = H / f, Wl = W / f;
+            const size_t HWl = (size_t)Hl * Wl;
+            const float inv_ff = 1.0f / ((float)f * (float)f);
+            float *sq = p1, *k = p2;
+            for (size_t u = 0; u < HWl; ++u) sq[u] = 0.0f;
+            for (int c = 0; c < C; ++c)
+                for (int il = 0; il < Hl; ++il) {
+                    float *sr = sq + (size_t)il * Wl;
+                    for (int jl = 0; jl < Wl; ++jl) {
+                        float m = 0.0f;
+                        for (int a = 0; a < f; ++a)
+                            for (int b = 0; b < f; ++b) m += e[c * HW + (size_t)(il * f + a) * W + jl * f + b];
+                        m *= inv_ff;
+                        sr[jl] += m * m;
+                    }
+                }
+            if (w_local > 0.0f) {
+                for (size_t u = 0; u < HWl; ++u) k[u] = sq[u];
+                box_sum(k, tmp, acc, row, Hl, Wl, kloc);
+                for (size_t u = 0; u < HWl; ++u) k[u] = g[u] * (1.0f - one_minus_exp_neg(k[u] * inv2s2));
+                box_sum(k, tmp, acc, row, Hl, Wl, kloc);
+            } else {
+                for (size_t u = 0; u < HWl; ++u) k[u] = 0.0f;
+            }
+            const float a_l2 = 2.0f * w_l2 / (float)C, a_loc = 2.0f * w_local * inv2s2;
+            for (size_t u = 0; u < HWl; ++u) k[u] = a_l2 * g[u] + a_loc * k[u];
+            for (int c = 0; c < C; ++c)
+                for (int il = 0; il < Hl; ++il)
+                    for (int jl = 0; jl < Wl; ++jl) {
+                        float m = 0.0f;
+                        for (int a = 0; a < f; ++a)
+                            for (int b = 0; b < f; ++b) m += e[c * HW + (size_t)(il * f + a) * W + jl * f + b];
+                        const float v = k[(size_t)il * Wl + jl] * m * inv_ff * inv_ff;
+                        for (int a = 0; a < f; ++a)
+                            for (int b = 0; b < f; ++b) grad[c * HW + (size_t)(il * f + a) * W + jl * f + b] += v;
+                    }
+            g += HWl;
+        }
     }
 }
 
@@ -521,6 +605,27 @@ void aligned_scan_tasks(const float *const *in, const int64_t *in_stride, int C,
             aligned_scan(a[0], a[1], C, H, W, r, dys[o], dxs[o], a[2], a[3], a[4], a[5], a[6], a[7], lk_box, ridge,
                          max_shift, nlev, factors, kloc, w_l2, w_local, inv2s2,
                          out + i * out_stride + o * off_stride, wk);
+        }
+    }
+}
+
+/* aligned_grad of images i (task t: image t) at the same noff offsets: in, in_stride as for aligned_scan_tasks;
+ * gmap + i * gmap_stride, grad + i * grad_stride. */
+void aligned_grad_tasks(const float *const *in, const int64_t *in_stride, int C, int H, int W, int r, int noff,
+                        const int *dys, const int *dxs, int lk_box, float ridge, float max_shift, int nlev,
+                        const int *factors, int kloc, float w_l2, float w_local, float inv2s2, const float *gmap,
+                        int64_t gmap_stride, float *grad, int64_t grad_stride, float *work, int64_t work_stride,
+                        int t0, int t1, int nthreads) {
+    int next = t0;
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        float *wk = work + (size_t)THREAD_SLOT() * work_stride;
+        for (int i; (i = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED)) < t1;) {
+            const float *a[8];
+            for (int q = 0; q < 8; ++q) a[q] = in[q] ? in[q] + i * in_stride[q] : NULL;
+            aligned_grad(a[0], a[1], C, H, W, r, noff, dys, dxs, a[2], a[3], a[4], a[5], a[6], a[7], lk_box, ridge,
+                         max_shift, nlev, factors, kloc, w_l2, w_local, inv2s2, gmap + i * gmap_stride,
+                         grad + i * grad_stride, wk);
         }
     }
 }

@@ -1,6 +1,7 @@
 """The compiled kernels of :mod:`patchmmd._native` as PyTorch operators: ``torch.ops.patchmmd.rff_block_sums``,
-``torch.ops.patchmmd.rff_grad_image`` and ``torch.ops.patchmmd.aligned_scan`` (the last has no autograd
-formula: the aligned terms call it under ``no_grad`` to choose each window's offset).
+``torch.ops.patchmmd.rff_grad_image``, ``torch.ops.patchmmd.aligned_scan`` and ``torch.ops.patchmmd.aligned_grad``
+(the scan has no autograd formula of its own: the aligned terms call it to choose each window's offset, and
+``aligned_grad`` is the gradient of its maps, which the aligned terms' autograd function uses).
 
 They have fake (meta) implementations, so ``torch.compile`` traces through them in one graph, and an autograd
 formula, so the forward op is differentiable in ``xp`` (the filters and phases are constants: no gradient).
@@ -108,13 +109,9 @@ def _block_sums_backward(ctx: Any, g_cos: torch.Tensor | None, g_sin: torch.Tens
 rff_block_sums.register_autograd(_block_sums_backward, setup_context=_block_sums_setup_context)
 
 
-@torch.library.custom_op("patchmmd::aligned_scan", mutates_args=(), device_types="cpu")
-def aligned_scan(x: torch.Tensor, yp: torch.Tensor, fit: list[torch.Tensor], radius: int, offsets: list[int],
-                 lk_box: int, ridge: float, max_shift: float, factors: list[int], local_patch_size: int,
-                 weight_l2: float, weight_local: float, inv2s2: float) -> torch.Tensor:
-    """The aligned terms' per-pixel maps for every offset and level, without gradient:
-    ``(N, len(offsets) // 2, sum_l (H // f_l) (W // f_l))`` (see :meth:`NativeKernels.aligned_scan`;
-    ``offsets`` flattened ``[dy0, dx0, dy1, dx1, ...]``, ``fit`` empty for no sub-pixel fit)."""
+def _check_scan_inputs(x: torch.Tensor, yp: torch.Tensor, fit: list[torch.Tensor], radius: int, offsets: list[int],
+                       lk_box: int, factors: list[int], local_patch_size: int, op: str) -> list[tuple[int, int]]:
+    """What ``aligned_scan`` / ``aligned_grad`` of the C source assume of their arguments; the offset pairs."""
     n, c, h, w = x.shape
     hp, wp = h + 2 * radius, w + 2 * radius
     shapes = [(n, c, h, w), (n, c, hp, wp)]
@@ -122,23 +119,62 @@ def aligned_scan(x: torch.Tensor, yp: torch.Tensor, fit: list[torch.Tensor], rad
         shapes += [(n, c, h, w), (n, c, h, w), (n, c, hp, wp), (n, c, hp, wp), (n, 3, h, w), (n, 3, hp, wp)]
     tensors = [x, yp, *fit]
     if len(tensors) != len(shapes):
-        raise ValueError(f"patchmmd::aligned_scan: fit must hold 0 or 6 tensors, got {len(fit)}")
+        raise ValueError(f"patchmmd::{op}: fit must hold 0 or 6 tensors, got {len(fit)}")
     for t, shape in zip(tensors, shapes, strict=True):
         if t.device.type != "cpu" or t.dtype != torch.float32 or not t.is_contiguous() or tuple(t.shape) != shape:
-            raise ValueError(f"patchmmd::aligned_scan: expected a contiguous float32 CPU tensor of shape {shape}, "
+            raise ValueError(f"patchmmd::{op}: expected a contiguous float32 CPU tensor of shape {shape}, "
                              f"got {tuple(t.shape)} {t.dtype} on {t.device}")
     pairs = list(zip(offsets[::2], offsets[1::2], strict=True))
-    if len(offsets) % 2 or any(max(abs(dy), abs(dx)) > radius for dy, dx in pairs):
-        raise ValueError(f"patchmmd::aligned_scan: offsets {offsets} are not pairs within radius {radius}")
+    if len(offsets) % 2 or not pairs or any(max(abs(dy), abs(dx)) > radius for dy, dx in pairs):
+        raise ValueError(f"patchmmd::{op}: offsets {offsets} are not pairs within radius {radius}")
     if not factors or min(factors) < 1 or min(h, w) // max(factors) < 1 or lk_box < 1 or lk_box % 2 == 0 \
             or local_patch_size < 1 or local_patch_size % 2 == 0:
-        raise ValueError(f"patchmmd::aligned_scan: bad geometry factors={factors} lk_box={lk_box} "
+        raise ValueError(f"patchmmd::{op}: bad geometry factors={factors} lk_box={lk_box} "
                          f"local_patch_size={local_patch_size} for {h}x{w}")
+    return pairs
+
+
+@torch.library.custom_op("patchmmd::aligned_scan", mutates_args=(), device_types="cpu")
+def aligned_scan(x: torch.Tensor, yp: torch.Tensor, fit: list[torch.Tensor], radius: int, offsets: list[int],
+                 lk_box: int, ridge: float, max_shift: float, factors: list[int], local_patch_size: int,
+                 weight_l2: float, weight_local: float, inv2s2: float) -> torch.Tensor:
+    """The aligned terms' per-pixel maps for every offset and level, without gradient:
+    ``(N, len(offsets) // 2, sum_l (H // f_l) (W // f_l))`` (see :meth:`NativeKernels.aligned_scan`;
+    ``offsets`` flattened ``[dy0, dx0, dy1, dx1, ...]``, ``fit`` empty for no sub-pixel fit)."""
+    pairs = _check_scan_inputs(x, yp, fit, radius, offsets, lk_box, factors, local_patch_size, "aligned_scan")
     return _required().aligned_scan(
         x, yp, fit or None, radius=radius, offsets=pairs, lk_box=lk_box, ridge=ridge, max_shift=max_shift,
         factors=factors, local_patch_size=local_patch_size, weight_l2=weight_l2, weight_local=weight_local,
         inv2s2=inv2s2,
     )
+
+
+@torch.library.custom_op("patchmmd::aligned_grad", mutates_args=(), device_types="cpu")
+def aligned_grad(x: torch.Tensor, yp: torch.Tensor, fit: list[torch.Tensor], gmap: torch.Tensor, radius: int,
+                 offsets: list[int], lk_box: int, ridge: float, max_shift: float, factors: list[int],
+                 local_patch_size: int, weight_l2: float, weight_local: float, inv2s2: float) -> torch.Tensor:
+    """The gradient with respect to ``x`` of ``sum(gmap * aligned_scan(x, yp, fit, ...))`` (the sub-pixel
+    correction a constant): ``(N, C, H, W)``; ``gmap`` has the shape of that :func:`aligned_scan` output (see
+    :meth:`NativeKernels.aligned_grad`)."""
+    pairs = _check_scan_inputs(x, yp, fit, radius, offsets, lk_box, factors, local_patch_size, "aligned_grad")
+    n, _, h, w = x.shape
+    shape = (n, len(pairs), sum((h // f) * (w // f) for f in factors))
+    if gmap.device.type != "cpu" or gmap.dtype != torch.float32 or not gmap.is_contiguous() \
+            or tuple(gmap.shape) != shape:
+        raise ValueError(f"patchmmd::aligned_grad: gmap must be a contiguous float32 CPU tensor of shape {shape}, "
+                         f"got {tuple(gmap.shape)} {gmap.dtype} on {gmap.device}")
+    return _required().aligned_grad(
+        x, yp, fit or None, gmap, radius=radius, offsets=pairs, lk_box=lk_box, ridge=ridge, max_shift=max_shift,
+        factors=factors, local_patch_size=local_patch_size, weight_l2=weight_l2, weight_local=weight_local,
+        inv2s2=inv2s2,
+    )
+
+
+@aligned_grad.register_fake
+def _aligned_grad_fake(x: torch.Tensor, yp: torch.Tensor, fit: list[torch.Tensor], gmap: torch.Tensor, radius: int,
+                       offsets: list[int], lk_box: int, ridge: float, max_shift: float, factors: list[int],
+                       local_patch_size: int, weight_l2: float, weight_local: float, inv2s2: float) -> torch.Tensor:
+    return torch.empty_like(x)
 
 
 @aligned_scan.register_fake

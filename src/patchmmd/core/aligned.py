@@ -19,10 +19,12 @@ Noise and blur do not move anything, so they are counted as before.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 from .kernels import gaussian_bandwidth
@@ -254,9 +256,12 @@ def tolerant_aligned(
     With ``radius=0`` and ``subpixel=False`` this is the pixelwise terms, window-averaged.
 
     The scan over offsets runs without autograd (on the CPU in float32, as the compiled kernel
-    ``torch.ops.patchmmd.aligned_scan``); with gradients, only each window's winning offsets are recomputed
-    with autograd. From :data:`LARGE_ELEMENTS` elements on, the batch is taken in chunks of images and the
-    winners' graphs are recomputed in the backward pass: memory stays bounded at any batch size.
+    ``torch.ops.patchmmd.aligned_scan``). With gradients: on the CPU in float32 (and ``ys`` without gradient)
+    the backward pass is the compiled kernel ``torch.ops.patchmmd.aligned_grad``, the gradient of each
+    window's winning offset's maps; elsewhere only each window's winning offsets are recomputed with
+    autograd. From :data:`LARGE_ELEMENTS` elements on, the batch is taken in chunks of images and the
+    winners' graphs (the fit's inputs, for the kernel) are recomputed in the backward pass: memory stays
+    bounded at any batch size.
     """
     large = xs.numel() >= LARGE_ELEMENTS
 
@@ -297,7 +302,8 @@ def _tolerant_aligned(
         with torch.no_grad():
             grad_x, grad_y = _gradients(xs), _gradients(ys)
             tensor_x, tensor_yp = structure_tensor(grad_x, lk_box), padded(structure_tensor(grad_y, lk_box))
-            return padded(ys), [*grad_x, padded(grad_y[0]), padded(grad_y[1]), tensor_x, tensor_yp]
+            fit = [*grad_x, padded(grad_y[0]), padded(grad_y[1]), tensor_x, tensor_yp]
+        return padded(ys), fit  # ys padded with autograd: a y that requires grad gets its gradient
 
     def at_offset(xs: torch.Tensor, yp: torch.Tensor, fit: list[torch.Tensor],
                   o: tuple[int, int]) -> list[torch.Tensor]:
@@ -326,16 +332,18 @@ def _tolerant_aligned(
 
     yp, fit = prepare(xs, ys)
     candidates = offsets(radius)
+    s = gaussian_bandwidth(local_sigma, local_patch_size)
+    # The compiled kernels' shared arguments after (x, yp, fit[, gmap], radius, offsets).
+    fixed = (lk_box, LK_RIDGE, MAX_SUBPIXEL_SHIFT, list(factors), local_patch_size, weight_l2, weight_local,
+             1.0 / (2.0 * s * s))
 
     def scan() -> list[torch.Tensor]:
         """Per level, the window values of every offset, without autograd: ``(N, len(candidates), rows, cols)``."""
         with torch.no_grad():
             if _native_scan(xs):
-                s = gaussian_bandwidth(local_sigma, local_patch_size)
                 maps = torch.ops.patchmmd.aligned_scan(
                     xs.contiguous(), yp.contiguous(), [t.contiguous() for t in fit], radius,
-                    [v for o in candidates for v in o], lk_box, LK_RIDGE, MAX_SUBPIXEL_SHIFT, list(factors),
-                    local_patch_size, weight_l2, weight_local, 1.0 / (2.0 * s * s),
+                    [v for o in candidates for v in o], *fixed,
                 )
                 n, k, out, start = xs.shape[0], len(candidates), [], 0
                 for f, grid in zip(factors, grids, strict=True):
@@ -353,6 +361,20 @@ def _tolerant_aligned(
         return [(torch.stack([p[i] for p in per_offset]).amin(dim=0), g) for i, g in enumerate(grids)]
     if not needs_grad:
         return [(v.amin(dim=1, keepdim=True), g) for v, g in zip(scan(), grids, strict=True)]
+    if _native_scan(xs) and not ys.requires_grad:
+        # The compiled gradient of the winning offsets' maps (torch.ops.patchmmd.aligned_grad): nothing is
+        # recomputed with autograd, and the values are the scan's own.
+        def grad_x(gmap: torch.Tensor, used: list[tuple[int, int]]) -> torch.Tensor:
+            a, b = prepare(xs.detach(), ys) if checkpointed else (yp, fit)
+            return torch.ops.patchmmd.aligned_grad(
+                xs.detach().contiguous(), a.contiguous(), [t.contiguous() for t in b], gmap, radius,
+                [v for o in used for v in o], *fixed,
+            )
+
+        values = _WinningOffsets.apply(xs, scan, grad_x, grids, candidates)
+        if checkpointed:
+            del yp, fit  # not kept for the backward pass, which recomputes them (as the PyTorch path's checkpoints)
+        return list(zip(values, grids, strict=True))
     # With gradients: find each window's best offset without building a graph, then recompute with autograd
     # only the offsets that win somewhere (usually one or two): same values, a fraction of the backward.
     winners = [v.argmin(dim=1, keepdim=True) for v in scan()]
@@ -369,6 +391,43 @@ def _tolerant_aligned(
             prev = result[i]
             result[i] = part if prev is None else prev + part
     return [(r, g) for r, g in zip(result, grids, strict=True) if r is not None]
+
+
+class _WinningOffsets(torch.autograd.Function):
+    """Per level, each window's smallest value over the offsets (from ``scan()``: ``(N, K, rows, cols)`` per
+    level), differentiable in ``xs`` through the compiled gradient ``grad_x(gmap, offsets)`` of the winning
+    offsets' per-pixel maps (:func:`patchmmd._native.ops.aligned_grad`). Backward: each window's gradient goes to
+    its winning offset, is spread over the window's pixels (the adjoint of the window pooling), and the kernel
+    turns the per-offset, per-level pixel gradients into the gradient of ``xs``."""
+
+    @staticmethod
+    def forward(ctx: Any, xs: torch.Tensor, scan: Callable[[], list[torch.Tensor]],
+                grad_x: Callable[[torch.Tensor, list[tuple[int, int]]], torch.Tensor], grids: list[WindowGrid],
+                candidates: list[tuple[int, int]]) -> tuple[torch.Tensor, ...]:
+        per_level = scan()
+        ctx.winners = [v.argmin(dim=1, keepdim=True) for v in per_level]
+        ctx.grad_x, ctx.grids, ctx.candidates, ctx.shape = grad_x, grids, candidates, xs.shape
+        return tuple(v.amin(dim=1, keepdim=True) for v in per_level)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+        n = ctx.shape[0]
+        used = sorted(set().union(*(set(wi.unique().tolist()) for wi in ctx.winners)))
+        idx = torch.tensor(used, device=ctx.winners[0].device).view(1, -1, 1, 1)
+        maps = []
+        for g, winners, grid in zip(grads, ctx.winners, ctx.grids, strict=True):
+            hl, wl = grid.height, grid.width
+            if g is None:  # this level's values were not used
+                maps.append(torch.zeros(n, len(used), hl * wl))
+                continue
+            masked = torch.where(winners == idx, g, torch.zeros((), dtype=g.dtype))  # (N, len(used), rows, cols)
+            with torch.enable_grad():
+                z = torch.zeros(n * len(used), 1, hl, wl, dtype=g.dtype, requires_grad=True)
+                (spread,) = torch.autograd.grad(grid.pool_fast(z), z, masked.reshape(n * len(used), 1, *g.shape[-2:]))
+            maps.append(spread.reshape(n, len(used), hl * wl))
+        gmap = torch.cat(maps, dim=2).contiguous()
+        return ctx.grad_x(gmap, [ctx.candidates[j] for j in used]), None, None, None, None
 
 
 def _native_scan(xs: torch.Tensor) -> bool:
