@@ -309,6 +309,52 @@ def test_a_lost_rank_is_reported_without_torchrun(tmp_path: Path) -> None:
     assert not out.exists() and len(scoring.find_journals(out)) == 2
 
 
+def _listening_addresses(port: int) -> list[str]:
+    """The local addresses (hex, as in /proc/net/tcp*) of the sockets listening on ``port``."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in list(f)[1:]:
+                local, state = line.split()[1], line.split()[3]
+                addr, hexport = local.rsplit(":", 1)
+                if state == "0A" and int(hexport, 16) == port:
+                    found.append(addr)
+    return found
+
+
+@needs_gloo
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="reads Linux's socket tables")
+def test_rendezvous_of_hand_started_ranks_listens_on_loopback_only() -> None:
+    port = _free_port()
+    env = distributed.DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1)
+    environ = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    store = distributed.loopback_store(env, timedelta(seconds=10), environ)
+    try:
+        store.set("k", "v")
+        assert store.get("k") == b"v"
+        assert _listening_addresses(port) == ["0100007F"]  # 127.0.0.1, and nothing on 0.0.0.0 or ::
+    finally:
+        del store
+    # PyTorch's own env:// server, for comparison, listens on every interface
+    plain = torch.distributed.TCPStore("127.0.0.1", (p2 := _free_port()), 1, True, timedelta(seconds=10),
+                                       wait_for_workers=False)
+    try:
+        assert any(a.strip("0") == "" for a in _listening_addresses(p2))
+    finally:
+        del plain
+
+
+def test_rendezvous_store_is_left_to_torchrun_and_to_other_hosts() -> None:
+    env = distributed.DistEnv(rank=0, world_size=2, local_rank=0, local_world_size=2)
+    t = timedelta(seconds=1)
+    assert distributed.loopback_store(env, t, {"MASTER_ADDR": "node1", "MASTER_PORT": "29500"}) is None
+    assert distributed.loopback_store(env, t, {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500",
+                                              "TORCHELASTIC_USE_AGENT_STORE": "True"}) is None
+    for bad in ("", "x", "0", "70000"):
+        with pytest.raises(ValueError, match="MASTER_PORT"):
+            distributed.loopback_store(env, t, {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": bad})
+
+
 @needs_gloo
 def test_ddp_example_keeps_ranks_identical(tmp_path: Path) -> None:
     sums = tmp_path / "sums"

@@ -235,11 +235,59 @@ def init(device: str | torch.device, env: DistEnv | None = None, *, timeout: tim
         _collective_device = dev if dev.index is not None else torch.device("cuda", torch.cuda.current_device())
     else:
         _collective_device = torch.device("cpu")
-    dist.init_process_group(
-        backend=backend, init_method="env://", rank=env.rank, world_size=env.world_size,
-        timeout=timeout or default_timeout(),
-    )
+    timeout = timeout or default_timeout()
+    store = loopback_store(env, timeout)
+    if store is None:
+        dist.init_process_group(backend=backend, init_method="env://", rank=env.rank, world_size=env.world_size,
+                                timeout=timeout)
+    else:
+        dist.init_process_group(backend=backend, store=store, rank=env.rank, world_size=env.world_size,
+                                timeout=timeout)
     return backend
+
+
+#: Host names that mean this machine only.
+_LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+def loopback_store(env: DistEnv, timeout: timedelta, environ: Mapping[str, str] | None = None) -> Any:
+    """The rendezvous store for ranks started by hand on one machine, listening on the loopback interface only;
+    ``None`` where :func:`init` should use ``init_method="env://"`` as it is.
+
+    ``env://`` makes rank 0 run PyTorch's ``TCPStore`` server, which listens on every interface of the machine
+    whatever ``MASTER_ADDR`` says, and which has no authentication: during the run anyone who can reach the
+    port could read or write the rendezvous. When ``MASTER_ADDR`` is a loopback address (127.0.0.1, ``::1``,
+    ``localhost``; :func:`rendezvous_address` chooses 127.0.0.1 on one machine), rank 0 binds the listening
+    socket itself to that address and hands it to the ``TCPStore`` (its ``master_listen_fd``), and the other
+    ranks connect to it. Returns ``None`` under ``torchrun`` (its agent runs the store; ``--master_addr`` and
+    ``--local_addr`` are its own to set) and for any other address (several machines: the store must be
+    reachable from them).
+
+    Raises:
+        ValueError: ``MASTER_PORT`` is unset or not a port number.
+    """
+    import socket
+
+    import torch.distributed as dist
+
+    environ = os.environ if environ is None else environ
+    host = environ.get("MASTER_ADDR", "").strip()
+    if host not in _LOOPBACK_HOSTS or environ.get("TORCHELASTIC_USE_AGENT_STORE", "").strip().lower() == "true":
+        return None
+    raw = environ.get("MASTER_PORT", "").strip()
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise ValueError(f"MASTER_PORT must be a port number (1-65535) for the rendezvous, got {raw!r}")
+    port = int(raw)
+    ip, family = ("::1", socket.AF_INET6) if host == "::1" else ("127.0.0.1", socket.AF_INET)
+    if env.rank != 0:
+        return dist.TCPStore(ip, port, env.world_size, False, timeout)
+    listener = socket.create_server((ip, port), family=family, backlog=max(128, env.world_size))
+    fd = listener.detach()  # the store owns the descriptor from here on
+    try:
+        return dist.TCPStore(ip, port, env.world_size, True, timeout, master_listen_fd=fd)
+    except Exception:
+        os.close(fd)
+        raise
 
 
 def destroy(*, settle: bool = False) -> None:
