@@ -242,3 +242,31 @@ def test_eval_mos_reports_a_bomb_in_one_line(tmp_path: Path) -> None:
     assert r.exit_code == 1, r.output
     assert isinstance(r.exception, SystemExit) and "Traceback" not in r.output
     assert "Error: " in r.output and "d2.png" in r.output and "decompression bomb" in r.output
+
+
+def _png16(a: np.ndarray, colour_type: int) -> bytes:
+    """A 16-bit PNG (no filter, no interlace) of ``a`` ``(H, W, C)`` uint16."""
+    h, w, _ = a.shape
+    raw = b"".join(b"\x00" + a[i].astype(">u2").tobytes() for i in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def test_16_bit_colour_png_is_read_at_8_bits_with_a_warning(tmp_path: Path) -> None:
+    a = np.array([[[0, 25737, 65535], [1000, 2000, 3000]]], dtype=np.uint16)
+    (tmp_path / "c.png").write_bytes(_png16(a, 2))
+    with pytest.warns(RuntimeWarning, match="16-bit colour PNG is read at 8-bit precision"):
+        got = load_image(tmp_path / "c.png", dtype=torch.float64)
+    assert got.shape == (3, 1, 2)
+    # the right range (the top 8 bits over 255), within the 8-bit step
+    torch.testing.assert_close(got, torch.from_numpy(a.transpose(2, 0, 1) / 65535.0), atol=1 / 255, rtol=0)
+    g = np.array([[[0], [40000]]], dtype=np.uint16)  # 16-bit grayscale: all 16 bits, no warning
+    (tmp_path / "g.png").write_bytes(_png16(g, 0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gray = load_image(tmp_path / "g.png", mode="L", dtype=torch.float64)
+    assert gray[0, 0].tolist() == pytest.approx([0.0, 40000 / 65535])

@@ -13,6 +13,8 @@ Value ranges: each kind of file is read with its own fixed range, never a guess 
 * 8-bit files (and palette, bilevel, CMYK, ... converted by Pillow): divided by 255.
 * 16-bit grayscale (PNG, TIFF, and PGM/PPM with a maxval above 255, which Pillow rescales to 16 bits):
   divided by 65535, so a dark 16-bit image stays dark.
+* 16-bit colour PNG (RGB, RGBA, gray + alpha): Pillow decodes only the top 8 bits of each sample, so these
+  are read at 8-bit precision (divided by 255, the right range), with a :class:`RuntimeWarning` saying so.
 * 32-bit float grayscale (TIFF mode ``F``): taken as they are; values must lie in [0, 1] (NaN, Inf or
   values outside are refused: their scale is unknown).
 * 32-bit integer grayscale (e.g. a signed-integer TIFF) is refused: its range is unknown.
@@ -129,6 +131,10 @@ def load_image(
                     f"{path}: {w}x{h} = {w * h} pixels is over the limit of {max_pixels} (max_pixels)"
                 )
             im.load()
+            if im.format == "PNG" and _png_colour_depth16(f):
+                warnings.warn(f"{path}: a 16-bit colour PNG is read at 8-bit precision (Pillow decodes the top 8 "
+                              "bits of each sample); save it as 8-bit, or 16-bit grayscale, to avoid this",
+                              RuntimeWarning, stacklevel=2)
     except FileNotFoundError:
         raise ImageReadError(f"image file not found: {path}") from None
     except Image.DecompressionBombError as e:
@@ -148,6 +154,14 @@ def load_image(
     a, scale = _pixels(_upright(im), mode, path)
     del im  # only the samples are needed now: let Pillow's copy go before the float one is made
     return _to_tensor(a, scale, mode, dtype)
+
+
+def _png_colour_depth16(f: Any) -> bool:
+    """Whether the PNG open in ``f`` has 16-bit samples and colour or alpha (IHDR: bit depth 16, colour type 2,
+    4 or 6), which Pillow reduces to 8 bits."""
+    f.seek(16)  # 8-byte signature, IHDR length and type; then width, height, bit depth, colour type
+    head = f.read(10)
+    return len(head) == 10 and head[8] == 16 and head[9] in (2, 4, 6)
 
 
 def _upright(im: Any) -> Any:
