@@ -567,7 +567,7 @@ void rff_block_sums_tasks(const float *img, int64_t img_stride, int C, int Hp, i
 }
 
 /* rff_grad_image of images i, bands of rows: task t is image t / bands, rows from (t % bands) * rows, written to
- * gimg + i * gimg_stride + (t % bands) * band_stride (Hg = rows + k - 1 rows). */
+ * gimg + i * gimg_stride + (t % bands) * band_stride (C x Hg x Wg contiguous, Hg = rows + k - 1; zeroed here). */
 void rff_grad_image_tasks(const float *img, int64_t img_stride, int C, int Hp, int Wp, int k, int hc, int wc, int wcp,
                           int bh, int bw, const float *W, const float *b, int m, const float *cc, const float *amp,
                           const float *phs, int64_t g_stride, int rows, int bands, float *gimg, int64_t gimg_stride,
@@ -579,9 +579,10 @@ void rff_grad_image_tasks(const float *img, int64_t img_stride, int C, int Hp, i
         float *wk = work + (size_t)THREAD_SLOT() * work_stride;
         for (int t; (t = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED)) < t1;) {
             const int i = t / bands, band = t % bands, y0 = band * rows, y1 = y0 + rows < hc ? y0 + rows : hc;
+            float *g = gimg + i * gimg_stride + band * band_stride;
+            memset(g, 0, sizeof(float) * (size_t)C * (rows + k - 1) * Wg);
             rff_grad_image(img + i * img_stride, C, Hp, Wp, k, hc, wc, wcp, bh, bw, W, b, m, cc, amp + i * g_stride,
-                           phs + i * g_stride, y0, y1, gimg + i * gimg_stride + band * band_stride, rows + k - 1, Wg,
-                           wk);
+                           phs + i * g_stride, y0, y1, g, rows + k - 1, Wg, wk);
         }
     }
 }

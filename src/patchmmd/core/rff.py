@@ -208,7 +208,7 @@ def _native_block_means(xp: torch.Tensor, feats: PairedFeatures, block: tuple[in
     k, m, n_sin = feats.patch_size, feats.m, feats.n_sin
     bh, bw = block
     wcp = -(-wc // _native.VECTOR) * _native.VECTOR
-    xpad = F.pad(xp, (0, wcp - wc)).contiguous()
+    xpad = xp.contiguous() if wcp == wc else F.pad(xp, (0, wcp - wc)).contiguous()  # rows to a multiple of VECTOR
     mp = -(-m // _native.BLOCK_FEATURES) * _native.BLOCK_FEATURES
     matrix = F.pad(feats.matrix, (0, 0, 0, mp - m))
     weight, phase = matrix[:, :-1].contiguous(), matrix[:, -1].contiguous()
