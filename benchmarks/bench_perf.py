@@ -130,6 +130,7 @@ def methods(device: str, size: int, with_exact: bool) -> dict[str, Metric]:
         "lpips-alex": alex,
         "lpips-vgg": vgg,
         "mmdpp-default": lambda x, y: patchmmd.mmdpp(x, y),
+        "mmdpp-default-128f": lambda x, y: patchmmd.mmdpp(x, y, num_features=128),
         "mmdpp-default-torch": _torch_path,
         "mmdpp-default-target": _with_target,
         "mmdpp-followup": lambda x, y: patchmmd.mmdpp(x, y, preset="followup"),
