@@ -545,16 +545,8 @@ class NativeKernels:
         (the sub-pixel fit, or ``None``): x's two gradients ``(N, C, H, W)``, y's two padded gradients, x's
         structure tensor ``(N, 3, H, W)`` and y's padded one. One task per (image, offset)."""
         n, c, h, w = x.shape
-        sizes = [(h // f) * (w // f) for f in factors]
-        out = x.new_empty(n, len(offsets), sum(sizes))
-        wide = -(-max(lk_box, local_patch_size) // 2) * 2  # the C source's B
-        inputs = [x, yp, *(fit or ())]
-        ptrs = (ctypes.c_void_p * 8)(*[t.data_ptr() for t in inputs], *[None] * (8 - len(inputs)))
-        strides = (ctypes.c_int64 * 8)(*[t.stride(0) for t in inputs], *[0] * (8 - len(inputs)))
-        dys = (ctypes.c_int * len(offsets))(*[o[0] for o in offsets])
-        dxs = (ctypes.c_int * len(offsets))(*[o[1] for o in offsets])
-        fac = (ctypes.c_int * len(factors))(*factors)
-        slot = 3 * w + wide + (c + 3) * h * w
+        out = x.new_empty(n, len(offsets), sum((h // f) * (w // f) for f in factors))
+        ptrs, strides, dys, dxs, fac, slot = _scan_arguments(x, yp, fit, offsets, factors, lk_box, local_patch_size)
 
         def driver(t0: int, t1: int, nthreads: int, work: int) -> None:
             self.lib.aligned_scan_tasks(
@@ -577,14 +569,7 @@ class NativeKernels:
         arguments as for :meth:`aligned_scan`. One task per image (it runs over all the offsets)."""
         n, c, h, w = x.shape
         grad = torch.empty_like(x)
-        wide = -(-max(lk_box, local_patch_size) // 2) * 2
-        inputs = [x, yp, *(fit or ())]
-        ptrs = (ctypes.c_void_p * 8)(*[t.data_ptr() for t in inputs], *[None] * (8 - len(inputs)))
-        strides = (ctypes.c_int64 * 8)(*[t.stride(0) for t in inputs], *[0] * (8 - len(inputs)))
-        dys = (ctypes.c_int * len(offsets))(*[o[0] for o in offsets])
-        dxs = (ctypes.c_int * len(offsets))(*[o[1] for o in offsets])
-        fac = (ctypes.c_int * len(factors))(*factors)
-        slot = 3 * w + wide + (c + 3) * h * w
+        ptrs, strides, dys, dxs, fac, slot = _scan_arguments(x, yp, fit, offsets, factors, lk_box, local_patch_size)
 
         def driver(t0: int, t1: int, nthreads: int, work: int) -> None:
             self.lib.aligned_grad_tasks(
@@ -595,6 +580,23 @@ class NativeKernels:
 
         self._run(driver, n, slot)
         return grad
+
+
+def _scan_arguments(x: torch.Tensor, yp: torch.Tensor, fit: Sequence[torch.Tensor] | None,
+                    offsets: Sequence[tuple[int, int]], factors: Sequence[int], lk_box: int,
+                    local_patch_size: int) -> tuple[Any, Any, Any, Any, Any, int]:
+    """The ``ctypes`` arguments shared by ``aligned_scan_tasks`` and ``aligned_grad_tasks``: the eight input
+    pointers and their per-image strides (``x``, ``yp``, the fit's six or NULL), the offsets' rows and
+    columns, the level factors, and the floats of work a thread needs."""
+    _, c, h, w = x.shape
+    inputs = [x, yp, *(fit or ())]
+    ptrs = (ctypes.c_void_p * 8)(*[t.data_ptr() for t in inputs], *[None] * (8 - len(inputs)))
+    strides = (ctypes.c_int64 * 8)(*[t.stride(0) for t in inputs], *[0] * (8 - len(inputs)))
+    dys = (ctypes.c_int * len(offsets))(*[o[0] for o in offsets])
+    dxs = (ctypes.c_int * len(offsets))(*[o[1] for o in offsets])
+    fac = (ctypes.c_int * len(factors))(*factors)
+    wide = -(-max(lk_box, local_patch_size) // 2) * 2  # the C source's B
+    return ptrs, strides, dys, dxs, fac, 3 * w + wide + (c + 3) * h * w
 
 
 def _shared_openmp() -> bool:

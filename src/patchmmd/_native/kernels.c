@@ -587,6 +587,11 @@ void rff_grad_image_tasks(const float *img, int64_t img_stride, int C, int Hp, i
     }
 }
 
+/* The eight inputs of image i (x, yp and the six fit inputs, NULL where absent). */
+static inline void image_inputs(const float *const *in, const int64_t *in_stride, int i, const float *a[8]) {
+    for (int q = 0; q < 8; ++q) a[q] = in[q] ? in[q] + i * in_stride[q] : NULL;
+}
+
 /* aligned_scan of images i and offsets o: task t is image t / noff, offset (dys[o], dxs[o]) with o = t % noff.
  * in[0..7] are x, yp and the six fit inputs (in[2] NULL: no fit), each advancing by in_stride[.] an image; the
  * maps go to out + i * out_stride + o * off_stride. */
@@ -602,7 +607,7 @@ void aligned_scan_tasks(const float *const *in, const int64_t *in_stride, int C,
         for (int t; (t = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED)) < t1;) {
             const int i = t / noff, o = t % noff;
             const float *a[8];
-            for (int q = 0; q < 8; ++q) a[q] = in[q] ? in[q] + i * in_stride[q] : NULL;
+            image_inputs(in, in_stride, i, a);
             aligned_scan(a[0], a[1], C, H, W, r, dys[o], dxs[o], a[2], a[3], a[4], a[5], a[6], a[7], lk_box, ridge,
                          max_shift, nlev, factors, kloc, w_l2, w_local, inv2s2,
                          out + i * out_stride + o * off_stride, wk);
@@ -623,7 +628,7 @@ void aligned_grad_tasks(const float *const *in, const int64_t *in_stride, int C,
         float *wk = work + (size_t)THREAD_SLOT() * work_stride;
         for (int i; (i = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED)) < t1;) {
             const float *a[8];
-            for (int q = 0; q < 8; ++q) a[q] = in[q] ? in[q] + i * in_stride[q] : NULL;
+            image_inputs(in, in_stride, i, a);
             aligned_grad(a[0], a[1], C, H, W, r, noff, dys, dxs, a[2], a[3], a[4], a[5], a[6], a[7], lk_box, ridge,
                          max_shift, nlev, factors, kloc, w_l2, w_local, inv2s2, gmap + i * gmap_stride,
                          grad + i * grad_stride, wk);
