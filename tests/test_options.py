@@ -220,11 +220,19 @@ def test_rendezvous_defaults_to_loopback_on_one_machine(monkeypatch):
     with pytest.raises(ValueError, match="MASTER_ADDR is not set"):
         distributed.rendezvous_address(distributed.DistEnv(rank=3, world_size=4, local_rank=1, local_world_size=2), {})
 
-    seen = {}
+    seen, stores = {}, []
     monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.setenv("MASTER_PORT", "29517")
     monkeypatch.setattr(dist, "is_initialized", lambda: False)
     monkeypatch.setattr(dist, "init_process_group",
                         lambda **kw: seen.update(kw, addr=distributed.os.environ["MASTER_ADDR"]))
+    monkeypatch.setattr(dist, "TCPStore", lambda *a, **kw: stores.append((a, kw)) or "store")
     monkeypatch.setattr(distributed, "_collective_device", None)
     assert distributed.init("cpu", two) == "gloo"
-    assert seen["addr"] == "127.0.0.1" and seen["init_method"] == "env://"
+    # rank 1 on loopback: a client of rank 0's loopback-only store, handed to init_process_group
+    assert seen["addr"] == "127.0.0.1" and seen["store"] == "store" and "init_method" not in seen
+    assert stores == [(("127.0.0.1", 29517, 2, False, seen["timeout"]), {})]
+    seen.clear()
+    monkeypatch.setenv("MASTER_ADDR", "node7")  # another host: PyTorch's env:// rendezvous as it is
+    assert distributed.init("cpu", two) == "gloo"
+    assert seen["addr"] == "node7" and seen["init_method"] == "env://" and len(stores) == 1
