@@ -353,6 +353,12 @@ def test_rendezvous_store_is_left_to_torchrun_and_to_other_hosts() -> None:
     for bad in ("", "x", "0", "70000"):
         with pytest.raises(ValueError, match="MASTER_PORT"):
             distributed.loopback_store(env, t, {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": bad})
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:  # a port someone else listens on
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = str(taken.getsockname()[1])
+        with pytest.raises(ValueError, match="cannot listen for the rendezvous"):
+            distributed.loopback_store(env, t, {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port})
 
 
 @needs_gloo

@@ -264,7 +264,7 @@ def loopback_store(env: DistEnv, timeout: timedelta, environ: Mapping[str, str] 
     reachable from them).
 
     Raises:
-        ValueError: ``MASTER_PORT`` is unset or not a port number.
+        ValueError: ``MASTER_PORT`` is unset, not a port number, or (rank 0) cannot be listened on (in use).
     """
     import socket
 
@@ -281,7 +281,11 @@ def loopback_store(env: DistEnv, timeout: timedelta, environ: Mapping[str, str] 
     ip, family = ("::1", socket.AF_INET6) if host == "::1" else ("127.0.0.1", socket.AF_INET)
     if env.rank != 0:
         return dist.TCPStore(ip, port, env.world_size, False, timeout)
-    listener = socket.create_server((ip, port), family=family, backlog=max(128, env.world_size))
+    try:
+        listener = socket.create_server((ip, port), family=family, backlog=max(128, env.world_size))
+    except OSError as e:
+        raise ValueError(f"cannot listen for the rendezvous on {ip} port {port} (MASTER_PORT): "
+                         f"{e.strerror or e}") from None
     fd = listener.detach()  # the store owns the descriptor from here on
     try:
         return dist.TCPStore(ip, port, env.world_size, True, timeout, master_listen_fd=fd)
