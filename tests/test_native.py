@@ -87,14 +87,18 @@ def test_native_gradient_matches_float64_finite_differences():
     x = torch.rand(1, 3, 20, 24, generator=g, dtype=torch.float64)
     y = torch.rand(1, 3, 20, 24, generator=g, dtype=torch.float64)
     v = torch.randn(x.shape, generator=g, dtype=torch.float64)
-    opts = dict(estimator="rff", window=8, stride=4, num_features=64)
-    xg = x.float().requires_grad_(True)
-    patchmmd.patch_mmd(xg, y.float(), **opts).sum().backward()
-    analytic = float((xg.grad.double() * v).sum())
-    eps = 1e-5
-    f = lambda t: float(patchmmd.patch_mmd(t, y, out_of_range="ignore", **opts).sum())  # noqa: E731
-    numeric = (f(x + eps * v) - f(x - eps * v)) / (2 * eps)
+    analytic, numeric = _directional_derivatives(patchmmd.patch_mmd, x, y, v, 1e-5,
+                                                 estimator="rff", window=8, stride=4, num_features=64)
     assert analytic == pytest.approx(numeric, rel=1e-3)
+
+
+def _directional_derivatives(distance, x, y, v, eps, **opts):  # type: ignore[no-untyped-def]
+    """``d distance(x, y) . v`` from the float32 path's gradient, and from central differences (step ``eps``)
+    of the float64 path: ``(analytic, numeric)``."""
+    xg = x.float().requires_grad_(True)
+    distance(xg, y.float(), **opts).sum().backward()
+    f = lambda t: float(distance(t, y, out_of_range="ignore", **opts).sum())  # noqa: E731
+    return float((xg.grad.double() * v).sum()), (f(x + eps * v) - f(x - eps * v)) / (2 * eps)
 
 
 @needs_native
@@ -280,13 +284,8 @@ def test_native_aligned_gradient_matches_float64_finite_differences():
     y = (0.8 * torch.roll(x, (1, -1), (-2, -1)) + 0.2 * torch.rand(1, 3, 32, 40, generator=g,
                                                                    dtype=torch.float64)).clamp(0, 1)
     v = torch.randn(x.shape, generator=g, dtype=torch.float64)
-    opts = dict(weight_mmd=0.0, subpixel=False, shift_radius=1, base_size=None, num_scales=2, min_size=8)
-    xg = x.float().requires_grad_(True)
-    patchmmd.mmdpp(xg, y.float(), **opts).sum().backward()
-    analytic = float((xg.grad.double() * v).sum())
-    eps = 1e-6
-    f = lambda t: float(patchmmd.mmdpp(t, y, out_of_range="ignore", **opts).sum())  # noqa: E731
-    numeric = (f(x + eps * v) - f(x - eps * v)) / (2 * eps)
+    analytic, numeric = _directional_derivatives(patchmmd.mmdpp, x, y, v, 1e-6, weight_mmd=0.0, subpixel=False,
+                                                 shift_radius=1, base_size=None, num_scales=2, min_size=8)
     assert analytic == pytest.approx(numeric, rel=1e-3)
 
 

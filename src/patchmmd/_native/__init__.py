@@ -432,12 +432,12 @@ class NativeKernels:
         if self.openmp or threads == 1:
             driver(0, ntasks, threads, w0)
             return
-        self._map(lambda slot, t: driver(t, t + 1, 1, w0 + slot * ws), [(t,) for t in range(ntasks)], threads)
+        self._map(lambda slot, t: driver(t, t + 1, 1, w0 + slot * ws), ntasks, threads)
 
-    def _map(self, fn: Callable[..., None], tasks: Sequence[tuple[int, ...]], threads: int) -> None:
-        """Run ``fn(slot, *task)`` for every task on ``threads`` threads: the calling thread (slot 0) and
-        ``threads - 1`` pool workers (slots 1, 2, ...) take the next task from a shared counter until none is
-        left. ``slot`` says which per-thread work buffer to use. Returns only when every worker is done,
+    def _map(self, fn: Callable[[int, int], None], ntasks: int, threads: int) -> None:
+        """Run ``fn(slot, t)`` for every task ``t < ntasks`` on ``threads`` threads: the calling thread (slot 0)
+        and ``threads - 1`` pool workers (slots 1, 2, ...) take the next task from a shared counter until none
+        is left. ``slot`` says which per-thread work buffer to use. Returns only when every worker is done,
         also when a task raised (the first error is re-raised then)."""
         key = (threads - 1, os.getpid())  # a forked child inherits the pool object but not its threads
         with self._lock:
@@ -450,8 +450,8 @@ class NativeKernels:
         counter = itertools.count()  # next() on it is atomic under the GIL
 
         def worker(slot: int) -> None:
-            while (i := next(counter)) < len(tasks):
-                fn(slot, *tasks[i])
+            while (t := next(counter)) < ntasks:
+                fn(slot, t)
 
         helpers = [pool.submit(worker, s) for s in range(1, threads)]
         try:

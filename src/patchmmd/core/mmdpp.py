@@ -23,8 +23,9 @@ Presets:
   features at every call).
 * ``"loss"``: for training on crops (docs/method.md §3.3): no scale rule (``base_size=None``), the aligned
   terms and the windowed MMD both at native resolution and one octave down (``mmd_native=False``,
-  ``num_scales=2``, ``min_size=16``), and ten times the MMD weight (``weight_mmd=199``). On the dev tasks it
-  beats L2 where the default does not; as a metric of whole photographs it is poor (no scale rule).
+  ``num_scales=2``, ``min_size=16``), and ten times the MMD weight (``weight_mmd=199``). On the dev SR task it
+  beats L2 under DISTS where the default does not (docs/evaluation.md); as a metric of whole photographs it is
+  poor (no scale rule).
 
 Every option of :class:`MMDPPConfig` can be overridden by keyword on top of a preset.
 """
