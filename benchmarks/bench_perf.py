@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import math
 import os
@@ -130,7 +131,7 @@ def methods(device: str, size: int, with_exact: bool) -> dict[str, Metric]:
         "lpips-alex": alex,
         "lpips-vgg": vgg,
         "mmdpp-default": lambda x, y: patchmmd.mmdpp(x, y),
-        "mmdpp-default-128f": lambda x, y: patchmmd.mmdpp(x, y, num_features=128),
+        "mmdpp-default-256f": lambda x, y: patchmmd.mmdpp(x, y, num_features=256),
         "mmdpp-default-torch": _torch_path,
         "mmdpp-default-target": _with_target,
         "mmdpp-followup": lambda x, y: patchmmd.mmdpp(x, y, preset="followup"),
@@ -347,21 +348,23 @@ def memory(configs: list[tuple[int, int]], modes: list[str], device: str, exact_
     return rows
 
 
-def accuracy() -> list[dict[str, object]]:
+def accuracy(feature_counts: list[int]) -> list[dict[str, object]]:
     """The default distance's fast RFF path against the exact estimator on :func:`distortion_suite`
     (48 distorted 64x64 photo crops): Spearman correlation and relative errors, for float64 (PyTorch path)
-    and float32 (the compiled kernels on the CPU)."""
+    and float32 (the compiled kernels on the CPU), with the default and each of ``feature_counts`` features."""
     from scipy.stats import spearmanr
 
+    from patchmmd.core.mmdpp import PRESETS
     from patchmmd.data import distortion_suite
 
     ref, dist, _ = distortion_suite()
     exact = patchmmd.mmdpp(ref, dist, estimator="exact")
     rows = []
-    for dtype in (torch.float64, torch.float32):
-        fast = patchmmd.mmdpp(ref.to(dtype), dist.to(dtype)).double()
+    counts = [PRESETS["default"].num_features, *(c for c in feature_counts if c != PRESETS["default"].num_features)]
+    for count, dtype in itertools.product(counts, (torch.float64, torch.float32)):
+        fast = patchmmd.mmdpp(ref.to(dtype), dist.to(dtype), num_features=count).double()
         rel = (fast - exact).abs() / exact
-        rows.append(dict(dtype=str(dtype).replace("torch.", ""), pairs=len(ref),
+        rows.append(dict(num_features=count, dtype=str(dtype).replace("torch.", ""), pairs=len(ref),
                          spearman=round(float(spearmanr(fast.numpy(), exact.numpy()).statistic), 4),
                          median_rel_error=round(float(rel.median()), 5), max_rel_error=round(float(rel.max()), 5)))
         print(rows[-1], flush=True)
@@ -394,6 +397,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--kernels", action="store_true",
                    help="thread scaling (1 vs --threads, default 2) of the compiled kernels' work")
     p.add_argument("--accuracy", action="store_true", help="fast path vs exact estimator on distorted photo crops")
+    p.add_argument("--accuracy-features", default="256,512",
+                   help="with --accuracy: feature counts to compare besides the default's")
     p.add_argument("--compiled", action="store_true",
                    help="add torch.compile (inductor) of the default distance, with and without the C kernels")
     p.add_argument("--out", default=None, help="CSV file")
@@ -414,7 +419,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.kernels:
         rows = kernel_scaling(configs, a.repeats, a.threads or 2)
     elif a.accuracy:
-        rows = accuracy()
+        rows = accuracy([int(v) for v in a.accuracy_features.split(",") if v])
     elif a.scaling:
         rows = scaling([int(s) for s in a.scaling_sizes.split(",")], a.repeats, a.device)
     elif a.memory:

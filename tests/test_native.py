@@ -220,6 +220,35 @@ def test_native_offset_scan_equals_pytorch(radius, subpixel, shape, factors):
 
 
 @needs_native
+@pytest.mark.parametrize(("shape", "radius", "box"),
+                         [((2, 3, 17, 23), 2, 5), ((1, 1, 5, 4), 0, 3), ((3, 2, 9, 1), 1, 3), ((1, 3, 1, 6), 3, 7),
+                          ((1, 3, 40, 33), 4, 17)])
+def test_native_fit_inputs_equal_pytorch(shape, radius, box):
+    """The compiled fit inputs (one pass per image) against the PyTorch functions, then replicate-padded."""
+    t = torch.rand(*shape, generator=torch.Generator().manual_seed(sum(shape) + radius)) * 2 - 1
+    gx, gy, tensor = torch.ops.patchmmd.fit_inputs(t, radius, box)
+    pad = lambda u: torch.nn.functional.pad(u, (radius,) * 4, mode="replicate") if radius else u  # noqa: E731
+    ref_x, ref_y = aligned._gradients(t)
+    torch.testing.assert_close(gx, pad(ref_x), rtol=0, atol=0)  # the same two roundings
+    torch.testing.assert_close(gy, pad(ref_y), rtol=0, atol=0)
+    torch.testing.assert_close(tensor, pad(aligned.structure_tensor((ref_x, ref_y), box)), rtol=1e-5, atol=1e-7)
+
+
+@needs_native
+def test_fit_inputs_operator_rejects_what_the_kernel_cannot_read():
+    call = torch.ops.patchmmd.fit_inputs
+    assert [tuple(o.shape) for o in call(torch.rand(2, 3, 8, 6), 1, 3)] == [(2, 3, 10, 8), (2, 3, 10, 8),
+                                                                          (2, 3, 10, 8)]
+    for bad in (torch.rand(2, 3, 8, 6).double(), torch.rand(3, 8, 6), torch.rand(2, 3, 8, 6).transpose(2, 3),
+                torch.rand(0, 3, 8, 6)):
+        with pytest.raises(ValueError, match="fit_inputs: t must be"):
+            call(bad, 1, 3)
+    for radius, box in ((-1, 3), (1, 4), (1, 0)):
+        with pytest.raises(ValueError, match="geometry"):
+            call(torch.rand(1, 3, 8, 6), radius, box)
+
+
+@needs_native
 def test_native_offset_scan_zero_weights_and_larger_fit_box():
     g = torch.Generator().manual_seed(1)
     x = torch.rand(1, 3, 160, 160, generator=g) * 2 - 1

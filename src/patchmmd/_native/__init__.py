@@ -109,7 +109,7 @@ def sincos_coefficients() -> tuple[torch.Tensor, torch.Tensor]:
 
 #: The library's entry points: a build that lacks one is not used.
 SYMBOLS = ("rff_block_sums_tasks", "rff_grad_image_tasks", "aligned_scan_tasks", "aligned_grad_tasks",
-           "patchmmd_openmp")
+           "fit_inputs_tasks", "patchmmd_openmp")
 _SUFFIX = ".dll" if sys.platform == "win32" else ".so"
 #: Layout version of the record written beside a cached library.
 _RECORD_FORMAT = 1
@@ -414,7 +414,10 @@ class NativeKernels:
         # in, in_stride, C, H, W, r, noff, dys, dxs, lk_box, ridge, max_shift, nlev, factors, kloc, w_l2, w_local,
         # inv2s2, gmap, gmap_stride, grad, grad_stride
         lib.aligned_grad_tasks.argtypes = [p, p, i, i, i, i, i, p, p, i, f, f, i, p, i, f, f, f, p, q, p, q, *tail]
-        for fn in (lib.rff_block_sums_tasks, lib.rff_grad_image_tasks, lib.aligned_scan_tasks, lib.aligned_grad_tasks):
+        # t, t_stride, C, H, W, r, b, gx, gy, ten
+        lib.fit_inputs_tasks.argtypes = [p, q, i, i, i, i, i, p, p, p, *tail]
+        for fn in (lib.rff_block_sums_tasks, lib.rff_grad_image_tasks, lib.aligned_scan_tasks, lib.aligned_grad_tasks,
+                   lib.fit_inputs_tasks):
             fn.restype = None
         #: Whether the drivers run on PyTorch's own OpenMP threads (else on a pool of this object's).
         self.openmp = bool(lib.patchmmd_openmp()) and _shared_openmp()
@@ -582,6 +585,27 @@ class NativeKernels:
         return grad
 
 
+    def fit_inputs(self, t: torch.Tensor, *, radius: int, lk_box: int) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                torch.Tensor]:
+        """The sub-pixel fit's inputs of the images ``t`` (``(N, C, H, W)`` contiguous float32), each
+        replicate-padded by ``radius`` (``fit_inputs`` of ``kernels.c``): the central differences along the width
+        and the height (``(N, C, H + 2 radius, W + 2 radius)`` each) and the ``lk_box`` box means of the
+        structure tensor's three products summed over channels (``(N, 3, ...)``), as
+        :func:`patchmmd.core.aligned._gradients` and :func:`~patchmmd.core.aligned.structure_tensor` followed by
+        a replicate padding compute them. One task per image."""
+        n, c, h, w = t.shape
+        hp, wp = h + 2 * radius, w + 2 * radius
+        gx, gy, ten = t.new_empty(n, c, hp, wp), t.new_empty(n, c, hp, wp), t.new_empty(n, 3, hp, wp)
+        slot = 3 * w + -(-lk_box // 2) * 2 + 4 * h * w
+
+        def driver(t0: int, t1: int, nthreads: int, work: int) -> None:
+            self.lib.fit_inputs_tasks(t.data_ptr(), t.stride(0), c, h, w, radius, lk_box, gx.data_ptr(),
+                                      gy.data_ptr(), ten.data_ptr(), work, slot, t0, t1, nthreads)
+
+        self._run(driver, n, slot)
+        return gx, gy, ten
+
+
 def _scan_arguments(x: torch.Tensor, yp: torch.Tensor, fit: Sequence[torch.Tensor] | None,
                     offsets: Sequence[tuple[int, int]], factors: Sequence[int], lk_box: int,
                     local_patch_size: int) -> tuple[Any, Any, Any, Any, Any, int]:
@@ -645,7 +669,8 @@ def _self_check(nk: NativeKernels) -> bool:
 
 
 def _self_check_scan(nk: NativeKernels, g: torch.Generator) -> bool:
-    """:meth:`NativeKernels.aligned_scan` against the PyTorch functions it fuses, with and without the fit."""
+    """:meth:`NativeKernels.aligned_scan` against the PyTorch functions it fuses, with and without the fit, and
+    :meth:`NativeKernels.fit_inputs` against the fit's inputs computed by PyTorch."""
     from ..core.aligned import _gradients, aligned_map, displacement_correction, structure_tensor
     from ..core.scale import downsample
 
@@ -667,7 +692,9 @@ def _self_check_scan(nk: NativeKernels, g: torch.Generator) -> bool:
         ref = [aligned_map(downsample(e, f), weight_l2=0.5, weight_local=2.0, local_patch_size=3,
                            local_sigma=0.1 / 9).flatten(1) for f in (1, 2)]
         ok = ok and torch.allclose(out[:, 0], torch.cat(ref, dim=1), rtol=1e-4, atol=1e-6)
-    return ok
+    fx, fy, ft = nk.fit_inputs(y.contiguous(), radius=1, lk_box=3)
+    return ok and all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip((fx, fy, ft), fit[2:4] + fit[5:],
+                                                                                 strict=True))
 
 
 _ENABLED = [True]
@@ -771,5 +798,6 @@ def _load() -> NativeKernels | None:
 from . import ops as ops  # noqa: E402
 from .ops import aligned_grad as aligned_grad  # noqa: E402
 from .ops import aligned_scan as aligned_scan  # noqa: E402
+from .ops import fit_inputs as fit_inputs  # noqa: E402
 from .ops import rff_block_sums as rff_block_sums  # noqa: E402
 from .ops import rff_grad_image as rff_grad_image  # noqa: E402

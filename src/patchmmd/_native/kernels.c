@@ -1,5 +1,6 @@
 /* Fused CPU kernels (see patchmmd/_native/__init__.py, which compiles and loads this): the random-Fourier-feature
- * estimator's, and at the end the offset scan of the shift-tolerant aligned terms.
+ * estimator's, and at the end the shift-tolerant aligned terms' (the sub-pixel fit's inputs, the offset scan and
+ * its gradient).
  *
  * For one image x (C x Hp x Wp, reflect-padded, float32) and m random frequencies (W: m x K, K = C k^2, and
  * phases b), the angle of feature j at patch centre (y, x) is
@@ -344,6 +345,73 @@ static void box_sum(float *restrict a, float *restrict tmp, double *restrict acc
     }
 }
 
+/* Copies the edge values of an H x W plane stored at (r, r) of a (H + 2r) x (W + 2r) one into its border. */
+static void replicate_border(float *restrict p, int H, int W, int r) {
+    const int Wp = W + 2 * r;
+    for (int i = r; i < r + H; ++i) {
+        float *q = p + (size_t)i * Wp;
+        for (int j = 0; j < r; ++j) {
+            q[j] = q[r];
+            q[r + W + j] = q[r + W - 1];
+        }
+    }
+    for (int i = 0; i < r; ++i) {
+        memcpy(p + (size_t)i * Wp, p + (size_t)r * Wp, sizeof(float) * (size_t)Wp);
+        memcpy(p + (size_t)(r + H + i) * Wp, p + (size_t)(r + H - 1) * Wp, sizeof(float) * (size_t)Wp);
+    }
+}
+
+/* The sub-pixel fit's inputs of one image t (C x H x W), each replicate-padded by r (Hp = H + 2r, Wp = W + 2r):
+ * gx, gy (C x Hp x Wp): central differences along the width and the height, (t[j + 1] - t[j - 1]) / 2 with the
+ * neighbours clamped to the image (replicate padding); ten (3 x Hp x Wp): the b x b box means (b odd, zero
+ * padding) of sum_c gx^2, sum_c gy^2 and sum_c gx gy (the structure tensor). work: 3 W + B + 4 H W floats
+ * (B = b rounded up to even), 8-byte aligned. */
+void fit_inputs(const float *restrict t, int C, int H, int W, int r, int b, float *restrict gx, float *restrict gy,
+                float *restrict ten, float *restrict work) {
+    const int Hp = H + 2 * r, Wp = W + 2 * r;
+    const size_t HW = (size_t)H * W, HWp = (size_t)Hp * Wp;
+    double *acc = (double *)work;                   /* W doubles */
+    float *row = work + 2 * W;                      /* W + B */
+    float *restrict sxx = row + W + ((b + 1) & ~1); /* H x W each: the channel sums of the three products */
+    float *restrict syy = sxx + HW, *restrict sxy = syy + HW;
+    float *restrict tmp = sxy + HW; /* H x W */
+    for (size_t u = 0; u < 3 * HW; ++u) sxx[u] = 0.0f;
+    for (int c = 0; c < C; ++c)
+        for (int i = 0; i < H; ++i) {
+            const float *mid = t + c * HW + (size_t)i * W;
+            const float *up = t + c * HW + (size_t)(i > 0 ? i - 1 : 0) * W;
+            const float *dn = t + c * HW + (size_t)(i < H - 1 ? i + 1 : H - 1) * W;
+            float *ox = gx + c * HWp + (size_t)(i + r) * Wp + r, *oy = gy + c * HWp + (size_t)(i + r) * Wp + r;
+            for (int j = 0; j < W; ++j) {
+                const int jl = j > 0 ? j - 1 : 0, jr = j < W - 1 ? j + 1 : W - 1;
+                ox[j] = 0.5f * (mid[jr] - mid[jl]);
+                oy[j] = 0.5f * (dn[j] - up[j]);
+            }
+            float *a = sxx + (size_t)i * W, *d = syy + (size_t)i * W, *m = sxy + (size_t)i * W;
+            for (int j = 0; j < W; ++j) {
+                a[j] += ox[j] * ox[j];
+                d[j] += oy[j] * oy[j];
+                m[j] += ox[j] * oy[j];
+            }
+        }
+    const float inv = 1.0f / ((float)b * (float)b);
+    for (int q = 0; q < 3; ++q) {
+        float *plane = sxx + q * HW;
+        box_sum(plane, tmp, acc, row, H, W, b);
+        for (int i = 0; i < H; ++i) {
+            float *o = ten + q * HWp + (size_t)(i + r) * Wp + r;
+            const float *v = plane + (size_t)i * W;
+            for (int j = 0; j < W; ++j) o[j] = v[j] * inv;
+        }
+        replicate_border(ten + q * HWp, H, W, r);
+    }
+    if (r)
+        for (int c = 0; c < C; ++c) {
+            replicate_border(gx + c * HWp, H, W, r);
+            replicate_border(gy + c * HWp, H, W, r);
+        }
+}
+
 /* The difference e = x - y read at (dy, dx), minus the sub-pixel correction if gxx != NULL (arguments as for
  * aligned_scan below), into e (C x H x W); p1, p2, tmp (H x W each), acc and row are scratch. */
 static void aligned_difference(const float *restrict x, const float *restrict yp, int C, int H, int W, int r, int dy,
@@ -633,5 +701,18 @@ void aligned_grad_tasks(const float *const *in, const int64_t *in_stride, int C,
                          max_shift, nlev, factors, kloc, w_l2, w_local, inv2s2, gmap + i * gmap_stride,
                          grad + i * grad_stride, wk);
         }
+    }
+}
+
+/* fit_inputs of images i (task t: image t): t + i * t_stride; outputs + i * (C, C, 3) Hp Wp. */
+void fit_inputs_tasks(const float *t, int64_t t_stride, int C, int H, int W, int r, int b, float *gx, float *gy,
+                      float *ten, float *work, int64_t work_stride, int t0, int t1, int nthreads) {
+    const int64_t HWp = (int64_t)(H + 2 * r) * (W + 2 * r);
+    int next = t0;
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        float *wk = work + (size_t)THREAD_SLOT() * work_stride;
+        for (int i; (i = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED)) < t1;)
+            fit_inputs(t + i * t_stride, C, H, W, r, b, gx + i * C * HWp, gy + i * C * HWp, ten + i * 3 * HWp, wk);
     }
 }

@@ -1,7 +1,8 @@
 """The compiled kernels of :mod:`patchmmd._native` as PyTorch operators: ``torch.ops.patchmmd.rff_block_sums``,
-``torch.ops.patchmmd.rff_grad_image``, ``torch.ops.patchmmd.aligned_scan`` and ``torch.ops.patchmmd.aligned_grad``
-(the scan has no autograd formula of its own: the aligned terms call it to choose each window's offset, and
-``aligned_grad`` is the gradient of its maps, which the aligned terms' autograd function uses).
+``torch.ops.patchmmd.rff_grad_image``, ``torch.ops.patchmmd.aligned_scan``, ``torch.ops.patchmmd.aligned_grad``
+and ``torch.ops.patchmmd.fit_inputs`` (the scan has no autograd formula of its own: the aligned terms call it to
+choose each window's offset, and ``aligned_grad`` is the gradient of its maps, which the aligned terms' autograd
+function uses; ``fit_inputs`` computes what the sub-pixel fit reads, without gradient).
 
 They have fake (meta) implementations, so ``torch.compile`` traces through them in one graph, and an autograd
 formula, so the forward op is differentiable in ``xp`` (the filters and phases are constants: no gradient).
@@ -183,3 +184,23 @@ def _aligned_scan_fake(x: torch.Tensor, yp: torch.Tensor, fit: list[torch.Tensor
                        weight_l2: float, weight_local: float, inv2s2: float) -> torch.Tensor:
     n, _, h, w = x.shape
     return x.new_empty(n, len(offsets) // 2, sum((h // f) * (w // f) for f in factors))
+
+
+@torch.library.custom_op("patchmmd::fit_inputs", mutates_args=(), device_types="cpu")
+def fit_inputs(t: torch.Tensor, radius: int, lk_box: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The sub-pixel fit's inputs of the images ``t``, replicate-padded by ``radius``: the two central
+    differences and the ``lk_box`` structure tensor (see :meth:`NativeKernels.fit_inputs`); no gradient."""
+    if t.device.type != "cpu" or t.dtype != torch.float32 or t.dim() != 4 or not t.is_contiguous() \
+            or min(t.shape) < 1:
+        raise ValueError(f"patchmmd::fit_inputs: t must be a contiguous non-empty 4-D float32 CPU tensor, got "
+                         f"{tuple(t.shape)} {t.dtype} on {t.device}")
+    if radius < 0 or lk_box < 1 or lk_box % 2 == 0:
+        raise ValueError(f"patchmmd::fit_inputs: bad geometry radius={radius} lk_box={lk_box}")
+    return _required().fit_inputs(t, radius=radius, lk_box=lk_box)
+
+
+@fit_inputs.register_fake
+def _fit_inputs_fake(t: torch.Tensor, radius: int, lk_box: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    n, c, h, w = t.shape
+    hp, wp = h + 2 * radius, w + 2 * radius
+    return t.new_empty(n, c, hp, wp), t.new_empty(n, c, hp, wp), t.new_empty(n, 3, hp, wp)

@@ -299,6 +299,10 @@ def _tolerant_aligned(
         y's (padded)."""
         if not subpixel:
             return padded(ys), []
+        if _native_scan(xs):  # the same tensors from one compiled pass per image (torch.ops.patchmmd.fit_inputs)
+            gxx, gxy, tensor_x = torch.ops.patchmmd.fit_inputs(xs.detach().contiguous(), 0, lk_box)
+            gyx, gyy, tensor_yp = torch.ops.patchmmd.fit_inputs(ys.detach().contiguous(), radius, lk_box)
+            return padded(ys), [gxx, gxy, gyx, gyy, tensor_x, tensor_yp]
         with torch.no_grad():
             grad_x, grad_y = _gradients(xs), _gradients(ys)
             tensor_x, tensor_yp = structure_tensor(grad_x, lk_box), padded(structure_tensor(grad_y, lk_box))

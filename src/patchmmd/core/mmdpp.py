@@ -75,7 +75,7 @@ class MMDPPConfig:
     weight_local: float = 114.0
     weight_mmd: float = 19.9
     estimator: Estimator = "rff"
-    num_features: int = 256
+    num_features: int = 128
     features: FeatureKind = "stratified"
     seed: int = 0
     base_size: int | None = 128
@@ -175,7 +175,8 @@ PRESETS: dict[str, MMDPPConfig] = {
         sigma=0.06, weight_l2=0.001, weight_local=0.05, weight_mmd=0.5, num_features=512, mmd_native=False,
         shift_radius=0, subpixel=False,
     ),
-    "loss": MMDPPConfig(weight_mmd=199.0, mmd_native=False, base_size=None, num_scales=2, min_size=16),
+    "loss": MMDPPConfig(weight_mmd=199.0, mmd_native=False, base_size=None, num_scales=2, min_size=16,
+                        num_features=256),
     "followup": MMDPPConfig(
         sigma=0.06, weight_l2=0.001, weight_local=0.05, weight_mmd=0.5, estimator="rff", num_features=512,
         features="iid", base_size=None, num_scales=1, mmd_native=False, shift_radius=0, subpixel=False,
