@@ -14,7 +14,10 @@ each cell is the median over the rounds. Times are relative to LPIPS-alex in the
 
 LPIPS: the trunks (torchvision's AlexNet / VGG16 ``features``) and the five 1x1 heads are defined here with
 random weights: the time does not depend on the weight values. As in the ``lpips`` package, both images go
-through the trunk at every call. ``mmdpp-default-torch`` is the default distance without the compiled CPU
+through the trunk at every call, one after the other, and the backward pass runs through ``x``'s trunk only
+(earlier versions of this script ran one trunk pass on the concatenated pair, whose backward pass also ran
+through ``y``'s half: LPIPS was slower than the package, and ratios to it too small; docs/performance.md says
+which tables were measured so). ``mmdpp-default-torch`` is the default distance without the compiled CPU
 kernels (:mod:`patchmmd._native`), to show what they bring. ``--compiled`` adds ``torch.compile`` (inductor)
 of the default distance with the kernels (``mmdpp-default-compiled``) and on its PyTorch path
 (``mmdpp-default-compiled-torch``); the warm-up round includes the compilation.
@@ -89,17 +92,21 @@ class LPIPSArch(nn.Module):
         for p in self.parameters():
             p.requires_grad_(False)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        h = ((2 * torch.cat([x, y]) - 1) - self.shift) / self.scale
-        total = x.new_zeros(n)
-        k = 0
+    def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        h = ((2 * x - 1) - self.shift) / self.scale
+        out = []
         for i, layer in enumerate(self.trunk):
             h = layer(h)
-            if k < len(self.taps) and i + 1 == self.taps[k]:
-                f = h / (h.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-                total = total + self.heads[k]((f[:n] - f[n:]).pow(2)).mean((1, 2, 3))
-                k += 1
+            if len(out) < len(self.taps) and i + 1 == self.taps[len(out)]:
+                out.append(h / (h.pow(2).sum(1, keepdim=True).sqrt() + 1e-10))
+        return out
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # As lpips.LPIPS.forward: each image through the trunk on its own, so a target without gradient costs a
+        # forward pass only (one trunk pass on the concatenated pair would also backpropagate through y's half).
+        total = x.new_zeros(x.shape[0])
+        for head, fx, fy in zip(self.heads, self._features(x), self._features(y), strict=True):
+            total = total + head((fx - fy).pow(2)).mean((1, 2, 3))
         return total
 
 

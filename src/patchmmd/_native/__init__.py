@@ -596,7 +596,7 @@ class NativeKernels:
         n, c, h, w = t.shape
         hp, wp = h + 2 * radius, w + 2 * radius
         gx, gy, ten = t.new_empty(n, c, hp, wp), t.new_empty(n, c, hp, wp), t.new_empty(n, 3, hp, wp)
-        slot = 3 * w + -(-lk_box // 2) * 2 + 4 * h * w
+        slot = w + -(-lk_box // 2) * 2 + 4 * h * w
 
         def driver(t0: int, t1: int, nthreads: int, work: int) -> None:
             self.lib.fit_inputs_tasks(t.data_ptr(), t.stride(0), c, h, w, radius, lk_box, gx.data_ptr(),

@@ -364,14 +364,13 @@ static void replicate_border(float *restrict p, int H, int W, int r) {
 /* The sub-pixel fit's inputs of one image t (C x H x W), each replicate-padded by r (Hp = H + 2r, Wp = W + 2r):
  * gx, gy (C x Hp x Wp): central differences along the width and the height, (t[j + 1] - t[j - 1]) / 2 with the
  * neighbours clamped to the image (replicate padding); ten (3 x Hp x Wp): the b x b box means (b odd, zero
- * padding) of sum_c gx^2, sum_c gy^2 and sum_c gx gy (the structure tensor). work: 3 W + B + 4 H W floats
- * (B = b rounded up to even), 8-byte aligned. */
+ * padding) of sum_c gx^2, sum_c gy^2 and sum_c gx gy (the structure tensor). work: W + B + 4 H W floats
+ * (B = b rounded up to even). */
 void fit_inputs(const float *restrict t, int C, int H, int W, int r, int b, float *restrict gx, float *restrict gy,
                 float *restrict ten, float *restrict work) {
     const int Hp = H + 2 * r, Wp = W + 2 * r;
     const size_t HW = (size_t)H * W, HWp = (size_t)Hp * Wp;
-    double *acc = (double *)work;                   /* W doubles */
-    float *row = work + 2 * W;                      /* W + B */
+    float *row = work;                              /* W + B */
     float *restrict sxx = row + W + ((b + 1) & ~1); /* H x W each: the channel sums of the three products */
     float *restrict syy = sxx + HW, *restrict sxy = syy + HW;
     float *restrict tmp = sxy + HW; /* H x W */
@@ -395,13 +394,27 @@ void fit_inputs(const float *restrict t, int C, int H, int W, int r, int b, floa
             }
         }
     const float inv = 1.0f / ((float)b * (float)b);
+    const int h = b / 2;
     for (int q = 0; q < 3; ++q) {
-        float *plane = sxx + q * HW;
-        box_sum(plane, tmp, acc, row, H, W, b);
+        /* the b x b box mean: sums along the rows (zero-padded row buffer), then of the b rows around each row */
+        const float *plane = sxx + q * HW;
+        for (int j = 0; j < h; ++j) row[j] = row[W + h + j] = 0.0f;
         for (int i = 0; i < H; ++i) {
+            float *out = tmp + (size_t)i * W;
+            memcpy(row + h, plane + (size_t)i * W, (size_t)W * sizeof(float));
+            for (int j = 0; j < W; ++j) out[j] = row[j];
+            for (int t = 1; t < b; ++t)
+                for (int j = 0; j < W; ++j) out[j] += row[j + t];
+        }
+        for (int i = 0; i < H; ++i) {
+            const int lo = i - h < 0 ? 0 : i - h, hi = i + h < H - 1 ? i + h : H - 1;
             float *o = ten + q * HWp + (size_t)(i + r) * Wp + r;
-            const float *v = plane + (size_t)i * W;
-            for (int j = 0; j < W; ++j) o[j] = v[j] * inv;
+            memcpy(o, tmp + (size_t)lo * W, (size_t)W * sizeof(float));
+            for (int v = lo + 1; v <= hi; ++v) {
+                const float *t = tmp + (size_t)v * W;
+                for (int j = 0; j < W; ++j) o[j] += t[j];
+            }
+            for (int j = 0; j < W; ++j) o[j] *= inv;
         }
         replicate_border(ten + q * HWp, H, W, r);
     }
@@ -413,62 +426,107 @@ void fit_inputs(const float *restrict t, int C, int H, int W, int r, int b, floa
 }
 
 /* The difference e = x - y read at (dy, dx), minus the sub-pixel correction if gxx != NULL (arguments as for
- * aligned_scan below), into e (C x H x W); p1, p2, tmp (H x W each), acc and row are scratch. */
+ * aligned_scan below), into e (C x H x W). One pass down the rows: row j's difference and its two projections
+ * (1/2) sum_c g_c e_c on the mean gradient g (along the width and the height), box-summed along the row, go to a
+ * ring of rows (ring1, ring2: min(lk_box, H) x W each); once the ring holds the lk_box rows around row
+ * i = j - lk_box / 2, their column sums give row i's box sums, its 2x2 solve and its correction. So every input
+ * is read once, while its rows are in cache (a pass per step over whole planes was bound by memory traffic).
+ * rowbuf: W + lk_box - 1 floats; hrow: 2 W floats. */
 static void aligned_difference(const float *restrict x, const float *restrict yp, int C, int H, int W, int r, int dy,
                                int dx, const float *restrict gxx, const float *restrict gxy,
                                const float *restrict gyx, const float *restrict gyy, const float *restrict tx,
                                const float *restrict typ, int lk_box, float ridge, float max_shift,
-                               float *restrict e, float *restrict p1, float *restrict p2, float *restrict tmp,
-                               double *restrict acc, float *restrict row) {
+                               float *restrict e, float *restrict ring1, float *restrict ring2,
+                               float *restrict rowbuf, float *restrict hrow) {
     const size_t HW = (size_t)H * W;
     const int Hp = H + 2 * r, Wp = W + 2 * r;
     const size_t HWp = (size_t)Hp * Wp;
-    for (int c = 0; c < C; ++c)
-        for (int i = 0; i < H; ++i) {
-            const float *xr = x + c * HW + (size_t)i * W;
-            const float *yr = yp + c * HWp + (size_t)(i + r + dy) * Wp + r + dx;
-            float *er = e + c * HW + (size_t)i * W;
-            for (int j = 0; j < W; ++j) er[j] = xr[j] - yr[j];
-        }
-    if (gxx) {
-        /* b = box mean of (1/2) sum_c g_c e_c, g the mean gradient, along the width (p1) and the height (p2) */
-        for (size_t u = 0; u < HW; ++u) p1[u] = p2[u] = 0.0f;
-        for (int c = 0; c < C; ++c)
-            for (int i = 0; i < H; ++i) {
-                const size_t o = c * HW + (size_t)i * W, op = c * HWp + (size_t)(i + r + dy) * Wp + r + dx;
-                float *q1 = p1 + (size_t)i * W, *q2 = p2 + (size_t)i * W;
-                for (int j = 0; j < W; ++j) {
-                    const float ee = e[o + j];
-                    q1[j] += (gxx[o + j] + gyx[op + j]) * ee;
-                    q2[j] += (gxy[o + j] + gyy[op + j]) * ee;
+    const int h = lk_box / 2, R = lk_box < H ? lk_box : H;
+    for (int j = 0; j < H + (gxx ? h : 0); ++j) {
+        if (j < H) {
+            for (int c = 0; c < C; ++c) {
+                const float *xr = x + c * HW + (size_t)j * W;
+                const float *yr = yp + c * HWp + (size_t)(j + r + dy) * Wp + r + dx;
+                float *er = e + c * HW + (size_t)j * W;
+                for (int k = 0; k < W; ++k) er[k] = xr[k] - yr[k];
+            }
+            if (gxx) {
+                for (int q = 0; q < 2; ++q) { /* the projection on the width (q = 0) or height gradient, box-summed */
+                    const float *gx_ = q ? gxy : gxx, *gy_ = q ? gyy : gyx;
+                    float *mid = rowbuf + h;
+                    for (int k = 0; k < h; ++k) rowbuf[k] = mid[W + k] = 0.0f;
+                    for (int k = 0; k < W; ++k) mid[k] = 0.0f;
+                    for (int c = 0; c < C; ++c) {
+                        const size_t o = c * HW + (size_t)j * W, op = c * HWp + (size_t)(j + r + dy) * Wp + r + dx;
+                        for (int k = 0; k < W; ++k) mid[k] += (gx_[o + k] + gy_[op + k]) * e[o + k];
+                    }
+                    float *t = (q ? ring2 : ring1) + (size_t)(j % R) * W;
+                    for (int k = 0; k < W; ++k) t[k] = rowbuf[k];
+                    for (int u = 1; u < lk_box; ++u)
+                        for (int k = 0; k < W; ++k) t[k] += rowbuf[k + u];
                 }
             }
-        box_sum(p1, tmp, acc, row, H, W, lk_box);
-        box_sum(p2, tmp, acc, row, H, W, lk_box);
-        const float nb = 0.5f / ((float)lk_box * (float)lk_box);
-        for (int i = 0; i < H; ++i) {
-            const size_t o = (size_t)i * W, op = (size_t)(i + r + dy) * Wp + r + dx;
-            for (int j = 0; j < W; ++j) {
-                const float a11 = 0.5f * (tx[o + j] + typ[op + j]) + ridge;
-                const float a22 = 0.5f * (tx[HW + o + j] + typ[HWp + op + j]) + ridge;
-                const float a12 = 0.5f * (tx[2 * HW + o + j] + typ[2 * HWp + op + j]);
-                const float b1 = p1[o + j] * nb, b2 = p2[o + j] * nb;
-                const float det = a11 * a22 - a12 * a12;
-                float hx = (a22 * b1 - a12 * b2) / det, hy = (a11 * b2 - a12 * b1) / det;
-                hx = 0.5f * (hx < -max_shift ? -max_shift : hx > max_shift ? max_shift : hx);
-                hy = 0.5f * (hy < -max_shift ? -max_shift : hy > max_shift ? max_shift : hy);
-                p1[o + j] = hx;
-                p2[o + j] = hy;
+        }
+        const int i = j - h;
+        if (!gxx || i < 0) continue;
+        /* row i: box means b of the projections (zero padding), the displacement, the corrected difference */
+        const int lo = i - h < 0 ? 0 : i - h, hi = i + h < H - 1 ? i + h : H - 1;
+        float *b1 = hrow, *b2 = hrow + W;
+        memcpy(b1, ring1 + (size_t)(lo % R) * W, sizeof(float) * (size_t)W);
+        memcpy(b2, ring2 + (size_t)(lo % R) * W, sizeof(float) * (size_t)W);
+        for (int v = lo + 1; v <= hi; ++v) {
+            const float *t1 = ring1 + (size_t)(v % R) * W, *t2 = ring2 + (size_t)(v % R) * W;
+            for (int k = 0; k < W; ++k) {
+                b1[k] += t1[k];
+                b2[k] += t2[k];
             }
         }
-        for (int c = 0; c < C; ++c)
-            for (int i = 0; i < H; ++i) {
-                const size_t o = c * HW + (size_t)i * W, op = c * HWp + (size_t)(i + r + dy) * Wp + r + dx;
-                const float *hx = p1 + (size_t)i * W, *hy = p2 + (size_t)i * W;
-                for (int j = 0; j < W; ++j)
-                    e[o + j] -= (gxx[o + j] + gyx[op + j]) * hx[j] + (gxy[o + j] + gyy[op + j]) * hy[j];
-            }
+        const float nb = 0.5f / ((float)lk_box * (float)lk_box);
+        const size_t o = (size_t)i * W, op = (size_t)(i + r + dy) * Wp + r + dx;
+        for (int k = 0; k < W; ++k) {
+            const float a11 = 0.5f * (tx[o + k] + typ[op + k]) + ridge;
+            const float a22 = 0.5f * (tx[HW + o + k] + typ[HWp + op + k]) + ridge;
+            const float a12 = 0.5f * (tx[2 * HW + o + k] + typ[2 * HWp + op + k]);
+            const float c1 = b1[k] * nb, c2 = b2[k] * nb;
+            const float inv_det = 1.0f / (a11 * a22 - a12 * a12); /* one division (the slowest instruction here) */
+            float hx = (a22 * c1 - a12 * c2) * inv_det, hy = (a11 * c2 - a12 * c1) * inv_det;
+            b1[k] = 0.5f * (hx < -max_shift ? -max_shift : hx > max_shift ? max_shift : hx);
+            b2[k] = 0.5f * (hy < -max_shift ? -max_shift : hy > max_shift ? max_shift : hy);
+        }
+        for (int c = 0; c < C; ++c) {
+            const size_t oc = c * HW + o, opc = c * HWp + op;
+            for (int k = 0; k < W; ++k)
+                e[oc + k] -= (gxx[oc + k] + gyx[opc + k]) * b1[k] + (gxy[oc + k] + gyy[opc + k]) * b2[k];
+        }
     }
+}
+
+/* The f x f block means of the C planes of e (H x W) into out (C x (H / f) x (W / f)): f rows summed, then f
+ * columns (rows: W floats of scratch). */
+static void block_means(const float *restrict e, int C, int H, int W, int f, float *restrict out,
+                        float *restrict rows) {
+    const int Hl = H / f, Wl = W / f, Wf = Wl * f;
+    const float inv_ff = 1.0f / ((float)f * (float)f);
+    for (int c = 0; c < C; ++c)
+        for (int il = 0; il < Hl; ++il) {
+            const float *er = e + (size_t)c * H * W + (size_t)il * f * W;
+            for (int j = 0; j < Wf; ++j) rows[j] = er[j];
+            for (int a = 1; a < f; ++a)
+                for (int j = 0; j < Wf; ++j) rows[j] += er[(size_t)a * W + j];
+            float *o = out + ((size_t)c * Hl + il) * Wl;
+            if (f == 2) {
+                for (int jl = 0; jl < Wl; ++jl) o[jl] = (rows[2 * jl] + rows[2 * jl + 1]) * inv_ff;
+            } else if (f == 4) {
+                for (int jl = 0; jl < Wl; ++jl)
+                    o[jl] = (((rows[4 * jl] + rows[4 * jl + 1]) + rows[4 * jl + 2]) + rows[4 * jl + 3]) * inv_ff;
+            } else {
+                for (int jl = 0; jl < Wl; ++jl) {
+                    float m = 0.0f;
+                    for (int b = 0; b < f; ++b) m += rows[jl * f + b];
+                    o[jl] = m * inv_ff;
+                }
+            }
+        }
 }
 
 /* x: C x H x W; yp: C x (H + 2r) x (W + 2r) (y replicate-padded by r); read at (dy, dx), |dy|, |dx| <= r.
@@ -491,7 +549,7 @@ void aligned_scan(const float *restrict x, const float *restrict yp, int C, int 
     float *restrict p2 = p1 + HW;    /* H x W */
     float *restrict tmp = p2 + HW;   /* H x W */
     aligned_difference(x, yp, C, H, W, r, dy, dx, gxx, gxy, gyx, gyy, tx, typ, lk_box, ridge, max_shift, e, p1, p2,
-                       tmp, acc, row);
+                       row, (float *)acc);
     for (int l = 0; l < nlev; ++l) {
         const int f = factors[l], Hl = H / f, Wl = W / f;
         const size_t HWl = (size_t)Hl * Wl;
@@ -512,11 +570,24 @@ void aligned_scan(const float *restrict x, const float *restrict yp, int C, int 
                     for (int a = 1; a < f; ++a)
                         for (int j = 0; j < W; ++j) rows[j] += er[(size_t)a * W + j];
                     float *sr = sq + (size_t)il * Wl;
-                    for (int jl = 0; jl < Wl; ++jl) {
-                        float m = 0.0f;
-                        for (int b = 0; b < f; ++b) m += rows[jl * f + b];
-                        m *= inv_ff;
-                        sr[jl] += m * m;
+                    if (f == 2) { /* the usual factors, with a constant stride the compiler vectorises (same sums) */
+                        for (int jl = 0; jl < Wl; ++jl) {
+                            const float m = (rows[2 * jl] + rows[2 * jl + 1]) * inv_ff;
+                            sr[jl] += m * m;
+                        }
+                    } else if (f == 4) {
+                        for (int jl = 0; jl < Wl; ++jl) {
+                            const float m =
+                                (((rows[4 * jl] + rows[4 * jl + 1]) + rows[4 * jl + 2]) + rows[4 * jl + 3]) * inv_ff;
+                            sr[jl] += m * m;
+                        }
+                    } else {
+                        for (int jl = 0; jl < Wl; ++jl) {
+                            float m = 0.0f;
+                            for (int b = 0; b < f; ++b) m += rows[jl * f + b];
+                            m *= inv_ff;
+                            sr[jl] += m * m;
+                        }
                     }
                 }
         }
@@ -555,45 +626,57 @@ void aligned_grad(const float *restrict x, const float *restrict yp, int C, int 
     for (size_t u = 0; u < C * HW; ++u) grad[u] = 0.0f;
     for (int o = 0; o < noff; ++o) {
         aligned_difference(x, yp, C, H, W, r, dys[o], dxs[o], gxx, gxy, gyx, gyy, tx, typ, lk_box, ridge, max_shift,
-                           e, p1, p2, tmp, acc, row);
+                           e, p1, p2, row, (float *)acc);
         const float *g = gmap + (size_t)o * total;
         for (int l = 0; l < nlev; ++l) {
             const int f = factors[l], Hl = H / f, Wl = W / f;
             const size_t HWl = (size_t)Hl * Wl;
             const float inv_ff = 1.0f / ((float)f * (float)f);
-            float *sq = p1, *k = p2;
+            /* m: the block means (e itself at f = 1; else in tmp, C x Hl x Wl <= 3/4 H W, and the box sums'
+             * scratch moves behind sq in p1, Hl x Wl <= H W / 4 each) */
+            float *sq = p1, *k = p2, *btmp = tmp;
+            const float *m = e;
+            if (f > 1) {
+                block_means(e, C, H, W, f, tmp, row);
+                m = tmp;
+                btmp = p1 + HWl;
+            }
             for (size_t u = 0; u < HWl; ++u) sq[u] = 0.0f;
-            for (int c = 0; c < C; ++c)
-                for (int il = 0; il < Hl; ++il) {
-                    float *sr = sq + (size_t)il * Wl;
-                    for (int jl = 0; jl < Wl; ++jl) {
-                        float m = 0.0f;
-                        for (int a = 0; a < f; ++a)
-                            for (int b = 0; b < f; ++b) m += e[c * HW + (size_t)(il * f + a) * W + jl * f + b];
-                        m *= inv_ff;
-                        sr[jl] += m * m;
-                    }
-                }
+            for (int c = 0; c < C; ++c) {
+                const float *mc = m + c * HWl;
+                for (size_t u = 0; u < HWl; ++u) sq[u] += mc[u] * mc[u];
+            }
             if (w_local > 0.0f) {
                 for (size_t u = 0; u < HWl; ++u) k[u] = sq[u];
-                box_sum(k, tmp, acc, row, Hl, Wl, kloc);
+                box_sum(k, btmp, acc, row, Hl, Wl, kloc);
                 for (size_t u = 0; u < HWl; ++u) k[u] = g[u] * (1.0f - one_minus_exp_neg(k[u] * inv2s2));
-                box_sum(k, tmp, acc, row, Hl, Wl, kloc);
+                box_sum(k, btmp, acc, row, Hl, Wl, kloc);
             } else {
                 for (size_t u = 0; u < HWl; ++u) k[u] = 0.0f;
             }
             const float a_l2 = 2.0f * w_l2 / (float)C, a_loc = 2.0f * w_local * inv2s2;
-            for (size_t u = 0; u < HWl; ++u) k[u] = a_l2 * g[u] + a_loc * k[u];
+            for (size_t u = 0; u < HWl; ++u) k[u] = (a_l2 * g[u] + a_loc * k[u]) * inv_ff;
+            /* dL/dx over each block: k m / f^2 (k already holds the 1 / f^2 of the mean) */
             for (int c = 0; c < C; ++c)
-                for (int il = 0; il < Hl; ++il)
-                    for (int jl = 0; jl < Wl; ++jl) {
-                        float m = 0.0f;
-                        for (int a = 0; a < f; ++a)
-                            for (int b = 0; b < f; ++b) m += e[c * HW + (size_t)(il * f + a) * W + jl * f + b];
-                        const float v = k[(size_t)il * Wl + jl] * m * inv_ff * inv_ff;
-                        for (int a = 0; a < f; ++a)
-                            for (int b = 0; b < f; ++b) grad[c * HW + (size_t)(il * f + a) * W + jl * f + b] += v;
+                for (int il = 0; il < Hl; ++il) {
+                    const float *mr = m + c * HWl + (size_t)il * Wl, *kr = k + (size_t)il * Wl;
+                    float *v = row; /* Wl <= W floats */
+                    for (int jl = 0; jl < Wl; ++jl) v[jl] = kr[jl] * mr[jl];
+                    for (int a = 0; a < f; ++a) {
+                        float *gr = grad + c * HW + (size_t)(il * f + a) * W;
+                        if (f == 1) {
+                            for (int jl = 0; jl < Wl; ++jl) gr[jl] += v[jl];
+                        } else if (f == 2) {
+                            for (int jl = 0; jl < Wl; ++jl) {
+                                gr[2 * jl] += v[jl];
+                                gr[2 * jl + 1] += v[jl];
+                            }
+                        } else {
+                            for (int jl = 0; jl < Wl; ++jl)
+                                for (int b = 0; b < f; ++b) gr[jl * f + b] += v[jl];
+                        }
                     }
+                }
             g += HWl;
         }
     }
