@@ -314,6 +314,13 @@ static inline float one_minus_exp_neg(float t) {
     return t < 0.5f ? small : large;
 }
 
+/* out[j] = sum_{t < b} row[j + t], j < W: the b-wide sums along a row that was zero-padded by b / 2 each side. */
+static inline void box_row(const float *restrict row, float *restrict out, int W, int b) {
+    for (int j = 0; j < W; ++j) out[j] = row[j];
+    for (int t = 1; t < b; ++t)
+        for (int j = 0; j < W; ++j) out[j] += row[j + t];
+}
+
 /* Sum over a b x b box centred on each pixel (b odd, zero padding), H x W, in place in `a`. Along the rows:
  * direct sums of b shifted copies of a zero-padded row (vectorised); along the columns: running sums in double
  * (a float running sum drifts over long columns). tmp: H * W floats, acc: W doubles, row: W + b floats. */
@@ -322,11 +329,8 @@ static void box_sum(float *restrict a, float *restrict tmp, double *restrict acc
     const int h = b / 2;
     for (int j = 0; j < h; ++j) row[j] = row[W + h + j] = 0.0f;
     for (int i = 0; i < H; ++i) {
-        float *out = tmp + (size_t)i * W;
         memcpy(row + h, a + (size_t)i * W, (size_t)W * sizeof(float));
-        for (int j = 0; j < W; ++j) out[j] = row[j];
-        for (int t = 1; t < b; ++t)
-            for (int j = 0; j < W; ++j) out[j] += row[j + t];
+        box_row(row, tmp + (size_t)i * W, W, b);
     }
     for (int j = 0; j < W; ++j) acc[j] = 0.0;
     for (int t = 0; t < h && t < H; ++t)
@@ -400,11 +404,8 @@ void fit_inputs(const float *restrict t, int C, int H, int W, int r, int b, floa
         const float *plane = sxx + q * HW;
         for (int j = 0; j < h; ++j) row[j] = row[W + h + j] = 0.0f;
         for (int i = 0; i < H; ++i) {
-            float *out = tmp + (size_t)i * W;
             memcpy(row + h, plane + (size_t)i * W, (size_t)W * sizeof(float));
-            for (int j = 0; j < W; ++j) out[j] = row[j];
-            for (int t = 1; t < b; ++t)
-                for (int j = 0; j < W; ++j) out[j] += row[j + t];
+            box_row(row, tmp + (size_t)i * W, W, b);
         }
         for (int i = 0; i < H; ++i) {
             const int lo = i - h < 0 ? 0 : i - h, hi = i + h < H - 1 ? i + h : H - 1;
@@ -460,10 +461,7 @@ static void aligned_difference(const float *restrict x, const float *restrict yp
                         const size_t o = c * HW + (size_t)j * W, op = c * HWp + (size_t)(j + r + dy) * Wp + r + dx;
                         for (int k = 0; k < W; ++k) mid[k] += (gx_[o + k] + gy_[op + k]) * e[o + k];
                     }
-                    float *t = (q ? ring2 : ring1) + (size_t)(j % R) * W;
-                    for (int k = 0; k < W; ++k) t[k] = rowbuf[k];
-                    for (int u = 1; u < lk_box; ++u)
-                        for (int k = 0; k < W; ++k) t[k] += rowbuf[k + u];
+                    box_row(rowbuf, (q ? ring2 : ring1) + (size_t)(j % R) * W, W, lk_box);
                 }
             }
         }
