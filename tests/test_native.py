@@ -249,6 +249,25 @@ def test_fit_inputs_operator_rejects_what_the_kernel_cannot_read():
 
 
 @needs_native
+@pytest.mark.parametrize("radius", [1, 2])
+@pytest.mark.parametrize(("shape", "factors"), [((1, 3, 7, 5), [1]), ((2, 2, 3, 40), [1]), ((1, 1, 2, 2), [1]),
+                                                ((1, 3, 33, 1), [1]), ((1, 3, 4, 9), [2]), ((1, 2, 6, 6), [3])])
+def test_native_offset_scan_on_images_smaller_than_the_fit_box(radius, shape, factors):
+    """The fit streams down the rows through a ring of min(fit box, H) rows: images with fewer rows than the
+    box (2 f + 1), one row or one column, every offset reading outside the image."""
+    g = torch.Generator().manual_seed(radius + sum(shape))
+    x = torch.rand(*shape, generator=g) * 2 - 1
+    y = torch.roll(x, (1, -1), (-2, -1)) + 0.1 * torch.randn(*shape, generator=g)
+    args = dict(radius=radius, subpixel=True, window=4, weight_l2=2.29, weight_local=114.0, local_patch_size=1,
+                local_sigma=0.1)
+    fast = aligned.tolerant_aligned(x, y, factors, **args)
+    with _native.disabled():
+        ref = aligned.tolerant_aligned(x, y, factors, **args)
+    for (v, _), (r, _) in zip(fast, ref, strict=True):
+        torch.testing.assert_close(v, r, rtol=1e-5, atol=1e-6)
+
+
+@needs_native
 def test_native_offset_scan_zero_weights_and_larger_fit_box():
     g = torch.Generator().manual_seed(1)
     x = torch.rand(1, 3, 160, 160, generator=g) * 2 - 1
@@ -288,6 +307,8 @@ def test_native_offset_scan_picks_the_same_offsets_for_the_gradient():
     ((2, 1, 50, 70), {"weight_mmd": 0, "shift_radius": 2}),
     ((2, 3, 64, 64), {"weight_mmd": 0, "subpixel": False}),
     ((1, 3, 64, 48), {"weight_mmd": 0, "shift_radius": 0}),
+    ((1, 3, 192, 256), {"weight_mmd": 0}),  # scale rule levels 2 and 4 (the kernels' constant-stride paths)
+    ((1, 2, 384, 400), {"weight_mmd": 0}),  # levels 3 and 6 (the general path)
 ])
 def test_native_aligned_gradient_equals_pytorch_autograd(shape, options):
     g = torch.Generator().manual_seed(4)
