@@ -199,6 +199,17 @@ def test_default_distance_uses_the_native_path_and_agrees_with_pytorch(photo_cro
     torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-7)
 
 
+def _assert_scan_equals_pytorch(x: torch.Tensor, y: torch.Tensor, factors: list[int], **args: object) -> None:
+    """tolerant_aligned on the compiled scan equals its PyTorch path, level by level (values and shapes)."""
+    fast = aligned.tolerant_aligned(x, y, factors, **args)
+    with _native.disabled():
+        ref = aligned.tolerant_aligned(x, y, factors, **args)
+    assert len(fast) == len(ref) == len(factors)
+    for (v, grid), (r, _) in zip(fast, ref, strict=True):
+        assert v.shape == r.shape == (x.shape[0], 1, grid.rows, grid.cols)
+        torch.testing.assert_close(v, r, rtol=1e-5, atol=1e-6)
+
+
 @needs_native
 @pytest.mark.parametrize("radius", [0, 1, 2])
 @pytest.mark.parametrize("subpixel", [True, False])
@@ -208,15 +219,8 @@ def test_native_offset_scan_equals_pytorch(radius, subpixel, shape, factors):
     g = torch.Generator().manual_seed(radius + 3 * factors[0])
     x = torch.rand(*shape, generator=g) * 2 - 1
     y = torch.roll(x, (1, -1), (-2, -1)) + 0.05 * torch.randn(*shape, generator=g)  # moved and noisy: offsets matter
-    args = dict(radius=radius, subpixel=subpixel, window=16, weight_l2=2.29, weight_local=114.0, local_patch_size=3,
-                local_sigma=0.1)
-    fast = aligned.tolerant_aligned(x, y, factors, **args)
-    with _native.disabled():
-        ref = aligned.tolerant_aligned(x, y, factors, **args)
-    assert len(fast) == len(ref) == len(factors)
-    for (v, grid), (r, _) in zip(fast, ref, strict=True):
-        assert v.shape == r.shape == (shape[0], 1, grid.rows, grid.cols)
-        torch.testing.assert_close(v, r, rtol=1e-5, atol=1e-6)
+    _assert_scan_equals_pytorch(x, y, factors, radius=radius, subpixel=subpixel, window=16, weight_l2=2.29,
+                                weight_local=114.0, local_patch_size=3, local_sigma=0.1)
 
 
 @needs_native
@@ -258,13 +262,8 @@ def test_native_offset_scan_on_images_smaller_than_the_fit_box(radius, shape, fa
     g = torch.Generator().manual_seed(radius + sum(shape))
     x = torch.rand(*shape, generator=g) * 2 - 1
     y = torch.roll(x, (1, -1), (-2, -1)) + 0.1 * torch.randn(*shape, generator=g)
-    args = dict(radius=radius, subpixel=True, window=4, weight_l2=2.29, weight_local=114.0, local_patch_size=1,
-                local_sigma=0.1)
-    fast = aligned.tolerant_aligned(x, y, factors, **args)
-    with _native.disabled():
-        ref = aligned.tolerant_aligned(x, y, factors, **args)
-    for (v, _), (r, _) in zip(fast, ref, strict=True):
-        torch.testing.assert_close(v, r, rtol=1e-5, atol=1e-6)
+    _assert_scan_equals_pytorch(x, y, factors, radius=radius, subpixel=True, window=4, weight_l2=2.29,
+                                weight_local=114.0, local_patch_size=1, local_sigma=0.1)
 
 
 @needs_native
@@ -274,13 +273,8 @@ def test_native_offset_scan_zero_weights_and_larger_fit_box():
     y = torch.roll(x, 2, -1) + 0.02 * torch.randn(1, 3, 160, 160, generator=g)
     for w_l2, w_local in ((0.0, 1.0), (1.0, 0.0)):
         for factors in ([5], [8, 16]):  # fit boxes of 11 and 17 pixels
-            args = dict(radius=2, subpixel=True, window=8, weight_l2=w_l2, weight_local=w_local, local_patch_size=5,
-                        local_sigma=0.05)
-            fast = aligned.tolerant_aligned(x, y, factors, **args)
-            with _native.disabled():
-                ref = aligned.tolerant_aligned(x, y, factors, **args)
-            for (v, _), (r, _) in zip(fast, ref, strict=True):
-                torch.testing.assert_close(v, r, rtol=1e-5, atol=1e-6)
+            _assert_scan_equals_pytorch(x, y, factors, radius=2, subpixel=True, window=8, weight_l2=w_l2,
+                                        weight_local=w_local, local_patch_size=5, local_sigma=0.05)
 
 
 @needs_native
@@ -309,6 +303,7 @@ def test_native_offset_scan_picks_the_same_offsets_for_the_gradient():
     ((1, 3, 64, 48), {"weight_mmd": 0, "shift_radius": 0}),
     ((1, 3, 192, 256), {"weight_mmd": 0}),  # scale rule levels 2 and 4 (the kernels' constant-stride paths)
     ((1, 2, 384, 400), {"weight_mmd": 0}),  # levels 3 and 6 (the general path)
+    ((1, 8, 96, 128), {"weight_mmd": 0}),  # level 2's block means of 8 channels outgrow one plane of work
 ])
 def test_native_aligned_gradient_equals_pytorch_autograd(shape, options):
     g = torch.Generator().manual_seed(4)
@@ -358,13 +353,17 @@ def test_native_aligned_gradient_in_chunks_and_with_a_differentiable_target(monk
     assert yb.grad is not None and float(yb.grad.abs().sum()) > 0
 
 
-@needs_native
-def test_aligned_grad_operator_rejects_what_the_kernel_cannot_read():
-    x = torch.rand(1, 3, 16, 16)
-    yp = torch.rand(1, 3, 18, 18)
-    call = torch.ops.patchmmd.aligned_grad
+def _scan_operator_arguments() -> tuple[torch.Tensor, torch.Tensor, dict[str, object]]:
+    """x, yp (padded by 1) and keyword arguments that aligned_scan and aligned_grad accept: two offsets, one level."""
     good = dict(radius=1, offsets=[0, 0, 1, -1], lk_box=3, ridge=1e-3, max_shift=1.0, factors=[1], local_patch_size=3,
                 weight_l2=1.0, weight_local=1.0, inv2s2=1.0)
+    return torch.rand(1, 3, 16, 16), torch.rand(1, 3, 18, 18), good
+
+
+@needs_native
+def test_aligned_grad_operator_rejects_what_the_kernel_cannot_read():
+    x, yp, good = _scan_operator_arguments()
+    call = torch.ops.patchmmd.aligned_grad
     assert call(x, yp, [], torch.rand(1, 2, 256), **good).shape == x.shape
     with pytest.raises(ValueError, match="gmap"):
         call(x, yp, [], torch.rand(1, 1, 256), **good)
@@ -376,11 +375,8 @@ def test_aligned_grad_operator_rejects_what_the_kernel_cannot_read():
 
 @needs_native
 def test_aligned_scan_operator_rejects_what_the_kernel_cannot_read():
-    x = torch.rand(1, 3, 16, 16)
-    yp = torch.rand(1, 3, 18, 18)
+    x, yp, good = _scan_operator_arguments()
     call = torch.ops.patchmmd.aligned_scan
-    good = dict(radius=1, offsets=[0, 0, 1, -1], lk_box=3, ridge=1e-3, max_shift=1.0, factors=[1], local_patch_size=3,
-                weight_l2=1.0, weight_local=1.0, inv2s2=1.0)
     assert call(x, yp, [], **good).shape == (1, 2, 256)
     with pytest.raises(ValueError, match="shape"):
         call(x, yp[..., 1:], [], **good)

@@ -573,6 +573,7 @@ class NativeKernels:
         n, c, h, w = x.shape
         grad = torch.empty_like(x)
         ptrs, strides, dys, dxs, fac, slot = _scan_arguments(x, yp, fit, offsets, factors, lk_box, local_patch_size)
+        slot += max(0, c * (h // 2) * (w // 2) - h * w)  # a level's block means, beyond the scan's last plane
 
         def driver(t0: int, t1: int, nthreads: int, work: int) -> None:
             self.lib.aligned_grad_tasks(
@@ -583,7 +584,6 @@ class NativeKernels:
 
         self._run(driver, n, slot)
         return grad
-
 
     def fit_inputs(self, t: torch.Tensor, *, radius: int, lk_box: int) -> tuple[torch.Tensor, torch.Tensor,
                                                                                 torch.Tensor]:

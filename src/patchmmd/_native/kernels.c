@@ -604,7 +604,8 @@ void aligned_scan(const float *restrict x, const float *restrict yp, int C, int 
  * D = the kloc x kloc box sum of sq (zero padding; the box sum is its own adjoint):
  *     dL/dm_c = 2 m_c (G w_l2 / C + w_local inv2s2 box(G exp(-D inv2s2))),
  * spread over each block with weight 1 / f^2 (rows and columns that no level pixel covers get nothing).
- * grad: C x H x W, overwritten. Other arguments and work as for aligned_scan. */
+ * grad: C x H x W, overwritten. Other arguments as for aligned_scan; work as for aligned_scan plus
+ * max(0, C (H / 2) (W / 2) - H W) floats (the block means of a level, which go where tmp starts). */
 void aligned_grad(const float *restrict x, const float *restrict yp, int C, int H, int W, int r, int noff,
                   const int *dys, const int *dxs, const float *restrict gxx, const float *restrict gxy,
                   const float *restrict gyx, const float *restrict gyy, const float *restrict tx,
@@ -630,8 +631,9 @@ void aligned_grad(const float *restrict x, const float *restrict yp, int C, int 
             const int f = factors[l], Hl = H / f, Wl = W / f;
             const size_t HWl = (size_t)Hl * Wl;
             const float inv_ff = 1.0f / ((float)f * (float)f);
-            /* m: the block means (e itself at f = 1; else in tmp, C x Hl x Wl <= 3/4 H W, and the box sums'
-             * scratch moves behind sq in p1, Hl x Wl <= H W / 4 each) */
+            /* m: the block means (e itself at f = 1; else from tmp on, C x Hl x Wl <= C (H / 2) (W / 2): the work
+             * buffer is that much longer where it exceeds tmp), and the box sums' scratch moves behind sq in p1
+             * (Hl x Wl <= H W / 4 each) */
             float *sq = p1, *k = p2, *btmp = tmp;
             const float *m = e;
             if (f > 1) {
