@@ -367,7 +367,8 @@ def accuracy(feature_counts: list[int]) -> list[dict[str, object]]:
     ref, dist, _ = distortion_suite()
     exact = patchmmd.mmdpp(ref, dist, estimator="exact")
     rows = []
-    counts = [PRESETS["default"].num_features, *(c for c in feature_counts if c != PRESETS["default"].num_features)]
+    default = PRESETS["default"].num_features
+    counts = [default, *(c for c in feature_counts if c != default)]
     for count, dtype in itertools.product(counts, (torch.float64, torch.float32)):
         fast = patchmmd.mmdpp(ref.to(dtype), dist.to(dtype), num_features=count).double()
         rel = (fast - exact).abs() / exact
