@@ -214,7 +214,9 @@ def _assert_scan_equals_pytorch(x: torch.Tensor, y: torch.Tensor, factors: list[
 @pytest.mark.parametrize("radius", [0, 1, 2])
 @pytest.mark.parametrize("subpixel", [True, False])
 @pytest.mark.parametrize(("shape", "factors"),
-                         [((2, 3, 64, 48), [1]), ((1, 3, 96, 128), [2, 4]), ((1, 1, 50, 70), [3])])
+                         [((2, 3, 64, 48), [1]), ((1, 3, 96, 128), [2, 4]), ((1, 1, 50, 70), [3]),
+                          # wide rows: the kernel takes several bands of rows (the last one shorter)
+                          ((1, 3, 45, 512), [2, 4]), ((1, 2, 20, 1024), [3, 2])])
 def test_native_offset_scan_equals_pytorch(radius, subpixel, shape, factors):
     g = torch.Generator().manual_seed(radius + 3 * factors[0])
     x = torch.rand(*shape, generator=g) * 2 - 1
@@ -351,6 +353,31 @@ def test_native_aligned_gradient_in_chunks_and_with_a_differentiable_target(monk
     patchmmd.mmdpp(xb, yb, weight_mmd=0).sum().backward()
     torch.testing.assert_close(xb.grad, xg.grad, rtol=1e-4, atol=1e-6 * float(xg.grad.abs().max()))
     assert yb.grad is not None and float(yb.grad.abs().sum()) > 0
+
+
+@needs_native
+@pytest.mark.parametrize(("shape", "factors"), [((4, 3, 40, 36), [1, 2]), ((2, 3, 30, 600), [2, 4])])
+def test_native_offset_scan_values_do_not_depend_on_the_task_split(shape, factors):
+    """The scan splits a batch into tasks of runs of offsets (fewer images: shorter runs) and each image into bands
+    of rows; an image's maps are the same bits alone as in a batch, with any thread count."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(*shape, generator=g) * 2 - 1
+    y = x + 0.05 * torch.randn(*shape, generator=g)
+    yp = torch.nn.functional.pad(y, (2,) * 4, mode="replicate")
+    (gxx, gxy, tx), (gyx, gyy, typ) = torch.ops.patchmmd.fit_inputs(x, 0, 5), torch.ops.patchmmd.fit_inputs(y, 2, 5)
+    fit = [gxx, gxy, gyx, gyy, tx, typ]
+    offsets = [v for dy in range(-2, 3) for dx in range(-2, 3) for v in (dy, dx)]
+    args = dict(radius=2, offsets=offsets, lk_box=5, ridge=1e-3, max_shift=1.0, factors=factors, local_patch_size=3,
+                weight_l2=2.0, weight_local=50.0, inv2s2=4.0)
+    batch = torch.ops.patchmmd.aligned_scan(x, yp, fit, **args)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = [torch.ops.patchmmd.aligned_scan(x[i : i + 1], yp[i : i + 1], [t[i : i + 1].contiguous() for t in fit],
+                                                 **args) for i in range(shape[0])]
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(batch, torch.cat(alone))
 
 
 def _scan_operator_arguments() -> tuple[torch.Tensor, torch.Tensor, dict[str, object]]:

@@ -108,8 +108,8 @@ def sincos_coefficients() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 #: The library's entry points: a build that lacks one is not used.
-SYMBOLS = ("rff_block_sums_tasks", "rff_grad_image_tasks", "aligned_scan_tasks", "aligned_grad_tasks",
-           "fit_inputs_tasks", "patchmmd_openmp")
+SYMBOLS = ("rff_block_sums_tasks", "rff_grad_image_tasks", "aligned_scan_tasks", "aligned_scan_work",
+           "aligned_grad_tasks", "fit_inputs_tasks", "patchmmd_openmp")
 _SUFFIX = ".dll" if sys.platform == "win32" else ".so"
 #: Layout version of the record written beside a cached library.
 _RECORD_FORMAT = 1
@@ -408,9 +408,11 @@ class NativeKernels:
         # gimg_stride, band_stride, Wg
         lib.rff_grad_image_tasks.argtypes = [p, q, i, i, i, i, i, i, i, i, i, p, p, i, p, p, p, q, i, i, p, q, q, i,
                                              *tail]
-        # in, in_stride, C, H, W, r, noff, dys, dxs, lk_box, ridge, max_shift, nlev, factors, kloc, w_l2, w_local,
-        # inv2s2, out, out_stride, off_stride
-        lib.aligned_scan_tasks.argtypes = [p, p, i, i, i, i, i, p, p, i, f, f, i, p, i, f, f, f, p, q, q, *tail]
+        # in, in_stride, C, H, W, r, noff, per, dys, dxs, lk_box, ridge, max_shift, nlev, factors, kloc, w_l2,
+        # w_local, inv2s2, out, out_stride, off_stride
+        lib.aligned_scan_tasks.argtypes = [p, p, i, i, i, i, i, i, p, p, i, f, f, i, p, i, f, f, f, p, q, q, *tail]
+        # C, H, W, lk_box, kloc, nlev, factors
+        lib.aligned_scan_work.argtypes, lib.aligned_scan_work.restype = [i, i, i, i, i, i, p], q
         # in, in_stride, C, H, W, r, noff, dys, dxs, lk_box, ridge, max_shift, nlev, factors, kloc, w_l2, w_local,
         # inv2s2, gmap, gmap_stride, grad, grad_stride
         lib.aligned_grad_tasks.argtypes = [p, p, i, i, i, i, i, p, p, i, f, f, i, p, i, f, f, f, p, q, p, q, *tail]
@@ -546,19 +548,26 @@ class NativeKernels:
 
         ``x`` ``(N, C, H, W)`` and ``yp`` (``y`` replicate-padded by ``radius``) contiguous float32; ``fit``
         (the sub-pixel fit, or ``None``): x's two gradients ``(N, C, H, W)``, y's two padded gradients, x's
-        structure tensor ``(N, 3, H, W)`` and y's padded one. One task per (image, offset)."""
+        structure tensor ``(N, 3, H, W)`` and y's padded one. A task is an image and a run of offsets (all of
+        them when there are images enough for the threads), which the kernel takes band of rows by band of rows:
+        every offset reads a band's inputs while they are in the cache. Each offset's maps are computed alone, so
+        the split does not change the values."""
         n, c, h, w = x.shape
         out = x.new_empty(n, len(offsets), sum((h // f) * (w // f) for f in factors))
-        ptrs, strides, dys, dxs, fac, slot = _scan_arguments(x, yp, fit, offsets, factors, lk_box, local_patch_size)
+        ptrs, strides, dys, dxs, fac, _ = _scan_arguments(x, yp, fit, offsets, factors, lk_box, local_patch_size)
+        slot = self.lib.aligned_scan_work(c, h, w, lk_box, local_patch_size, len(factors), fac)
+        threads = max(1, torch.get_num_threads())
+        runs = min(len(offsets), -(-2 * threads // max(1, n)))  # about two tasks a thread
+        per = -(-len(offsets) // runs)
 
         def driver(t0: int, t1: int, nthreads: int, work: int) -> None:
             self.lib.aligned_scan_tasks(
-                ptrs, strides, c, h, w, radius, len(offsets), dys, dxs, lk_box, ridge, max_shift, len(factors), fac,
-                local_patch_size, weight_l2, weight_local, inv2s2, out.data_ptr(), out.stride(0), out.stride(1),
-                work, slot, t0, t1, nthreads,
+                ptrs, strides, c, h, w, radius, len(offsets), per, dys, dxs, lk_box, ridge, max_shift, len(factors),
+                fac, local_patch_size, weight_l2, weight_local, inv2s2, out.data_ptr(), out.stride(0),
+                out.stride(1), work, slot, t0, t1, nthreads,
             )
 
-        self._run(driver, n * len(offsets), slot)
+        self._run(driver, n * -(-len(offsets) // per), slot)
         return out
 
     def aligned_grad(

@@ -427,46 +427,61 @@ void fit_inputs(const float *restrict t, int C, int H, int W, int r, int b, floa
 }
 
 /* The difference e = x - y read at (dy, dx), minus the sub-pixel correction if gxx != NULL (arguments as for
- * aligned_scan below), into e (C x H x W). One pass down the rows: row j's difference and its two projections
- * (1/2) sum_c g_c e_c on the mean gradient g (along the width and the height), box-summed along the row, go to a
- * ring of rows (ring1, ring2: min(lk_box, H) x W each); once the ring holds the lk_box rows around row
- * i = j - lk_box / 2, their column sums give row i's box sums, its 2x2 solve and its correction. So every input
- * is read once, while its rows are in cache (a pass per step over whole planes was bound by memory traffic).
- * rowbuf: W + lk_box - 1 floats; hrow: 2 W floats. */
-static void aligned_difference(const float *restrict x, const float *restrict yp, int C, int H, int W, int r, int dy,
-                               int dx, const float *restrict gxx, const float *restrict gxy,
-                               const float *restrict gyx, const float *restrict gyy, const float *restrict tx,
-                               const float *restrict typ, int lk_box, float ridge, float max_shift,
-                               float *restrict e, float *restrict ring1, float *restrict ring2,
-                               float *restrict rowbuf, float *restrict hrow) {
+ * aligned_scan below), for the rows i0 <= i < i1: into e, row i at e + (i - i0) W, channel c es floats on. One
+ * pass down the rows: row j's difference and its two projections (1/2) sum_c g_c e_c on the mean gradient g
+ * (along the width and the height), box-summed along the row, go to a ring of rows (ring1, ring2:
+ * min(lk_box, H) x W each); once the ring holds the lk_box rows around row i = j - lk_box / 2, their column sums
+ * give row i's box sums, its 2x2 solve and its correction. Rows j within lk_box / 2 of the range (outside it) are
+ * read for their projections only, their difference going to halo (C x W). Each step is one loop along the row
+ * over all channels (the difference with both projections; the solve with the correction), values kept in
+ * registers between the channels. The body is inlined for the usual channel counts (C a constant there: the
+ * channel loops unroll and the loops along the row vectorise); the sums are formed in the same order for every
+ * C and every row range, so a row's values do not depend on the range it was computed in.
+ * rowbuf1, rowbuf2: W + lk_box - 1 floats each; hrow: 2 W floats. */
+static inline __attribute__((always_inline)) void
+aligned_difference_body(const float *restrict x, const float *restrict yp, const int C, int H, int W, int r, int dy,
+                        int dx, const float *restrict gxx, const float *restrict gxy, const float *restrict gyx,
+                        const float *restrict gyy, const float *restrict tx, const float *restrict typ, int lk_box,
+                        float ridge, float max_shift, int i0, int i1, float *restrict e, size_t es,
+                        float *restrict halo, float *restrict ring1, float *restrict ring2, float *restrict rowbuf1,
+                        float *restrict rowbuf2, float *restrict hrow) {
     const size_t HW = (size_t)H * W;
     const int Hp = H + 2 * r, Wp = W + 2 * r;
     const size_t HWp = (size_t)Hp * Wp;
-    const int h = lk_box / 2, R = lk_box < H ? lk_box : H;
-    for (int j = 0; j < H + (gxx ? h : 0); ++j) {
+    const int h = gxx ? lk_box / 2 : 0, R = lk_box < H ? lk_box : H;
+    float *restrict mid1 = rowbuf1 + h, *restrict mid2 = rowbuf2 + h;
+    for (int k = 0; k < h; ++k) rowbuf1[k] = mid1[W + k] = rowbuf2[k] = mid2[W + k] = 0.0f;
+    for (int j = i0 - h < 0 ? 0 : i0 - h; j < i1 + h; ++j) {
         if (j < H) {
-            for (int c = 0; c < C; ++c) {
-                const float *xr = x + c * HW + (size_t)j * W;
-                const float *yr = yp + c * HWp + (size_t)(j + r + dy) * Wp + r + dx;
-                float *er = e + c * HW + (size_t)j * W;
-                for (int k = 0; k < W; ++k) er[k] = xr[k] - yr[k];
+            const int inside = j >= i0 && j < i1;
+            float *restrict er = inside ? e + (size_t)(j - i0) * W : halo;
+            const size_t cs = inside ? es : (size_t)W;
+            const size_t o = (size_t)j * W, op = (size_t)(j + r + dy) * Wp + r + dx;
+            if (!gxx) {
+                for (int c = 0; c < C; ++c)
+#pragma GCC ivdep
+                    for (int k = 0; k < W; ++k) er[c * cs + k] = x[c * HW + o + k] - yp[c * HWp + op + k];
+                continue;
             }
-            if (gxx) {
-                for (int q = 0; q < 2; ++q) { /* the projection on the width (q = 0) or height gradient, box-summed */
-                    const float *gx_ = q ? gxy : gxx, *gy_ = q ? gyy : gyx;
-                    float *mid = rowbuf + h;
-                    for (int k = 0; k < h; ++k) rowbuf[k] = mid[W + k] = 0.0f;
-                    for (int k = 0; k < W; ++k) mid[k] = 0.0f;
-                    for (int c = 0; c < C; ++c) {
-                        const size_t o = c * HW + (size_t)j * W, op = c * HWp + (size_t)(j + r + dy) * Wp + r + dx;
-                        for (int k = 0; k < W; ++k) mid[k] += (gx_[o + k] + gy_[op + k]) * e[o + k];
-                    }
-                    box_row(rowbuf, (q ? ring2 : ring1) + (size_t)(j % R) * W, W, lk_box);
+            /* the difference and its projections on the width (1) and height (2) gradient, then box-summed */
+#pragma GCC ivdep
+            for (int k = 0; k < W; ++k) {
+                float m1 = 0.0f, m2 = 0.0f;
+                for (int c = 0; c < C; ++c) {
+                    const size_t u = c * HW + o + k, up = c * HWp + op + k;
+                    const float d = x[u] - yp[up];
+                    er[c * cs + k] = d;
+                    m1 += (gxx[u] + gyx[up]) * d;
+                    m2 += (gxy[u] + gyy[up]) * d;
                 }
+                mid1[k] = m1;
+                mid2[k] = m2;
             }
+            box_row(rowbuf1, ring1 + (size_t)(j % R) * W, W, lk_box);
+            box_row(rowbuf2, ring2 + (size_t)(j % R) * W, W, lk_box);
         }
         const int i = j - h;
-        if (!gxx || i < 0) continue;
+        if (!gxx || i < i0) continue;
         /* row i: box means b of the projections (zero padding), the displacement, the corrected difference */
         const int lo = i - h < 0 ? 0 : i - h, hi = i + h < H - 1 ? i + h : H - 1;
         float *b1 = hrow, *b2 = hrow + W;
@@ -481,22 +496,43 @@ static void aligned_difference(const float *restrict x, const float *restrict yp
         }
         const float nb = 0.5f / ((float)lk_box * (float)lk_box);
         const size_t o = (size_t)i * W, op = (size_t)(i + r + dy) * Wp + r + dx;
+        float *restrict er = e + (size_t)(i - i0) * W;
+#pragma GCC ivdep
         for (int k = 0; k < W; ++k) {
             const float a11 = 0.5f * (tx[o + k] + typ[op + k]) + ridge;
             const float a22 = 0.5f * (tx[HW + o + k] + typ[HWp + op + k]) + ridge;
             const float a12 = 0.5f * (tx[2 * HW + o + k] + typ[2 * HWp + op + k]);
             const float c1 = b1[k] * nb, c2 = b2[k] * nb;
             const float inv_det = 1.0f / (a11 * a22 - a12 * a12); /* one division (the slowest instruction here) */
-            float hx = (a22 * c1 - a12 * c2) * inv_det, hy = (a11 * c2 - a12 * c1) * inv_det;
-            b1[k] = 0.5f * (hx < -max_shift ? -max_shift : hx > max_shift ? max_shift : hx);
-            b2[k] = 0.5f * (hy < -max_shift ? -max_shift : hy > max_shift ? max_shift : hy);
-        }
-        for (int c = 0; c < C; ++c) {
-            const size_t oc = c * HW + o, opc = c * HWp + op;
-            for (int k = 0; k < W; ++k)
-                e[oc + k] -= (gxx[oc + k] + gyx[opc + k]) * b1[k] + (gxy[oc + k] + gyy[opc + k]) * b2[k];
+            const float hx = (a22 * c1 - a12 * c2) * inv_det, hy = (a11 * c2 - a12 * c1) * inv_det;
+            const float d1 = 0.5f * (hx < -max_shift ? -max_shift : hx > max_shift ? max_shift : hx);
+            const float d2 = 0.5f * (hy < -max_shift ? -max_shift : hy > max_shift ? max_shift : hy);
+            for (int c = 0; c < C; ++c) {
+                const size_t u = c * HW + o + k, up = c * HWp + op + k;
+                er[c * es + k] -= (gxx[u] + gyx[up]) * d1 + (gxy[u] + gyy[up]) * d2;
+            }
         }
     }
+}
+
+#define ALIGNED_DIFFERENCE_ARGS                                                                                     \
+    const float *restrict x, const float *restrict yp, int C, int H, int W, int r, int dy, int dx,                 \
+        const float *restrict gxx, const float *restrict gxy, const float *restrict gyx, const float *restrict gyy, \
+        const float *restrict tx, const float *restrict typ, int lk_box, float ridge, float max_shift, int i0,     \
+        int i1, float *restrict e, size_t es, float *restrict halo, float *restrict ring1, float *restrict ring2,  \
+        float *restrict rowbuf1, float *restrict rowbuf2, float *restrict hrow
+#define ALIGNED_DIFFERENCE_BODY(channels)                                                                           \
+    aligned_difference_body(x, yp, channels, H, W, r, dy, dx, gxx, gxy, gyx, gyy, tx, typ, lk_box, ridge,          \
+                            max_shift, i0, i1, e, es, halo, ring1, ring2, rowbuf1, rowbuf2, hrow)
+
+static void aligned_difference_c3(ALIGNED_DIFFERENCE_ARGS) { ALIGNED_DIFFERENCE_BODY(3); }
+static void aligned_difference_c1(ALIGNED_DIFFERENCE_ARGS) { ALIGNED_DIFFERENCE_BODY(1); }
+static void aligned_difference_any(ALIGNED_DIFFERENCE_ARGS) { ALIGNED_DIFFERENCE_BODY(C); }
+
+static void aligned_difference(ALIGNED_DIFFERENCE_ARGS) {
+    (C == 3 ? aligned_difference_c3 : C == 1 ? aligned_difference_c1 : aligned_difference_any)(
+        x, yp, C, H, W, r, dy, dx, gxx, gxy, gyx, gyy, tx, typ, lk_box, ridge, max_shift, i0, i1, e, es, halo, ring1,
+        ring2, rowbuf1, rowbuf2, hrow);
 }
 
 /* The f x f block means of the C planes of e (H x W) into out (C x (H / f) x (W / f)): f rows summed, then f
@@ -527,73 +563,126 @@ static void block_means(const float *restrict e, int C, int H, int W, int f, flo
         }
 }
 
-/* x: C x H x W; yp: C x (H + 2r) x (W + 2r) (y replicate-padded by r); read at (dy, dx), |dy|, |dx| <= r.
- * Sub-pixel fit if gxx != NULL: gxx, gxy (C x H x W: x's central differences along the width and the height),
- * gyx, gyy (C x Hp x Wp: y's, padded like yp), tx (3 x H x W: box means of gx^2, gy^2, gx gy of x, summed over
- * channels), typ (3 x Hp x Wp: y's, padded). Levels: nlev factors; out receives the maps level after level,
- * (H / f) x (W / f) each. work: 3 W + B + (C + 3) H W floats, B = max(lk_box, kloc) rounded up to even,
- * 8-byte aligned. */
-void aligned_scan(const float *restrict x, const float *restrict yp, int C, int H, int W, int r, int dy, int dx,
-                  const float *restrict gxx, const float *restrict gxy, const float *restrict gyx,
-                  const float *restrict gyy, const float *restrict tx, const float *restrict typ, int lk_box,
-                  float ridge, float max_shift, int nlev, const int *factors, int kloc, float w_l2, float w_local,
-                  float inv2s2, float *restrict out, float *restrict work) {
-    const size_t HW = (size_t)H * W;
-    const int B = ((lk_box > kloc ? lk_box : kloc) + 1) & ~1;
-    double *acc = (double *)work;    /* W doubles */
-    float *row = work + 2 * W;       /* W + B */
-    float *restrict e = row + W + B; /* C x H x W */
-    float *restrict p1 = e + C * HW; /* H x W */
-    float *restrict p2 = p1 + HW;    /* H x W */
-    float *restrict tmp = p2 + HW;   /* H x W */
-    aligned_difference(x, yp, C, H, W, r, dy, dx, gxx, gxy, gyx, gyy, tx, typ, lk_box, ridge, max_shift, e, p1, p2,
-                       row, (float *)acc);
-    for (int l = 0; l < nlev; ++l) {
-        const int f = factors[l], Hl = H / f, Wl = W / f;
-        const size_t HWl = (size_t)Hl * Wl;
-        float *sq = p1, *d = p2; /* Hl x Wl each (the fit no longer needs them) */
-        for (size_t u = 0; u < HWl; ++u) sq[u] = 0.0f;
-        if (f == 1) {
-            for (int c = 0; c < C; ++c) {
-                const float *ec = e + c * HW;
-                for (size_t u = 0; u < HW; ++u) sq[u] += ec[u] * ec[u];
-            }
-        } else {
-            const float inv_ff = 1.0f / ((float)f * (float)f);
-            float *rows = tmp; /* W floats: the sum of f rows */
-            for (int c = 0; c < C; ++c)
-                for (int il = 0; il < Hl; ++il) {
-                    const float *er = e + c * HW + (size_t)il * f * W;
-                    for (int j = 0; j < W; ++j) rows[j] = er[j];
-                    for (int a = 1; a < f; ++a)
-                        for (int j = 0; j < W; ++j) rows[j] += er[(size_t)a * W + j];
-                    float *sr = sq + (size_t)il * Wl;
-                    if (f == 2) { /* the usual factors, with a constant stride the compiler vectorises (same sums) */
-                        for (int jl = 0; jl < Wl; ++jl) {
-                            const float m = (rows[2 * jl] + rows[2 * jl + 1]) * inv_ff;
-                            sr[jl] += m * m;
-                        }
-                    } else if (f == 4) {
-                        for (int jl = 0; jl < Wl; ++jl) {
-                            const float m =
-                                (((rows[4 * jl] + rows[4 * jl + 1]) + rows[4 * jl + 2]) + rows[4 * jl + 3]) * inv_ff;
-                            sr[jl] += m * m;
-                        }
-                    } else {
-                        for (int jl = 0; jl < Wl; ++jl) {
-                            float m = 0.0f;
-                            for (int b = 0; b < f; ++b) m += rows[jl * f + b];
-                            m *= inv_ff;
-                            sr[jl] += m * m;
-                        }
-                    }
-                }
+/* Rows of a band of aligned_scan: a multiple of every level factor (so no level row straddles two bands), about
+ * 8192 / W (the band's inputs, some 26 rows of W floats per band row, then stay in the L2 cache while every offset
+ * reads them); H (one band) when the factors' least common multiple exceeds H. */
+static int scan_band_rows(int H, int W, int nlev, const int *factors) {
+    long step = 1;
+    for (int l = 0; l < nlev && step <= H; ++l) {
+        long a = step, b = factors[l];
+        while (b) {
+            const long t = a % b;
+            a = b;
+            b = t;
         }
-        for (size_t u = 0; u < HWl; ++u) d[u] = sq[u];
-        if (w_local > 0.0f) box_sum(d, tmp, acc, row, Hl, Wl, kloc);
-        const float w_mean = w_l2 / (float)C; /* a zero weight adds 0 (everything here is finite) */
-        for (size_t u = 0; u < HWl; ++u) out[u] = w_mean * sq[u] + w_local * one_minus_exp_neg(d[u] * inv2s2);
-        out += HWl;
+        step = step / a * factors[l];
+    }
+    if (step > H) return H;
+    long rows = (8192 / (W > 0 ? W : 1)) / step * step;
+    if (rows < step) rows = step;
+    return rows < H ? (int)rows : H;
+}
+
+/* The floats of work aligned_scan needs (8-byte aligned). */
+int64_t aligned_scan_work(int C, int H, int W, int lk_box, int kloc, int nlev, const int *factors) {
+    const int64_t B = ((lk_box > kloc ? lk_box : kloc) + 1) & ~1, R = lk_box < H ? lk_box : H;
+    const int64_t BR = scan_band_rows(H, W, nlev, factors);
+    return 2 * (int64_t)W + 2 * (W + B) + 2 * R * W + (int64_t)C * W + (int64_t)C * BR * W + 2 * (int64_t)H * W;
+}
+
+/* x: C x H x W; yp: C x (H + 2r) x (W + 2r) (y replicate-padded by r); read at the noff offsets (dys[o], dxs[o]),
+ * |dy|, |dx| <= r. Sub-pixel fit if gxx != NULL: gxx, gxy (C x H x W: x's central differences along the width and
+ * the height), gyx, gyy (C x Hp x Wp: y's, padded like yp), tx (3 x H x W: box means of gx^2, gy^2, gx gy of x,
+ * summed over channels), typ (3 x Hp x Wp: y's, padded). Levels: nlev factors; out + o * off_stride receives
+ * offset o's maps level after level, (H / f) x (W / f) each. The image is processed in bands of rows, every offset
+ * within a band before the next band (the band's inputs are read from the cache by all offsets); each level
+ * accumulates sum_c m_c^2 into out, and the box sums and the map follow once all bands are done.
+ * work: aligned_scan_work floats, 8-byte aligned. */
+void aligned_scan(const float *restrict x, const float *restrict yp, int C, int H, int W, int r, int noff,
+                  const int *dys, const int *dxs, const float *restrict gxx, const float *restrict gxy,
+                  const float *restrict gyx, const float *restrict gyy, const float *restrict tx,
+                  const float *restrict typ, int lk_box, float ridge, float max_shift, int nlev, const int *factors,
+                  int kloc, float w_l2, float w_local, float inv2s2, float *restrict out, int64_t off_stride,
+                  float *restrict work) {
+    const size_t HW = (size_t)H * W;
+    const int B = ((lk_box > kloc ? lk_box : kloc) + 1) & ~1, R = lk_box < H ? lk_box : H;
+    const int BR = scan_band_rows(H, W, nlev, factors);
+    double *acc = (double *)work;              /* W doubles (also the fit's 2 W floats of box means) */
+    float *row = work + 2 * W;                 /* W + B */
+    float *row2 = row + W + B;                 /* W + B */
+    float *ring1 = row2 + W + B;               /* R x W */
+    float *ring2 = ring1 + (size_t)R * W;      /* R x W */
+    float *halo = ring2 + (size_t)R * W;       /* C x W */
+    float *restrict e = halo + (size_t)C * W;  /* C x BR x W */
+    float *restrict d = e + (size_t)C * BR * W; /* H x W */
+    float *restrict tmp = d + HW;              /* H x W */
+    size_t total = 0;
+    for (int l = 0; l < nlev; ++l) total += (size_t)(H / factors[l]) * (W / factors[l]);
+    for (int o = 0; o < noff; ++o)
+        for (size_t u = 0; u < total; ++u) out[o * off_stride + u] = 0.0f;
+    for (int i0 = 0; i0 < H; i0 += BR) {
+        const int i1 = i0 + BR < H ? i0 + BR : H;
+        const size_t es = (size_t)(i1 - i0) * W;
+        for (int o = 0; o < noff; ++o) {
+            aligned_difference(x, yp, C, H, W, r, dys[o], dxs[o], gxx, gxy, gyx, gyy, tx, typ, lk_box, ridge,
+                               max_shift, i0, i1, e, es, halo, ring1, ring2, row, row2, (float *)acc);
+            float *sq = out + o * off_stride; /* the level's map; sum_c m_c^2 for now */
+            for (int l = 0; l < nlev; ++l) {
+                const int f = factors[l], Hl = H / f, Wl = W / f;
+                const int l0 = i0 / f, l1 = i1 / f < Hl ? i1 / f : Hl; /* level rows inside this band */
+                if (f == 1) {
+                    for (int c = 0; c < C; ++c)
+                        for (int il = l0; il < l1; ++il) {
+                            const float *ec = e + c * es + (size_t)(il - i0) * W;
+                            float *sr = sq + (size_t)il * Wl;
+                            for (int j = 0; j < W; ++j) sr[j] += ec[j] * ec[j];
+                        }
+                } else {
+                    const float inv_ff = 1.0f / ((float)f * (float)f);
+                    float *rows = tmp; /* W floats: the sum of f rows */
+                    for (int c = 0; c < C; ++c)
+                        for (int il = l0; il < l1; ++il) {
+                            const float *er = e + c * es + (size_t)(il * f - i0) * W;
+                            for (int j = 0; j < W; ++j) rows[j] = er[j];
+                            for (int a = 1; a < f; ++a)
+                                for (int j = 0; j < W; ++j) rows[j] += er[(size_t)a * W + j];
+                            float *sr = sq + (size_t)il * Wl;
+                            if (f == 2) { /* the usual factors, with a constant stride the compiler vectorises */
+                                for (int jl = 0; jl < Wl; ++jl) {
+                                    const float m = (rows[2 * jl] + rows[2 * jl + 1]) * inv_ff;
+                                    sr[jl] += m * m;
+                                }
+                            } else if (f == 4) {
+                                for (int jl = 0; jl < Wl; ++jl) {
+                                    const float m = (((rows[4 * jl] + rows[4 * jl + 1]) + rows[4 * jl + 2]) +
+                                                     rows[4 * jl + 3]) * inv_ff;
+                                    sr[jl] += m * m;
+                                }
+                            } else {
+                                for (int jl = 0; jl < Wl; ++jl) {
+                                    float m = 0.0f;
+                                    for (int b = 0; b < f; ++b) m += rows[jl * f + b];
+                                    m *= inv_ff;
+                                    sr[jl] += m * m;
+                                }
+                            }
+                        }
+                }
+                sq += (size_t)Hl * Wl;
+            }
+        }
+    }
+    const float w_mean = w_l2 / (float)C; /* a zero weight adds 0 (everything here is finite) */
+    for (int o = 0; o < noff; ++o) {
+        float *m = out + o * off_stride;
+        for (int l = 0; l < nlev; ++l) {
+            const int f = factors[l], Hl = H / f, Wl = W / f;
+            const size_t HWl = (size_t)Hl * Wl;
+            for (size_t u = 0; u < HWl; ++u) d[u] = m[u];
+            if (w_local > 0.0f) box_sum(d, tmp, acc, row, Hl, Wl, kloc);
+            for (size_t u = 0; u < HWl; ++u) m[u] = w_mean * m[u] + w_local * one_minus_exp_neg(d[u] * inv2s2);
+            m += HWl;
+        }
     }
 }
 
@@ -625,7 +714,7 @@ void aligned_grad(const float *restrict x, const float *restrict yp, int C, int 
     for (size_t u = 0; u < C * HW; ++u) grad[u] = 0.0f;
     for (int o = 0; o < noff; ++o) {
         aligned_difference(x, yp, C, H, W, r, dys[o], dxs[o], gxx, gxy, gyx, gyy, tx, typ, lk_box, ridge, max_shift,
-                           e, p1, p2, row, (float *)acc);
+                           0, H, e, HW, NULL, p1, p2, row, tmp, (float *)acc);
         const float *g = gmap + (size_t)o * total;
         for (int l = 0; l < nlev; ++l) {
             const int f = factors[l], Hl = H / f, Wl = W / f;
@@ -743,25 +832,26 @@ static inline void image_inputs(const float *const *in, const int64_t *in_stride
     for (int q = 0; q < 8; ++q) a[q] = in[q] ? in[q] + i * in_stride[q] : NULL;
 }
 
-/* aligned_scan of images i and offsets o: task t is image t / noff, offset (dys[o], dxs[o]) with o = t % noff.
- * in[0..7] are x, yp and the six fit inputs (in[2] NULL: no fit), each advancing by in_stride[.] an image; the
- * maps go to out + i * out_stride + o * off_stride. */
+/* aligned_scan of images i and runs of offsets: task t is image t / T, offsets o0 <= o < o0 + per with
+ * o0 = (t % T) per, T = ceil(noff / per) tasks an image. in[0..7] are x, yp and the six fit inputs (in[2] NULL: no
+ * fit), each advancing by in_stride[.] an image; offset o's maps go to out + i * out_stride + o * off_stride. */
 void aligned_scan_tasks(const float *const *in, const int64_t *in_stride, int C, int H, int W, int r, int noff,
-                        const int *dys, const int *dxs, int lk_box, float ridge, float max_shift, int nlev,
+                        int per, const int *dys, const int *dxs, int lk_box, float ridge, float max_shift, int nlev,
                         const int *factors, int kloc, float w_l2, float w_local, float inv2s2, float *out,
                         int64_t out_stride, int64_t off_stride, float *work, int64_t work_stride, int t0, int t1,
                         int nthreads) {
+    const int T = (noff + per - 1) / per;
     int next = t0;
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         float *wk = work + (size_t)THREAD_SLOT() * work_stride;
         for (int t; (t = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED)) < t1;) {
-            const int i = t / noff, o = t % noff;
+            const int i = t / T, o0 = (t % T) * per, n = o0 + per < noff ? per : noff - o0;
             const float *a[8];
             image_inputs(in, in_stride, i, a);
-            aligned_scan(a[0], a[1], C, H, W, r, dys[o], dxs[o], a[2], a[3], a[4], a[5], a[6], a[7], lk_box, ridge,
-                         max_shift, nlev, factors, kloc, w_l2, w_local, inv2s2,
-                         out + i * out_stride + o * off_stride, wk);
+            aligned_scan(a[0], a[1], C, H, W, r, n, dys + o0, dxs + o0, a[2], a[3], a[4], a[5], a[6], a[7], lk_box,
+                         ridge, max_shift, nlev, factors, kloc, w_l2, w_local, inv2s2,
+                         out + i * out_stride + o0 * off_stride, off_stride, wk);
         }
     }
 }
