@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from patchmmd.core.patches import box_mean
+from patchmmd.core.patches import box_mean, reflect_pad
 
 
 @pytest.mark.parametrize(
@@ -24,3 +24,27 @@ def test_box_mean_equals_avg_pool2d_values_and_gradients(kernel, stride, padding
     (got * co).sum().backward()
     (ref * co).sum().backward()
     torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize(("shape", "patch_size"), [((2, 3, 5, 7), 3), ((1, 2, 6, 5), 5), ((1, 1, 4, 9), 7),
+                                                   ((1, 3, 2, 2), 3)])
+def test_reflect_pad_gradient_equals_pytorch_and_differentiates_twice(shape, patch_size):
+    """reflect_pad's own backward (the border folded back with slices) against F.pad's, and gradcheck /
+    gradgradcheck in float64; sizes down to one pixel more than the padding."""
+    p = patch_size // 2
+    x = torch.rand(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(sum(shape)), requires_grad=True)
+    out = reflect_pad(x, patch_size)
+    ref = F.pad(x, (p,) * 4, mode="reflect")
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    co = torch.rand_like(ref)
+    (got,) = torch.autograd.grad(out, x, co)
+    (want,) = torch.autograd.grad(ref, x, co)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+    assert torch.autograd.gradcheck(lambda t: reflect_pad(t, patch_size), (x,))
+    assert torch.autograd.gradgradcheck(lambda t: reflect_pad(t, patch_size), (x,))
+
+
+def test_reflect_pad_keeps_pytorchs_errors():
+    x = torch.rand(1, 1, 2, 5, requires_grad=True)
+    with pytest.raises(RuntimeError):
+        reflect_pad(x, 5)  # padding 2 needs more than 2 rows
