@@ -323,6 +323,24 @@ def test_native_aligned_gradient_equals_pytorch_autograd(shape, options):
 
 
 @needs_native
+@pytest.mark.parametrize("shape", [(2, 3, 192, 256), (1, 2, 120, 400)])
+def test_native_aligned_gradient_with_many_winning_offsets(shape):
+    """y unrelated to x, so that most of the offsets win some window: the gradient kernel then keeps the level
+    means of several offsets at once (a group per pass over the bands); against PyTorch autograd."""
+    g = torch.Generator().manual_seed(6)
+    x, y = torch.rand(*shape, generator=g), torch.rand(*shape, generator=g)
+    out = []
+    for native in (True, False):
+        xg = x.clone().requires_grad_(True)
+        with contextlib.nullcontext() if native else _native.disabled():
+            d = patchmmd.mmdpp(xg, y, weight_mmd=0, shift_radius=2)
+        d.sum().backward()
+        out.append((d.detach(), xg.grad))
+    torch.testing.assert_close(out[0][0], out[1][0], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(out[0][1], out[1][1], rtol=1e-4, atol=1e-6 * float(out[1][1].abs().max()))
+
+
+@needs_native
 def test_native_aligned_gradient_matches_float64_finite_differences():
     """Directional derivative of the aligned terms (compiled scan and gradient, float32) against central
     differences of the float64 PyTorch path (no sub-pixel fit: with it the fit is a stop-gradient)."""

@@ -109,7 +109,7 @@ def sincos_coefficients() -> tuple[torch.Tensor, torch.Tensor]:
 
 #: The library's entry points: a build that lacks one is not used.
 SYMBOLS = ("rff_block_sums_tasks", "rff_grad_image_tasks", "aligned_scan_tasks", "aligned_scan_work",
-           "aligned_grad_tasks", "fit_inputs_tasks", "patchmmd_openmp")
+           "aligned_grad_tasks", "aligned_grad_work", "fit_inputs_tasks", "patchmmd_openmp")
 _SUFFIX = ".dll" if sys.platform == "win32" else ".so"
 #: Layout version of the record written beside a cached library.
 _RECORD_FORMAT = 1
@@ -413,6 +413,7 @@ class NativeKernels:
         lib.aligned_scan_tasks.argtypes = [p, p, i, i, i, i, i, i, p, p, i, f, f, i, p, i, f, f, f, p, q, q, *tail]
         # C, H, W, lk_box, kloc, nlev, factors
         lib.aligned_scan_work.argtypes, lib.aligned_scan_work.restype = [i, i, i, i, i, i, p], q
+        lib.aligned_grad_work.argtypes, lib.aligned_grad_work.restype = [i, i, i, i, i, i, p], q
         # in, in_stride, C, H, W, r, noff, dys, dxs, lk_box, ridge, max_shift, nlev, factors, kloc, w_l2, w_local,
         # inv2s2, gmap, gmap_stride, grad, grad_stride
         lib.aligned_grad_tasks.argtypes = [p, p, i, i, i, i, i, p, p, i, f, f, i, p, i, f, f, f, p, q, p, q, *tail]
@@ -554,7 +555,7 @@ class NativeKernels:
         the split does not change the values."""
         n, c, h, w = x.shape
         out = x.new_empty(n, len(offsets), sum((h // f) * (w // f) for f in factors))
-        ptrs, strides, dys, dxs, fac, _ = _scan_arguments(x, yp, fit, offsets, factors, lk_box, local_patch_size)
+        ptrs, strides, dys, dxs, fac = _scan_arguments(x, yp, fit, offsets, factors)
         slot = self.lib.aligned_scan_work(c, h, w, lk_box, local_patch_size, len(factors), fac)
         threads = max(1, torch.get_num_threads())
         runs = min(len(offsets), -(-2 * threads // max(1, n)))  # about two tasks a thread
@@ -578,11 +579,13 @@ class NativeKernels:
         """The gradient with respect to ``x`` (``(N, C, H, W)``) of ``sum(gmap * maps)``, ``maps`` the output of
         :meth:`aligned_scan` at ``offsets`` (``aligned_grad`` of ``kernels.c``; the sub-pixel correction is a
         constant). ``gmap``: ``(N, len(offsets), sum_l (H // f_l) (W // f_l))`` contiguous float32; other
-        arguments as for :meth:`aligned_scan`. One task per image (it runs over all the offsets)."""
+        arguments as for :meth:`aligned_scan`. One task per image: it takes the offsets a few at a time, the
+        image band of rows by band of rows for them as the scan does, keeping their level means, then forms each
+        offset's gradient from those."""
         n, c, h, w = x.shape
         grad = torch.empty_like(x)
-        ptrs, strides, dys, dxs, fac, slot = _scan_arguments(x, yp, fit, offsets, factors, lk_box, local_patch_size)
-        slot += max(0, c * (h // 2) * (w // 2) - h * w)  # a level's block means, beyond the scan's last plane
+        ptrs, strides, dys, dxs, fac = _scan_arguments(x, yp, fit, offsets, factors)
+        slot = self.lib.aligned_grad_work(c, h, w, lk_box, local_patch_size, len(factors), fac)
 
         def driver(t0: int, t1: int, nthreads: int, work: int) -> None:
             self.lib.aligned_grad_tasks(
@@ -616,20 +619,17 @@ class NativeKernels:
 
 
 def _scan_arguments(x: torch.Tensor, yp: torch.Tensor, fit: Sequence[torch.Tensor] | None,
-                    offsets: Sequence[tuple[int, int]], factors: Sequence[int], lk_box: int,
-                    local_patch_size: int) -> tuple[Any, Any, Any, Any, Any, int]:
+                    offsets: Sequence[tuple[int, int]], factors: Sequence[int]) -> tuple[Any, Any, Any, Any, Any]:
     """The ``ctypes`` arguments shared by ``aligned_scan_tasks`` and ``aligned_grad_tasks``: the eight input
     pointers and their per-image strides (``x``, ``yp``, the fit's six or NULL), the offsets' rows and
-    columns, the level factors, and the floats of work a thread needs."""
-    _, c, h, w = x.shape
+    columns, and the level factors."""
     inputs = [x, yp, *(fit or ())]
     ptrs = (ctypes.c_void_p * 8)(*[t.data_ptr() for t in inputs], *[None] * (8 - len(inputs)))
     strides = (ctypes.c_int64 * 8)(*[t.stride(0) for t in inputs], *[0] * (8 - len(inputs)))
     dys = (ctypes.c_int * len(offsets))(*[o[0] for o in offsets])
     dxs = (ctypes.c_int * len(offsets))(*[o[1] for o in offsets])
     fac = (ctypes.c_int * len(factors))(*factors)
-    wide = -(-max(lk_box, local_patch_size) // 2) * 2  # the C source's B
-    return ptrs, strides, dys, dxs, fac, 3 * w + wide + (c + 3) * h * w
+    return ptrs, strides, dys, dxs, fac
 
 
 def _shared_openmp() -> bool:

@@ -535,29 +535,46 @@ static void aligned_difference(ALIGNED_DIFFERENCE_ARGS) {
         ring2, rowbuf1, rowbuf2, hrow);
 }
 
-/* The f x f block means of the C planes of e (H x W) into out (C x (H / f) x (W / f)): f rows summed, then f
- * columns (rows: W floats of scratch). */
-static void block_means(const float *restrict e, int C, int H, int W, int f, float *restrict out,
-                        float *restrict rows) {
-    const int Hl = H / f, Wl = W / f, Wf = Wl * f;
+/* Level f's rows l0 <= il < l1 from a band of e (rows i0 .. of the image, row i at e + (i - i0) W, channel c at
+ * e + c es): the f x f block means m_c (f rows summed, then f columns, times 1 / f^2; e itself at f = 1), trailing
+ * columns dropped. squares: sq[il Wl + jl] += m_c^2 over the channels in order (the scan's sum); else m_c goes to
+ * out + c * out_cs + il * Wl + jl (the gradient's store). rows: W floats of scratch. */
+static inline __attribute__((always_inline)) void
+level_rows(const float *restrict e, size_t es, int C, int W, int f, int i0, int l0, int l1, int squares,
+           float *restrict out, size_t out_cs, float *restrict rows) {
+    const int Wl = W / f, Wf = Wl * f;
     const float inv_ff = 1.0f / ((float)f * (float)f);
     for (int c = 0; c < C; ++c)
-        for (int il = 0; il < Hl; ++il) {
-            const float *er = e + (size_t)c * H * W + (size_t)il * f * W;
+        for (int il = l0; il < l1; ++il) {
+            const float *er = e + c * es + (size_t)(il * f - i0) * W;
+            float *o = out + (squares ? 0 : c * out_cs) + (size_t)il * Wl;
+            if (f == 1) {
+                if (squares)
+                    for (int j = 0; j < W; ++j) o[j] += er[j] * er[j];
+                else
+                    memcpy(o, er, sizeof(float) * (size_t)W);
+                continue;
+            }
             for (int j = 0; j < Wf; ++j) rows[j] = er[j];
             for (int a = 1; a < f; ++a)
                 for (int j = 0; j < Wf; ++j) rows[j] += er[(size_t)a * W + j];
-            float *o = out + ((size_t)c * Hl + il) * Wl;
-            if (f == 2) {
-                for (int jl = 0; jl < Wl; ++jl) o[jl] = (rows[2 * jl] + rows[2 * jl + 1]) * inv_ff;
+            if (f == 2) { /* the usual factors, with a constant stride the compiler vectorises (same sums) */
+                for (int jl = 0; jl < Wl; ++jl) {
+                    const float m = (rows[2 * jl] + rows[2 * jl + 1]) * inv_ff;
+                    if (squares) o[jl] += m * m; else o[jl] = m;
+                }
             } else if (f == 4) {
-                for (int jl = 0; jl < Wl; ++jl)
-                    o[jl] = (((rows[4 * jl] + rows[4 * jl + 1]) + rows[4 * jl + 2]) + rows[4 * jl + 3]) * inv_ff;
+                for (int jl = 0; jl < Wl; ++jl) {
+                    const float m =
+                        (((rows[4 * jl] + rows[4 * jl + 1]) + rows[4 * jl + 2]) + rows[4 * jl + 3]) * inv_ff;
+                    if (squares) o[jl] += m * m; else o[jl] = m;
+                }
             } else {
                 for (int jl = 0; jl < Wl; ++jl) {
                     float m = 0.0f;
-                    for (int b = 0; b < f; ++b) m += rows[jl * f + b];
-                    o[jl] = m * inv_ff;
+                    for (int q = 0; q < f; ++q) m += rows[jl * f + q];
+                    m *= inv_ff;
+                    if (squares) o[jl] += m * m; else o[jl] = m;
                 }
             }
         }
@@ -628,47 +645,10 @@ void aligned_scan(const float *restrict x, const float *restrict yp, int C, int 
                                max_shift, i0, i1, e, es, halo, ring1, ring2, row, row2, (float *)acc);
             float *sq = out + o * off_stride; /* the level's map; sum_c m_c^2 for now */
             for (int l = 0; l < nlev; ++l) {
-                const int f = factors[l], Hl = H / f, Wl = W / f;
-                const int l0 = i0 / f, l1 = i1 / f < Hl ? i1 / f : Hl; /* level rows inside this band */
-                if (f == 1) {
-                    for (int c = 0; c < C; ++c)
-                        for (int il = l0; il < l1; ++il) {
-                            const float *ec = e + c * es + (size_t)(il - i0) * W;
-                            float *sr = sq + (size_t)il * Wl;
-                            for (int j = 0; j < W; ++j) sr[j] += ec[j] * ec[j];
-                        }
-                } else {
-                    const float inv_ff = 1.0f / ((float)f * (float)f);
-                    float *rows = tmp; /* W floats: the sum of f rows */
-                    for (int c = 0; c < C; ++c)
-                        for (int il = l0; il < l1; ++il) {
-                            const float *er = e + c * es + (size_t)(il * f - i0) * W;
-                            for (int j = 0; j < W; ++j) rows[j] = er[j];
-                            for (int a = 1; a < f; ++a)
-                                for (int j = 0; j < W; ++j) rows[j] += er[(size_t)a * W + j];
-                            float *sr = sq + (size_t)il * Wl;
-                            if (f == 2) { /* the usual factors, with a constant stride the compiler vectorises */
-                                for (int jl = 0; jl < Wl; ++jl) {
-                                    const float m = (rows[2 * jl] + rows[2 * jl + 1]) * inv_ff;
-                                    sr[jl] += m * m;
-                                }
-                            } else if (f == 4) {
-                                for (int jl = 0; jl < Wl; ++jl) {
-                                    const float m = (((rows[4 * jl] + rows[4 * jl + 1]) + rows[4 * jl + 2]) +
-                                                     rows[4 * jl + 3]) * inv_ff;
-                                    sr[jl] += m * m;
-                                }
-                            } else {
-                                for (int jl = 0; jl < Wl; ++jl) {
-                                    float m = 0.0f;
-                                    for (int b = 0; b < f; ++b) m += rows[jl * f + b];
-                                    m *= inv_ff;
-                                    sr[jl] += m * m;
-                                }
-                            }
-                        }
-                }
-                sq += (size_t)Hl * Wl;
+                const int f = factors[l], Hl = H / f;
+                const int l1 = i1 / f < Hl ? i1 / f : Hl; /* level rows inside this band */
+                level_rows(e, es, C, W, f, i0, i0 / f, l1, 1, sq, 0, tmp);
+                sq += (size_t)Hl * (W / f);
             }
         }
     }
@@ -686,6 +666,24 @@ void aligned_scan(const float *restrict x, const float *restrict yp, int C, int 
     }
 }
 
+/* Offsets whose level means the gradient keeps at once (it takes the image in bands for that many offsets, as
+ * the scan does), and the floats of work aligned_grad needs (8-byte aligned). */
+static int grad_offsets_at_once(int H, int W, int nlev, const int *factors) {
+    size_t total = 0;
+    for (int l = 0; l < nlev; ++l) total += (size_t)(H / factors[l]) * (W / factors[l]);
+    const size_t g = (size_t)H * W / total;
+    return g < 1 ? 1 : g > 9 ? 9 : (int)g;
+}
+
+int64_t aligned_grad_work(int C, int H, int W, int lk_box, int kloc, int nlev, const int *factors) {
+    const int64_t B = ((lk_box > kloc ? lk_box : kloc) + 1) & ~1;
+    const int64_t BR = scan_band_rows(H, W, nlev, factors);
+    int64_t total = 0;
+    for (int l = 0; l < nlev; ++l) total += (int64_t)(H / factors[l]) * (W / factors[l]);
+    return 2 * (int64_t)W + 2 * (W + B) + (int64_t)C * (BR + 1) * W +
+           (int64_t)C * total * grad_offsets_at_once(H, W, nlev, factors) + 3 * (int64_t)H * W;
+}
+
 /* The gradient of aligned_scan's maps with respect to x, for one image and the offsets (dys[o], dxs[o]),
  * o < noff, given G = dL/d(map) at every level (gmap: noff x sum_l (H / f) (W / f), the levels one after the
  * other as aligned_scan writes them). The sub-pixel correction is a constant (a stop-gradient, as in the PyTorch
@@ -693,8 +691,9 @@ void aligned_scan(const float *restrict x, const float *restrict yp, int C, int 
  * D = the kloc x kloc box sum of sq (zero padding; the box sum is its own adjoint):
  *     dL/dm_c = 2 m_c (G w_l2 / C + w_local inv2s2 box(G exp(-D inv2s2))),
  * spread over each block with weight 1 / f^2 (rows and columns that no level pixel covers get nothing).
- * grad: C x H x W, overwritten. Other arguments as for aligned_scan; work as for aligned_scan plus
- * max(0, C (H / 2) (W / 2) - H W) floats (the block means of a level, which go where tmp starts). */
+ * A few offsets at a time (grad_offsets_at_once), the image band by band as in aligned_scan: their level means
+ * m go to a store, then each offset's gradient is formed from its store. grad: C x H x W, overwritten. Other
+ * arguments as for aligned_scan; work: aligned_grad_work floats. */
 void aligned_grad(const float *restrict x, const float *restrict yp, int C, int H, int W, int r, int noff,
                   const int *dys, const int *dxs, const float *restrict gxx, const float *restrict gxy,
                   const float *restrict gyx, const float *restrict gyy, const float *restrict tx,
@@ -703,70 +702,84 @@ void aligned_grad(const float *restrict x, const float *restrict yp, int C, int 
                   float *restrict grad, float *restrict work) {
     const size_t HW = (size_t)H * W;
     const int B = ((lk_box > kloc ? lk_box : kloc) + 1) & ~1;
-    double *acc = (double *)work;
-    float *row = work + 2 * W;
-    float *restrict e = row + W + B;
-    float *restrict p1 = e + C * HW;
-    float *restrict p2 = p1 + HW;
-    float *restrict tmp = p2 + HW;
+    const int BR = scan_band_rows(H, W, nlev, factors), G = grad_offsets_at_once(H, W, nlev, factors);
     size_t total = 0;
     for (int l = 0; l < nlev; ++l) total += (size_t)(H / factors[l]) * (W / factors[l]);
+    double *acc = (double *)work;                 /* W doubles (also the fit's 2 W floats of box means) */
+    float *row = work + 2 * W;                    /* W + B */
+    float *row2 = row + W + B;                    /* W + B */
+    float *restrict halo = row2 + W + B;          /* C x W */
+    float *restrict e = halo + (size_t)C * W;     /* C x BR x W: a band */
+    float *restrict store = e + (size_t)C * BR * W; /* G x C x total: the level means of G offsets */
+    float *restrict p1 = store + (size_t)G * C * total; /* H x W (a ring of rows while the bands run) */
+    float *restrict p2 = p1 + HW;                 /* H x W (the other ring) */
+    float *restrict tmp = p2 + HW;                /* H x W */
     for (size_t u = 0; u < C * HW; ++u) grad[u] = 0.0f;
-    for (int o = 0; o < noff; ++o) {
-        aligned_difference(x, yp, C, H, W, r, dys[o], dxs[o], gxx, gxy, gyx, gyy, tx, typ, lk_box, ridge, max_shift,
-                           0, H, e, HW, NULL, p1, p2, row, tmp, (float *)acc);
-        const float *g = gmap + (size_t)o * total;
-        for (int l = 0; l < nlev; ++l) {
-            const int f = factors[l], Hl = H / f, Wl = W / f;
-            const size_t HWl = (size_t)Hl * Wl;
-            const float inv_ff = 1.0f / ((float)f * (float)f);
-            /* m: the block means (e itself at f = 1; else from tmp on, C x Hl x Wl <= C (H / 2) (W / 2): the work
-             * buffer is that much longer where it exceeds tmp), and the box sums' scratch moves behind sq in p1
-             * (Hl x Wl <= H W / 4 each) */
-            float *sq = p1, *k = p2, *btmp = tmp;
-            const float *m = e;
-            if (f > 1) {
-                block_means(e, C, H, W, f, tmp, row);
-                m = tmp;
-                btmp = p1 + HWl;
+    for (int og = 0; og < noff; og += G) {
+        const int n = og + G < noff ? G : noff - og;
+        for (int i0 = 0; i0 < H; i0 += BR) {
+            const int i1 = i0 + BR < H ? i0 + BR : H;
+            const size_t es = (size_t)(i1 - i0) * W;
+            for (int q = 0; q < n; ++q) {
+                aligned_difference(x, yp, C, H, W, r, dys[og + q], dxs[og + q], gxx, gxy, gyx, gyy, tx, typ, lk_box,
+                                   ridge, max_shift, i0, i1, e, es, halo, p1, p2, row, row2, (float *)acc);
+                float *m = store + (size_t)q * C * total;
+                for (int l = 0; l < nlev; ++l) {
+                    const int f = factors[l], Hl = H / f, Wl = W / f;
+                    const int l1 = i1 / f < Hl ? i1 / f : Hl;
+                    level_rows(e, es, C, W, f, i0, i0 / f, l1, 0, m, (size_t)Hl * Wl, tmp);
+                    m += (size_t)C * Hl * Wl;
+                }
             }
-            for (size_t u = 0; u < HWl; ++u) sq[u] = 0.0f;
-            for (int c = 0; c < C; ++c) {
-                const float *mc = m + c * HWl;
-                for (size_t u = 0; u < HWl; ++u) sq[u] += mc[u] * mc[u];
-            }
-            if (w_local > 0.0f) {
-                for (size_t u = 0; u < HWl; ++u) k[u] = sq[u];
-                box_sum(k, btmp, acc, row, Hl, Wl, kloc);
-                for (size_t u = 0; u < HWl; ++u) k[u] = g[u] * (1.0f - one_minus_exp_neg(k[u] * inv2s2));
-                box_sum(k, btmp, acc, row, Hl, Wl, kloc);
-            } else {
-                for (size_t u = 0; u < HWl; ++u) k[u] = 0.0f;
-            }
-            const float a_l2 = 2.0f * w_l2 / (float)C, a_loc = 2.0f * w_local * inv2s2;
-            for (size_t u = 0; u < HWl; ++u) k[u] = (a_l2 * g[u] + a_loc * k[u]) * inv_ff;
-            /* dL/dx over each block: k m / f^2 (k already holds the 1 / f^2 of the mean) */
-            for (int c = 0; c < C; ++c)
-                for (int il = 0; il < Hl; ++il) {
-                    const float *mr = m + c * HWl + (size_t)il * Wl, *kr = k + (size_t)il * Wl;
-                    float *v = row; /* Wl <= W floats */
-                    for (int jl = 0; jl < Wl; ++jl) v[jl] = kr[jl] * mr[jl];
-                    for (int a = 0; a < f; ++a) {
-                        float *gr = grad + c * HW + (size_t)(il * f + a) * W;
-                        if (f == 1) {
-                            for (int jl = 0; jl < Wl; ++jl) gr[jl] += v[jl];
-                        } else if (f == 2) {
-                            for (int jl = 0; jl < Wl; ++jl) {
-                                gr[2 * jl] += v[jl];
-                                gr[2 * jl + 1] += v[jl];
+        }
+        for (int q = 0; q < n; ++q) {
+            const float *g = gmap + (size_t)(og + q) * total;
+            const float *mlev = store + (size_t)q * C * total;
+            for (int l = 0; l < nlev; ++l) {
+                const int f = factors[l], Hl = H / f, Wl = W / f;
+                const size_t HWl = (size_t)Hl * Wl;
+                const float inv_ff = 1.0f / ((float)f * (float)f);
+                const float *m = mlev; /* C x Hl x Wl */
+                float *sq = p1, *k = p2;
+                for (size_t u = 0; u < HWl; ++u) sq[u] = 0.0f;
+                for (int c = 0; c < C; ++c) {
+                    const float *mc = m + c * HWl;
+                    for (size_t u = 0; u < HWl; ++u) sq[u] += mc[u] * mc[u];
+                }
+                if (w_local > 0.0f) {
+                    for (size_t u = 0; u < HWl; ++u) k[u] = sq[u];
+                    box_sum(k, tmp, acc, row, Hl, Wl, kloc);
+                    for (size_t u = 0; u < HWl; ++u) k[u] = g[u] * (1.0f - one_minus_exp_neg(k[u] * inv2s2));
+                    box_sum(k, tmp, acc, row, Hl, Wl, kloc);
+                } else {
+                    for (size_t u = 0; u < HWl; ++u) k[u] = 0.0f;
+                }
+                const float a_l2 = 2.0f * w_l2 / (float)C, a_loc = 2.0f * w_local * inv2s2;
+                for (size_t u = 0; u < HWl; ++u) k[u] = (a_l2 * g[u] + a_loc * k[u]) * inv_ff;
+                /* dL/dx over each block: k m / f^2 (k already holds the 1 / f^2 of the mean) */
+                for (int c = 0; c < C; ++c)
+                    for (int il = 0; il < Hl; ++il) {
+                        const float *mr = m + c * HWl + (size_t)il * Wl, *kr = k + (size_t)il * Wl;
+                        float *v = row; /* Wl <= W floats */
+                        for (int jl = 0; jl < Wl; ++jl) v[jl] = kr[jl] * mr[jl];
+                        for (int a = 0; a < f; ++a) {
+                            float *gr = grad + c * HW + (size_t)(il * f + a) * W;
+                            if (f == 1) {
+                                for (int jl = 0; jl < Wl; ++jl) gr[jl] += v[jl];
+                            } else if (f == 2) {
+                                for (int jl = 0; jl < Wl; ++jl) {
+                                    gr[2 * jl] += v[jl];
+                                    gr[2 * jl + 1] += v[jl];
+                                }
+                            } else {
+                                for (int jl = 0; jl < Wl; ++jl)
+                                    for (int b = 0; b < f; ++b) gr[jl * f + b] += v[jl];
                             }
-                        } else {
-                            for (int jl = 0; jl < Wl; ++jl)
-                                for (int b = 0; b < f; ++b) gr[jl * f + b] += v[jl];
                         }
                     }
-                }
-            g += HWl;
+                g += HWl;
+                mlev += (size_t)C * HWl;
+            }
         }
     }
 }
