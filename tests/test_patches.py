@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from patchmmd.core.patches import box_mean, reflect_pad
+from patchmmd.core.patches import box_mean, reflect_pad, window_grid
 
 
 @pytest.mark.parametrize(
@@ -48,3 +48,18 @@ def test_reflect_pad_keeps_pytorchs_errors():
     x = torch.rand(1, 1, 2, 5, requires_grad=True)
     with pytest.raises(RuntimeError):
         reflect_pad(x, 5)  # padding 2 needs more than 2 rows
+
+
+@pytest.mark.parametrize(("height", "width", "window", "stride"),
+                         [(20, 24, 8, 4), (33, 17, 8, 4), (64, 64, 32, 16), (16, 40, 16, 8), (12, 12, None, 8),
+                          (30, 45, 6, 3), (9, 50, 12, 6), (24, 24, 8, 8)])
+def test_pool_fast_adjoint_equals_autograd(height, width, window, stride):
+    """The window pooling's adjoint (two average-pooling backward passes) against autograd through pool_fast,
+    float64, including grids whose windows leave rows and columns uncovered and one-window grids."""
+    grid = window_grid(height, width, window, stride)
+    g = torch.rand(3, 2, grid.rows, grid.cols, dtype=torch.float64, generator=torch.Generator().manual_seed(height))
+    t = torch.zeros(3, 2, height, width, dtype=torch.float64, requires_grad=True)
+    (ref,) = torch.autograd.grad(grid.pool_fast(t), t, g)
+    got = grid.pool_fast_adjoint(g)
+    assert got.shape == ref.shape
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-14)

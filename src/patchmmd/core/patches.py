@@ -146,18 +146,49 @@ class WindowGrid:
 
         Equal to :meth:`pool` of the underlying values, and much cheaper than one large-kernel average pool.
         """
+        kernel, stride = self._block_pooling()
+        if kernel == (1, 1) and stride == (1, 1):
+            return block_means
+        return box_mean(block_means, kernel, stride)
+
+    def _block_pooling(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The kernel and stride, in blocks, of :meth:`pool_blocks`."""
         bh, bw = self.blocks
         kernel = (self.window_h // bh, self.window_w // bw)
         stride = (max(1, self.stride_h // bh) if self.rows > 1 else 1,
                   max(1, self.stride_w // bw) if self.cols > 1 else 1)
-        if kernel == (1, 1) and stride == (1, 1):
-            return block_means
-        return box_mean(block_means, kernel, stride)
+        return kernel, stride
 
     def pool_fast(self, t: torch.Tensor) -> torch.Tensor:
         """:meth:`pool` computed as block means and then :meth:`pool_blocks` (same values, much faster)."""
         hc, wc = self.covered
         return self.pool_blocks(F.avg_pool2d(t[..., :hc, :wc], self.blocks))
+
+    def pool_fast_adjoint(self, per_window: torch.Tensor) -> torch.Tensor:
+        """The adjoint of :meth:`pool_fast`: ``(N, C, rows, cols) -> (N, C, height, width)``, the gradient of
+        ``(pool_fast(t) * per_window).sum()`` with respect to ``t`` (pixels no window covers get 0). Two average
+        pooling backward passes (windows of blocks, then blocks) instead of autograd through :meth:`pool_fast`.
+
+        Example:
+            >>> grid = window_grid(20, 24, 8, 4)
+            >>> g = torch.rand(2, 1, grid.rows, grid.cols)
+            >>> t = torch.zeros(2, 1, 20, 24, requires_grad=True)
+            >>> (ref,) = torch.autograd.grad(grid.pool_fast(t), t, g)
+            >>> bool(torch.allclose(grid.pool_fast_adjoint(g), ref))
+            True
+        """
+        bh, bw = self.blocks
+        hc, wc = self.covered
+        n, c = per_window.shape[:2]
+        kernel, stride = self._block_pooling()
+        g = per_window
+        if kernel != (1, 1) or stride != (1, 1):
+            g = torch.ops.aten.avg_pool2d_backward(g, g.new_empty(n, c, hc // bh, wc // bw), list(kernel),
+                                                   list(stride), [0, 0], False, True, None)
+        full = torch.ops.aten.avg_pool2d_backward(g, g.new_empty(n, c, hc, wc), [bh, bw], [bh, bw], [0, 0], False,
+                                                  True, None)
+        return F.pad(full, (0, self.width - wc, 0, self.height - hc)) if (hc, wc) != (self.height, self.width) \
+            else full
 
     def spread(self, per_window: torch.Tensor) -> torch.Tensor:
         """Spread per-window values ``(N, 1, rows, cols)`` back onto the ``height x width`` grid.
