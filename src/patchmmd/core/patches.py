@@ -45,15 +45,19 @@ class _ReflectPad(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         p = ctx.p
-        # Columns first (over the padded rows), then the rows: the corners go to their column, then their row.
-        cols = grad[..., p:-p].clone()
+        # The interior once; the border columns of the interior rows onto the columns they mirror; each border
+        # row, its own corners folded into it first (thin strips), onto the row it mirrors.
+        g = grad[..., p:-p, p:-p].clone()
         for j in range(1, p + 1):
-            cols[..., j] += grad[..., p - j]
-            cols[..., -1 - j] += grad[..., -1 - p + j]
-        g = cols[..., p:-p, :].clone()
+            g[..., :, j] += grad[..., p:-p, p - j]
+            g[..., :, -1 - j] += grad[..., p:-p, -1 - p + j]
         for j in range(1, p + 1):
-            g[..., j, :] += cols[..., p - j, :]
-            g[..., -1 - j, :] += cols[..., -1 - p + j, :]
+            for src, dst in ((p - j, j), (-1 - p + j, -1 - j)):
+                strip = grad[..., src, p:-p].clone()
+                for i in range(1, p + 1):
+                    strip[..., i] += grad[..., src, p - i]
+                    strip[..., -1 - i] += grad[..., src, -1 - p + i]
+                g[..., dst, :] += strip
         return g, None
 
 
