@@ -600,11 +600,12 @@ static int scan_band_rows(int H, int W, int nlev, const int *factors) {
     return rows < H ? (int)rows : H;
 }
 
-/* The floats of work aligned_scan needs (8-byte aligned). */
+/* The floats of work aligned_scan needs, a multiple of 16. */
 int64_t aligned_scan_work(int C, int H, int W, int lk_box, int kloc, int nlev, const int *factors) {
     const int64_t B = ((lk_box > kloc ? lk_box : kloc) + 1) & ~1, R = lk_box < H ? lk_box : H;
     const int64_t BR = scan_band_rows(H, W, nlev, factors);
-    return 2 * (int64_t)W + 2 * (W + B) + 2 * R * W + (int64_t)C * W + (int64_t)C * BR * W + 2 * (int64_t)H * W;
+    const int64_t n = 2 * (int64_t)W + 2 * (W + B) + 2 * R * W + (int64_t)C * W + (int64_t)C * BR * W + 2 * (int64_t)H * W;
+    return (n + 15) & ~(int64_t)15; /* every thread's buffer 64-byte aligned (the first values are doubles) */
 }
 
 /* x: C x H x W; yp: C x (H + 2r) x (W + 2r) (y replicate-padded by r); read at the noff offsets (dys[o], dxs[o]),
@@ -667,7 +668,7 @@ void aligned_scan(const float *restrict x, const float *restrict yp, int C, int 
 }
 
 /* Offsets whose level means the gradient keeps at once (it takes the image in bands for that many offsets, as
- * the scan does), and the floats of work aligned_grad needs (8-byte aligned). */
+ * the scan does), and the floats of work aligned_grad needs, a multiple of 16. */
 static int grad_offsets_at_once(int H, int W, int nlev, const int *factors) {
     size_t total = 0;
     for (int l = 0; l < nlev; ++l) total += (size_t)(H / factors[l]) * (W / factors[l]);
@@ -680,8 +681,9 @@ int64_t aligned_grad_work(int C, int H, int W, int lk_box, int kloc, int nlev, c
     const int64_t BR = scan_band_rows(H, W, nlev, factors);
     int64_t total = 0;
     for (int l = 0; l < nlev; ++l) total += (int64_t)(H / factors[l]) * (W / factors[l]);
-    return 2 * (int64_t)W + 2 * (W + B) + (int64_t)C * (BR + 1) * W +
-           (int64_t)C * total * grad_offsets_at_once(H, W, nlev, factors) + 3 * (int64_t)H * W;
+    const int64_t n = 2 * (int64_t)W + 2 * (W + B) + (int64_t)C * (BR + 1) * W +
+                      (int64_t)C * total * grad_offsets_at_once(H, W, nlev, factors) + 3 * (int64_t)H * W;
+    return (n + 15) & ~(int64_t)15; /* every thread's buffer 64-byte aligned (the first values are doubles) */
 }
 
 /* The gradient of aligned_scan's maps with respect to x, for one image and the offsets (dys[o], dxs[o]),
