@@ -580,6 +580,16 @@ level_rows(const float *restrict e, size_t es, int C, int W, int f, int i0, int 
         }
 }
 
+/* The floats of all the levels' maps of one offset, sum_l (H / f_l) (W / f_l). */
+static size_t level_total(int H, int W, int nlev, const int *factors) {
+    size_t total = 0;
+    for (int l = 0; l < nlev; ++l) total += (size_t)(H / factors[l]) * (W / factors[l]);
+    return total;
+}
+
+/* The widest box along a row (lk_box or kloc), rounded up to even: the zero padding a row buffer carries. */
+static int row_pad(int lk_box, int kloc) { return ((lk_box > kloc ? lk_box : kloc) + 1) & ~1; }
+
 /* Rows of a band of aligned_scan: a multiple of every level factor (so no level row straddles two bands), about
  * 8192 / W (the band's inputs, some 26 rows of W floats per band row, then stay in the L2 cache while every offset
  * reads them); H (one band) when the factors' least common multiple exceeds H. */
@@ -602,7 +612,7 @@ static int scan_band_rows(int H, int W, int nlev, const int *factors) {
 
 /* The floats of work aligned_scan needs, a multiple of 16. */
 int64_t aligned_scan_work(int C, int H, int W, int lk_box, int kloc, int nlev, const int *factors) {
-    const int64_t B = ((lk_box > kloc ? lk_box : kloc) + 1) & ~1, R = lk_box < H ? lk_box : H;
+    const int64_t B = row_pad(lk_box, kloc), R = lk_box < H ? lk_box : H;
     const int64_t BR = scan_band_rows(H, W, nlev, factors);
     const int64_t n = 2 * (int64_t)W + 2 * (W + B) + 2 * R * W + (int64_t)C * W + (int64_t)C * BR * W + 2 * (int64_t)H * W;
     return (n + 15) & ~(int64_t)15; /* every thread's buffer 64-byte aligned (the first values are doubles) */
@@ -623,7 +633,7 @@ void aligned_scan(const float *restrict x, const float *restrict yp, int C, int 
                   int kloc, float w_l2, float w_local, float inv2s2, float *restrict out, int64_t off_stride,
                   float *restrict work) {
     const size_t HW = (size_t)H * W;
-    const int B = ((lk_box > kloc ? lk_box : kloc) + 1) & ~1, R = lk_box < H ? lk_box : H;
+    const int B = row_pad(lk_box, kloc), R = lk_box < H ? lk_box : H;
     const int BR = scan_band_rows(H, W, nlev, factors);
     double *acc = (double *)work;              /* W doubles (also the fit's 2 W floats of box means) */
     float *row = work + 2 * W;                 /* W + B */
@@ -634,8 +644,7 @@ void aligned_scan(const float *restrict x, const float *restrict yp, int C, int 
     float *restrict e = halo + (size_t)C * W;  /* C x BR x W */
     float *restrict d = e + (size_t)C * BR * W; /* H x W */
     float *restrict tmp = d + HW;              /* H x W */
-    size_t total = 0;
-    for (int l = 0; l < nlev; ++l) total += (size_t)(H / factors[l]) * (W / factors[l]);
+    const size_t total = level_total(H, W, nlev, factors);
     for (int o = 0; o < noff; ++o)
         for (size_t u = 0; u < total; ++u) out[o * off_stride + u] = 0.0f;
     for (int i0 = 0; i0 < H; i0 += BR) {
@@ -668,19 +677,18 @@ void aligned_scan(const float *restrict x, const float *restrict yp, int C, int 
 }
 
 /* Offsets whose level means the gradient keeps at once (it takes the image in bands for that many offsets, as
- * the scan does), and the floats of work aligned_grad needs, a multiple of 16. */
+ * the scan does): as many as fit in H W floats a channel, at most the nine of a radius-1 scan (usually fewer
+ * offsets win; a larger store would only hold more memory); and the floats of work aligned_grad needs, a multiple
+ * of 16. */
 static int grad_offsets_at_once(int H, int W, int nlev, const int *factors) {
-    size_t total = 0;
-    for (int l = 0; l < nlev; ++l) total += (size_t)(H / factors[l]) * (W / factors[l]);
-    const size_t g = (size_t)H * W / total;
+    const size_t g = (size_t)H * W / level_total(H, W, nlev, factors);
     return g < 1 ? 1 : g > 9 ? 9 : (int)g;
 }
 
 int64_t aligned_grad_work(int C, int H, int W, int lk_box, int kloc, int nlev, const int *factors) {
-    const int64_t B = ((lk_box > kloc ? lk_box : kloc) + 1) & ~1;
+    const int64_t B = row_pad(lk_box, kloc);
     const int64_t BR = scan_band_rows(H, W, nlev, factors);
-    int64_t total = 0;
-    for (int l = 0; l < nlev; ++l) total += (int64_t)(H / factors[l]) * (W / factors[l]);
+    const int64_t total = (int64_t)level_total(H, W, nlev, factors);
     const int64_t n = 2 * (int64_t)W + 2 * (W + B) + (int64_t)C * (BR + 1) * W +
                       (int64_t)C * total * grad_offsets_at_once(H, W, nlev, factors) + 3 * (int64_t)H * W;
     return (n + 15) & ~(int64_t)15; /* every thread's buffer 64-byte aligned (the first values are doubles) */
@@ -703,10 +711,9 @@ void aligned_grad(const float *restrict x, const float *restrict yp, int C, int 
                   int kloc, float w_l2, float w_local, float inv2s2, const float *restrict gmap,
                   float *restrict grad, float *restrict work) {
     const size_t HW = (size_t)H * W;
-    const int B = ((lk_box > kloc ? lk_box : kloc) + 1) & ~1;
+    const int B = row_pad(lk_box, kloc);
     const int BR = scan_band_rows(H, W, nlev, factors), G = grad_offsets_at_once(H, W, nlev, factors);
-    size_t total = 0;
-    for (int l = 0; l < nlev; ++l) total += (size_t)(H / factors[l]) * (W / factors[l]);
+    const size_t total = level_total(H, W, nlev, factors);
     double *acc = (double *)work;                 /* W doubles (also the fit's 2 W floats of box means) */
     float *row = work + 2 * W;                    /* W + B */
     float *row2 = row + W + B;                    /* W + B */
