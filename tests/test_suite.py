@@ -14,7 +14,7 @@ from patchmmd.data import sample_image
 from patchmmd.data.distortions import gaussian_blur
 from patchmmd.evaluation.artifacts import lattice_power, lattice_ratio
 from patchmmd.evaluation.shift import SHIFTS, shift_distances, shift_pairs, shift_ratios
-from patchmmd.evaluation.suite import SuiteConfig, judge_tiles, parse_candidate, run_suite
+from patchmmd.evaluation.suite import SuiteConfig, judge_tiles, parse_candidate, run_suite, write_suite
 from patchmmd.io import save_image
 
 
@@ -168,6 +168,32 @@ def test_suite_is_deterministic(tmp_path: Path) -> None:
     b = run_suite(["mmdpp"], config=cfg).data
     assert without_seconds(a) == without_seconds(b)
     assert a["tiles"]["source"].startswith("held-out strips")  # no human sets: held-out strips of the photos
+
+
+def test_task_seeds_report_the_mean_and_every_run(tmp_path: Path) -> None:
+    small = dict(bootstrap=0, shift_size=24, gim_steps=2, sr_steps=2, ae_steps=2)
+    one = run_suite(["mmdpp"], config=SuiteConfig.quick_config(**small)).data["tasks"]
+    result = run_suite(["mmdpp"], config=SuiteConfig.quick_config(task_seeds=2, seed=0, **small))
+    two = result.data["tasks"]
+    assert result.data["config"]["training_seeds"] == [0, 1]
+    for task in ("sr", "ae"):
+        for loss in ("mmdpp", "l2", "ssim"):
+            r = two[task][loss]
+            assert r["per_seed"]["seeds"] == [0, 1]
+            for key in ("psnr", "sharpness", *(("lattice",) if task == "sr" else ())):
+                runs = r["per_seed"][key]
+                assert r[key] == pytest.approx(sum(runs) / 2, rel=1e-5)
+                assert runs[0] == one[task][loss][key]  # the first seed is the single-seed run
+            assert r["per_seed"]["psnr"][0] != r["per_seed"]["psnr"][1]  # another seed trains another network
+            assert "per_seed" not in one[task][loss]
+    assert "per_seed" not in two["gim"]["mmdpp"]  # the image mean has no random initialisation
+    write_suite(result, tmp_path, figures=False)
+    md = (tmp_path / "report.md").read_text()
+    assert md.count("Trained with seeds 0, 1") == 2  # under the SR and the autoencoder tables
+    with pytest.raises(ValueError, match="task_seeds"):
+        SuiteConfig(task_seeds=0)
+    res = CliRunner().invoke(main, ["eval", "suite", "--quick", "--task-seeds", "0", "--out", str(tmp_path / "o")])
+    assert res.exit_code != 0 and "--task-seeds" in res.output
 
 
 def test_missing_weight_file_is_named(tmp_path: Path) -> None:

@@ -340,12 +340,15 @@ def _human_sets(items: Sequence[str]) -> list[Any]:
 @click.option("--bootstrap", type=click.IntRange(min=0), default=None,
               help="Bootstrap resamples of the human part [default: 1000; 20 with --quick].")
 @click.option("--dists-loss", is_flag=True, help="Also train the tasks with the DISTS loss (slow on CPU).")
+@click.option("--task-seeds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train SR and the autoencoder with this many seeds (--seed, --seed + 1, ...) and report the "
+                   "mean and each run; the training numbers vary between seeds as much as between losses.")
 @click.option("--no-figures", is_flag=True, help="Skip the figures (matplotlib).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads of torch (default: torch's choice; 1 is fastest on a busy machine).")
 def suite_command(candidates: Sequence[str], human: Sequence[str], weights: str | None, train_photos: str | None,
                   out: str, overwrite: bool, quick: bool, seed: int, bootstrap: int | None, dists_loss: bool,
-                  no_figures: bool, threads: int | None) -> None:
+                  task_seeds: int, no_figures: bool, threads: int | None) -> None:
     """The dev benchmark: candidates and baselines on human scores, the shift check and three training tasks.
 
     Writes report.md (one table per part and the must-hold checks, pass/fail with the numbers), report.json
@@ -375,7 +378,7 @@ def suite_command(candidates: Sequence[str], human: Sequence[str], weights: str 
         except (OSError, ValueError) as e:
             raise click.BadParameter(str(e), param_hint="--train-photos") from None
     cfg = SuiteConfig.quick_config(seed) if quick else SuiteConfig(seed=seed)
-    changes: dict[str, Any] = {"dists_loss": dists_loss}
+    changes: dict[str, Any] = {"dists_loss": dists_loss, "task_seeds": task_seeds}
     if bootstrap is not None:
         changes["bootstrap"] = bootstrap
     cfg = dataclasses.replace(cfg, **changes)

@@ -42,6 +42,8 @@ import torch
 from .artifacts import lattice_ratio
 from .shift import SHIFTS, shift_distances
 
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
 __all__ = [
     "CHECKS",
     "DEEP_BASELINES",
@@ -107,6 +109,16 @@ class SuiteConfig:
     gim_max_shift: int = 3
     gim_lr: float = 0.02
     dists_loss: bool = False  # train with DISTS too (costly on CPU: off by default)
+    task_seeds: int = 1  # SR and autoencoder: train with seeds seed, seed + 1, ...; report the mean and each run
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.task_seeds, int) or isinstance(self.task_seeds, bool) or self.task_seeds < 1:
+            raise ValueError(f"task_seeds must be an integer >= 1, got {self.task_seeds!r}")
+
+    @property
+    def training_seeds(self) -> tuple[int, ...]:
+        """The seeds of the SR and autoencoder runs (the first one's outputs are the figures)."""
+        return tuple(range(self.seed, self.seed + self.task_seeds))
 
     @classmethod
     def quick_config(cls, seed: int = 0, **changes: Any) -> SuiteConfig:
@@ -213,7 +225,7 @@ def _build(m: SuiteMetric) -> SuiteMetric:
     return m
 
 
-def _make_loss(name: str, options: Mapping[str, Any]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def _make_loss(name: str, options: Mapping[str, Any]) -> Loss:
     """:func:`patchmmd.tasks.losses.make_loss`; a registry distance it does not list yet (the deep baselines)
     becomes the distance averaged over the batch, as make_loss does for the others."""
     from ..metrics.registry import get_spec
@@ -354,27 +366,24 @@ def _tasks(losses: Sequence[SuiteMetric], judges: Mapping[str, SuiteMetric], tra
     results["gim"]["pixel mean (no optimisation)"] = _gim_scores(judges, means, gim_sets)
     figures["gim"]["pixel mean"] = torch.cat(means)
 
+    def sr_run(loss: Loss, seed: int) -> tuple[torch.Tensor, dict[str, float]]:
+        model = train_superres(sr_split, loss, scale=4, steps=cfg.sr_steps, batch=cfg.sr_batch, lr=cfg.sr_lr,
+                               seed=seed).model
+        out = upscale(model, lr_tiles)
+        return out, {**_judge(judges, out, tiles), "lattice": _r(lattice_ratio(out, tiles))}
+
+    def ae_run(loss: Loss, seed: int) -> tuple[torch.Tensor, dict[str, float]]:
+        model = train_autoencoder(ae_split, loss, steps=cfg.ae_steps, batch=cfg.ae_batch, lr=cfg.ae_lr,
+                                  seed=seed).model
+        out = reconstruct(model, tiles)
+        return out, _judge(judges, out, tiles)
+
     for m in losses:
         loss = _make_loss(m.name, m.options)
-        t0 = time.perf_counter()
-        log(f"tasks: SR x4 with {m.label} ({cfg.sr_steps} steps)")
-        with deterministic(cfg.seed):
-            model = train_superres(sr_split, loss, scale=4, steps=cfg.sr_steps, batch=cfg.sr_batch, lr=cfg.sr_lr,
-                                   seed=cfg.seed).model
-        out = upscale(model, lr_tiles)
-        t_sr = time.perf_counter() - t0
-        results["sr"][m.label] = {**_judge(judges, out, tiles), "lattice": _r(lattice_ratio(out, tiles)),
-                                  "seconds": round(t_sr, 1)}
-        figures["sr"][m.label] = out
-
-        t0 = time.perf_counter()
-        log(f"tasks: autoencoder with {m.label} ({cfg.ae_steps} steps)")
-        with deterministic(cfg.seed):
-            model = train_autoencoder(ae_split, loss, steps=cfg.ae_steps, batch=cfg.ae_batch, lr=cfg.ae_lr,
-                                      seed=cfg.seed).model
-        out = reconstruct(model, tiles)
-        results["ae"][m.label] = {**_judge(judges, out, tiles), "seconds": round(time.perf_counter() - t0, 1)}
-        figures["ae"][m.label] = out
+        for task, what, run in (("sr", f"SR x4 with {m.label} ({cfg.sr_steps} steps)", sr_run),
+                                ("ae", f"autoencoder with {m.label} ({cfg.ae_steps} steps)", ae_run)):
+            results[task][m.label], figures[task][m.label] = _seeded_runs(run, loss, cfg.training_seeds, what,
+                                                                          log)
 
         t0 = time.perf_counter()
         log(f"tasks: generalized image mean with {m.label} ({len(gim_sets)} sets, {cfg.gim_steps} steps)")
@@ -387,6 +396,27 @@ def _tasks(losses: Sequence[SuiteMetric], judges: Mapping[str, SuiteMetric], tra
                                    "seconds": round(time.perf_counter() - t0, 1)}
         figures["gim"][m.label] = torch.cat(images)
     return results, figures
+
+
+def _seeded_runs(run: Callable[[Loss, int], tuple[torch.Tensor, dict[str, float]]], loss: Loss,
+                 seeds: Sequence[int], what: str, log: Callable[[str], None]) -> tuple[dict[str, Any], torch.Tensor]:
+    """A training task once per seed: the mean of each number over the runs (with more than one run also each
+    run's, under ``per_seed``) and the total seconds; and the first run's outputs (for the figures)."""
+    from ..tasks._common import deterministic
+
+    t0 = time.perf_counter()
+    outputs, runs = [], []
+    for seed in seeds:
+        log(f"tasks: {what}, seed {seed}")
+        with deterministic(seed):
+            out, numbers = run(loss, seed)
+        outputs.append(out)
+        runs.append(numbers)
+    result: dict[str, Any] = {k: _r(statistics.fmean(r[k] for r in runs)) for k in runs[0]}
+    if len(runs) > 1:
+        result["per_seed"] = {"seeds": list(seeds), **{k: [r[k] for r in runs] for k in runs[0]}}
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    return result, outputs[0]
 
 
 def _gim_scores(judges: Mapping[str, SuiteMetric], images: Sequence[torch.Tensor],
@@ -431,16 +461,17 @@ def _checks(data: dict[str, Any], candidates: Sequence[str], deep: Sequence[str]
         if c in sr and "dists" in sr[c]:
             d, d_l2 = sr[c]["dists"], sr.get("l2", {}).get("dists")
             rows.append(_check("sr-vs-l2", None if d_l2 is None else bool(d < d_l2),
-                               f"DISTS {d:.4f} vs L2 {_fmtn(d_l2)}"))
+                               f"DISTS {d:.4f} vs L2 {_fmtn(d_l2)}{_runs(sr[c], 'dists')}"))
             d_lp = sr.get("lpips-vgg", {}).get("dists")
             rows.append(_check("sr-vs-lpips", None if d_lp is None else bool(d <= 1.05 * d_lp),
-                               f"DISTS {d:.4f} vs LPIPS-vgg loss {_fmtn(d_lp)} (≤ +5 %)"))
+                               f"DISTS {d:.4f} vs LPIPS-vgg loss {_fmtn(d_lp)} (≤ +5 %){_runs(sr[c], 'dists')}"))
         else:
             rows.append(_check("sr-vs-l2", None, "–", "no DISTS judge (no weights folder)"))
             rows.append(_check("sr-vs-lpips", None, "–", "no DISTS judge (no weights folder)"))
         if c in sr:
             lat = sr[c]["lattice"]
-            rows.append(_check("sr-lattice", bool(lat <= 2.0), f"lattice ratio {lat:.3f} (≤ 2)"))
+            rows.append(_check("sr-lattice", bool(lat <= 2.0),
+                               f"lattice ratio {lat:.3f} (≤ 2){_runs(sr[c], 'lattice', 3)}"))
         for task in ("ae", "gim"):
             res = tasks.get(task, {})
             if c not in res or "l2" not in res:
@@ -450,11 +481,19 @@ def _checks(data: dict[str, Any], candidates: Sequence[str], deep: Sequence[str]
             if "dists" in res[c]:
                 d, d_l2 = res[c]["dists"], res["l2"]["dists"]
                 rows.append(_check(f"{task}-vs-l2", bool(sharp > sharp_l2 and d < d_l2),
-                                   f"{text}; DISTS {d:.4f} vs L2 {d_l2:.4f}"))
+                                   f"{text}; DISTS {d:.4f} vs L2 {d_l2:.4f}{_runs(res[c], 'dists')}"))
             else:
                 rows.append(_check(f"{task}-vs-l2", None, text, "no DISTS judge (no weights folder)"))
         out[c] = rows
     return out
+
+
+def _runs(result: Mapping[str, Any], key: str, digits: int = 4) -> str:
+    """`` (mean of N runs: a, b, ...)`` when the task was trained with several seeds, else nothing."""
+    per = result.get("per_seed")
+    if not per:
+        return ""
+    return f" (mean of {len(per[key])} runs: " + ", ".join(_fmtn(v, digits) for v in per[key]) + ")"
 
 
 def _fmtn(v: float | None, digits: int = 4) -> str:
@@ -534,7 +573,9 @@ def run_suite(
     losses = [by_label[lb] for lb in dict.fromkeys(loss_labels)]
 
     data: dict[str, Any] = {
-        "command": "eval suite", "config": dataclasses.asdict(cfg), "weights": None if wdir is None else str(wdir),
+        "command": "eval suite",
+        "config": {**dataclasses.asdict(cfg), "training_seeds": list(cfg.training_seeds)},
+        "weights": None if wdir is None else str(wdir),
         "candidates": [m.label for m in metrics if m.role == "candidate"],
         "metrics": {m.label: {"name": m.name, "options": {k: str(v) for k, v in m.options.items()},
                               "role": m.role, "higher_is_better": m.higher_is_better} for m in metrics},
@@ -657,10 +698,24 @@ def _markdown(d: dict[str, Any], figures: Sequence[str]) -> str:
         c = cols + (["lattice"] if task == "sr" else []) + ["seconds"]
         md += [f"### {titles[task]}", "", "| loss | " + " | ".join(c) + " |", "|---|" + "---|" * len(c)]
         for loss, r in t[task].items():
-            md.append(f"| {loss} | " + " | ".join(_fmtn(r.get(k), 1 if k == "seconds" else 4) for k in c) + " |")
+            md.append(f"| {loss} | " + " | ".join(_cell(r, k) for k in c) + " |")
+        if task != "gim" and len(cfg.get("training_seeds", [cfg["seed"]])) > 1:
+            md.append("")
+            md.append(f"Trained with seeds {', '.join(map(str, cfg['training_seeds']))}: each cell is the mean of the "
+                      "runs, with (min–max) over them for the judges and the lattice ratio; seconds are for all "
+                      "runs. The figure shows the first seed's outputs.")
         md.append("")
     md += [f"![{f}]({f})" for f in figures]
     return "\n".join(md) + "\n"
+
+
+def _cell(r: Mapping[str, Any], key: str) -> str:
+    """A task table cell: the value; for the judges and the lattice ratio also the range over training seeds."""
+    if key == "seconds":
+        return _fmtn(r.get(key), 1)
+    per = r.get("per_seed", {}).get(key) if key in (*JUDGES, "lattice") else None
+    text = _fmtn(r.get(key), 4)
+    return text if not per else f"{text} ({_fmtn(min(per), 4)}–{_fmtn(max(per), 4)})"
 
 
 def _figures(r: SuiteResult, out: Path) -> list[str]:
