@@ -35,14 +35,16 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..core.validation import check_positive_int
 from .artifacts import lattice_ratio
 from .shift import SHIFTS, shift_distances
 
-Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+if TYPE_CHECKING:
+    from ..tasks.losses import Loss
 
 __all__ = [
     "CHECKS",
@@ -112,8 +114,7 @@ class SuiteConfig:
     task_seeds: int = 1  # SR and autoencoder: train with seeds seed, seed + 1, ...; report the mean and each run
 
     def __post_init__(self) -> None:
-        if not isinstance(self.task_seeds, int) or isinstance(self.task_seeds, bool) or self.task_seeds < 1:
-            raise ValueError(f"task_seeds must be an integer >= 1, got {self.task_seeds!r}")
+        check_positive_int("task_seeds", self.task_seeds)
 
     @property
     def training_seeds(self) -> tuple[int, ...]:
@@ -405,18 +406,20 @@ def _seeded_runs(run: Callable[[Loss, int], tuple[torch.Tensor, dict[str, float]
     from ..tasks._common import deterministic
 
     t0 = time.perf_counter()
-    outputs, runs = [], []
+    first: torch.Tensor | None = None
+    runs = []
     for seed in seeds:
         log(f"tasks: {what}, seed {seed}")
         with deterministic(seed):
             out, numbers = run(loss, seed)
-        outputs.append(out)
+        first = out if first is None else first
         runs.append(numbers)
     result: dict[str, Any] = {k: _r(statistics.fmean(r[k] for r in runs)) for k in runs[0]}
     if len(runs) > 1:
         result["per_seed"] = {"seeds": list(seeds), **{k: [r[k] for r in runs] for k in runs[0]}}
     result["seconds"] = round(time.perf_counter() - t0, 1)
-    return result, outputs[0]
+    assert first is not None  # seeds is never empty (task_seeds >= 1)
+    return result, first
 
 
 def _gim_scores(judges: Mapping[str, SuiteMetric], images: Sequence[torch.Tensor],
@@ -699,7 +702,7 @@ def _markdown(d: dict[str, Any], figures: Sequence[str]) -> str:
         md += [f"### {titles[task]}", "", "| loss | " + " | ".join(c) + " |", "|---|" + "---|" * len(c)]
         for loss, r in t[task].items():
             md.append(f"| {loss} | " + " | ".join(_cell(r, k) for k in c) + " |")
-        if task != "gim" and len(cfg.get("training_seeds", [cfg["seed"]])) > 1:
+        if task != "gim" and len(cfg["training_seeds"]) > 1:
             md.append("")
             md.append(f"Trained with seeds {', '.join(map(str, cfg['training_seeds']))}: each cell is the mean of the "
                       "runs, with (min–max) over them for the judges and the lattice ratio; seconds are for all "
