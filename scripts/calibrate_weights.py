@@ -11,7 +11,9 @@ by its units alone (docs/method.md §3.3).
     python scripts/calibrate_weights.py
 
 prints the two constants and the resulting ``weight_l2``, ``weight_local`` and ``weight_mmd``; the
-default preset in ``patchmmd.core.mmdpp`` holds them rounded to three significant digits.
+default preset in ``patchmmd.core.mmdpp`` holds them rounded to three significant digits. It also prints the
+unit of the SSIM term (``1 - SSIM``) at native resolution and one octave down, which only the training preset
+uses, one unit per octave (``weight_ssim``).
 """
 
 from __future__ import annotations
@@ -41,10 +43,13 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     aligned = unit(weight_l2=L2_SHARE, weight_local=LOCAL_SHARE, weight_mmd=0.0)
     mmd = unit(weight_l2=0.0, weight_local=0.0, weight_mmd=1.0)
+    ssim = [unit(weight_l2=0.0, weight_local=0.0, weight_mmd=0.0, weight_ssim=(0.0,) * o + (1.0,)) for o in (0, 1)]
     print(f"aligned terms (0.001 L2 + 0.05 Local), mildest visible distortion: {aligned:.4g}")
     print(f"windowed MMD² (multi-bandwidth), mildest visible distortion:      {mmd:.4g}")
     print(f"weight_l2 = {L2_SHARE / aligned:.3g}, weight_local = {LOCAL_SHARE / aligned:.3g}, "
           f"weight_mmd = {1 / mmd:.3g}")
+    print(f"SSIM term (1 - SSIM), native / one octave down, mildest visible:  {ssim[0]:.4g} / {ssim[1]:.4g}")
+    print(f"weight_ssim (one unit per octave, the training preset's) = ({1 / ssim[0]:.3g}, {1 / ssim[1]:.3g})")
 
 
 if __name__ == "__main__":

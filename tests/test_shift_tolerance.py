@@ -189,10 +189,12 @@ def test_loss_preset_trains_on_crops_at_two_native_octaves():
     assert float(loss) > 0 and xg.grad is not None and bool(torch.isfinite(xg.grad).all())
     # ten times the default's MMD weight: the MMD term's share of the loss is larger than in the default
     def mmd_share(preset: str) -> float:
-        return float(patchmmd.mmdpp(x, y, preset=preset, weight_l2=0, weight_local=0).sum()
-                     / patchmmd.mmdpp(x, y, preset=preset).sum())
+        return float(patchmmd.mmdpp(x, y, preset=preset, weight_l2=0, weight_local=0, weight_ssim=0).sum()
+                     / patchmmd.mmdpp(x, y, preset=preset, weight_ssim=0).sum())
 
     assert mmd_share("loss") > 2 * mmd_share("default")
+    # SSIM at the same two octaves, each in units of its value on the mildest visible distortion
+    assert cfg.ssim_weights == (9.93, 29.1) and patchmmd.get_config().ssim_weights == ()
 
 
 def test_presets_keep_the_previous_models():

@@ -13,6 +13,9 @@ The default (docs/method.md §3.2)::
 * weights ``w_l2 = 2.29``, ``w_local = 114``, ``w_mmd = 19.9``: each part in units of its value on the
   mildest visible distortion (``scripts/calibrate_weights.py``), not fitted to human scores.
 
+A fourth term, ``Σ_o w_ssim,o (1 - SSIM)`` at octaves ``o`` (:mod:`patchmmd.core.ssim`; ``weight_ssim``), is off
+in the default and on in the training preset.
+
 Presets:
 
 * ``"default"``: the above, RFF estimator with 128 stratified orthogonal features.
@@ -23,10 +26,11 @@ Presets:
   features at every call).
 * ``"loss"``: for training on crops (docs/method.md §3.3): no scale rule (``base_size=None``), the aligned
   terms and the windowed MMD both at native resolution and one octave down (``mmd_native=False``,
-  ``num_scales=2``, ``min_size=16``), ten times the MMD weight (``weight_mmd=199``) and 256 random features
-  (the setting its training results were measured with). On the dev SR task it
-  beats L2 under DISTS where the default does not (docs/evaluation.md); as a metric of whole photographs it is
-  poor (no scale rule).
+  ``num_scales=2``, ``min_size=16``), ten times the MMD weight (``weight_mmd=199``), 256 random features
+  (the setting its training results were measured with), and SSIM at the same two octaves, each in units of
+  its value on the mildest visible distortion (``weight_ssim=(9.93, 29.1)``). On the dev SR task it
+  beats L2 under DISTS where the default does not, and its autoencoder is closer than L2's
+  (docs/evaluation.md); as a metric of whole photographs it is poor (no scale rule).
 
 Every option of :class:`MMDPPConfig` can be overridden by keyword on top of a preset.
 """
@@ -45,6 +49,7 @@ from .features import FeatureKind
 from .mmd import Estimator, check_mmd_options, check_sigma, check_sigmas, windowed_mmd2
 from .rff import target_window_means
 from .scale import MAX_SCALES, Level, downsample, pyramid_levels, upsample_map
+from .ssim import SSIM_WINDOW, dissimilarity_map, spread_map
 from .validation import (
     OutOfRange,
     Reduction,
@@ -57,8 +62,26 @@ from .validation import (
     reduce,
 )
 
+#: The terms' weights (:class:`MMDPPConfig`).
+WEIGHT_NAMES = ("weight_l2", "weight_local", "weight_mmd", "weight_ssim")
+
+#: Most octaves the SSIM term may span (native resolution and ``MAX_SSIM_OCTAVES - 1`` octaves down).
+MAX_SSIM_OCTAVES = 5
+
 #: Largest integer search radius of the shift-tolerant aligned terms: ``(2 r + 1)²`` offsets are tried.
 MAX_SHIFT_RADIUS = 4
+
+
+def _check_ssim_weights(value: object) -> float | tuple[float, ...]:
+    """``weight_ssim``: a number >= 0 (native resolution only) or one per octave, native first."""
+    if not isinstance(value, list | tuple):
+        check_nonnegative_float("weight_ssim", value)
+        return float(value)  # type: ignore[arg-type]
+    if not 1 <= len(value) <= MAX_SSIM_OCTAVES:
+        raise ValueError(f"weight_ssim must have 1 to {MAX_SSIM_OCTAVES} entries (one per octave), got {value!r}")
+    for w in value:
+        check_nonnegative_float("weight_ssim", w)
+    return tuple(float(w) for w in value)
 
 
 @dataclass(frozen=True)
@@ -75,6 +98,7 @@ class MMDPPConfig:
     weight_l2: float = 2.29
     weight_local: float = 114.0
     weight_mmd: float = 19.9
+    weight_ssim: float | tuple[float, ...] = 0.0
     estimator: Estimator = "rff"
     num_features: int = 128
     features: FeatureKind = "stratified"
@@ -98,10 +122,11 @@ class MMDPPConfig:
         )
         check_patch_size(self.local_patch_size)
         check_sigma("local_sigma", self.local_sigma)
-        for name in ("weight_l2", "weight_local", "weight_mmd"):
+        object.__setattr__(self, "weight_ssim", _check_ssim_weights(self.weight_ssim))
+        for name in WEIGHT_NAMES[:-1]:
             check_nonnegative_float(name, getattr(self, name))
-        if self.weight_l2 == self.weight_local == self.weight_mmd == 0:
-            raise ValueError("weight_l2, weight_local and weight_mmd are all 0: at least one must be > 0")
+        if all(getattr(self, name) == 0 for name in WEIGHT_NAMES[:-1]) and not any(self.ssim_weights):
+            raise ValueError(f"{', '.join(WEIGHT_NAMES)} are all 0: at least one must be > 0")
         need = self.min_level_size
         if self.base_size is not None:
             check_positive_int("base_size", self.base_size, minimum=need)
@@ -134,6 +159,19 @@ class MMDPPConfig:
     def mmd_levels(self, levels: Sequence[Level]) -> list[Level]:
         """Where the windowed MMD is computed: native resolution (``mmd_native``) or the aligned terms' levels."""
         return [Level(1, 1.0)] if self.mmd_native else list(levels)
+
+    @property
+    def ssim_weights(self) -> tuple[float, ...]:
+        """The SSIM term's weight per octave, native resolution first (``()`` when the term is off)."""
+        w = self.weight_ssim
+        weights = w if isinstance(w, tuple) else (float(w),)
+        return weights if any(weights) else ()
+
+    @property
+    def min_image_size(self) -> int:
+        """The smallest side an input may have: the patches', or the SSIM window's at its coarsest octave."""
+        octaves = [i for i, w in enumerate(self.ssim_weights) if w > 0]
+        return max(self.min_level_size, SSIM_WINDOW * 2 ** max(octaves) if octaves else 0)
 
     @property
     def min_level_size(self) -> int:
@@ -177,7 +215,7 @@ PRESETS: dict[str, MMDPPConfig] = {
         shift_radius=0, subpixel=False,
     ),
     "loss": MMDPPConfig(weight_mmd=199.0, mmd_native=False, base_size=None, num_scales=2, min_size=16,
-                        num_features=256),
+                        num_features=256, weight_ssim=(9.93, 29.1)),
     "followup": MMDPPConfig(
         sigma=0.06, weight_l2=0.001, weight_local=0.05, weight_mmd=0.5, estimator="rff", num_features=512,
         features="iid", base_size=None, num_scales=1, mmd_native=False, shift_radius=0, subpixel=False,
@@ -252,6 +290,25 @@ def _mmd_term(
     return value, full
 
 
+def _ssim_term(
+    xs: torch.Tensor, ys: torch.Tensor, cfg: MMDPPConfig, want_map: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``Σ_o w_o (1 - SSIM)`` of the images box-downsampled by ``2^o`` (:mod:`patchmmd.core.ssim`), the
+    weights ``w_o`` of ``weight_ssim``: ``(N,)`` and, if asked, the map."""
+    h, w = xs.shape[-2:]
+    value = xs.new_zeros(xs.shape[0])
+    full = xs.new_zeros(xs.shape[0], 1, h, w) if want_map else None
+    for octave, weight in enumerate(cfg.ssim_weights):
+        if weight == 0:
+            continue
+        f = 2**octave
+        m = dissimilarity_map(downsample(xs, f), downsample(ys, f)) * weight
+        value = value + m.mean(dim=(1, 2, 3))
+        if full is not None:
+            full = full + upsample_map(spread_map(m, h // f, w // f), f, h, w)
+    return value, full
+
+
 def mmdpp_internal(
     xs: torch.Tensor, ys: torch.Tensor, cfg: MMDPPConfig, *, want_map: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -260,8 +317,9 @@ def mmdpp_internal(
     levels = cfg.levels(h, w)
     aligned, amap = _aligned_terms(xs, ys, cfg, levels, want_map)
     mmd, mmap = _mmd_term(xs, ys, cfg, cfg.mmd_levels(levels), want_map)
-    full = amap + mmap if amap is not None and mmap is not None else None
-    return aligned + mmd, full
+    ssim, smap = _ssim_term(xs, ys, cfg, want_map)
+    full = amap + mmap + smap if amap is not None and mmap is not None and smap is not None else None
+    return aligned + mmd + ssim, full
 
 
 def _target_internal(xs: torch.Tensor, target: MMDPPTarget) -> torch.Tensor:
@@ -270,7 +328,8 @@ def _target_internal(xs: torch.Tensor, target: MMDPPTarget) -> torch.Tensor:
     aligned, _ = _aligned_terms(xs, target.image, cfg, target.levels, False)
     features = target.features if cfg.estimator == "rff" else None
     mmd, _ = _mmd_term(xs, target.image, cfg, target.mmd_levels, False, features)
-    return aligned + mmd
+    ssim, _ = _ssim_term(xs, target.image, cfg, False)
+    return aligned + mmd + ssim
 
 
 @dataclass(frozen=True, eq=False)
@@ -357,7 +416,7 @@ def _prepare(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.dtype]:
     return prepare_pair(
         x, y, value_range=value_range, out_of_range=out_of_range,
-        min_size=max(cfg.patch_size, cfg.local_patch_size),
+        min_size=cfg.min_image_size,
     )
 
 

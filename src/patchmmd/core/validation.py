@@ -78,7 +78,8 @@ def check_pair(
     h, w = x.shape[-2:]
     if min(h, w) < min_size:
         raise ValueError(
-            f"x and y must be at least {min_size}x{min_size} pixels (the patch size), got {h}x{w}"
+            f"x and y must be at least {min_size}x{min_size} pixels (the patch size, or the SSIM term's window "
+            f"at its coarsest octave), got {h}x{w}"
         )
     for name, t in (() if torch.compiler.is_compiling() else (("x", x.detach()), ("y", y.detach()))):
         # One pass: min and max propagate NaN, so both are finite only if every value is.

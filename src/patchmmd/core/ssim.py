@@ -1,0 +1,81 @@
+"""The structural-similarity term of MMD++ (docs/method.md §3.3): ``1 - SSIM`` at native resolution.
+
+SSIM (Wang, Bovik, Sheikh & Simoncelli, 2004) compares Gaussian-weighted local means, variances and the
+covariance of the two images, each channel on its own::
+
+    SSIM_u = (2 μx μy + C1) (2 σxy + C2) / ((μx² + μy² + C1) (σx² + σy² + C2))
+
+with an 11-tap Gaussian window of σ 1.5 px, ``C1 = 0.01²``, ``C2 = 0.03²``, on the [0, 1] scale (the
+luminance factor depends on where zero is, so the internal [-1, 1] images are mapped back). Only positions whose
+window lies inside the image count (no padding), and the value is the mean of ``1 - SSIM_u`` over those
+positions and the channels: the standard definition, as ``pytorch-msssim`` and ``skimage`` compute it.
+
+Its divisive normalisation by local contrast weighs an error in a flat, dark or low-contrast region as
+much as one of the same visibility in a textured region, which neither the L2 and Local terms (absolute
+differences) nor the patch MMD (a fixed kernel bandwidth) do.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+#: The window: 11 taps, Gaussian σ 1.5 px (the published SSIM's).
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+_C1, _C2 = 0.01**2, 0.03**2
+
+
+def _window(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The normalised 1-D Gaussian window: ``(SSIM_WINDOW,)``."""
+    half = SSIM_WINDOW // 2
+    t = torch.arange(-half, half + 1, dtype=torch.float64)
+    g = torch.exp(-(t * t) / (2.0 * SSIM_SIGMA * SSIM_SIGMA))
+    return (g / g.sum()).to(dtype=dtype, device=device)
+
+
+def _blur_valid(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian filtering of every channel, valid positions only: ``(N, C, H - 10, W - 10)``."""
+    c = x.shape[1]
+    k = g.numel()
+    x = F.conv2d(x, g.view(1, 1, 1, k).expand(c, 1, 1, k), groups=c)
+    return F.conv2d(x, g.view(1, 1, k, 1).expand(c, 1, k, 1), groups=c)
+
+
+def dissimilarity_map(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+    """``1 - SSIM_u`` of internal-scale images, averaged over channels: ``(N, 1, H - 10, W - 10)``.
+
+    Example:
+        >>> x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        >>> dissimilarity_map(x, x).abs().max() < 1e-6, dissimilarity_map(x, -x).shape
+        (tensor(True), torch.Size([1, 1, 22, 22]))
+    """
+    if min(xs.shape[-2:]) < SSIM_WINDOW:
+        raise ValueError(f"the SSIM term needs images of at least {SSIM_WINDOW} px, got {tuple(xs.shape[-2:])}")
+    g = _window(xs.dtype, xs.device)
+    c1, c2 = _C1, _C2
+    n, c = xs.shape[:2]
+    xs, ys = (xs + 1) * 0.5, (ys + 1) * 0.5
+    # One filtering pass over the five moment images.
+    moments = _blur_valid(torch.cat([xs, ys, xs * xs, ys * ys, xs * ys], dim=1), g)
+    mx, my, exx, eyy, exy = moments.split(c, dim=1)
+    mx2, my2, mxy = mx * mx, my * my, mx * my
+    vx, vy, cxy = exx - mx2, eyy - my2, exy - mxy
+    s = ((2 * mxy + c1) * (2 * cxy + c2)) / ((mx2 + my2 + c1) * (vx + vy + c2))
+    return (1.0 - s).mean(dim=1, keepdim=True).view(n, 1, *s.shape[-2:])
+
+
+def spread_map(m: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """A :func:`dissimilarity_map` as an ``(N, 1, height, width)`` map with the same mean as ``m``.
+
+    Each position's value is spread over the pixels of its window with the window's own Gaussian weights
+    (the transpose of the valid filtering), then scaled by ``(H W) / (H' W')`` so that the mean over the
+    full map is the mean over the valid positions, as for the other terms' maps.
+    """
+    g = _window(m.dtype, m.device)
+    k = g.numel()
+    full = F.conv_transpose2d(m, g.view(1, 1, k, 1))
+    full = F.conv_transpose2d(full, g.view(1, 1, 1, k))
+    return full * (height * width / math.prod(m.shape[-2:]))
