@@ -62,8 +62,8 @@ from .validation import (
     reduce,
 )
 
-#: The terms' weights (:class:`MMDPPConfig`).
-WEIGHT_NAMES = ("weight_l2", "weight_local", "weight_mmd", "weight_ssim")
+#: The weights of the terms that have one number each (``weight_ssim`` may have one per octave).
+SCALAR_WEIGHTS = ("weight_l2", "weight_local", "weight_mmd")
 
 #: Most octaves the SSIM term may span (native resolution and ``MAX_SSIM_OCTAVES - 1`` octaves down).
 MAX_SSIM_OCTAVES = 5
@@ -74,14 +74,14 @@ MAX_SHIFT_RADIUS = 4
 
 def _check_ssim_weights(value: object) -> float | tuple[float, ...]:
     """``weight_ssim``: a number >= 0 (native resolution only) or one per octave, native first."""
-    if not isinstance(value, list | tuple):
-        check_nonnegative_float("weight_ssim", value)
-        return float(value)  # type: ignore[arg-type]
-    if not 1 <= len(value) <= MAX_SSIM_OCTAVES:
+    per_octave = isinstance(value, list | tuple)
+    weights: tuple[Any, ...] = tuple(value) if per_octave else (value,)  # type: ignore[arg-type]
+    if not 1 <= len(weights) <= MAX_SSIM_OCTAVES:
         raise ValueError(f"weight_ssim must have 1 to {MAX_SSIM_OCTAVES} entries (one per octave), got {value!r}")
-    for w in value:
+    for w in weights:
         check_nonnegative_float("weight_ssim", w)
-    return tuple(float(w) for w in value)
+    floats = tuple(float(w) for w in weights)
+    return floats if per_octave else floats[0]
 
 
 @dataclass(frozen=True)
@@ -123,10 +123,10 @@ class MMDPPConfig:
         check_patch_size(self.local_patch_size)
         check_sigma("local_sigma", self.local_sigma)
         object.__setattr__(self, "weight_ssim", _check_ssim_weights(self.weight_ssim))
-        for name in WEIGHT_NAMES[:-1]:
+        for name in SCALAR_WEIGHTS:
             check_nonnegative_float(name, getattr(self, name))
-        if all(getattr(self, name) == 0 for name in WEIGHT_NAMES[:-1]) and not any(self.ssim_weights):
-            raise ValueError(f"{', '.join(WEIGHT_NAMES)} are all 0: at least one must be > 0")
+        if all(getattr(self, name) == 0 for name in SCALAR_WEIGHTS) and not self.ssim_weights:
+            raise ValueError(f"{', '.join(SCALAR_WEIGHTS)}, weight_ssim are all 0: at least one must be > 0")
         need = self.min_level_size
         if self.base_size is not None:
             check_positive_int("base_size", self.base_size, minimum=need)
@@ -414,10 +414,10 @@ def _mmdpp_target(
 def _prepare(
     x: object, y: object, cfg: MMDPPConfig, value_range: Sequence[float], out_of_range: OutOfRange
 ) -> tuple[torch.Tensor, torch.Tensor, torch.dtype]:
-    return prepare_pair(
-        x, y, value_range=value_range, out_of_range=out_of_range,
-        min_size=cfg.min_image_size,
-    )
+    need = cfg.min_image_size
+    reason = "the patch size" if need == cfg.min_level_size else "the SSIM term's window at its coarsest octave"
+    return prepare_pair(x, y, value_range=value_range, out_of_range=out_of_range, min_size=need,
+                        min_size_reason=reason)
 
 
 def mmdpp(

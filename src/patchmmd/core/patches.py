@@ -237,6 +237,20 @@ def box_mean(
     return out * (1.0 / (kh * kw))
 
 
+def separable_filter(t: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+    """Filter every channel of ``(N, C, H, W)`` with the 1-D ``taps`` along the rows, then the columns, at the
+    valid positions only: ``(N, C, H - k + 1, W - k + 1)`` for ``k`` taps (pad first for a same-size result).
+
+    Example:
+        >>> t = torch.rand(1, 2, 6, 5, generator=torch.Generator().manual_seed(0))
+        >>> bool(torch.allclose(separable_filter(t, torch.full((3,), 1 / 3)), F.avg_pool2d(t, 3, 1)))
+        True
+    """
+    c, k = t.shape[1], taps.numel()
+    t = F.conv2d(t, taps.view(1, 1, 1, k).expand(c, 1, 1, k), groups=c)
+    return F.conv2d(t, taps.view(1, 1, k, 1).expand(c, 1, k, 1), groups=c)
+
+
 def window_grid(height: int, width: int, window: int | None, stride: int) -> WindowGrid:
     """The window placement for an image of ``height x width`` patch centres.
 

@@ -22,6 +22,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .patches import separable_filter
+
 #: The window: 11 taps, Gaussian σ 1.5 px (the published SSIM's).
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
@@ -36,14 +38,6 @@ def _window(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return (g / g.sum()).to(dtype=dtype, device=device)
 
 
-def _blur_valid(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian filtering of every channel, valid positions only: ``(N, C, H - 10, W - 10)``."""
-    c = x.shape[1]
-    k = g.numel()
-    x = F.conv2d(x, g.view(1, 1, 1, k).expand(c, 1, 1, k), groups=c)
-    return F.conv2d(x, g.view(1, 1, k, 1).expand(c, 1, k, 1), groups=c)
-
-
 def dissimilarity_map(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
     """``1 - SSIM_u`` of internal-scale images, averaged over channels: ``(N, 1, H - 10, W - 10)``.
 
@@ -56,15 +50,15 @@ def dissimilarity_map(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"the SSIM term needs images of at least {SSIM_WINDOW} px, got {tuple(xs.shape[-2:])}")
     g = _window(xs.dtype, xs.device)
     c1, c2 = _C1, _C2
-    n, c = xs.shape[:2]
+    c = xs.shape[1]
     xs, ys = (xs + 1) * 0.5, (ys + 1) * 0.5
     # One filtering pass over the five moment images.
-    moments = _blur_valid(torch.cat([xs, ys, xs * xs, ys * ys, xs * ys], dim=1), g)
+    moments = separable_filter(torch.cat([xs, ys, xs * xs, ys * ys, xs * ys], dim=1), g)
     mx, my, exx, eyy, exy = moments.split(c, dim=1)
     mx2, my2, mxy = mx * mx, my * my, mx * my
     vx, vy, cxy = exx - mx2, eyy - my2, exy - mxy
     s = ((2 * mxy + c1) * (2 * cxy + c2)) / ((mx2 + my2 + c1) * (vx + vy + c2))
-    return (1.0 - s).mean(dim=1, keepdim=True).view(n, 1, *s.shape[-2:])
+    return (1.0 - s).mean(dim=1, keepdim=True)
 
 
 def spread_map(m: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -51,12 +51,14 @@ def check_pair(
     value_range: Sequence[float] = (0.0, 1.0),
     out_of_range: OutOfRange = "raise",
     min_size: int = 1,
+    min_size_reason: str = "the patch size",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate two image batches and return them as 4-D tensors of one dtype and device.
 
     Checks: tensor type, 3 or 4 dimensions, floating dtype, equal shapes, same device, finite values,
     values within ``value_range`` (up to :data:`RANGE_TOLERANCE` of its width, unless
-    ``out_of_range`` says otherwise) and a spatial size of at least ``min_size``.
+    ``out_of_range`` says otherwise) and a spatial size of at least ``min_size`` (``min_size_reason`` says
+    why, in the error).
 
     Under ``torch.compile`` (:func:`torch.compiler.is_compiling`) the two value checks (finite, in range) are
     skipped: they read the data, which would break the graph. A compiled graph does not validate values;
@@ -78,8 +80,7 @@ def check_pair(
     h, w = x.shape[-2:]
     if min(h, w) < min_size:
         raise ValueError(
-            f"x and y must be at least {min_size}x{min_size} pixels (the patch size, or the SSIM term's window "
-            f"at its coarsest octave), got {h}x{w}"
+            f"x and y must be at least {min_size}x{min_size} pixels ({min_size_reason}), got {h}x{w}"
         )
     for name, t in (() if torch.compiler.is_compiling() else (("x", x.detach()), ("y", y.detach()))):
         # One pass: min and max propagate NaN, so both are finite only if every value is.
@@ -106,13 +107,15 @@ def prepare_pair(
     value_range: Sequence[float] = (0.0, 1.0),
     out_of_range: OutOfRange = "raise",
     min_size: int = 1,
+    min_size_reason: str = "the patch size",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.dtype]:
     """Validate ``x`` and ``y`` (:func:`check_pair`) and map them to the internal [-1, 1] scale.
 
     Returns the two images in the compute dtype (:func:`compute_dtype`) and the input dtype, which results
     are cast back to.
     """
-    x, y = check_pair(x, y, value_range=value_range, out_of_range=out_of_range, min_size=min_size)
+    x, y = check_pair(x, y, value_range=value_range, out_of_range=out_of_range, min_size=min_size,
+                      min_size_reason=min_size_reason)
     lo, hi = check_value_range(value_range)
     ct = compute_dtype(x.dtype)
     return to_unit_scale(x.to(ct), lo, hi), to_unit_scale(y.to(ct), lo, hi), x.dtype

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.patches import separable_filter
+
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur with reflect padding (radius ``ceil(3 σ)``), per channel.
@@ -30,10 +32,7 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     t = torch.arange(-r, r + 1, dtype=x.dtype)
     k = torch.exp(-(t**2) / (2 * sigma**2))
     k = k / k.sum()
-    c = x.shape[1]
-    x = F.pad(x, (r, r, r, r), mode="reflect")
-    x = F.conv2d(x, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-    return F.conv2d(x, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+    return separable_filter(F.pad(x, (r, r, r, r), mode="reflect"), k)
 
 
 def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
