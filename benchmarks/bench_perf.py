@@ -143,6 +143,7 @@ def methods(device: str, size: int, with_exact: bool) -> dict[str, Metric]:
         "mmdpp-default-target": _with_target,
         "mmdpp-followup": lambda x, y: patchmmd.mmdpp(x, y, preset="followup"),
         "mmdpp-pixelwise": lambda x, y: patchmmd.mmdpp(x, y, preset="pixelwise"),
+        "mmdpp-loss": lambda x, y: patchmmd.mmdpp(x, y, preset="loss"),
     }
     try:
         import pytorch_msssim

@@ -134,13 +134,14 @@ def test_quick_suite_end_to_end_without_weights(tmp_path: Path) -> None:
     labels = tiny_human_set(tmp_path)
     out = tmp_path / "out"
     args = ["eval", "suite", "--quick", "--human", f"live-tiny={labels}", "--candidate", "mmdpp",
-            "--candidate", "l2", "--out", str(out), "--bootstrap", "5"]
+            "--candidate", "l2", "--out", str(out), "--bootstrap", "5", "--train-steps", "4"]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     assert {p.name for p in out.iterdir()} >= {"report.md", "report.json", "figure-sr.png", "figure-ae.png",
                                                "figure-gim.png"}
     data = json.loads((out / "report.json").read_text())
     assert data["candidates"] == ["mmdpp"]  # --quick keeps the first candidate
+    assert (data["config"]["sr_steps"], data["config"]["ae_steps"]) == (4, 4)  # --train-steps, over --quick's 3
     assert set(data["metrics"]) == {"mmdpp", "l2", "ssim"}  # no deep baselines without --weights
     assert any("no weights folder" in n for n in data["notes"])
     human = data["human"]["live-tiny"]["metrics"]["mmdpp"]
@@ -154,7 +155,8 @@ def test_quick_suite_end_to_end_without_weights(tmp_path: Path) -> None:
     assert checks["human-live"] in (True, False) and checks["shift"] in (True, False)
     assert checks["sr-vs-l2"] is None and checks["human-csiq"] is None  # not judged: no weights / no csiq set
     md = (out / "report.md").read_text()
-    for heading in ("## Checks", "## 1. Human scores", "## 2. Shift check", "## 3. Tasks"):
+    for heading in ("## Checks", "## 1. Human scores", "## 2. Shift check", "## 3. Tasks", "### SR ×4 (4 steps",
+                    "### Autoencoder (4 steps"):
         assert heading in md
     assert "not judged" in md
 
@@ -194,6 +196,8 @@ def test_task_seeds_report_the_mean_and_every_run(tmp_path: Path) -> None:
         SuiteConfig(task_seeds=0)
     res = CliRunner().invoke(main, ["eval", "suite", "--quick", "--task-seeds", "0", "--out", str(tmp_path / "o")])
     assert res.exit_code != 0 and "--task-seeds" in res.output
+    res = CliRunner().invoke(main, ["eval", "suite", "--quick", "--train-steps", "0", "--out", str(tmp_path / "o")])
+    assert res.exit_code != 0 and "--train-steps" in res.output
 
 
 def test_missing_weight_file_is_named(tmp_path: Path) -> None:

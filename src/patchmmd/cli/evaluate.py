@@ -343,12 +343,15 @@ def _human_sets(items: Sequence[str]) -> list[Any]:
 @click.option("--task-seeds", type=click.IntRange(min=1), default=1, show_default=True,
               help="Train SR and the autoencoder with this many seeds (--seed, --seed + 1, ...) and report the "
                    "mean and each run; the training numbers vary between seeds as much as between losses.")
+@click.option("--train-steps", type=click.IntRange(min=1), default=None,
+              help="Adam steps of the SR and autoencoder training [default: 600; 3 with --quick]. Longer "
+                   "training changes how far apart the losses end up (docs/evaluation.md).")
 @click.option("--no-figures", is_flag=True, help="Skip the figures (matplotlib).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads of torch (default: torch's choice; 1 is fastest on a busy machine).")
 def suite_command(candidates: Sequence[str], human: Sequence[str], weights: str | None, train_photos: str | None,
                   out: str, overwrite: bool, quick: bool, seed: int, bootstrap: int | None, dists_loss: bool,
-                  task_seeds: int, no_figures: bool, threads: int | None) -> None:
+                  task_seeds: int, train_steps: int | None, no_figures: bool, threads: int | None) -> None:
     """The dev benchmark: candidates and baselines on human scores, the shift check and three training tasks.
 
     Writes report.md (one table per part and the must-hold checks, pass/fail with the numbers), report.json
@@ -381,6 +384,8 @@ def suite_command(candidates: Sequence[str], human: Sequence[str], weights: str 
     changes: dict[str, Any] = {"dists_loss": dists_loss, "task_seeds": task_seeds}
     if bootstrap is not None:
         changes["bootstrap"] = bootstrap
+    if train_steps is not None:
+        changes["sr_steps"] = changes["ae_steps"] = train_steps
     cfg = dataclasses.replace(cfg, **changes)
     if not no_figures:
         try:
