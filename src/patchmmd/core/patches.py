@@ -247,8 +247,13 @@ def separable_filter(t: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
         True
     """
     c, k = t.shape[1], taps.numel()
+    # On the CPU, oneDNN's depthwise convolution is several times faster on channels-last input, with the same
+    # sums (float32 values and gradients bitwise equal); float64, which it does not take, is faster as it is.
+    # The result is contiguous whatever the input's layout: the elementwise work that follows is faster so.
+    if t.device.type == "cpu" and t.dtype != torch.float64:
+        t = t.contiguous(memory_format=torch.channels_last)
     t = F.conv2d(t, taps.view(1, 1, 1, k).expand(c, 1, 1, k), groups=c)
-    return F.conv2d(t, taps.view(1, 1, k, 1).expand(c, 1, k, 1), groups=c)
+    return F.conv2d(t, taps.view(1, 1, k, 1).expand(c, 1, k, 1), groups=c).contiguous()
 
 
 def window_grid(height: int, width: int, window: int | None, stride: int) -> WindowGrid:
