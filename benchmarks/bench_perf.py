@@ -140,10 +140,11 @@ def methods(device: str, size: int, with_exact: bool) -> dict[str, Metric]:
         "mmdpp-default": lambda x, y: patchmmd.mmdpp(x, y),
         "mmdpp-default-256f": lambda x, y: patchmmd.mmdpp(x, y, num_features=256),
         "mmdpp-default-torch": _torch_path,
-        "mmdpp-default-target": _with_target,
+        "mmdpp-default-target": _with_target("default"),
         "mmdpp-followup": lambda x, y: patchmmd.mmdpp(x, y, preset="followup"),
         "mmdpp-pixelwise": lambda x, y: patchmmd.mmdpp(x, y, preset="pixelwise"),
         "mmdpp-loss": lambda x, y: patchmmd.mmdpp(x, y, preset="loss"),
+        "mmdpp-loss-target": _with_target("loss"),
     }
     try:
         import pytorch_msssim
@@ -159,7 +160,7 @@ def methods(device: str, size: int, with_exact: bool) -> dict[str, Metric]:
     return out
 
 
-_TARGETS: dict[int, object] = {}
+_TARGETS: dict[tuple[int, str], object] = {}
 
 
 def _torch_path(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -168,13 +169,17 @@ def _torch_path(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return patchmmd.mmdpp(x, y)
 
 
-def _with_target(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _with_target(preset: str) -> Metric:
     """A training loop's use: the fixed target's features are computed once, outside the timed step."""
-    key = id(y)
-    if key not in _TARGETS:
-        _TARGETS.clear()
-        _TARGETS[key] = precompute_target(y)
-    return patchmmd.mmdpp(x, _TARGETS[key])  # type: ignore[arg-type]
+
+    def run(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        key = (id(y), preset)
+        if key not in _TARGETS:
+            _TARGETS.clear()
+            _TARGETS[key] = precompute_target(y, preset=preset)
+        return patchmmd.mmdpp(x, _TARGETS[key])  # type: ignore[arg-type]
+
+    return run
 
 
 def _sync(device: str) -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from patchmmd import distance_map, mmdpp, precompute_target
-from patchmmd.core.ssim import SSIM_WINDOW, dissimilarity_map, spread_map
+from patchmmd.core.ssim import SSIM_WINDOW, dissimilarity_map, spread_map, target_moments
 
 ONLY_SSIM = {"weight_l2": 0.0, "weight_local": 0.0, "weight_mmd": 0.0, "weight_ssim": 1.0}
 
@@ -66,10 +66,32 @@ def test_spread_map_keeps_the_mean_and_places_the_difference():
     assert full[..., 30:40, 30:40].mean() > 10 * full[..., :16, :16].mean()
 
 
-def test_precomputed_target_gives_the_same_value():
-    x, y = _pair((2, 3, 32, 32), dtype=torch.float32)
-    options = {"preset": "loss", "weight_ssim": 10.0}
-    torch.testing.assert_close(mmdpp(x, precompute_target(y, **options)), mmdpp(x, y, **options))
+@pytest.mark.parametrize("options", [{"preset": "loss", "weight_ssim": 10.0}, {"preset": "loss"},
+                                     {"preset": "loss", "weight_ssim": [0.0, 0.0, 5.0]}])
+def test_precomputed_target_gives_the_same_value_and_gradient(options):
+    """The target holds y's SSIM moments at the term's octaves (None where an octave's weight is 0); x's
+    value and gradient against it are those against y."""
+    x, y = _pair((2, 3, 48, 48), dtype=torch.float32)
+    target = precompute_target(y, **options)
+    weights = target.config.ssim_weights
+    assert len(target.ssim_moments) == len(weights)
+    for octave, (w, moments) in enumerate(zip(weights, target.ssim_moments, strict=True)):
+        side = 48 // 2**octave - SSIM_WINDOW + 1
+        assert (moments is None) == (w == 0)
+        assert moments is None or moments.shape == (2, 6, side, side)
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    got, ref = mmdpp(a, target), mmdpp(b, y, **options)
+    torch.testing.assert_close(got, ref)
+    got.sum().backward()
+    ref.sum().backward()
+    torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_target_moments_match_the_pairwise_map_in_float64():
+    x, y = _pair((2, 3, 29, 31))
+    xs, ys = x * 2 - 1, y * 2 - 1
+    torch.testing.assert_close(dissimilarity_map(xs, ys, target_moments(ys)), dissimilarity_map(xs, ys),
+                               rtol=1e-12, atol=1e-14)
 
 
 def test_gradcheck_float64():

@@ -49,7 +49,7 @@ from .features import FeatureKind
 from .mmd import Estimator, check_mmd_options, check_sigma, check_sigmas, windowed_mmd2
 from .rff import target_window_means
 from .scale import MAX_SCALES, Level, downsample, pyramid_levels, upsample_map
-from .ssim import SSIM_WINDOW, dissimilarity_map, spread_map
+from .ssim import SSIM_WINDOW, dissimilarity_map, spread_map, target_moments
 from .validation import (
     OutOfRange,
     Reduction,
@@ -291,10 +291,12 @@ def _mmd_term(
 
 
 def _ssim_term(
-    xs: torch.Tensor, ys: torch.Tensor, cfg: MMDPPConfig, want_map: bool
+    xs: torch.Tensor, ys: torch.Tensor, cfg: MMDPPConfig, want_map: bool,
+    y_moments: Sequence[torch.Tensor | None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``Σ_o w_o (1 - SSIM)`` of the images box-downsampled by ``2^o`` (:mod:`patchmmd.core.ssim`), the
-    weights ``w_o`` of ``weight_ssim``: ``(N,)`` and, if asked, the map."""
+    weights ``w_o`` of ``weight_ssim``: ``(N,)`` and, if asked, the map (``y_moments``: a precomputed
+    target's :func:`~patchmmd.core.ssim.target_moments` per octave)."""
     h, w = xs.shape[-2:]
     value = xs.new_zeros(xs.shape[0])
     full = xs.new_zeros(xs.shape[0], 1, h, w) if want_map else None
@@ -302,7 +304,8 @@ def _ssim_term(
         if weight == 0:
             continue
         f = 2**octave
-        m = dissimilarity_map(downsample(xs, f), downsample(ys, f)) * weight
+        moments = y_moments[octave] if y_moments is not None else None
+        m = dissimilarity_map(downsample(xs, f), downsample(ys, f), moments) * weight
         value = value + m.mean(dim=(1, 2, 3))
         if full is not None:
             full = full + upsample_map(spread_map(m, h // f, w // f), f, h, w)
@@ -328,7 +331,7 @@ def _target_internal(xs: torch.Tensor, target: MMDPPTarget) -> torch.Tensor:
     aligned, _ = _aligned_terms(xs, target.image, cfg, target.levels, False)
     features = target.features if cfg.estimator == "rff" else None
     mmd, _ = _mmd_term(xs, target.image, cfg, target.mmd_levels, False, features)
-    ssim, _ = _ssim_term(xs, target.image, cfg, False)
+    ssim, _ = _ssim_term(xs, target.image, cfg, False, target.ssim_moments)
     return aligned + mmd + ssim
 
 
@@ -336,9 +339,10 @@ def _target_internal(xs: torch.Tensor, target: MMDPPTarget) -> torch.Tensor:
 class MMDPPTarget:
     """A fixed second argument of :func:`mmdpp`, precomputed once (:func:`precompute_target`).
 
-    Holds ``y`` at every level of the scale rule and, for the RFF estimator, its random-feature window
-    means, so that ``mmdpp(x, target)`` computes features for ``x`` only (half the work of
-    ``mmdpp(x, y)`` in a training loop with a fixed target) and returns the same value.
+    Holds ``y`` at every level of the scale rule, for the RFF estimator its random-feature window means and,
+    where the SSIM term is on, its local means of ``y`` and ``y²`` at each of the term's octaves, so that
+    ``mmdpp(x, target)`` computes features for ``x`` only (half the work of ``mmdpp(x, y)`` in a training loop
+    with a fixed target) and filters three moment images instead of five, and returns the same value.
     """
 
     config: MMDPPConfig
@@ -349,6 +353,7 @@ class MMDPPTarget:
     mmd_levels: tuple[Level, ...]
     image: torch.Tensor = field(repr=False)
     features: tuple[torch.Tensor | None, ...] = field(repr=False)
+    ssim_moments: tuple[torch.Tensor | None, ...] = field(default=(), repr=False)
 
     @property
     def device(self) -> torch.device:
@@ -390,8 +395,10 @@ def precompute_target(
                 )
                 if cfg.estimator == "rff" and cfg.weight_mmd > 0 else None
             )
+        moments = tuple(target_moments(downsample(ys, 2**octave)) if weight > 0 else None
+                        for octave, weight in enumerate(cfg.ssim_weights))
     lo, hi = float(value_range[0]), float(value_range[1])
-    return MMDPPTarget(cfg, (lo, hi), tuple(ys.shape), dtype, levels, mmd_levels, ys, tuple(feats))
+    return MMDPPTarget(cfg, (lo, hi), tuple(ys.shape), dtype, levels, mmd_levels, ys, tuple(feats), moments)
 
 
 def _mmdpp_target(

@@ -38,23 +38,49 @@ def _window(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return (g / g.sum()).to(dtype=dtype, device=device)
 
 
-def dissimilarity_map(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+def _check_size(xs: torch.Tensor) -> None:
+    if min(xs.shape[-2:]) < SSIM_WINDOW:
+        raise ValueError(f"the SSIM term needs images of at least {SSIM_WINDOW} px, got {tuple(xs.shape[-2:])}")
+
+
+def target_moments(ys: torch.Tensor) -> torch.Tensor:
+    """The local means of ``y`` and ``y²`` (on the [0, 1] scale) of internal-scale ``ys``, which
+    :func:`dissimilarity_map` needs of a fixed second image: ``(N, 2 C, H - 10, W - 10)``.
+
+    Example:
+        >>> y = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        >>> x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+        >>> bool(torch.allclose(dissimilarity_map(x, y, target_moments(y)), dissimilarity_map(x, y)))
+        True
+    """
+    _check_size(ys)
+    ys = (ys + 1) * 0.5
+    return separable_filter(torch.cat([ys, ys * ys], dim=1), _window(ys.dtype, ys.device))
+
+
+def dissimilarity_map(xs: torch.Tensor, ys: torch.Tensor, y_moments: torch.Tensor | None = None) -> torch.Tensor:
     """``1 - SSIM_u`` of internal-scale images, averaged over channels: ``(N, 1, H - 10, W - 10)``.
+
+    ``y_moments``, if given, is :func:`target_moments` of ``ys`` (a fixed target): only ``x``, ``x²`` and
+    ``x y`` are filtered then.
 
     Example:
         >>> x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
         >>> dissimilarity_map(x, x).abs().max() < 1e-6, dissimilarity_map(x, -x).shape
         (tensor(True), torch.Size([1, 1, 22, 22]))
     """
-    if min(xs.shape[-2:]) < SSIM_WINDOW:
-        raise ValueError(f"the SSIM term needs images of at least {SSIM_WINDOW} px, got {tuple(xs.shape[-2:])}")
+    _check_size(xs)
     g = _window(xs.dtype, xs.device)
     c1, c2 = _C1, _C2
     c = xs.shape[1]
     xs, ys = (xs + 1) * 0.5, (ys + 1) * 0.5
-    # One filtering pass over the five moment images.
-    moments = separable_filter(torch.cat([xs, ys, xs * xs, ys * ys, xs * ys], dim=1), g)
-    mx, my, exx, eyy, exy = moments.split(c, dim=1)
+    if y_moments is None:
+        # One filtering pass over the five moment images.
+        moments = separable_filter(torch.cat([xs, ys, xs * xs, ys * ys, xs * ys], dim=1), g)
+        mx, my, exx, eyy, exy = moments.split(c, dim=1)
+    else:
+        mx, exx, exy = separable_filter(torch.cat([xs, xs * xs, xs * ys], dim=1), g).split(c, dim=1)
+        my, eyy = y_moments.split(c, dim=1)
     mx2, my2, mxy = mx * mx, my * my, mx * my
     vx, vy, cxy = exx - mx2, eyy - my2, exy - mxy
     s = ((2 * mxy + c1) * (2 * cxy + c2)) / ((mx2 + my2 + c1) * (vx + vy + c2))
