@@ -353,7 +353,7 @@ class MMDPPTarget:
     mmd_levels: tuple[Level, ...]
     image: torch.Tensor = field(repr=False)
     features: tuple[torch.Tensor | None, ...] = field(repr=False)
-    ssim_moments: tuple[torch.Tensor | None, ...] = field(default=(), repr=False)
+    ssim_moments: tuple[torch.Tensor | None, ...] = field(repr=False)
 
     @property
     def device(self) -> torch.device:
