@@ -36,10 +36,12 @@ def _value_and_grad(fn, x: torch.Tensor, y) -> tuple[torch.Tensor, torch.Tensor]
     return v.detach(), g
 
 
-def _assert_compiled_equals_eager(x, y, backend: str, target: bool = False) -> None:  # type: ignore[no-untyped-def]
-    eager = MMDPP()
+def _assert_compiled_equals_eager(  # type: ignore[no-untyped-def]
+    x, y, backend: str, target: bool = False, preset: str = "default"
+) -> None:
+    eager = MMDPP(preset=preset)
     other = eager.precompute_target(y) if target else y
-    compiled = torch.compile(MMDPP(), fullgraph=True, backend=backend)
+    compiled = torch.compile(MMDPP(preset=preset), fullgraph=True, backend=backend)
     v_c, g_c = _value_and_grad(compiled, x, other)
     v_e, g_e = _value_and_grad(eager, x, other)
     tol = dict(rtol=1e-12, atol=1e-15) if x.dtype == torch.float64 else dict(rtol=1e-5, atol=1e-8)
@@ -58,6 +60,15 @@ def test_compiled_module_equals_eager_float32_native(target):
 def test_compiled_module_equals_eager_float64_pytorch_path(target):
     x, y = _pair(torch.float64)
     _assert_compiled_equals_eager(x, y, "aot_eager", target)
+
+
+@pytest.mark.parametrize("target", [False, True])
+def test_training_preset_compiles_in_one_graph_and_equals_eager(target):
+    """``preset="loss"`` adds the SSIM term, an autograd function with its own backward: traced in the graph."""
+    x, y = _pair(torch.float32)
+    _assert_compiled_equals_eager(x, y, "aot_eager", target, preset="loss")
+    explained = torch._dynamo.explain(MMDPP(preset="loss"))(x, y)
+    assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
 
 
 def test_compiled_pytorch_path_float32_with_kernels_off():

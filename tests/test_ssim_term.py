@@ -100,6 +100,16 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda a: mmdpp(a, y, out_of_range="ignore", **ONLY_SSIM), (x,))
 
 
+def test_closed_form_gradient_gradcheck_both_images_and_target_moments():
+    """The term's backward is written out (not autograd through the formula): checked against finite
+    differences for x and y together, and for x, y and a target's moments (which then carry y's own part)."""
+    x, y = _pair((2, 2, 13, 12), seed=3)
+    xs, ys = (x * 2 - 1).requires_grad_(True), (y * 2 - 1).requires_grad_(True)
+    assert torch.autograd.gradcheck(dissimilarity_map, (xs, ys))
+    moments = target_moments(ys.detach()).requires_grad_(True)
+    assert torch.autograd.gradcheck(dissimilarity_map, (xs, ys, moments))
+
+
 def test_finite_gradient_at_identical_inputs():
     x, _ = _pair((1, 3, 16, 16), dtype=torch.float32)
     a = x.clone().requires_grad_(True)

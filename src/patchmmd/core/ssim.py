@@ -18,9 +18,11 @@ differences) nor the patch MMD (a fixed kernel bandwidth) do.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from .patches import separable_filter
 
@@ -62,7 +64,8 @@ def dissimilarity_map(xs: torch.Tensor, ys: torch.Tensor, y_moments: torch.Tenso
     """``1 - SSIM_u`` of internal-scale images, averaged over channels: ``(N, 1, H - 10, W - 10)``.
 
     ``y_moments``, if given, is :func:`target_moments` of ``ys`` (a fixed target): only ``x``, ``x²`` and
-    ``x y`` are filtered then.
+    ``x y`` are filtered then. The gradient is the closed form of :class:`_Dissimilarity` (one transposed
+    filtering pass), not autograd through the formula.
 
     Example:
         >>> x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -70,21 +73,93 @@ def dissimilarity_map(xs: torch.Tensor, ys: torch.Tensor, y_moments: torch.Tenso
         (tensor(True), torch.Size([1, 1, 22, 22]))
     """
     _check_size(xs)
-    g = _window(xs.dtype, xs.device)
-    c1, c2 = _C1, _C2
-    c = xs.shape[1]
-    xs, ys = (xs + 1) * 0.5, (ys + 1) * 0.5
-    if y_moments is None:
-        # One filtering pass over the five moment images.
-        moments = separable_filter(torch.cat([xs, ys, xs * xs, ys * ys, xs * ys], dim=1), g)
-        mx, my, exx, eyy, exy = moments.split(c, dim=1)
-    else:
-        mx, exx, exy = separable_filter(torch.cat([xs, xs * xs, xs * ys], dim=1), g).split(c, dim=1)
-        my, eyy = y_moments.split(c, dim=1)
+    out: torch.Tensor = _Dissimilarity.apply(xs, ys, y_moments)
+    return out
+
+
+def _ssim_parts(
+    mx: torch.Tensor, my: torch.Tensor, exx: torch.Tensor, eyy: torch.Tensor, exy: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The four factors of ``SSIM_u = A B / (P Q)`` from the local moments: ``A = 2 μx μy + C1``,
+    ``B = 2 σxy + C2``, ``P = μx² + μy² + C1``, ``Q = σx² + σy² + C2``."""
     mx2, my2, mxy = mx * mx, my * my, mx * my
     vx, vy, cxy = exx - mx2, eyy - my2, exy - mxy
-    s = ((2 * mxy + c1) * (2 * cxy + c2)) / ((mx2 + my2 + c1) * (vx + vy + c2))
-    return (1.0 - s).mean(dim=1, keepdim=True)
+    return 2 * mxy + _C1, 2 * cxy + _C2, mx2 + my2 + _C1, vx + vy + _C2
+
+
+class _Dissimilarity(torch.autograd.Function):
+    """``1 - SSIM_u`` averaged over channels, with its gradient in closed form.
+
+    With ``s = A B / (P Q)`` (:func:`_ssim_parts`) and ``u = B / (P Q)``, ``v = A / (P Q)``::
+
+        ∂s/∂μx = 2 (μy (u - v) + μx s (1/Q - 1/P))     ∂s/∂E[x²] = -s/Q     ∂s/∂E[xy] = 2 v
+
+    (``u`` and ``v`` stand for ``s/A`` and ``s/B`` without dividing by ``A`` or ``B``, which may be 0). The
+    moments are Gaussian-filtered images, so their gradients reach the pixels through the transposed filter
+    ``Gᵀ`` (the zero-padded full filtering, the window being symmetric)::
+
+        ∂L/∂x = Gᵀ g_μx + 2 x Gᵀ g_E[x²] + y Gᵀ g_E[xy]
+
+    and alike for ``y``: one filtering pass over three (or five) images instead of autograd through the
+    formula and the two convolutions. Not twice differentiable (``once_differentiable``).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, xs: torch.Tensor, ys: torch.Tensor, y_moments: torch.Tensor | None
+    ) -> torch.Tensor:
+        g = _window(xs.dtype, xs.device)
+        c = xs.shape[1]
+        x, y = (xs + 1) * 0.5, (ys + 1) * 0.5
+        if y_moments is None:
+            # One filtering pass over the five moment images.
+            moments = separable_filter(torch.cat([x, y, x * x, y * y, x * y], dim=1), g)
+            mx, my, exx, eyy, exy = moments.split(c, dim=1)
+        else:
+            mx, exx, exy = separable_filter(torch.cat([x, x * x, x * y], dim=1), g).split(c, dim=1)
+            my, eyy = y_moments.split(c, dim=1)
+        a, b, p, q = _ssim_parts(mx, my, exx, eyy, exy)
+        s = (a * b) / (p * q)
+        ctx.save_for_backward(x, y, mx, my, a, b, p, q, s)
+        ctx.target = y_moments is not None
+        return (1.0 - s).mean(dim=1, keepdim=True)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, y, mx, my, a, b, p, q, s = ctx.saved_tensors
+        want_x, want_y, want_moments = ctx.needs_input_grad
+        c = x.shape[1]
+        k = SSIM_WINDOW - 1
+        # d(1 - mean_c s)/ds = -1/C; the 0.5 of the [-1, 1] -> [0, 1] map multiplies the pixel gradients.
+        gs = grad * (-1.0 / c)
+        inv = gs / (p * q)
+        u, v = b * inv, a * inv
+        sq = (gs * s) * (1 / q - 1 / p)
+        g_sq = -(gs * s) / q
+        own_y = want_y and not ctx.target  # a target's y enters only through E[xy]; its moments are inputs
+        parts: list[torch.Tensor] = []
+        if want_x:
+            parts += [2 * (my * (u - v) + mx * sq), g_sq]  # ∂/∂μx, ∂/∂E[x²]
+        d_my = 2 * (mx * (u - v) + my * sq) if own_y or want_moments else None  # ∂/∂μy
+        if own_y and d_my is not None:
+            parts += [d_my, g_sq]
+        gx = gy = gm = None
+        if want_x or want_y:
+            # Through the filter: the moments' gradients spread back over the pixels (Gᵀ), in one pass.
+            spread = separable_filter(F.pad(torch.cat([*parts, 2 * v], dim=1), (k, k, k, k)),
+                                      _window(x.dtype, x.device)).split(c, dim=1)
+            g_xy = spread[-1]
+            if want_x:
+                gx = 0.5 * (spread[0] + 2 * x * spread[1] + y * g_xy)
+            if own_y:
+                i = 2 if want_x else 0
+                gy = 0.5 * (spread[i] + 2 * y * spread[i + 1] + x * g_xy)
+            elif want_y:
+                gy = 0.5 * x * g_xy
+        if want_moments and d_my is not None:
+            gm = torch.cat([d_my, g_sq], dim=1)
+        return gx, gy, gm
 
 
 def spread_map(m: torch.Tensor, height: int, width: int) -> torch.Tensor:
