@@ -6,6 +6,7 @@ each cell is the median over the rounds. Times are relative to LPIPS-alex in the
     python benchmarks/bench_perf.py                       # 64²x16, 256²x4, 1024²x1, forward and fwd+bwd
     python benchmarks/bench_perf.py --threads 1 --out benchmarks/results/cpu_1thread.csv --md docs/x.md
     python benchmarks/bench_perf.py --scaling             # default distance, 256² .. 2048², fitted exponent
+    python benchmarks/bench_perf.py --scaling-thp         # the same with PyTorch's huge-page allocation off / on
     python benchmarks/bench_perf.py --memory              # peak memory per method (one subprocess each)
     python benchmarks/bench_perf.py --memory --unrelated  # the same for unrelated image pairs
     python benchmarks/bench_perf.py --accuracy            # fast path vs exact estimator on distorted photos
@@ -39,6 +40,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -251,10 +253,7 @@ def scaling(sizes: list[int], repeats: int, device: str) -> list[dict[str, objec
         for s in sizes:
             times[s].append(run_once(fn, *data[s], "forward+backward", device))
     med = {s: statistics.median(v) for s, v in times.items()}
-    lx = [math.log(s * s) for s in sizes]
-    ly = [math.log(med[s]) for s in sizes]
-    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
-    slope = sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=True)) / sum((a - mx) ** 2 for a in lx)
+    slope = _exponent(sizes, [med[s] for s in sizes])
     rows = []
     for s in sizes:
         rows.append(dict(device=device, threads=torch.get_num_threads(), size=s, batch=1, mode="forward+backward",
@@ -285,6 +284,55 @@ if peak is None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps(dict(peak_mb=peak, above_inputs_mb=peak - (base or 0))))
 """
+
+
+_SCALING_CHILD = """
+import json, sys, torch
+sys.path.insert(0, {bench_dir!r})
+torch.set_num_threads({threads})
+import bench_perf as b
+rows = b.scaling({sizes!r}, {repeats}, "cpu")
+print(json.dumps(dict(times={{r["size"]: r["median_s"] for r in rows}}, peak_mb=b.rss_mb("VmHWM"))))
+"""
+
+
+def _exponent(sizes: list[int], times: list[float]) -> float:
+    """Least-squares slope of log time against log pixel count."""
+    lx, ly = [math.log(s * s) for s in sizes], [math.log(t) for t in times]
+    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=True)) / sum((a - mx) ** 2 for a in lx)
+
+
+def scaling_thp(sizes: list[int], rounds: int, repeats: int) -> list[dict[str, object]]:
+    """``--scaling`` with PyTorch's transparent-huge-page allocation off and on (``THP_MEM_ALLOC_ENABLE``, read
+    by PyTorch's CPU allocator, so one subprocess per setting), the two settings alternating for ``rounds``
+    rounds; per size the median over the rounds of each child's median of ``repeats`` calls."""
+    settings = ("0", "1")
+    got: dict[str, list[dict[str, Any]]] = {v: [] for v in settings}
+    code = _SCALING_CHILD.format(bench_dir=os.path.dirname(os.path.abspath(__file__)), sizes=sizes,
+                                 repeats=repeats, threads=torch.get_num_threads())
+    for r in range(rounds):
+        for v in settings:
+            env = {**os.environ, "THP_MEM_ALLOC_ENABLE": v}
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+            res = json.loads(out.stdout.strip().splitlines()[-1])
+            got[v].append(res)
+            print(f"round {r + 1} THP_MEM_ALLOC_ENABLE={v}: "
+                  + ", ".join(f"{s}² {res['times'][str(s)] * 1e3:.1f} ms" for s in sizes)
+                  + f", peak RSS {res['peak_mb']:.0f} MB", flush=True)
+    rows = []
+    med = {v: [statistics.median(g["times"][str(s)] for g in got[v]) for s in sizes] for v in settings}
+    for v in settings:
+        slope = _exponent(sizes, med[v])
+        peak = max(g["peak_mb"] or 0.0 for g in got[v])
+        for s, t, t0 in zip(sizes, med[v], med["0"], strict=True):
+            rows.append(dict(device="cpu", threads=torch.get_num_threads(), size=s, batch=1, mode="forward+backward",
+                             method="mmdpp-default", thp=v, median_s=round(t, 5), vs_thp_off=round(t / t0, 3),
+                             exponent=round(slope, 3), peak_mb=round(peak, 1)))
+        print(f"THP_MEM_ALLOC_ENABLE={v}: " + ", ".join(f"{s}² {t * 1e3:.1f} ms" for s, t in zip(sizes, med[v],
+                                                                                               strict=True))
+              + f"; exponent {slope:.3f}; largest peak RSS {peak:.0f} MB", flush=True)
+    return rows
 
 
 def kernel_scaling(configs: list[tuple[int, int]], repeats: int, threads: int) -> list[dict[str, object]]:
@@ -405,6 +453,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--only", default=None, help="comma-separated method names (lpips-alex always runs)")
     p.add_argument("--scaling", action="store_true", help="time vs image size of the default distance")
     p.add_argument("--scaling-sizes", default="256,512,1024,2048")
+    p.add_argument("--scaling-thp", action="store_true",
+                   help="--scaling with THP_MEM_ALLOC_ENABLE=0 and =1 alternating, one subprocess each, --repeats "
+                        "rounds (3 calls per size in each)")
     p.add_argument("--memory", action="store_true", help="peak memory instead of time")
     p.add_argument("--unrelated", action="store_true",
                    help="y independent of x (default: x plus noise); the aligned terms' worst case for memory")
@@ -434,6 +485,8 @@ def main(argv: list[str] | None = None) -> None:
         rows = kernel_scaling(configs, a.repeats, a.threads or 2)
     elif a.accuracy:
         rows = accuracy([int(v) for v in a.accuracy_features.split(",") if v])
+    elif a.scaling_thp:
+        rows = scaling_thp([int(s) for s in a.scaling_sizes.split(",")], a.repeats, 3)
     elif a.scaling:
         rows = scaling([int(s) for s in a.scaling_sizes.split(",")], a.repeats, a.device)
     elif a.memory:

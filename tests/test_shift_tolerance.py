@@ -179,7 +179,7 @@ def test_new_options_are_validated(options, message):
 def test_loss_preset_trains_on_crops_at_two_native_octaves():
     cfg = patchmmd.get_config("loss")
     assert cfg.base_size is None and not cfg.mmd_native and cfg.num_scales == 2 and cfg.weight_mmd == 199.0
-    assert cfg.shift_tolerant and cfg.sigma == patchmmd.get_config().sigma
+    assert not cfg.shift_tolerant and cfg.sigma == patchmmd.get_config().sigma
     assert [lv.factor for lv in cfg.levels(64, 64)] == [1, 2]  # a 64² crop: native and one octave down
     x = _photo(64)[None].repeat(2, 1, 1, 1)
     y = (x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
@@ -195,6 +195,12 @@ def test_loss_preset_trains_on_crops_at_two_native_octaves():
     assert mmd_share("loss") > 2 * mmd_share("default")
     # SSIM at the same two octaves, each in units of its value on the mildest visible distortion
     assert cfg.ssim_weights == (9.93, 29.1) and patchmmd.get_config().ssim_weights == ()
+    # pixelwise aligned terms: a loss against an aligned truth counts a 1-px misalignment in full, where the
+    # default's shift-tolerant terms let it pass
+    shifted = torch.roll(x, 1, dims=-1)
+    aligned_only = {"preset": "loss", "weight_mmd": 0, "weight_ssim": 0}
+    tolerant = patchmmd.mmdpp(x, shifted, **aligned_only, shift_radius=1, subpixel=True)
+    assert bool((patchmmd.mmdpp(x, shifted, **aligned_only) > 5 * tolerant).all())
 
 
 def test_presets_keep_the_previous_models():

@@ -27,8 +27,10 @@ Presets:
 * ``"loss"``: for training on crops (docs/method.md §3.3): no scale rule (``base_size=None``), the aligned
   terms and the windowed MMD both at native resolution and one octave down (``mmd_native=False``,
   ``num_scales=2``, ``min_size=16``), ten times the MMD weight (``weight_mmd=199``), 256 random features
-  (the setting its training results were measured with), and SSIM at the same two octaves, each in units of
-  its value on the mildest visible distortion (``weight_ssim=(9.93, 29.1)``). On the dev SR task it
+  (the setting its training results were measured with), SSIM at the same two octaves, each in units of
+  its value on the mildest visible distortion (``weight_ssim=(9.93, 29.1)``), and pixelwise aligned terms
+  (``shift_radius=0``, ``subpixel=False``: against an aligned truth a misalignment is an error of the
+  network, and the offset search is the aligned terms' largest cost). On the dev SR task it
   beats L2 under DISTS where the default does not, and its autoencoder is closer than L2's
   (docs/evaluation.md); as a metric of whole photographs it is poor (no scale rule).
 
@@ -215,7 +217,7 @@ PRESETS: dict[str, MMDPPConfig] = {
         shift_radius=0, subpixel=False,
     ),
     "loss": MMDPPConfig(weight_mmd=199.0, mmd_native=False, base_size=None, num_scales=2, min_size=16,
-                        num_features=256, weight_ssim=(9.93, 29.1)),
+                        num_features=256, weight_ssim=(9.93, 29.1), shift_radius=0, subpixel=False),
     "followup": MMDPPConfig(
         sigma=0.06, weight_l2=0.001, weight_local=0.05, weight_mmd=0.5, estimator="rff", num_features=512,
         features="iid", base_size=None, num_scales=1, mmd_native=False, shift_radius=0, subpixel=False,
