@@ -13,7 +13,8 @@ by its units alone (docs/method.md §3.3).
 prints the two constants and the resulting ``weight_l2``, ``weight_local`` and ``weight_mmd``; the
 default preset in ``patchmmd.core.mmdpp`` holds them rounded to three significant digits. It also prints the
 unit of the SSIM term (``1 - SSIM``) at native resolution and one octave down, which only the training preset
-uses, one unit per octave (``weight_ssim``).
+uses, one unit per octave (``weight_ssim``), and what the training preset's MMD weight is in units of its
+term (MMD² of contrast-normalised patches at the preset's two levels) on the same distortions.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ from patchmmd.evaluation.shift import shift_distances
 L2_SHARE, LOCAL_SHARE = 0.001, 0.05  # the method's ratio of the two aligned terms (docs/method.md §3)
 
 
-def unit(**terms: float) -> float:
-    """Median over the shipped images of min(d(noise), d(blur)) for the default model with ``terms`` weights."""
-    cfg = get_config("default", **terms)
+def unit(preset: str = "default", **terms: object) -> float:
+    """Median over the shipped images of min(d(noise), d(blur)) for ``preset`` with ``terms`` weights."""
+    cfg = get_config(preset, **terms)
     values = []
     for i, name in enumerate(sample_names()):
         d = shift_distances(lambda a, b: mmdpp(a, b, preset=cfg), sample_image(name), seed=i)
@@ -50,6 +51,10 @@ def main() -> None:
           f"weight_mmd = {1 / mmd:.3g}")
     print(f"SSIM term (1 - SSIM), native / one octave down, mildest visible:  {ssim[0]:.4g} / {ssim[1]:.4g}")
     print(f"weight_ssim (one unit per octave, the training preset's) = ({1 / ssim[0]:.3g}, {1 / ssim[1]:.3g})")
+    cn = unit("loss", weight_l2=0.0, weight_local=0.0, weight_ssim=0.0, weight_mmd=1.0)
+    w = get_config("loss").weight_mmd
+    print(f"training preset's MMD² of contrast-normalised patches, mildest visible: {cn:.4g} "
+          f"(its weight_mmd={w:g} is {w * cn:.3g} units)")
 
 
 if __name__ == "__main__":

@@ -178,8 +178,11 @@ def test_new_options_are_validated(options, message):
 
 def test_loss_preset_trains_on_crops_at_two_native_octaves():
     cfg = patchmmd.get_config("loss")
-    assert cfg.base_size is None and not cfg.mmd_native and cfg.num_scales == 2 and cfg.weight_mmd == 199.0
-    assert not cfg.shift_tolerant and cfg.sigma == patchmmd.get_config().sigma
+    assert cfg.base_size is None and not cfg.mmd_native and cfg.num_scales == 2 and cfg.weight_mmd == 400.0
+    assert not cfg.shift_tolerant
+    # the MMD compares contrast-normalised patches (widths in units of the unit ball) in 16-px windows
+    assert cfg.contrast_floor == 0.02 and cfg.sigma == (0.5, 1.0) and (cfg.window, cfg.stride) == (16, 8)
+    assert patchmmd.get_config().contrast_floor is None
     assert [lv.factor for lv in cfg.levels(64, 64)] == [1, 2]  # a 64² crop: native and one octave down
     x = _photo(64)[None].repeat(2, 1, 1, 1)
     y = (x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
@@ -187,7 +190,7 @@ def test_loss_preset_trains_on_crops_at_two_native_octaves():
     loss = patchmmd.MMDPP(preset="loss")(xg, y)
     loss.backward()
     assert float(loss) > 0 and xg.grad is not None and bool(torch.isfinite(xg.grad).all())
-    # ten times the default's MMD weight: the MMD term's share of the loss is larger than in the default
+    # the MMD term's share of the loss is larger than in the default
     def mmd_share(preset: str) -> float:
         return float(patchmmd.mmdpp(x, y, preset=preset, weight_l2=0, weight_local=0, weight_ssim=0).sum()
                      / patchmmd.mmdpp(x, y, preset=preset, weight_ssim=0).sum())

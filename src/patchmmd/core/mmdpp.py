@@ -9,7 +9,9 @@ The default (docs/method.md §3.2)::
   sub-pixel displacement (:func:`patchmmd.core.aligned.tolerant_aligned`): a 1-px shift costs next to nothing,
   noise and blur what they cost before;
 * the windowed squared MMD at native resolution (``mmd_native``), with the mean of three Gaussian kernels
-  (``sigma=(0.015, 0.03, 0.06)``): the finest octave, where noise lives, and low-amplitude structure;
+  (``sigma=(0.015, 0.03, 0.06)``): the finest octave, where noise lives, and low-amplitude structure (with
+  ``contrast_floor`` set, of contrast-normalised patches instead:
+  :func:`~patchmmd.core.patches.contrast_normalized_patches`);
 * weights ``w_l2 = 2.29``, ``w_local = 114``, ``w_mmd = 19.9``: each part in units of its value on the
   mildest visible distortion (``scripts/calibrate_weights.py``), not fitted to human scores.
 
@@ -26,7 +28,9 @@ Presets:
   features at every call).
 * ``"loss"``: for training on crops (docs/method.md §3.3): no scale rule (``base_size=None``), the aligned
   terms and the windowed MMD both at native resolution and one octave down (``mmd_native=False``,
-  ``num_scales=2``, ``min_size=16``), ten times the MMD weight (``weight_mmd=199``), 256 random features
+  ``num_scales=2``, ``min_size=16``), the MMD on contrast-normalised patches (``contrast_floor=0.02``,
+  ``sigma=(0.5, 1.0)`` in units of the unit ball, 16-px windows every 8 px) weighted ``weight_mmd=400``
+  (about 6 units of its value on the mildest visible distortion), 256 random features
   (the setting its training results were measured with), SSIM at the same two octaves, each in units of
   its value on the mildest visible distortion (``weight_ssim=(9.93, 29.1)``), and pixelwise aligned terms
   (``shift_radius=0``, ``subpixel=False``: against an aligned truth a misalignment is an error of the
@@ -49,6 +53,7 @@ import torch
 from .aligned import aligned_map, tolerant_aligned
 from .features import FeatureKind
 from .mmd import Estimator, check_mmd_options, check_sigma, check_sigmas, windowed_mmd2
+from .patches import contrast_normalized_patches
 from .rff import target_window_means
 from .scale import MAX_SCALES, Level, downsample, pyramid_levels, upsample_map
 from .ssim import SSIM_WINDOW, dissimilarity_map, spread_map, target_moments
@@ -56,6 +61,7 @@ from .validation import (
     OutOfRange,
     Reduction,
     check_bool,
+    check_float_in,
     check_nonnegative_float,
     check_patch_size,
     check_positive_int,
@@ -69,6 +75,9 @@ SCALAR_WEIGHTS = ("weight_l2", "weight_local", "weight_mmd")
 
 #: Most octaves the SSIM term may span (native resolution and ``MAX_SSIM_OCTAVES - 1`` octaves down).
 MAX_SSIM_OCTAVES = 5
+
+#: Allowed ``contrast_floor`` (per pixel, [-1, 1] scale).
+CONTRAST_FLOOR_RANGE = (1e-4, 1.0)
 
 #: Largest integer search radius of the shift-tolerant aligned terms: ``(2 r + 1)²`` offsets are tried.
 MAX_SHIFT_RADIUS = 4
@@ -113,6 +122,9 @@ class MMDPPConfig:
     shift_radius: int = 1
     subpixel: bool = True
     tolerance_window: int = 16
+    #: None: the MMD compares raw (centred) patches. A number ε: contrast-normalised patches
+    #: ``Π p / sqrt(‖Π p‖² + d ε²)`` ([-1, 1] scale), ``sigma`` then in units of the unit ball (docs/method.md §3.3).
+    contrast_floor: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.sigma, list | tuple):
@@ -138,6 +150,11 @@ class MMDPPConfig:
         check_bool("subpixel", self.subpixel)
         check_positive_int("shift_radius", self.shift_radius, minimum=0, maximum=MAX_SHIFT_RADIUS)
         check_positive_int("tolerance_window", self.tolerance_window)
+        if self.contrast_floor is not None:
+            object.__setattr__(self, "contrast_floor", check_float_in(
+                "contrast_floor", self.contrast_floor, *CONTRAST_FLOOR_RANGE,
+                why="below, flat regions' noise is blown up to full contrast; above, every patch counts as flat",
+            ))
         if self.scale_weights is not None:
             try:
                 weights = tuple(self.scale_weights)
@@ -216,8 +233,9 @@ PRESETS: dict[str, MMDPPConfig] = {
         sigma=0.06, weight_l2=0.001, weight_local=0.05, weight_mmd=0.5, num_features=512, mmd_native=False,
         shift_radius=0, subpixel=False,
     ),
-    "loss": MMDPPConfig(weight_mmd=199.0, mmd_native=False, base_size=None, num_scales=2, min_size=16,
-                        num_features=256, weight_ssim=(9.93, 29.1), shift_radius=0, subpixel=False),
+    "loss": MMDPPConfig(weight_mmd=400.0, mmd_native=False, base_size=None, num_scales=2, min_size=16,
+                        num_features=256, weight_ssim=(9.93, 29.1), shift_radius=0, subpixel=False,
+                        contrast_floor=0.02, sigma=(0.5, 1.0), window=16, stride=8),
     "followup": MMDPPConfig(
         sigma=0.06, weight_l2=0.001, weight_local=0.05, weight_mmd=0.5, estimator="rff", num_features=512,
         features="iid", base_size=None, num_scales=1, mmd_native=False, shift_radius=0, subpixel=False,
@@ -266,6 +284,14 @@ def _aligned_terms(
     return value, full
 
 
+def _mmd_input(img: torch.Tensor, cfg: MMDPPConfig) -> tuple[torch.Tensor, int, bool]:
+    """What the windowed MMD compares, as (image, patch size, centre): the image's patches, or with
+    ``contrast_floor`` its contrast-normalised patches as a ``C k²``-channel image of 1x1 patches."""
+    if cfg.contrast_floor is None:
+        return img, cfg.patch_size, cfg.center
+    return contrast_normalized_patches(img, cfg.patch_size, cfg.contrast_floor), 1, False
+
+
 def _mmd_term(
     xs: torch.Tensor, ys: torch.Tensor | None, cfg: MMDPPConfig, levels: Sequence[Level], want_map: bool,
     y_features: Sequence[torch.Tensor | None] | None = None,
@@ -278,11 +304,11 @@ def _mmd_term(
     if cfg.weight_mmd == 0:
         return value, full
     for i, level in enumerate(levels):
-        xl = downsample(xs, level.factor)
-        yl = downsample(ys, level.factor) if ys is not None else xl
+        xl, k, center = _mmd_input(downsample(xs, level.factor), cfg)
+        yl = _mmd_input(downsample(ys, level.factor), cfg)[0] if ys is not None else xl
         per_window, grid = windowed_mmd2(
-            xl, yl, patch_size=cfg.patch_size, sigma=cfg.sigma, window=cfg.window, stride=cfg.stride,
-            center=cfg.center, estimator=cfg.estimator, num_features=cfg.num_features, seed=cfg.seed,
+            xl, yl, patch_size=k, sigma=cfg.sigma, window=cfg.window, stride=cfg.stride,
+            center=center, estimator=cfg.estimator, num_features=cfg.num_features, seed=cfg.seed,
             features=cfg.features, y_features=y_features[i] if y_features is not None else None,
         )
         value = value + (level.weight * cfg.weight_mmd) * per_window.mean(dim=(1, 2))
@@ -389,11 +415,11 @@ def precompute_target(
         mmd_levels = tuple(cfg.mmd_levels(levels))
         feats = []
         for level in mmd_levels:
-            yl = downsample(ys, level.factor)
+            yl, k, center = _mmd_input(downsample(ys, level.factor), cfg)
             feats.append(
                 target_window_means(
-                    yl, patch_size=cfg.patch_size, sigma=cfg.sigma, window=cfg.window, stride=cfg.stride,
-                    center=cfg.center, num_features=cfg.num_features, seed=cfg.seed, features=cfg.features,
+                    yl, patch_size=k, sigma=cfg.sigma, window=cfg.window, stride=cfg.stride,
+                    center=center, num_features=cfg.num_features, seed=cfg.seed, features=cfg.features,
                 )
                 if cfg.estimator == "rff" and cfg.weight_mmd > 0 else None
             )

@@ -87,6 +87,25 @@ def extract_patches(x: torch.Tensor, patch_size: int, *, center: bool = True) ->
     return patch_rows(reflect_pad(x, patch_size), patch_size, 0, x.shape[-2], center=center)
 
 
+def contrast_normalized_patches(x: torch.Tensor, patch_size: int, floor: float) -> torch.Tensor:
+    """Centred patches divided by their contrast: ``Π p / sqrt(‖Π p‖² + d floor²)``, ``(N, C * k * k, H, W)``.
+
+    ``d = C k²``; ``floor`` is a contrast per pixel below which a patch counts as flat (its norm is shrunk, not
+    blown up to 1), so the map is smooth everywhere and ``x == y`` still gives 0. Every vector lies in the
+    unit ball: a patch's *structure* at any contrast above the floor (docs/method.md §3.3).
+
+    Example:
+        >>> x = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+        >>> p = contrast_normalized_patches(x, 3, 0.01)
+        >>> p.shape, bool(p.norm(dim=1).max() < 1)
+        (torch.Size([1, 27, 8, 8]), True)
+        >>> bool(torch.allclose(contrast_normalized_patches(0.5 * x, 3, 0.005), p, atol=1e-6))  # contrast-free
+        True
+    """
+    p = extract_patches(x, patch_size, center=True)
+    return p * torch.rsqrt(p.pow(2).sum(dim=1, keepdim=True) + p.shape[1] * floor * floor)
+
+
 def patch_rows(padded: torch.Tensor, patch_size: int, start: int, stop: int, *, center: bool = True) -> torch.Tensor:
     """Patches centred on pixel rows ``[start, stop)`` of an image already padded by :func:`reflect_pad`.
 

@@ -1,0 +1,114 @@
+"""The MMD term on contrast-normalised patches (``contrast_floor``, docs/method.md §3.3) against a float64
+reference written out loop by loop, and its invariances."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from patchmmd import mmdpp, precompute_target
+from patchmmd.core.mmdpp import get_config
+from patchmmd.core.patches import contrast_normalized_patches
+
+ONLY_MMD = {"weight_l2": 0.0, "weight_local": 0.0, "weight_ssim": 0.0, "weight_mmd": 1.0, "base_size": None,
+            "num_scales": 1, "mmd_native": True}
+
+
+def _pair(shape, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(*shape, generator=g, dtype=dtype)
+    y = (x + 0.05 * torch.randn(*shape, generator=g, dtype=dtype)).clamp(0, 1)
+    return x, y
+
+
+def _reference(x: np.ndarray, y: np.ndarray, floor: float, sigmas, window: int, stride: int, k: int = 3) -> float:
+    """Mean over windows of the V-statistic MMD² of the normalised patches (one image, internal scale)."""
+
+    def patches(img):
+        c, h, w = img.shape
+        p = np.pad(img, ((0, 0), (k // 2, k // 2), (k // 2, k // 2)), mode="reflect")
+        out = np.empty((h, w, c * k * k))
+        for i in range(h):
+            for j in range(w):
+                v = p[:, i : i + k, j : j + k].reshape(c, k * k)
+                v = (v - v.mean(axis=1, keepdims=True)).reshape(-1)
+                out[i, j] = v / np.sqrt(v @ v + v.size * floor**2)
+        return out
+
+    px, py = patches(2 * x - 1), patches(2 * y - 1)
+
+    def kmean(a, b):
+        d2 = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
+        return np.mean([np.exp(-d2 / (2 * s * s)).mean() for s in sigmas])
+
+    vals = []
+    h, w = x.shape[1:]
+    for top in range(0, h - window + 1, stride):
+        for left in range(0, w - window + 1, stride):
+            a = px[top : top + window, left : left + window].reshape(-1, px.shape[-1])
+            b = py[top : top + window, left : left + window].reshape(-1, py.shape[-1])
+            vals.append(kmean(a, a) + kmean(b, b) - 2 * kmean(a, b))
+    return float(np.mean(vals))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_exact_estimator_matches_reference(channels):
+    x, y = _pair((2, channels, 24, 24))
+    opts = dict(ONLY_MMD, contrast_floor=0.02, sigma=(0.5, 1.0), window=16, stride=8, estimator="exact")
+    got = mmdpp(x, y, preset="loss", **opts)
+    ref = [_reference(x[i].numpy(), y[i].numpy(), 0.02, (0.5, 1.0), 16, 8) for i in range(2)]
+    torch.testing.assert_close(got, torch.tensor(ref, dtype=torch.float64), rtol=1e-9, atol=1e-12)
+
+
+def test_rff_approaches_exact():
+    x, y = _pair((1, 3, 48, 48), seed=1)
+    opts = dict(ONLY_MMD, contrast_floor=0.02, sigma=(0.5, 1.0), window=16, stride=8)
+    exact = float(mmdpp(x, y, preset="loss", estimator="exact", **opts))
+    errors = [abs(float(mmdpp(x, y, preset="loss", num_features=r, **opts)) / exact - 1) for r in (64, 4096)]
+    assert errors[1] < 0.05
+    assert errors[1] < errors[0]
+
+
+def test_patches_are_contrast_free_and_in_the_unit_ball():
+    x, _ = _pair((2, 3, 20, 17), seed=2)
+    p = contrast_normalized_patches(x, 3, 0.01)
+    assert p.shape == (2, 27, 20, 17)
+    assert float(p.norm(dim=1).max()) < 1
+    # An affine change of contrast with the floor scaled alike gives the same vectors (exactly, up to rounding).
+    torch.testing.assert_close(contrast_normalized_patches(0.3 * x + 0.2, 3, 0.003), p, rtol=0, atol=1e-12)
+
+
+def test_term_is_invariant_to_contrast_scaled_with_its_floor():
+    x, y = _pair((2, 3, 32, 32), seed=3)
+    opts = dict(ONLY_MMD, sigma=(0.5, 1.0), window=16, stride=8)
+    a = mmdpp(x, y, preset="loss", contrast_floor=0.02, **opts)
+    # 0.4 x + 0.3 on [0, 1] is 0.4 x' - 0.2 on the internal [-1, 1] scale: contrast 0.4 about any offset.
+    b = mmdpp(0.4 * x + 0.3, 0.4 * y + 0.3, preset="loss", contrast_floor=0.008, **opts)
+    torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_identity_target_and_gradients():
+    x, y = _pair((2, 3, 32, 32), seed=4)
+    opts = dict(contrast_floor=0.02, sigma=(0.5, 1.0), window=16, stride=8)
+    assert torch.equal(mmdpp(x, x, preset="loss", **opts), torch.zeros(2, dtype=torch.float64))
+    torch.testing.assert_close(mmdpp(x, precompute_target(y, preset="loss", **opts)),
+                               mmdpp(x, y, preset="loss", **opts))
+    xr = x.clone().requires_grad_(True)
+    mmdpp(xr, x, preset="loss", **opts).sum().backward()  # at x == y: finite, and zero by symmetry
+    assert torch.isfinite(xr.grad).all()
+    assert float(xr.grad.abs().max()) < 1e-9
+
+
+def test_gradcheck():
+    x, y = _pair((1, 3, 12, 12), seed=5)
+    opts = dict(ONLY_MMD, contrast_floor=0.05, sigma=(0.5, 1.0), window=8, stride=4, estimator="exact")
+    x.requires_grad_(True)
+    y.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a, b: mmdpp(a, b, preset="loss", **opts), (x, y))
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.1, float("nan"), 2.0, "0.1"])
+def test_bad_floor_is_refused(bad):
+    with pytest.raises(ValueError, match="contrast_floor"):
+        get_config("loss", contrast_floor=bad)
