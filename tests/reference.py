@@ -18,17 +18,21 @@ def reflect_index(i: int, n: int) -> int:
     return i
 
 
-def patch(img: np.ndarray, u: int, v: int, k: int, center: bool) -> np.ndarray:
-    """The k x k x C patch centred on (u, v) of a (C, H, W) array, flattened channel-major."""
+def patch(img: np.ndarray, u: int, v: int, k: int, center: bool, floor: float | None = None) -> np.ndarray:
+    """The k x k x C patch centred on (u, v) of a (C, H, W) array, flattened channel-major; with ``floor``,
+    centred and divided by ``sqrt(‖p‖² + d floor²)`` (contrast-normalised, docs/method.md §3.3)."""
     c, h, w = img.shape
     r = k // 2
     p = np.empty((c, k, k))
     for a in range(k):
         for b in range(k):
             p[:, a, b] = img[:, reflect_index(u - r + a, h), reflect_index(v - r + b, w)]
-    if center:
+    if center or floor is not None:
         p = p - p.mean(axis=(1, 2), keepdims=True)
-    return p.reshape(-1)
+    p = p.reshape(-1)
+    if floor is not None:
+        p = p / math.sqrt(float(p @ p) + p.size * floor * floor)
+    return p
 
 
 def gaussian(p: np.ndarray, q: np.ndarray, s: float) -> float:
@@ -43,18 +47,20 @@ def mmd2(ps: list[np.ndarray], qs: list[np.ndarray], s: float) -> float:
 
 
 def windowed_mmd2(
-    x: np.ndarray, y: np.ndarray, *, k: int, sigma: float, window: int | None, stride: int, center: bool
+    x: np.ndarray, y: np.ndarray, *, k: int, sigma: float, window: int | None, stride: int, center: bool,
+    floor: float | None = None,
 ) -> float:
-    """Mean over windows of the V-statistic MMD² between patch sets; x, y are (C, H, W) on [-1, 1]."""
+    """Mean over windows of the V-statistic MMD² between patch sets; x, y are (C, H, W) on [-1, 1]. With
+    ``floor``, of contrast-normalised patches, ``sigma`` then the kernel width itself (unit-ball units)."""
     _, h, w = x.shape
     wh = h if window is None else min(window, h)
     ww = w if window is None else min(window, w)
-    s = sigma * k * k
+    s = sigma if floor is not None else sigma * k * k
     values = []
     for top in range(0, h - wh + 1, stride):
         for left in range(0, w - ww + 1, stride):
-            ps = [patch(x, u, v, k, center) for u in range(top, top + wh) for v in range(left, left + ww)]
-            qs = [patch(y, u, v, k, center) for u in range(top, top + wh) for v in range(left, left + ww)]
+            ps = [patch(x, u, v, k, center, floor) for u in range(top, top + wh) for v in range(left, left + ww)]
+            qs = [patch(y, u, v, k, center, floor) for u in range(top, top + wh) for v in range(left, left + ww)]
             values.append(mmd2(ps, qs, s))
     return float(np.mean(values))
 
