@@ -24,7 +24,7 @@ from patchmmd import _native
 from patchmmd.core import aligned
 from patchmmd.core.features import random_features
 from patchmmd.core.patches import window_grid
-from patchmmd.core.rff import paired_features, rff_window_means
+from patchmmd.core.rff import normalized_window_means, paired_features, rff_window_means
 
 needs_native = pytest.mark.skipif(_native.kernels() is None, reason="no C compiler: the PyTorch path is used")
 
@@ -80,6 +80,58 @@ def test_native_equals_pytorch_values_and_gradients(shape, patch_size, window, s
     torch.testing.assert_close(g_nat, g_ref, atol=1e-4 * float(g_ref.abs().max()), rtol=1e-3)
 
 
+def _normalized_means(x, feats, grid, k, floor, native: bool):
+    if native:
+        return normalized_window_means(x, feats, grid, k, floor)
+    with _native.disabled():
+        return normalized_window_means(x, feats, grid, k, floor)
+
+
+@needs_native
+@pytest.mark.parametrize(
+    ("shape", "patch_size", "floor", "window", "stride", "r"),
+    [
+        ((2, 3, 48, 64), 3, 0.02, 16, 8, 256),   # the training preset's settings
+        ((1, 3, 37, 53), 3, 0.2, 16, 8, 100),    # odd sizes, one image (bands of rows), r not a multiple of J
+        ((5, 1, 40, 70), 5, 0.02, 20, 10, 64),   # grayscale, 5x5 patches, several images
+        ((1, 2, 30, 45), 3, 0.05, None, 16, 48),  # one global window
+    ],
+)
+def test_contrast_normalized_native_equals_pytorch(shape, patch_size, floor, window, stride, r):
+    """The kernels' per-centre scale (the normalised patches never formed) against the C k²-channel image of
+    normalised patches on the PyTorch path: window means and the image gradient, through the scale too."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(*shape, generator=g) * 2 - 1
+    x[..., : shape[-2] // 3, :] = 0.3 + 0.01 * x[..., : shape[-2] // 3, :]  # a nearly flat band: the floor acts
+    d = shape[1] * patch_size**2
+    weight, phase = random_features(d, 1, (0.5, 1.0), r, seed=1, kind="stratified")
+    feats = paired_features(weight, phase)
+    grid = window_grid(shape[-2], shape[-1], window, stride)
+    gout = torch.randn(_normalized_means(x, feats, grid, patch_size, floor, False).shape, generator=g)
+    results = []
+    for native in (True, False):
+        xg = x.clone().requires_grad_(True)
+        m = _normalized_means(xg, feats, grid, patch_size, floor, native)
+        (m * gout).sum().backward()
+        results.append((m.detach(), xg.grad))
+    (m_nat, g_nat), (m_ref, g_ref) = results
+    torch.testing.assert_close(m_nat, m_ref, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(g_nat, g_ref, atol=1e-4 * float(g_ref.abs().max()), rtol=1e-3)
+
+
+@needs_native
+def test_training_preset_gradient_matches_float64_finite_differences():
+    """The training preset (contrast-normalised MMD on the kernels' scaled path) in float32 against central
+    differences of its float64 PyTorch path."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(1, 3, 32, 40, generator=g, dtype=torch.float64)
+    y = torch.rand(1, 3, 32, 40, generator=g, dtype=torch.float64)
+    v = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    analytic, numeric = _directional_derivatives(patchmmd.mmdpp, x, y, v, 1e-5, preset="loss", weight_ssim=0.0,
+                                                 weight_l2=0.0, weight_local=0.0)
+    assert analytic == pytest.approx(numeric, rel=1e-3)
+
+
 @needs_native
 def test_native_gradient_matches_float64_finite_differences():
     """Directional derivative of the float32 native path against central differences of the float64 path."""
@@ -133,6 +185,9 @@ def _kernel_outputs(nk: _native.NativeKernels) -> list[torch.Tensor]:
         out += nk.block_sums_split(xp, weight, phase, 32, 48, 8, 8, 3)
         amp, phs = _native.grad_polar(*torch.randn(2, n, 32, 4, 6, generator=g))
         out.append(nk.grad_image_polar(xp, weight, phase, amp, phs, 32, 48, 8, 8, 3))
+        scale = torch.rand(n, 32, _native.VECTOR * 2, generator=g) + 0.5  # the contrast-normalised variant
+        out += nk.block_sums_split(xp, weight, phase, 32, 48, 8, 8, 3, scale)
+        out += nk.grad_image_scaled(xp, weight, phase, scale, amp, phs, 32, 48, 8, 8, 3)
     x, y = torch.rand(2, 3, 3, 20, 24, generator=g)
     yp = torch.nn.functional.pad(y, (1, 1, 1, 1), mode="replicate").contiguous()
     out.append(nk.aligned_scan(x, yp, None, radius=1, offsets=[(0, 0), (1, -1), (-1, 1)], lk_box=3, ridge=1e-3,

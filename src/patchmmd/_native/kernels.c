@@ -13,6 +13,10 @@
  *                 dz_j = G_s cos z_j - G_c sin z_j = A cos(z_j + phi) (backward pass; angles are recomputed,
  *                 nothing is stored).
  *
+ * With a per-centre scale s (the contrast-normalised MMD, docs/method.md §3.3: s = 1 / sqrt(|Π p|² + d ε²) and
+ * filters already projected by Π) the angle is z_j = b_j + s(y, x) sum_{...} W[j, .] img[.]; rff_grad_image then
+ * also returns dL/ds(y, x) = sum_j dz_j (z_j - b_j) / s, and the image gradient carries the factor s.
+ *
  * The convolution, the sine/cosine and the block sums are done in registers, J frequencies x P vectors of V
  * patch centres at a time (each weight broadcast once for P vectors, each pixel loaded once for J
  * frequencies), so no (m x H x W) tensor is ever written. sin/cos(2 pi t) use a range reduction to
@@ -142,11 +146,12 @@ static inline void angles(const float *img, int C, int Hp, int Wp, int k, int K,
 
 /* Block sums of cos(z_j) and sin(z_j), j in [j0, j1) (a multiple of J apart), for one image.
  * img: (C, Hp, Wp) with Hp >= hc + k - 1 and Wp >= wcp + k - 1; wcp: wc rounded up to a multiple of P * V.
+ * scale: NULL, or the per-centre scale s of this image, (hc, wcp).
  * out_c, out_s: (m, hc / bh, wc / bw) for this image (rows j0 .. j1 written).
  * work: 2 * J * wcp floats. */
 void rff_block_sums(const float *img, int C, int Hp, int Wp, int k, int hc, int wc, int wcp, int bh, int bw,
-                    const float *W, const float *b, int j0, int j1, const float *cc, const float *sc, float *out_c,
-                    float *out_s, float *work) {
+                    const float *W, const float *b, const float *scale, int j0, int j1, const float *cc,
+                    const float *sc, float *out_c, float *out_s, float *work) {
     const int K = C * k * k, hb = hc / bh, wb = wc / bw;
     float *acc_c = work, *acc_s = work + (size_t)J * wcp;
     for (int g = j0; g < j1; g += J) {
@@ -157,11 +162,19 @@ void rff_block_sums(const float *img, int C, int Hp, int Wp, int k, int hc, int 
                     vf z[P][J];
 #pragma GCC unroll 16
                     for (int jj = 0; jj < J; ++jj) {
-                        const float bj = b[g + jj];
+                        const float bj = scale ? 0.0f : b[g + jj];
 #pragma GCC unroll 4
                         for (int q = 0; q < P; ++q) z[q][jj] = splat(bj);
                     }
                     angles(img, C, Hp, Wp, k, K, W, g, y, x0, z);
+                    if (scale) {
+#pragma GCC unroll 4
+                        for (int q = 0; q < P; ++q) {
+                            const vf sv = loadu(scale + (size_t)y * wcp + x0 + q * V);
+#pragma GCC unroll 16
+                            for (int jj = 0; jj < J; ++jj) z[q][jj] = z[q][jj] * sv + b[g + jj];
+                        }
+                    }
 #pragma GCC unroll 4
                     for (int q = 0; q < P; ++q) {
                         vf c[J], s[J];
@@ -198,10 +211,12 @@ void rff_block_sums(const float *img, int C, int Hp, int Wp, int k, int hc, int 
  * one cosine per angle. amp, phs: (m, hc / bh, wc / bw); m a multiple of J.
  * gimg: (C, Hg, Wg), Hg >= y1 - y0 + k - 1, Wg >= wcp + k - 1, zero on entry; row 0 is image row y0. Gradients are
  * added into it (the transposed convolution), so bands of rows may go to separate buffers.
+ * scale: NULL, or the per-centre scale s of this image, (hc, wcp); then gscale (rows y0 .. y1 of an (hc, wcp)
+ * array) receives dL/ds, zero past wc.
  * work: 2 * m * wcp + K * P * V floats. */
 void rff_grad_image(const float *img, int C, int Hp, int Wp, int k, int hc, int wc, int wcp, int bh, int bw,
-                    const float *W, const float *b, int m, const float *cc, const float *amp, const float *phs,
-                    int y0, int y1, float *gimg, int Hg, int Wg, float *work) {
+                    const float *W, const float *b, const float *scale, int m, const float *cc, const float *amp,
+                    const float *phs, int y0, int y1, float *gimg, int Hg, int Wg, float *gscale, float *work) {
     const int K = C * k * k, hb = hc / bh, wb = wc / bw;
     float *ea = work, *ep = work + (size_t)m * wcp, *gacc = work + 2 * (size_t)m * wcp;
     int expanded = -1;
@@ -221,20 +236,46 @@ void rff_grad_image(const float *img, int C, int Hp, int Wp, int k, int hc, int 
         }
         for (int x0 = 0; x0 < wcp; x0 += P * V) {
             memset(gacc, 0, sizeof(float) * (size_t)K * P * V);
+            vf sv[P], gs[P];
+#pragma GCC unroll 4
+            for (int q = 0; q < P; ++q) {
+                sv[q] = scale ? loadu(scale + (size_t)y * wcp + x0 + q * V) : splat(1.0f);
+                gs[q] = splat(0.0f);
+            }
             for (int g = 0; g < m; g += J) {
                 vf z[P][J], dz[P][J];
+                if (scale) {
 #pragma GCC unroll 16
-                for (int jj = 0; jj < J; ++jj) {
+                    for (int jj = 0; jj < J; ++jj) {
 #pragma GCC unroll 4
-                    for (int q = 0; q < P; ++q) z[q][jj] = loadu(ep + (size_t)(g + jj) * wcp + x0 + q * V);
+                        for (int q = 0; q < P; ++q) z[q][jj] = splat(0.0f);
+                    }
+                    angles(img, C, Hp, Wp, k, K, W, g, y, x0, z);
+#pragma GCC unroll 16
+                    for (int jj = 0; jj < J; ++jj) {
+#pragma GCC unroll 4
+                        for (int q = 0; q < P; ++q)
+                            z[q][jj] = z[q][jj] * sv[q] + loadu(ep + (size_t)(g + jj) * wcp + x0 + q * V);
+                    }
+                } else {
+#pragma GCC unroll 16
+                    for (int jj = 0; jj < J; ++jj) {
+#pragma GCC unroll 4
+                        for (int q = 0; q < P; ++q) z[q][jj] = loadu(ep + (size_t)(g + jj) * wcp + x0 + q * V);
+                    }
+                    angles(img, C, Hp, Wp, k, K, W, g, y, x0, z);
                 }
-                angles(img, C, Hp, Wp, k, K, W, g, y, x0, z);
 #pragma GCC unroll 4
                 for (int q = 0; q < P; ++q) {
 #pragma GCC unroll 16
                     for (int jj = 0; jj < J; jj += S) cos_s(z[q] + jj, cc, dz[q] + jj);
 #pragma GCC unroll 16
                     for (int jj = 0; jj < J; ++jj) dz[q][jj] *= loadu(ea + (size_t)(g + jj) * wcp + x0 + q * V);
+                    if (scale) { /* dL/ds: sum_j dz_j a_j, with s a_j = z_j - b_j - phs (divided by s below) */
+#pragma GCC unroll 16
+                        for (int jj = 0; jj < J; ++jj)
+                            gs[q] += dz[q][jj] * (z[q][jj] - loadu(ep + (size_t)(g + jj) * wcp + x0 + q * V));
+                    }
                 }
                 for (int kk = 0; kk < K; ++kk) {
                     vf a[P];
@@ -251,6 +292,10 @@ void rff_grad_image(const float *img, int C, int Hp, int Wp, int k, int hc, int 
                     for (int q = 0; q < P; ++q) storeu(gacc + ((size_t)kk * P + q) * V, a[q]);
                 }
             }
+            if (scale) {
+#pragma GCC unroll 4
+                for (int q = 0; q < P; ++q) storeu(gscale + (size_t)y * wcp + x0 + q * V, gs[q] / sv[q]);
+            }
             int kk = 0;
             for (int c = 0; c < C; ++c) {
                 for (int dy = 0; dy < k; ++dy) {
@@ -258,7 +303,8 @@ void rff_grad_image(const float *img, int C, int Hp, int Wp, int k, int hc, int 
                     for (int dx = 0; dx < k; ++dx, ++kk) {
 #pragma GCC unroll 4
                         for (int q = 0; q < P; ++q)
-                            storeu(row + dx + q * V, loadu(row + dx + q * V) + loadu(gacc + ((size_t)kk * P + q) * V));
+                            storeu(row + dx + q * V,
+                                   loadu(row + dx + q * V) + sv[q] * loadu(gacc + ((size_t)kk * P + q) * V));
                     }
                 }
             }
@@ -810,9 +856,10 @@ int patchmmd_openmp(void) {
 }
 
 /* rff_block_sums of images i, frequency groups [g0, g1): task t is image t / T, groups from (t % T) * per, with
- * T = ceil(groups / per) tasks an image (a group is J frequencies). */
+ * T = ceil(groups / per) tasks an image (a group is J frequencies). scale: NULL or (N, hc, wcp). */
 void rff_block_sums_tasks(const float *img, int64_t img_stride, int C, int Hp, int Wp, int k, int hc, int wc, int wcp,
-                          int bh, int bw, const float *W, const float *b, int groups, int per, const float *cc,
+                          int bh, int bw, const float *W, const float *b, const float *scale, int groups, int per,
+                          const float *cc,
                           const float *sc, float *out_c, float *out_s, int64_t out_stride, float *work,
                           int64_t work_stride, int t0, int t1, int nthreads) {
     const int T = (groups + per - 1) / per;
@@ -822,19 +869,21 @@ void rff_block_sums_tasks(const float *img, int64_t img_stride, int C, int Hp, i
         float *wk = work + (size_t)THREAD_SLOT() * work_stride;
         for (int t; (t = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED)) < t1;) {
             const int i = t / T, g0 = (t % T) * per, g1 = g0 + per < groups ? g0 + per : groups;
-            rff_block_sums(img + i * img_stride, C, Hp, Wp, k, hc, wc, wcp, bh, bw, W, b, g0 * J, g1 * J, cc, sc,
-                           out_c + i * out_stride, out_s + i * out_stride, wk);
+            rff_block_sums(img + i * img_stride, C, Hp, Wp, k, hc, wc, wcp, bh, bw, W, b,
+                           scale ? scale + (size_t)i * hc * wcp : NULL, g0 * J, g1 * J, cc, sc, out_c + i * out_stride,
+                           out_s + i * out_stride, wk);
         }
     }
 }
 
 /* rff_grad_image of images i, bands of rows: task t is image t / bands, rows from (t % bands) * rows, written to
- * gimg + i * gimg_stride + (t % bands) * band_stride (C x Hg x Wg contiguous, Hg = rows + k - 1; zeroed here). */
+ * gimg + i * gimg_stride + (t % bands) * band_stride (C x Hg x Wg contiguous, Hg = rows + k - 1; zeroed here).
+ * scale, gscale: NULL, or (N, hc, wcp) each (each task writes its own rows of gscale). */
 void rff_grad_image_tasks(const float *img, int64_t img_stride, int C, int Hp, int Wp, int k, int hc, int wc, int wcp,
-                          int bh, int bw, const float *W, const float *b, int m, const float *cc, const float *amp,
-                          const float *phs, int64_t g_stride, int rows, int bands, float *gimg, int64_t gimg_stride,
-                          int64_t band_stride, int Wg, float *work, int64_t work_stride, int t0, int t1,
-                          int nthreads) {
+                          int bh, int bw, const float *W, const float *b, const float *scale, int m, const float *cc,
+                          const float *amp, const float *phs, int64_t g_stride, int rows, int bands, float *gimg,
+                          int64_t gimg_stride, int64_t band_stride, int Wg, float *gscale, float *work,
+                          int64_t work_stride, int t0, int t1, int nthreads) {
     int next = t0;
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
@@ -843,8 +892,10 @@ void rff_grad_image_tasks(const float *img, int64_t img_stride, int C, int Hp, i
             const int i = t / bands, band = t % bands, y0 = band * rows, y1 = y0 + rows < hc ? y0 + rows : hc;
             float *g = gimg + i * gimg_stride + band * band_stride;
             memset(g, 0, sizeof(float) * (size_t)C * (rows + k - 1) * Wg);
-            rff_grad_image(img + i * img_stride, C, Hp, Wp, k, hc, wc, wcp, bh, bw, W, b, m, cc, amp + i * g_stride,
-                           phs + i * g_stride, y0, y1, g, rows + k - 1, Wg, wk);
+            const size_t plane = (size_t)i * hc * wcp;
+            rff_grad_image(img + i * img_stride, C, Hp, Wp, k, hc, wc, wcp, bh, bw, W, b, scale ? scale + plane : NULL,
+                           m, cc, amp + i * g_stride, phs + i * g_stride, y0, y1, g, rows + k - 1, Wg,
+                           scale ? gscale + plane : NULL, wk);
         }
     }
 }

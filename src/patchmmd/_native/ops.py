@@ -1,11 +1,14 @@
 """The compiled kernels of :mod:`patchmmd._native` as PyTorch operators: ``torch.ops.patchmmd.rff_block_sums``,
-``torch.ops.patchmmd.rff_grad_image``, ``torch.ops.patchmmd.aligned_scan``, ``torch.ops.patchmmd.aligned_grad``
-and ``torch.ops.patchmmd.fit_inputs`` (the scan has no autograd formula of its own: the aligned terms call it to
-choose each window's offset, and ``aligned_grad`` is the gradient of its maps, which the aligned terms' autograd
-function uses; ``fit_inputs`` computes what the sub-pixel fit reads, without gradient).
+``torch.ops.patchmmd.rff_grad_image``, their variants with a per-centre scale ``torch.ops.patchmmd.rff_scaled_sums``
+and ``torch.ops.patchmmd.rff_scaled_grad`` (the contrast-normalised MMD), ``torch.ops.patchmmd.aligned_scan``,
+``torch.ops.patchmmd.aligned_grad`` and ``torch.ops.patchmmd.fit_inputs`` (the scan has no autograd formula of
+its own: the aligned terms call it to choose each window's offset, and ``aligned_grad`` is the gradient of its
+maps, which the aligned terms' autograd function uses; ``fit_inputs`` computes what the sub-pixel fit reads,
+without gradient).
 
 They have fake (meta) implementations, so ``torch.compile`` traces through them in one graph, and an autograd
-formula, so the forward op is differentiable in ``xp`` (the filters and phases are constants: no gradient).
+formula, so the forward op is differentiable in ``xp`` (and the scale; the filters and phases are constants: no
+gradient).
 Only float32 CPU tensors may reach them; the estimator (:mod:`patchmmd.core.rff`) routes everything else to
 its PyTorch path before it calls them. Registered when :mod:`patchmmd._native` is imported (it imports this
 module last).
@@ -108,6 +111,75 @@ def _block_sums_backward(ctx: Any, g_cos: torch.Tensor | None, g_sin: torch.Tens
 
 
 rff_block_sums.register_autograd(_block_sums_backward, setup_context=_block_sums_setup_context)
+
+
+def _check_scale(name: str, t: torch.Tensor, xp: torch.Tensor, hc: int, wc: int) -> None:
+    shape = (xp.shape[0], hc, _round_up(wc, VECTOR))
+    if t.device.type != "cpu" or t.dtype != torch.float32 or tuple(t.shape) != shape or not t.is_contiguous():
+        raise ValueError(f"patchmmd::rff_scaled ops: {name} must be a contiguous float32 CPU tensor of shape {shape}, "
+                         f"got {tuple(t.shape)} {t.dtype} on {t.device}")
+
+
+@torch.library.custom_op("patchmmd::rff_scaled_sums", mutates_args=(), device_types="cpu")
+def rff_scaled_sums(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, scale: torch.Tensor, hc: int,
+                    wc: int, bh: int, bw: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`rff_block_sums` of the angles ``z_j = scale · weight_j . P(xp) + phase_j``: ``scale`` is one positive
+    factor per patch centre, ``(N, hc, round_up(wc, VECTOR))`` (the padding columns too)."""
+    _check_op_inputs(xp, weight, phase, hc, wc, bh, bw, k)
+    _check_scale("scale", scale, xp, hc, wc)
+    return _required().block_sums_split(xp, weight, phase, hc, wc, bh, bw, k, scale)
+
+
+@rff_scaled_sums.register_fake
+def _rff_scaled_sums_fake(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, scale: torch.Tensor, hc: int,
+                          wc: int, bh: int, bw: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    shape = (xp.shape[0], weight.shape[0], hc // bh, wc // bw)
+    return xp.new_empty(shape), xp.new_empty(shape)
+
+
+@torch.library.custom_op("patchmmd::rff_scaled_grad", mutates_args=(), device_types="cpu")
+def rff_scaled_grad(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, scale: torch.Tensor,
+                    g_cos: torch.Tensor, g_sin: torch.Tensor, hc: int, wc: int, bh: int, bw: int,
+                    k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of a loss with respect to ``xp`` and ``scale`` given its gradients with respect to the two
+    outputs of :func:`rff_scaled_sums` (the scale's is zero in the padding columns)."""
+    _check_op_inputs(xp, weight, phase, hc, wc, bh, bw, k)
+    _check_scale("scale", scale, xp, hc, wc)
+    shape = (xp.shape[0], weight.shape[0], hc // bh, wc // bw)
+    for name, t in (("g_cos", g_cos), ("g_sin", g_sin)):
+        if tuple(t.shape) != shape or t.dtype != torch.float32 or t.device.type != "cpu":
+            raise ValueError(f"patchmmd::rff_scaled_grad: {name} must be a float32 CPU tensor of shape {shape}, "
+                             f"got {tuple(t.shape)} {t.dtype} on {t.device}")
+    amp, phs = grad_polar(g_cos.contiguous(), g_sin.contiguous())
+    grad, gscale = _required().grad_image_scaled(xp, weight, phase, scale, amp, phs, hc, wc, bh, bw, k)
+    assert gscale is not None
+    return grad, gscale
+
+
+@rff_scaled_grad.register_fake
+def _rff_scaled_grad_fake(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, scale: torch.Tensor,
+                          g_cos: torch.Tensor, g_sin: torch.Tensor, hc: int, wc: int, bh: int, bw: int,
+                          k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return xp.new_empty(xp.shape), scale.new_empty(scale.shape)
+
+
+def _scaled_sums_setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+    xp, weight, phase, scale, hc, wc, bh, bw, k = inputs
+    ctx.save_for_backward(xp, weight, phase, scale)
+    ctx.geometry = (hc, wc, bh, bw, k)
+
+
+def _scaled_sums_backward(ctx: Any, g_cos: torch.Tensor | None, g_sin: torch.Tensor | None) -> tuple[Any, ...]:
+    xp, weight, phase, scale = ctx.saved_tensors
+    hc, wc, bh, bw, k = ctx.geometry
+    shape = (xp.shape[0], weight.shape[0], hc // bh, wc // bw)
+    g_cos = xp.new_zeros(shape) if g_cos is None else g_cos
+    g_sin = xp.new_zeros(shape) if g_sin is None else g_sin
+    grad, gscale = rff_scaled_grad(xp, weight, phase, scale, g_cos, g_sin, hc, wc, bh, bw, k)
+    return grad, None, None, gscale, None, None, None, None, None
+
+
+rff_scaled_sums.register_autograd(_scaled_sums_backward, setup_context=_scaled_sums_setup_context)
 
 
 def _check_scan_inputs(x: torch.Tensor, yp: torch.Tensor, fit: list[torch.Tensor], radius: int, offsets: list[int],

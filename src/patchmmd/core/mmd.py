@@ -24,7 +24,7 @@ import torch
 
 from .features import FEATURE_KINDS, FeatureKind
 from .kernels import MAX_KERNEL_ELEMENTS, GaussianKernel, Kernel, _checkpointed, gaussian_bandwidths, mmd2_sets
-from .patches import WindowGrid, patch_rows, reflect_pad, window_grid, window_patch_sets
+from .patches import WindowGrid, contrast_normalized_patches, patch_rows, reflect_pad, window_grid, window_patch_sets
 from .rff import DEFAULT_NUM_FEATURES, windowed_mmd2_rff
 from .validation import (
     OutOfRange,
@@ -84,13 +84,20 @@ def windowed_mmd2(
     seed: int,
     features: FeatureKind,
     y_features: torch.Tensor | None = None,
+    contrast_floor: float | None = None,
 ) -> tuple[torch.Tensor, WindowGrid]:
     """Per-window squared MMD of internal-scale images, and the window grid it lives on.
 
     ``y_features``: precomputed RFF window means of ``y`` (:func:`.rff.target_window_means`), RFF only.
+    ``contrast_floor``: compare the contrast-normalised patches (:func:`.patches.contrast_normalized_patches`,
+    docs/method.md §3.3) instead of the patches; ``sigma`` is then in units of their unit ball.
     """
     grid = window_grid(x.shape[-2], x.shape[-1], window, stride)
-    bandwidth = gaussian_bandwidths(sigma, patch_size)
+    bandwidth = gaussian_bandwidths(sigma, patch_size if contrast_floor is None else 1)
+    if estimator == "exact" and contrast_floor is not None:
+        # The C k²-channel image of the normalised patches, compared as 1x1 patches.
+        x, y = (contrast_normalized_patches(t, patch_size, contrast_floor) for t in (x, y))
+        patch_size, center = 1, False
     if estimator == "exact":
         # A tuple of widths is the mean of their Gaussian kernels, so its squared MMD is the mean of theirs.
         widths = bandwidth if isinstance(bandwidth, tuple) else (bandwidth,)
@@ -100,7 +107,7 @@ def windowed_mmd2(
     else:
         values = windowed_mmd2_rff(
             x, y, grid, patch_size=patch_size, bandwidth=bandwidth, num_features=num_features,
-            seed=seed, features=features, center=center, y_features=y_features,
+            seed=seed, features=features, center=center, y_features=y_features, contrast_floor=contrast_floor,
         )
     return values, grid
 

@@ -53,7 +53,6 @@ import torch
 from .aligned import aligned_map, tolerant_aligned
 from .features import FeatureKind
 from .mmd import Estimator, check_mmd_options, check_sigma, check_sigmas, windowed_mmd2
-from .patches import contrast_normalized_patches
 from .rff import target_window_means
 from .scale import MAX_SCALES, Level, downsample, pyramid_levels, upsample_map
 from .ssim import SSIM_WINDOW, dissimilarity_map, spread_map, target_moments
@@ -284,14 +283,6 @@ def _aligned_terms(
     return value, full
 
 
-def _mmd_input(img: torch.Tensor, cfg: MMDPPConfig) -> tuple[torch.Tensor, int, bool]:
-    """What the windowed MMD compares, as (image, patch size, centre): the image's patches, or with
-    ``contrast_floor`` its contrast-normalised patches as a ``C k²``-channel image of 1x1 patches."""
-    if cfg.contrast_floor is None:
-        return img, cfg.patch_size, cfg.center
-    return contrast_normalized_patches(img, cfg.patch_size, cfg.contrast_floor), 1, False
-
-
 def _mmd_term(
     xs: torch.Tensor, ys: torch.Tensor | None, cfg: MMDPPConfig, levels: Sequence[Level], want_map: bool,
     y_features: Sequence[torch.Tensor | None] | None = None,
@@ -304,12 +295,13 @@ def _mmd_term(
     if cfg.weight_mmd == 0:
         return value, full
     for i, level in enumerate(levels):
-        xl, k, center = _mmd_input(downsample(xs, level.factor), cfg)
-        yl = _mmd_input(downsample(ys, level.factor), cfg)[0] if ys is not None else xl
+        xl = downsample(xs, level.factor)
+        yl = downsample(ys, level.factor) if ys is not None else xl
         per_window, grid = windowed_mmd2(
-            xl, yl, patch_size=k, sigma=cfg.sigma, window=cfg.window, stride=cfg.stride,
-            center=center, estimator=cfg.estimator, num_features=cfg.num_features, seed=cfg.seed,
+            xl, yl, patch_size=cfg.patch_size, sigma=cfg.sigma, window=cfg.window, stride=cfg.stride,
+            center=cfg.center, estimator=cfg.estimator, num_features=cfg.num_features, seed=cfg.seed,
             features=cfg.features, y_features=y_features[i] if y_features is not None else None,
+            contrast_floor=cfg.contrast_floor,
         )
         value = value + (level.weight * cfg.weight_mmd) * per_window.mean(dim=(1, 2))
         if full is not None:
@@ -415,11 +407,11 @@ def precompute_target(
         mmd_levels = tuple(cfg.mmd_levels(levels))
         feats = []
         for level in mmd_levels:
-            yl, k, center = _mmd_input(downsample(ys, level.factor), cfg)
             feats.append(
                 target_window_means(
-                    yl, patch_size=k, sigma=cfg.sigma, window=cfg.window, stride=cfg.stride,
-                    center=center, num_features=cfg.num_features, seed=cfg.seed, features=cfg.features,
+                    downsample(ys, level.factor), patch_size=cfg.patch_size, sigma=cfg.sigma, window=cfg.window,
+                    stride=cfg.stride, center=cfg.center, num_features=cfg.num_features, seed=cfg.seed,
+                    features=cfg.features, contrast_floor=cfg.contrast_floor,
                 )
                 if cfg.estimator == "rff" and cfg.weight_mmd > 0 else None
             )

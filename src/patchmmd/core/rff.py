@@ -27,7 +27,7 @@ from torch.utils.checkpoint import checkpoint
 from .. import _native
 from .features import FeatureKind, random_features
 from .kernels import _checkpointed, gaussian_bandwidths
-from .patches import WindowGrid, reflect_pad, window_grid
+from .patches import WindowGrid, contrast_normalized_patches, contrast_scale, reflect_pad, window_grid
 
 #: Default number of random features of the ``"rff"`` estimator.
 DEFAULT_NUM_FEATURES = 512
@@ -202,9 +202,10 @@ def _native_available() -> bool:
 
 
 def _native_block_means(xp: torch.Tensor, feats: PairedFeatures, block: tuple[int, int], hc: int,
-                        wc: int) -> torch.Tensor:
+                        wc: int, scale: torch.Tensor | None = None) -> torch.Tensor:
     """:class:`_RFFBlockMeans` on the compiled kernels (operator ``patchmmd::rff_block_sums``, which
-    differentiates itself); ``xp`` float32 on the CPU."""
+    differentiates itself); ``xp`` float32 on the CPU. With ``scale`` (``(N, hc, wc)``, positive) the angles are
+    ``scale · w_j . P + b_j`` (operator ``patchmmd::rff_scaled_sums``, differentiable in ``xp`` and ``scale``)."""
     k, m, n_sin = feats.patch_size, feats.m, feats.n_sin
     bh, bw = block
     wcp = -(-wc // _native.VECTOR) * _native.VECTOR
@@ -212,7 +213,11 @@ def _native_block_means(xp: torch.Tensor, feats: PairedFeatures, block: tuple[in
     mp = -(-m // _native.BLOCK_FEATURES) * _native.BLOCK_FEATURES
     matrix = F.pad(feats.matrix, (0, 0, 0, mp - m))
     weight, phase = matrix[:, :-1].contiguous(), matrix[:, -1].contiguous()
-    sums_c, sums_s = _native.rff_block_sums(xpad, weight, phase, hc, wc, bh, bw, k)
+    if scale is None:
+        sums_c, sums_s = _native.rff_block_sums(xpad, weight, phase, hc, wc, bh, bw, k)
+    else:  # the padding columns get a scale of 1 (the kernels divide by it; their angles are never summed)
+        spad = (scale if wcp == wc else F.pad(scale, (0, wcp - wc), value=1.0)).contiguous()
+        sums_c, sums_s = _native.rff_scaled_sums(xpad, weight, phase, spad, hc, wc, bh, bw, k)
     return torch.cat([sums_c[:, :m], sums_s[:, :n_sin].neg()], dim=1).mul_(1.0 / (bh * bw))
 
 
@@ -287,17 +292,43 @@ def rff_window_means(x: torch.Tensor, feats: PairedFeatures, grid: WindowGrid) -
     return grid.pool_blocks(means)
 
 
+def normalized_window_means(x: torch.Tensor, feats: PairedFeatures, grid: WindowGrid, patch_size: int,
+                            floor: float) -> torch.Tensor:
+    """:func:`rff_window_means` of the contrast-normalised patches of ``x``
+    (:func:`~.patches.contrast_normalized_patches`), ``(N, C, H, W) -> (N, r, rows, cols)``; ``feats`` are drawn
+    for them (``C k²`` channels, 1x1 patches).
+
+    On the compiled kernels (float32 on the CPU) the ``C k²``-channel image is never formed: the angle of a
+    feature ``w`` is ``s · (Π w) . p + b`` on the image's own ``k x k`` patches ``p``, with the per-centre factor
+    ``s`` of :func:`~.patches.contrast_scale` (``w . Π p = (Π w) . p``). Elsewhere it is formed and passed to
+    :func:`rff_window_means`; the two agree to rounding.
+    """
+    k = patch_size
+    hc, wc = grid.covered
+    xp = reflect_pad(x, k)[..., : hc + k - 1, : wc + k - 1]
+    if not _use_native(xp) or feats.patch_size != 1:
+        return rff_window_means(contrast_normalized_patches(x, k, floor), feats, grid)
+    c = x.shape[1]
+    flat = feats.matrix[:, :-1].reshape(-1, c, k * k)
+    projected = (flat - flat.mean(dim=2, keepdim=True)).reshape(flat.shape[0], -1)  # Π w
+    image_feats = PairedFeatures(torch.cat([projected, feats.matrix[:, -1:]], dim=1), feats.m, feats.n_sin, k)
+    scale = contrast_scale(xp, k, floor)
+    return grid.pool_blocks(_native_block_means(xp, image_feats, grid.blocks, hc, wc, scale))
+
+
 def rff_features(
     x: torch.Tensor, *, patch_size: int, bandwidth: float | tuple[float, ...], num_features: int, seed: int,
-    features: FeatureKind, center: bool,
+    features: FeatureKind, center: bool, channels: int | None = None,
 ) -> PairedFeatures:
     """The seeded random features for images like ``x`` (channels, device, dtype), in paired form.
 
     Drawn once per set of options, device and dtype and cached; under ``torch.compile`` they are constants
-    of the graph (drawing them, and detecting the cos/sin pairs, is data-dependent host code).
+    of the graph (drawing them, and detecting the cos/sin pairs, is data-dependent host code). ``channels``:
+    the input's channel count when it is not ``x``'s (the contrast-normalised patches: ``C k²``).
     """
     widths = tuple(float(b) for b in bandwidth) if isinstance(bandwidth, tuple) else float(bandwidth)
-    key = (x.shape[1], patch_size, widths, num_features, seed, features, center, x.device, x.dtype)
+    key = (x.shape[1] if channels is None else channels, patch_size, widths, num_features, seed, features, center,
+           x.device, x.dtype)
     m, n_sin = _feature_split(*key)
     return PairedFeatures(_feature_matrix(*key), m, n_sin, patch_size)
 
@@ -335,27 +366,48 @@ def windowed_mmd2_rff(
     features: FeatureKind,
     center: bool,
     y_features: torch.Tensor | None = None,
+    contrast_floor: float | None = None,
 ) -> torch.Tensor:
     """Random-feature estimate of every window's squared MMD, ``(N, rows, cols)`` (internal scale).
 
     ``y_features``: ``y``'s window means (from :func:`rff_features`) when they were computed before
-    (a fixed target in a training loop); ``y`` is then not used.
+    (a fixed target in a training loop); ``y`` is then not used. ``contrast_floor``: compare the
+    contrast-normalised patches instead (:func:`normalized_window_means`; ``bandwidth`` is then in units of
+    their unit ball, as :func:`.kernels.gaussian_bandwidths` gives it for 1x1 patches, and ``center`` is implied).
     """
-    feats = rff_features(x, patch_size=patch_size, bandwidth=bandwidth, num_features=num_features, seed=seed,
-                         features=features, center=center)
-    fx = rff_window_means(x, feats, grid)
-    fy = rff_window_means(y, feats, grid) if y_features is None else y_features
+    means = _window_means_of(x, grid, patch_size=patch_size, bandwidth=bandwidth, num_features=num_features,
+                             seed=seed, features=features, center=center, contrast_floor=contrast_floor)
+    fx = means(x)
+    fy = means(y) if y_features is None else y_features
     return (fx - fy).pow(2).sum(dim=1) * (2.0 / num_features)
+
+
+def _window_means_of(
+    x: torch.Tensor, grid: WindowGrid, *, patch_size: int, bandwidth: float | tuple[float, ...], num_features: int,
+    seed: int, features: FeatureKind, center: bool, contrast_floor: float | None,
+) -> Any:
+    """The function ``image -> RFF window means`` for images like ``x``: of their patches, or of their
+    contrast-normalised patches when ``contrast_floor`` is set."""
+    if contrast_floor is None:
+        feats = rff_features(x, patch_size=patch_size, bandwidth=bandwidth, num_features=num_features, seed=seed,
+                             features=features, center=center)
+        return lambda img: rff_window_means(img, feats, grid)
+    floor = contrast_floor
+    unit = rff_features(x, patch_size=1, bandwidth=bandwidth, num_features=num_features, seed=seed,
+                        features=features, center=False, channels=x.shape[1] * patch_size * patch_size)
+    return lambda img: normalized_window_means(img, unit, grid, patch_size, floor)
 
 
 def target_window_means(
     y: torch.Tensor, *, patch_size: int, sigma: float | tuple[float, ...], window: int | None, stride: int,
-    center: bool, num_features: int, seed: int, features: FeatureKind,
+    center: bool, num_features: int, seed: int, features: FeatureKind, contrast_floor: float | None = None,
 ) -> torch.Tensor:
     """RFF window means of an internal-scale image ``y``, ``(N, r, rows, cols)``: what
-    :func:`.mmd.windowed_mmd2` needs of a fixed target (pass them as ``y_features``)."""
+    :func:`.mmd.windowed_mmd2` needs of a fixed target (pass them as ``y_features``; the same
+    ``contrast_floor``)."""
     grid = window_grid(y.shape[-2], y.shape[-1], window, stride)
-    feats = rff_features(y, patch_size=patch_size, bandwidth=gaussian_bandwidths(sigma, patch_size),
-                         num_features=num_features, seed=seed, features=features, center=center)
-    return rff_window_means(y, feats, grid)
+    bandwidth = gaussian_bandwidths(sigma, patch_size if contrast_floor is None else 1)
+    means = _window_means_of(y, grid, patch_size=patch_size, bandwidth=bandwidth, num_features=num_features,
+                             seed=seed, features=features, center=center, contrast_floor=contrast_floor)
+    return means(y)
 
