@@ -171,52 +171,48 @@ def test_op_gradient_matches_the_pytorch_reference():
     torch.testing.assert_close(grad.double(), grad_ref, rtol=0, atol=1e-3 * float(grad_ref.abs().max()))
 
 
-def _scaled_sample(sample: int) -> tuple:
+@needs_native
+@pytest.mark.parametrize("sample", range(2))
+def test_opcheck_normalized_sums(sample):
     xp, weight, phase, hc, wc, bh, bw, k = _op_samples()[sample]
-    scale = torch.rand(xp.shape[0], hc, 32, generator=torch.Generator().manual_seed(5)) + 0.5
-    return xp, weight, phase, scale, hc, wc, bh, bw, k
+    args = (xp, weight, phase, 0.05, hc, wc, bh, bw, k)
+    torch.library.opcheck(torch.ops.patchmmd.rff_normalized_sums.default, args)
+    torch.library.opcheck(torch.ops.patchmmd.rff_normalized_sums.default, (xp.clone().requires_grad_(True), *args[1:]))
 
 
 @needs_native
 @pytest.mark.parametrize("sample", range(2))
-def test_opcheck_scaled_sums(sample):
-    args = _scaled_sample(sample)
-    torch.library.opcheck(torch.ops.patchmmd.rff_scaled_sums.default, args)
-    xp, scale = args[0].clone().requires_grad_(True), args[3].clone().requires_grad_(True)
-    torch.library.opcheck(torch.ops.patchmmd.rff_scaled_sums.default, (xp, *args[1:3], scale, *args[4:]))
-
-
-@needs_native
-@pytest.mark.parametrize("sample", range(2))
-def test_opcheck_scaled_grad(sample):
-    xp, weight, phase, scale, hc, wc, bh, bw, k = _scaled_sample(sample)
+def test_opcheck_normalized_grad(sample):
+    xp, weight, phase, hc, wc, bh, bw, k = _op_samples()[sample]
     g = torch.Generator().manual_seed(1)
     shape = (xp.shape[0], weight.shape[0], hc // bh, wc // bw)
     g_cos, g_sin = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
-    torch.library.opcheck(torch.ops.patchmmd.rff_scaled_grad.default,
-                          (xp, weight, phase, scale, g_cos, g_sin, hc, wc, bh, bw, k))
+    torch.library.opcheck(torch.ops.patchmmd.rff_normalized_grad.default,
+                          (xp, weight, phase, 0.05, g_cos, g_sin, hc, wc, bh, bw, k))
 
 
 @needs_native
-def test_scaled_op_gradients_match_the_pytorch_reference():
-    """The scaled operator's autograd formula (image and scale) against autograd of the same sums in float64."""
-    xp, weight, phase, scale, hc, wc, bh, bw, k = _scaled_sample(1)
+def test_normalized_op_gradient_matches_the_pytorch_reference():
+    """The normalised operator's autograd formula (through the angles and each patch's contrast factor) against
+    autograd of the same sums over explicitly normalised patches in float64."""
+    xp, weight, phase, hc, wc, bh, bw, k = _op_samples()[1]
+    c, floor = xp.shape[1], 0.05
     g = torch.Generator().manual_seed(2)
     shape = (xp.shape[0], weight.shape[0], hc // bh, wc // bw)
     gc, gs = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
-    xg, sg = xp.clone().requires_grad_(True), scale.clone().requires_grad_(True)
-    sc, ss = torch.ops.patchmmd.rff_scaled_sums(xg, weight, phase, sg, hc, wc, bh, bw, k)
-    grad, grad_s = torch.autograd.grad((sc * gc + ss * gs).sum(), (xg, sg))
-    xd, sd = xp.double().requires_grad_(True), scale.double().requires_grad_(True)
-    cols = torch.nn.functional.unfold(xd[..., : wc + k - 1], k)
-    a = (weight.double() @ cols).view(xp.shape[0], -1, hc, wc)
-    z = (a * sd[:, None, :, :wc] + phase.double()[:, None, None]).view(xp.shape[0], -1, hc // bh, bh, wc // bw, bw)
+    xg = xp.clone().requires_grad_(True)
+    sc, ss = torch.ops.patchmmd.rff_normalized_sums(xg, weight, phase, floor, hc, wc, bh, bw, k)
+    (grad,) = torch.autograd.grad((sc * gc + ss * gs).sum(), xg)
+    xd = xp.double().requires_grad_(True)
+    p = torch.nn.functional.unfold(xd[..., : wc + k - 1], k).view(xp.shape[0], c, k * k, -1)
+    centred = (p - p.mean(dim=2, keepdim=True)).reshape(xp.shape[0], c * k * k, -1)
+    s = torch.rsqrt(centred.pow(2).sum(1, keepdim=True) + c * k * k * floor**2)
+    z = (weight.double() @ p.reshape(xp.shape[0], c * k * k, -1)) * s + phase.double()[:, None]
+    z = z.view(xp.shape[0], -1, hc // bh, bh, wc // bw, bw)
     ref = (torch.cos(z).sum((3, 5)) * gc + torch.sin(z).sum((3, 5)) * gs).sum()
-    grad_ref, grad_s_ref = torch.autograd.grad(ref, (xd, sd))
+    (grad_ref,) = torch.autograd.grad(ref, xd)
     torch.testing.assert_close(sc.double(), torch.cos(z).sum((3, 5)).detach(), rtol=0, atol=1e-4)
     torch.testing.assert_close(grad.double(), grad_ref, rtol=0, atol=1e-3 * float(grad_ref.abs().max()))
-    torch.testing.assert_close(grad_s.double(), grad_s_ref, rtol=0, atol=1e-3 * float(grad_s_ref.abs().max()))
-    assert bool((grad_s[..., wc:] == 0).all())  # the padding columns
 
 
 def test_ops_reject_what_the_kernels_cannot_take():
@@ -227,11 +223,9 @@ def test_ops_reject_what_the_kernels_cannot_take():
         torch.ops.patchmmd.rff_block_sums(xp[..., :20].contiguous(), weight, phase, hc, wc, bh, bw, k)
     with pytest.raises(ValueError, match="multiple"):
         torch.ops.patchmmd.rff_block_sums(xp, weight[:5], phase[:5], hc, wc, bh, bw, k)
-    scale = torch.ones(xp.shape[0], hc, 32)
-    with pytest.raises(ValueError, match="scale"):
-        torch.ops.patchmmd.rff_scaled_sums(xp, weight, phase, scale[..., :20], hc, wc, bh, bw, k)
-    with pytest.raises(ValueError, match="scale"):
-        torch.ops.patchmmd.rff_scaled_sums(xp, weight, phase, scale.double(), hc, wc, bh, bw, k)
+    for floor in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="floor"):
+            torch.ops.patchmmd.rff_normalized_sums(xp, weight, phase, floor, hc, wc, bh, bw, k)
 
 
 @pytest.mark.slow

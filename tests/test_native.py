@@ -98,8 +98,9 @@ def _normalized_means(x, feats, grid, k, floor, native: bool):
     ],
 )
 def test_contrast_normalized_native_equals_pytorch(shape, patch_size, floor, window, stride, r):
-    """The kernels' per-centre scale (the normalised patches never formed) against the C k²-channel image of
-    normalised patches on the PyTorch path: window means and the image gradient, through the scale too."""
+    """The kernels' normalisation (each patch's factor computed in them, the normalised patches never formed)
+    against the C k²-channel image of normalised patches on the PyTorch path: window means and the image gradient,
+    through the factor too."""
     g = torch.Generator().manual_seed(0)
     x = torch.rand(*shape, generator=g) * 2 - 1
     x[..., : shape[-2] // 3, :] = 0.3 + 0.01 * x[..., : shape[-2] // 3, :]  # a nearly flat band: the floor acts
@@ -121,7 +122,7 @@ def test_contrast_normalized_native_equals_pytorch(shape, patch_size, floor, win
 
 @needs_native
 def test_training_preset_gradient_matches_float64_finite_differences():
-    """The training preset (contrast-normalised MMD on the kernels' scaled path) in float32 against central
+    """The training preset's MMD (contrast-normalised patches, on the kernels) in float32 against central
     differences of its float64 PyTorch path."""
     g = torch.Generator().manual_seed(4)
     x = torch.rand(1, 3, 32, 40, generator=g, dtype=torch.float64)
@@ -185,9 +186,8 @@ def _kernel_outputs(nk: _native.NativeKernels) -> list[torch.Tensor]:
         out += nk.block_sums_split(xp, weight, phase, 32, 48, 8, 8, 3)
         amp, phs = _native.grad_polar(*torch.randn(2, n, 32, 4, 6, generator=g))
         out.append(nk.grad_image_polar(xp, weight, phase, amp, phs, 32, 48, 8, 8, 3))
-        scale = torch.rand(n, 32, _native.VECTOR * 2, generator=g) + 0.5  # the contrast-normalised variant
-        out += nk.block_sums_split(xp, weight, phase, 32, 48, 8, 8, 3, scale)
-        out += nk.grad_image_scaled(xp, weight, phase, scale, amp, phs, 32, 48, 8, 8, 3)
+        out += nk.block_sums_split(xp, weight, phase, 32, 48, 8, 8, 3, 0.02)  # contrast-normalised patches
+        out.append(nk.grad_image_normalized(xp, weight, phase, 0.02, amp, phs, 32, 48, 8, 8, 3))
     x, y = torch.rand(2, 3, 3, 20, 24, generator=g)
     yp = torch.nn.functional.pad(y, (1, 1, 1, 1), mode="replicate").contiguous()
     out.append(nk.aligned_scan(x, yp, None, radius=1, offsets=[(0, 0), (1, -1), (-1, 1)], lk_box=3, ridge=1e-3,

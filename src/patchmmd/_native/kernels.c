@@ -13,9 +13,11 @@
  *                 dz_j = G_s cos z_j - G_c sin z_j = A cos(z_j + phi) (backward pass; angles are recomputed,
  *                 nothing is stored).
  *
- * With a per-centre scale s (the contrast-normalised MMD, docs/method.md §3.3: s = 1 / sqrt(|Π p|² + d ε²) and
- * filters already projected by Π) the angle is z_j = b_j + s(y, x) sum_{...} W[j, .] img[.]; rff_grad_image then
- * also returns dL/ds(y, x) = sum_j dz_j (z_j - b_j) / s, and the image gradient carries the factor s.
+ * Contrast-normalised patches (docs/method.md §3.3; floor2d = d ε² > 0, filters already projected by Π): the angle
+ * is z_j = b_j + s(y, x) sum_{...} W[j, .] img[.] with s = 1 / sqrt(|Π p|² + d ε²) of the patch, computed here from
+ * its per-channel sums and sums of squares. rff_grad_image adds the path through s: with
+ * dL/ds = sum_j dz_j a_j (a_j = z_j without b_j, over s) and ds/dp = -s³ Π p, the gradient with respect to the
+ * patch is s (sum_j W_j dz_j - (dL/ds) s Π p).
  *
  * The convolution, the sine/cosine and the block sums are done in registers, J frequencies x P vectors of V
  * patch centres at a time (each weight broadcast once for P vectors, each pixel loaded once for J
@@ -144,13 +146,71 @@ static inline void angles(const float *img, int C, int Hp, int Wp, int k, int K,
     }
 }
 
+/* 1 / sqrt(t) for t > 0 to float32 precision, in vector arithmetic (a bit-level first guess, three Newton steps:
+ * relative error below 1e-7 after them). */
+static inline vf rsqrt_v(vf t) {
+    typedef int vi __attribute__((vector_size(V * sizeof(int))));
+    vi i;
+    memcpy(&i, &t, sizeof i);
+    i = 0x5f3759df - (i >> 1);
+    vf r;
+    memcpy(&r, &i, sizeof r);
+#pragma GCC unroll 3
+    for (int it = 0; it < 3; ++it) r = r * (1.5f - 0.5f * t * r * r);
+    return r;
+}
+
+/* The contrast factor s = 1 / sqrt(|Π p|² + floor2d) of the P * V patches centred on row y, columns x0 .., and
+ * (mean not NULL) their per-channel means, mean + (c * P + q) * V. |Π p|² = sum_c (sum u² - (sum u)² / k²) with
+ * u = p_c - (the patch's centre pixel) (no cancellation on a flat patch far from 0), clamped at 0 against
+ * rounding. */
+static inline void patch_scale(const float *img, int C, int Hp, int Wp, int k, int y, int x0, float floor2d,
+                               vf s[P], float *mean) {
+    const float inv = 1.0f / (float)(k * k);
+    vf e[P];
+#pragma GCC unroll 4
+    for (int q = 0; q < P; ++q) e[q] = splat(0.0f);
+    for (int c = 0; c < C; ++c) {
+        vf sum[P], sq[P], ref[P];
+        const float *centre = img + ((size_t)c * Hp + (size_t)(y + k / 2)) * Wp + x0 + k / 2;
+#pragma GCC unroll 4
+        for (int q = 0; q < P; ++q) {
+            sum[q] = sq[q] = splat(0.0f);
+            ref[q] = loadu(centre + q * V);
+        }
+        for (int dy = 0; dy < k; ++dy) {
+            const float *row = img + ((size_t)c * Hp + (size_t)(y + dy)) * Wp + x0;
+            for (int dx = 0; dx < k; ++dx) {
+#pragma GCC unroll 4
+                for (int q = 0; q < P; ++q) {
+                    const vf u = loadu(row + dx + q * V) - ref[q];
+                    sum[q] += u;
+                    sq[q] += u * u;
+                }
+            }
+        }
+#pragma GCC unroll 4
+        for (int q = 0; q < P; ++q) {
+            const vf m = sum[q] * inv;
+            e[q] += sq[q] - sum[q] * m;
+            if (mean) storeu(mean + ((size_t)c * P + q) * V, ref[q] + m);
+        }
+    }
+#pragma GCC unroll 4
+    for (int q = 0; q < P; ++q) {
+        vf t = e[q];
+        for (int i = 0; i < V; ++i) t[i] = (t[i] > 0.0f ? t[i] : 0.0f) + floor2d;
+        s[q] = rsqrt_v(t);
+    }
+}
+
 /* Block sums of cos(z_j) and sin(z_j), j in [j0, j1) (a multiple of J apart), for one image.
  * img: (C, Hp, Wp) with Hp >= hc + k - 1 and Wp >= wcp + k - 1; wcp: wc rounded up to a multiple of P * V.
- * scale: NULL, or the per-centre scale s of this image, (hc, wcp).
+ * floor2d: d ε² of the contrast-normalised patches, or 0 for the patches as they are.
  * out_c, out_s: (m, hc / bh, wc / bw) for this image (rows j0 .. j1 written).
  * work: 2 * J * wcp floats. */
 void rff_block_sums(const float *img, int C, int Hp, int Wp, int k, int hc, int wc, int wcp, int bh, int bw,
-                    const float *W, const float *b, const float *scale, int j0, int j1, const float *cc,
+                    const float *W, const float *b, float floor2d, int j0, int j1, const float *cc,
                     const float *sc, float *out_c, float *out_s, float *work) {
     const int K = C * k * k, hb = hc / bh, wb = wc / bw;
     float *acc_c = work, *acc_s = work + (size_t)J * wcp;
@@ -162,17 +222,18 @@ void rff_block_sums(const float *img, int C, int Hp, int Wp, int k, int hc, int 
                     vf z[P][J];
 #pragma GCC unroll 16
                     for (int jj = 0; jj < J; ++jj) {
-                        const float bj = scale ? 0.0f : b[g + jj];
+                        const float bj = floor2d > 0.0f ? 0.0f : b[g + jj];
 #pragma GCC unroll 4
                         for (int q = 0; q < P; ++q) z[q][jj] = splat(bj);
                     }
                     angles(img, C, Hp, Wp, k, K, W, g, y, x0, z);
-                    if (scale) {
+                    if (floor2d > 0.0f) {
+                        vf sv[P];
+                        patch_scale(img, C, Hp, Wp, k, y, x0, floor2d, sv, NULL);
 #pragma GCC unroll 4
                         for (int q = 0; q < P; ++q) {
-                            const vf sv = loadu(scale + (size_t)y * wcp + x0 + q * V);
 #pragma GCC unroll 16
-                            for (int jj = 0; jj < J; ++jj) z[q][jj] = z[q][jj] * sv + b[g + jj];
+                            for (int jj = 0; jj < J; ++jj) z[q][jj] = z[q][jj] * sv[q] + b[g + jj];
                         }
                     }
 #pragma GCC unroll 4
@@ -211,14 +272,15 @@ void rff_block_sums(const float *img, int C, int Hp, int Wp, int k, int hc, int 
  * one cosine per angle. amp, phs: (m, hc / bh, wc / bw); m a multiple of J.
  * gimg: (C, Hg, Wg), Hg >= y1 - y0 + k - 1, Wg >= wcp + k - 1, zero on entry; row 0 is image row y0. Gradients are
  * added into it (the transposed convolution), so bands of rows may go to separate buffers.
- * scale: NULL, or the per-centre scale s of this image, (hc, wcp); then gscale (rows y0 .. y1 of an (hc, wcp)
- * array) receives dL/ds, zero past wc.
- * work: 2 * m * wcp + K * P * V floats. */
+ * floor2d: as for rff_block_sums.
+ * work: 2 * m * wcp + (K + C) * P * V floats. */
 void rff_grad_image(const float *img, int C, int Hp, int Wp, int k, int hc, int wc, int wcp, int bh, int bw,
-                    const float *W, const float *b, const float *scale, int m, const float *cc, const float *amp,
-                    const float *phs, int y0, int y1, float *gimg, int Hg, int Wg, float *gscale, float *work) {
+                    const float *W, const float *b, float floor2d, int m, const float *cc, const float *amp,
+                    const float *phs, int y0, int y1, float *gimg, int Hg, int Wg, float *work) {
+    const int norm = floor2d > 0.0f;
     const int K = C * k * k, hb = hc / bh, wb = wc / bw;
     float *ea = work, *ep = work + (size_t)m * wcp, *gacc = work + 2 * (size_t)m * wcp;
+    float *mean = gacc + (size_t)K * P * V; /* C * P vectors: the patches' channel means */
     int expanded = -1;
     for (int y = y0; y < y1; ++y) {
         const int by = y / bh;
@@ -239,12 +301,13 @@ void rff_grad_image(const float *img, int C, int Hp, int Wp, int k, int hc, int 
             vf sv[P], gs[P];
 #pragma GCC unroll 4
             for (int q = 0; q < P; ++q) {
-                sv[q] = scale ? loadu(scale + (size_t)y * wcp + x0 + q * V) : splat(1.0f);
+                sv[q] = splat(1.0f);
                 gs[q] = splat(0.0f);
             }
+            if (norm) patch_scale(img, C, Hp, Wp, k, y, x0, floor2d, sv, mean);
             for (int g = 0; g < m; g += J) {
                 vf z[P][J], dz[P][J];
-                if (scale) {
+                if (norm) {
 #pragma GCC unroll 16
                     for (int jj = 0; jj < J; ++jj) {
 #pragma GCC unroll 4
@@ -271,7 +334,7 @@ void rff_grad_image(const float *img, int C, int Hp, int Wp, int k, int hc, int 
                     for (int jj = 0; jj < J; jj += S) cos_s(z[q] + jj, cc, dz[q] + jj);
 #pragma GCC unroll 16
                     for (int jj = 0; jj < J; ++jj) dz[q][jj] *= loadu(ea + (size_t)(g + jj) * wcp + x0 + q * V);
-                    if (scale) { /* dL/ds: sum_j dz_j a_j, with s a_j = z_j - b_j - phs (divided by s below) */
+                    if (norm) { /* s dL/ds = sum_j dz_j s a_j, with s a_j = z_j - b_j - phs */
 #pragma GCC unroll 16
                         for (int jj = 0; jj < J; ++jj)
                             gs[q] += dz[q][jj] * (z[q][jj] - loadu(ep + (size_t)(g + jj) * wcp + x0 + q * V));
@@ -292,9 +355,26 @@ void rff_grad_image(const float *img, int C, int Hp, int Wp, int k, int hc, int 
                     for (int q = 0; q < P; ++q) storeu(gacc + ((size_t)kk * P + q) * V, a[q]);
                 }
             }
-            if (scale) {
+            if (norm) { /* the path through s: gacc_kk -= (s dL/ds) s (p_kk - m_c), before the factor s below */
+                vf t[P];
 #pragma GCC unroll 4
-                for (int q = 0; q < P; ++q) storeu(gscale + (size_t)y * wcp + x0 + q * V, gs[q] / sv[q]);
+                for (int q = 0; q < P; ++q) t[q] = gs[q] * sv[q];
+                int kk = 0;
+                for (int c = 0; c < C; ++c) {
+                    vf mc[P];
+#pragma GCC unroll 4
+                    for (int q = 0; q < P; ++q) mc[q] = loadu(mean + ((size_t)c * P + q) * V);
+                    for (int dy = 0; dy < k; ++dy) {
+                        const float *row = img + ((size_t)c * Hp + (size_t)(y + dy)) * Wp + x0;
+                        for (int dx = 0; dx < k; ++dx, ++kk) {
+#pragma GCC unroll 4
+                            for (int q = 0; q < P; ++q) {
+                                float *a = gacc + ((size_t)kk * P + q) * V;
+                                storeu(a, loadu(a) - t[q] * (loadu(row + dx + q * V) - mc[q]));
+                            }
+                        }
+                    }
+                }
             }
             int kk = 0;
             for (int c = 0; c < C; ++c) {
@@ -856,9 +936,9 @@ int patchmmd_openmp(void) {
 }
 
 /* rff_block_sums of images i, frequency groups [g0, g1): task t is image t / T, groups from (t % T) * per, with
- * T = ceil(groups / per) tasks an image (a group is J frequencies). scale: NULL or (N, hc, wcp). */
+ * T = ceil(groups / per) tasks an image (a group is J frequencies). */
 void rff_block_sums_tasks(const float *img, int64_t img_stride, int C, int Hp, int Wp, int k, int hc, int wc, int wcp,
-                          int bh, int bw, const float *W, const float *b, const float *scale, int groups, int per,
+                          int bh, int bw, const float *W, const float *b, float floor2d, int groups, int per,
                           const float *cc,
                           const float *sc, float *out_c, float *out_s, int64_t out_stride, float *work,
                           int64_t work_stride, int t0, int t1, int nthreads) {
@@ -870,20 +950,18 @@ void rff_block_sums_tasks(const float *img, int64_t img_stride, int C, int Hp, i
         for (int t; (t = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED)) < t1;) {
             const int i = t / T, g0 = (t % T) * per, g1 = g0 + per < groups ? g0 + per : groups;
             rff_block_sums(img + i * img_stride, C, Hp, Wp, k, hc, wc, wcp, bh, bw, W, b,
-                           scale ? scale + (size_t)i * hc * wcp : NULL, g0 * J, g1 * J, cc, sc, out_c + i * out_stride,
-                           out_s + i * out_stride, wk);
+                           floor2d, g0 * J, g1 * J, cc, sc, out_c + i * out_stride, out_s + i * out_stride, wk);
         }
     }
 }
 
 /* rff_grad_image of images i, bands of rows: task t is image t / bands, rows from (t % bands) * rows, written to
- * gimg + i * gimg_stride + (t % bands) * band_stride (C x Hg x Wg contiguous, Hg = rows + k - 1; zeroed here).
- * scale, gscale: NULL, or (N, hc, wcp) each (each task writes its own rows of gscale). */
+ * gimg + i * gimg_stride + (t % bands) * band_stride (C x Hg x Wg contiguous, Hg = rows + k - 1; zeroed here). */
 void rff_grad_image_tasks(const float *img, int64_t img_stride, int C, int Hp, int Wp, int k, int hc, int wc, int wcp,
-                          int bh, int bw, const float *W, const float *b, const float *scale, int m, const float *cc,
+                          int bh, int bw, const float *W, const float *b, float floor2d, int m, const float *cc,
                           const float *amp, const float *phs, int64_t g_stride, int rows, int bands, float *gimg,
-                          int64_t gimg_stride, int64_t band_stride, int Wg, float *gscale, float *work,
-                          int64_t work_stride, int t0, int t1, int nthreads) {
+                          int64_t gimg_stride, int64_t band_stride, int Wg, float *work, int64_t work_stride, int t0,
+                          int t1, int nthreads) {
     int next = t0;
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
@@ -892,10 +970,8 @@ void rff_grad_image_tasks(const float *img, int64_t img_stride, int C, int Hp, i
             const int i = t / bands, band = t % bands, y0 = band * rows, y1 = y0 + rows < hc ? y0 + rows : hc;
             float *g = gimg + i * gimg_stride + band * band_stride;
             memset(g, 0, sizeof(float) * (size_t)C * (rows + k - 1) * Wg);
-            const size_t plane = (size_t)i * hc * wcp;
-            rff_grad_image(img + i * img_stride, C, Hp, Wp, k, hc, wc, wcp, bh, bw, W, b, scale ? scale + plane : NULL,
-                           m, cc, amp + i * g_stride, phs + i * g_stride, y0, y1, g, rows + k - 1, Wg,
-                           scale ? gscale + plane : NULL, wk);
+            rff_grad_image(img + i * img_stride, C, Hp, Wp, k, hc, wc, wcp, bh, bw, W, b, floor2d, m, cc,
+                           amp + i * g_stride, phs + i * g_stride, y0, y1, g, rows + k - 1, Wg, wk);
         }
     }
 }

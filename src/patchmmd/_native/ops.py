@@ -1,13 +1,13 @@
 """The compiled kernels of :mod:`patchmmd._native` as PyTorch operators: ``torch.ops.patchmmd.rff_block_sums``,
-``torch.ops.patchmmd.rff_grad_image``, their variants with a per-centre scale ``torch.ops.patchmmd.rff_scaled_sums``
-and ``torch.ops.patchmmd.rff_scaled_grad`` (the contrast-normalised MMD), ``torch.ops.patchmmd.aligned_scan``,
-``torch.ops.patchmmd.aligned_grad`` and ``torch.ops.patchmmd.fit_inputs`` (the scan has no autograd formula of
-its own: the aligned terms call it to choose each window's offset, and ``aligned_grad`` is the gradient of its
-maps, which the aligned terms' autograd function uses; ``fit_inputs`` computes what the sub-pixel fit reads,
-without gradient).
+``torch.ops.patchmmd.rff_grad_image``, their variants on contrast-normalised patches
+``torch.ops.patchmmd.rff_normalized_sums`` and ``torch.ops.patchmmd.rff_normalized_grad``,
+``torch.ops.patchmmd.aligned_scan``, ``torch.ops.patchmmd.aligned_grad`` and ``torch.ops.patchmmd.fit_inputs`` (the
+scan has no autograd formula of its own: the aligned terms call it to choose each window's offset, and
+``aligned_grad`` is the gradient of its maps, which the aligned terms' autograd function uses; ``fit_inputs``
+computes what the sub-pixel fit reads, without gradient).
 
 They have fake (meta) implementations, so ``torch.compile`` traces through them in one graph, and an autograd
-formula, so the forward op is differentiable in ``xp`` (and the scale; the filters and phases are constants: no
+formula, so the forward ops are differentiable in ``xp`` (the filters, phases and floor are constants: no
 gradient).
 Only float32 CPU tensors may reach them; the estimator (:mod:`patchmmd.core.rff`) routes everything else to
 its PyTorch path before it calls them. Registered when :mod:`patchmmd._native` is imported (it imports this
@@ -113,73 +113,70 @@ def _block_sums_backward(ctx: Any, g_cos: torch.Tensor | None, g_sin: torch.Tens
 rff_block_sums.register_autograd(_block_sums_backward, setup_context=_block_sums_setup_context)
 
 
-def _check_scale(name: str, t: torch.Tensor, xp: torch.Tensor, hc: int, wc: int) -> None:
-    shape = (xp.shape[0], hc, _round_up(wc, VECTOR))
-    if t.device.type != "cpu" or t.dtype != torch.float32 or tuple(t.shape) != shape or not t.is_contiguous():
-        raise ValueError(f"patchmmd::rff_scaled ops: {name} must be a contiguous float32 CPU tensor of shape {shape}, "
-                         f"got {tuple(t.shape)} {t.dtype} on {t.device}")
+def _check_floor(floor: float) -> None:
+    if not 0.0 < floor < float("inf"):
+        raise ValueError(f"patchmmd::rff_normalized ops: floor must be a positive finite number, got {floor!r}")
 
 
-@torch.library.custom_op("patchmmd::rff_scaled_sums", mutates_args=(), device_types="cpu")
-def rff_scaled_sums(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, scale: torch.Tensor, hc: int,
-                    wc: int, bh: int, bw: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`rff_block_sums` of the angles ``z_j = scale · weight_j . P(xp) + phase_j``: ``scale`` is one positive
-    factor per patch centre, ``(N, hc, round_up(wc, VECTOR))`` (the padding columns too)."""
+@torch.library.custom_op("patchmmd::rff_normalized_sums", mutates_args=(), device_types="cpu")
+def rff_normalized_sums(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, floor: float, hc: int, wc: int,
+                        bh: int, bw: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`rff_block_sums` of contrast-normalised patches: ``z_j = s · weight_j . P(xp) + phase_j`` with
+    ``s = 1 / sqrt(‖Π P‖² + C k² floor²)`` of each patch, computed in the kernels (``weight`` projected by Π gives
+    the angle of the normalised patch, docs/method.md §3.3)."""
     _check_op_inputs(xp, weight, phase, hc, wc, bh, bw, k)
-    _check_scale("scale", scale, xp, hc, wc)
-    return _required().block_sums_split(xp, weight, phase, hc, wc, bh, bw, k, scale)
+    _check_floor(floor)
+    return _required().block_sums_split(xp, weight, phase, hc, wc, bh, bw, k, floor)
 
 
-@rff_scaled_sums.register_fake
-def _rff_scaled_sums_fake(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, scale: torch.Tensor, hc: int,
-                          wc: int, bh: int, bw: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+@rff_normalized_sums.register_fake
+def _rff_normalized_sums_fake(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, floor: float, hc: int,
+                              wc: int, bh: int, bw: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     shape = (xp.shape[0], weight.shape[0], hc // bh, wc // bw)
     return xp.new_empty(shape), xp.new_empty(shape)
 
 
-@torch.library.custom_op("patchmmd::rff_scaled_grad", mutates_args=(), device_types="cpu")
-def rff_scaled_grad(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, scale: torch.Tensor,
-                    g_cos: torch.Tensor, g_sin: torch.Tensor, hc: int, wc: int, bh: int, bw: int,
-                    k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients of a loss with respect to ``xp`` and ``scale`` given its gradients with respect to the two
-    outputs of :func:`rff_scaled_sums` (the scale's is zero in the padding columns)."""
+@torch.library.custom_op("patchmmd::rff_normalized_grad", mutates_args=(), device_types="cpu")
+def rff_normalized_grad(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, floor: float,
+                        g_cos: torch.Tensor, g_sin: torch.Tensor, hc: int, wc: int, bh: int, bw: int,
+                        k: int) -> torch.Tensor:
+    """Gradient of a loss with respect to ``xp`` given its gradients with respect to the two outputs of
+    :func:`rff_normalized_sums` (through the angles and through each patch's factor ``s``)."""
     _check_op_inputs(xp, weight, phase, hc, wc, bh, bw, k)
-    _check_scale("scale", scale, xp, hc, wc)
+    _check_floor(floor)
     shape = (xp.shape[0], weight.shape[0], hc // bh, wc // bw)
     for name, t in (("g_cos", g_cos), ("g_sin", g_sin)):
         if tuple(t.shape) != shape or t.dtype != torch.float32 or t.device.type != "cpu":
-            raise ValueError(f"patchmmd::rff_scaled_grad: {name} must be a float32 CPU tensor of shape {shape}, "
+            raise ValueError(f"patchmmd::rff_normalized_grad: {name} must be a float32 CPU tensor of shape {shape}, "
                              f"got {tuple(t.shape)} {t.dtype} on {t.device}")
     amp, phs = grad_polar(g_cos.contiguous(), g_sin.contiguous())
-    grad, gscale = _required().grad_image_scaled(xp, weight, phase, scale, amp, phs, hc, wc, bh, bw, k)
-    assert gscale is not None
-    return grad, gscale
+    return _required().grad_image_normalized(xp, weight, phase, floor, amp, phs, hc, wc, bh, bw, k)
 
 
-@rff_scaled_grad.register_fake
-def _rff_scaled_grad_fake(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, scale: torch.Tensor,
-                          g_cos: torch.Tensor, g_sin: torch.Tensor, hc: int, wc: int, bh: int, bw: int,
-                          k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return xp.new_empty(xp.shape), scale.new_empty(scale.shape)
+@rff_normalized_grad.register_fake
+def _rff_normalized_grad_fake(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, floor: float,
+                              g_cos: torch.Tensor, g_sin: torch.Tensor, hc: int, wc: int, bh: int, bw: int,
+                              k: int) -> torch.Tensor:
+    return xp.new_empty(xp.shape)
 
 
-def _scaled_sums_setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
-    xp, weight, phase, scale, hc, wc, bh, bw, k = inputs
-    ctx.save_for_backward(xp, weight, phase, scale)
-    ctx.geometry = (hc, wc, bh, bw, k)
+def _normalized_sums_setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+    xp, weight, phase, floor, hc, wc, bh, bw, k = inputs
+    ctx.save_for_backward(xp, weight, phase)
+    ctx.geometry = (floor, hc, wc, bh, bw, k)
 
 
-def _scaled_sums_backward(ctx: Any, g_cos: torch.Tensor | None, g_sin: torch.Tensor | None) -> tuple[Any, ...]:
-    xp, weight, phase, scale = ctx.saved_tensors
-    hc, wc, bh, bw, k = ctx.geometry
+def _normalized_sums_backward(ctx: Any, g_cos: torch.Tensor | None, g_sin: torch.Tensor | None) -> tuple[Any, ...]:
+    xp, weight, phase = ctx.saved_tensors
+    floor, hc, wc, bh, bw, k = ctx.geometry
     shape = (xp.shape[0], weight.shape[0], hc // bh, wc // bw)
     g_cos = xp.new_zeros(shape) if g_cos is None else g_cos
     g_sin = xp.new_zeros(shape) if g_sin is None else g_sin
-    grad, gscale = rff_scaled_grad(xp, weight, phase, scale, g_cos, g_sin, hc, wc, bh, bw, k)
-    return grad, None, None, gscale, None, None, None, None, None
+    grad = rff_normalized_grad(xp, weight, phase, floor, g_cos, g_sin, hc, wc, bh, bw, k)
+    return grad, None, None, None, None, None, None, None, None
 
 
-rff_scaled_sums.register_autograd(_scaled_sums_backward, setup_context=_scaled_sums_setup_context)
+rff_normalized_sums.register_autograd(_normalized_sums_backward, setup_context=_normalized_sums_setup_context)
 
 
 def _check_scan_inputs(x: torch.Tensor, yp: torch.Tensor, fit: list[torch.Tensor], radius: int, offsets: list[int],

@@ -30,8 +30,8 @@ Presets:
   terms and the windowed MMD both at native resolution and one octave down (``mmd_native=False``,
   ``num_scales=2``, ``min_size=16``), the MMD on contrast-normalised patches (``contrast_floor=0.02``,
   ``sigma=(0.5, 1.0)`` in units of the unit ball, 16-px windows every 8 px) weighted ``weight_mmd=400``
-  (about 6 units of its value on the mildest visible distortion), 256 random features
-  (the setting its training results were measured with), SSIM at the same two octaves, each in units of
+  (about 6 units of its value on the mildest visible distortion) with the default's 128 random features,
+  SSIM at the same two octaves, each in units of
   its value on the mildest visible distortion (``weight_ssim=(9.93, 29.1)``), and pixelwise aligned terms
   (``shift_radius=0``, ``subpixel=False``: against an aligned truth a misalignment is an error of the
   network, and the offset search is the aligned terms' largest cost). On the dev SR task it
@@ -233,8 +233,8 @@ PRESETS: dict[str, MMDPPConfig] = {
         shift_radius=0, subpixel=False,
     ),
     "loss": MMDPPConfig(weight_mmd=400.0, mmd_native=False, base_size=None, num_scales=2, min_size=16,
-                        num_features=256, weight_ssim=(9.93, 29.1), shift_radius=0, subpixel=False,
-                        contrast_floor=0.02, sigma=(0.5, 1.0), window=16, stride=8),
+                        weight_ssim=(9.93, 29.1), shift_radius=0, subpixel=False, contrast_floor=0.02,
+                        sigma=(0.5, 1.0), window=16, stride=8),
     "followup": MMDPPConfig(
         sigma=0.06, weight_l2=0.001, weight_local=0.05, weight_mmd=0.5, estimator="rff", num_features=512,
         features="iid", base_size=None, num_scales=1, mmd_native=False, shift_radius=0, subpixel=False,

@@ -106,62 +106,6 @@ def contrast_normalized_patches(x: torch.Tensor, patch_size: int, floor: float) 
     return p * torch.rsqrt(p.pow(2).sum(dim=1, keepdim=True) + p.shape[1] * floor * floor)
 
 
-def contrast_scale(padded: torch.Tensor, patch_size: int, floor: float) -> torch.Tensor:
-    """The factor of :func:`contrast_normalized_patches`, ``1 / sqrt(‖Π p‖² + d floor²)``, for every patch centre
-    of an image already padded by :func:`reflect_pad`: ``(N, C, H + k - 1, W + k - 1) -> (N, H, W)``.
-
-    Computed from box means, ``‖Π p‖² = k² Σ_c (mean(x_c²) - mean(x_c)²)`` over the patch, without forming the
-    ``C k²``-channel patch image; so ``scale · (Π w) . p`` is the random feature's angle of the normalised patch
-    (``w . Π p = (Π w) . p``), which the compiled kernels compute from the image itself.
-
-    Example:
-        >>> x = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-        >>> p = extract_patches(x, 3)
-        >>> ref = torch.rsqrt(p.pow(2).sum(dim=1) + 27 * 0.01**2)
-        >>> bool(torch.allclose(contrast_scale(reflect_pad(x, 3), 3, 0.01), ref, rtol=1e-4))
-        True
-    """
-    out: torch.Tensor = _ContrastScale.apply(padded, patch_size, floor)
-    return out
-
-
-def _patch_moments(padded: torch.Tensor, k: int, floor: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each patch's per-channel mean ``(N, C, H, W)`` and the contrast factor ``s`` ``(N, H, W)``."""
-    mean = box_mean(padded, (k, k))
-    energy = (box_mean(padded * padded, (k, k)) - mean * mean).sum(dim=1).clamp_min(0.0) * (k * k)
-    return mean, torch.rsqrt(energy + padded.shape[1] * k * k * floor * floor)
-
-
-class _ContrastScale(torch.autograd.Function):
-    """:func:`contrast_scale` with its gradient in closed form. With ``E(u) = ‖Π p_u‖²`` and ``m_c(u)`` the
-    patch's channel means, ``∂s/∂E = -s³/2`` and ``∂E/∂x_c(t) = 2 (x_c(t) - m_c(u))`` for every pixel ``t`` of
-    the patch, so with ``h = -g s³`` (``g`` the incoming gradient)::
-
-        ∂L/∂x_c(t) = x_c(t) Bᵀ[h](t) - Bᵀ[h m_c](t)
-
-    ``Bᵀ`` the transposed ``k x k`` box sum: one box pass over ``C + 1`` planes instead of autograd through
-    the moments (about 4x less backward time at 4 x 3 x 256²). Under ``create_graph`` the backward recomputes
-    the moments differentiably, so second derivatives are exact too.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, padded: torch.Tensor, k: int, floor: float) -> torch.Tensor:
-        mean, s = _patch_moments(padded, k, floor)
-        ctx.save_for_backward(padded, mean, s)
-        ctx.k, ctx.floor = k, floor
-        return s
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        padded, mean, s = ctx.saved_tensors
-        k = ctx.k
-        if torch.is_grad_enabled():  # create_graph: the moments as differentiable functions of the input
-            mean, s = _patch_moments(padded, k, ctx.floor)
-        h = (-grad * s * s * s).unsqueeze(1)
-        spread = box_mean(torch.cat([h, h * mean], dim=1), (k, k), padding=(k - 1, k - 1)) * (k * k)
-        return padded * spread[:, :1] - spread[:, 1:], None, None
-
-
 def patch_rows(padded: torch.Tensor, patch_size: int, start: int, stop: int, *, center: bool = True) -> torch.Tensor:
     """Patches centred on pixel rows ``[start, stop)`` of an image already padded by :func:`reflect_pad`.
 

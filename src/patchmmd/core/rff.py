@@ -27,7 +27,7 @@ from torch.utils.checkpoint import checkpoint
 from .. import _native
 from .features import FeatureKind, random_features
 from .kernels import _checkpointed, gaussian_bandwidths
-from .patches import WindowGrid, contrast_normalized_patches, contrast_scale, reflect_pad, window_grid
+from .patches import WindowGrid, contrast_normalized_patches, reflect_pad, window_grid
 
 #: Default number of random features of the ``"rff"`` estimator.
 DEFAULT_NUM_FEATURES = 512
@@ -202,10 +202,10 @@ def _native_available() -> bool:
 
 
 def _native_block_means(xp: torch.Tensor, feats: PairedFeatures, block: tuple[int, int], hc: int,
-                        wc: int, scale: torch.Tensor | None = None) -> torch.Tensor:
+                        wc: int, floor: float | None = None) -> torch.Tensor:
     """:class:`_RFFBlockMeans` on the compiled kernels (operator ``patchmmd::rff_block_sums``, which
-    differentiates itself); ``xp`` float32 on the CPU. With ``scale`` (``(N, hc, wc)``, positive) the angles are
-    ``scale · w_j . P + b_j`` (operator ``patchmmd::rff_scaled_sums``, differentiable in ``xp`` and ``scale``)."""
+    differentiates itself); ``xp`` float32 on the CPU. With ``floor`` the angles are ``s · w_j . P + b_j``, ``s``
+    each patch's contrast factor (operator ``patchmmd::rff_normalized_sums``; :func:`normalized_window_means`)."""
     k, m, n_sin = feats.patch_size, feats.m, feats.n_sin
     bh, bw = block
     wcp = -(-wc // _native.VECTOR) * _native.VECTOR
@@ -213,11 +213,10 @@ def _native_block_means(xp: torch.Tensor, feats: PairedFeatures, block: tuple[in
     mp = -(-m // _native.BLOCK_FEATURES) * _native.BLOCK_FEATURES
     matrix = F.pad(feats.matrix, (0, 0, 0, mp - m))
     weight, phase = matrix[:, :-1].contiguous(), matrix[:, -1].contiguous()
-    if scale is None:
+    if floor is None:
         sums_c, sums_s = _native.rff_block_sums(xpad, weight, phase, hc, wc, bh, bw, k)
-    else:  # the padding columns get a scale of 1 (the kernels divide by it; their angles are never summed)
-        spad = (scale if wcp == wc else F.pad(scale, (0, wcp - wc), value=1.0)).contiguous()
-        sums_c, sums_s = _native.rff_scaled_sums(xpad, weight, phase, spad, hc, wc, bh, bw, k)
+    else:
+        sums_c, sums_s = _native.rff_normalized_sums(xpad, weight, phase, floor, hc, wc, bh, bw, k)
     return torch.cat([sums_c[:, :m], sums_s[:, :n_sin].neg()], dim=1).mul_(1.0 / (bh * bw))
 
 
@@ -299,9 +298,10 @@ def normalized_window_means(x: torch.Tensor, feats: PairedFeatures, grid: Window
     for them (``C k²`` channels, 1x1 patches).
 
     On the compiled kernels (float32 on the CPU) the ``C k²``-channel image is never formed: the angle of a
-    feature ``w`` is ``s · (Π w) . p + b`` on the image's own ``k x k`` patches ``p``, with the per-centre factor
-    ``s`` of :func:`~.patches.contrast_scale` (``w . Π p = (Π w) . p``). Elsewhere it is formed and passed to
-    :func:`rff_window_means`; the two agree to rounding.
+    feature ``w`` is ``s · (Π w) . p + b`` on the image's own ``k x k`` patches ``p`` (``w . Π p = (Π w) . p``),
+    with each patch's factor ``s = 1 / sqrt(‖Π p‖² + C k² floor²)`` computed in the kernels, which also return
+    the gradient through it. Elsewhere the image is formed and passed to :func:`rff_window_means`; the two agree
+    to rounding.
     """
     k = patch_size
     hc, wc = grid.covered
@@ -312,8 +312,7 @@ def normalized_window_means(x: torch.Tensor, feats: PairedFeatures, grid: Window
     flat = feats.matrix[:, :-1].reshape(-1, c, k * k)
     projected = (flat - flat.mean(dim=2, keepdim=True)).reshape(flat.shape[0], -1)  # Π w
     image_feats = PairedFeatures(torch.cat([projected, feats.matrix[:, -1:]], dim=1), feats.m, feats.n_sin, k)
-    scale = contrast_scale(xp, k, floor)
-    return grid.pool_blocks(_native_block_means(xp, image_feats, grid.blocks, hc, wc, scale))
+    return grid.pool_blocks(_native_block_means(xp, image_feats, grid.blocks, hc, wc, floor))
 
 
 def rff_features(
