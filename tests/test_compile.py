@@ -142,14 +142,19 @@ def test_opcheck_block_sums(sample):
 
 
 @needs_native
+@pytest.mark.parametrize("normalized", [False, True])
 @pytest.mark.parametrize("sample", range(2))
-def test_opcheck_grad_image(sample):
+def test_opcheck_grad_ops(sample, normalized):
+    """``rff_grad_image`` and, with a floor, ``rff_normalized_grad``."""
     xp, weight, phase, hc, wc, bh, bw, k = _op_samples()[sample]
     g = torch.Generator().manual_seed(1)
     shape = (xp.shape[0], weight.shape[0], hc // bh, wc // bw)
     g_cos, g_sin = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
-    args = (xp, weight, phase, g_cos, g_sin, hc, wc, bh, bw, k)
-    torch.library.opcheck(torch.ops.patchmmd.rff_grad_image.default, args)
+    if normalized:
+        op, args = torch.ops.patchmmd.rff_normalized_grad.default, (xp, weight, phase, 0.05, g_cos, g_sin)
+    else:
+        op, args = torch.ops.patchmmd.rff_grad_image.default, (xp, weight, phase, g_cos, g_sin)
+    torch.library.opcheck(op, (*args, hc, wc, bh, bw, k))
 
 
 @needs_native
@@ -178,17 +183,6 @@ def test_opcheck_normalized_sums(sample):
     args = (xp, weight, phase, 0.05, hc, wc, bh, bw, k)
     torch.library.opcheck(torch.ops.patchmmd.rff_normalized_sums.default, args)
     torch.library.opcheck(torch.ops.patchmmd.rff_normalized_sums.default, (xp.clone().requires_grad_(True), *args[1:]))
-
-
-@needs_native
-@pytest.mark.parametrize("sample", range(2))
-def test_opcheck_normalized_grad(sample):
-    xp, weight, phase, hc, wc, bh, bw, k = _op_samples()[sample]
-    g = torch.Generator().manual_seed(1)
-    shape = (xp.shape[0], weight.shape[0], hc // bh, wc // bw)
-    g_cos, g_sin = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
-    torch.library.opcheck(torch.ops.patchmmd.rff_normalized_grad.default,
-                          (xp, weight, phase, 0.05, g_cos, g_sin, hc, wc, bh, bw, k))
 
 
 @needs_native

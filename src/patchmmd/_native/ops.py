@@ -78,14 +78,27 @@ def rff_grad_image(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, 
     """Gradient of a loss with respect to ``xp`` (its shape), given its gradients ``g_cos``, ``g_sin``
     (``(N, m, hc/bh, wc/bw)`` float32 each) with respect to the two outputs of :func:`rff_block_sums`."""
     _check_op_inputs(xp, weight, phase, hc, wc, bh, bw, k)
+    amp, phs = _polar_grads("rff_grad_image", xp, weight, g_cos, g_sin, hc, wc, bh, bw)
+    return _required().grad_image_polar(xp, weight, phase, amp, phs, hc, wc, bh, bw, k)
+
+
+def _polar_grads(op: str, xp: torch.Tensor, weight: torch.Tensor, g_cos: torch.Tensor, g_sin: torch.Tensor, hc: int,
+                 wc: int, bh: int, bw: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The block sums' gradients checked (float32 CPU, the sums' shape) and in the kernels' polar form."""
     shape = (xp.shape[0], weight.shape[0], hc // bh, wc // bw)
     for name, t in (("g_cos", g_cos), ("g_sin", g_sin)):
         if tuple(t.shape) != shape or t.dtype != torch.float32 or t.device.type != "cpu":
-            raise ValueError(f"patchmmd::rff_grad_image: {name} must be a float32 CPU tensor of shape {shape}, "
+            raise ValueError(f"patchmmd::{op}: {name} must be a float32 CPU tensor of shape {shape}, "
                              f"got {tuple(t.shape)} {t.dtype} on {t.device}")
     # Contiguous first: the vectorised atan2 and the one for broadcast (stride-0) gradients round differently.
-    amp, phs = grad_polar(g_cos.contiguous(), g_sin.contiguous())
-    return _required().grad_image_polar(xp, weight, phase, amp, phs, hc, wc, bh, bw, k)
+    return grad_polar(g_cos.contiguous(), g_sin.contiguous())
+
+
+def _zero_filled(xp: torch.Tensor, weight: torch.Tensor, hc: int, wc: int, bh: int, bw: int, g_cos: torch.Tensor | None,
+                 g_sin: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradients of the two block sums, zeros for an output that received none."""
+    shape = (xp.shape[0], weight.shape[0], hc // bh, wc // bw)
+    return (xp.new_zeros(shape) if g_cos is None else g_cos), (xp.new_zeros(shape) if g_sin is None else g_sin)
 
 
 @rff_grad_image.register_fake
@@ -103,9 +116,7 @@ def _block_sums_setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) ->
 def _block_sums_backward(ctx: Any, g_cos: torch.Tensor | None, g_sin: torch.Tensor | None) -> tuple[Any, ...]:
     xp, weight, phase = ctx.saved_tensors
     hc, wc, bh, bw, k = ctx.geometry
-    shape = (xp.shape[0], weight.shape[0], hc // bh, wc // bw)
-    g_cos = xp.new_zeros(shape) if g_cos is None else g_cos
-    g_sin = xp.new_zeros(shape) if g_sin is None else g_sin
+    g_cos, g_sin = _zero_filled(xp, weight, hc, wc, bh, bw, g_cos, g_sin)
     grad = rff_grad_image(xp, weight, phase, g_cos, g_sin, hc, wc, bh, bw, k)
     return grad, None, None, None, None, None, None, None
 
@@ -144,12 +155,7 @@ def rff_normalized_grad(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Ten
     :func:`rff_normalized_sums` (through the angles and through each patch's factor ``s``)."""
     _check_op_inputs(xp, weight, phase, hc, wc, bh, bw, k)
     _check_floor(floor)
-    shape = (xp.shape[0], weight.shape[0], hc // bh, wc // bw)
-    for name, t in (("g_cos", g_cos), ("g_sin", g_sin)):
-        if tuple(t.shape) != shape or t.dtype != torch.float32 or t.device.type != "cpu":
-            raise ValueError(f"patchmmd::rff_normalized_grad: {name} must be a float32 CPU tensor of shape {shape}, "
-                             f"got {tuple(t.shape)} {t.dtype} on {t.device}")
-    amp, phs = grad_polar(g_cos.contiguous(), g_sin.contiguous())
+    amp, phs = _polar_grads("rff_normalized_grad", xp, weight, g_cos, g_sin, hc, wc, bh, bw)
     return _required().grad_image_normalized(xp, weight, phase, floor, amp, phs, hc, wc, bh, bw, k)
 
 
@@ -169,9 +175,7 @@ def _normalized_sums_setup_context(ctx: Any, inputs: tuple[Any, ...], output: An
 def _normalized_sums_backward(ctx: Any, g_cos: torch.Tensor | None, g_sin: torch.Tensor | None) -> tuple[Any, ...]:
     xp, weight, phase = ctx.saved_tensors
     floor, hc, wc, bh, bw, k = ctx.geometry
-    shape = (xp.shape[0], weight.shape[0], hc // bh, wc // bw)
-    g_cos = xp.new_zeros(shape) if g_cos is None else g_cos
-    g_sin = xp.new_zeros(shape) if g_sin is None else g_sin
+    g_cos, g_sin = _zero_filled(xp, weight, hc, wc, bh, bw, g_cos, g_sin)
     grad = rff_normalized_grad(xp, weight, phase, floor, g_cos, g_sin, hc, wc, bh, bw, k)
     return grad, None, None, None, None, None, None, None, None
 
