@@ -23,9 +23,9 @@ from typing import Literal
 import torch
 
 from .features import FEATURE_KINDS, FeatureKind
-from .kernels import MAX_KERNEL_ELEMENTS, GaussianKernel, Kernel, _checkpointed, gaussian_bandwidths, mmd2_sets
+from .kernels import MAX_KERNEL_ELEMENTS, GaussianKernel, Kernel, _checkpointed, mmd2_sets
 from .patches import WindowGrid, contrast_normalized_patches, patch_rows, reflect_pad, window_grid, window_patch_sets
-from .rff import DEFAULT_NUM_FEATURES, windowed_mmd2_rff
+from .rff import DEFAULT_NUM_FEATURES, mmd_bandwidths, windowed_mmd2_rff
 from .validation import (
     OutOfRange,
     Reduction,
@@ -93,7 +93,7 @@ def windowed_mmd2(
     docs/method.md §3.3) instead of the patches; ``sigma`` is then in units of their unit ball.
     """
     grid = window_grid(x.shape[-2], x.shape[-1], window, stride)
-    bandwidth = gaussian_bandwidths(sigma, patch_size if contrast_floor is None else 1)
+    bandwidth = mmd_bandwidths(sigma, patch_size, contrast_floor)
     if estimator == "exact" and contrast_floor is not None:
         # The C k²-channel image of the normalised patches, compared as 1x1 patches.
         x, y = (contrast_normalized_patches(t, patch_size, contrast_floor) for t in (x, y))

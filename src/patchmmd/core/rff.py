@@ -15,6 +15,7 @@ tiled PyTorch autograd function elsewhere, and plain differentiable operations u
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -384,7 +385,7 @@ def windowed_mmd2_rff(
 def _window_means_of(
     x: torch.Tensor, grid: WindowGrid, *, patch_size: int, bandwidth: float | tuple[float, ...], num_features: int,
     seed: int, features: FeatureKind, center: bool, contrast_floor: float | None,
-) -> Any:
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """The function ``image -> RFF window means`` for images like ``x``: of their patches, or of their
     contrast-normalised patches when ``contrast_floor`` is set."""
     if contrast_floor is None:
@@ -397,6 +398,13 @@ def _window_means_of(
     return lambda img: normalized_window_means(img, unit, grid, patch_size, floor)
 
 
+def mmd_bandwidths(sigma: float | tuple[float, ...], patch_size: int,
+                   contrast_floor: float | None) -> float | tuple[float, ...]:
+    """The Gaussian widths of the windowed MMD's kernel: :func:`.kernels.gaussian_bandwidths` of its patches, or
+    with ``contrast_floor`` of the normalised patches, compared as 1x1 patches (widths in unit-ball units)."""
+    return gaussian_bandwidths(sigma, patch_size if contrast_floor is None else 1)
+
+
 def target_window_means(
     y: torch.Tensor, *, patch_size: int, sigma: float | tuple[float, ...], window: int | None, stride: int,
     center: bool, num_features: int, seed: int, features: FeatureKind, contrast_floor: float | None = None,
@@ -405,7 +413,7 @@ def target_window_means(
     :func:`.mmd.windowed_mmd2` needs of a fixed target (pass them as ``y_features``; the same
     ``contrast_floor``)."""
     grid = window_grid(y.shape[-2], y.shape[-1], window, stride)
-    bandwidth = gaussian_bandwidths(sigma, patch_size if contrast_floor is None else 1)
+    bandwidth = mmd_bandwidths(sigma, patch_size, contrast_floor)
     means = _window_means_of(y, grid, patch_size=patch_size, bandwidth=bandwidth, num_features=num_features,
                              seed=seed, features=features, center=center, contrast_floor=contrast_floor)
     return means(y)
