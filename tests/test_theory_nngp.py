@@ -48,6 +48,12 @@ def test_kappa1_values_and_derivative() -> None:
     # numerical derivative in the interior
     x = torch.tensor([0.3], dtype=F64, requires_grad=True)
     assert torch.autograd.gradcheck(kappa1, (x,))
+    # second derivative 1 / (π √(1 - c²)) in the interior (double backward)
+    c3 = torch.tensor([-0.9, -0.2, 0.3, 0.95], dtype=F64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(kappa1, (c3,))
+    (g,) = torch.autograd.grad(kappa1(c3).sum(), c3, create_graph=True)
+    (h,) = torch.autograd.grad(g.sum(), c3)
+    torch.testing.assert_close(h, 1 / (math.pi * torch.sqrt(1 - c3.detach() ** 2)), rtol=1e-12, atol=0)
 
 
 def _closed_form_by_hand(p: torch.Tensor, q: torch.Tensor, depth: int) -> torch.Tensor:

@@ -8,7 +8,9 @@ computes what the sub-pixel fit reads, without gradient).
 
 They have fake (meta) implementations, so ``torch.compile`` traces through them in one graph, and an autograd
 formula, so the forward ops are differentiable in ``xp`` (the filters, phases and floor are constants: no
-gradient).
+gradient). Their gradient is the compiled kernels'; when its own graph is asked for (``create_graph=True``), the
+backward pass differentiates :func:`_plain_sums`, the same sums in PyTorch operations, instead
+(:func:`patchmmd._autograd.graph_vjp`), so second derivatives are exact.
 Only float32 CPU tensors may reach them; the estimator (:mod:`patchmmd.core.rff`) routes everything else to
 its PyTorch path before it calls them. Registered when :mod:`patchmmd._native` is imported (it imports this
 module last).
@@ -22,7 +24,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
+from .._autograd import graph_vjp
 from . import BLOCK_FEATURES, VECTOR, NativeKernels, _round_up, grad_polar, kernels
 
 
@@ -113,12 +117,43 @@ def _block_sums_setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) ->
     ctx.geometry = (hc, wc, bh, bw, k)
 
 
+def _plain_sums(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, floor: float, hc: int, wc: int,
+                bh: int, bw: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`rff_block_sums` (``floor`` 0) or :func:`rff_normalized_sums` in differentiable PyTorch operations:
+    the double-backward path (every ``cos``/``sin`` value is formed, ``m x hc x wc`` per image)."""
+    n, c = xp.shape[:2]
+    x = xp[..., : hc + k - 1, : wc + k - 1]
+    z = F.conv2d(x, weight.view(-1, c, k, k))
+    if floor > 0:  # s = 1 / sqrt(‖Π p‖² + C k² floor²) of each patch
+        u = F.unfold(x, k).view(n, c, k * k, hc, wc)
+        u = u - u.mean(dim=2, keepdim=True)
+        z = z * torch.rsqrt(u.pow(2).sum(dim=(1, 2)) + c * k * k * floor * floor).unsqueeze(1)
+    z = z + phase.view(1, -1, 1, 1)
+
+    def sums(t: torch.Tensor) -> torch.Tensor:
+        return t.view(n, -1, hc // bh, bh, wc // bw, bw).sum(dim=(3, 5))
+
+    return sums(torch.cos(z)), sums(torch.sin(z))
+
+
+def _sums_grad(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, floor: float, g_cos: torch.Tensor | None,
+               g_sin: torch.Tensor | None, hc: int, wc: int, bh: int, bw: int, k: int) -> torch.Tensor:
+    """The gradient of either op's sums with respect to ``xp``: the compiled kernel, or, when the backward pass
+    records its graph, autograd through :func:`_plain_sums`."""
+    g_cos, g_sin = _zero_filled(xp, weight, hc, wc, bh, bw, g_cos, g_sin)
+    if torch.is_grad_enabled():
+        (grad,) = graph_vjp(lambda t: _plain_sums(t, weight, phase, floor, hc, wc, bh, bw, k), (xp,),
+                            (g_cos, g_sin), (True,))
+        return xp.new_zeros(xp.shape) if grad is None else grad
+    if floor > 0:
+        return rff_normalized_grad(xp, weight, phase, floor, g_cos, g_sin, hc, wc, bh, bw, k)
+    return rff_grad_image(xp, weight, phase, g_cos, g_sin, hc, wc, bh, bw, k)
+
+
 def _block_sums_backward(ctx: Any, g_cos: torch.Tensor | None, g_sin: torch.Tensor | None) -> tuple[Any, ...]:
     xp, weight, phase = ctx.saved_tensors
     hc, wc, bh, bw, k = ctx.geometry
-    g_cos, g_sin = _zero_filled(xp, weight, hc, wc, bh, bw, g_cos, g_sin)
-    grad = rff_grad_image(xp, weight, phase, g_cos, g_sin, hc, wc, bh, bw, k)
-    return grad, None, None, None, None, None, None, None
+    return _sums_grad(xp, weight, phase, 0.0, g_cos, g_sin, hc, wc, bh, bw, k), *(None,) * 7
 
 
 rff_block_sums.register_autograd(_block_sums_backward, setup_context=_block_sums_setup_context)
@@ -175,9 +210,7 @@ def _normalized_sums_setup_context(ctx: Any, inputs: tuple[Any, ...], output: An
 def _normalized_sums_backward(ctx: Any, g_cos: torch.Tensor | None, g_sin: torch.Tensor | None) -> tuple[Any, ...]:
     xp, weight, phase = ctx.saved_tensors
     floor, hc, wc, bh, bw, k = ctx.geometry
-    g_cos, g_sin = _zero_filled(xp, weight, hc, wc, bh, bw, g_cos, g_sin)
-    grad = rff_normalized_grad(xp, weight, phase, floor, g_cos, g_sin, hc, wc, bh, bw, k)
-    return grad, None, None, None, None, None, None, None, None
+    return _sums_grad(xp, weight, phase, floor, g_cos, g_sin, hc, wc, bh, bw, k), *(None,) * 8
 
 
 rff_normalized_sums.register_autograd(_normalized_sums_backward, setup_context=_normalized_sums_setup_context)

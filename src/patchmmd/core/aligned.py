@@ -24,9 +24,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
+from .._autograd import graph_vjp
 from .kernels import gaussian_bandwidth
 from .patches import WindowGrid, box_mean, window_grid
 from .scale import downsample
@@ -336,6 +336,18 @@ def _tolerant_aligned(
 
     yp, fit = prepare(xs, ys)
     candidates = offsets(radius)
+
+    def winners_values(winners: list[torch.Tensor],
+                       values_at: Callable[[tuple[int, int]], list[torch.Tensor]]) -> list[torch.Tensor | None]:
+        """Per level, each window's value at its winning offset, from ``values_at(offset)`` (per level, with
+        autograd) of only the offsets that win somewhere; ``None`` for a level no offset wins (none)."""
+        result: list[torch.Tensor | None] = [None] * len(grids)
+        for j in _used_offsets(winners):
+            for i, v in enumerate(values_at(candidates[j])):
+                part = torch.where(winners[i] == j, v, torch.zeros_like(v))
+                prev = result[i]
+                result[i] = part if prev is None else prev + part
+        return result
     s = gaussian_bandwidth(local_sigma, local_patch_size)
     # The compiled kernels' shared arguments after (x, yp, fit[, gmap], radius, offsets).
     fixed = (lk_box, LK_RIDGE, MAX_SUBPIXEL_SHIFT, list(factors), local_patch_size, weight_l2, weight_local,
@@ -375,25 +387,25 @@ def _tolerant_aligned(
                 [v for o in used for v in o], *fixed,
             )
 
-        values = _WinningOffsets.apply(xs, scan, grad_x, grids, candidates)
+        def plain(x: torch.Tensor, winners: list[torch.Tensor]) -> list[torch.Tensor | None]:
+            """The winners' values with autograd, for the graph of the gradient (double backward)."""
+            a, b = prepare(x.detach(), ys)
+            return winners_values(winners, lambda o: at_offset(x, a, b, o))
+
+        values = _WinningOffsets.apply(xs, scan, grad_x, plain, grids, candidates)
         if checkpointed:
             del yp, fit  # not kept for the backward pass, which recomputes them (as the PyTorch path's checkpoints)
         return list(zip(values, grids, strict=True))
     # With gradients: find each window's best offset without building a graph, then recompute with autograd
     # only the offsets that win somewhere (usually one or two): same values, a fraction of the backward.
     winners = [v.argmin(dim=1, keepdim=True) for v in scan()]
-    used = _used_offsets(winners)
     # Large inputs: each winning offset's graph is recomputed in the backward pass instead of stored, and so
     # are the fit's inputs (otherwise that graph would hold them, for every chunk, until the backward pass).
     if checkpointed:
         del yp, fit
-    result: list[torch.Tensor | None] = [None] * len(grids)
-    for j in used:
-        values = recomputed(candidates[j]) if checkpointed else at_offset(xs, yp, fit, candidates[j])
-        for i, v in enumerate(values):
-            part = torch.where(winners[i] == j, v, torch.zeros_like(v))
-            prev = result[i]
-            result[i] = part if prev is None else prev + part
+        result = winners_values(winners, recomputed)
+    else:
+        result = winners_values(winners, lambda o: at_offset(xs, yp, fit, o))
     return [(r, g) for r, g in zip(result, grids, strict=True) if r is not None]
 
 
@@ -402,20 +414,27 @@ class _WinningOffsets(torch.autograd.Function):
     level), differentiable in ``xs`` through the compiled gradient ``grad_x(gmap, offsets)`` of the winning
     offsets' per-pixel maps (:func:`patchmmd._native.ops.aligned_grad`). Backward: each window's gradient goes to
     its winning offset, is spread over the window's pixels (the adjoint of the window pooling), and the kernel
-    turns the per-offset, per-level pixel gradients into the gradient of ``xs``."""
+    turns the per-offset, per-level pixel gradients into the gradient of ``xs``. When the gradient's own graph is
+    asked for (``create_graph=True``), backward differentiates ``plain(xs, winners)`` (the winners' values
+    recomputed in PyTorch) with autograd instead (:func:`patchmmd._autograd.graph_vjp`)."""
 
     @staticmethod
     def forward(ctx: Any, xs: torch.Tensor, scan: Callable[[], list[torch.Tensor]],
-                grad_x: Callable[[torch.Tensor, list[tuple[int, int]]], torch.Tensor], grids: list[WindowGrid],
-                candidates: list[tuple[int, int]]) -> tuple[torch.Tensor, ...]:
+                grad_x: Callable[[torch.Tensor, list[tuple[int, int]]], torch.Tensor],
+                plain: Callable[[torch.Tensor, list[torch.Tensor]], list[torch.Tensor | None]],
+                grids: list[WindowGrid], candidates: list[tuple[int, int]]) -> tuple[torch.Tensor, ...]:
         per_level = scan()
         ctx.winners = [v.argmin(dim=1, keepdim=True) for v in per_level]
-        ctx.grad_x, ctx.grids, ctx.candidates, ctx.shape = grad_x, grids, candidates, xs.shape
+        ctx.grad_x, ctx.plain, ctx.grids, ctx.candidates, ctx.shape = grad_x, plain, grids, candidates, xs.shape
+        ctx.save_for_backward(xs)
         return tuple(v.amin(dim=1, keepdim=True) for v in per_level)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+        if torch.is_grad_enabled():  # the graph of the gradient is asked for: autograd of the plain values
+            (xs,) = ctx.saved_tensors
+            (g,) = graph_vjp(lambda t: ctx.plain(t, ctx.winners), (xs,), grads, (True,))
+            return g, None, None, None, None, None
         n = ctx.shape[0]
         used = _used_offsets(ctx.winners)
         idx = torch.tensor(used, device=ctx.winners[0].device).view(1, -1, 1, 1)
@@ -431,7 +450,7 @@ class _WinningOffsets(torch.autograd.Function):
             spread = grid.pool_fast_adjoint(masked.reshape(n * len(used), 1, *g.shape[-2:]))
             maps.append(spread.reshape(n, len(used), hl * wl))
         gmap = torch.cat(maps, dim=2).contiguous()
-        return ctx.grad_x(gmap, [ctx.candidates[j] for j in used]), None, None, None, None
+        return ctx.grad_x(gmap, [ctx.candidates[j] for j in used]), None, None, None, None, None
 
 
 def _used_offsets(winners: Sequence[torch.Tensor]) -> list[int]:

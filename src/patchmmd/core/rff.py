@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 from .. import _native
+from .._autograd import graph_vjp
 from .features import FeatureKind, random_features
 from .kernels import _checkpointed, gaussian_bandwidths
 from .patches import WindowGrid, contrast_normalized_patches, reflect_pad, window_grid
@@ -114,7 +114,9 @@ class _RFFBlockMeans(torch.autograd.Function):
     Fuses the convolution (one GEMM on the unfolded patches), ``cos``/``sin`` and the block sums tile by
     tile, so no full-resolution ``r x H x W`` tensor is built. Backward reuses the saved ``cos``/``sin``
     values when they fit :data:`MAX_FEATURE_ELEMENTS` (no transcendental in the backward pass, and
-    ``d cos = -sin``), and otherwise recomputes them tile by tile (memory bounded by the tile size).
+    ``d cos = -sin``), and otherwise recomputes them tile by tile (memory bounded by the tile size). When the
+    gradient's own graph is asked for (``create_graph=True``), backward differentiates
+    :func:`_traced_block_means` with autograd instead (:func:`patchmmd._autograd.graph_vjp`).
     The eager PyTorch path: the compiled CPU kernels are an operator of their own
     (:func:`_native_block_means`), and ``torch.compile`` traces :func:`_traced_block_means` instead.
     """
@@ -145,16 +147,18 @@ class _RFFBlockMeans(torch.autograd.Function):
         out[:, m:].neg_()
         ctx.feats, ctx.block, ctx.hc, ctx.wc, ctx.tiles = feats, block, hc, wc, tiles
         ctx.saved = saved
-        ctx.save_for_backward(xp if need_grad and not save else None)
+        ctx.save_for_backward(xp if need_grad else None)
         return out
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         feats, (bh, bw), hc, wc = ctx.feats, ctx.block, ctx.hc, ctx.wc
+        (xp,) = ctx.saved_tensors
+        if torch.is_grad_enabled():  # the graph of the gradient is asked for: autograd of the plain formulation
+            (g,) = graph_vjp(lambda t: (_traced_block_means(t, feats, ctx.block, hc, wc),), (xp,), (grad,), (True,))
+            return g, None, None, None, None, None
         k, m, n_sin = feats.patch_size, feats.m, feats.n_sin
         hb, wb = hc // bh, wc // bw
-        (xp,) = ctx.saved_tensors
         scale = -1.0 / (bh * bw)
         g_cos = (grad[:, :m] * scale).unsqueeze(3).unsqueeze(5)  # d/dz cos = -sin
         g_sin = (grad[:, m:] * scale).unsqueeze(3).unsqueeze(5)  # d/dz (-sin) = -cos
@@ -164,7 +168,7 @@ class _RFFBlockMeans(torch.autograd.Function):
         dz = None
         for (i0, i1), chunks in ctx.tiles:
             # The unfolded patches and their gradient for one block of images (C k² values a pixel each).
-            cols = _unfold_ones(xp[i0:i1], k) if xp is not None else None
+            cols = _unfold_ones(xp[i0:i1], k) if not ctx.saved else None
             grad_cols = grad.new_zeros(i1 - i0, feats.matrix.shape[1] - 1, hc * wc)
             for j0, j1 in chunks:
                 if ctx.saved:

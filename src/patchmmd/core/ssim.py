@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
+from .._autograd import graph_vjp
 from .patches import separable_filter
 
 #: The window: 11 taps, Gaussian σ 1.5 px (the published SSIM's).
@@ -87,6 +87,29 @@ def _ssim_parts(
     return 2 * mxy + _C1, 2 * cxy + _C2, mx2 + my2 + _C1, vx + vy + _C2
 
 
+def _moments(xs: torch.Tensor, ys: torch.Tensor, y_moments: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """``x``, ``y`` on the [0, 1] scale and their local moments ``μx, μy, E[x²], E[y²], E[xy]`` (each ``C``
+    channels); ``y``'s from ``y_moments`` when given."""
+    g = _window(xs.dtype, xs.device)
+    c = xs.shape[1]
+    x, y = (xs + 1) * 0.5, (ys + 1) * 0.5
+    if y_moments is None:
+        # One filtering pass over the five moment images.
+        moments = separable_filter(torch.cat([x, y, x * x, y * y, x * y], dim=1), g)
+        mx, my, exx, eyy, exy = moments.split(c, dim=1)
+    else:
+        mx, exx, exy = separable_filter(torch.cat([x, x * x, x * y], dim=1), g).split(c, dim=1)
+        my, eyy = y_moments.split(c, dim=1)
+    return x, y, mx, my, exx, eyy, exy
+
+
+def _plain_dissimilarity(xs: torch.Tensor, ys: torch.Tensor, y_moments: torch.Tensor | None) -> torch.Tensor:
+    """``1 - SSIM_u`` averaged over channels in differentiable operations (the double-backward path)."""
+    _, _, *moments = _moments(xs, ys, y_moments)
+    a, b, p, q = _ssim_parts(*moments)
+    return (1.0 - (a * b) / (p * q)).mean(dim=1, keepdim=True)
+
+
 class _Dissimilarity(torch.autograd.Function):
     """``1 - SSIM_u`` averaged over channels, with its gradient in closed form.
 
@@ -101,34 +124,29 @@ class _Dissimilarity(torch.autograd.Function):
         ∂L/∂x = Gᵀ g_μx + 2 x Gᵀ g_E[x²] + y Gᵀ g_E[xy]
 
     and alike for ``y``: one filtering pass over three (or five) images instead of autograd through the
-    formula and the two convolutions. Not twice differentiable (``once_differentiable``).
+    formula and the two convolutions. When the gradient's own graph is asked for (``create_graph=True``), the
+    backward pass differentiates :func:`_plain_dissimilarity` with autograd instead
+    (:func:`patchmmd._autograd.graph_vjp`): second derivatives are exact.
     """
 
     @staticmethod
     def forward(
         ctx: Any, xs: torch.Tensor, ys: torch.Tensor, y_moments: torch.Tensor | None
     ) -> torch.Tensor:
-        g = _window(xs.dtype, xs.device)
-        c = xs.shape[1]
-        x, y = (xs + 1) * 0.5, (ys + 1) * 0.5
-        if y_moments is None:
-            # One filtering pass over the five moment images.
-            moments = separable_filter(torch.cat([x, y, x * x, y * y, x * y], dim=1), g)
-            mx, my, exx, eyy, exy = moments.split(c, dim=1)
-        else:
-            mx, exx, exy = separable_filter(torch.cat([x, x * x, x * y], dim=1), g).split(c, dim=1)
-            my, eyy = y_moments.split(c, dim=1)
+        x, y, mx, my, exx, eyy, exy = _moments(xs, ys, y_moments)
         a, b, p, q = _ssim_parts(mx, my, exx, eyy, exy)
         s = (a * b) / (p * q)
-        ctx.save_for_backward(x, y, mx, my, a, b, p, q, s)
+        ctx.save_for_backward(x, y, mx, my, a, b, p, q, s, xs, ys, y_moments)
         ctx.target = y_moments is not None
         return (1.0 - s).mean(dim=1, keepdim=True)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, y, mx, my, a, b, p, q, s = ctx.saved_tensors
+        x, y, mx, my, a, b, p, q, s, xs, ys, y_moments = ctx.saved_tensors
         want_x, want_y, want_moments = ctx.needs_input_grad
+        if torch.is_grad_enabled():  # the graph of the gradient is asked for: autograd of the plain formula
+            return graph_vjp(lambda *t: (_plain_dissimilarity(*t),), (xs, ys, y_moments), (grad,),
+                             ctx.needs_input_grad)
         c = x.shape[1]
         k = SSIM_WINDOW - 1
         # d(1 - mean_c s)/ds = -1/C; the 0.5 of the [-1, 1] -> [0, 1] map multiplies the pixel gradients.

@@ -70,20 +70,23 @@ _PI = math.pi
 
 
 class _Kappa1(torch.autograd.Function):
-    """``κ₁(c)`` for ``c`` clamped to ``[-1, 1]``, with the derivative ``(π - arccos c) / π`` everywhere."""
+    """``κ₁(c)`` for ``c`` clamped to ``[-1, 1]``, with the derivative ``(π - arccos c) / π`` everywhere (and,
+    when the gradient's graph is asked for, the second derivative ``1 / (π √(1 - c²))``, infinite at ±1)."""
 
     # ``ctx`` is typed Any: torch's ``FunctionCtx`` declares ``save_for_backward`` but not ``saved_tensors``.
     @staticmethod
     def forward(ctx: Any, c: torch.Tensor) -> torch.Tensor:
-        c = c.clamp(-1.0, 1.0)
-        theta = torch.arccos(c)
-        ctx.save_for_backward(theta)
-        s = torch.sqrt((1.0 - c * c).clamp_min(0.0))
-        return (s + (_PI - theta) * c) / _PI
+        cc = c.clamp(-1.0, 1.0)
+        theta = torch.arccos(cc)
+        ctx.save_for_backward(theta, c)
+        s = torch.sqrt((1.0 - cc * cc).clamp_min(0.0))
+        return (s + (_PI - theta) * cc) / _PI
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        (theta,) = ctx.saved_tensors
+        theta, c = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: theta recomputed with its graph
+            theta = torch.arccos(c.clamp(-1.0, 1.0))
         return grad * (_PI - theta) / _PI
 
 

@@ -1,0 +1,47 @@
+"""Double backward for the hand-written backward passes (docs/method.md §6).
+
+The estimator's fused paths (:class:`patchmmd.core.rff._RFFBlockMeans`, the compiled kernels' operators), the
+SSIM term and the aligned terms' winning offsets compute their gradients by hand: closed forms and compiled
+kernels, fast but not themselves recorded by autograd. When a caller asks for the graph of the gradient
+(``torch.autograd.grad(..., create_graph=True)``: gradient penalties, Hessian-vector products), their backward
+passes instead differentiate a plain PyTorch formulation of the same function with autograd, recording the
+graph: :func:`graph_vjp`. The second derivatives are then exact (for the plain formulation, which equals the
+fast one to rounding), where a backward pass that is not recorded would drop its own terms of them silently.
+
+Example:
+    >>> x = torch.tensor([0.5, 2.0], dtype=torch.float64, requires_grad=True)
+    >>> with torch.enable_grad():  # inside a backward pass that records its graph
+    ...     (g,) = graph_vjp(lambda t: (t**3,), (x,), (torch.ones(2, dtype=torch.float64),), (True,))
+    >>> g  # 3 x²
+    tensor([ 0.7500, 12.0000], dtype=torch.float64, grad_fn=<MulBackward0>)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+__all__ = ["graph_vjp"]
+
+
+def graph_vjp(
+    fn: Callable[..., Sequence[torch.Tensor | None]], inputs: Sequence[torch.Tensor | None],
+    grads: Sequence[torch.Tensor | None], needs: Sequence[bool],
+) -> tuple[torch.Tensor | None, ...]:
+    """``grads`` pulled back through ``fn(*inputs)`` to the inputs marked in ``needs``, with the graph recorded.
+
+    ``fn`` returns a sequence of tensors, one per entry of ``grads`` (``None``: that output received no gradient;
+    an output may be ``None`` too).
+    Returns one entry per input: the gradient, or ``None`` where ``needs`` is false or the output does not
+    depend on the input. Called from a backward pass while grad mode is on (``create_graph=True``).
+    """
+    with torch.enable_grad():
+        outs = fn(*inputs)
+    pairs = [(o, g) for o, g in zip(outs, grads, strict=True) if g is not None and o is not None and o.requires_grad]
+    wrt = [t for t, need in zip(inputs, needs, strict=True) if need and t is not None]
+    if not pairs or not wrt:
+        return tuple(None for _ in inputs)
+    got = iter(torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], create_graph=True,
+                                   allow_unused=True))
+    return tuple(next(got) if need and t is not None else None for t, need in zip(inputs, needs, strict=True))
