@@ -494,16 +494,18 @@ class NativeKernels:
         threads = max(1, torch.get_num_threads())
         per = max(1, math.ceil(groups * n / (4 * threads))) if n < 4 * threads else groups
         ntasks = n * -(-groups // per)
+        # A thread's work: the accumulators, and (contrast-normalised patches) one band of rows' factors s.
+        slot = (2 * BLOCK_FEATURES + (bh if floor > 0 else 0)) * wcp
 
         def driver(t0: int, t1: int, nthreads: int, work: int) -> None:
             self.lib.rff_block_sums_tasks(
                 xp.data_ptr(), xp.stride(0), c, hp, wp, k, hc, wc, wcp, bh, bw, weight.data_ptr(), phase.data_ptr(),
                 c * k * k * floor * floor, groups, per, self.cos_coef.data_ptr(),
                 self.sin_coef.data_ptr(), out_c.data_ptr(), out_s.data_ptr(), out_c.stride(0), work,
-                2 * BLOCK_FEATURES * wcp, t0, t1, nthreads,
+                slot, t0, t1, nthreads,
             )
 
-        self._run(driver, ntasks, 2 * BLOCK_FEATURES * wcp)
+        self._run(driver, ntasks, slot)
         return out_c, out_s
 
     def grad_image(self, xp: torch.Tensor, matrix: torch.Tensor, hc: int, wc: int, bh: int, bw: int, k: int,

@@ -208,14 +208,25 @@ static inline void patch_scale(const float *img, int C, int Hp, int Wp, int k, i
  * img: (C, Hp, Wp) with Hp >= hc + k - 1 and Wp >= wcp + k - 1; wcp: wc rounded up to a multiple of P * V.
  * floor2d: d ε² of the contrast-normalised patches, or 0 for the patches as they are.
  * out_c, out_s: (m, hc / bh, wc / bw) for this image (rows j0 .. j1 written).
- * work: 2 * J * wcp floats. */
+ * work: 2 * J * wcp floats, and with floor2d > 0 bh * wcp more (the factors s of a band of rows, computed once for
+ * all the frequencies). Each feature's sums are added in the same order whatever the loop nesting. */
 void rff_block_sums(const float *img, int C, int Hp, int Wp, int k, int hc, int wc, int wcp, int bh, int bw,
                     const float *W, const float *b, float floor2d, int j0, int j1, const float *cc,
                     const float *sc, float *out_c, float *out_s, float *work) {
     const int K = C * k * k, hb = hc / bh, wb = wc / bw;
-    float *acc_c = work, *acc_s = work + (size_t)J * wcp;
-    for (int g = j0; g < j1; g += J) {
-        for (int by = 0; by < hb; ++by) {
+    float *acc_c = work, *acc_s = work + (size_t)J * wcp, *band = work + 2 * (size_t)J * wcp;
+    for (int by = 0; by < hb; ++by) {
+        if (floor2d > 0.0f) {
+            for (int y = by * bh; y < (by + 1) * bh; ++y) {
+                for (int x0 = 0; x0 < wcp; x0 += P * V) {
+                    vf sv[P];
+                    patch_scale(img, C, Hp, Wp, k, y, x0, floor2d, sv, NULL);
+#pragma GCC unroll 4
+                    for (int q = 0; q < P; ++q) storeu(band + (size_t)(y - by * bh) * wcp + x0 + q * V, sv[q]);
+                }
+            }
+        }
+        for (int g = j0; g < j1; g += J) {
             memset(work, 0, sizeof(float) * 2 * (size_t)J * wcp);
             for (int y = by * bh; y < (by + 1) * bh; ++y) {
                 for (int x0 = 0; x0 < wcp; x0 += P * V) {
@@ -228,12 +239,12 @@ void rff_block_sums(const float *img, int C, int Hp, int Wp, int k, int hc, int 
                     }
                     angles(img, C, Hp, Wp, k, K, W, g, y, x0, z);
                     if (floor2d > 0.0f) {
-                        vf sv[P];
-                        patch_scale(img, C, Hp, Wp, k, y, x0, floor2d, sv, NULL);
+                        const float *sb = band + (size_t)(y - by * bh) * wcp + x0;
 #pragma GCC unroll 4
                         for (int q = 0; q < P; ++q) {
+                            const vf sv = loadu(sb + q * V);
 #pragma GCC unroll 16
-                            for (int jj = 0; jj < J; ++jj) z[q][jj] = z[q][jj] * sv[q] + b[g + jj];
+                            for (int jj = 0; jj < J; ++jj) z[q][jj] = z[q][jj] * sv + b[g + jj];
                         }
                     }
 #pragma GCC unroll 4
