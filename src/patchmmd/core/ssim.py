@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .._autograd import graph_vjp
-from .patches import separable_filter
+from .patches import separable_filter, separable_filter_stack
 
 #: The window: 11 taps, Gaussian σ 1.5 px (the published SSIM's).
 SSIM_WINDOW = 11
@@ -95,10 +95,10 @@ def _moments(xs: torch.Tensor, ys: torch.Tensor, y_moments: torch.Tensor | None)
     x, y = (xs + 1) * 0.5, (ys + 1) * 0.5
     if y_moments is None:
         # One filtering pass over the five moment images.
-        moments = separable_filter(torch.cat([x, y, x * x, y * y, x * y], dim=1), g)
+        moments = separable_filter_stack([x, y, x * x, y * y, x * y], g)
         mx, my, exx, eyy, exy = moments.split(c, dim=1)
     else:
-        mx, exx, exy = separable_filter(torch.cat([x, x * x, x * y], dim=1), g).split(c, dim=1)
+        mx, exx, exy = separable_filter_stack([x, x * x, x * y], g).split(c, dim=1)
         my, eyy = y_moments.split(c, dim=1)
     return x, y, mx, my, exx, eyy, exy
 
@@ -165,8 +165,7 @@ class _Dissimilarity(torch.autograd.Function):
         gx = gy = gm = None
         if want_x or want_y:
             # Through the filter: the moments' gradients spread back over the pixels (Gᵀ), in one pass.
-            spread = separable_filter(F.pad(torch.cat([*parts, 2 * v], dim=1), (k, k, k, k)),
-                                      _window(x.dtype, x.device)).split(c, dim=1)
+            spread = separable_filter_stack([*parts, 2 * v], _window(x.dtype, x.device), k).split(c, dim=1)
             g_xy = spread[-1]
             if want_x:
                 gx = 0.5 * (spread[0] + 2 * x * spread[1] + y * g_xy)
