@@ -340,7 +340,7 @@ def _tolerant_aligned(
     def winners_values(winners: list[torch.Tensor],
                        values_at: Callable[[tuple[int, int]], list[torch.Tensor]]) -> list[torch.Tensor | None]:
         """Per level, each window's value at its winning offset, from ``values_at(offset)`` (per level, with
-        autograd) of only the offsets that win somewhere; ``None`` for a level no offset wins (none)."""
+        autograd) of only the offsets that win somewhere (every window has a winner, so no level stays ``None``)."""
         result: list[torch.Tensor | None] = [None] * len(grids)
         for j in _used_offsets(winners):
             for i, v in enumerate(values_at(candidates[j])):
