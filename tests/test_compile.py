@@ -186,6 +186,20 @@ def test_opcheck_normalized_sums(sample):
 
 
 @needs_native
+@pytest.mark.parametrize("target", [False, True])
+def test_opcheck_ssim_ops(target):
+    """``ssim_map`` (with and without gradient, with and without a target's moments) and ``ssim_map_grad``."""
+    g = torch.Generator().manual_seed(4)
+    x, y = (torch.rand(2, 3, 19, 26, generator=g) * 2 - 1 for _ in range(2))
+    taps = torch.softmax(torch.randn(11, generator=g), 0)
+    ym = torch.rand(2, 6, 9, 16, generator=g) if target else None
+    torch.library.opcheck(torch.ops.patchmmd.ssim_map.default, (x, y, ym, taps))
+    torch.library.opcheck(torch.ops.patchmmd.ssim_map.default, (x.clone().requires_grad_(True), y, ym, taps))
+    grad = torch.randn(2, 3, 9, 16, generator=g)
+    torch.library.opcheck(torch.ops.patchmmd.ssim_map_grad.default, (x, y, ym, taps, grad))
+
+
+@needs_native
 def test_normalized_op_gradient_matches_the_pytorch_reference():
     """The normalised operator's autograd formula (through the angles and each patch's contrast factor) against
     autograd of the same sums over explicitly normalised patches in float64."""

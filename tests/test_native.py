@@ -21,10 +21,11 @@ import torch
 
 import patchmmd
 from patchmmd import _native
-from patchmmd.core import aligned
+from patchmmd.core import aligned, ssim
 from patchmmd.core.features import random_features
 from patchmmd.core.patches import window_grid
 from patchmmd.core.rff import normalized_window_means, paired_features, rff_window_means
+from patchmmd.core.ssim import dissimilarity_map, target_moments
 
 needs_native = pytest.mark.skipif(_native.kernels() is None, reason="no C compiler: the PyTorch path is used")
 
@@ -121,6 +122,62 @@ def test_contrast_normalized_native_equals_pytorch(shape, patch_size, floor, win
 
 
 @needs_native
+@pytest.mark.parametrize("shape", [(2, 3, 40, 33), (1, 1, 11, 11), (3, 3, 23, 64)])
+@pytest.mark.parametrize("target", [False, True])
+def test_ssim_kernel_equals_float64(shape, target):
+    """The SSIM operator (float32, compiled kernel) against its formulas in float64 (core/ssim.py's
+    ssim_values), values and the gradient in x, with and without a target's precomputed moments."""
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.rand(*shape, generator=g, dtype=torch.float64) * 2 - 1
+    y = (x + 0.3 * torch.randn(*shape, generator=g, dtype=torch.float64)).clamp(-1, 1)
+    ym = target_moments(y) if target else None
+    taps = ssim._window(torch.float64, torch.device("cpu"))
+    x64 = x.clone().requires_grad_()
+    want = ssim.ssim_values(x64, y, ym, taps)
+    w = torch.randn(want.shape, generator=g, dtype=torch.float64)
+    (want * w).sum().backward()
+    x32 = x.float().requires_grad_()
+    got = torch.ops.patchmmd.ssim_map(x32, y.float(), None if ym is None else ym.float(), taps.float())
+    (got * w.float()).sum().backward()
+    torch.testing.assert_close(got.double(), want.detach(), rtol=0, atol=2e-6)
+    assert float((x32.grad.double() - x64.grad).abs().max() / x64.grad.abs().max()) < 1e-5
+
+
+@needs_native
+def test_ssim_term_runs_on_the_kernel_and_falls_back_for_a_differentiable_target():
+    g = torch.Generator().manual_seed(5)
+    x, y = (torch.rand(2, 3, 30, 30, generator=g) * 2 - 1 for _ in range(2))
+    assert ssim._native_ssim(x, y, None) and ssim._native_ssim(x, y, target_moments(y))
+    assert not ssim._native_ssim(x, y.requires_grad_(), None)
+    assert not ssim._native_ssim(x.double(), y.double().detach(), None)
+    # a target that requires grad gets its gradient (the PyTorch path)
+    xg = x.clone().requires_grad_()
+    dissimilarity_map(xg, y).sum().backward()
+    assert y.grad is not None and torch.isfinite(y.grad).all() and y.grad.abs().sum() > 0
+    # the operator itself differentiates xs only, and says so rather than dropping the other gradients
+    taps = ssim._window(torch.float32, torch.device("cpu"))
+    s = torch.ops.patchmmd.ssim_map(xg, y, None, taps)
+    with pytest.raises(RuntimeError, match="differentiable in xs only"):
+        s.sum().backward()
+
+
+@needs_native
+def test_ssim_operator_rejects_what_the_kernel_cannot_read():
+    taps = ssim._window(torch.float32, torch.device("cpu"))
+    x = torch.rand(1, 3, 20, 20)
+    with pytest.raises(ValueError, match="float32"):
+        torch.ops.patchmmd.ssim_map(x.double(), x.double(), None, taps)
+    with pytest.raises(ValueError, match="one shape"):
+        torch.ops.patchmmd.ssim_map(x, x[..., :19].contiguous(), None, taps)
+    with pytest.raises(ValueError, match="one shape"):
+        torch.ops.patchmmd.ssim_map(x[..., :10, :10].contiguous(), x[..., :10, :10].contiguous(), None, taps)
+    with pytest.raises(ValueError, match="y_moments"):
+        torch.ops.patchmmd.ssim_map(x, x, torch.rand(1, 3, 10, 10), taps)
+    with pytest.raises(ValueError, match="grad"):
+        torch.ops.patchmmd.ssim_map_grad(x, x, None, taps, torch.rand(1, 3, 9, 9))
+
+
+@needs_native
 def test_training_preset_gradient_matches_float64_finite_differences():
     """The training preset's MMD (contrast-normalised patches, on the kernels) in float32 against central
     differences of its float64 PyTorch path."""
@@ -193,6 +250,13 @@ def _kernel_outputs(nk: _native.NativeKernels) -> list[torch.Tensor]:
     out.append(nk.aligned_scan(x, yp, None, radius=1, offsets=[(0, 0), (1, -1), (-1, 1)], lk_box=3, ridge=1e-3,
                                max_shift=1.0, factors=[1, 2], local_patch_size=3, weight_l2=0.5, weight_local=2.0,
                                inv2s2=50.0))
+    taps = torch.softmax(torch.randn(11, generator=g), 0)
+    for n in (1, 3):  # SSIM: values and gradient, filtered or with the target's moments
+        x, y = torch.rand(2, n, 3, 23, 31, generator=g) * 2 - 1
+        ym = torch.rand(n, 6, 13, 21, generator=g)
+        gs = torch.randn(n, 3, 13, 21, generator=g)
+        out += [nk.ssim(x, y, None, taps), nk.ssim(x, y, ym, taps), nk.ssim(x, y, None, taps, gs),
+                nk.ssim(x, y, ym, taps, gs)]
     return out
 
 

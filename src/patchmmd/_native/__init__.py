@@ -1,5 +1,6 @@
-"""The fused CPU kernels (``kernels.c`` beside this file), compiled on first use: the RFF estimator's two, and
-the offset scan of the shift-tolerant aligned terms (:func:`patchmmd.core.aligned.tolerant_aligned`).
+"""The fused CPU kernels (``kernels.c`` beside this file), compiled on first use: the RFF estimator's two, the
+offset scan of the shift-tolerant aligned terms (:func:`patchmmd.core.aligned.tolerant_aligned`) and the SSIM
+term's (:func:`patchmmd.core.ssim.dissimilarity_map`).
 
 On the CPU the RFF estimator is bound by the number of ``cos``/``sin`` evaluations (features x patch
 centres), not by FLOPs: PyTorch's vectorised ``cos`` runs at about 1.6 G values/s per core here, and the
@@ -420,8 +421,11 @@ class NativeKernels:
         lib.aligned_grad_tasks.argtypes = [p, p, i, i, i, i, i, p, p, i, f, f, i, p, i, f, f, f, p, q, p, q, *tail]
         # t, t_stride, C, H, W, r, b, gx, gy, ten
         lib.fit_inputs_tasks.argtypes = [p, q, i, i, i, i, i, p, p, p, *tail]
+        # x, y, ym, C, H, W, g, k, gs, out
+        lib.ssim_tasks.argtypes = [p, p, p, i, i, i, p, i, p, p, *tail]
+        lib.ssim_work.argtypes, lib.ssim_work.restype = [i, i, i], q  # H, W, k
         for fn in (lib.rff_block_sums_tasks, lib.rff_grad_image_tasks, lib.aligned_scan_tasks, lib.aligned_grad_tasks,
-                   lib.fit_inputs_tasks):
+                   lib.fit_inputs_tasks, lib.ssim_tasks):
             fn.restype = None
         #: Whether the drivers run on PyTorch's own OpenMP threads (else on a pool of this object's).
         self.openmp = bool(lib.patchmmd_openmp()) and _shared_openmp()
@@ -507,6 +511,27 @@ class NativeKernels:
 
         self._run(driver, ntasks, slot)
         return out_c, out_s
+
+    def ssim(self, x: torch.Tensor, y: torch.Tensor, y_moments: torch.Tensor | None, taps: torch.Tensor,
+             grad: torch.Tensor | None = None) -> torch.Tensor:
+        """SSIM_u of every channel and valid position, ``(N, C, H - k + 1, W - k + 1)``, of ``x`` and ``y`` (``(N, C, H,
+        W)``, internal scale) under the separable window ``taps`` (``k``), the target's moments ``y_moments`` (``(N,
+        2 C, H - k + 1, W - k + 1)``) read instead of filtered when given; with ``grad`` (the gradient of those
+        values), the gradient with respect to ``x`` instead. Contiguous float32 throughout (core/ssim.py)."""
+        n, c, h, w = x.shape
+        k = taps.numel()
+        out = x.new_empty(n, c, h, w) if grad is not None else x.new_empty(n, c, h - k + 1, w - k + 1)
+        slot = int(self.lib.ssim_work(h, w, k))
+
+        def driver(t0: int, t1: int, nthreads: int, work: int) -> None:
+            self.lib.ssim_tasks(
+                x.data_ptr(), y.data_ptr(), None if y_moments is None else y_moments.data_ptr(), c, h, w,
+                taps.data_ptr(), k, None if grad is None else grad.data_ptr(), out.data_ptr(), work, slot, t0, t1,
+                nthreads,
+            )
+
+        self._run(driver, n * c, slot)
+        return out
 
     def grad_image(self, xp: torch.Tensor, matrix: torch.Tensor, hc: int, wc: int, bh: int, bw: int, k: int,
                    g_cos: torch.Tensor, g_sin: torch.Tensor) -> torch.Tensor:
@@ -691,7 +716,32 @@ def _self_check(nk: NativeKernels) -> bool:
     return bool(
         torch.allclose(sc, ref_c, atol=1e-4) and torch.allclose(ss, ref_s, atol=1e-4)
         and torch.allclose(grad, ref_g, atol=1e-3) and _self_check_normalized(nk, g) and _self_check_scan(nk, g)
+        and _self_check_ssim(nk, g)
     )
+
+
+def _self_check_ssim(nk: NativeKernels, g: torch.Generator) -> bool:
+    """:meth:`NativeKernels.ssim` (values, and the gradient for a random upstream gradient) against the same
+    formulas in float64, the gradient in closed form with transposed convolutions (no autograd)."""
+    from ..core.ssim import _moments, _ssim_parts, _window
+
+    x, y = torch.rand(2, 1, 2, 16, 19, generator=g) * 2 - 1
+    taps = _window(torch.float32, torch.device("cpu"))
+    k = taps.numel()
+    gs = torch.randn(1, 2, 16 - k + 1, 19 - k + 1, generator=g)
+    values, grad = nk.ssim(x, y, None, taps), nk.ssim(x, y, None, taps, gs)
+    t64, gs64 = taps.double(), gs.double()
+    xd, yd, mx, my, exx, eyy, exy = _moments(x.double(), y.double(), None, t64)
+    a, b, p, q = _ssim_parts(mx, my, exx, eyy, exy)
+    ref = a * b / (p * q)
+    u, v = b * gs64 / (p * q), a * gs64 / (p * q)
+    sq = gs64 * ref * (1 / q - 1 / p)
+    cols, rows = t64.view(1, 1, k, 1).expand(2, 1, k, 1), t64.view(1, 1, 1, k).expand(2, 1, 1, k)
+    spread = [F.conv_transpose2d(F.conv_transpose2d(d, cols, groups=2), rows, groups=2)
+              for d in (2 * (my * (u - v) + mx * sq), -(gs64 * ref) / q, 2 * v)]
+    ref_g = 0.5 * (spread[0] + 2 * xd * spread[1] + yd * spread[2])
+    return bool(torch.allclose(values.double(), ref, atol=1e-5)
+                and torch.allclose(grad.double(), ref_g, atol=1e-4 * float(ref_g.abs().max())))
 
 
 def _self_check_normalized(nk: NativeKernels, g: torch.Generator) -> bool:
@@ -859,3 +909,5 @@ from .ops import rff_block_sums as rff_block_sums  # noqa: E402
 from .ops import rff_grad_image as rff_grad_image  # noqa: E402
 from .ops import rff_normalized_grad as rff_normalized_grad  # noqa: E402
 from .ops import rff_normalized_sums as rff_normalized_sums  # noqa: E402
+from .ops import ssim_map as ssim_map  # noqa: E402
+from .ops import ssim_map_grad as ssim_map_grad  # noqa: E402

@@ -1,6 +1,6 @@
 /* Fused CPU kernels (see patchmmd/_native/__init__.py, which compiles and loads this): the random-Fourier-feature
- * estimator's, and at the end the shift-tolerant aligned terms' (the sub-pixel fit's inputs, the offset scan and
- * its gradient).
+ * estimator's, then the shift-tolerant aligned terms' (the sub-pixel fit's inputs, the offset scan and its
+ * gradient) and the SSIM term's (values and gradient).
  *
  * For one image x (C x Hp x Wp, reflect-padded, float32) and m random frequencies (W: m x K, K = C k^2, and
  * phases b), the angle of feature j at patch centre (y, x) is
@@ -938,6 +938,164 @@ void aligned_grad(const float *restrict x, const float *restrict yp, int C, int 
  * --------------------------------------------------------------------------------------------------------- */
 
 /* 1 if the drivers run their tasks on OpenMP threads (compiled with -fopenmp), else 0. */
+/* ------------------------------------------------------------------------------------------------------ SSIM
+ * The SSIM term of the training preset (docs/method.md §3.3; core/ssim.py holds the same formulas in PyTorch).
+ * For one channel of one image: x and y (H x W, the internal [-1, 1] scale, mapped to [0, 1] here), their local
+ * moments under the separable Gaussian window g (k taps, valid positions only: Ho = H - k + 1, Wo = W - k + 1)
+ * and SSIM_u = A B / (P Q) with A = 2 mx my + C1, B = 2 (E[xy] - mx my) + C2, P = mx² + my² + C1,
+ * Q = (E[x²] - mx²) + (E[y²] - my²) + C2. A fixed target's moments (my, E[y²]) may be given instead of filtered.
+ * The rows are filtered first, then the columns, each a loop the compiler vectorises. */
+#define SSIM_C1 1e-4f
+#define SSIM_C2 9e-4f
+
+/* Row stride of the SSIM kernels' row-filtered planes: Wo rounded up to a multiple of V. */
+static inline int ssim_stride(int Wo) { return (Wo + V - 1) / V * V; }
+
+/* The moments mx, my, E[x²], E[y²], E[xy] into mom (5 x Ho x Wo); my and E[y²] copied from ymy, yey when those are
+ * not NULL. work: ssim_work(H, W, k) floats (the row-filtered planes, 5 x H x Wop, and two rows). */
+static void ssim_moments(const float *restrict x, const float *restrict y, const float *ymy, const float *yey, int H,
+                         int W, const float *restrict g, int k, float *restrict mom, float *restrict work) {
+    const int Ho = H - k + 1, Wo = W - k + 1, Wop = ssim_stride(Wo);
+    const size_t hw = (size_t)H * Wop, ohw = (size_t)Ho * Wo;
+    float *restrict h = work, *restrict xr = work + 5 * hw, *restrict yr = xr + Wop + k;
+    memset(xr + W, 0, sizeof(float) * (size_t)(Wop + k - W)); /* the rows' tails: read, never used */
+    memset(yr + W, 0, sizeof(float) * (size_t)(Wop + k - W));
+    for (int r = 0; r < H; ++r) {
+        for (int j = 0; j < W; ++j) {
+            xr[j] = (x[(size_t)r * W + j] + 1.0f) * 0.5f;
+            yr[j] = (y[(size_t)r * W + j] + 1.0f) * 0.5f;
+        }
+        float *h0 = h + (size_t)r * Wop;
+        for (int j0 = 0; j0 < Wop; j0 += V) { /* the row filter, five moments at once in registers */
+            vf s0 = splat(0.0f), s1 = s0, s2 = s0, s3 = s0, s4 = s0;
+            for (int t = 0; t < k; ++t) {
+                const vf gt = splat(g[t]), a = loadu(xr + j0 + t), b = loadu(yr + j0 + t);
+                s0 += gt * a;
+                s1 += gt * b;
+                s2 += gt * (a * a);
+                s3 += gt * (b * b);
+                s4 += gt * (a * b);
+            }
+            storeu(h0 + j0, s0);
+            storeu(h0 + hw + j0, s1);
+            storeu(h0 + 2 * hw + j0, s2);
+            storeu(h0 + 3 * hw + j0, s3);
+            storeu(h0 + 4 * hw + j0, s4);
+        }
+    }
+    memset(mom, 0, sizeof(float) * 5 * ohw);
+    for (int m = 0; m < 5; ++m) {
+        if (ymy && (m == 1 || m == 3)) continue;
+        for (int i = 0; i < Ho; ++i) {
+            float *restrict o = mom + m * ohw + (size_t)i * Wo;
+            for (int t = 0; t < k; ++t) {
+                const float gt = g[t];
+                const float *restrict hr = h + m * hw + (size_t)(i + t) * Wop;
+                for (int j = 0; j < Wo; ++j) o[j] += gt * hr[j];
+            }
+        }
+    }
+    if (ymy) {
+        memcpy(mom + ohw, ymy, sizeof(float) * ohw);
+        memcpy(mom + 3 * ohw, yey, sizeof(float) * ohw);
+    }
+}
+
+/* The four factors of SSIM_u at one position (as core/ssim.py's _ssim_parts). */
+static inline void ssim_parts(float mx, float my, float exx, float eyy, float exy, float *a, float *b, float *p,
+                              float *q) {
+    const float mx2 = mx * mx, my2 = my * my, mxy = mx * my;
+    *a = 2.0f * mxy + SSIM_C1;
+    *b = 2.0f * (exy - mxy) + SSIM_C2;
+    *p = mx2 + my2 + SSIM_C1;
+    *q = ((exx - mx2) + (eyy - my2)) + SSIM_C2;
+}
+
+/* Work of the SSIM kernels for one plane, in floats: the moments (5 Ho Wo), then either the row-filtered planes
+ * (5 H Wop) and two rows (2 (Wop + k)), or the gradient's column-filtered planes (3 H Wo, inside the former) and
+ * six rows (3 Wr + 3 (Wr + k - 1), after them). */
+int64_t ssim_work(int H, int W, int k) {
+    const int Ho = H - k + 1, Wo = W - k + 1, Wop = ssim_stride(Wo), Wr = ssim_stride(W);
+    return 5 * (int64_t)Ho * Wo + 5 * (int64_t)H * Wop + 2 * (int64_t)(Wop + k) + 3 * (int64_t)Wr
+           + 3 * (int64_t)(Wr + k - 1);
+}
+
+/* SSIM_u of one channel plane into s (Ho x Wo). work: ssim_work(H, W, k) floats. */
+static void ssim_plane(const float *x, const float *y, const float *ymy, const float *yey, int H, int W,
+                       const float *g, int k, float *restrict s, float *work) {
+    const size_t ohw = (size_t)(H - k + 1) * (W - k + 1);
+    float *mom = work;
+    ssim_moments(x, y, ymy, yey, H, W, g, k, mom, work + 5 * ohw);
+    for (size_t i = 0; i < ohw; ++i) {
+        float a, b, p, q;
+        ssim_parts(mom[i], mom[ohw + i], mom[2 * ohw + i], mom[3 * ohw + i], mom[4 * ohw + i], &a, &b, &p, &q);
+        s[i] = (a * b) / (p * q);
+    }
+}
+
+/* Gradient with respect to x (H x W, internal scale) of sum(gs * SSIM_u) of one channel plane, gs (Ho x Wo) the
+ * gradient of SSIM_u. With u = B / (P Q), v = A / (P Q) (times gs):
+ *     dL/dmx = 2 (my (u - v) + mx s gs (1/Q - 1/P)),  dL/dE[x²] = -s gs / Q,  dL/dE[xy] = 2 v,
+ * spread back over the pixels by the transposed filter (columns, then rows) and combined as
+ * dL/dx = 0.5 (G dmx + 2 x G dE[x²] + y G dE[xy]) (x, y on [0, 1]; 0.5 the scale map's derivative).
+ * work: as ssim_plane. */
+static void ssim_grad_plane(const float *x, const float *y, const float *ymy, const float *yey, int H, int W,
+                            const float *g, int k, const float *restrict gs, float *restrict gx, float *work) {
+    const int Ho = H - k + 1, Wo = W - k + 1;
+    const size_t hw = (size_t)H * Wo, ohw = (size_t)Ho * Wo;
+    float *restrict mom = work, *restrict tt = work + 5 * ohw, *restrict rows = tt + 5 * hw;
+    ssim_moments(x, y, ymy, yey, H, W, g, k, mom, tt);
+    for (size_t i = 0; i < ohw; ++i) { /* the three derivative maps, in place of mx, my, E[x²] */
+        const float mx = mom[i], my = mom[ohw + i];
+        float a, b, p, q;
+        ssim_parts(mx, my, mom[2 * ohw + i], mom[3 * ohw + i], mom[4 * ohw + i], &a, &b, &p, &q);
+        const float sv = (a * b) / (p * q), gsi = gs[i], inv = gsi / (p * q), u = b * inv, v = a * inv;
+        const float sq = (gsi * sv) * (1.0f / q - 1.0f / p);
+        mom[i] = 2.0f * (my * (u - v) + mx * sq);
+        mom[ohw + i] = -(gsi * sv) / q;
+        mom[2 * ohw + i] = 2.0f * v;
+    }
+    memset(tt, 0, sizeof(float) * 3 * hw);
+    for (int m = 0; m < 3; ++m) { /* transposed column filter: Ho x Wo -> H x Wo */
+        for (int i = 0; i < Ho; ++i) {
+            const float *restrict d = mom + m * ohw + (size_t)i * Wo;
+            for (int t = 0; t < k; ++t) {
+                const float gt = g[t];
+                float *restrict o = tt + m * hw + (size_t)(i + t) * Wo;
+                for (int j = 0; j < Wo; ++j) o[j] += gt * d[j];
+            }
+        }
+    }
+    float *restrict g0 = rows, *restrict g1 = rows + ssim_stride(W), *restrict g2 = g1 + ssim_stride(W);
+    /* Transposed row filter, Wo -> W, as a correlation with the reversed taps over each row zero-padded by k - 1
+     * on both sides (G[c] = sum_t g[t] T[c - t] = sum_u g[k - 1 - u] Tpad[c + u]), then the combination. */
+    const int Wr = ssim_stride(W), Wpad = Wr + k - 1;
+    float *pad = g2 + Wr;
+    memset(pad, 0, sizeof(float) * 3 * (size_t)Wpad);
+    for (int r = 0; r < H; ++r) {
+        for (int m = 0; m < 3; ++m) memcpy(pad + (size_t)m * Wpad + k - 1, tt + m * hw + (size_t)r * Wo,
+                                           sizeof(float) * (size_t)Wo);
+        for (int c0 = 0; c0 < Wr; c0 += V) {
+            vf s0 = splat(0.0f), s1 = s0, s2 = s0;
+            for (int u = 0; u < k; ++u) {
+                const vf gu = splat(g[k - 1 - u]);
+                s0 += gu * loadu(pad + c0 + u);
+                s1 += gu * loadu(pad + Wpad + c0 + u);
+                s2 += gu * loadu(pad + 2 * Wpad + c0 + u);
+            }
+            storeu(g0 + c0, s0);
+            storeu(g1 + c0, s1);
+            storeu(g2 + c0, s2);
+        }
+        const float *xrow = x + (size_t)r * W, *yrow = y + (size_t)r * W;
+        float *restrict out = gx + (size_t)r * W;
+        for (int j = 0; j < W; ++j) {
+            const float xv = (xrow[j] + 1.0f) * 0.5f, yv = (yrow[j] + 1.0f) * 0.5f;
+            out[j] = 0.5f * (g0[j] + 2.0f * xv * g1[j] + yv * g2[j]);
+        }
+    }
+}
+
 int patchmmd_openmp(void) {
 #ifdef _OPENMP
     return 1;
@@ -1047,5 +1205,28 @@ void fit_inputs_tasks(const float *t, int64_t t_stride, int C, int H, int W, int
         float *wk = work + (size_t)THREAD_SLOT() * work_stride;
         for (int i; (i = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED)) < t1;)
             fit_inputs(t + i * t_stride, C, H, W, r, b, gx + i * C * HWp, gy + i * C * HWp, ten + i * 3 * HWp, wk);
+    }
+}
+
+/* SSIM_u (gs NULL) or its gradient with respect to x (gs the gradient of SSIM_u) of the channel planes t0 <= t < t1
+ * of N images of C channels (plane t: image t / C, channel t % C). x, y: (N, C, H, W); ym: the target's moments
+ * (N, 2 C, Ho, Wo: my of every channel, then E[y²]) or NULL; gs: (N, C, Ho, Wo). out: (N, C, Ho, Wo) values or
+ * (N, C, H, W) gradients. work: ssim_work(H, W, k) floats a thread. */
+void ssim_tasks(const float *x, const float *y, const float *ym, int C, int H, int W, const float *g, int k,
+                const float *gs, float *out, float *work, int64_t work_stride, int t0, int t1, int nthreads) {
+    const int64_t hw = (int64_t)H * W, ohw = (int64_t)(H - k + 1) * (W - k + 1);
+    int next = t0;
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        float *wk = work + (size_t)THREAD_SLOT() * work_stride;
+        for (int t; (t = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED)) < t1;) {
+            const int n = t / C, c = t % C;
+            const float *ymy = ym ? ym + ((int64_t)n * 2 * C + c) * ohw : NULL;
+            const float *yey = ym ? ym + ((int64_t)n * 2 * C + C + c) * ohw : NULL;
+            if (gs)
+                ssim_grad_plane(x + t * hw, y + t * hw, ymy, yey, H, W, g, k, gs + t * ohw, out + t * hw, wk);
+            else
+                ssim_plane(x + t * hw, y + t * hw, ymy, yey, H, W, g, k, out + t * ohw, wk);
+        }
     }
 }

@@ -4,13 +4,14 @@
 ``torch.ops.patchmmd.aligned_scan``, ``torch.ops.patchmmd.aligned_grad`` and ``torch.ops.patchmmd.fit_inputs`` (the
 scan has no autograd formula of its own: the aligned terms call it to choose each window's offset, and
 ``aligned_grad`` is the gradient of its maps, which the aligned terms' autograd function uses; ``fit_inputs``
-computes what the sub-pixel fit reads, without gradient).
+computes what the sub-pixel fit reads, without gradient), and the SSIM term's ``torch.ops.patchmmd.ssim_map`` with
+its gradient ``torch.ops.patchmmd.ssim_map_grad``.
 
 They have fake (meta) implementations, so ``torch.compile`` traces through them in one graph, and an autograd
 formula, so the forward ops are differentiable in ``xp`` (the filters, phases and floor are constants: no
-gradient). Their gradient is the compiled kernels'; when its own graph is asked for (``create_graph=True``), the
-backward pass differentiates :func:`_plain_sums`, the same sums in PyTorch operations, instead
-(:func:`patchmmd._autograd.graph_vjp`), so second derivatives are exact.
+gradient; ``ssim_map`` in ``xs``). Their gradient is the compiled kernels'; when its own graph is asked for
+(``create_graph=True``), the backward pass differentiates the same function in PyTorch operations instead
+(:func:`_plain_sums`, :func:`_plain_ssim`; :func:`patchmmd._autograd.graph_vjp`), so second derivatives are exact.
 Only float32 CPU tensors may reach them; the estimator (:mod:`patchmmd.core.rff`) routes everything else to
 its PyTorch path before it calls them. Registered when :mod:`patchmmd._native` is imported (it imports this
 module last).
@@ -310,3 +311,87 @@ def _fit_inputs_fake(t: torch.Tensor, radius: int, lk_box: int) -> tuple[torch.T
     n, c, h, w = t.shape
     hp, wp = h + 2 * radius, w + 2 * radius
     return t.new_empty(n, c, hp, wp), t.new_empty(n, c, hp, wp), t.new_empty(n, 3, hp, wp)
+
+
+def _check_ssim_inputs(op: str, xs: torch.Tensor, ys: torch.Tensor, y_moments: torch.Tensor | None,
+                       taps: torch.Tensor) -> tuple[int, int]:
+    """What the SSIM kernel assumes of its arguments; returns the valid positions' ``(Ho, Wo)``."""
+    named = [("xs", xs, 4), ("ys", ys, 4), ("taps", taps, 1)]
+    if y_moments is not None:
+        named.append(("y_moments", y_moments, 4))
+    for name, t, dim in named:
+        if t.device.type != "cpu" or t.dtype != torch.float32 or t.dim() != dim or not t.is_contiguous():
+            raise ValueError(f"patchmmd::{op}: {name} must be a contiguous {dim}-D float32 CPU tensor, "
+                             f"got {tuple(t.shape)} {t.dtype} on {t.device}")
+    n, c, h, w = xs.shape
+    k = taps.shape[0]
+    ho, wo = h - k + 1, w - k + 1
+    if ys.shape != xs.shape or min(ho, wo) < 1 or k < 1:
+        raise ValueError(f"patchmmd::{op}: xs {tuple(xs.shape)} and ys {tuple(ys.shape)} must have one shape, at "
+                         f"least {k} px a side")
+    if y_moments is not None and tuple(y_moments.shape) != (n, 2 * c, ho, wo):
+        raise ValueError(f"patchmmd::{op}: y_moments must be {(n, 2 * c, ho, wo)}, got {tuple(y_moments.shape)}")
+    return ho, wo
+
+
+@torch.library.custom_op("patchmmd::ssim_map", mutates_args=(), device_types="cpu")
+def ssim_map(xs: torch.Tensor, ys: torch.Tensor, y_moments: torch.Tensor | None, taps: torch.Tensor) -> torch.Tensor:
+    """``SSIM_u`` of every channel at every valid position, ``(N, C, H - k + 1, W - k + 1)``, of internal-scale
+    ``xs`` and ``ys`` under the separable window ``taps`` (docs/method.md §3.3); ``y_moments`` (the target's ``μy``
+    and ``E[y²]``, :func:`patchmmd.core.ssim.target_moments`) are read instead of filtered when given.
+    Differentiable in ``xs`` only."""
+    _check_ssim_inputs("ssim_map", xs, ys, y_moments, taps)
+    return _required().ssim(xs, ys, y_moments, taps)
+
+
+@ssim_map.register_fake
+def _ssim_map_fake(xs: torch.Tensor, ys: torch.Tensor, y_moments: torch.Tensor | None,
+                   taps: torch.Tensor) -> torch.Tensor:
+    n, c, h, w = xs.shape
+    k = taps.shape[0]
+    return xs.new_empty(n, c, h - k + 1, w - k + 1)
+
+
+@torch.library.custom_op("patchmmd::ssim_map_grad", mutates_args=(), device_types="cpu")
+def ssim_map_grad(xs: torch.Tensor, ys: torch.Tensor, y_moments: torch.Tensor | None, taps: torch.Tensor,
+                  grad: torch.Tensor) -> torch.Tensor:
+    """Gradient with respect to ``xs`` given ``grad``, the gradient with respect to :func:`ssim_map`'s output."""
+    ho, wo = _check_ssim_inputs("ssim_map_grad", xs, ys, y_moments, taps)
+    want = (xs.shape[0], xs.shape[1], ho, wo)
+    if tuple(grad.shape) != want or grad.dtype != torch.float32 or grad.device.type != "cpu":
+        raise ValueError(f"patchmmd::ssim_map_grad: grad must be a float32 CPU tensor of shape {want}, "
+                         f"got {tuple(grad.shape)} {grad.dtype} on {grad.device}")
+    return _required().ssim(xs, ys, y_moments, taps, grad.contiguous())
+
+
+@ssim_map_grad.register_fake
+def _ssim_map_grad_fake(xs: torch.Tensor, ys: torch.Tensor, y_moments: torch.Tensor | None, taps: torch.Tensor,
+                        grad: torch.Tensor) -> torch.Tensor:
+    return xs.new_empty(xs.shape)
+
+
+def _plain_ssim(xs: torch.Tensor, ys: torch.Tensor, y_moments: torch.Tensor | None,
+                taps: torch.Tensor) -> torch.Tensor:
+    """:func:`ssim_map` in differentiable PyTorch operations (the double-backward path)."""
+    from ..core.ssim import ssim_values  # the formulas' reference; imported here: core imports this package
+
+    return ssim_values(xs, ys, y_moments, taps)
+
+
+def _ssim_setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+    xs, ys, y_moments, taps = inputs
+    ctx.save_for_backward(xs, ys, y_moments, taps)
+
+
+def _ssim_backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+    xs, ys, y_moments, taps = ctx.saved_tensors
+    if any(ctx.needs_input_grad[1:]):
+        raise RuntimeError("patchmmd::ssim_map is differentiable in xs only; ys, y_moments and taps must not "
+                           "require grad (core/ssim.py computes that case in PyTorch)")
+    if torch.is_grad_enabled():  # the graph of the gradient is asked for: autograd of the plain formulas
+        (gx,) = graph_vjp(lambda t: (_plain_ssim(t, ys, y_moments, taps),), (xs,), (grad,), (True,))
+        return gx, None, None, None
+    return ssim_map_grad(xs, ys, y_moments, taps, grad.contiguous()), None, None, None
+
+
+ssim_map.register_autograd(_ssim_backward, setup_context=_ssim_setup_context)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from .._autograd import graph_vjp
 from .patches import separable_filter, separable_filter_stack
+from .rff import _use_native
 
 #: The window: 11 taps, Gaussian σ 1.5 px (the published SSIM's).
 SSIM_WINDOW = 11
@@ -65,7 +66,9 @@ def dissimilarity_map(xs: torch.Tensor, ys: torch.Tensor, y_moments: torch.Tenso
 
     ``y_moments``, if given, is :func:`target_moments` of ``ys`` (a fixed target): only ``x``, ``x²`` and
     ``x y`` are filtered then. The gradient is the closed form of :class:`_Dissimilarity` (one transposed
-    filtering pass), not autograd through the formula.
+    filtering pass), not autograd through the formula. On float32 CPU tensors (``ys`` and ``y_moments`` without
+    gradient) the compiled kernel ``torch.ops.patchmmd.ssim_map`` computes the same values and gradient
+    (:mod:`patchmmd._native`), without the layout copies and temporaries of the PyTorch path.
 
     Example:
         >>> x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -73,8 +76,21 @@ def dissimilarity_map(xs: torch.Tensor, ys: torch.Tensor, y_moments: torch.Tenso
         (tensor(True), torch.Size([1, 1, 22, 22]))
     """
     _check_size(xs)
+    if _native_ssim(xs, ys, y_moments):
+        s = torch.ops.patchmmd.ssim_map(xs.contiguous(), ys.contiguous(),
+                                        None if y_moments is None else y_moments.contiguous(),
+                                        _window(xs.dtype, xs.device))
+        return (1.0 - s).mean(dim=1, keepdim=True)
     out: torch.Tensor = _Dissimilarity.apply(xs, ys, y_moments)
     return out
+
+
+def _native_ssim(xs: torch.Tensor, ys: torch.Tensor, y_moments: torch.Tensor | None) -> bool:
+    """Whether the compiled kernel computes the term: float32 on the CPU where the kernels are available, and
+    only ``xs`` differentiated (a ``ys`` or target moments that require grad take the PyTorch path)."""
+    if ys.requires_grad or (y_moments is not None and y_moments.requires_grad):
+        return False
+    return _use_native(xs)
 
 
 def _ssim_parts(
@@ -87,10 +103,11 @@ def _ssim_parts(
     return 2 * mxy + _C1, 2 * cxy + _C2, mx2 + my2 + _C1, vx + vy + _C2
 
 
-def _moments(xs: torch.Tensor, ys: torch.Tensor, y_moments: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+def _moments(xs: torch.Tensor, ys: torch.Tensor, y_moments: torch.Tensor | None,
+             taps: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """``x``, ``y`` on the [0, 1] scale and their local moments ``μx, μy, E[x²], E[y²], E[xy]`` (each ``C``
     channels); ``y``'s from ``y_moments`` when given."""
-    g = _window(xs.dtype, xs.device)
+    g = _window(xs.dtype, xs.device) if taps is None else taps
     c = xs.shape[1]
     x, y = (xs + 1) * 0.5, (ys + 1) * 0.5
     if y_moments is None:
@@ -103,11 +120,25 @@ def _moments(xs: torch.Tensor, ys: torch.Tensor, y_moments: torch.Tensor | None)
     return x, y, mx, my, exx, eyy, exy
 
 
+def ssim_values(xs: torch.Tensor, ys: torch.Tensor, y_moments: torch.Tensor | None = None,
+                taps: torch.Tensor | None = None) -> torch.Tensor:
+    """``SSIM_u`` of every channel at every valid position, ``(N, C, H - 10, W - 10)``, in plain differentiable
+    operations: the reference the compiled kernel (``torch.ops.patchmmd.ssim_map``) is checked against and
+    differentiated through for second derivatives. ``taps``: the window (default the published one).
+
+    Example:
+        >>> x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        >>> ssim_values(x, x).shape, bool(torch.allclose(ssim_values(x, x), torch.ones(())))
+        (torch.Size([1, 3, 6, 6]), True)
+    """
+    _, _, *moments = _moments(xs, ys, y_moments, taps)
+    a, b, p, q = _ssim_parts(*moments)
+    return (a * b) / (p * q)
+
+
 def _plain_dissimilarity(xs: torch.Tensor, ys: torch.Tensor, y_moments: torch.Tensor | None) -> torch.Tensor:
     """``1 - SSIM_u`` averaged over channels in differentiable operations (the double-backward path)."""
-    _, _, *moments = _moments(xs, ys, y_moments)
-    a, b, p, q = _ssim_parts(*moments)
-    return (1.0 - (a * b) / (p * q)).mean(dim=1, keepdim=True)
+    return (1.0 - ssim_values(xs, ys, y_moments)).mean(dim=1, keepdim=True)
 
 
 class _Dissimilarity(torch.autograd.Function):
