@@ -722,8 +722,9 @@ def _self_check(nk: NativeKernels) -> bool:
 
 def _self_check_ssim(nk: NativeKernels, g: torch.Generator) -> bool:
     """:meth:`NativeKernels.ssim` (values, and the gradient for a random upstream gradient) against the same
-    formulas in float64, the gradient in closed form with transposed convolutions (no autograd)."""
-    from ..core.ssim import _moments, _ssim_parts, _window
+    formulas in float64: the moments' gradients of core/ssim.py's closed form, spread back with transposed
+    convolutions (no autograd)."""
+    from ..core.ssim import _moments, _ssim_parts, _window, moment_grads
 
     x, y = torch.rand(2, 1, 2, 16, 19, generator=g) * 2 - 1
     taps = _window(torch.float32, torch.device("cpu"))
@@ -734,11 +735,9 @@ def _self_check_ssim(nk: NativeKernels, g: torch.Generator) -> bool:
     xd, yd, mx, my, exx, eyy, exy = _moments(x.double(), y.double(), None, t64)
     a, b, p, q = _ssim_parts(mx, my, exx, eyy, exy)
     ref = a * b / (p * q)
-    u, v = b * gs64 / (p * q), a * gs64 / (p * q)
-    sq = gs64 * ref * (1 / q - 1 / p)
     cols, rows = t64.view(1, 1, k, 1).expand(2, 1, k, 1), t64.view(1, 1, 1, k).expand(2, 1, 1, k)
     spread = [F.conv_transpose2d(F.conv_transpose2d(d, cols, groups=2), rows, groups=2)
-              for d in (2 * (my * (u - v) + mx * sq), -(gs64 * ref) / q, 2 * v)]
+              for d in moment_grads(mx, my, a, b, p, q, ref, gs64)[:3]]
     ref_g = 0.5 * (spread[0] + 2 * xd * spread[1] + yd * spread[2])
     return bool(torch.allclose(values.double(), ref, atol=1e-5)
                 and torch.allclose(grad.double(), ref_g, atol=1e-4 * float(ref_g.abs().max())))

@@ -391,7 +391,7 @@ def _ssim_backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
     if torch.is_grad_enabled():  # the graph of the gradient is asked for: autograd of the plain formulas
         (gx,) = graph_vjp(lambda t: (_plain_ssim(t, ys, y_moments, taps),), (xs,), (grad,), (True,))
         return gx, None, None, None
-    return ssim_map_grad(xs, ys, y_moments, taps, grad.contiguous()), None, None, None
+    return ssim_map_grad(xs, ys, y_moments, taps, grad), None, None, None  # (the op makes grad contiguous)
 
 
 ssim_map.register_autograd(_ssim_backward, setup_context=_ssim_setup_context)

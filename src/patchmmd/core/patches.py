@@ -257,6 +257,13 @@ def box_mean(
     return out * (1.0 / (kh * kw))
 
 
+def _conv_format(t: torch.Tensor) -> torch.memory_format:
+    """The layout :func:`separable_filter` convolves in: on the CPU, oneDNN's depthwise convolution is several
+    times faster on channels-last input, with the same sums (float32 values and gradients bitwise equal); float64,
+    which it does not take, is faster as it is."""
+    return torch.channels_last if t.device.type == "cpu" and t.dtype != torch.float64 else torch.contiguous_format
+
+
 def separable_filter(t: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
     """Filter every channel of ``(N, C, H, W)`` with the 1-D ``taps`` along the rows, then the columns, at the
     valid positions only: ``(N, C, H - k + 1, W - k + 1)`` for ``k`` taps (pad first for a same-size result).
@@ -267,12 +274,8 @@ def separable_filter(t: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
         True
     """
     c, k = t.shape[1], taps.numel()
-    # On the CPU, oneDNN's depthwise convolution is several times faster on channels-last input, with the same
-    # sums (float32 values and gradients bitwise equal); float64, which it does not take, is faster as it is.
     # The result is contiguous whatever the input's layout: the elementwise work that follows is faster so.
-    if t.device.type == "cpu" and t.dtype != torch.float64:
-        t = t.contiguous(memory_format=torch.channels_last)
-    t = F.conv2d(t, taps.view(1, 1, 1, k).expand(c, 1, 1, k), groups=c)
+    t = F.conv2d(t.contiguous(memory_format=_conv_format(t)), taps.view(1, 1, 1, k).expand(c, 1, 1, k), groups=c)
     return F.conv2d(t, taps.view(1, 1, k, 1).expand(c, 1, k, 1), groups=c).contiguous()
 
 
@@ -290,9 +293,8 @@ def separable_filter_stack(parts: Sequence[torch.Tensor], taps: torch.Tensor, pa
     """
     n, _, h, w = parts[0].shape
     c = sum(t.shape[1] for t in parts)
-    cpu32 = parts[0].device.type == "cpu" and parts[0].dtype != torch.float64  # see separable_filter
     stack = torch.empty((n, c, h + 2 * pad, w + 2 * pad), dtype=parts[0].dtype, device=parts[0].device,
-                        memory_format=torch.channels_last if cpu32 else torch.contiguous_format)
+                        memory_format=_conv_format(parts[0]))
     if pad:
         stack.zero_()
     i = 0

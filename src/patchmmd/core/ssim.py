@@ -141,6 +141,20 @@ def _plain_dissimilarity(xs: torch.Tensor, ys: torch.Tensor, y_moments: torch.Te
     return (1.0 - ssim_values(xs, ys, y_moments)).mean(dim=1, keepdim=True)
 
 
+def moment_grads(
+    mx: torch.Tensor, my: torch.Tensor, a: torch.Tensor, b: torch.Tensor, p: torch.Tensor, q: torch.Tensor,
+    s: torch.Tensor, gs: torch.Tensor, *, with_my: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The gradients of a loss with respect to the local moments ``μx``, ``E[x²]`` (the same as for ``E[y²]``),
+    ``E[xy]`` and (``with_my``) ``μy``, given ``gs``, its gradient with respect to ``SSIM_u``: the closed form of
+    :class:`_Dissimilarity` (``s`` is ``SSIM_u``, ``a, b, p, q`` its factors from :func:`_ssim_parts`)."""
+    inv = gs / (p * q)
+    u, v = b * inv, a * inv
+    sq = (gs * s) * (1 / q - 1 / p)
+    d_my = 2 * (mx * (u - v) + my * sq) if with_my else None
+    return 2 * (my * (u - v) + mx * sq), -(gs * s) / q, 2 * v, d_my
+
+
 class _Dissimilarity(torch.autograd.Function):
     """``1 - SSIM_u`` averaged over channels, with its gradient in closed form.
 
@@ -182,21 +196,17 @@ class _Dissimilarity(torch.autograd.Function):
         k = SSIM_WINDOW - 1
         # d(1 - mean_c s)/ds = -1/C; the 0.5 of the [-1, 1] -> [0, 1] map multiplies the pixel gradients.
         gs = grad * (-1.0 / c)
-        inv = gs / (p * q)
-        u, v = b * inv, a * inv
-        sq = (gs * s) * (1 / q - 1 / p)
-        g_sq = -(gs * s) / q
         own_y = want_y and not ctx.target  # a target's y enters only through E[xy]; its moments are inputs
+        d_mx, g_sq, d_xy, d_my = moment_grads(mx, my, a, b, p, q, s, gs, with_my=own_y or want_moments)
         parts: list[torch.Tensor] = []
         if want_x:
-            parts += [2 * (my * (u - v) + mx * sq), g_sq]  # ∂/∂μx, ∂/∂E[x²]
-        d_my = 2 * (mx * (u - v) + my * sq) if own_y or want_moments else None  # ∂/∂μy
+            parts += [d_mx, g_sq]  # ∂/∂μx, ∂/∂E[x²]
         if own_y and d_my is not None:
             parts += [d_my, g_sq]
         gx = gy = gm = None
         if want_x or want_y:
             # Through the filter: the moments' gradients spread back over the pixels (Gᵀ), in one pass.
-            spread = separable_filter_stack([*parts, 2 * v], _window(x.dtype, x.device), k).split(c, dim=1)
+            spread = separable_filter_stack([*parts, d_xy], _window(x.dtype, x.device), k).split(c, dim=1)
             g_xy = spread[-1]
             if want_x:
                 gx = 0.5 * (spread[0] + 2 * x * spread[1] + y * g_xy)
