@@ -347,7 +347,8 @@ def test_native_offset_scan_equals_pytorch(radius, subpixel, shape, factors):
 @needs_native
 @pytest.mark.parametrize(("shape", "radius", "box"),
                          [((2, 3, 17, 23), 2, 5), ((1, 1, 5, 4), 0, 3), ((3, 2, 9, 1), 1, 3), ((1, 3, 1, 6), 3, 7),
-                          ((1, 3, 40, 33), 4, 17)])
+                          # boxes of 9 and more are summed along the rows by doubling, unless wider than the row
+                          ((1, 3, 40, 33), 4, 17), ((1, 2, 30, 9), 1, 17), ((2, 3, 12, 50), 2, 33)])
 def test_native_fit_inputs_equal_pytorch(shape, radius, box):
     """The compiled fit inputs (one pass per image) against the PyTorch functions, then replicate-padded."""
     t = torch.rand(*shape, generator=torch.Generator().manual_seed(sum(shape) + radius)) * 2 - 1
@@ -376,7 +377,10 @@ def test_fit_inputs_operator_rejects_what_the_kernel_cannot_read():
 @needs_native
 @pytest.mark.parametrize("radius", [1, 2])
 @pytest.mark.parametrize(("shape", "factors"), [((1, 3, 7, 5), [1]), ((2, 2, 3, 40), [1]), ((1, 1, 2, 2), [1]),
-                                                ((1, 3, 33, 1), [1]), ((1, 3, 4, 9), [2]), ((1, 2, 6, 6), [3])])
+                                                ((1, 3, 33, 1), [1]), ((1, 3, 4, 9), [2]), ((1, 2, 6, 6), [3]),
+                                                # fit boxes of 11 (sums by doubling): wider than the row; taller
+                                                # than the image
+                                                ((1, 3, 20, 6), [5]), ((1, 3, 10, 40), [5])])
 def test_native_offset_scan_on_images_smaller_than_the_fit_box(radius, shape, factors):
     """The fit streams down the rows through a ring of min(fit box, H) rows: images with fewer rows than the
     box (2 f + 1), one row or one column, every offset reading outside the image."""

@@ -110,7 +110,7 @@ def sincos_coefficients() -> tuple[torch.Tensor, torch.Tensor]:
 
 #: The library's entry points: a build that lacks one is not used.
 SYMBOLS = ("rff_block_sums_tasks", "rff_grad_image_tasks", "aligned_scan_tasks", "aligned_scan_work",
-           "aligned_grad_tasks", "aligned_grad_work", "fit_inputs_tasks", "patchmmd_openmp")
+           "aligned_grad_tasks", "aligned_grad_work", "fit_inputs_tasks", "fit_inputs_work", "patchmmd_openmp")
 _SUFFIX = ".dll" if sys.platform == "win32" else ".so"
 #: Layout version of the record written beside a cached library.
 _RECORD_FORMAT = 1
@@ -421,6 +421,7 @@ class NativeKernels:
         lib.aligned_grad_tasks.argtypes = [p, p, i, i, i, i, i, p, p, i, f, f, i, p, i, f, f, f, p, q, p, q, *tail]
         # t, t_stride, C, H, W, r, b, gx, gy, ten
         lib.fit_inputs_tasks.argtypes = [p, q, i, i, i, i, i, p, p, p, *tail]
+        lib.fit_inputs_work.argtypes, lib.fit_inputs_work.restype = [i, i, i], q  # H, W, b
         # x, y, ym, C, H, W, g, k, gs, out
         lib.ssim_tasks.argtypes = [p, p, p, i, i, i, p, i, p, p, *tail]
         lib.ssim_work.argtypes, lib.ssim_work.restype = [i, i, i], q  # H, W, k
@@ -650,7 +651,7 @@ class NativeKernels:
         n, c, h, w = t.shape
         hp, wp = h + 2 * radius, w + 2 * radius
         gx, gy, ten = t.new_empty(n, c, hp, wp), t.new_empty(n, c, hp, wp), t.new_empty(n, 3, hp, wp)
-        slot = w + -(-lk_box // 2) * 2 + 4 * h * w
+        slot = int(self.lib.fit_inputs_work(h, w, lk_box))
 
         def driver(t0: int, t1: int, nthreads: int, work: int) -> None:
             self.lib.fit_inputs_tasks(t.data_ptr(), t.stride(0), c, h, w, radius, lk_box, gx.data_ptr(),

@@ -451,15 +451,44 @@ static inline float one_minus_exp_neg(float t) {
     return t < 0.5f ? small : large;
 }
 
-/* out[j] = sum_{t < b} row[j + t], j < W: the b-wide sums along a row that was zero-padded by b / 2 each side. */
-static inline void box_row(const float *restrict row, float *restrict out, int W, int b) {
-    for (int j = 0; j < W; ++j) out[j] = row[j];
-    for (int t = 1; t < b; ++t)
-        for (int j = 0; j < W; ++j) out[j] += row[j + t];
+/* Widest box whose row sums box_row forms directly (b - 1 shifted additions); from the next width on it builds the
+ * sums by doubling (log2 b additions), so a row costs O(log b) per pixel, not O(b). */
+#define BOX_ROW_DIRECT 8
+
+/* out[j] = sum_{t < b} row[j + t], j < W: the b-wide sums along a row that was zero-padded by b / 2 each side.
+ * Widths up to BOX_ROW_DIRECT, or without scratch, are b - 1 shifted additions. Wider ones, with scratch (W + b - 1
+ * floats), by doubling: s holds the sums of w consecutive values (w = 1, 2, 4, ...), s[j] += s[j + w] doubles w,
+ * and every binary digit of b adds the current sums at the position reached so far. The order of the additions
+ * depends on b only. */
+static inline void box_row(const float *restrict row, float *restrict out, int W, int b, float *restrict scratch) {
+    if (b <= BOX_ROW_DIRECT || !scratch) {
+        for (int j = 0; j < W; ++j) out[j] = row[j];
+        for (int t = 1; t < b; ++t)
+            for (int j = 0; j < W; ++j) out[j] += row[j + t];
+        return;
+    }
+    const int n = W + b - 1;
+    float *restrict sv = scratch;
+    for (int j = 0; j < n; ++j) sv[j] = row[j];
+    int pos = 0, first = 1;
+    for (int w = 1;; w <<= 1) {
+        if (b & w) {
+            if (first)
+                for (int j = 0; j < W; ++j) out[j] = sv[j + pos];
+            else
+                for (int j = 0; j < W; ++j) out[j] += sv[j + pos];
+            first = 0;
+            pos += w;
+        }
+        if (2 * w > b) break;
+        const int len = n - 2 * w + 1; /* s[j] (the sum of row[j .. j + 2w - 1]) stays inside the row */
+#pragma GCC ivdep
+        for (int j = 0; j < len; ++j) sv[j] += sv[j + w]; /* reads ahead of the writes: safe in place */
+    }
 }
 
 /* Sum over a b x b box centred on each pixel (b odd, zero padding), H x W, in place in `a`. Along the rows:
- * direct sums of b shifted copies of a zero-padded row (vectorised); along the columns: running sums in double
+ * box_row of a zero-padded row (vectorised; acc is its scratch); along the columns: running sums in double
  * (a float running sum drifts over long columns). tmp: H * W floats, acc: W doubles, row: W + b floats. */
 static void box_sum(float *restrict a, float *restrict tmp, double *restrict acc, float *restrict row, int H, int W,
                     int b) {
@@ -467,7 +496,7 @@ static void box_sum(float *restrict a, float *restrict tmp, double *restrict acc
     for (int j = 0; j < h; ++j) row[j] = row[W + h + j] = 0.0f;
     for (int i = 0; i < H; ++i) {
         memcpy(row + h, a + (size_t)i * W, (size_t)W * sizeof(float));
-        box_row(row, tmp + (size_t)i * W, W, b);
+        box_row(row, tmp + (size_t)i * W, W, b, b - 1 <= W ? (float *)acc : NULL); /* 2 W floats of scratch */
     }
     for (int j = 0; j < W; ++j) acc[j] = 0.0;
     for (int t = 0; t < h && t < H; ++t)
@@ -505,57 +534,63 @@ static void replicate_border(float *restrict p, int H, int W, int r) {
 /* The sub-pixel fit's inputs of one image t (C x H x W), each replicate-padded by r (Hp = H + 2r, Wp = W + 2r):
  * gx, gy (C x Hp x Wp): central differences along the width and the height, (t[j + 1] - t[j - 1]) / 2 with the
  * neighbours clamped to the image (replicate padding); ten (3 x Hp x Wp): the b x b box means (b odd, zero
- * padding) of sum_c gx^2, sum_c gy^2 and sum_c gx gy (the structure tensor). work: W + B + 4 H W floats
- * (B = b rounded up to even). */
+ * padding) of sum_c gx^2, sum_c gy^2 and sum_c gx gy (the structure tensor). One pass down the rows: row j's
+ * differences, then its three channel-summed products, box-summed along the row (box_row), go to a ring of
+ * min(b, H) rows; running column sums in double (as box_sum's, in the same order) give row j - b / 2 of the
+ * tensor. No full-size temporary. work: fit_inputs_work floats (64-byte aligned: the first 3 W values are
+ * doubles). */
 void fit_inputs(const float *restrict t, int C, int H, int W, int r, int b, float *restrict gx, float *restrict gy,
                 float *restrict ten, float *restrict work) {
-    const int Hp = H + 2 * r, Wp = W + 2 * r;
+    const int Hp = H + 2 * r, Wp = W + 2 * r, h = b / 2, B = (b + 1) & ~1, R = b < H ? b : H;
     const size_t HW = (size_t)H * W, HWp = (size_t)Hp * Wp;
-    float *row = work;                              /* W + B */
-    float *restrict sxx = row + W + ((b + 1) & ~1); /* H x W each: the channel sums of the three products */
-    float *restrict syy = sxx + HW, *restrict sxy = syy + HW;
-    float *restrict tmp = sxy + HW; /* H x W */
-    for (size_t u = 0; u < 3 * HW; ++u) sxx[u] = 0.0f;
-    for (int c = 0; c < C; ++c)
-        for (int i = 0; i < H; ++i) {
-            const float *mid = t + c * HW + (size_t)i * W;
-            const float *up = t + c * HW + (size_t)(i > 0 ? i - 1 : 0) * W;
-            const float *dn = t + c * HW + (size_t)(i < H - 1 ? i + 1 : H - 1) * W;
-            float *ox = gx + c * HWp + (size_t)(i + r) * Wp + r, *oy = gy + c * HWp + (size_t)(i + r) * Wp + r;
-            for (int j = 0; j < W; ++j) {
-                const int jl = j > 0 ? j - 1 : 0, jr = j < W - 1 ? j + 1 : W - 1;
-                ox[j] = 0.5f * (mid[jr] - mid[jl]);
-                oy[j] = 0.5f * (dn[j] - up[j]);
-            }
-            float *a = sxx + (size_t)i * W, *d = syy + (size_t)i * W, *m = sxy + (size_t)i * W;
-            for (int j = 0; j < W; ++j) {
-                a[j] += ox[j] * ox[j];
-                d[j] += oy[j] * oy[j];
-                m[j] += ox[j] * oy[j];
-            }
-        }
+    double *restrict acc = (double *)work;      /* 3 x W doubles: the column sums of the three products */
+    float *restrict row = work + 6 * W;         /* W + B: a zero-padded row of one product */
+    float *restrict scratch = row + W + B;      /* W + B: box_row's */
+    float *restrict ring = scratch + W + B;     /* 3 x R x W: the products' row sums */
     const float inv = 1.0f / ((float)b * (float)b);
-    const int h = b / 2;
-    for (int q = 0; q < 3; ++q) {
-        /* the b x b box mean: sums along the rows (zero-padded row buffer), then of the b rows around each row */
-        const float *plane = sxx + q * HW;
-        for (int j = 0; j < h; ++j) row[j] = row[W + h + j] = 0.0f;
-        for (int i = 0; i < H; ++i) {
-            memcpy(row + h, plane + (size_t)i * W, (size_t)W * sizeof(float));
-            box_row(row, tmp + (size_t)i * W, W, b);
-        }
-        for (int i = 0; i < H; ++i) {
-            const int lo = i - h < 0 ? 0 : i - h, hi = i + h < H - 1 ? i + h : H - 1;
-            float *o = ten + q * HWp + (size_t)(i + r) * Wp + r;
-            memcpy(o, tmp + (size_t)lo * W, (size_t)W * sizeof(float));
-            for (int v = lo + 1; v <= hi; ++v) {
-                const float *t = tmp + (size_t)v * W;
-                for (int j = 0; j < W; ++j) o[j] += t[j];
+    for (int k = 0; k < 3 * W; ++k) acc[k] = 0.0;
+    for (int k = 0; k < h; ++k) row[k] = row[W + h + k] = 0.0f;
+    for (int j = 0; j < H + h; ++j) {
+        if (j < H) {
+            for (int c = 0; c < C; ++c) {
+                const float *mid = t + c * HW + (size_t)j * W;
+                const float *up = t + c * HW + (size_t)(j > 0 ? j - 1 : 0) * W;
+                const float *dn = t + c * HW + (size_t)(j < H - 1 ? j + 1 : H - 1) * W;
+                float *ox = gx + c * HWp + (size_t)(j + r) * Wp + r, *oy = gy + c * HWp + (size_t)(j + r) * Wp + r;
+                for (int k = 0; k < W; ++k) {
+                    const int kl = k > 0 ? k - 1 : 0, kr = k < W - 1 ? k + 1 : W - 1;
+                    ox[k] = 0.5f * (mid[kr] - mid[kl]);
+                    oy[k] = 0.5f * (dn[k] - up[k]);
+                }
             }
-            for (int j = 0; j < W; ++j) o[j] *= inv;
+            for (int q = 0; q < 3; ++q) {
+                float *restrict m = row + h;
+                for (int k = 0; k < W; ++k) m[k] = 0.0f;
+                for (int c = 0; c < C; ++c) {
+                    const float *ox = gx + c * HWp + (size_t)(j + r) * Wp + r;
+                    const float *oy = gy + c * HWp + (size_t)(j + r) * Wp + r;
+                    const float *u = q == 1 ? oy : ox, *v = q == 0 ? ox : oy; /* xx, yy, xy */
+                    for (int k = 0; k < W; ++k) m[k] += u[k] * v[k];
+                }
+                float *restrict slot = ring + ((size_t)q * R + j % R) * W;
+                box_row(row, slot, W, b, b - 1 <= W ? scratch : NULL);
+                double *restrict a = acc + (size_t)q * W;
+                for (int k = 0; k < W; ++k) a[k] += slot[k];
+            }
         }
-        replicate_border(ten + q * HWp, H, W, r);
+        const int i = j - h; /* the row whose box is complete */
+        if (i < 0) continue;
+        for (int q = 0; q < 3; ++q) {
+            double *restrict a = acc + (size_t)q * W;
+            float *restrict o = ten + q * HWp + (size_t)(i + r) * Wp + r;
+            for (int k = 0; k < W; ++k) o[k] = (float)a[k] * inv;
+            if (i - h >= 0) { /* row i - h leaves the box (its slot is overwritten by the next row) */
+                const float *restrict old = ring + ((size_t)q * R + (i - h) % R) * W;
+                for (int k = 0; k < W; ++k) a[k] -= old[k];
+            }
+        }
     }
+    for (int q = 0; q < 3; ++q) replicate_border(ten + q * HWp, H, W, r);
     if (r)
         for (int c = 0; c < C; ++c) {
             replicate_border(gx + c * HWp, H, W, r);
@@ -563,32 +598,62 @@ void fit_inputs(const float *restrict t, int C, int H, int W, int r, int b, floa
         }
 }
 
+/* The floats of work fit_inputs needs, a multiple of 16. */
+int64_t fit_inputs_work(int H, int W, int b) {
+    const int64_t R = b < H ? b : H;
+    const int64_t n = 6 * (int64_t)W + 2 * ((int64_t)W + ((b + 1) & ~1)) + 3 * R * W;
+    return (n + 15) & ~(int64_t)15;
+}
+
+/* The running column sums of aligned_difference: s1, s2 (W doubles each) += or -= ring row `slot` of ring1, ring2. */
+static inline void add_row(double *restrict s1, double *restrict s2, const float *restrict ring1,
+                           const float *restrict ring2, int slot, int W) {
+    const float *t1 = ring1 + (size_t)slot * W, *t2 = ring2 + (size_t)slot * W;
+    for (int k = 0; k < W; ++k) {
+        s1[k] += t1[k];
+        s2[k] += t2[k];
+    }
+}
+
+static inline void drop_row(double *restrict s1, double *restrict s2, const float *restrict ring1,
+                            const float *restrict ring2, int slot, int W) {
+    const float *t1 = ring1 + (size_t)slot * W, *t2 = ring2 + (size_t)slot * W;
+    for (int k = 0; k < W; ++k) {
+        s1[k] -= t1[k];
+        s2[k] -= t2[k];
+    }
+}
+
 /* The difference e = x - y read at (dy, dx), minus the sub-pixel correction if gxx != NULL (arguments as for
  * aligned_scan below), for the rows i0 <= i < i1: into e, row i at e + (i - i0) W, channel c es floats on. One
  * pass down the rows: row j's difference and its two projections (1/2) sum_c g_c e_c on the mean gradient g
  * (along the width and the height), box-summed along the row, go to a ring of rows (ring1, ring2:
  * min(lk_box, H) x W each); once the ring holds the lk_box rows around row i = j - lk_box / 2, their column sums
- * give row i's box sums, its 2x2 solve and its correction. Rows j within lk_box / 2 of the range (outside it) are
+ * give row i's box sums, its 2x2 solve and its correction. The column sums run in double down the range (colsum:
+ * the first row's lk_box rows added up, then each row adds the row entering the box and drops the one leaving
+ * it), so a row costs O(1) whatever lk_box. Rows j within lk_box / 2 of the range (outside it) are
  * read for their projections only, their difference going to halo (C x W). Each step is one loop along the row
  * over all channels (the difference with both projections; the solve with the correction), values kept in
  * registers between the channels. The body is inlined for the usual channel counts (C a constant there: the
  * channel loops unroll and the loops along the row vectorise); the sums are formed in the same order for every
- * C and every row range, so a row's values do not depend on the range it was computed in.
- * rowbuf1, rowbuf2: W + lk_box - 1 floats each; hrow: 2 W floats. */
+ * C, and a row's values depend only on the range's first row (the callers' bands depend on the shapes only).
+ * rowbuf1, rowbuf2: W + lk_box - 1 floats each; hrow: 2 W floats (box_row's scratch); colsum: 2 W doubles. */
 static inline __attribute__((always_inline)) void
 aligned_difference_body(const float *restrict x, const float *restrict yp, const int C, int H, int W, int r, int dy,
                         int dx, const float *restrict gxx, const float *restrict gxy, const float *restrict gyx,
                         const float *restrict gyy, const float *restrict tx, const float *restrict typ, int lk_box,
                         float ridge, float max_shift, int i0, int i1, float *restrict e, size_t es,
                         float *restrict halo, float *restrict ring1, float *restrict ring2, float *restrict rowbuf1,
-                        float *restrict rowbuf2, float *restrict hrow) {
+                        float *restrict rowbuf2, float *restrict hrow, double *restrict colsum) {
     const size_t HW = (size_t)H * W;
     const int Hp = H + 2 * r, Wp = W + 2 * r;
     const size_t HWp = (size_t)Hp * Wp;
     const int h = gxx ? lk_box / 2 : 0, R = lk_box < H ? lk_box : H;
     float *restrict mid1 = rowbuf1 + h, *restrict mid2 = rowbuf2 + h;
     for (int k = 0; k < h; ++k) rowbuf1[k] = mid1[W + k] = rowbuf2[k] = mid2[W + k] = 0.0f;
+    double *restrict s1 = colsum, *restrict s2 = colsum + W; /* the column sums of the two projections' rows */
     for (int j = i0 - h < 0 ? 0 : i0 - h; j < i1 + h; ++j) {
+        const int i = j - h; /* the row whose box is complete once row j is in */
         if (j < H) {
             const int inside = j >= i0 && j < i1;
             float *restrict er = inside ? e + (size_t)(j - i0) * W : halo;
@@ -614,22 +679,20 @@ aligned_difference_body(const float *restrict x, const float *restrict yp, const
                 mid1[k] = m1;
                 mid2[k] = m2;
             }
-            box_row(rowbuf1, ring1 + (size_t)(j % R) * W, W, lk_box);
-            box_row(rowbuf2, ring2 + (size_t)(j % R) * W, W, lk_box);
+            if (i > i0 && i - h - 1 >= 0) drop_row(s1, s2, ring1, ring2, (i - h - 1) % R, W);
+            float *scratch = lk_box - 1 <= W ? hrow : NULL; /* 2 W floats */
+            box_row(rowbuf1, ring1 + (size_t)(j % R) * W, W, lk_box, scratch);
+            box_row(rowbuf2, ring2 + (size_t)(j % R) * W, W, lk_box, scratch);
+            if (i > i0) add_row(s1, s2, ring1, ring2, j % R, W);
+        } else if (gxx && i > i0 && i - h - 1 >= 0) {
+            drop_row(s1, s2, ring1, ring2, (i - h - 1) % R, W);
         }
-        const int i = j - h;
         if (!gxx || i < i0) continue;
-        /* row i: box means b of the projections (zero padding), the displacement, the corrected difference */
-        const int lo = i - h < 0 ? 0 : i - h, hi = i + h < H - 1 ? i + h : H - 1;
-        float *b1 = hrow, *b2 = hrow + W;
-        memcpy(b1, ring1 + (size_t)(lo % R) * W, sizeof(float) * (size_t)W);
-        memcpy(b2, ring2 + (size_t)(lo % R) * W, sizeof(float) * (size_t)W);
-        for (int v = lo + 1; v <= hi; ++v) {
-            const float *t1 = ring1 + (size_t)(v % R) * W, *t2 = ring2 + (size_t)(v % R) * W;
-            for (int k = 0; k < W; ++k) {
-                b1[k] += t1[k];
-                b2[k] += t2[k];
-            }
+        /* row i: box means of the projections (zero padding), the displacement, the corrected difference */
+        if (i == i0) { /* the range's first row: its lo .. hi rows, all in the ring now */
+            const int lo = i - h < 0 ? 0 : i - h, hi = i + h < H - 1 ? i + h : H - 1;
+            for (int k = 0; k < W; ++k) s1[k] = s2[k] = 0.0;
+            for (int v = lo; v <= hi; ++v) add_row(s1, s2, ring1, ring2, v % R, W);
         }
         const float nb = 0.5f / ((float)lk_box * (float)lk_box);
         const size_t o = (size_t)i * W, op = (size_t)(i + r + dy) * Wp + r + dx;
@@ -639,7 +702,7 @@ aligned_difference_body(const float *restrict x, const float *restrict yp, const
             const float a11 = 0.5f * (tx[o + k] + typ[op + k]) + ridge;
             const float a22 = 0.5f * (tx[HW + o + k] + typ[HWp + op + k]) + ridge;
             const float a12 = 0.5f * (tx[2 * HW + o + k] + typ[2 * HWp + op + k]);
-            const float c1 = b1[k] * nb, c2 = b2[k] * nb;
+            const float c1 = (float)s1[k] * nb, c2 = (float)s2[k] * nb;
             const float inv_det = 1.0f / (a11 * a22 - a12 * a12); /* one division (the slowest instruction here) */
             const float hx = (a22 * c1 - a12 * c2) * inv_det, hy = (a11 * c2 - a12 * c1) * inv_det;
             const float d1 = 0.5f * (hx < -max_shift ? -max_shift : hx > max_shift ? max_shift : hx);
@@ -657,10 +720,10 @@ aligned_difference_body(const float *restrict x, const float *restrict yp, const
         const float *restrict gxx, const float *restrict gxy, const float *restrict gyx, const float *restrict gyy, \
         const float *restrict tx, const float *restrict typ, int lk_box, float ridge, float max_shift, int i0,     \
         int i1, float *restrict e, size_t es, float *restrict halo, float *restrict ring1, float *restrict ring2,  \
-        float *restrict rowbuf1, float *restrict rowbuf2, float *restrict hrow
+        float *restrict rowbuf1, float *restrict rowbuf2, float *restrict hrow, double *restrict colsum
 #define ALIGNED_DIFFERENCE_BODY(channels)                                                                           \
     aligned_difference_body(x, yp, channels, H, W, r, dy, dx, gxx, gxy, gyx, gyy, tx, typ, lk_box, ridge,          \
-                            max_shift, i0, i1, e, es, halo, ring1, ring2, rowbuf1, rowbuf2, hrow)
+                            max_shift, i0, i1, e, es, halo, ring1, ring2, rowbuf1, rowbuf2, hrow, colsum)
 
 static void aligned_difference_c3(ALIGNED_DIFFERENCE_ARGS) { ALIGNED_DIFFERENCE_BODY(3); }
 static void aligned_difference_c1(ALIGNED_DIFFERENCE_ARGS) { ALIGNED_DIFFERENCE_BODY(1); }
@@ -669,7 +732,7 @@ static void aligned_difference_any(ALIGNED_DIFFERENCE_ARGS) { ALIGNED_DIFFERENCE
 static void aligned_difference(ALIGNED_DIFFERENCE_ARGS) {
     (C == 3 ? aligned_difference_c3 : C == 1 ? aligned_difference_c1 : aligned_difference_any)(
         x, yp, C, H, W, r, dy, dx, gxx, gxy, gyx, gyy, tx, typ, lk_box, ridge, max_shift, i0, i1, e, es, halo, ring1,
-        ring2, rowbuf1, rowbuf2, hrow);
+        ring2, rowbuf1, rowbuf2, hrow, colsum);
 }
 
 /* Level f's rows l0 <= il < l1 from a band of e (rows i0 .. of the image, row i at e + (i - i0) W, channel c at
@@ -729,8 +792,10 @@ static int row_pad(int lk_box, int kloc) { return ((lk_box > kloc ? lk_box : klo
 
 /* Rows of a band of aligned_scan: a multiple of every level factor (so no level row straddles two bands), about
  * 8192 / W (the band's inputs, some 26 rows of W floats per band row, then stay in the L2 cache while every offset
- * reads them); H (one band) when the factors' least common multiple exceeds H. */
-static int scan_band_rows(int H, int W, int nlev, const int *factors) {
+ * reads them) but at least 2 lk_box (each band also reads lk_box - 1 rows around it for the fit, work that would
+ * otherwise grow with the box, i.e. with the image); H (one band) when the factors' least common multiple exceeds
+ * H. */
+static int scan_band_rows(int H, int W, int nlev, const int *factors, int lk_box) {
     long step = 1;
     for (int l = 0; l < nlev && step <= H; ++l) {
         long a = step, b = factors[l];
@@ -742,7 +807,9 @@ static int scan_band_rows(int H, int W, int nlev, const int *factors) {
         step = step / a * factors[l];
     }
     if (step > H) return H;
-    long rows = (8192 / (W > 0 ? W : 1)) / step * step;
+    long rows = 8192 / (W > 0 ? W : 1);
+    if (rows < 2L * lk_box) rows = 2L * lk_box;
+    rows = rows / step * step;
     if (rows < step) rows = step;
     return rows < H ? (int)rows : H;
 }
@@ -750,8 +817,9 @@ static int scan_band_rows(int H, int W, int nlev, const int *factors) {
 /* The floats of work aligned_scan needs, a multiple of 16. */
 int64_t aligned_scan_work(int C, int H, int W, int lk_box, int kloc, int nlev, const int *factors) {
     const int64_t B = row_pad(lk_box, kloc), R = lk_box < H ? lk_box : H;
-    const int64_t BR = scan_band_rows(H, W, nlev, factors);
-    const int64_t n = 2 * (int64_t)W + 2 * (W + B) + 2 * R * W + (int64_t)C * W + (int64_t)C * BR * W + 2 * (int64_t)H * W;
+    const int64_t BR = scan_band_rows(H, W, nlev, factors, lk_box);
+    const int64_t n = 6 * (int64_t)W + 2 * (W + B) + 2 * R * W + (int64_t)C * W + (int64_t)C * BR * W +
+                      2 * (int64_t)H * W;
     return (n + 15) & ~(int64_t)15; /* every thread's buffer 64-byte aligned (the first values are doubles) */
 }
 
@@ -771,9 +839,10 @@ void aligned_scan(const float *restrict x, const float *restrict yp, int C, int 
                   float *restrict work) {
     const size_t HW = (size_t)H * W;
     const int B = row_pad(lk_box, kloc), R = lk_box < H ? lk_box : H;
-    const int BR = scan_band_rows(H, W, nlev, factors);
-    double *acc = (double *)work;              /* W doubles (also the fit's 2 W floats of box means) */
-    float *row = work + 2 * W;                 /* W + B */
+    const int BR = scan_band_rows(H, W, nlev, factors, lk_box);
+    double *acc = (double *)work;              /* W doubles (also box_row's scratch in the fit) */
+    double *colsum = acc + W;                  /* 2 W doubles: the fit's column sums */
+    float *row = work + 6 * W;                 /* W + B */
     float *row2 = row + W + B;                 /* W + B */
     float *ring1 = row2 + W + B;               /* R x W */
     float *ring2 = ring1 + (size_t)R * W;      /* R x W */
@@ -789,7 +858,7 @@ void aligned_scan(const float *restrict x, const float *restrict yp, int C, int 
         const size_t es = (size_t)(i1 - i0) * W;
         for (int o = 0; o < noff; ++o) {
             aligned_difference(x, yp, C, H, W, r, dys[o], dxs[o], gxx, gxy, gyx, gyy, tx, typ, lk_box, ridge,
-                               max_shift, i0, i1, e, es, halo, ring1, ring2, row, row2, (float *)acc);
+                               max_shift, i0, i1, e, es, halo, ring1, ring2, row, row2, (float *)acc, colsum);
             float *sq = out + o * off_stride; /* the level's map; sum_c m_c^2 for now */
             for (int l = 0; l < nlev; ++l) {
                 const int f = factors[l], Hl = H / f;
@@ -824,9 +893,9 @@ static int grad_offsets_at_once(int H, int W, int nlev, const int *factors) {
 
 int64_t aligned_grad_work(int C, int H, int W, int lk_box, int kloc, int nlev, const int *factors) {
     const int64_t B = row_pad(lk_box, kloc);
-    const int64_t BR = scan_band_rows(H, W, nlev, factors);
+    const int64_t BR = scan_band_rows(H, W, nlev, factors, lk_box);
     const int64_t total = (int64_t)level_total(H, W, nlev, factors);
-    const int64_t n = 2 * (int64_t)W + 2 * (W + B) + (int64_t)C * (BR + 1) * W +
+    const int64_t n = 6 * (int64_t)W + 2 * (W + B) + (int64_t)C * (BR + 1) * W +
                       (int64_t)C * total * grad_offsets_at_once(H, W, nlev, factors) + 3 * (int64_t)H * W;
     return (n + 15) & ~(int64_t)15; /* every thread's buffer 64-byte aligned (the first values are doubles) */
 }
@@ -849,10 +918,11 @@ void aligned_grad(const float *restrict x, const float *restrict yp, int C, int 
                   float *restrict grad, float *restrict work) {
     const size_t HW = (size_t)H * W;
     const int B = row_pad(lk_box, kloc);
-    const int BR = scan_band_rows(H, W, nlev, factors), G = grad_offsets_at_once(H, W, nlev, factors);
+    const int BR = scan_band_rows(H, W, nlev, factors, lk_box), G = grad_offsets_at_once(H, W, nlev, factors);
     const size_t total = level_total(H, W, nlev, factors);
-    double *acc = (double *)work;                 /* W doubles (also the fit's 2 W floats of box means) */
-    float *row = work + 2 * W;                    /* W + B */
+    double *acc = (double *)work;                 /* W doubles (also box_row's scratch in the fit) */
+    double *colsum = acc + W;                     /* 2 W doubles: the fit's column sums */
+    float *row = work + 6 * W;                    /* W + B */
     float *row2 = row + W + B;                    /* W + B */
     float *restrict halo = row2 + W + B;          /* C x W */
     float *restrict e = halo + (size_t)C * W;     /* C x BR x W: a band */
@@ -868,7 +938,7 @@ void aligned_grad(const float *restrict x, const float *restrict yp, int C, int 
             const size_t es = (size_t)(i1 - i0) * W;
             for (int q = 0; q < n; ++q) {
                 aligned_difference(x, yp, C, H, W, r, dys[og + q], dxs[og + q], gxx, gxy, gyx, gyy, tx, typ, lk_box,
-                                   ridge, max_shift, i0, i1, e, es, halo, p1, p2, row, row2, (float *)acc);
+                                   ridge, max_shift, i0, i1, e, es, halo, p1, p2, row, row2, (float *)acc, colsum);
                 float *m = store + (size_t)q * C * total;
                 for (int l = 0; l < nlev; ++l) {
                     const int f = factors[l], Hl = H / f, Wl = W / f;
