@@ -1018,56 +1018,94 @@ void aligned_grad(const float *restrict x, const float *restrict yp, int C, int 
 #define SSIM_C1 1e-4f
 #define SSIM_C2 9e-4f
 
-/* Row stride of the SSIM kernels' row-filtered planes: Wo rounded up to a multiple of V. */
+/* Row stride of the SSIM kernels' row-filtered rows: Wo rounded up to a multiple of V. */
 static inline int ssim_stride(int Wo) { return (Wo + V - 1) / V * V; }
 
-/* The moments mx, my, E[x²], E[y²], E[xy] into mom (5 x Ho x Wo); my and E[y²] copied from ymy, yey when those are
- * not NULL. work: ssim_work(H, W, k) floats (the row-filtered planes, 5 x H x Wop, and two rows). */
-static void ssim_moments(const float *restrict x, const float *restrict y, const float *ymy, const float *yey, int H,
-                         int W, const float *restrict g, int k, float *restrict mom, float *restrict work) {
-    const int Ho = H - k + 1, Wo = W - k + 1, Wop = ssim_stride(Wo);
-    const size_t hw = (size_t)H * Wop, ohw = (size_t)Ho * Wo;
-    float *restrict h = work, *restrict xr = work + 5 * hw, *restrict yr = xr + Wop + k;
-    memset(xr + W, 0, sizeof(float) * (size_t)(Wop + k - W)); /* the rows' tails: read, never used */
-    memset(yr + W, 0, sizeof(float) * (size_t)(Wop + k - W));
-    for (int r = 0; r < H; ++r) {
-        for (int j = 0; j < W; ++j) {
-            xr[j] = (x[(size_t)r * W + j] + 1.0f) * 0.5f;
-            yr[j] = (y[(size_t)r * W + j] + 1.0f) * 0.5f;
-        }
-        float *h0 = h + (size_t)r * Wop;
-        for (int j0 = 0; j0 < Wop; j0 += V) { /* the row filter, five moments at once in registers */
-            vf s0 = splat(0.0f), s1 = s0, s2 = s0, s3 = s0, s4 = s0;
-            for (int t = 0; t < k; ++t) {
-                const vf gt = splat(g[t]), a = loadu(xr + j0 + t), b = loadu(yr + j0 + t);
-                s0 += gt * a;
-                s1 += gt * b;
-                s2 += gt * (a * a);
-                s3 += gt * (b * b);
-                s4 += gt * (a * b);
-            }
-            storeu(h0 + j0, s0);
-            storeu(h0 + hw + j0, s1);
-            storeu(h0 + 2 * hw + j0, s2);
-            storeu(h0 + 3 * hw + j0, s3);
-            storeu(h0 + 4 * hw + j0, s4);
-        }
+/* Both kernels stream down the rows of one channel plane: row r of x and y, row-filtered into the five moment
+ * rows (mx, my, E[x²], E[y²], E[xy] before the column filter), goes to slot r % k of a ring of k rows; once the
+ * ring holds rows i .. i + k - 1, the column filter gives output row i. Every sum is formed in the order of a
+ * whole-plane version (the column filter's taps in increasing order; the backward pass's transposed column filter
+ * adds the output rows' contributions to each input row in increasing order), so the values do not depend on the
+ * streaming. Work per plane (ssim_work): O(k W), not O(H W). */
+struct ssim_buffers {
+    float *ring; /* 5 x k x Wop: the row-filtered rows */
+    float *xr, *yr; /* Wop + k each: one row of x and y on [0, 1], zero tail */
+    float *mom;  /* 5 x Wop: the moments of one output row (columns from Wo on: padding, never stored) */
+    float *acc;  /* 3 x k x Wo (backward): the transposed column filter's rows, a ring */
+    float *rows; /* 3 Wr + 3 (Wr + k - 1) (backward): the transposed row filter's rows */
+};
+
+static struct ssim_buffers ssim_layout(int H, int W, int k, float *work) {
+    (void)H;
+    const int Wo = W - k + 1, Wop = ssim_stride(Wo);
+    struct ssim_buffers b;
+    b.ring = work;
+    b.xr = b.ring + 5 * (size_t)k * Wop;
+    b.yr = b.xr + Wop + k;
+    b.mom = b.yr + Wop + k;
+    b.acc = b.mom + 5 * (size_t)Wop;
+    b.rows = b.acc + 3 * (size_t)k * Wo;
+    return b;
+}
+
+/* Work of the SSIM kernels for one plane, in floats (ssim_layout). */
+int64_t ssim_work(int H, int W, int k) {
+    (void)H;
+    const int Wo = W - k + 1, Wop = ssim_stride(Wo), Wr = ssim_stride(W);
+    return 5 * (int64_t)k * Wop + 2 * (int64_t)(Wop + k) + 5 * (int64_t)Wop + 3 * (int64_t)k * Wo + 3 * (int64_t)Wr
+           + 3 * (int64_t)(Wr + k - 1);
+}
+
+/* Row r of x and y (H x W, internal scale) row-filtered into ring slot r % k: the five moments at once in
+ * registers. */
+static void ssim_row_filter(const float *restrict x, const float *restrict y, int r, int W, const float *restrict g,
+                            int k, const struct ssim_buffers *b) {
+    const int Wop = ssim_stride(W - k + 1);
+    const size_t plane = (size_t)k * Wop;
+    float *restrict xr = b->xr, *restrict yr = b->yr;
+    for (int j = 0; j < W; ++j) {
+        xr[j] = (x[(size_t)r * W + j] + 1.0f) * 0.5f;
+        yr[j] = (y[(size_t)r * W + j] + 1.0f) * 0.5f;
     }
-    memset(mom, 0, sizeof(float) * 5 * ohw);
+    float *h0 = b->ring + (size_t)(r % k) * Wop;
+    for (int j0 = 0; j0 < Wop; j0 += V) {
+        vf s0 = splat(0.0f), s1 = s0, s2 = s0, s3 = s0, s4 = s0;
+        for (int t = 0; t < k; ++t) {
+            const vf gt = splat(g[t]), a = loadu(xr + j0 + t), c = loadu(yr + j0 + t);
+            s0 += gt * a;
+            s1 += gt * c;
+            s2 += gt * (a * a);
+            s3 += gt * (c * c);
+            s4 += gt * (a * c);
+        }
+        storeu(h0 + j0, s0);
+        storeu(h0 + plane + j0, s1);
+        storeu(h0 + 2 * plane + j0, s2);
+        storeu(h0 + 3 * plane + j0, s3);
+        storeu(h0 + 4 * plane + j0, s4);
+    }
+}
+
+/* The moments of output row i into b->mom (5 rows of Wop; the columns from Wo on are the row filter's padding,
+ * computed along so that the loops have no remainder, never stored), from the ring (rows i .. i + k - 1); my and
+ * E[y²] read from ymy, yey (Ho x Wo) when those are not NULL (their padding columns set to 0). */
+static void ssim_moment_row(int i, int W, const float *restrict g, int k, const float *ymy, const float *yey,
+                            const struct ssim_buffers *b) {
+    const int Wo = W - k + 1, Wop = ssim_stride(Wo);
+    const size_t plane = (size_t)k * Wop;
     for (int m = 0; m < 5; ++m) {
-        if (ymy && (m == 1 || m == 3)) continue;
-        for (int i = 0; i < Ho; ++i) {
-            float *restrict o = mom + m * ohw + (size_t)i * Wo;
-            for (int t = 0; t < k; ++t) {
-                const float gt = g[t];
-                const float *restrict hr = h + m * hw + (size_t)(i + t) * Wop;
-                for (int j = 0; j < Wo; ++j) o[j] += gt * hr[j];
-            }
+        float *restrict o = b->mom + (size_t)m * Wop;
+        if (ymy && (m == 1 || m == 3)) {
+            memcpy(o, (m == 1 ? ymy : yey) + (size_t)i * Wo, sizeof(float) * (size_t)Wo);
+            for (int j = Wo; j < Wop; ++j) o[j] = 0.0f;
+            continue;
         }
-    }
-    if (ymy) {
-        memcpy(mom + ohw, ymy, sizeof(float) * ohw);
-        memcpy(mom + 3 * ohw, yey, sizeof(float) * ohw);
+        for (int j = 0; j < Wop; ++j) o[j] = 0.0f;
+        for (int t = 0; t < k; ++t) {
+            const float gt = g[t];
+            const float *restrict hr = b->ring + m * plane + (size_t)((i + t) % k) * Wop;
+            for (int j = 0; j < Wop; ++j) o[j] += gt * hr[j];
+        }
     }
 }
 
@@ -1081,25 +1119,73 @@ static inline void ssim_parts(float mx, float my, float exx, float eyy, float ex
     *q = ((exx - mx2) + (eyy - my2)) + SSIM_C2;
 }
 
-/* Work of the SSIM kernels for one plane, in floats: the moments (5 Ho Wo), then either the row-filtered planes
- * (5 H Wop) and two rows (2 (Wop + k)), or the gradient's column-filtered planes (3 H Wo, inside the former) and
- * six rows (3 Wr + 3 (Wr + k - 1), after them). */
-int64_t ssim_work(int H, int W, int k) {
-    const int Ho = H - k + 1, Wo = W - k + 1, Wop = ssim_stride(Wo), Wr = ssim_stride(W);
-    return 5 * (int64_t)Ho * Wo + 5 * (int64_t)H * Wop + 2 * (int64_t)(Wop + k) + 3 * (int64_t)Wr
-           + 3 * (int64_t)(Wr + k - 1);
-}
-
 /* SSIM_u of one channel plane into s (Ho x Wo). work: ssim_work(H, W, k) floats. */
 static void ssim_plane(const float *x, const float *y, const float *ymy, const float *yey, int H, int W,
                        const float *g, int k, float *restrict s, float *work) {
-    const size_t ohw = (size_t)(H - k + 1) * (W - k + 1);
-    float *mom = work;
-    ssim_moments(x, y, ymy, yey, H, W, g, k, mom, work + 5 * ohw);
-    for (size_t i = 0; i < ohw; ++i) {
+    const int Wo = W - k + 1, Wop = ssim_stride(Wo);
+    const struct ssim_buffers b = ssim_layout(H, W, k, work);
+    memset(b.xr + W, 0, sizeof(float) * (size_t)(ssim_stride(Wo) + k - W)); /* the rows' tails: read, never used */
+    memset(b.yr + W, 0, sizeof(float) * (size_t)(ssim_stride(Wo) + k - W));
+    for (int r = 0; r < H; ++r) {
+        ssim_row_filter(x, y, r, W, g, k, &b);
+        const int i = r - k + 1;
+        if (i < 0) continue;
+        ssim_moment_row(i, W, g, k, ymy, yey, &b);
+        const float *m = b.mom;
+        float *restrict o = b.rows; /* Wop floats */
+        for (int j = 0; j < Wop; ++j) {
+            float a, bb, p, q;
+            ssim_parts(m[j], m[Wop + j], m[2 * Wop + j], m[3 * Wop + j], m[4 * Wop + j], &a, &bb, &p, &q);
+            o[j] = (a * bb) / (p * q);
+        }
+        memcpy(s + (size_t)i * Wo, o, sizeof(float) * (size_t)Wo);
+    }
+}
+
+/* The three derivative rows of ssim_grad_plane, in place of mx, my, E[x²] in mom (5 rows of n), given gs's row. */
+static void ssim_derivatives(float *restrict mom, const float *restrict gs, size_t n) {
+    for (size_t j = 0; j < n; ++j) {
+        const float mx = mom[j], my = mom[n + j];
         float a, b, p, q;
-        ssim_parts(mom[i], mom[ohw + i], mom[2 * ohw + i], mom[3 * ohw + i], mom[4 * ohw + i], &a, &b, &p, &q);
-        s[i] = (a * b) / (p * q);
+        ssim_parts(mx, my, mom[2 * n + j], mom[3 * n + j], mom[4 * n + j], &a, &b, &p, &q);
+        const float sv = (a * b) / (p * q), gsi = gs[j], inv = gsi / (p * q), u = b * inv, v = a * inv;
+        const float sq = (gsi * sv) * (1.0f / q - 1.0f / p);
+        mom[j] = 2.0f * (my * (u - v) + mx * sq);
+        mom[n + j] = -(gsi * sv) / q;
+        mom[2 * n + j] = 2.0f * v;
+    }
+}
+
+/* Row R of the gradient (its transposed column filter complete in the acc ring): the transposed row filter, Wo ->
+ * W, as a correlation with the reversed taps over the row zero-padded by k - 1 on both sides
+ * (G[c] = sum_t g[t] T[c - t] = sum_u g[k - 1 - u] Tpad[c + u]), then the combination; its acc slot is cleared
+ * for row R + k. */
+static void ssim_grad_row(const float *x, const float *y, int R, int W, const float *g, int k, float *restrict gx,
+                          const struct ssim_buffers *b) {
+    const int Wo = W - k + 1, Wr = ssim_stride(W), Wpad = Wr + k - 1;
+    float *restrict g0 = b->rows, *restrict g1 = g0 + Wr, *restrict g2 = g1 + Wr, *pad = g2 + Wr;
+    for (int m = 0; m < 3; ++m) {
+        float *slot = b->acc + ((size_t)m * k + R % k) * Wo;
+        memcpy(pad + (size_t)m * Wpad + k - 1, slot, sizeof(float) * (size_t)Wo);
+        memset(slot, 0, sizeof(float) * (size_t)Wo);
+    }
+    for (int c0 = 0; c0 < Wr; c0 += V) {
+        vf s0 = splat(0.0f), s1 = s0, s2 = s0;
+        for (int u = 0; u < k; ++u) {
+            const vf gu = splat(g[k - 1 - u]);
+            s0 += gu * loadu(pad + c0 + u);
+            s1 += gu * loadu(pad + Wpad + c0 + u);
+            s2 += gu * loadu(pad + 2 * Wpad + c0 + u);
+        }
+        storeu(g0 + c0, s0);
+        storeu(g1 + c0, s1);
+        storeu(g2 + c0, s2);
+    }
+    const float *xrow = x + (size_t)R * W, *yrow = y + (size_t)R * W;
+    float *restrict out = gx + (size_t)R * W;
+    for (int j = 0; j < W; ++j) {
+        const float xv = (xrow[j] + 1.0f) * 0.5f, yv = (yrow[j] + 1.0f) * 0.5f;
+        out[j] = 0.5f * (g0[j] + 2.0f * xv * g1[j] + yv * g2[j]);
     }
 }
 
@@ -1108,62 +1194,36 @@ static void ssim_plane(const float *x, const float *y, const float *ymy, const f
  *     dL/dmx = 2 (my (u - v) + mx s gs (1/Q - 1/P)),  dL/dE[x²] = -s gs / Q,  dL/dE[xy] = 2 v,
  * spread back over the pixels by the transposed filter (columns, then rows) and combined as
  * dL/dx = 0.5 (G dmx + 2 x G dE[x²] + y G dE[xy]) (x, y on [0, 1]; 0.5 the scale map's derivative).
- * work: as ssim_plane. */
+ * Output row i's three derivative rows go to the acc ring's rows i .. i + k - 1 (the transposed column filter);
+ * input row i has all its contributions then, and its gradient row follows. work: as ssim_plane. */
 static void ssim_grad_plane(const float *x, const float *y, const float *ymy, const float *yey, int H, int W,
                             const float *g, int k, const float *restrict gs, float *restrict gx, float *work) {
-    const int Ho = H - k + 1, Wo = W - k + 1;
-    const size_t hw = (size_t)H * Wo, ohw = (size_t)Ho * Wo;
-    float *restrict mom = work, *restrict tt = work + 5 * ohw, *restrict rows = tt + 5 * hw;
-    ssim_moments(x, y, ymy, yey, H, W, g, k, mom, tt);
-    for (size_t i = 0; i < ohw; ++i) { /* the three derivative maps, in place of mx, my, E[x²] */
-        const float mx = mom[i], my = mom[ohw + i];
-        float a, b, p, q;
-        ssim_parts(mx, my, mom[2 * ohw + i], mom[3 * ohw + i], mom[4 * ohw + i], &a, &b, &p, &q);
-        const float sv = (a * b) / (p * q), gsi = gs[i], inv = gsi / (p * q), u = b * inv, v = a * inv;
-        const float sq = (gsi * sv) * (1.0f / q - 1.0f / p);
-        mom[i] = 2.0f * (my * (u - v) + mx * sq);
-        mom[ohw + i] = -(gsi * sv) / q;
-        mom[2 * ohw + i] = 2.0f * v;
-    }
-    memset(tt, 0, sizeof(float) * 3 * hw);
-    for (int m = 0; m < 3; ++m) { /* transposed column filter: Ho x Wo -> H x Wo */
-        for (int i = 0; i < Ho; ++i) {
-            const float *restrict d = mom + m * ohw + (size_t)i * Wo;
+    const int Wo = W - k + 1, Wop = ssim_stride(Wo), Wr = ssim_stride(W);
+    const struct ssim_buffers b = ssim_layout(H, W, k, work);
+    memset(b.xr + W, 0, sizeof(float) * (size_t)(ssim_stride(Wo) + k - W));
+    memset(b.yr + W, 0, sizeof(float) * (size_t)(ssim_stride(Wo) + k - W));
+    memset(b.acc, 0, sizeof(float) * 3 * (size_t)k * Wo);
+    memset(b.rows + 3 * (size_t)Wr, 0, sizeof(float) * 3 * (size_t)(Wr + k - 1)); /* the padded rows' zeros */
+    for (int r = 0; r < H; ++r) {
+        ssim_row_filter(x, y, r, W, g, k, &b);
+        const int i = r - k + 1;
+        if (i < 0) continue;
+        ssim_moment_row(i, W, g, k, ymy, yey, &b);
+        float *gsr = b.rows; /* gs's row i, zero-padded to Wop (the rows buffer is free until below) */
+        memcpy(gsr, gs + (size_t)i * Wo, sizeof(float) * (size_t)Wo);
+        for (int j = Wo; j < Wop; ++j) gsr[j] = 0.0f;
+        ssim_derivatives(b.mom, gsr, (size_t)Wop);
+        for (int q = 0; q < 3; ++q) { /* transposed column filter: output row i to input rows i .. i + k - 1 */
+            const float *restrict d = b.mom + (size_t)q * Wop;
             for (int t = 0; t < k; ++t) {
                 const float gt = g[t];
-                float *restrict o = tt + m * hw + (size_t)(i + t) * Wo;
+                float *restrict o = b.acc + ((size_t)q * k + (i + t) % k) * Wo;
                 for (int j = 0; j < Wo; ++j) o[j] += gt * d[j];
             }
         }
+        ssim_grad_row(x, y, i, W, g, k, gx, &b); /* input row i: no later output row reaches it */
     }
-    float *restrict g0 = rows, *restrict g1 = rows + ssim_stride(W), *restrict g2 = g1 + ssim_stride(W);
-    /* Transposed row filter, Wo -> W, as a correlation with the reversed taps over each row zero-padded by k - 1
-     * on both sides (G[c] = sum_t g[t] T[c - t] = sum_u g[k - 1 - u] Tpad[c + u]), then the combination. */
-    const int Wr = ssim_stride(W), Wpad = Wr + k - 1;
-    float *pad = g2 + Wr;
-    memset(pad, 0, sizeof(float) * 3 * (size_t)Wpad);
-    for (int r = 0; r < H; ++r) {
-        for (int m = 0; m < 3; ++m) memcpy(pad + (size_t)m * Wpad + k - 1, tt + m * hw + (size_t)r * Wo,
-                                           sizeof(float) * (size_t)Wo);
-        for (int c0 = 0; c0 < Wr; c0 += V) {
-            vf s0 = splat(0.0f), s1 = s0, s2 = s0;
-            for (int u = 0; u < k; ++u) {
-                const vf gu = splat(g[k - 1 - u]);
-                s0 += gu * loadu(pad + c0 + u);
-                s1 += gu * loadu(pad + Wpad + c0 + u);
-                s2 += gu * loadu(pad + 2 * Wpad + c0 + u);
-            }
-            storeu(g0 + c0, s0);
-            storeu(g1 + c0, s1);
-            storeu(g2 + c0, s2);
-        }
-        const float *xrow = x + (size_t)r * W, *yrow = y + (size_t)r * W;
-        float *restrict out = gx + (size_t)r * W;
-        for (int j = 0; j < W; ++j) {
-            const float xv = (xrow[j] + 1.0f) * 0.5f, yv = (yrow[j] + 1.0f) * 0.5f;
-            out[j] = 0.5f * (g0[j] + 2.0f * xv * g1[j] + yv * g2[j]);
-        }
-    }
+    for (int R = H - k + 1; R < H; ++R) ssim_grad_row(x, y, R, W, g, k, gx, &b);
 }
 
 int patchmmd_openmp(void) {
