@@ -652,8 +652,11 @@ aligned_difference_body(const float *restrict x, const float *restrict yp, const
     float *restrict mid1 = rowbuf1 + h, *restrict mid2 = rowbuf2 + h;
     for (int k = 0; k < h; ++k) rowbuf1[k] = mid1[W + k] = rowbuf2[k] = mid2[W + k] = 0.0f;
     double *restrict s1 = colsum, *restrict s2 = colsum + W; /* the column sums of the two projections' rows */
+    float *scratch = lk_box - 1 <= W ? hrow : NULL;          /* box_row's, 2 W floats */
     for (int j = i0 - h < 0 ? 0 : i0 - h; j < i1 + h; ++j) {
         const int i = j - h; /* the row whose box is complete once row j is in */
+        /* row i - h - 1 leaves the box, before row j takes its ring slot */
+        if (gxx && i > i0 && i - h - 1 >= 0) drop_row(s1, s2, ring1, ring2, (i - h - 1) % R, W);
         if (j < H) {
             const int inside = j >= i0 && j < i1;
             float *restrict er = inside ? e + (size_t)(j - i0) * W : halo;
@@ -679,13 +682,9 @@ aligned_difference_body(const float *restrict x, const float *restrict yp, const
                 mid1[k] = m1;
                 mid2[k] = m2;
             }
-            if (i > i0 && i - h - 1 >= 0) drop_row(s1, s2, ring1, ring2, (i - h - 1) % R, W);
-            float *scratch = lk_box - 1 <= W ? hrow : NULL; /* 2 W floats */
             box_row(rowbuf1, ring1 + (size_t)(j % R) * W, W, lk_box, scratch);
             box_row(rowbuf2, ring2 + (size_t)(j % R) * W, W, lk_box, scratch);
             if (i > i0) add_row(s1, s2, ring1, ring2, j % R, W);
-        } else if (gxx && i > i0 && i - h - 1 >= 0) {
-            drop_row(s1, s2, ring1, ring2, (i - h - 1) % R, W);
         }
         if (!gxx || i < i0) continue;
         /* row i: box means of the projections (zero padding), the displacement, the corrected difference */
@@ -1035,8 +1034,7 @@ struct ssim_buffers {
     float *rows; /* 3 Wr + 3 (Wr + k - 1) (backward): the transposed row filter's rows */
 };
 
-static struct ssim_buffers ssim_layout(int H, int W, int k, float *work) {
-    (void)H;
+static struct ssim_buffers ssim_layout(int W, int k, float *work) {
     const int Wo = W - k + 1, Wop = ssim_stride(Wo);
     struct ssim_buffers b;
     b.ring = work;
@@ -1123,7 +1121,7 @@ static inline void ssim_parts(float mx, float my, float exx, float eyy, float ex
 static void ssim_plane(const float *x, const float *y, const float *ymy, const float *yey, int H, int W,
                        const float *g, int k, float *restrict s, float *work) {
     const int Wo = W - k + 1, Wop = ssim_stride(Wo);
-    const struct ssim_buffers b = ssim_layout(H, W, k, work);
+    const struct ssim_buffers b = ssim_layout(W, k, work);
     memset(b.xr + W, 0, sizeof(float) * (size_t)(ssim_stride(Wo) + k - W)); /* the rows' tails: read, never used */
     memset(b.yr + W, 0, sizeof(float) * (size_t)(ssim_stride(Wo) + k - W));
     for (int r = 0; r < H; ++r) {
@@ -1199,7 +1197,7 @@ static void ssim_grad_row(const float *x, const float *y, int R, int W, const fl
 static void ssim_grad_plane(const float *x, const float *y, const float *ymy, const float *yey, int H, int W,
                             const float *g, int k, const float *restrict gs, float *restrict gx, float *work) {
     const int Wo = W - k + 1, Wop = ssim_stride(Wo), Wr = ssim_stride(W);
-    const struct ssim_buffers b = ssim_layout(H, W, k, work);
+    const struct ssim_buffers b = ssim_layout(W, k, work);
     memset(b.xr + W, 0, sizeof(float) * (size_t)(ssim_stride(Wo) + k - W));
     memset(b.yr + W, 0, sizeof(float) * (size_t)(ssim_stride(Wo) + k - W));
     memset(b.acc, 0, sizeof(float) * 3 * (size_t)k * Wo);
