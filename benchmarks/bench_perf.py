@@ -337,7 +337,7 @@ def scaling_thp(sizes: list[int], rounds: int, repeats: int) -> list[dict[str, o
 
 def kernel_scaling(configs: list[tuple[int, int]], repeats: int, threads: int) -> list[dict[str, object]]:
     """Thread scaling of what the compiled CPU kernels run, in the default distance: its MMD term forward+backward
-    (``rff_block_sums`` for both images, ``rff_grad_image``) and its aligned terms without gradient (the offset
+    (``rff_sums`` for both images, ``rff_sums_grad``) and its aligned terms without gradient (the offset
     scan ``aligned_scan``), each on 1 and on ``threads`` threads, interleaved, medians."""
     parts: dict[str, tuple[str, Callable]] = {
         "mmd-term": ("forward+backward", lambda x, y: patchmmd.mmdpp(x, y, weight_l2=0.0, weight_local=0.0)),

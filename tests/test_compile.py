@@ -1,5 +1,5 @@
 """``torch.compile`` of the loss in one graph: the compiled RFF kernels as PyTorch operators
-(``patchmmd::rff_block_sums`` / ``patchmmd::rff_grad_image``), value checks skipped while tracing, and
+(``patchmmd::rff_sums`` / ``patchmmd::rff_sums_grad``), value checks skipped while tracing, and
 compiled results equal to eager ones (values and input gradients)."""
 
 from __future__ import annotations
@@ -135,26 +135,24 @@ def _op_samples() -> list[tuple]:
 @needs_native
 @pytest.mark.parametrize("sample", range(2))
 def test_opcheck_block_sums(sample):
-    args = _op_samples()[sample]
-    torch.library.opcheck(torch.ops.patchmmd.rff_block_sums.default, args)
-    xp = args[0].clone().requires_grad_(True)
-    torch.library.opcheck(torch.ops.patchmmd.rff_block_sums.default, (xp, *args[1:]))
+    xp, *rest = _op_samples()[sample]
+    args = (xp, *rest[:2], 0.0, *rest[2:])
+    torch.library.opcheck(torch.ops.patchmmd.rff_sums.default, args)
+    torch.library.opcheck(torch.ops.patchmmd.rff_sums.default, (xp.clone().requires_grad_(True), *args[1:]))
 
 
 @needs_native
 @pytest.mark.parametrize("normalized", [False, True])
 @pytest.mark.parametrize("sample", range(2))
 def test_opcheck_grad_ops(sample, normalized):
-    """``rff_grad_image`` and, with a floor, ``rff_normalized_grad``."""
+    """``rff_sums_grad`` of raw patches (floor 0) and of contrast-normalised ones."""
     xp, weight, phase, hc, wc, bh, bw, k = _op_samples()[sample]
     g = torch.Generator().manual_seed(1)
     shape = (xp.shape[0], weight.shape[0], hc // bh, wc // bw)
     g_cos, g_sin = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
-    if normalized:
-        op, args = torch.ops.patchmmd.rff_normalized_grad.default, (xp, weight, phase, 0.05, g_cos, g_sin)
-    else:
-        op, args = torch.ops.patchmmd.rff_grad_image.default, (xp, weight, phase, g_cos, g_sin)
-    torch.library.opcheck(op, (*args, hc, wc, bh, bw, k))
+    floor = 0.05 if normalized else 0.0
+    torch.library.opcheck(torch.ops.patchmmd.rff_sums_grad.default,
+                          (xp, weight, phase, floor, g_cos, g_sin, hc, wc, bh, bw, k))
 
 
 @needs_native
@@ -165,7 +163,7 @@ def test_op_gradient_matches_the_pytorch_reference():
     shape = (xp.shape[0], weight.shape[0], hc // bh, wc // bw)
     gc, gs = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
     xg = xp.clone().requires_grad_(True)
-    sc, ss = torch.ops.patchmmd.rff_block_sums(xg, weight, phase, hc, wc, bh, bw, k)
+    sc, ss = torch.ops.patchmmd.rff_sums(xg, weight, phase, 0.0, hc, wc, bh, bw, k)
     (grad,) = torch.autograd.grad((sc * gc + ss * gs).sum(), xg)
     xd = xp.double().requires_grad_(True)
     cols = torch.nn.functional.unfold(xd[..., : wc + k - 1], k)
@@ -181,8 +179,8 @@ def test_op_gradient_matches_the_pytorch_reference():
 def test_opcheck_normalized_sums(sample):
     xp, weight, phase, hc, wc, bh, bw, k = _op_samples()[sample]
     args = (xp, weight, phase, 0.05, hc, wc, bh, bw, k)
-    torch.library.opcheck(torch.ops.patchmmd.rff_normalized_sums.default, args)
-    torch.library.opcheck(torch.ops.patchmmd.rff_normalized_sums.default, (xp.clone().requires_grad_(True), *args[1:]))
+    torch.library.opcheck(torch.ops.patchmmd.rff_sums.default, args)
+    torch.library.opcheck(torch.ops.patchmmd.rff_sums.default, (xp.clone().requires_grad_(True), *args[1:]))
 
 
 @needs_native
@@ -209,7 +207,7 @@ def test_normalized_op_gradient_matches_the_pytorch_reference():
     shape = (xp.shape[0], weight.shape[0], hc // bh, wc // bw)
     gc, gs = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
     xg = xp.clone().requires_grad_(True)
-    sc, ss = torch.ops.patchmmd.rff_normalized_sums(xg, weight, phase, floor, hc, wc, bh, bw, k)
+    sc, ss = torch.ops.patchmmd.rff_sums(xg, weight, phase, floor, hc, wc, bh, bw, k)
     (grad,) = torch.autograd.grad((sc * gc + ss * gs).sum(), xg)
     xd = xp.double().requires_grad_(True)
     p = torch.nn.functional.unfold(xd[..., : wc + k - 1], k).view(xp.shape[0], c, k * k, -1)
@@ -226,14 +224,14 @@ def test_normalized_op_gradient_matches_the_pytorch_reference():
 def test_ops_reject_what_the_kernels_cannot_take():
     xp, weight, phase, hc, wc, bh, bw, k = _op_samples()[0]
     with pytest.raises(ValueError, match="float32"):
-        torch.ops.patchmmd.rff_block_sums(xp.double(), weight, phase, hc, wc, bh, bw, k)
+        torch.ops.patchmmd.rff_sums(xp.double(), weight, phase, 0.0, hc, wc, bh, bw, k)
     with pytest.raises(ValueError, match="too small"):
-        torch.ops.patchmmd.rff_block_sums(xp[..., :20].contiguous(), weight, phase, hc, wc, bh, bw, k)
+        torch.ops.patchmmd.rff_sums(xp[..., :20].contiguous(), weight, phase, 0.0, hc, wc, bh, bw, k)
     with pytest.raises(ValueError, match="multiple"):
-        torch.ops.patchmmd.rff_block_sums(xp, weight[:5], phase[:5], hc, wc, bh, bw, k)
-    for floor in (0.0, -1.0, float("nan"), float("inf")):
+        torch.ops.patchmmd.rff_sums(xp, weight[:5], phase[:5], 0.0, hc, wc, bh, bw, k)
+    for floor in (-1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="floor"):
-            torch.ops.patchmmd.rff_normalized_sums(xp, weight, phase, floor, hc, wc, bh, bw, k)
+            torch.ops.patchmmd.rff_sums(xp, weight, phase, floor, hc, wc, bh, bw, k)
 
 
 @pytest.mark.slow

@@ -244,7 +244,7 @@ def _kernel_outputs(nk: _native.NativeKernels) -> list[torch.Tensor]:
         amp, phs = _native.grad_polar(*torch.randn(2, n, 32, 4, 6, generator=g))
         out.append(nk.grad_image_polar(xp, weight, phase, amp, phs, 32, 48, 8, 8, 3))
         out += nk.block_sums_split(xp, weight, phase, 32, 48, 8, 8, 3, 0.02)  # contrast-normalised patches
-        out.append(nk.grad_image_normalized(xp, weight, phase, 0.02, amp, phs, 32, 48, 8, 8, 3))
+        out.append(nk.grad_image_polar(xp, weight, phase, amp, phs, 32, 48, 8, 8, 3, 0.02))
     x, y = torch.rand(2, 3, 3, 20, 24, generator=g)
     yp = torch.nn.functional.pad(y, (1, 1, 1, 1), mode="replicate").contiguous()
     out.append(nk.aligned_scan(x, yp, None, radius=1, offsets=[(0, 0), (1, -1), (-1, 1)], lk_box=3, ridge=1e-3,

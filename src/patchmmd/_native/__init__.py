@@ -543,15 +543,10 @@ class NativeKernels:
                                      hc, wc, bh, bw, k)
 
     def grad_image_polar(self, xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, amp: torch.Tensor,
-                         phs: torch.Tensor, hc: int, wc: int, bh: int, bw: int, k: int) -> torch.Tensor:
-        """:meth:`grad_image` from the gradients in polar form (:func:`grad_polar`, contiguous float32) and
-        the filters and phases apart."""
-        return self.grad_image_normalized(xp, weight, phase, 0.0, amp, phs, hc, wc, bh, bw, k)
-
-    def grad_image_normalized(self, xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, floor: float,
-                              amp: torch.Tensor, phs: torch.Tensor, hc: int, wc: int, bh: int, bw: int,
-                              k: int) -> torch.Tensor:
-        """:meth:`grad_image_polar` of :meth:`block_sums_split` with its ``floor`` (0: the patches as they are;
+                         phs: torch.Tensor, hc: int, wc: int, bh: int, bw: int, k: int,
+                         floor: float = 0.0) -> torch.Tensor:
+        """:meth:`grad_image` from the gradients in polar form (:func:`grad_polar`, contiguous float32), the
+        filters and phases apart, for :meth:`block_sums_split` with its ``floor`` (0: the patches as they are;
         > 0: contrast-normalised patches, the gradient through their factor ``s`` included)."""
         n, c, hp, wp = xp.shape
         m = weight.shape[0]
@@ -754,7 +749,7 @@ def _self_check_normalized(nk: NativeKernels, g: torch.Generator) -> bool:
     weight, phase = torch.randn(BLOCK_FEATURES, c * k * k, generator=g) * 3, torch.rand(BLOCK_FEATURES, generator=g) * 6
     sc, ss = nk.block_sums_split(x, weight, phase, hc, wc, bh, bw, k, floor)
     gc, gs = torch.randn(2, 2, BLOCK_FEATURES, hc // bh, wc // bw, generator=g)
-    gx = nk.grad_image_normalized(x, weight, phase, floor, *grad_polar(gc, gs), hc, wc, bh, bw, k)
+    gx = nk.grad_image_polar(x, weight, phase, *grad_polar(gc, gs), hc, wc, bh, bw, k, floor)
     w64 = weight.double()
     p = F.unfold(x[..., : wc + k - 1].double(), k).view(2, c, k * k, -1)
     cp = (p - p.mean(dim=2, keepdim=True)).reshape(2, c * k * k, -1)  # Π p
@@ -905,9 +900,7 @@ from . import ops as ops  # noqa: E402
 from .ops import aligned_grad as aligned_grad  # noqa: E402
 from .ops import aligned_scan as aligned_scan  # noqa: E402
 from .ops import fit_inputs as fit_inputs  # noqa: E402
-from .ops import rff_block_sums as rff_block_sums  # noqa: E402
-from .ops import rff_grad_image as rff_grad_image  # noqa: E402
-from .ops import rff_normalized_grad as rff_normalized_grad  # noqa: E402
-from .ops import rff_normalized_sums as rff_normalized_sums  # noqa: E402
+from .ops import rff_sums as rff_sums  # noqa: E402
+from .ops import rff_sums_grad as rff_sums_grad  # noqa: E402
 from .ops import ssim_map as ssim_map  # noqa: E402
 from .ops import ssim_map_grad as ssim_map_grad  # noqa: E402

@@ -1,11 +1,10 @@
-"""The compiled kernels of :mod:`patchmmd._native` as PyTorch operators: ``torch.ops.patchmmd.rff_block_sums``,
-``torch.ops.patchmmd.rff_grad_image``, their variants on contrast-normalised patches
-``torch.ops.patchmmd.rff_normalized_sums`` and ``torch.ops.patchmmd.rff_normalized_grad``,
-``torch.ops.patchmmd.aligned_scan``, ``torch.ops.patchmmd.aligned_grad`` and ``torch.ops.patchmmd.fit_inputs`` (the
-scan has no autograd formula of its own: the aligned terms call it to choose each window's offset, and
-``aligned_grad`` is the gradient of its maps, which the aligned terms' autograd function uses; ``fit_inputs``
-computes what the sub-pixel fit reads, without gradient), and the SSIM term's ``torch.ops.patchmmd.ssim_map`` with
-its gradient ``torch.ops.patchmmd.ssim_map_grad``.
+"""The compiled kernels of :mod:`patchmmd._native` as PyTorch operators: ``torch.ops.patchmmd.rff_sums`` (block
+sums of the random features of raw or contrast-normalised patches) with its gradient
+``torch.ops.patchmmd.rff_sums_grad``, ``torch.ops.patchmmd.aligned_scan``, ``torch.ops.patchmmd.aligned_grad`` and
+``torch.ops.patchmmd.fit_inputs`` (the scan has no autograd formula of its own: the aligned terms call it to choose
+each window's offset, and ``aligned_grad`` is the gradient of its maps, which the aligned terms' autograd function
+uses; ``fit_inputs`` computes what the sub-pixel fit reads, without gradient), and the SSIM term's
+``torch.ops.patchmmd.ssim_map`` with its gradient ``torch.ops.patchmmd.ssim_map_grad``.
 
 They have fake (meta) implementations, so ``torch.compile`` traces through them in one graph, and an autograd
 formula, so the forward ops are differentiable in ``xp`` (the filters, phases and floor are constants: no
@@ -60,68 +59,66 @@ def _check_op_inputs(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor
                          f"(m, C k²) / (m,) with m a multiple of {BLOCK_FEATURES}")
 
 
-@torch.library.custom_op("patchmmd::rff_block_sums", mutates_args=(), device_types="cpu")
-def rff_block_sums(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, hc: int, wc: int, bh: int, bw: int,
-                   k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sums of ``cos z`` and ``sin z``, ``z_j = weight_j . P(xp) + phase_j``, over ``bh x bw`` blocks of the
-    ``hc x wc`` patch centres: two ``(N, m, hc/bh, wc/bw)`` tensors. ``xp`` ``(N, C, Hp, Wp)``,
+def _check_floor(floor: float) -> None:
+    if not 0.0 <= floor < float("inf"):
+        raise ValueError(f"patchmmd::rff ops: floor must be 0 (raw patches) or a positive finite number, "
+                         f"got {floor!r}")
+
+
+def _sums_shape(xp: torch.Tensor, weight: torch.Tensor, hc: int, wc: int, bh: int, bw: int) -> tuple[int, ...]:
+    return (xp.shape[0], weight.shape[0], hc // bh, wc // bw)
+
+
+@torch.library.custom_op("patchmmd::rff_sums", mutates_args=(), device_types="cpu")
+def rff_sums(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, floor: float, hc: int, wc: int, bh: int,
+             bw: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sums of ``cos z`` and ``sin z`` over ``bh x bw`` blocks of the ``hc x wc`` patch centres: two
+    ``(N, m, hc/bh, wc/bw)`` tensors. ``z_j = weight_j . P(xp) + phase_j`` for ``floor`` 0; for ``floor`` > 0
+    the angles of contrast-normalised patches, ``z_j = s · weight_j . P + phase_j`` with
+    ``s = 1 / sqrt(‖Π P‖² + C k² floor²)`` of each patch, computed in the kernels (``weight`` projected by Π
+    gives the angle of the normalised patch, docs/method.md §3.3). ``xp`` ``(N, C, Hp, Wp)``,
     ``Hp >= hc + k - 1``, ``Wp >= round_up(wc, VECTOR) + k - 1``; ``m`` a multiple of :data:`BLOCK_FEATURES`."""
     _check_op_inputs(xp, weight, phase, hc, wc, bh, bw, k)
-    return _required().block_sums_split(xp, weight, phase, hc, wc, bh, bw, k)
+    _check_floor(floor)
+    return _required().block_sums_split(xp, weight, phase, hc, wc, bh, bw, k, floor)
 
 
-@rff_block_sums.register_fake
-def _rff_block_sums_fake(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, hc: int, wc: int, bh: int,
-                         bw: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    shape = (xp.shape[0], weight.shape[0], hc // bh, wc // bw)
+@rff_sums.register_fake
+def _rff_sums_fake(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, floor: float, hc: int, wc: int,
+                   bh: int, bw: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    shape = _sums_shape(xp, weight, hc, wc, bh, bw)
     return xp.new_empty(shape), xp.new_empty(shape)
 
 
-@torch.library.custom_op("patchmmd::rff_grad_image", mutates_args=(), device_types="cpu")
-def rff_grad_image(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, g_cos: torch.Tensor,
-                   g_sin: torch.Tensor, hc: int, wc: int, bh: int, bw: int, k: int) -> torch.Tensor:
+@torch.library.custom_op("patchmmd::rff_sums_grad", mutates_args=(), device_types="cpu")
+def rff_sums_grad(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, floor: float, g_cos: torch.Tensor,
+                  g_sin: torch.Tensor, hc: int, wc: int, bh: int, bw: int, k: int) -> torch.Tensor:
     """Gradient of a loss with respect to ``xp`` (its shape), given its gradients ``g_cos``, ``g_sin``
-    (``(N, m, hc/bh, wc/bw)`` float32 each) with respect to the two outputs of :func:`rff_block_sums`."""
+    (``(N, m, hc/bh, wc/bw)`` float32 each) with respect to the two outputs of :func:`rff_sums` with the same
+    ``floor`` (through the angles and, for ``floor`` > 0, through each patch's factor ``s``)."""
     _check_op_inputs(xp, weight, phase, hc, wc, bh, bw, k)
-    amp, phs = _polar_grads("rff_grad_image", xp, weight, g_cos, g_sin, hc, wc, bh, bw)
-    return _required().grad_image_polar(xp, weight, phase, amp, phs, hc, wc, bh, bw, k)
-
-
-def _polar_grads(op: str, xp: torch.Tensor, weight: torch.Tensor, g_cos: torch.Tensor, g_sin: torch.Tensor, hc: int,
-                 wc: int, bh: int, bw: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The block sums' gradients checked (float32 CPU, the sums' shape) and in the kernels' polar form."""
-    shape = (xp.shape[0], weight.shape[0], hc // bh, wc // bw)
+    _check_floor(floor)
+    shape = _sums_shape(xp, weight, hc, wc, bh, bw)
     for name, t in (("g_cos", g_cos), ("g_sin", g_sin)):
         if tuple(t.shape) != shape or t.dtype != torch.float32 or t.device.type != "cpu":
-            raise ValueError(f"patchmmd::{op}: {name} must be a float32 CPU tensor of shape {shape}, "
+            raise ValueError(f"patchmmd::rff_sums_grad: {name} must be a float32 CPU tensor of shape {shape}, "
                              f"got {tuple(t.shape)} {t.dtype} on {t.device}")
     # Contiguous first: the vectorised atan2 and the one for broadcast (stride-0) gradients round differently.
-    return grad_polar(g_cos.contiguous(), g_sin.contiguous())
+    amp, phs = grad_polar(g_cos.contiguous(), g_sin.contiguous())
+    return _required().grad_image_polar(xp, weight, phase, amp, phs, hc, wc, bh, bw, k, floor)
 
 
-def _zero_filled(xp: torch.Tensor, weight: torch.Tensor, hc: int, wc: int, bh: int, bw: int, g_cos: torch.Tensor | None,
-                 g_sin: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The gradients of the two block sums, zeros for an output that received none."""
-    shape = (xp.shape[0], weight.shape[0], hc // bh, wc // bw)
-    return (xp.new_zeros(shape) if g_cos is None else g_cos), (xp.new_zeros(shape) if g_sin is None else g_sin)
-
-
-@rff_grad_image.register_fake
-def _rff_grad_image_fake(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, g_cos: torch.Tensor,
-                         g_sin: torch.Tensor, hc: int, wc: int, bh: int, bw: int, k: int) -> torch.Tensor:
+@rff_sums_grad.register_fake
+def _rff_sums_grad_fake(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, floor: float,
+                        g_cos: torch.Tensor, g_sin: torch.Tensor, hc: int, wc: int, bh: int, bw: int,
+                        k: int) -> torch.Tensor:
     return xp.new_empty(xp.shape)
-
-
-def _block_sums_setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
-    xp, weight, phase, hc, wc, bh, bw, k = inputs
-    ctx.save_for_backward(xp, weight, phase)
-    ctx.geometry = (hc, wc, bh, bw, k)
 
 
 def _plain_sums(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, floor: float, hc: int, wc: int,
                 bh: int, bw: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`rff_block_sums` (``floor`` 0) or :func:`rff_normalized_sums` in differentiable PyTorch operations:
-    the double-backward path (every ``cos``/``sin`` value is formed, ``m x hc x wc`` per image)."""
+    """:func:`rff_sums` in differentiable PyTorch operations: the double-backward path (every ``cos``/``sin``
+    value is formed, ``m x hc x wc`` per image)."""
     n, c = xp.shape[:2]
     x = xp[..., : hc + k - 1, : wc + k - 1]
     z = F.conv2d(x, weight.view(-1, c, k, k))
@@ -137,84 +134,30 @@ def _plain_sums(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, flo
     return sums(torch.cos(z)), sums(torch.sin(z))
 
 
-def _sums_grad(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, floor: float, g_cos: torch.Tensor | None,
-               g_sin: torch.Tensor | None, hc: int, wc: int, bh: int, bw: int, k: int) -> torch.Tensor:
-    """The gradient of either op's sums with respect to ``xp``: the compiled kernel, or, when the backward pass
-    records its graph, autograd through :func:`_plain_sums`."""
-    g_cos, g_sin = _zero_filled(xp, weight, hc, wc, bh, bw, g_cos, g_sin)
-    if torch.is_grad_enabled():
-        (grad,) = graph_vjp(lambda t: _plain_sums(t, weight, phase, floor, hc, wc, bh, bw, k), (xp,),
-                            (g_cos, g_sin), (True,))
-        return xp.new_zeros(xp.shape) if grad is None else grad
-    if floor > 0:
-        return rff_normalized_grad(xp, weight, phase, floor, g_cos, g_sin, hc, wc, bh, bw, k)
-    return rff_grad_image(xp, weight, phase, g_cos, g_sin, hc, wc, bh, bw, k)
-
-
-def _block_sums_backward(ctx: Any, g_cos: torch.Tensor | None, g_sin: torch.Tensor | None) -> tuple[Any, ...]:
-    xp, weight, phase = ctx.saved_tensors
-    hc, wc, bh, bw, k = ctx.geometry
-    return _sums_grad(xp, weight, phase, 0.0, g_cos, g_sin, hc, wc, bh, bw, k), *(None,) * 7
-
-
-rff_block_sums.register_autograd(_block_sums_backward, setup_context=_block_sums_setup_context)
-
-
-def _check_floor(floor: float) -> None:
-    if not 0.0 < floor < float("inf"):
-        raise ValueError(f"patchmmd::rff_normalized ops: floor must be a positive finite number, got {floor!r}")
-
-
-@torch.library.custom_op("patchmmd::rff_normalized_sums", mutates_args=(), device_types="cpu")
-def rff_normalized_sums(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, floor: float, hc: int, wc: int,
-                        bh: int, bw: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`rff_block_sums` of contrast-normalised patches: ``z_j = s · weight_j . P(xp) + phase_j`` with
-    ``s = 1 / sqrt(‖Π P‖² + C k² floor²)`` of each patch, computed in the kernels (``weight`` projected by Π gives
-    the angle of the normalised patch, docs/method.md §3.3)."""
-    _check_op_inputs(xp, weight, phase, hc, wc, bh, bw, k)
-    _check_floor(floor)
-    return _required().block_sums_split(xp, weight, phase, hc, wc, bh, bw, k, floor)
-
-
-@rff_normalized_sums.register_fake
-def _rff_normalized_sums_fake(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, floor: float, hc: int,
-                              wc: int, bh: int, bw: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    shape = (xp.shape[0], weight.shape[0], hc // bh, wc // bw)
-    return xp.new_empty(shape), xp.new_empty(shape)
-
-
-@torch.library.custom_op("patchmmd::rff_normalized_grad", mutates_args=(), device_types="cpu")
-def rff_normalized_grad(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, floor: float,
-                        g_cos: torch.Tensor, g_sin: torch.Tensor, hc: int, wc: int, bh: int, bw: int,
-                        k: int) -> torch.Tensor:
-    """Gradient of a loss with respect to ``xp`` given its gradients with respect to the two outputs of
-    :func:`rff_normalized_sums` (through the angles and through each patch's factor ``s``)."""
-    _check_op_inputs(xp, weight, phase, hc, wc, bh, bw, k)
-    _check_floor(floor)
-    amp, phs = _polar_grads("rff_normalized_grad", xp, weight, g_cos, g_sin, hc, wc, bh, bw)
-    return _required().grad_image_normalized(xp, weight, phase, floor, amp, phs, hc, wc, bh, bw, k)
-
-
-@rff_normalized_grad.register_fake
-def _rff_normalized_grad_fake(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, floor: float,
-                              g_cos: torch.Tensor, g_sin: torch.Tensor, hc: int, wc: int, bh: int, bw: int,
-                              k: int) -> torch.Tensor:
-    return xp.new_empty(xp.shape)
-
-
-def _normalized_sums_setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+def _rff_sums_setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
     xp, weight, phase, floor, hc, wc, bh, bw, k = inputs
     ctx.save_for_backward(xp, weight, phase)
     ctx.geometry = (floor, hc, wc, bh, bw, k)
 
 
-def _normalized_sums_backward(ctx: Any, g_cos: torch.Tensor | None, g_sin: torch.Tensor | None) -> tuple[Any, ...]:
+def _rff_sums_backward(ctx: Any, g_cos: torch.Tensor | None, g_sin: torch.Tensor | None) -> tuple[Any, ...]:
+    """The compiled kernel's gradient, or, when the backward pass records its graph, autograd through
+    :func:`_plain_sums`; zeros for an output that received no gradient."""
     xp, weight, phase = ctx.saved_tensors
     floor, hc, wc, bh, bw, k = ctx.geometry
-    return _sums_grad(xp, weight, phase, floor, g_cos, g_sin, hc, wc, bh, bw, k), *(None,) * 8
+    shape = _sums_shape(xp, weight, hc, wc, bh, bw)
+    g_cos = xp.new_zeros(shape) if g_cos is None else g_cos
+    g_sin = xp.new_zeros(shape) if g_sin is None else g_sin
+    if torch.is_grad_enabled():
+        (grad,) = graph_vjp(lambda t: _plain_sums(t, weight, phase, floor, hc, wc, bh, bw, k), (xp,),
+                            (g_cos, g_sin), (True,))
+        grad = xp.new_zeros(xp.shape) if grad is None else grad
+    else:
+        grad = rff_sums_grad(xp, weight, phase, floor, g_cos, g_sin, hc, wc, bh, bw, k)
+    return grad, *(None,) * 8
 
 
-rff_normalized_sums.register_autograd(_normalized_sums_backward, setup_context=_normalized_sums_setup_context)
+rff_sums.register_autograd(_rff_sums_backward, setup_context=_rff_sums_setup_context)
 
 
 def _check_scan_inputs(x: torch.Tensor, yp: torch.Tensor, fit: list[torch.Tensor], radius: int, offsets: list[int],

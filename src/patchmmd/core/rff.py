@@ -208,9 +208,9 @@ def _native_available() -> bool:
 
 def _native_block_means(xp: torch.Tensor, feats: PairedFeatures, block: tuple[int, int], hc: int,
                         wc: int, floor: float | None = None) -> torch.Tensor:
-    """:class:`_RFFBlockMeans` on the compiled kernels (operator ``patchmmd::rff_block_sums``, which
-    differentiates itself); ``xp`` float32 on the CPU. With ``floor`` the angles are ``s · w_j . P + b_j``, ``s``
-    each patch's contrast factor (operator ``patchmmd::rff_normalized_sums``; :func:`normalized_window_means`)."""
+    """:class:`_RFFBlockMeans` on the compiled kernels (operator ``patchmmd::rff_sums``, which differentiates
+    itself); ``xp`` float32 on the CPU. With ``floor`` the angles are ``s · w_j . P + b_j``, ``s`` each patch's
+    contrast factor (:func:`normalized_window_means`)."""
     k, m, n_sin = feats.patch_size, feats.m, feats.n_sin
     bh, bw = block
     wcp = -(-wc // _native.VECTOR) * _native.VECTOR
@@ -218,10 +218,7 @@ def _native_block_means(xp: torch.Tensor, feats: PairedFeatures, block: tuple[in
     mp = -(-m // _native.BLOCK_FEATURES) * _native.BLOCK_FEATURES
     matrix = F.pad(feats.matrix, (0, 0, 0, mp - m))
     weight, phase = matrix[:, :-1].contiguous(), matrix[:, -1].contiguous()
-    if floor is None:
-        sums_c, sums_s = _native.rff_block_sums(xpad, weight, phase, hc, wc, bh, bw, k)
-    else:
-        sums_c, sums_s = _native.rff_normalized_sums(xpad, weight, phase, floor, hc, wc, bh, bw, k)
+    sums_c, sums_s = _native.rff_sums(xpad, weight, phase, 0.0 if floor is None else floor, hc, wc, bh, bw, k)
     return torch.cat([sums_c[:, :m], sums_s[:, :n_sin].neg()], dim=1).mul_(1.0 / (bh * bw))
 
 
@@ -279,7 +276,7 @@ def rff_window_means(x: torch.Tensor, feats: PairedFeatures, grid: WindowGrid) -
 
     Equal (to rounding) to ``grid.pool(cos(conv2d(reflect_pad(x), weight, phase)))``; pixels no window
     covers are never computed. float32 tensors on the CPU run on the compiled kernels of
-    :mod:`patchmmd._native` where they are available (as the operator ``patchmmd::rff_block_sums``, which
+    :mod:`patchmmd._native` where they are available (as the operator ``patchmmd::rff_sums``, which
     ``torch.compile`` traces into its graph); everything else on the tiled PyTorch path in eager mode, and
     on the same computation in plain differentiable operations under ``torch.compile``.
     """
