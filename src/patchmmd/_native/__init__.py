@@ -424,7 +424,7 @@ class NativeKernels:
         lib.fit_inputs_work.argtypes, lib.fit_inputs_work.restype = [i, i, i], q  # H, W, b
         # x, y, ym, C, H, W, g, k, gs, out
         lib.ssim_tasks.argtypes = [p, p, p, i, i, i, p, i, p, p, *tail]
-        lib.ssim_work.argtypes, lib.ssim_work.restype = [i, i, i], q  # H, W, k
+        lib.ssim_work.argtypes, lib.ssim_work.restype = [i, i], q  # W, k
         for fn in (lib.rff_block_sums_tasks, lib.rff_grad_image_tasks, lib.aligned_scan_tasks, lib.aligned_grad_tasks,
                    lib.fit_inputs_tasks, lib.ssim_tasks):
             fn.restype = None
@@ -522,7 +522,7 @@ class NativeKernels:
         n, c, h, w = x.shape
         k = taps.numel()
         out = x.new_empty(n, c, h, w) if grad is not None else x.new_empty(n, c, h - k + 1, w - k + 1)
-        slot = int(self.lib.ssim_work(h, w, k))
+        slot = int(self.lib.ssim_work(w, k))
 
         def driver(t0: int, t1: int, nthreads: int, work: int) -> None:
             self.lib.ssim_tasks(

@@ -456,12 +456,12 @@ static inline float one_minus_exp_neg(float t) {
 #define BOX_ROW_DIRECT 8
 
 /* out[j] = sum_{t < b} row[j + t], j < W: the b-wide sums along a row that was zero-padded by b / 2 each side.
- * Widths up to BOX_ROW_DIRECT, or without scratch, are b - 1 shifted additions. Wider ones, with scratch (W + b - 1
- * floats), by doubling: s holds the sums of w consecutive values (w = 1, 2, 4, ...), s[j] += s[j + w] doubles w,
+ * Widths up to BOX_ROW_DIRECT, boxes wider than the row plus one (b - 1 > W) and calls without scratch are b - 1
+ * shifted additions. Other widths, with scratch (W + b - 1 floats, so 2 W always suffice), by doubling: s holds the sums of w consecutive values (w = 1, 2, 4, ...), s[j] += s[j + w] doubles w,
  * and every binary digit of b adds the current sums at the position reached so far. The order of the additions
  * depends on b only. */
 static inline void box_row(const float *restrict row, float *restrict out, int W, int b, float *restrict scratch) {
-    if (b <= BOX_ROW_DIRECT || !scratch) {
+    if (b <= BOX_ROW_DIRECT || b - 1 > W || !scratch) {
         for (int j = 0; j < W; ++j) out[j] = row[j];
         for (int t = 1; t < b; ++t)
             for (int j = 0; j < W; ++j) out[j] += row[j + t];
@@ -496,7 +496,7 @@ static void box_sum(float *restrict a, float *restrict tmp, double *restrict acc
     for (int j = 0; j < h; ++j) row[j] = row[W + h + j] = 0.0f;
     for (int i = 0; i < H; ++i) {
         memcpy(row + h, a + (size_t)i * W, (size_t)W * sizeof(float));
-        box_row(row, tmp + (size_t)i * W, W, b, b - 1 <= W ? (float *)acc : NULL); /* 2 W floats of scratch */
+        box_row(row, tmp + (size_t)i * W, W, b, (float *)acc); /* 2 W floats of scratch */
     }
     for (int j = 0; j < W; ++j) acc[j] = 0.0;
     for (int t = 0; t < h && t < H; ++t)
@@ -573,7 +573,7 @@ void fit_inputs(const float *restrict t, int C, int H, int W, int r, int b, floa
                     for (int k = 0; k < W; ++k) m[k] += u[k] * v[k];
                 }
                 float *restrict slot = ring + ((size_t)q * R + j % R) * W;
-                box_row(row, slot, W, b, b - 1 <= W ? scratch : NULL);
+                box_row(row, slot, W, b, scratch);
                 double *restrict a = acc + (size_t)q * W;
                 for (int k = 0; k < W; ++k) a[k] += slot[k];
             }
@@ -637,14 +637,14 @@ static inline void drop_row(double *restrict s1, double *restrict s2, const floa
  * registers between the channels. The body is inlined for the usual channel counts (C a constant there: the
  * channel loops unroll and the loops along the row vectorise); the sums are formed in the same order for every
  * C, and a row's values depend only on the range's first row (the callers' bands depend on the shapes only).
- * rowbuf1, rowbuf2: W + lk_box - 1 floats each; hrow: 2 W floats (box_row's scratch); colsum: 2 W doubles. */
+ * rowbuf1, rowbuf2: W + lk_box - 1 floats each; box_scratch: 2 W floats (box_row's); colsum: 2 W doubles. */
 static inline __attribute__((always_inline)) void
 aligned_difference_body(const float *restrict x, const float *restrict yp, const int C, int H, int W, int r, int dy,
                         int dx, const float *restrict gxx, const float *restrict gxy, const float *restrict gyx,
                         const float *restrict gyy, const float *restrict tx, const float *restrict typ, int lk_box,
                         float ridge, float max_shift, int i0, int i1, float *restrict e, size_t es,
                         float *restrict halo, float *restrict ring1, float *restrict ring2, float *restrict rowbuf1,
-                        float *restrict rowbuf2, float *restrict hrow, double *restrict colsum) {
+                        float *restrict rowbuf2, float *restrict box_scratch, double *restrict colsum) {
     const size_t HW = (size_t)H * W;
     const int Hp = H + 2 * r, Wp = W + 2 * r;
     const size_t HWp = (size_t)Hp * Wp;
@@ -652,7 +652,6 @@ aligned_difference_body(const float *restrict x, const float *restrict yp, const
     float *restrict mid1 = rowbuf1 + h, *restrict mid2 = rowbuf2 + h;
     for (int k = 0; k < h; ++k) rowbuf1[k] = mid1[W + k] = rowbuf2[k] = mid2[W + k] = 0.0f;
     double *restrict s1 = colsum, *restrict s2 = colsum + W; /* the column sums of the two projections' rows */
-    float *scratch = lk_box - 1 <= W ? hrow : NULL;          /* box_row's, 2 W floats */
     for (int j = i0 - h < 0 ? 0 : i0 - h; j < i1 + h; ++j) {
         const int i = j - h; /* the row whose box is complete once row j is in */
         /* row i - h - 1 leaves the box, before row j takes its ring slot */
@@ -682,8 +681,8 @@ aligned_difference_body(const float *restrict x, const float *restrict yp, const
                 mid1[k] = m1;
                 mid2[k] = m2;
             }
-            box_row(rowbuf1, ring1 + (size_t)(j % R) * W, W, lk_box, scratch);
-            box_row(rowbuf2, ring2 + (size_t)(j % R) * W, W, lk_box, scratch);
+            box_row(rowbuf1, ring1 + (size_t)(j % R) * W, W, lk_box, box_scratch);
+            box_row(rowbuf2, ring2 + (size_t)(j % R) * W, W, lk_box, box_scratch);
             if (i > i0) add_row(s1, s2, ring1, ring2, j % R, W);
         }
         if (!gxx || i < i0) continue;
@@ -719,10 +718,10 @@ aligned_difference_body(const float *restrict x, const float *restrict yp, const
         const float *restrict gxx, const float *restrict gxy, const float *restrict gyx, const float *restrict gyy, \
         const float *restrict tx, const float *restrict typ, int lk_box, float ridge, float max_shift, int i0,     \
         int i1, float *restrict e, size_t es, float *restrict halo, float *restrict ring1, float *restrict ring2,  \
-        float *restrict rowbuf1, float *restrict rowbuf2, float *restrict hrow, double *restrict colsum
+        float *restrict rowbuf1, float *restrict rowbuf2, float *restrict box_scratch, double *restrict colsum
 #define ALIGNED_DIFFERENCE_BODY(channels)                                                                           \
     aligned_difference_body(x, yp, channels, H, W, r, dy, dx, gxx, gxy, gyx, gyy, tx, typ, lk_box, ridge,          \
-                            max_shift, i0, i1, e, es, halo, ring1, ring2, rowbuf1, rowbuf2, hrow, colsum)
+                            max_shift, i0, i1, e, es, halo, ring1, ring2, rowbuf1, rowbuf2, box_scratch, colsum)
 
 static void aligned_difference_c3(ALIGNED_DIFFERENCE_ARGS) { ALIGNED_DIFFERENCE_BODY(3); }
 static void aligned_difference_c1(ALIGNED_DIFFERENCE_ARGS) { ALIGNED_DIFFERENCE_BODY(1); }
@@ -731,7 +730,7 @@ static void aligned_difference_any(ALIGNED_DIFFERENCE_ARGS) { ALIGNED_DIFFERENCE
 static void aligned_difference(ALIGNED_DIFFERENCE_ARGS) {
     (C == 3 ? aligned_difference_c3 : C == 1 ? aligned_difference_c1 : aligned_difference_any)(
         x, yp, C, H, W, r, dy, dx, gxx, gxy, gyx, gyy, tx, typ, lk_box, ridge, max_shift, i0, i1, e, es, halo, ring1,
-        ring2, rowbuf1, rowbuf2, hrow, colsum);
+        ring2, rowbuf1, rowbuf2, box_scratch, colsum);
 }
 
 /* Level f's rows l0 <= il < l1 from a band of e (rows i0 .. of the image, row i at e + (i - i0) W, channel c at
@@ -1034,6 +1033,7 @@ struct ssim_buffers {
     float *rows; /* 3 Wr + 3 (Wr + k - 1) (backward): the transposed row filter's rows */
 };
 
+/* The buffers in work, with the rows' zero tails set (read by the row filter's last vector, never used). */
 static struct ssim_buffers ssim_layout(int W, int k, float *work) {
     const int Wo = W - k + 1, Wop = ssim_stride(Wo);
     struct ssim_buffers b;
@@ -1043,12 +1043,13 @@ static struct ssim_buffers ssim_layout(int W, int k, float *work) {
     b.mom = b.yr + Wop + k;
     b.acc = b.mom + 5 * (size_t)Wop;
     b.rows = b.acc + 3 * (size_t)k * Wo;
+    memset(b.xr + W, 0, sizeof(float) * (size_t)(Wop + k - W));
+    memset(b.yr + W, 0, sizeof(float) * (size_t)(Wop + k - W));
     return b;
 }
 
 /* Work of the SSIM kernels for one plane, in floats (ssim_layout). */
-int64_t ssim_work(int H, int W, int k) {
-    (void)H;
+int64_t ssim_work(int W, int k) {
     const int Wo = W - k + 1, Wop = ssim_stride(Wo), Wr = ssim_stride(W);
     return 5 * (int64_t)k * Wop + 2 * (int64_t)(Wop + k) + 5 * (int64_t)Wop + 3 * (int64_t)k * Wo + 3 * (int64_t)Wr
            + 3 * (int64_t)(Wr + k - 1);
@@ -1117,13 +1118,11 @@ static inline void ssim_parts(float mx, float my, float exx, float eyy, float ex
     *q = ((exx - mx2) + (eyy - my2)) + SSIM_C2;
 }
 
-/* SSIM_u of one channel plane into s (Ho x Wo). work: ssim_work(H, W, k) floats. */
+/* SSIM_u of one channel plane into s (Ho x Wo). work: ssim_work(W, k) floats. */
 static void ssim_plane(const float *x, const float *y, const float *ymy, const float *yey, int H, int W,
                        const float *g, int k, float *restrict s, float *work) {
     const int Wo = W - k + 1, Wop = ssim_stride(Wo);
     const struct ssim_buffers b = ssim_layout(W, k, work);
-    memset(b.xr + W, 0, sizeof(float) * (size_t)(ssim_stride(Wo) + k - W)); /* the rows' tails: read, never used */
-    memset(b.yr + W, 0, sizeof(float) * (size_t)(ssim_stride(Wo) + k - W));
     for (int r = 0; r < H; ++r) {
         ssim_row_filter(x, y, r, W, g, k, &b);
         const int i = r - k + 1;
@@ -1198,8 +1197,6 @@ static void ssim_grad_plane(const float *x, const float *y, const float *ymy, co
                             const float *g, int k, const float *restrict gs, float *restrict gx, float *work) {
     const int Wo = W - k + 1, Wop = ssim_stride(Wo), Wr = ssim_stride(W);
     const struct ssim_buffers b = ssim_layout(W, k, work);
-    memset(b.xr + W, 0, sizeof(float) * (size_t)(ssim_stride(Wo) + k - W));
-    memset(b.yr + W, 0, sizeof(float) * (size_t)(ssim_stride(Wo) + k - W));
     memset(b.acc, 0, sizeof(float) * 3 * (size_t)k * Wo);
     memset(b.rows + 3 * (size_t)Wr, 0, sizeof(float) * 3 * (size_t)(Wr + k - 1)); /* the padded rows' zeros */
     for (int r = 0; r < H; ++r) {
@@ -1339,7 +1336,7 @@ void fit_inputs_tasks(const float *t, int64_t t_stride, int C, int H, int W, int
 /* SSIM_u (gs NULL) or its gradient with respect to x (gs the gradient of SSIM_u) of the channel planes t0 <= t < t1
  * of N images of C channels (plane t: image t / C, channel t % C). x, y: (N, C, H, W); ym: the target's moments
  * (N, 2 C, Ho, Wo: my of every channel, then E[y²]) or NULL; gs: (N, C, Ho, Wo). out: (N, C, Ho, Wo) values or
- * (N, C, H, W) gradients. work: ssim_work(H, W, k) floats a thread. */
+ * (N, C, H, W) gradients. work: ssim_work(W, k) floats a thread. */
 void ssim_tasks(const float *x, const float *y, const float *ym, int C, int H, int W, const float *g, int k,
                 const float *gs, float *out, float *work, int64_t work_stride, int t0, int t1, int nthreads) {
     const int64_t hw = (int64_t)H * W, ohw = (int64_t)(H - k + 1) * (W - k + 1);
