@@ -457,9 +457,9 @@ static inline float one_minus_exp_neg(float t) {
 
 /* out[j] = sum_{t < b} row[j + t], j < W: the b-wide sums along a row that was zero-padded by b / 2 each side.
  * Widths up to BOX_ROW_DIRECT, boxes wider than the row plus one (b - 1 > W) and calls without scratch are b - 1
- * shifted additions. Other widths, with scratch (W + b - 1 floats, so 2 W always suffice), by doubling: s holds the sums of w consecutive values (w = 1, 2, 4, ...), s[j] += s[j + w] doubles w,
- * and every binary digit of b adds the current sums at the position reached so far. The order of the additions
- * depends on b only. */
+ * shifted additions. Other widths, with scratch (W + b - 1 floats, so 2 W always suffice), by doubling: s holds
+ * the sums of w consecutive values (w = 1, 2, 4, ...), s[j] += s[j + w] doubles w, and every binary digit of b
+ * adds the current sums at the position reached so far. The order of the additions depends on b only. */
 static inline void box_row(const float *restrict row, float *restrict out, int W, int b, float *restrict scratch) {
     if (b <= BOX_ROW_DIRECT || b - 1 > W || !scratch) {
         for (int j = 0; j < W; ++j) out[j] = row[j];
