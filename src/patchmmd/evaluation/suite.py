@@ -44,7 +44,9 @@ from .artifacts import lattice_ratio
 from .shift import SHIFTS, shift_distances
 
 if TYPE_CHECKING:
+    from ..tasks.data import Split
     from ..tasks.losses import Loss
+    from .datasets import MOSDataset
 
 __all__ = [
     "CHECKS",
@@ -55,8 +57,12 @@ __all__ = [
     "SuiteMetric",
     "SuiteResult",
     "judge_tiles",
+    "open_human_set",
     "parse_candidate",
+    "reference_images",
     "run_suite",
+    "sr_task",
+    "task_photos",
     "write_suite",
 ]
 
@@ -274,25 +280,63 @@ def _r(v: float, digits: int = 6) -> float:
 
 
 # ----------------------------------------------------------------------------------------------- parts
+def task_photos(samples: Sequence[torch.Tensor], train_photos: Sequence[torch.Tensor],
+                refs: Sequence[torch.Tensor], cfg: SuiteConfig) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The training tasks' photos and judge tiles: the package's samples and ``train_photos`` train; with human
+    sets' reference images ``refs``, their left halves train too and the judge tiles come from their right halves
+    (references too small to halve give judge tiles only); without, the tiles are held-out strips of the training
+    photos."""
+    from ..tasks.data import split_photos
+
+    train = [*samples, *train_photos]
+    if not refs:
+        split = split_photos(train, cfg.tile, max_tiles=len(train) * cfg.tiles_per_image)
+        return split.train, split.heldout
+    parts = []
+    for ref in refs:
+        if min(ref.shape[-2], ref.shape[-1] // 2) >= cfg.tile:
+            half = split_photos([ref], cfg.tile, holdout=0.5)
+            train += half.train
+            parts.append(half.heldout)
+        elif min(ref.shape[-2:]) >= cfg.tile:
+            parts.append(judge_tiles([ref], cfg.tile, cfg.tiles_per_image))
+    if not parts:
+        raise ValueError(f"no reference image is large enough for {cfg.tile} px judge tiles")
+    return train, torch.cat(parts)
+
+
+def open_human_set(hs: HumanSet) -> MOSDataset:
+    """The set's labels as a :class:`MOSDataset`, grouped by its ``distortion`` column where it has one."""
+    import csv
+
+    from .datasets import MOSDataset
+
+    with open(hs.labels, newline="", encoding="utf-8-sig") as f:
+        header = next(csv.reader(f), [])
+    return MOSDataset(hs.labels, group_column="distortion" if "distortion" in header else None)
+
+
+def reference_images(ds: MOSDataset, set_name: str) -> tuple[list[torch.Tensor], list[str]]:
+    """The set's reference images, each once, in the order of its rows, and their names ``set/stem``."""
+    from ..io import load_image
+
+    names = list(dict.fromkeys(ds.references))
+    return [load_image(ds.root / ref, mode=ds.mode) for ref in names], [f"{set_name}/{Path(r).stem}" for r in names]
+
+
 def _human(sets: Sequence[HumanSet], metrics: Sequence[SuiteMetric], cfg: SuiteConfig,
            log: Callable[[str], None]) -> tuple[dict[str, Any], list[torch.Tensor], list[str]]:
     """Part 1; also returns the sets' reference images (for the shift check and the judge tiles)."""
-    import csv
-
-    from ..io import load_image
-    from .datasets import MOSDataset
     from .runner import EvalMetric, run
 
     out: dict[str, Any] = {}
     refs: list[torch.Tensor] = []
     ref_names: list[str] = []
     for hs in sets:
-        with open(hs.labels, newline="", encoding="utf-8-sig") as f:
-            header = next(csv.reader(f), [])
-        ds = MOSDataset(hs.labels, group_column="distortion" if "distortion" in header else None)
-        for ref in dict.fromkeys(ds.references):
-            refs.append(load_image(ds.root / ref, mode=ds.mode))
-            ref_names.append(f"{hs.name}/{Path(ref).stem}")
+        ds = open_human_set(hs)
+        images, names = reference_images(ds, hs.name)
+        refs += images
+        ref_names += names
         t0 = time.perf_counter()
         ems = [EvalMetric(m.label, m.metric, m.higher_is_better, m.role, dict(m.options)) for m in metrics]
         log(f"human {hs.name}: {len(ems)} metrics on {cfg.human_limit or len(ds)} rows")
@@ -351,7 +395,7 @@ def _tasks(losses: Sequence[SuiteMetric], judges: Mapping[str, SuiteMetric], tra
     from ..tasks.autoencoder import reconstruct, train_autoencoder
     from ..tasks.data import Split
     from ..tasks.gim import generalized_mean, shifted_set
-    from ..tasks.superres import bicubic, degrade, train_superres, upscale
+    from ..tasks.superres import bicubic, degrade
 
     sr_split = Split(train, tiles, cfg.sr_crop)
     ae_split = Split(train, tiles, cfg.ae_crop)
@@ -368,10 +412,7 @@ def _tasks(losses: Sequence[SuiteMetric], judges: Mapping[str, SuiteMetric], tra
     figures["gim"]["pixel mean"] = torch.cat(means)
 
     def sr_run(loss: Loss, seed: int) -> tuple[torch.Tensor, dict[str, float]]:
-        model = train_superres(sr_split, loss, scale=4, steps=cfg.sr_steps, batch=cfg.sr_batch, lr=cfg.sr_lr,
-                               seed=seed).model
-        out = upscale(model, lr_tiles)
-        return out, {**_judge(judges, out, tiles), "lattice": _r(lattice_ratio(out, tiles))}
+        return sr_task(loss, seed, sr_split, lr_tiles, tiles, judges, cfg)
 
     def ae_run(loss: Loss, seed: int) -> tuple[torch.Tensor, dict[str, float]]:
         model = train_autoencoder(ae_split, loss, steps=cfg.ae_steps, batch=cfg.ae_batch, lr=cfg.ae_lr,
@@ -397,6 +438,18 @@ def _tasks(losses: Sequence[SuiteMetric], judges: Mapping[str, SuiteMetric], tra
                                    "seconds": round(time.perf_counter() - t0, 1)}
         figures["gim"][m.label] = torch.cat(images)
     return results, figures
+
+
+def sr_task(loss: Loss, seed: int, split: Split, lr_tiles: torch.Tensor, tiles: torch.Tensor,
+            judges: Mapping[str, SuiteMetric], cfg: SuiteConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """One SR x4 run of the suite: the network trained with ``loss`` on ``split``, its outputs on ``lr_tiles``
+    (the tiles degraded by 4) and their judges' scores against ``tiles`` with the lattice ratio."""
+    from ..tasks.superres import train_superres, upscale
+
+    model = train_superres(split, loss, scale=4, steps=cfg.sr_steps, batch=cfg.sr_batch, lr=cfg.sr_lr,
+                           seed=seed).model
+    out = upscale(model, lr_tiles)
+    return out, {**_judge(judges, out, tiles), "lattice": _r(lattice_ratio(out, tiles))}
 
 
 def _seeded_runs(run: Callable[[Loss, int], tuple[torch.Tensor, dict[str, float]]], loss: Loss,
@@ -594,30 +647,11 @@ def run_suite(
     data["seconds"]["shift"] = round(time.perf_counter() - t0, 1)
 
     t0 = time.perf_counter()
-    train = [*samples, *train_photos]
+    train, tiles = task_photos(samples, train_photos, refs, cfg)
     if refs:
-        from ..tasks.data import split_photos
-
-        # The references' left halves are training photos; the judge tiles come from their right halves
-        # (references too small to halve give judge tiles only).
-        parts = []
-        for ref in refs:
-            if min(ref.shape[-2], ref.shape[-1] // 2) >= cfg.tile:
-                half = split_photos([ref], cfg.tile, holdout=0.5)
-                train += half.train
-                parts.append(half.heldout)
-            elif min(ref.shape[-2:]) >= cfg.tile:
-                parts.append(judge_tiles([ref], cfg.tile, cfg.tiles_per_image))
-        if not parts:
-            raise ValueError(f"no reference image is large enough for {cfg.tile} px judge tiles")
-        tiles = torch.cat(parts)
         data["tiles"] = {"source": "the right halves of the human sets' reference images (their left halves are "
                                    "training photos, with the package's samples)", "n": len(tiles), "size": cfg.tile}
     else:
-        from ..tasks.data import split_photos
-
-        split = split_photos(train, cfg.tile, max_tiles=len(train) * cfg.tiles_per_image)
-        train, tiles = split.train, split.heldout
         data["tiles"] = {"source": "held-out strips of the training photos (no human sets given)", "n": len(tiles),
                          "size": cfg.tile}
         notes.append("no human sets: the judge tiles are the held-out right-hand strips of the training photos")
