@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,8 @@ from patchmmd.tasks.data import Split
 from patchmmd.tasks.superres import degrade
 
 FEATURES, FLOOR, LEVELS, WINDOW = 128, 0.01, 2, 16  # the preset's, on the [0, 1] scale
+#: (level, x, y, generator) -> the two images' features at that level
+Features = Callable[[int, torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 
 
 def _centred_patches(x: torch.Tensor, p: int = 3) -> torch.Tensor:
@@ -62,12 +65,20 @@ def _window_mmd(fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
     return (mx - my).pow(2).sum(1).mean((1, 2)) * (2.0 / fx.shape[1])
 
 
-def relu_mmd(x: torch.Tensor, y: torch.Tensor, depth: int = 1) -> torch.Tensor:
+def _levels(x: torch.Tensor, y: torch.Tensor, features: Features) -> torch.Tensor:
+    """The windowed MMD² of ``features(level, x, y, generator)`` summed over the levels (2x2 box averages between
+    them); the features drawn from one generator, seed 0, level after level."""
     g = torch.Generator().manual_seed(0)
     total = torch.zeros(())
     for level in range(LEVELS):
         if level:
             x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
+        total = total + _window_mmd(*features(level, x, y, g))
+    return total
+
+
+def relu_mmd(x: torch.Tensor, y: torch.Tensor, depth: int = 1) -> torch.Tensor:
+    def features(level: int, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         px, py = _normalised(_centred_patches(x)), _normalised(_centred_patches(y))
         w = torch.randn(FEATURES, px.shape[1], generator=g).to(x)
         torch.randn(FEATURES, generator=g)  # a bias the measured runs drew and scaled by 0: kept for their draws
@@ -77,8 +88,9 @@ def relu_mmd(x: torch.Tensor, y: torch.Tensor, depth: int = 1) -> torch.Tensor:
             v = (torch.randn(FEATURES, FEATURES, generator=g) * (2.0 / FEATURES) ** 0.5).to(x)
             fx = F.relu(torch.einsum("nkhw,jk->njhw", fx, v))
             fy = F.relu(torch.einsum("nkhw,jk->njhw", fy, v))
-        total = total + _window_mmd(fx, fy)
-    return total
+        return fx, fy
+
+    return _levels(x, y, features)
 
 
 _WHITENERS: dict[tuple[int, float], torch.Tensor] = {}
@@ -89,7 +101,8 @@ def _whitener(level: int, power: float) -> torch.Tensor:
     if (level, power) not in _WHITENERS:
         acc, count = torch.zeros(()), 0
         for name in sample_names():
-            im = sample_image(name).reshape(1, 3, *sample_image(name).shape[-2:]).float()
+            im = sample_image(name)
+            im = im.reshape(1, 3, *im.shape[-2:]).float()
             for _ in range(level):
                 im = F.avg_pool2d(im, 2)
             p = _centred_patches(im).flatten(2)[0]
@@ -103,21 +116,16 @@ def _whitener(level: int, power: float) -> torch.Tensor:
 
 
 def whitened_mmd(x: torch.Tensor, y: torch.Tensor, power: float = 0.0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(0)
-    total = torch.zeros(())
-    for level in range(LEVELS):
-        if level:
-            x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
-        px, py = _centred_patches(x), _centred_patches(y)
+    def features(level: int, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         m = _whitener(level, power).to(x)
-        px = _normalised(torch.einsum("ed,ndhw->nehw", m, px))
-        py = _normalised(torch.einsum("ed,ndhw->nehw", m, py))
+        px = _normalised(torch.einsum("ed,ndhw->nehw", m, _centred_patches(x)))
+        py = _normalised(torch.einsum("ed,ndhw->nehw", m, _centred_patches(y)))
         w = torch.cat([torch.randn(FEATURES // 2, px.shape[1], generator=g) / s for s in (0.5, 1.0)]).to(x)
         b = (torch.rand(w.shape[0], generator=g) * 2 * torch.pi).to(x)
-        fx = torch.cos(torch.einsum("ndhw,kd->nkhw", px, w) + b[:, None, None])
-        fy = torch.cos(torch.einsum("ndhw,kd->nkhw", py, w) + b[:, None, None])
-        total = total + _window_mmd(fx, fy)
-    return total
+        return (torch.cos(torch.einsum("ndhw,kd->nkhw", px, w) + b[:, None, None]),
+                torch.cos(torch.einsum("ndhw,kd->nkhw", py, w) + b[:, None, None]))
+
+    return _levels(x, y, features)
 
 
 TERMS = {"relu-mmd": relu_mmd, "whitened-mmd": whitened_mmd}
