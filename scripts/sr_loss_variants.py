@@ -1,26 +1,38 @@
 """SR x4 alone, trained and judged as ``patchmmd eval suite`` does it, for loss variants that the suite cannot
-name: the rows of docs/evaluation.md ("Variants around the training preset") that were measured with losses
-outside the library.
+name: the rows of docs/development-log.md ("Variants around the training preset", "Contrast-normalised patches
+in the training preset") that were measured with losses outside the library.
 
     python scripts/sr_loss_variants.py --weights WEIGHTS --seeds 0,1,2 \\
         'relu-mmd:weight=390' 'relu-mmd:weight=463,depth=2' \\
         'whitened-mmd:weight=210,power=0' 'whitened-mmd:weight=164,power=0.25' 'whitened-mmd:weight=125,power=0.5' \\
-        'whitened-mmd:weight=257,power=-0.25' 'whitened-mmd:weight=318,power=-0.5'
+        'whitened-mmd:weight=257,power=-0.25' 'whitened-mmd:weight=318,power=-0.5' \\
+        'joint-mmd:weight=320' 'vgg-mmd:weight=1730'
+    python scripts/sr_loss_variants.py --weights WEIGHTS --seeds 0 'normalised-mmd:features=256,weight=200' \\
+        'normalised-mmd:features=256,weight=200,sigma=[0.5,1,2],levels=3'
 
-A variant is either a suite candidate (``mmdpp:preset=loss,weight_local=228``) or one of two replacements of
-the training preset's MMD term, in plain PyTorch operations (the preset with ``weight_mmd=0`` plus ``weight``
-times the new term; 128 features of the same contrast-normalised 3x3 patches at the same two octaves and
-16-px windows every 8 px; the features drawn once, seed 0):
+A variant is either a suite candidate (``mmdpp:preset=loss,weight_local=228``) or the training preset with its
+MMD term replaced (``weight_mmd=0``) by ``weight`` times one of these, in plain PyTorch operations (by default
+128 features of contrast-normalised 3x3 patches at two octaves, 16-px windows every 8 px, the features drawn
+once, seed 0):
 
+* ``normalised-mmd``: the preset's term itself, with random Fourier features of i.i.d. directions and random
+  phases (``features``, Gaussian widths ``sigma`` in the unit ball, ``floor`` per pixel on [0, 1], ``levels``
+  octaves, ``window``);
+* ``whitened-mmd``: cosine features (widths 0.5 and 1) of patches multiplied by ``C^-power`` before the
+  normalisation, ``C`` the covariance of the shipped photos' centred patches at each octave (its null directions
+  left out, scaled to unit root-mean-square gain); ``power=0`` is the preset's term;
+* ``joint-mmd``: each native patch joined with the patch one octave down at the same place (both normalised,
+  54 values; widths scaled by sqrt 2), so the kernel sees how structure at two scales goes together;
 * ``relu-mmd``: random ReLU features ``ReLU(w . p)`` (``w`` standard Gaussian; the arc-cosine kernel of the
   random-network reading, docs/method.md §4), with ``depth - 1`` more random 1x1 ReLU layers;
-* ``whitened-mmd``: cosine features (Gaussian widths 0.5 and 1) of patches multiplied by ``C^-power`` before the
-  normalisation, ``C`` the covariance of the shipped photos' centred patches at each octave (its null directions
-  left out, scaled to unit root-mean-square gain); ``power=0`` is the preset's term.
+* ``vgg-mmd``: a random VGG16's unit-normalised features at ``relu1_2``, ``relu2_2``, ``relu3_3`` (He filters,
+  seed 0), windowed means compared (the MMD under the linear kernel of the network's features).
 
-The training photos and judge tiles are the suite's with the two dev human sets (``--data``), 600 steps; each
-run prints its judges' scores and the lattice ratio, then the mean over the seeds. Weights were set as the docs
-say (the term's value on blur σ 1 px of 64² crops of the shipped photos equal to the preset's MMD term's).
+Options ``base_KEY=VALUE`` go to the preset's other terms, e.g. ``base_weight_mmd=199`` keeps an MMD term of
+its own. The training photos and judge tiles are the suite's with the two dev human sets (``--data``), 600
+steps; each run prints its judges' scores and the lattice ratio, then the mean over the seeds. Weights were set
+as the docs say (the term's value on blur σ 1 px of 64² crops of the shipped photos equal to the preset's MMD
+term's; ``--calibrate`` prints them), except where a row says otherwise.
 """
 
 from __future__ import annotations
@@ -37,10 +49,13 @@ import torch.nn.functional as F
 
 from patchmmd.core.mmdpp import mmdpp
 from patchmmd.data import sample_image, sample_names
+from patchmmd.data.distortions import gaussian_blur
 from patchmmd.evaluation import suite as S
+from patchmmd.metrics.trunks import IMAGENET_MEAN, IMAGENET_STD, vgg16_taps
 from patchmmd.tasks._common import deterministic
 from patchmmd.tasks.data import Split
 from patchmmd.tasks.superres import degrade
+from patchmmd.theory.cnn import vgg16_random_weights
 
 FEATURES, FLOOR, LEVELS, WINDOW = 128, 0.01, 2, 16  # the preset's, on the [0, 1] scale
 #: (level, x, y, generator) -> the two images' features at that level
@@ -54,26 +69,43 @@ def _centred_patches(x: torch.Tensor, p: int = 3) -> torch.Tensor:
     return u.reshape(n, c * p * p, h - p + 1, w - p + 1)
 
 
-def _normalised(p: torch.Tensor) -> torch.Tensor:
-    return p / (p.pow(2).sum(1, keepdim=True) + FLOOR * FLOOR * p.shape[1]).sqrt()
+def _normalised(p: torch.Tensor, floor: float = FLOOR) -> torch.Tensor:
+    return p / (p.pow(2).sum(1, keepdim=True) + floor * floor * p.shape[1]).sqrt()
 
 
-def _window_mmd(fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
-    wd = min(WINDOW, fx.shape[-1])
+def _cosine(px: torch.Tensor, py: torch.Tensor, features: int, sigma: list[float],
+            g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random Fourier features ``cos(w . p + b)`` of two patch images, ``features // len(sigma)`` for each
+    Gaussian width (``w`` Gaussian with standard deviation ``1 / width``, ``b`` uniform phases)."""
+    w = torch.cat([torch.randn(features // len(sigma), px.shape[1], generator=g) / s for s in sigma]).to(px)
+    b = (torch.rand(w.shape[0], generator=g) * 2 * torch.pi).to(px)
+    return (torch.cos(torch.einsum("ndhw,kd->nkhw", px, w) + b[:, None, None]),
+            torch.cos(torch.einsum("ndhw,kd->nkhw", py, w) + b[:, None, None]))
+
+
+def _window_distance(fx: torch.Tensor, fy: torch.Tensor, window: int = WINDOW) -> torch.Tensor:
+    """``‖mean_w fx − mean_w fy‖²`` over windows ``w`` of ``window`` px every ``window / 2``, averaged."""
+    wd = min(window, fx.shape[-1])
     mx = F.avg_pool2d(fx, wd, stride=max(wd // 2, 1))
     my = F.avg_pool2d(fy, wd, stride=max(wd // 2, 1))
-    return (mx - my).pow(2).sum(1).mean((1, 2)) * (2.0 / fx.shape[1])
+    return (mx - my).pow(2).sum(1).mean((1, 2))
 
 
-def _levels(x: torch.Tensor, y: torch.Tensor, features: Features) -> torch.Tensor:
+def _window_mmd(fx: torch.Tensor, fy: torch.Tensor, window: int = WINDOW) -> torch.Tensor:
+    """The windowed MMD² of ``D`` random features ``fx``, ``fy``: the window distance times ``2 / D``."""
+    return _window_distance(fx, fy, window) * (2.0 / fx.shape[1])
+
+
+def _levels(x: torch.Tensor, y: torch.Tensor, features: Features, levels: int = LEVELS,
+            window: int = WINDOW) -> torch.Tensor:
     """The windowed MMD² of ``features(level, x, y, generator)`` summed over the levels (2x2 box averages between
     them); the features drawn from one generator, seed 0, level after level."""
     g = torch.Generator().manual_seed(0)
     total = torch.zeros(())
-    for level in range(LEVELS):
+    for level in range(levels):
         if level:
             x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
-        total = total + _window_mmd(*features(level, x, y, g))
+        total = total + _window_mmd(*features(level, x, y, g), window)
     return total
 
 
@@ -120,40 +152,126 @@ def whitened_mmd(x: torch.Tensor, y: torch.Tensor, power: float = 0.0) -> torch.
         m = _whitener(level, power).to(x)
         px = _normalised(torch.einsum("ed,ndhw->nehw", m, _centred_patches(x)))
         py = _normalised(torch.einsum("ed,ndhw->nehw", m, _centred_patches(y)))
-        w = torch.cat([torch.randn(FEATURES // 2, px.shape[1], generator=g) / s for s in (0.5, 1.0)]).to(x)
-        b = (torch.rand(w.shape[0], generator=g) * 2 * torch.pi).to(x)
-        return (torch.cos(torch.einsum("ndhw,kd->nkhw", px, w) + b[:, None, None]),
-                torch.cos(torch.einsum("ndhw,kd->nkhw", py, w) + b[:, None, None]))
+        return _cosine(px, py, FEATURES, [0.5, 1.0], g)
 
     return _levels(x, y, features)
 
 
-TERMS = {"relu-mmd": relu_mmd, "whitened-mmd": whitened_mmd}
+def normalised_mmd(x: torch.Tensor, y: torch.Tensor, features: int = FEATURES, sigma: list[float] | None = None,
+                   floor: float = FLOOR, levels: int = LEVELS, window: int = WINDOW) -> torch.Tensor:
+    def draw(level: int, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        px, py = _normalised(_centred_patches(x), floor), _normalised(_centred_patches(y), floor)
+        return _cosine(px, py, features, sigma or [0.5, 1.0], g)
+
+    return _levels(x, y, draw, levels, window)
+
+
+def _upsampled_patches(c: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """The centred 3x3 patches of ``c`` (one octave below an ``h`` x ``w`` image of patches) at the native patch
+    positions: each coarse patch repeated 2x2 and cropped so that the centres agree within half a native pixel."""
+    u = F.interpolate(_centred_patches(c), scale_factor=2, mode="nearest")
+    return F.pad(u, (1, w - u.shape[-1] - 1, 1, h - u.shape[-2] - 1), mode="replicate")
+
+
+def joint_mmd(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def features(level: int, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        def joint(im: torch.Tensor) -> torch.Tensor:
+            fine = _centred_patches(im)
+            coarse = _upsampled_patches(F.avg_pool2d(im, 2), *fine.shape[-2:])
+            return torch.cat([_normalised(fine), _normalised(coarse)], 1)
+
+        return _cosine(joint(x), joint(y), FEATURES, [0.5 * 2**0.5, 2**0.5], g)
+
+    return _levels(x, y, features)
+
+
+_VGG: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+
+
+def vgg_mmd(x: torch.Tensor, y: torch.Tensor, window: int = WINDOW) -> torch.Tensor:
+    """Windowed MMD² under the linear kernel of a random VGG16's unit-normalised features at ``relu1_2``,
+    ``relu2_2`` and ``relu3_3`` (He filters of seed 0, ImageNet input normalisation as LPIPS's untrained
+    baseline, ``random-vgg``, uses): the difference of the windows' mean feature vectors, summed over the taps."""
+    if not _VGG:
+        _VGG.extend((w.float(), b.float()) for w, b in vgg16_random_weights(seed=0)[:7])  # conv1_1 ... conv3_3
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1).to(x)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1).to(x)
+    layers = [(w.to(x), None if b is None else b.to(x)) for w, b in _VGG]
+    total = torch.zeros(())
+    for f in vgg16_taps((torch.cat([x, y]) - mean) / std, layers):
+        f = f / (f.pow(2).sum(1, keepdim=True) + 1e-10).sqrt()
+        total = total + _window_distance(*f.chunk(2), window)
+    return total
+
+
+TERMS = {"normalised-mmd": normalised_mmd, "whitened-mmd": whitened_mmd, "joint-mmd": joint_mmd,
+         "relu-mmd": relu_mmd, "vgg-mmd": vgg_mmd}
 
 
 def make_loss(spec: str) -> Any:
+    """A suite candidate, or the preset with ``weight_mmd=0`` (and any ``base_KEY=VALUE`` options of that preset)
+    plus ``weight`` times one of ``TERMS`` with the spec's other options."""
     name, options = S.parse_candidate(spec)
     if name not in TERMS:
         return S._make_loss(name, options)
     weight = float(options.pop("weight"))
+    base_options = {"weight_mmd": 0.0, "num_scales": LEVELS}
+    base_options.update({k[len("base_"):]: options.pop(k) for k in list(options) if k.startswith("base_")})
+    if isinstance(base_options.get("sigma"), list):
+        base_options["sigma"] = tuple(base_options["sigma"])
     term = TERMS[name]
 
     def loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        base = mmdpp(x, y, preset="loss", weight_mmd=0.0, out_of_range="ignore", num_scales=LEVELS)
+        base = mmdpp(x, y, preset="loss", out_of_range="ignore", **base_options)
         return (base + weight * term(x, y, **options)).mean()
 
     return loss
 
 
+def calibrate(variants: list[str]) -> None:
+    """Print each variant's weight by the docs' rule: 8 random 64² crops of each shipped photo (seed 0) against
+    their blur (σ 1 px); the preset's MMD term's value there (the median of the preset minus the median of the
+    preset without it) divided by the median of the variant's term."""
+    g = torch.Generator().manual_seed(0)
+    crops = []
+    for name in sample_names():
+        im = sample_image(name)
+        for _ in range(8):
+            h, w = im.shape[-2:]
+            i = int(torch.randint(0, h - 64, (1,), generator=g))
+            j = int(torch.randint(0, w - 64, (1,), generator=g))
+            crops.append(im[..., i:i + 64, j:j + 64].reshape(3, 64, 64))
+    x = torch.stack(crops)
+    blur = gaussian_blur(x, 1.0)
+
+    def median(**options: Any) -> float:
+        return float(mmdpp(x, blur, preset="loss", out_of_range="ignore", **options).median())
+
+    ref = median() - median(weight_mmd=0.0)
+    print(f"the preset's MMD term on blur σ 1 px: {ref:.4f}")
+    for spec in variants:
+        name, options = S.parse_candidate(spec)
+        options.pop("weight", None)
+        options = {k: v for k, v in options.items() if not k.startswith("base_")}
+        value = float(TERMS[name](x, blur, **options).median())
+        print(f"{spec}: term {value:.6g}, weight {ref / value:.0f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("variants", nargs="+")
-    ap.add_argument("--weights", type=Path, required=True, help="folder of shared/tools/published_weights.py")
+    ap.add_argument("--weights", type=Path, help="folder of shared/tools/published_weights.py (for the judges)")
     ap.add_argument("--data", type=Path, default=Path("../shared/data"), help="folder of live-dev and csiq-dev")
     ap.add_argument("--seeds", default="0,1,2", help="training seeds")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--calibrate", action="store_true", help="print each variant's weight by the rule; no training")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.calibrate:
+        calibrate(args.variants)
+        return
+    if args.weights is None:
+        ap.error("--weights is needed to judge the outputs")
     cfg = S.SuiteConfig(seed=0, task_seeds=1)
     refs: list[torch.Tensor] = []
     for name in ("live-dev", "csiq-dev"):

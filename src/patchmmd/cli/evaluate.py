@@ -345,7 +345,7 @@ def _human_sets(items: Sequence[str]) -> list[Any]:
                    "mean and each run; the training numbers vary between seeds as much as between losses.")
 @click.option("--train-steps", type=click.IntRange(min=1), default=None,
               help="Adam steps of the SR and autoencoder training [default: 600; 3 with --quick]. Longer "
-                   "training changes how far apart the losses end up (docs/evaluation.md).")
+                   "training changes how far apart the losses end up (docs/development-log.md).")
 @click.option("--no-figures", is_flag=True, help="Skip the figures (matplotlib).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads of torch (default: torch's choice; 1 is fastest on a busy machine).")

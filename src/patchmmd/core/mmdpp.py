@@ -36,7 +36,7 @@ Presets:
   (``shift_radius=0``, ``subpixel=False``: against an aligned truth a misalignment is an error of the
   network, and the offset search is the aligned terms' largest cost). On the dev SR task it
   beats L2 under DISTS where the default does not, and its autoencoder is closer than L2's
-  (docs/evaluation.md); as a metric of whole photographs it is poor (no scale rule).
+  (docs/development-log.md); as a metric of whole photographs it is poor (no scale rule).
 
 Every option of :class:`MMDPPConfig` can be overridden by keyword on top of a preset.
 """

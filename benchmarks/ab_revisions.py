@@ -1,0 +1,136 @@
+"""Time one distance in two versions of the code, or with two sets of options, side by side.
+
+The before/after figures of docs/performance.md ("a side check") compare a change of the code with the code
+before it. This script reruns such a comparison: each arm is ``REV@CANDIDATE``, a git revision of this repo
+and a registry metric with its options in the suite's ``NAME[:KEY=VALUE,...]`` grammar. Each revision's
+``src`` is exported once (``git archive``) to a temporary folder, and the arms are timed in fresh subprocesses
+that alternate round by round (A, B, B, A, A, B, ...), so that a change of the machine's load hits both alike;
+each subprocess runs one configuration, with its own warm-up, and reports the median of ``--calls`` calls.
+The compiled CPU kernels build once per revision into the usual cache (keyed by their source).
+
+    python benchmarks/ab_revisions.py 'HEAD~1@mmdpp' 'HEAD@mmdpp' --configs 1024x1,2048x1 --threads 1
+    python benchmarks/ab_revisions.py 'HEAD@mmdpp:preset=loss' 'HEAD@mmdpp:preset=loss,patch_size=5' \\
+        --configs 256x4 --threads 2 --rounds 3
+
+Printed per configuration: each round's median for A and B (ms) and the ratio B / A of the medians over the
+rounds. Inputs are a seeded image and a noisy copy of it, in [0, 1], float32 on the CPU; the mode is the
+distance forward (``forward``) or forward and backward through ``x`` (``forward+backward``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: Runs in the subprocess, with the revision's ``src`` first on ``sys.path``: builds the metric from the
+#: registry (whose module moved once; both places are tried) and prints one JSON line of times in seconds.
+WORKER = r"""
+import json, sys, time
+import torch
+spec = json.loads(sys.argv[1])
+torch.set_num_threads(spec["threads"])
+try:
+    from patchmmd.metrics.registry import get_metric
+except ImportError:
+    from patchmmd.registry import get_metric
+metric = get_metric(spec["name"], **spec["options"])
+size, batch = spec["size"], spec["batch"]
+g = torch.Generator().manual_seed(0)
+y = torch.rand(batch, 3, size, size, generator=g)
+x0 = (y + 0.05 * torch.randn(y.shape, generator=g)).clamp(0, 1)
+backward = spec["mode"] == "forward+backward"
+def call():
+    x = x0.clone().requires_grad_(backward)
+    d = metric(x, y).sum()
+    if backward:
+        d.backward()
+for _ in range(spec["warmup"]):
+    call()
+times = []
+for _ in range(spec["calls"]):
+    t0 = time.perf_counter()
+    call()
+    times.append(time.perf_counter() - t0)
+print(json.dumps({"times": times, "file": __import__("patchmmd").__file__}))
+"""
+
+
+def parse_arm(text: str) -> tuple[str, str, dict[str, object]]:
+    """``REV@NAME[:KEY=VALUE,...]`` into the revision, the metric name and its options."""
+    rev, sep, candidate = text.partition("@")
+    if not sep or not rev or not candidate:
+        raise SystemExit(f"an arm is REV@METRIC[:KEY=VALUE,...], got {text!r}")
+    sys.path.insert(0, str(REPO / "src"))
+    from patchmmd.evaluation.suite import parse_candidate
+
+    name, options = parse_candidate(candidate)
+    return rev, name, options
+
+
+def export(rev: str, into: Path) -> Path:
+    """The revision's ``src`` folder, exported with ``git archive`` under ``into`` (one folder per commit)."""
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", f"{rev}^{{commit}}"],
+                            check=True, capture_output=True, text=True).stdout.strip()
+    dest = into / commit
+    if not dest.exists():
+        archive = into / f"{commit}.tar"
+        with open(archive, "wb") as f:
+            subprocess.run(["git", "-C", str(REPO), "archive", commit, "src"], check=True, stdout=f)
+        with tarfile.open(archive) as t:
+            t.extractall(dest, filter="data")
+        archive.unlink()
+    return dest / "src"
+
+
+def run_arm(src: Path, name: str, options: dict[str, object], size: int, batch: int, args: argparse.Namespace) -> float:
+    spec = {"name": name, "options": options, "size": size, "batch": batch, "mode": args.mode,
+            "threads": args.threads, "calls": args.calls, "warmup": args.warmup}
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    out = subprocess.run([sys.executable, "-c", WORKER, json.dumps(spec)], env=env, check=True,
+                         capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    result = json.loads(out)
+    if not Path(result["file"]).resolve().is_relative_to(src.resolve()):
+        raise SystemExit(f"the subprocess imported {result['file']}, not the exported {src}")
+    return statistics.median(result["times"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("a", help="REV@METRIC[:KEY=VALUE,...], the baseline")
+    ap.add_argument("b", help="REV@METRIC[:KEY=VALUE,...], compared with A")
+    ap.add_argument("--configs", default="256x4", help="SIZExBATCH,... (square images)")
+    ap.add_argument("--mode", choices=("forward", "forward+backward"), default="forward+backward")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=3, help="subprocesses per arm and configuration")
+    ap.add_argument("--calls", type=int, default=7, help="timed calls per subprocess (their median is reported)")
+    ap.add_argument("--warmup", type=int, default=2)
+    args = ap.parse_args()
+    arms = [parse_arm(args.a), parse_arm(args.b)]
+    with tempfile.TemporaryDirectory(prefix="patchmmd-ab-") as tmp:
+        srcs = [export(rev, Path(tmp)) for rev, _, _ in arms]
+        print(f"A = {args.a}\nB = {args.b}\n{args.mode}, {args.threads} thread(s), {args.rounds} rounds, "
+              f"median of {args.calls} calls each (ms)")
+        for config in args.configs.split(","):
+            size, batch = (int(v) for v in config.lower().split("x"))
+            times: list[list[float]] = [[], []]
+            for r in range(args.rounds):
+                order = (0, 1) if r % 2 == 0 else (1, 0)
+                for i in order:
+                    _, name, options = arms[i]
+                    times[i].append(run_arm(srcs[i], name, options, size, batch, args))
+            a, b = (" / ".join(f"{t * 1e3:.1f}" for t in ts) for ts in times)
+            ratio = statistics.median(times[1]) / statistics.median(times[0])
+            print(f"{size}x{size} x{batch}: A {a} | B {b} | B/A {ratio:.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
