@@ -28,11 +28,12 @@ once, seed 0):
 * ``vgg-mmd``: a random VGG16's unit-normalised features at ``relu1_2``, ``relu2_2``, ``relu3_3`` (He filters,
   seed 0), windowed means compared (the MMD under the linear kernel of the network's features).
 
-Options ``base_KEY=VALUE`` go to the preset's other terms, e.g. ``base_weight_mmd=199`` keeps an MMD term of
-its own. The training photos and judge tiles are the suite's with the two dev human sets (``--data``), 600
-steps; each run prints its judges' scores and the lattice ratio, then the mean over the seeds. Weights were set
-as the docs say (the term's value on blur σ 1 px of 64² crops of the shipped photos equal to the preset's MMD
-term's; ``--calibrate`` prints them), except where a row says otherwise.
+``fresh-features[:KEY=VALUE,...]`` is the preset (with those options) drawing new random features at every
+training step. Options ``base_KEY=VALUE`` go to the preset's other terms, e.g. ``base_weight_mmd=199`` keeps an
+MMD term of its own. The training photos and judge tiles are the suite's with the two dev human sets
+(``--data``), 600 steps; each run prints its judges' scores and the lattice ratio, then the mean over the seeds.
+Weights were set as the docs say (the term's value on blur σ 1 px of 64² crops of the shipped photos equal to
+the preset's MMD term's; ``--calibrate`` prints them), except where a row says otherwise.
 """
 
 from __future__ import annotations
@@ -208,10 +209,24 @@ TERMS = {"normalised-mmd": normalised_mmd, "whitened-mmd": whitened_mmd, "joint-
          "relu-mmd": relu_mmd, "vgg-mmd": vgg_mmd}
 
 
+def _fresh_features(options: dict[str, Any]) -> Any:
+    """The training preset (with ``options``) whose random features are drawn anew at every call (``seed`` 1, 2,
+    3, ...): over the training the MMD term is then an unbiased estimate of the exact kernel's at every step."""
+    calls = [0]
+
+    def loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        calls[0] += 1
+        return mmdpp(x, y, preset="loss", out_of_range="ignore", seed=calls[0], **options).mean()
+
+    return loss
+
+
 def make_loss(spec: str) -> Any:
     """A suite candidate, or the preset with ``weight_mmd=0`` (and any ``base_KEY=VALUE`` options of that preset)
     plus ``weight`` times one of ``TERMS`` with the spec's other options."""
     name, options = S.parse_candidate(spec)
+    if name == "fresh-features":
+        return _fresh_features(options)
     if name not in TERMS:
         return S._make_loss(name, options)
     weight = float(options.pop("weight"))
