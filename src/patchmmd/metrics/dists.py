@@ -90,17 +90,14 @@ class DISTS(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         check_batch(x, y)
-        n = x.shape[0]
-        h = (torch.cat([x, y]).float() - self.mean) / self.std
-        pools = [self.features[i] for i in self._POOL_INDICES]
-        feats = [torch.cat([x, y]).float(), *vgg16_taps(h, conv_layers(self.features), pools=pools)]
         w = self.alpha.sum() + self.beta.sum()
         alphas = torch.split(self.alpha / w, list(self._CHANNELS), dim=1)
         betas = torch.split(self.beta / w, list(self._CHANNELS), dim=1)
         c1 = c2 = 1e-6
-        s = torch.zeros(n, device=x.device)
-        for f, a, b in zip(feats, alphas, betas, strict=True):
-            f0, f1 = f[:n], f[n:]
+        s = torch.zeros(x.shape[0], device=x.device)
+        # Each image through the trunk on its own: a backward pass then runs through the trunk of the images
+        # that need a gradient only (the same values as one pass over both, bitwise).
+        for f0, f1, a, b in zip(self._features(x), self._features(y), alphas, betas, strict=True):
             m0, m1 = f0.mean((2, 3), keepdim=True), f1.mean((2, 3), keepdim=True)
             v0 = (f0 - m0).pow(2).mean((2, 3), keepdim=True)
             v1 = (f1 - m1).pow(2).mean((2, 3), keepdim=True)
@@ -109,6 +106,12 @@ class DISTS(nn.Module):
             s2 = (2 * cov + c2) / (v0 + v1 + c2)
             s = s + (a * s1).sum((1, 2, 3)) + (b * s2).sum((1, 2, 3))
         return 1 - s
+
+    def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The input and the five stages' features (float32)."""
+        pools = [self.features[i] for i in self._POOL_INDICES]
+        h = (x.float() - self.mean) / self.std
+        return [x.float(), *vgg16_taps(h, conv_layers(self.features), pools=pools)]
 
 
 @register("dists", "DISTS, VGG16 trunk with L2 pooling; needs backbone=PATH and weights=PATH (local files)",

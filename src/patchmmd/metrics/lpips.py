@@ -91,16 +91,18 @@ class LPIPS(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         check_batch(x, y)
-        h = torch.cat([x, y]).float()
-        h = ((2 * h - 1) - self.shift) / self.scale
-        n = x.shape[0]
-        total = torch.zeros(n, device=x.device)
-        taps = alexnet_taps(h, self.features) if self.net == "alex" else vgg16_taps(h, conv_layers(self.features))
-        for lin, f in zip(self.lins, taps, strict=True):
-            f = f / (f.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-            d = (f[:n] - f[n:]).pow(2)
-            total = total + lin(d).mean((1, 2, 3))
+        total = torch.zeros(x.shape[0], device=x.device)
+        # Each image through the trunk on its own, as the lpips package does: a backward pass then runs through
+        # the trunk of the images that need a gradient only (the same values as one pass over both, bitwise).
+        for lin, fx, fy in zip(self.lins, self._taps(x), self._taps(y), strict=True):
+            fx = fx / (fx.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+            fy = fy / (fy.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+            total = total + lin((fx - fy).pow(2)).mean((1, 2, 3))
         return total
+
+    def _taps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        h = ((2 * x.float() - 1) - self.shift) / self.scale
+        return alexnet_taps(h, self.features) if self.net == "alex" else vgg16_taps(h, conv_layers(self.features))
 
 
 @register("lpips-alex", "LPIPS v0.1, AlexNet trunk; needs backbone=PATH and weights=PATH (local files)",
