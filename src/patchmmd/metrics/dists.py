@@ -96,7 +96,7 @@ class DISTS(nn.Module):
         c1 = c2 = 1e-6
         s = torch.zeros(x.shape[0], device=x.device)
         # Each image through the trunk on its own: a backward pass then runs through the trunk of the images
-        # that need a gradient only (the same values as one pass over both, bitwise).
+        # that need a gradient only (one pass over both computes the same function, equal to float32 rounding).
         for f0, f1, a, b in zip(self._features(x), self._features(y), alphas, betas, strict=True):
             m0, m1 = f0.mean((2, 3), keepdim=True), f1.mean((2, 3), keepdim=True)
             v0 = (f0 - m0).pow(2).mean((2, 3), keepdim=True)

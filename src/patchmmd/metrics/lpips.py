@@ -93,7 +93,7 @@ class LPIPS(nn.Module):
         check_batch(x, y)
         total = torch.zeros(x.shape[0], device=x.device)
         # Each image through the trunk on its own, as the lpips package does: a backward pass then runs through
-        # the trunk of the images that need a gradient only (the same values as one pass over both, bitwise).
+        # the trunk of the images that need a gradient only (one pass over both computes the same function).
         for lin, fx, fy in zip(self.lins, self._taps(x), self._taps(y), strict=True):
             fx = fx / (fx.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
             fy = fy / (fy.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
