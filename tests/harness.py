@@ -242,6 +242,12 @@ class MetricTester:
         self.weights = dict(weights or {})
 
     # ----------------------------------------------------------------------------------------- helpers
+    def assert_close(self, actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype,
+                     loose: bool = False) -> None:
+        """:func:`assert_rounding_close` at the precision the metric computes in for ``dtype`` inputs: a case
+        with ``out_dtype`` (the deep trunks and SSIM run in float32 whatever the input) to that dtype's rounding."""
+        assert_rounding_close(actual, expected, self.expected_dtype(dtype), loose)
+
     def options(self, options: Mapping[str, object] | None = None) -> dict[str, object]:
         """The case's options (or ``options``) with weight-file placeholders resolved to paths."""
         opts = dict(self.case.options if options is None else options)
@@ -287,18 +293,18 @@ class MetricTester:
     def check_symmetry(self, dtype: torch.dtype) -> None:
         x, y = self.inputs(dtype)
         m = self.metric()
-        assert_rounding_close(m(x, y), m(y, x), dtype)
+        self.assert_close(m(x, y), m(y, x), dtype)
 
     def check_batch(self, dtype: torch.dtype) -> None:
         """The metric of a batch equals the metric of each item alone (no cross-talk between images)."""
         x, y = self.inputs(dtype)
         m = self.metric()
         per_item = torch.cat([m(x[i : i + 1], y[i : i + 1]) for i in range(x.shape[0])])
-        assert_rounding_close(m(x, y), per_item, dtype)
+        self.assert_close(m(x, y), per_item, dtype)
         # and an image's value does not depend on its batch-mates
         other = self.inputs(dtype, seed=1)[0]
         mixed = m(torch.cat([x[:1], other]), torch.cat([y[:1], other]))
-        assert_rounding_close(mixed[:1], per_item[:1], dtype)
+        self.assert_close(mixed[:1], per_item[:1], dtype)
 
     def check_module(self, dtype: torch.dtype) -> None:
         """The module form equals the functional metric; ``reduction`` none/mean/sum == ``.mean()``/``.sum()``."""
@@ -308,12 +314,12 @@ class MetricTester:
         opts = self.options()
         module = self.case.module(opts, "none").to(self.device)
         assert isinstance(module, nn.Module)
-        assert_rounding_close(module(x, y), per, dtype)
+        self.assert_close(module(x, y), per, dtype)
         if self.case.module_reduces:
             for reduction, expected in (("mean", per.mean()), ("sum", per.sum())):
                 got = self.case.module(opts, reduction).to(self.device)(x, y)
                 assert got.shape == ()
-                assert_rounding_close(got, expected, dtype)
+                self.assert_close(got, expected, dtype)
 
     def check_gradients(self, dtype: torch.dtype) -> None:
         """Finite gradients to both inputs at ``x == y`` (where they vanish: an optimum) and at ``x != y``."""
@@ -356,11 +362,11 @@ class MetricTester:
         x, y = self.inputs(dtype)
         m = self.metric()
         compiled = torch.compile(m, backend="aot_eager")
-        assert_rounding_close(compiled(x, y), m(x, y), dtype)
+        self.assert_close(compiled(x, y), m(x, y), dtype)
         xe, xc = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
         (ge,) = torch.autograd.grad(m(xe, y).sum(), (xe,))
         (gc,) = torch.autograd.grad(compiled(xc, y).sum(), (xc,))
-        assert_rounding_close(gc, ge, dtype)
+        self.assert_close(gc, ge, dtype)
 
     def check_map(self, dtype: torch.dtype) -> None:
         """The registered spatial map: ``(N, 1, H, W)``, non-negative, its pixel mean the metric's value."""
@@ -369,14 +375,14 @@ class MetricTester:
         dmap = self.spec.map_factory(**self.options())(x, y)
         assert dmap.shape == (x.shape[0], 1, *x.shape[-2:]) and dmap.dtype == dtype
         assert bool((dmap >= 0).all())
-        assert_rounding_close(dmap.mean(dim=(1, 2, 3)), self.metric()(x, y), dtype)
+        self.assert_close(dmap.mean(dim=(1, 2, 3)), self.metric()(x, y), dtype)
 
     def check_device(self, dtype: torch.dtype) -> None:
         """The values on this device equal the CPU's (the same images, the same seeds)."""
         x, y = self.inputs(dtype)
         m = self.metric()
         cpu = m(x.cpu(), y.cpu())
-        assert_rounding_close(m(x, y).cpu(), cpu, dtype, loose=True)
+        self.assert_close(m(x, y).cpu(), cpu, dtype, loose=True)
 
 
 def exception(name: str, check: str) -> str | None:
