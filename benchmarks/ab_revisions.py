@@ -29,6 +29,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from patchmmd.evaluation.suite import parse_candidate
+
 REPO = Path(__file__).resolve().parents[1]
 
 #: Runs in the subprocess, with the revision's ``src`` first on ``sys.path``: builds the metric from the
@@ -69,9 +71,6 @@ def parse_arm(text: str) -> tuple[str, str, dict[str, object]]:
     rev, sep, candidate = text.partition("@")
     if not sep or not rev or not candidate:
         raise SystemExit(f"an arm is REV@METRIC[:KEY=VALUE,...], got {text!r}")
-    sys.path.insert(0, str(REPO / "src"))
-    from patchmmd.evaluation.suite import parse_candidate
-
     name, options = parse_candidate(candidate)
     return rev, name, options
 

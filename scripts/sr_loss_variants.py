@@ -39,6 +39,8 @@ the preset's MMD term's; ``--calibrate`` prints them), except where a row says o
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
 import json
 import time
 from collections.abc import Callable
@@ -126,26 +128,22 @@ def relu_mmd(x: torch.Tensor, y: torch.Tensor, depth: int = 1) -> torch.Tensor:
     return _levels(x, y, features)
 
 
-_WHITENERS: dict[tuple[int, float], torch.Tensor] = {}
-
-
+@functools.cache
 def _whitener(level: int, power: float) -> torch.Tensor:
     """``C^-power`` on the centred patches' subspace, ``C`` their covariance in the shipped photos at ``level``."""
-    if (level, power) not in _WHITENERS:
-        acc, count = torch.zeros(()), 0
-        for name in sample_names():
-            im = sample_image(name)
-            im = im.reshape(1, 3, *im.shape[-2:]).float()
-            for _ in range(level):
-                im = F.avg_pool2d(im, 2)
-            p = _centred_patches(im).flatten(2)[0]
-            acc, count = acc + p @ p.T, count + p.shape[1]
-        ev, vec = torch.linalg.eigh((acc / count).double())
-        keep = ev > ev.max() * 1e-6  # centring leaves one null direction per channel: projected out
-        gain = torch.where(keep, ev.clamp_min(ev.max() * 1e-6).pow(-power), torch.zeros_like(ev))
-        m = vec @ torch.diag(gain) @ vec.T
-        _WHITENERS[level, power] = (m / (m.pow(2).sum() / int(keep.sum())).sqrt()).float()
-    return _WHITENERS[level, power]
+    acc, count = torch.zeros(()), 0
+    for name in sample_names():
+        im = sample_image(name)
+        im = im.reshape(1, 3, *im.shape[-2:]).float()
+        for _ in range(level):
+            im = F.avg_pool2d(im, 2)
+        p = _centred_patches(im).flatten(2)[0]
+        acc, count = acc + p @ p.T, count + p.shape[1]
+    ev, vec = torch.linalg.eigh((acc / count).double())
+    keep = ev > ev.max() * 1e-6  # centring leaves one null direction per channel: projected out
+    gain = torch.where(keep, ev.clamp_min(ev.max() * 1e-6).pow(-power), torch.zeros_like(ev))
+    m = vec @ torch.diag(gain) @ vec.T
+    return (m / (m.pow(2).sum() / int(keep.sum())).sqrt()).float()
 
 
 def whitened_mmd(x: torch.Tensor, y: torch.Tensor, power: float = 0.0) -> torch.Tensor:
@@ -186,18 +184,19 @@ def joint_mmd(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return _levels(x, y, features)
 
 
-_VGG: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+@functools.lru_cache(maxsize=1)
+def _vgg_layers() -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """conv1_1 ... conv3_3 of a random VGG16 (He filters, seed 0), float32."""
+    return [(w.float(), None if b is None else b.float()) for w, b in vgg16_random_weights(seed=0)[:7]]
 
 
 def vgg_mmd(x: torch.Tensor, y: torch.Tensor, window: int = WINDOW) -> torch.Tensor:
     """Windowed MMD² under the linear kernel of a random VGG16's unit-normalised features at ``relu1_2``,
     ``relu2_2`` and ``relu3_3`` (He filters of seed 0, ImageNet input normalisation as LPIPS's untrained
     baseline, ``random-vgg``, uses): the difference of the windows' mean feature vectors, summed over the taps."""
-    if not _VGG:
-        _VGG.extend((w.float(), b.float()) for w, b in vgg16_random_weights(seed=0)[:7])  # conv1_1 ... conv3_3
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1).to(x)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1).to(x)
-    layers = [(w.to(x), None if b is None else b.to(x)) for w, b in _VGG]
+    layers = [(w.to(x), None if b is None else b.to(x)) for w, b in _vgg_layers()]
     total = torch.zeros(())
     for f in vgg16_taps((torch.cat([x, y]) - mean) / std, layers):
         f = f / (f.pow(2).sum(1, keepdim=True) + 1e-10).sqrt()
@@ -212,11 +211,10 @@ TERMS = {"normalised-mmd": normalised_mmd, "whitened-mmd": whitened_mmd, "joint-
 def _fresh_features(options: dict[str, Any]) -> Any:
     """The training preset (with ``options``) whose random features are drawn anew at every call (``seed`` 1, 2,
     3, ...): over the training the MMD term is then an unbiased estimate of the exact kernel's at every step."""
-    calls = [0]
+    seeds = itertools.count(1)
 
     def loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        calls[0] += 1
-        return mmdpp(x, y, preset="loss", out_of_range="ignore", seed=calls[0], **options).mean()
+        return mmdpp(x, y, preset="loss", out_of_range="ignore", seed=next(seeds), **options).mean()
 
     return loss
 

@@ -110,8 +110,8 @@ class DISTS(nn.Module):
     def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The input and the five stages' features (float32)."""
         pools = [self.features[i] for i in self._POOL_INDICES]
-        h = (x.float() - self.mean) / self.std
-        return [x.float(), *vgg16_taps(h, conv_layers(self.features), pools=pools)]
+        x = x.float()
+        return [x, *vgg16_taps((x - self.mean) / self.std, conv_layers(self.features), pools=pools)]
 
 
 @register("dists", "DISTS, VGG16 trunk with L2 pooling; needs backbone=PATH and weights=PATH (local files)",
