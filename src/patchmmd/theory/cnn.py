@@ -293,8 +293,10 @@ class RandomCNNDistance(_LayerBuffers):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         xs, ys, dtype = self._prepare(x, y)
         layers = self.layers(xs.device, xs.dtype)
-        f = random_cnn_features(torch.cat([xs, ys]), layers, first_layer=self.first_layer)
-        fx, fy = f.chunk(2)
+        # Each image through the network on its own (not one concatenated batch): as a loss, the backward pass
+        # then runs through x's features only.
+        fx = random_cnn_features(xs, layers, first_layer=self.first_layer)
+        fy = random_cnn_features(ys, layers, first_layer=self.first_layer)
         return reduce(pooled_feature_distance(fx, fy, self.pooling).to(dtype), self.reduction)
 
     def extra_repr(self) -> str:
@@ -430,13 +432,17 @@ class VGGDistance(_LayerBuffers):
         lo, hi = self.value_range
         dtype = x.dtype
         ct = compute_dtype(dtype)
-        both = (torch.cat([x, y]).to(ct) - lo) / (hi - lo)
         mean = torch.tensor(IMAGENET_MEAN, dtype=ct, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD, dtype=ct, device=x.device).view(1, 3, 1, 1)
-        taps = vgg16_taps((both - mean) / std, self.layers(x.device, ct))
+        layers = self.layers(x.device, ct)
+
+        def taps(im: torch.Tensor) -> list[torch.Tensor]:
+            return vgg16_taps(((im.to(ct) - lo) / (hi - lo) - mean) / std, layers)
+
+        # Each image through the trunk on its own, as LPIPS and DISTS do: as a loss, the backward pass then runs
+        # through x's taps only.
         total = x.new_zeros(x.shape[0], dtype=ct)
-        for f in taps:
-            fx, fy = f.chunk(2)
+        for fx, fy in zip(taps(x), taps(y), strict=True):
             if self.normalize:
                 fx = fx / torch.sqrt((fx * fx).sum(1, keepdim=True) + 1e-20)
                 fy = fy / torch.sqrt((fy * fy).sum(1, keepdim=True) + 1e-20)
