@@ -9,6 +9,10 @@ in the training preset") that were measured with losses outside the library.
         'joint-mmd:weight=320' 'vgg-mmd:weight=1730'
     python scripts/sr_loss_variants.py --weights WEIGHTS --seeds 0 'normalised-mmd:features=256,weight=200' \\
         'normalised-mmd:features=256,weight=200,sigma=[0.5,1,2],levels=3'
+    python scripts/sr_loss_variants.py --weights WEIGHTS --seeds 0,1,2 'normalised-mmd:root=0.01,weight=27' \\
+        'charbonnier:weight=336,base_weight_mmd=400,base_weight_local=0' \\
+        'aligned-normalised:weight=17,base_weight_mmd=400' \\
+        'aligned-normalised:weight=21,base_weight_mmd=400,base_weight_local=0'
 
 A variant is either a suite candidate (``mmdpp:preset=loss,weight_local=228``) or the training preset with its
 MMD term replaced (``weight_mmd=0``) by ``weight`` times one of these, in plain PyTorch operations (by default
@@ -17,7 +21,12 @@ once, seed 0):
 
 * ``normalised-mmd``: the preset's term itself, with random Fourier features of i.i.d. directions and random
   phases (``features``, Gaussian widths ``sigma`` in the unit ball, ``floor`` per pixel on [0, 1], ``levels``
-  octaves, ``window``);
+  octaves, ``window``; ``root=EPS``: each window's MMD instead of its square, ``sqrt(MMD² + EPS²) − EPS``);
+* ``aligned-normalised``: the contrast-normalised 3x3 patches of the two images compared place by place (the
+  squared distance of the unit-ball vectors, averaged over positions, summed over ``levels`` octaves), as
+  LPIPS compares its unit-normalised features; with ``base_weight_mmd=400`` the preset keeps its MMD, and with
+  ``base_weight_local=0`` the term replaces the raw-patch Local term;
+* ``charbonnier``: ``sqrt((x − y)² + eps²) − eps`` averaged over pixels (an L1 smooth at 0);
 * ``whitened-mmd``: cosine features (widths 0.5 and 1) of patches multiplied by ``C^-power`` before the
   normalisation, ``C`` the covariance of the shipped photos' centred patches at each octave (its null directions
   left out, scaled to unit root-mean-square gain); ``power=0`` is the preset's term;
@@ -33,7 +42,8 @@ training step. Options ``base_KEY=VALUE`` go to the preset's other terms, e.g. `
 MMD term of its own. The training photos and judge tiles are the suite's with the two dev human sets
 (``--data``), 600 steps; each run prints its judges' scores and the lattice ratio, then the mean over the seeds.
 Weights were set as the docs say (the term's value on blur σ 1 px of 64² crops of the shipped photos equal to
-the preset's MMD term's; ``--calibrate`` prints them), except where a row says otherwise.
+the preset's MMD term's, or to its Local term's for a term that replaces Local; ``--calibrate [--against
+local]`` prints them), except where a row says otherwise.
 """
 
 from __future__ import annotations
@@ -94,13 +104,20 @@ def _window_distance(fx: torch.Tensor, fy: torch.Tensor, window: int = WINDOW) -
     return (mx - my).pow(2).sum(1).mean((1, 2))
 
 
-def _window_mmd(fx: torch.Tensor, fy: torch.Tensor, window: int = WINDOW) -> torch.Tensor:
-    """The windowed MMD² of ``D`` random features ``fx``, ``fy``: the window distance times ``2 / D``."""
-    return _window_distance(fx, fy, window) * (2.0 / fx.shape[1])
+def _window_mmd(fx: torch.Tensor, fy: torch.Tensor, window: int = WINDOW, root: float | None = None) -> torch.Tensor:
+    """The windowed MMD² of ``D`` random features ``fx``, ``fy``: the window distance times ``2 / D``; with
+    ``root`` the windows' MMD itself, ``sqrt(MMD² + root²) − root``, averaged (an L1 over the windows)."""
+    if root is None:
+        return _window_distance(fx, fy, window) * (2.0 / fx.shape[1])
+    wd = min(window, fx.shape[-1])
+    mx = F.avg_pool2d(fx, wd, stride=max(wd // 2, 1))
+    my = F.avg_pool2d(fy, wd, stride=max(wd // 2, 1))
+    mmd2 = (mx - my).pow(2).sum(1) * (2.0 / fx.shape[1])
+    return ((mmd2 + root * root).sqrt() - root).mean((1, 2))
 
 
 def _levels(x: torch.Tensor, y: torch.Tensor, features: Features, levels: int = LEVELS,
-            window: int = WINDOW) -> torch.Tensor:
+            window: int = WINDOW, root: float | None = None) -> torch.Tensor:
     """The windowed MMD² of ``features(level, x, y, generator)`` summed over the levels (2x2 box averages between
     them); the features drawn from one generator, seed 0, level after level."""
     g = torch.Generator().manual_seed(0)
@@ -108,7 +125,7 @@ def _levels(x: torch.Tensor, y: torch.Tensor, features: Features, levels: int = 
     for level in range(levels):
         if level:
             x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
-        total = total + _window_mmd(*features(level, x, y, g), window)
+        total = total + _window_mmd(*features(level, x, y, g), window, root)
     return total
 
 
@@ -157,12 +174,13 @@ def whitened_mmd(x: torch.Tensor, y: torch.Tensor, power: float = 0.0) -> torch.
 
 
 def normalised_mmd(x: torch.Tensor, y: torch.Tensor, features: int = FEATURES, sigma: list[float] | None = None,
-                   floor: float = FLOOR, levels: int = LEVELS, window: int = WINDOW) -> torch.Tensor:
+                   floor: float = FLOOR, levels: int = LEVELS, window: int = WINDOW,
+                   root: float | None = None) -> torch.Tensor:
     def draw(level: int, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         px, py = _normalised(_centred_patches(x), floor), _normalised(_centred_patches(y), floor)
         return _cosine(px, py, features, sigma or [0.5, 1.0], g)
 
-    return _levels(x, y, draw, levels, window)
+    return _levels(x, y, draw, levels, window, root)
 
 
 def _upsampled_patches(c: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -204,8 +222,25 @@ def vgg_mmd(x: torch.Tensor, y: torch.Tensor, window: int = WINDOW) -> torch.Ten
     return total
 
 
-TERMS = {"normalised-mmd": normalised_mmd, "whitened-mmd": whitened_mmd, "joint-mmd": joint_mmd,
-         "relu-mmd": relu_mmd, "vgg-mmd": vgg_mmd}
+def charbonnier(x: torch.Tensor, y: torch.Tensor, eps: float = 0.001) -> torch.Tensor:
+    """``mean sqrt((x − y)² + eps²) − eps`` over pixels and channels (an L1 that is smooth at 0)."""
+    return (((x - y).pow(2) + eps * eps).sqrt() - eps).mean((1, 2, 3))
+
+
+def aligned_normalised(x: torch.Tensor, y: torch.Tensor, floor: float = FLOOR, levels: int = LEVELS) -> torch.Tensor:
+    """``mean_u ‖p̂_u(x) − p̂_u(y)‖²`` of the contrast-normalised 3x3 patches at the same place ``u`` (LPIPS's
+    position-by-position comparison of unit-normalised features, on patches), summed over ``levels`` octaves."""
+    total = torch.zeros(())
+    for level in range(levels):
+        if level:
+            x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
+        px, py = _normalised(_centred_patches(x), floor), _normalised(_centred_patches(y), floor)
+        total = total + (px - py).pow(2).sum(1).mean((1, 2))
+    return total
+
+
+TERMS = {"aligned-normalised": aligned_normalised, "charbonnier": charbonnier, "normalised-mmd": normalised_mmd,
+         "whitened-mmd": whitened_mmd, "joint-mmd": joint_mmd, "relu-mmd": relu_mmd, "vgg-mmd": vgg_mmd}
 
 
 def _fresh_features(options: dict[str, Any]) -> Any:
@@ -241,10 +276,11 @@ def make_loss(spec: str) -> Any:
     return loss
 
 
-def calibrate(variants: list[str]) -> None:
+def calibrate(variants: list[str], against: str = "mmd") -> None:
     """Print each variant's weight by the docs' rule: 8 random 64² crops of each shipped photo (seed 0) against
-    their blur (σ 1 px); the preset's MMD term's value there (the median of the preset minus the median of the
-    preset without it) divided by the median of the variant's term."""
+    their blur (σ 1 px); the value there of the preset's MMD term (``against="mmd"``) or Local term
+    (``"local"``): the median of the preset minus the median of the preset without it, divided by the median
+    of the variant's term."""
     g = torch.Generator().manual_seed(0)
     crops = []
     for name in sample_names():
@@ -260,8 +296,8 @@ def calibrate(variants: list[str]) -> None:
     def median(**options: Any) -> float:
         return float(mmdpp(x, blur, preset="loss", out_of_range="ignore", **options).median())
 
-    ref = median() - median(weight_mmd=0.0)
-    print(f"the preset's MMD term on blur σ 1 px: {ref:.4f}")
+    ref = median() - median(**{f"weight_{against}": 0.0})
+    print(f"the preset's {against} term on blur σ 1 px: {ref:.4f}")
     for spec in variants:
         name, options = S.parse_candidate(spec)
         options.pop("weight", None)
@@ -278,10 +314,12 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2", help="training seeds")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--calibrate", action="store_true", help="print each variant's weight by the rule; no training")
+    ap.add_argument("--against", choices=("mmd", "local"), default="mmd",
+                    help="the preset's term whose value --calibrate matches (default: the MMD term)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.calibrate:
-        calibrate(args.variants)
+        calibrate(args.variants, args.against)
         return
     if args.weights is None:
         ap.error("--weights is needed to judge the outputs")
