@@ -96,12 +96,17 @@ def _cosine(px: torch.Tensor, py: torch.Tensor, features: int, sigma: list[float
             torch.cos(torch.einsum("ndhw,kd->nkhw", py, w) + b[:, None, None]))
 
 
-def _window_distance(fx: torch.Tensor, fy: torch.Tensor, window: int = WINDOW) -> torch.Tensor:
-    """``‖mean_w fx − mean_w fy‖²`` over windows ``w`` of ``window`` px every ``window / 2``, averaged."""
+def _per_window(fx: torch.Tensor, fy: torch.Tensor, window: int = WINDOW) -> torch.Tensor:
+    """``‖mean_w fx − mean_w fy‖²`` of each window ``w`` of ``window`` px every ``window / 2``: ``(N, h, w)``."""
     wd = min(window, fx.shape[-1])
     mx = F.avg_pool2d(fx, wd, stride=max(wd // 2, 1))
     my = F.avg_pool2d(fy, wd, stride=max(wd // 2, 1))
-    return (mx - my).pow(2).sum(1).mean((1, 2))
+    return (mx - my).pow(2).sum(1)
+
+
+def _window_distance(fx: torch.Tensor, fy: torch.Tensor, window: int = WINDOW) -> torch.Tensor:
+    """``‖mean_w fx − mean_w fy‖²`` over windows ``w`` of ``window`` px every ``window / 2``, averaged."""
+    return _per_window(fx, fy, window).mean((1, 2))
 
 
 def _window_mmd(fx: torch.Tensor, fy: torch.Tensor, window: int = WINDOW, root: float | None = None) -> torch.Tensor:
@@ -109,10 +114,7 @@ def _window_mmd(fx: torch.Tensor, fy: torch.Tensor, window: int = WINDOW, root: 
     ``root`` the windows' MMD itself, ``sqrt(MMD² + root²) − root``, averaged (an L1 over the windows)."""
     if root is None:
         return _window_distance(fx, fy, window) * (2.0 / fx.shape[1])
-    wd = min(window, fx.shape[-1])
-    mx = F.avg_pool2d(fx, wd, stride=max(wd // 2, 1))
-    my = F.avg_pool2d(fy, wd, stride=max(wd // 2, 1))
-    mmd2 = (mx - my).pow(2).sum(1) * (2.0 / fx.shape[1])
+    mmd2 = _per_window(fx, fy, window) * (2.0 / fx.shape[1])
     return ((mmd2 + root * root).sqrt() - root).mean((1, 2))
 
 
