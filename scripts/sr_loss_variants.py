@@ -53,7 +53,7 @@ import functools
 import itertools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -118,16 +118,22 @@ def _window_mmd(fx: torch.Tensor, fy: torch.Tensor, window: int = WINDOW, root: 
     return ((mmd2 + root * root).sqrt() - root).mean((1, 2))
 
 
-def _levels(x: torch.Tensor, y: torch.Tensor, features: Features, levels: int = LEVELS,
-            window: int = WINDOW, root: float | None = None) -> torch.Tensor:
-    """The windowed MMD² of ``features(level, x, y, generator)`` summed over the levels (2x2 box averages between
-    them); the features drawn from one generator, seed 0, level after level."""
-    g = torch.Generator().manual_seed(0)
-    total = torch.zeros(())
+def _octaves(x: torch.Tensor, y: torch.Tensor, levels: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """``(level, x, y)`` for ``levels`` octaves, 2x2 box averages between them."""
     for level in range(levels):
         if level:
             x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
-        total = total + _window_mmd(*features(level, x, y, g), window, root)
+        yield level, x, y
+
+
+def _levels(x: torch.Tensor, y: torch.Tensor, features: Features, levels: int = LEVELS,
+            window: int = WINDOW, root: float | None = None) -> torch.Tensor:
+    """The windowed MMD² of ``features(level, x, y, generator)`` summed over the levels (:func:`_octaves`); the
+    features drawn from one generator, seed 0, level after level."""
+    g = torch.Generator().manual_seed(0)
+    total = torch.zeros(())
+    for level, xl, yl in _octaves(x, y, levels):
+        total = total + _window_mmd(*features(level, xl, yl, g), window, root)
     return total
 
 
@@ -233,10 +239,8 @@ def aligned_normalised(x: torch.Tensor, y: torch.Tensor, floor: float = FLOOR, l
     """``mean_u ‖p̂_u(x) − p̂_u(y)‖²`` of the contrast-normalised 3x3 patches at the same place ``u`` (LPIPS's
     position-by-position comparison of unit-normalised features, on patches), summed over ``levels`` octaves."""
     total = torch.zeros(())
-    for level in range(levels):
-        if level:
-            x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
-        px, py = _normalised(_centred_patches(x), floor), _normalised(_centred_patches(y), floor)
+    for _, xl, yl in _octaves(x, y, levels):
+        px, py = _normalised(_centred_patches(xl), floor), _normalised(_centred_patches(yl), floor)
         total = total + (px - py).pow(2).sum(1).mean((1, 2))
     return total
 

@@ -4,7 +4,6 @@ losses and the weight rule (the training and judging need the published weights 
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -23,7 +22,6 @@ def script() -> ModuleType:
     spec = importlib.util.spec_from_file_location("sr_loss_variants", SCRIPT)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses and functools caches look the module up by name
     spec.loader.exec_module(module)
     return module
 
