@@ -695,24 +695,32 @@ def _round_up(v: int, to: int) -> int:
 
 
 def _self_check(nk: NativeKernels) -> bool:
-    """The compiled kernels against PyTorch on a small random case (catches a miscompiled library)."""
-    g = torch.Generator().manual_seed(0)
+    """The compiled kernels against PyTorch on small random cases (catches a miscompiled library). The cases are
+    float32 with autocast off whatever the caller has set: a default dtype of float64 or an autocast region around
+    the first call must not make a correct build look wrong (and have it deleted and rebuilt)."""
+    with torch.autocast("cpu", enabled=False):
+        g = torch.Generator().manual_seed(0)
+        return (_self_check_rff(nk, g) and _self_check_normalized(nk, g) and _self_check_scan(nk, g)
+                and _self_check_ssim(nk, g))
+
+
+def _self_check_rff(nk: NativeKernels, g: torch.Generator) -> bool:
+    """:meth:`NativeKernels.block_sums` and :meth:`NativeKernels.grad_image` against PyTorch."""
     k, hc, wc, bh, bw = 3, 8, 20, 4, 5
-    x = torch.rand(1, 2, hc + k - 1, _round_up(wc, VECTOR) + k - 1, generator=g)
-    matrix = torch.randn(BLOCK_FEATURES, 2 * k * k + 1, generator=g) * 3
+    x = torch.rand(1, 2, hc + k - 1, _round_up(wc, VECTOR) + k - 1, generator=g, dtype=torch.float32)
+    matrix = torch.randn(BLOCK_FEATURES, 2 * k * k + 1, generator=g, dtype=torch.float32) * 3
     sc, ss = nk.block_sums(x, matrix, hc, wc, bh, bw, k)
     cols = torch.nn.functional.unfold(x[..., : wc + k - 1], k)
     z = (matrix[:, :-1] @ cols + matrix[:, -1:]).view(1, -1, hc // bh, bh, wc // bw, bw)
     ref_c, ref_s = torch.cos(z).sum((3, 5)), torch.sin(z).sum((3, 5))
-    gc, gs = torch.randn(2, 1, BLOCK_FEATURES, hc // bh, wc // bw, generator=g)
+    gc, gs = torch.randn(2, 1, BLOCK_FEATURES, hc // bh, wc // bw, generator=g, dtype=torch.float32)
     grad = nk.grad_image(x, matrix, hc, wc, bh, bw, k, gc, gs)
     up = lambda t: t.repeat_interleave(bh, -2).repeat_interleave(bw, -1).reshape(1, BLOCK_FEATURES, -1)  # noqa: E731
     dz = up(gs) * torch.cos(z).reshape(1, BLOCK_FEATURES, -1) - up(gc) * torch.sin(z).reshape(1, BLOCK_FEATURES, -1)
     ref_g = F.pad(F.fold(matrix[:, :-1].t() @ dz, (hc + k - 1, wc + k - 1), k), (0, x.shape[-1] - wc - k + 1))
     return bool(
         torch.allclose(sc, ref_c, atol=1e-4) and torch.allclose(ss, ref_s, atol=1e-4)
-        and torch.allclose(grad, ref_g, atol=1e-3) and _self_check_normalized(nk, g) and _self_check_scan(nk, g)
-        and _self_check_ssim(nk, g)
+        and torch.allclose(grad, ref_g, atol=1e-3)
     )
 
 
@@ -722,10 +730,10 @@ def _self_check_ssim(nk: NativeKernels, g: torch.Generator) -> bool:
     convolutions (no autograd)."""
     from ..core.ssim import _moments, _ssim_parts, _window, moment_grads
 
-    x, y = torch.rand(2, 1, 2, 16, 19, generator=g) * 2 - 1
+    x, y = torch.rand(2, 1, 2, 16, 19, generator=g, dtype=torch.float32) * 2 - 1
     taps = _window(torch.float32, torch.device("cpu"))
     k = taps.numel()
-    gs = torch.randn(1, 2, 16 - k + 1, 19 - k + 1, generator=g)
+    gs = torch.randn(1, 2, 16 - k + 1, 19 - k + 1, generator=g, dtype=torch.float32)
     values, grad = nk.ssim(x, y, None, taps), nk.ssim(x, y, None, taps, gs)
     t64, gs64 = taps.double(), gs.double()
     xd, yd, mx, my, exx, eyy, exy = _moments(x.double(), y.double(), None, t64)
@@ -744,11 +752,12 @@ def _self_check_normalized(nk: NativeKernels, g: torch.Generator) -> bool:
     form from the explicit patches (no autograd: the check may run under torch.no_grad or inference mode)."""
     k, hc, wc, bh, bw, c, floor = 3, 4, 40, 2, 8, 2, 0.05
     wcp = _round_up(wc, VECTOR)
-    x = torch.rand(2, c, hc + k - 1, wcp + k - 1, generator=g)
+    x = torch.rand(2, c, hc + k - 1, wcp + k - 1, generator=g, dtype=torch.float32)
     x[:, :, :, :12] = 0.25 + 0.001 * x[:, :, :, :12]  # nearly flat: the floor decides
-    weight, phase = torch.randn(BLOCK_FEATURES, c * k * k, generator=g) * 3, torch.rand(BLOCK_FEATURES, generator=g) * 6
+    weight = torch.randn(BLOCK_FEATURES, c * k * k, generator=g, dtype=torch.float32) * 3
+    phase = torch.rand(BLOCK_FEATURES, generator=g, dtype=torch.float32) * 6
     sc, ss = nk.block_sums_split(x, weight, phase, hc, wc, bh, bw, k, floor)
-    gc, gs = torch.randn(2, 2, BLOCK_FEATURES, hc // bh, wc // bw, generator=g)
+    gc, gs = torch.randn(2, 2, BLOCK_FEATURES, hc // bh, wc // bw, generator=g, dtype=torch.float32)
     gx = nk.grad_image_polar(x, weight, phase, *grad_polar(gc, gs), hc, wc, bh, bw, k, floor)
     w64 = weight.double()
     p = F.unfold(x[..., : wc + k - 1].double(), k).view(2, c, k * k, -1)
@@ -775,7 +784,7 @@ def _self_check_scan(nk: NativeKernels, g: torch.Generator) -> bool:
     from ..core.aligned import _gradients, aligned_map, displacement_correction, structure_tensor
     from ..core.scale import downsample
 
-    x, y = torch.rand(2, 1, 2, 12, 10, generator=g) * 2 - 1
+    x, y = torch.rand(2, 1, 2, 12, 10, generator=g, dtype=torch.float32) * 2 - 1
     pad = lambda t: F.pad(t, (1, 1, 1, 1), mode="replicate").contiguous()  # noqa: E731
     gx, gy = _gradients(x), _gradients(y)
     tx, ty = structure_tensor(gx, 3), structure_tensor(gy, 3)

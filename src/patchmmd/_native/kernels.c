@@ -1111,11 +1111,12 @@ static void ssim_moment_row(int i, int W, const float *restrict g, int k, const 
 /* The four factors of SSIM_u at one position (as core/ssim.py's _ssim_parts). */
 static inline void ssim_parts(float mx, float my, float exx, float eyy, float exy, float *a, float *b, float *p,
                               float *q) {
-    const float mx2 = mx * mx, my2 = my * my, mxy = mx * my;
+    /* P = A + (mx - my)^2, Q = B + E[(x - y)^2] - (mx - my)^2: x = y gives P = A and Q = B exactly, fused or not */
+    const float mxy = mx * my, d = mx - my, dd = d * d;
     *a = 2.0f * mxy + SSIM_C1;
     *b = 2.0f * (exy - mxy) + SSIM_C2;
-    *p = mx2 + my2 + SSIM_C1;
-    *q = ((exx - mx2) + (eyy - my2)) + SSIM_C2;
+    *p = *a + dd;
+    *q = (*b + ((exx + eyy) - 2.0f * exy)) - dd;
 }
 
 /* SSIM_u of one channel plane into s (Ho x Wo). work: ssim_work(W, k) floats. */

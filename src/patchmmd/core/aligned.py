@@ -34,8 +34,9 @@ from .validation import (
     OutOfRange,
     Reduction,
     check_patch_size,
-    check_positive_float,
     check_reduction,
+    check_sigma,
+    full_precision,
     prepare_pair,
     reduce,
 )
@@ -66,6 +67,7 @@ def _prepared(x: torch.Tensor, y: torch.Tensor, value_range: Sequence[float], ou
     return prepare_pair(x, y, value_range=value_range, out_of_range=out_of_range, min_size=min_size)
 
 
+@full_precision
 def local_distance(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -90,13 +92,14 @@ def local_distance(
         True
     """
     check_patch_size(patch_size)
-    check_positive_float("sigma", sigma)
+    check_sigma("sigma", sigma)
     reduction = check_reduction(reduction)
     xs, ys, dtype = _prepared(x, y, value_range, out_of_range, patch_size)
     values = local_map(xs, ys, patch_size=patch_size, sigma=sigma).mean(dim=(1, 2, 3))
     return reduce(values.to(dtype), reduction)
 
 
+@full_precision
 def l2_distance(
     x: torch.Tensor,
     y: torch.Tensor,

@@ -30,11 +30,12 @@ from .validation import (
     OutOfRange,
     Reduction,
     check_bool,
-    check_float_in,
     check_patch_size,
     check_positive_int,
     check_reduction,
     check_seed,
+    check_sigma,
+    full_precision,
     prepare_pair,
     reduce,
 )
@@ -112,17 +113,6 @@ def windowed_mmd2(
     return values, grid
 
 
-#: Allowed kernel widths ``sigma`` (per pixel, [-1, 1] scale). Outside, the Gaussian kernel is numerically
-#: degenerate in float32: below, every pair of distinct patches is at kernel value 0 (and the random
-#: features' frequencies ``1 / s`` explode); above, every pair is at 1 and every distance is 0.
-SIGMA_RANGE = (1e-6, 1e6)
-
-
-def check_sigma(name: str, value: object) -> float:
-    """A kernel width: a finite number in :data:`SIGMA_RANGE`."""
-    return check_float_in(name, value, *SIGMA_RANGE, why="the kernel is degenerate in float32 outside it")
-
-
 #: Most widths a multi-bandwidth kernel may have.
 MAX_SIGMAS = 8
 
@@ -169,6 +159,7 @@ def check_mmd_options(
         )
 
 
+@full_precision
 def patch_mmd(
     x: torch.Tensor,
     y: torch.Tensor,

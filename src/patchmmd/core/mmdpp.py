@@ -52,7 +52,7 @@ import torch
 
 from .aligned import aligned_map, tolerant_aligned
 from .features import FeatureKind
-from .mmd import Estimator, check_mmd_options, check_sigma, check_sigmas, windowed_mmd2
+from .mmd import Estimator, check_mmd_options, check_sigmas, windowed_mmd2
 from .rff import target_window_means
 from .scale import MAX_SCALES, Level, downsample, pyramid_levels, upsample_map
 from .ssim import SSIM_WINDOW, dissimilarity_map, spread_map, target_moments
@@ -65,6 +65,8 @@ from .validation import (
     check_patch_size,
     check_positive_int,
     check_reduction,
+    check_sigma,
+    full_precision,
     prepare_pair,
     reduce,
 )
@@ -380,6 +382,7 @@ class MMDPPTarget:
         return self.image.device
 
 
+@full_precision
 def precompute_target(
     y: torch.Tensor,
     *,
@@ -426,7 +429,10 @@ def _mmdpp_target(
     options: dict[str, object],
 ) -> tuple[torch.Tensor, torch.dtype]:
     cfg = target.config
-    if options or not (preset == "default" or preset is cfg):
+    # "default" is the argument's default, so it stands for "not given"; a preset that names the target's own
+    # configuration is accepted too
+    same = preset == "default" or preset is cfg or (isinstance(preset, str) and PRESETS.get(preset) == cfg)
+    if options or not same:
         raise ValueError("mmdpp(x, target): the options are the target's; pass them to precompute_target")
     if (float(value_range[0]), float(value_range[1])) != target.value_range:
         raise ValueError(f"value_range {tuple(value_range)} differs from the target's {target.value_range}")
@@ -447,6 +453,7 @@ def _prepare(
                         min_size_reason=reason)
 
 
+@full_precision
 def mmdpp(
     x: torch.Tensor,
     y: torch.Tensor | MMDPPTarget,
@@ -488,6 +495,7 @@ def mmdpp(
     return reduce(value.to(dtype), reduction)
 
 
+@full_precision
 def distance_map(
     x: torch.Tensor,
     y: torch.Tensor,

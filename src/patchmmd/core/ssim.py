@@ -98,9 +98,11 @@ def _ssim_parts(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The four factors of ``SSIM_u = A B / (P Q)`` from the local moments: ``A = 2 μx μy + C1``,
     ``B = 2 σxy + C2``, ``P = μx² + μy² + C1``, ``Q = σx² + σy² + C2``."""
-    mx2, my2, mxy = mx * mx, my * my, mx * my
-    vx, vy, cxy = exx - mx2, eyy - my2, exy - mxy
-    return 2 * mxy + _C1, 2 * cxy + _C2, mx2 + my2 + _C1, vx + vy + _C2
+    # P = A + (μx − μy)² and Q = B + E[(x − y)²] − (μx − μy)²: the same factors, written so that x = y gives
+    # P = A and Q = B exactly (SSIM exactly 1, the term exactly 0) under any rounding or fused multiply-add.
+    mxy, d = mx * my, mx - my
+    a, b, dd = 2 * mxy + _C1, 2 * (exy - mxy) + _C2, d * d
+    return a, b, a + dd, b + ((exx + eyy) - 2 * exy) - dd
 
 
 def _moments(xs: torch.Tensor, ys: torch.Tensor, y_moments: torch.Tensor | None,

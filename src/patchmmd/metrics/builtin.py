@@ -2,51 +2,93 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+import torch
+
 from ..core.aligned import l2_distance, local_distance
 from ..core.mmd import patch_mmd
-from ..core.mmdpp import distance_map, mmdpp
+from ..core.mmdpp import distance_map, get_config, mmdpp
+from ..core.validation import check_out_of_range, check_value_range
 from .registry import Metric, register
+
+
+def _bind(fn: Callable[..., torch.Tensor], name: str, options: dict[str, Any]) -> None:
+    """Refuse, when the metric is built, the options that ``fn`` does not take (its values are checked when it
+    is called), and ``reduction``: a registry metric gives one value per image."""
+    if "reduction" in options:
+        raise TypeError(f"{name} takes no reduction option: a registry metric gives one value per image (N,)")
+    params = inspect.signature(fn).parameters
+    unknown = sorted(k for k in options if k not in params or params[k].kind is not inspect.Parameter.KEYWORD_ONLY)
+    if unknown:
+        valid = sorted(k for k, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY and k != "reduction")
+        raise TypeError(f"unknown option(s) {unknown} for {name}; valid options are {valid}")
+
+
+def _mmdpp_options(name: str, preset: str | None, options: dict[str, Any]) -> dict[str, Any]:
+    """The options of an MMD++ metric, validated now: the configuration (``preset`` plus overrides, resolved by
+    :func:`get_config`), ``value_range`` and ``out_of_range``. ``preset`` is fixed for the named presets."""
+    options = dict(options)
+    if preset is not None and "preset" in options:
+        raise TypeError(f"{name} is MMD++ with preset={preset!r}; use the 'mmdpp' metric to choose a preset")
+    call = {k: options.pop(k) for k in ("value_range", "out_of_range") if k in options}
+    if "reduction" in options:
+        raise TypeError(f"{name} takes no reduction option: a registry metric gives one value per image (N,)")
+    if "value_range" in call:
+        check_value_range(call["value_range"])
+    if "out_of_range" in call:
+        check_out_of_range(call["out_of_range"])
+    cfg = get_config(options.pop("preset", preset or "default"), **options)
+    return {"preset": cfg, **call}
 
 
 @register("mmdpp", "MMD++: shift-tolerant aligned terms under the scale rule plus a multi-bandwidth windowed MMD "
           "at native resolution; the library's default perceptual distance",
-          map_factory=lambda **options: partial(distance_map, **{"preset": "default", **options}),
+          map_factory=lambda **options: partial(distance_map, **_mmdpp_options("mmdpp", None, options)),
           differentiable=True)
 def _mmdpp(**options: Any) -> Metric:
-    return partial(mmdpp, **{"preset": "default", **options})
+    return partial(mmdpp, **_mmdpp_options("mmdpp", None, options))
 
 
 @register("mmdpp-pixelwise", "the previous default MMD++: pixelwise aligned terms and one-bandwidth MMD, all under "
           "the scale rule (counts a 1-px shift as more than visible noise)",
-          map_factory=lambda **options: partial(distance_map, preset="pixelwise", **options), differentiable=True)
+          map_factory=lambda **options: partial(distance_map, **_mmdpp_options("mmdpp-pixelwise", "pixelwise",
+                                                                               options)),
+          differentiable=True)
 def _mmdpp_pixelwise(**options: Any) -> Metric:
-    return partial(mmdpp, preset="pixelwise", **options)
+    return partial(mmdpp, **_mmdpp_options("mmdpp-pixelwise", "pixelwise", options))
 
 
 @register("mmdpp-followup", "the follow-up study's MMD++: native resolution, 512 i.i.d. random features",
-          map_factory=lambda **options: partial(distance_map, preset="followup", **options), differentiable=True)
+          map_factory=lambda **options: partial(distance_map, **_mmdpp_options("mmdpp-followup", "followup",
+                                                                               options)),
+          differentiable=True)
 def _mmdpp_followup(**options: Any) -> Metric:
-    return partial(mmdpp, preset="followup", **options)
+    return partial(mmdpp, **_mmdpp_options("mmdpp-followup", "followup", options))
 
 
 @register("patch-mmd", "windowed squared patch MMD (centred Gaussian kernel), exact estimator", differentiable=True)
 def _patch_mmd(**options: Any) -> Metric:
+    _bind(patch_mmd, "patch-mmd", options)
     return partial(patch_mmd, **{"estimator": "exact", **options})
 
 
 @register("patch-mmd-rff", "windowed squared patch MMD, random-feature estimator", differentiable=True)
 def _patch_mmd_rff(**options: Any) -> Metric:
+    _bind(patch_mmd, "patch-mmd-rff", options)
     return partial(patch_mmd, **{"estimator": "rff", **options})
 
 
 @register("local", "aligned 3x3 patch term of MMD++", differentiable=True)
 def _local(**options: Any) -> Metric:
+    _bind(local_distance, "local", options)
     return partial(local_distance, **options)
 
 
 @register("l2", "mean squared error on the [-1, 1] scale (PSNR ranks images identically)", differentiable=True)
 def _l2(**options: Any) -> Metric:
+    _bind(l2_distance, "l2", options)
     return partial(l2_distance, **options)

@@ -26,6 +26,7 @@ from types import ModuleType
 import torch
 import torch.nn.functional as F
 
+from ..core.validation import OutOfRange, check_pair, check_positive_float
 from .registry import Metric, register
 
 __all__ = ["MAX_PSNR", "check_batch", "ms_ssim", "psnr", "ssim"]
@@ -34,13 +35,14 @@ __all__ = ["MAX_PSNR", "check_batch", "ms_ssim", "psnr", "ssim"]
 MAX_PSNR = 100.0
 
 
-def check_batch(x: torch.Tensor, y: torch.Tensor) -> None:
-    """``TypeError`` / ``ValueError`` unless ``x`` and ``y`` are image batches ``(N, C, H, W)`` of one shape."""
-    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-        raise TypeError(f"x and y must be tensors, got {type(x).__name__} and {type(y).__name__}")
-    if x.dim() != 4 or x.shape != y.shape:
-        raise ValueError(f"x and y must be image batches (N, C, H, W) of the same shape, got {tuple(x.shape)} "
-                         f"and {tuple(y.shape)}")
+def check_batch(x: object, y: object, *, data_range: float = 1.0,
+                out_of_range: OutOfRange = "raise") -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` and ``y`` as image batches ``(N, C, H, W)`` (a ``(C, H, W)`` image is a batch of one), checked as the
+    package's own distances check theirs (:func:`patchmmd.core.validation.check_pair`): floating-point tensors
+    of one shape, dtype and device, finite, with values in ``[0, data_range]`` unless ``out_of_range`` is
+    ``"clamp"`` or ``"ignore"`` (training losses on network outputs that overshoot)."""
+    return check_pair(x, y, value_range=(0.0, check_positive_float("data_range", data_range)),
+                      out_of_range=out_of_range)
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor, *, data_range: float = 1.0, max_db: float = MAX_PSNR) -> torch.Tensor:
@@ -53,11 +55,11 @@ def psnr(x: torch.Tensor, y: torch.Tensor, *, data_range: float = 1.0, max_db: f
         >>> psnr(x, x).item()
         100.0
     """
-    check_batch(x, y)
+    x, y = check_batch(x, y, data_range=data_range)
+    check_positive_float("max_db", max_db)
     mse = (x.double() - y.double()).pow(2).flatten(1).mean(1)
     floor = data_range**2 * 10.0 ** (-max_db / 10.0)
-    return (10.0 * torch.log10(data_range**2 / mse.clamp_min(floor))).to(x.dtype if x.is_floating_point() else
-                                                                       torch.float32)
+    return (10.0 * torch.log10(data_range**2 / mse.clamp_min(floor))).to(x.dtype)
 
 
 def _msssim_module() -> ModuleType:
@@ -82,15 +84,16 @@ def _check_ssim_size(x: torch.Tensor, win_size: int, scales: int, name: str) -> 
 
 
 def ssim(x: torch.Tensor, y: torch.Tensor, *, win_size: int = 11, downsample: bool = False,
-         name: str = "ssim") -> torch.Tensor:
+         name: str = "ssim", out_of_range: OutOfRange = "raise") -> torch.Tensor:
     """SSIM per image (pytorch-msssim, Gaussian window of ``win_size`` px, σ 1.5; channels averaged): ``(N,)``.
 
     ``downsample=True`` first average-pools both images by ``max(1, round(min(H, W) / 256))`` (the reference
-    code's scale step; what published LIVE numbers use). ``name`` is the caller's name in error messages.
+    code's scale step; what published LIVE numbers use). ``name`` is the caller's name in error messages;
+    ``out_of_range`` as in :func:`check_batch` (``"ignore"`` for the training loss).
     Computed and returned in float32 whatever the input dtype (pytorch-msssim's precision).
     """
     ms = _msssim_module()
-    check_batch(x, y)
+    x, y = check_batch(x, y, out_of_range=out_of_range)
     if downsample:
         f = max(1, round(min(x.shape[-2:]) / 256))
         if f > 1:
@@ -103,7 +106,7 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, *, win_size: int = 11) -> torch.Te
     """Multi-scale SSIM per image (pytorch-msssim, 5 scales; images larger than ``16·(win_size − 1)`` px): ``(N,)``,
     float32 whatever the input dtype."""
     ms = _msssim_module()
-    check_batch(x, y)
+    x, y = check_batch(x, y)
     _check_ssim_size(x, win_size, 5, "ms-ssim")
     return ms.ms_ssim(x.float(), y.float(), data_range=1.0, size_average=False, win_size=win_size)
 
@@ -111,6 +114,8 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, *, win_size: int = 11) -> torch.Te
 @register("psnr", "peak signal-to-noise ratio in dB on [0, 1] (capped at 100 dB)", higher_is_better=True,
           group="baselines", differentiable=True)
 def _psnr(*, max_db: float = MAX_PSNR) -> Metric:
+    check_positive_float("max_db", max_db)
+
     def metric(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return psnr(x, y, max_db=float(max_db))
 

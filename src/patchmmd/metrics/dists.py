@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.validation import OutOfRange, check_out_of_range
 from .classic import check_batch
 from .registry import Metric, register
 from .trunks import (
@@ -56,7 +57,9 @@ class DISTS(nn.Module):
 
     The VGG16 trunk's max-pools are replaced by L2 pooling; the distance is ``1 − Σ α·S1 + β·S2`` over the
     input and five stages (weights normalised to sum 1), 0 for identical images; one float32 value per image
-    ``(N,)`` (the trunk runs in float32 whatever the input dtype).
+    ``(N,)`` (the trunk runs in float32 whatever the input dtype). Inputs are image batches in [0, 1], checked as
+    the package's own distances check theirs (``out_of_range="ignore"`` or ``"clamp"`` admits network outputs
+    that overshoot, as the training losses do).
     Build with :meth:`from_files`.
     """
 
@@ -65,8 +68,9 @@ class DISTS(nn.Module):
     _CHANNELS = (3, 64, 128, 256, 512, 512)
     _POOL_INDICES = (4, 9, 16, 23)
 
-    def __init__(self) -> None:
+    def __init__(self, *, out_of_range: OutOfRange = "raise") -> None:
         super().__init__()
+        self.out_of_range = check_out_of_range(out_of_range)
         self.features = vgg16_features()
         for i, c in zip(self._POOL_INDICES, (64, 128, 256, 512), strict=True):
             self.features[i] = _L2Pool(c)
@@ -78,9 +82,9 @@ class DISTS(nn.Module):
         freeze(self)
 
     @classmethod
-    def from_files(cls, backbone: WeightsPath, weights: WeightsPath) -> DISTS:
+    def from_files(cls, backbone: WeightsPath, weights: WeightsPath, *, out_of_range: OutOfRange = "raise") -> DISTS:
         """Build DISTS from a torchvision VGG16 file and the DISTS ``alpha``/``beta`` file."""
-        m = cls()
+        m = cls(out_of_range=out_of_range)
         load_trunk(m.features, backbone, metric="dists", arch="VGG16")  # L2 pools hold no state: VGG16's keys
         head = load_weights(weights, what="the DISTS weights.pt (alpha and beta)", metric="dists", option="weights")
         check_layout(head, {"alpha": m.alpha, "beta": m.beta}, metric="dists", option="weights", path=weights)
@@ -89,7 +93,7 @@ class DISTS(nn.Module):
         return m
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        check_batch(x, y)
+        x, y = check_batch(x, y, out_of_range=self.out_of_range)
         w = self.alpha.sum() + self.beta.sum()
         alphas = torch.split(self.alpha / w, list(self._CHANNELS), dim=1)
         betas = torch.split(self.beta / w, list(self._CHANNELS), dim=1)
@@ -116,5 +120,5 @@ class DISTS(nn.Module):
 
 @register("dists", "DISTS, VGG16 trunk with L2 pooling; needs backbone=PATH and weights=PATH (local files)",
           group="baselines", differentiable=True)
-def _dists(*, backbone: WeightsPath = None, weights: WeightsPath = None) -> Metric:
-    return module_metric(DISTS.from_files(backbone, weights))
+def _dists(*, backbone: WeightsPath = None, weights: WeightsPath = None, out_of_range: OutOfRange = "raise") -> Metric:
+    return module_metric(DISTS.from_files(backbone, weights, out_of_range=out_of_range))

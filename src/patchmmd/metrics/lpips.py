@@ -21,6 +21,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from ..core.validation import OutOfRange, check_out_of_range
 from .classic import check_batch
 from .registry import Metric, register
 from .trunks import (
@@ -41,7 +42,9 @@ __all__ = ["LPIPS"]
 class LPIPS(nn.Module):
     """LPIPS v0.1 (Zhang et al. 2018): unit-normalised trunk features, squared differences, learned 1×1 heads.
 
-    Inputs are image batches in [0, 1]; they are mapped to [-1, 1] and shifted/scaled as LPIPS does. Output:
+    Inputs are image batches in [0, 1], checked as the package's own distances check theirs (``out_of_range=
+    "ignore"`` or ``"clamp"`` admits network outputs that overshoot, as the training losses do); they are
+    mapped to [-1, 1] and shifted/scaled as LPIPS does. Output:
     one float32 distance per image ``(N,)`` (spatial average, summed over the five layers; the trunk runs in
     float32 whatever the input dtype). Build it with
     :meth:`from_files` (or the registry's ``lpips-alex`` / ``lpips-vgg``).
@@ -58,11 +61,12 @@ class LPIPS(nn.Module):
     _CHANNELS: ClassVar[dict[str, tuple[int, ...]]] = {
         "alex": (64, 192, 384, 256, 256), "vgg": (64, 128, 256, 512, 512)}
 
-    def __init__(self, net: str = "alex") -> None:
+    def __init__(self, net: str = "alex", *, out_of_range: OutOfRange = "raise") -> None:
         super().__init__()
         if net not in self._CHANNELS:
             raise ValueError(f"net must be 'alex' or 'vgg', got {net!r}")
         self.net = net
+        self.out_of_range = check_out_of_range(out_of_range)
         self.features = alexnet_features() if net == "alex" else vgg16_features()
         self.lins = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in self._CHANNELS[net])
         self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1))
@@ -70,10 +74,11 @@ class LPIPS(nn.Module):
         freeze(self)
 
     @classmethod
-    def from_files(cls, net: str, backbone: WeightsPath, weights: WeightsPath) -> LPIPS:
+    def from_files(cls, net: str, backbone: WeightsPath, weights: WeightsPath, *,
+                   out_of_range: OutOfRange = "raise") -> LPIPS:
         """Build LPIPS from a torchvision trunk file and an LPIPS head file (see the module docstring)."""
         metric = f"lpips-{net}"
-        m = cls(net)
+        m = cls(net, out_of_range=out_of_range)
         load_trunk(m.features, backbone, metric=metric, arch="AlexNet" if net == "alex" else "VGG16")
         head = load_weights(weights, what=f"the LPIPS v0.1 linear heads (lpips package weights/v0.1/{net}.pth)",
                             metric=metric, option="weights")
@@ -90,7 +95,7 @@ class LPIPS(nn.Module):
         return m
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        check_batch(x, y)
+        x, y = check_batch(x, y, out_of_range=self.out_of_range)
         total = torch.zeros(x.shape[0], device=x.device)
         # Each image through the trunk on its own, as the lpips package does: a backward pass then runs through
         # the trunk of the images that need a gradient only (one pass over both computes the same function).
@@ -107,11 +112,13 @@ class LPIPS(nn.Module):
 
 @register("lpips-alex", "LPIPS v0.1, AlexNet trunk; needs backbone=PATH and weights=PATH (local files)",
           group="baselines", differentiable=True)
-def _lpips_alex(*, backbone: WeightsPath = None, weights: WeightsPath = None) -> Metric:
-    return module_metric(LPIPS.from_files("alex", backbone, weights))
+def _lpips_alex(*, backbone: WeightsPath = None, weights: WeightsPath = None,
+                out_of_range: OutOfRange = "raise") -> Metric:
+    return module_metric(LPIPS.from_files("alex", backbone, weights, out_of_range=out_of_range))
 
 
 @register("lpips-vgg", "LPIPS v0.1, VGG16 trunk; needs backbone=PATH and weights=PATH (local files)",
           group="baselines", differentiable=True)
-def _lpips_vgg(*, backbone: WeightsPath = None, weights: WeightsPath = None) -> Metric:
-    return module_metric(LPIPS.from_files("vgg", backbone, weights))
+def _lpips_vgg(*, backbone: WeightsPath = None, weights: WeightsPath = None,
+                out_of_range: OutOfRange = "raise") -> Metric:
+    return module_metric(LPIPS.from_files("vgg", backbone, weights, out_of_range=out_of_range))

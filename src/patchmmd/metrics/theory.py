@@ -25,6 +25,7 @@ import torch
 
 from ..core.mmdpp import get_config
 from ..core.scale import downsample
+from ..core.validation import check_bool
 from ..theory.cnn import RandomCNNDistance, VGGDistance
 from ..theory.nngp import InfiniteCNNDistance
 from .registry import Metric, register
@@ -56,7 +57,7 @@ def with_scale_rule(metric: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def _split(options: dict[str, Any], default_scale: bool) -> tuple[dict[str, Any], bool]:
     """The module's options (per-image values: ``reduction="none"`` unless given) and the scale-rule switch."""
     opts = {"reduction": "none", **options}
-    return opts, bool(opts.pop("scale_rule", default_scale))
+    return opts, check_bool("scale_rule", opts.pop("scale_rule", default_scale))
 
 
 @register("random-cnn", "random-filter CNN (3x3 + 1x1 conv, ReLU, He, width 512), windowed pooling",

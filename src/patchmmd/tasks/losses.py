@@ -83,7 +83,7 @@ def _ssim_loss(win_size: int = 11) -> Loss:
     def loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if min(x.shape[-2:]) < win_size:
             raise ValueError(f"the ssim loss needs images of at least win_size={win_size} px, got {tuple(x.shape)}")
-        return 1.0 - classic.ssim(x, y, win_size=win_size).mean()
+        return 1.0 - classic.ssim(x, y, win_size=win_size, out_of_range="ignore").mean()
 
     return loss
 
@@ -139,10 +139,10 @@ def make_loss(name: str, *, weights: str | os.PathLike[str] | None = None, **opt
 
 
 def _checks_range(name: str) -> bool:
-    """Whether the metric's factory forwards any option (then it takes ``out_of_range``, as the package's own
-    distances do); the deep baselines take named file options only and use inputs as they are."""
+    """Whether the metric's factory takes ``out_of_range``: by name (the deep baselines) or among the options
+    it forwards (the package's own distances)."""
     params = inspect.signature(get_spec(name).factory).parameters.values()
-    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD or p.name == "out_of_range" for p in params)
 
 
 def _no_options(name: str, options: dict[str, Any]) -> None:
