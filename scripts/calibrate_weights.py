@@ -6,7 +6,7 @@ resolution. Instead of weighting them by a sweep on human scores, each is divide
 mildest visible distortion of the shift check (:mod:`patchmmd.evaluation.shift`: Gaussian noise of
 σ = 0.03 or a Gaussian blur of σ = 1 px, whichever the term counts less), median over the images shipped
 with the package. A distance of about 1 is then "just visible" for either term, and neither dominates
-by its units alone (docs/method.md §3.3).
+by its units alone (docs/method.md §3.2, item 3).
 
     python scripts/calibrate_weights.py
 

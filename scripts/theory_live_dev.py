@@ -39,6 +39,7 @@ METRICS: list[tuple[str, str, dict[str, object], bool]] = [
     ("infinite-cnn (he)", "infinite-cnn", {}, False),
     ("infinite-cnn (zero_mean)", "infinite-cnn", {"first_layer": "zero_mean"}, False),
     ("mmdpp", "mmdpp", {}, False),
+    ("mmdpp-pixelwise", "mmdpp-pixelwise", {}, False),
     ("l2", "l2", {}, False),
 ]
 #: Added with --vgg (slow on 2 CPU cores: VGG16 at 768x512).

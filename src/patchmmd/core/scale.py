@@ -13,8 +13,9 @@ judgments poorly (docs/method.md §3). The rule, applied identically to both ima
    previous, averaged with fixed weights (equal by default). A level beyond the first is kept only if its
    short side is at least ``min_size`` (default 48 = window + stride: room for a 2x2 grid of 32x32
    windows at stride 16, so the MMD still compares several local distributions). The weights of the
-   kept levels are renormalised to sum to 1. Since the working resolution has a short side between
-   about 96 and 171 pixels, its half always qualifies: every image of 96 px or more gets both levels.
+   kept levels are renormalised to sum to 1. Since the working resolution of an image of 96 px or more has a
+   short side between 96 and 191 pixels (up to 191 px ``f = 1`` keeps it; from 192 px on, ``f >= 2`` brings it
+   to 96-160), its half always qualifies: every image of 96 px or more gets both levels.
 
 Consequences: on a 64x64 input the rule keeps the one native level; a 768x512 photo is compared at 192x128
 and 96x64; a 3840x2160 frame at 225x127 and 112x63. The default applies the rule to its aligned terms and
