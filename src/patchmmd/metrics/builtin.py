@@ -34,7 +34,7 @@ def _mmdpp_options(name: str, preset: str | None, options: dict[str, Any]) -> di
     options = dict(options)
     if preset is not None and "preset" in options:
         raise TypeError(f"{name} is MMD++ with preset={preset!r}; use the 'mmdpp' metric to choose a preset")
-    call = {k: options.pop(k) for k in ("value_range", "out_of_range") if k in options}
+    call: dict[str, Any] = {k: options.pop(k) for k in ("value_range", "out_of_range") if k in options}
     if "reduction" in options:
         raise TypeError(f"{name} takes no reduction option: a registry metric gives one value per image (N,)")
     if "value_range" in call:
