@@ -112,3 +112,40 @@ def test_metrics_listing() -> None:
     rows = json.loads(_invoke("metrics", "--json").output)
     mm = next(x for x in rows if x["name"] == "mmdpp")
     assert mm["has_map"] is True and mm["higher_is_better"] is False
+
+
+def test_failures_are_one_line(files: dict[str, Path], tmp_path: Path) -> None:
+    for b, what in ((files["bad"], "cannot read"), (tmp_path / "missing.png", "not found"),
+                    (files["small"], "differ in size")):
+        r = _invoke("compare", files["a"], b)
+        assert r.exit_code == 1, r.output
+        assert r.output.startswith("patchmmd: error: ") and what in r.output and len(r.output.splitlines()) == 1
+
+
+def test_options_that_fail_on_images_are_a_usage_error_before_reading(files: dict[str, Path], tmp_path: Path) -> None:
+    pytest.importorskip("pytorch_msssim")
+    for metric in ("ssim", "ms-ssim"):  # the option fails only when the metric runs
+        r = _invoke("compare", files["a"], tmp_path / "missing.png", "-m", metric, "-o", "win_size=4")
+        assert r.exit_code == 2, r.output
+        assert "--option" in r.output and "odd" in r.output and "missing.png" not in r.output
+
+
+def test_ms_ssim(tmp_path: Path) -> None:
+    pytest.importorskip("pytorch_msssim")
+    g = torch.Generator().manual_seed(0)
+    for name, size in (("a", 200), ("b", 200), ("c", 48), ("d", 48)):
+        save_image(torch.rand(3, size, size, generator=g), tmp_path / f"{name}.png")
+    r = _invoke("compare", tmp_path / "a.png", tmp_path / "b.png", "-m", "ms-ssim", "--json")
+    assert r.exit_code == 0, r.output
+    assert 0 < json.loads(r.output)["score"] < 1
+    r = _invoke("compare", tmp_path / "c.png", tmp_path / "d.png", "-m", "ms-ssim")  # the images are too small
+    assert r.exit_code == 1 and "needs images larger than 160 px" in r.output, r.output
+
+
+def test_map_under_a_regular_file(files: dict[str, Path], tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("a file")
+    for out in (tmp_path / "f" / "m.png", tmp_path / "f" / "sub" / "m.png"):
+        r = _invoke("compare", files["a"], files["b"], "--map", out)
+        assert r.exit_code == 2, r.output
+        assert f"--map {out}: {tmp_path / 'f'} is a file, not a folder" in r.output
+        assert "Errno" not in r.output

@@ -330,17 +330,23 @@ def test_out_under_a_regular_file(pair_dirs: tuple[Path, Path], tmp_path: Path) 
         assert r.exception is None or isinstance(r.exception, SystemExit)
 
 
-def test_a_damaged_journal_row_is_a_one_line_error(pair_dirs: tuple[Path, Path], tmp_path: Path) -> None:
+def _journal_of(ref: Path, dist: Path, out: Path, pairs: int) -> Path:
+    """The journal of an l2 job on ``ref``/``dist`` into ``out`` with its first ``pairs`` pairs scored, one a batch."""
     from patchmmd import scoring
 
-    ref, dist = pair_dirs
-    out = tmp_path / "s.csv"
     tasks = scoring.paired_tasks(ref, dist).tasks
     job = scoring.job_header("l2", {}, tasks, mode="RGB", resize=False, kind="paired",
                              ref_dir=str(ref.resolve()), dist_dir=str(dist.resolve()))
     journal = scoring.journal_path(out)
     with scoring.Journal.open(journal, job) as j:
-        scoring.run_tasks(tasks[:2], "l2", j)
+        scoring.run_tasks(tasks[:pairs], "l2", j, batch_size=1)
+    return journal
+
+
+def test_a_damaged_journal_row_is_a_one_line_error(pair_dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    ref, dist = pair_dirs
+    out = tmp_path / "s.csv"
+    journal = _journal_of(ref, dist, out, 2)
     good = journal.read_text()
     for bad, message in (("[]", "must be a JSON object"), ('{"x": 1}', "missing"),
                          (good.splitlines()[1].replace('"value": 0.', '"value": NaN, "v": 0.'), "unknown v"),
@@ -380,3 +386,77 @@ def test_a_second_run_on_the_same_output_is_refused(job_dir: tuple[Path, str], t
     assert r.returncode == 0, r.stderr
     assert out.read_text() == expected
     assert not (tmp_path / "scores.csv.lock").exists() and not journal.exists()
+
+
+# --- metric check, messages, locks --------------------------------------------------------------------
+def test_ms_ssim_is_not_refused_for_the_size_of_the_metric_check(tmp_path: Path) -> None:
+    pytest.importorskip("pytorch_msssim")
+    ref, dist = tmp_path / "ref", tmp_path / "dist"
+    _images(ref, 1, size=176)  # MS-SSIM needs more than 160 px
+    _images(dist, 1, seed=1, size=176)
+    save_image(torch.rand(3, 48, 48), ref / "small.png")
+    save_image(torch.rand(3, 48, 48), dist / "small.png")
+    out = tmp_path / "s.csv"
+    r = _invoke("score", ref, dist, "--out", out, "-m", "ms-ssim", "-q", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    rows = {x["ref"]: x for x in _rows(out)}
+    assert float(rows["im00.png"]["score"]) > 0 and rows["im00.png"]["error"] == ""
+    assert "needs images larger than 160 px" in rows["small.png"]["error"]
+    r = _invoke("score", ref, dist, "--out", tmp_path / "t.csv", "-m", "ms-ssim", "-o", "win_size=12")
+    assert r.exit_code == 2 and "--option" in r.output and "odd" in r.output, r.output
+
+
+def test_channel_mismatch_suggests_the_mode_option(tmp_path: Path) -> None:
+    ref, dist = tmp_path / "ref", tmp_path / "dist"
+    _images(ref, 1)
+    dist.mkdir()
+    save_image(torch.rand(4, 48, 48), dist / "im00.png")
+    out = tmp_path / "s.csv"
+    r = _invoke("score", ref, dist, "--out", out, "-m", "l2", "--mode", "keep", "-q")
+    assert r.exit_code == 0, r.output
+    (row,) = _rows(out)
+    assert "--mode RGB" in row["error"] and "--resize" not in row["error"], row["error"]
+
+
+def test_a_non_json_line_inside_the_journal_stops_resume(pair_dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    ref, dist = pair_dirs
+    out = tmp_path / "s.csv"
+    journal = _journal_of(ref, dist, out, 3)
+    lines = journal.read_text().splitlines(keepends=True)
+    damaged = "".join([*lines[:2], "garbage\n", *lines[2:]])
+    journal.write_text(damaged)
+    r = _invoke("score", ref, dist, "--out", out, "-m", "l2", "--resume")
+    assert r.exit_code == 2, r.output
+    assert f"{journal}, line 3: not a JSON line" in r.output
+    assert journal.read_text() == damaged and not out.exists()
+
+
+def test_an_unwritable_output_folder_is_one_error(
+    pair_dirs: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from patchmmd import scoring
+
+    def denied(cls: type, output: Path, argv: object = None) -> None:  # as os.open in a read-only folder
+        raise PermissionError(errno.EACCES, "Permission denied", str(output) + ".lock")
+
+    monkeypatch.setattr(scoring.OutputLock, "acquire", classmethod(denied))
+    ref, dist = pair_dirs
+    out = tmp_path / "s.csv"
+    r = _invoke("score", ref, dist, "--out", out, "-m", "l2", "-q")
+    assert r.exit_code == 1, r.output
+    assert r.output == f"patchmmd: error: --out {out}: cannot create the lock file {out}.lock: Permission denied\n"
+
+
+def test_runtime_failures_are_one_line(pair_dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    from patchmmd import scoring
+
+    ref, dist = pair_dirs
+    out = tmp_path / "s.csv"
+    with scoring.OutputLock.acquire(out):
+        r = _invoke("score", ref, dist, "--out", out, "-m", "l2", "-q")
+    assert r.exit_code == 1, r.output
+    assert r.output.startswith("patchmmd: error: another run (pid ") and len(r.output.splitlines()) == 1
+    r = _invoke("score", ref, dist, "--out", out, "-m", "nope")  # a usage error keeps click's form
+    assert r.exit_code == 2 and r.output.startswith("Usage: ") and "\nError: " in r.output

@@ -286,3 +286,28 @@ def test_library_errors_name_no_cli_flags() -> None:
         code = "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("#"))
         flags = re.findall(r"[\"'(`\s]--[a-z][a-z-]+", code)
         assert not flags, f"{path.name} names CLI flags: {flags}"
+
+
+def _strict_json(text: str) -> object:
+    def refuse(name: str) -> None:
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_report_json_is_strict_json_with_null_for_nan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A constant metric has no rank correlation (NaN): report.json says null, never a bare NaN."""
+    from patchmmd.evaluation import suite as suite_module
+
+    result = run(MOSDataset(tiny_mos(tmp_path / "data")), [EvalMetric("flat", lambda x, y: torch.zeros(x.shape[0]))],
+                 bootstrap=0)
+    assert math.isnan(result.metrics["flat"]["all"]["srocc"])
+    write(result, tmp_path / "out", plots=False)
+    report = _strict_json((tmp_path / "out" / "report.json").read_text())
+    assert report["metrics"]["flat"]["all"]["srocc"] is None  # type: ignore[index]
+    monkeypatch.setattr(suite_module, "_markdown", lambda data, names: "")  # it needs a whole suite's data
+    data = {"candidates": [], "value": math.nan, "nested": [{"x": math.inf}, (1.5, -math.inf)]}
+    suite = suite_module.SuiteResult(data)
+    suite_module.write_suite(suite, tmp_path / "suite", figures=False)
+    assert _strict_json((tmp_path / "suite" / "report.json").read_text()) == {
+        "candidates": [], "value": None, "nested": [{"x": None}, [1.5, None]]}

@@ -219,7 +219,7 @@ def test_compare_reports_a_bomb_in_one_line(tmp_path: Path) -> None:
         assert r.exit_code == 1, r.output
         assert isinstance(r.exception, SystemExit)  # a reported error, not an exception escaping
         assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
-        assert r.output.startswith("Error: ") and b in r.output and what in r.output
+        assert r.output.startswith("patchmmd: error: ") and b in r.output and what in r.output
 
 
 def test_eval_mos_reports_a_bomb_in_one_line(tmp_path: Path) -> None:
@@ -241,7 +241,8 @@ def test_eval_mos_reports_a_bomb_in_one_line(tmp_path: Path) -> None:
                                   "--no-plots", "--out", str(tmp_path / "out")])
     assert r.exit_code == 1, r.output
     assert isinstance(r.exception, SystemExit) and "Traceback" not in r.output
-    assert "Error: " in r.output and "d2.png" in r.output and "decompression bomb" in r.output
+    assert r.output.splitlines()[-1].startswith("patchmmd: error: ") and "d2.png" in r.output
+    assert "decompression bomb" in r.output
 
 
 def _png16(a: np.ndarray, colour_type: int) -> bytes:

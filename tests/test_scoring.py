@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -458,3 +459,70 @@ def test_scoring_errors_pickle_with_their_attributes(tmp_path: Path) -> None:
     assert (back.rank, str(back), back.cause.only_ref, back.cause.only_dist) == (1, str(e), ["a"], ["b"])
     locked = pickle.loads(pickle.dumps(scoring.OutputLockedError(tmp_path / "s.csv", {"pid": 3})))
     assert locked.holder == {"pid": 3} and "pid 3" in str(locked)
+
+
+def test_check_metric_probes_a_size_the_metric_accepts() -> None:
+    pytest.importorskip("pytorch_msssim")
+    assert callable(scoring.check_metric("ms-ssim", {}))  # refuses 64 px (needs > 160), takes 256 px
+    assert callable(scoring.check_metric("ms-ssim", {"win_size": 21}))  # needs > 320 px: the images' fault
+    for name, options, message in (("ssim", {"win_size": 4}, "odd"), ("ms-ssim", {"win_size": 12}, "odd"),
+                                   ("l2", {"bogus": 1}, "bogus")):
+        with pytest.raises(scoring.MetricSetupError, match=message):
+            scoring.check_metric(name, options)
+
+
+def test_journal_line_damaged_before_the_last_is_refused(folder: Path, tmp_path: Path) -> None:
+    tasks = scoring.all_pair_tasks(folder)
+    job = _job(tasks)
+    path = tmp_path / "out.csv.journal"
+    with scoring.Journal.open(path, job) as j:
+        scoring.run_tasks(tasks[:3], "l2", j, batch_size=1)
+    lines = path.read_text().splitlines(keepends=True)
+    damaged = "".join([*lines[:2], '{"id": "x", "ref\n', *lines[2:]])  # line 3 of 5
+    path.write_text(damaged)
+    with pytest.raises(scoring.JournalError, match=rf"{path.name}, line 3: not a JSON line"):
+        scoring.read_journal(path, job)
+    with pytest.raises(scoring.JournalError, match="line 3"):
+        scoring.Journal.open(path, job, resume=True)
+    assert path.read_text() == damaged  # the finished rows after it are kept
+    path.write_text("".join(lines) + "{not json\n")  # a torn last line, even with its newline, is dropped
+    assert len(scoring.read_journal(path, job)) == 3
+
+
+def test_channel_mismatch_suggests_the_mode_not_resizing(tmp_path: Path) -> None:
+    ref, dist = tmp_path / "ref", tmp_path / "dist"
+    _images(ref, ["a.png"])
+    dist.mkdir()
+    save_image(torch.rand(4, 16, 16), dist / "a.png")
+    tasks = scoring.paired_tasks(ref, dist).tasks
+    for resize in (False, True):
+        path = tmp_path / f"j{resize}.journal"
+        with scoring.Journal.open(path, _job(tasks)) as j:
+            scoring.run_tasks(tasks, "l2", j, mode="keep", resize=resize)
+        (row,) = scoring.read_journal(path)
+        assert scoring.DEFAULT_MODE_HINT in row["error"] and "resize" not in row["error"], row["error"]
+
+
+def test_an_unwritable_output_folder_is_an_error_not_a_lock_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    _images(tmp_path / "ref", ["a.png"])
+    notices: list[scoring.Notice] = []
+    job = scoring.ScoreJob((tmp_path / "ref", tmp_path / "ref"), output=tmp_path / "s.csv", metric="l2")
+    for code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        def denied(cls: type, output: Path, argv: object = None, code: int = code) -> None:
+            raise OSError(code, os.strerror(code), str(output) + ".lock")
+
+        monkeypatch.setattr(scoring.OutputLock, "acquire", classmethod(denied))
+        with pytest.raises(scoring.OutputPathError, match="cannot create the lock file") as info:
+            scoring.ScoreRunner(job, device="cpu", notify=notices.append).run()
+        assert info.value.reason == "cannot_create" and not notices
+
+    def no_flock(cls: type, output: Path, argv: object = None) -> None:  # a file system without flock
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(scoring.OutputLock, "acquire", classmethod(no_flock))
+    assert scoring.ScoreRunner(job, device="cpu", notify=notices.append).run().scored == 1
+    assert [type(n) for n in notices] == [scoring.LockUnavailable]

@@ -119,3 +119,15 @@ def test_unknown_loss_lists_the_names() -> None:
     r = CliRunner().invoke(main, ["gim", "astronaut", "--loss", "lpips"])
     assert r.exit_code == 2 and "unknown loss 'lpips'" in r.output
     assert "random-cnn" in r.output and "lpips-alex" in r.output
+
+
+def test_data_dir_skips_hidden_files(tmp_path: Path, photo_dir: Path) -> None:
+    import shutil
+
+    from patchmmd.tasks.data import load_photos
+
+    data = shutil.copytree(photo_dir, tmp_path / "data")
+    for hidden in (".x.png", "._p0.png"):  # e.g. macOS's metadata files, not images: skipped as `score` skips them
+        (data / hidden).write_bytes(b"\x00\x05\x16\x07 not a PNG")
+    images, names = load_photos(data)
+    assert names == ["p0.png", "p1.png"] and [tuple(x.shape) for x in images] == [(3, 64, 96)] * 2

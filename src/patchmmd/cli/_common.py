@@ -4,8 +4,9 @@ writes a folder, :func:`check_output_path` for one that writes a file.
 
 They are generic: any subcommand can decorate itself with them. Validation errors are
 :class:`click.BadParameter` / :class:`click.UsageError`, so click prints them with the option's name.
-Any other exception a command lets through is turned into one line ``patchmmd: error: ...`` by
-:class:`ErrorMappingGroup` (the group of every command), never a traceback unless ``PATCHMMD_DEBUG=1``.
+Any other exception a command lets through (a :class:`click.ClickException` included) is turned into one line
+``patchmmd: error: ...`` by :class:`ErrorMappingGroup` (the group of every command), never a traceback unless
+``PATCHMMD_DEBUG=1``.
 
 Example:
     >>> parse_metric_options(("num_scales=3", "features=iid", "scale_weights=[1, 2, 1]", "base_size=none"))
@@ -29,7 +30,7 @@ DEBUG_ENV = "PATCHMMD_DEBUG"
 
 
 class CommandError(click.ClickException):
-    """An error of the library inside a command, shown as one line ``patchmmd: error: ...`` (exit status 1)."""
+    """An error inside a command, shown as one line ``patchmmd: error: ...`` (exit status 1)."""
 
     exit_code = 1
 
@@ -57,15 +58,20 @@ def debug_enabled() -> bool:
 
 
 class ErrorMappingGroup(click.Group):
-    """A click group whose commands never end in a traceback: any exception other than click's own, an exit
-    or an interrupt becomes one line ``patchmmd: error: ...`` and exit status 1 (``PATCHMMD_DEBUG=1``
-    re-raises it, traceback and all)."""
+    """A click group whose commands never end in a traceback: any exception other than a usage error, an exit
+    or an interrupt becomes one line ``patchmmd: error: ...`` and exit status 1: a :class:`click.ClickException`
+    a command raises, and any other exception (``PATCHMMD_DEBUG=1`` re-raises those, traceback and all).
+    Usage errors (exit status 2) keep click's form: the usage line, a hint to ``--help`` and ``Error: ...``."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+        except (CommandError, click.exceptions.UsageError, click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except click.exceptions.ClickException as e:  # a failure a command reports (exit status 1): one line
+            if e.exit_code != CommandError.exit_code:
+                raise
+            raise CommandError(" ".join(e.format_message().splitlines())) from e
         except Exception as e:
             if debug_enabled():
                 raise
@@ -227,7 +233,7 @@ def check_output_path(
 
     Raises:
         click.UsageError: the output (or a companion) exists and neither flag allows it; both flags given;
-            the output is a folder.
+            the output is a folder; its folder cannot be created (e.g. a regular file is in the way).
     """
     out = Path(path)
     if resume and overwrite:
@@ -238,5 +244,11 @@ def check_output_path(
     if existing and not overwrite and not resume:
         flags = "--resume to continue the job or --overwrite to start over" if resume is not None else "--overwrite"
         raise click.UsageError(f"{option}: {', '.join(map(str, existing))} already exist(s); pass {flags}")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        blocker = next((p for p in out.parents if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise click.UsageError(f"{option} {out}: {blocker} is a file, not a folder") from None
+        raise click.UsageError(f"{option} {out}: cannot create the folder {out.parent}: {e.strerror or e}") from None
     return out

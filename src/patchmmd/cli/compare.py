@@ -13,6 +13,7 @@ from . import main
 from ._common import (
     build_metric,
     check_output_path,
+    debug_enabled,
     device_option,
     metric_option,
     metric_options_option,
@@ -100,6 +101,24 @@ def save_heatmap(
     plt.close(fig)
 
 
+def _checked_metric(name: str, options: dict[str, Any]) -> Any:
+    """The metric, built and, with options, tried on a test pair before any image is read
+    (:func:`patchmmd.scoring.check_metric`, as ``score`` does): options that fail are a usage error.
+    Without options nothing the user typed can be at fault: a failure is reported when the images are scored."""
+    from ..scoring import MetricSetupError, check_metric
+
+    if not options:
+        return build_metric(name, options)
+    try:
+        return check_metric(name, options)
+    except MetricSetupError as e:
+        if debug_enabled() and e.__cause__ is not None:
+            raise e.__cause__ from e  # PATCHMMD_DEBUG=1: the metric's own traceback
+        if e.missing_dependency:
+            raise click.ClickException(f"metric {name!r} needs an optional dependency: {e}") from None
+        raise click.BadParameter(f"{name}: {e}", param_hint="--option") from None
+
+
 @main.command("compare")
 @click.argument("a", type=click.Path(dir_okay=False, path_type=str))
 @click.argument("b", type=click.Path(dir_okay=False, path_type=str))
@@ -151,7 +170,7 @@ def compare(
             with_map = ", ".join(s.name for s in metric_specs() if s.has_map)
             raise click.UsageError(f"--map needs a metric with a distance map ({with_map}), got --metric {metric}")
         check_output_path(map_path, overwrite=overwrite, option="--map")
-    fn = build_metric(metric, options)
+    fn = _checked_metric(metric, options)
     dev = resolve_device_or_fail(device)
     x, y, resized = load_pair(a, b, mode=mode, resize=resize, max_pixels=max_pixels)
     try:

@@ -221,6 +221,7 @@ def score(
         job, device=device, batch_size=batch_size, env=env, progress=bar.update, notify=_show_notice,
         after_batch=(lambda: time.sleep(throttle)) if throttle > 0 else None,
         resize_hint="use --resize to resize the second to the first",
+        mode_hint="use --mode RGB (alpha composited over white, gray replicated) or --mode L",
     )
     try:
         result = runner.run()

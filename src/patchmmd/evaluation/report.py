@@ -42,7 +42,7 @@ from typing import Any
 
 from .runner import EvaluationResult
 
-__all__ = ["OUTPUT_FILES", "Report", "remove_outputs", "write"]
+__all__ = ["OUTPUT_FILES", "Report", "json_text", "remove_outputs", "write"]
 
 #: The files :func:`write` creates (besides ``plot-<metric>.png``).
 OUTPUT_FILES = ("report.md", "report.json", "scores.csv")
@@ -123,10 +123,32 @@ def _scatter(out: Path, metric: str, xs: Sequence[float], ys: Sequence[float], g
     return name
 
 
+def _finite(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, infinity) replaced by ``None``, in nested dicts, lists, tuples."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def json_text(obj: Any) -> str:
+    """``obj`` as indented, strict JSON text (ending in a newline): a statistic that is not finite (NaN, e.g. a
+    correlation of constant values) is written as ``null``, since JSON has no NaN.
+
+    Example:
+        >>> json_text({"srocc": float("nan"), "n": [1, float("inf")]}).split()
+        ['{', '"srocc":', 'null,', '"n":', '[', '1,', 'null', ']', '}']
+    """
+    return json.dumps(_finite(obj), indent=2, allow_nan=False) + "\n"
+
+
 def _finish(out: Path, report: dict[str, Any], md: list[str], summary: str, plots: dict[str, str],
             files: list[Path]) -> Report:
     markdown = "\n".join(md) + "\n"
-    (out / "report.json").write_text(json.dumps(report, indent=2, allow_nan=True) + "\n")
+    (out / "report.json").write_text(json_text(report))
     (out / "report.md").write_text(markdown)
     files = [out / "report.md", out / "report.json", *files, *(out / p for p in plots.values())]
     return Report(out, markdown, summary, report, files, plots)

@@ -27,7 +27,6 @@ Example (the shape of a run; the real one reads files):
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import statistics
@@ -783,6 +782,8 @@ def write_suite(result: SuiteResult, out_dir: str | os.PathLike[str], *, figures
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = _figures(result, out) if figures else []
-    (out / "report.json").write_text(json.dumps(result.data, indent=2, allow_nan=True) + "\n")
+    from .report import json_text
+
+    (out / "report.json").write_text(json_text(result.data))  # NaN as null: strict JSON
     (out / "report.md").write_text(_markdown(result.data, names))
     return [out / "report.md", out / "report.json", *(out / n for n in names)]

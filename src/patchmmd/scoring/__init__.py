@@ -108,6 +108,7 @@ from .output import (
 from .runner import (
     DEFAULT_BATCH_PIXELS,
     DEFAULT_CACHE_PIXELS,
+    DEFAULT_MODE_HINT,
     DEFAULT_RESIZE_HINT,
     IgnoredFiles,
     LockUnavailable,
@@ -118,19 +119,20 @@ from .runner import (
     ScoreRunner,
     UnmatchedImages,
     _ImageCache,
+    check_metric,
     finalize,
     resize_to,
     run_tasks,
 )
 
 __all__ = [
-    "CSV_COLUMNS_BASE", "DEFAULT_BATCH_PIXELS", "DEFAULT_CACHE_PIXELS", "DEFAULT_RESIZE_HINT", "FORMULA_CHARS",
-    "JOURNAL_FORMAT", "JOURNAL_VERSION", "ROW_KEYS", "FinalizeError", "FolderError", "IgnoredFiles",
+    "CSV_COLUMNS_BASE", "DEFAULT_BATCH_PIXELS", "DEFAULT_CACHE_PIXELS", "DEFAULT_MODE_HINT", "DEFAULT_RESIZE_HINT",
+    "FORMULA_CHARS", "JOURNAL_FORMAT", "JOURNAL_VERSION", "ROW_KEYS", "FinalizeError", "FolderError", "IgnoredFiles",
     "InconsistentJournalsError", "JobInterrupted", "JobMismatchError", "Journal", "JournalError",
     "JournalOpenError", "LockUnavailable", "MetricSetupError", "NoPairsError", "NothingToResumeError", "Notice",
     "OutputExistsError", "OutputLock", "OutputLockedError", "OutputPathError", "PairTask", "PairedJob",
     "RankFailedError", "RunSummary", "ScoreJob", "ScoreResult", "ScoreRunner", "ScoringError", "UnmatchedImages",
-    "_ImageCache", "all_pair_tasks", "atomic_write_text", "creation_mode", "csv_line", "csv_text",
+    "_ImageCache", "all_pair_tasks", "atomic_write_text", "check_metric", "creation_mode", "csv_line", "csv_text",
     "describe_holder", "done_rows", "finalize", "find_journals", "format_value", "job_header", "journal_path",
     "list_images", "lock_path", "merge_journals", "paired_tasks", "read_journal", "resize_to", "resolve_device",
     "run_tasks", "shard", "sorted_rows", "task_id", "tasks_digest", "value_column", "write_csv_atomic",

@@ -38,7 +38,8 @@ class JobMismatchError(ScoringError):
 
 
 class JournalError(ScoringError):
-    """A journal line that is valid JSON but not a row this engine writes (wrong shape or values).
+    """A journal line that is not a row this engine writes (wrong shape or values), or a line before the last
+    that is not JSON at all (only the last line can be torn by a crash).
 
     The message names the journal and the line number (1 = the header).
     """

@@ -95,7 +95,14 @@ ROW_KEYS = frozenset({"id", "ref", "dist", "metric", "value", "error"})
 
 def _read_lines(path: Path) -> tuple[dict[str, Any] | None, list[tuple[int, Any]], int]:
     """Header, (line number, parsed line) of each row, and the byte length of the valid prefix (complete,
-    parseable lines) of a journal. The rows are not checked here (see :func:`_check_row`)."""
+    parseable lines) of a journal. The rows are not checked here (see :func:`_checked_rows`).
+
+    Only the last line may be torn (a crash while appending): it is left out. A line that is not JSON with
+    more after it was damaged otherwise, and the finished rows after it would be lost.
+
+    Raises:
+        JournalError: a line before the last is not JSON (the message names it).
+    """
     data = path.read_bytes()
     header: Any = None
     rows: list[tuple[int, Any]] = []
@@ -106,11 +113,13 @@ def _read_lines(path: Path) -> tuple[dict[str, Any] | None, list[tuple[int, Any]
         end = data.find(b"\n", pos)
         if end < 0:
             break  # a last line without its newline: cut off by a crash
+        line += 1
         try:
             obj = json.loads(data[pos:end])
         except ValueError:
-            break  # a torn line (only the last one can be)
-        line += 1
+            if data[end + 1:]:
+                raise JournalError(f"{path}, line {line}: not a JSON line, and lines follow it") from None
+            break  # a torn last line
         if line == 1:
             header = obj
         else:

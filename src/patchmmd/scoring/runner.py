@@ -12,6 +12,7 @@ stop if one fails), scores them into journals and writes the CSV. It reports thr
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import signal
@@ -50,6 +51,7 @@ from .journal import (
     done_rows,
     find_journals,
     journal_path,
+    lock_path,
     merge_journals,
     read_journal,
 )
@@ -92,7 +94,11 @@ def _error_text(e: BaseException) -> str:
 
 
 DEFAULT_RESIZE_HINT = "resize=True resizes the second to the first"
-"""What :func:`run_tasks` suggests in the error row of a pair of images that differ in shape."""
+"""What :func:`run_tasks` suggests in the error row of a pair of images that differ in size."""
+
+DEFAULT_MODE_HINT = 'mode="RGB" or mode="L" reads every image with the same channels'
+"""What :func:`run_tasks` suggests in the error row of a pair of images that differ in channels (``mode="keep"``),
+which resizing cannot mend."""
 
 DEFAULT_BATCH_PIXELS = 16 * 2**20
 """Pixels (height x width of the first image, summed over the pairs) in one batch of :func:`run_tasks`."""
@@ -163,6 +169,7 @@ def run_tasks(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     batch_pixels: int = DEFAULT_BATCH_PIXELS,
     resize_hint: str = DEFAULT_RESIZE_HINT,
+    mode_hint: str = DEFAULT_MODE_HINT,
 ) -> RunSummary:
     """Score the tasks not yet in ``journal`` and append their rows, one durable batch at a time.
 
@@ -183,8 +190,9 @@ def run_tasks(
         after_batch: called after each durable batch (tests use it to slow a job down).
         max_pixels: the largest image read (:func:`patchmmd.io.load_image`); ``None``: no limit.
         batch_pixels: the pixel budget of a batch (of the pairs' first images).
-        resize_hint: added in brackets to a shape-mismatch error when ``resize`` is off (a front end names
+        resize_hint: added in brackets to a size-mismatch error when ``resize`` is off (a front end names
             its own option here).
+        mode_hint: added in brackets to a channel-mismatch error (``mode="keep"``), with or without ``resize``.
     """
     from ..metrics.registry import get_metric
 
@@ -227,13 +235,16 @@ def run_tasks(
             x = cache.get(t.ref_path)
             y = cache.get(t.dist_path)
             if x.shape != y.shape:
-                if resize and x.shape[0] == y.shape[0]:
+                if x.shape[0] != y.shape[0]:
+                    hint = mode_hint
+                elif resize:
                     y = resize_to(y, (x.shape[1], x.shape[2]))
+                    hint = None
                 else:
-                    raise ValueError(
-                        f"images differ in shape: {shape_text(x)} vs {shape_text(y)}"
-                        + ("" if resize or not resize_hint else f" ({resize_hint})")
-                    )
+                    hint = resize_hint
+                if hint is not None:
+                    raise ValueError(f"images differ in shape: {shape_text(x)} vs {shape_text(y)}"
+                                     + (f" ({hint})" if hint else ""))
         except (ImageReadError, ValueError) as e:
             error_rows.append(_row(t, metric, None, _error_text(e)))
         else:
@@ -421,6 +432,9 @@ class _Terminated(BaseException):
 
 _AGREED_ERRORS: tuple[type[BaseException], ...] = (ScoringError, OutputLockedError)
 
+#: Why a lock file could not be created that is the folder's fault (not a file system without ``flock``).
+_NO_ACCESS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+
 
 def _one_line(e: BaseException) -> str:
     text = " ".join(str(e).split()) or "no message"
@@ -445,7 +459,7 @@ class ScoreRunner:
         progress: called as ``progress(done, total)`` once before scoring and after each batch (rank 0's
             share under a launch; in a single process ``done`` starts at the pairs already in the journal).
         notify: called with each :data:`Notice` (rank 0 only).
-        after_batch: called after each durable batch. resize_hint: see :func:`run_tasks`.
+        after_batch: called after each durable batch. resize_hint, mode_hint: see :func:`run_tasks`.
         argv: the command line recorded in the lock file (default ``sys.argv``).
 
     Raises (from :meth:`run`):
@@ -478,6 +492,7 @@ class ScoreRunner:
         notify: Callable[[Notice], None] | None = None,
         after_batch: Callable[[], None] | None = None,
         resize_hint: str = DEFAULT_RESIZE_HINT,
+        mode_hint: str = DEFAULT_MODE_HINT,
         argv: Sequence[str] | None = None,
     ) -> None:
         self.job = job
@@ -489,6 +504,7 @@ class ScoreRunner:
         self.notify = notify
         self.after_batch = after_batch
         self.resize_hint = resize_hint
+        self.mode_hint = mode_hint
         self.argv = argv
 
     # ---------------------------------------------------------------------------------- helpers
@@ -562,7 +578,7 @@ class ScoreRunner:
         if job.max_pixels != DEFAULT_MAX_PIXELS:  # a job with the default limit keeps its header as before
             where["max_pixels"] = "none" if job.max_pixels is None else job.max_pixels
         options = dict(job.options)
-        _check_metric(job.metric, options)
+        check_metric(job.metric, options)
         header = job_header(job.metric, options, tasks, mode=job.mode, resize=job.resize, **where)
         return _Built(tasks, header, value_column(get_spec(job.metric).higher_is_better))
 
@@ -589,7 +605,12 @@ class ScoreRunner:
             return OutputLock.acquire(self.job.output, argv=self.argv)
         except OutputLockedError:
             raise
-        except OSError as e:  # e.g. a file system without flock: go on, as before locks existed
+        except OSError as e:
+            if e.errno in _NO_ACCESS:  # nor could the journal or the CSV be written there
+                out = self.job.output
+                raise OutputPathError(f"{out}: cannot create the lock file {lock_path(out)}: {e.strerror or e}",
+                                      output=out, reason="cannot_create") from None
+            # e.g. a file system without flock: go on, as before locks existed
             self._notice(LockUnavailable(self.job.output, e))
             return None
 
@@ -685,6 +706,7 @@ class ScoreRunner:
                     mine, job.metric, journal, options=dict(job.options), batch_size=self.batch_size, device=dev,
                     mode=job.mode, resize=job.resize, progress=advance, after_batch=self.after_batch,
                     max_pixels=job.max_pixels, batch_pixels=self.batch_pixels, resize_hint=self.resize_hint,
+                    mode_hint=self.mode_hint,
                 )
         except (KeyboardInterrupt, _Terminated) as e:
             name = "SIGINT" if isinstance(e, KeyboardInterrupt) else "SIGTERM"
@@ -721,16 +743,46 @@ class ScoreRunner:
         )
 
 
-def _check_metric(name: str, options: dict[str, Any]) -> None:
-    """Build the metric and run it once on a tiny pair, so that bad options fail before any work."""
+_PROBE_SIZES = (64, 256, 255)
+"""Sides of the flat test pairs :func:`check_metric` tries, in order; the last two tell a failure that
+depends on the image size (its message changes with it) from one of the options."""
+
+
+def check_metric(name: str, options: Mapping[str, Any]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Build the metric and run it on a flat test pair, so that bad options fail before any work; returns it.
+
+    The pair is 64 px, then 256 px if the metric refuses that (MS-SSIM needs more than 160 px). A metric that
+    refuses 256 px too is tried at 255 px: if the error is the same, the options are at fault; if it changes
+    with the size, the images are (they get error rows or messages of their own), and the metric is accepted.
+
+    Raises:
+        MetricSetupError: the metric cannot be built with ``options``, or they fail on every test pair
+            (``missing_dependency`` when an optional package is missing).
+    """
     from ..metrics.registry import get_metric
 
     try:
         fn = get_metric(name, **options)
-        fn(torch.full((1, 3, 64, 64), 0.5), torch.full((1, 3, 64, 64), 0.5))
     except ImportError as e:
         raise MetricSetupError(str(e), metric=name, missing_dependency=True) from None
     except (TypeError, ValueError) as e:
         raise MetricSetupError(str(e), metric=name) from None
-    except Exception as e:  # e.g. a RuntimeError deep inside: the options do not work on images
+    except Exception as e:  # any other failure of the metric's factory
         raise MetricSetupError(_one_line(e), metric=name) from e
+    failures: list[Exception] = []
+    for size in _PROBE_SIZES:
+        try:
+            with torch.no_grad():
+                fn(torch.full((1, 3, size, size), 0.5), torch.full((1, 3, size, size), 0.5))
+            return fn
+        except ImportError as e:
+            raise MetricSetupError(str(e), metric=name, missing_dependency=True) from None
+        except Exception as e:
+            failures.append(e)
+    last, before = failures[-1], failures[-2]
+    if _one_line(last) != _one_line(before):
+        return fn  # the error names the size: the images' fault, not the options'
+    if isinstance(last, (TypeError, ValueError)):
+        raise MetricSetupError(str(last), metric=name) from None
+    # e.g. a RuntimeError deep inside: the options do not work on images
+    raise MetricSetupError(_one_line(last), metric=name) from last

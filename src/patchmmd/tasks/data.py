@@ -17,7 +17,8 @@ import torch
 
 
 def load_photos(folder: str | os.PathLike[str] | None) -> tuple[list[torch.Tensor], list[str]]:
-    """RGB images ``(3, H, W)`` in ``[0, 1]`` from ``folder`` (sorted by name), or the shipped photos if ``None``."""
+    """RGB images ``(3, H, W)`` in ``[0, 1]`` from ``folder`` (sorted by name; hidden files skipped), or the shipped
+    photos if ``None``."""
     if folder is None:
         from ..data import sample_image, sample_names
 
@@ -25,7 +26,9 @@ def load_photos(folder: str | os.PathLike[str] | None) -> tuple[list[torch.Tenso
         return [sample_image(n) for n in names], names
     from ..io import IMAGE_SUFFIXES, load_image
 
-    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    # hidden files (".x.png", macOS's "._x.png") are skipped, as ``patchmmd score`` skips them
+    files = sorted(p for p in Path(folder).iterdir()
+                   if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
     if not files:
         raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
     return [load_image(p) for p in files], [p.name for p in files]
