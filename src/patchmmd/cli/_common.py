@@ -19,9 +19,12 @@ import json
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+
+if TYPE_CHECKING:
+    from ..scoring import MetricSetupError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -146,6 +149,15 @@ def build_metric(name: str, options: dict[str, Any]) -> Callable[..., Any]:
         if debug_enabled():
             raise
         raise click.BadParameter(f"{name}: {one_line_error(e).format_message()}", param_hint="--option") from None
+
+
+def metric_setup_error(e: MetricSetupError) -> click.ClickException:
+    """How a command reports a metric that cannot be built or fails its test pair
+    (:func:`patchmmd.scoring.check_metric`): a missing optional dependency (exit status 1), else a usage error
+    naming ``--option`` (exit status 2)."""
+    if e.missing_dependency:
+        return click.ClickException(f"metric {e.metric!r} needs an optional dependency: {e}")
+    return click.BadParameter(f"{e.metric}: {e}", param_hint="--option")
 
 
 def device_option() -> Callable[[F], F]:

@@ -17,6 +17,7 @@ from ._common import (
     device_option,
     metric_option,
     metric_options_option,
+    metric_setup_error,
     mode_option,
     parse_metric_options,
     resolve_device_or_fail,
@@ -114,9 +115,7 @@ def _checked_metric(name: str, options: dict[str, Any]) -> Any:
     except MetricSetupError as e:
         if debug_enabled() and e.__cause__ is not None:
             raise e.__cause__ from e  # PATCHMMD_DEBUG=1: the metric's own traceback
-        if e.missing_dependency:
-            raise click.ClickException(f"metric {name!r} needs an optional dependency: {e}") from None
-        raise click.BadParameter(f"{name}: {e}", param_hint="--option") from None
+        raise metric_setup_error(e) from None
 
 
 @main.command("compare")

@@ -21,6 +21,7 @@ from ._common import (
     device_option,
     metric_option,
     metric_options_option,
+    metric_setup_error,
     mode_option,
     parse_metric_options,
 )
@@ -111,9 +112,7 @@ def _click_error(e: BaseException) -> click.ClickException:
     if isinstance(e, scoring.NoPairsError):
         return click.UsageError(f"{e}; {_unmatched(e.only_ref, e.only_dist)}")
     if isinstance(e, scoring.MetricSetupError):
-        if e.missing_dependency:
-            return click.ClickException(f"metric {e.metric!r} needs an optional dependency: {e}")
-        return click.BadParameter(f"{e.metric}: {e}", param_hint="--option")
+        return metric_setup_error(e)
     if isinstance(e, scoring.OutputPathError):
         if e.reason == "cannot_create":
             return click.ClickException(f"--out {e}")

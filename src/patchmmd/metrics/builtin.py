@@ -16,11 +16,15 @@ from ..core.validation import check_out_of_range, check_value_range
 from .registry import Metric, register
 
 
+def _no_reduction(name: str, options: dict[str, Any]) -> None:
+    if "reduction" in options:
+        raise TypeError(f"{name} takes no reduction option: a registry metric gives one value per image (N,)")
+
+
 def _bind(fn: Callable[..., torch.Tensor], name: str, options: dict[str, Any]) -> None:
     """Refuse, when the metric is built, the options that ``fn`` does not take (its values are checked when it
     is called), and ``reduction``: a registry metric gives one value per image."""
-    if "reduction" in options:
-        raise TypeError(f"{name} takes no reduction option: a registry metric gives one value per image (N,)")
+    _no_reduction(name, options)
     params = inspect.signature(fn).parameters
     unknown = sorted(k for k in options if k not in params or params[k].kind is not inspect.Parameter.KEYWORD_ONLY)
     if unknown:
@@ -34,9 +38,8 @@ def _mmdpp_options(name: str, preset: str | None, options: dict[str, Any]) -> di
     options = dict(options)
     if preset is not None and "preset" in options:
         raise TypeError(f"{name} is MMD++ with preset={preset!r}; use the 'mmdpp' metric to choose a preset")
+    _no_reduction(name, options)
     call: dict[str, Any] = {k: options.pop(k) for k in ("value_range", "out_of_range") if k in options}
-    if "reduction" in options:
-        raise TypeError(f"{name} takes no reduction option: a registry metric gives one value per image (N,)")
     if "value_range" in call:
         check_value_range(call["value_range"])
     if "out_of_range" in call:
@@ -45,29 +48,24 @@ def _mmdpp_options(name: str, preset: str | None, options: dict[str, Any]) -> di
     return {"preset": cfg, **call}
 
 
-@register("mmdpp", "MMD++: shift-tolerant aligned terms under the scale rule plus a multi-bandwidth windowed MMD "
-          "at native resolution; the library's default perceptual distance",
-          map_factory=lambda **options: partial(distance_map, **_mmdpp_options("mmdpp", None, options)),
-          differentiable=True)
-def _mmdpp(**options: Any) -> Metric:
-    return partial(mmdpp, **_mmdpp_options("mmdpp", None, options))
+def _register_mmdpp(name: str, preset: str | None, description: str) -> None:
+    """Register MMD++ under ``name`` (``preset`` fixed, or chosen by the option for ``None``) with its map."""
+
+    def factory(**options: Any) -> Metric:
+        return partial(mmdpp, **_mmdpp_options(name, preset, options))
+
+    def map_factory(**options: Any) -> Metric:
+        return partial(distance_map, **_mmdpp_options(name, preset, options))
+
+    register(name, description, map_factory=map_factory, differentiable=True)(factory)
 
 
-@register("mmdpp-pixelwise", "the previous default MMD++: pixelwise aligned terms and one-bandwidth MMD, all under "
-          "the scale rule (counts a 1-px shift as more than visible noise)",
-          map_factory=lambda **options: partial(distance_map, **_mmdpp_options("mmdpp-pixelwise", "pixelwise",
-                                                                               options)),
-          differentiable=True)
-def _mmdpp_pixelwise(**options: Any) -> Metric:
-    return partial(mmdpp, **_mmdpp_options("mmdpp-pixelwise", "pixelwise", options))
-
-
-@register("mmdpp-followup", "the follow-up study's MMD++: native resolution, 512 i.i.d. random features",
-          map_factory=lambda **options: partial(distance_map, **_mmdpp_options("mmdpp-followup", "followup",
-                                                                               options)),
-          differentiable=True)
-def _mmdpp_followup(**options: Any) -> Metric:
-    return partial(mmdpp, **_mmdpp_options("mmdpp-followup", "followup", options))
+_register_mmdpp("mmdpp", None, "MMD++: shift-tolerant aligned terms under the scale rule plus a multi-bandwidth "
+                "windowed MMD at native resolution; the library's default perceptual distance")
+_register_mmdpp("mmdpp-pixelwise", "pixelwise", "the previous default MMD++: pixelwise aligned terms and "
+                "one-bandwidth MMD, all under the scale rule (counts a 1-px shift as more than visible noise)")
+_register_mmdpp("mmdpp-followup", "followup",
+                "the follow-up study's MMD++: native resolution, 512 i.i.d. random features")
 
 
 @register("patch-mmd", "windowed squared patch MMD (centred Gaussian kernel), exact estimator", differentiable=True)
