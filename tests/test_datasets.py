@@ -45,6 +45,7 @@ def test_2afc_reader(tmp_path: Path) -> None:
     assert len(BAPPS2AFC(root / "2afc" / "val")) == 4
     assert BAPPS2AFC(root / "2afc" / "val" / "cnn").subsets == ["cnn"]
     assert BAPPS2AFC(root, "cnn").subsets == ["cnn"]
+    assert BAPPS2AFC(root, "traditional, cnn").subsets == ["traditional", "cnn"]  # spaces after commas
     assert BAPPS2AFC(root, ["val/traditional"]).subsets == ["traditional"]
 
 
@@ -140,3 +141,53 @@ def test_live_dev() -> None:
     unscored = [i for i in range(len(ds)) if ds.scores[i] is None]
     item = ds[unscored[0]]
     assert item.reference.shape == (3, 512, 768) and torch.equal(item.reference, item.distorted)
+
+
+def test_mos_malformed_label_files(tmp_path: Path) -> None:
+    """Malformed rows are refused with the CSV's line, never read into wrong columns or left to crash."""
+    save_image(torch.zeros(3, 8, 8), tmp_path / "ref.png")
+    for i in range(3):
+        save_image(torch.full((3, 8, 8), 0.1 * (i + 1)), tmp_path / f"d{i}.png")
+    head = "reference,distorted,dmos\n"
+    good = "ref.png,d0.png,1\nref.png,d1.png,2\nref.png,d2.png,3\n"
+
+    def read(text: str | bytes, **kw: object) -> MOSDataset:
+        path = tmp_path / "labels.csv"
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+        return MOSDataset(path, **kw)  # type: ignore[arg-type]
+
+    # BOM and CRLF line ends are fine
+    assert read(b"\xef\xbb\xbf" + (head + good).replace("\n", "\r\n").encode()).scores == [1.0, 2.0, 3.0]
+    # a row with more fields than the header (a stray comma shifts the columns), even an otherwise blank one
+    with pytest.raises(DatasetError, match=r"line 3: 4 fields, but the header has 3"):
+        read(head + "ref.png,d0.png,1\nref.png,d1.png,2,9\n")
+    with pytest.raises(DatasetError, match=r"line 2: 4 fields, but the header has 3"):
+        read(head + ",,,x\n" + good)
+    # a row cut short: not an unscored row
+    with pytest.raises(DatasetError, match=r"line 3: 2 fields, but the header has 3"):
+        read(head + "ref.png,d0.png,1\nref.png,d1.png\n")
+    # a column named twice: which one holds the scores?
+    with pytest.raises(DatasetError, match="column 'dmos' appears 2 times") as info:
+        read("reference,distorted,dmos,dmos\nref.png,d0.png,1,9\n")
+    assert info.value.parameter == "score_column"
+    # the same pair twice would count twice in the correlations
+    with pytest.raises(DatasetError, match=r"line 4: the pair \(ref.png, ./d0.png\) is already on line 2"):
+        read(head + good.replace("d2.png", "./d0.png"))
+    # paths leading out of the root, relative or absolute
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    with pytest.raises(DatasetError, match=r"line 2: path '../ref.png' leads out of the image root") as info:
+        read(head + "../ref.png,../d0.png,1\n", root=sub)
+    assert info.value.parameter == "root"
+    with pytest.raises(DatasetError, match="leads out of the image root"):
+        read(head + f"ref.png,{tmp_path / 'd0.png'},1\n")
+    with pytest.raises(DatasetError, match="leads out of the image root"):
+        read(head + "ref.png,sub/../../d0.png,1\n", root=sub)
+    # line numbers are the file's, past blank rows and fields quoted over two lines
+    with pytest.raises(DatasetError, match="line 5: score 'x'"):
+        read(head + "\n,,\nref.png,d1.png,2\nref.png,d2.png,x\n")
+    with pytest.raises(DatasetError, match="line 4: score 'zz'"):
+        read(head + '"ref.png","d0\n.png",1\nref.png,d2.png,zz\n')
+    # not UTF-8
+    with pytest.raises(DatasetError, match="not UTF-8 text"):
+        read(head.encode() + b"ref.png,d\xe9.png,1\n")

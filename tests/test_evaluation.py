@@ -311,3 +311,42 @@ def test_report_json_is_strict_json_with_null_for_nan(tmp_path: Path, monkeypatc
     suite_module.write_suite(suite, tmp_path / "suite", figures=False)
     assert _strict_json((tmp_path / "suite" / "report.json").read_text()) == {
         "candidates": [], "value": None, "nested": [{"x": None}, [1.5, None]]}
+
+
+def test_cache_refuses_values_of_other_rows(tmp_path: Path) -> None:
+    """Cached values belong to the rows they were computed on: a reordered CSV must not reuse them."""
+    labels = tiny_mos(tmp_path / "data")
+    first = run(MOSDataset(labels), ["l2"], cache=tmp_path / "cache", bootstrap=0)
+    lines = labels.read_text().splitlines()
+    labels.write_text("\n".join([lines[0], *reversed(lines[1:6]), lines[6]]) + "\n")  # same n, other order
+    with pytest.raises(CacheMismatchError, match="other settings"):
+        run(MOSDataset(labels), ["l2"], cache=tmp_path / "cache", bootstrap=0)
+    assert run(MOSDataset(labels), ["l2"], bootstrap=0).metrics["l2"]["all"]["srocc"] == pytest.approx(
+        first.metrics["l2"]["all"]["srocc"])
+
+
+def test_group_names_cannot_clash_with_result_keys(tmp_path: Path) -> None:
+    """A group called "all" (or "group") would silently replace the overall statistics (or the metadata)."""
+    labels = tiny_mos(tmp_path / "data", n=6)
+    text = labels.read_text()
+    for name in ("all", "group", "higher_is_better"):
+        (tmp_path / "data" / "l.csv").write_text(text.replace(",a,", f",{name},"))
+        counting = Counting()
+        with pytest.raises(evaluation.DatasetError, match=f"group '{name}' in column 'distortion' clashes") as info:
+            run(MOSDataset(tmp_path / "data" / "l.csv", group_column="distortion"), [EvalMetric("c", counting)])
+        assert info.value.parameter == "group_column" and counting.pairs == 0  # before any metric runs
+    with pytest.raises(ValueError, match="group 'all' cannot be told apart from the overall statistics"):
+        grouped_correlations([1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 6, 5], ["all"] * 3 + ["b"] * 3)
+    with pytest.raises(ValueError, match="group '1' cannot be told apart from another group"):
+        grouped_correlations([1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 6, 5], [1] * 3 + ["1"] * 3)
+
+
+def test_bootstrap_and_seed_checked_before_metrics_run(tmp_path: Path) -> None:
+    counting = Counting()
+    with pytest.raises(ValueError, match="seed must be a non-negative integer, got -1"):
+        run(MOSDataset(tiny_mos(tmp_path / "data")), [EvalMetric("c", counting)], seed=-1)
+    assert counting.pairs == 0
+    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+        correlations([1, 2, 3, 4], [1, 2, 4, 3], bootstrap=5, seed=-1)
+    r = correlations([1, 2, 3, 4], [1, 2, 4, 3], bootstrap=np.int64(5), seed=np.int64(1))
+    assert r["ci"] == correlations([1, 2, 3, 4], [1, 2, 4, 3], bootstrap=5, seed=1)["ci"]

@@ -225,7 +225,7 @@ class _BAPPS:
     def __init__(self, root: str | os.PathLike[str], subsets: Sequence[str] | str | None = None, *,
                  split: str = "val", load_size: int | None = 64, mode: ImageMode = "RGB") -> None:
         if isinstance(subsets, str):
-            subsets = [s for s in subsets.split(",") if s.strip()]
+            subsets = [s.strip() for s in subsets.split(",") if s.strip()]
         self.root = Path(root)
         self.split = split
         self.load_size = _check_load_size(load_size)
@@ -334,7 +334,10 @@ class MOSDataset:
 
     Raises:
         FileNotFoundError: the CSV, the root, or files it names do not exist (the first few are listed).
-        DatasetError: the CSV has no rows, a column is missing, or a score is not a number.
+        DatasetError: the CSV is not UTF-8 text or has no rows, a column is missing or appears twice, a row
+            has more fields than the header or too few to reach a column used, a path is absolute or leads
+            out of ``root`` (``..``), a (reference, distorted) pair appears twice, or a score is not a finite
+            number.
 
     Example:
         >>> from pathlib import Path
@@ -357,10 +360,23 @@ class MOSDataset:
         self.root = Path(root) if root is not None else self.labels_csv.parent
         _check_dir(self.root, "image root folder")
         self.mode = mode
-        with open(self.labels_csv, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            header = reader.fieldnames or []
-            rows = [r for r in reader if any((v or "").strip() for v in r.values())]
+        rows: list[dict[str, str]] = []
+        lines: list[int] = []  # the line each row ends on (blank rows skipped, quoted fields may span lines)
+        try:
+            with open(self.labels_csv, newline="", encoding="utf-8-sig") as f:
+                reader = csv.DictReader(f)
+                header = reader.fieldnames or []
+                for r in reader:
+                    if None in r:  # more fields than the header: a stray comma, or columns out of line
+                        raise DatasetError(
+                            f"{self.labels_csv}, line {reader.line_num}: {len(header) + len(r[None])} fields, "
+                            f"but the header has {len(header)} ({list(header)})"
+                        )
+                    if any((v or "").strip() for v in r.values()):
+                        rows.append(r)
+                        lines.append(reader.line_num)
+        except UnicodeDecodeError as e:
+            raise DatasetError(f"labels CSV is not UTF-8 text: {self.labels_csv} ({e})") from None
         if not header or not rows:
             raise DatasetError(f"labels CSV has no data rows: {self.labels_csv}")
         self.reference_column = _pick_column(header, reference_column, _REFERENCE_COLUMNS, "reference path",
@@ -370,19 +386,41 @@ class MOSDataset:
         self.score_column = _pick_column(header, score_column, _SCORE_COLUMNS, "score", "score_column")
         self.group_column = None if group_column is None else _pick_column(header, group_column, (), "group",
                                                                            "group_column")
+        for column, parameter in ((self.reference_column, "reference_column"),
+                                  (self.distorted_column, "distorted_column"), (self.score_column, "score_column"),
+                                  (self.group_column, "group_column")):
+            if column is not None and list(header).count(column) > 1:
+                raise DatasetError(f"column {column!r} appears {list(header).count(column)} times in the header "
+                                   f"{list(header)}", parameter=parameter)
         self.rows = rows
+        #: per row, the line of the CSV it ends on (for messages)
+        self.lines = lines
         self.references: list[str] = []
         self.distorted: list[str] = []
         self.scores: list[float | None] = []
         self.groups: list[str | None] = []
         missing: list[str] = []
-        for line, r in enumerate(rows, start=2):
+        seen: dict[tuple[str, str], int] = {}
+        for line, r in zip(lines, rows, strict=True):
+            if r.get(self.reference_column) is None or r.get(self.distorted_column) is None or (
+                    r.get(self.score_column) is None) or (self.group_column and r.get(self.group_column) is None):
+                raise DatasetError(f"{self.labels_csv}, line {line}: {sum(v is not None for v in r.values())} "
+                                   f"fields, but the header has {len(header)} ({list(header)})")
             ref, dist = (r.get(self.reference_column) or "").strip(), (r.get(self.distorted_column) or "").strip()
             if not ref or not dist:
                 raise DatasetError(f"{self.labels_csv}, line {line}: empty reference or distorted path")
             for p in (ref, dist):
+                if os.path.isabs(p) or os.path.normpath(p).split(os.sep)[0] == os.pardir:
+                    raise DatasetError(f"{self.labels_csv}, line {line}: path {p!r} leads out of the image root "
+                                       f"{self.root}; paths must be relative to it (choose a root that holds "
+                                       "every image)", parameter="root")
                 if not (self.root / p).is_file():
                     missing.append(p)
+            key = (os.path.normpath(ref), os.path.normpath(dist))
+            if key in seen:
+                raise DatasetError(f"{self.labels_csv}, line {line}: the pair ({ref}, {dist}) is already on line "
+                                   f"{seen[key]}; each pair must appear once")
+            seen[key] = line
             raw = (r.get(self.score_column) or "").strip()
             try:
                 score = float(raw) if raw else None
@@ -420,7 +458,7 @@ class MOSDataset:
         if ref.shape != dist.shape:
             raise DatasetError(
                 f"reference {self.references[i]} {tuple(ref.shape)} and distorted {self.distorted[i]} "
-                f"{tuple(dist.shape)} differ in size (row {i + 1} of {self.labels_csv})"
+                f"{tuple(dist.shape)} differ in size ({self.labels_csv}, line {self.lines[i]})"
             )
         return MOSItem(ref, dist, self.scores[i], self.groups[i], self.references[i], self.distorted[i])
 

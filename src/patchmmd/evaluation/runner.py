@@ -38,6 +38,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import os
@@ -49,7 +50,7 @@ from typing import Any, Literal
 
 import torch
 
-from .datasets import _BAPPS, BAPPS2AFC, BAPPSJND, MOSDataset, _load_fraction
+from .datasets import _BAPPS, BAPPS2AFC, BAPPSJND, DatasetError, MOSDataset, _load_fraction
 
 __all__ = [
     "CacheMismatchError",
@@ -333,6 +334,15 @@ def _plain(v: Any) -> Any:
     return str(v) if isinstance(v, Path) else v
 
 
+def _digest(items: Any) -> str:
+    """A short fingerprint of the items' identities (names or paths, in order), stored with cached values."""
+    return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
+
+
+#: Keys of a MOS result next to its groups (see :func:`run`): a group cannot have these names.
+_MOS_KEYS = ("higher_is_better", "group", "all")
+
+
 def _metrics(metrics: Iterable[str | EvalMetric] | Mapping[str, EvalMetric]) -> dict[str, EvalMetric]:
     items = metrics.values() if isinstance(metrics, Mapping) else metrics
     out: dict[str, EvalMetric] = {}
@@ -393,7 +403,7 @@ def run(
         ValueError, TypeError: bad arguments (unknown metric name, ``batch_size`` < 1, ...).
     """
     from ..scoring import resolve_device
-    from .stats import grouped_correlations, jnd_map, summarize, two_afc_score
+    from .stats import _check_bootstrap, grouped_correlations, jnd_map, summarize, two_afc_score
 
     kind = _kind(dataset)
     specs = _metrics(metrics)
@@ -414,8 +424,11 @@ def run(
         result.truth = [_load_fraction(dataset.items[i][2][what], what) for i in indices]
         result.settings = {"kind": kind, "root": str(Path(dataset.root).resolve()), "subsets": dataset.subsets,
                            "split": dataset.split, "load_size": dataset.load_size or 0, "mode": dataset.mode,
-                           "limit": limit, "n": n}
+                           "limit": limit, "n": n,
+                           "items": _digest([[dataset.items[i][0], dataset.items[i][1]] for i in indices])}
     else:
+        bootstrap, seed = _check_bootstrap(bootstrap, seed)  # before any metric runs
+        result.bootstrap, result.seed = bootstrap, seed
         result.subsets = [dataset.groups[i] for i in indices]
         result.names = [dataset.distorted[i] for i in indices]
         result.truth = [dataset.scores[i] for i in indices]
@@ -423,9 +436,17 @@ def run(
         if len(scored) < 3:
             raise EvaluationError(f"{dataset.labels_csv}: only {len(scored)} row(s) with a score among the first "
                                   f"{n}; correlations need at least 3")
+        if dataset.group_column:
+            clash = sorted({str(result.subsets[i]) for i in scored} & set(_MOS_KEYS))
+            if clash:
+                raise DatasetError(f"{dataset.labels_csv}: group {clash[0]!r} in column {dataset.group_column!r} "
+                                   f"clashes with a key of the results ({', '.join(_MOS_KEYS)}); rename it",
+                                   parameter="group_column")
+        # the rows' identities, in order: editing the CSV (other rows, another order) invalidates cached values
         result.settings = {"kind": kind, "labels": str(dataset.labels_csv.resolve()),
                            "root": str(dataset.root.resolve()), "mode": dataset.mode, "n": n,
-                           "columns": [dataset.reference_column, dataset.distorted_column, dataset.score_column]}
+                           "columns": [dataset.reference_column, dataset.distorted_column, dataset.score_column],
+                           "items": _digest([[dataset.references[i], dataset.distorted[i]] for i in indices])}
     result.settings = {k: _plain(v) for k, v in result.settings.items()}
 
     for name, metric in specs.items():

@@ -285,6 +285,15 @@ def _point_stats(
             "logistic": list(params)}
 
 
+def _check_bootstrap(bootstrap: Any, seed: Any) -> tuple[int, int]:
+    """``bootstrap`` and ``seed`` as Python ints (numpy integers accepted), both non-negative."""
+    for name, v in (("bootstrap", bootstrap), ("seed", seed)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+            what = " (number of resamples)" if name == "bootstrap" else ""
+            raise ValueError(f"{name} must be a non-negative integer{what}, got {v!r}")
+    return int(bootstrap), int(seed)
+
+
 def correlations(
     distances: ArrayLike,
     scores: ArrayLike,
@@ -304,7 +313,7 @@ def correlations(
         score_higher_is_better: the *human scores* are qualities (MOS): they are negated first.
         bootstrap: number of bootstrap resamples of the items for confidence intervals (0: none).
         confidence: the central coverage of the percentile intervals.
-        seed: seed of the bootstrap resampling.
+        seed: seed of the bootstrap resampling (a non-negative integer).
 
     Returns:
         ``{"n", "srocc", "krocc", "plcc", "rmse", "plcc_linear", "logistic", "ci"}``. Correlations are
@@ -331,8 +340,7 @@ def correlations(
     x = orient(_as_1d("distances", distances), higher_is_better=higher_is_better)
     y = orient(_as_1d("scores", scores), higher_is_better=score_higher_is_better)
     n = _same_length(distances=x, scores=y)
-    if not isinstance(bootstrap, int) or isinstance(bootstrap, bool) or bootstrap < 0:
-        raise ValueError(f"bootstrap must be a non-negative integer (number of resamples), got {bootstrap!r}")
+    bootstrap, seed = _check_bootstrap(bootstrap, seed)
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
     out: dict[str, Any] = {"n": n, **_point_stats(x, y, scipy)}
@@ -375,7 +383,8 @@ def grouped_correlations(
 ) -> dict[str, dict[str, Any]]:
     """:func:`correlations` over all items (key ``"all"``) and per group (keys ``str(group)``).
 
-    Options go to :func:`correlations`. Groups with fewer than 3 items get ``n`` and NaN statistics.
+    Options go to :func:`correlations`. Groups with fewer than 3 items get ``n`` and NaN statistics. A group
+    named ``"all"``, or two groups with the same ``str``, raise :class:`ValueError` (their results would clash).
 
     Example:
         >>> r = grouped_correlations([1, 2, 3, 4, 5, 6], [1, 2, 3, 6, 5, 4], ["a"] * 3 + ["b"] * 3)
@@ -385,12 +394,19 @@ def grouped_correlations(
     d = _as_1d("distances", distances)
     s = _as_1d("scores", scores)
     _same_length(distances=d, scores=s)
-    out = {"all": correlations(d, s, **options)}
+    indices = {} if groups is None else group_indices(groups)
     if groups is not None:
         if len(groups) != len(d):
             raise ValueError(f"groups must have one label per item ({len(d)}), got {len(groups)}")
-        for g, idx in group_indices(groups).items():
-            out[str(g)] = correlations(d[idx], s[idx], **options) if len(idx) >= 3 else _empty(len(idx))
+        names = [str(g) for g in indices]
+        if "all" in names or len(set(names)) < len(names):
+            clash = "all" if "all" in names else next(k for k in names if names.count(k) > 1)
+            raise ValueError(f"group {clash!r} cannot be told apart from "
+                             + ("the overall statistics ('all')" if clash == "all" else "another group") + " in the "
+                             "results; rename it")
+    out = {"all": correlations(d, s, **options)}
+    for g, idx in indices.items():
+        out[str(g)] = correlations(d[idx], s[idx], **options) if len(idx) >= 3 else _empty(len(idx))
     return out
 
 
