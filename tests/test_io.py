@@ -271,3 +271,49 @@ def test_16_bit_colour_png_is_read_at_8_bits_with_a_warning(tmp_path: Path) -> N
         warnings.simplefilter("error")
         gray = load_image(tmp_path / "g.png", mode="L", dtype=torch.float64)
     assert gray[0, 0].tolist() == pytest.approx([0.0, 40000 / 65535])
+
+
+# --------------------------------------------------------------------------------- not regular files
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no FIFOs on this platform")
+def test_a_fifo_is_refused_at_once_not_waited_for(tmp_path: Path) -> None:
+    import os
+    import threading
+
+    from patchmmd import scoring
+
+    ref, dist = _folder(tmp_path / "ref", [8, 8]), _folder(tmp_path / "dist", [8, 8], seed=1)
+    (ref / "im01.png").unlink()
+    os.mkfifo(ref / "im01.png")  # named like an image; opening it for reading waits for a writer
+    outcome: list[BaseException | None] = []
+
+    def score() -> None:
+        try:
+            with pytest.raises(ImageReadError, match="not a regular file"):
+                load_image(ref / "im01.png")
+            tasks = scoring.paired_tasks(ref, dist).tasks
+            job = scoring.job_header("l2", {}, tasks, mode="RGB", resize=False)
+            with scoring.Journal.open(tmp_path / "j.journal", job) as journal:
+                scoring.run_tasks(tasks, "l2", journal)
+            outcome.append(None)
+        except BaseException as e:  # reported to the test's thread
+            outcome.append(e)
+
+    worker = threading.Thread(target=score, daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    if worker.is_alive():  # blocked on the FIFO: give it a writer so that the thread ends
+        fd = os.open(ref / "im01.png", os.O_WRONLY | os.O_NONBLOCK)
+        os.close(fd)
+        worker.join(timeout=60)
+        pytest.fail("reading a FIFO blocked until a writer came")
+    assert outcome == [None], outcome
+    rows = {r["ref"]: r for r in scoring.read_journal(tmp_path / "j.journal")}
+    assert rows["im00.png"]["error"] is None
+    assert rows["im01.png"]["value"] is None and "not a regular file" in rows["im01.png"]["error"]
+
+
+def test_a_one_pixel_image_reads_without_a_warning(tmp_path: Path) -> None:
+    save_image(torch.rand(3, 1, 1), tmp_path / "one.png")  # its channels-first view is contiguous already
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not PyTorch's "the given NumPy array is not writable"
+        assert load_image(tmp_path / "one.png").shape == (3, 1, 1)

@@ -236,3 +236,22 @@ def test_rendezvous_defaults_to_loopback_on_one_machine(monkeypatch):
     monkeypatch.setenv("MASTER_ADDR", "node7")  # another host: PyTorch's env:// rendezvous as it is
     assert distributed.init("cpu", two) == "gloo"
     assert seen["addr"] == "node7" and seen["init_method"] == "env://" and len(stores) == 1
+
+
+def test_weight_files_with_sparse_float8_or_twice_named_tensors_are_weights_errors(tmp_path):
+    from patchmmd.metrics.weights import WeightsError, load_weights
+
+    path = tmp_path / "w.pt"
+    torch.save({"w": torch.ones(2).to_sparse()}, path)
+    with pytest.raises(WeightsError, match=r"w is a torch\.sparse_coo tensor"):
+        load_weights(path, "heads", "lpips-vgg", "weights")
+    if hasattr(torch, "float8_e4m3fn"):
+        torch.save({"w": torch.ones(2).to(torch.float8_e4m3fn)}, path)
+        with pytest.raises(WeightsError, match=r"w has dtype torch\.float8_e4m3fn"):
+            load_weights(path, "heads", "lpips-vgg", "weights")
+    # "w" and "module.w" would both become "w": one of them silently lost
+    torch.save({"w": torch.ones(1), "module.w": torch.zeros(1)}, path)
+    with pytest.raises(WeightsError, match="holds w twice"):
+        load_weights(path, "heads", "lpips-vgg", "weights")
+    torch.save({"module.w": torch.zeros(1), "module.b": torch.ones(1)}, path)
+    assert sorted(load_weights(path, "heads", "lpips-vgg", "weights")) == ["b", "w"]

@@ -526,3 +526,68 @@ def test_an_unwritable_output_folder_is_an_error_not_a_lock_warning(
     monkeypatch.setattr(scoring.OutputLock, "acquire", classmethod(no_flock))
     assert scoring.ScoreRunner(job, device="cpu", notify=notices.append).run().scored == 1
     assert [type(n) for n in notices] == [scoring.LockUnavailable]
+
+
+def test_a_symbolic_link_at_the_lock_path_is_never_followed(tmp_path: Path) -> None:
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me\n")
+    out = tmp_path / "o" / "s.csv"
+    out.parent.mkdir()
+    scoring.lock_path(out).symlink_to(precious)  # planted by anyone who can write the output's folder
+    with pytest.raises(OSError, match="symbolic link"):
+        scoring.OutputLock.acquire(out)
+    _images(tmp_path / "d", ["a.png", "b.png"])
+    job = scoring.ScoreJob((tmp_path / "d",), all_pairs=True, output=out, metric="l2")
+    with pytest.raises(scoring.OutputPathError, match=r"s\.csv\.lock: it is a symbolic link") as info:
+        scoring.ScoreRunner(job, device="cpu").run()
+    assert info.value.reason == "cannot_create"
+    assert precious.read_text() == "keep me\n" and scoring.lock_path(out).is_symlink() and not out.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b'{"format": "patchmmd-score-jou'])
+def test_a_journal_cut_before_its_header_ended_is_resumed(tmp_path: Path, content: bytes) -> None:
+    # kill -9 (or a power cut) as the journal was created: not one complete line, no row lost
+    _images(tmp_path / "d", ["a.png", "b.png", "c.png"])
+    out = tmp_path / "s.csv"
+    scoring.journal_path(out).write_bytes(content)
+    tasks = scoring.all_pair_tasks(tmp_path / "d")
+    assert scoring.read_journal(scoring.journal_path(out), _job(tasks)) == []
+    job = scoring.ScoreJob((tmp_path / "d",), all_pairs=True, output=out, metric="l2", resume=True)
+    result = scoring.ScoreRunner(job, device="cpu").run()
+    assert (result.scored, result.skipped, len(result.rows)) == (3, 0, 3)
+    assert out.read_text().count("\n") == 4 and scoring.find_journals(out) == []
+
+
+def test_options_that_json_turns_into_lists_or_strings_match_their_own_journal(tmp_path: Path) -> None:
+    # a tuple comes back from the journal as a list, a path as a string: the job must still be its own
+    _images(tmp_path / "d", ["a.png", "b.png"])
+    out = tmp_path / "s.csv"
+    options = {"scale_weights": (1.0, 1.0)}
+    job = scoring.ScoreJob((tmp_path / "d",), all_pairs=True, output=out, metric="mmdpp", options=options)
+    result = scoring.ScoreRunner(job, device="cpu").run()
+    assert (result.scored, len(result.rows)) == (1, 1)
+    tasks = scoring.all_pair_tasks(tmp_path / "d")
+    header = scoring.job_header("mmdpp", {"scale_weights": (1.0, 1.0), "w": Path("x.pt")}, tasks, mode="RGB",
+                                resize=False)
+    assert header["options"] == {"scale_weights": [1.0, 1.0], "w": "x.pt"}
+    path = tmp_path / "j.journal"
+    scoring.Journal.open(path, header).close()
+    with scoring.Journal.open(path, header, resume=True) as j:  # resuming the same job is not refused
+        assert j.done == {}
+    with pytest.raises(TypeError, match="JSON values"):
+        scoring.job_header("l2", {"x": object()}, tasks, mode="RGB", resize=False)
+
+
+def test_a_journal_restarted_after_a_cut_header_is_never_a_symbolic_link(tmp_path: Path) -> None:
+    _images(tmp_path / "d", ["a.png", "b.png"])
+    other = tmp_path / "token.txt"
+    other.write_bytes(b"s3cret")  # one line without its newline, like a journal cut before its header ended
+    out = tmp_path / "s.csv"
+    scoring.journal_path(out).symlink_to(other)
+    tasks = scoring.all_pair_tasks(tmp_path / "d")
+    with pytest.raises(OSError):
+        scoring.Journal.open(scoring.journal_path(out), _job(tasks), resume=True)
+    job = scoring.ScoreJob((tmp_path / "d",), all_pairs=True, output=out, metric="l2", resume=True)
+    with pytest.raises(scoring.JournalOpenError):
+        scoring.ScoreRunner(job, device="cpu").run()
+    assert other.read_bytes() == b"s3cret"

@@ -29,6 +29,7 @@ with :func:`numpy.load` elsewhere.
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from typing import Any, Literal
 
@@ -103,8 +104,9 @@ def load_image(
 
     Raises:
         ImageTooLargeError: the image has more than ``max_pixels`` pixels (a subclass of ImageReadError).
-        ImageReadError: the file does not exist, cannot be decoded as an image, or holds values whose
-            range is unknown (32-bit integers, floats outside [0, 1]).
+        ImageReadError: the file does not exist, is not a regular file (a FIFO, a device: refused at once,
+            never waited on), cannot be decoded as an image, or holds values whose range is unknown (32-bit
+            integers, floats outside [0, 1]).
         ValueError: ``mode`` is not one of ``"RGB"``, ``"L"``, ``"keep"``, or ``max_pixels`` is not a
             positive integer or None.
 
@@ -121,7 +123,9 @@ def load_image(
         raise ValueError(f"mode must be one of {IMAGE_MODES}, got {mode!r}")
     max_pixels = check_max_pixels(max_pixels)
     try:
-        with open(path, "rb") as f, warnings.catch_warnings():
+        with open(path, "rb", opener=_open_nonblocking) as f, warnings.catch_warnings():
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # a FIFO would block for ever, a device never end
+                raise ImageReadError(f"cannot read {path}: not a regular file (a FIFO, a device or a socket)")
             # Our own limit decides (it is below Pillow's warning threshold by default).
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(f)
@@ -154,6 +158,12 @@ def load_image(
     a, scale = _pixels(_upright(im), mode, path)
     del im  # only the samples are needed now: let Pillow's copy go before the float one is made
     return _to_tensor(a, scale, mode, dtype)
+
+
+def _open_nonblocking(path: str, flags: int) -> int:
+    """``os.open`` for :func:`open`'s ``opener``, with ``O_NONBLOCK``: opening a FIFO does not wait for a writer
+    (it is then refused as not a regular file); regular files read as usual."""
+    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
 
 
 def _png_colour_depth16(f: Any) -> bool:
@@ -224,7 +234,7 @@ def _to_tensor(a: np.ndarray, scale: float, mode: ImageMode, dtype: torch.dtype)
     work = torch.float32 if dtype == torch.float32 else torch.float64
     if a.ndim == 3:
         # Channels first, still in the file's sample type (a small, writable copy), then one float copy.
-        t = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))).to(work)
+        t = torch.from_numpy(a.transpose(2, 0, 1).copy()).to(work)
     else:
         t = torch.from_numpy(a.astype(np.float32 if work == torch.float32 else np.float64))[None]
     if scale != 1.0:

@@ -53,13 +53,19 @@ class WeightsFileNotFoundError(WeightsError, FileNotFoundError):
     """No weight file at the given path (both a :class:`WeightsError` and a ``FileNotFoundError``)."""
 
 
+#: The dtypes a weight tensor may have (float8 and the like have no ``isfinite``, and no metric computes in them).
+_WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
 def check_weight_tensor(where: str, key: str, value: object) -> torch.Tensor:
     """``value`` if it is a real floating-point tensor of finite values; else :class:`WeightsError` naming ``key``."""
     if not isinstance(value, torch.Tensor):
         raise WeightsError(f"{where}: {key} must be a tensor, got {type(value).__name__}")
-    if not value.is_floating_point():
+    if value.dtype not in _WEIGHT_DTYPES:
         raise WeightsError(f"{where}: {key} has dtype {value.dtype}, but {key} must be a real floating-point "
-                           "tensor of finite values")
+                           "tensor of finite values (float16, bfloat16, float32 or float64)")
+    if value.layout != torch.strided:
+        raise WeightsError(f"{where}: {key} is a {value.layout} tensor; weights must be dense (torch.strided)")
     if value.numel() and not bool(torch.isfinite(value).all()):
         raise WeightsError(f"{where}: {key} contains NaN or Inf values; weights must be finite")
     return value
@@ -98,11 +104,15 @@ def load_weights(
         got = type(obj).__name__
         raise WeightsError(f"{metric}: {option} file {p} is not a state dict (a mapping of names to tensors), "
                            f"got {got}")
-    out = {}
+    out: dict[str, torch.Tensor] = {}
     for k, v in obj.items():
         k = str(k)
         check_weight_tensor(f"{metric}: {option} file {p}", k, v)
-        out[k.removeprefix("module.")] = v
+        name = k.removeprefix("module.")
+        if name in out:  # "w" and "module.w": which one is meant is unknown
+            raise WeightsError(f"{metric}: {option} file {p} holds {name} twice (with and without the "
+                               "'module.' prefix)")
+        out[name] = v
     return out
 
 

@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -158,8 +159,18 @@ def job_header(
 
     Device and batch size are left out: they do not change the result, so a job may be resumed with other
     ones. ``extra`` holds anything else the caller wants checked (e.g. the folders).
+
+    The header is returned as the journal holds it once written and read back (JSON): tuples become lists and
+    paths (``os.PathLike``) strings, so that a job compares equal to its own journal.
+
+    Raises:
+        TypeError: an option (or ``extra``) is not a JSON value (nor a path); ValueError: it is NaN or infinite.
+
+    Example:
+        >>> job_header("l2", {"weights": Path("w.pt"), "sizes": (1, 2)}, [], mode="RGB", resize=False)["options"]
+        {'sizes': [1, 2], 'weights': 'w.pt'}
     """
-    return {
+    header = {
         "metric": metric,
         "options": {k: options[k] for k in sorted(options)},
         "mode": mode,
@@ -168,4 +179,16 @@ def job_header(
         "tasks": tasks_digest(tasks),
         **{k: extra[k] for k in sorted(extra)},
     }
+
+    def path_text(obj: Any) -> str:
+        if isinstance(obj, os.PathLike):
+            return os.fspath(obj)
+        raise TypeError(f"a job's options must be JSON values (numbers, strings, lists, ...) or paths, got "
+                        f"{type(obj).__name__} {obj!r}")
+
+    try:
+        text = json.dumps(header, default=path_text, allow_nan=False)
+    except ValueError as e:
+        raise ValueError(f"a job's options must be finite: {e}") from None
+    return json.loads(text)
 

@@ -12,6 +12,7 @@ line of a bad one).
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import math
@@ -128,6 +129,17 @@ def _read_lines(path: Path) -> tuple[dict[str, Any] | None, list[tuple[int, Any]
     return header, rows, valid
 
 
+def _cut_before_header(path: Path, valid: int) -> bool:
+    """Whether the journal holds no complete line at all (``valid``: see :func:`_read_lines`): a crash as it was
+    created, before its header line was written out; it holds no row."""
+    return valid == 0 and b"\n" not in path.read_bytes()
+
+
+def _open_nofollow(path: str, flags: int) -> int:
+    """``os.open`` for :func:`open`'s ``opener`` that refuses a symbolic link (``OSError``, ``errno.ELOOP``)."""
+    return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0))
+
+
 def _check_header(path: Path, header: Any, job: dict[str, Any]) -> None:
     if not isinstance(header, dict) or header.get("format") != JOURNAL_FORMAT:
         raise JobMismatchError(f"{path} is not a patchmmd score journal (or its header is damaged)")
@@ -212,7 +224,9 @@ def read_journal(
         JournalError: a row is malformed (the message names the line).
     """
     path = Path(path)
-    header, rows, _ = _read_lines(path)
+    header, rows, valid = _read_lines(path)
+    if _cut_before_header(path, valid):
+        return []
     if job is not None:
         _check_header(path, header, job)
     return _checked_rows(path, rows, job, tasks)
@@ -253,6 +267,8 @@ class Journal:
             if not resume:
                 raise FileExistsError(f"journal {path} exists: resume it or remove it")
             header, numbered, valid = _read_lines(path)
+            if _cut_before_header(path, valid):  # start it again (never through a symbolic link: it is emptied)
+                return cls._start(path, job, open(path, "r+b", opener=_open_nofollow))
             _check_header(path, header, job)
             rows = _checked_rows(path, numbered, job, tasks)
             fh = open(path, "r+b")  # owned by the Journal, closed in close()
@@ -260,12 +276,22 @@ class Journal:
             fh.seek(valid)
             _fsync(fh)
             return cls(path, fh, {r["id"]: r for r in rows})
-        new_fh = open(path, "xb")
-        header = {"format": JOURNAL_FORMAT, "version": JOURNAL_VERSION, "job": job, "created": time.time()}
-        new_fh.write(json.dumps(header, sort_keys=True).encode() + b"\n")
-        _fsync(new_fh)
+        return cls._start(path, job, open(path, "xb"))
+
+    @classmethod
+    def _start(cls, path: Path, job: dict[str, Any], fh: io.BufferedIOBase) -> Journal:
+        """Write the header (only) into ``fh``, made durable."""
+        try:
+            fh.truncate(0)
+            fh.seek(0)
+            header = {"format": JOURNAL_FORMAT, "version": JOURNAL_VERSION, "job": job, "created": time.time()}
+            fh.write(json.dumps(header, sort_keys=True).encode() + b"\n")
+            _fsync(fh)
+        except BaseException:
+            fh.close()
+            raise
         _fsync_dir(path.parent)
-        return cls(path, new_fh, {})
+        return cls(path, fh, {})
 
     def append(self, rows: Iterable[dict[str, Any]]) -> None:
         """Append rows (each with an ``id``) and make them durable (flush + fsync) before returning."""
@@ -388,7 +414,8 @@ class OutputLock:
 
         Raises:
             OutputLockedError: another process holds the lock.
-            OSError: the lock file cannot be created, or the file system does not support ``flock``.
+            OSError: the lock file cannot be created or is a symbolic link (``errno.ELOOP``; never followed),
+                or the file system does not support ``flock``.
         """
         import socket
         import sys
@@ -399,7 +426,14 @@ class OutputLock:
             return cls(lock_path(output), None)
         path = lock_path(output)
         for _ in range(100):
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+            # O_NOFOLLOW: a symbolic link planted at OUT.lock must not make us truncate and write its target
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0),
+                             0o666)
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise OSError(e.errno, "it is a symbolic link; remove it", str(path)) from None
+                raise
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -432,8 +432,9 @@ class _Terminated(BaseException):
 
 _AGREED_ERRORS: tuple[type[BaseException], ...] = (ScoringError, OutputLockedError)
 
-#: Why a lock file could not be created that is the folder's fault (not a file system without ``flock``).
-_NO_ACCESS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+#: Why a lock file could not be created that is the folder's fault (not a file system without ``flock``);
+#: ``ELOOP``: ``OUT.lock`` is a symbolic link, which is never followed.
+_NO_ACCESS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ELOOP})
 
 
 def _one_line(e: BaseException) -> str:
@@ -579,7 +580,10 @@ class ScoreRunner:
             where["max_pixels"] = "none" if job.max_pixels is None else job.max_pixels
         options = dict(job.options)
         check_metric(job.metric, options)
-        header = job_header(job.metric, options, tasks, mode=job.mode, resize=job.resize, **where)
+        try:  # as the journal will hold it (JSON), so that the job matches its own journal
+            header = job_header(job.metric, options, tasks, mode=job.mode, resize=job.resize, **where)
+        except (TypeError, ValueError) as e:
+            raise MetricSetupError(str(e), metric=job.metric) from None
         return _Built(tasks, header, value_column(get_spec(job.metric).higher_is_better))
 
     def _prepare_folder(self) -> None:
