@@ -1,6 +1,7 @@
 """SR x4 alone, trained and judged as ``patchmmd eval suite`` does it, for loss variants that the suite cannot
 name: the rows of docs/development-log.md ("Variants around the training preset", "Contrast-normalised patches
-in the training preset") that were measured with losses outside the library.
+in the training preset", "A third judge, and two more aligned terms") that were measured with losses outside the
+library.
 
     python scripts/sr_loss_variants.py --weights WEIGHTS --seeds 0,1,2 \\
         'relu-mmd:weight=390' 'relu-mmd:weight=463,depth=2' \\
@@ -9,6 +10,9 @@ in the training preset") that were measured with losses outside the library.
         'joint-mmd:weight=320' 'vgg-mmd:weight=1730'
     python scripts/sr_loss_variants.py --weights WEIGHTS --seeds 0 'normalised-mmd:features=256,weight=200' \\
         'normalised-mmd:features=256,weight=200,sigma=[0.5,1,2],levels=3'
+    python scripts/sr_loss_variants.py --weights WEIGHTS --seeds 0,1,2 --judges dists,lpips-vgg,lpips-alex \\
+        'mmdpp:preset=loss' lpips-vgg lpips-alex 'laplacian-l1:weight=151,base_weight_mmd=400,base_weight_local=0' \\
+        'aligned-normalised:weight=18,levels=4,base_weight_mmd=400,base_weight_local=0'
     python scripts/sr_loss_variants.py --weights WEIGHTS --seeds 0,1,2 'normalised-mmd:root=0.01,weight=27' \\
         'charbonnier:weight=336,base_weight_mmd=400,base_weight_local=0' \\
         'aligned-normalised:weight=17,base_weight_mmd=400' \\
@@ -27,6 +31,8 @@ once, seed 0):
   LPIPS compares its unit-normalised features; with ``base_weight_mmd=400`` the preset keeps its MMD, and with
   ``base_weight_local=0`` the term replaces the raw-patch Local term;
 * ``charbonnier``: ``sqrt((x − y)² + eps²) − eps`` averaged over pixels (an L1 smooth at 0);
+* ``laplacian-l1``: the Laplacian-pyramid L1 of Bojanowski et al. (2018): the mean absolute difference of each
+  band-pass level of a pyramid of 2x2 box averages (``levels``, default 4, the coarsest level included);
 * ``whitened-mmd``: cosine features (widths 0.5 and 1) of patches multiplied by ``C^-power`` before the
   normalisation, ``C`` the covariance of the shipped photos' centred patches at each octave (its null directions
   left out, scaled to unit root-mean-square gain); ``power=0`` is the preset's term;
@@ -40,7 +46,10 @@ once, seed 0):
 ``fresh-features[:KEY=VALUE,...]`` is the preset (with those options) drawing new random features at every
 training step. Options ``base_KEY=VALUE`` go to the preset's other terms, e.g. ``base_weight_mmd=199`` keeps an
 MMD term of its own. The training photos and judge tiles are the suite's with the two dev human sets
-(``--data``), 600 steps; each run prints its judges' scores and the lattice ratio, then the mean over the seeds.
+(``--data``), 600 steps; each run prints its judges' scores (``--judges``, default the suite's DISTS and
+LPIPS-vgg; ``lpips-alex`` is a judge with another trunk) and the lattice ratio, then the mean over the seeds. A
+deep baseline as the loss (``lpips-vgg``, ``lpips-alex``, ``dists``) reads its published weights from
+``--weights``.
 Weights were set as the docs say (the term's value on blur σ 1 px of 64² crops of the shipped photos equal to
 the preset's MMD term's, or to its Local term's for a term that replaces Local; ``--calibrate [--against
 local]`` prints them), except where a row says otherwise.
@@ -245,7 +254,22 @@ def aligned_normalised(x: torch.Tensor, y: torch.Tensor, floor: float = FLOOR, l
     return total
 
 
-TERMS = {"aligned-normalised": aligned_normalised, "charbonnier": charbonnier, "normalised-mmd": normalised_mmd,
+def laplacian_l1(x: torch.Tensor, y: torch.Tensor, levels: int = 4) -> torch.Tensor:
+    """The Laplacian-pyramid L1 (Bojanowski et al. 2018, "Lap1"): ``Σ_j mean |L_j(x) − L_j(y)|`` over the
+    band-pass levels ``L_j = G_j − up(G_{j+1})`` of a pyramid of 2x2 box averages ``G_j`` (bilinear ``up``) and
+    its coarsest level, each level's mean over its own pixels (so every octave counts alike)."""
+    total = torch.zeros(())
+    d = x - y  # the pyramid is linear: the pyramid of the difference is the difference of the pyramids
+    for _ in range(levels - 1):
+        low = F.avg_pool2d(d, 2)
+        band = d - F.interpolate(low, size=d.shape[-2:], mode="bilinear", align_corners=False)
+        total = total + band.abs().mean((1, 2, 3))
+        d = low
+    return total + d.abs().mean((1, 2, 3))
+
+
+TERMS = {"aligned-normalised": aligned_normalised, "charbonnier": charbonnier, "laplacian-l1": laplacian_l1,
+         "normalised-mmd": normalised_mmd,
          "whitened-mmd": whitened_mmd, "joint-mmd": joint_mmd, "relu-mmd": relu_mmd, "vgg-mmd": vgg_mmd}
 
 
@@ -260,12 +284,15 @@ def _fresh_features(options: dict[str, Any]) -> Any:
     return loss
 
 
-def make_loss(spec: str) -> Any:
-    """A suite candidate, or the preset with ``weight_mmd=0`` (and any ``base_KEY=VALUE`` options of that preset)
-    plus ``weight`` times one of ``TERMS`` with the spec's other options."""
+def make_loss(spec: str, weights: Path | None = None) -> Any:
+    """A suite candidate (a deep baseline, ``lpips-vgg`` etc., with the published weights in ``weights``), or the
+    preset with ``weight_mmd=0`` (and any ``base_KEY=VALUE`` options of that preset) plus ``weight`` times one of
+    ``TERMS`` with the spec's other options."""
     name, options = S.parse_candidate(spec)
     if name == "fresh-features":
         return _fresh_features(options)
+    if name in S.WEIGHT_FILES and weights is not None:
+        options = {**S._deep_options(name, weights), **options}
     if name not in TERMS:
         return S._make_loss(name, options)
     weight = float(options.pop("weight"))
@@ -319,6 +346,9 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("../shared/data"), help="folder of live-dev and csiq-dev")
     ap.add_argument("--seeds", default="0,1,2", help="training seeds")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--judges", default=",".join(S.JUDGES),
+                    help=f"judges of the outputs, comma-separated among {', '.join(S.WEIGHT_FILES)} "
+                         f"(default: the suite's, {','.join(S.JUDGES)})")
     ap.add_argument("--calibrate", action="store_true", help="print each variant's weight by the rule; no training")
     ap.add_argument("--against", choices=("mmd", "local"), default="mmd",
                     help="the preset's term whose value --calibrate matches (default: the MMD term)")
@@ -335,12 +365,15 @@ def main() -> None:
         hs = S.HumanSet(name, args.data / name / "labels.csv")
         refs += S.reference_images(S.open_human_set(hs), name)[0]
     train, tiles = S.task_photos([sample_image(n) for n in sample_names()], [], refs, cfg)
-    judges = {j: S._build(S.SuiteMetric(j, j, S._deep_options(j, args.weights), "baseline")) for j in S.JUDGES}
+    names = [j for j in args.judges.split(",") if j]
+    if not names or any(j not in S.WEIGHT_FILES for j in names):
+        ap.error(f"--judges: choose among {', '.join(S.WEIGHT_FILES)}")
+    judges = {j: S._build(S.SuiteMetric(j, j, S._deep_options(j, args.weights), "baseline")) for j in names}
     split, lr_tiles = Split(train, tiles, cfg.sr_crop), degrade(tiles, 4)
     for spec in args.variants:
         t0, runs = time.perf_counter(), []
         for seed in (int(s) for s in args.seeds.split(",")):
-            loss = make_loss(spec)
+            loss = make_loss(spec, args.weights)
             with deterministic(seed):
                 _, numbers = S.sr_task(loss, seed, split, lr_tiles, tiles, judges, cfg)
             runs.append(numbers)
