@@ -149,3 +149,25 @@ def test_map_under_a_regular_file(files: dict[str, Path], tmp_path: Path) -> Non
         assert r.exit_code == 2, r.output
         assert f"--map {out}: {tmp_path / 'f'} is a file, not a folder" in r.output
         assert "Errno" not in r.output
+
+
+def _strict_json(text: str) -> object:
+    """``json.loads`` that refuses NaN and Infinity (Python's reader accepts them; JSON has neither)."""
+    def refuse(name: str) -> None:
+        raise ValueError(f"not JSON: {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize(("metric", "bad", "key"), [("l2", float("nan"), "distance"),
+                                                     ("psnr", float("inf"), "score")])
+def test_json_output_is_strict_when_the_metric_is_not_finite(
+    files: dict[str, Path], monkeypatch: pytest.MonkeyPatch, metric: str, bad: float, key: str
+) -> None:
+    monkeypatch.setattr("patchmmd.cli.compare._checked_metric",
+                        lambda name, options: lambda x, y: torch.full((x.shape[0],), bad))
+    r = _invoke("compare", files["a"], files["b"], "-m", metric, "--json", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    obj = _strict_json(r.output)
+    assert isinstance(obj, dict) and obj[key] is None and obj["metric"] == metric
+    assert len(r.output.strip().splitlines()) == 1  # one line, as before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -460,3 +461,176 @@ def test_runtime_failures_are_one_line(pair_dirs: tuple[Path, Path], tmp_path: P
     assert r.output.startswith("patchmmd: error: another run (pid ") and len(r.output.splitlines()) == 1
     r = _invoke("score", ref, dist, "--out", out, "-m", "nope")  # a usage error keeps click's form
     assert r.exit_code == 2 and r.output.startswith("Usage: ") and "\nError: " in r.output
+
+
+# --- a folder that cannot be listed -------------------------------------------------------------------
+def test_a_folder_that_cannot_be_listed_is_a_usage_error(
+    pair_dirs: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ref, dist = pair_dirs
+    _images(ref / "sub", 2)
+    _images(dist / "sub", 2)
+    blocked = dist / "sub"
+    scandir = os.scandir
+
+    def refusing(path: object = ".") -> object:  # as chmod 000 does for a normal user (root lists anything)
+        if Path(os.fsdecode(path)) == blocked:  # type: ignore[arg-type]
+            raise PermissionError(13, "Permission denied", os.fsdecode(path))  # type: ignore[arg-type]
+        return scandir(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    out = tmp_path / "s.csv"
+    r = _invoke("score", ref, dist, "--out", out, "-m", "l2")
+    assert r.exit_code == 2, r.output
+    assert f"DIST_DIR: cannot list the folder {blocked}: Permission denied" in r.output
+    assert "unmatched" not in r.output and not out.exists() and not (tmp_path / "s.csv.journal").exists()
+
+
+# --- Ctrl-C outside the scoring itself ----------------------------------------------------------------
+def _raise_interrupt(*args: object, **kwargs: object) -> None:
+    raise KeyboardInterrupt
+
+
+def test_ctrl_c_during_the_metric_check_exits_130_and_keeps_the_journal(
+    pair_dirs: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ref, dist = pair_dirs
+    expected = tmp_path / "expected.csv"
+    assert _invoke("score", ref, dist, "--out", expected, "-m", "l2", "-q").exit_code == 0
+    out = tmp_path / "s.csv"
+    journal = _journal_of(ref, dist, out, 2)
+    before = journal.read_bytes()
+    with monkeypatch.context() as mp:
+        mp.setattr("patchmmd.scoring.runner.check_metric", _raise_interrupt)
+        r = _invoke("score", ref, dist, "--out", out, "-m", "l2", "--resume")
+        assert r.exit_code == 130, r.output
+        assert f"interrupted: 2 of 5 pairs are saved in {journal}; rerun the same command with --resume" in r.output
+        assert "Aborted" not in r.output
+        assert journal.read_bytes() == before and not out.exists()
+        r = _invoke("score", ref, dist, "--out", tmp_path / "fresh.csv", "-m", "l2")  # a fresh job: nothing saved
+        assert r.exit_code == 130 and "interrupted: 0 of 5 pairs are saved" in r.output, r.output
+    r = _invoke("score", ref, dist, "--out", out, "-m", "l2", "--resume")
+    assert r.exit_code == 0 and "2 from the journal" in r.output, r.output
+    assert out.read_text() == expected.read_text()
+
+
+def test_ctrl_c_during_the_csv_write_exits_130_and_loses_nothing(
+    pair_dirs: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ref, dist = pair_dirs
+    expected = tmp_path / "expected.csv"
+    assert _invoke("score", ref, dist, "--out", expected, "-m", "l2", "-q").exit_code == 0
+    out = tmp_path / "s.csv"
+    with monkeypatch.context() as mp:
+        mp.setattr("patchmmd.scoring.runner.write_csv_atomic", _raise_interrupt)
+        r = _invoke("score", ref, dist, "--out", out, "-m", "l2")
+    assert r.exit_code == 130, r.output
+    journal = tmp_path / "s.csv.journal"
+    assert f"interrupted: 5 of 5 pairs are saved in {journal}" in r.output and "Aborted" not in r.output
+    assert not out.exists() and journal.read_bytes().count(b"\n") == 1 + 5
+    assert not (tmp_path / "s.csv.lock").exists()
+    r = _invoke("score", ref, dist, "--out", out, "-m", "l2", "--resume")
+    assert r.exit_code == 0 and "0 scored now" in r.output and "5 from the journal" in r.output, r.output
+    assert out.read_text() == expected.read_text()
+
+
+def test_ctrl_c_while_the_arguments_are_read_exits_130(
+    pair_dirs: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ref, dist = pair_dirs
+    monkeypatch.setattr("patchmmd.cli.score.parse_metric_options", _raise_interrupt)
+    r = _invoke("score", ref, dist, "--out", tmp_path / "s.csv", "-m", "l2")
+    assert r.exit_code == 130 and "interrupted" in r.output and "Aborted" not in r.output, r.output
+
+
+# --- --retry-errors ------------------------------------------------------------------------------------
+@pytest.fixture
+def flaky_job(pair_dirs: tuple[Path, Path], tmp_path: Path) -> tuple[Path, Path, Path]:
+    """An interrupted job whose 3 journaled rows hold one error (``im01.png`` was unreadable then; it is now),
+    and the CSV of an uninterrupted run on the mended files."""
+    ref, dist = pair_dirs
+    good = (dist / "im01.png").read_bytes()
+    (dist / "im01.png").write_bytes(b"not yet written")
+    journal = _journal_of(ref, dist, tmp_path / "s.csv", 3)
+    (dist / "im01.png").write_bytes(good)
+    rows = [json.loads(line) for line in journal.read_text().splitlines()[1:]]
+    assert {r["ref"]: r["error"] is not None for r in rows} == {"im00.png": False, "im01.png": True, "im02.png": False}
+    expected = tmp_path / "expected.csv"
+    assert _invoke("score", ref, dist, "--out", expected, "-m", "l2", "-q").exit_code == 0
+    return ref, dist, expected
+
+
+def test_resume_keeps_error_rows_and_retry_errors_scores_them_again(
+    flaky_job: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    ref, dist, expected = flaky_job
+    out = tmp_path / "s.csv"
+    kept = tmp_path / "kept.csv"
+    shutil.copy(tmp_path / "s.csv.journal", tmp_path / "kept.csv.journal")
+    # --resume alone keeps the error row
+    r = _invoke("score", ref, dist, "--out", kept, "-m", "l2", "--resume")
+    assert r.exit_code == 0, r.output
+    assert "1 with errors" in r.output
+    assert _rows(kept)[1]["error"] != "" and _rows(kept)[1]["distance"] == ""
+    # --retry-errors scores it again; the rows with a value are kept
+    r = _invoke("score", ref, dist, "--out", out, "-m", "l2", "--resume", "--retry-errors")
+    assert r.exit_code == 0, r.output
+    assert "2 from the journal, 1 error row(s) retried" in r.output and "0 with errors" in r.output
+    assert out.read_text() == expected.read_text()
+    assert _rows(out)[0] == _rows(kept)[0] and _rows(out)[2] == _rows(kept)[2]
+
+
+def test_retry_errors_replaces_an_error_row_of_another_writers_journal(
+    pair_dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The journals are merged in file order (OUT.journal first): an error row left in a rank's journal would
+    win over its retried row in OUT.journal, so the error rows are dropped from every journal first."""
+    from patchmmd import scoring
+
+    ref, dist = pair_dirs
+    good = (dist / "im03.png").read_bytes()
+    (dist / "im03.png").write_bytes(b"junk")
+    out = tmp_path / "s.csv"
+    tasks = scoring.paired_tasks(ref, dist).tasks
+    job = scoring.job_header("l2", {}, tasks, mode="RGB", resize=False, kind="paired",
+                             ref_dir=str(ref.resolve()), dist_dir=str(dist.resolve()))
+    for rank in range(2):  # a 2-writer job that died: rank 1 scored im01 and im03 (unreadable then)
+        with scoring.Journal.open(scoring.journal_path(out, rank, 2), job) as j:
+            scoring.run_tasks(scoring.shard(tasks, rank, 2)[:2], "l2", j)
+    (dist / "im03.png").write_bytes(good)
+    expected = tmp_path / "expected.csv"
+    assert _invoke("score", ref, dist, "--out", expected, "-m", "l2", "-q").exit_code == 0
+    r = _invoke("score", ref, dist, "--out", out, "-m", "l2", "--resume", "--retry-errors")
+    assert r.exit_code == 0, r.output
+    assert "1 error row(s) retried" in r.output
+    assert out.read_text() == expected.read_text()
+    assert scoring.find_journals(out) == []
+
+
+def test_retry_errors_needs_resume_and_a_journal(flaky_job: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    ref, dist, expected = flaky_job
+    out = tmp_path / "s.csv"
+    for extra in ((), ("--overwrite",)):
+        r = _invoke("score", ref, dist, "--out", out, "-m", "l2", "--retry-errors", *extra)
+        assert r.exit_code == 2 and "--retry-errors goes with --resume" in r.output, r.output
+    r = _invoke("score", ref, dist, "--out", expected, "-m", "l2", "--resume", "--retry-errors")
+    assert r.exit_code == 2 and "can no longer be retried" in r.output, r.output
+    assert "--retry-errors" in _invoke("score", "--help").output
+
+
+def test_retry_errors_under_torchrun(flaky_job: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    from test_distributed import _env, _torchrun, needs_gloo
+
+    if needs_gloo.args[0]:
+        pytest.skip(needs_gloo.kwargs["reason"])
+    ref, dist, expected = flaky_job
+    out = tmp_path / "s.csv"
+    p = subprocess.run(
+        _torchrun("-m", "patchmmd", "score", ref, dist, "--out", out, "-m", "l2", "--device", "cpu", "--resume",
+                  "--retry-errors"),
+        capture_output=True, text=True, timeout=150, env=_env(), cwd=tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "1 error row(s) retried" in p.stderr and "by 2 processes" in p.stderr
+    assert out.read_text() == expected.read_text()

@@ -591,3 +591,96 @@ def test_a_journal_restarted_after_a_cut_header_is_never_a_symbolic_link(tmp_pat
     with pytest.raises(scoring.JournalOpenError):
         scoring.ScoreRunner(job, device="cpu").run()
     assert other.read_bytes() == b"s3cret"
+
+
+def _unreadable(path: Path) -> None:
+    """``chmod 000`` on ``path``; skip the test where that does not stop listing it (root)."""
+    path.chmod(0)
+    try:
+        os.listdir(path)
+    except PermissionError:
+        return
+    path.chmod(0o755)
+    pytest.skip("this user lists folders without read permission (root)")
+
+
+@pytest.mark.parametrize("where", ["sub", "."])
+def test_a_folder_that_cannot_be_listed_is_an_error_not_fewer_images(folder: Path, tmp_path: Path,
+                                                                       where: str) -> None:
+    blocked = (folder / where).resolve()
+    _unreadable(blocked)
+    try:
+        with pytest.raises(OSError, match=f"cannot list the folder {blocked}: Permission denied") as info:
+            scoring.list_images(folder)
+        assert isinstance(info.value.__cause__, PermissionError)
+        with pytest.raises(OSError, match="cannot list the folder"):
+            scoring.all_pair_tasks(folder)
+        job = scoring.ScoreJob((folder,), all_pairs=True, output=tmp_path / "s.csv", metric="l2")
+        with pytest.raises(scoring.FolderError, match=f"cannot list the folder {blocked}") as err:
+            scoring.ScoreRunner(job, device="cpu").run()
+        assert err.value.role == "folder"
+        assert not (tmp_path / "s.csv").exists() and scoring.find_journals(tmp_path / "s.csv") == []
+    finally:
+        blocked.chmod(0o755)
+
+
+def test_a_folder_that_cannot_be_listed_is_an_error_even_as_root(folder: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the test above, with the listing failing where it does for a normal user (root reads any folder)."""
+    blocked = folder / "sub"
+    scandir = os.scandir
+
+    def refusing(path: object = ".") -> object:
+        if Path(os.fsdecode(path)) == blocked:  # type: ignore[arg-type]
+            raise PermissionError(13, "Permission denied", os.fsdecode(path))  # type: ignore[arg-type]
+        return scandir(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    with pytest.raises(OSError, match=f"cannot list the folder {blocked}: Permission denied"):
+        scoring.list_images(folder)
+    job = scoring.ScoreJob((folder, folder), output=tmp_path / "s.csv", metric="l2")
+    with pytest.raises(scoring.FolderError, match=f"cannot list the folder {blocked}") as err:
+        scoring.ScoreRunner(job, device="cpu").run()
+    assert err.value.role == "ref"
+
+
+def test_score_runner_retries_error_rows_and_reports_an_interruption(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    d = tmp_path / "d"
+    _images(d, ["a.png", "b.png", "c.png"])
+    out = tmp_path / "s.csv"
+    with pytest.raises(ValueError, match="retry_errors goes with resume"):
+        scoring.ScoreJob((d,), all_pairs=True, output=out, metric="l2", retry_errors=True)
+    good = (d / "b.png").read_bytes()
+    (d / "b.png").write_bytes(b"junk")
+    job = scoring.ScoreJob((d,), all_pairs=True, output=out, metric="l2")
+    # Ctrl-C as the CSV is written: every row is in the journal, which is kept
+    monkeypatch.setattr("patchmmd.scoring.runner.write_csv_atomic", lambda *a, **k: (_ for _ in ()).throw(
+        KeyboardInterrupt()))
+    with pytest.raises(scoring.JobInterrupted) as info:
+        scoring.ScoreRunner(job, device="cpu").run()
+    assert (info.value.signal, info.value.saved, info.value.total) == ("SIGINT", 3, 3)
+    journal = scoring.journal_path(out)
+    assert [r["error"] is None for r in scoring.read_journal(journal)].count(False) == 2  # (a, b) and (b, c)
+    monkeypatch.undo()
+    (d / "b.png").write_bytes(good)
+    resume = scoring.ScoreJob((d,), all_pairs=True, output=out, metric="l2", resume=True, retry_errors=True)
+    result = scoring.ScoreRunner(resume, device="cpu").run()
+    assert (result.retried, result.skipped, result.scored, result.errors, result.error_rows) == (2, 1, 2, 0, 0)
+
+
+def test_drop_error_rows_keeps_the_values_and_cuts_a_torn_line(folder: Path, tmp_path: Path) -> None:
+    tasks = scoring.all_pair_tasks(folder)
+    job = scoring.job_header("l2", {}, tasks, mode="RGB", resize=False)
+    (folder / "a.png").write_bytes(b"junk")  # 3 of the 6 pairs fail
+    path = tmp_path / "s.csv.journal"
+    with scoring.Journal.open(path, job) as j:
+        scoring.run_tasks(tasks, "l2", j)
+    with open(path, "ab") as f:
+        f.write(b'{"id": "torn')
+    rows = scoring.read_journal(path, job, tasks)
+    assert scoring.drop_error_rows(path, job, tasks) == 3
+    assert scoring.read_journal(path, job, tasks) == [r for r in rows if r["error"] is None]
+    assert path.read_bytes().endswith(b"}\n") and scoring.drop_error_rows(path, job, tasks) == 0
+    with scoring.Journal.open(path, job, resume=True, tasks=tasks) as j:  # resumable as any journal
+        assert len(j.done) == 3

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from ._common import (
     check_output_path,
     debug_enabled,
     device_option,
+    json_line,
     metric_option,
     metric_options_option,
     metric_setup_error,
@@ -203,7 +203,7 @@ def compare(
             "options": options,
             "map": str(map_path) if map_path is not None else None,
         }
-        click.echo(json.dumps(obj))
+        click.echo(json_line(obj))  # strict JSON: a value that is not finite is null
     else:
         click.echo(repr(value))
         if map_path is not None:

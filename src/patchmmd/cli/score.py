@@ -7,6 +7,7 @@ names the option or argument at fault (the command line owns every flag name).
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -94,13 +95,13 @@ def _show_notice(notice: Any) -> None:
                    err=True)
 
 
-def _click_error(e: BaseException) -> click.ClickException:
+def _click_error(e: BaseException, *, retry_errors: bool = False) -> click.ClickException:
     """A library error as the command line says it: one line, naming the option or argument at fault."""
     from .. import scoring
     from ..runtime import DeviceError
 
     if isinstance(e, scoring.RankFailedError):
-        inner = _click_error(e.cause)
+        inner = _click_error(e.cause, retry_errors=retry_errors)
         message = f"rank {e.rank}: {inner.format_message()}"
         if isinstance(inner, click.UsageError):
             return click.UsageError(message)
@@ -122,6 +123,10 @@ def _click_error(e: BaseException) -> click.ClickException:
         return click.UsageError(f"--out: {names} already exist(s); pass --resume to continue the job or "
                                 "--overwrite to start over")
     if isinstance(e, scoring.NothingToResumeError):
+        if retry_errors:
+            return click.UsageError(f"nothing to resume: {e.output} exists and has no journal, so its job finished "
+                                    "and its error rows can no longer be retried (the journal is removed once the "
+                                    "CSV is written); pass --overwrite to compute it again")
         return click.UsageError(f"nothing to resume: {e.output} exists and has no journal, so its job finished; "
                                 "pass --overwrite to compute it again")
     if isinstance(e, scoring.JobMismatchError):
@@ -135,6 +140,27 @@ def _click_error(e: BaseException) -> click.ClickException:
     if isinstance(e, scoring.ScoringError):  # JournalOpenError and any other: a plain failure
         return click.ClickException(str(e))
     return click.ClickException(str(e))  # OutputLockedError
+
+
+def _interrupts_exit_130(command: Callable[..., None]) -> Callable[..., None]:
+    """Ctrl-C anywhere in the command (not only while scoring: the listing, the metric check, the final CSV)
+    ends it with one message and exit status 130 (143 for SIGTERM under a launcher), never click's "Aborted!"."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        try:
+            command(*args, **kwargs)
+        except KeyboardInterrupt as e:
+            from ..scoring import JobInterrupted
+
+            if isinstance(e, JobInterrupted):  # from the job runner, with what is saved
+                _interrupted(e)
+            # outside the job runner (e.g. while reading the arguments)
+            click.echo(f"\ninterrupted; finished rows are kept in the journal(s) next to {kwargs.get('out')}; "
+                       f"{_RESUME_HINT}", err=True)
+            sys.exit(130)
+
+    return run
 
 
 @main.command("score")
@@ -151,9 +177,13 @@ def _click_error(e: BaseException) -> click.ClickException:
 @batch_size_option()
 @max_pixels_option()
 @click.option("--resume", is_flag=True, help="Continue an interrupted job from its journal (same arguments).")
+@click.option("--retry-errors", is_flag=True,
+              help="With --resume: score again the pairs whose journal rows hold an error (e.g. out of memory, a "
+                   "file briefly missing); rows with a value are kept.")
 @click.option("--overwrite", is_flag=True, help="Start over, replacing an existing output and journal.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
 @click.option("--throttle", type=float, default=0.0, hidden=True, help="Sleep this long after each batch (tests).")
+@_interrupts_exit_130
 def score(
     folders: tuple[str, ...],
     all_pairs: bool,
@@ -166,6 +196,7 @@ def score(
     batch_size: int,
     max_pixels: int | None,
     resume: bool,
+    retry_errors: bool,
     overwrite: bool,
     quiet: bool,
     throttle: float,
@@ -175,9 +206,11 @@ def score(
 
     Each finished batch is saved in a journal next to the output (OUT.journal); the CSV is written
     atomically when the job ends. After an interruption (Ctrl-C, kill -9, a crash), rerun the same command
-    with --resume to score only what is left. A file that cannot be read or is larger than --max-pixels,
-    or a pair of images of different sizes, gets a row with its error and the job goes on. One run at a time
-    may write OUT: a second one is refused while the first holds OUT.lock.
+    with --resume to score only what is left (exit status 130 after Ctrl-C). A file that cannot be read or
+    is larger than --max-pixels, or a pair of images of different sizes, gets a row with its error and the job
+    goes on; --resume keeps such rows, --resume --retry-errors scores them again. A folder that cannot be
+    listed is an error before the job starts. One run at a time may write OUT: a second one is refused while
+    the first holds OUT.lock.
 
     Under torchrun (or any launcher setting WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) each
     process scores its share into its own journal (OUT.rank{r}-of-{w}.journal) and rank 0 writes the
@@ -188,6 +221,7 @@ def score(
       patchmmd score ref/ distorted/ --out scores.csv
       patchmmd score --all-pairs photos/ --out pairs.csv --metric l2 --batch-size 64
       patchmmd score ref/ distorted/ --out scores.csv --resume
+      patchmmd score ref/ distorted/ --out scores.csv --resume --retry-errors
       torchrun --nproc_per_node=4 -m patchmmd score ref/ distorted/ --out scores.csv
     """
     import time
@@ -199,6 +233,9 @@ def score(
     # --- the arguments alone
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other: continue a job, or start it over")
+    if retry_errors and not resume:
+        raise click.UsageError("--retry-errors goes with --resume: it scores again the error rows of an "
+                               "unfinished job's journal (--overwrite scores every pair again)")
     if all_pairs and len(folders) != 1:
         raise click.UsageError(f"--all-pairs takes exactly one FOLDER, got {len(folders)}: {' '.join(folders)}")
     if not all_pairs and len(folders) != 2:
@@ -208,7 +245,7 @@ def score(
     options = parse_metric_options(metric_options)
     job = scoring.ScoreJob(folders, output=out, all_pairs=all_pairs, metric=metric, options=options,
                            mode=cast("ImageMode", mode), resize=resize, max_pixels=max_pixels,
-                           resume=resume, overwrite=overwrite)
+                           resume=resume, overwrite=overwrite, retry_errors=retry_errors)
     try:
         env = distributed.detect()
     except ValueError as e:
@@ -224,9 +261,9 @@ def score(
     )
     try:
         result = runner.run()
-    except scoring.JobInterrupted as e:
+    except scoring.JobInterrupted:
         bar.close()
-        _interrupted(e)
+        raise  # see _interrupts_exit_130
     except distributed.PeerLostError as e:
         bar.close()
         _lost_contact(e, out)
@@ -234,7 +271,7 @@ def score(
         bar.close()
         if debug_enabled() and isinstance(e, scoring.MetricSetupError) and e.__cause__ is not None:
             raise e.__cause__ from e  # PATCHMMD_DEBUG=1: the metric's own traceback
-        error = _click_error(e)
+        error = _click_error(e, retry_errors=retry_errors)
         if not env.is_main:  # every rank stops; rank 0 alone says why
             sys.exit(error.exit_code)
         raise error from None
@@ -242,6 +279,7 @@ def score(
     if env.is_main and not quiet:
         by = f" by {result.world_size} processes" if result.world_size > 1 else ""
         resumed = f", {result.skipped} from the journal" if result.skipped else ""
+        resumed += f", {result.retried} error row(s) retried" if result.retried else ""
         click.echo(
             f"wrote {len(result.rows)} rows to {out} ({result.scored + result.errors} scored now{by}{resumed}; "
             f"{result.error_rows} with errors) in {result.seconds:.1f}s",
@@ -275,7 +313,10 @@ class _ProgressBar:
 
 def _interrupted(e: Any) -> NoReturn:
     code, what = (130, "interrupted") if e.signal == "SIGINT" else (143, "stopped (SIGTERM)")
-    if e.distributed:
+    if not e.total:  # before the pairs were listed (or, under a launch, shared out)
+        rank = f"rank {e.rank}: " if e.distributed else ""
+        click.echo(f"\n{rank}{what} before any pair was scored; {_RESUME_HINT}", err=True)
+    elif e.distributed:
         click.echo(f"\nrank {e.rank}: {what}: {e.saved} of its {e.total} pairs are saved in {e.journal}; "
                    f"{_RESUME_HINT}", err=True)
     else:

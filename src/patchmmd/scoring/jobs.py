@@ -65,8 +65,14 @@ def list_images(folder: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
     really decodes is found out when it is scored. Hidden files and folders (name starting with ``.``) are
     skipped.
 
+    A folder that cannot be listed (``folder`` itself or any folder under it, e.g. no read permission) is an
+    error: its images would silently be left out of the job, and an image file that cannot be read becomes an
+    error row only because it is known to exist.
+
     Raises:
         FileNotFoundError: ``folder`` does not exist. NotADirectoryError: it is not a folder.
+        OSError: ``folder`` or a folder under it cannot be listed (the message names it; the error of the
+            listing is its ``__cause__``).
     """
     root = Path(folder)
     if not root.exists():
@@ -75,7 +81,11 @@ def list_images(folder: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
         raise NotADirectoryError(f"not a folder: {root}")
     images: list[str] = []
     others: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    def unreadable(e: OSError) -> None:
+        where = e.filename if e.filename is not None else root
+        raise OSError(f"cannot list the folder {os.fsdecode(where)}: {e.strerror or e}") from e
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in filenames:
             if name.startswith("."):

@@ -5,7 +5,8 @@ the job, then one line per finished pair), flushed and ``fsync``-ed after every 
 at most a truncated last line, which reading ignores and reopening cuts off. :func:`find_journals` lists an
 output's journals of any world size and :func:`done_rows` reads their finished rows, so a job can be resumed
 by another number of writers. Reading a journal checks every row's shape (:class:`JournalError` names the
-line of a bad one).
+line of a bad one). A journal holds at most one row per pair; :func:`drop_error_rows` rewrites one without its
+error rows, so that those pairs are scored again.
 
 :class:`OutputLock` keeps two runs from writing one output at once (``OUT.lock``, ``flock``).
 """
@@ -24,7 +25,7 @@ from typing import Any
 
 from .errors import JobMismatchError, JournalError, _rebuild
 from .jobs import PairTask
-from .output import _fsync, _fsync_dir
+from .output import _fsync, _fsync_dir, atomic_write_text
 
 JOURNAL_FORMAT = "patchmmd-score-journal"
 JOURNAL_VERSION = 1
@@ -312,6 +313,48 @@ class Journal:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+
+
+def drop_error_rows(
+    path: str | os.PathLike[str],
+    job: dict[str, Any] | None = None,
+    tasks: Sequence[PairTask] | None = None,
+) -> int:
+    """Rewrite the journal at ``path`` without its error rows (and without a torn last line), atomically;
+    returns how many rows were dropped (0: the file is left as it is).
+
+    The pairs of the dropped rows count as not done, so resuming scores them again, and the journal still holds
+    at most one row per pair: the rows of several writers' journals never disagree, whatever their order. Run
+    it only while holding the output's lock, before any writer opens the journal. The rows are checked as in
+    :func:`read_journal` (against ``job`` and ``tasks`` when given).
+
+    Raises:
+        JobMismatchError, JournalError: as :func:`read_journal`. OSError: the journal cannot be rewritten.
+
+    Example:
+        >>> import tempfile
+        >>> from patchmmd.scoring.jobs import task_id
+        >>> p = Path(tempfile.mkdtemp()) / "s.csv.journal"
+        >>> row = dict(ref="a.png", dist="a.png", metric="l2")
+        >>> with Journal.open(p, {"metric": "l2"}) as j:
+        ...     j.append([dict(row, id="1", value=0.5, error=None), dict(row, id="2", value=None, error="OSError")])
+        >>> drop_error_rows(p), [r["id"] for r in read_journal(p)], drop_error_rows(p)
+        (1, ['1'], 0)
+    """
+    path = Path(path)
+    header, numbered, valid = _read_lines(path)
+    if _cut_before_header(path, valid):
+        return 0
+    if job is not None:
+        _check_header(path, header, job)
+    rows = _checked_rows(path, numbered, job, tasks)
+    keep = [r for r in rows if r["error"] is None]
+    if len(keep) == len(rows):
+        return 0
+    # as Journal writes them: the header, then one row a line
+    text = "".join(json.dumps(obj, sort_keys=True) + "\n" for obj in (header, *keep))
+    atomic_write_text(path, text)
+    return len(rows) - len(keep)
 
 
 def merge_journals(

@@ -49,6 +49,7 @@ from .journal import (
     OutputLock,
     OutputLockedError,
     done_rows,
+    drop_error_rows,
     find_journals,
     journal_path,
     lock_path,
@@ -331,12 +332,14 @@ def finalize(
 class ScoreJob:
     """What to score and where: a paired job (``folders = (ref_dir, dist_dir)``) or an all-pairs one
     (``all_pairs=True``, ``folders = (folder,)``), the metric and its options, how images are read, the
-    output CSV and what to do with an existing one (``resume`` or ``overwrite``, not both).
+    output CSV and what to do with an existing one (``resume`` or ``overwrite``, not both). ``retry_errors``
+    (with ``resume`` only) scores again the pairs whose journal rows hold an error; rows with a value are kept.
 
     Device, batch size and the launch are not part of the job: they do not change its result.
 
     Raises:
-        ValueError: the number of folders does not fit the kind of job; both ``resume`` and ``overwrite``.
+        ValueError: the number of folders does not fit the kind of job; both ``resume`` and ``overwrite``;
+            ``retry_errors`` without ``resume``.
 
     Example:
         >>> ScoreJob(("ref", "dist"), output=Path("s.csv")).kind
@@ -357,6 +360,7 @@ class ScoreJob:
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     resume: bool = False
     overwrite: bool = False
+    retry_errors: bool = False
 
     def __post_init__(self) -> None:
         n = len(self.folders)
@@ -366,6 +370,8 @@ class ScoreJob:
             raise ValueError(f"a paired job takes two folders (reference, distorted), got {n}")
         if self.resume and self.overwrite:
             raise ValueError("resume and overwrite exclude each other: continue a job, or start it over")
+        if self.retry_errors and not self.resume:
+            raise ValueError("retry_errors goes with resume: it scores again the error rows of a job's journals")
         object.__setattr__(self, "output", Path(self.output))
 
     @property
@@ -412,6 +418,8 @@ class ScoreResult:
     skipped: int
     world_size: int
     seconds: float
+    retried: int = 0
+    """Error rows of the journals dropped to be scored again (``retry_errors``)."""
 
     @property
     def error_rows(self) -> int:
@@ -424,6 +432,16 @@ class _Built:
     tasks: list[PairTask]
     job: dict[str, Any]
     value_column: str
+
+
+@dataclass
+class _Reached:
+    """How far a run got, for what an interruption outside the scoring says is saved."""
+
+    tasks: list[PairTask] | None = None  # the job's pairs, once listed
+    header: dict[str, Any] | None = None  # the job as the journals record it
+    mine: list[PairTask] | None = None  # this rank's share of what is left
+    scored: bool = False  # this rank's share is in its journal
 
 
 class _Terminated(BaseException):
@@ -449,8 +467,12 @@ class ScoreRunner:
     with its error, the others with :class:`RankFailedError`): build the tasks and check the metric on a
     tiny pair; lock the output (rank 0); apply the output rules (an existing output or journal needs
     ``resume`` or ``overwrite``) and read the finished rows when resuming; check that every rank sees the
-    same journals; open this rank's journal; score this rank's share of what is left; rank 0 merges all
-    journals into the CSV.
+    same journals; with ``retry_errors``, drop the error rows from the journals (rank 0); open this rank's
+    journal; score this rank's share of what is left; rank 0 merges all journals into the CSV.
+
+    Ctrl-C at any step (the listing, the metric check, the final CSV, not only the scoring) raises
+    :class:`JobInterrupted` with what the journals hold; the CSV is replaced only whole, and the journals
+    are removed only once it is written, so no finished row is lost.
 
     Args:
         job: what to score. device: a string for :func:`patchmmd.runtime.resolve_device` (under a launch,
@@ -507,6 +529,7 @@ class ScoreRunner:
         self.resize_hint = resize_hint
         self.mode_hint = mode_hint
         self.argv = argv
+        self._reached = _Reached()
 
     # ---------------------------------------------------------------------------------- helpers
     def _notice(self, notice: Notice) -> None:
@@ -539,7 +562,7 @@ class ScoreRunner:
 
         try:
             images, others = list_images(folder)
-        except (FileNotFoundError, NotADirectoryError) as e:
+        except OSError as e:  # missing, not a folder, or a folder in it that cannot be listed
             raise FolderError(str(e), role=role) from None
         if not images:
             extra = f" (it holds {len(others)} other file(s), e.g. {others[0]})" if others else " (it is empty)"
@@ -579,11 +602,16 @@ class ScoreRunner:
         if job.max_pixels != DEFAULT_MAX_PIXELS:  # a job with the default limit keeps its header as before
             where["max_pixels"] = "none" if job.max_pixels is None else job.max_pixels
         options = dict(job.options)
-        check_metric(job.metric, options)
+        self._reached.tasks = tasks
+        header_error: MetricSetupError | None = None
         try:  # as the journal will hold it (JSON), so that the job matches its own journal
             header = job_header(job.metric, options, tasks, mode=job.mode, resize=job.resize, **where)
+            self._reached.header = header
         except (TypeError, ValueError) as e:
-            raise MetricSetupError(str(e), metric=job.metric) from None
+            header_error = MetricSetupError(str(e), metric=job.metric)
+        check_metric(job.metric, options)  # an option the metric refuses is reported first
+        if header_error is not None:
+            raise header_error
         return _Built(tasks, header, value_column(get_spec(job.metric).higher_is_better))
 
     def _prepare_folder(self) -> None:
@@ -638,6 +666,17 @@ class ScoreRunner:
             done = done_rows(journals, built.job, built.tasks)
         return own, done
 
+    def _drop_error_rows(self, built: _Built) -> None:
+        """Rank 0 rewrites every journal of the output without its error rows (``retry_errors``; locked)."""
+        if not self.env.is_main:
+            return
+        for path in find_journals(self.job.output):
+            try:
+                drop_error_rows(path, built.job, built.tasks)
+            except OSError as e:
+                raise JournalOpenError(f"cannot rewrite the journal {path} without its error rows: {e}",
+                                       path=path) from None
+
     def _open_journal(self, own: Path, built: _Built) -> Journal:
         try:
             return Journal.open(own, built.job, resume=self.job.resume, tasks=built.tasks)
@@ -648,11 +687,37 @@ class ScoreRunner:
     def run(self) -> ScoreResult:
         """Run the job (see the class); returns what it did."""
         env = self.env
-        dev = distributed.device_for(self.device, env)
-        if not env.is_distributed:
-            return self._run(dev)
-        with distributed.process_group(dev, env=env):
-            return self._run(dev)
+        self._reached = _Reached()
+        try:
+            dev = distributed.device_for(self.device, env)
+            if not env.is_distributed:
+                return self._run(dev)
+            with distributed.process_group(dev, env=env):
+                return self._run(dev)
+        except JobInterrupted:
+            raise
+        except KeyboardInterrupt:  # outside the scoring: the listing, the metric check, the final CSV, ...
+            raise self._interruption() from None
+
+    def _interruption(self) -> JobInterrupted:
+        """What Ctrl-C outside :func:`run_tasks` leaves: before the scoring, the rows the journals already held
+        (none under a launch: a rank's share is what was left); after it, every pair of the job (of the rank's
+        share under a launch), since the journals are removed only once the CSV is written."""
+        env, reached = self.env, self._reached
+        share = reached.mine if env.is_distributed else reached.tasks
+        total = 0 if share is None else len(share)
+        if reached.scored:
+            saved = total
+        elif env.is_distributed or reached.tasks is None or reached.header is None:
+            saved = 0
+        else:
+            try:
+                saved = len(done_rows(find_journals(self.job.output), reached.header, reached.tasks))
+            except (ScoringError, OSError):  # e.g. another job's journal: resuming will say so
+                saved = 0
+        return JobInterrupted(signal="SIGINT", saved=saved, total=total,
+                              journal=journal_path(self.job.output, env.rank, env.world_size), rank=env.rank,
+                              distributed=env.is_distributed)
 
     def _run(self, dev: torch.device) -> ScoreResult:
         built = self._agreed(self._build)
@@ -681,10 +746,20 @@ class ScoreRunner:
                 for p in find_journals(out):
                     p.unlink(missing_ok=True)
             distributed.barrier()  # no rank writes before the old journals are gone
+        retried = 0
+        if job.retry_errors:
+            failed = {i for i, r in done.items() if r["error"] is not None}
+            if failed:
+                # Out of the journals before any rank opens its own (the step is a meeting point): the journals
+                # then hold one row per pair, so the new row is the only one whatever journal it lands in.
+                self._agreed(lambda: self._drop_error_rows(built))
+                done = {i: r for i, r in done.items() if i not in failed}
+                retried = len(failed)
         # Every rank has read the same finished rows: the rest is shared out alike on every rank.
         remaining = [t for t in tasks if t.id not in done]
         skipped = len(tasks) - len(remaining)
         mine = shard(remaining, env.rank, env.world_size)
+        self._reached.mine = mine
         journal = self._agreed(lambda: self._open_journal(own, built))
 
         # progress: rank 0's share under a launch; the whole job, from what is done, in a single process
@@ -724,6 +799,7 @@ class ScoreRunner:
         finally:
             if old_sigterm is not None:
                 signal.signal(signal.SIGTERM, old_sigterm)
+        self._reached.scored = True
 
         # --- every rank is done: rank 0 merges all journals into the CSV
         counts = distributed.all_gather_object((summary.scored, summary.errors))
@@ -743,7 +819,7 @@ class ScoreRunner:
             raise FinalizeError(failures[0])
         return ScoreResult(
             output=out, rows=rows, scored=sum(s for s, _ in counts), errors=sum(e for _, e in counts),
-            skipped=skipped, world_size=env.world_size, seconds=time.perf_counter() - t0,
+            skipped=skipped, world_size=env.world_size, seconds=time.perf_counter() - t0, retried=retried,
         )
 
 
