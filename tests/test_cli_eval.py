@@ -160,6 +160,25 @@ def test_output_folder_policy(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "other settings" in r.output
 
 
+def test_resume_over_a_damaged_cache_file(tmp_path: Path) -> None:
+    """--resume after a crash that cut a cache file short (as in-place writes could) computes that metric again
+    instead of failing on the JSON; the other metric is reused."""
+    labels = make_mos_csv(tmp_path / "mos")
+    out = tmp_path / "out"
+    args = ["eval", "mos", str(labels), "-m", "l2,psnr", "--bootstrap", "0", "--no-plots", "--out", str(out)]
+    assert invoke(*args).exit_code == 0
+    first = json.loads((out / "report.json").read_text())["metrics"]
+    text = (out / "cache" / "l2.json").read_text()
+    (out / "cache" / "l2.json").write_text(text[: len(text) // 2])
+    with pytest.warns(RuntimeWarning, match=r"cache file .*l2\.json is damaged"):
+        r = invoke(*args, "--resume")
+    assert r.exit_code == 0, r.output
+    assert "psnr: reusing" in r.output and "l2: reusing" not in r.output
+    assert json.loads((out / "report.json").read_text())["metrics"] == first
+    assert json.loads((out / "cache" / "l2.json").read_text())["values"] == json.loads(text)["values"]
+    assert sorted(p.name for p in (out / "cache").iterdir()) == ["l2.json", "psnr.json"]
+
+
 @pytest.mark.parametrize(
     ("setup", "args", "code", "message"),
     [

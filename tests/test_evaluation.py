@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -350,3 +351,68 @@ def test_bootstrap_and_seed_checked_before_metrics_run(tmp_path: Path) -> None:
         correlations([1, 2, 3, 4], [1, 2, 4, 3], bootstrap=5, seed=-1)
     r = correlations([1, 2, 3, 4], [1, 2, 4, 3], bootstrap=np.int64(5), seed=np.int64(1))
     assert r["ci"] == correlations([1, 2, 3, 4], [1, 2, 4, 3], bootstrap=5, seed=1)["ci"]
+
+
+def test_damaged_cache_file_is_computed_again(tmp_path: Path) -> None:
+    """A cache file that cannot be decoded (cut short by a crash while an earlier version wrote it, or damaged on
+    disk) holds nothing usable: it is ignored with a warning naming it, the metric is computed again and the
+    file replaced. A readable file with other settings is still refused."""
+    ds = MOSDataset(tiny_mos(tmp_path / "data"))
+    counting = Counting()
+    metric = EvalMetric("mse", counting)
+    cache = tmp_path / "cache"
+    first = run(ds, [metric], cache=cache, bootstrap=0)
+    path = cache / "mse.json"
+    good = json.loads(path.read_text())
+    assert counting.pairs == 7 and [p.name for p in cache.iterdir()] == ["mse.json"]  # no temporary file left
+    wrong_rows = json.dumps({**good, "values": good["values"][:-1]}).encode()
+    for damaged in (path.read_bytes()[:40], b"", b"\xff\xfe{", b"[1, 2]", wrong_rows):
+        path.write_bytes(damaged)
+        pairs = counting.pairs
+        with pytest.warns(RuntimeWarning, match=r"the cache file .*mse\.json is damaged \(.*\); ignoring it"):
+            again = run(ds, [metric], cache=cache, bootstrap=0)
+        assert counting.pairs == pairs + 7  # computed again (6 items and the unscored row's check)
+        assert again.values == first.values and again.metrics == first.metrics
+        assert {k: v for k, v in json.loads(path.read_text()).items() if k != "seconds"} == {
+            k: v for k, v in good.items() if k != "seconds"}
+        assert [p.name for p in cache.iterdir()] == ["mse.json"]
+    pairs = counting.pairs
+    run(ds, [metric], cache=cache, bootstrap=0)  # the replaced file is read back
+    assert counting.pairs == pairs + 1
+    path.write_text(json.dumps({**good, "values": [], "settings": {**good["settings"], "n": 3}}))
+    with pytest.raises(CacheMismatchError, match="other settings"):
+        run(ds, [metric], cache=cache, bootstrap=0)
+
+
+def test_cache_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cache file is written to a temporary file in the same folder, then renamed over it: a write that fails
+    half-way leaves the previous file (or none) and no temporary file, and an unreadable file is named."""
+    ds = MOSDataset(tiny_mos(tmp_path / "data"))
+    cache = tmp_path / "cache"
+    path = cache / "l2.json"
+    cache.mkdir()
+    path.write_bytes(b'{"settings": {"kind": "mo')  # a partial file, as an in-place write cut short left it
+
+    def fail(src: str, dst: str) -> None:
+        assert Path(src).parent == cache and Path(src).read_bytes().endswith(b"}")  # the whole file, fsynced
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.warns(RuntimeWarning, match="damaged"), pytest.raises(OSError, match="No space left"):
+        run(ds, ["l2"], cache=cache, bootstrap=0)
+    assert [p.name for p in cache.iterdir()] == ["l2.json"] and path.read_bytes() == b'{"settings": {"kind": "mo'
+    monkeypatch.undo()
+    with pytest.warns(RuntimeWarning, match="damaged"):
+        run(ds, ["l2"], cache=cache, bootstrap=0)
+    assert [p.name for p in cache.iterdir()] == ["l2.json"] and json.loads(path.read_text())["settings"]["n"] == 6
+
+    read_bytes = Path.read_bytes
+
+    def unreadable(self: Path) -> bytes:
+        if self == path:
+            raise PermissionError(13, "Permission denied", str(self))
+        return read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", unreadable)
+    with pytest.raises(EvaluationError, match=r"cannot read the cache file .*l2\.json: Permission denied; remove it"):
+        run(ds, ["l2"], cache=cache, bootstrap=0)

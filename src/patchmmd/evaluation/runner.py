@@ -13,7 +13,8 @@ holding the values and the statistics of :mod:`.stats`:
 
 With ``cache`` (a folder), each finished metric's values are stored as ``<cache>/<metric>.json`` together
 with the settings they were computed with; a later run with the same settings reads them back instead of
-recomputing, and one with other settings raises :class:`CacheMismatchError`. Progress is reported through
+recomputing, and one with other settings raises :class:`CacheMismatchError`. The files are written atomically;
+one that cannot be decoded is recomputed with a warning (see :func:`_cached`). Progress is reported through
 a callback receiving :class:`Progress` events (no progress bar here). :mod:`.report` writes the result.
 
 Example:
@@ -43,6 +44,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -311,23 +313,73 @@ def _compute(metric: EvalMetric, dataset: Dataset, indices: Sequence[int], kind:
 def _cached(cache: Path | None, metric: EvalMetric, settings: dict[str, Any],
             compute: Callable[[], list[list[float]]], progress: Callable[[Progress], None] | None,
             n: int) -> list[list[float]]:
+    """``metric``'s values from ``cache/<metric>.json`` when it holds them for ``settings``, else computed and
+    stored there.
+
+    The file is written atomically (a temporary file in the same folder, fsynced, then renamed over it): it is
+    either absent, the previous file or the complete new one. A file that cannot be decoded anyway (one cut
+    short by a crash under an older version, or damaged on disk) holds nothing usable: it is treated as absent,
+    with a warning naming it, and the metric is recomputed and the file replaced. That is safe because the
+    cache only memoises values that the same settings recompute exactly; a readable file with other settings
+    is still refused (:class:`CacheMismatchError`). A file that cannot be read at all (permissions, ...) raises
+    :class:`EvaluationError` naming it.
+    """
     if cache is None:
         return compute()
     path = cache / f"{metric.name}.json"
-    if path.is_file():
-        data = json.loads(path.read_text())
-        if data.get("settings") != settings:
-            raise CacheMismatchError(f"{path} was computed with other settings ({data.get('settings')})", path,
-                                     data.get("settings"))
+    cached = _read_cache(path, settings, n) if path.is_file() else None
+    if cached is not None:
         if progress is not None:
             progress(Progress(metric.name, n, n, cached=path))
-        values: list[list[float]] = data["values"]
-        return values
+        return cached
+    from ..scoring.output import atomic_write_text
+
     t0 = time.perf_counter()
     values = compute()
     cache.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"settings": settings, "values": values, "seconds": time.perf_counter() - t0}))
+    atomic_write_text(path, json.dumps({"settings": settings, "values": values,
+                                        "seconds": time.perf_counter() - t0}))
     return values
+
+
+def _read_cache(path: Path, settings: dict[str, Any], n: int) -> list[list[float]] | None:
+    """The values held by a cache file, or ``None`` (with a warning) when it is damaged: not UTF-8 JSON, or not
+    an object with ``settings`` and ``n`` rows of finite ``values``.
+
+    Raises:
+        CacheMismatchError: the file was computed with other settings.
+        EvaluationError: the file cannot be read (permissions, an I/O error).
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise EvaluationError(f"cannot read the cache file {path}: {e.strerror or e}; remove it, or use another "
+                              "cache folder") from e
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except ValueError as e:  # UnicodeDecodeError, JSONDecodeError
+        problem = f"not valid JSON: {e}"
+    else:
+        if not isinstance(data, dict) or not isinstance(data.get("settings"), dict):
+            problem = "no settings"
+        elif data["settings"] != settings:
+            raise CacheMismatchError(f"{path} was computed with other settings ({data['settings']})", path,
+                                     data["settings"])
+        elif not _cached_values_ok(data.get("values"), n):
+            problem = f"not {n} rows of finite values"
+        else:
+            values: list[list[float]] = data["values"]
+            return values
+    warnings.warn(f"the cache file {path} is damaged ({problem}); ignoring it: the metric is computed again and "
+                  "the file replaced", RuntimeWarning, stacklevel=4)
+    return None
+
+
+def _cached_values_ok(values: Any, n: int) -> bool:
+    return isinstance(values, list) and len(values) == n and all(
+        isinstance(row, list) and row and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in row)
+        for row in values)
 
 
 def _plain(v: Any) -> Any:
@@ -398,7 +450,8 @@ def run(
     Raises:
         CacheMismatchError: a cached metric was computed with other settings.
         EvaluationError: a metric failed on the data, returned the wrong number of values or a non-finite
-            value; or fewer than 3 MOS rows have a score.
+            value; fewer than 3 MOS rows have a score; or a cache file cannot be read (one that reads but cannot
+            be decoded is recomputed, with a :class:`RuntimeWarning`).
         DatasetError, OSError: an item cannot be read.
         ValueError, TypeError: bad arguments (unknown metric name, ``batch_size`` < 1, ...).
     """
