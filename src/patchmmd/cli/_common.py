@@ -16,7 +16,6 @@ Example:
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -82,17 +81,6 @@ class ErrorMappingGroup(click.Group):
             raise one_line_error(e) from e
 
 
-def _finite(obj: Any) -> Any:
-    """``obj`` with every float that is not finite (NaN, infinity) replaced by ``None``, in nested dicts and lists."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 def json_line(obj: Any) -> str:
     """``obj`` as strict JSON on one line: a float that is not finite is written as ``null`` (JSON has no NaN),
     as :func:`patchmmd.evaluation.report.json_text` does for the report files (which it indents).
@@ -101,7 +89,9 @@ def json_line(obj: Any) -> str:
         >>> json_line({"distance": float("nan"), "shape": [3, float("inf")]})
         '{"distance": null, "shape": [3, null]}'
     """
-    return json.dumps(_finite(obj), allow_nan=False)
+    from ..evaluation.report import json_text
+
+    return json_text(obj, indent=None).rstrip("\n")
 
 
 def _check_metric(ctx: click.Context, param: click.Parameter, value: str) -> str:

@@ -134,15 +134,18 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def json_text(obj: Any) -> str:
-    """``obj`` as indented, strict JSON text (ending in a newline): a statistic that is not finite (NaN, e.g. a
-    correlation of constant values) is written as ``null``, since JSON has no NaN.
+def json_text(obj: Any, indent: int | None = 2) -> str:
+    """``obj`` as strict JSON text ending in a newline, indented by ``indent`` (``None``: on one line): a
+    statistic that is not finite (NaN, e.g. a correlation of constant values) is written as ``null``, since JSON
+    has no NaN.
 
     Example:
         >>> json_text({"srocc": float("nan"), "n": [1, float("inf")]}).split()
         ['{', '"srocc":', 'null,', '"n":', '[', '1,', 'null', ']', '}']
+        >>> json_text({"srocc": float("nan")}, indent=None)
+        '{"srocc": null}\\n'
     """
-    return json.dumps(_finite(obj), indent=2, allow_nan=False) + "\n"
+    return json.dumps(_finite(obj), indent=indent, allow_nan=False) + "\n"
 
 
 def _finish(out: Path, report: dict[str, Any], md: list[str], summary: str, plots: dict[str, str],
