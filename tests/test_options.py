@@ -255,3 +255,43 @@ def test_weight_files_with_sparse_float8_or_twice_named_tensors_are_weights_erro
         load_weights(path, "heads", "lpips-vgg", "weights")
     torch.save({"module.w": torch.zeros(1), "module.b": torch.ones(1)}, path)
     assert sorted(load_weights(path, "heads", "lpips-vgg", "weights")) == ["b", "w"]
+
+
+def test_weight_files_others_can_write_are_refused(tmp_path):
+    """Whoever can write a weight file (or replace it in its folder) decides what the metric computes: only files
+    the user controls are read (owned by the user or root, writable by no one else; a sticky folder is fine)."""
+    import os
+    import stat
+
+    from patchmmd.metrics.weights import WeightsError, load_weights
+
+    if not hasattr(os, "geteuid"):
+        pytest.skip("POSIX owners and modes only")
+    folder = tmp_path / "w"
+    folder.mkdir(mode=0o755)
+    folder.chmod(0o755)
+    path = folder / "head.pt"
+    torch.save({"w": torch.ones(2)}, path)
+    path.chmod(0o644)
+    assert load_weights(path, what="a head", metric="demo", option="weights")["w"].tolist() == [1.0, 1.0]
+    path.chmod(0o666)
+    with pytest.raises(WeightsError, match=r"demo: weights file .*head\.pt: the file is writable by others \(mode 666\)"
+                                           r".*`chmod go-w` it"):
+        load_weights(path, what="a head", metric="demo", option="weights")
+    path.chmod(0o644)
+    folder.chmod(0o777)
+    with pytest.raises(WeightsError, match=r"its folder .* is writable by others \(mode 777\)"):
+        load_weights(path, what="a head", metric="demo", option="weights")
+    folder.chmod(0o777 | stat.S_ISVTX)  # like /tmp: others cannot replace a file they do not own
+    assert load_weights(path, what="a head", metric="demo", option="weights")["w"].tolist() == [1.0, 1.0]
+    folder.chmod(0o755)
+    link = tmp_path / "link.pt"  # a link is followed: the file it leads to is what is checked
+    link.symlink_to(path)
+    path.chmod(0o646)
+    with pytest.raises(WeightsError, match="the file is writable by others"):
+        load_weights(link, what="a head", metric="demo", option="weights")
+    path.chmod(0o644)
+    if os.geteuid() == 0:  # root can give the file away: a file of another user is refused, even to root
+        os.chown(path, 65534, -1)
+        with pytest.raises(WeightsError, match="the file is owned by uid 65534, not by you"):
+            load_weights(path, what="a head", metric="demo", option="weights")

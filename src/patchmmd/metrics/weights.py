@@ -6,6 +6,11 @@ them with :func:`check_layout`; every failure is a :class:`WeightsError` (a ``Va
 the file, and the key when one is at fault. Nothing is ever downloaded.
 
 * Files are read with ``torch.load(path, map_location="cpu", weights_only=True)``: tensors only, never code.
+* Only files the user controls are read: on POSIX the file (after symbolic links) must be owned by the user or
+  root and writable by no one else (not by others; by its group only if that is the user's own group), in a
+  folder with the same owners that no one else can write (a sticky folder such as ``/tmp`` is fine). Whoever
+  can write a weight file decides what the metric computes; such a file is refused with the ``chmod``/copy that
+  makes it safe, and the checked file is the one read (one open file, no second lookup of the path).
 * A ``{"state_dict": {...}}`` / ``{"model": {...}}`` wrapper and a ``module.`` prefix (DataParallel) are unwrapped.
 * Every tensor must be real floating point with finite values.
 * :func:`check_layout` lists the missing keys, the unexpected keys and the wrong shapes.
@@ -71,6 +76,40 @@ def check_weight_tensor(where: str, key: str, value: object) -> torch.Tensor:
     return value
 
 
+def _check_owned(fd: int, path: Path, *, metric: str, option: str) -> None:
+    """:class:`WeightsError` unless the open file ``fd`` and its folder are controlled by the user (POSIX; see
+    the module's docstring): owned by the user or root, writable by no one else."""
+    if not hasattr(os, "geteuid"):  # Windows: no POSIX owners and modes to check
+        return
+    import stat
+
+    euid, egid = os.geteuid(), os.getegid()
+
+    def check(st: os.stat_result, subject: str, fix: str, sticky_ok: bool = False) -> None:
+        mode = stat.S_IMODE(st.st_mode)
+        why = None
+        if st.st_uid not in (euid, 0):
+            why = f"is owned by uid {st.st_uid}, not by you (uid {euid}) or root"
+            fix = "Copy the file into a folder of yours."
+        elif not (sticky_ok and st.st_mode & stat.S_ISVTX) and (mode & 0o002 or (mode & 0o020 and st.st_gid != egid)):
+            why = f"is writable by {'others' if mode & 0o002 else 'its group'} (mode {mode:o})"
+        if why:
+            raise WeightsError(f"{metric}: {option} file {path}: {subject} {why}; whoever can write it decides what "
+                               f"the metric computes. {fix}")
+
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise WeightsError(f"{metric}: {option} file {path} is not a regular file")
+    check(st, "the file", "Copy it into a folder of yours, or `chmod go-w` it.")
+    folder = Path(os.path.realpath(path)).parent
+    try:
+        folder_st = os.stat(folder)
+    except OSError as e:
+        raise WeightsError(f"{metric}: {option} file {path}: cannot check its folder {folder}: {e}") from None
+    check(folder_st, f"its folder {folder}", "Copy the file into a folder of yours, or `chmod go-w` the folder.",
+          sticky_ok=True)
+
+
 def load_weights(
     path: WeightsPath, what: str, metric: str, option: str, *, hint: str = ""
 ) -> dict[str, torch.Tensor]:
@@ -93,10 +132,19 @@ def load_weights(
     if not p.is_file():
         raise WeightsFileNotFoundError(f"{metric}: {option} file not found: {p} ({what}){suffix}")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        f = open(p, "rb")  # closed below; the checked descriptor is the one torch reads
+    except OSError as e:
+        raise WeightsError(f"{metric}: cannot open {option} file {p}: {e.strerror or e}") from None
+    try:
+        _check_owned(f.fileno(), p, metric=metric, option=option)
+        obj = torch.load(f, map_location="cpu", weights_only=True)
+    except WeightsError:
+        raise
     except Exception as e:  # unpickling errors come in many types
         raise WeightsError(f"{metric}: cannot read {option} file {p} as a weights-only tensor file "
                            f"(torch.load(weights_only=True)): {e}") from None
+    finally:
+        f.close()
     for key in ("state_dict", "model"):
         if isinstance(obj, Mapping) and set(obj) == {key} and isinstance(obj[key], Mapping):
             obj = obj[key]
