@@ -416,3 +416,15 @@ def test_cache_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(Path, "read_bytes", unreadable)
     with pytest.raises(EvaluationError, match=r"cannot read the cache file .*l2\.json: Permission denied; remove it"):
         run(ds, ["l2"], cache=cache, bootstrap=0)
+
+
+def test_bootstrap_interval_is_nan_when_many_resamples_are_undefined() -> None:
+    """With x = [1, 1, 2] a third of the resamples have tied x (SROCC undefined): an interval from the other two
+    thirds would not describe the whole, so it is NaN. A few undefined resamples are left out."""
+    r = correlations([1, 1, 2], [1, 2, 3], bootstrap=200, seed=0)
+    assert math.isnan(r["ci"]["srocc"][0]) and math.isnan(r["ci"]["srocc"][1])
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=30), rng.normal(size=30)
+    x[:2] = x[2]  # three tied values among 30: undefined resamples are rare (none here)
+    lo, hi = correlations(x, y, bootstrap=200, seed=0)["ci"]["srocc"]
+    assert -1 <= lo < hi <= 1

@@ -321,7 +321,9 @@ def correlations(
         r between the logistic-fitted values and the (oriented) scores, ``rmse`` the fit's residual in score
         units, ``plcc_linear`` Pearson's r without the fit, ``logistic`` the fit's parameters (on the oriented
         values). ``ci`` maps each of srocc/krocc/plcc/rmse to ``[low, high]`` (percentile bootstrap) or is
-        empty without bootstrap. Statistics that are undefined (constant input) are NaN.
+        empty without bootstrap; resamples where a statistic is undefined are left out while they are at most
+        ``1 - confidence`` of all, beyond that its interval is NaN. Statistics that are undefined (constant
+        input) are NaN.
 
     Example:
         >>> import numpy as np
@@ -357,7 +359,10 @@ def correlations(
         for k, v in samples.items():
             arr = np.asarray(v, dtype=np.float64)
             arr = arr[np.isfinite(arr)]
-            out["ci"][k] = [float(np.percentile(arr, lo)), float(np.percentile(arr, hi))] if arr.size else [
+            # Resamples where the statistic is undefined (all values tied) are left out only while they are at
+            # most 1 - confidence of all: beyond that, the interval of the rest would say nothing of the whole.
+            enough = arr.size and arr.size >= confidence * bootstrap
+            out["ci"][k] = [float(np.percentile(arr, lo)), float(np.percentile(arr, hi))] if enough else [
                 math.nan, math.nan]
     return out
 
