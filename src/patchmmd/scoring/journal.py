@@ -130,6 +130,11 @@ def _read_lines(path: Path) -> tuple[dict[str, Any] | None, list[tuple[int, Any]
     return header, rows, valid
 
 
+def _line(obj: Any) -> bytes:
+    """One journal line: ``obj`` as JSON with sorted keys and a newline (the header and every row)."""
+    return json.dumps(obj, sort_keys=True).encode() + b"\n"
+
+
 def _cut_before_header(path: Path, valid: int) -> bool:
     """Whether the journal holds no complete line at all (``valid``: see :func:`_read_lines`): a crash as it was
     created, before its header line was written out; it holds no row."""
@@ -286,7 +291,7 @@ class Journal:
             fh.truncate(0)
             fh.seek(0)
             header = {"format": JOURNAL_FORMAT, "version": JOURNAL_VERSION, "job": job, "created": time.time()}
-            fh.write(json.dumps(header, sort_keys=True).encode() + b"\n")
+            fh.write(_line(header))
             _fsync(fh)
         except BaseException:
             fh.close()
@@ -296,7 +301,7 @@ class Journal:
 
     def append(self, rows: Iterable[dict[str, Any]]) -> None:
         """Append rows (each with an ``id``) and make them durable (flush + fsync) before returning."""
-        data = b"".join(json.dumps(r, sort_keys=True).encode() + b"\n" for r in rows)
+        data = b"".join(_line(r) for r in rows)
         if not data:
             return
         self._fh.write(data)
@@ -351,9 +356,7 @@ def drop_error_rows(
     keep = [r for r in rows if r["error"] is None]
     if len(keep) == len(rows):
         return 0
-    # as Journal writes them: the header, then one row a line
-    text = "".join(json.dumps(obj, sort_keys=True) + "\n" for obj in (header, *keep))
-    atomic_write_text(path, text)
+    atomic_write_text(path, b"".join(_line(obj) for obj in (header, *keep)).decode())
     return len(rows) - len(keep)
 
 
