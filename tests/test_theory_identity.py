@@ -195,3 +195,22 @@ def test_bad_arguments() -> None:
         RandomCNNDistance(width=4)(torch.rand(1, 3, 8, 8) * 2, torch.rand(1, 3, 8, 8))
     with pytest.raises(TypeError, match="x must be"):
         RandomCNNDistance(width=4)([1.0], torch.rand(1, 3, 8, 8))  # type: ignore[arg-type]
+
+
+def test_autocast_does_not_change_the_distance() -> None:
+    """Inside a ``torch.autocast`` region the distance turns autocast off (README): the same value as outside."""
+    x, y = _pair(16, 16)
+    x, y = x.float(), y.float()
+    net = RandomCNNDistance(width=32, depth=2, pooling=(8, 4), reduction="none")
+    want = net(x, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = net(x, y)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_zero_mean_1x1_first_layer_is_refused() -> None:
+    """A zero-mean 1x1 filter is 0: every distance would be 0."""
+    with pytest.raises(ValueError, match="compares nothing"):
+        RandomCNNDistance(width=4, kernel_size=1, first_layer="zero_mean")
+    assert float(RandomCNNDistance(width=4, kernel_size=1)(*_pair(8, 8))) > 0

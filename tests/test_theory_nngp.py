@@ -236,3 +236,58 @@ def test_infinite_distance_bad_arguments() -> None:
     with pytest.raises(ValueError, match="closed form"):
         nngp_from_inner_products(torch.ones(1), torch.ones(1), torch.ones(1), dim=1, depth=1, sigma_b2=0.1,
                                  method="closed_form")
+
+
+def test_second_derivatives_at_equal_patches() -> None:
+    """``create_graph=True`` through κ₁ where ``c = ±1`` (every ``k(p, p)``, equal patches): finite and exact.
+
+    κ₁'' is infinite at ±1 but its contribution there is 0 (``1 ∓ c = O(|δ|²)``); autograd through ``arccos`` gave
+    ``inf`` there and NaN Hessians of the distance.
+    """
+    c = torch.tensor([-1.0, 1.0], dtype=F64, requires_grad=True)
+    (g,) = torch.autograd.grad(kappa1(c).sum(), c, create_graph=True)
+    (h,) = torch.autograd.grad(g.sum(), c)
+    assert h.tolist() == [0.0, 0.0]
+    gen = torch.Generator().manual_seed(4)
+    x = torch.rand(1, 3, 5, 5, generator=gen, dtype=F64) * 0.6 + 0.2
+    x = x[..., :2, :2].repeat(1, 1, 3, 3)[..., :5, :5]  # periodic: many equal patches, none flat
+    y = (x + 0.05 * torch.randn(x.shape, generator=gen, dtype=F64)).clamp(0, 1)
+    v = torch.randn(x.shape, generator=gen, dtype=F64)
+
+    def grad(f, z, t, create_graph=False):  # type: ignore[no-untyped-def]
+        z = z.detach().requires_grad_()
+        return torch.autograd.grad(f(z, t), z, create_graph=create_graph)[0], z
+
+    for pooling in [(4, 2), None]:
+        for sigma_b2 in (0.0, 0.2):
+            m = InfiniteCNNDistance(depth=2, pooling=pooling, sigma_b2=sigma_b2)
+            assert torch.autograd.gradgradcheck(lambda a, m=m: m(a, y), (x.clone().requires_grad_(),), fast_mode=True)
+            for target in (y, x.clone()):  # x == y too
+                g1, z = grad(m, x, target, create_graph=True)
+                (hv,) = torch.autograd.grad((g1 * v).sum(), z)
+                fd = (grad(m, x + 1e-5 * v, target)[0] - grad(m, x - 1e-5 * v, target)[0]) / 2e-5
+                torch.testing.assert_close(hv, fd, rtol=1e-3, atol=1e-3 * float(fd.abs().max()))
+    a = x.float().requires_grad_()
+    (g32,) = torch.autograd.grad(InfiniteCNNDistance(depth=3)(a, x.float()), a, create_graph=True)
+    (h32,) = torch.autograd.grad(g32.sum(), a)
+    assert torch.isfinite(h32).all()
+
+
+def test_autocast_does_not_change_the_infinite_distance() -> None:
+    """Inside a ``torch.autocast`` region the distance turns autocast off (README): the same value as outside."""
+    x, y = (t.float() for t in _crops())
+    for pooling in [(16, 8), None]:
+        want = infinite_cnn_distance(x, y, pooling=pooling)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = InfiniteCNNDistance(pooling=pooling, reduction="none")(x, y)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_zero_mean_1x1_first_layer_is_refused() -> None:
+    x, y = _crops()
+    with pytest.raises(ValueError, match="compares nothing"):
+        infinite_cnn_distance(x, y, kernel_size=1, first_layer="zero_mean")
+    with pytest.raises(ValueError, match="compares nothing"):
+        InfiniteCNNDistance(kernel_size=1, first_layer="zero_mean")
+    assert float(infinite_cnn_distance(x, y, kernel_size=1)) > 0

@@ -227,3 +227,14 @@ def test_weights_are_non_persistent_buffers(make) -> None:  # type: ignore[no-un
     net.to(torch.device("meta"))
     assert all(b.device.type == "meta" for b in net.buffers())
     assert net.layers()[0][0].device.type == "meta"
+
+
+def test_vgg_autocast_does_not_change_the_distance() -> None:
+    """Inside a ``torch.autocast`` region the distance turns autocast off (README): the same value as outside."""
+    x, y = _pair(16)
+    d = VGGDistance(reduction="none")
+    want = d(x, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = d(x, y)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -53,6 +53,7 @@ from ..core.validation import (
     check_seed,
     check_value_range,
     compute_dtype,
+    full_precision,
     prepare_pair,
     reduce,
 )
@@ -68,7 +69,15 @@ from ..metrics.trunks import (
     vgg16_layout,
     vgg16_taps,
 )
-from .nngp import FIRST_LAYERS, PATCH_NORM_EPS, FirstLayer, Pooling, _pool_window, check_pooling
+from .nngp import (
+    FIRST_LAYERS,
+    PATCH_NORM_EPS,
+    FirstLayer,
+    Pooling,
+    _pool_window,
+    check_first_layer_size,
+    check_pooling,
+)
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -126,6 +135,7 @@ def random_cnn_weights(
     check_nonnegative_float("sigma_b2", sigma_b2)
     if first_layer not in FIRST_LAYERS:
         raise ValueError(f"first_layer must be one of {FIRST_LAYERS}, got {first_layer!r}")
+    check_first_layer_size(first_layer, kernel_size)
     check_seed(seed)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     layers: list[Layer] = []
@@ -290,6 +300,7 @@ class RandomCNNDistance(_LayerBuffers):
         xs, _, _ = self._prepare(x, x)
         return random_cnn_features(xs, self.layers(xs.device, xs.dtype), first_layer=self.first_layer)
 
+    @full_precision
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         xs, ys, dtype = self._prepare(x, y)
         layers = self.layers(xs.device, xs.dtype)
@@ -425,6 +436,7 @@ class VGGDistance(_LayerBuffers):
         self.out_of_range: OutOfRange = out_of_range
         self.reduction = check_reduction(reduction)
 
+    @full_precision
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x, y = check_pair(x, y, value_range=self.value_range, out_of_range=self.out_of_range, min_size=16)
         if x.shape[1] != 3:

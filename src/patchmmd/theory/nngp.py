@@ -51,6 +51,7 @@ from ..core.validation import (
     check_positive_int,
     check_reduction,
     check_value_range,
+    full_precision,
     prepare_pair,
     reduce,
 )
@@ -71,7 +72,13 @@ _PI = math.pi
 
 class _Kappa1(torch.autograd.Function):
     """``κ₁(c)`` for ``c`` clamped to ``[-1, 1]``, with the derivative ``(π - arccos c) / π`` everywhere (and,
-    when the gradient's graph is asked for, the second derivative ``1 / (π √(1 - c²))``, infinite at ±1)."""
+    when the gradient's graph is asked for, the second derivative ``1 / (π √(1 - c²))`` inside ``(-1, 1)``).
+
+    At ``c = ±1`` the second derivative is infinite, and autograd would give ``inf · 0 = NaN`` in every Hessian
+    that meets such an entry (every diagonal ``k(p, p)``, every pair of equal patches). It is taken as 0 there,
+    which is the exact contribution: ``c = ±1`` is where a cosine is extreme, so ``1 ∓ c = O(|δ|²)`` for a
+    perturbation ``δ`` of the inputs, and ``κ₁`` deviates from its linear part by ``O((1 ∓ c)^{3/2}) = O(|δ|³)``.
+    """
 
     # ``ctx`` is typed Any: torch's ``FunctionCtx`` declares ``save_for_backward`` but not ``saved_tensors``.
     @staticmethod
@@ -85,8 +92,9 @@ class _Kappa1(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         theta, c = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph=True: theta recomputed with its graph
-            theta = torch.arccos(c.clamp(-1.0, 1.0))
+        if torch.is_grad_enabled():  # create_graph=True: theta recomputed with its graph inside (-1, 1)
+            inside = c.abs() < 1.0
+            theta = torch.where(inside, torch.arccos(torch.where(inside, c, torch.zeros_like(c))), theta)
         return grad * (_PI - theta) / _PI
 
 
@@ -142,6 +150,17 @@ def _check_kernel_options(depth: object, sigma_w2: object, sigma_b2: object, fir
     check_nonnegative_float("sigma_b2", sigma_b2)
     if first_layer not in FIRST_LAYERS:
         raise ValueError(f"first_layer must be one of {FIRST_LAYERS}, got {first_layer!r}")
+
+
+def check_first_layer_size(first_layer: object, kernel_size: int) -> None:
+    """Refuse ``first_layer="zero_mean"`` with ``kernel_size=1``: a 1x1 filter made zero-mean is 0, so every
+    feature, and the distance of every pair, would be 0 (as ``patch_mmd`` refuses ``patch_size=1`` with
+    ``center=True``)."""
+    if first_layer == "zero_mean" and kernel_size == 1:
+        raise ValueError(
+            "first_layer='zero_mean' with kernel_size=1 compares nothing: a zero-mean 1x1 filter is 0, so the "
+            "distance would be 0 for every pair; use kernel_size >= 3 or another first_layer"
+        )
 
 
 def nngp_from_inner_products(
@@ -381,6 +400,7 @@ def _aligned_kernel_distance(x: torch.Tensor, y: torch.Tensor, kernel: NNGPKerne
     return value.clamp_min(0.0).mean(dim=(1, 2))
 
 
+@full_precision
 def infinite_cnn_distance(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -410,6 +430,7 @@ def infinite_cnn_distance(
     """
     _check_kernel_options(depth, sigma_w2, sigma_b2, first_layer)
     check_patch_size(kernel_size)
+    check_first_layer_size(first_layer, kernel_size)
     pooling = check_pooling(pooling)
     reduction = check_reduction(reduction)
     xs, ys, dtype = prepare_pair(x, y, value_range=value_range, out_of_range=out_of_range, min_size=kernel_size)
@@ -455,6 +476,7 @@ class InfiniteCNNDistance(nn.Module):
         super().__init__()
         _check_kernel_options(depth, sigma_w2, sigma_b2, first_layer)
         check_patch_size(kernel_size)
+        check_first_layer_size(first_layer, kernel_size)
         self.options: dict[str, Any] = dict(
             depth=depth, kernel_size=kernel_size, pooling=check_pooling(pooling), first_layer=first_layer,
             sigma_w2=float(sigma_w2), sigma_b2=float(sigma_b2), value_range=check_value_range(value_range),
