@@ -143,3 +143,19 @@ def test_training_is_deterministic_and_learns() -> None:
     assert all(torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True))
     sr = train_superres(split, loss, scale=2, steps=3, width=8, blocks=1, seed=5)
     assert len(sr.history) == 3 and all(map(lambda v: v == v, sr.history))
+
+
+def test_deterministic_restores_warn_only() -> None:
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    try:
+        torch.use_deterministic_algorithms(True, warn_only=False)
+        with deterministic(1):
+            assert torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.are_deterministic_algorithms_enabled()
+        assert not torch.is_deterministic_algorithms_warn_only_enabled()
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        with deterministic(1):
+            pass
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])

@@ -131,3 +131,42 @@ def test_data_dir_skips_hidden_files(tmp_path: Path, photo_dir: Path) -> None:
         (data / hidden).write_bytes(b"\x00\x05\x16\x07 not a PNG")
     images, names = load_photos(data)
     assert names == ["p0.png", "p1.png"] and [tuple(x.shape) for x in images] == [(3, 64, 96)] * 2
+
+
+def test_eval_distances_are_checked_before_training(tmp_path: Path, photo_dir: Path) -> None:
+    # a typo, or a distance that cannot take the tile size, is refused before the run (no folder), not after it
+    base = ["train-ae", str(photo_dir), "--steps", "1", "--width", "4", "--latent", "2", "--loss", "l2",
+            "--no-progress"]
+    for crop, names in (("32", "mmdpp,nosuch"), ("8", "ms-ssim")):
+        out = tmp_path / f"out-{crop}"
+        r = CliRunner().invoke(main, [*base, "--crop", crop, "--eval-distances", names, "--out", str(out)])
+        assert r.exit_code == 2 and "--eval-distances" in r.output, r.output
+        assert not out.exists()
+
+
+def test_metrics_json_is_strict_and_outputs_replace_symlinks(tmp_path: Path) -> None:
+    data = tmp_path / "flat"
+    data.mkdir()
+    Image.new("RGB", (96, 64), (120, 130, 140)).save(data / "flat.png")  # a flat held-out tile: sharpness is NaN
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (out / "metrics.json").symlink_to(victim)  # --overwrite replaces the command's files, never writes through a link
+    (out / "figure.png").symlink_to(tmp_path / "nowhere.png")
+    text = _run(["train-ae", str(data), "--crop", "32", "--steps", "1", "--width", "4", "--latent", "2", "--loss", "l2",
+                 "--no-progress", "--eval-distances", "mmdpp-pixelwise", "--out", str(out), "--overwrite"])
+    assert "msemmdpp" not in text and " mmdpp-pixelwise" in text  # the summary's columns keep a gap
+    assert victim.read_text() == "keep me" and not (tmp_path / "nowhere.png").exists()
+    assert not (out / "metrics.json").is_symlink() and not (out / "figure.png").is_symlink()
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not strict JSON: {constant}")
+
+    m = json.loads((out / "metrics.json").read_text(), parse_constant=refuse)
+    assert m["heldout"]["sharpness"] is None
+
+
+def test_bad_loss_option_names_the_option() -> None:
+    r = CliRunner().invoke(main, ["train-ae", "-o", "width", "--loss", "random-cnn"])
+    assert r.exit_code == 2 and "--loss-option" in r.output and "KEY=VALUE" in r.output

@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 import stat
 import warnings
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -258,6 +259,24 @@ def _to_8bit(im: Any, mode: ImageMode) -> Any:
         background = Image.new("RGBA", im.size, (255, 255, 255, 255))
         im = Image.alpha_composite(background, im.convert("RGBA"))
     return im if im.mode == mode else im.convert(mode)
+
+
+def output_file(path: str | os.PathLike[str]) -> Path:
+    """``path``, with a symbolic link found there removed, for a command's output file: an output is replaced,
+    never written through a link (which could point at a file outside the output folder).
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> _ = (d / "victim.txt").write_text("keep")
+    >>> (d / "out.txt").symlink_to(d / "victim.txt")
+    >>> _ = output_file(d / "out.txt").write_text("new")
+    >>> (d / "victim.txt").read_text(), (d / "out.txt").is_symlink()
+    ('keep', False)
+    """
+    p = Path(path)
+    if p.is_symlink():
+        p.unlink()
+    return p
 
 
 def save_image(t: torch.Tensor, path: str | os.PathLike[str]) -> None:

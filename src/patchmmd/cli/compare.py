@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ..io import DEFAULT_MAX_PIXELS, ImageMode
+from ..io import DEFAULT_MAX_PIXELS, ImageMode, output_file
 from . import main
 from ._common import (
     build_metric,
@@ -98,7 +98,7 @@ def save_heatmap(
     ax.set_axis_off()
     ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=label)
-    fig.savefig(path, bbox_inches="tight")
+    fig.savefig(output_file(path), bbox_inches="tight")
     plt.close(fig)
 
 

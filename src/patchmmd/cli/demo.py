@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from ..data.distortions import gaussian_blur, jpeg
+from ..io import output_file
 from . import main
 from ._common import device_option, prepare_output_dir, resolve_device_or_fail
 
@@ -193,7 +194,7 @@ def demo(image_name: str, out_dir: Path, map_for: str, overwrite: bool, device: 
         f"![MMD++ distance map for {map_for}]({files['map'].name})",
         "",
     ]
-    files["md"].write_text("\n".join(md), encoding="utf-8")
+    output_file(files["md"]).write_text("\n".join(md), encoding="utf-8")
     payload = {
         "image": image_name,
         "shape": list(ref.shape[1:]),
@@ -205,5 +206,5 @@ def demo(image_name: str, out_dir: Path, map_for: str, overwrite: bool, device: 
         ],
         "map": {"distortion": map_for, "file": files["map"].name},
     }
-    files["json"].write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    output_file(files["json"]).write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     click.echo(f"wrote {files['md']}, {files['json']} and {files['map']}", err=True)

@@ -38,7 +38,9 @@ def _loss_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--overwrite", is_flag=True, help="Write into --out even if it exists and is not empty.")(f)
     f = click.option("--out", "out", type=click.Path(file_okay=False), default=None,
                      help="Output folder [default: runs/COMMAND-LOSS].")(f)
-    f = click.option("--seed", type=int, default=0, show_default=True, help="Seed of everything random.")(f)
+    f = click.option("--seed", type=int, default=0, show_default=True,
+                     help="Seed of the network's initialisation, the crops and the noise start (a loss's own random "
+                          "features keep their seed: -o seed=N).")(f)
     f = click.option("--loss-option", "-o", "loss_option", multiple=True, metavar="KEY=VALUE",
                      help="Option of the loss's distance, repeatable (e.g. -o width=128 for random-cnn).")(f)
     f = click.option("--weights", type=click.Path(dir_okay=False), default=None,
@@ -52,7 +54,10 @@ def _loss_options(f: Callable[..., Any]) -> Callable[..., Any]:
 def _build_loss(name: str, weights: str | None, items: tuple[str, ...]) -> Any:
     from ..tasks.losses import MissingWeightsError, make_loss
 
-    options = parse_metric_options(items)
+    try:
+        options = parse_metric_options(items)
+    except click.BadParameter as e:  # named after this command's option, not `score`'s --option
+        raise click.BadParameter(e.message, param_hint="--loss-option") from None
     if name == "vgg" and weights is None:
         raise click.UsageError(
             "--loss vgg needs --weights PATH, a local pretrained VGG16 state dict in torchvision's layout; "
@@ -145,6 +150,7 @@ def gim_command(
     """
     import torch
 
+    from ..io import output_file
     from ..tasks._common import deterministic, image_grid_figure, save_images, write_json
     from ..tasks.gim import center_crop_common, generalized_mean, shifted_set
     from ..tasks.report import sharpness_ratio
@@ -164,12 +170,12 @@ def gim_command(
             ys, offsets = center_crop_common(imgs, size or None), None
     except ValueError as e:
         raise click.UsageError(str(e)) from None
+    evaluate = _evaluator(eval_distances, weights, ys[:1])
     folder = _out_dir(out, "gim", loss_name, overwrite)
     t0 = time.time()
     with deterministic(seed):
         with _bar(steps, f"gim {loss_name}", progress) as callback:
             res = generalized_mean(ys, loss, steps=steps, lr=lr, init=init, seed=seed, callback=callback)
-        evaluate = _evaluator(eval_distances, weights)
 
         def report(x: torch.Tensor) -> dict[str, Any]:
             m_all = evaluate(x.expand_as(ys), ys)
@@ -185,8 +191,8 @@ def gim_command(
         }
     from ..io import save_image
 
-    save_image(res.image, folder / "result.png")
-    save_image(ys.mean(0, keepdim=True), folder / "pixel_mean.png")
+    save_image(res.image, output_file(folder / "result.png"))
+    save_image(ys.mean(0, keepdim=True), output_file(folder / "pixel_mean.png"))
     save_images(ys, folder, "input")
     write_json(metrics, folder / "metrics.json")
     shown = list(ys[: min(3, len(ys))])
@@ -201,20 +207,26 @@ def gim_command(
 
 def _summary(folder: Path, seconds: float, rows: dict[str, dict[str, float]]) -> None:
     keys = list(next(iter(rows.values())))
-    click.echo(f"{'':12s}" + "".join(f"{k:>12s}" for k in keys))
+    widths = [max(12, len(k) + 2) for k in keys]  # a long distance name (mmdpp-pixelwise) keeps a gap
+    click.echo(f"{'':12s}" + "".join(f"{k:>{n}s}" for k, n in zip(keys, widths, strict=True)))
     for name, m in rows.items():
-        click.echo(f"{name:12s}" + "".join(f"{m[k]:12.4g}" for k in keys))
+        click.echo(f"{name:12s}" + "".join(f"{m[k]:{n}.4g}" for k, n in zip(keys, widths, strict=True)))
     click.echo(f"wrote {folder}/ ({seconds:.0f} s)")
 
 
-def _evaluator(names: str, weights: str | None) -> Any:
+def _evaluator(names: str, weights: str | None, probe: Any) -> Any:
+    """The :class:`~patchmmd.tasks.report.Evaluator` of ``--eval-distances``, built and tried on ``probe`` (one
+    image of the evaluated size, against itself) before the run: an unknown name, a missing weight file or a
+    distance that cannot take images of that size is a usage error before training, not after it."""
     from ..tasks.report import Evaluator
 
     distances = [n.strip() for n in names.split(",") if n.strip()]
     try:
-        return Evaluator(distances, vgg_weights=weights)
+        evaluate = Evaluator(distances, vgg_weights=weights)
+        evaluate(probe, probe)
     except (TypeError, ValueError) as e:
         raise click.BadParameter(str(e), param_hint="--eval-distances") from None
+    return evaluate
 
 
 def _split_options(f: Callable[..., Any], *, crop: int, steps: int, lr: float) -> Callable[..., Any]:
@@ -270,6 +282,7 @@ def train_ae_command(
         raise click.BadParameter(f"must be a multiple of 8, got {crop}", param_hint="--crop")
     loss = _build_loss(loss_name, weights, loss_option)
     split, names = _data(data_dir, crop, max_tiles)
+    evaluate = _evaluator(eval_distances, weights, split.heldout[:1])
     folder = _out_dir(out, "train-ae", loss_name, overwrite)
     t0 = time.time()
     with deterministic(seed):
@@ -277,7 +290,7 @@ def train_ae_command(
             res = train_autoencoder(split, loss, steps=steps, batch=batch, lr=lr, width=width, latent=latent,
                                     seed=seed, callback=callback)
         recon = reconstruct(res.model, split.heldout)
-        m = _evaluator(eval_distances, weights)(recon, split.heldout)
+        m = evaluate(recon, split.heldout)
     metrics = {
         "task": "train-ae", "loss": loss_name, "loss_options": parse_metric_options(loss_option), "seed": seed,
         "data": names, "crop": crop, "batch": batch, "steps": steps, "lr": lr, "width": width, "latent": latent,
@@ -317,6 +330,7 @@ def train_sr_command(
         raise click.BadParameter(f"must be a multiple of --scale {scale}, got {crop}", param_hint="--crop")
     loss = _build_loss(loss_name, weights, loss_option)
     split, names = _data(data_dir, crop, max_tiles)
+    evaluate = _evaluator(eval_distances, weights, split.heldout[:1])
     folder = _out_dir(out, "train-sr", loss_name, overwrite)
     t0 = time.time()
     with deterministic(seed):
@@ -326,7 +340,6 @@ def train_sr_command(
         low = degrade(split.heldout, scale)
         sr = upscale(res.model, low)
         bic = bicubic(low, scale)
-        evaluate = _evaluator(eval_distances, weights)
         m_sr, m_bic = evaluate(sr, split.heldout), evaluate(bic, split.heldout)
     metrics = {
         "task": "train-sr", "loss": loss_name, "loss_options": parse_metric_options(loss_option), "seed": seed,

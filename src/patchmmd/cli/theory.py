@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from ..io import output_file
 from . import main
 from ._common import prepare_output_dir
 
@@ -115,7 +116,7 @@ def theory(
                 d = float(net(x, y))
                 rows.append({"width": width, "seed": seed, "finite": d, "analytic": exact,
                              "rel_error": abs(d - exact) / exact})
-    with open(out / "theory.csv", "w", newline="") as f:
+    with open(output_file(out / "theory.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
@@ -140,7 +141,7 @@ def theory(
         f"Fitted log-log slope of the error: {slope:.3f} (theory: -0.5). "
         f"Error at the largest width (N = {width_list[-1]}): {mae[-1]:.4f}.",
     ]
-    (out / "theory.md").write_text("\n".join(lines) + "\n")
+    output_file(out / "theory.md").write_text("\n".join(lines) + "\n")
     fig, ax = plt.subplots(figsize=(5.5, 4))
     ax.loglog(width_list, mae, "o-", label="mean |finite - analytic| / analytic")
     for wd in width_list:
@@ -154,7 +155,7 @@ def theory(
     ax.set_title(f"Random CNN -> infinite CNN (depth {depth})")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "theory.png", dpi=120)
+    fig.savefig(output_file(out / "theory.png"), dpi=120)
     plt.close(fig)
     click.echo("\n".join(lines[4:]))
     click.echo(f"wrote {out / 'theory.csv'}, {out / 'theory.md'}, {out / 'theory.png'}")

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..io import output_file
 from .runner import EvaluationResult
 
 __all__ = ["OUTPUT_FILES", "Report", "json_text", "remove_outputs", "write"]
@@ -79,7 +80,7 @@ def _fmt(v: Any, digits: int = 4) -> str:
 
 
 def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    with open(path, "w", newline="") as f:
+    with open(output_file(path), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
         for r in rows:
@@ -118,7 +119,7 @@ def _scatter(out: Path, metric: str, xs: Sequence[float], ys: Sequence[float], g
     ax.grid(alpha=0.3)
     fig.tight_layout()
     name = f"plot-{metric}.png"
-    fig.savefig(out / name)
+    fig.savefig(output_file(out / name))
     plt.close(fig)
     return name
 
@@ -151,8 +152,8 @@ def json_text(obj: Any, indent: int | None = 2) -> str:
 def _finish(out: Path, report: dict[str, Any], md: list[str], summary: str, plots: dict[str, str],
             files: list[Path]) -> Report:
     markdown = "\n".join(md) + "\n"
-    (out / "report.json").write_text(json_text(report))
-    (out / "report.md").write_text(markdown)
+    output_file(out / "report.json").write_text(json_text(report))
+    output_file(out / "report.md").write_text(markdown)
     files = [out / "report.md", out / "report.json", *files, *(out / p for p in plots.values())]
     return Report(out, markdown, summary, report, files, plots)
 

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..core.validation import check_positive_int
+from ..io import output_file
 from .artifacts import lattice_ratio
 from .report import json_text
 from .shift import SHIFTS, shift_distances
@@ -783,6 +784,6 @@ def write_suite(result: SuiteResult, out_dir: str | os.PathLike[str], *, figures
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = _figures(result, out) if figures else []
-    (out / "report.json").write_text(json_text(result.data))  # NaN as null: strict JSON
-    (out / "report.md").write_text(_markdown(result.data, names))
+    output_file(out / "report.json").write_text(json_text(result.data))  # NaN as null: strict JSON
+    output_file(out / "report.md").write_text(_markdown(result.data, names))
     return [out / "report.md", out / "report.json", *(out / n for n in names)]

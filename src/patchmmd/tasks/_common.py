@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -13,17 +12,21 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..io import output_file
+
 
 @contextlib.contextmanager
 def deterministic(seed: int) -> Iterator[None]:
-    """Seed torch and turn on deterministic algorithms for the block (the previous setting is restored)."""
+    """Seed torch and turn on deterministic algorithms for the block (the previous setting, ``warn_only``
+    included, is restored)."""
     previous = torch.are_deterministic_algorithms_enabled()
+    previous_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(previous)
+        torch.use_deterministic_algorithms(previous, warn_only=previous_warn_only)
 
 
 @dataclass
@@ -75,7 +78,11 @@ def progress(total: int, desc: str, enabled: bool) -> Any:
 
 
 def write_json(data: dict[str, Any], path: str | os.PathLike[str]) -> None:
-    Path(path).write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    """``data`` as strict JSON (indented): a value that is not finite (NaN, e.g. the sharpness ratio against a
+    flat reference, or a diverged loss) is written as ``null``, as the project's other JSON files do."""
+    from ..evaluation.report import json_text
+
+    output_file(path).write_text(json_text(data, indent=2))
 
 
 def save_images(batch: torch.Tensor, folder: str | os.PathLike[str], prefix: str) -> list[str]:
@@ -85,7 +92,7 @@ def save_images(batch: torch.Tensor, folder: str | os.PathLike[str], prefix: str
     names = []
     for i, img in enumerate(batch):
         name = f"{prefix}_{i:03d}.png"
-        save_image(img.clamp(0, 1), Path(folder) / name)
+        save_image(img.clamp(0, 1), output_file(Path(folder) / name))
         names.append(name)
     return names
 
@@ -124,5 +131,5 @@ def image_grid_figure(
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(output_file(path), dpi=100)
     plt.close(fig)

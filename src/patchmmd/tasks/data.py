@@ -1,7 +1,8 @@
 """Photos for the training experiments: loading a folder, the train / held-out split, seeded crops.
 
 Split (the same for every image): the right-most columns, ``max(crop, round(holdout * W))`` wide, are held
-out; the held-out crops are the non-overlapping ``crop x crop`` tiles of that strip, top to bottom. Training
+out; the held-out crops are the non-overlapping ``crop x crop`` tiles of that strip's left-most ``crop`` columns,
+top to bottom (one tile per ``crop`` rows; the rest of a wider strip is neither trained on nor evaluated). Training
 crops are drawn from the remaining columns only, so no held-out pixel is ever seen in training. Crop
 positions (and horizontal flips) come from a ``torch.Generator`` seeded with the run's seed: the data order
 is fixed.
