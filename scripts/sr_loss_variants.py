@@ -1,7 +1,7 @@
 """SR x4 alone, trained and judged as ``patchmmd eval suite`` does it, for loss variants that the suite cannot
 name: the rows of docs/development-log.md ("Variants around the training preset", "Contrast-normalised patches
-in the training preset", "A third judge, and two more aligned terms") that were measured with losses outside the
-library.
+in the training preset", "A third judge, and two more aligned terms", "The energy distance in place of the
+Gaussian kernel") that were measured with losses outside the library.
 
     python scripts/sr_loss_variants.py --weights WEIGHTS --seeds 0,1,2 \\
         'relu-mmd:weight=390' 'relu-mmd:weight=463,depth=2' \\
@@ -17,6 +17,7 @@ library.
         'charbonnier:weight=336,base_weight_mmd=400,base_weight_local=0' \\
         'aligned-normalised:weight=17,base_weight_mmd=400' \\
         'aligned-normalised:weight=21,base_weight_mmd=400,base_weight_local=0'
+    python scripts/sr_loss_variants.py --weights WEIGHTS --seeds 0,1,2 'energy-mmd:weight=118'
 
 A variant is either a suite candidate (``mmdpp:preset=loss,weight_local=228``) or the training preset with its
 MMD term replaced (``weight_mmd=0``) by ``weight`` times one of these, in plain PyTorch operations (by default
@@ -30,6 +31,9 @@ once, seed 0):
   squared distance of the unit-ball vectors, averaged over positions, summed over ``levels`` octaves), as
   LPIPS compares its unit-normalised features; with ``base_weight_mmd=400`` the preset keeps its MMD, and with
   ``base_weight_local=0`` the term replaces the raw-patch Local term;
+* ``energy-mmd``: the energy distance ``2 E‖p − q‖ − E‖p − p'‖ − E‖q − q'‖`` (the MMD under the distance
+  kernel, no width, exact over all pairs of patches in each window, no random features) between the same
+  contrast-normalised patches;
 * ``charbonnier``: ``sqrt((x − y)² + eps²) − eps`` averaged over pixels (an L1 smooth at 0);
 * ``laplacian-l1``: the Laplacian-pyramid L1 of Bojanowski et al. (2018): the mean absolute difference of each
   band-pass level of a pyramid of 2x2 box averages (``levels``, default 4, the coarsest level included);
@@ -254,6 +258,31 @@ def aligned_normalised(x: torch.Tensor, y: torch.Tensor, floor: float = FLOOR, l
     return total
 
 
+def energy_mmd(x: torch.Tensor, y: torch.Tensor, floor: float = FLOOR, levels: int = LEVELS, window: int = WINDOW,
+               eps: float = 1e-3) -> torch.Tensor:
+    """The energy distance ``2 E‖p − q‖ − E‖p − p'‖ − E‖q − q'‖`` between the contrast-normalised 3x3 patches
+    ``p`` of ``x`` and ``q`` of ``y`` in each window of ``window`` px every ``window / 2`` (all pairs, exact),
+    averaged over the windows and summed over ``levels`` octaves: the MMD under the distance kernel
+    ``−‖p − q‖``, whose gradient does not fade with the distance between patches as a Gaussian's does
+    (``sqrt(d² + eps²)`` for a finite gradient at ``d = 0``)."""
+    def windows(p: torch.Tensor) -> torch.Tensor:
+        wd = min(window, p.shape[-1])
+        u = p.unfold(2, wd, max(wd // 2, 1)).unfold(3, wd, max(wd // 2, 1))  # (N, D, nh, nw, wd, wd)
+        n, d, nh, nw = u.shape[:4]
+        return u.permute(0, 2, 3, 4, 5, 1).reshape(n, nh * nw, wd * wd, d)
+
+    def mean_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        d2 = (a.pow(2).sum(-1, keepdim=True) + b.pow(2).sum(-1).unsqueeze(-2) - 2 * a @ b.transpose(-1, -2))
+        return (d2.clamp_min(0) + eps * eps).sqrt().mean((-1, -2)) - eps
+
+    total = torch.zeros(())
+    for _, xl, yl in _octaves(x, y, levels):
+        px, py = windows(_normalised(_centred_patches(xl), floor)), windows(_normalised(_centred_patches(yl), floor))
+        e = 2 * mean_distance(px, py) - mean_distance(px, px) - mean_distance(py, py)
+        total = total + e.mean(1)
+    return total
+
+
 def laplacian_l1(x: torch.Tensor, y: torch.Tensor, levels: int = 4) -> torch.Tensor:
     """The Laplacian-pyramid L1 (Bojanowski et al. 2018, "Lap1"): ``Σ_j mean |L_j(x) − L_j(y)|`` over the
     band-pass levels ``L_j = G_j − up(G_{j+1})`` of a pyramid of 2x2 box averages ``G_j`` (bilinear ``up``) and
@@ -269,6 +298,7 @@ def laplacian_l1(x: torch.Tensor, y: torch.Tensor, levels: int = 4) -> torch.Ten
 
 
 TERMS = {"aligned-normalised": aligned_normalised, "charbonnier": charbonnier, "laplacian-l1": laplacian_l1,
+         "energy-mmd": energy_mmd,
          "normalised-mmd": normalised_mmd,
          "whitened-mmd": whitened_mmd, "joint-mmd": joint_mmd, "relu-mmd": relu_mmd, "vgg-mmd": vgg_mmd}
 
