@@ -98,6 +98,12 @@ def test_a_precomputed_target_accepts_its_own_preset_name():
     assert torch.equal(patchmmd.mmdpp(X, t, preset="loss"), patchmmd.mmdpp(X, Y, preset="loss"))
     with pytest.raises(ValueError, match="the options are the target's"):
         patchmmd.mmdpp(X, t, preset="followup")
+    # An equal configuration names it too, not only the very object the target holds.
+    cfg = patchmmd.core.get_config("loss", seed=3)
+    t3 = patchmmd.precompute_target(Y, preset=cfg)
+    same = patchmmd.core.get_config("loss", seed=3)
+    assert same is not cfg
+    assert torch.equal(patchmmd.mmdpp(X, t3, preset=same), patchmmd.mmdpp(X, Y, preset=cfg))
     with pytest.raises(ValueError, match="the options are the target's"):
         patchmmd.mmdpp(X, t, preset="loss", weight_local=1.0)
 

@@ -85,3 +85,13 @@ def test_gradcheck():
 def test_bad_floor_is_refused(bad):
     with pytest.raises(ValueError, match="contrast_floor"):
         get_config("loss", contrast_floor=bad)
+
+
+def test_one_pixel_patches_are_refused():
+    """Normalised patches are centred (Π) whatever ``center`` says, and a centred 1x1 patch is zero: the term
+    would be 0 for every pair (it was, silently, with ``patch_size=1, center=False``)."""
+    with pytest.raises(ValueError, match="patch_size=1 with contrast_floor compares nothing"):
+        get_config("loss", patch_size=1, center=False)
+    x, y = _pair((1, 3, 16, 16))
+    with pytest.raises(ValueError, match="patch_size=1 with contrast_floor"):
+        mmdpp(x, y, preset="loss", patch_size=1, center=False, **ONLY_MMD)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import patchmmd
-from patchmmd.core.features import random_features
+from patchmmd.core.features import _draw_bandwidths, random_features
 from patchmmd.core.rff import DEFAULT_NUM_FEATURES
 
 
@@ -83,3 +83,30 @@ def test_chi_quantile_matches_scipy():
     u = torch.tensor([1e-6, 0.01, 0.3, 0.5, 0.9, 0.999999], dtype=torch.float64)
     for dof in (1, 8, 24):
         np.testing.assert_allclose(chi_quantile(u, dof).numpy(), stats.chi.ppf(u.numpy(), dof), rtol=1e-9)
+
+
+@pytest.mark.parametrize(("kind", "fewest"), [("stratified", 5), ("orthogonal", 3), ("iid", 3)])
+def test_every_width_of_a_mixture_gets_features(kind, fewest):
+    """Three widths need three distinct frequencies: 4 stratified features have only 2 (cos/sin pairs), and the
+    third width was silently left out of the kernel. Too few features are refused; from the fewest on, every width
+    has a feature."""
+    sigmas = (0.015, 0.03, 0.06)
+    x, y = torch.rand(2, 1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="distinct frequencies"):
+        patchmmd.patch_mmd(x, y, estimator="rff", sigma=sigmas, num_features=fewest - 1, features=kind)
+    with pytest.raises(ValueError, match="distinct frequencies"):
+        patchmmd.MMDPP(num_features=fewest - 1, features=kind)
+    with pytest.raises(ValueError, match="distinct frequencies"):
+        random_features(3, 3, tuple(s * 9 for s in sigmas), fewest - 1, kind=kind)
+    patchmmd.patch_mmd(x, y, estimator="exact", sigma=sigmas, num_features=1, features=kind)  # no features used
+    patchmmd.patch_mmd(x, y, estimator="rff", sigma=sigmas, num_features=fewest, features=kind)
+    draws = (fewest + 1) // 2 if kind == "stratified" else fewest  # cos/sin pairs share a frequency
+    assert set(_draw_bandwidths(sigmas, draws).tolist()) == set(sigmas)
+
+
+def test_random_features_are_not_shared_with_the_cache():
+    w, b = random_features(3, 3, 0.54, 16, seed=5, dtype=torch.float64)
+    w.zero_()
+    b.zero_()
+    w2, b2 = random_features(3, 3, 0.54, 16, seed=5, dtype=torch.float64)
+    assert bool(w2.abs().sum() > 0) and bool(b2.abs().sum() > 0)

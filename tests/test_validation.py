@@ -75,6 +75,7 @@ def test_small_overshoot_tolerated_and_switches():
         ({"reduction": "avg"}, ValueError, "reduction must be one of"),
         ({"value_range": (1, 0)}, ValueError, "value_range must be a pair"),
         ({"value_range": 1}, ValueError, "value_range must be a pair"),
+        ({"value_range": "01"}, ValueError, "value_range must be a pair"),
         ({"out_of_range": "warn"}, ValueError, "out_of_range must be one of"),
         ({"seed": "a"}, ValueError, "seed must be an integer"),
         ({"patchsize": 3}, TypeError, "patchsize"),
@@ -100,6 +101,14 @@ def test_bad_mmdpp_options(kwargs, match):
         patchmmd.mmdpp(X, X, **kwargs)
     with pytest.raises((TypeError, ValueError), match=match):
         patchmmd.MMDPP(**kwargs)
+
+
+def test_modules_check_out_of_range_when_built():
+    """Like their other options, and not first at the call."""
+    with pytest.raises(ValueError, match="out_of_range must be one of"):
+        patchmmd.MMDPP(out_of_range="warn")
+    with pytest.raises(ValueError, match="out_of_range must be one of"):
+        patchmmd.PatchMMD(out_of_range="warn")
 
 
 def test_images_smaller_than_a_window_use_one_clipped_window():

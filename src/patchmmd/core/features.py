@@ -85,6 +85,13 @@ def _stratified_uniform(count: int, gen: torch.Generator) -> torch.Tensor:
     return (perm + torch.rand(count, generator=gen, dtype=torch.float64)) / count
 
 
+def distinct_draws(num_features: int, kind: str) -> int:
+    """How many distinct frequencies ``num_features`` features of law ``kind`` have: the stratified law uses
+    each twice (a cos/sin pair), so ``ceil(r / 2)``; the others ``r``. A multi-bandwidth kernel needs at least
+    one per bandwidth (:func:`_draw_bandwidths`), else a bandwidth would get no feature at all."""
+    return (num_features + 1) // 2 if kind == "stratified" else num_features
+
+
 @lru_cache(maxsize=64)
 def _draw(
     channels: int, patch_size: int, bandwidth: float | tuple[float, ...], num_features: int, seed: int, kind: str,
@@ -93,7 +100,7 @@ def _draw(
     gen = torch.Generator(device="cpu").manual_seed(seed)
     basis = centred_basis(channels, patch_size, center)  # (d, m)
     m = basis.shape[1]
-    count = (num_features + 1) // 2 if kind == "stratified" else num_features
+    count = distinct_draws(num_features, kind)
     if m == 0:
         vectors = torch.zeros(count, 0, dtype=torch.float64)
     elif kind == "iid":
@@ -158,10 +165,15 @@ def random_features(
     if kind not in FEATURE_KINDS:
         raise ValueError(f"features must be one of {FEATURE_KINDS}, got {kind!r}")
     if isinstance(bandwidth, tuple | list):
-        if not bandwidth or len(bandwidth) > num_features:
-            raise ValueError(f"need 1 to num_features={num_features} bandwidths, got {len(bandwidth)}")
+        draws = distinct_draws(num_features, kind)
+        if not bandwidth or len(bandwidth) > draws:
+            raise ValueError(
+                f"need 1 to {draws} bandwidths ({kind!r} features: num_features={num_features} has {draws} distinct "
+                f"frequencies, at least one per bandwidth), got {len(bandwidth)}"
+            )
         widths: float | tuple[float, ...] = tuple(float(b) for b in bandwidth)
     else:
         widths = float(bandwidth)
     w, b = _draw(channels, patch_size, widths, num_features, int(seed), kind, bool(center))
-    return w.to(device=device, dtype=dtype), b.to(device=device, dtype=dtype)
+    # Copies: the drawn tensors are cached, and a caller's in-place change must not alter later draws.
+    return w.to(device=device, dtype=dtype, copy=True), b.to(device=device, dtype=dtype, copy=True)

@@ -22,7 +22,7 @@ from typing import Literal
 
 import torch
 
-from .features import FEATURE_KINDS, FeatureKind
+from .features import FEATURE_KINDS, FeatureKind, distinct_draws
 from .kernels import MAX_KERNEL_ELEMENTS, GaussianKernel, Kernel, _checkpointed, mmd2_sets
 from .patches import WindowGrid, contrast_normalized_patches, patch_rows, reflect_pad, window_grid, window_patch_sets
 from .rff import DEFAULT_NUM_FEATURES, mmd_bandwidths, windowed_mmd2_rff
@@ -138,18 +138,27 @@ def check_mmd_options(
     """Validate the options shared by every windowed-MMD entry point (raises ``ValueError``).
 
     Besides each option's type and range: ``patch_size=1`` with ``center=True`` is refused, since
-    centring a 1x1 patch leaves zero, so every distance would be exactly 0.
+    centring a 1x1 patch leaves zero, so every distance would be exactly 0; and with ``estimator="rff"``, more
+    kernel widths than the features have distinct frequencies (:func:`.features.distinct_draws`), since a width
+    would get no feature and drop out of the kernel.
     """
     check_patch_size(patch_size)
-    check_sigmas("sigma", sigma)
+    sigmas = check_sigmas("sigma", sigma)
     if window is not None:
         check_positive_int("window", window)
     check_positive_int("stride", stride)
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
-    check_positive_int("num_features", num_features)
+    r = check_positive_int("num_features", num_features)
     if features not in FEATURE_KINDS:
         raise ValueError(f"features must be one of {FEATURE_KINDS}, got {features!r}")
+    draws = distinct_draws(r, str(features))
+    if estimator == "rff" and isinstance(sigmas, tuple) and len(sigmas) > draws:
+        raise ValueError(
+            f"num_features={r} {features!r} features have {draws} distinct frequencies, fewer than the "
+            f"{len(sigmas)} kernel widths sigma={sigmas}: a width would get no feature; use num_features >= "
+            f"{2 * len(sigmas) - 1 if features == 'stratified' else len(sigmas)}"
+        )
     check_seed(seed)
     check_bool("center", center)
     if center and patch_size == 1:

@@ -156,6 +156,11 @@ class MMDPPConfig:
                 "contrast_floor", self.contrast_floor, *CONTRAST_FLOOR_RANGE,
                 why="below, flat regions' noise is blown up to full contrast; above, every patch counts as flat",
             ))
+            if self.patch_size == 1:
+                raise ValueError(
+                    "patch_size=1 with contrast_floor compares nothing: the normalised patches are centred (Π), and "
+                    "a centred 1x1 patch is zero, so the MMD term would be 0 for every pair; use patch_size >= 3"
+                )
         if self.scale_weights is not None:
             try:
                 weights = tuple(self.scale_weights)
@@ -431,7 +436,7 @@ def _mmdpp_target(
     cfg = target.config
     # "default" is the argument's default, so it stands for "not given"; a preset that names the target's own
     # configuration is accepted too
-    same = preset == "default" or preset is cfg or (isinstance(preset, str) and PRESETS.get(preset) == cfg)
+    same = preset == "default" or preset == cfg or (isinstance(preset, str) and PRESETS.get(preset) == cfg)
     if options or not same:
         raise ValueError("mmdpp(x, target): the options are the target's; pass them to precompute_target")
     if (float(value_range[0]), float(value_range[1])) != target.value_range:

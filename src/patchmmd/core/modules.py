@@ -22,7 +22,7 @@ from .features import FeatureKind
 from .mmd import Estimator, check_mmd_options, check_sigmas, patch_mmd
 from .mmdpp import MMDPPConfig, MMDPPTarget, distance_map, get_config, mmdpp, precompute_target
 from .rff import DEFAULT_NUM_FEATURES
-from .validation import OutOfRange, Reduction, check_reduction, check_value_range
+from .validation import OutOfRange, Reduction, check_out_of_range, check_reduction, check_value_range
 
 
 class MMDPP(nn.Module):
@@ -56,7 +56,7 @@ class MMDPP(nn.Module):
         super().__init__()
         self.config = get_config(preset, **options)
         self.value_range = check_value_range(value_range)
-        self.out_of_range: OutOfRange = out_of_range
+        self.out_of_range: OutOfRange = check_out_of_range(out_of_range)
         self.reduction = check_reduction(reduction)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | MMDPPTarget) -> torch.Tensor:
@@ -121,7 +121,7 @@ class PatchMMD(nn.Module):
         self.options: dict[str, Any] = dict(
             patch_size=patch_size, sigma=check_sigmas("sigma", sigma), window=window, stride=stride, center=center,
             estimator=estimator, num_features=num_features, features=features, seed=seed,
-            value_range=check_value_range(value_range), out_of_range=out_of_range,
+            value_range=check_value_range(value_range), out_of_range=check_out_of_range(out_of_range),
             reduction=check_reduction(reduction),
         )
 

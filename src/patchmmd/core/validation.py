@@ -146,6 +146,8 @@ def check_value_range(value_range: object) -> tuple[float, float]:
         (0.0, 255.0)
     """
     pair: Any = value_range  # any iterable of two float()-convertible values: checked by trying
+    if isinstance(pair, str | bytes):  # iterable, but "01" is not the pair (0, 1)
+        raise ValueError(f"value_range must be a pair (lo, hi) of numbers, got {value_range!r}")
     try:
         lo, hi = (float(v) for v in pair)
     except (TypeError, ValueError):
