@@ -205,3 +205,36 @@ def test_one_vgg16_trunk() -> None:
     taps = vgg16_taps(x, conv_layers(f))
     for tap, i in zip(taps, (3, 8, 15, 22, 29), strict=True):
         assert torch.equal(tap, f[: i + 1](x))
+
+
+def _published_weights() -> Path:
+    """The published weights (``python ../shared/tools/published_weights.py WEIGHTS``): ``$PATCHMMD_WEIGHTS``, else
+    ``../weights`` beside the repository; the test skips when the files are absent."""
+    import os
+
+    d = Path(os.environ.get("PATCHMMD_WEIGHTS") or Path(__file__).resolve().parents[2] / "weights")
+    files = ("alexnet.pth", "vgg16.pth", "lpips/alex.pth", "lpips/vgg.pth", "dists.pt")
+    if not all((d / f).is_file() for f in files):
+        pytest.skip(f"published weights not found in {d} (set PATCHMMD_WEIGHTS)")
+    return d
+
+
+#: The official packages' values (lpips 0.1.4 with normalize=True; DISTS_pytorch 0.1, batch_average=False) on the
+#: pair of the test below, with the published weights.
+_OFFICIAL = {
+    "lpips-alex": [0.014368805103003979, 0.01277262531220913],
+    "lpips-vgg": [0.05294723063707352, 0.045204997062683105],
+    "dists": [0.06239724159240723, 0.04931187629699707],
+}
+
+
+@pytest.mark.parametrize("name", list(_OFFICIAL))
+def test_deep_baselines_equal_the_official_packages_on_published_weights(name: str) -> None:
+    d = _published_weights()
+    trunk = "alexnet.pth" if name == "lpips-alex" else "vgg16.pth"
+    head = "dists.pt" if name == "dists" else f"lpips/{name.removeprefix('lpips-')}.pth"
+    m = get_metric(name, backbone=str(d / trunk), weights=str(d / head))
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 64, 48, generator=g)
+    y = (x + 0.1 * torch.randn(2, 3, 64, 48, generator=g)).clamp(0, 1)
+    torch.testing.assert_close(m(x, y), torch.tensor(_OFFICIAL[name]), rtol=1e-5, atol=1e-6)

@@ -295,3 +295,53 @@ def test_weight_files_others_can_write_are_refused(tmp_path):
         os.chown(path, 65534, -1)
         with pytest.raises(WeightsError, match="the file is owned by uid 65534, not by you"):
             load_weights(path, what="a head", metric="demo", option="weights")
+
+
+# ------------------------------------------------------------------------------- registry options of the metrics
+@pytest.mark.parametrize("win_size", [True, 11.7, 11.0, "11", 4, 0, -3, math.nan])
+@pytest.mark.parametrize("name", ["ssim", "ssim-downsampled", "ms-ssim"])
+def test_ssim_win_size_must_be_an_odd_positive_integer(name, win_size):
+    """``win_size=True`` was read as a 1 px window (a different score), 11.7 as 11, "11" as 11; an even or
+    non-positive size failed only when called, with pytorch-msssim's message. Refused when built, naming it."""
+    pytest.importorskip("pytorch_msssim")
+    from patchmmd.metrics.classic import ms_ssim, ssim
+    from patchmmd.metrics.registry import get_metric
+
+    with pytest.raises(ValueError, match="win_size must be"):
+        get_metric(name, win_size=win_size)
+    x = torch.rand(1, 3, 176, 176, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="win_size must be"):
+        (ms_ssim if name == "ms-ssim" else ssim)(x, x, win_size=win_size)  # type: ignore[arg-type]
+
+
+def test_ssim_small_odd_windows_still_work():
+    pytest.importorskip("pytorch_msssim")
+    from patchmmd.metrics.registry import get_metric
+
+    x = torch.rand(1, 3, 48, 40, generator=torch.Generator().manual_seed(0))
+    for win in (1, 3, 11):  # 1: what the task report uses for images under 3 px
+        assert get_metric("ssim", win_size=win)(x, x).item() == pytest.approx(1.0, abs=1e-5)
+    assert get_metric("ms-ssim", win_size=1)(x, x).item() == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("name", ["random-cnn", "random-cnn-zero-mean", "infinite-cnn", "random-vgg", "vgg"])
+def test_theory_registry_metrics_refuse_a_reduction(name):
+    """A registry metric gives one value per image (docs/theory.md: "the registry metrics keep giving (N,)");
+    ``reduction="mean"`` made these return a scalar. Refused, as the package's own distances refuse it."""
+    from patchmmd.metrics.registry import get_metric
+
+    with pytest.raises(TypeError, match=f"{name} takes no reduction option"):
+        get_metric(name, reduction="mean")
+
+
+@pytest.mark.parametrize("bad", [True, 1, math.nan, ["a.pth"]])
+def test_weight_file_options_that_are_not_paths_are_weights_errors(bad):
+    """A non-path ``backbone=`` / ``weights=`` (e.g. ``weights=true`` or ``weights=1`` on the command line) raised
+    pathlib's TypeError, which names no option; every failure of the reader is a WeightsError naming it."""
+    from patchmmd.metrics.registry import get_metric
+    from patchmmd.metrics.weights import WeightsError, load_weights
+
+    with pytest.raises(WeightsError, match="demo': weights must be a file path"):
+        load_weights(bad, what="a head", metric="demo", option="weights")
+    with pytest.raises(WeightsError, match="'lpips-alex': backbone must be a file path"):
+        get_metric("lpips-alex", backbone=bad, weights="head.pth")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,21 @@ def test_shift_pairs_are_crops_of_the_photo_and_seeded() -> None:
     assert shift_ratios(mean_abs, invariant)["shift-1px"] == 0.0
     with pytest.raises(ValueError, match="at least 12 px"):
         shift_pairs(torch.rand(3, 10, 10))
+
+
+@pytest.mark.parametrize("nan_at", [4, 5])  # the noise pair, the blur pair
+def test_shift_ratio_is_nan_when_either_mild_distortion_is_nan(nan_at: int) -> None:
+    """``min(d(noise), d(blur))`` ignored a NaN blur distance (Python's min keeps its first argument when a
+    comparison with NaN fails) but not a NaN noise distance: the ratio must be NaN in both cases."""
+
+    def dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        d = mean_abs(a, b)
+        d[nan_at] = float("nan")
+        return d
+
+    x = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert list(shift_distances(dist, x)) == [*SHIFTS, "noise", "blur"]
+    assert all(math.isnan(v) for v in shift_ratios(dist, x).values())
 
 
 # ------------------------------------------------------------------------------------------ helpers

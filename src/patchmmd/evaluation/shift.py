@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -92,7 +93,15 @@ def shift_distances(distance: Callable[[torch.Tensor, torch.Tensor], torch.Tenso
 
 def shift_ratios(distance: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, *,
                  seed: int = 0) -> dict[str, float]:
-    """Per shift, ``d(shift) / min(d(noise), d(blur))`` (NaN when both distortions measure 0)."""
-    d = shift_distances(distance, x, seed=seed)
+    """Per shift, ``d(shift) / min(d(noise), d(blur))`` (NaN when either is NaN or the
+    minimum is not positive)."""
+    return ratios(shift_distances(distance, x, seed=seed))
+
+
+def ratios(d: dict[str, float]) -> dict[str, float]:
+    """Per shift, ``d[shift] / min(d["noise"], d["blur"])`` from :func:`shift_distances`' values; NaN when either
+    mild distance is NaN (``min`` would silently pick the other) or the minimum is not positive."""
+    if math.isnan(d["noise"]) or math.isnan(d["blur"]):
+        return {k: math.nan for k in SHIFTS}
     mild = min(d["noise"], d["blur"])
-    return {k: (d[k] / mild if mild > 0 else float("nan")) for k in SHIFTS}
+    return {k: (d[k] / mild if mild > 0 else math.nan) for k in SHIFTS}

@@ -42,7 +42,7 @@ from ..core.validation import check_positive_int
 from ..io import output_file
 from .artifacts import lattice_ratio
 from .report import json_text
-from .shift import SHIFTS, shift_distances
+from .shift import SHIFTS, ratios, shift_distances
 
 if TYPE_CHECKING:
     from ..tasks.data import Split
@@ -363,8 +363,7 @@ def _shift(photos: Sequence[torch.Tensor], names: Sequence[str], metrics: Sequen
         per_photo: dict[str, dict[str, float]] = {}
         for i, (name, img) in enumerate(zip(names, crops, strict=True)):
             d = shift_distances(m.distance, img, seed=cfg.seed + i)
-            mild = min(d["noise"], d["blur"])
-            per_photo[name] = {**{k: _r(d[k] / mild) if mild > 0 else math.nan for k in SHIFTS},
+            per_photo[name] = {**{k: _r(v) for k, v in ratios(d).items()},
                                "d_noise": _r(d["noise"]), "d_blur": _r(d["blur"])}
         out["metrics"][m.label] = {
             "median": {k: _r(statistics.median(p[k] for p in per_photo.values())) for k in SHIFTS},

@@ -26,7 +26,7 @@ from types import ModuleType
 import torch
 import torch.nn.functional as F
 
-from ..core.validation import OutOfRange, check_pair, check_positive_float
+from ..core.validation import OutOfRange, check_pair, check_positive_float, check_positive_int
 from .registry import Metric, register
 
 __all__ = ["MAX_PSNR", "check_batch", "ms_ssim", "psnr", "ssim"]
@@ -73,6 +73,14 @@ def _msssim_module() -> ModuleType:
     return pytorch_msssim
 
 
+def _check_win_size(win_size: object) -> int:
+    """``win_size`` if it is an odd integer >= 1 (the Gaussian window is centred on a pixel); else ``ValueError``."""
+    win = check_positive_int("win_size", win_size)
+    if win % 2 == 0:
+        raise ValueError(f"win_size must be odd (the window is centred on a pixel), got {win_size!r}")
+    return win
+
+
 def _check_ssim_size(x: torch.Tensor, win_size: int, scales: int, name: str) -> None:
     need = (win_size - 1) * 2 ** (scales - 1) if scales > 1 else win_size - 1
     if min(x.shape[-2:]) <= need:
@@ -93,6 +101,7 @@ def ssim(x: torch.Tensor, y: torch.Tensor, *, win_size: int = 11, downsample: bo
     Computed and returned in float32 whatever the input dtype (pytorch-msssim's precision).
     """
     ms = _msssim_module()
+    win_size = _check_win_size(win_size)
     x, y = check_batch(x, y, out_of_range=out_of_range)
     if downsample:
         f = max(1, round(min(x.shape[-2:]) / 256))
@@ -106,6 +115,7 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, *, win_size: int = 11) -> torch.Te
     """Multi-scale SSIM per image (pytorch-msssim, 5 scales; images larger than ``16·(win_size − 1)`` px): ``(N,)``,
     float32 whatever the input dtype."""
     ms = _msssim_module()
+    win_size = _check_win_size(win_size)
     x, y = check_batch(x, y)
     _check_ssim_size(x, win_size, 5, "ms-ssim")
     return ms.ms_ssim(x.float(), y.float(), data_range=1.0, size_average=False, win_size=win_size)
@@ -134,20 +144,20 @@ def _ssim_metric(win_size: int, downsample: bool, name: str) -> Metric:
 @register("ssim", "SSIM (pytorch-msssim, 11x11 Gaussian window) at the image's own resolution",
           higher_is_better=True, group="baselines", differentiable=True)
 def _ssim(*, win_size: int = 11) -> Metric:
-    return _ssim_metric(int(win_size), False, "ssim")
+    return _ssim_metric(_check_win_size(win_size), False, "ssim")
 
 
 @register("ssim-downsampled", "SSIM after the reference code's downsampling by round(min(H,W)/256)",
           higher_is_better=True, group="baselines", differentiable=True)
 def _ssim_downsampled(*, win_size: int = 11) -> Metric:
-    return _ssim_metric(int(win_size), True, "ssim-downsampled")
+    return _ssim_metric(_check_win_size(win_size), True, "ssim-downsampled")
 
 
 @register("ms-ssim", "multi-scale SSIM (pytorch-msssim, 5 scales; images > 160 px)", higher_is_better=True,
           group="baselines", differentiable=True)
 def _ms_ssim(*, win_size: int = 11) -> Metric:
     _msssim_module()
-    win = int(win_size)
+    win = _check_win_size(win_size)
 
     def metric(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return ms_ssim(x, y, win_size=win)

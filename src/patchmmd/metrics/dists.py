@@ -55,7 +55,7 @@ class _L2Pool(nn.Module):
 class DISTS(nn.Module):
     """DISTS (Ding et al. 2020): structure and texture similarity of VGG16 features, with learned weights.
 
-    The VGG16 trunk's max-pools are replaced by L2 pooling; the distance is ``1 − Σ α·S1 + β·S2`` over the
+    The VGG16 trunk's max-pools are replaced by L2 pooling; the distance is ``1 − Σ (α·S1 + β·S2)`` over the
     input and five stages (weights normalised to sum 1), 0 for identical images; one float32 value per image
     ``(N,)`` (the trunk runs in float32 whatever the input dtype). Inputs are image batches in [0, 1], checked as
     the package's own distances check theirs (``out_of_range="ignore"`` or ``"clamp"`` admits network outputs

@@ -54,8 +54,11 @@ def with_scale_rule(metric: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     return scaled
 
 
-def _split(options: dict[str, Any], default_scale: bool) -> tuple[dict[str, Any], bool]:
-    """The module's options (per-image values: ``reduction="none"`` unless given) and the scale-rule switch."""
+def _split(name: str, options: dict[str, Any], default_scale: bool) -> tuple[dict[str, Any], bool]:
+    """The module's options (per-image values: ``reduction="none"``, which the caller cannot change) and the
+    scale-rule switch."""
+    if "reduction" in options:
+        raise TypeError(f"{name} takes no reduction option: a registry metric gives one value per image (N,)")
     opts = {"reduction": "none", **options}
     return opts, check_bool("scale_rule", opts.pop("scale_rule", default_scale))
 
@@ -63,28 +66,28 @@ def _split(options: dict[str, Any], default_scale: bool) -> tuple[dict[str, Any]
 @register("random-cnn", "random-filter CNN (3x3 + 1x1 conv, ReLU, He, width 512), windowed pooling",
           group="theory", differentiable=True)
 def _random_cnn(**options: Any) -> Metric:
-    opts, scale = _split(options, True)
+    opts, scale = _split("random-cnn", options, True)
     return with_scale_rule(RandomCNNDistance(**opts), scale)
 
 
 @register("random-cnn-zero-mean", "random-filter CNN with zero-mean first-layer filters",
           group="theory", differentiable=True)
 def _random_cnn_zero_mean(**options: Any) -> Metric:
-    opts, scale = _split(options, True)
+    opts, scale = _split("random-cnn-zero-mean", options, True)
     return with_scale_rule(RandomCNNDistance(**{"first_layer": "zero_mean", **opts}), scale)
 
 
 @register("infinite-cnn", "infinitely wide random CNN: windowed MMD² with the arc-cosine (NNGP) kernel",
           group="theory", differentiable=True)
 def _infinite_cnn(**options: Any) -> Metric:
-    opts, scale = _split(options, True)
+    opts, scale = _split("infinite-cnn", options, True)
     return with_scale_rule(InfiniteCNNDistance(**opts), scale)
 
 
 @register("random-vgg", "VGG16 trunk with random He filters, five taps, LPIPS-style unit normalisation",
           group="theory", differentiable=True)
 def _random_vgg(**options: Any) -> Metric:
-    opts, scale = _split(options, False)
+    opts, scale = _split("random-vgg", options, False)
     if "weights" in opts:
         raise ValueError("random-vgg draws its filters from seed=; use the 'vgg' metric with weights= for pretrained")
     return with_scale_rule(VGGDistance(**opts), scale)
@@ -93,7 +96,7 @@ def _random_vgg(**options: Any) -> Metric:
 @register("vgg", "VGG16 trunk with pretrained filters from a local file (option weights=PATH)",
           group="theory", differentiable=True)
 def _vgg(**options: Any) -> Metric:
-    opts, scale = _split(options, False)
+    opts, scale = _split("vgg", options, False)
     if opts.get("weights") is None:
         raise ValueError(
             "the 'vgg' metric needs weights=PATH, a local VGG16 state dict in torchvision's layout "

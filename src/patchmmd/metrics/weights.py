@@ -128,6 +128,9 @@ def load_weights(
     suffix = f". {hint}" if hint else ""
     if path is None or str(path) == "":
         raise WeightsError(f"metric {metric!r} needs {option}=PATH: {what}{suffix}")
+    if not isinstance(path, (str, os.PathLike)):
+        raise WeightsError(f"metric {metric!r}: {option} must be a file path (a str or os.PathLike), got "
+                           f"{type(path).__name__} {path!r}")
     p = Path(path).expanduser()
     if not p.is_file():
         raise WeightsFileNotFoundError(f"{metric}: {option} file not found: {p} ({what}){suffix}")
