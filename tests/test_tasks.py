@@ -6,14 +6,19 @@ import pytest
 import torch
 
 from patchmmd.metrics.registry import metric_specs
-from patchmmd.metrics.weights import WeightsError
+from patchmmd.metrics.weights import WeightsError, WeightsFileNotFoundError, folder_files
 from patchmmd.tasks import LOSS_NAMES, LOSSES_NEEDING_WEIGHTS, TASK_LOSSES, MissingWeightsError, make_loss
-from patchmmd.tasks._common import deterministic
-from patchmmd.tasks.autoencoder import ConvAutoencoder, train_autoencoder
+from patchmmd.tasks._common import deterministic, save_model
+from patchmmd.tasks.autoencoder import ConvAutoencoder, reconstruct, train_autoencoder
 from patchmmd.tasks.data import random_crops, split_photos
 from patchmmd.tasks.gim import generalized_mean, ring_offsets, shifted_set
-from patchmmd.tasks.report import high_frequency_energy, image_metrics, sharpness_ratio
-from patchmmd.tasks.superres import SRNet, degrade, train_superres
+from patchmmd.tasks.report import (
+    Evaluator,
+    high_frequency_energy,
+    image_metrics,
+    sharpness_ratio,
+)
+from patchmmd.tasks.superres import SRNet, degrade, train_superres, upscale
 
 
 def _img(h: int, w: int, seed: int = 0) -> torch.Tensor:
@@ -159,3 +164,47 @@ def test_deterministic_restores_warn_only() -> None:
         assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+def _model_class(dotted: str) -> type[torch.nn.Module]:
+    import importlib
+
+    module, _, name = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def test_saved_state_dict_rebuilds_the_trained_networks(tmp_path) -> None:
+    # the record save_model returns (metrics.json's "model") + torch.load(weights_only=True) give the same network
+    split = split_photos([_img(32, 64, 1), _img(32, 64, 2)], 16)
+    loss = make_loss("l1")
+    ae = train_autoencoder(split, loss, steps=2, width=8, latent=4, seed=5).model
+    sr = train_superres(split, loss, scale=2, steps=2, width=8, blocks=1, seed=5).model
+    cases = [("ae", ae, split.heldout, reconstruct, ConvAutoencoder, {"width": 8, "latent": 4}),
+             ("sr", sr, degrade(split.heldout, 2), upscale, SRNet, {"scale": 2, "width": 8, "blocks": 1})]
+    for name, model, inputs, outputs, cls, args in cases:
+        before = outputs(model, inputs)
+        folder = tmp_path / name
+        folder.mkdir()
+        record = save_model(model, folder)
+        assert record == {"file": "model.pt", "class": f"{cls.__module__}.{cls.__name__}", "args": args}
+        state = torch.load(folder / record["file"], weights_only=True)
+        assert all(isinstance(v, torch.Tensor) for v in state.values())
+        fresh = _model_class(record["class"])(**record["args"])
+        assert not torch.equal(outputs(fresh.eval(), inputs), before)  # a fresh initialisation is not the trained one
+        fresh.load_state_dict(state)
+        assert torch.equal(outputs(fresh.eval(), inputs), before)
+        with torch.no_grad():
+            assert torch.equal(fresh(inputs), model(inputs))  # unclamped too
+    with pytest.raises(TypeError, match="config"):
+        save_model(torch.nn.Linear(2, 2), tmp_path)
+
+
+def test_evaluator_deep_distances_need_a_weights_folder(tmp_path) -> None:
+    assert folder_files("lpips-alex") == {"backbone": "alexnet.pth", "weights": "lpips/alex.pth"}
+    assert folder_files("dists") == {"backbone": "vgg16.pth", "weights": "dists.pt"}
+    assert folder_files("mmdpp") == {}
+    with pytest.raises(WeightsError, match="'lpips-vgg' needs weight files: give weights_dir"):
+        Evaluator(["mmdpp", "lpips-vgg"])
+    with pytest.raises(WeightsFileNotFoundError, match=r"vgg16.pth not found \(needed by dists\)"):
+        Evaluator(["dists"], weights_dir=tmp_path)
+    assert set(Evaluator(["mmdpp"], weights_dir=tmp_path).distances) == {"mmdpp"}  # a folder no distance reads

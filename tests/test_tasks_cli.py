@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import math
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -46,6 +50,7 @@ def test_gim_shifts_writes_outputs_and_is_deterministic(tmp_path: Path) -> None:
     for key in ("psnr", "ssim", "mse", "mmdpp", "sharpness"):
         assert key in m["result"]["vs_inputs"] and key in m["pixel_mean"]["vs_first"]
     assert m["pixel_mean"]["vs_inputs"]["sharpness"] < 1
+    assert "model" not in m and not (tmp_path / "a" / "model.pt").exists()  # GIM optimises an image, no network
 
 
 def test_gim_image_files_and_errors(tmp_path: Path, photo_dir: Path) -> None:
@@ -154,11 +159,13 @@ def test_metrics_json_is_strict_and_outputs_replace_symlinks(tmp_path: Path) -> 
     victim.write_text("keep me")
     (out / "metrics.json").symlink_to(victim)  # --overwrite replaces the command's files, never writes through a link
     (out / "figure.png").symlink_to(tmp_path / "nowhere.png")
+    (out / "model.pt").symlink_to(tmp_path / "nowhere.pt")
     text = _run(["train-ae", str(data), "--crop", "32", "--steps", "1", "--width", "4", "--latent", "2", "--loss", "l2",
                  "--no-progress", "--eval-distances", "mmdpp-pixelwise", "--out", str(out), "--overwrite"])
     assert "msemmdpp" not in text and " mmdpp-pixelwise" in text  # the summary's columns keep a gap
     assert victim.read_text() == "keep me" and not (tmp_path / "nowhere.png").exists()
     assert not (out / "metrics.json").is_symlink() and not (out / "figure.png").is_symlink()
+    assert not (out / "model.pt").is_symlink() and not (tmp_path / "nowhere.pt").exists()
 
     def refuse(constant: str) -> None:
         raise ValueError(f"not strict JSON: {constant}")
@@ -170,3 +177,97 @@ def test_metrics_json_is_strict_and_outputs_replace_symlinks(tmp_path: Path) -> 
 def test_bad_loss_option_names_the_option() -> None:
     r = CliRunner().invoke(main, ["train-ae", "-o", "width", "--loss", "random-cnn"])
     assert r.exit_code == 2 and "--loss-option" in r.output and "KEY=VALUE" in r.output
+
+
+def _tiles(folder: Path, prefix: str) -> torch.Tensor:
+    from patchmmd.io import load_image
+
+    return torch.stack([load_image(p) for p in sorted(folder.glob(f"{prefix}_*.png"))])
+
+
+def test_train_commands_save_a_model_that_reproduces_the_outputs(tmp_path: Path, photo_dir: Path) -> None:
+    # metrics.json's "model" + torch.load(model.pt, weights_only=True) rebuild the network that wrote recon_/sr_NNN.png
+    from patchmmd.tasks.superres import degrade
+
+    common = [str(photo_dir), "--crop", "32", "--steps", "2", "--width", "4", "--loss", "l1", "--no-progress",
+              "--eval-distances", ""]
+    runs = {
+        "train-ae": (["--latent", "2"], "recon", lambda x, m: x, "patchmmd.tasks.autoencoder.ConvAutoencoder",
+                     {"width": 4, "latent": 2}),
+        "train-sr": (["--scale", "4", "--blocks", "1"], "sr", lambda x, m: degrade(x, m["scale"]),
+                     "patchmmd.tasks.superres.SRNet", {"scale": 4, "width": 4, "blocks": 1}),
+    }
+    for cmd, (extra, prefix, network_input, cls_name, args) in runs.items():
+        out = tmp_path / cmd
+        _run([cmd, *common, *extra, "--out", str(out)])
+        m = json.loads((out / "metrics.json").read_text())
+        assert m["model"] == {"file": "model.pt", "class": cls_name, "args": args}
+        state = torch.load(out / m["model"]["file"], weights_only=True)
+        module, _, name = m["model"]["class"].rpartition(".")
+        model = getattr(importlib.import_module(module), name)(**m["model"]["args"])
+        model.load_state_dict(state)
+        model.eval()
+        heldout = _tiles(out, "heldout")  # the photos are 8-bit: the saved tiles are the evaluated ones
+        with torch.no_grad():
+            outputs = model(network_input(heldout, m)).clamp(0, 1)
+        saved = _tiles(out, prefix)
+        assert saved.shape == outputs.shape == heldout.shape
+        assert float((saved - outputs).abs().max()) <= 0.5 / 255 + 1e-6  # the PNGs round to 8 bits
+        with torch.no_grad():
+            untrained = model.__class__(**m["model"]["args"]).eval()(network_input(heldout, m)).clamp(0, 1)
+        assert float((saved - untrained).abs().max()) > 2 / 255  # the check can tell a trained network apart
+
+
+def test_deep_eval_distances_need_the_weights_folder(tmp_path: Path, photo_dir: Path) -> None:
+    # lpips-vgg / dists / lpips-alex among --eval-distances read --weights DIR; without it: refused before training
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    tiny = {"gim": ["gim", "--shifts", "2", "astronaut", "--size", "32"],
+            "train-ae": ["train-ae", str(photo_dir), "--crop", "32", "--width", "4", "--latent", "2"],
+            "train-sr": ["train-sr", str(photo_dir), "--crop", "32", "--width", "4", "--blocks", "1"]}
+    for cmd, args in tiny.items():
+        base = [*args, "--steps", "1", "--loss", "l2", "--no-progress"]
+        out = tmp_path / f"{cmd}-none"
+        r = CliRunner().invoke(main, [*base, "--eval-distances", "mmdpp,lpips-vgg", "--out", str(out)])
+        assert r.exit_code == 2 and "lpips-vgg needs the published weights: pass --weights DIR" in r.output, r.output
+        assert "--eval-distances" in r.output and not out.exists()
+        out = tmp_path / f"{cmd}-empty"
+        r = CliRunner().invoke(main, [*base, "--eval-distances", "dists", "--weights", str(empty), "--out", str(out)])
+        assert r.exit_code == 2 and "vgg16.pth not found (needed by dists)" in r.output, r.output
+        assert not out.exists()
+    r = CliRunner().invoke(main, [*tiny["train-ae"], "--loss", "lpips-alex", "--weights", str(empty),
+                                  "--out", str(tmp_path / "loss")])
+    assert r.exit_code == 2 and "alexnet.pth not found (needed by lpips-alex)" in r.output and "--weights" in r.output
+
+
+def _published_weights() -> Path:
+    """The published weights (``python ../shared/tools/published_weights.py WEIGHTS``): ``$PATCHMMD_WEIGHTS``, else
+    ``../weights`` beside the repository, as tests/test_baselines.py finds them; skips when the files are absent."""
+    d = Path(os.environ.get("PATCHMMD_WEIGHTS") or Path(__file__).resolve().parents[2] / "weights")
+    files = ("alexnet.pth", "vgg16.pth", "lpips/alex.pth", "lpips/vgg.pth", "dists.pt")
+    if not all((d / f).is_file() for f in files):
+        pytest.skip(f"published weights not found in {d} (set PATCHMMD_WEIGHTS)")
+    return d
+
+
+def test_deep_eval_distances_with_the_published_weights(tmp_path: Path, photo_dir: Path) -> None:
+    from patchmmd.metrics.registry import get_metric
+    from patchmmd.tasks.superres import bicubic, degrade
+
+    d = _published_weights()
+    out = tmp_path / "sr"
+    # the folder serves the loss (lpips-vgg) and the reported distances alike
+    text = _run(["train-sr", str(photo_dir), "--crop", "32", "--steps", "1", "--width", "4", "--blocks", "1",
+                 "--loss", "lpips-vgg", "--weights", str(d), "--eval-distances", "lpips-vgg,dists", "--no-progress",
+                 "--out", str(out)])
+    assert "lpips-vgg" in text and "dists" in text
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["weights"] == str(d) and math.isfinite(m["final_loss"])
+    heldout = _tiles(out, "heldout")
+    bic = bicubic(degrade(heldout, 4), 4)
+    assert set(m["heldout"]) == set(m["bicubic"]) == {"psnr", "ssim", "mse", "lpips-vgg", "dists", "sharpness"}
+    files = {"lpips-vgg": ("vgg16.pth", "lpips/vgg.pth"), "dists": ("vgg16.pth", "dists.pt")}
+    for name, (backbone, head) in files.items():
+        assert math.isfinite(m["heldout"][name]) and m["heldout"][name] > 0
+        expected = float(get_metric(name, backbone=str(d / backbone), weights=str(d / head))(bic, heldout).mean())
+        assert m["bicubic"][name] == pytest.approx(expected, rel=1e-5)

@@ -2,8 +2,9 @@
 
 Each command is seeded and deterministic on CPU (same ``metrics.json`` for the same arguments), shows a
 progress bar, and writes to ``--out DIR`` (refused if it exists and is not empty, unless ``--overwrite``):
-its images, ``metrics.json`` and ``figure.png`` (side by side). See ``docs/tasks.md`` and
-:mod:`patchmmd.tasks`.
+its images, ``metrics.json`` and ``figure.png`` (side by side); ``train-ae`` and ``train-sr`` also save the trained
+network's ``state_dict`` as ``model.pt`` (``metrics.json``'s ``"model"``: file, class and constructor arguments).
+See ``docs/tasks.md`` and :mod:`patchmmd.tasks`.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def _check_loss(ctx: click.Context, param: click.Parameter, value: str) -> str:
 def _loss_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--eval-distances", default="mmdpp,random-cnn", show_default=True, metavar="NAMES",
                      help="Comma-separated registry distances reported besides PSNR/SSIM/MSE/sharpness "
-                          "(vgg is added when --weights is given; empty: none).")(f)
+                          "(vgg is added when --weights is a VGG16 file; lpips-alex, lpips-vgg, dists and vgg "
+                          "read --weights DIR; empty: none).")(f)
     f = click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")(f)
     f = click.option("--overwrite", is_flag=True, help="Write into --out even if it exists and is not empty.")(f)
     f = click.option("--out", "out", type=click.Path(file_okay=False), default=None,
@@ -43,15 +45,25 @@ def _loss_options(f: Callable[..., Any]) -> Callable[..., Any]:
                           "features keep their seed: -o seed=N).")(f)
     f = click.option("--loss-option", "-o", "loss_option", multiple=True, metavar="KEY=VALUE",
                      help="Option of the loss's distance, repeatable (e.g. -o width=128 for random-cnn).")(f)
-    f = click.option("--weights", type=click.Path(dir_okay=False), default=None,
-                     help="Local pretrained VGG16 state dict (torchvision layout); needed by --loss vgg.")(f)
+    f = click.option("--weights", type=click.Path(), default=None,
+                     help="Local pretrained VGG16 state dict (torchvision layout) for --loss vgg, or a folder of the "
+                          "published weights as `patchmmd eval suite --weights` takes it (alexnet.pth, vgg16.pth, "
+                          "lpips/{alex,vgg}.pth, dists.pt) for the deep losses and --eval-distances (lpips-alex, "
+                          "lpips-vgg, dists, vgg).")(f)
     f = click.option("--loss", "loss_name", default="mmdpp", show_default=True, metavar="NAME", callback=_check_loss,
                      help="Training / optimisation loss: l2, l1, ssim, or any distance that `patchmmd metrics` "
                           "marks differentiable (mmdpp, random-cnn, vgg, ...); an unknown name lists them all.")(f)
     return f
 
 
+def _weights_folder(weights: str | None) -> str | None:
+    """``--weights`` if it names a folder (the published weights, as ``patchmmd eval suite --weights`` takes them),
+    else ``None`` (no ``--weights``, or the VGG16 file of ``--loss vgg``)."""
+    return weights if weights is not None and Path(weights).is_dir() else None
+
+
 def _build_loss(name: str, weights: str | None, items: tuple[str, ...]) -> Any:
+    from ..metrics.weights import WeightsError, folder_files, folder_options
     from ..tasks.losses import MissingWeightsError, make_loss
 
     try:
@@ -60,12 +72,24 @@ def _build_loss(name: str, weights: str | None, items: tuple[str, ...]) -> Any:
         raise click.BadParameter(e.message, param_hint="--loss-option") from None
     if name == "vgg" and weights is None:
         raise click.UsageError(
-            "--loss vgg needs --weights PATH, a local pretrained VGG16 state dict in torchvision's layout; "
-            "no file given, so this run is skipped (nothing written; patchmmd downloads nothing)."
+            "--loss vgg needs --weights PATH, a local pretrained VGG16 state dict in torchvision's layout (or a "
+            "folder of the published weights holding vgg16.pth); no file given, so this run is skipped (nothing "
+            "written; patchmmd downloads nothing)."
         )
-    if weights is not None and name != "vgg":
-        raise click.BadParameter(f"--weights is for --loss vgg only, not {name!r}", param_hint="--weights")
-    try:  # a head file of lpips-*/dists comes as -o weights=PATH (--weights is the vgg loss's VGG16 file)
+    folder = _weights_folder(weights)
+    if folder is not None:  # the deep losses take their files from the folder (-o backbone=/weights= win)
+        if any(k not in options for k in folder_files(name)):
+            try:
+                options = {**folder_options(name, folder), **options}
+            except WeightsError as e:
+                raise click.BadParameter(str(e), param_hint="--weights") from None
+        weights = None
+    elif weights is not None and name != "vgg":
+        raise click.BadParameter(
+            f"{weights} is not a folder: a file given to --weights is the VGG16 state dict of --loss vgg only, not "
+            f"{name!r} (a folder of the published weights serves lpips-alex, lpips-vgg, dists and vgg)",
+            param_hint="--weights")
+    try:  # without a folder, a head file of lpips-*/dists comes as -o weights=PATH
         return make_loss(name, **({"weights": weights} if weights is not None else {}), **options)
     except MissingWeightsError as e:
         raise click.BadParameter(str(e), param_hint="--weights") from None
@@ -187,7 +211,7 @@ def gim_command(
             "inputs": names, "shifts": shifts, "offsets": offsets, "size": list(ys.shape[-2:]),
             "steps": steps, "lr": lr, "init": init,
             "final_loss": float(f"{res.history[-1]:.6g}"), "loss_history": _history(res.history),
-            "result": report(res.image), "pixel_mean": report(ys.mean(0, keepdim=True)),
+            "result": report(res.image), "pixel_mean": report(ys.mean(0, keepdim=True)), "weights": weights,
         }
     from ..io import save_image
 
@@ -216,13 +240,27 @@ def _summary(folder: Path, seconds: float, rows: dict[str, dict[str, float]]) ->
 
 def _evaluator(names: str, weights: str | None, probe: Any) -> Any:
     """The :class:`~patchmmd.tasks.report.Evaluator` of ``--eval-distances``, built and tried on ``probe`` (one
-    image of the evaluated size, against itself) before the run: an unknown name, a missing weight file or a
-    distance that cannot take images of that size is a usage error before training, not after it."""
+    image of the evaluated size, against itself) before the run: an unknown name, a missing weight file (or
+    folder, for ``lpips-alex``, ``lpips-vgg``, ``dists``) or a distance that cannot take images of that size is a
+    usage error before training, not after it."""
+    from ..metrics.weights import folder_files
     from ..tasks.report import Evaluator
 
     distances = [n.strip() for n in names.split(",") if n.strip()]
+    folder = _weights_folder(weights)
+    vgg_file = weights if folder is None else None
+    unserved = [n for n in distances if folder_files(n) and not (n == "vgg" and vgg_file is not None)]
+    if unserved and folder is None:
+        files = sorted({f for n in unserved for f in folder_files(n).values()})
+        raise click.BadParameter(
+            f"{', '.join(unserved)} need{'s' if len(unserved) == 1 else ''} the published weights: pass --weights DIR, "
+            f"a folder laid out as `patchmmd eval suite --weights` takes it (here: {', '.join(files)}; "
+            "shared/tools/published_weights.py writes it); "
+            + ("no folder given" if weights is None else f"{weights} is not a folder")
+            + ", so this run is skipped (nothing written; patchmmd downloads nothing).",
+            param_hint="--eval-distances")
     try:
-        evaluate = Evaluator(distances, vgg_weights=weights)
+        evaluate = Evaluator(distances, vgg_weights=vgg_file, weights_dir=folder)
         evaluate(probe, probe)
     except (TypeError, ValueError) as e:
         raise click.BadParameter(str(e), param_hint="--eval-distances") from None
@@ -273,9 +311,10 @@ def train_ae_command(
     """Train a small convolutional autoencoder on random crops of the photos in DATA_DIR.
 
     DATA_DIR defaults to the photos the package ships. The right quarter of every photo is held out; the
-    reconstructions of its crop x crop tiles are saved and scored against the originals.
+    reconstructions of its crop x crop tiles are saved and scored against the originals. The trained network's
+    state dict is saved as model.pt in the --out folder (metrics.json's "model" names its class and arguments).
     """
-    from ..tasks._common import deterministic, image_grid_figure, save_images, write_json
+    from ..tasks._common import deterministic, image_grid_figure, save_images, save_model, write_json
     from ..tasks.autoencoder import reconstruct, train_autoencoder
 
     if crop % 8:
@@ -291,11 +330,13 @@ def train_ae_command(
                                     seed=seed, callback=callback)
         recon = reconstruct(res.model, split.heldout)
         m = evaluate(recon, split.heldout)
+    model = save_model(res.model, folder)  # recon_NNN.png: ConvAutoencoder(**args)(heldout), clamped to [0, 1]
     metrics = {
         "task": "train-ae", "loss": loss_name, "loss_options": parse_metric_options(loss_option), "seed": seed,
         "data": names, "crop": crop, "batch": batch, "steps": steps, "lr": lr, "width": width, "latent": latent,
         "heldout_tiles": len(split.heldout), "final_loss": float(f"{res.history[-1]:.6g}"),
-        "loss_history": _history(res.history), "heldout": m,
+        "loss_history": _history(res.history), "heldout": m, "weights": weights,
+        "model": model,
     }
     save_images(split.heldout, folder, "heldout")
     save_images(recon, folder, "recon")
@@ -321,9 +362,10 @@ def train_sr_command(
 
     DATA_DIR defaults to the photos the package ships. Inputs are box-downsampled by --scale. The right
     quarter of every photo is held out; its tiles are super-resolved and scored against the ground truth,
-    next to bicubic upsampling.
+    next to bicubic upsampling. The trained network's state dict is saved as model.pt in the --out folder
+    (metrics.json's "model" names its class and arguments).
     """
-    from ..tasks._common import deterministic, image_grid_figure, save_images, write_json
+    from ..tasks._common import deterministic, image_grid_figure, save_images, save_model, write_json
     from ..tasks.superres import bicubic, degrade, train_superres, upscale
 
     if crop % scale:
@@ -341,11 +383,13 @@ def train_sr_command(
         sr = upscale(res.model, low)
         bic = bicubic(low, scale)
         m_sr, m_bic = evaluate(sr, split.heldout), evaluate(bic, split.heldout)
+    model = save_model(res.model, folder)  # sr_NNN.png: SRNet(**args)(degrade(heldout, scale)), clamped to [0, 1]
     metrics = {
         "task": "train-sr", "loss": loss_name, "loss_options": parse_metric_options(loss_option), "seed": seed,
         "data": names, "scale": scale, "crop": crop, "batch": batch, "steps": steps, "lr": lr, "width": width,
         "blocks": blocks, "heldout_tiles": len(split.heldout), "final_loss": float(f"{res.history[-1]:.6g}"),
-        "loss_history": _history(res.history), "heldout": m_sr, "bicubic": m_bic,
+        "loss_history": _history(res.history), "heldout": m_sr, "bicubic": m_bic, "weights": weights,
+        "model": model,
     }
     save_images(split.heldout, folder, "heldout")
     save_images(low, folder, "lowres")

@@ -40,6 +40,7 @@ import torch
 
 from ..core.validation import check_positive_int
 from ..io import output_file
+from ..metrics.weights import WEIGHT_FOLDER, folder_options
 from .artifacts import lattice_ratio
 from .report import json_text
 from .shift import SHIFTS, ratios, shift_distances
@@ -67,11 +68,10 @@ __all__ = [
     "write_suite",
 ]
 
-#: The deep baselines and the files of the ``weights`` folder each needs (``backbone``, ``weights``).
+#: The deep baselines and the files of the ``weights`` folder each needs (``backbone``, ``weights``;
+#: :data:`patchmmd.metrics.weights.WEIGHT_FOLDER`).
 WEIGHT_FILES: dict[str, tuple[str, str]] = {
-    "lpips-vgg": ("vgg16.pth", "lpips/vgg.pth"),
-    "lpips-alex": ("alexnet.pth", "lpips/alex.pth"),
-    "dists": ("vgg16.pth", "dists.pt"),
+    name: (files["backbone"], files["weights"]) for name, files in WEIGHT_FOLDER.items() if "backbone" in files
 }
 DEEP_BASELINES: tuple[str, ...] = tuple(WEIGHT_FILES)
 #: The judges of the tasks (deep metrics with the published weights).
@@ -220,8 +220,7 @@ def parse_candidate(spec: str) -> tuple[str, dict[str, Any]]:
 
 # --------------------------------------------------------------------------------------------- building
 def _deep_options(name: str, weights: Path) -> dict[str, Any]:
-    backbone, head = WEIGHT_FILES[name]
-    return {"backbone": str(weights / backbone), "weights": str(weights / head)}
+    return folder_options(name, weights, check=False)  # run_suite has checked the files
 
 
 def _build(m: SuiteMetric) -> SuiteMetric:
@@ -600,10 +599,7 @@ def run_suite(
     baselines = ["l2", "ssim"]
     if wdir is not None:
         for name in DEEP_BASELINES:
-            for f in WEIGHT_FILES[name]:
-                if not (wdir / f).is_file():
-                    raise FileNotFoundError(f"weights folder {wdir}: {f} not found (needed by {name}); lay the folder "
-                                            "out as shared/tools/published_weights.py writes it")
+            folder_options(name, wdir)  # WeightsFileNotFoundError (a FileNotFoundError) naming a missing file
         baselines += list(DEEP_BASELINES)
     else:
         notes.append("no weights folder: the deep baselines (lpips-vgg, lpips-alex, dists), the LPIPS-vgg loss and "

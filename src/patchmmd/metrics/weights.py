@@ -42,7 +42,8 @@ from pathlib import Path
 import torch
 
 __all__ = [
-    "WeightsError", "WeightsFileNotFoundError", "WeightsPath", "check_layout", "check_weight_tensor", "load_weights",
+    "WEIGHT_FOLDER", "WeightsError", "WeightsFileNotFoundError", "WeightsPath", "check_layout", "check_weight_tensor",
+    "folder_files", "folder_options", "load_weights",
 ]
 
 
@@ -186,3 +187,44 @@ def check_layout(
         if wrong:
             parts.append(f"wrong shape: {'; '.join(wrong[:8])}" + (" ..." if len(wrong) > 8 else ""))
         raise WeightsError(f"{metric}: {option} file {path} does not match the expected layout; " + " | ".join(parts))
+
+
+#: A folder of the published weights, as ``shared/tools/published_weights.py`` writes it and ``patchmmd eval suite
+#: --weights`` and the training tasks' ``--weights`` take it: the files each metric reads from it, by option.
+WEIGHT_FOLDER: dict[str, dict[str, str]] = {
+    "lpips-vgg": {"backbone": "vgg16.pth", "weights": "lpips/vgg.pth"},
+    "lpips-alex": {"backbone": "alexnet.pth", "weights": "lpips/alex.pth"},
+    "dists": {"backbone": "vgg16.pth", "weights": "dists.pt"},
+    "vgg": {"weights": "vgg16.pth"},
+}
+
+
+def folder_files(name: str) -> dict[str, str]:
+    """The files metric ``name`` reads from a folder of the published weights (:data:`WEIGHT_FOLDER`), by option;
+    ``{}`` for a metric that needs none.
+
+    Example:
+        >>> folder_files("lpips-vgg"), folder_files("vgg"), folder_files("mmdpp")
+        ({'backbone': 'vgg16.pth', 'weights': 'lpips/vgg.pth'}, {'weights': 'vgg16.pth'}, {})
+    """
+    return dict(WEIGHT_FOLDER.get(name, {}))
+
+
+def folder_options(name: str, folder: str | os.PathLike[str], *, check: bool = True) -> dict[str, str]:
+    """The options (paths in ``folder``) of :func:`folder_files` for metric ``name``.
+
+    Raises:
+        WeightsFileNotFoundError: with ``check``, a file of the layout is not in ``folder`` (the message names it,
+            the metric and the folder).
+    """
+    options = {}
+    for option, file in folder_files(name).items():
+        path = Path(folder) / file
+        if check and not path.is_file():
+            raise WeightsFileNotFoundError(
+                f"weights folder {os.fspath(folder)}: {file} not found (needed by {name}); lay the folder out as "
+                "shared/tools/published_weights.py writes it (alexnet.pth, vgg16.pth, lpips/alex.pth, lpips/vgg.pth, "
+                "dists.pt)"
+            )
+        options[option] = os.fspath(path)
+    return options

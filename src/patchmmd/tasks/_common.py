@@ -64,6 +64,32 @@ def fit(
     return TrainResult(model, history)
 
 
+#: The file name of a trained network's weights in a task's output folder.
+MODEL_FILE = "model.pt"
+
+
+def save_model(model: nn.Module, folder: str | os.PathLike[str], name: str = MODEL_FILE) -> dict[str, Any]:
+    """Write ``model``'s ``state_dict`` (plain CPU tensors, ``torch.save``) to ``folder/name``, replacing a symbolic
+    link there (:func:`patchmmd.io.output_file`), and return the record ``metrics.json`` keeps of it: ``file``
+    (``name``, relative to the folder), ``class`` (the model class's dotted import path) and ``args`` (the keyword
+    arguments that rebuild the architecture, the model's ``config``). ``torch.load(folder / name,
+    weights_only=True)`` loaded into ``cls(**args)`` gives the same outputs.
+
+    Example:
+        >>> import tempfile
+        >>> from patchmmd.tasks.autoencoder import ConvAutoencoder
+        >>> save_model(ConvAutoencoder(4, 2), tempfile.mkdtemp())
+        {'file': 'model.pt', 'class': 'patchmmd.tasks.autoencoder.ConvAutoencoder', 'args': {'width': 4, 'latent': 2}}
+    """
+    config = getattr(model, "config", None)
+    if not isinstance(config, dict):
+        raise TypeError(f"{type(model).__name__} has no config dict of its constructor's arguments")
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    torch.save(state, output_file(Path(folder) / name))
+    cls = type(model)
+    return {"file": name, "class": f"{cls.__module__}.{cls.__qualname__}", "args": dict(config)}
+
+
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, chunk: int = 16) -> torch.Tensor:
     """``model`` applied to ``x`` in chunks of ``chunk`` images, clamped to ``[0, 1]``."""

@@ -28,6 +28,8 @@ class ConvAutoencoder(nn.Module):
 
     def __init__(self, width: int = 32, latent: int = 16) -> None:
         super().__init__()
+        #: The constructor's arguments: ``ConvAutoencoder(**config)`` rebuilds the architecture.
+        self.config = {"width": width, "latent": latent}
         w2 = 2 * width
         self.encoder = nn.Sequential(
             nn.Conv2d(3, width, 3, padding=1), nn.ReLU(),

@@ -7,7 +7,10 @@ over the batch. They are reported, never used for tuning.
   size that fits; higher is better), the package's one PSNR and SSIM (:mod:`patchmmd.metrics.classic`);
 * ``mse`` on ``[0, 1]``;
 * the distances named in ``distances`` (default ``mmdpp`` and ``random-cnn``; ``vgg`` when a weights file is
-  given), as the registry computes them (lower is better);
+  given), as the registry computes them (lower is better). The deep ones (``lpips-alex``, ``lpips-vgg``,
+  ``dists``, ``vgg``) read their files from ``weights_dir``, a folder of the published weights laid out as
+  ``patchmmd eval suite --weights`` takes it (:data:`patchmmd.metrics.weights.WEIGHT_FOLDER`), or ``vgg`` from
+  ``vgg_weights``; without them :class:`~patchmmd.metrics.weights.WeightsError`;
 * ``sharpness``: :func:`high_frequency_energy` of the outputs divided by that of the references. 1 means
   as much fine detail as the references; a blurry output gives well below 1, noise or ringing above 1.
 
@@ -69,19 +72,38 @@ def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 class Evaluator:
-    """Computes :func:`image_metrics` with distances built once (random features and weights are cached)."""
+    """Computes :func:`image_metrics` with distances built once (random features and weights are cached).
+
+    ``weights_dir``: a folder of the published weights (:data:`patchmmd.metrics.weights.WEIGHT_FOLDER`), read by
+    the deep distances among ``distances``; ``vgg_weights``: a VGG16 state dict, which adds ``vgg`` to the distances.
+
+    Raises:
+        WeightsError: a deep distance without its weights (no ``weights_dir``, or a file missing from it).
+    """
 
     def __init__(
-        self, distances: Sequence[str] = DEFAULT_DISTANCES, *, vgg_weights: str | os.PathLike[str] | None = None
+        self, distances: Sequence[str] = DEFAULT_DISTANCES, *, vgg_weights: str | os.PathLike[str] | None = None,
+        weights_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         from ..metrics.registry import get_metric
+        from ..metrics.weights import WeightsError, folder_files, folder_options
 
         names = list(distances)
         if vgg_weights is not None and "vgg" not in names:
             names.append("vgg")
         self.distances = {}
         for name in names:
-            opts = {"weights": os.fspath(vgg_weights)} if name == "vgg" and vgg_weights is not None else {}
+            opts: dict[str, str] = {}
+            if name == "vgg" and vgg_weights is not None:
+                opts = {"weights": os.fspath(vgg_weights)}
+            elif weights_dir is not None:
+                opts = folder_options(name, weights_dir)
+            elif folder_files(name):
+                raise WeightsError(
+                    f"the distance {name!r} needs weight files: give weights_dir, a folder of the published weights "
+                    f"({', '.join(folder_files(name).values())} for {name}; the layout "
+                    "`patchmmd eval suite --weights DIR` takes)"
+                )
             self.distances[name] = get_metric(name, **opts)
 
     @torch.no_grad()
@@ -100,10 +122,10 @@ class Evaluator:
 
 def image_metrics(
     x: torch.Tensor, y: torch.Tensor, *, distances: Sequence[str] = DEFAULT_DISTANCES,
-    vgg_weights: str | os.PathLike[str] | None = None,
+    vgg_weights: str | os.PathLike[str] | None = None, weights_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, float]:
     """PSNR, SSIM, MSE, the ``distances`` and the sharpness ratio of ``x`` against references ``y``."""
-    return Evaluator(distances, vgg_weights=vgg_weights)(x, y)
+    return Evaluator(distances, vgg_weights=vgg_weights, weights_dir=weights_dir)(x, y)
 
 
 def _round(v: float) -> float:

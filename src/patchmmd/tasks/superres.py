@@ -50,6 +50,8 @@ class SRNet(nn.Module):
 
     def __init__(self, scale: int = 4, width: int = 32, blocks: int = 4) -> None:
         super().__init__()
+        #: The constructor's arguments: ``SRNet(**config)`` rebuilds the architecture.
+        self.config = {"scale": scale, "width": width, "blocks": blocks}
         self.scale = scale
         self.head = nn.Conv2d(3, width, 3, padding=1)
         self.body = nn.Sequential(*[ResBlock(width) for _ in range(blocks)])
