@@ -102,7 +102,8 @@ def run_arm(src: Path, name: str, options: dict[str, object], size: int, batch: 
     return statistics.median(result["times"])
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser (the docs' commands are checked against it: tests/test_docs_commands.py)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("a", help="REV@METRIC[:KEY=VALUE,...], the baseline")
     ap.add_argument("b", help="REV@METRIC[:KEY=VALUE,...], compared with A")
@@ -112,6 +113,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="subprocesses per arm and configuration")
     ap.add_argument("--calls", type=int, default=7, help="timed calls per subprocess (their median is reported)")
     ap.add_argument("--warmup", type=int, default=2)
+    return ap
+
+
+def main() -> None:
+    ap = build_parser()
     args = ap.parse_args()
     arms = [parse_arm(args.a), parse_arm(args.b)]
     with tempfile.TemporaryDirectory(prefix="patchmmd-ab-") as tmp:

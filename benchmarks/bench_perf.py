@@ -442,7 +442,8 @@ def markdown(rows: list[dict[str, object]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser (the docs' commands are checked against it: tests/test_docs_commands.py)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: PyTorch's)")
@@ -468,6 +469,11 @@ def main(argv: list[str] | None = None) -> None:
                    help="add torch.compile (inductor) of the default distance, with and without the C kernels")
     p.add_argument("--out", default=None, help="CSV file")
     p.add_argument("--md", default=None, help="Markdown table file")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = build_parser()
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -174,12 +174,18 @@ def pairs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return summarize(mixed)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser (the docs' commands are checked against it: tests/test_docs_commands.py)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--human", type=Path, action="append", required=True, help="labels.csv of a human set")
     ap.add_argument("--weights", type=Path, default=None, help="published weights folder (deep reference rows)")
     ap.add_argument("--out", type=Path, default=Path("components.json"))
     ap.add_argument("--threads", type=int, default=2)
+    return ap
+
+
+def main() -> None:
+    ap = build_parser()
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.time()

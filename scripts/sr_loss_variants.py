@@ -369,7 +369,8 @@ def calibrate(variants: list[str], against: str = "mmd") -> None:
         print(f"{spec}: term {value:.6g}, weight {ref / value:.0f}")
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser (the docs' commands are checked against it: tests/test_docs_commands.py)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("variants", nargs="+")
     ap.add_argument("--weights", type=Path, help="folder of shared/tools/published_weights.py (for the judges)")
@@ -382,6 +383,11 @@ def main() -> None:
     ap.add_argument("--calibrate", action="store_true", help="print each variant's weight by the rule; no training")
     ap.add_argument("--against", choices=("mmd", "local"), default="mmd",
                     help="the preset's term whose value --calibrate matches (default: the MMD term)")
+    return ap
+
+
+def main() -> None:
+    ap = build_parser()
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.calibrate:

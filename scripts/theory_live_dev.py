@@ -84,7 +84,8 @@ def statistics(d: np.ndarray, s: np.ndarray, groups: list[str]) -> tuple[dict[st
     return grouped_correlations(d, s, groups), "patchmmd.evaluation.stats.grouped_correlations"
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser (the docs' commands are checked against it: tests/test_docs_commands.py)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--out", type=Path, default=None, help="CSV of per-image distances")
@@ -92,6 +93,11 @@ def main() -> int:
     ap.add_argument("--vgg", action="store_true", help="also the random VGG16 trunk (he and zero_mean)")
     ap.add_argument("--from-csv", type=Path, default=None,
                     help="recompute the statistics from a CSV written by --out (no distances computed)")
+    return ap
+
+
+def main() -> int:
+    ap = build_parser()
     args = ap.parse_args()
     torch.manual_seed(0)
     rows = []
