@@ -110,7 +110,8 @@ def sincos_coefficients() -> tuple[torch.Tensor, torch.Tensor]:
 
 #: The library's entry points: a build that lacks one is not used.
 SYMBOLS = ("rff_block_sums_tasks", "rff_grad_image_tasks", "aligned_scan_tasks", "aligned_scan_work",
-           "aligned_grad_tasks", "aligned_grad_work", "fit_inputs_tasks", "fit_inputs_work", "patchmmd_openmp")
+           "aligned_grad_tasks", "aligned_grad_work", "fit_inputs_tasks", "fit_inputs_work", "ssim_tasks", "ssim_work",
+           "patchmmd_openmp")
 _SUFFIX = ".dll" if sys.platform == "win32" else ".so"
 #: Layout version of the record written beside a cached library.
 _RECORD_FORMAT = 1
@@ -140,8 +141,16 @@ def _cache_dirs() -> list[Path]:
         return [Path(root)]
     xdg = os.environ.get("XDG_CACHE_HOME")
     uid = os.getuid() if hasattr(os, "getuid") else "user"
-    home = (Path(xdg) if xdg else Path.home() / ".cache") / "patchmmd"
-    return [home, Path(tempfile.gettempdir()) / f"patchmmd-{uid}"]
+    dirs: list[Path] = []
+    try:
+        dirs.append((Path(xdg) if xdg else Path.home() / ".cache") / "patchmmd")
+    except RuntimeError:  # no $HOME and no passwd entry (a container under an arbitrary user id)
+        pass
+    try:
+        dirs.append(Path(tempfile.gettempdir()) / f"patchmmd-{uid}")
+    except OSError:  # no usable temporary folder (a read-only file system)
+        pass
+    return dirs
 
 
 def _secure_fs() -> bool:
@@ -172,12 +181,16 @@ def _cache_key(cc: str) -> str:
 
 
 def _compile(cc: str, arch: list[str]) -> bytes | None:
-    """The library built from :data:`SOURCE` with ``FLAGS + arch``, or ``None`` if the compiler fails.
+    """The library built from :data:`SOURCE` with ``FLAGS + arch``, or ``None`` if the compiler fails (or no
+    temporary folder can be made for it).
 
     It is compiled in a fresh private folder (``tempfile.mkdtemp``, mode 0700) that nobody else can write to,
     and returned as bytes (empty if the compiler claimed success but wrote nothing); the folder is removed.
     """
-    build = tempfile.mkdtemp(prefix="patchmmd-build-")
+    try:
+        build = tempfile.mkdtemp(prefix="patchmmd-build-")
+    except OSError:  # no usable temporary folder: nothing can be compiled
+        return None
     try:
         out = os.path.join(build, "kernels" + _SUFFIX)
         done = subprocess.run([cc, *FLAGS, *arch, str(SOURCE), "-o", out, "-lm"], capture_output=True, text=True,
@@ -358,8 +371,12 @@ def _kernels_from(data: bytes, dfd: int, folder: Path, name: str) -> NativeKerne
     missing = [s for s in SYMBOLS if not hasattr(lib, s)]
     if missing:
         raise _Broken(f"{folder / name} lacks the kernels {', '.join(missing)}")
-    nk = NativeKernels(lib, folder / name)
-    if not _self_check(nk):
+    # The coefficients and the self-check's cases are CPU tensors whatever the default device
+    # (torch.set_default_device("cuda") must neither fail the load nor hand device memory to the C code).
+    with torch.device("cpu"):
+        nk = NativeKernels(lib, folder / name)
+        ok = _self_check(nk)
+    if not ok:
         raise _Broken(f"the compiled kernels {folder / name} failed their self-check against PyTorch")
     return nk
 
@@ -439,7 +456,7 @@ class NativeKernels:
         """Run ``driver(t0, t1, nthreads, work)`` over the tasks ``range(ntasks)``, with a float32 work buffer of
         ``slot_floats`` values per thread (``work`` is the address of the first thread's)."""
         threads = max(1, min(torch.get_num_threads(), ntasks))
-        work = torch.empty(threads, max(1, slot_floats), dtype=torch.float32)
+        work = torch.empty(threads, max(1, slot_floats), dtype=torch.float32, device="cpu")  # whatever the default
         w0, ws = work.data_ptr(), work.stride(0) * work.element_size()
         if self.openmp or threads == 1:
             driver(0, ntasks, threads, w0)
