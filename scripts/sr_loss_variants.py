@@ -1,7 +1,7 @@
 """SR x4 alone, trained and judged as ``patchmmd eval suite`` does it, for loss variants that the suite cannot
 name: the rows of docs/development-log.md ("Variants around the training preset", "Contrast-normalised patches
 in the training preset", "A third judge, and two more aligned terms", "The energy distance in place of the
-Gaussian kernel") that were measured with losses outside the library.
+Gaussian kernel", "Several patch sizes at once") that were measured with losses outside the library.
 
     python scripts/sr_loss_variants.py --weights WEIGHTS --seeds 0,1,2 \\
         'relu-mmd:weight=390' 'relu-mmd:weight=463,depth=2' \\
@@ -18,6 +18,8 @@ Gaussian kernel") that were measured with losses outside the library.
         'aligned-normalised:weight=17,base_weight_mmd=400' \\
         'aligned-normalised:weight=21,base_weight_mmd=400,base_weight_local=0'
     python scripts/sr_loss_variants.py --weights WEIGHTS --seeds 0,1,2 'energy-mmd:weight=118'
+    python scripts/sr_loss_variants.py --weights WEIGHTS --seeds 0,1,2 'normalised-mmd:sizes=[3,5],weight=224' \\
+        'normalised-mmd:sizes=[3,5,7],weight=234'
 
 A variant is either a suite candidate (``mmdpp:preset=loss,weight_local=228``) or the training preset with its
 MMD term replaced (``weight_mmd=0``) by ``weight`` times one of these, in plain PyTorch operations (by default
@@ -26,7 +28,8 @@ once, seed 0):
 
 * ``normalised-mmd``: the preset's term itself, with random Fourier features of i.i.d. directions and random
   phases (``features``, Gaussian widths ``sigma`` in the unit ball, ``floor`` per pixel on [0, 1], ``levels``
-  octaves, ``window``; ``root=EPS``: each window's MMD instead of its square, ``sqrt(MMD² + EPS²) − EPS``);
+  octaves, ``window``; ``root=EPS``: each window's MMD instead of its square, ``sqrt(MMD² + EPS²) − EPS``;
+  ``sizes=[3,5,7]``: several patch sizes, the mean of their terms, each with its own ``features``);
 * ``aligned-normalised``: the contrast-normalised 3x3 patches of the two images compared place by place (the
   squared distance of the unit-ball vectors, averaged over positions, summed over ``levels`` octaves), as
   LPIPS compares its unit-normalised features; with ``base_weight_mmd=400`` the preset keeps its MMD, and with
@@ -196,12 +199,17 @@ def whitened_mmd(x: torch.Tensor, y: torch.Tensor, power: float = 0.0) -> torch.
 
 def normalised_mmd(x: torch.Tensor, y: torch.Tensor, features: int = FEATURES, sigma: list[float] | None = None,
                    floor: float = FLOOR, levels: int = LEVELS, window: int = WINDOW,
-                   root: float | None = None) -> torch.Tensor:
-    def draw(level: int, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        px, py = _normalised(_centred_patches(x), floor), _normalised(_centred_patches(y), floor)
-        return _cosine(px, py, features, sigma or [0.5, 1.0], g)
+                   root: float | None = None, sizes: list[int] | None = None) -> torch.Tensor:
+    def term(size: int) -> torch.Tensor:
+        def draw(level: int, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+            px, py = _normalised(_centred_patches(x, size), floor), _normalised(_centred_patches(y, size), floor)
+            return _cosine(px, py, features, sigma or [0.5, 1.0], g)
 
-    return _levels(x, y, draw, levels, window, root)
+        return _levels(x, y, draw, levels, window, root)
+
+    # several patch sizes: the mean of their terms (the MMD² under the mean of the sizes' kernels, each with
+    # its own ``features`` features)
+    return torch.stack([term(size) for size in sizes or [3]]).mean(0)
 
 
 def _upsampled_patches(c: torch.Tensor, h: int, w: int) -> torch.Tensor:

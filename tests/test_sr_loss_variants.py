@@ -76,3 +76,14 @@ def test_calibrate_reproduces_the_documented_weights(script: ModuleType, capsys:
     script.calibrate(["charbonnier", "aligned-normalised"], against="local")
     out = capsys.readouterr().out
     assert "weight 307" in out and "weight 19" in out
+
+
+def test_several_patch_sizes_average_their_terms(script: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
+    x, y = crops(), gaussian_blur(crops(), 1.0)
+    one = [script.normalised_mmd(x, y, sizes=[s]) for s in (3, 5, 7)]
+    assert torch.equal(one[0], script.normalised_mmd(x, y))  # the default is the preset's 3x3 term
+    assert not torch.allclose(one[0], one[1])
+    assert torch.allclose(script.normalised_mmd(x, y, sizes=[3, 5, 7]), torch.stack(one).mean(0))
+    script.calibrate(["normalised-mmd:sizes=[3,5]", "normalised-mmd:sizes=[3,5,7]"])
+    out = capsys.readouterr().out  # the weights of docs/development-log.md, "Several patch sizes at once"
+    assert "sizes=[3,5]: term" in out and "weight 224" in out and "weight 234" in out
