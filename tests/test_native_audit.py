@@ -16,17 +16,9 @@ import torch
 
 import patchmmd
 from patchmmd import _native
+from test_native import _load_from  # the loader with the cache folder set, read afresh
 
 needs_native = pytest.mark.skipif(_native.kernels() is None, reason="no C compiler: the PyTorch path is used")
-
-
-def _reload(monkeypatch: pytest.MonkeyPatch, folder: Path) -> _native.NativeKernels | None:
-    monkeypatch.setenv("PATCHMMD_CACHE_DIR", str(folder))
-    _native._load.cache_clear()
-    try:
-        return _native.kernels()
-    finally:
-        _native._load.cache_clear()
 
 
 def test_every_entry_point_the_loader_binds_is_a_required_symbol():
@@ -44,7 +36,7 @@ def test_every_entry_point_the_loader_binds_is_a_required_symbol():
 def test_cached_library_lacking_the_ssim_kernel_is_rebuilt(tmp_path, monkeypatch):
     """A cached library (its record matching) with every other kernel but not the SSIM one used to make kernels()
     raise AttributeError on every call; it is a broken library: deleted and rebuilt."""
-    nk = _reload(monkeypatch, tmp_path / "good")
+    nk = _load_from(monkeypatch, tmp_path / "good")
     assert nk is not None
     cache = tmp_path / "cache"
     shutil.copytree(tmp_path / "good", cache)
@@ -61,7 +53,7 @@ def test_cached_library_lacking_the_ssim_kernel_is_rebuilt(tmp_path, monkeypatch
     record = json.loads(record_path.read_text())
     record.update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
     record_path.write_text(json.dumps(record))
-    rebuilt = _reload(monkeypatch, cache)
+    rebuilt = _load_from(monkeypatch, cache)
     assert rebuilt is not None and rebuilt.path == lib
     assert hashlib.sha256(lib.read_bytes()).hexdigest() == json.loads(record_path.read_text())["sha256"]
     assert b"ssim_tasks" in lib.read_bytes()
@@ -72,7 +64,7 @@ def test_loading_under_another_default_device_builds_cpu_kernels(tmp_path, monke
     """The kernels' coefficient tensors and self-check are the CPU's whatever the default device: under
     ``torch.set_default_device("cuda")`` (here "meta", which every machine has) the first load used to raise (the
     self-check's CPU generator, a least-squares fit on the default device) or hand device memory to the C code."""
-    _reload(monkeypatch, tmp_path / "cache")  # built and cached once, as usual
+    _load_from(monkeypatch, tmp_path / "cache")  # built and cached once, as usual
     monkeypatch.setenv("PATCHMMD_CACHE_DIR", str(tmp_path / "cache"))
     _native._load.cache_clear()
     try:
@@ -119,7 +111,7 @@ def test_no_usable_temporary_folder_falls_back_to_pytorch(tmp_path, monkeypatch)
     with _native.disabled():
         ref = patchmmd.patch_mmd(x, x.flip(-1), estimator="rff")
     monkeypatch.setattr(tempfile, "mkdtemp", _no_temporary_folder)
-    assert _reload(monkeypatch, tmp_path / "empty") is None
+    assert _load_from(monkeypatch, tmp_path / "empty") is None
     monkeypatch.setenv("PATCHMMD_CACHE_DIR", str(tmp_path / "empty"))
     _native._load.cache_clear()
     try:
