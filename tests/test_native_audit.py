@@ -157,3 +157,19 @@ def test_no_home_folder_uses_the_temporary_cache_folder(tmp_path, monkeypatch):
         assert nk is not None and nk.path.parent == tmp_path / f"patchmmd-{os.getuid()}"
     finally:
         _native._load.cache_clear()
+
+
+@needs_native
+def test_kernels_built_but_not_cached_are_used_and_said(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A cache that cannot be written (a full disk) made every new process compile the kernels again (about 15 s)
+    with nothing said; the kernels are used and one warning says why the next process will compile again."""
+
+    def full(dfd: int, name: str, data: bytes, record: dict) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(_native, "_store", full)
+    with pytest.warns(RuntimeWarning, match="could not cache the compiled kernels .* every new process compiles them "
+                                            "again; the compiled kernels are in use") as caught:
+        assert _load_from(monkeypatch, tmp_path / "cache") is not None
+    assert len([w for w in caught if "patchmmd" in str(w.message)]) == 1
+    assert list((tmp_path / "cache").iterdir()) == []

@@ -904,13 +904,15 @@ def _load() -> NativeKernels | None:
             except (_Untrusted, _Broken) as e:
                 problems.append(f"the new build ({' '.join(arch) or 'no -march'}): {e}")
                 continue
+            said = list(refused)
             if not private:
                 try:
                     _store(dfd, name, data, _record(key, cc, arch, data))
-                except OSError as e:
-                    problems.append(f"could not cache it in {folder} ({e})")
-            if refused:
-                _warn(refused, "the compiled kernels are in use")
+                except OSError as e:  # said: each new process would compile again, silently slower to start
+                    said.append(f"could not cache the compiled kernels in {folder} ({e}); every new process "
+                                "compiles them again")
+            if said:
+                _warn(said, "the compiled kernels are in use")
             return nk
         if refused or problems:
             _warn([*refused, *problems], "using PyTorch")
