@@ -95,9 +95,12 @@ def ssim(x: torch.Tensor, y: torch.Tensor, *, win_size: int = 11, downsample: bo
          name: str = "ssim", out_of_range: OutOfRange = "raise") -> torch.Tensor:
     """SSIM per image (pytorch-msssim, Gaussian window of ``win_size`` px, σ 1.5; channels averaged): ``(N,)``.
 
-    ``downsample=True`` first average-pools both images by ``max(1, round(min(H, W) / 256))`` (the reference
-    code's scale step; what published LIVE numbers use). ``name`` is the caller's name in error messages;
-    ``out_of_range`` as in :func:`check_batch` (``"ignore"`` for the training loss).
+    ``downsample=True`` first average-pools both images by ``f = max(1, round(min(H, W) / 256))`` (the reference
+    code's scale step; what published LIVE numbers use). It is exactly ``ssim.m``'s step for ``f = 2`` and even
+    sides; ``ssim.m`` (an ``f × f`` box filter with symmetric borders, then every ``f``-th pixel) keeps one more
+    border row or column for odd sides, and its boxes are offset by one pixel for ``f ≥ 3``. ``name`` is the
+    caller's name in error messages; ``out_of_range`` as in :func:`check_batch` (``"ignore"`` for the training
+    loss).
     Computed and returned in float32 whatever the input dtype (pytorch-msssim's precision).
     """
     ms = _msssim_module()
