@@ -81,6 +81,7 @@ from patchmmd.data import sample_image, sample_names
 from patchmmd.data.distortions import gaussian_blur
 from patchmmd.evaluation import suite as S
 from patchmmd.metrics.trunks import IMAGENET_MEAN, IMAGENET_STD, vgg16_taps
+from patchmmd.metrics.weights import folder_options
 from patchmmd.tasks._common import deterministic
 from patchmmd.tasks.data import Split
 from patchmmd.tasks.superres import degrade
@@ -330,7 +331,7 @@ def make_loss(spec: str, weights: Path | None = None) -> Any:
     if name == "fresh-features":
         return _fresh_features(options)
     if name in S.WEIGHT_FILES and weights is not None:
-        options = {**S._deep_options(name, weights), **options}
+        options = {**folder_options(name, weights), **options}
     if name not in TERMS:
         return S._make_loss(name, options)
     weight = float(options.pop("weight"))
@@ -412,7 +413,7 @@ def main() -> None:
     names = [j for j in args.judges.split(",") if j]
     if not names or any(j not in S.WEIGHT_FILES for j in names):
         ap.error(f"--judges: choose among {', '.join(S.WEIGHT_FILES)}")
-    judges = {j: S._build(S.SuiteMetric(j, j, S._deep_options(j, args.weights), "baseline")) for j in names}
+    judges = {j: S._build(S.SuiteMetric(j, j, folder_options(j, args.weights), "baseline")) for j in names}
     split, lr_tiles = Split(train, tiles, cfg.sr_crop), degrade(tiles, 4)
     for spec in args.variants:
         t0, runs = time.perf_counter(), []

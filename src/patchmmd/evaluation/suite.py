@@ -219,10 +219,6 @@ def parse_candidate(spec: str) -> tuple[str, dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------------------------- building
-def _deep_options(name: str, weights: Path) -> dict[str, Any]:
-    return folder_options(name, weights, check=False)  # run_suite has checked the files
-
-
 def _build(m: SuiteMetric) -> SuiteMetric:
     from ..metrics.registry import get_spec
 
@@ -607,7 +603,7 @@ def run_suite(
     labels = {m.label for m in metrics}
     for b in baselines:
         if b not in labels:
-            metrics.append(SuiteMetric(b, b, _deep_options(b, wdir) if b in WEIGHT_FILES and wdir else {}, "baseline"))
+            metrics.append(SuiteMetric(b, b, folder_options(b, wdir) if b in WEIGHT_FILES and wdir else {}, "baseline"))
     for m in metrics:
         try:
             _build(m)

@@ -210,21 +210,21 @@ def folder_files(name: str) -> dict[str, str]:
     return dict(WEIGHT_FOLDER.get(name, {}))
 
 
-def folder_options(name: str, folder: str | os.PathLike[str], *, check: bool = True) -> dict[str, str]:
+def folder_options(name: str, folder: str | os.PathLike[str]) -> dict[str, str]:
     """The options (paths in ``folder``) of :func:`folder_files` for metric ``name``.
 
     Raises:
-        WeightsFileNotFoundError: with ``check``, a file of the layout is not in ``folder`` (the message names it,
-            the metric and the folder).
+        WeightsFileNotFoundError: a file of the layout is not in ``folder`` (the message names it, the metric and
+            the folder).
     """
     options = {}
     for option, file in folder_files(name).items():
         path = Path(folder) / file
-        if check and not path.is_file():
+        if not path.is_file():
+            layout = ", ".join(sorted({f for files in WEIGHT_FOLDER.values() for f in files.values()}))
             raise WeightsFileNotFoundError(
                 f"weights folder {os.fspath(folder)}: {file} not found (needed by {name}); lay the folder out as "
-                "shared/tools/published_weights.py writes it (alexnet.pth, vgg16.pth, lpips/alex.pth, lpips/vgg.pth, "
-                "dists.pt)"
+                f"shared/tools/published_weights.py writes it ({layout})"
             )
         options[option] = os.fspath(path)
     return options
