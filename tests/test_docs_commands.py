@@ -105,8 +105,9 @@ def _subcommand_names(argv: tuple[str, ...]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------- extraction
-def code_blocks(text: str) -> Iterator[tuple[int, list[str]]]:
-    """(first line number, lines) of each shell code block: fenced with a shell tag or none, or indented."""
+def code_blocks(text: str, tags: set[str] = SHELL_TAGS, indented: bool = True) -> Iterator[tuple[int, list[str]]]:
+    """(first line number, lines) of each code block fenced with one of ``tags`` (by default a shell tag or none)
+    and, with ``indented``, of each indented block."""
     lines = text.splitlines()
     i, previous_blank = 0, True
     while i < len(lines):
@@ -117,11 +118,11 @@ def code_blocks(text: str) -> Iterator[tuple[int, list[str]]]:
             j = i + 1
             while j < len(lines) and not re.match(rf" {{0,3}}{marker[0]}{{{len(marker)},}}\s*$", lines[j]):
                 j += 1
-            if tag in SHELL_TAGS:
+            if tag in tags:
                 yield i + 2, lines[i + 1 : j]  # (indentation does not matter to the shell)
             i, previous_blank = j + 1, False
             continue
-        if previous_blank and (line.startswith("    ") or line.startswith("\t")) and line.strip():
+        if indented and previous_blank and (line.startswith("    ") or line.startswith("\t")) and line.strip():
             j = i
             while j < len(lines) and (lines[j].startswith("    ") or lines[j].startswith("\t") or not lines[j].strip()):
                 j += 1

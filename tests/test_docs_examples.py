@@ -11,7 +11,6 @@ checked (the README's distance map averages to the distance). A new block withou
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -19,28 +18,16 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-ROOT = Path(__file__).resolve().parents[1]
-DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+from test_docs_commands import DOC_FILES, ROOT, code_blocks  # the docs' code-block reader
+
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
 def python_blocks() -> dict[str, str]:
-    """``{"FILE:LINE": code}`` for every fenced ```` ```python ```` block (LINE: the fence's line)."""
-    blocks = {}
-    for path in DOC_FILES:
-        lines = path.read_text(encoding="utf-8").splitlines()
-        i = 0
-        while i < len(lines):
-            if re.fullmatch(r"\s*```python\s*", lines[i]):
-                start = i
-                i += 1
-                body = []
-                while i < len(lines) and not re.fullmatch(r"\s*```\s*", lines[i]):
-                    body.append(lines[i])
-                    i += 1
-                blocks[f"{path.relative_to(ROOT)}:{start + 1}"] = "\n".join(body) + "\n"
-            i += 1
-    return blocks
+    """``{"FILE:LINE": code}`` for every fenced ```` ```python ```` block (LINE: its first line of code)."""
+    return {f"{path.relative_to(ROOT)}:{line}": "\n".join(block) + "\n"
+            for path in DOC_FILES
+            for line, block in code_blocks(path.read_text(encoding="utf-8"), tags={"python"}, indented=False)}
 
 
 BLOCKS = python_blocks()
