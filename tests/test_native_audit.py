@@ -65,15 +65,10 @@ def test_loading_under_another_default_device_builds_cpu_kernels(tmp_path, monke
     ``torch.set_default_device("cuda")`` (here "meta", which every machine has) the first load used to raise (the
     self-check's CPU generator, a least-squares fit on the default device) or hand device memory to the C code."""
     _load_from(monkeypatch, tmp_path / "cache")  # built and cached once, as usual
-    monkeypatch.setenv("PATCHMMD_CACHE_DIR", str(tmp_path / "cache"))
-    _native._load.cache_clear()
-    try:
-        with torch.device("meta"):
-            nk = _native.kernels()
-        assert nk is not None
-        assert nk.cos_coef.device.type == "cpu" and nk.sin_coef.device.type == "cpu"
-    finally:
-        _native._load.cache_clear()
+    with torch.device("meta"):
+        nk = _load_from(monkeypatch, tmp_path / "cache")
+    assert nk is not None
+    assert nk.cos_coef.device.type == "cpu" and nk.sin_coef.device.type == "cpu"
 
 
 @needs_native
