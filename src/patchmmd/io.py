@@ -37,6 +37,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from .core.validation import check_positive_int
+
 ImageMode = Literal["RGB", "L", "keep"]
 IMAGE_MODES = ("RGB", "L", "keep")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
@@ -82,9 +84,7 @@ def check_max_pixels(max_pixels: int | None) -> int | None:
     """
     if max_pixels is None:
         return None
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1:
-        raise ValueError(f"max_pixels must be a positive integer or None (no limit), got {max_pixels!r}")
-    return int(max_pixels)
+    return check_positive_int("max_pixels", max_pixels)
 
 
 def load_image(

@@ -91,8 +91,8 @@ def local_distance(
         >>> round(d, 6) == round(9 * (1 - float(torch.exp(torch.tensor(-12 / (2 * 0.81))))), 6)
         True
     """
-    check_patch_size(patch_size)
-    check_sigma("sigma", sigma)
+    patch_size = check_patch_size(patch_size)
+    sigma = check_sigma("sigma", sigma)
     reduction = check_reduction(reduction)
     xs, ys, dtype = _prepared(x, y, value_range, out_of_range, patch_size)
     values = local_map(xs, ys, patch_size=patch_size, sigma=sigma).mean(dim=(1, 2, 3))

@@ -18,7 +18,7 @@ and the distance is the mean over windows. Two estimators compute it:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -134,19 +134,26 @@ def check_sigmas(name: str, value: object) -> float | tuple[float, ...]:
 def check_mmd_options(
     *, patch_size: object, sigma: object, window: object, stride: object, estimator: object,
     num_features: object, features: object, seed: object, center: object = True,
-) -> None:
-    """Validate the options shared by every windowed-MMD entry point (raises ``ValueError``).
+) -> dict[str, Any]:
+    """Validate the options shared by every windowed-MMD entry point and return them as plain Python values
+    (``int``, ``float``, a tuple of widths, ``bool``), keyed by name (raises ``ValueError``).
 
     Besides each option's type and range: ``patch_size=1`` with ``center=True`` is refused, since
     centring a 1x1 patch leaves zero, so every distance would be exactly 0; and with ``estimator="rff"``, more
     kernel widths than the features have distinct frequencies (:func:`.features.distinct_draws`), since a width
     would get no feature and drop out of the kernel.
+
+    Example:
+        >>> import numpy as np
+        >>> opts = check_mmd_options(patch_size=np.int64(3), sigma=[0.03, 0.06], window=None, stride=16,
+        ...                          estimator="rff", num_features=128, features="stratified", seed=0)
+        >>> opts["patch_size"], type(opts["patch_size"]).__name__, opts["sigma"]
+        (3, 'int', (0.03, 0.06))
     """
-    check_patch_size(patch_size)
+    k = check_patch_size(patch_size)
     sigmas = check_sigmas("sigma", sigma)
-    if window is not None:
-        check_positive_int("window", window)
-    check_positive_int("stride", stride)
+    win = None if window is None else check_positive_int("window", window)
+    step = check_positive_int("stride", stride)
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
     r = check_positive_int("num_features", num_features)
@@ -159,13 +166,14 @@ def check_mmd_options(
             f"{len(sigmas)} kernel widths sigma={sigmas}: a width would get no feature; use num_features >= "
             f"{2 * len(sigmas) - 1 if features == 'stratified' else len(sigmas)}"
         )
-    check_seed(seed)
-    check_bool("center", center)
-    if center and patch_size == 1:
+    centred = check_bool("center", center)
+    if centred and k == 1:
         raise ValueError(
             "patch_size=1 with center=True compares nothing: centring a 1x1 patch (removing its channel means) "
             "leaves zero, so the distance would be 0 for every pair; use patch_size >= 3 or center=False"
         )
+    return dict(patch_size=k, sigma=sigmas, window=win, stride=step, center=centred, estimator=estimator,
+                num_features=r, features=features, seed=check_seed(seed))
 
 
 @full_precision
@@ -217,14 +225,12 @@ def patch_mmd(
         >>> float(patch_mmd(x, x).max())
         0.0
     """
-    check_mmd_options(
+    opts = check_mmd_options(
         patch_size=patch_size, sigma=sigma, window=window, stride=stride, estimator=estimator,
         num_features=num_features, features=features, seed=seed, center=center,
     )
     reduction = check_reduction(reduction)
-    xs, ys, out_dtype = prepare_pair(x, y, value_range=value_range, out_of_range=out_of_range, min_size=patch_size)
-    values, _ = windowed_mmd2(
-        xs, ys, patch_size=patch_size, sigma=check_sigmas("sigma", sigma), window=window, stride=stride, center=center,
-        estimator=estimator, num_features=num_features, seed=seed, features=features,
-    )
+    xs, ys, out_dtype = prepare_pair(x, y, value_range=value_range, out_of_range=out_of_range,
+                                     min_size=opts["patch_size"])
+    values, _ = windowed_mmd2(xs, ys, **opts)
     return reduce(values.mean(dim=(1, 2)).to(out_dtype), reduction)

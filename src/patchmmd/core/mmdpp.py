@@ -52,7 +52,7 @@ import torch
 
 from .aligned import aligned_map, tolerant_aligned
 from .features import FeatureKind
-from .mmd import Estimator, check_mmd_options, check_sigmas, windowed_mmd2
+from .mmd import Estimator, check_mmd_options, windowed_mmd2
 from .rff import target_window_means
 from .scale import MAX_SCALES, Level, downsample, pyramid_levels, upsample_map
 from .ssim import SSIM_WINDOW, dissimilarity_map, spread_map, target_moments
@@ -90,9 +90,7 @@ def _check_ssim_weights(value: object) -> float | tuple[float, ...]:
     weights: tuple[Any, ...] = tuple(value) if per_octave else (value,)  # type: ignore[arg-type]
     if not 1 <= len(weights) <= MAX_SSIM_OCTAVES:
         raise ValueError(f"weight_ssim must have 1 to {MAX_SSIM_OCTAVES} entries (one per octave), got {value!r}")
-    for w in weights:
-        check_nonnegative_float("weight_ssim", w)
-    floats = tuple(float(w) for w in weights)
+    floats = tuple(check_nonnegative_float("weight_ssim", w) for w in weights)
     return floats if per_octave else floats[0]
 
 
@@ -128,31 +126,35 @@ class MMDPPConfig:
     contrast_floor: float | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.sigma, list | tuple):
-            object.__setattr__(self, "sigma", check_sigmas("sigma", self.sigma))
-        check_mmd_options(
+        # Every option is checked and stored as a plain Python value (NumPy scalars become int / float / bool),
+        # so that a configuration prints, compares and goes into JSON records as written.
+        def put(name: str, value: object) -> None:
+            object.__setattr__(self, name, value)
+
+        for name, value in check_mmd_options(
             patch_size=self.patch_size, sigma=self.sigma, window=self.window, stride=self.stride,
             estimator=self.estimator, num_features=self.num_features, features=self.features, seed=self.seed,
             center=self.center,
-        )
-        check_patch_size(self.local_patch_size)
-        check_sigma("local_sigma", self.local_sigma)
-        object.__setattr__(self, "weight_ssim", _check_ssim_weights(self.weight_ssim))
+        ).items():
+            put(name, value)
+        put("local_patch_size", check_patch_size(self.local_patch_size))
+        put("local_sigma", check_sigma("local_sigma", self.local_sigma))
+        put("weight_ssim", _check_ssim_weights(self.weight_ssim))
         for name in SCALAR_WEIGHTS:
-            check_nonnegative_float(name, getattr(self, name))
+            put(name, check_nonnegative_float(name, getattr(self, name)))
         if all(getattr(self, name) == 0 for name in SCALAR_WEIGHTS) and not self.ssim_weights:
             raise ValueError(f"{', '.join(SCALAR_WEIGHTS)}, weight_ssim are all 0: at least one must be > 0")
         need = self.min_level_size
         if self.base_size is not None:
-            check_positive_int("base_size", self.base_size, minimum=need)
-        check_positive_int("num_scales", self.num_scales, maximum=MAX_SCALES)
-        check_positive_int("min_size", self.min_size, minimum=need)
-        check_bool("mmd_native", self.mmd_native)
-        check_bool("subpixel", self.subpixel)
-        check_positive_int("shift_radius", self.shift_radius, minimum=0, maximum=MAX_SHIFT_RADIUS)
-        check_positive_int("tolerance_window", self.tolerance_window)
+            put("base_size", check_positive_int("base_size", self.base_size, minimum=need))
+        put("num_scales", check_positive_int("num_scales", self.num_scales, maximum=MAX_SCALES))
+        put("min_size", check_positive_int("min_size", self.min_size, minimum=need))
+        put("mmd_native", check_bool("mmd_native", self.mmd_native))
+        put("subpixel", check_bool("subpixel", self.subpixel))
+        put("shift_radius", check_positive_int("shift_radius", self.shift_radius, minimum=0, maximum=MAX_SHIFT_RADIUS))
+        put("tolerance_window", check_positive_int("tolerance_window", self.tolerance_window))
         if self.contrast_floor is not None:
-            object.__setattr__(self, "contrast_floor", check_float_in(
+            put("contrast_floor", check_float_in(
                 "contrast_floor", self.contrast_floor, *CONTRAST_FLOOR_RANGE,
                 why="below, flat regions' noise is blown up to full contrast; above, every patch counts as flat",
             ))
@@ -168,9 +170,7 @@ class MMDPPConfig:
                 raise ValueError(
                     f"scale_weights must be a sequence of numbers >= 0, got {self.scale_weights!r}"
                 ) from None
-            for w in weights:
-                check_nonnegative_float("scale_weights", w)
-            object.__setattr__(self, "scale_weights", tuple(float(w) for w in weights))
+            put("scale_weights", tuple(check_nonnegative_float("scale_weights", w) for w in weights))
             if len(weights) != self.num_scales:
                 raise ValueError(f"scale_weights must have num_scales={self.num_scales} entries, got {len(weights)}")
             if sum(weights) <= 0:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .features import FeatureKind
-from .mmd import Estimator, check_mmd_options, check_sigmas, patch_mmd
+from .mmd import Estimator, check_mmd_options, patch_mmd
 from .mmdpp import MMDPPConfig, MMDPPTarget, distance_map, get_config, mmdpp, precompute_target
 from .rff import DEFAULT_NUM_FEATURES
 from .validation import OutOfRange, Reduction, check_out_of_range, check_reduction, check_value_range
@@ -114,13 +114,11 @@ class PatchMMD(nn.Module):
         reduction: Reduction = "mean",
     ) -> None:
         super().__init__()
-        check_mmd_options(
-            patch_size=patch_size, sigma=sigma, window=window, stride=stride, estimator=estimator,
-            num_features=num_features, features=features, seed=seed, center=center,
-        )
         self.options: dict[str, Any] = dict(
-            patch_size=patch_size, sigma=check_sigmas("sigma", sigma), window=window, stride=stride, center=center,
-            estimator=estimator, num_features=num_features, features=features, seed=seed,
+            **check_mmd_options(
+                patch_size=patch_size, sigma=sigma, window=window, stride=stride, estimator=estimator,
+                num_features=num_features, features=features, seed=seed, center=center,
+            ),
             value_range=check_value_range(value_range), out_of_range=check_out_of_range(out_of_range),
             reduction=check_reduction(reduction),
         )

@@ -56,8 +56,7 @@ def working_factor(height: int, width: int, base_size: int | None) -> int:
     """
     if base_size is None:
         return 1
-    check_positive_int("base_size", base_size)
-    return max(1, round(min(height, width) / base_size))
+    return max(1, round(min(height, width) / check_positive_int("base_size", base_size)))
 
 
 def pyramid_levels(
@@ -80,8 +79,8 @@ def pyramid_levels(
         [(1, 1.0)]
     """
     f = working_factor(height, width, base_size)
-    check_positive_int("num_scales", num_scales, maximum=MAX_SCALES)
-    check_positive_int("min_size", min_size)
+    num_scales = check_positive_int("num_scales", num_scales, maximum=MAX_SCALES)
+    min_size = check_positive_int("min_size", min_size)
     weights = list(scale_weights) if scale_weights is not None else [1.0] * num_scales
     if len(weights) != num_scales:
         raise ValueError(f"scale_weights must have num_scales={num_scales} entries, got {len(weights)}")

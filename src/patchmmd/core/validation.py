@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, ParamSpec, TypeVar, cast
 
+import numpy as np
 import torch
 
 _P = ParamSpec("_P")
@@ -184,23 +186,50 @@ def check_reduction(reduction: object) -> Reduction:
     return cast(Reduction, reduction)  # one of the literals, checked above
 
 
+def _integer(value: object) -> int | None:
+    """``value`` as a Python ``int`` if it is an integer: ``int`` or any registered integral type (NumPy's
+    ``int64`` and friends, as a sweep over ``numpy.arange`` gives them); ``bool`` is not an integer here.
+    ``None`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        return None
+    return int(value)
+
+
+def _real(value: object) -> float | None:
+    """``value`` as a finite Python ``float`` if it is a real number (``int``, ``float``, NumPy scalars such as
+    ``float32``); ``bool``, non-finite numbers and everything else give ``None``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
 def check_positive_int(name: str, value: object, *, minimum: int = 1, maximum: int | None = None) -> int:
-    """``value`` as an ``int`` in ``[minimum, maximum]`` (``bool`` is not an integer here)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    """``value`` as an ``int`` in ``[minimum, maximum]`` (``bool`` is not an integer here; NumPy integers
+    are, and come back as ``int``).
+
+    Example:
+        >>> import numpy as np
+        >>> check_positive_int("window", np.int64(16))
+        16
+    """
+    number = _integer(value)
+    if number is None or number < minimum:
         raise ValueError(
             f"{name} must be an integer >= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
             + f", got {value!r}"
         )
-    if maximum is not None and value > maximum:
+    if maximum is not None and number > maximum:
         raise ValueError(f"{name} must be an integer between {minimum} and {maximum}, got {value!r}")
-    return value
+    return number
 
 
 def check_bool(name: str, value: object) -> bool:
-    """``value`` if it is a ``bool`` (``True`` / ``False``); strings, ``None`` and numbers are refused."""
-    if not isinstance(value, bool):
+    """``value`` as a ``bool`` if it is one (``True`` / ``False``, or NumPy's ``bool_``); strings, ``None`` and
+    numbers are refused."""
+    if not isinstance(value, bool | np.bool_):
         raise ValueError(f"{name} must be True or False, got {value!r}")
-    return value
+    return bool(value)
 
 
 #: Seeds are integers in ``[0, SEED_LIMIT)``: what :meth:`torch.Generator.manual_seed` takes without
@@ -210,19 +239,19 @@ SEED_LIMIT = 2**63
 
 def check_seed(value: object, name: str = "seed") -> int:
     """``value`` as a seed: an integer with ``0 <= seed < 2**63`` (:data:`SEED_LIMIT`)."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_LIMIT:
+    number = _integer(value)
+    if number is None or not 0 <= number < SEED_LIMIT:
         raise ValueError(f"{name} must be an integer with 0 <= {name} < 2**63, got {value!r}")
-    return value
+    return number
 
 
 def check_float_in(name: str, value: object, lo: float, hi: float, why: str = "") -> float:
     """``value`` as a finite float in ``[lo, hi]``; ``why`` is added to the message."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not (
-        lo <= value <= hi
-    ):
+    number = _real(value)
+    if number is None or not lo <= number <= hi:
         raise ValueError(f"{name} must be a finite number between {lo:g} and {hi:g}, got {value!r}"
                          + (f" ({why})" if why else ""))
-    return float(value)
+    return number
 
 
 #: Allowed kernel widths ``sigma`` (per pixel, [-1, 1] scale). Outside, the Gaussian kernel is numerically
@@ -237,15 +266,19 @@ def check_sigma(name: str, value: object) -> float:
 
 
 def check_positive_float(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    """``value`` as a finite ``float > 0`` (NumPy scalars included)."""
+    number = _real(value)
+    if number is None or number <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
+    return number
 
 
 def check_nonnegative_float(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+    """``value`` as a finite ``float >= 0`` (NumPy scalars included)."""
+    number = _real(value)
+    if number is None or number < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
+    return number
 
 
 def check_patch_size(patch_size: object) -> int:

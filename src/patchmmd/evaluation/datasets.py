@@ -46,6 +46,7 @@ from typing import ClassVar, NamedTuple
 import numpy as np
 import torch
 
+from ..core.validation import check_positive_int
 from ..io import IMAGE_SUFFIXES, ImageMode, load_image
 
 __all__ = [
@@ -174,9 +175,8 @@ def _resize(t: torch.Tensor, load_size: int | None) -> torch.Tensor:
 
 
 def _check_load_size(load_size: int | None) -> int | None:
-    if load_size is not None and (not isinstance(load_size, int) or isinstance(load_size, bool) or load_size < 1):
-        raise ValueError(f"load_size must be a positive integer or None (keep the files' size), got {load_size!r}")
-    return load_size
+    """``load_size`` as an ``int >= 1``, or ``None`` (keep the files' size)."""
+    return None if load_size is None else check_positive_int("load_size", load_size)
 
 
 def _subset_dirs(root: str | os.PathLike[str], kind: str, split: str, subsets: Sequence[str] | None,

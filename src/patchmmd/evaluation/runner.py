@@ -52,6 +52,7 @@ from typing import Any, Literal
 
 import torch
 
+from ..core.validation import check_positive_int
 from .datasets import _BAPPS, BAPPS2AFC, BAPPSJND, DatasetError, MOSDataset, _load_fraction
 
 __all__ = [
@@ -209,9 +210,8 @@ def _kind(dataset: Any) -> Kind:
 
 
 def _check_limit(limit: int | None) -> int | None:
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
-        raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
-    return limit
+    """``limit`` as an ``int >= 1``, or ``None`` (every item)."""
+    return None if limit is None else check_positive_int("limit", limit)
 
 
 def select_items(dataset: Dataset, limit: int | None = None) -> list[int]:
@@ -460,8 +460,7 @@ def run(
 
     kind = _kind(dataset)
     specs = _metrics(metrics)
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = check_positive_int("batch_size", batch_size)
     dev = resolve_device(device) if isinstance(device, str) else device
     indices = select_items(dataset, limit)
     n = len(indices)

@@ -121,7 +121,7 @@ class SuiteConfig:
     task_seeds: int = 1  # SR and autoencoder: train with seeds seed, seed + 1, ...; report the mean and each run
 
     def __post_init__(self) -> None:
-        check_positive_int("task_seeds", self.task_seeds)
+        object.__setattr__(self, "task_seeds", check_positive_int("task_seeds", self.task_seeds))
 
     @property
     def training_seeds(self) -> tuple[int, ...]:

@@ -56,7 +56,8 @@ def psnr(x: torch.Tensor, y: torch.Tensor, *, data_range: float = 1.0, max_db: f
         100.0
     """
     x, y = check_batch(x, y, data_range=data_range)
-    check_positive_float("max_db", max_db)
+    data_range = check_positive_float("data_range", data_range)
+    max_db = check_positive_float("max_db", max_db)
     mse = (x.double() - y.double()).pow(2).flatten(1).mean(1)
     floor = data_range**2 * 10.0 ** (-max_db / 10.0)
     return (10.0 * torch.log10(data_range**2 / mse.clamp_min(floor))).to(x.dtype)
@@ -127,10 +128,10 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, *, win_size: int = 11) -> torch.Te
 @register("psnr", "peak signal-to-noise ratio in dB on [0, 1] (capped at 100 dB)", higher_is_better=True,
           group="baselines", differentiable=True)
 def _psnr(*, max_db: float = MAX_PSNR) -> Metric:
-    check_positive_float("max_db", max_db)
+    max_db = check_positive_float("max_db", max_db)
 
     def metric(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return psnr(x, y, max_db=float(max_db))
+        return psnr(x, y, max_db=max_db)
 
     return metric
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..core.validation import check_positive_int
 from ..io import IMAGE_SUFFIXES
 
 
@@ -141,10 +142,8 @@ def shard(tasks: Sequence[PairTask], rank: int, world_size: int) -> list[PairTas
         >>> [t.index for t in shard([PairTask(i, str(i), "", "", Path(), Path()) for i in range(7)], 2, 3)]
         [2, 5]
     """
-    if not isinstance(world_size, int) or world_size < 1:
-        raise ValueError(f"world_size must be a positive integer, got {world_size!r}")
-    if not isinstance(rank, int) or not 0 <= rank < world_size:
-        raise ValueError(f"rank must be an integer in [0, world_size={world_size}), got {rank!r}")
+    world_size = check_positive_int("world_size", world_size)
+    rank = check_positive_int("rank", rank, minimum=0, maximum=world_size - 1)
     return list(tasks[rank::world_size])
 
 

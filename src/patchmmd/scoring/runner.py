@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from ..core.validation import check_positive_int
 from ..io import DEFAULT_MAX_PIXELS, ImageMode, ImageReadError, check_max_pixels, load_image
 from ..runtime import resolve_device, shape_text
 from . import distributed
@@ -197,10 +198,8 @@ def run_tasks(
     """
     from ..metrics.registry import get_metric
 
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if isinstance(batch_pixels, bool) or not isinstance(batch_pixels, int) or batch_pixels < 1:
-        raise ValueError(f"batch_pixels must be a positive integer, got {batch_pixels!r}")
+    batch_size = check_positive_int("batch_size", batch_size)
+    batch_pixels = check_positive_int("batch_pixels", batch_pixels)
     max_pixels = check_max_pixels(max_pixels)
     fn = get_metric(metric, **(options or {}))
     dev = resolve_device(device) if isinstance(device, str) else device

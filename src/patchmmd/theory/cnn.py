@@ -45,6 +45,7 @@ from ..core.validation import (
     Reduction,
     check_bool,
     check_nonnegative_float,
+    check_out_of_range,
     check_pair,
     check_patch_size,
     check_positive_float,
@@ -127,16 +128,16 @@ def random_cnn_weights(
         >>> torch.equal(random_cnn_weights(3, 8, 2, seed=0)[1][0], layers[1][0])
         True
     """
-    check_positive_int("in_channels", in_channels)
-    check_positive_int("width", width)
-    check_positive_int("depth", depth)
-    check_patch_size(kernel_size)
-    check_positive_float("sigma_w2", sigma_w2)
-    check_nonnegative_float("sigma_b2", sigma_b2)
+    in_channels = check_positive_int("in_channels", in_channels)
+    width = check_positive_int("width", width)
+    depth = check_positive_int("depth", depth)
+    kernel_size = check_patch_size(kernel_size)
+    sigma_w2 = check_positive_float("sigma_w2", sigma_w2)
+    sigma_b2 = check_nonnegative_float("sigma_b2", sigma_b2)
     if first_layer not in FIRST_LAYERS:
         raise ValueError(f"first_layer must be one of {FIRST_LAYERS}, got {first_layer!r}")
     check_first_layer_size(first_layer, kernel_size)
-    check_seed(seed)
+    seed = check_seed(seed)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     layers: list[Layer] = []
     fan_in = in_channels * kernel_size * kernel_size
@@ -271,20 +272,21 @@ class RandomCNNDistance(_LayerBuffers):
         reduction: Reduction = "mean",
     ) -> None:
         super().__init__()
-        self.width, self.depth, self.kernel_size, self.seed = width, depth, kernel_size, seed
-        self.first_layer: FirstLayer = first_layer
-        self.sigma_w2, self.sigma_b2 = float(sigma_w2), float(sigma_b2)
-        self.in_channels = in_channels
-        self.pooling = check_pooling(pooling)
-        self.value_range = check_value_range(value_range)
-        self.out_of_range: OutOfRange = out_of_range
-        self.reduction = check_reduction(reduction)
         self._register_layers(
             random_cnn_weights(
                 in_channels, width, depth, kernel_size=kernel_size, first_layer=first_layer,
                 sigma_w2=sigma_w2, sigma_b2=sigma_b2, seed=seed,
             )
-        )
+        )  # checks these options
+        self.width, self.depth = check_positive_int("width", width), check_positive_int("depth", depth)
+        self.kernel_size, self.seed = check_patch_size(kernel_size), check_seed(seed)
+        self.first_layer: FirstLayer = first_layer
+        self.sigma_w2, self.sigma_b2 = check_positive_float("sigma_w2", sigma_w2), float(sigma_b2)
+        self.in_channels = check_positive_int("in_channels", in_channels)
+        self.pooling = check_pooling(pooling)
+        self.value_range = check_value_range(value_range)
+        self.out_of_range: OutOfRange = check_out_of_range(out_of_range)
+        self.reduction = check_reduction(reduction)
 
     def _prepare(self, x: object, y: object) -> tuple[torch.Tensor, torch.Tensor, torch.dtype]:
         xs, ys, dtype = prepare_pair(x, y, value_range=self.value_range, out_of_range=self.out_of_range,
@@ -338,7 +340,7 @@ def vgg16_random_weights(*, seed: int = 0, first_layer: VGGFirstLayer = "he") ->
     """
     if first_layer not in ("he", "zero_mean"):
         raise ValueError(f"first_layer must be 'he' or 'zero_mean', got {first_layer!r}")
-    check_seed(seed)
+    seed = check_seed(seed)
     return [(w.clone(), None if b is None else b.clone()) for w, b in _vgg16_random_weights(seed, first_layer)]
 
 
@@ -421,8 +423,10 @@ class VGGDistance(_LayerBuffers):
         reduction: Reduction = "mean",
     ) -> None:
         super().__init__()
-        check_bool("normalize", normalize)
+        normalize = check_bool("normalize", normalize)
+        out_of_range = check_out_of_range(out_of_range)
         if weights is None:
+            seed = check_seed(seed)
             layers = vgg16_random_weights(seed=seed, first_layer=first_layer)
             self.source = f"random (seed={seed}, first_layer={first_layer!r})"
         else:
@@ -431,7 +435,7 @@ class VGGDistance(_LayerBuffers):
             layers = load_vgg16_weights(weights)
             self.source = f"pretrained ({os.fspath(weights)})"
         self._register_layers(layers)
-        self.normalize = check_bool("normalize", normalize)
+        self.normalize = normalize
         self.value_range = check_value_range(value_range)
         self.out_of_range: OutOfRange = out_of_range
         self.reduction = check_reduction(reduction)

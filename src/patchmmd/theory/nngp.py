@@ -46,6 +46,7 @@ from ..core.validation import (
     OutOfRange,
     Reduction,
     check_nonnegative_float,
+    check_out_of_range,
     check_patch_size,
     check_positive_float,
     check_positive_int,
@@ -144,12 +145,14 @@ def _safe_sqrt(v: torch.Tensor) -> torch.Tensor:
     return torch.where(pos, torch.sqrt(torch.where(pos, v, torch.ones_like(v))), torch.zeros_like(v))
 
 
-def _check_kernel_options(depth: object, sigma_w2: object, sigma_b2: object, first_layer: object) -> None:
-    check_positive_int("depth", depth)
-    check_positive_float("sigma_w2", sigma_w2)
-    check_nonnegative_float("sigma_b2", sigma_b2)
+def _check_kernel_options(
+    depth: object, sigma_w2: object, sigma_b2: object, first_layer: object
+) -> tuple[int, float, float]:
+    """``(depth, sigma_w2, sigma_b2)`` checked, as ``int, float, float``; ``first_layer`` checked."""
     if first_layer not in FIRST_LAYERS:
         raise ValueError(f"first_layer must be one of {FIRST_LAYERS}, got {first_layer!r}")
+    return (check_positive_int("depth", depth), check_positive_float("sigma_w2", sigma_w2),
+            check_nonnegative_float("sigma_b2", sigma_b2))
 
 
 def check_first_layer_size(first_layer: object, kernel_size: int) -> None:
@@ -233,7 +236,7 @@ def first_layer_transform(p: torch.Tensor, first_layer: FirstLayer, channels: in
         if channels is None:
             raise ValueError("first_layer='zero_mean' needs channels= (the colour channels of the patch vectors)")
         d = p.shape[-1]
-        check_positive_int("channels", channels)
+        channels = check_positive_int("channels", channels)
         if d % channels:
             raise ValueError(f"patch dimension {d} is not a multiple of channels={channels}")
         v = p.reshape(*p.shape[:-1], channels, d // channels)
@@ -340,16 +343,11 @@ class NNGPKernel:
         first_layer: FirstLayer = "he",
         channels: int | None = None,
     ) -> None:
-        _check_kernel_options(depth, sigma_w2, sigma_b2, first_layer)
+        self.depth, self.sigma_w2, self.sigma_b2 = _check_kernel_options(depth, sigma_w2, sigma_b2, first_layer)
         if first_layer == "zero_mean" and channels is None:
             raise ValueError("first_layer='zero_mean' needs channels= (the colour channels of the patch vectors)")
-        if channels is not None:
-            check_positive_int("channels", channels)
-        self.depth = depth
-        self.sigma_w2 = float(sigma_w2)
-        self.sigma_b2 = float(sigma_b2)
         self.first_layer: FirstLayer = first_layer
-        self.channels = channels
+        self.channels = None if channels is None else check_positive_int("channels", channels)
 
     def matrix(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return _nngp_matrix(
@@ -378,9 +376,7 @@ def check_pooling(pooling: object) -> Pooling:
     if pooling is None or pooling == "global":
         return pooling
     if isinstance(pooling, (tuple, list)) and len(pooling) == 2:
-        check_positive_int("pooling window", pooling[0])
-        check_positive_int("pooling stride", pooling[1])
-        return (int(pooling[0]), int(pooling[1]))
+        return (check_positive_int("pooling window", pooling[0]), check_positive_int("pooling stride", pooling[1]))
     raise ValueError(f"pooling must be a (window, stride) pair, 'global' or None, got {pooling!r}")
 
 
@@ -428,8 +424,8 @@ def infinite_cnn_distance(
         >>> bool(d > 0), float(infinite_cnn_distance(x, x, pooling=None))
         (True, 0.0)
     """
-    _check_kernel_options(depth, sigma_w2, sigma_b2, first_layer)
-    check_patch_size(kernel_size)
+    depth, sigma_w2, sigma_b2 = _check_kernel_options(depth, sigma_w2, sigma_b2, first_layer)
+    kernel_size = check_patch_size(kernel_size)
     check_first_layer_size(first_layer, kernel_size)
     pooling = check_pooling(pooling)
     reduction = check_reduction(reduction)
@@ -474,13 +470,13 @@ class InfiniteCNNDistance(nn.Module):
         reduction: Reduction = "mean",
     ) -> None:
         super().__init__()
-        _check_kernel_options(depth, sigma_w2, sigma_b2, first_layer)
-        check_patch_size(kernel_size)
+        depth, sigma_w2, sigma_b2 = _check_kernel_options(depth, sigma_w2, sigma_b2, first_layer)
+        kernel_size = check_patch_size(kernel_size)
         check_first_layer_size(first_layer, kernel_size)
         self.options: dict[str, Any] = dict(
             depth=depth, kernel_size=kernel_size, pooling=check_pooling(pooling), first_layer=first_layer,
-            sigma_w2=float(sigma_w2), sigma_b2=float(sigma_b2), value_range=check_value_range(value_range),
-            out_of_range=out_of_range, reduction=check_reduction(reduction),
+            sigma_w2=sigma_w2, sigma_b2=sigma_b2, value_range=check_value_range(value_range),
+            out_of_range=check_out_of_range(out_of_range), reduction=check_reduction(reduction),
         )
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
