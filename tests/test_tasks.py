@@ -203,8 +203,11 @@ def test_evaluator_deep_distances_need_a_weights_folder(tmp_path) -> None:
     assert folder_files("lpips-alex") == {"backbone": "alexnet.pth", "weights": "lpips/alex.pth"}
     assert folder_files("dists") == {"backbone": "vgg16.pth", "weights": "dists.pt"}
     assert folder_files("mmdpp") == {}
-    with pytest.raises(WeightsError, match="'lpips-vgg' needs weight files: give weights_dir"):
+    with pytest.raises(WeightsError, match=r"lpips-vgg needs the published weights: .*"
+                                           r"\(here: lpips/vgg.pth, vgg16.pth;.*given as weights_dir"):
         Evaluator(["mmdpp", "lpips-vgg"])
+    with pytest.raises(WeightsError, match=r"^lpips-alex, dists need the published weights"):  # all of them at once
+        Evaluator(["lpips-alex", "mmdpp", "dists"])
     with pytest.raises(WeightsFileNotFoundError, match=r"vgg16.pth not found \(needed by dists\)"):
         Evaluator(["dists"], weights_dir=tmp_path)
     assert set(Evaluator(["mmdpp"], weights_dir=tmp_path).distances) == {"mmdpp"}  # a folder no distance reads

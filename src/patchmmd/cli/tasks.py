@@ -243,25 +243,19 @@ def _evaluator(names: str, weights: str | None, probe: Any) -> Any:
     image of the evaluated size, against itself) before the run: an unknown name, a missing weight file (or
     folder, for ``lpips-alex``, ``lpips-vgg``, ``dists``) or a distance that cannot take images of that size is a
     usage error before training, not after it."""
-    from ..metrics.weights import folder_files
+    from ..tasks.losses import MissingWeightsError
     from ..tasks.report import Evaluator
 
     distances = [n.strip() for n in names.split(",") if n.strip()]
     folder = _weights_folder(weights)
     vgg_file = weights if folder is None else None
-    unserved = [n for n in distances if folder_files(n) and not (n == "vgg" and vgg_file is not None)]
-    if unserved and folder is None:
-        files = sorted({f for n in unserved for f in folder_files(n).values()})
-        raise click.BadParameter(
-            f"{', '.join(unserved)} need{'s' if len(unserved) == 1 else ''} the published weights: pass --weights DIR, "
-            f"a folder laid out as `patchmmd eval suite --weights` takes it (here: {', '.join(files)}; "
-            "shared/tools/published_weights.py writes it); "
-            + ("no folder given" if weights is None else f"{weights} is not a folder")
-            + ", so this run is skipped (nothing written; patchmmd downloads nothing).",
-            param_hint="--eval-distances")
     try:
         evaluate = Evaluator(distances, vgg_weights=vgg_file, weights_dir=folder)
         evaluate(probe, probe)
+    except MissingWeightsError as e:
+        given = "no folder given" if weights is None else f"{weights} is not a folder"
+        raise click.BadParameter(f"{e}; {given}, so this run is skipped (nothing written; patchmmd downloads "
+                                 "nothing)", param_hint="--eval-distances") from None
     except (TypeError, ValueError) as e:
         raise click.BadParameter(str(e), param_hint="--eval-distances") from None
     return evaluate

@@ -71,7 +71,8 @@ LOSSES_NEEDING_WEIGHTS: tuple[str, ...] = tuple(s.name for s in _registry_losses
 
 
 class MissingWeightsError(WeightsError):
-    """The ``vgg`` loss was asked for without a local weights file (or the file does not exist)."""
+    """Weights were needed but not given: the ``vgg`` loss without a local weights file (or the file does not
+    exist), or an :class:`~patchmmd.tasks.report.Evaluator` of deep distances without ``weights_dir``."""
 
 
 def _ssim_loss(win_size: int = 11) -> Loss:

@@ -78,7 +78,8 @@ class Evaluator:
     the deep distances among ``distances``; ``vgg_weights``: a VGG16 state dict, which adds ``vgg`` to the distances.
 
     Raises:
-        WeightsError: a deep distance without its weights (no ``weights_dir``, or a file missing from it).
+        MissingWeightsError: deep distances without ``weights_dir`` (all of them named).
+        WeightsError: a file missing from ``weights_dir`` or not of the expected layout.
     """
 
     def __init__(
@@ -86,11 +87,21 @@ class Evaluator:
         weights_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         from ..metrics.registry import get_metric
-        from ..metrics.weights import WeightsError, folder_files, folder_options
+        from ..metrics.weights import folder_files, folder_options
+        from .losses import MissingWeightsError
 
         names = list(distances)
         if vgg_weights is not None and "vgg" not in names:
             names.append("vgg")
+        unserved = [n for n in names if weights_dir is None and folder_files(n)
+                    and not (n == "vgg" and vgg_weights is not None)]
+        if unserved:  # all of them in one message, before anything is built
+            files = sorted({f for n in unserved for f in folder_files(n).values()})
+            raise MissingWeightsError(
+                f"{', '.join(unserved)} need{'s' if len(unserved) == 1 else ''} the published weights: a folder "
+                f"laid out as `patchmmd eval suite --weights DIR` takes it (here: {', '.join(files)}; "
+                "shared/tools/published_weights.py writes it), given as weights_dir (on the command line: --weights)"
+            )
         self.distances = {}
         for name in names:
             opts: dict[str, str] = {}
@@ -98,12 +109,6 @@ class Evaluator:
                 opts = {"weights": os.fspath(vgg_weights)}
             elif weights_dir is not None:
                 opts = folder_options(name, weights_dir)
-            elif folder_files(name):
-                raise WeightsError(
-                    f"the distance {name!r} needs weight files: give weights_dir, a folder of the published weights "
-                    f"({', '.join(folder_files(name).values())} for {name}; the layout "
-                    "`patchmmd eval suite --weights DIR` takes)"
-                )
             self.distances[name] = get_metric(name, **opts)
 
     @torch.no_grad()
