@@ -171,3 +171,28 @@ def test_json_output_is_strict_when_the_metric_is_not_finite(
     obj = _strict_json(r.output)
     assert isinstance(obj, dict) and obj[key] is None and obj["metric"] == metric
     assert len(r.output.strip().splitlines()) == 1  # one line, as before
+
+
+def test_a_single_valued_option_given_twice_is_refused(files: dict[str, Path], tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # click keeps the last value of a repeated option without a word: `-m psnr -m ssim` printed SSIM's number alone
+    for args in (["-m", "psnr", "-m", "ssim"], ["--metric=psnr", "-mssim"], ["--mode", "RGB", "--mode", "L"]):
+        r = _invoke("compare", files["a"], files["b"], *args)
+        assert r.exit_code == 2 and "was given 2 times" in r.output and "takes one value" in r.output, r.output
+    r = _invoke("compare", files["a"], files["b"], "-o", "seed=1", "-o", "seed=2")  # one key, two values
+    assert r.exit_code == 2 and "seed was given twice (1, 2)" in r.output, r.output
+    # the same value twice, flags twice and a repeatable option are harmless
+    r = _invoke("compare", files["a"], files["b"], "-m", "l2", "--metric", "l2", "--json", "--json",
+                "-o", "value_range=[0, 1]", "-o", "value_range=[0, 1]")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["distance"] == pytest.approx(float(l2_distance(load_image(files["a"]),
+                                                                               load_image(files["b"]))), rel=1e-6)
+    # every command, the eval subcommands included; a value that looks like an option is still a value
+    out = tmp_path / "s.csv"
+    r = _invoke("score", files["a"].parent, files["a"].parent, "--out", out, "--out", tmp_path / "t.csv")
+    assert r.exit_code == 2 and "--out was given 2 times" in r.output and not out.exists(), r.output
+    r = _invoke("eval", "mos", tmp_path / "labels.csv", "--score-column", "a", "--score-column", "b")
+    assert r.exit_code == 2 and "--score-column was given 2 times" in r.output, r.output
+    monkeypatch.chdir(tmp_path)
+    r = _invoke("compare", files["a"], files["b"], "--map", "-mssim.png", "-m", "mmdpp")  # --map's file name
+    assert r.exit_code == 0 and (tmp_path / "-mssim.png").is_file(), r.output

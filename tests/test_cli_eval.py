@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 import scipy.stats
@@ -276,3 +277,14 @@ def test_live_dev_psnr_and_l2_against_scipy(tmp_path: Path) -> None:
             idx = [i for i, gg in enumerate(groups) if gg == g]
             assert res[g]["srocc"] == pytest.approx(scipy.stats.spearmanr(-psnr_a[idx], dmos_a[idx]).statistic)
     assert all(c["ok"] for c in report["unscored_rows"]["psnr"])
+
+
+def test_metric_options_given_twice_are_refused_in_their_scope() -> None:
+    from patchmmd.cli.evaluate import _metric_options
+
+    got = _metric_options(["seed=1", "mmdpp:seed=2", "l2:value_range=[0, 1]"], ["mmdpp", "l2"])
+    assert got == {"mmdpp": {"seed": 2}, "l2": {"seed": 1, "value_range": [0, 1]}}  # METRIC: wins over all
+    assert _metric_options(["seed=1", "seed=1"], ["mmdpp"]) == {"mmdpp": {"seed": 1}}
+    for items in (["seed=1", "seed=2"], ["mmdpp:seed=1", "mmdpp:seed=2"]):
+        with pytest.raises(click.BadParameter, match=r"seed was given twice \(1, 2\)"):
+            _metric_options(items, ["mmdpp"])

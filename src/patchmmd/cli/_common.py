@@ -60,11 +60,71 @@ def debug_enabled() -> bool:
     return os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
+def repeated_options(command: click.Command, ctx: click.Context, args: Iterable[str]) -> list[tuple[str, list[str]]]:
+    """The single-valued options of ``command`` that ``args`` give more than once with different values, as
+    ``(option, values)``: click keeps the last value and drops the others without a word, so
+    ``compare a.png b.png -m psnr -m ssim`` would print one number, SSIM's. Flags, counters and repeatable
+    options are not counted; the same value given twice is harmless and not reported.
+
+    The scan reads the command line as click does: ``--name value``, ``--name=value``, ``-n value``, ``-nvalue``,
+    up to ``--``; a token that is another option's value is skipped.
+
+    Example:
+        >>> cmd = click.Command("c", params=[click.Option(["--metric", "-m"]), click.Option(["--out"]),
+        ...                                  click.Option(["-o"], multiple=True)])
+        >>> repeated_options(cmd, click.Context(cmd), ["-m", "psnr", "-o", "-m", "--metric=ssim", "-mpsnr"])
+        [('--metric', ['psnr', 'ssim', 'psnr'])]
+        >>> repeated_options(cmd, click.Context(cmd), ["--out", "x", "--out", "x", "-o", "a", "-o", "b"])
+        []
+    """
+    takes_value: dict[str, click.Option] = {}
+    for p in command.get_params(ctx):
+        if isinstance(p, click.Option) and not p.is_flag and not p.count:
+            takes_value.update(dict.fromkeys(p.opts, p))
+    given: dict[click.Option, list[str]] = {}
+    tokens = list(args)
+    i = 0
+    while i < len(tokens):
+        token, value = tokens[i], None
+        if token == "--":
+            break
+        if token.startswith("--") and "=" in token:
+            token, value = token.split("=", 1)
+        elif not token.startswith("--") and len(token) > 2 and token[:2] in takes_value:
+            token, value = token[:2], token[2:]
+        option = takes_value.get(token)
+        if option is not None:
+            if value is None:
+                i += 1
+                value = tokens[i] if i < len(tokens) else None
+            if not option.multiple and value is not None:
+                given.setdefault(option, []).append(value)
+        i += 1
+    return [(max(o.opts, key=len), values) for o, values in given.items() if len(set(values)) > 1]
+
+
+class SingleValueCommand(click.Command):
+    """A command that refuses a single-valued option given twice with different values (a usage error naming
+    it, see :func:`repeated_options`) instead of silently keeping the last one."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        for option, values in repeated_options(self, ctx, args):
+            raise click.UsageError(
+                f"{option} was given {len(values)} times ({', '.join(values)}) but takes one value; give it once",
+                ctx=ctx,
+            )
+        return super().parse_args(ctx, args)
+
+
 class ErrorMappingGroup(click.Group):
     """A click group whose commands never end in a traceback: any exception other than a usage error, an exit
     or an interrupt becomes one line ``patchmmd: error: ...`` and exit status 1: a :class:`click.ClickException`
     a command raises, and any other exception (``PATCHMMD_DEBUG=1`` re-raises those, traceback and all).
-    Usage errors (exit status 2) keep click's form: the usage line, a hint to ``--help`` and ``Error: ...``."""
+    Usage errors (exit status 2) keep click's form: the usage line, a hint to ``--help`` and ``Error: ...``.
+    Its commands are :class:`SingleValueCommand` s, its subgroups groups of this class."""
+
+    command_class = SingleValueCommand
+    group_class = type  # subgroups (``eval``) are ErrorMappingGroups too
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -129,14 +189,19 @@ def parse_metric_options(items: Iterable[str]) -> dict[str, Any]:
     ``none`` as ``None``, anything else as a string.
 
     Raises:
-        click.BadParameter: an item without ``=`` or with an empty key.
+        click.BadParameter: an item without ``=`` or with an empty key; a key given twice with different values
+            (which one was meant is not for the parser to guess).
     """
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise click.BadParameter(f"expected KEY=VALUE (e.g. num_scales=3), got {item!r}", param_hint="--option")
-        out[key.strip()] = _parse_value(value)
+        key, parsed = key.strip(), _parse_value(value)
+        if key in out and out[key] != parsed:
+            raise click.BadParameter(f"{key} was given twice ({out[key]!r}, {parsed!r}); give it once",
+                                     param_hint="--option")
+        out[key] = parsed
     return out
 
 

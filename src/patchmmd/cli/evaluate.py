@@ -50,21 +50,22 @@ def _split_metrics(values: Sequence[str]) -> list[str]:
 
 
 def _metric_options(items: Sequence[str], metrics: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """``KEY=VALUE`` (every metric) or ``METRIC:KEY=VALUE`` (that metric) into per-metric option dicts."""
-    out: dict[str, dict[str, Any]] = {m: {} for m in metrics}
+    """``KEY=VALUE`` (every metric) or ``METRIC:KEY=VALUE`` (that metric, over a ``KEY=VALUE`` for all) into
+    per-metric option dicts. A key given twice with different values in the same scope is refused."""
+    common: list[str] = []
+    targeted: dict[str, list[str]] = {m: [] for m in metrics}
     for item in items:
         head, eq, _ = item.partition("=")
         target, colon, _ = head.partition(":")
         if colon and eq:
-            if target not in out:
+            if target not in targeted:
                 raise click.BadParameter(f"{item!r} names metric {target!r}, which is not among --metric "
                                          f"{', '.join(metrics)}", param_hint="--metric-option")
-            out[target].update(parse_metric_options([item.split(":", 1)[1]]))
+            targeted[target].append(item.split(":", 1)[1])
         else:
-            opts = parse_metric_options([item])
-            for m in metrics:
-                out[m].update(opts)
-    return out
+            common.append(item)
+    shared = parse_metric_options(common)
+    return {m: {**shared, **parse_metric_options(targeted[m])} for m in metrics}
 
 
 def _build_metrics(metrics: Sequence[str], metric_options: Sequence[str]) -> list[Any]:
