@@ -9,6 +9,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import warnings
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ import torch
 
 import patchmmd
 from patchmmd import _native
+from patchmmd.runtime import compiled_kernels_status
 from test_native import _load_from  # the loader with the cache folder set, read afresh
 
 needs_native = pytest.mark.skipif(_native.kernels() is None, reason="no C compiler: the PyTorch path is used")
@@ -168,3 +171,176 @@ def test_kernels_built_but_not_cached_are_used_and_said(monkeypatch: pytest.Monk
         assert _load_from(monkeypatch, tmp_path / "cache") is not None
     assert len([w for w in caught if "patchmmd" in str(w.message)]) == 1
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+# The thread pool (the kernels off PyTorch's OpenMP threads): shared by Python threads whose thread counts differ.
+
+@needs_native
+def test_a_pool_handed_out_keeps_accepting_work_when_the_thread_count_changes():
+    """A call that needed another thread count used to shut down the pool another call had just taken (and was
+    about to submit to): "cannot schedule new futures after shutdown". A pool handed out is never shut down."""
+    nk = _native.kernels()
+    assert nk is not None
+    pool = nk._pool_for(2)
+    bigger = nk._pool_for(5)  # more workers: a new pool
+    smaller = nk._pool_for(1)  # fewer: the pool at hand
+    assert smaller is bigger
+    assert [f.result() for f in [p.submit(pow, 2, 3) for p in (pool, bigger, smaller)]] == [8, 8, 8]
+
+
+@needs_native
+def test_map_from_several_python_threads_with_varying_thread_counts():
+    """Several Python threads run tasks through the pool at once, each with its own changing thread count: every
+    task runs once, on a slot below the call's thread count, and no call fails."""
+    nk = _native.kernels()
+    assert nk is not None
+    errors: list[BaseException] = []
+
+    def caller(seed: int) -> None:
+        try:
+            for i in range(150):
+                threads, ntasks = 2 + (seed + i) % 5, 1 + (seed * 7 + i) % 13
+                done: list[tuple[int, int]] = []
+                nk._map(lambda slot, t, done=done: done.append((slot, t)), ntasks, threads)
+                assert sorted(t for _, t in done) == list(range(ntasks))
+                assert all(0 <= slot < threads for slot, _ in done)
+        except BaseException as e:  # reported by the main thread
+            errors.append(e)
+
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # switch threads often: the race needs a switch between taking and using the pool
+    try:
+        callers = [threading.Thread(target=caller, args=(s,)) for s in range(6)]
+        for c in callers:
+            c.start()
+        for c in callers:
+            c.join()
+    finally:
+        sys.setswitchinterval(before)
+    assert not errors, errors[:3]
+
+
+@needs_native
+def test_kernels_on_the_pool_from_several_python_threads_give_the_same_results(monkeypatch):
+    """The kernels through the thread pool (as if their OpenMP were not PyTorch's), called from several Python
+    threads at once with different thread counts: no error, and the same values as on one thread."""
+    from test_native import _kernel_outputs
+
+    nk = _native.kernels()
+    assert nk is not None
+    local = threading.local()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: getattr(local, "threads", 1))
+    ref = _kernel_outputs(nk)  # one thread
+    monkeypatch.setattr(nk, "openmp", False)
+    errors: list[BaseException] = []
+
+    def caller(seed: int) -> None:
+        try:
+            for i in range(3):
+                local.threads = 2 + (seed + i) % 4
+                for a, b in zip(_kernel_outputs(nk), ref, strict=True):
+                    assert torch.equal(a, b)
+        except BaseException as e:  # reported by the main thread
+            errors.append(e)
+
+    callers = [threading.Thread(target=caller, args=(s,)) for s in range(4)]
+    for c in callers:
+        c.start()
+    for c in callers:
+        c.join()
+    assert not errors, errors[:3]
+
+
+# Why the compiled kernels are not in use: said in a warning where something went wrong, and by the status line.
+
+def _status_from(monkeypatch: pytest.MonkeyPatch, folder: Path) -> str:
+    """compiled_kernels_status() with the cache folder set, the kernels loaded afresh (as _load_from)."""
+    monkeypatch.setenv("PATCHMMD_CACHE_DIR", str(folder))
+    _native._load.cache_clear()
+    try:
+        return compiled_kernels_status()
+    finally:
+        _native._load.cache_clear()
+
+
+def test_status_when_turned_off(monkeypatch):
+    monkeypatch.setenv("PATCHMMD_NATIVE", "0")
+    assert compiled_kernels_status() == "off: PATCHMMD_NATIVE=0"
+    monkeypatch.setenv("PATCHMMD_NATIVE", "off")
+    assert compiled_kernels_status() == "off: PATCHMMD_NATIVE=off"
+    monkeypatch.delenv("PATCHMMD_NATIVE")
+    with _native.disabled():
+        assert compiled_kernels_status().startswith("off: turned off here by patchmmd._native.disabled()")
+
+
+@pytest.mark.skipif(not _native._secure_fs(), reason="this platform always uses the PyTorch path")
+def test_no_compiler_is_silent_and_said_by_the_status(tmp_path, monkeypatch):
+    """No C compiler is the documented fallback: no warning, but the status says so."""
+    monkeypatch.setattr(_native, "_compiler", lambda: None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _load_from(monkeypatch, tmp_path / "cache") is None
+        assert _status_from(monkeypatch, tmp_path / "cache") == (
+            "off: no C compiler found (looked for $CC, cc, gcc, clang)")
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.skipif(not _native._secure_fs(), reason="this platform always uses the PyTorch path")
+def test_compiler_that_always_fails_is_said_once_with_its_error(tmp_path, monkeypatch):
+    """A compiler whose every build fails used to leave the PyTorch path in use with nothing said: one warning
+    names the compiler and its first error line (shortened), and the status says the build failed."""
+    fake = tmp_path / "fake-cc"
+    fake.write_text("#!/bin/sh\n"
+                    "echo 'In file included from kernels.c:1:' >&2\n"
+                    "echo 'fake-cc: fatal error: math.h: No such file or directory' >&2\n"
+                    f"echo '{'x' * 500}' >&2\n"
+                    "exit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(_native, "_compiler", lambda: str(fake))
+    with pytest.warns(RuntimeWarning, match=r"the build failed \(.*fake-cc: fake-cc: fatal error: math.h: No such "
+                                            r"file or directory\); using PyTorch") as caught:
+        assert _load_from(monkeypatch, tmp_path / "cache") is None
+    said = [str(w.message) for w in caught if "patchmmd" in str(w.message)]
+    assert len(said) == 1 and "x" * 200 not in said[0], said
+    with pytest.warns(RuntimeWarning, match="the build failed"):
+        status = _status_from(monkeypatch, tmp_path / "cache")
+    assert status.startswith(f"off: the build failed ({fake}: fake-cc: fatal error: math.h"), status
+    assert list((tmp_path / "cache").iterdir()) == []  # nothing cached
+
+
+def test_compiler_output_is_shortened_to_its_first_error_lines():
+    out = f"{_native.SOURCE}: In function 'f':\n{_native.SOURCE}:3:5: error: expected ';'\n  3 | int x\n"
+    assert _native._compiler_said(out, 1) == "kernels.c:3:5: error: expected ';'"
+    assert _native._compiler_said("", 1) == "exit status 1, no output"
+    assert _native._compiler_said("warning: odd\nsomething else\nmore\n", 1) == "warning: odd / something else"
+    long = _native._compiler_said("error: " + "y" * 1000, 1)
+    assert len(long) == 200 and long.endswith("...")
+
+
+@needs_native
+def test_status_when_in_use():
+    nk = _native.kernels()
+    assert nk is not None
+    how = "OpenMP on PyTorch's threads" if nk.openmp else "thread pool"
+    assert compiled_kernels_status() == f"in use ({how}, {torch.get_num_threads()} thread" + (
+        "s)" if torch.get_num_threads() != 1 else ")")
+
+
+def test_version_option_says_torch_and_the_compiled_kernels_lazily(monkeypatch):
+    """``patchmmd --version``: the version, then PyTorch's and the kernels' status, computed only when asked."""
+    click_testing = pytest.importorskip("click.testing")
+    from patchmmd.cli import main
+
+    calls: list[int] = []
+    monkeypatch.setattr(_native, "status", lambda: calls.append(1) or "in use (a test)")
+    runner = click_testing.CliRunner()
+    assert runner.invoke(main, ["--help"]).exit_code == 0
+    assert calls == []
+    r = runner.invoke(main, ["--version"])
+    assert r.exit_code == 0, r.output
+    assert r.output.splitlines() == [f"patchmmd, version {patchmmd.__version__}", f"torch {torch.__version__}",
+                                     "compiled kernels: in use (a test)"]
+    monkeypatch.undo()
+    monkeypatch.setenv("PATCHMMD_NATIVE", "0")
+    r = runner.invoke(main, ["--version"])
+    assert r.exit_code == 0 and r.output.splitlines()[-1] == "compiled kernels: off: PATCHMMD_NATIVE=0", r.output

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import patchmmd
 
@@ -55,7 +56,10 @@ def test_one_version_source():
 def test_version_option():
     r = _python("import sys; sys.argv = ['patchmmd', '--version']; from patchmmd.__main__ import run; run()")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == f"patchmmd, version {patchmmd.__version__}"
+    lines = r.stdout.splitlines()
+    assert lines[0] == f"patchmmd, version {patchmmd.__version__}" and len(lines) == 3, r.stdout
+    assert lines[1] == f"torch {torch.__version__}"
+    assert lines[2].startswith(("compiled kernels: in use (", "compiled kernels: off: ")), r.stdout
 
 
 def test_script_without_click_says_how_to_install_it():

@@ -3,6 +3,7 @@
 :func:`resolve_device` turns a device string (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``) into a
 :class:`torch.device`, checking that it exists; every command and :mod:`patchmmd.scoring` use it (the
 command line's ``--device`` option wraps it). :func:`shape_text` writes an image's shape as people read it.
+:func:`compiled_kernels_status` says whether the compiled CPU kernels are in use, and if not why.
 
 Example:
     >>> resolve_device("cpu")
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["DeviceError", "resolve_device", "shape_text"]
+__all__ = ["DeviceError", "compiled_kernels_status", "resolve_device", "shape_text"]
 
 
 class DeviceError(ValueError):
@@ -82,3 +83,22 @@ def shape_text(img: torch.Tensor) -> str:
     """
     c, h, w = (int(s) for s in img.shape[-3:])
     return f"{w}x{h} ({c} channel{'s' if c != 1 else ''})"
+
+
+def compiled_kernels_status() -> str:
+    """Whether the compiled CPU kernels (float32 CPU tensors; the module docstring of :mod:`patchmmd._native`) are
+    in use, in one line: ``in use (...)`` with how the work is split and on how many threads, or ``off: ...`` with
+    why and the PyTorch path used instead (same values, slower): ``PATCHMMD_NATIVE=0``, no C compiler found, the
+    build failed (with the compiler's first error line), a platform without the file-system calls the loader
+    needs. ``patchmmd --version`` prints it.
+
+    The first call in a process loads the kernels (compiling them if no cached build exists), unless
+    ``PATCHMMD_NATIVE`` turns them off.
+
+    Example:
+        >>> compiled_kernels_status().startswith(("in use (", "off: "))
+        True
+    """
+    from . import _native
+
+    return _native.status()

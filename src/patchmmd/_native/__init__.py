@@ -11,16 +11,19 @@ is a chain of some forty elementwise operations and box filters per offset; in P
 writes a full-size temporary, the C loop keeps each pixel's arithmetic in registers.
 
 The source is compiled once per machine with the system C compiler (``$CC``, else ``cc``/``gcc``/``clang``)
-into a cache folder (``$PATCHMMD_CACHE_DIR``, else ``$XDG_CACHE_HOME/patchmmd`` or ``~/.cache/patchmmd``,
-else ``<tmp>/patchmmd-<uid>``), and loaded with :mod:`ctypes`. Without a compiler, or with
-``PATCHMMD_NATIVE=0``, or if the compiled kernels fail a self-check against PyTorch, :func:`kernels` returns
-``None`` and the estimator uses its PyTorch path (same numbers to float32 rounding, slower). Only float32
-CPU tensors take this path; float64 (exact checks, ``gradcheck``) and GPU tensors always use PyTorch. Work
-is split over ``torch.get_num_threads()`` threads: PyTorch's own intra-op (OpenMP) threads when the library
-is compiled with OpenMP and shares PyTorch's runtime (GCC on Linux: both are ``libgomp.so.1``), else a thread
-pool of this module (``ctypes`` releases the GIL); results do not depend on the split. As with PyTorch's own
-operations, a process forked after they ran on several threads must call ``torch.set_num_threads(1)`` before
-using them (GNU OpenMP's threads do not survive a ``fork``; PyTorch's DataLoader workers do this).
+into a cache folder (``$PATCHMMD_CACHE_DIR``, else ``$XDG_CACHE_HOME/patchmmd`` or ``~/.cache/patchmmd``, else
+``<tmp>/patchmmd-<uid>``), and loaded with :mod:`ctypes`. Without a compiler, or with ``PATCHMMD_NATIVE=0``,
+or if the compiled kernels fail a self-check against PyTorch, :func:`kernels` returns ``None`` and the
+estimator uses its PyTorch path (same numbers to float32 rounding, slower). No compiler at all is silent; a
+compiler whose every build fails gives one :class:`RuntimeWarning` with the first line of its error.
+:func:`status` (:func:`patchmmd.runtime.compiled_kernels_status`, ``patchmmd --version``) says in a line
+whether the kernels are in use, and if not why. Only float32 CPU tensors take this path; float64 (exact
+checks, ``gradcheck``) and GPU tensors always use PyTorch. Work is split over ``torch.get_num_threads()``
+threads: PyTorch's own intra-op (OpenMP) threads when the library is compiled with OpenMP and shares PyTorch's
+runtime (GCC on Linux: both are ``libgomp.so.1``), else a thread pool of this module (``ctypes`` releases the
+GIL); results do not depend on the split. As with PyTorch's own operations, a process forked after they ran on
+several threads must call ``torch.set_num_threads(1)`` before using them (GNU OpenMP's threads do not survive
+a ``fork``; PyTorch's DataLoader workers do this).
 
 What is trusted. Loading a shared library runs its code, so a cached library is loaded only if this
 process can tell that it built it:
@@ -126,6 +129,10 @@ class _Broken(Exception):
     """A library that does not match its record, cannot be loaded, lacks the kernels or fails the self-check."""
 
 
+class _BuildFailed(Exception):
+    """The compiler failed (or could not be run): the message says how, in a line or two of its output."""
+
+
 def _compiler() -> str | None:
     for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
         if name and shutil.which(name):
@@ -180,33 +187,46 @@ def _cache_key(cc: str) -> str:
     ).hexdigest()[:16]
 
 
-def _compile(cc: str, arch: list[str]) -> bytes | None:
-    """The library built from :data:`SOURCE` with ``FLAGS + arch``, or ``None`` if the compiler fails (or no
-    temporary folder can be made for it).
+def _compile(cc: str, arch: list[str]) -> bytes:
+    """The library built from :data:`SOURCE` with ``FLAGS + arch``. Raises :class:`_BuildFailed` if the compiler
+    fails (with the first lines of what it said), cannot be run, or no temporary folder can be made for it.
 
     It is compiled in a fresh private folder (``tempfile.mkdtemp``, mode 0700) that nobody else can write to,
     and returned as bytes (empty if the compiler claimed success but wrote nothing); the folder is removed.
     """
     try:
         build = tempfile.mkdtemp(prefix="patchmmd-build-")
-    except OSError:  # no usable temporary folder: nothing can be compiled
-        return None
+    except OSError as e:  # no usable temporary folder: nothing can be compiled
+        raise _BuildFailed(f"no temporary folder to compile in ({e})") from None
     try:
         out = os.path.join(build, "kernels" + _SUFFIX)
         done = subprocess.run([cc, *FLAGS, *arch, str(SOURCE), "-o", out, "-lm"], capture_output=True, text=True,
-                              timeout=120)
+                              errors="replace", timeout=120)
         if done.returncode != 0:
-            return None
+            raise _BuildFailed(_compiler_said(done.stderr or done.stdout, done.returncode))
         try:
             fd = os.open(out, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | _CLOEXEC)
         except FileNotFoundError:
             return b""
         with os.fdopen(fd, "rb") as f:
             return f.read()
-    except (OSError, subprocess.SubprocessError):
-        return None
+    except subprocess.TimeoutExpired as e:
+        raise _BuildFailed(f"no result after {e.timeout:g} s") from None
+    except (OSError, subprocess.SubprocessError) as e:
+        raise _BuildFailed(f"could not be run ({e})") from None
     finally:
         shutil.rmtree(build, ignore_errors=True)
+
+
+def _compiler_said(output: str, returncode: int, limit: int = 200) -> str:
+    """A failed build's reason in one short line: its first error lines (else its first lines), the source's path
+    written ``kernels.c``, at most ``limit`` characters; the exit status when it said nothing."""
+    lines = [ln.strip().replace(str(SOURCE), SOURCE.name) for ln in output.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "error" in ln.lower()]
+    text = " / ".join((errors or lines)[:2])
+    if not text:
+        return f"exit status {returncode}, no output"
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
 
 
 def _check_private(st: os.stat_result, what: str, path: Path) -> None:
@@ -396,7 +416,8 @@ def _discard(dfd: int, name: str) -> None:
 
 
 def _warn(reasons: list[str], outcome: str) -> None:
-    warnings.warn(f"patchmmd: {'; '.join(reasons)}; {outcome}", RuntimeWarning, stacklevel=4)
+    # the caller of kernels(): _warn, _find_or_build, _load, kernels, it
+    warnings.warn(f"patchmmd: {'; '.join(reasons)}; {outcome}", RuntimeWarning, stacklevel=5)
 
 
 class NativeKernels:
@@ -448,7 +469,7 @@ class NativeKernels:
         #: Whether the drivers run on PyTorch's own OpenMP threads (else on a pool of this object's).
         self.openmp = bool(lib.patchmmd_openmp()) and _shared_openmp()
         self._pool: ThreadPoolExecutor | None = None
-        self._pool_key = (0, 0)
+        self._pool_size, self._pool_pid = 0, 0  # its max_workers, and the process that made it
         self._lock = threading.Lock()
 
     # ----------------------------------------------------------------------------------- threads
@@ -468,14 +489,7 @@ class NativeKernels:
         and ``threads - 1`` pool workers (slots 1, 2, ...) take the next task from a shared counter until none
         is left. ``slot`` says which per-thread work buffer to use. Returns only when every worker is done,
         also when a task raised (the first error is re-raised then)."""
-        key = (threads - 1, os.getpid())  # a forked child inherits the pool object but not its threads
-        with self._lock:
-            if self._pool is None or self._pool_key != key:
-                if self._pool is not None and self._pool_key[1] == key[1]:
-                    self._pool.shutdown(wait=False)
-                self._pool = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="patchmmd")
-                self._pool_key = key
-            pool = self._pool
+        pool = self._pool_for(threads - 1)
         counter = itertools.count()  # next() on it is atomic under the GIL
 
         def worker(slot: int) -> None:
@@ -488,6 +502,22 @@ class NativeKernels:
         finally:
             for f in helpers:
                 f.result()
+
+    def _pool_for(self, workers: int) -> ThreadPoolExecutor:
+        """This process's pool, with at least ``workers`` threads (a caller submits only as many jobs as it needs).
+
+        Several Python threads may call the kernels at once with different thread counts, so a pool that was
+        handed out is never shut down (a caller may be about to submit to it): the pool only grows. When more
+        workers are needed a bigger one replaces it and the old one is dropped, not shut down: its threads exit
+        once the last caller holding it is done and it is garbage-collected (the executor's weak reference wakes
+        them). A forked child inherits the pool object but not its threads: it makes its own.
+        """
+        pid = os.getpid()
+        with self._lock:
+            if self._pool is None or self._pool_pid != pid or self._pool_size < workers:
+                self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="patchmmd")
+                self._pool_size, self._pool_pid = max(1, workers), pid
+            return self._pool
 
     # ------------------------------------------------------------------------------ the computations
     def block_sums(self, xp: torch.Tensor, matrix: torch.Tensor, hc: int, wc: int, bh: int, bw: int,
@@ -843,20 +873,60 @@ def disabled() -> Iterator[None]:
         _ENABLED.pop()
 
 
+def _turned_off() -> str | None:
+    """``PATCHMMD_NATIVE=<value>`` when that variable turns the kernels off, else ``None``."""
+    value = os.environ.get("PATCHMMD_NATIVE", "1").strip()
+    return f"PATCHMMD_NATIVE={value}" if value.lower() in ("0", "false", "no", "off") else None
+
+
 def kernels() -> NativeKernels | None:
     """The compiled kernels, or ``None`` where they are unavailable or turned off (``PATCHMMD_NATIVE=0``,
     :func:`disabled`)."""
-    if not _ENABLED[-1] or os.environ.get("PATCHMMD_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
+    if not _ENABLED[-1] or _turned_off():
         return None
     return _load()
 
 
+def status() -> str:
+    """Whether the compiled kernels are in use, in a line: ``in use (...)`` (how the work is split, on how many
+    threads) or ``off: <why>`` (turned off, no compiler, this platform, the build failed, ...). Loads them (once
+    per process, see :func:`kernels`) unless they are turned off."""
+    off = _turned_off() or (None if _ENABLED[-1] else "turned off here by patchmmd._native.disabled()")
+    if off:
+        return f"off: {off}"
+    nk = _load()
+    if nk is None:
+        return f"off: {_WHY_NOT[0] or 'not loaded'}"
+    threads = torch.get_num_threads()
+    how = "OpenMP on PyTorch's threads" if nk.openmp else "thread pool"
+    return f"in use ({how}, {threads} thread{'s' if threads != 1 else ''})"
+
+
+#: Why the last run of :func:`_load` gave no kernels ("" when it gave them): the one record of the outcome,
+#: said by :func:`status`.
+_WHY_NOT = [""]
+
+
 @lru_cache(maxsize=1)
 def _load() -> NativeKernels | None:
-    """Find, verify and load the cached library, or build, check and cache it (see the module docstring)."""
+    """The compiled kernels, or ``None`` (the reason recorded in :data:`_WHY_NOT`): see :func:`_find_or_build`."""
+    nk, why = _find_or_build()
+    _WHY_NOT[0] = why
+    return nk
+
+
+def _find_or_build() -> tuple[NativeKernels | None, str]:
+    """Find, verify and load the cached library, or build, check and cache it (see the module docstring): the
+    kernels and ``""``, or ``None`` and why not (said in a warning too, except where nothing can be built: no
+    compiler, no source, a platform without the secure file-system calls)."""
+    if not _secure_fs():
+        return None, ("this platform lacks the file-system calls that let the loader check what it loads "
+                      "(O_NOFOLLOW, openat, file owners)")
+    if not SOURCE.exists():
+        return None, f"the kernels' source {SOURCE} is missing"
     cc = _compiler()
-    if cc is None or not SOURCE.exists() or not _secure_fs():
-        return None
+    if cc is None:
+        return None, "no C compiler found (looked for $CC, cc, gcc, clang)"
     key = _cache_key(cc)
     name = f"kernels-{key}{_SUFFIX}"
     refused: list[str] = []  # security refusals: always said (once)
@@ -874,8 +944,9 @@ def _load() -> NativeKernels | None:
             folder, private = Path(tempfile.mkdtemp(prefix="patchmmd-")), True
             dfd = _open_private_dir(folder)
         except (OSError, _Untrusted) as e:
-            _warn([*refused, f"no private folder for the compiled kernels ({e})"], "using PyTorch")
-            return None
+            why = f"no private folder for the compiled kernels ({e})"
+            _warn([*refused, why], "using PyTorch")
+            return None, why
         if refused:
             refused.append("compiling into a private temporary folder for this process instead")
     problems: list[str] = []  # said only if no working kernels come out of this
@@ -886,7 +957,7 @@ def _load() -> NativeKernels | None:
                 nk = _kernels_from(data, dfd, folder, name)
                 if refused:
                     _warn(refused, "the compiled kernels are in use")
-                return nk
+                return nk, ""
         except (_Untrusted, _Broken, OSError) as e:
             reason = str(e) if not isinstance(e, OSError) else f"the cached library {folder / name} is unreadable ({e})"
             (refused if isinstance(e, _Untrusted) else problems).append(reason)
@@ -895,9 +966,12 @@ def _load() -> NativeKernels | None:
             except OSError:
                 pass
         # rebuild once: with OpenMP and -march=native, else without one or both of them
+        failed = ""  # what the compiler said the last time it failed
         for arch in (["-march=native", *OPENMP_FLAGS], ["-march=native"], [*OPENMP_FLAGS], []):
-            data = _compile(cc, arch)
-            if data is None:
+            try:
+                data = _compile(cc, arch)
+            except _BuildFailed as e:
+                failed = f"the build failed ({' '.join([cc, *arch])}: {e})"
                 continue
             try:
                 nk = _kernels_from(data, dfd, folder, name)
@@ -913,10 +987,10 @@ def _load() -> NativeKernels | None:
                                 "compiles them again")
             if said:
                 _warn(said, "the compiled kernels are in use")
-            return nk
-        if refused or problems:
-            _warn([*refused, *problems], "using PyTorch")
-        return None
+            return nk, ""
+        reasons = [failed, *problems] if failed else problems
+        _warn([*refused, *reasons], "using PyTorch")
+        return None, "; ".join(reasons)
     finally:
         os.close(dfd)
         if private:

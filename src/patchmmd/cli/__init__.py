@@ -15,8 +15,23 @@ from .. import __version__
 from ._common import ErrorMappingGroup
 
 
+def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """``--version``: this package's version, PyTorch's and whether the compiled CPU kernels are in use (computed
+    only here: it may load, even compile, them)."""
+    if not value or ctx.resilient_parsing:
+        return
+    import torch
+
+    from ..runtime import compiled_kernels_status
+
+    click.echo(f"patchmmd, version {__version__}\ntorch {torch.__version__}\n"
+               f"compiled kernels: {compiled_kernels_status()}")
+    ctx.exit()
+
+
 @click.group(cls=ErrorMappingGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(__version__, prog_name="patchmmd")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Show the version (with PyTorch's, and whether the compiled CPU kernels are in use) and exit.")
 def main() -> None:
     """patchmmd: perceptual image distances as the MMD between local patch distributions.
 
