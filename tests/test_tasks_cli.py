@@ -272,3 +272,25 @@ def test_deep_eval_distances_with_the_published_weights(tmp_path: Path, photo_di
         assert math.isfinite(m["heldout"][name]) and m["heldout"][name] > 0
         expected = float(get_metric(name, backbone=str(d / backbone), weights=str(d / head))(bic, heldout).mean())
         assert m["bicubic"][name] == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_folder_too_big_to_hold_is_refused_before_decoding(tmp_path: Path, photo_dir: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # the tasks hold every photo as float32: a folder such as DIV2K's 800 training photos (about 27 GiB) used to
+    # be decoded photo by photo until the process ran out of memory
+    from patchmmd.tasks import data as task_data
+
+    decoded: list[object] = []
+    monkeypatch.setattr("patchmmd.io.load_image", lambda p, **kw: decoded.append(p))
+    need = 2 * 3 * 4 * 64 * 96  # two 96x64 photos
+    with pytest.raises(ValueError, match=r"the 2 photos in .* take 0\.0 GiB as float32 tensors, over the"):
+        task_data.load_photos(photo_dir, max_bytes=need - 1)
+    assert decoded == []
+    monkeypatch.undo()
+    assert len(task_data.load_photos(photo_dir, max_bytes=need)[0]) == 2  # exactly at the limit: loaded
+    monkeypatch.setattr(task_data, "MAX_PHOTO_BYTES", need - 1)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["train-sr", str(photo_dir), "--steps", "1", "--crop", "32", "--width", "4",
+                                  "--blocks", "1", "--loss", "l2", "--no-progress", "--out", str(out)])
+    assert r.exit_code == 2 and "over the" in r.output and "fewer or smaller photos" in r.output, r.output
+    assert not out.exists()

@@ -16,10 +16,23 @@ from pathlib import Path
 
 import torch
 
+#: Most memory the photos of a training folder may take as float32 tensors (the tasks hold every photo in memory
+#: for the whole run; they are sized for tens of photos). Checked from the files' headers before decoding.
+MAX_PHOTO_BYTES = 8 * 2**30
 
-def load_photos(folder: str | os.PathLike[str] | None) -> tuple[list[torch.Tensor], list[str]]:
+
+def load_photos(
+    folder: str | os.PathLike[str] | None, *, max_bytes: int | None = None
+) -> tuple[list[torch.Tensor], list[str]]:
     """RGB images ``(3, H, W)`` in ``[0, 1]`` from ``folder`` (sorted by name; hidden files skipped), or the shipped
-    photos if ``None``."""
+    photos if ``None``.
+
+    Raises:
+        ValueError: no image files; photos that would take more than ``max_bytes`` (default
+            :data:`MAX_PHOTO_BYTES`) as float32 tensors (said
+            before any is decoded: a folder such as DIV2K's 800 training photos would need about 27 GiB);
+            an unreadable file (:class:`patchmmd.io.ImageReadError`, naming it).
+    """
     if folder is None:
         from ..data import sample_image, sample_names
 
@@ -32,7 +45,28 @@ def load_photos(folder: str | os.PathLike[str] | None) -> tuple[list[torch.Tenso
                    if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
     if not files:
         raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    need = sum(3 * 4 * w * h for w, h in map(_size, files))
+    if max_bytes is None:
+        max_bytes = MAX_PHOTO_BYTES
+    if need > max_bytes:
+        raise ValueError(
+            f"the {len(files)} photos in {folder} take {need / 2**30:.1f} GiB as float32 tensors, over the "
+            f"{max_bytes / 2**30:g} GiB the training tasks hold in memory: use a folder of fewer or smaller photos "
+            "(a subset, or downscaled copies)"
+        )
     return [load_image(p) for p in files], [p.name for p in files]
+
+
+def _size(path: Path) -> tuple[int, int]:
+    """An image file's width and height, from its header (nothing decoded); ``(0, 0)`` when it cannot be read
+    (:func:`patchmmd.io.load_image` then says why, naming the file)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except Exception:  # any failure: load_image reports it, naming the file
+        return 0, 0
 
 
 @dataclass
