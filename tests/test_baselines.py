@@ -238,3 +238,18 @@ def test_deep_baselines_equal_the_official_packages_on_published_weights(name: s
     x = torch.rand(2, 3, 64, 48, generator=g)
     y = (x + 0.1 * torch.randn(2, 3, 64, 48, generator=g)).clamp(0, 1)
     torch.testing.assert_close(m(x, y), torch.tensor(_OFFICIAL[name]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("net", "side"), [("alex", 31), ("vgg", 16)])
+def test_lpips_says_the_smallest_image_its_trunk_takes(net: str, side: int) -> None:
+    # below it PyTorch stopped inside the trunk with "Output size is too small"
+    m = LPIPS(net)  # random weights: the sizes do not depend on them
+    assert m.min_side == side
+    small = torch.rand(1, 3, side - 1, 64)
+    with pytest.raises(ValueError, match=rf"at least {side}x{side} pixels \(what the .* trunk's strides"):
+        m(small, small)
+    ok = torch.rand(2, 3, side, side)
+    assert m(ok, ok.flip(-1)).shape == (2,)  # the smallest side runs: the check is exact
+    features = alexnet_features() if net == "alex" else vgg16_features()
+    with pytest.raises(RuntimeError, match="too small"):  # what the check stands in front of
+        features(torch.rand(1, 3, side - 1, side - 1))

@@ -35,14 +35,15 @@ __all__ = ["MAX_PSNR", "check_batch", "ms_ssim", "psnr", "ssim"]
 MAX_PSNR = 100.0
 
 
-def check_batch(x: object, y: object, *, data_range: float = 1.0,
-                out_of_range: OutOfRange = "raise") -> tuple[torch.Tensor, torch.Tensor]:
+def check_batch(x: object, y: object, *, data_range: float = 1.0, out_of_range: OutOfRange = "raise",
+                min_size: int = 1, min_size_reason: str = "") -> tuple[torch.Tensor, torch.Tensor]:
     """``x`` and ``y`` as image batches ``(N, C, H, W)`` (a ``(C, H, W)`` image is a batch of one), checked as the
     package's own distances check theirs (:func:`patchmmd.core.validation.check_pair`): floating-point tensors
     of one shape, dtype and device, finite, with values in ``[0, data_range]`` unless ``out_of_range`` is
-    ``"clamp"`` or ``"ignore"`` (training losses on network outputs that overshoot)."""
+    ``"clamp"`` or ``"ignore"`` (training losses on network outputs that overshoot), and sides of at least
+    ``min_size`` (``min_size_reason`` says why)."""
     return check_pair(x, y, value_range=(0.0, check_positive_float("data_range", data_range)),
-                      out_of_range=out_of_range)
+                      out_of_range=out_of_range, min_size=min_size, min_size_reason=min_size_reason)
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor, *, data_range: float = 1.0, max_db: float = MAX_PSNR) -> torch.Tensor:

@@ -25,11 +25,14 @@ from ..core.validation import OutOfRange, check_out_of_range
 from .classic import check_batch
 from .registry import Metric, register
 from .trunks import (
+    ALEXNET_TAP_INDICES,
+    VGG16_TAP_INDICES,
     alexnet_features,
     alexnet_taps,
     conv_layers,
     freeze,
     load_trunk,
+    min_side,
     module_metric,
     vgg16_features,
     vgg16_taps,
@@ -67,8 +70,12 @@ class LPIPS(nn.Module):
             raise ValueError(f"net must be 'alex' or 'vgg', got {net!r}")
         self.net = net
         self.out_of_range = check_out_of_range(out_of_range)
-        self.features = alexnet_features() if net == "alex" else vgg16_features()
+        features = alexnet_features() if net == "alex" else vgg16_features()
+        self.features = features
         self.lins = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in self._CHANNELS[net])
+        #: The smallest side the trunk takes up to its last tap (31 px for AlexNet, 16 for VGG16).
+        last_tap = (ALEXNET_TAP_INDICES if net == "alex" else VGG16_TAP_INDICES)[-1]
+        self.min_side = min_side(list(features)[: last_tap + 1])
         self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1))
         self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1))
         freeze(self)
@@ -95,7 +102,9 @@ class LPIPS(nn.Module):
         return m
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        x, y = check_batch(x, y, out_of_range=self.out_of_range)
+        x, y = check_batch(x, y, out_of_range=self.out_of_range, min_size=self.min_side,
+                           min_size_reason=f"what the {'AlexNet' if self.net == 'alex' else 'VGG16'} trunk's strides "
+                                           "and poolings need")
         total = torch.zeros(x.shape[0], device=x.device)
         # Each image through the trunk on its own, as the lpips package does: a backward pass then runs through
         # the trunk of the images that need a gradient only (one pass over both computes the same function).

@@ -21,7 +21,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -125,6 +125,33 @@ def vgg16_features() -> nn.Sequential:
             layers += [nn.Conv2d(cin, int(v), 3, padding=1), nn.ReLU(inplace=False)]
             cin = int(v)
     return nn.Sequential(*layers)
+
+
+def min_side(layers: Iterable[nn.Module]) -> int:
+    """The smallest input side for which every convolution and pooling of ``layers`` (in order) leaves at least one
+    pixel: ``floor((s + 2 p − d (k − 1) − 1) / stride) + 1 >= 1`` at each. Below it PyTorch stops with "Output size
+    is too small"; the metrics check it first and say what they need.
+
+    Example:
+        >>> min_side(alexnet_features()[: ALEXNET_TAP_INDICES[-1] + 1]), min_side(vgg16_features()[:30])
+        (31, 16)
+    """
+    def first(v: int | tuple[int, ...]) -> int:
+        return v if isinstance(v, int) else v[0]
+
+    layers = list(layers)
+    side = 1
+    while True:
+        s = side
+        for m in layers:
+            if isinstance(m, nn.Conv2d | nn.MaxPool2d):
+                k, st, p, d = (first(v) for v in (m.kernel_size, m.stride, m.padding, m.dilation))  # type: ignore[arg-type]
+                s = (s + 2 * p - d * (k - 1) - 1) // st + 1
+                if s < 1:
+                    break
+        if s >= 1:
+            return side
+        side += 1
 
 
 def conv_layers(features: nn.Sequential) -> list[Layer]:

@@ -442,7 +442,8 @@ class VGGDistance(_LayerBuffers):
 
     @full_precision
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        x, y = check_pair(x, y, value_range=self.value_range, out_of_range=self.out_of_range, min_size=16)
+        x, y = check_pair(x, y, value_range=self.value_range, out_of_range=self.out_of_range, min_size=16,
+                          min_size_reason="what VGG16's four poolings before relu5_3 need")
         if x.shape[1] != 3:
             raise ValueError(f"x and y must have 3 (RGB) channels for VGG16, got {x.shape[1]}")
         lo, hi = self.value_range
