@@ -522,7 +522,7 @@ def test_ctrl_c_during_the_csv_write_exits_130_and_loses_nothing(
     assert _invoke("score", ref, dist, "--out", expected, "-m", "l2", "-q").exit_code == 0
     out = tmp_path / "s.csv"
     with monkeypatch.context() as mp:
-        mp.setattr("patchmmd.scoring.runner.write_csv_atomic", _raise_interrupt)
+        mp.setattr("patchmmd.scoring.runner.write_output_atomic", _raise_interrupt)
         r = _invoke("score", ref, dist, "--out", out, "-m", "l2")
     assert r.exit_code == 130, r.output
     journal = tmp_path / "s.csv.journal"
@@ -634,3 +634,21 @@ def test_retry_errors_under_torchrun(flaky_job: tuple[Path, Path, Path], tmp_pat
     assert p.returncode == 0, p.stdout + p.stderr
     assert "1 error row(s) retried" in p.stderr and "by 2 processes" in p.stderr
     assert out.read_text() == expected.read_text()
+
+
+def test_json_output_has_the_csv_rows(pair_dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    ref, dist = pair_dirs
+    (dist / "im01.png").write_bytes(b"not an image at all")
+    csv_out, json_out = tmp_path / "s.csv", tmp_path / "s.json"
+    assert _invoke("score", ref, dist, "--out", csv_out, "--metric", "psnr", "-q").exit_code == 0
+    r = _invoke("score", ref, dist, "--out", json_out, "--metric", "psnr", "-q")
+    assert r.exit_code == 0, r.output
+    rows = json.loads(json_out.read_text())
+    want = _rows(csv_out)
+    assert [list(x) for x in rows] == [["ref", "dist", "metric", "score", "error"]] * 5
+    for got, row in zip(rows, want, strict=True):
+        assert (got["ref"], got["dist"], got["metric"]) == (row["ref"], row["dist"], row["metric"])
+        assert got["score"] == (float(row["score"]) if row["score"] else None)
+        assert (got["error"] or "") == row["error"]
+    assert rows[1]["score"] is None and "im01.png" in rows[1]["error"]
+    assert not (tmp_path / "s.json.journal").exists()  # finished: the journal is gone, as for a CSV

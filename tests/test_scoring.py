@@ -655,7 +655,7 @@ def test_score_runner_retries_error_rows_and_reports_an_interruption(tmp_path: P
     (d / "b.png").write_bytes(b"junk")
     job = scoring.ScoreJob((d,), all_pairs=True, output=out, metric="l2")
     # Ctrl-C as the CSV is written: every row is in the journal, which is kept
-    monkeypatch.setattr("patchmmd.scoring.runner.write_csv_atomic", lambda *a, **k: (_ for _ in ()).throw(
+    monkeypatch.setattr("patchmmd.scoring.runner.write_output_atomic", lambda *a, **k: (_ for _ in ()).throw(
         KeyboardInterrupt()))
     with pytest.raises(scoring.JobInterrupted) as info:
         scoring.ScoreRunner(job, device="cpu").run()
@@ -684,3 +684,24 @@ def test_drop_error_rows_keeps_the_values_and_cuts_a_torn_line(folder: Path, tmp
     assert path.read_bytes().endswith(b"}\n") and scoring.drop_error_rows(path, job, tasks) == 0
     with scoring.Journal.open(path, job, resume=True, tasks=tasks) as j:  # resumable as any journal
         assert len(j.done) == 3
+
+
+def test_json_output_has_the_csv_fields_with_names_as_written(tmp_path: Path) -> None:
+    import json
+
+    rows = [{"id": str(i), "ref": name, "dist": "d.png", "metric": "l2", "value": 0.25, "error": None}
+            for i, name in enumerate(AWKWARD)]
+    rows += [{"id": "e", "ref": "r.png", "dist": "=cmd", "metric": "l2", "value": None, "error": "-boom"},
+             {"id": "n", "ref": "bad\udcff.png", "dist": "x.png", "metric": "ssim", "value": float("nan"),
+              "error": None}]
+    out = tmp_path / "s.JSON"  # the suffix decides, in any case
+    scoring.write_output_atomic(out, rows, value_column="score")
+    back = json.loads(out.read_text(encoding="utf-8"))  # strict JSON: a NaN would not parse in other readers
+    assert "NaN" not in out.read_text(encoding="utf-8")
+    assert [r["ref"] for r in back] == [*AWKWARD, "r.png", "bad\\xff.png"]  # no formula guard, readable bytes
+    assert back[0] == {"ref": AWKWARD[0], "dist": "d.png", "metric": "l2", "score": 0.25, "error": None}
+    assert back[-2] == {"ref": "r.png", "dist": "=cmd", "metric": "l2", "score": None, "error": "-boom"}
+    assert back[-1]["score"] is None and back[-1]["error"] is None
+    csv_out = tmp_path / "s.csv"
+    scoring.write_output_atomic(csv_out, rows, value_column="score")
+    assert csv_out.read_text(encoding="utf-8").startswith("ref,dist,metric,score,error\n")

@@ -14,10 +14,10 @@ pieces are built so that a job can also be split over several writers (``torchru
   finished rows, so a job can be resumed by another number of writers (see ``docs/distributed.md``).
   Reading a journal checks every row's shape (:class:`JournalError` names the line of a bad one).
   :class:`OutputLock` keeps two runs from writing one output at once (``OUT.lock``, ``flock``).
-* :mod:`.output` — :func:`write_csv_atomic` writes the final, sorted CSV to a temporary file in the output
-  folder, fsyncs it and renames it over the output (``os.replace``): the output is either absent, the old
-  file or the complete new one, never half-written. File names are written readably and never as
-  spreadsheet formulas (:func:`csv_text`).
+* :mod:`.output` — :func:`write_output_atomic` writes the final, sorted rows (CSV, or a JSON array for an
+  output named ``*.json``) to a temporary file in the output folder, fsyncs it and renames it over the output
+  (``os.replace``): the output is either absent, the old file or the complete new one, never half-written.
+  File names are written readably (:func:`readable_text`) and never as spreadsheet formulas (:func:`csv_text`).
 * :mod:`.runner` — :func:`run_tasks` scores a list of tasks (loading images, batching pairs of equal shape,
   recording a read error or a size mismatch in the pair's row and going on), skipping tasks already in the
   journal; :class:`ScoreRunner` runs a whole :class:`ScoreJob` (output and resume rules, the lock, rank
@@ -102,9 +102,12 @@ from .output import (
     csv_line,
     csv_text,
     format_value,
+    readable_text,
     sorted_rows,
     value_column,
     write_csv_atomic,
+    write_json_atomic,
+    write_output_atomic,
 )
 from .runner import (
     DEFAULT_BATCH_PIXELS,
@@ -135,7 +138,7 @@ __all__ = [
     "RankFailedError", "RunSummary", "ScoreJob", "ScoreResult", "ScoreRunner", "ScoringError", "UnmatchedImages",
     "_ImageCache", "all_pair_tasks", "atomic_write_text", "check_metric", "creation_mode", "csv_line", "csv_text",
     "describe_holder", "done_rows", "drop_error_rows", "finalize", "find_journals", "format_value", "job_header",
-    "journal_path", "list_images", "lock_path", "merge_journals", "paired_tasks", "read_journal", "resize_to",
-    "resolve_device", "run_tasks", "shard", "sorted_rows", "task_id", "tasks_digest", "value_column",
-    "write_csv_atomic",
+    "journal_path", "list_images", "lock_path", "merge_journals", "paired_tasks", "read_journal", "readable_text",
+    "resize_to", "resolve_device", "run_tasks", "shard", "sorted_rows", "task_id", "tasks_digest", "value_column",
+    "write_csv_atomic", "write_json_atomic", "write_output_atomic",
 ]

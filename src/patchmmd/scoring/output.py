@@ -1,14 +1,18 @@
-"""The output of a scoring job: the sorted CSV, written atomically, with readable and formula-safe cells.
+"""The output of a scoring job: the sorted rows as CSV (or JSON), written atomically, with readable cells.
 
-:func:`write_csv_atomic` writes the final CSV to a temporary file in the output folder, fsyncs it and renames
+:func:`write_output_atomic` writes the final rows to a temporary file in the output folder, fsyncs it and renames
 it over the output (``os.replace``): the output is either absent, the old file or the complete new one, never
-half-written. File names are written readably and never as spreadsheet formulas (:func:`csv_text`).
+half-written. An output named ``*.json`` gets a JSON array (:func:`write_json_atomic`), any other the CSV
+(:func:`write_csv_atomic`). File names are written readably (:func:`readable_text`) and, in the CSV, never as
+spreadsheet formulas (:func:`csv_text`).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
+import math
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -54,11 +58,24 @@ FORMULA_CHARS = ("=", "+", "-", "@", "\t", "\r", "'")
 """A text cell starting with one of these gets a leading ``'`` in the CSV (see :func:`csv_text`)."""
 
 
+def readable_text(text: str) -> str:
+    """A file name (or any text) as valid Unicode: names that are not valid UTF-8 (lone surrogates from
+    :func:`os.fsdecode`) show their undecodable bytes as ``\\xNN``.
+
+    Example:
+        >>> readable_text("bad\\udcff.png"), readable_text("é.png")
+        ('bad\\\\xff.png', 'é.png')
+    """
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that no file name decodes to (a hand-edited journal)
+        return text.encode("utf-8", "backslashreplace").decode("ascii")
+
+
 def csv_text(text: str) -> str:
     """A text cell (file name, metric, error) as written in the CSV: readable, and never a formula.
 
-    * File names that are not valid UTF-8 (lone surrogates from :func:`os.fsdecode`) show their undecodable
-      bytes as ``\\xNN``: ``bad\\xff.png``.
+    * File names that are not valid UTF-8 are written as :func:`readable_text` writes them: ``bad\\xff.png``.
     * A cell starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return, which a spreadsheet could
       run as a formula, gets a leading ``'``; so does one starting with ``'`` itself, so that removing one
       leading ``'`` from any cell that has one gives the name back.
@@ -67,10 +84,7 @@ def csv_text(text: str) -> str:
         >>> csv_text("a.png"), csv_text("=1+1.png"), csv_text("'q.png"), csv_text("bad\\udcff.png")
         ('a.png', "'=1+1.png", "''q.png", 'bad\\\\xff.png')
     """
-    try:
-        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:  # a surrogate that no file name decodes to (a hand-edited journal)
-        text = text.encode("utf-8", "backslashreplace").decode("ascii")
+    text = readable_text(text)
     return "'" + text if text.startswith(FORMULA_CHARS) else text
 
 
@@ -104,6 +118,25 @@ def write_csv_atomic(path: str | os.PathLike[str], rows: Sequence[dict[str, Any]
             csv_text(r.get("error") or ""),
         ]))
     atomic_write_text(path, "".join(lines))
+
+
+def write_json_atomic(path: str | os.PathLike[str], rows: Sequence[dict[str, Any]], *, value_column: str) -> None:
+    """Write rows as a JSON array of objects ``{"ref", "dist", "metric", <value_column>, "error"}`` atomically at
+    ``path``: the CSV's fields, with names as :func:`readable_text` writes them (no formula guard: JSON is not
+    run by spreadsheets), a missing or non-finite value as ``null`` and no error as ``null``."""
+    def value(v: float | None) -> float | None:
+        return None if v is None or not math.isfinite(float(v)) else float(v)
+
+    out = [{"ref": readable_text(r["ref"]), "dist": readable_text(r["dist"]), "metric": readable_text(r["metric"]),
+            value_column: value(r.get("value")), "error": readable_text(r["error"]) if r.get("error") else None}
+           for r in rows]
+    atomic_write_text(path, json.dumps(out, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
+
+
+def write_output_atomic(path: str | os.PathLike[str], rows: Sequence[dict[str, Any]], *, value_column: str) -> None:
+    """The job's output: JSON when ``path`` ends in ``.json`` (any case), else CSV."""
+    writer = write_json_atomic if Path(path).suffix.lower() == ".json" else write_csv_atomic
+    writer(path, rows, value_column=value_column)
 
 
 def creation_mode() -> int:

@@ -57,7 +57,7 @@ from .journal import (
     merge_journals,
     read_journal,
 )
-from .output import sorted_rows, value_column, write_csv_atomic
+from .output import sorted_rows, value_column, write_output_atomic
 
 T = TypeVar("T")
 
@@ -304,7 +304,8 @@ def finalize(
     keep_journals: bool = False,
     journals: Sequence[str | os.PathLike[str]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Merge the writers' journals, write the sorted CSV atomically, then remove the journals.
+    """Merge the writers' journals, write the sorted rows atomically (CSV, or JSON for a ``.json`` output), then
+    remove the journals.
 
     Run by one process (rank 0) once every writer has finished. The journals are those of ``world_size``
     writers, or ``journals`` when given (e.g. :func:`find_journals`, after resuming with another world
@@ -319,7 +320,7 @@ def finalize(
     else:
         paths = [Path(p) for p in journals]
     rows = sorted_rows(merge_journals(paths, job, tasks), tasks)
-    write_csv_atomic(output, rows, value_column=value_column)
+    write_output_atomic(output, rows, value_column=value_column)
     if not keep_journals:
         for p in paths:
             p.unlink(missing_ok=True)
