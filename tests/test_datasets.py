@@ -191,3 +191,26 @@ def test_mos_malformed_label_files(tmp_path: Path) -> None:
     # not UTF-8
     with pytest.raises(DatasetError, match="not UTF-8 text"):
         read(head.encode() + b"ref.png,d\xe9.png,1\n")
+
+
+def test_bapps_split_is_not_mislabelled(tmp_path: Path) -> None:
+    """A folder of the 'train' split read with split='val' (the default), or the reverse, is refused: the results
+    would carry the wrong split's name. The matching split is read as before."""
+    root = make_2afc(tmp_path, {"traditional": [0.5]})
+    val = root / "2afc" / "val"
+    with pytest.raises(ValueError, match=r"is BAPPS's 'val' split, but split='train' was asked for"):
+        BAPPS2AFC(val, split="train")
+    with pytest.raises(ValueError, match=r"is BAPPS's 'val' split, but split='train'"):
+        BAPPS2AFC(val / "traditional", split="train")  # one subset folder inside the other split
+    assert BAPPS2AFC(val).split == "val" and BAPPS2AFC(val / "traditional").subsets == ["traditional"]
+    train = root / "2afc" / "train"
+    val.rename(train)
+    with pytest.raises(ValueError, match=r"is BAPPS's 'train' split, but split='val'"):
+        BAPPS2AFC(train)
+    assert len(BAPPS2AFC(train, split="train")) == 1 and len(BAPPS2AFC(root, split="train")) == 1
+    with pytest.raises(FileNotFoundError, match="no BAPPS 2afc data"):
+        BAPPS2AFC(root)  # no val split at all
+    # a folder of subsets named otherwise is read with any split, as before
+    other = tmp_path / "mine"
+    train.rename(other)
+    assert BAPPS2AFC(other).subsets == ["traditional"]

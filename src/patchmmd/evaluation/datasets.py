@@ -179,6 +179,17 @@ def _check_load_size(load_size: int | None) -> int | None:
     return None if load_size is None else check_positive_int("load_size", load_size)
 
 
+_SPLITS = ("train", "val")
+
+
+def _check_split(folder: Path, split: str) -> None:
+    """A folder of subsets named after the other BAPPS split is not read as ``split`` (results would carry the
+    wrong split's name)."""
+    if folder.name in _SPLITS and folder.name != split:
+        raise ValueError(f"{folder} is BAPPS's {folder.name!r} split, but split={split!r} was asked for; pass "
+                         f"split={folder.name!r}, or point at the {split!r} folder")
+
+
 def _subset_dirs(root: str | os.PathLike[str], kind: str, split: str, subsets: Sequence[str] | None,
                  parts: Sequence[str]) -> dict[str, Path]:
     """Resolve BAPPS subset folders under ``root`` (the BAPPS root, its ``kind`` folder, a split, or a subset)."""
@@ -187,6 +198,7 @@ def _subset_dirs(root: str | os.PathLike[str], kind: str, split: str, subsets: S
     if all((root / p).is_dir() for p in parts):  # root is itself one subset
         if subsets:
             raise ValueError(f"{root} is a single subset folder; do not also select subsets {list(subsets)}")
+        _check_split(Path(os.path.abspath(root)).parent, split)
         return {root.name: root}
     def holds_subsets(base: Path) -> bool:
         return base.is_dir() and any(c.is_dir() and all((c / q).is_dir() for q in parts) for c in base.iterdir())
@@ -199,6 +211,7 @@ def _subset_dirs(root: str | os.PathLike[str], kind: str, split: str, subsets: S
             f"no BAPPS {kind} data under {root}: expected {kind}/{split}/<subset>/{{{','.join(parts)}}}/ "
             f"(subsets: {', '.join(BAPPS_SUBSETS)})"
         )
+    _check_split(Path(os.path.abspath(base)), split)
     if subsets:
         names = []
         for s in subsets:

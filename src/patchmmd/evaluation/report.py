@@ -16,7 +16,7 @@ Example:
     >>> ref = torch.full((3, 32, 32), 0.5)
     >>> save_image(ref, root / "ref.png")
     >>> rows = ["reference,distorted,dmos"]
-    >>> for i in range(4):
+    >>> for i in range(6):
     ...     save_image((ref + 0.05 * (i + 1)).clamp(0, 1), root / f"d{i}.png")
     ...     rows.append(f"ref.png,d{i}.png,{10 * (i + 1)}")
     >>> _ = (root / "labels.csv").write_text("\\n".join(rows) + "\\n")
@@ -73,9 +73,23 @@ def remove_outputs(out_dir: str | os.PathLike[str]) -> None:
     shutil.rmtree(path / "cache", ignore_errors=True)
 
 
+#: How report.md shows a statistic that is undefined (NaN; null in report.json), and what it means.
+_UNDEFINED = "–"
+_UNDEFINED_MOS = (
+    f"{_UNDEFINED}: undefined (null in report.json): SROCC, KROCC and PLCC where the values or the scores are all "
+    "tied; PLCC and RMSE with at most 5 distinct (value, score) pairs, which the 5-parameter logistic passes "
+    "through whatever they are; every statistic of a group of fewer than 3 items; an interval where more than 5% "
+    "of the resamples leave the statistic undefined."
+)
+_UNDEFINED_JND = (
+    f"{_UNDEFINED}: undefined (null in report.json): no pair of the subset was judged 'same', so it has no "
+    "average precision, and the mean over subsets has none either."
+)
+
+
 def _fmt(v: Any, digits: int = 4) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
+        return _UNDEFINED
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
@@ -177,14 +191,14 @@ def _write_bapps(r: EvaluationResult, out: Path, plots_on: bool) -> Report:
                 rel = [sign * (v[0] - v[1]) / (abs(v[0]) + abs(v[1]) + 1e-12) for v in vals]
                 plots[name] = _scatter(out, name, truth, rel, subsets_of, "human judge g (fraction preferring p1)",
                                        "(d0 − d1) / (|d0| + |d1|)" + (" (negated similarity)" if sign < 0 else ""),
-                                       f"{name}: 2AFC {res['mean']:.3f} (mean over subsets)")
+                                       f"{name}: 2AFC {_fmt(res['mean'], 3)} (mean over subsets)")
         else:
             rows += [[name, subsets_of[i], stems[i], vals[i][0], truth[i]] for i in range(n)]
             if plots_on:
                 plots[name] = _scatter(out, name, [v[0] for v in vals], truth, subsets_of,
                                        f"{name} ({'similarity' if sign < 0 else 'distance'})",
                                        "fraction judging the pair 'same'",
-                                       f"{name}: JND mAP {res['mean']:.3f} (mean over subsets)")
+                                       f"{name}: JND mAP {_fmt(res['mean'], 3)} (mean over subsets)")
     if kind == "2afc":
         _write_csv(out / "scores.csv", ["metric", "subset", "name", "d0", "d1", "judge", "score"], rows)
     else:
@@ -216,6 +230,8 @@ def _write_bapps(r: EvaluationResult, out: Path, plots_on: bool) -> Report:
     if human:
         md.append("| *human (majority)* | " + " | ".join(_fmt(human[s], 3) for s in ds.subsets)
                   + f" | {_fmt(summarize(human), 3)} |")
+    if any(_UNDEFINED in line for line in md[table_start:]):
+        md += ["", _UNDEFINED_JND]
     md += ["", "n per subset: " + ", ".join(f"{s} {subsets_of.count(s)}" for s in ds.subsets), ""]
     md += [f"![{m}]({p})" for m, p in plots.items()]
     summary = "\n".join(md[table_start:]).split("\n\n![")[0]
@@ -251,7 +267,7 @@ def _write_mos(r: EvaluationResult, out: Path, plots_on: bool) -> Report:
                 out, name, [sign * xx for xx in x], ys, groups or ["all"] * len(x),
                 f"{name}" + (" (negated: higher = more different)" if sign < 0 else " (distance)"),
                 ds.score_column + (" (negated)" if score_higher_is_better else ""),
-                f"{name}: SROCC {res['all']['srocc']:.3f}, PLCC {res['all']['plcc']:.3f}",
+                f"{name}: SROCC {_fmt(res['all']['srocc'], 3)}, PLCC {_fmt(res['all']['plcc'], 3)}",
                 curve=functools.partial(_curve, params=p) if p else None,
             )
     _write_csv(out / "scores.csv", ["metric", "reference", "distorted", "group", "value", ds.score_column], rows)
@@ -293,6 +309,10 @@ def _write_mos(r: EvaluationResult, out: Path, plots_on: bool) -> Report:
 
             md.append(f"| {name} | {g} | {st['n']} | {cell('srocc')} | {cell('krocc')} | {cell('plcc')} | "
                       f"{cell('rmse')} |")
+    if any(_UNDEFINED in line for line in md[md.index("## Summary (SROCC / KROCC / PLCC)"):]):
+        # said under the summary table, which front ends print on their own
+        md.insert(md.index("## Details") - 1, "")
+        md.insert(md.index("## Details") - 1, _UNDEFINED_MOS)
     if r.unscored:
         md += ["", "## Rows without a score", "",
                "| metric | distorted | identical to reference | value | value on (ref, ref) | ok |",

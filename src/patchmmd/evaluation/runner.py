@@ -276,6 +276,13 @@ def _size_mos(it: Any) -> tuple[int, ...]:
     return tuple(it.reference.shape)
 
 
+def _item_name(dataset: Dataset, i: int) -> str:
+    """Item ``i`` as a user finds it: ``subset/name`` (BAPPS) or ``reference -> distorted`` (MOS)."""
+    if isinstance(dataset, MOSDataset):
+        return f"{dataset.references[i]} -> {dataset.distorted[i]} (line {dataset.lines[i]})"
+    return f"{dataset.items[i][0]}/{dataset.items[i][1]}"
+
+
 def _compute(metric: EvalMetric, dataset: Dataset, indices: Sequence[int], kind: Kind, batch_size: int,
              device: torch.device, progress: Callable[[Progress], None] | None) -> list[list[float]]:
     """Values of ``metric`` over ``dataset[indices]``: 2 per item for 2AFC (d0, d1), 1 otherwise."""
@@ -299,9 +306,12 @@ def _compute(metric: EvalMetric, dataset: Dataset, indices: Sequence[int], kind:
         d = torch.as_tensor(d).detach().double().cpu().reshape(-1)
         if d.numel() != x.shape[0]:
             raise EvaluationError(f"metric {metric.name!r} returned {d.numel()} values for {x.shape[0]} pairs")
-        if not torch.isfinite(d).all():
-            raise EvaluationError(f"metric {metric.name!r} returned a non-finite value")
         k = len(batch)
+        if not torch.isfinite(d).all():
+            bad = sorted({batch[j % k][0] for j in torch.nonzero(~torch.isfinite(d)).flatten().tolist()})
+            items = [_item_name(dataset, indices[pos]) for pos in bad]
+            raise EvaluationError(f"metric {metric.name!r} returned a non-finite value (NaN or infinity) on "
+                                  f"{len(items)} item(s): {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}")
         for j, (pos, _) in enumerate(batch):
             values[pos] = [float(d[j + r * k]) for r in range(per_item)]
         done += k

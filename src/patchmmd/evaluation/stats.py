@@ -50,6 +50,8 @@ __all__ = [
 ]
 
 STATISTICS = ("srocc", "krocc", "plcc", "rmse")
+#: Parameters of :func:`logistic5`: PLCC and RMSE after the fit need more distinct (value, score) pairs than this.
+LOGISTIC_PARAMETERS = 5
 
 
 def _require_scipy(what: str) -> ModuleType:
@@ -212,10 +214,11 @@ def fit_logistic(
 
     The model is linear in ``b1, b4, b5`` once ``b2, b3`` are fixed, so those three are solved exactly
     (variable projection) and only ``(log b2, b3)`` is searched: a grid over slopes and centres on the
-    standardised ``x``, then Nelder–Mead from the best grid point (or from ``start``, parameters of an earlier
-    fit on the raw ``x``, as the bootstrap does). ``b2 > 0`` without loss of generality (the sign of the
-    sigmoid is carried by ``b1``); the least-squares line is the limit ``b1 = 0``. Deterministic and robust
-    where plain Levenberg–Marquardt wanders off on nearly linear data. Parameters apply to the raw ``x``.
+    standardised ``x``, then Nelder–Mead from the best grid point of each slope (or, shorter, from ``start``,
+    parameters of an earlier fit on the raw ``x``, and from the best grid point, as the bootstrap does), keeping
+    the best. ``b2 > 0`` without loss of generality (the sign of the sigmoid is carried by ``b1``); the
+    least-squares line is the limit ``b1 = 0``. Deterministic and robust where plain Levenberg–Marquardt
+    wanders off on nearly linear data. Parameters apply to the raw ``x``.
 
     Example:
         >>> import numpy as np
@@ -231,14 +234,19 @@ def fit_logistic(
     if std == 0:
         return 0.0, 1.0, mean, 0.0, float(ys.mean())
     z = (xs - mean) / std
+    centres = np.quantile(z, np.linspace(0.1, 0.9, 9))
+    # The best centre of the grid for each slope: the squared error has several basins along the centre (a
+    # saturated set whose jump falls between two grid centres), so one start is not enough.
+    per_slope = [min((np.array([math.log(b2), c]) for c in centres), key=lambda t: _profile(t, z, ys)[0])
+                 for b2 in (0.3, 1.0, 3.0, 10.0)]
     if start is not None:
         b2, b3 = float(start[1]) * std, (float(start[2]) - mean) / std
-        candidates = [np.array([math.log(max(abs(b2), 1e-6)), b3])]
+        # the earlier fit's basin, and the grid's best: a resample may sit better in another basin
+        candidates = [np.array([math.log(max(abs(b2), 1e-6)), b3]),
+                      min(per_slope, key=lambda t: _profile(t, z, ys)[0])]
         maxiter = 80
     else:
-        centres = np.quantile(z, np.linspace(0.1, 0.9, 9))
-        grid = [np.array([math.log(b2), c]) for b2 in (0.3, 1.0, 3.0, 10.0) for c in centres]
-        candidates = [min(grid, key=lambda t: _profile(t, z, ys)[0])]
+        candidates = per_slope
         maxiter = 400
     best = min((_profile(t, z, ys) for t in candidates), key=lambda r: r[0])
     for t in candidates:
@@ -269,6 +277,12 @@ def orient(values: ArrayLike, *, higher_is_better: bool) -> np.ndarray:
 def _point_stats(
     x: np.ndarray, y: np.ndarray, scipy: ModuleType, start: Sequence[float] | None = None
 ) -> dict[str, Any]:
+    # A 5-parameter curve passes through (or next to) up to 5 points whatever they are: PLCC near 1 and RMSE near 0
+    # would say nothing of the metric (3 points always give PLCC = 1), so there is no fit. Bootstrap resamples
+    # repeat items, so distinct (value, score) pairs are what count.
+    fit = len(set(zip(x.tolist(), y.tolist(), strict=True))) > LOGISTIC_PARAMETERS
+    plcc = rmse = math.nan
+    params: Sequence[float] = ()
     with np.errstate(all="ignore"):
         import warnings
 
@@ -276,11 +290,12 @@ def _point_stats(
             warnings.simplefilter("ignore")
             srocc = float(scipy.stats.spearmanr(x, y).statistic)
             krocc = float(scipy.stats.kendalltau(x, y).statistic)
-            params = fit_logistic(x, y, start=start)
-            fitted = logistic5(x, *params)
-            plcc = float(np.corrcoef(fitted, y)[0, 1]) if np.std(fitted) > 0 and np.std(y) > 0 else math.nan
             plcc_raw = float(np.corrcoef(x, y)[0, 1]) if np.std(x) > 0 and np.std(y) > 0 else math.nan
-    rmse = float(np.sqrt(np.mean((fitted - y) ** 2)))
+            if fit:
+                params = fit_logistic(x, y, start=start)
+                fitted = logistic5(x, *params)
+                plcc = float(np.corrcoef(fitted, y)[0, 1]) if np.std(fitted) > 0 and np.std(y) > 0 else math.nan
+                rmse = float(np.sqrt(np.mean((fitted - y) ** 2)))
     return {"srocc": srocc, "krocc": krocc, "plcc": plcc, "rmse": rmse, "plcc_linear": plcc_raw,
             "logistic": list(params)}
 
@@ -320,10 +335,13 @@ def correlations(
         oriented so that a good metric gives positive values (see the module docstring). ``plcc`` is Pearson's
         r between the logistic-fitted values and the (oriented) scores, ``rmse`` the fit's residual in score
         units, ``plcc_linear`` Pearson's r without the fit, ``logistic`` the fit's parameters (on the oriented
-        values). ``ci`` maps each of srocc/krocc/plcc/rmse to ``[low, high]`` (percentile bootstrap) or is
-        empty without bootstrap; resamples where a statistic is undefined are left out while they are at most
-        ``1 - confidence`` of all, beyond that its interval is NaN. Statistics that are undefined (constant
-        input) are NaN.
+        values; empty where there is no fit, see below). ``ci`` maps each of srocc/krocc/plcc/rmse to
+        ``[low, high]`` (percentile bootstrap) or is empty without bootstrap; resamples where a statistic is
+        undefined are left out while they are at most ``1 - confidence`` of all, beyond that its interval is
+        NaN. Statistics that are undefined are NaN: correlations of constant input (all values or all scores
+        tied), and PLCC and RMSE where at most :data:`LOGISTIC_PARAMETERS` (5) distinct (value, score) pairs
+        leave the 5-parameter fit nothing to test (it would pass through every point: 3 points always give
+        PLCC 1 and RMSE 0), so there is no fit.
 
     Example:
         >>> import numpy as np
@@ -352,7 +370,7 @@ def correlations(
         samples: dict[str, list[float]] = {k: [] for k in STATISTICS}
         for _ in range(bootstrap):
             idx = rng.integers(0, n, size=n)
-            st = _point_stats(x[idx], y[idx], scipy, start=out["logistic"])
+            st = _point_stats(x[idx], y[idx], scipy, start=out["logistic"] or None)
             for k in STATISTICS:
                 samples[k].append(st[k])
         lo, hi = 50 * (1 - confidence), 50 * (1 + confidence)
