@@ -223,3 +223,17 @@ def test_missing_weight_file_is_named(tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["eval", "suite", "--quick", "--candidate", "mmdpp:oops", "--out",
                                     str(tmp_path / "o")])
     assert res.exit_code != 0 and "KEY=VALUE" in res.output
+
+
+@pytest.mark.parametrize("nan_at", ["shift-1px", "shift-1px-diag"])
+def test_shift_check_fails_when_either_shift_ratio_is_nan(nan_at: str) -> None:
+    # max(0.01, nan) is 0.01 in Python: a NaN diagonal ratio used to pass the check on the straight one alone
+    from patchmmd.evaluation.suite import _checks
+
+    med = {"shift-1px": 0.01, "shift-1px-diag": 0.02, nan_at: math.nan}
+    data = {"human": {}, "tasks": {}, "shift": {"metrics": {"mmdpp": {"median": med}}}}
+    (row,) = [r for r in _checks(data, ["mmdpp"], [])["mmdpp"] if r["check"] == "shift"]
+    assert row["pass"] is False and "nan" in row["value"]
+    med[nan_at] = 0.03
+    (row,) = [r for r in _checks(data, ["mmdpp"], [])["mmdpp"] if r["check"] == "shift"]
+    assert row["pass"] is True

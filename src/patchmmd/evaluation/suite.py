@@ -505,7 +505,8 @@ def _checks(data: dict[str, Any], candidates: Sequence[str], deep: Sequence[str]
         if not csiq:
             rows.append(_check("human-csiq", None, "–", "no human set named *csiq*"))
         med = shift["metrics"][c]["median"]
-        worst = max(med["shift-1px"], med["shift-1px-diag"])
+        pair = (med["shift-1px"], med["shift-1px-diag"])
+        worst = math.nan if any(math.isnan(v) for v in pair) else max(pair)  # max() drops a NaN in second place
         rows.append(_check("shift", bool(worst <= 0.15), f"1 px {med['shift-1px']:.3f}, diagonal "
                            f"{med['shift-1px-diag']:.3f} (≤ 0.150)"))
         sr = tasks.get("sr", {})
