@@ -237,3 +237,15 @@ def test_shift_check_fails_when_either_shift_ratio_is_nan(nan_at: str) -> None:
     med[nan_at] = 0.03
     (row,) = [r for r in _checks(data, ["mmdpp"], [])["mmdpp"] if r["check"] == "shift"]
     assert row["pass"] is True
+
+
+def test_a_nan_photo_makes_the_shift_summary_nan() -> None:
+    # statistics.median sorts, and sorting with a NaN is undefined: median([nan, 0.2, 0.1]) came out 0.1
+    import statistics
+
+    from patchmmd.evaluation.suite import _over_photos
+
+    values = [math.nan, 0.2, 0.1]
+    assert not math.isnan(statistics.median(values)) and not math.isnan(max(values[1:] + values[:1]))
+    assert math.isnan(_over_photos(statistics.median, values)) and math.isnan(_over_photos(max, values[::-1]))
+    assert _over_photos(statistics.median, [0.3, 0.2, 0.1]) == 0.2

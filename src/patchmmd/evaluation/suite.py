@@ -361,8 +361,8 @@ def _shift(photos: Sequence[torch.Tensor], names: Sequence[str], metrics: Sequen
             per_photo[name] = {**{k: _r(v) for k, v in ratios(d).items()},
                                "d_noise": _r(d["noise"]), "d_blur": _r(d["blur"])}
         out["metrics"][m.label] = {
-            "median": {k: _r(statistics.median(p[k] for p in per_photo.values())) for k in SHIFTS},
-            "max": {k: _r(max(p[k] for p in per_photo.values())) for k in SHIFTS},
+            "median": {k: _r(_over_photos(statistics.median, [p[k] for p in per_photo.values()])) for k in SHIFTS},
+            "max": {k: _r(_over_photos(max, [p[k] for p in per_photo.values()])) for k in SHIFTS},
             "per_photo": per_photo,
         }
     out["seconds"] = round(time.perf_counter() - t0, 1)
@@ -480,6 +480,11 @@ def _gim_scores(judges: Mapping[str, SuiteMetric], images: Sequence[torch.Tensor
 # ---------------------------------------------------------------------------------------------- checks
 def _check(key: str, ok: bool | None, value: str, why: str = "") -> dict[str, Any]:
     return {"check": key, "pass": ok, "value": value, "note": why}
+
+
+def _over_photos(summary: Callable[[list[float]], float], values: list[float]) -> float:
+    """``summary(values)``, or NaN when a photo's value is NaN (sorting and ``max`` would drop it silently)."""
+    return math.nan if any(math.isnan(v) for v in values) else summary(values)
 
 
 def _checks(data: dict[str, Any], candidates: Sequence[str], deep: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
