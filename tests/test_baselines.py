@@ -253,3 +253,20 @@ def test_lpips_says_the_smallest_image_its_trunk_takes(net: str, side: int) -> N
     features = alexnet_features() if net == "alex" else vgg16_features()
     with pytest.raises(RuntimeError, match="too small"):  # what the check stands in front of
         features(torch.rand(1, 3, side - 1, side - 1))
+
+
+def test_out_of_range_errors_name_the_options_the_metric_has() -> None:
+    # the message used to suggest value_range=, which no baseline takes
+    from patchmmd.metrics.classic import ms_ssim, ssim
+
+    x = torch.rand(1, 3, 200, 200) * 255
+    with pytest.raises(ValueError, match=r"outside value_range=\(0, 1\); pass data_range=255 for images in \[0, 255\]$"):
+        psnr(x, x)
+    assert psnr(x, x.flip(-1), data_range=255.0).shape == (1,)
+    with pytest.raises(ValueError, match=r"takes images in \[0, 1\]: divide 8-bit .*, or out_of_range='clamp'"):
+        ssim(x, x)
+    with pytest.raises(ValueError, match=r"takes images in \[0, 1\]: .*\(x \+ 1\) / 2$"):  # no out_of_range option
+        ms_ssim(x, x)
+    with pytest.raises(ValueError, match=r"takes images in \[0, 1\]") as info:
+        LPIPS("alex")(x[..., :64, :64], x[..., :64, :64])
+    assert "value_range" not in str(info.value).split(";")[1]

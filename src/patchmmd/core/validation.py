@@ -29,6 +29,11 @@ _OUT_OF_RANGE = ("raise", "clamp", "ignore")
 RANGE_TOLERANCE = 1e-3
 
 
+#: The end of the out-of-range error of the package's distances, which take ``value_range`` and ``out_of_range``.
+RANGE_HINT = ("pass value_range=(lo, hi) for other scales (e.g. (0, 255) or (-1, 1)), or out_of_range='clamp' / "
+              "'ignore' for network outputs that overshoot slightly")
+
+
 def check_image(name: str, t: object) -> torch.Tensor:
     """Check one image argument and return it as a 4-D ``(N, C, H, W)`` tensor.
 
@@ -58,13 +63,14 @@ def check_pair(
     out_of_range: OutOfRange = "raise",
     min_size: int = 1,
     min_size_reason: str = "the patch size",
+    range_hint: str = RANGE_HINT,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate two image batches and return them as 4-D tensors of one dtype and device.
 
     Checks: tensor type, 3 or 4 dimensions, floating dtype, equal shapes, same device, finite values,
     values within ``value_range`` (up to :data:`RANGE_TOLERANCE` of its width, unless
-    ``out_of_range`` says otherwise) and a spatial size of at least ``min_size`` (``min_size_reason`` says
-    why, in the error).
+    ``out_of_range`` says otherwise; ``range_hint`` ends that error, what the caller can do in its own
+    arguments) and a spatial size of at least ``min_size`` (``min_size_reason`` says why, in the error).
 
     Under ``torch.compile`` (:func:`torch.compiler.is_compiling`) the two value checks (finite, in range) are
     skipped: they read the data, which would break the graph. A compiled graph does not validate values;
@@ -97,8 +103,7 @@ def check_pair(
             if tmin < lo - tol or tmax > hi + tol:
                 raise ValueError(
                     f"{name} has values in [{tmin:.4g}, {tmax:.4g}], outside value_range=({lo:g}, {hi:g}); "
-                    "pass value_range=(lo, hi) for other scales (e.g. (0, 255) or (-1, 1)), or "
-                    "out_of_range='clamp' / 'ignore' for network outputs that overshoot slightly"
+                    + range_hint
                 )
     if out_of_range == "clamp":
         x, y = x.clamp(lo, hi), y.clamp(lo, hi)

@@ -35,15 +35,22 @@ __all__ = ["MAX_PSNR", "check_batch", "ms_ssim", "psnr", "ssim"]
 MAX_PSNR = 100.0
 
 
-def check_batch(x: object, y: object, *, data_range: float = 1.0, out_of_range: OutOfRange = "raise",
+def check_batch(x: object, y: object, *, data_range: float | None = None, out_of_range: OutOfRange | None = None,
                 min_size: int = 1, min_size_reason: str = "") -> tuple[torch.Tensor, torch.Tensor]:
     """``x`` and ``y`` as image batches ``(N, C, H, W)`` (a ``(C, H, W)`` image is a batch of one), checked as the
     package's own distances check theirs (:func:`patchmmd.core.validation.check_pair`): floating-point tensors
-    of one shape, dtype and device, finite, with values in ``[0, data_range]`` unless ``out_of_range`` is
-    ``"clamp"`` or ``"ignore"`` (training losses on network outputs that overshoot), and sides of at least
-    ``min_size`` (``min_size_reason`` says why)."""
-    return check_pair(x, y, value_range=(0.0, check_positive_float("data_range", data_range)),
-                      out_of_range=out_of_range, min_size=min_size, min_size_reason=min_size_reason)
+    of one shape, dtype and device, finite, with values in ``[0, data_range]`` (``[0, 1]`` when the caller has
+    no ``data_range`` option: ``None``) unless ``out_of_range`` is ``"clamp"`` or ``"ignore"`` (training losses
+    on network outputs that overshoot; ``None``: the caller has no such option, values must be in range), and
+    sides of at least ``min_size`` (``min_size_reason`` says why). An out-of-range error names only the options
+    the caller has."""
+    hint = ("pass data_range=255 for images in [0, 255]" if data_range is not None
+            else "this metric takes images in [0, 1]: divide 8-bit values by 255, map [-1, 1] images by (x + 1) / 2")
+    if out_of_range is not None:
+        hint += ", or out_of_range='clamp' / 'ignore' for network outputs that overshoot slightly"
+    top = 1.0 if data_range is None else check_positive_float("data_range", data_range)
+    return check_pair(x, y, value_range=(0.0, top), out_of_range="raise" if out_of_range is None else out_of_range,
+                      min_size=min_size, min_size_reason=min_size_reason, range_hint=hint)
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor, *, data_range: float = 1.0, max_db: float = MAX_PSNR) -> torch.Tensor:
