@@ -260,7 +260,7 @@ def test_out_of_range_errors_name_the_options_the_metric_has() -> None:
     from patchmmd.metrics.classic import ms_ssim, ssim
 
     x = torch.rand(1, 3, 200, 200) * 255
-    with pytest.raises(ValueError, match=r"outside value_range=\(0, 1\); pass data_range=255 for images in \[0, 255\]$"):
+    with pytest.raises(ValueError, match=r"outside value_range=\(0, 1\); pass data_range=255 for images in \[0, 255\]"):
         psnr(x, x)
     assert psnr(x, x.flip(-1), data_range=255.0).shape == (1,)
     with pytest.raises(ValueError, match=r"takes images in \[0, 1\]: divide 8-bit .*, or out_of_range='clamp'"):
