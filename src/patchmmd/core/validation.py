@@ -64,13 +64,15 @@ def check_pair(
     min_size: int = 1,
     min_size_reason: str = "the patch size",
     range_hint: str = RANGE_HINT,
+    range_text: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate two image batches and return them as 4-D tensors of one dtype and device.
 
     Checks: tensor type, 3 or 4 dimensions, floating dtype, equal shapes, same device, finite values,
     values within ``value_range`` (up to :data:`RANGE_TOLERANCE` of its width, unless
-    ``out_of_range`` says otherwise; ``range_hint`` ends that error, what the caller can do in its own
-    arguments) and a spatial size of at least ``min_size`` (``min_size_reason`` says why, in the error).
+    ``out_of_range`` says otherwise; that error writes the range as ``range_text``, by default
+    ``value_range=(lo, hi)``, and ends in ``range_hint``, what the caller can do in its own arguments) and a
+    spatial size of at least ``min_size`` (``min_size_reason`` says why, in the error).
 
     Under ``torch.compile`` (:func:`torch.compiler.is_compiling`) the two value checks (finite, in range) are
     skipped: they read the data, which would break the graph. A compiled graph does not validate values;
@@ -101,10 +103,8 @@ def check_pair(
         if out_of_range == "raise":
             tol = RANGE_TOLERANCE * (hi - lo)
             if tmin < lo - tol or tmax > hi + tol:
-                raise ValueError(
-                    f"{name} has values in [{tmin:.4g}, {tmax:.4g}], outside value_range=({lo:g}, {hi:g}); "
-                    + range_hint
-                )
+                where = range_text or f"value_range=({lo:g}, {hi:g})"
+                raise ValueError(f"{name} has values in [{tmin:.4g}, {tmax:.4g}], outside {where}; {range_hint}")
     if out_of_range == "clamp":
         x, y = x.clamp(lo, hi), y.clamp(lo, hi)
     return x, y

@@ -50,7 +50,8 @@ def check_batch(x: object, y: object, *, data_range: float | None = None, out_of
         hint += ", or out_of_range='clamp' / 'ignore' for network outputs that overshoot slightly"
     top = 1.0 if data_range is None else check_positive_float("data_range", data_range)
     return check_pair(x, y, value_range=(0.0, top), out_of_range="raise" if out_of_range is None else out_of_range,
-                      min_size=min_size, min_size_reason=min_size_reason, range_hint=hint)
+                      min_size=min_size, min_size_reason=min_size_reason, range_hint=hint,
+                      range_text=f"[0, data_range] = [0, {top:g}]" if data_range is not None else "[0, 1]")
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor, *, data_range: float = 1.0, max_db: float = MAX_PSNR) -> torch.Tensor:
