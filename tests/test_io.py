@@ -245,8 +245,9 @@ def test_eval_mos_reports_a_bomb_in_one_line(tmp_path: Path) -> None:
     assert "decompression bomb" in r.output
 
 
-def _png16(a: np.ndarray, colour_type: int) -> bytes:
-    """A 16-bit PNG (no filter, no interlace) of ``a`` ``(H, W, C)`` uint16."""
+def _png16(a: np.ndarray, colour_type: int, trns: tuple[int, ...] | None = None) -> bytes:
+    """A 16-bit PNG (no filter, no interlace) of ``a`` ``(H, W, C)`` uint16, with a transparent colour ``trns``
+    (a tRNS chunk) if given."""
     h, w, _ = a.shape
     raw = b"".join(b"\x00" + a[i].astype(">u2").tobytes() for i in range(h))
 
@@ -254,7 +255,9 @@ def _png16(a: np.ndarray, colour_type: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    key = b"" if trns is None else chunk(b"tRNS", struct.pack(f">{len(trns)}H", *trns))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + key + chunk(b"IDAT", zlib.compress(raw))
+            + chunk(b"IEND", b""))
 
 
 def test_16_bit_colour_png_is_read_at_8_bits_with_a_warning(tmp_path: Path) -> None:
@@ -317,3 +320,212 @@ def test_a_one_pixel_image_reads_without_a_warning(tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # not PyTorch's "the given NumPy array is not writable"
         assert load_image(tmp_path / "one.png").shape == (3, 1, 1)
+
+
+# ------------------------------------------------------------------ pixel values against a reference
+# Each expected tensor below is computed from the pixels written, with numpy, not with the code under test.
+def _chw(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1) if a.ndim == 3 else a[None])).double()
+
+
+def test_alpha_is_composited_over_white_with_straight_alpha(tmp_path: Path) -> None:
+    # every (colour, alpha) pair: the nearest multiple of 1/255 to a * c + (1 - a), never c + (1 - a)
+    c, a = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
+    Image.fromarray(np.stack([c, 255 - c, c // 2, a], axis=2).astype(np.uint8)).save(tmp_path / "rgba.png")
+    got = load_image(tmp_path / "rgba.png", dtype=torch.float64)
+    exact = np.stack([c, 255 - c, c // 2]) / 255.0 * (a / 255.0) + (1 - a / 255.0)
+    assert (got - torch.from_numpy(exact)).abs().max().item() <= 0.5 / 255 + 1e-12
+    assert torch.equal(got, torch.from_numpy(np.floor(exact * 255 + 0.5) / 255))
+    keep = load_image(tmp_path / "rgba.png", mode="keep", dtype=torch.float64)
+    assert torch.equal(keep, _chw(np.stack([c, 255 - c, c // 2, a], axis=2) / 255.0))
+
+
+def test_l_is_pillows_itu_601_of_the_composite(tmp_path: Path) -> None:
+    rgb = np.random.default_rng(0).integers(0, 256, (9, 11, 3))
+    Image.fromarray(rgb.astype(np.uint8)).save(tmp_path / "rgb.png")
+    luma = (rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16  # 299, 587, 114 / 1000
+    got = load_image(tmp_path / "rgb.png", mode="L", dtype=torch.float64)
+    assert torch.equal(got, _chw(luma / 255.0))
+    assert (got - _chw((rgb @ np.array([0.299, 0.587, 0.114])) / 255)).abs().max().item() <= 0.5 / 255 + 1e-12
+
+
+def test_palette_images_with_and_without_transparency(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    palette = rng.integers(0, 256, (256, 3)).astype(np.uint8)
+    index = rng.integers(0, 256, (7, 9)).astype(np.uint8)
+    alphas = rng.integers(0, 256, 256).astype(np.uint8)
+    im = Image.frombytes("P", (9, 7), index.tobytes())
+    im.putpalette(palette.flatten().tolist())
+    im.save(tmp_path / "p.png")
+    im.save(tmp_path / "one.gif", transparency=int(index[0, 0]))
+    im.save(tmp_path / "table.png", transparency=alphas.tobytes())  # an alpha for every entry
+    colours = palette[index] / 255.0
+    assert torch.equal(load_image(tmp_path / "p.png", dtype=torch.float64), _chw(colours))
+    clear = (index == index[0, 0])[..., None]
+    assert torch.equal(load_image(tmp_path / "one.gif", dtype=torch.float64), _chw(np.where(clear, 1.0, colours)))
+    a = (alphas[index] / 255.0)[..., None]
+    got = load_image(tmp_path / "table.png", dtype=torch.float64)
+    assert (got - _chw(colours * a + 1 - a)).abs().max().item() <= 0.5 / 255 + 1e-12
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_reads_as_exif_transpose_shows_it(tmp_path: Path, orientation: int) -> None:
+    from PIL import ImageOps
+
+    pixels = np.random.default_rng(orientation).integers(0, 256, (5, 8, 3)).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    for suffix in ("png", "webp"):  # lossless, so the pixels compare exactly
+        path = tmp_path / f"o.{suffix}"
+        Image.fromarray(pixels).save(path, exif=exif.tobytes(), **({"lossless": True} if suffix == "webp" else {}))
+        want = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB")) / 255.0
+        assert want.shape[:2] == ((8, 5) if orientation >= 5 else (5, 8))
+        assert torch.equal(load_image(path, dtype=torch.float64), _chw(want))
+
+
+def test_an_animated_file_is_read_as_its_first_frame(tmp_path: Path) -> None:
+    frames = [Image.fromarray(np.full((4, 6, 3), v, np.uint8)) for v in (10, 200, 90)]
+    for name in ("a.gif", "a.png", "a.webp"):
+        frames[0].save(tmp_path / name, save_all=True, append_images=frames[1:], duration=100,
+                       **({"lossless": True} if name.endswith("webp") else {}))
+        assert torch.equal(load_image(tmp_path / name, dtype=torch.float64), torch.full((3, 4, 6), 10 / 255.0,
+                                                                                          dtype=torch.float64))
+
+
+def test_float64_is_exactly_k_over_255_and_over_65535(tmp_path: Path) -> None:
+    Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16)).save(tmp_path / "g8.png")
+    Image.fromarray(np.arange(65536, dtype=np.uint16).reshape(256, 256)).save(tmp_path / "g16.png")
+    for name, n in (("g8.png", 255), ("g16.png", 65535)):
+        want = torch.arange(n + 1, dtype=torch.float64).reshape(1, *((16, 16) if n == 255 else (256, 256))) / n
+        assert torch.equal(load_image(tmp_path / name, mode="L", dtype=torch.float64), want)
+        assert torch.equal(load_image(tmp_path / name, mode="L"), want.float())  # float32: the same, rounded
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64, torch.bool, torch.complex64])
+def test_a_dtype_that_is_not_floating_is_refused(tmp_path: Path, dtype: torch.dtype) -> None:
+    # an integer dtype truncated every value in [0, 1) to 0
+    save_image(torch.rand(3, 4, 4), tmp_path / "a.png")
+    with pytest.raises(ValueError, match="dtype must be a floating dtype"):
+        load_image(tmp_path / "a.png", dtype=dtype)
+
+
+@pytest.mark.parametrize("suffix", ["png", "tif", "bmp"])
+def test_keep_reads_a_bilevel_image_as_one_channel(tmp_path: Path, suffix: str) -> None:
+    bits = np.random.default_rng(2).integers(0, 2, (5, 7)).astype(bool)
+    Image.fromarray(bits).save(tmp_path / f"b.{suffix}")
+    assert Image.open(tmp_path / f"b.{suffix}").mode == "1"
+    assert torch.equal(load_image(tmp_path / f"b.{suffix}", mode="keep", dtype=torch.float64), _chw(bits * 1.0))
+    assert torch.equal(load_image(tmp_path / f"b.{suffix}", mode="L", dtype=torch.float64), _chw(bits * 1.0))
+
+
+def test_a_transparent_gray_level_or_colour_is_alpha(tmp_path: Path) -> None:
+    # PNG tRNS on a gray or RGB image: the pixels of that value are transparent, as a palette's entry is
+    rng = np.random.default_rng(3)
+    gray = rng.integers(0, 256, (6, 8)).astype(np.uint8)
+    rgb = rng.integers(0, 256, (6, 8, 3)).astype(np.uint8)
+    rgb[1, 2] = rgb[0, 0]
+    Image.fromarray(gray).save(tmp_path / "g.png", transparency=int(gray[0, 0]))
+    Image.fromarray(rgb).save(tmp_path / "c.png", transparency=tuple(int(v) for v in rgb[0, 0]))
+    bits = np.array([[0, 1, 1], [1, 0, 1]], bool)
+    Image.fromarray(bits).save(tmp_path / "b.png", transparency=255)  # the white pixels are transparent
+    for name, colours, clear in (("g.png", np.repeat(gray[..., None], 3, 2), gray == gray[0, 0]),
+                                 ("c.png", rgb, (rgb == rgb[0, 0]).all(axis=2)),
+                                 ("b.png", np.repeat(bits[..., None] * 255, 3, 2), bits)):
+        assert clear.any() and not clear.all()
+        assert torch.equal(load_image(tmp_path / name, dtype=torch.float64),
+                           _chw(np.where(clear[..., None], 1.0, colours / 255.0)))
+        keep = load_image(tmp_path / name, mode="keep", dtype=torch.float64)
+        assert torch.equal(keep, _chw(np.dstack([colours, np.where(clear, 0, 255)]) / 255.0))
+    luma = load_image(tmp_path / "g.png", mode="L", dtype=torch.float64)
+    assert torch.equal(luma, _chw(np.where(gray == gray[0, 0], 1.0, gray / 255.0)))
+
+
+def test_a_transparent_16_bit_gray_level_is_alpha(tmp_path: Path) -> None:
+    g = np.array([[[0], [300], [40000], [300]]], dtype=np.uint16)
+    (tmp_path / "g.png").write_bytes(_png16(g, 0, trns=(300,)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = load_image(tmp_path / "g.png", mode="L", dtype=torch.float64)
+        keep = load_image(tmp_path / "g.png", mode="keep", dtype=torch.float64)
+    assert got[0, 0].tolist() == [0.0, 1.0, 40000 / 65535, 1.0]
+    assert keep.shape == (4, 1, 4)
+    assert keep[:, 0, 2].tolist() == [40000 / 65535] * 3 + [1.0] and keep[3, 0].tolist() == [1.0, 0.0, 1.0, 0.0]
+
+
+def test_a_16_bit_transparent_colour_is_not_matched_at_8_bits(tmp_path: Path) -> None:
+    # The key (0, 0, 0) is one 16-bit colour; (0, 0, 100) differs from it but reads as 8-bit (0, 0, 0).
+    a = np.array([[[0, 0, 100], [65535, 0, 0]]], dtype=np.uint16)
+    (tmp_path / "c.png").write_bytes(_png16(a, 2, trns=(0, 0, 0)))
+    with pytest.warns(RuntimeWarning, match=r"8-bit precision .*transparent colour \(tRNS\) is ignored"):
+        got = load_image(tmp_path / "c.png", dtype=torch.float64)
+    assert got[:, 0, 0].tolist() == [0.0, 0.0, 0.0]  # not white
+
+
+def test_16_bit_colour_tiff_and_ppm_warn_as_png_does(tmp_path: Path) -> None:
+    tiff = pytest.importorskip("tifffile")  # Pillow does not write 16-bit colour TIFFs
+    a = np.array([[[0, 25737, 65535], [1000, 2000, 3000]]], dtype=np.uint16)
+    tiff.imwrite(tmp_path / "c.tif", a)
+    (tmp_path / "c.ppm").write_bytes(b"P6\n2 1\n65535\n" + a.astype(">u2").tobytes())
+    for name in ("c.tif", "c.ppm"):
+        with pytest.warns(RuntimeWarning, match="16-bit colour (TIFF|PPM) is read at 8-bit precision"):
+            got = load_image(tmp_path / name, dtype=torch.float64)
+        torch.testing.assert_close(got, _chw(a / 65535.0), atol=1 / 255, rtol=0)  # the right range
+    Image.fromarray(a.astype(np.uint8)).save(tmp_path / "c8.tif")
+    Image.fromarray(a.astype(np.uint8)).save(tmp_path / "c8.ppm")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_image(tmp_path / "c8.tif")
+        load_image(tmp_path / "c8.ppm")
+
+
+def test_signed_integer_tiffs_are_refused(tmp_path: Path) -> None:
+    tiff = pytest.importorskip("tifffile")
+    tiff.imwrite(tmp_path / "s8.tif", np.array([[-128, -1, 0, 127]], np.int8))  # Pillow reads -1 as 255
+    with pytest.raises(ImageReadError, match="TIFF of signed integers"):
+        load_image(tmp_path / "s8.tif")
+    tiff.imwrite(tmp_path / "s16.tif", np.array([[-5, 7]], np.int16))  # Pillow widens it to 32 bits (mode I)
+    with pytest.raises(ImageReadError, match="32-bit integer"):
+        load_image(tmp_path / "s16.tif")
+
+
+def test_a_16_bit_mode_i_image_keeps_its_range_when_turned_upright(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pillow before 10 opened a 16-bit grayscale PNG as mode "I"; turned upright (a copy, which has no format)
+    # it was refused as a 32-bit image. A 16-bit PGM, also mode "I", stands in for it.
+    import patchmmd.io as pio
+
+    Image.fromarray(np.array([[0, 300, 65535]], np.uint16)).save(tmp_path / "g.pgm")
+    assert Image.open(tmp_path / "g.pgm").mode == "I"
+    monkeypatch.setattr(pio, "_upright", lambda im: im.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+    got = load_image(tmp_path / "g.pgm", mode="L", dtype=torch.float64)
+    assert got[0, 0].tolist() == [1.0, 300 / 65535, 0.0]
+
+
+# ----------------------------------------------------------------------------------------- save_image
+@pytest.mark.parametrize("channels, mode", [(1, "L"), (2, "LA"), (3, "RGB"), (4, "RGBA")])
+def test_save_then_load_is_exact_for_8_bit_values(tmp_path: Path, channels: int, mode: str) -> None:
+    k = torch.arange(256, dtype=torch.float64).reshape(1, 16, 16).expand(channels, -1, -1) / 255
+    for dtype in (torch.float64, torch.float32, torch.float16, torch.bfloat16):
+        save_image(k.to(dtype)[None], tmp_path / "k.png")
+        assert Image.open(tmp_path / "k.png").mode == mode
+        want = k if channels != 2 else torch.cat([k[:1], k[:1], k[:1], k[1:]])  # gray + alpha reads as RGBA
+        assert torch.equal(load_image(tmp_path / "k.png", mode="keep", dtype=torch.float64), want)
+
+
+def test_save_rounds_to_nearest_and_clamps(tmp_path: Path) -> None:
+    x = torch.tensor([[[0.49 / 255, 0.51 / 255, 254.49 / 255, 254.51 / 255, -0.3, 1.7, float("inf"), -float("inf")]]])
+    save_image(x, tmp_path / "x.png")
+    assert np.asarray(Image.open(tmp_path / "x.png")).tolist() == [[0, 1, 254, 255, 0, 255, 255, 0]]
+
+
+def test_save_refuses_what_it_would_write_wrong(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="NaN"):  # was written as 0
+        save_image(torch.tensor([[[0.5, float("nan")]]]), tmp_path / "n.png")
+    with pytest.raises(TypeError, match="floating tensor"):  # 0..255 was clamped to 1: all white
+        save_image(torch.full((3, 2, 2), 128, dtype=torch.uint8), tmp_path / "u.png")
+    with pytest.raises(ValueError, match="one"):  # only the first image of the batch was written
+        save_image(torch.rand(2, 3, 4, 4), tmp_path / "b.png")
+    for shape in ((4, 4), (5, 4, 4)):
+        with pytest.raises(ValueError, match="shape"):
+            save_image(torch.rand(*shape), tmp_path / "s.png")
+    assert not list(tmp_path.iterdir())

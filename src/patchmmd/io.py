@@ -4,26 +4,33 @@ Modes (documented behaviour for the CLI and the dataset readers):
 
 * ``"RGB"`` (default): grayscale images are replicated to three channels; an alpha channel is
   composited over white (so transparent pixels compare as white, not as whatever colour they hide);
-  palette images are converted.
-* ``"L"``: one luminance channel (ITU-R 601-2, Pillow's conversion).
-* ``"keep"``: the file's own channels (1, 3 or 4), alpha included.
+  palette images are converted. A transparent palette entry or colour (PNG ``tRNS``, a GIF's transparent
+  index) is alpha too. 8-bit alpha is composited in 8 bits, as Pillow does: each value is the multiple of
+  1/255 nearest to ``a * c + (1 - a)`` (the numbers of the image flattened over white and saved as 8-bit).
+* ``"L"``: one luminance channel (ITU-R 601-2, Pillow's conversion, of the image composited over white).
+* ``"keep"``: the file's own channels (1, 3 or 4), alpha included: gray + alpha, and gray or RGB with a
+  transparent colour, become RGBA; palette images RGB or RGBA; bilevel (1-bit) images one channel.
 
 Value ranges: each kind of file is read with its own fixed range, never a guess from the pixels.
 
 * 8-bit files (and palette, bilevel, CMYK, ... converted by Pillow): divided by 255.
 * 16-bit grayscale (PNG, TIFF, and PGM/PPM with a maxval above 255, which Pillow rescales to 16 bits):
   divided by 65535, so a dark 16-bit image stays dark.
-* 16-bit colour PNG (RGB, RGBA, gray + alpha): Pillow decodes only the top 8 bits of each sample, so these
-  are read at 8-bit precision (divided by 255, the right range), with a :class:`RuntimeWarning` saying so.
+* 16-bit colour PNG (RGB, RGBA, gray + alpha), TIFF and PPM: Pillow reduces each sample to 8 bits, so these
+  are read at 8-bit precision (divided by 255, the right range), with a :class:`RuntimeWarning` saying so (a
+  16-bit transparent colour of such a PNG is then ignored, and the warning says that too).
 * 32-bit float grayscale (TIFF mode ``F``): taken as they are; values must lie in [0, 1] (NaN, Inf or
   values outside are refused: their scale is unknown).
-* 32-bit integer grayscale (e.g. a signed-integer TIFF) is refused: its range is unknown.
+* 32-bit integer grayscale, and TIFFs of signed integers (8-bit ones included, which Pillow would read as
+  unsigned), are refused: their range is unknown.
 
 The EXIF orientation tag is applied (a photo saved rotated with an orientation tag reads upright, as
-viewers show it). Images larger than ``max_pixels`` (default :data:`DEFAULT_MAX_PIXELS`) are refused
-from their header, before any pixel is decoded, so a small compressed file that claims a huge size (a
-decompression bomb) costs nothing. ``.npy`` files (as in BAPPS's judgments) are not images and are read
-with :func:`numpy.load` elsewhere.
+viewers show it). Colour management is not: an embedded ICC profile and PNG ``gAMA``/``cHRM``/``sRGB`` chunks
+are ignored and the samples are read as stored. An animated file (GIF, APNG, WebP) is read as its first
+frame. Images larger than ``max_pixels`` (default :data:`DEFAULT_MAX_PIXELS`) are refused from their header,
+before any pixel is decoded, so a small compressed file that claims a huge size (a decompression bomb) costs
+nothing. ``.npy`` files (as in BAPPS's judgments) are not images and are read with :func:`numpy.load`
+elsewhere.
 """
 
 from __future__ import annotations
@@ -107,9 +114,10 @@ def load_image(
         ImageTooLargeError: the image has more than ``max_pixels`` pixels (a subclass of ImageReadError).
         ImageReadError: the file does not exist, is not a regular file (a FIFO, a device: refused at once,
             never waited on), cannot be decoded as an image, or holds values whose range is unknown (32-bit
-            integers, floats outside [0, 1]).
-        ValueError: ``mode`` is not one of ``"RGB"``, ``"L"``, ``"keep"``, or ``max_pixels`` is not a
-            positive integer or None.
+            or signed integers, floats outside [0, 1]).
+        ValueError: ``mode`` is not one of ``"RGB"``, ``"L"``, ``"keep"``, ``dtype`` is not a floating dtype
+            (an integer one would truncate the [0, 1] values to 0 and 1), or ``max_pixels`` is not a positive
+            integer or None.
 
     Example:
         >>> from patchmmd.data import sample_path
@@ -122,6 +130,8 @@ def load_image(
 
     if mode not in IMAGE_MODES:
         raise ValueError(f"mode must be one of {IMAGE_MODES}, got {mode!r}")
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating dtype such as torch.float32, got {dtype!r}")
     max_pixels = check_max_pixels(max_pixels)
     try:
         with open(path, "rb", opener=_open_nonblocking) as f, warnings.catch_warnings():
@@ -135,10 +145,20 @@ def load_image(
                 raise ImageTooLargeError(
                     f"{path}: {w}x{h} = {w * h} pixels is over the limit of {max_pixels} (max_pixels)"
                 )
+            fmt = im.format  # an upright copy has none
+            if fmt == "TIFF" and im.mode != "I" and _tiff_signed(im):  # mode I (32 bits) is refused below
+                raise ImageReadError(f"cannot read {path}: a TIFF of signed integers has no known value range; "
+                                     "save it as unsigned 8- or 16-bit, or float with values in [0, 1]")
+            ppm_maxval = _ppm_maxval(im)  # known from the decoder's arguments, gone once loaded
             im.load()
-            if im.format == "PNG" and _png_colour_depth16(f):
-                warnings.warn(f"{path}: a 16-bit colour PNG is read at 8-bit precision (Pillow decodes the top 8 "
-                              "bits of each sample); save it as 8-bit, or 16-bit grayscale, to avoid this",
+            bits = _colour_bits_reduced(im, f, ppm_maxval)
+            if bits:
+                ignored = ""
+                if "transparency" in im.info and len(im.getbands()) > 1:  # a 16-bit colour key: no 8-bit match
+                    del im.info["transparency"]
+                    ignored = "; its transparent colour (tRNS) is ignored"
+                warnings.warn(f"{path}: a {bits}-bit colour {fmt} is read at 8-bit precision (Pillow reduces each "
+                              f"sample to 8 bits){ignored}; save it as 8-bit, or 16-bit grayscale, to avoid this",
                               RuntimeWarning, stacklevel=2)
     except FileNotFoundError:
         raise ImageReadError(f"image file not found: {path}") from None
@@ -156,7 +176,7 @@ def load_image(
         if isinstance(e, ImageReadError):
             raise
         raise ImageReadError(f"cannot read {path} as an image: {e}") from None
-    a, scale = _pixels(_upright(im), mode, path)
+    a, scale = _pixels(_upright(im), fmt, mode, path)
     del im  # only the samples are needed now: let Pillow's copy go before the float one is made
     return _to_tensor(a, scale, mode, dtype)
 
@@ -175,6 +195,39 @@ def _png_colour_depth16(f: Any) -> bool:
     return len(head) == 10 and head[8] == 16 and head[9] in (2, 4, 6)
 
 
+def _tiff_signed(im: Any) -> bool:
+    """Whether the TIFF ``im`` holds signed integers (SampleFormat 2)."""
+    fmt = getattr(im, "tag_v2", {}).get(339, 1)
+    return 2 in (fmt if isinstance(fmt, tuple) else (fmt,))
+
+
+def _ppm_maxval(im: Any) -> int:
+    """The maxval of a PPM/PGM ``im`` not yet loaded, from its decoder's arguments (255 when not known)."""
+    try:
+        codec, args = im.tile[0][0], im.tile[0][3]
+        if im.format == "PPM" and codec in ("ppm", "ppm_plain") and isinstance(args, tuple):
+            return int(args[1])
+    except (IndexError, TypeError, ValueError):
+        pass
+    return 255
+
+
+def _colour_bits_reduced(im: Any, f: Any, ppm_maxval: int) -> int:
+    """The bits per sample of a loaded colour (or gray + alpha) image with more than 8 of them, which Pillow
+    reduced to 8 (a PNG, TIFF or PPM); 0 for any other image."""
+    if len(im.getbands()) < 2:
+        return 0
+    if im.format == "PNG":
+        return 16 if _png_colour_depth16(f) else 0
+    if im.format == "TIFF":
+        depth = getattr(im, "tag_v2", {}).get(258, 8)
+        depth = max(depth) if isinstance(depth, tuple) and depth else depth
+        return int(depth) if isinstance(depth, int) and depth > 8 else 0
+    if im.format == "PPM" and ppm_maxval > 255:
+        return ppm_maxval.bit_length()
+    return 0
+
+
 def _upright(im: Any) -> Any:
     """``im`` turned as its EXIF orientation tag says (unchanged without one or with unreadable EXIF)."""
     from PIL import ImageOps
@@ -188,22 +241,29 @@ def _upright(im: Any) -> Any:
     return im
 
 
-def _pixels(im: Any, mode: ImageMode, path: str | os.PathLike[str]) -> tuple[np.ndarray, float]:
+def _pixels(im: Any, fmt: str | None, mode: ImageMode, path: str | os.PathLike[str]) -> tuple[np.ndarray, float]:
     """The image's samples as stored (``(H, W)`` or ``(H, W, C)``; 8-bit, 16-bit or float32) and the number
-    they are divided by to map them to [0, 1].
+    they are divided by to map them to [0, 1]. ``fmt`` is the file's format (``im`` may be an upright copy,
+    which has none).
 
     Raises:
         ImageReadError: a mode whose range is unknown (32-bit integers), floats outside [0, 1], or a mode
             Pillow cannot convert.
     """
-    if im.mode in _SIXTEEN_BIT_MODES or (im.mode == "I" and im.format in _SIXTEEN_BIT_AS_I):
+    if im.mode in _SIXTEEN_BIT_MODES or (im.mode == "I" and fmt in _SIXTEEN_BIT_AS_I):
         a = np.asarray(im)
         if im.mode == "I" and a.size and (int(a.min()) < 0 or int(a.max()) > 65535):
-            raise ImageReadError(f"cannot read {path}: its {im.format} 16-bit values are out of range")
+            raise ImageReadError(f"cannot read {path}: its {fmt} 16-bit values are out of range")
+        key = im.info.get("transparency")
+        if isinstance(key, int):  # a transparent gray level (PNG tRNS), as in 8-bit files
+            clear = a == key
+            if mode == "keep":
+                return np.stack([a, a, a, np.where(clear, 0, 65535).astype(a.dtype)], axis=2), 65535.0
+            a = np.where(clear, 65535, a).astype(a.dtype)  # composited over white
         return a, 65535.0
     if im.mode == "I":
         raise ImageReadError(
-            f"cannot read {path}: a 32-bit integer image ({im.format}, mode I) has no known value range; "
+            f"cannot read {path}: a 32-bit integer image ({fmt}, mode I) has no known value range; "
             "save it as 8-bit, 16-bit, or float with values in [0, 1]"
         )
     if im.mode == "F":
@@ -246,14 +306,17 @@ def _to_tensor(a: np.ndarray, scale: float, mode: ImageMode, dtype: torch.dtype)
 
 
 def _to_8bit(im: Any, mode: ImageMode) -> Any:
-    """``im`` converted to an 8-bit mode: ``"L"``, ``"RGB"`` or (``keep`` only) ``"RGBA"``."""
+    """``im`` converted to an 8-bit mode: ``"L"``, ``"RGB"`` or (``keep`` only) ``"RGBA"``. A transparent
+    palette entry or colour (``im.info["transparency"]``) becomes alpha."""
     from PIL import Image
 
-    if im.mode == "P":
-        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if "transparency" in im.info and im.mode in ("1", "L", "P", "RGB"):
+        im = im.convert("RGBA")  # Pillow turns the transparent index, gray level or colour into alpha
+    elif im.mode == "P":
+        im = im.convert("RGB")
     if mode == "keep":
         if im.mode not in ("L", "RGB", "RGBA"):
-            im = im.convert("RGBA" if "A" in im.mode else "RGB")
+            im = im.convert("RGBA" if "A" in im.mode else "L" if im.mode == "1" else "RGB")
         return im
     if "A" in im.mode:
         background = Image.new("RGBA", im.size, (255, 255, 255, 255))
@@ -280,11 +343,27 @@ def output_file(path: str | os.PathLike[str]) -> Path:
 
 
 def save_image(t: torch.Tensor, path: str | os.PathLike[str]) -> None:
-    """Write a ``(C, H, W)`` or ``(1, C, H, W)`` tensor in [0, 1] as an 8-bit image file."""
+    """Write a ``(C, H, W)`` or ``(1, C, H, W)`` floating tensor in [0, 1] as an 8-bit image file; ``C`` is 1
+    (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA).
+
+    Each value is rounded to the nearest multiple of 1/255, so :func:`load_image` reads 8-bit values back
+    exactly; values outside [0, 1] (infinities included) are clamped.
+
+    Raises:
+        TypeError: ``t`` is not a floating tensor (the 0..255 of an integer one would all clamp to 1).
+        ValueError: another shape, a batch of more than one image, or NaN values.
+    """
     from PIL import Image
 
-    if t.dim() == 4:
+    if not t.is_floating_point():
+        raise TypeError(f"save_image takes a floating tensor with values in [0, 1], got {t.dtype}")
+    if t.dim() == 4 and t.shape[0] == 1:
         t = t[0]
+    if t.dim() != 3 or not 1 <= t.shape[0] <= 4:
+        raise ValueError(f"save_image takes one (C, H, W) or (1, C, H, W) image with C in 1..4, got shape "
+                         f"{tuple(t.shape)}")
+    if torch.isnan(t).any():
+        raise ValueError("save_image: the image holds NaN values")
     a = (t.detach().float().clamp(0, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
     a = a.transpose(1, 2, 0)
     Image.fromarray(a[..., 0] if a.shape[2] == 1 else a).save(path)
