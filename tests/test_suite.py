@@ -249,3 +249,17 @@ def test_a_nan_photo_makes_the_shift_summary_nan() -> None:
     assert not math.isnan(statistics.median(values)) and not math.isnan(max(values[1:] + values[:1]))
     assert math.isnan(_over_photos(statistics.median, values)) and math.isnan(_over_photos(max, values[::-1]))
     assert _over_photos(statistics.median, [0.3, 0.2, 0.1]) == 0.2
+
+
+def test_a_diverged_suite_run_names_the_task_and_seed() -> None:
+    from patchmmd.evaluation.suite import _seeded_runs
+    from patchmmd.tasks._common import TrainingDiverged
+
+    def run(loss: object, seed: int) -> tuple[torch.Tensor, dict[str, float]]:
+        if seed == 1:
+            raise TrainingDiverged(6, 600, "the loss is")
+        return torch.zeros(1), {"dists": 0.2}
+
+    with pytest.raises(TrainingDiverged, match=r"^training diverged at step 7 of 600: SR x4 with l2 \(600 steps\), "
+                                               r"seed 1: the loss is NaN or infinite"):
+        _seeded_runs(run, lambda x, y: x, [0, 1], "SR x4 with l2 (600 steps)", lambda s: None)

@@ -211,3 +211,45 @@ def test_evaluator_deep_distances_need_a_weights_folder(tmp_path) -> None:
     with pytest.raises(WeightsFileNotFoundError, match=r"vgg16.pth not found \(needed by dists\)"):
         Evaluator(["dists"], weights_dir=tmp_path)
     assert set(Evaluator(["mmdpp"], weights_dir=tmp_path).distances) == {"mmdpp"}  # a folder no distance reads
+
+
+def _nan_from(step: int) -> tuple[list[int], object]:
+    """A loss that is the L2 error until call ``step`` (0-based), then NaN; and the list of its calls."""
+    calls: list[int] = []
+
+    def loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        calls.append(len(calls))
+        value = (x - y).pow(2).mean()
+        return value * float("nan") if len(calls) > step else value
+
+    return calls, loss
+
+
+def test_training_stops_at_the_first_non_finite_loss_and_says_so() -> None:
+    # a diverged run used to go on for every remaining step on NaN, then fail in the evaluation with
+    # "x contains NaN or Inf values", naming no step
+    from patchmmd.tasks._common import TrainingDiverged
+
+    split = split_photos([torch.rand(3, 48, 96, generator=torch.Generator().manual_seed(0))], 16)
+    calls, loss = _nan_from(3)
+    with pytest.raises(TrainingDiverged, match=r"training diverged at step 4 of 50: the loss is NaN or infinite"):
+        train_superres(split, loss, scale=2, steps=50, batch=2, lr=1e-3, width=4, blocks=1, seed=0)
+    assert len(calls) == 4  # stopped there
+    calls, loss = _nan_from(2)
+    ys = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    with pytest.raises(TrainingDiverged, match="at step 3 of 20: the loss is"):
+        generalized_mean(ys, loss, steps=20, lr=0.01, init="mean", seed=0)
+    assert len(calls) == 3
+
+
+def test_training_stops_when_the_outputs_are_not_finite() -> None:
+    from patchmmd.tasks._common import TrainingDiverged, fit
+
+    model = torch.nn.Conv2d(3, 3, 1)
+    with torch.no_grad():
+        model.bias.fill_(float("inf"))
+    calls, loss = _nan_from(100)
+    batch = (torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8))
+    with pytest.raises(TrainingDiverged, match="at step 1 of 5: the outputs hold NaN or infinite"):
+        fit(model, loss, lambda g: batch, steps=5, lr=1e-3, seed=0)
+    assert calls == []  # the loss never saw them (its own input check would name only "x")

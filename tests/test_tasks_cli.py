@@ -294,3 +294,16 @@ def test_a_folder_too_big_to_hold_is_refused_before_decoding(tmp_path: Path, pho
                                   "--blocks", "1", "--loss", "l2", "--no-progress", "--out", str(out)])
     assert r.exit_code == 2 and "over the" in r.output and "fewer or smaller photos" in r.output, r.output
     assert not out.exists()
+
+
+def test_a_diverged_training_run_is_one_line_naming_the_step(tmp_path: Path, photo_dir: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    def nan_loss(*args: object, **kwargs: object) -> object:
+        return lambda x, y: (x - y).pow(2).mean() * float("nan")
+
+    monkeypatch.setattr("patchmmd.cli.tasks._build_loss", nan_loss)
+    r = CliRunner().invoke(main, ["train-sr", str(photo_dir), "--steps", "5", "--crop", "32", "--width", "4",
+                                  "--blocks", "1", "--no-progress", "--out", str(tmp_path / "out")])
+    assert r.exit_code == 1, r.output
+    assert r.output.strip().splitlines()[-1].startswith(
+        "patchmmd: error: training diverged at step 1 of 5: the loss is NaN or infinite; try a lower learning rate")

@@ -215,10 +215,10 @@ def gim_command(
         }
     from ..io import save_image
 
+    write_json(metrics, folder / "metrics.json")  # first: an image that cannot be written (NaN) loses no figure
     save_image(res.image, output_file(folder / "result.png"))
     save_image(ys.mean(0, keepdim=True), output_file(folder / "pixel_mean.png"))
     save_images(ys, folder, "input")
-    write_json(metrics, folder / "metrics.json")
     shown = list(ys[: min(3, len(ys))])
     image_grid_figure(
         [[*shown, ys.mean(0), res.image[0]]], [f"K={len(ys)}"],
@@ -332,9 +332,9 @@ def train_ae_command(
         "loss_history": _history(res.history), "heldout": m, "weights": weights,
         "model": model,
     }
+    write_json(metrics, folder / "metrics.json")  # first: an image that cannot be written (NaN) loses no figure
     save_images(split.heldout, folder, "heldout")
     save_images(recon, folder, "recon")
-    write_json(metrics, folder / "metrics.json")
     cols = _figure_columns(len(recon))
     image_grid_figure([[split.heldout[i] for i in cols], [recon[i] for i in cols]],
                       ["held-out", f"AE, {loss_name}"], None, folder / "figure.png")
@@ -385,11 +385,11 @@ def train_sr_command(
         "loss_history": _history(res.history), "heldout": m_sr, "bicubic": m_bic, "weights": weights,
         "model": model,
     }
+    write_json(metrics, folder / "metrics.json")  # first: an image that cannot be written (NaN) loses no figure
     save_images(split.heldout, folder, "heldout")
     save_images(low, folder, "lowres")
     save_images(sr, folder, "sr")
     save_images(bic, folder, "bicubic")
-    write_json(metrics, folder / "metrics.json")
     cols = _figure_columns(len(sr))
     image_grid_figure(
         [[bic[i] for i in cols], [sr[i] for i in cols], [split.heldout[i] for i in cols]],

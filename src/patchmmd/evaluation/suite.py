@@ -386,7 +386,7 @@ def _judge(judges: Mapping[str, SuiteMetric], x: torch.Tensor, y: torch.Tensor, 
 def _tasks(losses: Sequence[SuiteMetric], judges: Mapping[str, SuiteMetric], train: list[torch.Tensor],
            tiles: torch.Tensor, gim_photos: Sequence[torch.Tensor], cfg: SuiteConfig,
            log: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, Any]]:
-    from ..tasks._common import deterministic
+    from ..tasks._common import TrainingDiverged, deterministic
     from ..tasks.autoencoder import reconstruct, train_autoencoder
     from ..tasks.data import Split
     from ..tasks.gim import generalized_mean, shifted_set
@@ -426,9 +426,12 @@ def _tasks(losses: Sequence[SuiteMetric], judges: Mapping[str, SuiteMetric], tra
         log(f"tasks: generalized image mean with {m.label} ({len(gim_sets)} sets, {cfg.gim_steps} steps)")
         images = []
         for ys in gim_sets:
-            with deterministic(cfg.seed):
-                images.append(generalized_mean(ys, loss, steps=cfg.gim_steps, lr=cfg.gim_lr, init="mean",
-                                               seed=cfg.seed).image)
+            try:
+                with deterministic(cfg.seed):
+                    images.append(generalized_mean(ys, loss, steps=cfg.gim_steps, lr=cfg.gim_lr, init="mean",
+                                                   seed=cfg.seed).image)
+            except TrainingDiverged as e:
+                raise TrainingDiverged(e.step, e.steps, f"generalized image mean with {m.label}: {e.what}") from None
         results["gim"][m.label] = {**_gim_scores(judges, images, gim_sets),
                                    "seconds": round(time.perf_counter() - t0, 1)}
         figures["gim"][m.label] = torch.cat(images)
@@ -451,15 +454,18 @@ def _seeded_runs(run: Callable[[Loss, int], tuple[torch.Tensor, dict[str, float]
                  seeds: Sequence[int], what: str, log: Callable[[str], None]) -> tuple[dict[str, Any], torch.Tensor]:
     """A training task once per seed: the mean of each number over the runs (with more than one run also each
     run's, under ``per_seed``) and the total seconds; and the first run's outputs (for the figures)."""
-    from ..tasks._common import deterministic
+    from ..tasks._common import TrainingDiverged, deterministic
 
     t0 = time.perf_counter()
     first: torch.Tensor | None = None
     runs = []
     for seed in seeds:
         log(f"tasks: {what}, seed {seed}")
-        with deterministic(seed):
-            out, numbers = run(loss, seed)
+        try:
+            with deterministic(seed):
+                out, numbers = run(loss, seed)
+        except TrainingDiverged as e:  # say which run: the bare message names no candidate
+            raise TrainingDiverged(e.step, e.steps, f"{what}, seed {seed}: {e.what}") from None
         first = out if first is None else first
         runs.append(numbers)
     result: dict[str, Any] = {k: _r(statistics.fmean(r[k] for r in runs)) for k in runs[0]}

@@ -29,6 +29,24 @@ def deterministic(seed: int) -> Iterator[None]:
         torch.use_deterministic_algorithms(previous, warn_only=previous_warn_only)
 
 
+class TrainingDiverged(ValueError):
+    """The optimised outputs or the loss became NaN or infinite: going on would only spend the remaining steps
+    on NaN (and the outputs could not be evaluated or saved)."""
+
+    def __init__(self, step: int, steps: int, what: str) -> None:
+        super().__init__(f"training diverged at step {step + 1} of {steps}: {what} NaN or infinite; "
+                         "try a lower learning rate")
+        self.step, self.steps, self.what = step, steps, what
+
+
+def check_finite(step: int, steps: int, outputs: torch.Tensor, value: torch.Tensor | None = None) -> None:
+    """Raise :class:`TrainingDiverged` if ``outputs`` (or the loss ``value``) hold a NaN or an infinity."""
+    if not bool(torch.isfinite(outputs.detach()).all()):
+        raise TrainingDiverged(step, steps, "the outputs hold")
+    if value is not None and not bool(torch.isfinite(value.detach()).all()):
+        raise TrainingDiverged(step, steps, "the loss is")
+
+
 @dataclass
 class TrainResult:
     model: nn.Module
@@ -46,7 +64,11 @@ def fit(
     callback: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
     """Adam on ``loss(model(input), target)`` for ``steps`` batches ``(input, target) = batches(g)``, ``g``
-    a generator seeded with ``seed + 1``; the loss after each step goes to ``history`` and ``callback``."""
+    a generator seeded with ``seed + 1``; the loss after each step goes to ``history`` and ``callback``.
+
+    Raises:
+        TrainingDiverged: the network's outputs or the loss became NaN or infinite (stops at that step).
+    """
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     g = torch.Generator().manual_seed(seed + 1)
     history: list[float] = []
@@ -54,7 +76,10 @@ def fit(
     for step in range(steps):
         inputs, target = batches(g)
         opt.zero_grad(set_to_none=True)
-        value = loss(model(inputs), target)
+        outputs = model(inputs)
+        check_finite(step, steps, outputs)  # before the loss, whose input checks would name only "x"
+        value = loss(outputs, target)
+        check_finite(step, steps, outputs, value)
         value.backward()
         opt.step()
         history.append(float(value.detach()))

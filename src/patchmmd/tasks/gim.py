@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ._common import check_finite
+
 
 def ring_offsets(shifts: int, max_shift: int) -> list[tuple[int, int]]:
     """``(0, 0)`` then ``shifts`` offsets ``(dy, dx)`` of radius ``max_shift`` evenly around a ring.
@@ -101,7 +103,9 @@ def generalized_mean(
     history = []
     for step in range(steps):
         opt.zero_grad(set_to_none=True)
+        check_finite(step, steps, x)
         value = loss(x.expand_as(ys), ys)
+        check_finite(step, steps, x, value)
         value.backward()
         opt.step()
         with torch.no_grad():
