@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import math
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -123,14 +121,14 @@ def write_csv_atomic(path: str | os.PathLike[str], rows: Sequence[dict[str, Any]
 def write_json_atomic(path: str | os.PathLike[str], rows: Sequence[dict[str, Any]], *, value_column: str) -> None:
     """Write rows as a JSON array of objects ``{"ref", "dist", "metric", <value_column>, "error"}`` atomically at
     ``path``: the CSV's fields, with names as :func:`readable_text` writes them (no formula guard: JSON is not
-    run by spreadsheets), a missing or non-finite value as ``null`` and no error as ``null``."""
-    def value(v: float | None) -> float | None:
-        return None if v is None or not math.isfinite(float(v)) else float(v)
+    run by spreadsheets), a missing or non-finite value as ``null`` (strict JSON, as every JSON file of the package:
+    :func:`patchmmd.evaluation.report.json_text`) and no error as ``null``."""
+    from ..evaluation.report import json_text
 
     out = [{"ref": readable_text(r["ref"]), "dist": readable_text(r["dist"]), "metric": readable_text(r["metric"]),
-            value_column: value(r.get("value")), "error": readable_text(r["error"]) if r.get("error") else None}
+            value_column: r.get("value"), "error": readable_text(r["error"]) if r.get("error") else None}
            for r in rows]
-    atomic_write_text(path, json.dumps(out, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
+    atomic_write_text(path, json_text(out, indent=1))
 
 
 def write_output_atomic(path: str | os.PathLike[str], rows: Sequence[dict[str, Any]], *, value_column: str) -> None:

@@ -39,12 +39,11 @@ class TrainingDiverged(ValueError):
         self.step, self.steps, self.what = step, steps, what
 
 
-def check_finite(step: int, steps: int, outputs: torch.Tensor, value: torch.Tensor | None = None) -> None:
-    """Raise :class:`TrainingDiverged` if ``outputs`` (or the loss ``value``) hold a NaN or an infinity."""
-    if not bool(torch.isfinite(outputs.detach()).all()):
-        raise TrainingDiverged(step, steps, "the outputs hold")
-    if value is not None and not bool(torch.isfinite(value.detach()).all()):
-        raise TrainingDiverged(step, steps, "the loss is")
+def check_finite(step: int, steps: int, t: torch.Tensor, what: str) -> None:
+    """Raise :class:`TrainingDiverged` (``what``: "the outputs hold", "the loss is") if ``t`` holds a NaN or an
+    infinity."""
+    if not bool(torch.isfinite(t.detach()).all()):
+        raise TrainingDiverged(step, steps, what)
 
 
 @dataclass
@@ -77,9 +76,9 @@ def fit(
         inputs, target = batches(g)
         opt.zero_grad(set_to_none=True)
         outputs = model(inputs)
-        check_finite(step, steps, outputs)  # before the loss, whose input checks would name only "x"
+        check_finite(step, steps, outputs, "the outputs hold")  # before the loss, whose checks would name only "x"
         value = loss(outputs, target)
-        check_finite(step, steps, outputs, value)
+        check_finite(step, steps, value, "the loss is")
         value.backward()
         opt.step()
         history.append(float(value.detach()))

@@ -103,9 +103,9 @@ def generalized_mean(
     history = []
     for step in range(steps):
         opt.zero_grad(set_to_none=True)
-        check_finite(step, steps, x)
+        check_finite(step, steps, x, "the outputs hold")
         value = loss(x.expand_as(ys), ys)
-        check_finite(step, steps, x, value)
+        check_finite(step, steps, value, "the loss is")
         value.backward()
         opt.step()
         with torch.no_grad():
