@@ -29,9 +29,9 @@ def load_photos(
 
     Raises:
         ValueError: no image files; photos that would take more than ``max_bytes`` (default
-            :data:`MAX_PHOTO_BYTES`) as float32 tensors (said
-            before any is decoded: a folder such as DIV2K's 800 training photos would need about 27 GiB);
-            an unreadable file (:class:`patchmmd.io.ImageReadError`, naming it).
+            :data:`MAX_PHOTO_BYTES`) as float32 tensors, said before any is decoded (a folder such as DIV2K's 800
+            training photos would need about 27 GiB); an unreadable file (:class:`patchmmd.io.ImageReadError`,
+            naming it).
     """
     if folder is None:
         from ..data import sample_image, sample_names
