@@ -251,7 +251,8 @@ def test_a_nan_photo_makes_the_shift_summary_nan() -> None:
     assert _over_photos(statistics.median, [0.3, 0.2, 0.1]) == 0.2
 
 
-def test_a_diverged_suite_run_names_the_task_and_seed() -> None:
+def test_a_diverged_run_is_recorded_and_the_suite_goes_on() -> None:
+    # a diverged run used to raise out of run_suite: the human and shift parts and every finished run were lost
     from patchmmd.evaluation.suite import _seeded_runs
     from patchmmd.tasks._common import TrainingDiverged
 
@@ -260,6 +261,44 @@ def test_a_diverged_suite_run_names_the_task_and_seed() -> None:
             raise TrainingDiverged(6, 600, "the loss is")
         return torch.zeros(1), {"dists": 0.2}
 
-    with pytest.raises(TrainingDiverged, match=r"^training diverged at step 7 of 600: SR x4 with l2 \(600 steps\), "
-                                               r"seed 1: the loss is NaN or infinite"):
-        _seeded_runs(run, lambda x, y: x, [0, 1], "SR x4 with l2 (600 steps)", lambda s: None)
+    lines: list[str] = []
+    result, first = _seeded_runs(run, lambda x, y: x, [0, 1, 2], "SR x4 with l2 (600 steps)", lines.append)
+    assert first is None and set(result) == {"diverged", "seconds"}  # no mean over the runs that did not diverge
+    assert result["diverged"] == "seed 1: training diverged at step 7 of 600: the loss is NaN or infinite; try a " \
+                                 "lower learning rate"
+    assert lines == [f"tasks: SR x4 with l2 (600 steps) diverged ({result['diverged']}); the suite goes on"]
+
+
+def _nan_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (x - y).pow(2).mean() * math.nan
+
+
+@pytest.mark.parametrize("diverges", ["mmdpp", "l2"])
+def test_a_suite_with_a_diverging_loss_finishes_and_fails_or_skips_its_checks(
+        diverges: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import patchmmd.evaluation.suite as suite
+
+    make = suite._make_loss
+    monkeypatch.setattr(suite, "_make_loss", lambda name, options: _nan_loss if name == diverges
+                        else make(name, options))
+    cfg = SuiteConfig.quick_config(bootstrap=0, shift_size=24, gim_steps=2, sr_steps=2, ae_steps=2)
+    result = run_suite(["mmdpp"], config=cfg)
+    tasks = result.data["tasks"]
+    for task in ("sr", "ae", "gim"):
+        assert "at step 1 of 2: the loss is NaN" in tasks[task][diverges]["diverged"]
+        assert diverges not in result.figures[task]
+        other = "l2" if diverges == "mmdpp" else "mmdpp"
+        assert "diverged" not in tasks[task][other] and other in result.figures[task]
+    checks = {c["check"]: c for c in result.data["checks"]["mmdpp"]}
+    if diverges == "mmdpp":  # the candidate fails every task check, with the reason
+        for key in ("sr-vs-l2", "sr-vs-lpips", "sr-lattice", "ae-vs-l2", "gim-vs-l2"):
+            assert checks[key]["pass"] is False and "training diverged" in checks[key]["note"]
+    else:  # the reference diverged: the checks against it are not judged, and say why
+        for key in ("ae-vs-l2", "gim-vs-l2"):
+            assert checks[key]["pass"] is None and "the l2 loss's training diverged" in checks[key]["note"]
+        assert checks["sr-lattice"]["pass"] in (True, False)
+    assert checks["shift"]["pass"] in (True, False)  # the other parts are kept
+    write_suite(result, tmp_path, figures=True)
+    md = (tmp_path / "report.md").read_text()
+    assert md.count(f"{diverges}: training diverged, no numbers") == 3
+    assert json.loads((tmp_path / "report.json").read_text())["tasks"]["sr"][diverges]["diverged"]

@@ -117,7 +117,10 @@ def _common_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-def _prepare_out(out: str, overwrite: bool, resume: bool) -> Path:
+def _prepare_out(out: str, overwrite: bool, resume: bool,
+                 remove: Callable[[Path], None] | None = None) -> Path:
+    """The output folder of an eval command: ``--overwrite`` deletes what the command wrote there before
+    (``remove``; default :func:`patchmmd.evaluation.remove_outputs`), ``--resume`` keeps it."""
     from ..evaluation import remove_outputs
 
     if overwrite and resume:
@@ -129,7 +132,7 @@ def _prepare_out(out: str, overwrite: bool, resume: bool) -> Path:
             raise click.UsageError(f"{e.message} (or --resume to continue)") from None
         raise
     if overwrite:
-        remove_outputs(path)
+        (remove or remove_outputs)(path)
     return path
 
 
@@ -334,8 +337,10 @@ def _human_sets(items: Sequence[str]) -> list[Any]:
 @click.option("--train-photos", type=click.Path(file_okay=False), default=None,
               help="More training photos for the tasks, besides the package's samples.")
 @click.option("--out", "out", default="suite-out", show_default=True, type=click.Path(file_okay=False),
-              help="Output folder (report.md, report.json, figures).")
-@click.option("--overwrite", is_flag=True, help="Write into an existing, non-empty output folder.")
+              help="Output folder (report.md, report.json, figures, and cache/: the finished pieces of work).")
+@click.option("--overwrite", is_flag=True, help="Start over in an existing output folder (its cache is deleted).")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run in its output folder: reuse the finished pieces of work.")
 @click.option("--quick", is_flag=True, help="The short version CI runs: tiny sizes, the first candidate only.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of everything random.")
 @click.option("--bootstrap", type=click.IntRange(min=0), default=None,
@@ -351,18 +356,21 @@ def _human_sets(items: Sequence[str]) -> list[Any]:
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads of torch (default: torch's choice; 1 is fastest on a busy machine).")
 def suite_command(candidates: Sequence[str], human: Sequence[str], weights: str | None, train_photos: str | None,
-                  out: str, overwrite: bool, quick: bool, seed: int, bootstrap: int | None, dists_loss: bool,
-                  task_seeds: int, train_steps: int | None, no_figures: bool, threads: int | None) -> None:
+                  out: str, overwrite: bool, resume: bool, quick: bool, seed: int, bootstrap: int | None,
+                  dists_loss: bool, task_seeds: int, train_steps: int | None, no_figures: bool,
+                  threads: int | None) -> None:
     """The dev benchmark: candidates and baselines on human scores, the shift check and three training tasks.
 
     Writes report.md (one table per part and the must-hold checks, pass/fail with the numbers), report.json
     (everything) and figures to --out. The full suite takes about half an hour on 2 CPU cores; --quick
-    checks in well under a minute that every part runs. See docs/evaluation.md.
+    checks in well under a minute that every part runs. Each finished piece of work is kept in --out/cache as
+    it ends: --resume continues an interrupted run there. See docs/evaluation.md.
     """
     import dataclasses
     import time
 
-    from ..evaluation.suite import SuiteConfig, parse_candidate, run_suite, write_suite
+    from ..evaluation import CacheMismatchError
+    from ..evaluation.suite import SuiteConfig, parse_candidate, remove_suite_outputs, run_suite, write_suite
 
     specs = list(candidates) or ["mmdpp"]
     for spec in specs:
@@ -394,7 +402,7 @@ def suite_command(candidates: Sequence[str], human: Sequence[str], weights: str 
         except ImportError:
             raise click.ClickException("figures need matplotlib: `pip install 'patchmmd[eval]'` (or --no-figures)"
                                        ) from None
-    outdir = prepare_output_dir(out, overwrite=overwrite)
+    outdir = _prepare_out(out, overwrite, resume, remove=remove_suite_outputs)
     if threads is not None:
         import torch
 
@@ -405,9 +413,12 @@ def suite_command(candidates: Sequence[str], human: Sequence[str], weights: str 
         click.echo(f"[{time.perf_counter() - t0:6.0f} s] {line}", err=True)
 
     try:
-        result = run_suite(specs, human=sets, weights=weights, train_photos=photos, config=cfg, log=log)
+        result = run_suite(specs, human=sets, weights=weights, train_photos=photos, config=cfg, log=log,
+                           cache=outdir / "cache")
     except FileNotFoundError as e:  # a file missing from the weights folder
         raise click.BadParameter(str(e), param_hint="--weights") from None
+    except CacheMismatchError as e:
+        raise click.UsageError(f"--resume: {e}; pass --overwrite to start over") from None
     files = write_suite(result, outdir, figures=not no_figures)
     for c, rows in result.data["checks"].items():
         marks = {True: "pass", False: "FAIL", None: "–"}

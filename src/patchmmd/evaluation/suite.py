@@ -44,6 +44,7 @@ from ..metrics.weights import WEIGHT_FOLDER, folder_options
 from .artifacts import lattice_ratio
 from .report import json_text
 from .shift import SHIFTS, ratios, shift_distances
+from .suite_cache import SuiteCache, entry_name, tensor_digest
 
 if TYPE_CHECKING:
     from ..tasks.data import Split
@@ -62,6 +63,7 @@ __all__ = [
     "open_human_set",
     "parse_candidate",
     "reference_images",
+    "remove_suite_outputs",
     "run_suite",
     "sr_task",
     "task_photos",
@@ -162,6 +164,10 @@ class SuiteMetric:
         if self.fn is None:
             raise RuntimeError(f"metric {self.label!r} is not built")
         return self.fn
+
+    def describe(self) -> dict[str, Any]:
+        """What the metric's results depend on (stored with cached results): label, name and options."""
+        return {"label": self.label, "name": self.name, "options": {k: str(v) for k, v in self.options.items()}}
 
     def distance(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The metric as a distance (similarities ``s`` become ``1 - s``), no gradients: ``(N,)``."""
@@ -321,9 +327,16 @@ def reference_images(ds: MOSDataset, set_name: str) -> tuple[list[torch.Tensor],
 
 
 def _human(sets: Sequence[HumanSet], metrics: Sequence[SuiteMetric], cfg: SuiteConfig,
-           log: Callable[[str], None]) -> tuple[dict[str, Any], list[torch.Tensor], list[str]]:
-    """Part 1; also returns the sets' reference images (for the shift check and the judge tiles)."""
-    from .runner import EvalMetric, run
+           log: Callable[[str], None], cache: SuiteCache | None
+           ) -> tuple[dict[str, Any], list[torch.Tensor], list[str]]:
+    """Part 1; also returns the sets' reference images (for the shift check and the judge tiles). With
+    ``cache``, each metric's values on a set are kept in (and read back from) the runner's cache."""
+    from .runner import EvalMetric, Progress, run
+
+    def progress(p: Progress) -> None:
+        if p.cached is not None and cache is not None:
+            cache.reused += 1
+            log(f"human: {p.metric} reused from {p.cached}")
 
     out: dict[str, Any] = {}
     refs: list[torch.Tensor] = []
@@ -336,7 +349,8 @@ def _human(sets: Sequence[HumanSet], metrics: Sequence[SuiteMetric], cfg: SuiteC
         t0 = time.perf_counter()
         ems = [EvalMetric(m.label, m.metric, m.higher_is_better, m.role, dict(m.options)) for m in metrics]
         log(f"human {hs.name}: {len(ems)} metrics on {cfg.human_limit or len(ds)} rows")
-        res = run(ds, ems, bootstrap=cfg.bootstrap, seed=cfg.seed, limit=cfg.human_limit, batch_size=4)
+        res = run(ds, ems, bootstrap=cfg.bootstrap, seed=cfg.seed, limit=cfg.human_limit, batch_size=4,
+                  cache=None if cache is None else cache.folder / entry_name("human", hs.name), progress=progress)
         out[hs.name] = {
             "labels": str(hs.labels), "n_rows": res.n, "n_scored": len(res.scored),
             "group_column": ds.group_column, "score_column": ds.score_column,
@@ -349,11 +363,19 @@ def _human(sets: Sequence[HumanSet], metrics: Sequence[SuiteMetric], cfg: SuiteC
 
 
 def _shift(photos: Sequence[torch.Tensor], names: Sequence[str], metrics: Sequence[SuiteMetric], cfg: SuiteConfig,
-           log: Callable[[str], None]) -> dict[str, Any]:
+           log: Callable[[str], None], cache: SuiteCache | None) -> dict[str, Any]:
     t0 = time.perf_counter()
     crops = [_center(p, cfg.shift_size) for p in photos]
     out: dict[str, Any] = {"photos": list(names), "size": cfg.shift_size, "metrics": {}}
+    inputs = {"part": "shift", "photos": list(names), "photos_sha256": tensor_digest(crops), "seed": cfg.seed,
+              **_versions()}
     for m in metrics:
+        entry, settings = entry_name("shift", m.label), {**inputs, "metric": m.describe()}
+        hit = None if cache is None else cache.get(entry, settings)
+        if hit is not None:
+            log(f"shift: {m.label} reused from the cache ({entry})")
+            out["metrics"][m.label] = hit[0]
+            continue
         log(f"shift: {m.label} on {len(crops)} photos")
         per_photo: dict[str, dict[str, float]] = {}
         for i, (name, img) in enumerate(zip(names, crops, strict=True)):
@@ -365,8 +387,17 @@ def _shift(photos: Sequence[torch.Tensor], names: Sequence[str], metrics: Sequen
             "max": {k: _r(_over_photos(max, [p[k] for p in per_photo.values()])) for k in SHIFTS},
             "per_photo": per_photo,
         }
+        if cache is not None:
+            cache.put(entry, settings, out["metrics"][m.label])
     out["seconds"] = round(time.perf_counter() - t0, 1)
     return out
+
+
+def _versions() -> dict[str, str]:
+    """The versions a cached result depends on (stored with it)."""
+    from .. import __version__
+
+    return {"patchmmd": __version__, "torch": torch.__version__}
 
 
 def _judge(judges: Mapping[str, SuiteMetric], x: torch.Tensor, y: torch.Tensor, chunk: int = 8) -> dict[str, float]:
@@ -383,9 +414,15 @@ def _judge(judges: Mapping[str, SuiteMetric], x: torch.Tensor, y: torch.Tensor, 
     return out
 
 
+#: The held-out tiles each task keeps for its figure (and its cache entry), of every loss.
+FIGURE_TILES = 3
+#: The SuiteConfig fields the training tasks do not depend on (left out of their cache entries' settings).
+_NOT_TASK_FIELDS = ("quick", "seed", "bootstrap", "human_limit", "shift_size", "dists_loss", "task_seeds")
+
+
 def _tasks(losses: Sequence[SuiteMetric], judges: Mapping[str, SuiteMetric], train: list[torch.Tensor],
            tiles: torch.Tensor, gim_photos: Sequence[torch.Tensor], cfg: SuiteConfig,
-           log: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, Any]]:
+           log: Callable[[str], None], cache: SuiteCache | None) -> tuple[dict[str, Any], dict[str, Any]]:
     from ..tasks._common import TrainingDiverged, deterministic
     from ..tasks.autoencoder import reconstruct, train_autoencoder
     from ..tasks.data import Split
@@ -415,27 +452,78 @@ def _tasks(losses: Sequence[SuiteMetric], judges: Mapping[str, SuiteMetric], tra
         out = reconstruct(model, tiles)
         return out, _judge(judges, out, tiles)
 
+    # what every task's results depend on besides the loss and the seed: stored with each cache entry
+    inputs = {"config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_TASK_FIELDS},
+              "judges": {k: j.describe() for k, j in judges.items()}, "train_sha256": tensor_digest(train),
+              "tiles_sha256": tensor_digest([tiles]), **_versions()}
+
+    def kept(task: str, m: SuiteMetric, run: _Run, what: str) -> _Run:
+        """``run`` with its result (or its divergence) kept in the cache, and its outputs cut to the figure's."""
+        def go(loss: Loss, seed: int) -> tuple[torch.Tensor, dict[str, float]]:
+            name = entry_name(task, m.label, f"seed{seed}")
+            settings = {**inputs, "task": task, "loss": m.describe(), "seed": seed}
+            hit = None if cache is None else cache.get(name, settings)
+            if hit is None:
+                log(f"tasks: {what}, seed {seed}")
+            else:
+                log(f"tasks: {what}, seed {seed}: reused from the cache ({name})")
+                numbers, out = hit
+                if "diverged" in numbers:
+                    raise TrainingDiverged(**numbers["diverged"])
+                assert out is not None  # put() below always stores the outputs of a finished run
+                return out, numbers
+            try:
+                out, numbers = run(loss, seed)
+            except TrainingDiverged as e:
+                if cache is not None:
+                    cache.put(name, settings, {"diverged": {"step": e.step, "steps": e.steps, "what": e.what}})
+                raise
+            out = out[:FIGURE_TILES].detach().float()
+            if cache is not None:
+                cache.put(name, settings, numbers, out)
+            return out, numbers
+        return go
+
     for m in losses:
         loss = _make_loss(m.name, m.options)
         for task, what, run in (("sr", f"SR x4 with {m.label} ({cfg.sr_steps} steps)", sr_run),
                                 ("ae", f"autoencoder with {m.label} ({cfg.ae_steps} steps)", ae_run)):
-            results[task][m.label], figures[task][m.label] = _seeded_runs(run, loss, cfg.training_seeds, what,
-                                                                          log)
+            results[task][m.label], first = _seeded_runs(kept(task, m, run, what), loss, cfg.training_seeds, what,
+                                                         log)
+            if first is not None:
+                figures[task][m.label] = first
 
+        name = entry_name("gim", m.label)
+        settings = {**inputs, "task": "gim", "loss": m.describe(), "seed": cfg.seed}
+        hit = None if cache is None else cache.get(name, settings)
+        if hit is not None:
+            log(f"tasks: generalized image mean with {m.label}: reused from the cache ({name})")
+            results["gim"][m.label] = hit[0]
+            if hit[1] is not None:
+                figures["gim"][m.label] = hit[1]
+            continue
         t0 = time.perf_counter()
         log(f"tasks: generalized image mean with {m.label} ({len(gim_sets)} sets, {cfg.gim_steps} steps)")
         images = []
-        for ys in gim_sets:
-            try:
+        try:
+            for ys in gim_sets:
                 with deterministic(cfg.seed):
                     images.append(generalized_mean(ys, loss, steps=cfg.gim_steps, lr=cfg.gim_lr, init="mean",
                                                    seed=cfg.seed).image)
-            except TrainingDiverged as e:
-                raise TrainingDiverged(e.step, e.steps, f"generalized image mean with {m.label}: {e.what}") from None
-        results["gim"][m.label] = {**_gim_scores(judges, images, gim_sets),
-                                   "seconds": round(time.perf_counter() - t0, 1)}
-        figures["gim"][m.label] = torch.cat(images)
+        except TrainingDiverged as e:
+            message = f"set {len(images)}: {e}"
+            log(f"tasks: generalized image mean with {m.label} diverged ({message}); the suite goes on")
+            results["gim"][m.label] = {"diverged": message, "seconds": round(time.perf_counter() - t0, 1)}
+        else:
+            results["gim"][m.label] = {**_gim_scores(judges, images, gim_sets),
+                                       "seconds": round(time.perf_counter() - t0, 1)}
+            figures["gim"][m.label] = torch.cat(images).detach().float()
+        if cache is not None:
+            cache.put(name, settings, results["gim"][m.label], figures["gim"].get(m.label))
     return results, figures
+
+
+_Run = Callable[["Loss", int], tuple[torch.Tensor, dict[str, float]]]
 
 
 def sr_task(loss: Loss, seed: int, split: Split, lr_tiles: torch.Tensor, tiles: torch.Tensor,
@@ -451,28 +539,33 @@ def sr_task(loss: Loss, seed: int, split: Split, lr_tiles: torch.Tensor, tiles: 
 
 
 def _seeded_runs(run: Callable[[Loss, int], tuple[torch.Tensor, dict[str, float]]], loss: Loss,
-                 seeds: Sequence[int], what: str, log: Callable[[str], None]) -> tuple[dict[str, Any], torch.Tensor]:
+                 seeds: Sequence[int], what: str,
+                 log: Callable[[str], None]) -> tuple[dict[str, Any], torch.Tensor | None]:
     """A training task once per seed: the mean of each number over the runs (with more than one run also each
-    run's, under ``per_seed``) and the total seconds; and the first run's outputs (for the figures)."""
+    run's, under ``per_seed``) and the total seconds; and the first run's outputs (for the figures).
+
+    A run that diverges (:class:`~patchmmd.tasks._common.TrainingDiverged`) ends this loss's runs of the task:
+    the result is then ``{"diverged": message, "seconds": ...}`` without numbers (a mean over the runs that did
+    not diverge would hide it), the outputs ``None``, and the suite goes on with the next task."""
     from ..tasks._common import TrainingDiverged, deterministic
 
     t0 = time.perf_counter()
     first: torch.Tensor | None = None
-    runs = []
+    runs: list[dict[str, float]] = []
     for seed in seeds:
-        log(f"tasks: {what}, seed {seed}")
         try:
             with deterministic(seed):
                 out, numbers = run(loss, seed)
-        except TrainingDiverged as e:  # say which run: the bare message names no candidate
-            raise TrainingDiverged(e.step, e.steps, f"{what}, seed {seed}: {e.what}") from None
+        except TrainingDiverged as e:
+            message = f"seed {seed}: {e}"
+            log(f"tasks: {what} diverged ({message}); the suite goes on")
+            return {"diverged": message, "seconds": round(time.perf_counter() - t0, 1)}, None
         first = out if first is None else first
         runs.append(numbers)
     result: dict[str, Any] = {k: _r(statistics.fmean(r[k] for r in runs)) for k in runs[0]}
     if len(runs) > 1:
         result["per_seed"] = {"seeds": list(seeds), **{k: [r[k] for r in runs] for k in runs[0]}}
     result["seconds"] = round(time.perf_counter() - t0, 1)
-    assert first is not None  # seeds is never empty (task_seeds >= 1)
     return result, first
 
 
@@ -521,23 +614,33 @@ def _checks(data: dict[str, Any], candidates: Sequence[str], deep: Sequence[str]
         rows.append(_check("shift", bool(worst <= 0.15), f"1 px {med['shift-1px']:.3f}, diagonal "
                            f"{med['shift-1px-diag']:.3f} (≤ 0.150)"))
         sr = tasks.get("sr", {})
-        if c in sr and "dists" in sr[c]:
+        if c in sr and "diverged" in sr[c]:  # a loss whose training diverges fails every check of the task
+            rows += [_check(k, False, "diverged", f"training diverged ({sr[c]['diverged']})")
+                     for k in ("sr-vs-l2", "sr-vs-lpips", "sr-lattice")]
+        elif c in sr and "dists" in sr[c]:
             d, d_l2 = sr[c]["dists"], sr.get("l2", {}).get("dists")
             rows.append(_check("sr-vs-l2", None if d_l2 is None else bool(d < d_l2),
-                               f"DISTS {d:.4f} vs L2 {_fmtn(d_l2)}{_runs(sr[c], 'dists')}"))
+                               f"DISTS {d:.4f} vs L2 {_fmtn(d_l2)}{_runs(sr[c], 'dists')}", _diverged(sr, "l2")))
             d_lp = sr.get("lpips-vgg", {}).get("dists")
             rows.append(_check("sr-vs-lpips", None if d_lp is None else bool(d <= 1.05 * d_lp),
-                               f"DISTS {d:.4f} vs LPIPS-vgg loss {_fmtn(d_lp)} (≤ +5 %){_runs(sr[c], 'dists')}"))
+                               f"DISTS {d:.4f} vs LPIPS-vgg loss {_fmtn(d_lp)} (≤ +5 %){_runs(sr[c], 'dists')}",
+                               _diverged(sr, "lpips-vgg")))
         else:
             rows.append(_check("sr-vs-l2", None, "–", "no DISTS judge (no weights folder)"))
             rows.append(_check("sr-vs-lpips", None, "–", "no DISTS judge (no weights folder)"))
-        if c in sr:
+        if c in sr and "diverged" not in sr[c]:
             lat = sr[c]["lattice"]
             rows.append(_check("sr-lattice", bool(lat <= 2.0),
                                f"lattice ratio {lat:.3f} (≤ 2){_runs(sr[c], 'lattice', 3)}"))
         for task in ("ae", "gim"):
             res = tasks.get(task, {})
             if c not in res or "l2" not in res:
+                continue
+            if "diverged" in res[c]:
+                rows.append(_check(f"{task}-vs-l2", False, "diverged", f"training diverged ({res[c]['diverged']})"))
+                continue
+            if "diverged" in res["l2"]:
+                rows.append(_check(f"{task}-vs-l2", None, "–", _diverged(res, "l2")))
                 continue
             sharp, sharp_l2 = res[c]["sharpness"], res["l2"]["sharpness"]
             text = f"sharpness {sharp:.3f} vs L2 {sharp_l2:.3f}"
@@ -549,6 +652,12 @@ def _checks(data: dict[str, Any], candidates: Sequence[str], deep: Sequence[str]
                 rows.append(_check(f"{task}-vs-l2", None, text, "no DISTS judge (no weights folder)"))
         out[c] = rows
     return out
+
+
+def _diverged(results: Mapping[str, Any], label: str) -> str:
+    """The note of a check whose reference loss ``label`` diverged (it is then not judged), else ``""``."""
+    r = results.get(label, {})
+    return f"the {label} loss's training diverged ({r['diverged']})" if "diverged" in r else ""
 
 
 def _runs(result: Mapping[str, Any], key: str, digits: int = 4) -> str:
@@ -572,6 +681,7 @@ def run_suite(
     train_photos: Sequence[torch.Tensor] = (),
     config: SuiteConfig | None = None,
     log: Callable[[str], None] | None = None,
+    cache: str | os.PathLike[str] | None = None,
 ) -> SuiteResult:
     """Run the three parts for ``candidates`` (``NAME[:KEY=VALUE,...]``) and the baselines.
 
@@ -584,9 +694,14 @@ def run_suite(
         train_photos: extra training photos (``(3, H, W)`` in ``[0, 1]``) besides the package's samples.
         config: sizes and seed (:class:`SuiteConfig`; default the full suite).
         log: called with one line per step (progress).
+        cache: a folder for the finished pieces of work (:mod:`.suite_cache`): each is stored as it ends and
+            read back by a later run with the same folder and settings, so an interrupted run resumes where it
+            stopped and reports what an uninterrupted one would. ``None``: nothing is kept.
 
     Raises:
-        ValueError: no candidate, a bad candidate spec or option; FileNotFoundError: a missing weight file.
+        ValueError: no candidate, a bad candidate spec or option; FileNotFoundError: a missing weight file;
+        CacheMismatchError: the cache holds a piece of work computed with other settings (another folder, or
+        remove it, to start over).
     """
     from ..data import sample_image, sample_names
 
@@ -641,13 +756,15 @@ def run_suite(
                               "role": m.role, "higher_is_better": m.higher_is_better} for m in metrics},
         "losses": [m.label for m in losses], "judges": list(judges), "notes": notes, "seconds": {},
     }
+    kept = None if cache is None else SuiteCache(cache)
     t0 = time.perf_counter()
-    data["human"], refs, ref_names = _human(human, metrics, cfg, say)
+    data["human"], refs, ref_names = _human(human, metrics, cfg, say, kept)
     data["seconds"]["human"] = round(time.perf_counter() - t0, 1)
 
     samples = [sample_image(n) for n in sample_names()]
     t0 = time.perf_counter()
-    data["shift"] = _shift([*samples, *refs], [f"sample/{n}" for n in sample_names()] + ref_names, metrics, cfg, say)
+    data["shift"] = _shift([*samples, *refs], [f"sample/{n}" for n in sample_names()] + ref_names, metrics, cfg, say,
+                           kept)
     data["seconds"]["shift"] = round(time.perf_counter() - t0, 1)
 
     t0 = time.perf_counter()
@@ -659,8 +776,11 @@ def run_suite(
         data["tiles"] = {"source": "held-out strips of the training photos (no human sets given)", "n": len(tiles),
                          "size": cfg.tile}
         notes.append("no human sets: the judge tiles are the held-out right-hand strips of the training photos")
-    data["tasks"], figures = _tasks(losses, judges, train, tiles, samples, cfg, say)
+    data["tasks"], figures = _tasks(losses, judges, train, tiles, samples, cfg, say, kept)
     data["seconds"]["tasks"] = round(time.perf_counter() - t0, 1)
+    if kept is not None and kept.reused:
+        notes.append(f"resumed: {kept.reused} finished pieces of work were read back from {kept.folder}, so the "
+                     "times reported are not those of one uninterrupted run")
     data["checks"] = _checks(data, data["candidates"], [d for d in DEEP_BASELINES if d in by_label])
     data["seconds"]["total"] = round(time.perf_counter() - t_start, 1)
     return SuiteResult(data, figures)
@@ -740,6 +860,8 @@ def _markdown(d: dict[str, Any], figures: Sequence[str]) -> str:
         md += [f"### {titles[task]}", "", "| loss | " + " | ".join(c) + " |", "|---|" + "---|" * len(c)]
         for loss, r in t[task].items():
             md.append(f"| {loss} | " + " | ".join(_cell(r, k) for k in c) + " |")
+        md += [f"\n{loss}: training diverged, no numbers ({r['diverged']})." for loss, r in t[task].items()
+               if "diverged" in r]
         if task != "gim" and len(cfg["training_seeds"]) > 1:
             md.append("")
             md.append(f"Trained with seeds {', '.join(map(str, cfg['training_seeds']))}: each cell is the mean of the "
@@ -780,6 +902,16 @@ def _figures(r: SuiteResult, out: Path) -> list[str]:
                       title="Generalized image mean of shifted copies, one column per loss")
     written.append("figure-gim.png")
     return written
+
+
+def remove_suite_outputs(out_dir: str | os.PathLike[str]) -> None:
+    """Delete what :func:`write_suite` and a run's cache (``cache/``) left in ``out_dir``; nothing else."""
+    import shutil
+
+    path = Path(out_dir)
+    for name in (*OUTPUT_FILES, *FIGURES):
+        (path / name).unlink(missing_ok=True)
+    shutil.rmtree(path / "cache", ignore_errors=True)
 
 
 def write_suite(result: SuiteResult, out_dir: str | os.PathLike[str], *, figures: bool = True) -> list[Path]:

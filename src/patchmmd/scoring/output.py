@@ -162,11 +162,16 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     The file gets the mode of any new file (``0o666`` less the umask, see :func:`creation_mode`), as the
     journals do, not the ``0o600`` of a temporary file.
     """
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Replace ``path`` by a file holding ``data`` atomically, as :func:`atomic_write_text` does."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(text.encode())
+            fh.write(data)
             _fsync(fh)
         os.chmod(tmp, creation_mode())
         os.replace(tmp, path)

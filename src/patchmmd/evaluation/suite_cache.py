@@ -1,0 +1,181 @@
+"""The finished parts of a dev-benchmark run, kept so that an interrupted run resumes where it stopped.
+
+:func:`~patchmmd.evaluation.suite.run_suite` with ``cache=FOLDER`` stores each finished piece of work as it
+ends: a shift check per metric, a training run per (task, loss, seed), a generalized image mean per loss (and,
+through :func:`~patchmmd.evaluation.runner.run`'s own cache, each metric's values on each human set). A later
+run with the same folder reads them back instead of recomputing them, so a run stopped by a crash, a kill or a
+full disk loses at most the piece it was working on.
+
+Each entry is ``NAME.json`` (the settings it was computed with and its numbers) with, for the training tasks
+and the image mean, ``NAME.npy``: the outputs the figures show (plain float32, read with
+``numpy.load(allow_pickle=False)``: a file can hold numbers only, never code). Both are written atomically,
+the outputs first: an entry exists once its ``.json`` does. An entry computed with other settings raises
+:class:`~patchmmd.evaluation.runner.CacheMismatchError` (start over, or use another folder); an entry that
+cannot be decoded is ignored with a ``RuntimeWarning`` and computed again. Reusing an entry is exact: the
+suite seeds every piece of work by itself, so a resumed run reports what an uninterrupted one would
+(``tests/test_suite.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .runner import CacheMismatchError, EvaluationError
+
+__all__ = ["SuiteCache", "entry_name", "tensor_digest"]
+
+
+def entry_name(*parts: object) -> str:
+    """A file name for an entry: the parts, with anything but letters, digits and ``._=+-`` replaced, and a
+    short hash of the exact parts (two labels that read alike after the replacement still differ).
+
+    Example:
+        >>> entry_name("sr", "mmdpp:preset=loss", "seed0")
+        'sr-mmdpp_preset=loss-seed0-47a9ac7c'
+    """
+    text = "\x00".join(str(p) for p in parts)
+    slug = "-".join(re.sub(r"[^A-Za-z0-9._=+-]+", "_", str(p))[:48] for p in parts)
+    return f"{slug}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+def tensor_digest(tensors: Any) -> str:
+    """A SHA-256 fingerprint of tensors' shapes, dtypes and values, in order (what a piece of work was fed)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{tuple(t.shape)}{t.dtype};".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _plain(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``settings`` as they read back from JSON (tuples become lists), so that stored and current compare."""
+    out: dict[str, Any] = json.loads(json.dumps(settings, sort_keys=True, default=str))
+    return out
+
+
+class SuiteCache:
+    """The entries in ``folder`` (created on the first :meth:`put`).
+
+    Example:
+        >>> import tempfile
+        >>> cache = SuiteCache(Path(tempfile.mkdtemp()) / "cache")
+        >>> cache.get("shift-l2", {"size": 48}) is None
+        True
+        >>> cache.put("shift-l2", {"size": 48}, {"median": 0.5})
+        >>> cache.get("shift-l2", {"size": 48})
+        ({'median': 0.5}, None)
+        >>> try:
+        ...     cache.get("shift-l2", {"size": 64})
+        ... except CacheMismatchError as e:
+        ...     print(str(e).split(".json ")[1])
+        was computed with other settings (size: 48, now 64)
+    """
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.folder = Path(folder)
+        self.reused = 0  #: how many entries were read back (the suite counts its human part's here too)
+
+    def get(self, name: str, settings: Mapping[str, Any]) -> tuple[dict[str, Any], torch.Tensor | None] | None:
+        """The result and outputs stored under ``name`` for ``settings``; ``None`` if there is none (or it is
+        damaged: a ``RuntimeWarning`` names it).
+
+        Raises:
+            CacheMismatchError: the entry was computed with other settings.
+            EvaluationError: the entry exists but cannot be read (permissions, an I/O error).
+        """
+        path = self.folder / f"{name}.json"
+        if not path.is_file():
+            return None
+        try:
+            raw = path.read_bytes()
+        except OSError as e:
+            raise EvaluationError(f"cannot read the suite cache file {path}: {e.strerror or e}") from e
+        want = _plain(settings)
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except ValueError as e:
+            return self._damaged(path, f"not valid JSON: {e}")
+        if not isinstance(data, dict) or not isinstance(data.get("settings"), dict) \
+                or not isinstance(data.get("result"), dict):
+            return self._damaged(path, "no settings or no result")
+        if data["settings"] != want:
+            old, new = _flat(data["settings"]), _flat(want)
+            changed = sorted(k for k in {*old, *new} if old.get(k, _MISSING) != new.get(k, _MISSING))
+            what = ", ".join(f"{k}: {_short(old.get(k, _MISSING))}, now {_short(new.get(k, _MISSING))}"
+                             for k in changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
+            raise CacheMismatchError(f"{path} was computed with other settings ({what})", path, data["settings"])
+        outputs = None
+        if data.get("outputs") is not None:
+            outputs = self._outputs(path.with_suffix(".npy"), data["outputs"])
+            if outputs is None:
+                return None
+        self.reused += 1
+        return data["result"], outputs
+
+    def put(self, name: str, settings: Mapping[str, Any], result: Mapping[str, Any],
+            outputs: torch.Tensor | None = None) -> None:
+        """Store ``result`` (JSON numbers; NaN kept) and ``outputs`` (saved as float32) under ``name``."""
+        from ..scoring.output import atomic_write_bytes, atomic_write_text
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        shape = None
+        if outputs is not None:
+            array = outputs.detach().cpu().to(torch.float32).contiguous().numpy()
+            buf = io.BytesIO()
+            np.save(buf, array, allow_pickle=False)
+            atomic_write_bytes(self.folder / f"{name}.npy", buf.getvalue())
+            shape = list(array.shape)
+        atomic_write_text(self.folder / f"{name}.json",
+                          json.dumps({"settings": _plain(settings), "result": dict(result), "outputs": shape}))
+
+    def _outputs(self, path: Path, shape: Any) -> torch.Tensor | None:
+        try:
+            array = np.load(path, allow_pickle=False)
+        except OSError as e:
+            if not path.is_file():
+                return self._damaged(path, "its outputs file is missing")
+            raise EvaluationError(f"cannot read the suite cache file {path}: {e.strerror or e}") from e
+        except ValueError as e:  # not an .npy file, or one holding objects
+            return self._damaged(path, f"not a NumPy array file: {e}")
+        if not isinstance(array, np.ndarray) or array.dtype != np.float32 or list(array.shape) != shape:
+            return self._damaged(path, f"not a float32 array of shape {shape}")
+        return torch.from_numpy(array.copy())
+
+    @staticmethod
+    def _damaged(path: Path, problem: str) -> None:
+        warnings.warn(f"the suite cache file {path} is damaged ({problem}); ignoring it: that part is computed "
+                      "again and the file replaced", RuntimeWarning, stacklevel=3)
+        return None
+
+
+_MISSING = object()
+
+
+def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as ``{"a.b": value}``, so that a mismatch names the setting that changed."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _short(v: Any) -> str:
+    if v is _MISSING:
+        return "(none)"
+    text = json.dumps(v, sort_keys=True)
+    return text if len(text) <= 80 else text[:77] + "..."
