@@ -25,6 +25,10 @@ def test_demo(tmp_path: Path) -> None:
         assert d["MMD++"]["value"] > 0 and d["L2"]["value"] > 0
     ranks = sorted(d["MMD++"]["rank"] for d in data["distortions"])
     assert ranks == list(range(1, 9))
+    # the printed ratio has 3 significant digits (it was rounded to 2 decimals: 0.0062 showed as "0.01")
+    value = {d["name"]: d["MMD++"]["value"] for d in data["distortions"]}
+    ratio = value["shift 1 px"] / value["noise σ=0.03"]
+    assert f"MMD++ {ratio:.3g}x" in r.output
     assert "| distortion |" in (out / "demo.md").read_text()
     with Image.open(out / "distance_map.png") as im:
         assert im.format == "PNG"

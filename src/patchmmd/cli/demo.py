@@ -26,7 +26,13 @@ MAX_SHIFT = 2
 
 
 def distortion_ladder(image: Any, *, seed: int = 0) -> tuple[Any, list[str], Any]:
-    """The reference crop ``(1, C, H, W - 2)``, the distortion names, and the distorted crops ``(8, C, H, W-2)``.
+    """The reference crop ``(1, C, H, W - 2)``, the distortion names, and the distorted crops ``(8, C, H, W-2)``
+    of one floating image ``(C, H, W)`` or ``(1, C, H, W)`` in [0, 1] (``C`` = 1 or 3, at least 7 px on a side:
+    the blur of σ = 2 pads by 6), on its device and in its dtype.
+
+    Raises:
+        TypeError: ``image`` is not a floating tensor.
+        ValueError: another shape (a batch of several images included), or an image too small.
 
     Example:
         >>> import torch
@@ -38,7 +44,11 @@ def distortion_ladder(image: Any, *, seed: int = 0) -> tuple[Any, list[str], Any
     """
     import torch
 
+    if not isinstance(image, torch.Tensor) or not image.is_floating_point():
+        raise TypeError(f"distortion_ladder expects a floating tensor, got {getattr(image, 'dtype', type(image))}")
     x = image[None] if image.dim() == 3 else image
+    if x.dim() != 4 or x.shape[0] != 1:
+        raise ValueError(f"distortion_ladder expects one image (C, H, W) or (1, C, H, W), got {tuple(image.shape)}")
     w = x.shape[-1] - MAX_SHIFT
     ref = x[..., :w]
     names: list[str] = []
@@ -55,7 +65,8 @@ def distortion_ladder(image: Any, *, seed: int = 0) -> tuple[Any, list[str], Any
         add(f"blur σ={s:g}", gaussian_blur(x, s))
     g = torch.Generator().manual_seed(seed)
     for s in (0.03, 0.06):
-        add(f"noise σ={s:g}", x + s * torch.randn(x.shape, generator=g, dtype=x.dtype))
+        # Drawn on the CPU, so that the noise is the same on every device.
+        add(f"noise σ={s:g}", x + s * torch.randn(x.shape, generator=g, dtype=x.dtype).to(x.device))
     for q in (50, 20):
         add(f"JPEG q={q}", jpeg(x, q))
     return ref, names, torch.cat(out)
@@ -163,7 +174,7 @@ def demo(image_name: str, out_dir: Path, map_for: str, overwrite: bool, device: 
     ratio_mm = mm[i1] / mm[i2] if mm[i2] > 0 else math.inf
     ratio_l2 = l2[i1] / l2[i2] if l2[i2] > 0 else math.inf
     findings.append(
-        f"1-px shift relative to σ=0.03 noise: MMD++ {ratio_mm:.2f}x, L2 {ratio_l2:.2f}x"
+        f"1-px shift relative to σ=0.03 noise: MMD++ {ratio_mm:.3g}x, L2 {ratio_l2:.3g}x"
     )
     if ssim_fn is None:
         findings.append(ssim_note)

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from ..core.validation import check_positive_int
+
 if TYPE_CHECKING:
     if sys.version_info >= (3, 11):
         from importlib.resources.abc import Traversable
@@ -38,10 +40,23 @@ def sample_path(name: str) -> Traversable:
     return resources.files(__name__).joinpath(f"{name}.png")
 
 
+def _check_float_dtype(dtype: object) -> torch.dtype:
+    """``dtype`` if it is a floating torch dtype: values in [0, 1] cast to an integer one would be 0 or 1."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch dtype (values are in [0, 1]), got {dtype!r}")
+    return dtype
+
+
 def sample_image(name: str, *, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """A sample photograph as a ``(3, H, W)`` tensor with values in [0, 1]."""
+    """A sample photograph as a ``(3, H, W)`` tensor with values in [0, 1].
+
+    Raises:
+        ValueError: ``name`` is not one of :func:`sample_names`.
+        TypeError: ``dtype`` is not a floating dtype.
+    """
     from PIL import Image
 
+    _check_float_dtype(dtype)
     with sample_path(name).open("rb") as f:
         arr = np.asarray(Image.open(f).convert("RGB"), dtype=np.float64) / 255.0
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous().to(dtype)
@@ -52,21 +67,31 @@ def distortion_suite(
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Crops of the sample photos under graded distortions: references, distorted copies and labels.
 
-    Two ``size x size`` crops per photo, each distorted by additive noise, a box blur, a horizontal shift
-    and a gamma change at two levels: 48 pairs at ``size`` 64. A fixed, seeded test bed for comparing
-    estimators (the fast RFF path against the exact one).
+    Two ``size x size`` crops per photo, each distorted by additive noise, a box blur, a circular horizontal
+    shift (``torch.roll``: the columns pushed out on the right come back on the left) and a gamma change at two
+    levels: 48 pairs. A fixed, seeded test bed for comparing estimators (the fast RFF path against the exact
+    one).
+
+    Raises:
+        ValueError: ``size`` is not an integer from 1 to the largest crop the photos hold (128).
+        TypeError: ``dtype`` is not a floating dtype.
 
     Example:
         >>> ref, dist, labels = distortion_suite()
         >>> ref.shape, dist.shape, labels[:2]
         (torch.Size([48, 3, 64, 64]), torch.Size([48, 3, 64, 64]), ['astronaut/0/noise-0.03', 'astronaut/0/blur-0.03'])
     """
+    _check_float_dtype(dtype)
+    images = {name: sample_image(name, dtype=torch.float64) for name in sample_names()}
+    corners = {name: ((img.shape[-2] // 4, img.shape[-1] // 4), (img.shape[-2] // 2, img.shape[-1] // 3))
+               for name, img in images.items()}
+    largest = min(min(img.shape[-2] - top, img.shape[-1] - left)
+                  for name, img in images.items() for top, left in corners[name])
+    size = check_positive_int("size", size, maximum=largest)
     g = torch.Generator().manual_seed(seed)
     refs, dists, labels = [], [], []
-    for name in sample_names():
-        img = sample_image(name, dtype=torch.float64)
-        h, w = img.shape[-2:]
-        for c, (top, left) in enumerate(((h // 4, w // 4), (h // 2, w // 3))):
+    for name, img in images.items():
+        for c, (top, left) in enumerate(corners[name]):
             ref = img[:, top : top + size, left : left + size]
             for level in (0.03, 0.1):
                 pad = round(level * 20)

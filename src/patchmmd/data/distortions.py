@@ -1,8 +1,8 @@
 """Image distortions used to build test beds: Gaussian blur and a JPEG round trip.
 
 Shared by the demo (``patchmmd demo``), the scale-rule sweep (``scripts/scale_rule_dev.py``) and the
-tests. Both accept ``(C, H, W)`` or ``(N, C, H, W)`` images in ``[0, 1]`` and return the same shape and
-dtype.
+tests. Both accept floating ``(C, H, W)`` or ``(N, C, H, W)`` images in ``[0, 1]`` and return the same shape,
+dtype and device.
 """
 
 from __future__ import annotations
@@ -15,10 +15,29 @@ import torch
 import torch.nn.functional as F
 
 from ..core.patches import separable_filter
+from ..core.validation import check_positive_float, check_positive_int, compute_dtype
+
+
+def _check_images(name: str, x: object) -> torch.Tensor:
+    """``x`` if it is a floating ``(C, H, W)`` or ``(N, C, H, W)`` tensor, else a clear error."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} expects a floating tensor with values in [0, 1], got dtype {x.dtype}")
+    if x.dim() not in (3, 4):
+        raise ValueError(f"{name} expects (C, H, W) or (N, C, H, W) images, got shape {tuple(x.shape)}")
+    return x
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur with reflect padding (radius ``ceil(3 σ)``), per channel.
+
+    16-bit images are filtered in float32 and rounded back.
+
+    Raises:
+        TypeError: ``x`` is not a floating tensor.
+        ValueError: ``x`` is not ``(C, H, W)`` / ``(N, C, H, W)``, is not larger than the radius on each side
+            (reflect padding needs that), or ``sigma`` is not a finite number > 0.
 
     Example:
         >>> x = torch.rand(1, 3, 16, 16)
@@ -26,17 +45,29 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
         >>> y.shape == x.shape, bool(torch.isclose(y.mean(), x.mean(), atol=0.02)), bool(y.std() < x.std())
         (True, True, True)
     """
+    _check_images("gaussian_blur", x)
+    sigma = check_positive_float("sigma", sigma)
+    r = max(1, math.ceil(3 * sigma))
+    if min(x.shape[-2:]) <= r:
+        raise ValueError(f"gaussian_blur with sigma={sigma:g} pads by {r} px (reflect) and needs images larger "
+                         f"than that on each side, got shape {tuple(x.shape)}")
     if x.dim() == 3:
         return gaussian_blur(x[None], sigma)[0]
-    r = max(1, math.ceil(3 * sigma))
-    t = torch.arange(-r, r + 1, dtype=x.dtype)
-    k = torch.exp(-(t**2) / (2 * sigma**2))
-    k = k / k.sum()
-    return separable_filter(F.pad(x, (r, r, r, r), mode="reflect"), k)
+    dtype = compute_dtype(x.dtype)
+    # The taps in float64 (t / σ, not t² / σ², so that a tiny σ gives the identity, not 0 / 0).
+    t = torch.arange(-r, r + 1, dtype=torch.float64)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = (k / k.sum()).to(device=x.device, dtype=dtype)
+    return separable_filter(F.pad(x.to(dtype), (r, r, r, r), mode="reflect"), k).to(x.dtype)
 
 
 def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
-    """JPEG-compress RGB images at ``quality`` with Pillow and decode them (8-bit levels, as the file has).
+    """JPEG-compress RGB (``C = 3``) or grayscale (``C = 1``) images at ``quality`` (0-100, Pillow's scale)
+    with Pillow and decode them (8-bit levels, as the file has). Values are clamped to [0, 1] first.
+
+    Raises:
+        TypeError: ``x`` is not a floating tensor.
+        ValueError: another shape or channel count, NaN values, or ``quality`` not an integer in 0-100.
 
     Example:
         >>> x = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -46,11 +77,22 @@ def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
     """
     from PIL import Image
 
+    _check_images("jpeg", x)
+    quality = check_positive_int("quality", quality, minimum=0, maximum=100)
+    if x.shape[-3] not in (1, 3):
+        raise ValueError(f"jpeg expects 1 (gray) or 3 (RGB) channels, got shape {tuple(x.shape)}")
+    if min(x.shape[-2:]) < 1:
+        raise ValueError(f"jpeg expects images of at least 1x1 pixels, got shape {tuple(x.shape)}")
     if x.dim() == 4:
-        return torch.stack([jpeg(img, quality) for img in x])
-    a = (x.detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+        return torch.stack([jpeg(img, quality) for img in x]) if len(x) else x.detach().clone()
+    a64 = x.detach().to(device="cpu", dtype=torch.float64)
+    if torch.isnan(a64).any():
+        raise ValueError("jpeg: the image has NaN values")
+    a = (a64.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    mode = "RGB" if a.shape[-1] == 3 else "L"
     buf = io.BytesIO()
-    Image.fromarray(a).save(buf, format="JPEG", quality=quality)
+    Image.fromarray(a if mode == "RGB" else a[..., 0]).save(buf, format="JPEG", quality=quality)  # (H, W): L
     buf.seek(0)
-    b = np.asarray(Image.open(buf).convert("RGB"), dtype=np.float64) / 255.0
-    return torch.from_numpy(b).permute(2, 0, 1).to(x.dtype)
+    b = np.asarray(Image.open(buf).convert(mode), dtype=np.float64) / 255.0
+    b = b if mode == "RGB" else b[..., None]
+    return torch.from_numpy(b).permute(2, 0, 1).to(device=x.device, dtype=x.dtype)
