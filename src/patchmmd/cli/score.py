@@ -135,6 +135,8 @@ def _click_error(e: BaseException, *, retry_errors: bool = False) -> click.Click
         return click.UsageError(f"cannot resume: {e}; fix or delete that line, or pass --overwrite to start over")
     if isinstance(e, scoring.InconsistentJournalsError):
         return click.UsageError(str(e).replace("put the output on", "put --out on"))
+    if isinstance(e, scoring.JournalWriteError):
+        return click.ClickException(f"{e}; fix that (e.g. free some space), then {_RESUME_HINT}")
     if isinstance(e, scoring.FinalizeError):
         return click.ClickException(f"{e}; the journals are kept, rerun with --resume")
     if isinstance(e, scoring.ScoringError):  # JournalOpenError and any other: a plain failure
@@ -273,7 +275,9 @@ def score(
         if debug_enabled() and isinstance(e, scoring.MetricSetupError) and e.__cause__ is not None:
             raise e.__cause__ from e  # PATCHMMD_DEBUG=1: the metric's own traceback
         error = _click_error(e, retry_errors=retry_errors)
-        if not env.is_main:  # every rank stops; rank 0 alone says why
+        if not env.is_main:  # every rank stops; rank 0 alone says why, unless the failure was this rank's own
+            if isinstance(e, scoring.JournalWriteError):
+                click.echo(f"rank {env.rank}: {error.format_message()}", err=True)
             sys.exit(error.exit_code)
         raise error from None
     bar.close()

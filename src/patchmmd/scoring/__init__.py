@@ -59,6 +59,7 @@ from .errors import (
     JobMismatchError,
     JournalError,
     JournalOpenError,
+    JournalWriteError,
     MetricSetupError,
     NoPairsError,
     NothingToResumeError,
@@ -132,8 +133,8 @@ from .runner import (
 __all__ = [
     "CSV_COLUMNS_BASE", "DEFAULT_BATCH_PIXELS", "DEFAULT_CACHE_PIXELS", "DEFAULT_MODE_HINT", "DEFAULT_RESIZE_HINT",
     "FORMULA_CHARS", "JOURNAL_FORMAT", "JOURNAL_VERSION", "ROW_KEYS", "FinalizeError", "FolderError", "IgnoredFiles",
-    "InconsistentJournalsError", "JobInterrupted", "JobMismatchError", "Journal", "JournalError",
-    "JournalOpenError", "LockUnavailable", "MetricSetupError", "NoPairsError", "NothingToResumeError", "Notice",
+    "InconsistentJournalsError", "JobInterrupted", "JobMismatchError", "Journal", "JournalError", "JournalOpenError",
+    "JournalWriteError", "LockUnavailable", "MetricSetupError", "NoPairsError", "NothingToResumeError", "Notice",
     "OutputExistsError", "OutputLock", "OutputLockedError", "OutputPathError", "PairTask", "PairedJob",
     "RankFailedError", "RunSummary", "ScoreJob", "ScoreResult", "ScoreRunner", "ScoringError", "UnmatchedImages",
     "_ImageCache", "all_pair_tasks", "atomic_write_text", "check_metric", "creation_mode", "csv_line", "csv_text",

@@ -111,6 +111,21 @@ class JournalOpenError(ScoringError):
         self.path = path
 
 
+class JournalWriteError(ScoringError):
+    """A journal could not be written while scoring (an operating-system error: a full disk, a lost mount, ...).
+
+    The rows appended before are on disk (a torn last line is dropped on resuming), so the job can be resumed once
+    the cause is fixed: :attr:`saved` of :attr:`total` pairs are saved (in a launch of several ranks: of this
+    rank's share); :attr:`path` is the journal.
+    """
+
+    def __init__(self, message: str, *, path: Path, saved: int = 0, total: int = 0) -> None:
+        super().__init__(message)
+        self.path = path
+        self.saved = saved
+        self.total = total
+
+
 class InconsistentJournalsError(ScoringError):
     """The ranks of a launch do not see the same journals (the output is not on a shared file system)."""
 

@@ -24,7 +24,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ..core.validation import check_positive_int
 from ..io import IMAGE_SUFFIXES
@@ -64,7 +64,8 @@ def list_images(folder: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
 
     A file counts as an image by its suffix (:data:`patchmmd.io.IMAGE_SUFFIXES`, any case); whether it
     really decodes is found out when it is scored. Hidden files and folders (name starting with ``.``) are
-    skipped.
+    skipped. Folders reached through a symbolic link are listed like the others, except one that leads back to
+    a folder above it (a loop, whose images are listed already).
 
     A folder that cannot be listed (``folder`` itself or any folder under it, e.g. no read permission) is an
     error: its images would silently be left out of the job, and an image file that cannot be read becomes an
@@ -82,12 +83,33 @@ def list_images(folder: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
         raise NotADirectoryError(f"not a folder: {root}")
     images: list[str] = []
     others: list[str] = []
-    def unreadable(e: OSError) -> None:
+    def unreadable(e: OSError) -> NoReturn:
         where = e.filename if e.filename is not None else root
         raise OSError(f"cannot list the folder {os.fsdecode(where)}: {e.strerror or e}") from e
 
-    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    # Folders reached through a symbolic link are listed too, except a link back to a folder above (a loop):
+    # ``above`` holds, for each folder to visit, the (device, inode) of the folders above it.
+    above: dict[str, frozenset[tuple[int, int]]] = {}
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError as e:
+            unreadable(e)
+        chain = above.pop(dirpath, frozenset()) | {(st.st_dev, st.st_ino)}
+        keep = []
+        for d in sorted(d for d in dirnames if not d.startswith(".")):
+            sub = os.path.join(dirpath, d)
+            if os.path.islink(sub):
+                try:
+                    target = os.stat(sub)
+                except OSError:
+                    pass  # os.walk reports it
+                else:
+                    if (target.st_dev, target.st_ino) in chain:
+                        continue
+            above[sub] = chain
+            keep.append(d)
+        dirnames[:] = keep
         for name in filenames:
             if name.startswith("."):
                 continue

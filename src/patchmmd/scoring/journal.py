@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import JobMismatchError, JournalError, _rebuild
+from .errors import JobMismatchError, JournalError, JournalWriteError, _rebuild
 from .jobs import PairTask
 from .output import _fsync, _fsync_dir, atomic_write_text
 
@@ -177,8 +177,12 @@ def _row_problem(row: Any, metric: str | None, tasks: dict[str, PairTask] | None
     if error is None:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return f"'value' must be a number when 'error' is null, got {value!r}"
-        if not math.isfinite(value):
-            return f"'value' must be a finite number, got {value!r}"
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:  # an integer too large for a float
+            finite = False
+        if not finite:
+            return f"'value' must be a finite number, got {_short(value)}"
     elif value is not None:
         return f"'value' must be null when there is an error, got {value!r}"
     if metric is not None and row["metric"] != metric:
@@ -191,6 +195,12 @@ def _row_problem(row: Any, metric: str | None, tasks: dict[str, PairTask] | None
             theirs = f"({row['ref']!r}, {row['dist']!r})"
             return f"'id' {row['id']!r} is the pair ({task.ref!r}, {task.dist!r}), not {theirs}"
     return None
+
+
+def _short(value: Any) -> str:
+    """``repr(value)``, cut to 40 characters."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _checked_rows(
@@ -249,6 +259,7 @@ class Journal:
         self.path = path
         self._fh = fh
         self.done = done
+        self._failed = False
 
     @classmethod
     def open(
@@ -300,17 +311,33 @@ class Journal:
         return cls(path, fh, {})
 
     def append(self, rows: Iterable[dict[str, Any]]) -> None:
-        """Append rows (each with an ``id``) and make them durable (flush + fsync) before returning."""
+        """Append rows (each with an ``id``) and make them durable (flush + fsync) before returning.
+
+        Raises:
+            JournalWriteError: the rows could not be written (e.g. a full disk); the rows appended before are
+                kept, and at most a torn last line follows them, which reopening cuts off.
+        """
+        rows = list(rows)
         data = b"".join(_line(r) for r in rows)
         if not data:
             return
-        self._fh.write(data)
-        _fsync(self._fh)
+        try:
+            self._fh.write(data)
+            _fsync(self._fh)
+        except OSError as e:
+            self._failed = True
+            raise JournalWriteError(f"cannot write the journal {self.path}: {e.strerror or e}", path=self.path) from e
         for r in rows:
             self.done[r["id"]] = r
 
     def close(self) -> None:
-        self._fh.close()
+        """Close the journal. After a failed :meth:`append`, an error writing out what it left buffered is not
+        raised again (that failure is already reported, and the journal holds its valid rows)."""
+        try:
+            self._fh.close()
+        except OSError:
+            if not self._failed:
+                raise
 
     def __enter__(self) -> Journal:
         return self

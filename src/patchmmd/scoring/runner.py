@@ -36,6 +36,7 @@ from .errors import (
     JobInterrupted,
     JournalError,
     JournalOpenError,
+    JournalWriteError,
     MetricSetupError,
     NoPairsError,
     NothingToResumeError,
@@ -796,6 +797,13 @@ class ScoreRunner:
                 saved, of = len(set(done) | ids), len(tasks)
             raise JobInterrupted(signal=name, saved=saved, total=of, journal=own, rank=env.rank,
                                  distributed=env.is_distributed) from None
+        except JournalWriteError as e:  # e.g. a full disk: what is saved (durable rows only), and where
+            if env.is_distributed:
+                saved, of, its = len(set(journal.done) - set(done)), len(mine), "its "
+            else:
+                saved, of, its = len(set(done) | set(journal.done)), len(tasks), ""
+            raise JournalWriteError(f"{e}; {saved} of {its}{of} pairs are saved", path=own, saved=saved,
+                                    total=of) from e.__cause__
         finally:
             if old_sigterm is not None:
                 signal.signal(signal.SIGTERM, old_sigterm)
