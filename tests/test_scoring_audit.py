@@ -140,3 +140,28 @@ def test_an_output_with_a_long_name_is_written(photos: Path, tmp_path: Path) -> 
     result = scoring.ScoreRunner(job, device="cpu").run()
     assert len(result.rows) == 15 and out.exists() and scoring.find_journals(out) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["photos", out.name])
+
+
+# --- a device out of memory while the batch is moved to it ---------------------------------------------
+def test_a_batch_the_device_cannot_hold_is_scored_pair_by_pair(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the move to the device was outside the try: an out-of-memory there stopped the whole job
+    from patchmmd.metrics import get_metric
+    from patchmmd.scoring.jobs import PairTask
+    from patchmmd.scoring.runner import _score_batch
+
+    real_to = torch.Tensor.to
+
+    def to(self: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        if args and isinstance(args[0], torch.device) and self.dim() == 4 and self.shape[0] > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_to(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    g = torch.Generator().manual_seed(0)
+    batch = [(PairTask(i, f"p{i}", f"a{i}.png", f"b{i}.png", Path(f"a{i}.png"), Path(f"b{i}.png")),
+              torch.rand(3, 8, 8, generator=g), torch.rand(3, 8, 8, generator=g)) for i in range(3)]
+    l2 = get_metric("l2")
+    expected = [float(l2(x[None], y[None])) for _, x, y in batch]
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    rows = _score_batch(l2, batch, "l2", torch.device("cpu"))
+    assert [r["error"] for r in rows] == [None] * 3
+    assert [r["value"] for r in rows] == pytest.approx(expected, rel=1e-12)

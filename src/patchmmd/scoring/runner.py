@@ -282,9 +282,10 @@ def _score_batch(
     metric: str,
     dev: torch.device,
 ) -> list[dict[str, Any]]:
-    x = torch.stack([b[1] for b in batch]).to(dev)
-    y = torch.stack([b[2] for b in batch]).to(dev)
     try:
+        # moving the batch is inside: a device out of memory for the batch scores its pairs one by one
+        x = torch.stack([b[1] for b in batch]).to(dev)
+        y = torch.stack([b[2] for b in batch]).to(dev)
         with torch.no_grad():
             values = fn(x, y).detach().double().cpu().tolist()
         return [_row(t, metric, v, None) for (t, _, _), v in zip(batch, values, strict=True)]
