@@ -92,7 +92,7 @@ def test_a_cache_of_other_settings_is_refused_and_a_damaged_entry_recomputed(tmp
     assert {Path(str(w.message).split()[4]).name for w in caught} == {entry.name, ae.name}
     assert "tasks: SR x4 with l2 (2 steps), seed 0" in lines  # retrained, and the entry rewritten whole
     sr = {k: v for k, v in again.data["tasks"]["sr"]["l2"].items() if k != "seconds"}
-    assert json.loads(entry.read_text())["result"] == sr
+    assert without_seconds(json.loads(entry.read_text())["result"]) == sr
     lines.clear()
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # the rewritten entries read back cleanly
@@ -122,3 +122,20 @@ def test_the_command_resumes_in_its_output_folder(tmp_path: Path) -> None:
     assert over.exit_code == 0, over.output
     assert "reused" not in over.output  # --overwrite starts over: the old cache is gone
     assert json.loads((out / "report.json").read_text())["config"]["sr_steps"] == 3
+
+
+def test_cache_file_names_hold_no_characters_a_file_system_refuses(tmp_path: Path) -> None:
+    # a candidate's label was the human part's cache file name: "mmdpp:preset=loss.json" is, on Windows, the
+    # alternate data stream "preset=loss.json" of a file "mmdpp"
+    human = [HumanSet("live-tiny", tiny_human_set(tmp_path))]
+    cfg = SuiteConfig.quick_config(**{**SMALL, "task_seeds": 1, "human_limit": 4})
+    lines: list[str] = []
+    result = run_suite(["mmdpp:num_scales=1"], human=human, config=cfg, cache=tmp_path / "cache", log=lines.append)
+    names = [p.name for p in (tmp_path / "cache").rglob("*")]
+    assert names and not any(set(n) & set(':/\\*?"<>|') for n in names), names
+    assert any(n.startswith("mmdpp_num_scales=1-") and n.endswith(".json") for n in names)
+    again = run_suite(["mmdpp:num_scales=1"], human=human, config=cfg, cache=tmp_path / "cache", log=lines.append)
+    assert again.data["notes"][-1].startswith("resumed:")
+    assert without_seconds(again.data["human"]) == without_seconds(result.data["human"])
+    # the seconds of a task's row are those of the run that computed it, not the time of reading it back
+    assert again.data["tasks"]["sr"]["l2"]["seconds"] == result.data["tasks"]["sr"]["l2"]["seconds"]

@@ -11,8 +11,9 @@ holding the values and the statistics of :mod:`.stats`:
   intervals; rows without a score are checked instead (identical pairs must give the metric's value on
   ``(ref, ref)``).
 
-With ``cache`` (a folder), each finished metric's values are stored as ``<cache>/<metric>.json`` together
-with the settings they were computed with; a later run with the same settings reads them back instead of
+With ``cache`` (a folder), each finished metric's values are stored as ``<cache>/<metric>.json`` (a name with
+characters some file systems refuse, such as ``mmdpp:preset=loss``, is written as :func:`cache_file_name` gives
+it) together with the settings they were computed with; a later run with the same settings reads them back instead of
 recomputing, and one with other settings raises :class:`CacheMismatchError`. The files are written atomically;
 one that cannot be decoded is recomputed with a warning (see :func:`_cached`). Progress is reported through
 a callback receiving :class:`Progress` events (no progress bar here). :mod:`.report` writes the result.
@@ -336,7 +337,7 @@ def _cached(cache: Path | None, metric: EvalMetric, settings: dict[str, Any],
     """
     if cache is None:
         return compute()
-    path = cache / f"{metric.name}.json"
+    path = cache / cache_file_name(metric.name)
     cached = _read_cache(path, settings, n) if path.is_file() else None
     if cached is not None:
         if progress is not None:
@@ -350,6 +351,24 @@ def _cached(cache: Path | None, metric: EvalMetric, settings: dict[str, Any],
     atomic_write_text(path, json.dumps({"settings": settings, "values": values,
                                         "seconds": time.perf_counter() - t0}))
     return values
+
+
+def cache_file_name(name: str) -> str:
+    """The cache file of the metric called ``name``: ``NAME.json`` when the name holds only letters, digits and
+    ``._=+-`` (and does not start with a dot); else those characters kept, the others replaced by ``_``, and a
+    short hash of the name added, so that names that read alike after the replacement still differ (``:`` would
+    be an alternate data stream on Windows, ``/`` a folder).
+
+    Example:
+        >>> cache_file_name("lpips-vgg"), cache_file_name("mmdpp:preset=loss")
+        ('lpips-vgg.json', 'mmdpp_preset=loss-5e167c14.json')
+    """
+    import re
+
+    if re.fullmatch(r"[A-Za-z0-9_=+-][A-Za-z0-9._=+-]*", name):
+        return f"{name}.json"
+    slug = re.sub(r"[^A-Za-z0-9._=+-]+", "_", name).lstrip(".")[:64]
+    return f"{slug}-{hashlib.sha256(name.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}.json"
 
 
 def _read_cache(path: Path, settings: dict[str, Any], n: int) -> list[list[float]] | None:

@@ -472,12 +472,14 @@ def _tasks(losses: Sequence[SuiteMetric], judges: Mapping[str, SuiteMetric], tra
                     raise TrainingDiverged(**numbers["diverged"])
                 assert out is not None  # put() below always stores the outputs of a finished run
                 return out, numbers
+            t0 = time.perf_counter()
             try:
                 out, numbers = run(loss, seed)
             except TrainingDiverged as e:
                 if cache is not None:
                     cache.put(name, settings, {"diverged": {"step": e.step, "steps": e.steps, "what": e.what}})
                 raise
+            numbers = {**numbers, "seconds": round(time.perf_counter() - t0, 1)}
             out = out[:FIGURE_TILES].detach().float()
             if cache is not None:
                 cache.put(name, settings, numbers, out)
@@ -542,30 +544,34 @@ def _seeded_runs(run: Callable[[Loss, int], tuple[torch.Tensor, dict[str, float]
                  seeds: Sequence[int], what: str,
                  log: Callable[[str], None]) -> tuple[dict[str, Any], torch.Tensor | None]:
     """A training task once per seed: the mean of each number over the runs (with more than one run also each
-    run's, under ``per_seed``) and the total seconds; and the first run's outputs (for the figures).
+    run's, under ``per_seed``) and the total seconds (a ``seconds`` in a run's numbers, as a run read from the
+    cache has, is the time it took when it was computed); and the first run's outputs (for the figures).
 
     A run that diverges (:class:`~patchmmd.tasks._common.TrainingDiverged`) ends this loss's runs of the task:
     the result is then ``{"diverged": message, "seconds": ...}`` without numbers (a mean over the runs that did
     not diverge would hide it), the outputs ``None``, and the suite goes on with the next task."""
     from ..tasks._common import TrainingDiverged, deterministic
 
-    t0 = time.perf_counter()
     first: torch.Tensor | None = None
     runs: list[dict[str, float]] = []
+    spent = 0.0
     for seed in seeds:
+        t0 = time.perf_counter()
         try:
             with deterministic(seed):
                 out, numbers = run(loss, seed)
         except TrainingDiverged as e:
             message = f"seed {seed}: {e}"
             log(f"tasks: {what} diverged ({message}); the suite goes on")
-            return {"diverged": message, "seconds": round(time.perf_counter() - t0, 1)}, None
+            return {"diverged": message, "seconds": round(spent + time.perf_counter() - t0, 1)}, None
+        numbers = dict(numbers)
+        spent += numbers.pop("seconds", time.perf_counter() - t0)  # a run read from the cache: its own time
         first = out if first is None else first
         runs.append(numbers)
     result: dict[str, Any] = {k: _r(statistics.fmean(r[k] for r in runs)) for k in runs[0]}
     if len(runs) > 1:
         result["per_seed"] = {"seeds": list(seeds), **{k: [r[k] for r in runs] for k in runs[0]}}
-    result["seconds"] = round(time.perf_counter() - t0, 1)
+    result["seconds"] = round(spent, 1)
     return result, first
 
 
@@ -779,8 +785,9 @@ def run_suite(
     data["tasks"], figures = _tasks(losses, judges, train, tiles, samples, cfg, say, kept)
     data["seconds"]["tasks"] = round(time.perf_counter() - t0, 1)
     if kept is not None and kept.reused:
-        notes.append(f"resumed: {kept.reused} finished pieces of work were read back from {kept.folder}, so the "
-                     "times reported are not those of one uninterrupted run")
+        notes.append(f"resumed: {kept.reused} finished pieces of work were read back from {kept.folder}; the "
+                     "seconds of a task's row are those of the runs that computed it, the wall times of the parts "
+                     "are this run's")
     data["checks"] = _checks(data, data["candidates"], [d for d in DEEP_BASELINES if d in by_label])
     data["seconds"]["total"] = round(time.perf_counter() - t_start, 1)
     return SuiteResult(data, figures)
