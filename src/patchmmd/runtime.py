@@ -36,7 +36,8 @@ def resolve_device(device: str | torch.device, *, local_rank: int | None = None)
     ``cuda:local_rank``, one GPU per process on a node; an explicit ``cuda:N`` is kept.
 
     Raises:
-        DeviceError: an unknown device string; CUDA (or MPS) asked for but not available; ``local_rank``
+        DeviceError: an unknown device string (one that is none of the above, such as ``"meta"`` or ``"xpu"``,
+            which PyTorch parses too); CUDA (or MPS) asked for but not available; ``cuda:N`` or ``local_rank``
             beyond the node's GPUs.
 
     Example:
@@ -57,14 +58,20 @@ def resolve_device(device: str | torch.device, *, local_rank: int | None = None)
             raise DeviceError(
                 f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r} ({e})"
             ) from None
+        if dev.type not in ("cpu", "cuda", "mps"):  # torch also parses 'meta', 'xpu', 'hip', ...: not supported here
+            raise DeviceError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}")
     if dev.type == "mps" and not _mps_available():
         raise DeviceError(f"device {str(device)!r} asked for, but MPS is not available; use 'cpu' or 'auto'")
     if dev.type != "cuda":
         return dev
     if not torch.cuda.is_available():
         raise DeviceError(f"device {str(device)!r} asked for, but CUDA is not available; use 'cpu' or 'auto'")
+    count = torch.cuda.device_count()
+    if dev.index is not None and dev.index >= count:
+        raise DeviceError(
+            f"device {str(device)!r} asked for, but this machine has {count} GPU(s) (cuda:0 to cuda:{count - 1})"
+        )
     if dev.index is None and local_rank is not None:
-        count = torch.cuda.device_count()
         if local_rank >= count:
             raise DeviceError(
                 f"LOCAL_RANK={local_rank} but this node has {count} GPU(s): start at most {count} processes "

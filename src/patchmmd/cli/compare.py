@@ -81,7 +81,9 @@ def save_heatmap(
 ) -> None:
     """Write a heat map of ``dmap`` (``(H, W)``) over a grayscale copy of ``reference`` (``(C, H, W)``) as PNG.
 
-    Uses matplotlib's Agg backend (no display needed), imported here.
+    Uses matplotlib's Agg backend (no display needed), imported here. The file is PNG whatever ``path`` ends with
+    (matplotlib would otherwise pick the format from the suffix, and write ``path + ".png"`` for a name without
+    one: not the file that was checked, maybe one that exists).
     """
     import matplotlib
 
@@ -96,9 +98,9 @@ def save_heatmap(
     ax.imshow(gray.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     im = ax.imshow(dmap.float().numpy(), cmap="inferno", alpha=0.6, interpolation="nearest")
     ax.set_axis_off()
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=10, parse_math=False)  # a file name may hold '$': text, not mathtext
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=label)
-    fig.savefig(output_file(path), bbox_inches="tight")
+    fig.savefig(output_file(path), format="png", bbox_inches="tight")
     plt.close(fig)
 
 
@@ -159,18 +161,19 @@ def compare(
     import torch
 
     from ..metrics.registry import get_spec
+    from ..scoring.output import readable_text
 
     options = parse_metric_options(metric_options)
     spec = get_spec(metric)
-    if map_path is not None:
-        if not spec.has_map:
-            from ..metrics.registry import metric_specs
+    if map_path is not None and not spec.has_map:
+        from ..metrics.registry import metric_specs
 
-            with_map = ", ".join(s.name for s in metric_specs() if s.has_map)
-            raise click.UsageError(f"--map needs a metric with a distance map ({with_map}), got --metric {metric}")
-        check_output_path(map_path, overwrite=overwrite, option="--map")
+        with_map = ", ".join(s.name for s in metric_specs() if s.has_map)
+        raise click.UsageError(f"--map needs a metric with a distance map ({with_map}), got --metric {metric}")
     fn = _checked_metric(metric, options)
     dev = resolve_device_or_fail(device)
+    if map_path is not None:  # after the other usage errors: it creates the map's folder
+        check_output_path(map_path, overwrite=overwrite, option="--map")
     x, y, resized = load_pair(a, b, mode=mode, resize=resize, max_pixels=max_pixels)
     try:
         with torch.no_grad():
@@ -185,7 +188,8 @@ def compare(
             dmap = spec.map_factory(**options)(x[None].to(dev), y[None].to(dev))
         save_heatmap(
             x, dmap[0, 0].cpu(), map_path,
-            title=f"{metric}({Path(a).name}, {Path(b).name}) = {value:.4g}",
+            # names that are not UTF-8 as \xNN: matplotlib cannot draw a lone surrogate
+            title=f"{metric}({readable_text(Path(a).name)}, {readable_text(Path(b).name)}) = {value:.4g}",
             label=f"{metric} per pixel (mean = distance)",
         )
     key = "score" if spec.higher_is_better else "distance"
