@@ -12,6 +12,9 @@ The compiled CPU kernels build once per revision into the usual cache (keyed by 
     python benchmarks/ab_revisions.py 'HEAD@mmdpp:preset=loss' 'HEAD@mmdpp:preset=loss,patch_size=5' \\
         --configs 256x4 --threads 2 --rounds 3
 
+Only committed code is timed (the working tree is never read or changed): an arm at ``HEAD`` while ``src``
+has uncommitted changes is refused, since it would not time them.
+
 Printed per configuration: each round's median for A and B (ms) and the ratio B / A of the medians over the
 rounds. Inputs are a seeded image and a noisy copy of it, in [0, 1], float32 on the CPU; the mode is the
 distance forward (``forward``) or forward and backward through ``x`` (``forward+backward``).
@@ -71,14 +74,58 @@ def parse_arm(text: str) -> tuple[str, str, dict[str, object]]:
     rev, sep, candidate = text.partition("@")
     if not sep or not rev or not candidate:
         raise SystemExit(f"an arm is REV@METRIC[:KEY=VALUE,...], got {text!r}")
-    name, options = parse_candidate(candidate)
+    try:
+        name, options = parse_candidate(candidate)
+    except ValueError as e:
+        raise SystemExit(f"arm {text!r}: {e}") from None
     return rev, name, options
+
+
+def parse_configs(text: str) -> list[tuple[int, int]]:
+    """``SIZExBATCH,...`` (``256x4,1024x1``) into (size, batch) pairs; a clear exit for a bad item."""
+    configs = []
+    for item in text.split(","):
+        try:
+            size, batch = (int(v) for v in item.strip().lower().split("x"))
+        except ValueError:
+            size = batch = 0
+        if size < 1 or batch < 1:
+            raise SystemExit(f"--configs: {item!r} is not SIZExBATCH (two positive integers, e.g. 256x4)")
+        configs.append((size, batch))
+    return configs
+
+
+def _git(*args: str) -> str:
+    """``git -C REPO ARGS`` and its output; a failure exits with git's own message."""
+    out = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"git {' '.join(args)}: {out.stderr.strip() or f'exit status {out.returncode}'}")
+    return out.stdout.strip()
+
+
+def resolve(rev: str) -> str:
+    """The commit ``rev`` names, or a clear exit if it names none in this repository."""
+    out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
+                         capture_output=True, text=True)
+    if out.returncode != 0 or not out.stdout.strip():
+        raise SystemExit(f"revision {rev!r} is not a commit of {REPO}")
+    return out.stdout.strip()
+
+
+def check_not_dirty(revs: list[str]) -> None:
+    """Refuse an arm that resolves to ``HEAD`` while ``src`` has uncommitted changes: ``git archive`` exports
+    the committed code, so that arm would silently not time the working tree's change."""
+    head = _git("rev-parse", "HEAD")
+    at_head = list(dict.fromkeys(rev for rev in revs if resolve(rev) == head))
+    if at_head and _git("status", "--porcelain", "--", "src"):
+        raise SystemExit(f"src/ has uncommitted changes, and {' and '.join(map(repr, at_head))} resolves to HEAD: "
+                         "this script times committed code only (git archive), not the working tree; commit the "
+                         "change first")
 
 
 def export(rev: str, into: Path) -> Path:
     """The revision's ``src`` folder, exported with ``git archive`` under ``into`` (one folder per commit)."""
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", f"{rev}^{{commit}}"],
-                            check=True, capture_output=True, text=True).stdout.strip()
+    commit = resolve(rev)
     dest = into / commit
     if not dest.exists():
         archive = into / f"{commit}.tar"
@@ -94,9 +141,11 @@ def run_arm(src: Path, name: str, options: dict[str, object], size: int, batch: 
     spec = {"name": name, "options": options, "size": size, "batch": batch, "mode": args.mode,
             "threads": args.threads, "calls": args.calls, "warmup": args.warmup}
     env = {**os.environ, "PYTHONPATH": str(src)}
-    out = subprocess.run([sys.executable, "-c", WORKER, json.dumps(spec)], env=env, check=True,
-                         capture_output=True, text=True).stdout.strip().splitlines()[-1]
-    result = json.loads(out)
+    proc = subprocess.run([sys.executable, "-c", WORKER, json.dumps(spec)], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        why = "\n".join(proc.stderr.strip().splitlines()[-8:]) or f"exit status {proc.returncode}"
+        raise SystemExit(f"{name} {options} at {size}x{size} x{batch} failed in the subprocess ({src}):\n{why}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
     if not Path(result["file"]).resolve().is_relative_to(src.resolve()):
         raise SystemExit(f"the subprocess imported {result['file']}, not the exported {src}")
     return statistics.median(result["times"])
@@ -116,16 +165,19 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = build_parser()
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    if min(args.rounds, args.calls) < 1 or args.warmup < 0 or args.threads < 1:
+        ap.error("--rounds, --calls and --threads must be at least 1, --warmup at least 0")
     arms = [parse_arm(args.a), parse_arm(args.b)]
+    configs = parse_configs(args.configs)
+    check_not_dirty([rev for rev, _, _ in arms])
     with tempfile.TemporaryDirectory(prefix="patchmmd-ab-") as tmp:
         srcs = [export(rev, Path(tmp)) for rev, _, _ in arms]
         print(f"A = {args.a}\nB = {args.b}\n{args.mode}, {args.threads} thread(s), {args.rounds} rounds, "
               f"median of {args.calls} calls each (ms)")
-        for config in args.configs.split(","):
-            size, batch = (int(v) for v in config.lower().split("x"))
+        for size, batch in configs:
             times: list[list[float]] = [[], []]
             for r in range(args.rounds):
                 order = (0, 1) if r % 2 == 0 else (1, 0)

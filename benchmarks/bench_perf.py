@@ -162,7 +162,9 @@ def methods(device: str, size: int, with_exact: bool) -> dict[str, Metric]:
     return out
 
 
-_TARGETS: dict[tuple[int, str], object] = {}
+#: Per preset, the last target image and its precomputed features (one entry per preset, so that two
+#: ``-target`` methods interleaved in one round do not evict each other's and time the precomputation).
+_TARGETS: dict[str, tuple[torch.Tensor, object]] = {}
 
 
 def _torch_path(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -175,11 +177,10 @@ def _with_target(preset: str) -> Metric:
     """A training loop's use: the fixed target's features are computed once, outside the timed step."""
 
     def run(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        key = (id(y), preset)
-        if key not in _TARGETS:
-            _TARGETS.clear()
-            _TARGETS[key] = precompute_target(y, preset=preset)
-        return patchmmd.mmdpp(x, _TARGETS[key])  # type: ignore[arg-type]
+        held = _TARGETS.get(preset)
+        if held is None or held[0] is not y:  # the tensor itself, not its id (ids are reused once freed)
+            held = _TARGETS[preset] = (y, precompute_target(y, preset=preset))
+        return patchmmd.mmdpp(x, held[1])  # type: ignore[arg-type]
 
     return run
 
@@ -269,6 +270,7 @@ sys.path.insert(0, {bench_dir!r})
 torch.set_num_threads({threads})
 import bench_perf as b
 b.UNRELATED[0] = {unrelated}
+b.COMPILED[0] = {compiled}
 fn = b.methods("cpu", {size}, True)[{method!r}]
 x, y = b.images({n}, {size}, "cpu")
 b.run_once(fn, x, y, {mode!r}, "cpu")  # warm-up: feature draws, compiled kernels, allocator
@@ -296,6 +298,17 @@ print(json.dumps(dict(times={{r["size"]: r["median_s"] for r in rows}}, peak_mb=
 """
 
 
+def _run_child(code: str, what: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``code`` in a fresh interpreter and return the JSON object of its last line; a failing child ends the
+    script with its error (the last lines of its stderr), not a bare ``CalledProcessError``."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        why = "\n".join(out.stderr.strip().splitlines()[-8:]) or (
+            f"killed by signal {-out.returncode} (out of memory?)" if out.returncode < 0 else "no error output")
+        raise SystemExit(f"bench_perf.py: the subprocess for {what} failed (exit status {out.returncode}):\n{why}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def _exponent(sizes: list[int], times: list[float]) -> float:
     """Least-squares slope of log time against log pixel count."""
     lx, ly = [math.log(s * s) for s in sizes], [math.log(t) for t in times]
@@ -313,9 +326,8 @@ def scaling_thp(sizes: list[int], rounds: int, repeats: int) -> list[dict[str, o
                                  repeats=repeats, threads=torch.get_num_threads())
     for r in range(rounds):
         for v in settings:
-            env = {**os.environ, "THP_MEM_ALLOC_ENABLE": v}
-            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
-            res = json.loads(out.stdout.strip().splitlines()[-1])
+            res = _run_child(code, f"--scaling-thp THP_MEM_ALLOC_ENABLE={v}",
+                             env={**os.environ, "THP_MEM_ALLOC_ENABLE": v})
             got[v].append(res)
             print(f"round {r + 1} THP_MEM_ALLOC_ENABLE={v}: "
                   + ", ".join(f"{s}² {res['times'][str(s)] * 1e3:.1f} ms" for s in sizes)
@@ -391,6 +403,7 @@ def memory(configs: list[tuple[int, int]], modes: list[str], device: str, exact_
                 if device.startswith("cuda"):
                     fn = methods(device, size, True)[name]
                     x, y = images(n, size, device)
+                    run_once(fn, x, y, mode, device)  # warm-up, as in the CPU child (feature draws, a target)
                     torch.cuda.reset_peak_memory_stats()
                     base = torch.cuda.memory_allocated()
                     run_once(fn, x, y, mode, device)
@@ -399,11 +412,11 @@ def memory(configs: list[tuple[int, int]], modes: list[str], device: str, exact_
                 else:
                     code = _MEM_CHILD.format(bench_dir=os.path.dirname(os.path.abspath(__file__)), size=size, n=n,
                                              method=name, mode=mode, threads=torch.get_num_threads(),
-                                             unrelated=UNRELATED[0])
-                    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-                    res = json.loads(out.stdout.strip().splitlines()[-1])
-                rows.append(dict(device=device, size=size, batch=n, mode=mode, method=name,
-                                 peak_mb=round(res["peak_mb"], 1), above_inputs_mb=round(res["above_inputs_mb"], 1)))
+                                             unrelated=UNRELATED[0], compiled=COMPILED[0])
+                    res = _run_child(code, f"--memory {name} {size}x{n} {mode}")
+                rows.append(dict(device=device, threads=torch.get_num_threads(), size=size, batch=n, mode=mode,
+                                 method=name, peak_mb=round(res["peak_mb"], 1),
+                                 above_inputs_mb=round(res["above_inputs_mb"], 1)))
                 print(f"{size:5d}² x{n:<3d} {mode:16s} {name:22s} peak {res['peak_mb']:8.1f} MB "
                       f"(+{res['above_inputs_mb']:.1f} MB during the call)", flush=True)
     return rows
@@ -442,6 +455,51 @@ def markdown(rows: list[dict[str, object]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+MODES = ("forward", "forward+backward")
+
+
+def parse_configs(text: str) -> list[tuple[int, int]]:
+    """``SIZExBATCH,...`` (``64x16,256x4``) into (size, batch) pairs; ValueError naming the bad item."""
+    configs = []
+    for item in text.split(","):
+        parts = item.strip().lower().split("x")
+        try:
+            size, batch = (int(v) for v in parts)
+        except ValueError:
+            raise ValueError(f"--configs: {item!r} is not SIZExBATCH (two positive integers, e.g. 256x4)") from None
+        if size < 1 or batch < 1:
+            raise ValueError(f"--configs: {item!r} is not SIZExBATCH (two positive integers, e.g. 256x4)")
+        configs.append((size, batch))
+    return configs
+
+
+def parse_modes(text: str) -> list[str]:
+    """``forward``, ``forward+backward`` or both, comma-separated; ValueError for anything else (``run_once``
+    would time any other word as forward+backward under that label)."""
+    modes = [m.strip() for m in text.split(",")]
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise ValueError(f"--modes: unknown mode(s) {', '.join(map(repr, bad))}; choose from {', '.join(MODES)}")
+    return modes
+
+
+def check_only(only: list[str], available: list[str]) -> None:
+    """ValueError naming each ``--only`` method that this run does not have (a typo would otherwise leave just
+    ``lpips-alex`` timed, silently)."""
+    problems = []
+    for name in only:
+        if name in available:
+            continue
+        if name in ("mmdpp-default-compiled", "mmdpp-default-compiled-torch"):
+            problems.append(f"{name!r} needs --compiled")
+        elif name == "ssim":
+            problems.append("'ssim' needs the pytorch_msssim package, which is not installed")
+        else:
+            problems.append(f"unknown method {name!r}")
+    if problems:
+        raise ValueError(f"--only: {'; '.join(problems)} (methods: {', '.join(available)})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line's parser (the docs' commands are checked against it: tests/test_docs_commands.py)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -475,18 +533,26 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     p = build_parser()
     a = p.parse_args(argv)
+    if a.repeats < 1:
+        p.error("--repeats must be at least 1")
+    if a.compiled:
+        COMPILED[0] = True
+    try:
+        configs = parse_configs(a.configs)
+        modes = parse_modes(a.modes)
+        only = [v.strip() for v in a.only.split(",")] if a.only else None
+        if only and not (a.kernels or a.accuracy or a.scaling or a.scaling_thp):
+            check_only(only, list(methods("cpu", 64, True)))
+    except ValueError as e:
+        p.error(str(e))
     if a.threads:
         torch.set_num_threads(a.threads)
     UNRELATED[0] = a.unrelated
     if a.compiled:
-        COMPILED[0] = True
         torch._dynamo.config.cache_size_limit = 64  # one graph per size, mode and variant
     nk = _native.kernels()
     print(f"device={a.device} threads={torch.get_num_threads()} torch={torch.__version__} "
           f"native-kernels={'yes' if nk is not None else 'no (PyTorch path)'}", flush=True)
-    configs = [tuple(int(v) for v in c.split("x")) for c in a.configs.split(",")]
-    modes = a.modes.split(",")
-    only = a.only.split(",") if a.only else None
     if a.kernels:
         rows = kernel_scaling(configs, a.repeats, a.threads or 2)
     elif a.accuracy:
@@ -496,9 +562,9 @@ def main(argv: list[str] | None = None) -> None:
     elif a.scaling:
         rows = scaling([int(s) for s in a.scaling_sizes.split(",")], a.repeats, a.device)
     elif a.memory:
-        rows = memory(configs, modes, a.device, a.exact_max, only)  # type: ignore[arg-type]
+        rows = memory(configs, modes, a.device, a.exact_max, only)
     else:
-        rows = bench(configs, modes, a.repeats, a.device, a.exact_max, only)  # type: ignore[arg-type]
+        rows = bench(configs, modes, a.repeats, a.device, a.exact_max, only)
     if a.out:
         os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
         with open(a.out, "w", newline="") as f:
