@@ -70,6 +70,7 @@ def _build_loss(name: str, weights: str | None, items: tuple[str, ...]) -> Any:
         options = parse_metric_options(items)
     except click.BadParameter as e:  # named after this command's option, not `score`'s --option
         raise click.BadParameter(e.message, param_hint="--loss-option") from None
+    given, given_options = weights, set(options)
     if name == "vgg" and weights is None:
         raise click.UsageError(
             "--loss vgg needs --weights PATH, a local pretrained VGG16 state dict in torchvision's layout (or a "
@@ -93,8 +94,25 @@ def _build_loss(name: str, weights: str | None, items: tuple[str, ...]) -> Any:
         return make_loss(name, **({"weights": weights} if weights is not None else {}), **options)
     except MissingWeightsError as e:
         raise click.BadParameter(str(e), param_hint="--weights") from None
+    except WeightsError as e:  # an unreadable or wrong file: named after the option that gave it, on one line
+        hint = "--weights" if given is not None and not {"weights", "backbone"} & given_options else "--loss-option"
+        raise click.BadParameter(" ".join(str(e).split()), param_hint=hint) from None
     except (TypeError, ValueError) as e:
         raise click.BadParameter(f"{name}: {e}", param_hint="--loss-option") from None
+
+
+def _probe_loss(loss: Any, name: str, probe: Any) -> None:
+    """Try the loss on ``probe`` (one image of the trained size, against itself) before the run: a loss that
+    cannot take images of that size (``ssim`` under its window, a patch larger than the crop) is a usage error
+    before the output folder is made and training starts, not an exit-1 failure at the first step."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            loss(probe, probe)
+    except (TypeError, ValueError) as e:
+        raise click.UsageError(f"--loss {name} cannot be used on these {tuple(probe.shape[-2:])} px images: "
+                               f"{' '.join(str(e).split())}") from None
 
 
 def _out_dir(out: str | None, command: str, loss: str, overwrite: bool) -> Path:
@@ -187,6 +205,8 @@ def gim_command(
                 raise click.UsageError("--shifts builds the set from one image; give exactly one")
             ys, offsets = shifted_set(imgs[0], shifts, size=size or None, max_shift=max_shift)
         else:
+            if click.get_current_context().get_parameter_source("max_shift") != click.core.ParameterSource.DEFAULT:
+                raise click.UsageError("--max-shift is the offset of the --shifts copies; give it with --shifts K")
             if len(imgs) < 2:
                 raise click.UsageError("give at least two images, or one image with --shifts K")
             if len({t.shape[0] for t in imgs}) != 1:
@@ -194,6 +214,7 @@ def gim_command(
             ys, offsets = center_crop_common(imgs, size or None), None
     except ValueError as e:
         raise click.UsageError(str(e)) from None
+    _probe_loss(loss, loss_name, ys[:1])
     evaluate = _evaluator(eval_distances, weights, ys[:1])
     folder = _out_dir(out, "gim", loss_name, overwrite)
     t0 = time.time()
@@ -315,6 +336,7 @@ def train_ae_command(
         raise click.BadParameter(f"must be a multiple of 8, got {crop}", param_hint="--crop")
     loss = _build_loss(loss_name, weights, loss_option)
     split, names = _data(data_dir, crop, max_tiles)
+    _probe_loss(loss, loss_name, split.heldout[:1])
     evaluate = _evaluator(eval_distances, weights, split.heldout[:1])
     folder = _out_dir(out, "train-ae", loss_name, overwrite)
     t0 = time.time()
@@ -366,6 +388,7 @@ def train_sr_command(
         raise click.BadParameter(f"must be a multiple of --scale {scale}, got {crop}", param_hint="--crop")
     loss = _build_loss(loss_name, weights, loss_option)
     split, names = _data(data_dir, crop, max_tiles)
+    _probe_loss(loss, loss_name, split.heldout[:1])
     evaluate = _evaluator(eval_distances, weights, split.heldout[:1])
     folder = _out_dir(out, "train-sr", loss_name, overwrite)
     t0 = time.time()
