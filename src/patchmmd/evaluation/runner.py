@@ -44,6 +44,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -363,12 +364,21 @@ def cache_file_name(name: str) -> str:
         >>> cache_file_name("lpips-vgg"), cache_file_name("mmdpp:preset=loss")
         ('lpips-vgg.json', 'mmdpp_preset=loss-5e167c14.json')
     """
-    import re
+    return f"{name}.json" if re.fullmatch(r"[A-Za-z0-9_=+-][A-Za-z0-9._=+-]*", name) else f"{safe_file_stem(name)}.json"
 
-    if re.fullmatch(r"[A-Za-z0-9_=+-][A-Za-z0-9._=+-]*", name):
-        return f"{name}.json"
-    slug = re.sub(r"[^A-Za-z0-9._=+-]+", "_", name).lstrip(".")[:64]
-    return f"{slug}-{hashlib.sha256(name.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}.json"
+
+def safe_file_stem(text: str, *, key: str | None = None, limit: int = 64) -> str:
+    """``text`` as a file name stem every file system takes: the characters other than letters, digits and
+    ``._=+-`` replaced by ``_``, no leading dot, at most ``limit`` of them, then ``-`` and the first 8 hex digits
+    of the SHA-256 of ``key`` (default ``text``), so that texts that read alike after the replacement still differ.
+
+    Example:
+        >>> safe_file_stem("a/b:c")
+        'a_b_c-3b07f80c'
+    """
+    slug = re.sub(r"[^A-Za-z0-9._=+-]+", "_", text).lstrip(".")[:limit]
+    digest = hashlib.sha256((text if key is None else key).encode("utf-8", "surrogateescape")).hexdigest()
+    return f"{slug}-{digest[:8]}"
 
 
 def _read_cache(path: Path, settings: dict[str, Any], n: int) -> list[list[float]] | None:

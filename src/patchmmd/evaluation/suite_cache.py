@@ -22,7 +22,6 @@ import hashlib
 import io
 import json
 import os
-import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,22 +30,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from .runner import CacheMismatchError, EvaluationError
+from .runner import CacheMismatchError, EvaluationError, safe_file_stem
 
 __all__ = ["SuiteCache", "entry_name", "tensor_digest"]
 
 
 def entry_name(*parts: object) -> str:
-    """A file name for an entry: the parts, with anything but letters, digits and ``._=+-`` replaced, and a
+    """A file name for an entry: the parts joined by ``-`` as :func:`~.runner.safe_file_stem` writes them, with a
     short hash of the exact parts (two labels that read alike after the replacement still differ).
 
     Example:
         >>> entry_name("sr", "mmdpp:preset=loss", "seed0")
         'sr-mmdpp_preset=loss-seed0-47a9ac7c'
     """
-    text = "\x00".join(str(p) for p in parts)
-    slug = "-".join(re.sub(r"[^A-Za-z0-9._=+-]+", "_", str(p))[:48] for p in parts)
-    return f"{slug}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+    texts = [str(p) for p in parts]
+    return safe_file_stem("-".join(texts), key="\x00".join(texts), limit=160)
 
 
 def tensor_digest(tensors: Any) -> str:
