@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
-from patchmmd.cli import main
+from cli_runner import invoke
 from patchmmd.io import save_image
 
 
@@ -34,9 +33,6 @@ def pair_dirs(tmp_path: Path) -> tuple[Path, Path]:
     return ref, dist
 
 
-def _invoke(*args: object) -> object:
-    return CliRunner().invoke(main, [str(a) for a in args])
-
 
 def _rows(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as f:
@@ -49,7 +45,7 @@ def test_paired_scores_match_the_library(pair_dirs: tuple[Path, Path], tmp_path:
 
     ref, dist = pair_dirs
     out = tmp_path / "s.csv"
-    r = _invoke("score", ref, dist, "--out", out, "--metric", "l2", "-b", "2", "--device", "cpu")
+    r = invoke("score", ref, dist, "--out", out, "--metric", "l2", "-b", "2", "--device", "cpu")
     assert r.exit_code == 0, r.output
     rows = _rows(out)
     assert list(rows[0]) == ["ref", "dist", "metric", "distance", "error"]
@@ -66,7 +62,7 @@ def test_all_pairs_and_default_metric(tmp_path: Path) -> None:
     d = tmp_path / "d"
     _images(d, 4)
     out = tmp_path / "a.csv"
-    r = _invoke("score", "--all-pairs", d, "--out", out, "-q")
+    r = invoke("score", "--all-pairs", d, "--out", out, "-q")
     assert r.exit_code == 0, r.output
     rows = _rows(out)
     assert [(x["ref"], x["dist"]) for x in rows] == [
@@ -81,7 +77,7 @@ def test_bad_files_are_rows_and_the_job_goes_on(pair_dirs: tuple[Path, Path], tm
     save_image(torch.rand(3, 40, 48), dist / "im02.png")
     (dist / "readme.txt").write_text("notes")
     out = tmp_path / "s.csv"
-    r = _invoke("score", ref, dist, "--out", out, "-m", "l2")
+    r = invoke("score", ref, dist, "--out", out, "-m", "l2")
     assert r.exit_code == 0, r.output
     assert "1 file(s) without an image suffix ignored (readme.txt)" in r.output
     rows = {x["ref"]: x for x in _rows(out)}
@@ -90,7 +86,7 @@ def test_bad_files_are_rows_and_the_job_goes_on(pair_dirs: tuple[Path, Path], tm
     assert rows["im03.png"]["error"] == ""
     assert "2 with errors" in r.output
     out2 = tmp_path / "s2.csv"
-    assert _invoke("score", ref, dist, "--out", out2, "-m", "l2", "--resize").exit_code == 0
+    assert invoke("score", ref, dist, "--out", out2, "-m", "l2", "--resize").exit_code == 0
     assert _rows(out2)[2]["error"] == "" and float(_rows(out2)[2]["distance"]) > 0
 
 
@@ -111,7 +107,7 @@ def test_messages(pair_dirs: tuple[Path, Path], tmp_path: Path) -> None:
         (("score", ref, dist, "--out", out, "--resume", "--overwrite"), "exclude each other"),
     ]
     for args, message in cases:
-        r = _invoke(*args)
+        r = invoke(*args)
         assert r.exit_code == 2, (args, r.output)
         assert message in r.output, (message, r.output)
     assert not out.exists()
@@ -122,7 +118,7 @@ def test_unmatched_pairs(tmp_path: Path) -> None:
     _images(ref, 3)
     _images(dist, 2, seed=1)
     save_image(torch.rand(3, 48, 48), dist / "other.png")
-    r = _invoke("score", ref, dist, "--out", tmp_path / "s.csv", "-m", "l2")
+    r = invoke("score", ref, dist, "--out", tmp_path / "s.csv", "-m", "l2")
     assert r.exit_code == 0
     assert "1 in REF_DIR only (im02.png)" in r.output and "1 in DIST_DIR only (other.png)" in r.output
     assert len(_rows(tmp_path / "s.csv")) == 2
@@ -130,26 +126,26 @@ def test_unmatched_pairs(tmp_path: Path) -> None:
     _images(lone, 1)
     (tmp_path / "x").mkdir()
     save_image(torch.rand(3, 8, 8), tmp_path / "x" / "zz.png")
-    r = _invoke("score", lone, tmp_path / "x", "--out", tmp_path / "t.csv")
+    r = invoke("score", lone, tmp_path / "x", "--out", tmp_path / "t.csv")
     assert r.exit_code == 2 and "no pairs" in r.output
-    r = _invoke("score", "--all-pairs", lone, "--out", tmp_path / "t.csv")
+    r = invoke("score", "--all-pairs", lone, "--out", tmp_path / "t.csv")
     assert r.exit_code == 2 and "single image" in r.output
 
 
 def test_existing_output_policy(pair_dirs: tuple[Path, Path], tmp_path: Path) -> None:
     ref, dist = pair_dirs
     out = tmp_path / "s.csv"
-    assert _invoke("score", ref, dist, "--out", out, "-m", "l2").exit_code == 0
+    assert invoke("score", ref, dist, "--out", out, "-m", "l2").exit_code == 0
     first = out.read_text()
-    r = _invoke("score", ref, dist, "--out", out, "-m", "l2")
+    r = invoke("score", ref, dist, "--out", out, "-m", "l2")
     assert r.exit_code == 2 and "already exist" in r.output and "--overwrite" in r.output
-    r = _invoke("score", ref, dist, "--out", out, "-m", "l2", "--resume")
+    r = invoke("score", ref, dist, "--out", out, "-m", "l2", "--resume")
     assert r.exit_code == 2 and "nothing to resume" in r.output
-    r = _invoke("score", ref, dist, "--out", out, "-m", "local", "--overwrite")
+    r = invoke("score", ref, dist, "--out", out, "-m", "local", "--overwrite")
     assert r.exit_code == 0 and out.read_text() != first
     # a leftover journal alone also counts as an existing output
     (tmp_path / "new.csv.journal").write_text("")
-    r = _invoke("score", ref, dist, "--out", tmp_path / "new.csv")
+    r = invoke("score", ref, dist, "--out", tmp_path / "new.csv")
     assert r.exit_code == 2 and "new.csv.journal" in r.output
 
 
@@ -163,9 +159,9 @@ def test_resume_with_other_arguments_is_refused(pair_dirs: tuple[Path, Path], tm
                              ref_dir=str(ref.resolve()), dist_dir=str(dist.resolve()))
     with scoring.Journal.open(scoring.journal_path(out), job) as j:
         scoring.run_tasks(tasks[:2], "l2", j)
-    r = _invoke("score", ref, dist, "--out", out, "-m", "local", "--resume")
+    r = invoke("score", ref, dist, "--out", out, "-m", "local", "--resume")
     assert r.exit_code == 2 and "different job" in r.output and "metric" in r.output
-    r = _invoke("score", ref, dist, "--out", out, "-m", "l2", "--resume")
+    r = invoke("score", ref, dist, "--out", out, "-m", "l2", "--resume")
     assert r.exit_code == 0, r.output
     assert "2 from the journal" in r.output and len(_rows(out)) == 5
 
@@ -179,7 +175,7 @@ def test_a_decompression_bomb_is_an_error_row_and_resume_goes_past_it(
     ref, dist = pair_dirs
     bomb_png(dist / "im03.png")  # 70 bytes claiming 50000x50000 pixels
     out = tmp_path / "s.csv"
-    r = CliRunner().invoke(main, ["score", str(ref), str(dist), "--out", str(out), "-m", "l2"])
+    r = invoke("score", ref, dist, "--out", out, "-m", "l2")
     assert r.exit_code == 0, r.output
     assert r.exception is None and "Traceback" not in r.output
     rows = {x["ref"]: x for x in _rows(out)}
@@ -194,7 +190,7 @@ def test_a_decompression_bomb_is_an_error_row_and_resume_goes_past_it(
                              ref_dir=str(ref.resolve()), dist_dir=str(dist.resolve()))
     with scoring.Journal.open(scoring.journal_path(out2), job) as j:
         scoring.run_tasks(tasks[:2], "l2", j)
-    r = CliRunner().invoke(main, ["score", str(ref), str(dist), "--out", str(out2), "-m", "l2", "--resume"])
+    r = invoke("score", ref, dist, "--out", out2, "-m", "l2", "--resume")
     assert r.exit_code == 0, r.output
     assert r.exception is None and "2 from the journal" in r.output
     assert _rows(out2) == _rows(out)
@@ -203,26 +199,26 @@ def test_a_decompression_bomb_is_an_error_row_and_resume_goes_past_it(
 def test_max_pixels(pair_dirs: tuple[Path, Path], tmp_path: Path) -> None:
     ref, dist = pair_dirs  # 48x48 images
     out = tmp_path / "s.csv"
-    r = _invoke("score", ref, dist, "--out", out, "-m", "l2", "--max-pixels", 48 * 48 - 1)
+    r = invoke("score", ref, dist, "--out", out, "-m", "l2", "--max-pixels", 48 * 48 - 1)
     assert r.exit_code == 0, r.output
     assert all("48x48 = 2304 pixels is over the limit of 2303" in x["error"] for x in _rows(out))
     for limit in (48 * 48, 0, "none"):
-        r = _invoke("score", ref, dist, "--out", out, "-m", "l2", "--max-pixels", limit, "--overwrite")
+        r = invoke("score", ref, dist, "--out", out, "-m", "l2", "--max-pixels", limit, "--overwrite")
         assert r.exit_code == 0, r.output
         assert all(x["error"] == "" for x in _rows(out))
     # The limit changes rows, so it is part of the job: resuming with another one is refused.
     out2 = tmp_path / "s2.csv"
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("patchmmd.scoring.Journal.append", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
-        r = _invoke("score", ref, dist, "--out", out2, "-m", "l2")
+        r = invoke("score", ref, dist, "--out", out2, "-m", "l2")
     assert r.exit_code == 130, r.output
-    r = _invoke("score", ref, dist, "--out", out2, "-m", "l2", "--resume", "--max-pixels", "none")
+    r = invoke("score", ref, dist, "--out", out2, "-m", "l2", "--resume", "--max-pixels", "none")
     assert r.exit_code == 2 and "max_pixels" in r.output
-    r = _invoke("score", ref, dist, "--out", out2, "-m", "l2", "--resume")
+    r = invoke("score", ref, dist, "--out", out2, "-m", "l2", "--resume")
     assert r.exit_code == 0, r.output
-    r = _invoke("score", ref, dist, "--out", out, "-m", "l2", "--max-pixels", "-5", "--overwrite")
+    r = invoke("score", ref, dist, "--out", out, "-m", "l2", "--max-pixels", "-5", "--overwrite")
     assert r.exit_code == 2 and "--max-pixels" in r.output
-    r = _invoke("score", "--help")
+    r = invoke("score", "--help")
     assert "--max-pixels" in r.output and "no limit" in r.output
 
 
@@ -311,7 +307,7 @@ def test_awkward_file_names_end_to_end(tmp_path: Path) -> None:
     except (OSError, UnicodeError):
         odd = []  # the file system refuses names that are not UTF-8
     out = tmp_path / "s.csv"
-    r = _invoke("score", "--all-pairs", d, "--out", out, "-m", "l2")
+    r = invoke("score", "--all-pairs", d, "--out", out, "-m", "l2")
     assert r.exit_code == 0, r.output
     rows = _rows(out)
     shown = sorted({x["ref"] for x in rows} | {x["dist"] for x in rows})
@@ -325,7 +321,7 @@ def test_out_under_a_regular_file(pair_dirs: tuple[Path, Path], tmp_path: Path) 
     ref, dist = pair_dirs
     (tmp_path / "f").write_text("a file")
     for out in (tmp_path / "f" / "s.csv", tmp_path / "f" / "sub" / "s.csv"):
-        r = _invoke("score", ref, dist, "--out", out, "-m", "l2")
+        r = invoke("score", ref, dist, "--out", out, "-m", "l2")
         assert r.exit_code == 2, r.output
         assert f"{tmp_path / 'f'} is a file, not a folder" in r.output
         assert r.exception is None or isinstance(r.exception, SystemExit)
@@ -354,7 +350,7 @@ def test_a_damaged_journal_row_is_a_one_line_error(pair_dirs: tuple[Path, Path],
                          (good.splitlines()[1].replace('"error": null', '"error": null, "value": null')
                           .replace('"value": 0.', '"w": 0.'), "unknown w")):
         journal.write_text(good + bad + "\n")
-        r = _invoke("score", ref, dist, "--out", out, "-m", "l2", "--resume")
+        r = invoke("score", ref, dist, "--out", out, "-m", "l2", "--resume")
         assert r.exit_code == 2, r.output
         assert f"{journal}, line 4: " in r.output and message in r.output, r.output
         assert r.exception is None or isinstance(r.exception, SystemExit)
@@ -398,12 +394,12 @@ def test_ms_ssim_is_not_refused_for_the_size_of_the_metric_check(tmp_path: Path)
     save_image(torch.rand(3, 48, 48), ref / "small.png")
     save_image(torch.rand(3, 48, 48), dist / "small.png")
     out = tmp_path / "s.csv"
-    r = _invoke("score", ref, dist, "--out", out, "-m", "ms-ssim", "-q", "--device", "cpu")
+    r = invoke("score", ref, dist, "--out", out, "-m", "ms-ssim", "-q", "--device", "cpu")
     assert r.exit_code == 0, r.output
     rows = {x["ref"]: x for x in _rows(out)}
     assert float(rows["im00.png"]["score"]) > 0 and rows["im00.png"]["error"] == ""
     assert "needs images larger than 160 px" in rows["small.png"]["error"]
-    r = _invoke("score", ref, dist, "--out", tmp_path / "t.csv", "-m", "ms-ssim", "-o", "win_size=12")
+    r = invoke("score", ref, dist, "--out", tmp_path / "t.csv", "-m", "ms-ssim", "-o", "win_size=12")
     assert r.exit_code == 2 and "--option" in r.output and "odd" in r.output, r.output
 
 
@@ -413,7 +409,7 @@ def test_channel_mismatch_suggests_the_mode_option(tmp_path: Path) -> None:
     dist.mkdir()
     save_image(torch.rand(4, 48, 48), dist / "im00.png")
     out = tmp_path / "s.csv"
-    r = _invoke("score", ref, dist, "--out", out, "-m", "l2", "--mode", "keep", "-q")
+    r = invoke("score", ref, dist, "--out", out, "-m", "l2", "--mode", "keep", "-q")
     assert r.exit_code == 0, r.output
     (row,) = _rows(out)
     assert "--mode RGB" in row["error"] and "--resize" not in row["error"], row["error"]
@@ -426,7 +422,7 @@ def test_a_non_json_line_inside_the_journal_stops_resume(pair_dirs: tuple[Path, 
     lines = journal.read_text().splitlines(keepends=True)
     damaged = "".join([*lines[:2], "garbage\n", *lines[2:]])
     journal.write_text(damaged)
-    r = _invoke("score", ref, dist, "--out", out, "-m", "l2", "--resume")
+    r = invoke("score", ref, dist, "--out", out, "-m", "l2", "--resume")
     assert r.exit_code == 2, r.output
     assert f"{journal}, line 3: not a JSON line" in r.output
     assert journal.read_text() == damaged and not out.exists()
@@ -445,7 +441,7 @@ def test_an_unwritable_output_folder_is_one_error(
     monkeypatch.setattr(scoring.OutputLock, "acquire", classmethod(denied))
     ref, dist = pair_dirs
     out = tmp_path / "s.csv"
-    r = _invoke("score", ref, dist, "--out", out, "-m", "l2", "-q")
+    r = invoke("score", ref, dist, "--out", out, "-m", "l2", "-q")
     assert r.exit_code == 1, r.output
     assert r.output == f"patchmmd: error: --out {out}: cannot create the lock file {out}.lock: Permission denied\n"
 
@@ -456,10 +452,10 @@ def test_runtime_failures_are_one_line(pair_dirs: tuple[Path, Path], tmp_path: P
     ref, dist = pair_dirs
     out = tmp_path / "s.csv"
     with scoring.OutputLock.acquire(out):
-        r = _invoke("score", ref, dist, "--out", out, "-m", "l2", "-q")
+        r = invoke("score", ref, dist, "--out", out, "-m", "l2", "-q")
     assert r.exit_code == 1, r.output
     assert r.output.startswith("patchmmd: error: another run (pid ") and len(r.output.splitlines()) == 1
-    r = _invoke("score", ref, dist, "--out", out, "-m", "nope")  # a usage error keeps click's form
+    r = invoke("score", ref, dist, "--out", out, "-m", "nope")  # a usage error keeps click's form
     assert r.exit_code == 2 and r.output.startswith("Usage: ") and "\nError: " in r.output
 
 
@@ -480,7 +476,7 @@ def test_a_folder_that_cannot_be_listed_is_a_usage_error(
 
     monkeypatch.setattr(os, "scandir", refusing)
     out = tmp_path / "s.csv"
-    r = _invoke("score", ref, dist, "--out", out, "-m", "l2")
+    r = invoke("score", ref, dist, "--out", out, "-m", "l2")
     assert r.exit_code == 2, r.output
     assert f"DIST_DIR: cannot list the folder {blocked}: Permission denied" in r.output
     assert "unmatched" not in r.output and not out.exists() and not (tmp_path / "s.csv.journal").exists()
@@ -496,20 +492,20 @@ def test_ctrl_c_during_the_metric_check_exits_130_and_keeps_the_journal(
 ) -> None:
     ref, dist = pair_dirs
     expected = tmp_path / "expected.csv"
-    assert _invoke("score", ref, dist, "--out", expected, "-m", "l2", "-q").exit_code == 0
+    assert invoke("score", ref, dist, "--out", expected, "-m", "l2", "-q").exit_code == 0
     out = tmp_path / "s.csv"
     journal = _journal_of(ref, dist, out, 2)
     before = journal.read_bytes()
     with monkeypatch.context() as mp:
         mp.setattr("patchmmd.scoring.runner.check_metric", _raise_interrupt)
-        r = _invoke("score", ref, dist, "--out", out, "-m", "l2", "--resume")
+        r = invoke("score", ref, dist, "--out", out, "-m", "l2", "--resume")
         assert r.exit_code == 130, r.output
         assert f"interrupted: 2 of 5 pairs are saved in {journal}; rerun the same command with --resume" in r.output
         assert "Aborted" not in r.output
         assert journal.read_bytes() == before and not out.exists()
-        r = _invoke("score", ref, dist, "--out", tmp_path / "fresh.csv", "-m", "l2")  # a fresh job: nothing saved
+        r = invoke("score", ref, dist, "--out", tmp_path / "fresh.csv", "-m", "l2")  # a fresh job: nothing saved
         assert r.exit_code == 130 and "interrupted: 0 of 5 pairs are saved" in r.output, r.output
-    r = _invoke("score", ref, dist, "--out", out, "-m", "l2", "--resume")
+    r = invoke("score", ref, dist, "--out", out, "-m", "l2", "--resume")
     assert r.exit_code == 0 and "2 from the journal" in r.output, r.output
     assert out.read_text() == expected.read_text()
 
@@ -519,17 +515,17 @@ def test_ctrl_c_during_the_csv_write_exits_130_and_loses_nothing(
 ) -> None:
     ref, dist = pair_dirs
     expected = tmp_path / "expected.csv"
-    assert _invoke("score", ref, dist, "--out", expected, "-m", "l2", "-q").exit_code == 0
+    assert invoke("score", ref, dist, "--out", expected, "-m", "l2", "-q").exit_code == 0
     out = tmp_path / "s.csv"
     with monkeypatch.context() as mp:
         mp.setattr("patchmmd.scoring.runner.write_output_atomic", _raise_interrupt)
-        r = _invoke("score", ref, dist, "--out", out, "-m", "l2")
+        r = invoke("score", ref, dist, "--out", out, "-m", "l2")
     assert r.exit_code == 130, r.output
     journal = tmp_path / "s.csv.journal"
     assert f"interrupted: 5 of 5 pairs are saved in {journal}" in r.output and "Aborted" not in r.output
     assert not out.exists() and journal.read_bytes().count(b"\n") == 1 + 5
     assert not (tmp_path / "s.csv.lock").exists()
-    r = _invoke("score", ref, dist, "--out", out, "-m", "l2", "--resume")
+    r = invoke("score", ref, dist, "--out", out, "-m", "l2", "--resume")
     assert r.exit_code == 0 and "0 scored now" in r.output and "5 from the journal" in r.output, r.output
     assert out.read_text() == expected.read_text()
 
@@ -539,7 +535,7 @@ def test_ctrl_c_while_the_arguments_are_read_exits_130(
 ) -> None:
     ref, dist = pair_dirs
     monkeypatch.setattr("patchmmd.cli.score.parse_metric_options", _raise_interrupt)
-    r = _invoke("score", ref, dist, "--out", tmp_path / "s.csv", "-m", "l2")
+    r = invoke("score", ref, dist, "--out", tmp_path / "s.csv", "-m", "l2")
     assert r.exit_code == 130 and "interrupted" in r.output and "Aborted" not in r.output, r.output
 
 
@@ -556,7 +552,7 @@ def flaky_job(pair_dirs: tuple[Path, Path], tmp_path: Path) -> tuple[Path, Path,
     rows = [json.loads(line) for line in journal.read_text().splitlines()[1:]]
     assert {r["ref"]: r["error"] is not None for r in rows} == {"im00.png": False, "im01.png": True, "im02.png": False}
     expected = tmp_path / "expected.csv"
-    assert _invoke("score", ref, dist, "--out", expected, "-m", "l2", "-q").exit_code == 0
+    assert invoke("score", ref, dist, "--out", expected, "-m", "l2", "-q").exit_code == 0
     return ref, dist, expected
 
 
@@ -570,12 +566,12 @@ def test_resume_keeps_error_rows_and_retry_errors_scores_them_again(
     kept = tmp_path / "kept.csv"
     shutil.copy(tmp_path / "s.csv.journal", tmp_path / "kept.csv.journal")
     # --resume alone keeps the error row
-    r = _invoke("score", ref, dist, "--out", kept, "-m", "l2", "--resume")
+    r = invoke("score", ref, dist, "--out", kept, "-m", "l2", "--resume")
     assert r.exit_code == 0, r.output
     assert "1 with errors" in r.output
     assert _rows(kept)[1]["error"] != "" and _rows(kept)[1]["distance"] == ""
     # --retry-errors scores it again; the rows with a value are kept
-    r = _invoke("score", ref, dist, "--out", out, "-m", "l2", "--resume", "--retry-errors")
+    r = invoke("score", ref, dist, "--out", out, "-m", "l2", "--resume", "--retry-errors")
     assert r.exit_code == 0, r.output
     assert "2 from the journal, 1 error row(s) retried" in r.output and "0 with errors" in r.output
     assert out.read_text() == expected.read_text()
@@ -601,8 +597,8 @@ def test_retry_errors_replaces_an_error_row_of_another_writers_journal(
             scoring.run_tasks(scoring.shard(tasks, rank, 2)[:2], "l2", j)
     (dist / "im03.png").write_bytes(good)
     expected = tmp_path / "expected.csv"
-    assert _invoke("score", ref, dist, "--out", expected, "-m", "l2", "-q").exit_code == 0
-    r = _invoke("score", ref, dist, "--out", out, "-m", "l2", "--resume", "--retry-errors")
+    assert invoke("score", ref, dist, "--out", expected, "-m", "l2", "-q").exit_code == 0
+    r = invoke("score", ref, dist, "--out", out, "-m", "l2", "--resume", "--retry-errors")
     assert r.exit_code == 0, r.output
     assert "1 error row(s) retried" in r.output
     assert out.read_text() == expected.read_text()
@@ -613,11 +609,11 @@ def test_retry_errors_needs_resume_and_a_journal(flaky_job: tuple[Path, Path, Pa
     ref, dist, expected = flaky_job
     out = tmp_path / "s.csv"
     for extra in ((), ("--overwrite",)):
-        r = _invoke("score", ref, dist, "--out", out, "-m", "l2", "--retry-errors", *extra)
+        r = invoke("score", ref, dist, "--out", out, "-m", "l2", "--retry-errors", *extra)
         assert r.exit_code == 2 and "--retry-errors goes with --resume" in r.output, r.output
-    r = _invoke("score", ref, dist, "--out", expected, "-m", "l2", "--resume", "--retry-errors")
+    r = invoke("score", ref, dist, "--out", expected, "-m", "l2", "--resume", "--retry-errors")
     assert r.exit_code == 2 and "can no longer be retried" in r.output, r.output
-    assert "--retry-errors" in _invoke("score", "--help").output
+    assert "--retry-errors" in invoke("score", "--help").output
 
 
 def test_retry_errors_under_torchrun(flaky_job: tuple[Path, Path, Path], tmp_path: Path) -> None:
@@ -640,8 +636,8 @@ def test_json_output_has_the_csv_rows(pair_dirs: tuple[Path, Path], tmp_path: Pa
     ref, dist = pair_dirs
     (dist / "im01.png").write_bytes(b"not an image at all")
     csv_out, json_out = tmp_path / "s.csv", tmp_path / "s.json"
-    assert _invoke("score", ref, dist, "--out", csv_out, "--metric", "psnr", "-q").exit_code == 0
-    r = _invoke("score", ref, dist, "--out", json_out, "--metric", "psnr", "-q")
+    assert invoke("score", ref, dist, "--out", csv_out, "--metric", "psnr", "-q").exit_code == 0
+    r = invoke("score", ref, dist, "--out", json_out, "--metric", "psnr", "-q")
     assert r.exit_code == 0, r.output
     rows = json.loads(json_out.read_text())
     want = _rows(csv_out)

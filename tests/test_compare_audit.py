@@ -10,17 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner, Result
 from PIL import Image
 
+from cli_runner import invoke
 from patchmmd import mmdpp, runtime
-from patchmmd.cli import main
 from patchmmd.io import load_image, save_image
 from patchmmd.runtime import DeviceError, compiled_kernels_status, resolve_device, shape_text
-
-
-def _invoke(*args: object) -> Result:
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 @pytest.fixture
@@ -95,7 +90,7 @@ def test_device_types_other_than_cpu_cuda_mps_are_refused(pair: tuple[Path, Path
     # for privateuseone a wrong "needs an optional dependency")
     with pytest.raises(DeviceError, match="device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"):
         resolve_device(device)
-    r = _invoke("compare", *pair, "-m", "l2", "--device", device)
+    r = invoke("compare", *pair, "-m", "l2", "--device", device)
     assert r.exit_code == 2, r.output
     assert "--device" in r.output and f"got {device!r}" in r.output
 
@@ -109,7 +104,7 @@ def test_a_cuda_index_beyond_the_machines_gpus_is_refused(pair: tuple[Path, Path
             resolve_device(device)
         with pytest.raises(DeviceError, match="has 2 GPU"):
             resolve_device(device, local_rank=0)
-    r = _invoke("compare", *pair, "-m", "l2", "--device", "cuda:7")
+    r = invoke("compare", *pair, "-m", "l2", "--device", "cuda:7")
     assert r.exit_code == 2, r.output
     assert "--device" in r.output and "has 2 GPU(s)" in r.output
 
@@ -117,7 +112,7 @@ def test_a_cuda_index_beyond_the_machines_gpus_is_refused(pair: tuple[Path, Path
 @pytest.mark.usefixtures("no_gpu")
 @pytest.mark.parametrize("device", ["cuda", "cuda:7", "mps", "foo"])
 def test_unavailable_devices_are_a_usage_error(pair: tuple[Path, Path], device: str) -> None:
-    r = _invoke("compare", *pair, "--device", device)
+    r = invoke("compare", *pair, "--device", device)
     assert r.exit_code == 2, r.output
     assert "Invalid value for --device" in r.output and "Traceback" not in r.output
 
@@ -128,10 +123,10 @@ def test_unavailable_devices_are_a_usage_error(pair: tuple[Path, Path], device: 
 def test_the_printed_value_is_exact(pair: tuple[Path, Path]) -> None:
     x, y = load_image(pair[0]), load_image(pair[1])
     expected = float(mmdpp(x, y))
-    r = _invoke("compare", *pair, "--device", "cpu")
+    r = invoke("compare", *pair, "--device", "cpu")
     assert r.exit_code == 0, r.output
     assert float(r.output) == expected  # every digit: the value round-trips
-    r = _invoke("compare", *pair, "--device", "cpu", "--json")
+    r = invoke("compare", *pair, "--device", "cpu", "--json")
     assert json.loads(r.output)["distance"] == expected
 
 
@@ -146,7 +141,7 @@ def test_map_is_a_png_at_exactly_the_path_given(pair: tuple[Path, Path], tmp_pat
     existing.write_bytes(b"keep me")
     for name in ("where", "m.jpg", "m.txt"):
         out = tmp_path / name
-        r = _invoke("compare", *pair, "--map", out)
+        r = invoke("compare", *pair, "--map", out)
         assert r.exit_code == 0, r.output
         with Image.open(out) as im:
             assert im.format == "PNG"
@@ -162,7 +157,7 @@ def test_map_with_file_names_that_are_not_utf8(pair: tuple[Path, Path], tmp_path
     except (OSError, UnicodeError):
         pytest.skip("the file system refuses names that are not UTF-8")
     out = os.fsdecode(os.fsencode(tmp_path) + b"/map\xff.png")
-    r = _invoke("compare", pair[0], b, "--map", out)
+    r = invoke("compare", pair[0], b, "--map", out)
     assert r.exit_code == 0, r.output
     with Image.open(out) as im:
         assert im.format == "PNG"
@@ -173,13 +168,13 @@ def test_map_with_dollar_signs_in_file_names(pair: tuple[Path, Path], tmp_path: 
     a, b = tmp_path / "a$^{.png", tmp_path / "b$.png"
     a.write_bytes(pair[0].read_bytes())
     b.write_bytes(pair[1].read_bytes())
-    r = _invoke("compare", a, b, "--map", tmp_path / "m.png")
+    r = invoke("compare", a, b, "--map", tmp_path / "m.png")
     assert r.exit_code == 0, r.output
     assert (tmp_path / "m.png").is_file()
 
 
 def test_usage_errors_create_no_map_folder(pair: tuple[Path, Path], tmp_path: Path) -> None:
     for args in (["--device", "foo"], ["-o", "seed=-1"]):
-        r = _invoke("compare", *pair, "--map", tmp_path / "new" / "m.png", *args)
+        r = invoke("compare", *pair, "--map", tmp_path / "new" / "m.png", *args)
         assert r.exit_code == 2, r.output
         assert not (tmp_path / "new").exists()

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
+from cli_runner import invoke
 from patchmmd import scoring
-from patchmmd.cli import main
 from patchmmd.io import save_image
 from patchmmd.scoring import distributed
 
@@ -70,9 +69,6 @@ def _rows(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
 
-
-def _invoke(*args: object) -> object:
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def _same_rows(a: Path, b: Path, tol: float = 1e-6) -> None:
@@ -134,7 +130,7 @@ def test_bad_launch_environment_is_a_usage_error(tmp_path: Path, monkeypatch: py
     _images(tmp_path / "d", 2)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "7")
-    r = _invoke(*_score_args(tmp_path / "d", tmp_path / "s.csv"))
+    r = invoke(*_score_args(tmp_path / "d", tmp_path / "s.csv"))
     assert r.exit_code == 2 and "bad launch environment" in r.output and "RANK must be" in r.output
 
 
@@ -144,7 +140,7 @@ def test_resume_with_another_world_size(tmp_path: Path) -> None:
     _images(d, 7, size=16)
     (d / "broken.png").write_bytes(b"junk")
     ref = tmp_path / "ref.csv"
-    assert _invoke(*_score_args(d, ref, "-m", "l2", "-q")).exit_code == 0
+    assert invoke(*_score_args(d, ref, "-m", "l2", "-q")).exit_code == 0
     # a 3-writer job that died part-way: each writer finished only some of its share
     out = tmp_path / "s.csv"
     tasks = scoring.all_pair_tasks(d)
@@ -153,10 +149,10 @@ def test_resume_with_another_world_size(tmp_path: Path) -> None:
         with scoring.Journal.open(scoring.journal_path(out, rank, 3), job) as j:
             scoring.run_tasks(scoring.shard(tasks, rank, 3)[: 2 + rank], "l2", j)
     assert [p.name for p in scoring.find_journals(out)] == [f"s.csv.rank{r}-of-3.journal" for r in range(3)]
-    r = _invoke(*_score_args(d, out, "-m", "l2"))
+    r = invoke(*_score_args(d, out, "-m", "l2"))
     assert r.exit_code == 2 and "rank0-of-3.journal" in r.output and "--resume" in r.output
     # one process takes over what is left
-    r = _invoke(*_score_args(d, out, "-m", "l2", "--resume"))
+    r = invoke(*_score_args(d, out, "-m", "l2", "--resume"))
     assert r.exit_code == 0, r.output
     assert "9 from the journal" in r.output
     assert out.read_text() == ref.read_text()
@@ -169,9 +165,9 @@ def test_overwrite_removes_every_journal(tmp_path: Path) -> None:
     out = tmp_path / "s.csv"
     for rank in range(2):
         scoring.journal_path(out, rank, 2).write_text("stale\n")
-    r = _invoke(*_score_args(d, out, "-m", "l2", "--resume"))
+    r = invoke(*_score_args(d, out, "-m", "l2", "--resume"))
     assert r.exit_code == 2 and "cannot resume" in r.output
-    r = _invoke(*_score_args(d, out, "-m", "l2", "--overwrite"))
+    r = invoke(*_score_args(d, out, "-m", "l2", "--overwrite"))
     assert r.exit_code == 0, r.output
     assert scoring.find_journals(out) == [] and len(_rows(out)) == 3
 
@@ -184,7 +180,7 @@ def test_torchrun_score_matches_single_process(tmp_path: Path) -> None:
     (d / "broken.png").write_bytes(b"junk")
     (d / "notes.txt").write_text("not an image")
     single = tmp_path / "single.csv"
-    r = _invoke(*_score_args(d, single, "-m", "mmdpp", "-b", "4", "-q"))
+    r = invoke(*_score_args(d, single, "-m", "mmdpp", "-b", "4", "-q"))
     assert r.exit_code == 0, r.output
     out = tmp_path / "sharded.csv"
     p = subprocess.run(_torchrun("-m", "patchmmd", *_score_args(d, out, "-m", "mmdpp", "-b", "3")),
@@ -247,7 +243,7 @@ def test_torchrun_kill_one_rank_then_resume(tmp_path: Path) -> None:
     _images(d, 12, size=24)  # 66 pairs
     (d / "broken.png").write_bytes(b"junk")  # + 12 error rows
     ref = tmp_path / "reference.csv"
-    assert _invoke(*_score_args(d, ref, "-m", "l2", "-b", "2", "-q")).exit_code == 0
+    assert invoke(*_score_args(d, ref, "-m", "l2", "-b", "2", "-q")).exit_code == 0
     out = tmp_path / "scores.csv"
     args = _score_args(d, out, "-m", "l2", "-b", "2", "-q")
     launcher = subprocess.Popen(_torchrun("-m", "patchmmd", *args, "--throttle", "0.1"), env=_env(), cwd=tmp_path,
@@ -381,8 +377,8 @@ def test_resume_on_a_fresh_job_starts_it(tmp_path: Path) -> None:
     d = tmp_path / "d"
     _images(d, 3, size=16)
     out = tmp_path / "s.csv"
-    r = _invoke(*_score_args(d, out, "-m", "l2", "--resume"))
+    r = invoke(*_score_args(d, out, "-m", "l2", "--resume"))
     assert r.exit_code == 0, r.output
     assert len(_rows(out)) == 3 and scoring.find_journals(out) == []
-    r = _invoke(*_score_args(d, out, "-m", "l2", "--resume"))
+    r = invoke(*_score_args(d, out, "-m", "l2", "--resume"))
     assert r.exit_code == 2 and "nothing to resume" in r.output

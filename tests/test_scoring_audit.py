@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
+from cli_runner import invoke
 from patchmmd import scoring
-from patchmmd.cli import main
 from patchmmd.io import save_image
 
 
@@ -24,9 +23,6 @@ def _images(folder: Path, names: list[str], size: int = 16, seed: int = 0) -> No
         (folder / n).parent.mkdir(parents=True, exist_ok=True)
         save_image(torch.rand(3, size, size, generator=g), folder / n)
 
-
-def _invoke(*args: object) -> object:
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 @pytest.fixture
@@ -43,7 +39,7 @@ def test_a_full_disk_while_scoring_is_one_clear_line_and_resume_finishes(
     from patchmmd.scoring import journal as journal_module
 
     expected = tmp_path / "expected.csv"
-    assert _invoke("score", "--all-pairs", photos, "--out", expected, "-m", "l2", "-q").exit_code == 0
+    assert invoke("score", "--all-pairs", photos, "--out", expected, "-m", "l2", "-q").exit_code == 0
     out = tmp_path / "s.csv"
     journal = scoring.journal_path(out)
     real = journal_module._fsync
@@ -60,7 +56,7 @@ def test_a_full_disk_while_scoring_is_one_clear_line_and_resume_finishes(
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(journal_module, "_fsync", full)
-    r = _invoke("score", "--all-pairs", photos, "--out", out, "-m", "l2", "-b", "2")
+    r = invoke("score", "--all-pairs", photos, "--out", out, "-m", "l2", "-b", "2")
     assert r.exit_code == 1, r.output
     message = r.output.strip()
     assert len(message.splitlines()) == 1 and "OSError" not in message and "Errno" not in message, message
@@ -69,7 +65,7 @@ def test_a_full_disk_while_scoring_is_one_clear_line_and_resume_finishes(
     # the header, 4 durable rows, the failed batch's first row and its torn second one (cut off on resuming)
     assert not out.exists() and journal.read_bytes().count(b"\n") == 1 + 4 + 1
     monkeypatch.setattr(journal_module, "_fsync", real)  # space freed
-    r = _invoke("score", "--all-pairs", photos, "--out", out, "-m", "l2", "-b", "2", "--resume")
+    r = invoke("score", "--all-pairs", photos, "--out", out, "-m", "l2", "-b", "2", "--resume")
     assert r.exit_code == 0, r.output
     assert "5 from the journal" in r.output
     assert out.read_text() == expected.read_text() and not journal.exists()
@@ -109,7 +105,7 @@ def test_a_journal_value_too_large_for_a_float_is_a_journal_error(photos: Path, 
     journal.write_text("\n".join([*lines[:2], json.dumps(row, sort_keys=True)]) + "\n")
     with pytest.raises(scoring.JournalError, match=r"line 3: 'value' must be a finite number, got 1000"):
         scoring.read_journal(journal, job, tasks)
-    r = _invoke("score", "--all-pairs", photos, "--out", out, "-m", "l2", "--resume")
+    r = invoke("score", "--all-pairs", photos, "--out", out, "-m", "l2", "--resume")
     assert r.exit_code == 2, r.output
     assert f"{journal}, line 3: 'value' must be a finite number" in r.output
 
