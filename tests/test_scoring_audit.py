@@ -14,15 +14,7 @@ import torch
 
 from cli_runner import invoke
 from patchmmd import scoring
-from patchmmd.io import save_image
-
-
-def _images(folder: Path, names: list[str], size: int = 16, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for n in names:
-        (folder / n).parent.mkdir(parents=True, exist_ok=True)
-        save_image(torch.rand(3, size, size, generator=g), folder / n)
-
+from test_scoring import _images
 
 
 @pytest.fixture
