@@ -406,14 +406,15 @@ def test_cache_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         run(ds, ["l2"], cache=cache, bootstrap=0)
     assert [p.name for p in cache.iterdir()] == ["l2.json"] and json.loads(path.read_text())["settings"]["n"] == 6
 
-    read_bytes = Path.read_bytes
+    from patchmmd._trust import read_controlled
+    from patchmmd.evaluation import runner as runner_module
 
-    def unreadable(self: Path) -> bytes:
-        if self == path:
-            raise PermissionError(13, "Permission denied", str(self))
-        return read_bytes(self)
+    def unreadable(p: Path) -> bytes:
+        if Path(p) == path:
+            raise PermissionError(13, "Permission denied", str(p))
+        return read_controlled(p)
 
-    monkeypatch.setattr(Path, "read_bytes", unreadable)
+    monkeypatch.setattr(runner_module, "read_controlled", unreadable)
     with pytest.raises(EvaluationError, match=r"cannot read the cache file .*l2\.json: Permission denied; remove it"):
         run(ds, ["l2"], cache=cache, bootstrap=0)
 

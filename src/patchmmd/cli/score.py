@@ -133,6 +133,8 @@ def _click_error(e: BaseException, *, retry_errors: bool = False) -> click.Click
         return click.UsageError(f"cannot resume: {e}; or pass --overwrite to start over")
     if isinstance(e, scoring.JournalError):
         return click.UsageError(f"cannot resume: {e}; fix or delete that line, or pass --overwrite to start over")
+    if isinstance(e, scoring.UntrustedJournalError):
+        return click.ClickException(f"cannot resume: the journal {e} Or pass --overwrite to start over.")
     if isinstance(e, scoring.InconsistentJournalsError):
         return click.UsageError(str(e).replace("put the output on", "put --out on"))
     if isinstance(e, scoring.JournalWriteError):

@@ -15,7 +15,8 @@ With ``cache`` (a folder), each finished metric's values are stored as ``<cache>
 characters some file systems refuse, such as ``mmdpp:preset=loss``, is written as :func:`cache_file_name` gives
 it) together with the settings they were computed with; a later run with the same settings reads them back instead of
 recomputing, and one with other settings raises :class:`CacheMismatchError`. The files are written atomically;
-one that cannot be decoded is recomputed with a warning (see :func:`_cached`). Progress is reported through
+one that cannot be decoded is recomputed with a warning (see :func:`_cached`); one someone else could have written
+is refused (:mod:`patchmmd._trust`). Progress is reported through
 a callback receiving :class:`Progress` events (no progress bar here). :mod:`.report` writes the result.
 
 Example:
@@ -54,6 +55,7 @@ from typing import Any, Literal
 
 import torch
 
+from .._trust import UntrustedFileError, read_controlled
 from ..core.validation import check_positive_int
 from .datasets import _BAPPS, BAPPS2AFC, BAPPSJND, DatasetError, MOSDataset, _load_fraction
 
@@ -387,10 +389,14 @@ def _read_cache(path: Path, settings: dict[str, Any], n: int) -> list[list[float
 
     Raises:
         CacheMismatchError: the file was computed with other settings.
-        EvaluationError: the file cannot be read (permissions, an I/O error).
+        EvaluationError: the file cannot be read (permissions, an I/O error), or someone else could have
+            written it (see :mod:`patchmmd._trust`).
     """
     try:
-        raw = path.read_bytes()
+        raw = read_controlled(path)
+    except UntrustedFileError as e:
+        raise EvaluationError(f"the cache file {path} is refused: {e.problem}; whoever can write it decides the "
+                              f"values read back. {e.fix} Or remove it, or use another cache folder.") from None
     except OSError as e:
         raise EvaluationError(f"cannot read the cache file {path}: {e.strerror or e}; remove it, or use another "
                               "cache folder") from e

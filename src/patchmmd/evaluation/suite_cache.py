@@ -11,9 +11,11 @@ and the image mean, ``NAME.npy``: the outputs the figures show (plain float32, r
 ``numpy.load(allow_pickle=False)``: a file can hold numbers only, never code). Both are written atomically,
 the outputs first: an entry exists once its ``.json`` does. An entry computed with other settings raises
 :class:`~patchmmd.evaluation.runner.CacheMismatchError` (start over, or use another folder); an entry that
-cannot be decoded is ignored with a ``RuntimeWarning`` and computed again. Reusing an entry is exact: the
-suite seeds every piece of work by itself, so a resumed run reports what an uninterrupted one would
-(``tests/test_suite.py``).
+cannot be decoded is ignored with a ``RuntimeWarning`` and computed again. An entry someone else could have
+written (not owned by the user or root, or writable by others: see :mod:`patchmmd._trust`) is refused with
+:class:`~patchmmd.evaluation.runner.EvaluationError`: whoever can write it decides the figures. Reusing an
+entry is exact: the suite seeds every piece of work by itself, so a resumed run reports what an uninterrupted
+one would (``tests/test_suite.py``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._trust import UntrustedFileError, read_controlled
 from .runner import CacheMismatchError, EvaluationError, safe_file_stem
 
 __all__ = ["SuiteCache", "entry_name", "tensor_digest"]
@@ -91,13 +94,16 @@ class SuiteCache:
 
         Raises:
             CacheMismatchError: the entry was computed with other settings.
-            EvaluationError: the entry exists but cannot be read (permissions, an I/O error).
+            EvaluationError: the entry exists but cannot be read (permissions, an I/O error), or someone else
+                could have written it or its outputs file (see :mod:`patchmmd._trust`).
         """
         path = self.folder / f"{name}.json"
         if not path.is_file():
             return None
         try:
-            raw = path.read_bytes()
+            raw = read_controlled(path)
+        except UntrustedFileError as e:
+            raise _untrusted(path, e) from None
         except OSError as e:
             raise EvaluationError(f"cannot read the suite cache file {path}: {e.strerror or e}") from e
         want = _plain(settings)
@@ -140,7 +146,9 @@ class SuiteCache:
 
     def _outputs(self, path: Path, shape: Any) -> torch.Tensor | None:
         try:
-            array = np.load(path, allow_pickle=False)
+            array = np.load(io.BytesIO(read_controlled(path)), allow_pickle=False)
+        except UntrustedFileError as e:
+            raise _untrusted(path, e) from None
         except OSError as e:
             if not path.is_file():
                 return self._damaged(path, "its outputs file is missing")
@@ -159,6 +167,11 @@ class SuiteCache:
 
 
 _MISSING = object()
+
+
+def _untrusted(path: Path, e: UntrustedFileError) -> EvaluationError:
+    return EvaluationError(f"the suite cache file {path} is refused: {e.problem}; whoever can write it decides the "
+                           f"figures read back. {e.fix} Or remove it, and it is computed again.")
 
 
 def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -41,6 +41,8 @@ from pathlib import Path
 
 import torch
 
+from .._trust import UntrustedFileError, check_controlled
+
 __all__ = [
     "WEIGHT_FOLDER", "WeightsError", "WeightsFileNotFoundError", "WeightsPath", "check_layout", "check_weight_tensor",
     "folder_files", "folder_options", "load_weights",
@@ -79,36 +81,14 @@ def check_weight_tensor(where: str, key: str, value: object) -> torch.Tensor:
 
 def _check_owned(fd: int, path: Path, *, metric: str, option: str) -> None:
     """:class:`WeightsError` unless the open file ``fd`` and its folder are controlled by the user (POSIX; see
-    the module's docstring): owned by the user or root, writable by no one else."""
-    if not hasattr(os, "geteuid"):  # Windows: no POSIX owners and modes to check
-        return
-    import stat
-
-    euid, egid = os.geteuid(), os.getegid()
-
-    def check(st: os.stat_result, subject: str, fix: str, sticky_ok: bool = False) -> None:
-        mode = stat.S_IMODE(st.st_mode)
-        why = None
-        if st.st_uid not in (euid, 0):
-            why = f"is owned by uid {st.st_uid}, not by you (uid {euid}) or root"
-            fix = "Copy the file into a folder of yours."
-        elif not (sticky_ok and st.st_mode & stat.S_ISVTX) and (mode & 0o002 or (mode & 0o020 and st.st_gid != egid)):
-            why = f"is writable by {'others' if mode & 0o002 else 'its group'} (mode {mode:o})"
-        if why:
-            raise WeightsError(f"{metric}: {option} file {path}: {subject} {why}; whoever can write it decides what "
-                               f"the metric computes. {fix}")
-
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        raise WeightsError(f"{metric}: {option} file {path} is not a regular file")
-    check(st, "the file", "Copy it into a folder of yours, or `chmod go-w` it.")
-    folder = Path(os.path.realpath(path)).parent
+    the module's docstring and :mod:`patchmmd._trust`): owned by the user or root, writable by no one else."""
     try:
-        folder_st = os.stat(folder)
+        check_controlled(fd, path)
+    except UntrustedFileError as e:
+        raise WeightsError(f"{metric}: {option} file {path}: {e.problem}; whoever can write it decides what the "
+                           f"metric computes. {e.fix}") from None
     except OSError as e:
-        raise WeightsError(f"{metric}: {option} file {path}: cannot check its folder {folder}: {e}") from None
-    check(folder_st, f"its folder {folder}", "Copy the file into a folder of yours, or `chmod go-w` the folder.",
-          sticky_ok=True)
+        raise WeightsError(f"{metric}: cannot read {option} file {path}: {e}") from None
 
 
 def load_weights(

@@ -67,6 +67,7 @@ from .errors import (
     OutputPathError,
     RankFailedError,
     ScoringError,
+    UntrustedJournalError,
 )
 from .jobs import (
     PairedJob,
@@ -132,14 +133,15 @@ from .runner import (
 
 __all__ = [
     "CSV_COLUMNS_BASE", "DEFAULT_BATCH_PIXELS", "DEFAULT_CACHE_PIXELS", "DEFAULT_MODE_HINT", "DEFAULT_RESIZE_HINT",
-    "FORMULA_CHARS", "JOURNAL_FORMAT", "JOURNAL_VERSION", "ROW_KEYS", "FinalizeError", "FolderError", "IgnoredFiles",
-    "InconsistentJournalsError", "JobInterrupted", "JobMismatchError", "Journal", "JournalError", "JournalOpenError",
-    "JournalWriteError", "LockUnavailable", "MetricSetupError", "NoPairsError", "NothingToResumeError", "Notice",
-    "OutputExistsError", "OutputLock", "OutputLockedError", "OutputPathError", "PairTask", "PairedJob",
-    "RankFailedError", "RunSummary", "ScoreJob", "ScoreResult", "ScoreRunner", "ScoringError", "UnmatchedImages",
-    "_ImageCache", "all_pair_tasks", "atomic_write_text", "check_metric", "creation_mode", "csv_line", "csv_text",
-    "describe_holder", "done_rows", "drop_error_rows", "finalize", "find_journals", "format_value", "job_header",
-    "journal_path", "list_images", "lock_path", "merge_journals", "paired_tasks", "read_journal", "readable_text",
-    "resize_to", "resolve_device", "run_tasks", "shard", "sorted_rows", "task_id", "tasks_digest", "value_column",
-    "write_csv_atomic", "write_json_atomic", "write_output_atomic",
+    "FORMULA_CHARS", "JOURNAL_FORMAT", "JOURNAL_VERSION", "ROW_KEYS", "FinalizeError", "FolderError",
+    "IgnoredFiles", "InconsistentJournalsError", "JobInterrupted", "JobMismatchError", "Journal", "JournalError",
+    "JournalOpenError", "JournalWriteError", "LockUnavailable", "MetricSetupError", "NoPairsError",
+    "NothingToResumeError", "Notice", "OutputExistsError", "OutputLock", "OutputLockedError", "OutputPathError",
+    "PairTask", "PairedJob", "RankFailedError", "RunSummary", "ScoreJob", "ScoreResult", "ScoreRunner",
+    "ScoringError", "UnmatchedImages", "UntrustedJournalError", "_ImageCache", "all_pair_tasks",
+    "atomic_write_text", "check_metric", "creation_mode", "csv_line", "csv_text", "describe_holder", "done_rows",
+    "drop_error_rows", "finalize", "find_journals", "format_value", "job_header", "journal_path", "list_images",
+    "lock_path", "merge_journals", "paired_tasks", "read_journal", "readable_text", "resize_to", "resolve_device",
+    "run_tasks", "shard", "sorted_rows", "task_id", "tasks_digest", "value_column", "write_csv_atomic",
+    "write_json_atomic", "write_output_atomic",
 ]

@@ -45,6 +45,11 @@ class JournalError(ScoringError):
     """
 
 
+class UntrustedJournalError(ScoringError):
+    """A journal someone other than the user (or root) could have written (see :mod:`patchmmd._trust`): its rows
+    would be kept as scores, so it is not read."""
+
+
 class FolderError(ScoringError):
     """An input folder is missing, not a folder, or holds too few images.
 

@@ -5,7 +5,8 @@ the job, then one line per finished pair), flushed and ``fsync``-ed after every 
 at most a truncated last line, which reading ignores and reopening cuts off. :func:`find_journals` lists an
 output's journals of any world size and :func:`done_rows` reads their finished rows, so a job can be resumed
 by another number of writers. Reading a journal checks every row's shape (:class:`JournalError` names the
-line of a bad one). A journal holds at most one row per pair; :func:`drop_error_rows` rewrites one without its
+line of a bad one); a journal someone else could have written is not read (:class:`UntrustedJournalError`). A
+journal holds at most one row per pair; :func:`drop_error_rows` rewrites one without its
 error rows, so that those pairs are scored again.
 
 :class:`OutputLock` keeps two runs from writing one output at once (``OUT.lock``, ``flock``).
@@ -23,7 +24,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import JobMismatchError, JournalError, JournalWriteError, _rebuild
+from .._trust import UntrustedFileError, read_controlled
+from .errors import JobMismatchError, JournalError, JournalWriteError, UntrustedJournalError, _rebuild
 from .jobs import PairTask
 from .output import _fsync, _fsync_dir, atomic_write_text
 
@@ -104,8 +106,13 @@ def _read_lines(path: Path) -> tuple[dict[str, Any] | None, list[tuple[int, Any]
 
     Raises:
         JournalError: a line before the last is not JSON (the message names it).
+        UntrustedJournalError: someone else could have written the journal (see :mod:`patchmmd._trust`).
     """
-    data = path.read_bytes()
+    try:
+        data = read_controlled(path)
+    except UntrustedFileError as e:
+        raise UntrustedJournalError(f"{path}: {e.problem}; whoever can write it decides the scores a resumed job "
+                                    f"keeps. {e.fix}") from None
     header: Any = None
     rows: list[tuple[int, Any]] = []
     valid = 0
