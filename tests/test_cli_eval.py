@@ -161,6 +161,32 @@ def test_output_folder_policy(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "other settings" in r.output
 
 
+@pytest.mark.parametrize("command", ["mos", "suite"])
+def test_a_second_run_on_the_same_output_folder_is_refused(tmp_path: Path, command: str) -> None:
+    """Before, two runs could write one --out at once, and --overwrite deleted the other run's results as it
+    wrote them. Now the folder is locked (OUT.lock beside it, as for `patchmmd score`): a second run is refused,
+    naming the first, before it deletes anything; the lock file is gone once a run ends."""
+    from patchmmd.scoring import OutputLock, lock_path
+
+    out = tmp_path / "out"
+    if command == "mos":
+        args = ["eval", "mos", str(make_mos_csv(tmp_path / "mos")), "-m", "l2", "--bootstrap", "0", "--no-plots"]
+    else:
+        args = ["eval", "suite", "--quick", "--candidate", "l2", "--bootstrap", "5", "--train-steps", "2",
+                "--no-figures"]
+    assert invoke(*args, "--out", str(out)).exit_code == 0
+    assert not lock_path(out).exists()
+    before = sorted(p.name for p in out.iterdir())
+    with OutputLock.acquire(out, argv=["patchmmd", "eval", "the-first-run"]):
+        for flag in ("--overwrite", "--resume"):
+            r = invoke(*args, "--out", str(out), flag)
+            assert r.exit_code == 1 and "another run (pid" in r.output and "the-first-run" in r.output, r.output
+        assert sorted(p.name for p in out.iterdir()) == before  # --overwrite deleted nothing
+    r = invoke(*args, "--out", str(out), "--resume")
+    assert r.exit_code == 0, r.output
+    assert not lock_path(out).exists()
+
+
 def test_resume_over_a_damaged_cache_file(tmp_path: Path) -> None:
     """--resume after a crash that cut a cache file short (as in-place writes could) computes that metric again
     instead of failing on the JSON; the other metric is reused."""

@@ -8,6 +8,10 @@ or ``--resume``):
 * ``plot-<metric>.png``: the metric against the human score, coloured by subset or distortion;
 * ``cache/<metric>.json``: finished metrics, so that ``--resume`` skips them.
 
+While a command runs it holds a lock on ``--out`` (``OUT.lock`` beside the folder, as ``patchmmd score`` does
+for its output): a second run on the same folder is refused, naming the first, before it deletes or writes
+anything there.
+
 The work is done by the library (:func:`patchmmd.evaluation.run`, :func:`patchmmd.evaluation.write`); this
 module parses the options, builds the metrics and the dataset, shows progress, prints the summary table, and
 turns the library's errors into one clear line naming the options involved.
@@ -131,9 +135,26 @@ def _prepare_out(out: str, overwrite: bool, resume: bool,
         if Path(out).is_dir():
             raise click.UsageError(f"{e.message} (or --resume to continue)") from None
         raise
+    _lock_for_this_command(path)
     if overwrite:
         (remove or remove_outputs)(path)
     return path
+
+
+def _lock_for_this_command(out: Path) -> None:
+    """Hold ``OUT.lock`` (:class:`patchmmd.scoring.OutputLock`) until the command ends: one run per output
+    folder. A lock that cannot be made (a read-only parent folder, a file system without ``flock``) is reported
+    and the command goes on without it, as ``patchmmd score`` does."""
+    from ..scoring import OutputLock, OutputLockedError
+
+    try:
+        lock = OutputLock.acquire(out)
+    except OutputLockedError as e:
+        raise click.ClickException(f"--out: {e}") from None
+    except OSError as e:
+        click.echo(f"warning: cannot lock {out} ({e.strerror or e}); make sure no other run writes it", err=True)
+        return
+    click.get_current_context().call_on_close(lock.release)
 
 
 def _dataset_error(e: Exception) -> click.ClickException:
