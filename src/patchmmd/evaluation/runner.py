@@ -57,6 +57,7 @@ import torch
 
 from .._trust import UntrustedFileError, read_controlled
 from ..core.validation import check_positive_int
+from ..metrics.weights import file_stamps
 from .datasets import _BAPPS, BAPPS2AFC, BAPPSJND, DatasetError, MOSDataset, _load_fraction
 
 __all__ = [
@@ -548,6 +549,9 @@ def run(
 
     for name, metric in specs.items():
         settings = {**result.settings, "metric": name, "options": dict(metric.options)}
+        files = file_stamps(metric.options)
+        if files:  # weight files: a file replaced in place is not the one the cached values came from
+            settings["files"] = files
         vals = _cached(cache_dir, metric, settings,
                        functools.partial(_compute, metric, dataset, indices, kind, batch_size, dev, progress),
                        progress, n)

@@ -40,7 +40,7 @@ import torch
 
 from ..core.validation import check_positive_int
 from ..io import output_file
-from ..metrics.weights import WEIGHT_FOLDER, folder_options
+from ..metrics.weights import WEIGHT_FOLDER, file_stamps, folder_options
 from .artifacts import lattice_ratio
 from .report import json_text
 from .shift import SHIFTS, ratios, shift_distances
@@ -166,8 +166,11 @@ class SuiteMetric:
         return self.fn
 
     def describe(self) -> dict[str, Any]:
-        """What the metric's results depend on (stored with cached results): label, name and options."""
-        return {"label": self.label, "name": self.name, "options": {k: str(v) for k, v in self.options.items()}}
+        """What the metric's results depend on (stored with cached results): label, name, options and the files
+        they name (:func:`~patchmmd.metrics.weights.file_stamps`)."""
+        out = {"label": self.label, "name": self.name, "options": {k: str(v) for k, v in self.options.items()}}
+        files = file_stamps(self.options)
+        return {**out, "files": files} if files else out
 
     def distance(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The metric as a distance (similarities ``s`` become ``1 - s``), no gradients: ``(N,)``."""

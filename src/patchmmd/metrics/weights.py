@@ -36,8 +36,10 @@ Example:
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -45,7 +47,7 @@ from .._trust import UntrustedFileError, check_controlled
 
 __all__ = [
     "WEIGHT_FOLDER", "WeightsError", "WeightsFileNotFoundError", "WeightsPath", "check_layout", "check_weight_tensor",
-    "folder_files", "folder_options", "load_weights",
+    "file_stamps", "folder_files", "folder_options", "load_weights",
 ]
 
 
@@ -188,6 +190,37 @@ def folder_files(name: str) -> dict[str, str]:
         ({'backbone': 'vgg16.pth', 'weights': 'lpips/vgg.pth'}, {'weights': 'vgg16.pth'}, {})
     """
     return dict(WEIGHT_FOLDER.get(name, {}))
+
+
+def file_stamps(options: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """What identifies the files a metric's options name (its weight files): for each option whose value is a
+    path (``str`` or ``os.PathLike``) to an existing regular file, its absolute path, size and modification time.
+
+    Stored with cached and journaled results (``patchmmd eval``'s caches, a ``patchmmd score`` journal), so that
+    a weight file replaced in place, or a relative path that leads elsewhere from another folder, is not taken
+    for the file the results were computed with. Options that name no file are left out.
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "head.pt"
+        >>> _ = path.write_bytes(b"1234")
+        >>> stamps = file_stamps({"weights": path, "net": "vgg"})
+        >>> list(stamps), stamps["weights"]["size"], stamps["weights"]["path"] == str(path)
+        (['weights'], 4, True)
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for key in sorted(options, key=str):
+        value = options[key]
+        if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+            continue
+        path = Path(value).expanduser()
+        try:
+            st = path.stat()
+        except (OSError, ValueError):  # no such file; a name the system refuses (a NUL, too long)
+            continue
+        if stat.S_ISREG(st.st_mode):
+            out[str(key)] = {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return out
 
 
 def folder_options(name: str, folder: str | os.PathLike[str]) -> dict[str, str]:

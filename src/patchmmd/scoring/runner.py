@@ -27,6 +27,7 @@ import torch
 
 from ..core.validation import check_positive_int
 from ..io import DEFAULT_MAX_PIXELS, ImageMode, ImageReadError, check_max_pixels, load_image
+from ..metrics.weights import file_stamps
 from ..runtime import resolve_device, shape_text
 from . import distributed
 from .errors import (
@@ -604,6 +605,9 @@ class ScoreRunner:
         if job.max_pixels != DEFAULT_MAX_PIXELS:  # a job with the default limit keeps its header as before
             where["max_pixels"] = "none" if job.max_pixels is None else job.max_pixels
         options = dict(job.options)
+        files = file_stamps(options)
+        if files:  # weight files: one replaced in place (or a relative path from elsewhere) is another job
+            where["files"] = files
         self._reached.tasks = tasks
         header_error: MetricSetupError | None = None
         try:  # as the journal will hold it (JSON), so that the job matches its own journal
