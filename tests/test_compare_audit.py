@@ -178,3 +178,29 @@ def test_usage_errors_create_no_map_folder(pair: tuple[Path, Path], tmp_path: Pa
         r = invoke("compare", *pair, "--map", tmp_path / "new" / "m.png", *args)
         assert r.exit_code == 2, r.output
         assert not (tmp_path / "new").exists()
+
+
+def test_a_symbolic_link_leading_nowhere_is_an_existing_output(pair: tuple[Path, Path], tmp_path: Path) -> None:
+    """``--map`` (compare) and ``--out`` (score) at a symbolic link whose target does not exist: before, the link
+    did not count as an existing output and was replaced without ``--overwrite``."""
+    a, b = pair
+    link = tmp_path / "where.png"
+    link.symlink_to(tmp_path / "nowhere" / "x.png")
+    r = invoke("compare", str(a), str(b), "--map", str(link))
+    assert r.exit_code == 2 and "already exist" in r.output and "--overwrite" in r.output, r.output
+    assert link.is_symlink()
+    r = invoke("compare", str(a), str(b), "--map", str(link), "--overwrite")
+    assert r.exit_code == 0 and not link.is_symlink() and link.read_bytes().startswith(b"\x89PNG"), r.output
+
+    from test_scoring import _images
+
+    ref, dist = tmp_path / "ref", tmp_path / "dist"
+    _images(ref, ["a.png", "b.png"])
+    _images(dist, ["a.png", "b.png"], seed=1)
+    out = tmp_path / "s.csv"
+    out.symlink_to(tmp_path / "nowhere" / "s.csv")
+    r = invoke("score", str(ref), str(dist), "--out", str(out), "-m", "l2")
+    assert r.exit_code == 2 and "already exist" in r.output, r.output
+    assert out.is_symlink()
+    r = invoke("score", str(ref), str(dist), "--out", str(out), "-m", "l2", "--overwrite")
+    assert r.exit_code == 0 and not out.is_symlink() and out.read_text().startswith("ref,"), r.output

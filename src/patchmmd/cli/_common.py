@@ -330,7 +330,8 @@ def check_output_path(
         raise click.UsageError("--resume and --overwrite exclude each other: continue a job, or start it over")
     if out.is_dir():
         raise click.UsageError(f"{option} {out} is a folder; give a file path")
-    existing = [p for p in (out, *map(Path, companions)) if p.exists()]
+    # lexists: a symbolic link is an existing output even when it leads nowhere (the write would replace it)
+    existing = [p for p in (out, *map(Path, companions)) if os.path.lexists(p)]
     if existing and not overwrite and not resume:
         flags = "--resume to continue the job or --overwrite to start over" if resume is not None else "--overwrite"
         raise click.UsageError(f"{option}: {', '.join(map(str, existing))} already exist(s); pass {flags}")

@@ -658,7 +658,8 @@ class ScoreRunner:
         out = job.output
         journals = find_journals(out)
         own = journal_path(out, env.rank, env.world_size)
-        existing = [p for p in (out, own, *journals) if p.exists()]
+        # lexists: a symbolic link in the output's place counts even when it leads nowhere (the CSV would replace it)
+        existing = [p for p in (out, own, *journals) if os.path.lexists(p)]
         if existing and not (job.resume or job.overwrite):
             names = ", ".join(dict.fromkeys(map(str, existing)))
             raise OutputExistsError(f"{names} already exist(s); resume the job or overwrite it",
