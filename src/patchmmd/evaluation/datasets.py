@@ -154,8 +154,13 @@ def _match(folder: Path, parts: dict[str, Sequence[str]]) -> list[tuple[str, dic
 def _load_fraction(path: Path, what: str) -> float:
     try:
         a = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError) as e:  # EOFError: an empty file
         raise DatasetError(f"cannot read {what} file {path}: {e}") from None
+    if not isinstance(a, np.ndarray):  # an .npz archive under an .npy name
+        a.close()
+        raise DatasetError(f"{what} file {path} must hold one number (a NumPy array), not an .npz archive")
+    if a.dtype.kind not in "biuf":  # strings, complex or structured values would be converted silently or not at all
+        raise DatasetError(f"{what} file {path} must hold one real number, got an array of dtype {a.dtype}")
     a = np.asarray(a, dtype=np.float64).reshape(-1)
     if a.size != 1 or not np.isfinite(a[0]) or not 0 <= a[0] <= 1:
         raise DatasetError(f"{what} file {path} must hold one fraction in [0, 1], got {a[:4].tolist()}")
@@ -198,8 +203,9 @@ def _subset_dirs(root: str | os.PathLike[str], kind: str, split: str, subsets: S
     if all((root / p).is_dir() for p in parts):  # root is itself one subset
         if subsets:
             raise ValueError(f"{root} is a single subset folder; do not also select subsets {list(subsets)}")
-        _check_split(Path(os.path.abspath(root)).parent, split)
-        return {root.name: root}
+        absolute = Path(os.path.abspath(root))  # "." or ".." name the folder they stand for
+        _check_split(absolute.parent, split)
+        return {absolute.name: root}
     def holds_subsets(base: Path) -> bool:
         return base.is_dir() and any(c.is_dir() and all((c / q).is_dir() for q in parts) for c in base.iterdir())
 
@@ -321,10 +327,14 @@ def _pick_column(header: Sequence[str], given: str | None, candidates: Sequence[
         if given not in header:
             raise DatasetError(f"column {given!r} is not in the header {list(header)}", parameter=parameter)
         return given
-    lower = {h.lower().strip(): h for h in header}
     for c in candidates:
-        if c in lower:
-            return lower[c]
+        found = list(dict.fromkeys(h for h in header if h.lower().strip() == c))  # MOSDataset reports exact repeats
+        if len(found) > 1:  # e.g. "dmos" and "DMOS": which one holds the data?
+            raise DatasetError(f"the header {list(header)} has {len(found)} columns that read as the {what} column "
+                               f"{c!r} ({', '.join(map(repr, found))}); name the column explicitly",
+                               parameter=parameter)
+        if found:
+            return found[0]
     raise DatasetError(
         f"cannot find the {what} column in the header {list(header)} (looked for {', '.join(candidates)}); "
         "name the column explicitly", parameter=parameter,
@@ -347,7 +357,8 @@ class MOSDataset:
 
     Raises:
         FileNotFoundError: the CSV, the root, or files it names do not exist (the first few are listed).
-        DatasetError: the CSV is not UTF-8 text or has no rows, a column is missing or appears twice, a row
+        DatasetError: the CSV is not UTF-8 text, cannot be parsed as CSV or has no rows, a column is missing or
+            appears twice (or, found by name, two columns read as the same name, e.g. ``dmos`` and ``DMOS``), a row
             has more fields than the header or too few to reach a column used, a path is absolute or leads
             out of ``root`` (``..``), a (reference, distorted) pair appears twice, or a score is not a finite
             number.
@@ -375,6 +386,7 @@ class MOSDataset:
         self.mode = mode
         rows: list[dict[str, str]] = []
         lines: list[int] = []  # the line each row ends on (blank rows skipped, quoted fields may span lines)
+        reader: csv.DictReader[str] | None = None
         try:
             with open(self.labels_csv, newline="", encoding="utf-8-sig") as f:
                 reader = csv.DictReader(f)
@@ -390,6 +402,9 @@ class MOSDataset:
                         lines.append(reader.line_num)
         except UnicodeDecodeError as e:
             raise DatasetError(f"labels CSV is not UTF-8 text: {self.labels_csv} ({e})") from None
+        except csv.Error as e:  # e.g. a field over the csv module's size limit (an unclosed quote in a large file)
+            line = reader.reader.line_num if reader is not None else 1  # DictReader's own count lags on errors
+            raise DatasetError(f"{self.labels_csv}, line {line}: not readable as CSV ({e})") from None
         if not header or not rows:
             raise DatasetError(f"labels CSV has no data rows: {self.labels_csv}")
         self.reference_column = _pick_column(header, reference_column, _REFERENCE_COLUMNS, "reference path",

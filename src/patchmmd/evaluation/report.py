@@ -3,7 +3,8 @@
 * ``report.md`` and ``report.json``: the statistics per metric, overall and per subset / group;
 * ``scores.csv``: one row per item and metric (the metric's values and the human judgment);
 * ``plot-<metric>.png``: the metric against the human score, coloured by subset or group (matplotlib, the
-  ``eval`` extra, imported only when plots are written).
+  ``eval`` extra, imported only when plots are written); a metric name that is no plain file name (``/``, ``:``)
+  is made one as for cache files (:func:`~.runner.cache_file_name`).
 
 :func:`write` returns a :class:`Report` holding the Markdown and its summary table (what a front end prints).
 :func:`remove_outputs` deletes these files (and a ``cache/`` folder) from a folder, to start a run over.
@@ -41,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import output_file
-from .runner import EvaluationResult
+from .runner import EvaluationResult, cache_file_name
 
 __all__ = ["OUTPUT_FILES", "Report", "json_text", "remove_outputs", "write"]
 
@@ -93,8 +94,18 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
+def _cell(name: Any) -> str:
+    """A name (metric, subset, group, path) as one cell of a Markdown table: ``|`` escaped, line breaks as spaces."""
+    return " ".join(str(name).replace("|", "\\|").splitlines())
+
+
+def _plot_name(metric: str) -> str:
+    """The plot file of ``metric``: ``plot-NAME.png``, the name made safe as for cache files (no ``/`` or ``:``)."""
+    return "plot-" + cache_file_name(metric)[: -len(".json")] + ".png"
+
+
 def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    with open(output_file(path), "w", newline="") as f:
+    with open(output_file(path), "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(header)
         for r in rows:
@@ -132,7 +143,7 @@ def _scatter(out: Path, metric: str, xs: Sequence[float], ys: Sequence[float], g
     ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    name = f"plot-{metric}.png"
+    name = _plot_name(metric)
     fig.savefig(output_file(out / name))
     plt.close(fig)
     return name
@@ -166,8 +177,8 @@ def json_text(obj: Any, indent: int | None = 2) -> str:
 def _finish(out: Path, report: dict[str, Any], md: list[str], summary: str, plots: dict[str, str],
             files: list[Path]) -> Report:
     markdown = "\n".join(md) + "\n"
-    output_file(out / "report.json").write_text(json_text(report))
-    output_file(out / "report.md").write_text(markdown)
+    output_file(out / "report.json").write_text(json_text(report), encoding="utf-8")
+    output_file(out / "report.md").write_text(markdown, encoding="utf-8")
     files = [out / "report.md", out / "report.json", *files, *(out / p for p in plots.values())]
     return Report(out, markdown, summary, report, files, plots)
 
@@ -223,9 +234,10 @@ def _write_bapps(r: EvaluationResult, out: Path, plots_on: bool) -> Report:
         md += ["Average precision of the distance (ascending) for predicting 'same' judgments "
                "(LPIPS protocol, VOC-style AP), per subset, then the mean over subsets.", ""]
     table_start = len(md)
-    md += ["| metric | " + " | ".join(ds.subsets) + " | mean |", "|---|" + "---|" * (len(ds.subsets) + 1)]
+    md += ["| metric | " + " | ".join(map(_cell, ds.subsets)) + " | mean |",
+           "|---|" + "---|" * (len(ds.subsets) + 1)]
     for name, res in r.metrics.items():
-        md.append(f"| {name} | " + " | ".join(_fmt(res["subsets"][s], 3) for s in ds.subsets)
+        md.append(f"| {_cell(name)} | " + " | ".join(_fmt(res["subsets"][s], 3) for s in ds.subsets)
                   + f" | **{_fmt(res['mean'], 3)}** |")
     if human:
         md.append("| *human (majority)* | " + " | ".join(_fmt(human[s], 3) for s in ds.subsets)
@@ -292,9 +304,10 @@ def _write_mos(r: EvaluationResult, out: Path, plots_on: bool) -> Report:
           "negated" + ("; so are the MOS scores" if score_higher_is_better else "") + ")."
           + (f" 95% bootstrap intervals from {bootstrap} resamples (seed {seed})." if bootstrap else ""), "",
           "## Summary (SROCC / KROCC / PLCC)", "",
-          "| metric | " + " | ".join(["all", *group_names]) + " |", "|---|" + "---|" * (1 + len(group_names))]
+          "| metric | " + " | ".join(map(_cell, ["all", *group_names])) + " |",
+          "|---|" + "---|" * (1 + len(group_names))]
     for name, res in results.items():
-        md.append(f"| {name} | " + " | ".join(
+        md.append(f"| {_cell(name)} | " + " | ".join(
             f"{_fmt(res[g]['srocc'], 3)} / {_fmt(res[g]['krocc'], 3)} / {_fmt(res[g]['plcc'], 3)}"
             for g in ["all", *group_names]) + " |")
     md += ["", "## Details", "", "| metric | subset | n | SROCC | KROCC | PLCC | RMSE |",
@@ -307,8 +320,8 @@ def _write_mos(r: EvaluationResult, out: Path, plots_on: bool) -> Report:
                 c = ci.get(k)
                 return _fmt(st[k], 3) + (f" [{_fmt(c[0], 3)}, {_fmt(c[1], 3)}]" if c else "")
 
-            md.append(f"| {name} | {g} | {st['n']} | {cell('srocc')} | {cell('krocc')} | {cell('plcc')} | "
-                      f"{cell('rmse')} |")
+            md.append(f"| {_cell(name)} | {_cell(g)} | {st['n']} | {cell('srocc')} | {cell('krocc')} | "
+                      f"{cell('plcc')} | {cell('rmse')} |")
     if any(_UNDEFINED in line for line in md[md.index("## Summary (SROCC / KROCC / PLCC)"):]):
         # said under the summary table, which front ends print on their own
         md.insert(md.index("## Details") - 1, "")
@@ -319,7 +332,7 @@ def _write_mos(r: EvaluationResult, out: Path, plots_on: bool) -> Report:
                "|---|---|---|---|---|---|"]
         for name, checks in r.unscored.items():
             for c in checks:
-                md.append(f"| {name} | {c['distorted']} | {c['identical']} | {_fmt(c['value'], 6)} | "
+                md.append(f"| {_cell(name)} | {_cell(c['distorted'])} | {c['identical']} | {_fmt(c['value'], 6)} | "
                           f"{_fmt(c['value_on_itself'], 6)} | {'yes' if c['ok'] else 'NO'} |")
     md += [""] + [f"![{m}]({p})" for m, p in plots.items()]
     summary = "\n".join(md[md.index("## Summary (SROCC / KROCC / PLCC)"):md.index("## Details")]).rstrip()

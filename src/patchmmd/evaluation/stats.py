@@ -135,8 +135,11 @@ def voc_ap(recall: ArrayLike, precision: ArrayLike) -> float:
         >>> voc_ap([0.5, 0.5, 1.0, 1.0], [1.0, 0.5, 2 / 3, 0.5])
         0.8333333333333333
     """
-    rec = np.concatenate(([0.0], _as_1d("recall", recall), [1.0]))
-    prec = np.concatenate(([0.0], _as_1d("precision", precision), [0.0]))
+    r, p = _as_1d("recall", recall), _as_1d("precision", precision)
+    if len(r) != len(p):
+        raise ValueError(f"recall and precision must have the same length, got {len(r)} and {len(p)}")
+    rec = np.concatenate(([0.0], r, [1.0]))
+    prec = np.concatenate(([0.0], p, [0.0]))
     prec = np.maximum.accumulate(prec[::-1])[::-1]
     changed = np.flatnonzero(rec[1:] != rec[:-1])
     return float(np.sum((rec[changed + 1] - rec[changed]) * prec[changed + 1]))
@@ -378,8 +381,9 @@ def correlations(
             arr = np.asarray(v, dtype=np.float64)
             arr = arr[np.isfinite(arr)]
             # Resamples where the statistic is undefined (all values tied) are left out only while they are at
-            # most 1 - confidence of all: beyond that, the interval of the rest would say nothing of the whole.
-            enough = arr.size and arr.size >= confidence * bootstrap
+            # most 1 - confidence of all: beyond that, the interval of the rest would say nothing of the whole. The
+            # slack absorbs the rounding of confidence * bootstrap (0.68 * 75 is 51.00000000000001, not 51).
+            enough = arr.size and arr.size >= confidence * bootstrap - 1e-9 * bootstrap
             out["ci"][k] = [float(np.percentile(arr, lo)), float(np.percentile(arr, hi))] if enough else [
                 math.nan, math.nan]
     return out
