@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from ..theory.nngp import FirstLayer
 
 DEFAULT_WIDTHS = "16,32,64,128,256,512,1024"
+#: The first convolution's size: the defaults of RandomCNNDistance and infinite_cnn_distance, which the command uses.
+KERNEL_SIZE = 3
 
 
 def _parse_widths(text: str) -> list[int]:
@@ -34,7 +36,8 @@ def _parse_widths(text: str) -> list[int]:
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers, got {text!r}", param_hint="--widths") from None
     if len(widths) < 2 or widths[0] < 1:
-        raise click.BadParameter("need at least two positive widths", param_hint="--widths")
+        raise click.BadParameter(f"need at least two positive widths, all different, got {text!r}",
+                                 param_hint="--widths")
     return widths
 
 
@@ -103,6 +106,11 @@ def theory(
     x, y = _center_crop(x, crop).unsqueeze(0), _center_crop(y, crop).unsqueeze(0)
     if x.shape != y.shape:
         raise click.UsageError(f"the crops differ in size: {tuple(x.shape[1:])} vs {tuple(y.shape[1:])}")
+    if min(x.shape[-2:]) < KERNEL_SIZE:
+        raise click.UsageError(
+            f"the images are too small: their crops are {x.shape[-2]}x{x.shape[-1]} pixels, and the network's "
+            f"{KERNEL_SIZE}x{KERNEL_SIZE} patches need at least {KERNEL_SIZE}x{KERNEL_SIZE}"
+        )
     pooling = (window, stride)
     exact = float(infinite_cnn_distance(x, y, depth=depth, pooling=pooling, first_layer=first_layer))
     if exact <= 0:

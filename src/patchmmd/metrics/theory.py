@@ -25,7 +25,7 @@ import torch
 
 from ..core.mmdpp import get_config
 from ..core.scale import downsample
-from ..core.validation import check_bool
+from ..core.validation import check_bool, check_image
 from ..theory.cnn import RandomCNNDistance, VGGDistance
 from ..theory.nngp import InfiniteCNNDistance
 from .registry import Metric, register
@@ -35,15 +35,19 @@ def with_scale_rule(metric: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     """Wrap a ``[0, 1]``-image metric so it runs at the levels of the default MMD++ scale rule.
 
     Each level box-downsamples both images by its factor; the level values are averaged with the rule's
-    weights. Box downsampling keeps values inside ``[0, 1]``.
+    weights. Box downsampling keeps values inside ``[0, 1]``. Images that are not a valid pair by shape (or too
+    small for the rule, which would not downsample them) go to ``metric`` as given, so that its error names the
+    caller's images, not downsampled ones.
     """
     if not enabled:
         return metric
-    levels_of = get_config("default").levels
+    config = get_config("default")
+    levels_of, min_side = config.levels, config.min_level_size
 
     def scaled(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor) or x.dim() < 3:
-            return metric(x, y)  # let the metric report the bad input
+        xs, ys = check_image("x", x), check_image("y", y)
+        if xs.shape != ys.shape or min(xs.shape[-2:]) < min_side:
+            return metric(x, y)  # let the metric report the bad input (a small image has one level: factor 1)
         total = None
         for level in levels_of(x.shape[-2], x.shape[-1]):
             value = level.weight * metric(downsample(x, level.factor), downsample(y, level.factor))

@@ -215,6 +215,11 @@ class _LayerBuffers(nn.Module):
         if key == (w0.device, w0.dtype):
             return own
         if key not in self._cast:
+            if torch.is_inference_mode_enabled():
+                # Cache ordinary tensors: a copy made under torch.inference_mode() would be an inference tensor,
+                # and every later call with autograd (the module as a loss) would fail on it.
+                with torch.inference_mode(False):
+                    return self.layers(device, dtype)
             self._cast[key] = [
                 (w.to(device=key[0], dtype=key[1]), None if b is None else b.to(device=key[0], dtype=key[1]))
                 for w, b in own
@@ -297,10 +302,13 @@ class RandomCNNDistance(_LayerBuffers):
             )
         return xs, ys, dtype
 
+    @full_precision
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The last feature map ``F(x)`` of images ``x`` given in ``value_range``: ``(N, width, H, W)``."""
-        xs, _, _ = self._prepare(x, x)
-        return random_cnn_features(xs, self.layers(xs.device, xs.dtype), first_layer=self.first_layer)
+        """The last feature map ``F(x)`` of images ``x`` given in ``value_range``: ``(N, width, H, W)``, in ``x``'s
+        dtype, computed as the distance computes it (in float32 for 16-bit ``x``, and never in 16 bits under
+        autocast)."""
+        xs, _, dtype = self._prepare(x, x)
+        return random_cnn_features(xs, self.layers(xs.device, xs.dtype), first_layer=self.first_layer).to(dtype)
 
     @full_precision
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -370,7 +378,12 @@ def load_vgg16_weights(path: str | os.PathLike[str]) -> list[Layer]:
         WeightsError: (a ``ValueError``) the file is not a weights-only state dict, its keys or shapes are not
             VGG16's, or a weight is not a real floating-point tensor of finite values (the message names the
             file and key).
+        TypeError: ``path`` is not a ``str`` or ``os.PathLike``.
     """
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(
+            f"path must be the path of a local VGG16 state dict (str or os.PathLike), got {type(path).__name__}"
+        )
     state = read_trunk(
         os.fspath(path), vgg16_layout(), metric="vgg", arch="VGG16", option="weights",
         hint="patchmmd downloads nothing; save torchvision's weights once with "
@@ -425,6 +438,11 @@ class VGGDistance(_LayerBuffers):
         super().__init__()
         normalize = check_bool("normalize", normalize)
         out_of_range = check_out_of_range(out_of_range)
+        if weights is not None and not isinstance(weights, str | os.PathLike):
+            raise TypeError(
+                f"weights must be None or the path of a local VGG16 state dict (str or os.PathLike), got "
+                f"{type(weights).__name__}"
+            )
         if weights is None:
             seed = check_seed(seed)
             layers = vgg16_random_weights(seed=seed, first_layer=first_layer)

@@ -52,6 +52,7 @@ from ..core.validation import (
     check_positive_int,
     check_reduction,
     check_value_range,
+    compute_dtype,
     full_precision,
     prepare_pair,
     reduce,
@@ -100,16 +101,17 @@ class _Kappa1(torch.autograd.Function):
 
 
 def _cosine_tolerance(dtype: torch.dtype) -> float:
-    """How far a cosine may stray outside ``[-1, 1]`` by rounding: 1024 units in the last place, at least 1e-6."""
-    return max(1e-6, 1024 * float(torch.finfo(dtype).eps))
+    """How far a cosine may stray outside ``[-1, 1]`` by rounding: 1024 units in the last place, at least 1e-6 and
+    at most 1/16 (1024 units of float16 are 1.0 and of bfloat16 8.0: no check at all)."""
+    return max(1e-6, min(1024 * float(torch.finfo(dtype).eps), 1 / 16))
 
 
 def kappa1(c: torch.Tensor) -> torch.Tensor:
     """The degree-1 arc-cosine function ``κ₁(c) = (√(1 - c²) + (π - arccos c) c) / π``.
 
     ``2 E[ReLU(u) ReLU(v)]`` for standard Gaussians ``u, v`` of correlation ``c``. ``c`` is a cosine: values
-    may stray outside ``[-1, 1]`` by rounding (up to ``max(1e-6, 1024 eps)`` of the dtype) and are clamped;
-    farther out, or NaN, is an error. The gradient ``(π - arccos c) / π`` is finite everywhere (1 at
+    may stray outside ``[-1, 1]`` by rounding (up to ``1024 eps`` of the dtype, at least 1e-6 and at most 1/16) and
+    are clamped; farther out, or NaN, is an error. The gradient ``(π - arccos c) / π`` is finite everywhere (1 at
     ``c = 1``, 0 at ``c = -1``).
 
     Raises:
@@ -286,9 +288,14 @@ def nngp_kernel(
     Returns:
         ``(..., n, m)``.
 
+    16-bit ``P`` and ``Q`` are computed in float32 (:func:`patchmmd.core.validation.compute_dtype`) and the
+    result is cast back: in float16, ``p·p`` overflows for vectors of norm above 256.
+
     Raises:
         TypeError: ``P`` or ``Q`` is not a floating-point tensor.
-        ValueError: fewer than 2 dimensions, different vector dimensions, dtypes or devices, NaN or Inf.
+        ValueError: fewer than 2 dimensions, different vector dimensions, dtypes or devices, batch dimensions
+            that do not broadcast, NaN or Inf, ``channels`` not a positive integer (or, for ``"zero_mean"``,
+            missing or not dividing ``d``).
 
     Example:
         >>> p = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
@@ -298,7 +305,9 @@ def nngp_kernel(
         >>> round(float(K[0, 1]), 6) == round(2 / 2 / math.pi, 6)  # orthogonal: (‖p‖‖q‖/d) κ₁(0)
         True
     """
-    _check_kernel_options(depth, sigma_w2, sigma_b2, first_layer)
+    depth, sigma_w2, sigma_b2 = _check_kernel_options(depth, sigma_w2, sigma_b2, first_layer)
+    if channels is not None:
+        channels = check_positive_int("channels", channels)
     _check_vectors("P", P)
     _check_vectors("Q", Q)
     if P.shape[-1] != Q.shape[-1]:
@@ -306,8 +315,14 @@ def nngp_kernel(
     if P.dtype != Q.dtype or P.device != Q.device:
         raise ValueError(f"P and Q must have the same dtype and device, got {P.dtype} on {P.device} and "
                          f"{Q.dtype} on {Q.device}")
-    return _nngp_matrix(P, Q, depth=depth, sigma_w2=sigma_w2, sigma_b2=sigma_b2, first_layer=first_layer,
-                        channels=channels)
+    try:
+        torch.broadcast_shapes(P.shape[:-2], Q.shape[:-2])
+    except RuntimeError:
+        raise ValueError(f"P and Q must have batch dimensions that broadcast, got shapes {tuple(P.shape)} and "
+                         f"{tuple(Q.shape)}") from None
+    ct = compute_dtype(P.dtype)
+    return _nngp_matrix(P.to(ct), Q.to(ct), depth=depth, sigma_w2=sigma_w2, sigma_b2=sigma_b2,
+                        first_layer=first_layer, channels=channels).to(P.dtype)
 
 
 def _nngp_matrix(
@@ -373,8 +388,10 @@ class NNGPKernel:
 
 def check_pooling(pooling: object) -> Pooling:
     """Validate a ``pooling`` argument: ``(window, stride)``, ``"global"`` or ``None``."""
-    if pooling is None or pooling == "global":
-        return pooling
+    if pooling is None:
+        return None
+    if isinstance(pooling, str) and pooling == "global":  # compared as a string only: ``==`` on an array is elementwise
+        return "global"
     if isinstance(pooling, (tuple, list)) and len(pooling) == 2:
         return (check_positive_int("pooling window", pooling[0]), check_positive_int("pooling stride", pooling[1]))
     raise ValueError(f"pooling must be a (window, stride) pair, 'global' or None, got {pooling!r}")
