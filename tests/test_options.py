@@ -297,6 +297,15 @@ def test_weight_files_others_can_write_are_refused(tmp_path):
             load_weights(path, what="a head", metric="demo", option="weights")
 
 
+def test_a_folder_given_as_a_weight_file_is_named_as_a_folder(tmp_path) -> None:
+    """It was reported as "file not found", which sends the user looking for a missing file."""
+    from patchmmd.metrics.weights import WeightsError, WeightsFileNotFoundError, load_weights
+
+    with pytest.raises(WeightsError, match=r"demo: weights .* is a folder; give the file itself \(a head\)") as e:
+        load_weights(tmp_path, what="a head", metric="demo", option="weights")
+    assert not isinstance(e.value, WeightsFileNotFoundError)
+
+
 # ------------------------------------------------------------------------------- registry options of the metrics
 @pytest.mark.parametrize("win_size", [True, 11.7, 11.0, "11", 4, 0, -3, math.nan])
 @pytest.mark.parametrize("name", ["ssim", "ssim-downsampled", "ms-ssim"])

@@ -115,6 +115,8 @@ def load_weights(
         raise WeightsError(f"metric {metric!r}: {option} must be a file path (a str or os.PathLike), got "
                            f"{type(path).__name__} {path!r}")
     p = Path(path).expanduser()
+    if p.is_dir():
+        raise WeightsError(f"{metric}: {option} {p} is a folder; give the file itself ({what}){suffix}")
     if not p.is_file():
         raise WeightsFileNotFoundError(f"{metric}: {option} file not found: {p} ({what}){suffix}")
     try:
