@@ -140,4 +140,3 @@ def test_resuming_from_a_journal_others_can_write_is_refused(tmp_path: Path) -> 
     out.parent.chmod(0o755)
     r = invoke("score", ref, dist, "--out", out, "-m", "l2", "--resume")
     assert r.exit_code == 0 and "2 from the journal" in r.output, r.output
-
