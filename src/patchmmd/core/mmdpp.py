@@ -66,6 +66,7 @@ from .validation import (
     check_positive_int,
     check_reduction,
     check_sigma,
+    check_value_range,
     full_precision,
     prepare_pair,
     reduce,
@@ -410,7 +411,7 @@ def precompute_target(
     """
     cfg = get_config(preset, **options)
     with torch.no_grad():
-        ys, _, dtype = _prepare(y, y, cfg, value_range, out_of_range)
+        ys, _, dtype = _prepare(y, y, cfg, value_range, out_of_range, names=("y", "y"))
         levels = tuple(cfg.levels(*ys.shape[-2:]))
         mmd_levels = tuple(cfg.mmd_levels(levels))
         feats = []
@@ -439,23 +440,25 @@ def _mmdpp_target(
     same = preset == "default" or preset == cfg or (isinstance(preset, str) and PRESETS.get(preset) == cfg)
     if options or not same:
         raise ValueError("mmdpp(x, target): the options are the target's; pass them to precompute_target")
-    if (float(value_range[0]), float(value_range[1])) != target.value_range:
-        raise ValueError(f"value_range {tuple(value_range)} differs from the target's {target.value_range}")
-    xs, _, dtype = _prepare(x, x, cfg, value_range, out_of_range)
+    if check_value_range(value_range) != target.value_range:
+        raise ValueError(f"value_range must be the target's {target.value_range}, got {value_range!r}")
+    xs, _, dtype = _prepare(x, x, cfg, value_range, out_of_range, names=("x", "x"))
     if tuple(xs.shape) != target.shape:
-        raise ValueError(f"x has shape {tuple(xs.shape)}, the target {target.shape}")
+        raise ValueError(f"x must have the target's shape {target.shape}, got {tuple(xs.shape)}")
     if xs.device != target.device or dtype != target.dtype:
-        raise ValueError(f"x ({xs.device}, {dtype}) and the target ({target.device}, {target.dtype}) differ")
+        raise ValueError(f"x must have the target's device and dtype ({target.device}, {target.dtype}), "
+                         f"got ({xs.device}, {dtype})")
     return _target_internal(xs, target), dtype
 
 
 def _prepare(
-    x: object, y: object, cfg: MMDPPConfig, value_range: Sequence[float], out_of_range: OutOfRange
+    x: object, y: object, cfg: MMDPPConfig, value_range: Sequence[float], out_of_range: OutOfRange,
+    names: tuple[str, str] = ("x", "y"),
 ) -> tuple[torch.Tensor, torch.Tensor, torch.dtype]:
     need = cfg.min_image_size
     reason = "the patch size" if need == cfg.min_level_size else "the SSIM term's window at its coarsest octave"
     return prepare_pair(x, y, value_range=value_range, out_of_range=out_of_range, min_size=need,
-                        min_size_reason=reason)
+                        min_size_reason=reason, names=names)
 
 
 @full_precision

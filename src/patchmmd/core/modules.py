@@ -62,7 +62,8 @@ class MMDPP(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor | MMDPPTarget) -> torch.Tensor:
         if isinstance(y, MMDPPTarget):
             if y.config != self.config:
-                raise ValueError("the target was precomputed with other options than this module's")
+                raise ValueError("y must be a target precomputed with this module's options "
+                                 "(module.precompute_target(y)), got one with other options")
             return mmdpp(x, y, preset=y.config, value_range=self.value_range, out_of_range=self.out_of_range,
                          reduction=self.reduction)
         return mmdpp(

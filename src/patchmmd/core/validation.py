@@ -65,6 +65,7 @@ def check_pair(
     min_size_reason: str = "the patch size",
     range_hint: str = RANGE_HINT,
     range_text: str | None = None,
+    names: tuple[str, str] = ("x", "y"),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate two image batches and return them as 4-D tensors of one dtype and device.
 
@@ -72,7 +73,10 @@ def check_pair(
     values within ``value_range`` (up to :data:`RANGE_TOLERANCE` of its width, unless
     ``out_of_range`` says otherwise; that error writes the range as ``range_text``, by default
     ``value_range=(lo, hi)``, and ends in ``range_hint``, what the caller can do in its own arguments) and a
-    spatial size of at least ``min_size`` (``min_size_reason`` says why, in the error).
+    spatial size of at least ``min_size`` (``min_size_reason`` says why, in the error). The range tolerance is
+    at least one rounding step of the input dtype at the larger bound (a bfloat16 image that should end at 1 may
+    hold 1.0078, the next bfloat16 number). ``names``: the two arguments' names in the errors (a function of one
+    image, such as :func:`patchmmd.core.mmdpp.precompute_target`, passes its own image twice under its name).
 
     Under ``torch.compile`` (:func:`torch.compiler.is_compiling`) the two value checks (finite, in range) are
     skipped: they read the data, which would break the graph. A compiled graph does not validate values;
@@ -80,28 +84,31 @@ def check_pair(
     devices, dtypes) depend only on what the graph is specialised on and still raise, when it is traced.
     ``out_of_range="clamp"`` still clamps.
     """
-    x = check_image("x", x)
-    y = check_image("y", y)
+    x_name, y_name = names
+    both = x_name if x_name == y_name else f"{x_name} and {y_name}"
+    x = check_image(x_name, x)
+    y = check_image(y_name, y)
     if x.shape != y.shape:
-        raise ValueError(f"x and y must have the same shape (N, C, H, W), got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(f"{both} must have the same shape (N, C, H, W), got {tuple(x.shape)} and {tuple(y.shape)}")
     if x.device != y.device:
-        raise ValueError(f"x and y must be on the same device, got {x.device} and {y.device}")
+        raise ValueError(f"{both} must be on the same device, got {x.device} and {y.device}")
     if x.dtype != y.dtype:
-        raise TypeError(f"x and y must have the same dtype, got {x.dtype} and {y.dtype}")
+        raise TypeError(f"{both} must have the same dtype, got {x.dtype} and {y.dtype}")
     lo, hi = check_value_range(value_range)
     check_out_of_range(out_of_range)
     h, w = x.shape[-2:]
     if min(h, w) < min_size:
         raise ValueError(
-            f"x and y must be at least {min_size}x{min_size} pixels ({min_size_reason}), got {h}x{w}"
+            f"{both} must be at least {min_size}x{min_size} pixels ({min_size_reason}), got {h}x{w}"
         )
-    for name, t in (() if torch.compiler.is_compiling() else (("x", x.detach()), ("y", y.detach()))):
+    # One rounding step of the dtype at the larger bound, where the relative tolerance is finer than that step.
+    tol = max(RANGE_TOLERANCE * (hi - lo), float(torch.finfo(x.dtype).eps) * max(abs(lo), abs(hi)))
+    for name, t in (() if torch.compiler.is_compiling() else ((x_name, x.detach()), (y_name, y.detach()))):
         # One pass: min and max propagate NaN, so both are finite only if every value is.
         tmin, tmax = (float(v) for v in torch.aminmax(t))
         if not (math.isfinite(tmin) and math.isfinite(tmax)):
             raise ValueError(f"{name} contains NaN or Inf values")
         if out_of_range == "raise":
-            tol = RANGE_TOLERANCE * (hi - lo)
             if tmin < lo - tol or tmax > hi + tol:
                 where = range_text or f"value_range=({lo:g}, {hi:g})"
                 raise ValueError(f"{name} has values in [{tmin:.4g}, {tmax:.4g}], outside {where}; {range_hint}")
@@ -118,14 +125,16 @@ def prepare_pair(
     out_of_range: OutOfRange = "raise",
     min_size: int = 1,
     min_size_reason: str = "the patch size",
+    names: tuple[str, str] = ("x", "y"),
 ) -> tuple[torch.Tensor, torch.Tensor, torch.dtype]:
-    """Validate ``x`` and ``y`` (:func:`check_pair`) and map them to the internal [-1, 1] scale.
+    """Validate ``x`` and ``y`` (:func:`check_pair`; ``names`` as there) and map them to the internal [-1, 1]
+    scale.
 
     Returns the two images in the compute dtype (:func:`compute_dtype`) and the input dtype, which results
     are cast back to.
     """
     x, y = check_pair(x, y, value_range=value_range, out_of_range=out_of_range, min_size=min_size,
-                      min_size_reason=min_size_reason)
+                      min_size_reason=min_size_reason, names=names)
     lo, hi = check_value_range(value_range)
     ct = compute_dtype(x.dtype)
     return to_unit_scale(x.to(ct), lo, hi), to_unit_scale(y.to(ct), lo, hi), x.dtype
