@@ -146,3 +146,18 @@ def test_theory_command_refuses_images_below_the_patch_size(tmp_path: Path) -> N
 def test_theory_command_says_widths_must_differ(tmp_path: Path) -> None:
     res = invoke("theory", "--widths", "8,8", "--out", tmp_path / "o")
     assert res.exit_code == 2 and "all different" in res.output and "'8,8'" in res.output
+
+
+def test_options_that_would_be_ignored_or_change_the_metric_are_refused(tmp_path: Path) -> None:
+    """``random-cnn-zero-mean`` with ``first_layer="he"`` quietly became ``random-cnn``; ``VGGDistance`` with a
+    weights file ignored ``seed`` (as it refuses ``first_layer``)."""
+    from patchmmd.metrics.trunks import vgg16_features
+
+    with pytest.raises(ValueError, match="random-cnn-zero-mean has first_layer='zero_mean', got first_layer='he'"):
+        get_metric("random-cnn-zero-mean", first_layer="he")
+    get_metric("random-cnn-zero-mean", first_layer="zero_mean")  # saying what it is anyway is fine
+    path = tmp_path / "vgg16.pth"
+    torch.save({f"features.{k}": v for k, v in vgg16_features().state_dict().items()}, path)
+    VGGDistance(weights=path)
+    with pytest.raises(ValueError, match="seed applies to random filters only, got seed=5 with weights="):
+        VGGDistance(weights=path, seed=5)

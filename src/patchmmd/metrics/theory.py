@@ -78,6 +78,9 @@ def _random_cnn(**options: Any) -> Metric:
           group="theory", differentiable=True)
 def _random_cnn_zero_mean(**options: Any) -> Metric:
     opts, scale = _split("random-cnn-zero-mean", options, True)
+    if opts.get("first_layer", "zero_mean") != "zero_mean":  # it would silently become another metric
+        raise ValueError(f"random-cnn-zero-mean has first_layer='zero_mean', got first_layer={opts['first_layer']!r}; "
+                         "use random-cnn for another first layer")
     return with_scale_rule(RandomCNNDistance(**{"first_layer": "zero_mean", **opts}), scale)
 
 

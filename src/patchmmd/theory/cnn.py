@@ -450,6 +450,9 @@ class VGGDistance(_LayerBuffers):
         else:
             if first_layer != "he":
                 raise ValueError("first_layer applies to random filters only; pass first_layer='he' with weights=")
+            if seed != 0:  # it would be ignored: the filters are the file's
+                raise ValueError(f"seed applies to random filters only, got seed={seed!r} with weights=; leave it "
+                                 "out with pretrained weights")
             layers = load_vgg16_weights(weights)
             self.source = f"pretrained ({os.fspath(weights)})"
         self._register_layers(layers)
