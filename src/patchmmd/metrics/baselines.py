@@ -11,7 +11,8 @@ name                 what                                                       
                      the image as given, channels averaged
 ``ssim-downsampled`` SSIM after the reference code's scale step: average-pool by  higher = similar
                      ``f = max(1, round(min(H, W) / 256))`` (Wang et al.'s
-                     ``ssim.m``; what published LIVE numbers use)
+                     ``ssim.m``, MATLAB's round: halves up; what published
+                     LIVE numbers use)
 ``ms-ssim``          multi-scale SSIM (pytorch-msssim, 5 scales)                  higher = similar
 ``lpips-alex``       LPIPS v0.1 on an AlexNet trunk (local weight files only)     higher = different
 ``lpips-vgg``        LPIPS v0.1 on a VGG16 trunk (local weight files only)        higher = different

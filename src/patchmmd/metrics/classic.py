@@ -7,7 +7,8 @@ function returns one value per image, ``(N,)``, higher for more similar images, 
 
 * :func:`psnr`: ``10·log10(1 / MSE)`` dB, computed in float64, capped at ``max_db`` (identical images give the cap).
 * :func:`ssim`: pytorch-msssim's SSIM (11×11 Gaussian window, σ 1.5), channels averaged; ``downsample=True``
-  first average-pools by ``f = max(1, round(min(H, W) / 256))`` as Wang et al.'s reference ``ssim.m`` does.
+  first average-pools by ``f = max(1, round(min(H, W) / 256))`` as Wang et al.'s reference ``ssim.m`` does
+  (MATLAB's ``round``: halves up).
 * :func:`ms_ssim`: pytorch-msssim's 5-scale MS-SSIM.
 
 This module imports without pytorch-msssim; the SSIM functions import it when called.
@@ -21,12 +22,13 @@ Example:
 
 from __future__ import annotations
 
+import math
 from types import ModuleType
 
 import torch
 import torch.nn.functional as F
 
-from ..core.validation import OutOfRange, check_pair, check_positive_float, check_positive_int
+from ..core.validation import OutOfRange, check_pair, check_positive_float, check_positive_int, full_precision
 from .registry import Metric, register
 
 __all__ = ["MAX_PSNR", "check_batch", "ms_ssim", "psnr", "ssim"]
@@ -101,32 +103,42 @@ def _check_ssim_size(x: torch.Tensor, win_size: int, scales: int, name: str) -> 
         )
 
 
+def _downsampling_factor(side: int) -> int:
+    """``ssim.m``'s ``f = max(1, round(side / 256))`` with MATLAB's ``round``, which rounds halves up (640 px: 3);
+    Python's ``round`` rounds them to even (640 px: 2)."""
+    return max(1, math.floor(side / 256 + 0.5))
+
+
+@full_precision
 def ssim(x: torch.Tensor, y: torch.Tensor, *, win_size: int = 11, downsample: bool = False,
          name: str = "ssim", out_of_range: OutOfRange = "raise") -> torch.Tensor:
     """SSIM per image (pytorch-msssim, Gaussian window of ``win_size`` px, σ 1.5; channels averaged): ``(N,)``.
 
     ``downsample=True`` first average-pools both images by ``f = max(1, round(min(H, W) / 256))`` (the reference
-    code's scale step; what published LIVE numbers use). It is exactly ``ssim.m``'s step for ``f = 2`` and even
-    sides; ``ssim.m`` (an ``f × f`` box filter with symmetric borders, then every ``f``-th pixel) keeps one more
-    border row or column for odd sides, and its boxes are offset by one pixel for ``f ≥ 3``. ``name`` is the
-    caller's name in error messages; ``out_of_range`` as in :func:`check_batch` (``"ignore"`` for the training
-    loss).
-    Computed and returned in float32 whatever the input dtype (pytorch-msssim's precision).
+    code's scale step; what published LIVE numbers use; MATLAB's ``round``, halves up: 640 px gives 3). It is
+    exactly ``ssim.m``'s step for ``f = 2`` and even sides; ``ssim.m`` (an ``f × f`` box filter with symmetric
+    borders, then every ``f``-th pixel) keeps one more border row or column for odd sides, and its boxes are offset
+    by one pixel for ``f ≥ 3``. ``name`` is the caller's name in error messages; ``out_of_range`` as in
+    :func:`check_batch` (``"ignore"`` for the training loss).
+    Computed and returned in float32 whatever the input dtype (pytorch-msssim's precision), inside an autocast
+    region too (autocast is turned off here: its 16-bit convolutions cancel in ``E[x²] − μ²`` and gave SSIM > 1).
     """
     ms = _msssim_module()
     win_size = _check_win_size(win_size)
     x, y = check_batch(x, y, out_of_range=out_of_range)
+    x, y = x.float(), y.float()  # pool in float32 too, not in a 16-bit input's dtype
     if downsample:
-        f = max(1, round(min(x.shape[-2:]) / 256))
+        f = _downsampling_factor(min(x.shape[-2:]))
         if f > 1:
             x, y = F.avg_pool2d(x, f), F.avg_pool2d(y, f)
     _check_ssim_size(x, win_size, 1, name)
-    return ms.ssim(x.float(), y.float(), data_range=1.0, size_average=False, win_size=win_size)
+    return ms.ssim(x, y, data_range=1.0, size_average=False, win_size=win_size)
 
 
+@full_precision
 def ms_ssim(x: torch.Tensor, y: torch.Tensor, *, win_size: int = 11) -> torch.Tensor:
     """Multi-scale SSIM per image (pytorch-msssim, 5 scales; images larger than ``16·(win_size − 1)`` px): ``(N,)``,
-    float32 whatever the input dtype."""
+    computed and returned in float32 whatever the input dtype, inside an autocast region too (as :func:`ssim`)."""
     ms = _msssim_module()
     win_size = _check_win_size(win_size)
     x, y = check_batch(x, y)

@@ -18,12 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.validation import OutOfRange, check_out_of_range
+from ..core.validation import OutOfRange, check_out_of_range, full_precision
 from .classic import check_batch
 from .registry import Metric, register
 from .trunks import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    build_quietly,
+    check_rgb,
     conv_layers,
     freeze,
     load_trunk,
@@ -57,9 +59,10 @@ class DISTS(nn.Module):
 
     The VGG16 trunk's max-pools are replaced by L2 pooling; the distance is ``1 − Σ (α·S1 + β·S2)`` over the
     input and five stages (weights normalised to sum 1), 0 for identical images; one float32 value per image
-    ``(N,)`` (the trunk runs in float32 whatever the input dtype). Inputs are image batches in [0, 1], checked as
-    the package's own distances check theirs (``out_of_range="ignore"`` or ``"clamp"`` admits network outputs
-    that overshoot, as the training losses do).
+    ``(N,)`` (the trunk runs in float32 whatever the input dtype, inside an autocast region too). Inputs are RGB
+    (or grayscale: the distance of the image repeated in R, G and B) image batches in [0, 1], checked as the
+    package's own distances check theirs (``out_of_range="ignore"`` or ``"clamp"`` admits network outputs that
+    overshoot, as the training losses do).
     Build with :meth:`from_files`.
     """
 
@@ -84,7 +87,7 @@ class DISTS(nn.Module):
     @classmethod
     def from_files(cls, backbone: WeightsPath, weights: WeightsPath, *, out_of_range: OutOfRange = "raise") -> DISTS:
         """Build DISTS from a torchvision VGG16 file and the DISTS ``alpha``/``beta`` file."""
-        m = cls(out_of_range=out_of_range)
+        m = build_quietly(lambda: cls(out_of_range=out_of_range))  # its random weights are replaced below
         load_trunk(m.features, backbone, metric="dists", arch="VGG16")  # L2 pools hold no state: VGG16's keys
         head = load_weights(weights, what="the DISTS weights.pt (alpha and beta)", metric="dists", option="weights")
         check_layout(head, {"alpha": m.alpha, "beta": m.beta}, metric="dists", option="weights", path=weights)
@@ -92,8 +95,10 @@ class DISTS(nn.Module):
         m.beta.data.copy_(head["beta"].float())
         return m
 
+    @full_precision
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x, y = check_batch(x, y, out_of_range=self.out_of_range)
+        check_rgb(x, "dists")
         w = self.alpha.sum() + self.beta.sum()
         alphas = torch.split(self.alpha / w, list(self._CHANNELS), dim=1)
         betas = torch.split(self.beta / w, list(self._CHANNELS), dim=1)

@@ -21,7 +21,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..core.validation import OutOfRange, check_out_of_range
+from ..core.validation import OutOfRange, check_out_of_range, full_precision
 from .classic import check_batch
 from .registry import Metric, register
 from .trunks import (
@@ -29,6 +29,8 @@ from .trunks import (
     VGG16_TAP_INDICES,
     alexnet_features,
     alexnet_taps,
+    build_quietly,
+    check_rgb,
     conv_layers,
     freeze,
     load_trunk,
@@ -47,9 +49,10 @@ class LPIPS(nn.Module):
 
     Inputs are image batches in [0, 1], checked as the package's own distances check theirs (``out_of_range=
     "ignore"`` or ``"clamp"`` admits network outputs that overshoot, as the training losses do); they are
-    mapped to [-1, 1] and shifted/scaled as LPIPS does. Output:
+    mapped to [-1, 1] and shifted/scaled as LPIPS does. They are RGB (3 channels) or grayscale (1 channel: the
+    distance of the image repeated in R, G and B). Output:
     one float32 distance per image ``(N,)`` (spatial average, summed over the five layers; the trunk runs in
-    float32 whatever the input dtype). Build it with
+    float32 whatever the input dtype, inside an autocast region too). Build it with
     :meth:`from_files` (or the registry's ``lpips-alex`` / ``lpips-vgg``).
 
     Example:
@@ -85,7 +88,7 @@ class LPIPS(nn.Module):
                    out_of_range: OutOfRange = "raise") -> LPIPS:
         """Build LPIPS from a torchvision trunk file and an LPIPS head file (see the module docstring)."""
         metric = f"lpips-{net}"
-        m = cls(net, out_of_range=out_of_range)
+        m = build_quietly(lambda: cls(net, out_of_range=out_of_range))  # its random weights are replaced below
         load_trunk(m.features, backbone, metric=metric, arch="AlexNet" if net == "alex" else "VGG16")
         head = load_weights(weights, what=f"the LPIPS v0.1 linear heads (lpips package weights/v0.1/{net}.pth)",
                             metric=metric, option="weights")
@@ -101,10 +104,12 @@ class LPIPS(nn.Module):
         freeze(m)
         return m
 
+    @full_precision
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x, y = check_batch(x, y, out_of_range=self.out_of_range, min_size=self.min_side,
                            min_size_reason=f"what the {'AlexNet' if self.net == 'alex' else 'VGG16'} trunk's strides "
                                            "and poolings need")
+        check_rgb(x, f"lpips-{self.net}")
         total = torch.zeros(x.shape[0], device=x.device)
         # Each image through the trunk on its own, as the lpips package does: a backward pass then runs through
         # the trunk of the images that need a gradient only (one pass over both computes the same function).

@@ -19,9 +19,12 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -75,10 +78,31 @@ def register(
     def deco(factory: Callable[..., Metric]) -> Callable[..., Metric]:
         if name in _REGISTRY:
             raise ValueError(f"metric {name!r} is already registered")
-        _REGISTRY[name] = MetricSpec(name, factory, description, higher_is_better, group, differentiable, map_factory)
+        _REGISTRY[name] = MetricSpec(name, _checking_options(name, factory), description, higher_is_better, group,
+                                     differentiable, map_factory)
         return factory
 
     return deco
+
+
+def _checking_options(name: str, factory: Callable[..., Metric]) -> Callable[..., Metric]:
+    """``factory`` refusing the options it does not take with a ``TypeError`` naming the metric and its valid options
+    (Python's own message names the private factory function). A factory taking ``**options`` checks them itself
+    and is returned as it is; the wrapper keeps the factory's signature (:func:`inspect.signature`)."""
+    params = inspect.signature(factory).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return factory
+    named = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    valid = sorted(k for k, p in params.items() if p.kind in named)
+
+    @functools.wraps(factory)
+    def checked(**options: Any) -> Metric:
+        unknown = sorted(k for k in options if k not in valid)
+        if unknown:
+            raise TypeError(f"unknown option(s) {unknown} for {name}; valid options are {valid}")
+        return factory(**options)
+
+    return checked
 
 
 def _load_builtins() -> None:
@@ -100,7 +124,9 @@ def metric_names() -> list[str]:
 
 
 def get_spec(name: str) -> MetricSpec:
-    """The spec of a metric; ``ValueError`` naming the valid names if unknown."""
+    """The spec of a metric; ``ValueError`` naming the valid names if unknown (``TypeError`` if not a string)."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a metric name (a str), got {type(name).__name__} {name!r}")
     _load_builtins()
     if name not in _REGISTRY:
         raise ValueError(f"unknown metric {name!r}; available metrics: {', '.join(metric_names())}")
@@ -108,5 +134,6 @@ def get_spec(name: str) -> MetricSpec:
 
 
 def get_metric(name: str, **options: object) -> Metric:
-    """Build the metric ``name`` (options go to its factory)."""
+    """Build the metric ``name`` (options go to its factory; an option it does not take is a ``TypeError`` listing
+    the valid ones)."""
     return get_spec(name).factory(**options)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +42,8 @@ __all__ = [
     "Layer",
     "alexnet_features",
     "alexnet_taps",
+    "build_quietly",
+    "check_rgb",
     "conv_layers",
     "freeze",
     "load_trunk",
@@ -51,6 +54,8 @@ __all__ = [
     "vgg16_layout",
     "vgg16_taps",
 ]
+
+_M = TypeVar("_M", bound=nn.Module)
 
 #: One convolution: weight ``(out, in, k, k)`` and bias ``(out,)`` or ``None``.
 Layer = tuple[torch.Tensor, "torch.Tensor | None"]
@@ -228,6 +233,25 @@ def load_trunk(features: nn.Sequential, path: WeightsPath, *, metric: str, arch:
     expected = features.state_dict()
     trunk = read_trunk(path, expected, metric=metric, arch=arch)
     features.load_state_dict({k: v.to(expected[k].dtype) for k, v in trunk.items()})
+
+
+def check_rgb(x: torch.Tensor, metric: str) -> None:
+    """Refuse image batches ``(N, C, H, W)`` whose ``C`` is neither 3 (RGB, what the trunks take) nor 1 (grayscale,
+    broadcast over the three colour channels: the same values as the image repeated in R, G and B, as the lpips
+    package gives); without it a 4-channel (RGBA) image stopped in a broadcasting error."""
+    if x.shape[1] not in (1, 3):
+        raise ValueError(
+            f"x and y must have 3 channels (RGB) or 1 (grayscale) for {metric}, got {x.shape[1]} channels (for RGBA "
+            "images, drop the alpha channel with x[:, :3])"
+        )
+
+
+def build_quietly(build: Callable[[], _M]) -> _M:
+    """``build()`` without touching the global random state: a module built only to load weights into draws its
+    throwaway initial weights from a forked generator, so building a metric leaves the caller's random stream
+    (the next ``torch.rand``) as it was."""
+    with torch.random.fork_rng(devices=[]):
+        return build()
 
 
 def freeze(module: nn.Module) -> None:
