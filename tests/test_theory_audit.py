@@ -161,3 +161,12 @@ def test_options_that_would_be_ignored_or_change_the_metric_are_refused(tmp_path
     VGGDistance(weights=path)
     with pytest.raises(ValueError, match="seed applies to random filters only, got seed=5 with weights="):
         VGGDistance(weights=path, seed=5)
+
+
+@pytest.mark.parametrize("name", ["random-cnn", "random-cnn-zero-mean", "infinite-cnn", "random-vgg", "vgg"])
+def test_unknown_options_of_the_theory_metrics_name_the_metric_and_the_valid_ones(name: str) -> None:
+    """They gave Python's "RandomCNNDistance.__init__() got an unexpected keyword argument", as the package's
+    other registry metrics no longer do."""
+    valid = r"valid options are \[.*'scale_rule'"
+    with pytest.raises(TypeError, match=rf"unknown option\(s\) \['bogus'\] for {name}; {valid}"):
+        get_metric(name, bogus=1)

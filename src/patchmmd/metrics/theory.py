@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -58,11 +59,16 @@ def with_scale_rule(metric: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     return scaled
 
 
-def _split(name: str, options: dict[str, Any], default_scale: bool) -> tuple[dict[str, Any], bool]:
+def _split(name: str, options: dict[str, Any], default_scale: bool, module: type) -> tuple[dict[str, Any], bool]:
     """The module's options (per-image values: ``reduction="none"``, which the caller cannot change) and the
-    scale-rule switch."""
+    scale-rule switch; an option ``module`` does not take is a ``TypeError`` naming the metric and the valid ones
+    (Python's own message names the class's ``__init__``)."""
     if "reduction" in options:
         raise TypeError(f"{name} takes no reduction option: a registry metric gives one value per image (N,)")
+    valid = sorted({*inspect.signature(module).parameters, "scale_rule"} - {"reduction"})
+    unknown = sorted(k for k in options if k not in valid)
+    if unknown:
+        raise TypeError(f"unknown option(s) {unknown} for {name}; valid options are {valid}")
     opts = {"reduction": "none", **options}
     return opts, check_bool("scale_rule", opts.pop("scale_rule", default_scale))
 
@@ -70,14 +76,14 @@ def _split(name: str, options: dict[str, Any], default_scale: bool) -> tuple[dic
 @register("random-cnn", "random-filter CNN (3x3 + 1x1 conv, ReLU, He, width 512), windowed pooling",
           group="theory", differentiable=True)
 def _random_cnn(**options: Any) -> Metric:
-    opts, scale = _split("random-cnn", options, True)
+    opts, scale = _split("random-cnn", options, True, RandomCNNDistance)
     return with_scale_rule(RandomCNNDistance(**opts), scale)
 
 
 @register("random-cnn-zero-mean", "random-filter CNN with zero-mean first-layer filters",
           group="theory", differentiable=True)
 def _random_cnn_zero_mean(**options: Any) -> Metric:
-    opts, scale = _split("random-cnn-zero-mean", options, True)
+    opts, scale = _split("random-cnn-zero-mean", options, True, RandomCNNDistance)
     if opts.get("first_layer", "zero_mean") != "zero_mean":  # it would silently become another metric
         raise ValueError(f"random-cnn-zero-mean has first_layer='zero_mean', got first_layer={opts['first_layer']!r}; "
                          "use random-cnn for another first layer")
@@ -87,14 +93,14 @@ def _random_cnn_zero_mean(**options: Any) -> Metric:
 @register("infinite-cnn", "infinitely wide random CNN: windowed MMD² with the arc-cosine (NNGP) kernel",
           group="theory", differentiable=True)
 def _infinite_cnn(**options: Any) -> Metric:
-    opts, scale = _split("infinite-cnn", options, True)
+    opts, scale = _split("infinite-cnn", options, True, InfiniteCNNDistance)
     return with_scale_rule(InfiniteCNNDistance(**opts), scale)
 
 
 @register("random-vgg", "VGG16 trunk with random He filters, five taps, LPIPS-style unit normalisation",
           group="theory", differentiable=True)
 def _random_vgg(**options: Any) -> Metric:
-    opts, scale = _split("random-vgg", options, False)
+    opts, scale = _split("random-vgg", options, False, VGGDistance)
     if "weights" in opts:
         raise ValueError("random-vgg draws its filters from seed=; use the 'vgg' metric with weights= for pretrained")
     return with_scale_rule(VGGDistance(**opts), scale)
@@ -103,7 +109,7 @@ def _random_vgg(**options: Any) -> Metric:
 @register("vgg", "VGG16 trunk with pretrained filters from a local file (option weights=PATH)",
           group="theory", differentiable=True)
 def _vgg(**options: Any) -> Metric:
-    opts, scale = _split("vgg", options, False)
+    opts, scale = _split("vgg", options, False, VGGDistance)
     if opts.get("weights") is None:
         raise ValueError(
             "the 'vgg' metric needs weights=PATH, a local VGG16 state dict in torchvision's layout "
