@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,9 +31,51 @@ def deterministic(seed: int) -> Iterator[None]:
         torch.use_deterministic_algorithms(previous, warn_only=previous_warn_only)
 
 
+def check_int(value: object, name: str, minimum: int) -> int:
+    """``value`` as an ``int`` if it is an integer (not a bool) of at least ``minimum``, else :class:`ValueError`
+    naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_positive(value: object, name: str) -> float:
+    """``value`` as a ``float`` if it is a finite real number (not a bool) above 0, else :class:`ValueError`
+    naming ``name``."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
+            or value <= 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def check_seed(value: object) -> int:
+    """``value`` as an ``int`` if it is an integer (not a bool), else :class:`ValueError`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"seed must be an integer, got {value!r}")
+    return int(value)
+
+
+def check_rgb_split(split: Any) -> None:
+    """Raise :class:`ValueError` unless ``split``'s training regions and held-out tiles are floating-point RGB
+    images (the networks take 3 channels of values in ``[0, 1]``)."""
+    parts = [*split.train, split.heldout]
+    if not split.train or {int(t.shape[-3]) if t.dim() >= 3 else 0 for t in parts} != {3}:
+        raise ValueError(f"the networks take RGB images (3 channels), got shapes {[tuple(t.shape) for t in parts]}")
+    if not all(t.is_floating_point() for t in parts):
+        raise ValueError(f"the photos must be floating-point tensors in [0, 1], got {split.train[0].dtype}")
+
+
+def check_gradients_finite(step: int, steps: int, tensors: Sequence[torch.Tensor]) -> None:
+    """Raise :class:`TrainingDiverged` if a gradient of ``tensors`` holds a NaN or an infinity (Adam would turn
+    them into NaN weights, and after the last step nothing else would say so)."""
+    grads = [t.grad.detach() for t in tensors if t.grad is not None]
+    if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+        raise TrainingDiverged(step, steps, "the gradients are")
+
+
 class TrainingDiverged(ValueError):
-    """The optimised outputs or the loss became NaN or infinite: going on would only spend the remaining steps
-    on NaN (and the outputs could not be evaluated or saved)."""
+    """The optimised outputs, the loss or its gradients became NaN or infinite: going on would only spend the
+    remaining steps on NaN (and the outputs could not be evaluated or saved)."""
 
     def __init__(self, step: int, steps: int, what: str) -> None:
         super().__init__(f"training diverged at step {step + 1} of {steps}: {what} NaN or infinite; "
@@ -66,9 +110,15 @@ def fit(
     a generator seeded with ``seed + 1``; the loss after each step goes to ``history`` and ``callback``.
 
     Raises:
-        TrainingDiverged: the network's outputs or the loss became NaN or infinite (stops at that step).
+        TrainingDiverged: the network's outputs, the loss or its gradients became NaN or infinite (stops at
+            that step, before the weights are updated).
+        ValueError: ``steps`` not an integer >= 1, ``lr`` not a finite number > 0, ``seed`` not an integer.
     """
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    steps = check_int(steps, "steps", 1)
+    lr = check_positive(lr, "lr")
+    seed = check_seed(seed)
+    params = list(model.parameters())
+    opt = torch.optim.Adam(params, lr=lr)
     g = torch.Generator().manual_seed(seed + 1)
     history: list[float] = []
     model.train()
@@ -80,6 +130,7 @@ def fit(
         value = loss(outputs, target)
         check_finite(step, steps, value, "the loss is")
         value.backward()
+        check_gradients_finite(step, steps, params)
         opt.step()
         history.append(float(value.detach()))
         if callback is not None:
@@ -117,6 +168,9 @@ def save_model(model: nn.Module, folder: str | os.PathLike[str], name: str = MOD
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, chunk: int = 16) -> torch.Tensor:
     """``model`` applied to ``x`` in chunks of ``chunk`` images, clamped to ``[0, 1]``."""
+    chunk = check_int(chunk, "chunk", 1)
+    if len(x) == 0:
+        raise ValueError(f"no images to predict: x has shape {tuple(x.shape)}")
     return torch.cat([model(x[i : i + chunk]) for i in range(0, len(x), chunk)]).clamp(0, 1)
 
 

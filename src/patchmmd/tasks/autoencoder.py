@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ._common import TrainResult, fit, predict
+from ._common import TrainResult, check_int, check_rgb_split, check_seed, fit, predict
 from .data import Split, random_crops
 
 __all__ = ["ConvAutoencoder", "TrainResult", "reconstruct", "train_autoencoder"]
@@ -62,17 +62,30 @@ def train_autoencoder(
     seed: int = 0,
     callback: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
-    """Train :class:`ConvAutoencoder` on random crops of ``split.train``; deterministic for ``seed``."""
+    """Train :class:`ConvAutoencoder` on random crops of ``split.train``; deterministic for ``seed``.
+
+    The network is initialised from torch's global generator seeded with ``seed``, on a fork of it: the
+    caller's global random state is left as it was. The network takes the dtype and device of the photos.
+
+    Raises:
+        ValueError: a bad argument (named), non-RGB photos, a crop size that is not a multiple of 8.
+        TrainingDiverged: see :func:`patchmmd.tasks._common.fit`.
+    """
+    batch, width, latent = check_int(batch, "batch", 1), check_int(width, "width", 1), check_int(latent, "latent", 1)
+    seed = check_seed(seed)
+    check_rgb_split(split)
     if split.crop % 8:
         raise ValueError(f"the crop size must be a multiple of 8, got {split.crop}")
-    torch.manual_seed(seed)
-    model = ConvAutoencoder(width, latent)
+    ref = split.train[0]
 
     def batches(g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         x = random_crops(split.train, split.crop, batch, g)
         return x, x
 
-    return fit(model, loss, batches, steps=steps, lr=lr, seed=seed, callback=callback)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ConvAutoencoder(width, latent).to(device=ref.device, dtype=ref.dtype)
+        return fit(model, loss, batches, steps=steps, lr=lr, seed=seed, callback=callback)
 
 
 def reconstruct(model: nn.Module, x: torch.Tensor, chunk: int = 16) -> torch.Tensor:

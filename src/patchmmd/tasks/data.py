@@ -10,6 +10,7 @@ is fixed.
 
 from __future__ import annotations
 
+import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,13 +85,28 @@ def split_photos(
     """The train / held-out split of the module docstring.
 
     Raises:
-        ValueError: an image too small for a training crop beside a held-out strip.
+        ValueError: an image too small for a training crop beside a held-out strip; no images, an image that
+            is not ``(C, H, W)``, images of different channel counts; ``crop`` not an integer >= 1, ``holdout``
+            not in ``[0, 1)``, ``max_tiles`` neither ``None`` nor an integer >= 1.
 
     Example:
         >>> s = split_photos([torch.rand(3, 64, 128)], 32)
         >>> [tuple(t.shape) for t in s.train], tuple(s.heldout.shape)
         ([(3, 64, 96)], (2, 3, 32, 32))
     """
+    from ._common import check_int
+
+    crop = check_int(crop, "crop", 1)
+    if isinstance(holdout, bool) or not isinstance(holdout, numbers.Real) or not 0 <= holdout < 1:
+        raise ValueError(f"holdout must be a fraction of the width in [0, 1), got {holdout!r}")
+    if max_tiles is not None:
+        max_tiles = check_int(max_tiles, "max_tiles", 1)
+    if not images:
+        raise ValueError("no images to split")
+    for i, img in enumerate(images):
+        if img.dim() != 3 or img.shape[0] != images[0].shape[0]:
+            raise ValueError(f"the images must be (C, H, W) with the same C, got {tuple(img.shape)} for image {i} "
+                             f"and {tuple(images[0].shape)} for image 0")
     train, tiles = [], []
     for i, img in enumerate(images):
         _, h, w = img.shape
@@ -110,7 +126,20 @@ def split_photos(
 
 
 def random_crops(regions: list[torch.Tensor], crop: int, n: int, generator: torch.Generator) -> torch.Tensor:
-    """``n`` random ``crop x crop`` crops (images chosen uniformly, random horizontal flips): ``(n, 3, crop, crop)``."""
+    """``n`` random ``crop x crop`` crops (images chosen uniformly, random horizontal flips): ``(n, 3, crop, crop)``.
+
+    Raises:
+        ValueError: ``crop`` or ``n`` not an integer >= 1, no regions, a region smaller than ``crop``.
+    """
+    from ._common import check_int
+
+    crop, n = check_int(crop, "crop", 1), check_int(n, "n", 1)
+    if not regions:
+        raise ValueError("no regions to crop from")
+    small = [i for i, r in enumerate(regions) if min(r.shape[-2:]) < crop]
+    if small:
+        raise ValueError(f"region {small[0]} is {tuple(regions[small[0]].shape[-2:])} px: smaller than the "
+                         f"{crop} px crops")
     out = []
     for _ in range(n):
         r = regions[int(torch.randint(len(regions), (1,), generator=generator))]

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._common import check_finite
+from ._common import check_finite, check_gradients_finite, check_int, check_positive, check_seed
 
 
 def ring_offsets(shifts: int, max_shift: int) -> list[tuple[int, int]]:
@@ -43,11 +43,20 @@ def shifted_set(
 
     ``size=None`` uses the largest square that leaves room for the shifts.
 
+    Raises:
+        ValueError: the crop and its shifts do not fit in the image; ``image`` not ``(C, H, W)``; ``shifts`` or
+            ``max_shift`` not an integer >= 0, ``size`` neither ``None`` nor an integer >= 1.
+
     Example:
         >>> ys, offs = shifted_set(torch.rand(3, 40, 50), 2, size=16, max_shift=2)
         >>> ys.shape, offs
         (torch.Size([3, 3, 16, 16]), [(0, 0), (0, 2), (0, -2)])
     """
+    shifts, max_shift = check_int(shifts, "shifts", 0), check_int(max_shift, "max_shift", 0)
+    if size is not None:
+        size = check_int(size, "size", 1)
+    if image.dim() != 3:
+        raise ValueError(f"image must be (C, H, W), got shape {tuple(image.shape)}")
     _, h, w = image.shape
     s = min(h, w) - 2 * max_shift if size is None else size
     if s < 1 or s + 2 * max_shift > min(h, w):
@@ -59,7 +68,16 @@ def shifted_set(
 
 
 def center_crop_common(images: list[torch.Tensor], size: int | None) -> torch.Tensor:
-    """Centre crops of a common size (the smallest height and width, or ``size x size``): ``(N, C, h, w)``."""
+    """Centre crops of a common size (the smallest height and width, or ``size x size``): ``(N, C, h, w)``.
+
+    Raises:
+        ValueError: no images, images that are not ``(C, H, W)`` with the same ``C``; ``size`` neither ``None``
+            nor an integer >= 1, or larger than the smallest image.
+    """
+    if not images or any(t.dim() != 3 or t.shape[0] != images[0].shape[0] for t in images):
+        raise ValueError(f"images must be (C, H, W) with the same C, got {[tuple(t.shape) for t in images]}")
+    if size is not None:
+        size = check_int(size, "size", 1)
     h = min(t.shape[1] for t in images)
     w = min(t.shape[2] for t in images)
     if size is not None:
@@ -90,12 +108,21 @@ def generalized_mean(
     seed: int = 0,
     callback: Callable[[int, float], None] | None = None,
 ) -> GIMResult:
-    """Minimise ``mean_i loss(x, y_i)`` over ``x`` (see the module docstring). Deterministic for ``seed``."""
+    """Minimise ``mean_i loss(x, y_i)`` over ``x`` (see the module docstring). Deterministic for ``seed``.
+
+    Raises:
+        TrainingDiverged: the image, the loss or its gradient became NaN or infinite (stops at that step).
+        ValueError: ``ys`` not a non-empty ``(K, C, H, W)`` batch; ``steps`` not an integer >= 1, ``lr`` not a
+            finite number > 0, ``seed`` not an integer, an unknown ``init``.
+    """
+    steps, lr, seed = check_int(steps, "steps", 1), check_positive(lr, "lr"), check_seed(seed)
+    if ys.dim() != 4 or len(ys) == 0:
+        raise ValueError(f"ys must be a non-empty batch of images (K, C, H, W), got shape {tuple(ys.shape)}")
     if init == "mean":
         start = ys.mean(0, keepdim=True)
-    elif init == "noise":
+    elif init == "noise":  # drawn on the CPU (the same start on every device), then moved to the images' device
         g = torch.Generator().manual_seed(seed)
-        start = torch.rand((1, *ys.shape[1:]), generator=g, dtype=ys.dtype)
+        start = torch.rand((1, *ys.shape[1:]), generator=g, dtype=ys.dtype).to(ys.device)
     else:
         raise ValueError(f"init must be 'mean' or 'noise', got {init!r}")
     x = start.clone().requires_grad_(True)
@@ -107,6 +134,7 @@ def generalized_mean(
         value = loss(x.expand_as(ys), ys)
         check_finite(step, steps, value, "the loss is")
         value.backward()
+        check_gradients_finite(step, steps, [x])
         opt.step()
         with torch.no_grad():
             x.clamp_(0.0, 1.0)

@@ -75,7 +75,11 @@ class MissingWeightsError(WeightsError):
     exist), or an :class:`~patchmmd.tasks.report.Evaluator` of deep distances without ``weights_dir``."""
 
 
-def _ssim_loss(win_size: int = 11) -> Loss:
+def _ssim_loss(win_size: int = 11, **unknown: Any) -> Loss:
+    if unknown:
+        raise TypeError(f"unknown option(s) {sorted(unknown)} for ssim; valid options are ['win_size']")
+    if isinstance(win_size, bool) or not isinstance(win_size, int) or win_size < 1 or win_size % 2 == 0:
+        raise ValueError(f"win_size must be an odd integer >= 1, got {win_size!r}")
     try:
         import pytorch_msssim  # noqa: F401
     except ImportError as e:  # pragma: no cover - a declared dependency
@@ -101,7 +105,9 @@ def make_loss(name: str, *, weights: str | os.PathLike[str] | None = None, **opt
             ``width=128`` for ``random-cnn``, ``win_size=7`` for ``ssim``).
 
     Raises:
-        ValueError: unknown name or options; ``weights`` given to a loss that takes no weight file.
+        ValueError: unknown name; ``weights`` given to a loss that takes no weight file; options of ``l2`` /
+            ``l1`` (they take none); a bad option value (e.g. an even ``win_size`` for ``ssim``).
+        TypeError: an option the loss's distance does not take (the message lists the valid ones).
         MissingWeightsError: ``vgg`` without ``weights``, or a weights file that does not exist.
         WeightsError: a missing or bad weight file of the other losses in :data:`LOSSES_NEEDING_WEIGHTS`.
     """
@@ -112,10 +118,10 @@ def make_loss(name: str, *, weights: str | os.PathLike[str] | None = None, **opt
                          f"not {name!r}")
     if name == "l2":
         _no_options(name, options)
-        return lambda x, y: F.mse_loss(x, y)
+        return lambda x, y: F.mse_loss(*_same_shape(x, y))
     if name == "l1":
         _no_options(name, options)
-        return lambda x, y: F.l1_loss(x, y)
+        return lambda x, y: F.l1_loss(*_same_shape(x, y))
     if name == "ssim":
         return _ssim_loss(**options)
     if name == "vgg":
@@ -144,6 +150,14 @@ def _checks_range(name: str) -> bool:
     it forwards (the package's own distances)."""
     params = inspect.signature(get_spec(name).factory).parameters.values()
     return any(p.kind is inspect.Parameter.VAR_KEYWORD or p.name == "out_of_range" for p in params)
+
+
+def _same_shape(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, y)``, or :class:`ValueError` if their shapes differ (as the registry's distances refuse them; the pixel
+    losses would broadcast them silently)."""
+    if x.shape != y.shape:
+        raise ValueError(f"x and y must have the same shape (N, C, H, W), got {tuple(x.shape)} and {tuple(y.shape)}")
+    return x, y
 
 
 def _no_options(name: str, options: dict[str, Any]) -> None:

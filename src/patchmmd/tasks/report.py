@@ -46,6 +46,9 @@ def high_frequency_energy(x: torch.Tensor) -> torch.Tensor:
         >>> float(high_frequency_energy(torch.full((1, 3, 8, 8), 0.5)))
         0.0
     """
+    if x.dim() != 4 or min(x.shape[-2:]) < 2:
+        raise ValueError(f"the high-frequency energy needs images (N, C, H, W) of at least 2x2 px, "
+                         f"got {tuple(x.shape)}")
     c = x.shape[1]
     k = _LAPLACE.to(x).view(1, 1, 3, 3).repeat(c, 1, 1, 1)
     r = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), k, groups=c)
@@ -90,7 +93,7 @@ class Evaluator:
         from ..metrics.weights import folder_files, folder_options
         from .losses import MissingWeightsError
 
-        names = list(distances)
+        names = [distances] if isinstance(distances, str) else list(distances)  # one name, not its letters
         if vgg_weights is not None and "vgg" not in names:
             names.append("vgg")
         unserved = [n for n in names if weights_dir is None and folder_files(n)

@@ -19,12 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import TrainResult, fit, predict
+from ._common import TrainResult, check_int, check_rgb_split, check_seed, fit, predict
 from .data import Split, random_crops
 
 
 def degrade(hr: torch.Tensor, scale: int) -> torch.Tensor:
     """Box-downsample by ``scale`` (sides must be multiples of it)."""
+    scale = check_int(scale, "scale", 1)
     if hr.shape[-1] % scale or hr.shape[-2] % scale:
         raise ValueError(f"image sides {tuple(hr.shape[-2:])} must be multiples of the scale {scale}")
     return F.avg_pool2d(hr, scale)
@@ -32,6 +33,7 @@ def degrade(hr: torch.Tensor, scale: int) -> torch.Tensor:
 
 def bicubic(lr: torch.Tensor, scale: int) -> torch.Tensor:
     """Bicubic upsampling by ``scale``, clamped to ``[0, 1]`` (the reference row of the evaluation)."""
+    scale = check_int(scale, "scale", 1)
     return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
 
 
@@ -80,17 +82,30 @@ def train_superres(
     seed: int = 0,
     callback: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
-    """Train :class:`SRNet` on random crops of ``split.train``; deterministic for ``seed``."""
+    """Train :class:`SRNet` on random crops of ``split.train``; deterministic for ``seed``.
+
+    The network is initialised from torch's global generator seeded with ``seed``, on a fork of it: the
+    caller's global random state is left as it was. The network takes the dtype and device of the photos.
+
+    Raises:
+        ValueError: a bad argument (named), non-RGB photos, a crop size that is not a multiple of ``scale``.
+        TrainingDiverged: see :func:`patchmmd.tasks._common.fit`.
+    """
+    scale, batch = check_int(scale, "scale", 1), check_int(batch, "batch", 1)
+    width, blocks, seed = check_int(width, "width", 1), check_int(blocks, "blocks", 0), check_seed(seed)
+    check_rgb_split(split)
     if split.crop % scale:
         raise ValueError(f"the crop size {split.crop} must be a multiple of the scale {scale}")
-    torch.manual_seed(seed)
-    model = SRNet(scale, width, blocks)
+    ref = split.train[0]
 
     def batches(g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         hr = random_crops(split.train, split.crop, batch, g)
         return degrade(hr, scale), hr
 
-    return fit(model, loss, batches, steps=steps, lr=lr, seed=seed, callback=callback)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = SRNet(scale, width, blocks).to(device=ref.device, dtype=ref.dtype)
+        return fit(model, loss, batches, steps=steps, lr=lr, seed=seed, callback=callback)
 
 
 def upscale(model: nn.Module, lr: torch.Tensor, chunk: int = 16) -> torch.Tensor:
