@@ -188,18 +188,27 @@ class SuiteResult:
 
 
 def _split_top(text: str) -> list[str]:
-    """Split on commas outside brackets (option values may be lists)."""
+    """Split on commas outside brackets (option values may be lists).
+
+    Raises:
+        ValueError: unbalanced brackets (a stray ``]`` used to stop the splitting: the options after it were read
+            as part of its value).
+    """
     parts, depth, cur = [], 0, ""
     for ch in text:
         if ch in "[(":
             depth += 1
         elif ch in "])":
             depth -= 1
+            if depth < 0:
+                raise ValueError(f"unbalanced brackets in {text!r}")
         if ch == "," and depth == 0:
             parts.append(cur)
             cur = ""
         else:
             cur += ch
+    if depth:
+        raise ValueError(f"unbalanced brackets in {text!r}")
     parts.append(cur)
     return [p.strip() for p in parts if p.strip()]
 
@@ -208,7 +217,7 @@ def parse_candidate(spec: str) -> tuple[str, dict[str, Any]]:
     """``NAME[:KEY=VALUE,...]`` into the registry name and its options (values parsed as the CLI does).
 
     Raises:
-        ValueError: an empty name or an option without ``=``.
+        ValueError: an empty name, an option without ``=`` or unbalanced brackets.
     """
     from ..cli._common import parse_metric_options
 
@@ -216,7 +225,10 @@ def parse_candidate(spec: str) -> tuple[str, dict[str, Any]]:
     name = name.strip()
     if not name:
         raise ValueError(f"candidate {spec!r} has no metric name")
-    items = _split_top(rest)
+    try:
+        items = _split_top(rest)
+    except ValueError as e:
+        raise ValueError(f"candidate {spec!r}: {e}") from None
     for item in items:
         if "=" not in item:
             raise ValueError(f"candidate {spec!r}: option {item!r} is not KEY=VALUE")
@@ -333,7 +345,9 @@ def _human(sets: Sequence[HumanSet], metrics: Sequence[SuiteMetric], cfg: SuiteC
            log: Callable[[str], None], cache: SuiteCache | None
            ) -> tuple[dict[str, Any], list[torch.Tensor], list[str]]:
     """Part 1; also returns the sets' reference images (for the shift check and the judge tiles). With
-    ``cache``, each metric's values on a set are kept in (and read back from) the runner's cache."""
+    ``cache``, each metric's values on a set are kept in (and read back from) the runner's cache; the runner's
+    settings do not hold the versions of patchmmd and PyTorch, so a stamp entry per set does (values computed by
+    other versions are refused, as the other parts' are)."""
     from .runner import EvalMetric, Progress, run
 
     def progress(p: Progress) -> None:
@@ -345,6 +359,8 @@ def _human(sets: Sequence[HumanSet], metrics: Sequence[SuiteMetric], cfg: SuiteC
     refs: list[torch.Tensor] = []
     ref_names: list[str] = []
     for hs in sets:
+        if cache is not None:
+            _human_stamp(cache, hs.name)
         ds = open_human_set(hs)
         images, names = reference_images(ds, hs.name)
         refs += images
@@ -365,11 +381,25 @@ def _human(sets: Sequence[HumanSet], metrics: Sequence[SuiteMetric], cfg: SuiteC
     return out, refs, ref_names
 
 
+def _human_stamp(cache: SuiteCache, set_name: str) -> None:
+    """Check (or, the first time, write) the versions the human set's cached values were computed with.
+
+    Raises:
+        CacheMismatchError: they were computed with other versions of patchmmd or PyTorch.
+    """
+    name, settings = entry_name("human", set_name, "versions"), {"part": "human", "set": set_name, **_versions()}
+    reused = cache.reused
+    if cache.get(name, settings) is None:
+        cache.put(name, settings, {})
+    cache.reused = reused  # a stamp is no piece of work: only the values read back count
+
+
 def _shift(photos: Sequence[torch.Tensor], names: Sequence[str], metrics: Sequence[SuiteMetric], cfg: SuiteConfig,
            log: Callable[[str], None], cache: SuiteCache | None) -> dict[str, Any]:
     t0 = time.perf_counter()
+    names = _unique_names(names)  # per_photo is keyed by name: a repeated one would drop a photo from the median
     crops = [_center(p, cfg.shift_size) for p in photos]
-    out: dict[str, Any] = {"photos": list(names), "size": cfg.shift_size, "metrics": {}}
+    out: dict[str, Any] = {"photos": names, "size": cfg.shift_size, "metrics": {}}
     inputs = {"part": "shift", "photos": list(names), "photos_sha256": tensor_digest(crops), "seed": cfg.seed,
               **_versions()}
     for m in metrics:
@@ -393,6 +423,23 @@ def _shift(photos: Sequence[torch.Tensor], names: Sequence[str], metrics: Sequen
         if cache is not None:
             cache.put(entry, settings, out["metrics"][m.label])
     out["seconds"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def _unique_names(names: Sequence[str]) -> list[str]:
+    """``names`` with a repeated one (two references of a set with the same stem in different folders) made
+    unique by `` (2)``, `` (3)``, ...; the others unchanged.
+
+    Example:
+        >>> _unique_names(["live/a", "live/b", "live/a"])
+        ['live/a', 'live/b', 'live/a (2)']
+    """
+    out: list[str] = []
+    for name in names:
+        new, k = name, 2
+        while new in out:
+            new, k = f"{name} ({k})", k + 1
+        out.append(new)
     return out
 
 
@@ -606,30 +653,40 @@ def _checks(data: dict[str, Any], candidates: Sequence[str], deep: Sequence[str]
             rows.append(_check("human-live", None, "–", "no human set named *live*"))
         for n in live:
             s = human[n]["metrics"][c]["all"]["srocc"]
-            rows.append(_check("human-live", bool(s >= 0.96), f"{n}: SROCC {s:.3f} (≥ 0.960)"))
+            k = _digits(3, s, 0.96)
+            rows.append(_check("human-live", bool(s >= 0.96), f"{n}: SROCC {s:.{k}f} (≥ {0.96:.{k}f})"))
         for n in csiq:
             s = human[n]["metrics"][c]["all"]["srocc"]
             got = {d: human[n]["metrics"][d]["all"]["srocc"] for d in deep if d in human[n]["metrics"]}
             if not got:
                 rows.append(_check("human-csiq", None, f"{n}: SROCC {s:.3f}", "no deep metrics (no weights folder)"))
                 continue
+            # an undefined (NaN) SROCC is no mark to beat; max() kept a NaN in first place and dropped one later
+            got = {d: v for d, v in got.items() if not math.isnan(v)}
+            if not got:
+                rows.append(_check("human-csiq", None, f"{n}: SROCC {s:.3f}", "no deep metric has an SROCC (NaN)"))
+                continue
             best = max(got, key=lambda d: got[d])
-            rows.append(_check("human-csiq", bool(s >= got[best]), f"{n}: SROCC {s:.3f} vs {best} {got[best]:.3f}"))
+            k = _digits(3, s, got[best])
+            rows.append(_check("human-csiq", bool(s >= got[best]),
+                               f"{n}: SROCC {s:.{k}f} vs {best} {got[best]:.{k}f}"))
         if not csiq:
             rows.append(_check("human-csiq", None, "–", "no human set named *csiq*"))
         med = shift["metrics"][c]["median"]
         pair = (med["shift-1px"], med["shift-1px-diag"])
         worst = math.nan if any(math.isnan(v) for v in pair) else max(pair)  # max() drops a NaN in second place
-        rows.append(_check("shift", bool(worst <= 0.15), f"1 px {med['shift-1px']:.3f}, diagonal "
-                           f"{med['shift-1px-diag']:.3f} (≤ 0.150)"))
+        k = max(_digits(3, v, 0.15) for v in pair)
+        rows.append(_check("shift", bool(worst <= 0.15), f"1 px {pair[0]:.{k}f}, diagonal {pair[1]:.{k}f} "
+                           f"(≤ {0.15:.{k}f})"))
         sr = tasks.get("sr", {})
         if c in sr and "diverged" in sr[c]:  # a loss whose training diverges fails every check of the task
             rows += [_check(k, False, "diverged", f"training diverged ({sr[c]['diverged']})")
                      for k in ("sr-vs-l2", "sr-vs-lpips", "sr-lattice")]
         elif c in sr and "dists" in sr[c]:
             d, d_l2 = sr[c]["dists"], sr.get("l2", {}).get("dists")
+            k = 4 if d_l2 is None else _digits(4, d, d_l2)
             rows.append(_check("sr-vs-l2", None if d_l2 is None else bool(d < d_l2),
-                               f"DISTS {d:.4f} vs L2 {_fmtn(d_l2)}{_runs(sr[c], 'dists')}", _diverged(sr, "l2")))
+                               f"DISTS {d:.{k}f} vs L2 {_fmtn(d_l2, k)}{_runs(sr[c], 'dists')}", _diverged(sr, "l2")))
             d_lp = sr.get("lpips-vgg", {}).get("dists")
             rows.append(_check("sr-vs-lpips", None if d_lp is None else bool(d <= 1.05 * d_lp),
                                f"DISTS {d:.4f} vs LPIPS-vgg loss {_fmtn(d_lp)} (≤ +5 %){_runs(sr[c], 'dists')}",
@@ -640,7 +697,7 @@ def _checks(data: dict[str, Any], candidates: Sequence[str], deep: Sequence[str]
         if c in sr and "diverged" not in sr[c]:
             lat = sr[c]["lattice"]
             rows.append(_check("sr-lattice", bool(lat <= 2.0),
-                               f"lattice ratio {lat:.3f} (≤ 2){_runs(sr[c], 'lattice', 3)}"))
+                               f"lattice ratio {lat:.{_digits(3, lat, 2.0)}f} (≤ 2){_runs(sr[c], 'lattice', 3)}"))
         for task in ("ae", "gim"):
             res = tasks.get(task, {})
             if c not in res or "l2" not in res:
@@ -652,15 +709,30 @@ def _checks(data: dict[str, Any], candidates: Sequence[str], deep: Sequence[str]
                 rows.append(_check(f"{task}-vs-l2", None, "–", _diverged(res, "l2")))
                 continue
             sharp, sharp_l2 = res[c]["sharpness"], res["l2"]["sharpness"]
-            text = f"sharpness {sharp:.3f} vs L2 {sharp_l2:.3f}"
+            k = _digits(3, sharp, sharp_l2)
+            text = f"sharpness {sharp:.{k}f} vs L2 {sharp_l2:.{k}f}"
             if "dists" in res[c]:
                 d, d_l2 = res[c]["dists"], res["l2"]["dists"]
+                k = _digits(4, d, d_l2)
                 rows.append(_check(f"{task}-vs-l2", bool(sharp > sharp_l2 and d < d_l2),
-                                   f"{text}; DISTS {d:.4f} vs L2 {d_l2:.4f}{_runs(res[c], 'dists')}"))
+                                   f"{text}; DISTS {d:.{k}f} vs L2 {d_l2:.{k}f}{_runs(res[c], 'dists')}"))
             else:
                 rows.append(_check(f"{task}-vs-l2", None, text, "no DISTS judge (no weights folder)"))
         out[c] = rows
     return out
+
+
+def _digits(digits: int, a: float, b: float) -> int:
+    """``digits``, or more (at most 6) where ``digits`` decimals would print two different values alike: a check
+    compares the values, not their rounding (an SROCC of 0.9596 read "SROCC 0.960 (≥ 0.960)" beside a fail).
+
+    Example:
+        >>> _digits(3, 0.9596, 0.96), _digits(3, 0.95, 0.96), _digits(3, 0.96, 0.96)
+        (4, 3, 3)
+    """
+    while digits < 6 and a != b and math.isfinite(a) and math.isfinite(b) and f"{a:.{digits}f}" == f"{b:.{digits}f}":
+        digits += 1
+    return digits
 
 
 def _diverged(results: Mapping[str, Any], label: str) -> str:
@@ -708,7 +780,8 @@ def run_suite(
             stopped and reports what an uninterrupted one would. ``None``: nothing is kept.
 
     Raises:
-        ValueError: no candidate, a bad candidate spec or option; FileNotFoundError: a missing weight file;
+        ValueError: no candidate, a bad candidate spec or option, two human sets with one name;
+        FileNotFoundError: a missing weight file;
         CacheMismatchError: the cache holds a piece of work computed with other settings (another folder, or
         remove it, to start over).
     """
@@ -719,6 +792,9 @@ def run_suite(
     t_start = time.perf_counter()
     if not candidates:
         raise ValueError("give at least one candidate")
+    repeated = sorted({hs.name for hs in human if [h.name for h in human].count(hs.name) > 1})
+    if repeated:  # their results, keyed by name, would overwrite each other
+        raise ValueError(f"two human sets are named {repeated[0]!r}: give each set its own name")
     specs = list(dict.fromkeys(candidates))[: 1 if cfg.quick else None]
     notes: list[str] = []
     if cfg.quick:
@@ -929,6 +1005,7 @@ def write_suite(result: SuiteResult, out_dir: str | os.PathLike[str], *, figures
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = _figures(result, out) if figures else []
-    output_file(out / "report.json").write_text(json_text(result.data))  # NaN as null: strict JSON
-    output_file(out / "report.md").write_text(_markdown(result.data, names))
+    # UTF-8 whatever the locale (the report has σ, ×, ≥: a cp1252 or ASCII locale could not write them)
+    output_file(out / "report.json").write_text(json_text(result.data), encoding="utf-8")  # NaN as null
+    output_file(out / "report.md").write_text(_markdown(result.data, names), encoding="utf-8")
     return [out / "report.md", out / "report.json", *(out / n for n in names)]

@@ -2,7 +2,8 @@
 
 :func:`~patchmmd.evaluation.suite.run_suite` with ``cache=FOLDER`` stores each finished piece of work as it
 ends: a shift check per metric, a training run per (task, loss, seed), a generalized image mean per loss (and,
-through :func:`~patchmmd.evaluation.runner.run`'s own cache, each metric's values on each human set). A later
+through :func:`~patchmmd.evaluation.runner.run`'s own cache, each metric's values on each human set, with an
+entry per set holding the versions of patchmmd and PyTorch they were computed with). A later
 run with the same folder reads them back instead of recomputing them, so a run stopped by a crash, a kill or a
 full disk loses at most the piece it was working on.
 
