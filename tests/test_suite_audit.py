@@ -257,3 +257,13 @@ def test_human_values_of_another_version_are_refused_on_resume(tmp_path: Path,
     monkeypatch.setattr(suite, "_versions", lambda: {**versions, "patchmmd": "0.0.0+other"})
     with pytest.raises(CacheMismatchError, match="patchmmd"):
         run_suite(["l2"], human=human, config=cfg, cache=cache, log=stop_at_shift)
+
+
+def test_a_candidate_that_cannot_be_a_training_loss_is_refused_before_any_work() -> None:
+    """It was refused only when the tasks started, after the human sets and the shift check had run."""
+    from patchmmd.evaluation.suite import SuiteConfig, run_suite
+
+    lines: list[str] = []
+    with pytest.raises(ValueError, match="psnr: metric 'psnr' cannot be a training loss"):
+        run_suite(["psnr"], config=SuiteConfig.quick_config(), log=lines.append)
+    assert not any(line.startswith(("shift", "human")) for line in lines), lines

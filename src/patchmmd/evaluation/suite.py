@@ -257,11 +257,18 @@ def _make_loss(name: str, options: Mapping[str, Any]) -> Loss:
 
     if name in LOSS_NAMES:
         return make_loss(name, **options)
+    _check_trainable(name)
+    metric = get_spec(name).factory(**options)
+    return lambda x, y: metric(x, y).mean()
+
+
+def _check_trainable(name: str) -> None:
+    """``ValueError`` unless the metric ``name`` can be a training loss (a differentiable distance)."""
+    from ..metrics.registry import get_spec
+
     spec = get_spec(name)
     if not spec.differentiable or spec.higher_is_better:
         raise ValueError(f"metric {name!r} cannot be a training loss (not a differentiable distance)")
-    metric = spec.factory(**options)
-    return lambda x, y: metric(x, y).mean()
 
 
 def judge_tiles(images: Sequence[torch.Tensor], tile: int, per_image: int) -> torch.Tensor:
@@ -819,6 +826,8 @@ def run_suite(
     for m in metrics:
         try:
             _build(m)
+            if m.role == "candidate":  # each candidate is trained with: refused now, not after the human part
+                _check_trainable(m.name)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{m.label}: {e}") from e
     by_label = {m.label: m for m in metrics}
