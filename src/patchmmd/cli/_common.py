@@ -16,7 +16,9 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import os
+import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -116,11 +118,17 @@ class SingleValueCommand(click.Command):
         return super().parse_args(ctx, args)
 
 
+#: The exit status after Ctrl-C (128 + SIGINT), in every command.
+INTERRUPTED = 130
+
+
 class ErrorMappingGroup(click.Group):
     """A click group whose commands never end in a traceback: any exception other than a usage error, an exit
     or an interrupt becomes one line ``patchmmd: error: ...`` and exit status 1: a :class:`click.ClickException`
     a command raises, and any other exception (``PATCHMMD_DEBUG=1`` re-raises those, traceback and all).
     Usage errors (exit status 2) keep click's form: the usage line, a hint to ``--help`` and ``Error: ...``.
+    Ctrl-C (a :class:`KeyboardInterrupt` a command lets through) ends in ``interrupted`` and exit status 130
+    (``score`` says what it saved, with the same status).
     Its commands are :class:`SingleValueCommand` s, its subgroups groups of this class."""
 
     command_class = SingleValueCommand
@@ -129,6 +137,9 @@ class ErrorMappingGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:  # Ctrl-C: exit status 130 in every command (click says "Aborted!", status 1)
+            click.echo("\ninterrupted", err=True)
+            raise click.exceptions.Exit(INTERRUPTED) from None
         except (CommandError, click.exceptions.UsageError, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except click.exceptions.ClickException as e:  # a failure a command reports (exit status 1): one line
@@ -139,6 +150,76 @@ class ErrorMappingGroup(click.Group):
             if debug_enabled():
                 raise
             raise one_line_error(e) from e
+
+
+class InputFile(click.Path):
+    """An input file argument (an image, a labels CSV): a path that exists but is not a regular file (a folder, a
+    FIFO, a device, a socket) is a usage error (exit status 2), said before any work and without opening it (a FIFO
+    would block). A path that does not exist is let through: the command reports it when it reads the file, like a
+    file that cannot be read (exit status 1; see docs/cli.md, "Exit statuses").
+
+    Example:
+        >>> import tempfile
+        >>> InputFile().convert(tempfile.gettempdir(), None, None)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        click.exceptions.BadParameter: File '...' is a directory.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(dir_okay=False, path_type=str)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        path = super().convert(value, param, ctx)
+        try:
+            mode = os.stat(path).st_mode
+        except (OSError, ValueError):  # missing (or a name the OS refuses): the reader says so
+            return path
+        if not stat.S_ISREG(mode):
+            self.fail(f"File {click.format_filename(path)!r} is not a regular file (a FIFO, a device or a socket).",
+                      param, ctx)
+        return path
+
+
+def check_input_file(path: str | os.PathLike[str], param_hint: str) -> None:
+    """:class:`InputFile`'s rule for a path that is not a click argument of that type (``gim``'s IMAGES, which may
+    also be shipped photo names): a path that exists but is not a regular file is a usage error."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return
+    if stat.S_ISDIR(mode):
+        raise click.BadParameter(f"{os.fsdecode(path)!r} is a folder; give an image file", param_hint=param_hint)
+    if not stat.S_ISREG(mode):
+        raise click.BadParameter(f"{os.fsdecode(path)!r} is not a regular file (a FIFO, a device or a socket)",
+                                 param_hint=param_hint)
+
+
+class FinitePositiveFloat(click.ParamType):
+    """A finite number > 0 (``nan``, ``inf``, ``0`` and negatives are usage errors; click's
+    ``FloatRange(min=0, min_open=True)`` lets ``nan`` and ``inf`` through).
+
+    Example:
+        >>> FinitePositiveFloat().convert("2e-3", None, None)
+        0.002
+    """
+
+    name = "float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number) or number <= 0:
+            self.fail(f"expected a finite number > 0, got {value!r}", param, ctx)
+        return number
+
+
+#: The type of every ``--seed`` option: the library's seed range, ``0 <= seed < 2**63`` (as for a metric's
+#: ``-o seed=N``, :data:`patchmmd.core.validation.SEED_LIMIT`): a seed out of it is a usage error, not a failure
+#: deep in a run.
+SEED = click.IntRange(min=0, max=2**63 - 1)
 
 
 def json_line(obj: Any) -> str:
@@ -184,6 +265,12 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+def _same_value(a: Any, b: Any) -> bool:
+    """Whether two parsed option values are the same, ``NaN`` included (``-o sigma=NaN -o sigma=NaN`` is one value
+    given twice, not two; ``NaN != NaN``)."""
+    return bool(a == b) or json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
 def parse_metric_options(items: Iterable[str]) -> dict[str, Any]:
     """``KEY=VALUE`` strings to a dict; values are read as JSON when they parse (numbers, lists, booleans),
     ``none`` as ``None``, anything else as a string.
@@ -198,7 +285,7 @@ def parse_metric_options(items: Iterable[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise click.BadParameter(f"expected KEY=VALUE (e.g. num_scales=3), got {item!r}", param_hint="--option")
         key, parsed = key.strip(), _parse_value(value)
-        if key in out and out[key] != parsed:
+        if key in out and not _same_value(out[key], parsed):
             raise click.BadParameter(f"{key} was given twice ({out[key]!r}, {parsed!r}); give it once",
                                      param_hint="--option")
         out[key] = parsed
@@ -281,7 +368,9 @@ def prepare_output_dir(path: str | os.PathLike[str], *, overwrite: bool, option:
     With ``overwrite`` nothing is deleted: the command's files are replaced as it writes them.
 
     Raises:
-        click.UsageError: ``path`` is a file, or a non-empty folder without ``overwrite``.
+        click.UsageError: ``path`` is a file, or a non-empty folder without ``overwrite``; a file is in the way of
+            its parents.
+        CommandError: the folder cannot be created (permission denied, a read-only file system).
 
     Example:
         >>> import tempfile
@@ -302,8 +391,11 @@ def prepare_output_dir(path: str | os.PathLike[str], *, overwrite: bool, option:
         raise click.UsageError(f"{option} {out} already exists and is not empty; pass --overwrite to write into it")
     try:
         out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise click.UsageError(f"{option} {out}: cannot create the folder: {e.strerror or e}") from None
+    except OSError as e:  # permission denied, a read-only file system: a failure (exit status 1), as in `score`
+        blocker = next((p for p in out.parents if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise click.UsageError(f"{option} {out}: {blocker} is a file, not a folder") from None
+        raise CommandError(f"{option} {out}: cannot create the folder: {e.strerror or e}") from None
     return out
 
 
@@ -323,7 +415,8 @@ def check_output_path(
 
     Raises:
         click.UsageError: the output (or a companion) exists and neither flag allows it; both flags given;
-            the output is a folder; its folder cannot be created (e.g. a regular file is in the way).
+            the output is a folder; a regular file is in the way of its folder.
+        CommandError: its folder cannot be created (permission denied, a read-only file system).
     """
     out = Path(path)
     if resume and overwrite:
@@ -341,5 +434,6 @@ def check_output_path(
         blocker = next((p for p in out.parents if p.exists()), None)
         if blocker is not None and not blocker.is_dir():
             raise click.UsageError(f"{option} {out}: {blocker} is a file, not a folder") from None
-        raise click.UsageError(f"{option} {out}: cannot create the folder {out.parent}: {e.strerror or e}") from None
+        # permission denied, a read-only file system: a failure (exit status 1), as `score` says it
+        raise CommandError(f"{option} {out}: cannot create the folder {out.parent}: {e.strerror or e}") from None
     return out

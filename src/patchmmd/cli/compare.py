@@ -10,6 +10,7 @@ import click
 from ..io import DEFAULT_MAX_PIXELS, ImageMode, output_file
 from . import main
 from ._common import (
+    InputFile,
     build_metric,
     check_output_path,
     debug_enabled,
@@ -121,8 +122,8 @@ def _checked_metric(name: str, options: dict[str, Any]) -> Any:
 
 
 @main.command("compare")
-@click.argument("a", type=click.Path(dir_okay=False, path_type=str))
-@click.argument("b", type=click.Path(dir_okay=False, path_type=str))
+@click.argument("a", type=InputFile())
+@click.argument("b", type=InputFile())
 @metric_option()
 @metric_options_option()
 @mode_option()
@@ -198,14 +199,14 @@ def compare(
             "metric": metric,
             key: value,
             "higher_is_better": spec.higher_is_better,
-            "a": a,
-            "b": b,
+            "a": readable_text(a),  # valid Unicode: a name that is not UTF-8 as \xNN, as `score` writes it
+            "b": readable_text(b),
             "shape_a": list(x.shape),
             "shape_b": list(y.shape),
             "mode": mode,
             "resized": resized,
             "options": options,
-            "map": str(map_path) if map_path is not None else None,
+            "map": readable_text(str(map_path)) if map_path is not None else None,
         }
         click.echo(json_line(obj))  # strict JSON: a value that is not finite is null
     else:

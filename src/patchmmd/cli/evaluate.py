@@ -29,6 +29,8 @@ import click
 
 from . import main
 from ._common import (
+    SEED,
+    InputFile,
     batch_size_option,
     device_option,
     mode_option,
@@ -256,7 +258,7 @@ def _bapps_options(kind: str, f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--split", default="val", show_default=True, help="BAPPS split folder: val or train.")(f)
     f = click.option("--subset", "subsets", default=None, metavar="NAME[,NAME...]",
                      help="Subsets to evaluate (default: every one present), e.g. traditional,cnn.")(f)
-    f = click.argument("root", type=click.Path())(f)
+    f = click.argument("root", type=click.Path(file_okay=False))(f)  # a file is a usage error
     return _common_options(f)
 
 
@@ -274,7 +276,7 @@ eval_group.command(
 
 # -------------------------------------------------------------------------------------------------- MOS
 @eval_group.command("mos")
-@click.argument("labels", type=click.Path())
+@click.argument("labels", type=InputFile())
 @click.option("--root", type=click.Path(), default=None,
               help="Folder the CSV's paths are relative to (default: the CSV's folder).")
 @click.option("--higher-is-better", "score_higher_is_better", is_flag=True,
@@ -286,7 +288,7 @@ eval_group.command(
 @click.option("--score-column", default=None, metavar="COLUMN", help="Default: dmos/mos/score/...")
 @click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True,
               help="Bootstrap resamples for 95% confidence intervals (0: none).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the bootstrap.")
 @_common_options
 def mos_command(labels: str, root: str | None, score_higher_is_better: bool, group_column: str | None,
                 reference_column: str | None, distorted_column: str | None, score_column: str | None,
@@ -307,10 +309,10 @@ def mos_command(labels: str, root: str | None, score_higher_is_better: bool, gro
     dev = resolve_device_or_fail(device)
     csv_path = Path(labels)
     if group_column is None:
-        try:
+        try:  # LABELS is a regular file or missing (InputFile): opening it cannot block on a FIFO
             with open(csv_path, newline="", encoding="utf-8-sig") as f:
                 header = next(csv.reader(f), [])
-        except OSError:
+        except (OSError, ValueError):  # missing, not UTF-8, not CSV: MOSDataset says so, naming the file
             header = []
         group_column = "distortion" if "distortion" in header else None
     elif group_column == "":
@@ -340,7 +342,8 @@ def _human_sets(items: Sequence[str]) -> list[Any]:
         if name in names:
             raise click.BadParameter(f"the name {name!r} is given twice", param_hint="--human")
         if not Path(path).is_file():
-            raise click.BadParameter(f"{name}: labels file not found: {path}", param_hint="--human")
+            what = "is not a regular file (a folder, a FIFO, ...)" if Path(path).exists() else "not found"
+            raise click.BadParameter(f"{name}: labels file {what}: {path}", param_hint="--human")
         names.add(name)
         sets.append(HumanSet(name.strip(), Path(path)))
     return sets
@@ -363,7 +366,7 @@ def _human_sets(items: Sequence[str]) -> list[Any]:
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted run in its output folder: reuse the finished pieces of work.")
 @click.option("--quick", is_flag=True, help="The short version CI runs: tiny sizes, the first candidate only.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of everything random.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of everything random.")
 @click.option("--bootstrap", type=click.IntRange(min=0), default=None,
               help="Bootstrap resamples of the human part [default: 1000; 20 with --quick].")
 @click.option("--dists-loss", is_flag=True, help="Also train the tasks with the DISTS loss (slow on CPU).")
@@ -392,22 +395,30 @@ def suite_command(candidates: Sequence[str], human: Sequence[str], weights: str 
 
     from ..evaluation import CacheMismatchError
     from ..evaluation.suite import SuiteConfig, parse_candidate, remove_suite_outputs, run_suite, write_suite
+    from ..metrics.registry import get_spec
 
     specs = list(candidates) or ["mmdpp"]
     for spec in specs:
         try:
-            parse_candidate(spec)
+            name = parse_candidate(spec)[0]
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--candidate") from None
+        try:  # an unknown name is a usage error, as for --metric, not a failure once the suite runs
+            get_spec(name)
+        except ValueError as e:
+            raise click.BadParameter(f"{e} (see `patchmmd metrics`)", param_hint="--candidate") from None
     sets = _human_sets(human)
     if weights is not None and not Path(weights).is_dir():
         raise click.BadParameter(f"folder not found: {weights}", param_hint="--weights")
     photos: list[Any] = []
     if train_photos is not None:
+        from ..io import ImageReadError
         from ..tasks.data import load_photos
 
         try:
             photos = load_photos(train_photos)[0]
+        except ImageReadError as e:  # a photo that cannot be read: a failure, as in `compare` (exit status 1)
+            raise click.ClickException(str(e)) from None
         except (OSError, ValueError) as e:
             raise click.BadParameter(str(e), param_hint="--train-photos") from None
     cfg = SuiteConfig.quick_config(seed) if quick else SuiteConfig(seed=seed)

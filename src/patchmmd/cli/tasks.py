@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from . import main
-from ._common import parse_metric_options, prepare_output_dir
+from ._common import SEED, FinitePositiveFloat, check_input_file, parse_metric_options, prepare_output_dir
 
 
 def _check_loss(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -40,7 +40,7 @@ def _loss_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--overwrite", is_flag=True, help="Write into --out even if it exists and is not empty.")(f)
     f = click.option("--out", "out", type=click.Path(file_okay=False), default=None,
                      help="Output folder [default: runs/COMMAND-LOSS].")(f)
-    f = click.option("--seed", type=int, default=0, show_default=True,
+    f = click.option("--seed", type=SEED, default=0, show_default=True,
                      help="Seed of the network's initialisation, the crops and the noise start (a loss's own random "
                           "features keep their seed: -o seed=N).")(f)
     f = click.option("--loss-option", "-o", "loss_option", multiple=True, metavar="KEY=VALUE",
@@ -152,12 +152,15 @@ def _load_inputs(items: tuple[str, ...]) -> tuple[list[Any], list[str]]:
     for item in items:
         if not Path(item).exists() and item in sample_names():
             images.append(sample_image(item))
+        elif not Path(item).exists():  # neither a file nor a shipped photo: a name mistyped
+            raise click.BadParameter(f"image file not found: {item} (or name a shipped photo: "
+                                     f"{', '.join(sample_names())})", param_hint="IMAGES")
         else:
+            check_input_file(item, "IMAGES")  # a folder, a FIFO: the wrong kind of argument (exit status 2)
             try:
                 images.append(load_image(item))
-            except ImageReadError as e:
-                raise click.BadParameter(f"{e} (or name a shipped photo: {', '.join(sample_names())})",
-                                         param_hint="IMAGES") from None
+            except ImageReadError as e:  # a file that cannot be read: a failure, as in `compare` (exit status 1)
+                raise click.ClickException(str(e)) from None
         names.append(item)
     return images, names
 
@@ -172,8 +175,8 @@ def _load_inputs(items: tuple[str, ...]) -> tuple[list[Any], list[str]]:
 @click.option("--size", type=click.IntRange(min=0), default=64, show_default=True,
               help="Side of the central square crop optimised (0: the largest that fits).")
 @click.option("--steps", type=click.IntRange(min=1), default=100, show_default=True, help="Adam steps.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.02, show_default=True,
-              help="Adam learning rate (pixels in [0, 1]).")
+@click.option("--lr", type=FinitePositiveFloat(), default=0.02, show_default=True,
+              help="Adam learning rate (pixels in [0, 1]); a finite number > 0.")
 @click.option("--init", type=click.Choice(["mean", "noise"]), default="mean", show_default=True,
               help="Start: the pixel mean of the set, or uniform noise from the seed.")
 def gim_command(
@@ -288,8 +291,8 @@ def _split_options(f: Callable[..., Any], *, crop: int, steps: int, lr: float) -
     f = click.option("--batch", type=click.IntRange(min=1), default=4, show_default=True, help="Crops per batch.")(f)
     f = click.option("--crop", type=click.IntRange(min=8), default=crop, show_default=True,
                      help="Side of the training crops and of the held-out tiles.")(f)
-    f = click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=lr, show_default=True,
-                     help="Adam learning rate.")(f)
+    f = click.option("--lr", type=FinitePositiveFloat(), default=lr, show_default=True,
+                     help="Adam learning rate, a finite number > 0.")(f)
     f = click.option("--width", type=click.IntRange(min=1), default=32, show_default=True, help="Network width.")(f)
     f = click.option("--max-tiles", type=click.IntRange(min=1), default=None,
                      help="Evaluate on at most this many held-out tiles [default: all].")(f)
@@ -297,12 +300,15 @@ def _split_options(f: Callable[..., Any], *, crop: int, steps: int, lr: float) -
 
 
 def _data(data_dir: str | None, crop: int, max_tiles: int | None) -> Any:
+    from ..io import ImageReadError
     from ..tasks.data import load_photos, split_photos
 
     try:
         photos, names = load_photos(data_dir)
         return split_photos(photos, crop, max_tiles=max_tiles), names
-    except ValueError as e:
+    except ImageReadError as e:  # a photo that cannot be read: a failure, as in `compare` (exit status 1)
+        raise click.ClickException(str(e)) from None
+    except ValueError as e:  # no photos, too many, too small for --crop: the arguments (exit status 2)
         raise click.UsageError(str(e)) from None
 
 

@@ -18,7 +18,7 @@ import click
 
 from ..io import output_file
 from . import main
-from ._common import prepare_output_dir
+from ._common import InputFile, prepare_output_dir
 
 if TYPE_CHECKING:
     import torch
@@ -30,6 +30,11 @@ DEFAULT_WIDTHS = "16,32,64,128,256,512,1024"
 KERNEL_SIZE = 3
 
 
+#: The largest width ``--widths`` takes (2**20 channels, some GiB per network on the default crop already): a
+#: larger one failed deep in torch with a page of C++ stack in its message ("Overflow when unpacking long long").
+MAX_WIDTH = 2**20
+
+
 def _parse_widths(text: str) -> list[int]:
     try:
         widths = sorted({int(v) for v in text.split(",") if v.strip()})
@@ -38,6 +43,8 @@ def _parse_widths(text: str) -> list[int]:
     if len(widths) < 2 or widths[0] < 1:
         raise click.BadParameter(f"need at least two positive widths, all different, got {text!r}",
                                  param_hint="--widths")
+    if widths[-1] > MAX_WIDTH:
+        raise click.BadParameter(f"a width is at most {MAX_WIDTH}, got {widths[-1]}", param_hint="--widths")
     return widths
 
 
@@ -60,8 +67,8 @@ def _center_crop(t: torch.Tensor, crop: int) -> torch.Tensor:
 
 
 @main.command("theory")
-@click.argument("image1", required=False, type=click.Path(exists=True, dir_okay=False))
-@click.argument("image2", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.argument("image1", required=False, type=InputFile())
+@click.argument("image2", required=False, type=InputFile())
 @click.option("--widths", default=DEFAULT_WIDTHS, show_default=True, help="comma-separated network widths N")
 @click.option("--seeds", default=16, show_default=True, type=click.IntRange(1), help="random networks per width")
 @click.option("--depth", default=2, show_default=True, type=click.IntRange(1), help="number of ReLU layers L")
@@ -91,7 +98,7 @@ def theory(
     import torch
     from tqdm import tqdm
 
-    from ..io import load_image
+    from ..io import ImageReadError, load_image
     from ..theory.cnn import RandomCNNDistance
     from ..theory.nngp import infinite_cnn_distance
 
@@ -101,7 +108,10 @@ def theory(
     if image1 is None or image2 is None:  # both None (checked above)
         x, y, label = _default_pair(crop)
     else:
-        x, y = load_image(image1, dtype=torch.float64), load_image(image2, dtype=torch.float64)
+        try:  # a file that cannot be read: one line, as `compare` says it (exit status 1)
+            x, y = load_image(image1, dtype=torch.float64), load_image(image2, dtype=torch.float64)
+        except ImageReadError as e:
+            raise click.ClickException(str(e)) from None
         label = f"{image1} vs {image2}"
     x, y = _center_crop(x, crop).unsqueeze(0), _center_crop(y, crop).unsqueeze(0)
     if x.shape != y.shape:
