@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
-import numbers
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -14,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.validation import check_positive_float, check_positive_int, check_seed
 from ..io import output_file
 
 
@@ -29,30 +28,6 @@ def deterministic(seed: int) -> Iterator[None]:
         yield
     finally:
         torch.use_deterministic_algorithms(previous, warn_only=previous_warn_only)
-
-
-def check_int(value: object, name: str, minimum: int) -> int:
-    """``value`` as an ``int`` if it is an integer (not a bool) of at least ``minimum``, else :class:`ValueError`
-    naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def check_positive(value: object, name: str) -> float:
-    """``value`` as a ``float`` if it is a finite real number (not a bool) above 0, else :class:`ValueError`
-    naming ``name``."""
-    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
-            or value <= 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
-def check_seed(value: object) -> int:
-    """``value`` as an ``int`` if it is an integer (not a bool), else :class:`ValueError`."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"seed must be an integer, got {value!r}")
-    return int(value)
 
 
 def check_rgb_split(split: Any) -> None:
@@ -114,8 +89,8 @@ def fit(
             that step, before the weights are updated).
         ValueError: ``steps`` not an integer >= 1, ``lr`` not a finite number > 0, ``seed`` not an integer.
     """
-    steps = check_int(steps, "steps", 1)
-    lr = check_positive(lr, "lr")
+    steps = check_positive_int("steps", steps)
+    lr = check_positive_float("lr", lr)
     seed = check_seed(seed)
     params = list(model.parameters())
     opt = torch.optim.Adam(params, lr=lr)
@@ -168,7 +143,7 @@ def save_model(model: nn.Module, folder: str | os.PathLike[str], name: str = MOD
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, chunk: int = 16) -> torch.Tensor:
     """``model`` applied to ``x`` in chunks of ``chunk`` images, clamped to ``[0, 1]``."""
-    chunk = check_int(chunk, "chunk", 1)
+    chunk = check_positive_int("chunk", chunk)
     if len(x) == 0:
         raise ValueError(f"no images to predict: x has shape {tuple(x.shape)}")
     return torch.cat([model(x[i : i + chunk]) for i in range(0, len(x), chunk)]).clamp(0, 1)

@@ -17,7 +17,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ._common import TrainResult, check_int, check_rgb_split, check_seed, fit, predict
+from ..core.validation import check_positive_int, check_seed
+from ._common import TrainResult, check_rgb_split, fit, predict
 from .data import Split, random_crops
 
 __all__ = ["ConvAutoencoder", "TrainResult", "reconstruct", "train_autoencoder"]
@@ -71,7 +72,8 @@ def train_autoencoder(
         ValueError: a bad argument (named), non-RGB photos, a crop size that is not a multiple of 8.
         TrainingDiverged: see :func:`patchmmd.tasks._common.fit`.
     """
-    batch, width, latent = check_int(batch, "batch", 1), check_int(width, "width", 1), check_int(latent, "latent", 1)
+    batch, width = check_positive_int("batch", batch), check_positive_int("width", width)
+    latent = check_positive_int("latent", latent)
     seed = check_seed(seed)
     check_rgb_split(split)
     if split.crop % 8:

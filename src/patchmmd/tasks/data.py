@@ -94,13 +94,13 @@ def split_photos(
         >>> [tuple(t.shape) for t in s.train], tuple(s.heldout.shape)
         ([(3, 64, 96)], (2, 3, 32, 32))
     """
-    from ._common import check_int
+    from ..core.validation import check_positive_int
 
-    crop = check_int(crop, "crop", 1)
+    crop = check_positive_int("crop", crop)
     if isinstance(holdout, bool) or not isinstance(holdout, numbers.Real) or not 0 <= holdout < 1:
         raise ValueError(f"holdout must be a fraction of the width in [0, 1), got {holdout!r}")
     if max_tiles is not None:
-        max_tiles = check_int(max_tiles, "max_tiles", 1)
+        max_tiles = check_positive_int("max_tiles", max_tiles)
     if not images:
         raise ValueError("no images to split")
     for i, img in enumerate(images):
@@ -131,9 +131,9 @@ def random_crops(regions: list[torch.Tensor], crop: int, n: int, generator: torc
     Raises:
         ValueError: ``crop`` or ``n`` not an integer >= 1, no regions, a region smaller than ``crop``.
     """
-    from ._common import check_int
+    from ..core.validation import check_positive_int
 
-    crop, n = check_int(crop, "crop", 1), check_int(n, "n", 1)
+    crop, n = check_positive_int("crop", crop), check_positive_int("n", n)
     if not regions:
         raise ValueError("no regions to crop from")
     small = [i for i, r in enumerate(regions) if min(r.shape[-2:]) < crop]

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._common import check_finite, check_gradients_finite, check_int, check_positive, check_seed
+from ..core.validation import check_positive_float, check_positive_int, check_seed
+from ._common import check_finite, check_gradients_finite
 
 
 def ring_offsets(shifts: int, max_shift: int) -> list[tuple[int, int]]:
@@ -52,9 +53,10 @@ def shifted_set(
         >>> ys.shape, offs
         (torch.Size([3, 3, 16, 16]), [(0, 0), (0, 2), (0, -2)])
     """
-    shifts, max_shift = check_int(shifts, "shifts", 0), check_int(max_shift, "max_shift", 0)
+    shifts = check_positive_int("shifts", shifts, minimum=0)
+    max_shift = check_positive_int("max_shift", max_shift, minimum=0)
     if size is not None:
-        size = check_int(size, "size", 1)
+        size = check_positive_int("size", size)
     if image.dim() != 3:
         raise ValueError(f"image must be (C, H, W), got shape {tuple(image.shape)}")
     _, h, w = image.shape
@@ -77,7 +79,7 @@ def center_crop_common(images: list[torch.Tensor], size: int | None) -> torch.Te
     if not images or any(t.dim() != 3 or t.shape[0] != images[0].shape[0] for t in images):
         raise ValueError(f"images must be (C, H, W) with the same C, got {[tuple(t.shape) for t in images]}")
     if size is not None:
-        size = check_int(size, "size", 1)
+        size = check_positive_int("size", size)
     h = min(t.shape[1] for t in images)
     w = min(t.shape[2] for t in images)
     if size is not None:
@@ -115,7 +117,7 @@ def generalized_mean(
         ValueError: ``ys`` not a non-empty ``(K, C, H, W)`` batch; ``steps`` not an integer >= 1, ``lr`` not a
             finite number > 0, ``seed`` not an integer, an unknown ``init``.
     """
-    steps, lr, seed = check_int(steps, "steps", 1), check_positive(lr, "lr"), check_seed(seed)
+    steps, lr, seed = check_positive_int("steps", steps), check_positive_float("lr", lr), check_seed(seed)
     if ys.dim() != 4 or len(ys) == 0:
         raise ValueError(f"ys must be a non-empty batch of images (K, C, H, W), got shape {tuple(ys.shape)}")
     if init == "mean":

@@ -19,13 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import TrainResult, check_int, check_rgb_split, check_seed, fit, predict
+from ..core.validation import check_positive_int, check_seed
+from ._common import TrainResult, check_rgb_split, fit, predict
 from .data import Split, random_crops
 
 
 def degrade(hr: torch.Tensor, scale: int) -> torch.Tensor:
     """Box-downsample by ``scale`` (sides must be multiples of it)."""
-    scale = check_int(scale, "scale", 1)
+    scale = check_positive_int("scale", scale)
     if hr.shape[-1] % scale or hr.shape[-2] % scale:
         raise ValueError(f"image sides {tuple(hr.shape[-2:])} must be multiples of the scale {scale}")
     return F.avg_pool2d(hr, scale)
@@ -33,7 +34,7 @@ def degrade(hr: torch.Tensor, scale: int) -> torch.Tensor:
 
 def bicubic(lr: torch.Tensor, scale: int) -> torch.Tensor:
     """Bicubic upsampling by ``scale``, clamped to ``[0, 1]`` (the reference row of the evaluation)."""
-    scale = check_int(scale, "scale", 1)
+    scale = check_positive_int("scale", scale)
     return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
 
 
@@ -91,8 +92,9 @@ def train_superres(
         ValueError: a bad argument (named), non-RGB photos, a crop size that is not a multiple of ``scale``.
         TrainingDiverged: see :func:`patchmmd.tasks._common.fit`.
     """
-    scale, batch = check_int(scale, "scale", 1), check_int(batch, "batch", 1)
-    width, blocks, seed = check_int(width, "width", 1), check_int(blocks, "blocks", 0), check_seed(seed)
+    scale, batch = check_positive_int("scale", scale), check_positive_int("batch", batch)
+    width, blocks = check_positive_int("width", width), check_positive_int("blocks", blocks, minimum=0)
+    seed = check_seed(seed)
     check_rgb_split(split)
     if split.crop % scale:
         raise ValueError(f"the crop size {split.crop} must be a multiple of the scale {scale}")
