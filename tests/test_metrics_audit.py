@@ -235,3 +235,15 @@ def test_spec_factories_name_the_metric_for_an_unknown_option_too() -> None:
     with pytest.raises(TypeError, match=r"^unknown option\(s\) \['data_range'\] for psnr; valid options are"):
         get_spec("psnr").factory(data_range=255)
     assert list(inspect.signature(get_spec("lpips-alex").factory).parameters) == ["backbone", "weights", "out_of_range"]
+
+
+def test_a_failed_load_of_the_built_in_metrics_is_not_a_loaded_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A built-in module that fails to import left the registry marked as loaded: the first lookup raised, every
+    later one silently saw the metrics registered so far."""
+    from patchmmd.metrics import registry
+
+    monkeypatch.setattr(registry, "_loaded", False)
+    monkeypatch.setattr(registry, "BUILTIN_MODULES", (*registry.BUILTIN_MODULES, "patchmmd.metrics._no_such_module"))
+    for _ in range(2):
+        with pytest.raises(ModuleNotFoundError, match="_no_such_module"):
+            registry.metric_names()

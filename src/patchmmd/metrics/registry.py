@@ -108,9 +108,13 @@ def _checking_options(name: str, factory: Callable[..., Metric]) -> Callable[...
 def _load_builtins() -> None:
     global _loaded
     if not _loaded:
-        _loaded = True
-        for module in BUILTIN_MODULES:
-            importlib.import_module(module)
+        _loaded = True  # first: a built-in module that looks a metric up while it loads does not load them again
+        try:
+            for module in BUILTIN_MODULES:
+                importlib.import_module(module)
+        except BaseException:
+            _loaded = False  # the next lookup fails the same way instead of seeing a partial registry
+            raise
 
 
 def metric_specs() -> list[MetricSpec]:
