@@ -97,9 +97,11 @@ def done_rows(
 ROW_KEYS = frozenset({"id", "ref", "dist", "metric", "value", "error"})
 
 
-def _read_lines(path: Path) -> tuple[dict[str, Any] | None, list[tuple[int, Any]], int]:
-    """Header, (line number, parsed line) of each row, and the byte length of the valid prefix (complete,
-    parseable lines) of a journal. The rows are not checked here (see :func:`_checked_rows`).
+def _read_lines(path: Path) -> tuple[dict[str, Any] | None, list[tuple[int, Any]], int, bool]:
+    """Header, (line number, parsed line) of each row, the byte length of the valid prefix (complete,
+    parseable lines) of a journal, and whether it holds no complete line at all (a crash as it was created,
+    before its header line was written out: it holds no row). The rows are not checked here (see
+    :func:`_checked_rows`). The file is read once.
 
     Only the last line may be torn (a crash while appending): it is left out. A line that is not JSON with
     more after it was damaged otherwise, and the finished rows after it would be lost.
@@ -134,18 +136,12 @@ def _read_lines(path: Path) -> tuple[dict[str, Any] | None, list[tuple[int, Any]
         else:
             rows.append((line, obj))
         pos = valid = end + 1
-    return header, rows, valid
+    return header, rows, valid, valid == 0 and b"\n" not in data
 
 
 def _line(obj: Any) -> bytes:
     """One journal line: ``obj`` as JSON with sorted keys and a newline (the header and every row)."""
     return json.dumps(obj, sort_keys=True).encode() + b"\n"
-
-
-def _cut_before_header(path: Path, valid: int) -> bool:
-    """Whether the journal holds no complete line at all (``valid``: see :func:`_read_lines`): a crash as it was
-    created, before its header line was written out; it holds no row."""
-    return valid == 0 and b"\n" not in path.read_bytes()
 
 
 def _open_nofollow(path: str, flags: int) -> int:
@@ -247,8 +243,8 @@ def read_journal(
         JournalError: a row is malformed (the message names the line).
     """
     path = Path(path)
-    header, rows, valid = _read_lines(path)
-    if _cut_before_header(path, valid):
+    header, rows, _, cut = _read_lines(path)
+    if cut:
         return []
     if job is not None:
         _check_header(path, header, job)
@@ -290,8 +286,8 @@ class Journal:
         if path.exists():
             if not resume:
                 raise FileExistsError(f"journal {path} exists: resume it or remove it")
-            header, numbered, valid = _read_lines(path)
-            if _cut_before_header(path, valid):  # start it again (never through a symbolic link: it is emptied)
+            header, numbered, valid, cut = _read_lines(path)
+            if cut:  # start it again (never through a symbolic link: it is emptied)
                 return cls._start(path, job, open(path, "r+b", opener=_open_nofollow))
             _check_header(path, header, job)
             rows = _checked_rows(path, numbered, job, tasks)
@@ -381,8 +377,8 @@ def drop_error_rows(
         (1, ['1'], 0)
     """
     path = Path(path)
-    header, numbered, valid = _read_lines(path)
-    if _cut_before_header(path, valid):
+    header, numbered, _, cut = _read_lines(path)
+    if cut:
         return 0
     if job is not None:
         _check_header(path, header, job)
