@@ -89,9 +89,11 @@ class SuiteCache:
         self.folder = Path(folder)
         self.reused = 0  #: how many entries were read back (the suite counts its human part's here too)
 
-    def get(self, name: str, settings: Mapping[str, Any]) -> tuple[dict[str, Any], torch.Tensor | None] | None:
+    def get(self, name: str, settings: Mapping[str, Any], *, count: bool = True
+            ) -> tuple[dict[str, Any], torch.Tensor | None] | None:
         """The result and outputs stored under ``name`` for ``settings``; ``None`` if there is none (or it is
-        damaged: a ``RuntimeWarning`` names it).
+        damaged: a ``RuntimeWarning`` names it). ``count=False``: an entry that is no piece of work (a stamp)
+        is not counted in :attr:`reused`.
 
         Raises:
             CacheMismatchError: the entry was computed with other settings.
@@ -126,7 +128,8 @@ class SuiteCache:
             outputs = self._outputs(path.with_suffix(".npy"), data["outputs"])
             if outputs is None:
                 return None
-        self.reused += 1
+        if count:
+            self.reused += 1
         return data["result"], outputs
 
     def put(self, name: str, settings: Mapping[str, Any], result: Mapping[str, Any],
