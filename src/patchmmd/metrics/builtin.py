@@ -13,7 +13,7 @@ from ..core.aligned import l2_distance, local_distance
 from ..core.mmd import patch_mmd
 from ..core.mmdpp import distance_map, get_config, mmdpp
 from ..core.validation import check_out_of_range, check_value_range
-from .registry import Metric, register
+from .registry import Metric, check_option_names, register
 
 
 def _no_reduction(name: str, options: dict[str, Any]) -> None:
@@ -26,10 +26,8 @@ def _bind(fn: Callable[..., torch.Tensor], name: str, options: dict[str, Any]) -
     is called), and ``reduction``: a registry metric gives one value per image."""
     _no_reduction(name, options)
     params = inspect.signature(fn).parameters
-    unknown = sorted(k for k in options if k not in params or params[k].kind is not inspect.Parameter.KEYWORD_ONLY)
-    if unknown:
-        valid = sorted(k for k, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY and k != "reduction")
-        raise TypeError(f"unknown option(s) {unknown} for {name}; valid options are {valid}")
+    check_option_names(name, options,
+                       [k for k, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY and k != "reduction"])
 
 
 def _mmdpp_options(name: str, preset: str | None, options: dict[str, Any]) -> dict[str, Any]:

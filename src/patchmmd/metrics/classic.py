@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from ..core.validation import OutOfRange, check_pair, check_positive_float, check_positive_int, full_precision
 from .registry import Metric, register
 
-__all__ = ["MAX_PSNR", "check_batch", "ms_ssim", "psnr", "ssim"]
+__all__ = ["MAX_PSNR", "check_batch", "check_win_size", "ms_ssim", "psnr", "ssim"]
 
 #: The cap of :func:`psnr` in dB (what identical images score).
 MAX_PSNR = 100.0
@@ -85,11 +85,15 @@ def _msssim_module() -> ModuleType:
     return pytorch_msssim
 
 
-def _check_win_size(win_size: object) -> int:
-    """``win_size`` if it is an odd integer >= 1 (the Gaussian window is centred on a pixel); else ``ValueError``."""
-    win = check_positive_int("win_size", win_size)
+def check_win_size(win_size: object) -> int:
+    """``win_size`` if it is an odd integer >= 1 (the Gaussian window is centred on a pixel); else ``ValueError``
+    (the SSIM metrics' option and the ``ssim`` loss's)."""
+    try:
+        win = check_positive_int("win_size", win_size)
+    except ValueError:
+        win = 0
     if win % 2 == 0:
-        raise ValueError(f"win_size must be odd (the window is centred on a pixel), got {win_size!r}")
+        raise ValueError(f"win_size must be an odd integer >= 1 (the window is centred on a pixel), got {win_size!r}")
     return win
 
 
@@ -124,7 +128,7 @@ def ssim(x: torch.Tensor, y: torch.Tensor, *, win_size: int = 11, downsample: bo
     region too (autocast is turned off here: its 16-bit convolutions cancel in ``E[x²] − μ²`` and gave SSIM > 1).
     """
     ms = _msssim_module()
-    win_size = _check_win_size(win_size)
+    win_size = check_win_size(win_size)
     x, y = check_batch(x, y, out_of_range=out_of_range)
     x, y = x.float(), y.float()  # pool in float32 too, not in a 16-bit input's dtype
     if downsample:
@@ -140,7 +144,7 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, *, win_size: int = 11) -> torch.Te
     """Multi-scale SSIM per image (pytorch-msssim, 5 scales; images larger than ``16·(win_size − 1)`` px): ``(N,)``,
     computed and returned in float32 whatever the input dtype, inside an autocast region too (as :func:`ssim`)."""
     ms = _msssim_module()
-    win_size = _check_win_size(win_size)
+    win_size = check_win_size(win_size)
     x, y = check_batch(x, y)
     _check_ssim_size(x, win_size, 5, "ms-ssim")
     return ms.ms_ssim(x.float(), y.float(), data_range=1.0, size_average=False, win_size=win_size)
@@ -169,20 +173,20 @@ def _ssim_metric(win_size: int, downsample: bool, name: str) -> Metric:
 @register("ssim", "SSIM (pytorch-msssim, 11x11 Gaussian window) at the image's own resolution",
           higher_is_better=True, group="baselines", differentiable=True)
 def _ssim(*, win_size: int = 11) -> Metric:
-    return _ssim_metric(_check_win_size(win_size), False, "ssim")
+    return _ssim_metric(check_win_size(win_size), False, "ssim")
 
 
 @register("ssim-downsampled", "SSIM after the reference code's downsampling by round(min(H,W)/256)",
           higher_is_better=True, group="baselines", differentiable=True)
 def _ssim_downsampled(*, win_size: int = 11) -> Metric:
-    return _ssim_metric(_check_win_size(win_size), True, "ssim-downsampled")
+    return _ssim_metric(check_win_size(win_size), True, "ssim-downsampled")
 
 
 @register("ms-ssim", "multi-scale SSIM (pytorch-msssim, 5 scales; images > 160 px)", higher_is_better=True,
           group="baselines", differentiable=True)
 def _ms_ssim(*, win_size: int = 11) -> Metric:
     _msssim_module()
-    win = _check_win_size(win_size)
+    win = check_win_size(win_size)
 
     def metric(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return ms_ssim(x, y, win_size=win)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +85,21 @@ def register(
     return deco
 
 
+def check_option_names(name: str, options: Iterable[str], valid: Iterable[str]) -> None:
+    """``TypeError`` naming the metric (or loss) ``name`` and its valid options if ``options`` holds others.
+
+    Example:
+        >>> check_option_names("psnr", ["data_range"], ["max_db"])
+        Traceback (most recent call last):
+        ...
+        TypeError: unknown option(s) ['data_range'] for psnr; valid options are ['max_db']
+    """
+    valid = sorted(valid)
+    unknown = sorted(k for k in options if k not in valid)
+    if unknown:
+        raise TypeError(f"unknown option(s) {unknown} for {name}; valid options are {valid}")
+
+
 def _checking_options(name: str, factory: Callable[..., Metric]) -> Callable[..., Metric]:
     """``factory`` refusing the options it does not take with a ``TypeError`` naming the metric and its valid options
     (Python's own message names the private factory function). A factory taking ``**options`` checks them itself
@@ -93,13 +108,11 @@ def _checking_options(name: str, factory: Callable[..., Metric]) -> Callable[...
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return factory
     named = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    valid = sorted(k for k, p in params.items() if p.kind in named)
+    valid = [k for k, p in params.items() if p.kind in named]
 
     @functools.wraps(factory)
     def checked(**options: Any) -> Metric:
-        unknown = sorted(k for k in options if k not in valid)
-        if unknown:
-            raise TypeError(f"unknown option(s) {unknown} for {name}; valid options are {valid}")
+        check_option_names(name, options, valid)
         return factory(**options)
 
     return checked

@@ -29,7 +29,7 @@ from ..core.scale import downsample
 from ..core.validation import check_bool, check_image
 from ..theory.cnn import RandomCNNDistance, VGGDistance
 from ..theory.nngp import InfiniteCNNDistance
-from .registry import Metric, register
+from .registry import Metric, check_option_names, register
 
 
 def with_scale_rule(metric: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], enabled: bool = True) -> Metric:
@@ -65,10 +65,7 @@ def _split(name: str, options: dict[str, Any], default_scale: bool, module: type
     (Python's own message names the class's ``__init__``)."""
     if "reduction" in options:
         raise TypeError(f"{name} takes no reduction option: a registry metric gives one value per image (N,)")
-    valid = sorted({*inspect.signature(module).parameters, "scale_rule"} - {"reduction"})
-    unknown = sorted(k for k in options if k not in valid)
-    if unknown:
-        raise TypeError(f"unknown option(s) {unknown} for {name}; valid options are {valid}")
+    check_option_names(name, options, {*inspect.signature(module).parameters, "scale_rule"} - {"reduction"})
     opts = {"reduction": "none", **options}
     return opts, check_bool("scale_rule", opts.pop("scale_rule", default_scale))
 

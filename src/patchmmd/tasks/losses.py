@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from ..metrics import classic
-from ..metrics.registry import MetricSpec, get_metric, get_spec, metric_specs
+from ..metrics.registry import MetricSpec, check_option_names, get_metric, get_spec, metric_specs
 from ..metrics.weights import WeightsError
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -76,10 +76,8 @@ class MissingWeightsError(WeightsError):
 
 
 def _ssim_loss(win_size: int = 11, **unknown: Any) -> Loss:
-    if unknown:
-        raise TypeError(f"unknown option(s) {sorted(unknown)} for ssim; valid options are ['win_size']")
-    if isinstance(win_size, bool) or not isinstance(win_size, int) or win_size < 1 or win_size % 2 == 0:
-        raise ValueError(f"win_size must be an odd integer >= 1, got {win_size!r}")
+    check_option_names("ssim", unknown, ["win_size"])
+    win_size = classic.check_win_size(win_size)
     try:
         import pytorch_msssim  # noqa: F401
     except ImportError as e:  # pragma: no cover - a declared dependency
