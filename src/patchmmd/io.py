@@ -342,6 +342,20 @@ def output_file(path: str | os.PathLike[str]) -> Path:
     return p
 
 
+def file_in_the_way(path: str | os.PathLike[str]) -> Path | None:
+    """The nearest existing parent folder of ``path`` when it is not a folder (a regular file where a folder of
+    the path should be: why creating an output's folder failed), else ``None``.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> _ = (d / "f").write_text("x")
+    >>> file_in_the_way(d / "f" / "sub" / "out.csv") == d / "f", file_in_the_way(d / "new" / "out.csv")
+    (True, None)
+    """
+    blocker = next((p for p in Path(path).parents if p.exists()), None)
+    return blocker if blocker is not None and not blocker.is_dir() else None
+
+
 def save_image(t: torch.Tensor, path: str | os.PathLike[str]) -> None:
     """Write a ``(C, H, W)`` or ``(1, C, H, W)`` floating tensor in [0, 1] as an 8-bit image file; ``C`` is 1
     (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA).

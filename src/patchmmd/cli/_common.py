@@ -392,8 +392,10 @@ def prepare_output_dir(path: str | os.PathLike[str], *, overwrite: bool, option:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # permission denied, a read-only file system: a failure (exit status 1), as in `score`
-        blocker = next((p for p in out.parents if p.exists()), None)
-        if blocker is not None and not blocker.is_dir():
+        from ..io import file_in_the_way
+
+        blocker = file_in_the_way(out)
+        if blocker is not None:
             raise click.UsageError(f"{option} {out}: {blocker} is a file, not a folder") from None
         raise CommandError(f"{option} {out}: cannot create the folder: {e.strerror or e}") from None
     return out
@@ -431,8 +433,10 @@ def check_output_path(
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        blocker = next((p for p in out.parents if p.exists()), None)
-        if blocker is not None and not blocker.is_dir():
+        from ..io import file_in_the_way
+
+        blocker = file_in_the_way(out)
+        if blocker is not None:
             raise click.UsageError(f"{option} {out}: {blocker} is a file, not a folder") from None
         # permission denied, a read-only file system: a failure (exit status 1), as `score` says it
         raise CommandError(f"{option} {out}: cannot create the folder {out.parent}: {e.strerror or e}") from None

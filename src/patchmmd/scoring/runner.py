@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import torch
 
 from ..core.validation import check_positive_int
-from ..io import DEFAULT_MAX_PIXELS, ImageMode, ImageReadError, check_max_pixels, load_image
+from ..io import DEFAULT_MAX_PIXELS, ImageMode, ImageReadError, check_max_pixels, file_in_the_way, load_image
 from ..metrics.weights import file_stamps
 from ..runtime import resolve_device, shape_text
 from . import distributed
@@ -627,8 +627,8 @@ class ScoreRunner:
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            blocker = next((p for p in out.parents if p.exists()), None)
-            if blocker is not None and not blocker.is_dir():
+            blocker = file_in_the_way(out)
+            if blocker is not None:
                 raise OutputPathError(f"{out}: {blocker} is a file, not a folder", output=out,
                                       reason="parent_is_file") from None
             raise OutputPathError(f"{out}: cannot create the folder {out.parent}: {e.strerror or e}", output=out,
