@@ -170,29 +170,33 @@ class InputFile(click.Path):
         super().__init__(dir_okay=False, path_type=str)
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        path = super().convert(value, param, ctx)
-        try:
-            mode = os.stat(path).st_mode
-        except (OSError, ValueError):  # missing (or a name the OS refuses): the reader says so
-            return path
-        if not stat.S_ISREG(mode):
+        path = super().convert(value, param, ctx)  # a folder: click's "is a directory"
+        if _mode_if_not_a_file(path) is not None:
             self.fail(f"File {click.format_filename(path)!r} is not a regular file (a FIFO, a device or a socket).",
                       param, ctx)
         return path
 
 
-def check_input_file(path: str | os.PathLike[str], param_hint: str) -> None:
-    """:class:`InputFile`'s rule for a path that is not a click argument of that type (``gim``'s IMAGES, which may
-    also be shipped photo names): a path that exists but is not a regular file is a usage error."""
+def _mode_if_not_a_file(path: str | bytes | os.PathLike[str]) -> int | None:
+    """The ``st_mode`` of ``path`` if it exists but is not a regular file (a folder, a FIFO, a device, a socket);
+    ``None`` if it is one, or is missing (or a name the OS refuses): the reader reports those."""
     try:
         mode = os.stat(path).st_mode
     except (OSError, ValueError):
+        return None
+    return None if stat.S_ISREG(mode) else mode
+
+
+def check_input_file(path: str | os.PathLike[str], param_hint: str) -> None:
+    """:class:`InputFile`'s rule for a path that is not a click argument of that type (``gim``'s IMAGES, which may
+    also be shipped photo names): a path that exists but is not a regular file is a usage error."""
+    mode = _mode_if_not_a_file(path)
+    if mode is None:
         return
     if stat.S_ISDIR(mode):
         raise click.BadParameter(f"{os.fsdecode(path)!r} is a folder; give an image file", param_hint=param_hint)
-    if not stat.S_ISREG(mode):
-        raise click.BadParameter(f"{os.fsdecode(path)!r} is not a regular file (a FIFO, a device or a socket)",
-                                 param_hint=param_hint)
+    raise click.BadParameter(f"{os.fsdecode(path)!r} is not a regular file (a FIFO, a device or a socket)",
+                             param_hint=param_hint)
 
 
 class FinitePositiveFloat(click.ParamType):
