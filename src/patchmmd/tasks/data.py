@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from ..core.validation import check_positive_int
+
 #: Most memory the photos of a training folder may take as float32 tensors (the tasks hold every photo in memory
 #: for the whole run; they are sized for tens of photos). Checked from the files' headers before decoding.
 MAX_PHOTO_BYTES = 8 * 2**30
@@ -94,8 +96,6 @@ def split_photos(
         >>> [tuple(t.shape) for t in s.train], tuple(s.heldout.shape)
         ([(3, 64, 96)], (2, 3, 32, 32))
     """
-    from ..core.validation import check_positive_int
-
     crop = check_positive_int("crop", crop)
     if isinstance(holdout, bool) or not isinstance(holdout, numbers.Real) or not 0 <= holdout < 1:
         raise ValueError(f"holdout must be a fraction of the width in [0, 1), got {holdout!r}")
@@ -131,8 +131,6 @@ def random_crops(regions: list[torch.Tensor], crop: int, n: int, generator: torc
     Raises:
         ValueError: ``crop`` or ``n`` not an integer >= 1, no regions, a region smaller than ``crop``.
     """
-    from ..core.validation import check_positive_int
-
     crop, n = check_positive_int("crop", crop), check_positive_int("n", n)
     if not regions:
         raise ValueError("no regions to crop from")
