@@ -198,11 +198,9 @@ def test_suite_refuses_an_unknown_candidate_as_a_usage_error(tmp_path: Path) -> 
 @pytest.mark.skipif(sys.platform in ("win32", "darwin"), reason="file names that are not UTF-8 need Linux")
 def test_compare_json_writes_names_that_are_not_utf8_as_score_does(pair: tuple[Path, Path], tmp_path: Path) -> None:
     # the JSON held "bad\udcff.png": a lone surrogate, which strict JSON readers refuse (not valid Unicode)
-    b = os.fsdecode(os.fsencode(tmp_path) + b"/bad\xff.png")
-    try:
-        Path(b).write_bytes(pair[1].read_bytes())
-    except (OSError, UnicodeError):
-        pytest.skip("the file system refuses names that are not UTF-8")
+    from test_compare_audit import non_utf8_copy
+
+    b = non_utf8_copy(pair[1], tmp_path)
     r = invoke("compare", pair[0], b, "-m", "l2", "--json")
     assert r.exit_code == 0, r.output
     assert "\\udc" not in r.output

@@ -28,6 +28,17 @@ def pair(tmp_path: Path) -> tuple[Path, Path]:
     return a, b
 
 
+def non_utf8_copy(image: Path, folder: Path) -> str:
+    """A copy of ``image`` in ``folder`` named ``bad\\xff.png`` (not valid UTF-8), as the str Python gives for it;
+    the test is skipped where the file system refuses such names."""
+    name = os.fsdecode(os.fsencode(folder) + b"/bad\xff.png")
+    try:
+        Path(name).write_bytes(image.read_bytes())
+    except (OSError, UnicodeError):
+        pytest.skip("the file system refuses names that are not UTF-8")
+    return name
+
+
 @pytest.fixture
 def no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -151,11 +162,7 @@ def test_map_is_a_png_at_exactly_the_path_given(pair: tuple[Path, Path], tmp_pat
 @pytest.mark.skipif(sys.platform in ("win32", "darwin"), reason="file names that are not UTF-8 need Linux")
 def test_map_with_file_names_that_are_not_utf8(pair: tuple[Path, Path], tmp_path: Path) -> None:
     # the title drew the name's lone surrogate: matplotlib raised (a one-line TypeError, exit 1) and no map
-    b = os.fsdecode(os.fsencode(tmp_path) + b"/bad\xff.png")
-    try:
-        Path(b).write_bytes(pair[1].read_bytes())
-    except (OSError, UnicodeError):
-        pytest.skip("the file system refuses names that are not UTF-8")
+    b = non_utf8_copy(pair[1], tmp_path)
     out = os.fsdecode(os.fsencode(tmp_path) + b"/map\xff.png")
     r = invoke("compare", pair[0], b, "--map", out)
     assert r.exit_code == 0, r.output
