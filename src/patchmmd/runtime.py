@@ -37,8 +37,8 @@ def resolve_device(device: str | torch.device, *, local_rank: int | None = None)
 
     Raises:
         DeviceError: an unknown device string (one that is none of the above, such as ``"meta"`` or ``"xpu"``,
-            which PyTorch parses too); CUDA (or MPS) asked for but not available; ``cuda:N`` or ``local_rank``
-            beyond the node's GPUs.
+            which PyTorch parses too) or a :class:`torch.device` of such a type; CUDA (or MPS) asked for but not
+            available; ``cuda:N`` or ``local_rank`` beyond the node's GPUs.
 
     Example:
         >>> resolve_device(" CPU ")
@@ -58,8 +58,8 @@ def resolve_device(device: str | torch.device, *, local_rank: int | None = None)
             raise DeviceError(
                 f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r} ({e})"
             ) from None
-        if dev.type not in ("cpu", "cuda", "mps"):  # torch also parses 'meta', 'xpu', 'hip', ...: not supported here
-            raise DeviceError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}")
+    if dev.type not in ("cpu", "cuda", "mps"):  # torch also parses 'meta', 'xpu', 'hip', ...: not supported here
+        raise DeviceError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}")
     if dev.type == "mps" and not _mps_available():
         raise DeviceError(f"device {str(device)!r} asked for, but MPS is not available; use 'cpu' or 'auto'")
     if dev.type != "cuda":

@@ -142,6 +142,8 @@ class ErrorMappingGroup(click.Group):
             raise click.exceptions.Exit(INTERRUPTED) from None
         except (CommandError, click.exceptions.UsageError, click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except BrokenPipeError:  # the reader of stdout went away (`patchmmd metrics | head`): click ends quietly
+            raise
         except click.exceptions.ClickException as e:  # a failure a command reports (exit status 1): one line
             if e.exit_code != CommandError.exit_code:
                 raise

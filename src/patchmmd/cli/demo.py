@@ -30,9 +30,12 @@ def distortion_ladder(image: Any, *, seed: int = 0) -> tuple[Any, list[str], Any
     of one floating image ``(C, H, W)`` or ``(1, C, H, W)`` in [0, 1] (``C`` = 1 or 3, at least 7 px on a side:
     the blur of σ = 2 pads by 6), on its device and in its dtype.
 
+    The noise is drawn from a generator seeded with ``seed`` (an integer with ``0 <= seed < 2**63``): the caller's
+    global random state is neither used nor changed.
+
     Raises:
         TypeError: ``image`` is not a floating tensor.
-        ValueError: another shape (a batch of several images included), or an image too small.
+        ValueError: another shape (a batch of several images included), an image too small, or a bad ``seed``.
 
     Example:
         >>> import torch
@@ -44,11 +47,14 @@ def distortion_ladder(image: Any, *, seed: int = 0) -> tuple[Any, list[str], Any
     """
     import torch
 
+    from ..core.validation import check_seed
+
     if not isinstance(image, torch.Tensor) or not image.is_floating_point():
         raise TypeError(f"distortion_ladder expects a floating tensor, got {getattr(image, 'dtype', type(image))}")
     x = image[None] if image.dim() == 3 else image
     if x.dim() != 4 or x.shape[0] != 1:
         raise ValueError(f"distortion_ladder expects one image (C, H, W) or (1, C, H, W), got {tuple(image.shape)}")
+    seed = check_seed(seed)
     w = x.shape[-1] - MAX_SHIFT
     ref = x[..., :w]
     names: list[str] = []
@@ -66,7 +72,7 @@ def distortion_ladder(image: Any, *, seed: int = 0) -> tuple[Any, list[str], Any
     g = torch.Generator().manual_seed(seed)
     for s in (0.03, 0.06):
         # Drawn on the CPU, so that the noise is the same on every device.
-        add(f"noise σ={s:g}", x + s * torch.randn(x.shape, generator=g, dtype=x.dtype).to(x.device))
+        add(f"noise σ={s:g}", x + s * torch.randn(x.shape, generator=g, dtype=x.dtype, device="cpu").to(x.device))
     for q in (50, 20):
         add(f"JPEG q={q}", jpeg(x, q))
     return ref, names, torch.cat(out)

@@ -99,6 +99,7 @@ def theory(
     from tqdm import tqdm
 
     from ..io import ImageReadError, load_image
+    from ..scoring.output import readable_text
     from ..theory.cnn import RandomCNNDistance
     from ..theory.nngp import infinite_cnn_distance
 
@@ -112,10 +113,11 @@ def theory(
             x, y = load_image(image1, dtype=torch.float64), load_image(image2, dtype=torch.float64)
         except ImageReadError as e:
             raise click.ClickException(str(e)) from None
-        label = f"{image1} vs {image2}"
+        # names that are not UTF-8 as \xNN: theory.md is UTF-8, and a lone surrogate failed its write after the sweep
+        label = f"{readable_text(image1)} vs {readable_text(image2)}"
     x, y = _center_crop(x, crop).unsqueeze(0), _center_crop(y, crop).unsqueeze(0)
-    if x.shape != y.shape:
-        raise click.UsageError(f"the crops differ in size: {tuple(x.shape[1:])} vs {tuple(y.shape[1:])}")
+    if x.shape != y.shape:  # images that do not match: a failure (exit status 1), as in `compare`
+        raise click.ClickException(f"the crops differ in size: {tuple(x.shape[1:])} vs {tuple(y.shape[1:])}")
     if min(x.shape[-2:]) < KERNEL_SIZE:
         raise click.UsageError(
             f"the images are too small: their crops are {x.shape[-2]}x{x.shape[-1]} pixels, and the network's "
@@ -134,7 +136,7 @@ def theory(
                 d = float(net(x, y))
                 rows.append({"width": width, "seed": seed, "finite": d, "analytic": exact,
                              "rel_error": abs(d - exact) / exact})
-    with open(output_file(out / "theory.csv"), "w", newline="") as f:
+    with open(output_file(out / "theory.csv"), "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
@@ -159,7 +161,7 @@ def theory(
         f"Fitted log-log slope of the error: {slope:.3f} (theory: -0.5). "
         f"Error at the largest width (N = {width_list[-1]}): {mae[-1]:.4f}.",
     ]
-    output_file(out / "theory.md").write_text("\n".join(lines) + "\n")
+    output_file(out / "theory.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     fig, ax = plt.subplots(figsize=(5.5, 4))
     ax.loglog(width_list, mae, "o-", label="mean |finite - analytic| / analytic")
     for wd in width_list:

@@ -15,7 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from ..core.patches import separable_filter
-from ..core.validation import check_positive_float, check_positive_int, compute_dtype
+from ..core.validation import check_positive_float, check_positive_int, compute_dtype, full_precision
+
+#: The largest side of an image the JPEG format (as Pillow writes it) holds.
+JPEG_MAX_SIDE = 65500
 
 
 def _check_images(name: str, x: object) -> torch.Tensor:
@@ -29,10 +32,12 @@ def _check_images(name: str, x: object) -> torch.Tensor:
     return x
 
 
+@full_precision
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur with reflect padding (radius ``ceil(3 σ)``), per channel.
 
-    16-bit images are filtered in float32 and rounded back.
+    16-bit images are filtered in float32 and rounded back; inside a ``torch.autocast`` region too (autocast is
+    turned off for the filter, which would otherwise run in 16 bits).
 
     Raises:
         TypeError: ``x`` is not a floating tensor.
@@ -55,7 +60,7 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
         return gaussian_blur(x[None], sigma)[0]
     dtype = compute_dtype(x.dtype)
     # The taps in float64 (t / σ, not t² / σ², so that a tiny σ gives the identity, not 0 / 0).
-    t = torch.arange(-r, r + 1, dtype=torch.float64)
+    t = torch.arange(-r, r + 1, dtype=torch.float64, device="cpu")  # whatever the default device
     k = torch.exp(-0.5 * (t / sigma) ** 2)
     k = (k / k.sum()).to(device=x.device, dtype=dtype)
     return separable_filter(F.pad(x.to(dtype), (r, r, r, r), mode="reflect"), k).to(x.dtype)
@@ -67,7 +72,8 @@ def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
 
     Raises:
         TypeError: ``x`` is not a floating tensor.
-        ValueError: another shape or channel count, NaN values, or ``quality`` not an integer in 0-100.
+        ValueError: another shape or channel count, a side over 65500 pixels (the format's limit), NaN values,
+            or ``quality`` not an integer in 0-100.
 
     Example:
         >>> x = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -83,6 +89,9 @@ def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
         raise ValueError(f"jpeg expects 1 (gray) or 3 (RGB) channels, got shape {tuple(x.shape)}")
     if min(x.shape[-2:]) < 1:
         raise ValueError(f"jpeg expects images of at least 1x1 pixels, got shape {tuple(x.shape)}")
+    if max(x.shape[-2:]) > JPEG_MAX_SIDE:
+        raise ValueError(f"jpeg: a JPEG file holds at most {JPEG_MAX_SIDE} pixels on a side, "
+                         f"got shape {tuple(x.shape)}")
     if x.dim() == 4:
         return torch.stack([jpeg(img, quality) for img in x]) if len(x) else x.detach().clone()
     a64 = x.detach().to(device="cpu", dtype=torch.float64)
