@@ -1,7 +1,7 @@
 """``python -m patchmmd`` and the ``patchmmd`` script: the command line (:mod:`patchmmd.cli`).
 
-The command line needs the ``cli`` extra (click, Pillow, tqdm); without click, :func:`run` prints one line
-saying how to install it instead of a traceback.
+The command line needs the ``cli`` extra (click, Pillow, tqdm, matplotlib, pytorch-msssim); without click,
+:func:`run` prints one line saying how to install it instead of a traceback.
 """
 
 from __future__ import annotations

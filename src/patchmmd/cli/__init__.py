@@ -3,8 +3,9 @@
 Subcommand modules are imported at the bottom of this file; each defines its commands with
 ``@main.command(...)`` (or ``main.add_command``). They import heavy or optional dependencies inside the
 command function, so ``patchmmd --help`` stays fast. The command line needs the ``cli`` extra
-(``pip install "patchmmd[cli]"``: click, Pillow, tqdm); the ``patchmmd`` script and ``python -m patchmmd`` start
-it through :func:`patchmmd.__main__.run`, which says so in one line when click is missing.
+(``pip install "patchmmd[cli]"``: click, Pillow, tqdm, and matplotlib and pytorch-msssim for the figures and
+SSIM); the ``patchmmd`` script and ``python -m patchmmd`` start it through :func:`patchmmd.__main__.run`, which
+says so in one line when click is missing.
 """
 
 from __future__ import annotations

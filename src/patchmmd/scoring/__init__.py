@@ -4,9 +4,10 @@ The command line is a thin layer over this package, which knows nothing of click
 pieces are built so that a job can also be split over several writers (``torchrun`` ranks):
 
 * :mod:`.jobs` — **the job**: a deterministic, stably ordered list of :class:`PairTask`
-  (:func:`paired_tasks` for two folders matched by relative path, :func:`all_pair_tasks` for every unordered
-  pair of one folder). Each task has a stable id derived from its two relative paths, so the same files give
-  the same ids on any machine, in any run. :func:`shard` gives each of ``world_size`` writers a disjoint share.
+  (:func:`paired_tasks` for two folders matched by relative path, returned in a :class:`PairedJob` with the
+  images that have no partner; :func:`all_pair_tasks` for every unordered pair of one folder). Each task has a
+  stable id derived from its two relative paths, so the same files give the same ids on any machine, in any run.
+  :func:`shard` gives each of ``world_size`` writers a disjoint share.
 * :mod:`.journal` — each writer appends finished rows to its own **journal** (:class:`Journal`, JSON lines:
   one header line naming the job, then one line per finished pair), flushed and ``fsync``-ed after every
   batch. A ``kill -9`` can leave at most a truncated last line, which reading ignores and reopening cuts off.

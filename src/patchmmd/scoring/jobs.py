@@ -49,7 +49,7 @@ class PairTask:
 def task_id(ref: str, dist: str) -> str:
     """A stable 16-hex-digit id for the pair ``(ref, dist)`` of relative paths.
 
-        File names that are not valid UTF-8 (held as :func:`os.fsdecode` gives them, with lone surrogates)
+    File names that are not valid UTF-8 (held as :func:`os.fsdecode` gives them, with lone surrogates)
     are hashed as their raw bytes.
 
     Example:
