@@ -253,6 +253,9 @@ def score(
                            resume=resume, overwrite=overwrite, retry_errors=retry_errors)
     try:
         env = distributed.detect()
+        if env.is_distributed:  # the rest of the launch's settings, as a usage error too (not once the ranks meet)
+            distributed.default_timeout()
+            distributed.rendezvous_address(env)
     except ValueError as e:
         raise click.UsageError(f"bad launch environment: {e}") from None
 
@@ -278,7 +281,7 @@ def score(
             raise e.__cause__ from e  # PATCHMMD_DEBUG=1: the metric's own traceback
         error = _click_error(e, retry_errors=retry_errors)
         if not env.is_main:  # every rank stops; rank 0 alone says why, unless the failure was this rank's own
-            if isinstance(e, scoring.JournalWriteError):
+            if isinstance(e, scoring.JournalWriteError) or (isinstance(e, DeviceError) and _own_device_error(device)):
                 click.echo(f"rank {env.rank}: {error.format_message()}", err=True)
             sys.exit(error.exit_code)
         raise error from None
@@ -292,6 +295,19 @@ def score(
             f"{result.error_rows} with errors) in {result.seconds:.1f}s",
             err=True,
         )
+
+
+def _own_device_error(device: str) -> bool:
+    """Whether a rank's device error is its own: rank 0 (LOCAL_RANK 0) would have the device, so it cannot say why
+    this rank stopped (e.g. more processes on this node than GPUs). The device is resolved before the ranks meet,
+    so this rank must say it; an error every rank meets alike (no CUDA at all) is said by rank 0 alone."""
+    from ..runtime import DeviceError, resolve_device
+
+    try:
+        resolve_device(device, local_rank=0)
+    except DeviceError:
+        return False
+    return True
 
 
 class _ProgressBar:

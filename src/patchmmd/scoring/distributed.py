@@ -92,10 +92,12 @@ def detect(environ: Mapping[str, str] | None = None) -> DistEnv:
     """The launch this process belongs to, from ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``.
 
     Unset variables mean a single process (world size 1, rank 0). ``LOCAL_RANK`` defaults to ``RANK`` and
-    ``LOCAL_WORLD_SIZE`` to ``WORLD_SIZE`` (one node).
+    ``LOCAL_WORLD_SIZE`` to ``WORLD_SIZE`` (one node). With ``WORLD_SIZE`` above 1, ``RANK`` must be set: every
+    process would otherwise take itself for rank 0 (and wait for the others until the timeout).
 
     Raises:
-        ValueError: a variable is not an integer, or the ranks are out of range.
+        ValueError: a variable is not an integer, the ranks or ``LOCAL_WORLD_SIZE`` are out of range, or
+            ``RANK`` is unset while ``WORLD_SIZE`` is above 1.
 
     Example:
         >>> detect({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"})
@@ -108,6 +110,12 @@ def detect(environ: Mapping[str, str] | None = None) -> DistEnv:
     local_world_size = _env_int(environ, "LOCAL_WORLD_SIZE", world_size)
     if world_size < 1:
         raise ValueError(f"WORLD_SIZE must be at least 1, got {world_size}")
+    if world_size > 1:  # a launch: every process needs its rank, and the ranks of one node are some of them
+        if (environ.get("RANK") or "").strip() == "":
+            raise ValueError(f"WORLD_SIZE={world_size} but RANK is not set: give each process its rank "
+                             f"(0 to {world_size - 1}), or unset WORLD_SIZE to run a single process")
+        if not 1 <= local_world_size <= world_size:
+            raise ValueError(f"LOCAL_WORLD_SIZE must be in [1, WORLD_SIZE={world_size}], got {local_world_size}")
     if not 0 <= rank < world_size:
         raise ValueError(f"RANK must be in [0, WORLD_SIZE={world_size}), got {rank}")
     if not 0 <= local_rank < max(local_world_size, 1):
@@ -156,18 +164,20 @@ def default_timeout() -> timedelta:
     """The timeout of collectives: ``$PATCHMMD_DIST_TIMEOUT`` seconds, default one hour.
 
     Raises:
-        ValueError: the variable is not a positive number.
+        ValueError: the variable is not a positive, finite number of seconds (at most :attr:`timedelta.max`).
     """
     text = os.environ.get(TIMEOUT_ENV, "").strip()
     if not text:
         return timedelta(seconds=DEFAULT_TIMEOUT_S)
     try:
         seconds = float(text)
-    except ValueError:
-        seconds = -1.0
-    if not seconds > 0:
-        raise ValueError(f"{TIMEOUT_ENV}={text!r}: expected a positive number of seconds")
-    return timedelta(seconds=seconds)
+        timeout = timedelta(seconds=seconds)
+    except (ValueError, OverflowError):  # not a number; inf, or beyond what a timedelta holds
+        timeout = timedelta(0)
+    if not timeout > timedelta(0):
+        raise ValueError(f"{TIMEOUT_ENV}={text!r}: expected a positive number of seconds, finite "
+                         f"(e.g. {int(DEFAULT_TIMEOUT_S)})")
+    return timeout
 
 
 def rendezvous_address(env: DistEnv, environ: Mapping[str, str] | None = None) -> str:
@@ -286,11 +296,19 @@ def loopback_store(env: DistEnv, timeout: timedelta, environ: Mapping[str, str] 
     except OSError as e:
         raise ValueError(f"cannot listen for the rendezvous on {ip} port {port} (MASTER_PORT): "
                          f"{e.strerror or e}") from None
+    ident = os.fstat(listener.fileno())
     fd = listener.detach()  # the store owns the descriptor from here on
     try:
         return dist.TCPStore(ip, port, env.world_size, True, timeout, master_listen_fd=fd)
     except Exception:
-        os.close(fd)
+        # A store that fails (e.g. no other rank came within the timeout) has closed the descriptor itself:
+        # close it only if it still is the listening socket, never a number reused since, and keep the error.
+        try:
+            ours = os.path.samestat(os.fstat(fd), ident)
+        except OSError:
+            ours = False
+        if ours:
+            os.close(fd)
         raise
 
 

@@ -132,7 +132,8 @@ class JournalWriteError(ScoringError):
 
 
 class InconsistentJournalsError(ScoringError):
-    """The ranks of a launch do not see the same journals (the output is not on a shared file system)."""
+    """The ranks of a launch do not see the same journals (the output is not on a shared file system), or did not
+    build the same job (other arguments, or input folders whose files differ between the ranks)."""
 
 
 class FinalizeError(ScoringError):

@@ -468,7 +468,8 @@ class ScoreRunner:
 
     Steps, each checked on every rank before the next (if one rank fails, every rank stops: the failing one
     with its error, the others with :class:`RankFailedError`): build the tasks and check the metric on a
-    tiny pair; lock the output (rank 0); apply the output rules (an existing output or journal needs
+    tiny pair; check that every rank built the same job (:class:`InconsistentJournalsError` if not); lock the
+    output (rank 0); apply the output rules (an existing output or journal needs
     ``resume`` or ``overwrite``) and read the finished rows when resuming; check that every rank sees the
     same journals; with ``retry_errors``, drop the error rows from the journals (rank 0); open this rank's
     journal; score this rank's share of what is left; rank 0 merges all journals into the CSV.
@@ -726,8 +727,28 @@ class ScoreRunner:
                               journal=journal_path(self.job.output, env.rank, env.world_size), rank=env.rank,
                               distributed=env.is_distributed)
 
+    def _same_job(self, built: _Built) -> None:
+        """Under a launch: every rank must have built the same job (folders, pairs, metric, options, ...).
+
+        Ranks that listed different files (folders not on a file system shared by all nodes, files added while
+        the job starts) or were given other arguments would share out different pair lists: pairs lost or
+        scored twice, and journals of different jobs that no merge or resume accepts. Every rank compares all
+        the ranks' jobs with rank 0's alike, so all stop with the same error, before any journal is touched.
+        """
+        if not self.env.is_distributed:
+            return
+        jobs = distributed.all_gather_object(built.job)
+        for rank, other in enumerate(jobs):
+            if other != jobs[0]:
+                differ = sorted(k for k in set(other) | set(jobs[0]) if other.get(k) != jobs[0].get(k))
+                detail = "; ".join(f"{k}: rank 0 {jobs[0].get(k)!r}, rank {rank} {other.get(k)!r}" for k in differ)
+                raise InconsistentJournalsError(
+                    f"the ranks built different jobs ({detail}): give every rank the same arguments and the same "
+                    "files (input folders on a file system shared by all nodes, not changed while the job starts)")
+
     def _run(self, dev: torch.device) -> ScoreResult:
         built = self._agreed(self._build)
+        self._same_job(built)
         # no other run may write the output meanwhile: lock it before its journals are read
         lock: OutputLock | None = None
         try:
