@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from patchmmd.metrics.classic import psnr
 from patchmmd.metrics.dists import DISTS
@@ -110,30 +111,88 @@ def test_deep_baselines_from_files(name: str, weight_files: dict[str, Path]) -> 
 
 
 def test_lpips_matches_definition(weight_files: dict[str, Path]) -> None:
-    """LPIPS = Σ_layers spatial mean of w·(unit-normalised feature difference)², computed independently."""
+    """LPIPS = Σ_layers spatial mean of w·(unit-normalised feature difference)², computed independently: the AlexNet
+    trunk written out from the weight file (torchvision's layout: 11x11 stride 4 padding 2, 5x5 padding 2 and three
+    3x3 padding 1 convolutions, 3x3 stride 2 max pools after the first two)."""
     m = LPIPS.from_files("alex", weight_files["alex"], weight_files["alex_head"])
     heads = torch.load(weight_files["alex_head"], weights_only=True)
+    trunk = torch.load(weight_files["alex"], weights_only=True)
+
+    def taps(img: torch.Tensor) -> list[torch.Tensor]:  # the ReLU after each convolution, where LPIPS taps
+        out, h = [], img
+        for i, stride, padding in ((0, 4, 2), (3, 1, 2), (6, 1, 1), (8, 1, 1), (10, 1, 1)):
+            if i in (3, 6):
+                h = F.max_pool2d(h, 3, 2)
+            h = torch.relu(F.conv2d(h, trunk[f"features.{i}.weight"], trunk[f"features.{i}.bias"], stride=stride,
+                                    padding=padding))
+            out.append(h)
+        return out
+
     g = torch.Generator().manual_seed(2)
     x, y = torch.rand(1, 3, 64, 64, generator=g), torch.rand(1, 3, 64, 64, generator=g)
     shift = torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1)
     scale = torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1)
-    fx, fy = ((2 * x - 1) - shift) / scale, ((2 * y - 1) - shift) / scale
-    total, k = 0.0, 0
-    for i, layer in enumerate(m.features):
-        fx, fy = layer(fx), layer(fy)
-        if i in (1, 4, 7, 9, 11):  # after each ReLU LPIPS taps
-            nx = fx / (fx.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-            ny = fy / (fy.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-            w = heads[f"lin{k}.model.1.weight"].view(1, -1, 1, 1)
-            total += float(((nx - ny) ** 2 * w).sum(1).mean())
-            k += 1
+    total = 0.0
+    for k, (fx, fy) in enumerate(zip(taps(((2 * x - 1) - shift) / scale), taps(((2 * y - 1) - shift) / scale),
+                                     strict=True)):
+        nx = fx / (fx.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+        ny = fy / (fy.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+        w = heads[f"lin{k}.model.1.weight"].view(1, -1, 1, 1)
+        total += float(((nx - ny) ** 2 * w).sum(1).mean())
     assert m(x, y).item() == pytest.approx(total, rel=1e-5)
 
 
-def test_dists_is_one_minus_similarity_for_constant_weights(weight_files: dict[str, Path]) -> None:
+def _dists_reference(trunk: dict[str, torch.Tensor], head: dict[str, torch.Tensor], x: torch.Tensor,
+                     y: torch.Tensor) -> torch.Tensor:
+    """DISTS (Ding et al. 2020) written out in float64 from the weight files: the input and the five VGG16 stages
+    (ImageNet-normalised input, 2x2 max-pools replaced by L2 pooling: the square root of a stride-2 [1, 2, 1]²/16
+    Hann average of squares, padding 1), S1 of the channel means, S2 of the channel (co)variances, c1 = c2 = 1e-6,
+    alpha and beta normalised to sum 1 together, distance 1 − Σ(alpha S1 + beta S2)."""
+    stages = ((0, 2), (5, 7), (10, 12, 14), (17, 19, 21), (24, 26, 28))  # torchvision's conv indices per stage
+    mean = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225], dtype=torch.float64).view(1, 3, 1, 1)
+    taps = torch.tensor([0.5, 1.0, 0.5], dtype=torch.float64)
+    hann = taps[:, None] * taps[None, :] / 4.0
+
+    def features(img: torch.Tensor) -> list[torch.Tensor]:
+        h, out = (img - mean) / std, [img]
+        for s, convs in enumerate(stages):
+            if s:
+                c = h.shape[1]
+                h = (F.conv2d(h * h, hann.expand(c, 1, 3, 3), stride=2, padding=1, groups=c) + 1e-12).sqrt()
+            for i in convs:
+                h = torch.relu(F.conv2d(h, trunk[f"{i}.weight"].double(), trunk[f"{i}.bias"].double(), padding=1))
+            out.append(h)
+        return out
+
+    alpha, beta = head["alpha"].double().flatten(), head["beta"].double().flatten()
+    total, start = alpha.sum() + beta.sum(), 0
+    s = torch.zeros(x.shape[0], dtype=torch.float64)
+    for f0, f1 in zip(features(x.double()), features(y.double()), strict=True):
+        a, b = alpha[start : start + f0.shape[1]] / total, beta[start : start + f0.shape[1]] / total
+        start += f0.shape[1]
+        m0, m1 = f0.mean((2, 3)), f1.mean((2, 3))
+        v0, v1 = f0.var((2, 3), unbiased=False), f1.var((2, 3), unbiased=False)
+        cov = ((f0 - m0[..., None, None]) * (f1 - m1[..., None, None])).mean((2, 3))
+        s1 = (2 * m0 * m1 + 1e-6) / (m0**2 + m1**2 + 1e-6)
+        s2 = (2 * cov + 1e-6) / (v0 + v1 + 1e-6)
+        s = s + (a * s1).sum(1) + (b * s2).sum(1)
+    assert start == alpha.numel() == 1475  # every weight used once: 3 + 64 + 128 + 256 + 512 + 512 channels
+    return 1 - s
+
+
+def test_dists_equals_its_definition_in_float64(weight_files: dict[str, Path]) -> None:
+    """DISTS against :func:`_dists_reference` on the fixture's random trunk and random alpha/beta (max pooling
+    instead of L2 pooling, or a missing input normalisation, move these values by 1e-2)."""
     m = DISTS.from_files(weight_files["vgg"], weight_files["dists"])
-    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
-    assert 0 < m(x, 1 - x).item() <= 1.0 + 1e-6
+    trunk = torch.load(weight_files["vgg"], weights_only=True)
+    head = torch.load(weight_files["dists"], weights_only=True)
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(2, 3, 64, 64, generator=g)
+    y = torch.stack([1 - x[0], (x[1] + 0.1 * torch.randn(3, 64, 64, generator=g)).clamp(0, 1)])
+    got = m(x, y)
+    assert got.dtype == torch.float32 and bool(((got > 0) & (got <= 1)).all())
+    torch.testing.assert_close(got.double(), _dists_reference(trunk, head, x, y), rtol=1e-5, atol=1e-6)
 
 
 def test_weight_file_errors(tmp_path: Path, weight_files: dict[str, Path]) -> None:

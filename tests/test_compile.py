@@ -171,6 +171,7 @@ def test_op_gradient_matches_the_pytorch_reference():
     ref = (torch.cos(z).sum((3, 5)) * gc + torch.sin(z).sum((3, 5)) * gs).sum()
     (grad_ref,) = torch.autograd.grad(ref, xd)
     torch.testing.assert_close(sc.double(), torch.cos(z).sum((3, 5)).detach(), rtol=0, atol=1e-4)
+    torch.testing.assert_close(ss.double(), torch.sin(z).sum((3, 5)).detach(), rtol=0, atol=1e-4)
     torch.testing.assert_close(grad.double(), grad_ref, rtol=0, atol=1e-3 * float(grad_ref.abs().max()))
 
 
@@ -218,6 +219,7 @@ def test_normalized_op_gradient_matches_the_pytorch_reference():
     ref = (torch.cos(z).sum((3, 5)) * gc + torch.sin(z).sum((3, 5)) * gs).sum()
     (grad_ref,) = torch.autograd.grad(ref, xd)
     torch.testing.assert_close(sc.double(), torch.cos(z).sum((3, 5)).detach(), rtol=0, atol=1e-4)
+    torch.testing.assert_close(ss.double(), torch.sin(z).sum((3, 5)).detach(), rtol=0, atol=1e-4)
     torch.testing.assert_close(grad.double(), grad_ref, rtol=0, atol=1e-3 * float(grad_ref.abs().max()))
 
 

@@ -103,8 +103,11 @@ def test_jpeg_rejects_bad_quality(quality: object) -> None:
 
 
 def test_jpeg_rejects_bad_images() -> None:
-    for shape in ((4, 16, 16), (2, 16, 16), (16, 16), (3, 0, 16)):
-        with pytest.raises(ValueError):
+    for shape, message in (((4, 16, 16), r"1 \(gray\) or 3 \(RGB\) channels, got shape \(4, 16, 16\)"),
+                           ((2, 16, 16), r"1 \(gray\) or 3 \(RGB\) channels, got shape \(2, 16, 16\)"),
+                           ((16, 16), r"\(C, H, W\) or \(N, C, H, W\) images, got shape \(16, 16\)"),
+                           ((3, 0, 16), r"at least 1x1 pixels, got shape \(3, 0, 16\)")):
+        with pytest.raises(ValueError, match=message):
             jpeg(_rand(*shape), 50)
     with pytest.raises(TypeError, match="floating"):
         jpeg(torch.full((3, 16, 16), 200, dtype=torch.uint8), 50)  # before: clamped to 1, a white image

@@ -51,26 +51,27 @@ def test_numpy_reals_are_numbers(kind):
 
 
 @pytest.mark.parametrize(
-    ("check", "value"),
+    ("check", "value", "message"),
     [
-        (lambda v: check_positive_int("window", v), np.float64(16.0)),  # a float, even a whole one, is no integer
-        (lambda v: check_positive_int("window", v), np.bool_(True)),
-        (lambda v: check_positive_int("window", v), True),
-        (lambda v: check_positive_int("window", v), torch.tensor(16)),
-        (lambda v: check_positive_int("window", v), np.int64(0)),
-        (lambda v: check_seed(v), np.uint64(2**63)),
-        (lambda v: check_seed(v), np.int64(-1)),
-        (lambda v: check_patch_size(v), np.int64(4)),
-        (lambda v: check_positive_float("sigma_w2", v), np.float32("nan")),
-        (lambda v: check_positive_float("sigma_w2", v), np.float64("inf")),
-        (lambda v: check_positive_float("sigma_w2", v), np.bool_(True)),
-        (lambda v: check_nonnegative_float("weight_l2", v), np.float32(-1)),
-        (lambda v: check_bool("center", v), np.int64(1)),
-        (lambda v: check_bool("center", v), "True"),
+        # a float, even a whole one, is no integer
+        (lambda v: check_positive_int("window", v), np.float64(16.0), "window must be an integer >= 1, got np.float64"),
+        (lambda v: check_positive_int("window", v), np.bool_(True), "window must be an integer >= 1"),
+        (lambda v: check_positive_int("window", v), True, "window must be an integer >= 1, got True"),
+        (lambda v: check_positive_int("window", v), torch.tensor(16), r"window must be an integer >= 1, got tensor"),
+        (lambda v: check_positive_int("window", v), np.int64(0), "window must be an integer >= 1"),
+        (lambda v: check_seed(v), np.uint64(2**63), r"seed must be an integer with 0 <= seed < 2\*\*63"),
+        (lambda v: check_seed(v), np.int64(-1), r"seed must be an integer with 0 <= seed < 2\*\*63"),
+        (lambda v: check_patch_size(v), np.int64(4), "patch_size must be odd"),
+        (lambda v: check_positive_float("sigma_w2", v), np.float32("nan"), "sigma_w2 must be a finite number > 0"),
+        (lambda v: check_positive_float("sigma_w2", v), np.float64("inf"), "sigma_w2 must be a finite number > 0"),
+        (lambda v: check_positive_float("sigma_w2", v), np.bool_(True), "sigma_w2 must be a finite number > 0"),
+        (lambda v: check_nonnegative_float("weight_l2", v), np.float32(-1), "weight_l2 must be a finite number >= 0"),
+        (lambda v: check_bool("center", v), np.int64(1), "center must be True or False"),
+        (lambda v: check_bool("center", v), "True", "center must be True or False"),
     ],
 )
-def test_what_is_not_a_number_of_the_right_kind_is_still_refused(check, value):
-    with pytest.raises(ValueError):
+def test_what_is_not_a_number_of_the_right_kind_is_still_refused(check, value, message):
+    with pytest.raises(ValueError, match=f"^{message}"):  # the check's own message, naming the option
         check(value)
 
 

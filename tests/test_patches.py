@@ -79,7 +79,7 @@ def test_reflect_pad_gradient_equals_pytorch_and_differentiates_twice(shape, pat
 
 def test_reflect_pad_keeps_pytorchs_errors():
     x = torch.rand(1, 1, 2, 5, requires_grad=True)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="Padding size should be less than the corresponding input dimension"):
         reflect_pad(x, 5)  # padding 2 needs more than 2 rows
 
 

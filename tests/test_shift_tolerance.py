@@ -151,8 +151,11 @@ def test_multi_bandwidth_kernel_is_the_mean_of_its_gaussians():
     each = [patchmmd.patch_mmd(x, y, sigma=s) for s in sigmas]
     mixed = patchmmd.patch_mmd(x, y, sigma=sigmas)
     torch.testing.assert_close(mixed, sum(each) / 3)
-    rff = patchmmd.patch_mmd(x, y, sigma=list(sigmas), estimator="rff", num_features=4096)
-    torch.testing.assert_close(rff, mixed, rtol=0.1, atol=0)
+    # the RFF estimate of the mixture, averaged over 8 feature draws (one draw is off by up to 3 % here): within
+    # 2 % (a mixture that left out the middle width would be 5.5 % low)
+    rff = torch.stack([patchmmd.patch_mmd(x, y, sigma=list(sigmas), estimator="rff", num_features=4096, seed=s)
+                       for s in range(8)]).mean(0)
+    torch.testing.assert_close(rff, mixed, rtol=0.02, atol=0)
 
 
 def test_multi_bandwidth_features_keep_their_cos_sin_pairs():

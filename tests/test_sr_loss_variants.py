@@ -51,8 +51,11 @@ def test_each_term_has_finite_gradients_at_equal_images(script: ModuleType, name
 def test_the_root_mmd_is_the_mean_of_the_windows_mmd(script: ModuleType) -> None:
     x, y = crops(), gaussian_blur(crops(), 1.0)
     fx, fy = torch.rand(2, 8, 32, 32, dtype=torch.float64), torch.rand(2, 8, 32, 32, dtype=torch.float64)
-    per_window = script._per_window(fx, fy, 16) * (2.0 / 8)  # 3 x 3 windows of 16 px every 8
-    assert per_window.shape == (2, 3, 3)
+    # the windows' MMD² of D = 8 features written out: 3 x 3 windows of 16 px every 8, (2 / D) ‖mean fx − mean fy‖²
+    per_window = torch.tensor([[[float((fx[n, :, i : i + 16, j : j + 16].mean((1, 2))
+                                        - fy[n, :, i : i + 16, j : j + 16].mean((1, 2))).pow(2).sum()) * 2 / 8
+                                 for j in (0, 8, 16)] for i in (0, 8, 16)] for n in range(2)], dtype=torch.float64)
+    torch.testing.assert_close(script._per_window(fx, fy, 16) * (2.0 / 8), per_window, rtol=1e-12, atol=0)
     root = script._window_mmd(fx, fy, 16, root=1e-9)
     assert torch.allclose(root, per_window.sqrt().mean((1, 2)), rtol=1e-6)
     assert torch.allclose(script._window_mmd(fx, fy, 16), per_window.mean((1, 2)))

@@ -177,7 +177,7 @@ def test_quick_suite_end_to_end_without_weights(tmp_path: Path) -> None:
     assert "not judged" in md
 
     again = CliRunner().invoke(main, args)  # a non-empty --out is refused
-    assert again.exit_code != 0 and "--overwrite" in again.output
+    assert again.exit_code == 2 and "--overwrite" in again.output
 
 
 def test_suite_is_deterministic(tmp_path: Path) -> None:
@@ -211,9 +211,9 @@ def test_task_seeds_report_the_mean_and_every_run(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="task_seeds"):
         SuiteConfig(task_seeds=0)
     res = CliRunner().invoke(main, ["eval", "suite", "--quick", "--task-seeds", "0", "--out", str(tmp_path / "o")])
-    assert res.exit_code != 0 and "--task-seeds" in res.output
+    assert res.exit_code == 2 and "--task-seeds" in res.output
     res = CliRunner().invoke(main, ["eval", "suite", "--quick", "--train-steps", "0", "--out", str(tmp_path / "o")])
-    assert res.exit_code != 0 and "--train-steps" in res.output
+    assert res.exit_code == 2 and "--train-steps" in res.output
 
 
 def test_missing_weight_file_is_named(tmp_path: Path) -> None:
@@ -222,7 +222,7 @@ def test_missing_weight_file_is_named(tmp_path: Path) -> None:
         run_suite(["mmdpp"], weights=tmp_path, config=SuiteConfig.quick_config())
     res = CliRunner().invoke(main, ["eval", "suite", "--quick", "--candidate", "mmdpp:oops", "--out",
                                     str(tmp_path / "o")])
-    assert res.exit_code != 0 and "KEY=VALUE" in res.output
+    assert res.exit_code == 2 and "KEY=VALUE" in res.output
 
 
 @pytest.mark.parametrize("nan_at", ["shift-1px", "shift-1px-diag"])

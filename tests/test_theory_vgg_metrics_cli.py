@@ -59,6 +59,36 @@ def test_random_vgg_properties() -> None:
     assert torch.isfinite(a.grad).all()
 
 
+def _vgg_reference(state: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """VGGDistance as documented, from a torchvision state dict: ImageNet-normalised input, the 13 3x3 convolutions
+    with ReLU, 2x2 max pooling after conv1_2, 2_2, 3_3, 4_3; taps relu1_2 ... relu5_3; per tap the squared
+    difference of unit-length channel vectors summed over channels (``normalize``) or averaged over them, its mean
+    over pixels, summed over the taps."""
+    convs = [(state[f"features.{i}.weight"].double(), state[f"features.{i}.bias"].double())
+             for i in (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)]
+    mean = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225], dtype=torch.float64).view(1, 3, 1, 1)
+
+    def taps(im: torch.Tensor) -> list[torch.Tensor]:
+        h, out = (im - mean) / std, []
+        for j, (w, b) in enumerate(convs):
+            h = torch.relu(torch.nn.functional.conv2d(h, w, b, padding=1))
+            if j in (1, 3, 6, 9, 12):
+                out.append(h)
+            if j in (1, 3, 6, 9):
+                h = torch.nn.functional.max_pool2d(h, 2)
+        return out
+
+    total = torch.zeros(x.shape[0], dtype=torch.float64)
+    for fx, fy in zip(taps(x), taps(y), strict=True):
+        if normalize:
+            fx, fy = fx / fx.norm(dim=1, keepdim=True), fy / fy.norm(dim=1, keepdim=True)
+            total = total + (fx - fy).pow(2).sum(1).mean((1, 2))
+        else:
+            total = total + (fx - fy).pow(2).mean((1, 2, 3))
+    return total
+
+
 def test_pretrained_weights_from_local_file(tmp_path: Path) -> None:
     x, y = _pair()
     path = tmp_path / "vgg16.pth"
@@ -70,6 +100,11 @@ def test_pretrained_weights_from_local_file(tmp_path: Path) -> None:
     # same filters as the random seed-3 network, biases shifted by 0.01
     torch.testing.assert_close(pre.layers()[5][0], vgg16_random_weights(seed=3)[5][0].float().double())
     torch.testing.assert_close(pre.layers()[5][1], torch.full((256,), 0.01, dtype=torch.float64))
+    # the distance is the documented one, computed here from the file in float64
+    state = torch.load(path, weights_only=True)
+    for normalize in (True, False):
+        got = VGGDistance(weights=path, normalize=normalize, reduction="none")(x.double(), y.double())
+        torch.testing.assert_close(got, _vgg_reference(state, x.double(), y.double(), normalize), rtol=1e-10, atol=0)
     assert float(pre(x, y)) > 0
     # features-only layout ("0.weight") is accepted too
     features_only = {k.removeprefix("features."): v for k, v in _torchvision_state_dict(3).items() if "features" in k}
@@ -141,8 +176,8 @@ def test_scale_rule_of_the_metrics() -> None:
     want = sum(lv.weight * native(downsample(x, lv.factor), downsample(y, lv.factor)) for lv in levels)
     torch.testing.assert_close(m(x, y), want)
     small_x, small_y = x[..., :64, :64], y[..., :64, :64]
-    if [lv.factor for lv in get_config("default").levels(64, 64)] == [1]:
-        torch.testing.assert_close(m(small_x, small_y), native(small_x, small_y))
+    assert [lv.factor for lv in get_config("default").levels(64, 64)] == [1]  # so the check below always runs
+    torch.testing.assert_close(m(small_x, small_y), native(small_x, small_y))
 
 
 @pytest.mark.skipif(not LIVE_DEV.is_dir(), reason="live-dev data not present")
@@ -179,12 +214,12 @@ def test_theory_command_with_images_and_errors(tmp_path: Path) -> None:
                                     "--seeds", "1", "--crop", "20", "--depth", "1", "--out", str(tmp_path / "o")])
     assert res.exit_code == 0, res.output
     res = CliRunner().invoke(main, ["theory", str(tmp_path / "a.png"), "--out", str(tmp_path / "o")])
-    assert res.exit_code != 0 and "two images" in res.output
+    assert res.exit_code == 2 and "two images" in res.output
     res = CliRunner().invoke(main, ["theory", "--widths", "8", "--out", str(tmp_path / "o")])
-    assert res.exit_code != 0 and "two positive widths" in res.output
+    assert res.exit_code == 2 and "two positive widths" in res.output
     res = CliRunner().invoke(main, ["theory", str(tmp_path / "a.png"), str(tmp_path / "a.png"), "--widths", "8,16",
                                     "--crop", "20", "--out", str(tmp_path / "o")])
-    assert res.exit_code != 0 and "identical" in res.output
+    assert res.exit_code == 2 and "identical" in res.output
 
 
 def test_vgg_file_with_unexpected_keys_is_refused(tmp_path: Path) -> None:
