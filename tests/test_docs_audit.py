@@ -530,6 +530,23 @@ def test_architecture_rules_hold() -> None:
     assert not problems, "\n".join(problems)
 
 
+def test_no_library_module_imports_the_command_line() -> None:
+    """docs/architecture.md, "Rules the layout keeps": the command line is the top of the package; nothing
+    outside ``cli/`` (and the ``__main__`` entry point) imports it or click, so the library runs without the
+    ``cli`` extra (``run_suite`` once parsed its candidates with the command line's option parser)."""
+    problems = []
+    for path in PY_FILES:
+        if path.parent.name == "cli" or path.name == "__main__.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                if name.split(".")[0] == "click" or name == "cli" or name.startswith("cli.") or ".cli" in name:
+                    problems.append(f"{rel(path)}:{node.lineno} imports {name}")
+    assert not problems, "\n".join(problems)
+
+
 # ------------------------------------------------------------------- environment variables, extras, losses
 def env_vars_read() -> set[str]:
     found = set()

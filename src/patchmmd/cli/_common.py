@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import stat
@@ -259,43 +258,18 @@ def metric_option(default: str = "mmdpp") -> Callable[[F], F]:
     )
 
 
-def _parse_value(text: str) -> Any:
-    low = text.strip().lower()
-    if low in ("none", "null"):
-        return None
-    if low in ("true", "false"):
-        return low == "true"
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-def _same_value(a: Any, b: Any) -> bool:
-    """Whether two parsed option values are the same, ``NaN`` included (``-o sigma=NaN -o sigma=NaN`` is one value
-    given twice, not two; ``NaN != NaN``)."""
-    return bool(a == b) or json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
-
-
 def parse_metric_options(items: Iterable[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` strings to a dict; values are read as JSON when they parse (numbers, lists, booleans),
-    ``none`` as ``None``, anything else as a string.
+    """``-o KEY=VALUE`` strings to a metric's options (:func:`patchmmd.metrics.registry.parse_options`).
 
     Raises:
-        click.BadParameter: an item without ``=`` or with an empty key; a key given twice with different values
-            (which one was meant is not for the parser to guess).
+        click.BadParameter: what that function refuses, as a usage error of ``--option``.
     """
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"expected KEY=VALUE (e.g. num_scales=3), got {item!r}", param_hint="--option")
-        key, parsed = key.strip(), _parse_value(value)
-        if key in out and not _same_value(out[key], parsed):
-            raise click.BadParameter(f"{key} was given twice ({out[key]!r}, {parsed!r}); give it once",
-                                     param_hint="--option")
-        out[key] = parsed
-    return out
+    from ..metrics.registry import parse_options
+
+    try:
+        return parse_options(items)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--option") from None
 
 
 def metric_options_option() -> Callable[[F], F]:

@@ -331,13 +331,14 @@ def mos_command(labels: str, root: str | None, score_higher_is_better: bool, gro
 
 
 # ------------------------------------------------------------------------------------------------ suite
-def _human_sets(items: Sequence[str]) -> list[Any]:
+def _human_sets(items: Sequence[str], higher_is_better: Sequence[str] = ()) -> list[Any]:
     from ..evaluation.suite import HumanSet
 
     sets, names = [], set()
     for item in items:
         name, eq, path = item.partition("=")
-        if not eq or not name.strip() or not path.strip():
+        name = name.strip()
+        if not eq or not name or not path.strip():
             raise click.BadParameter(f"{item!r} is not NAME=PATH/labels.csv", param_hint="--human")
         if name in names:
             raise click.BadParameter(f"the name {name!r} is given twice", param_hint="--human")
@@ -345,7 +346,10 @@ def _human_sets(items: Sequence[str]) -> list[Any]:
             what = "is not a regular file (a folder, a FIFO, ...)" if Path(path).exists() else "not found"
             raise click.BadParameter(f"{name}: labels file {what}: {path}", param_hint="--human")
         names.add(name)
-        sets.append(HumanSet(name.strip(), Path(path)))
+        sets.append(HumanSet(name, Path(path), higher_is_better=name in higher_is_better))
+    unknown = sorted(set(higher_is_better) - names)
+    if unknown:
+        raise click.BadParameter(f"{unknown[0]!r} is not the name of a --human set", param_hint="--higher-is-better")
     return sets
 
 
@@ -355,6 +359,9 @@ def _human_sets(items: Sequence[str]) -> list[Any]:
 @click.option("--human", "human", multiple=True, metavar="NAME=PATH",
               help="A MOS/DMOS labels CSV and its name, repeatable (e.g. live-dev=.../live-dev/labels.csv). Sets "
                    "named *live* and *csiq* get the human checks.")
+@click.option("--higher-is-better", "mos_sets", multiple=True, metavar="NAME",
+              help="The --human set NAME holds qualities (MOS: higher = better), repeatable. Default: DMOS-like, "
+                   "higher = worse.")
 @click.option("--weights", type=click.Path(file_okay=False), default=None,
               help="Folder of the published weights (alexnet.pth, vgg16.pth, lpips/{alex,vgg}.pth, dists.pt); "
                    "without it the deep baselines and judges are skipped.")
@@ -379,9 +386,9 @@ def _human_sets(items: Sequence[str]) -> list[Any]:
 @click.option("--no-figures", is_flag=True, help="Skip the figures (matplotlib).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads of torch (default: torch's choice; 1 is fastest on a busy machine).")
-def suite_command(candidates: Sequence[str], human: Sequence[str], weights: str | None, train_photos: str | None,
-                  out: str, overwrite: bool, resume: bool, quick: bool, seed: int, bootstrap: int | None,
-                  dists_loss: bool, task_seeds: int, train_steps: int | None, no_figures: bool,
+def suite_command(candidates: Sequence[str], human: Sequence[str], mos_sets: Sequence[str], weights: str | None,
+                  train_photos: str | None, out: str, overwrite: bool, resume: bool, quick: bool, seed: int,
+                  bootstrap: int | None, dists_loss: bool, task_seeds: int, train_steps: int | None, no_figures: bool,
                   threads: int | None) -> None:
     """The dev benchmark: candidates and baselines on human scores, the shift check and three training tasks.
 
@@ -407,7 +414,7 @@ def suite_command(candidates: Sequence[str], human: Sequence[str], weights: str 
             get_spec(name)
         except ValueError as e:
             raise click.BadParameter(f"{e} (see `patchmmd metrics`)", param_hint="--candidate") from None
-    sets = _human_sets(human)
+    sets = _human_sets(human, mos_sets)
     if weights is not None and not Path(weights).is_dir():
         raise click.BadParameter(f"folder not found: {weights}", param_hint="--weights")
     photos: list[Any] = []

@@ -37,10 +37,13 @@ RANGE_HINT = ("pass value_range=(lo, hi) for other scales (e.g. (0, 255) or (-1,
 def check_image(name: str, t: object) -> torch.Tensor:
     """Check one image argument and return it as a 4-D ``(N, C, H, W)`` tensor.
 
-    A 3-D ``(C, H, W)`` tensor is taken as a batch of one.
+    A 3-D ``(C, H, W)`` tensor is taken as a batch of one. A tensor with more than 4 channels and a width of at
+    most 4 pixels is refused as a channels-last image (``(H, W, C)``, as numpy and PIL give them): read as
+    channels-first it would be a valid but meaningless input, a strip of pixels with ``H`` channels.
     """
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (N, C, H, W) or (C, H, W), got {type(t).__name__}")
+    given = tuple(t.shape)
     if t.dim() == 3:
         t = t.unsqueeze(0)
     elif t.dim() != 4:
@@ -52,6 +55,11 @@ def check_image(name: str, t: object) -> torch.Tensor:
         )
     if t.shape[0] == 0 or t.shape[1] == 0:
         raise ValueError(f"{name} must have at least one image and one channel, got shape {tuple(t.shape)}")
+    if t.shape[1] > 4 and t.shape[-1] <= 4:
+        raise ValueError(
+            f"{name} has shape {given}: {t.shape[1]} channels and a width of {t.shape[-1]} px looks like a "
+            "channels-last image; pass (N, C, H, W) or (C, H, W), e.g. x.permute(2, 0, 1) for an (H, W, C) image"
+        )
     return t
 
 

@@ -141,10 +141,15 @@ class SuiteConfig:
 
 @dataclass(frozen=True)
 class HumanSet:
-    """A MOS/DMOS label file (:class:`patchmmd.evaluation.MOSDataset`) and the name it is reported under."""
+    """A MOS/DMOS label file (:class:`patchmmd.evaluation.MOSDataset`) and the name it is reported under.
+
+    ``higher_is_better``: the scores are qualities (MOS: higher = better) rather than badnesses (DMOS, the
+    default); they are then negated before the correlations, so that every set's SROCC reads alike.
+    """
 
     name: str
     labels: Path
+    higher_is_better: bool = False
 
 
 @dataclass
@@ -219,7 +224,7 @@ def parse_candidate(spec: str) -> tuple[str, dict[str, Any]]:
     Raises:
         ValueError: an empty name, an option without ``=`` or unbalanced brackets.
     """
-    from ..cli._common import parse_metric_options
+    from ..metrics.registry import parse_options
 
     name, _, rest = spec.partition(":")
     name = name.strip()
@@ -233,9 +238,9 @@ def parse_candidate(spec: str) -> tuple[str, dict[str, Any]]:
         if "=" not in item:
             raise ValueError(f"candidate {spec!r}: option {item!r} is not KEY=VALUE")
     try:
-        options = parse_metric_options(tuple(items))
-    except Exception as e:  # click.BadParameter: keep the library free of click in its signature
-        raise ValueError(f"candidate {spec!r}: {getattr(e, 'message', e)}") from None
+        options = parse_options(items)
+    except ValueError as e:
+        raise ValueError(f"candidate {spec!r}: {e}") from None
     return name, options
 
 
@@ -376,10 +381,12 @@ def _human(sets: Sequence[HumanSet], metrics: Sequence[SuiteMetric], cfg: SuiteC
         ems = [EvalMetric(m.label, m.metric, m.higher_is_better, m.role, dict(m.options)) for m in metrics]
         log(f"human {hs.name}: {len(ems)} metrics on {cfg.human_limit or len(ds)} rows")
         res = run(ds, ems, bootstrap=cfg.bootstrap, seed=cfg.seed, limit=cfg.human_limit, batch_size=4,
+                  score_higher_is_better=hs.higher_is_better,
                   cache=None if cache is None else cache.folder / entry_name("human", hs.name), progress=progress)
         out[hs.name] = {
             "labels": str(hs.labels), "n_rows": res.n, "n_scored": len(res.scored),
             "group_column": ds.group_column, "score_column": ds.score_column,
+            "score_higher_is_better": hs.higher_is_better,
             "metrics": {k: {g: v for g, v in st.items() if g not in ("higher_is_better", "group")}
                         for k, st in res.metrics.items()},
             "unscored_ok": {k: all(c["ok"] for c in v) for k, v in res.unscored.items()},
@@ -909,7 +916,8 @@ def _markdown(d: dict[str, Any], figures: Sequence[str]) -> str:
         md += ["No human sets given.", ""]
     for name, h in d["human"].items():
         groups = [g for g in next(iter(h["metrics"].values())) if g != "all"]
-        md += [f"### {name}: {h['n_scored']} scored pairs (`{h['labels']}`)", "",
+        mos = "; MOS, higher = better: negated" if h.get("score_higher_is_better") else ""  # (absent before MOS sets)
+        md += [f"### {name}: {h['n_scored']} scored pairs (`{h['labels']}`{mos})", "",
                "| metric | all | " + " | ".join(groups) + " |", "|---|---|" + "---|" * len(groups)]
         for m, st in h["metrics"].items():
             md.append(f"| {m} | " + " | ".join(

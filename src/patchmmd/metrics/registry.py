@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -98,6 +99,49 @@ def check_option_names(name: str, options: Iterable[str], valid: Iterable[str]) 
     unknown = sorted(k for k in options if k not in valid)
     if unknown:
         raise TypeError(f"unknown option(s) {unknown} for {name}; valid options are {valid}")
+
+
+def parse_options(items: Iterable[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings (the command line's ``-o``, a suite candidate's options) to a metric's options: values
+    are read as JSON when they parse (numbers, lists), ``true``/``false`` as booleans, ``none``/``null`` as
+    ``None``, anything else as a string.
+
+    Raises:
+        ValueError: an item without ``=`` or with an empty key; a key given twice with different values (which one
+            was meant is not for the parser to guess).
+
+    Example:
+        >>> parse_options(["num_scales=3", "features=iid", "scale_weights=[1, 2, 1]", "base_size=none"])
+        {'num_scales': 3, 'features': 'iid', 'scale_weights': [1, 2, 1], 'base_size': None}
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"expected KEY=VALUE (e.g. num_scales=3), got {item!r}")
+        key, parsed = key.strip(), _parse_value(value)
+        if key in out and not _same_value(out[key], parsed):
+            raise ValueError(f"{key} was given twice ({out[key]!r}, {parsed!r}); give it once")
+        out[key] = parsed
+    return out
+
+
+def _parse_value(text: str) -> Any:
+    low = text.strip().lower()
+    if low in ("none", "null"):
+        return None
+    if low in ("true", "false"):
+        return low == "true"
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """Whether two parsed option values are the same, ``NaN`` included (``-o sigma=NaN -o sigma=NaN`` is one value
+    given twice, not two; ``NaN != NaN``)."""
+    return bool(a == b) or json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
 def _checking_options(name: str, factory: Callable[..., Metric]) -> Callable[..., Metric]:
