@@ -82,7 +82,7 @@ from patchmmd.data.distortions import gaussian_blur
 from patchmmd.evaluation import suite as S
 from patchmmd.metrics.trunks import IMAGENET_MEAN, IMAGENET_STD, vgg16_taps
 from patchmmd.metrics.weights import folder_options
-from patchmmd.tasks._common import deterministic
+from patchmmd.tasks._common import TrainingDiverged, deterministic
 from patchmmd.tasks.data import Split
 from patchmmd.tasks.superres import degrade
 from patchmmd.theory.cnn import vgg16_random_weights
@@ -334,6 +334,8 @@ def make_loss(spec: str, weights: Path | None = None) -> Any:
         options = {**folder_options(name, weights), **options}
     if name not in TERMS:
         return S._make_loss(name, options)
+    if "weight" not in options:
+        raise ValueError(f"{name} needs weight=W, the term's weight (--calibrate prints the rule's)")
     weight = float(options.pop("weight"))
     base_options = {"weight_mmd": 0.0, "num_scales": LEVELS}
     base_options.update({k[len("base_"):]: options.pop(k) for k in list(options) if k.startswith("base_")})
@@ -346,6 +348,31 @@ def make_loss(spec: str, weights: Path | None = None) -> Any:
         return (base + weight * term(x, y, **options)).mean()
 
     return loss
+
+
+def _term(spec: str) -> tuple[str, dict[str, Any]]:
+    """The term of ``TERMS`` that ``spec`` names and its own options (``weight`` and ``base_*`` left out)."""
+    name, options = S.parse_candidate(spec)
+    if name not in TERMS:
+        raise ValueError(f"not one of the script's terms ({', '.join(TERMS)})")
+    return name, {k: v for k, v in options.items() if k != "weight" and not k.startswith("base_")}
+
+
+def check_variant(spec: str, weights: Path | None, calibrating: bool = False) -> None:
+    """Build ``spec``'s loss (with ``calibrating``, its term) and evaluate it once on two small random images, so
+    that a bad name or option is refused before any training, not after the variants before it have trained.
+
+    Raises:
+        ValueError, TypeError: a bad spec, name or option; OSError: a missing weight file.
+    """
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(2, 2, 3, 64, 64, generator=g)
+    with torch.no_grad():
+        if calibrating:
+            name, options = _term(spec)
+            TERMS[name](x, y, **options)
+        else:
+            make_loss(spec, weights)(x, y)
 
 
 def calibrate(variants: list[str], against: str = "mmd") -> None:
@@ -371,11 +398,17 @@ def calibrate(variants: list[str], against: str = "mmd") -> None:
     ref = median() - median(**{f"weight_{against}": 0.0})
     print(f"the preset's {against} term on blur σ 1 px: {ref:.4f}")
     for spec in variants:
-        name, options = S.parse_candidate(spec)
-        options.pop("weight", None)
-        options = {k: v for k, v in options.items() if not k.startswith("base_")}
+        name, options = _term(spec)
         value = float(TERMS[name](x, blur, **options).median())
         print(f"{spec}: term {value:.6g}, weight {ref / value:.0f}")
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    return seeds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -384,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("variants", nargs="+")
     ap.add_argument("--weights", type=Path, help="folder of shared/tools/published_weights.py (for the judges)")
     ap.add_argument("--data", type=Path, default=Path("../shared/data"), help="folder of live-dev and csiq-dev")
-    ap.add_argument("--seeds", default="0,1,2", help="training seeds")
+    ap.add_argument("--seeds", type=_seeds, default="0,1,2", help="training seeds, comma-separated")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--judges", default=",".join(S.JUDGES),
                     help=f"judges of the outputs, comma-separated among {', '.join(S.WEIGHT_FILES)} "
@@ -399,32 +432,52 @@ def main() -> None:
     ap = build_parser()
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    if args.calibrate:
-        calibrate(args.variants, args.against)
-        return
-    if args.weights is None:
+    if not args.calibrate and args.weights is None:
         ap.error("--weights is needed to judge the outputs")
-    cfg = S.SuiteConfig(seed=0, task_seeds=1)
-    refs: list[torch.Tensor] = []
-    for name in ("live-dev", "csiq-dev"):
-        hs = S.HumanSet(name, args.data / name / "labels.csv")
-        refs += S.reference_images(S.open_human_set(hs), name)[0]
-    train, tiles = S.task_photos([sample_image(n) for n in sample_names()], [], refs, cfg)
     names = [j for j in args.judges.split(",") if j]
     if not names or any(j not in S.WEIGHT_FILES for j in names):
         ap.error(f"--judges: choose among {', '.join(S.WEIGHT_FILES)}")
-    judges = {j: S._build(S.SuiteMetric(j, j, folder_options(j, args.weights), "baseline")) for j in names}
+    # every variant is checked before the first one trains: a typo in the last would otherwise end the run there
+    for spec in args.variants:
+        try:
+            check_variant(spec, args.weights, args.calibrate)
+        except OSError as e:
+            raise SystemExit(f"variant {spec!r}: {e}") from None
+        except (TypeError, ValueError) as e:
+            ap.error(f"variant {spec!r}: {e}")
+    if args.calibrate:
+        calibrate(args.variants, args.against)
+        return
+    labels = [args.data / name / "labels.csv" for name in ("live-dev", "csiq-dev")]
+    missing = [str(p) for p in labels if not p.is_file()]
+    if missing:
+        raise SystemExit(f"not found: {', '.join(missing)} (--data: the folder of live-dev and csiq-dev)")
+    try:
+        judges = {j: S._build(S.SuiteMetric(j, j, folder_options(j, args.weights), "baseline")) for j in names}
+    except OSError as e:
+        raise SystemExit(str(e)) from None
+    cfg = S.SuiteConfig(seed=0, task_seeds=1)
+    refs: list[torch.Tensor] = []
+    for name, path in zip(("live-dev", "csiq-dev"), labels, strict=True):
+        refs += S.reference_images(S.open_human_set(S.HumanSet(name, path)), name)[0]
+    train, tiles = S.task_photos([sample_image(n) for n in sample_names()], [], refs, cfg)
     split, lr_tiles = Split(train, tiles, cfg.sr_crop), degrade(tiles, 4)
     for spec in args.variants:
         t0, runs = time.perf_counter(), []
-        for seed in (int(s) for s in args.seeds.split(",")):
+        for seed in args.seeds:
             loss = make_loss(spec, args.weights)
-            with deterministic(seed):
-                _, numbers = S.sr_task(loss, seed, split, lr_tiles, tiles, judges, cfg)
+            try:
+                with deterministic(seed):
+                    _, numbers = S.sr_task(loss, seed, split, lr_tiles, tiles, judges, cfg)
+            except TrainingDiverged as e:  # as the suite: no mean over the other runs, and the next variant goes on
+                print(spec, seed, f"DIVERGED: {e}", flush=True)
+                print("MEAN", spec, "none: a run diverged", flush=True)
+                break
             runs.append(numbers)
             print(spec, seed, json.dumps(numbers), f"{time.perf_counter() - t0:.0f}s", flush=True)
-        mean = {k: round(sum(r[k] for r in runs) / len(runs), 4) for k in runs[0]}
-        print("MEAN", spec, json.dumps(mean), flush=True)
+        else:
+            mean = {k: round(sum(r[k] for r in runs) / len(runs), 4) for k in runs[0]}
+            print("MEAN", spec, json.dumps(mean), flush=True)
 
 
 if __name__ == "__main__":

@@ -3,12 +3,14 @@
 Usage: python scripts/tasks_figures.py RUNS_DIR OUT_IMG_DIR
 (RUNS_DIR holds gim-LOSS/, train-sr-LOSS/, train-ae-LOSS/ as written by the commands in docs/tasks.md.)
 Prints the Markdown tables; writes tasks-gim.png, tasks-sr.png, tasks-ae.png for the tasks that have runs.
+The MMD++ column is the previous default, ``mmdpp-pixelwise``, which those commands evaluate
+(``--eval-distances=mmdpp-pixelwise,random-cnn``).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -17,7 +19,8 @@ from patchmmd.io import load_image
 from patchmmd.tasks._common import image_grid_figure
 
 LOSSES = ("l2", "mmdpp", "random-cnn", "vgg")
-COLS = (("psnr", "PSNR dB ↑"), ("ssim", "SSIM ↑"), ("mmdpp", "MMD++ ↓"), ("random-cnn", "random-CNN ↓"),
+COLS = (("psnr", "PSNR dB ↑"), ("ssim", "SSIM ↑"), ("mmdpp-pixelwise", "MMD++ (pixelwise) ↓"),
+        ("random-cnn", "random-CNN ↓"),
         ("sharpness", "sharpness (1 = as sharp as reference)"))
 
 
@@ -34,6 +37,11 @@ def _zoom(img: torch.Tensor, size: int) -> torch.Tensor:
     t, left = (h - size) // 2, (w - size) // 2
     return torch.nn.functional.interpolate(img[None, :, t : t + size, left : left + size], scale_factor=h // size,
                                            mode="nearest")[0]
+
+
+def _has_runs(runs: Path) -> bool:
+    return any((runs / f"{task}-{loss}" / "metrics.json").exists()
+               for task in ("gim", "train-sr", "train-ae") for loss in LOSSES)
 
 
 def main(runs: Path, out: Path) -> None:
@@ -75,5 +83,18 @@ def main(runs: Path, out: Path) -> None:
         image_grid_figure(rows, [f"tile {i}" for i in picks], cols, out / name, cell=1.4)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser (the docs' commands are checked against it: tests/test_docs_commands.py)."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", type=Path, metavar="RUNS_DIR", help="folder of the run folders (gim-LOSS/, ...)")
+    ap.add_argument("out", type=Path, metavar="OUT_IMG_DIR", help="folder the figures are written to")
+    return ap
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    ap = build_parser()
+    args = ap.parse_args()
+    if not _has_runs(args.runs):
+        ap.error(f"{args.runs}: no run folder with a metrics.json (gim-LOSS/, train-sr-LOSS/, train-ae-LOSS/, "
+                 f"LOSS one of {', '.join(LOSSES)})")
+    main(args.runs, args.out)

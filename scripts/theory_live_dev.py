@@ -89,26 +89,45 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--out", type=Path, default=None, help="CSV of per-image distances")
-    ap.add_argument("--metrics", default=None, help="comma-separated subset of the column labels' registry names")
+    ap.add_argument("--metrics", default=None,
+                    help="comma-separated subset: registry names or column labels (psnr is always reported)")
     ap.add_argument("--vgg", action="store_true", help="also the random VGG16 trunk (he and zero_mean)")
     ap.add_argument("--from-csv", type=Path, default=None,
-                    help="recompute the statistics from a CSV written by --out (no distances computed)")
+                    help="recompute the statistics from a CSV written by --out (no distances computed; its columns, "
+                         "or those of --metrics, are reported)")
     return ap
+
+
+def select_metrics(ap: argparse.ArgumentParser, args: argparse.Namespace
+                   ) -> list[tuple[str, str, dict[str, object], bool]]:
+    """The metrics to compute (or, with ``--from-csv``, to report), after ``--vgg`` and ``--metrics``; a name of
+    ``--metrics`` that matches none of them is a usage error (it would otherwise leave only PSNR, silently)."""
+    if args.from_csv is not None and (args.out is not None or args.vgg):
+        ap.error("--from-csv computes no distances: --out and --vgg have nothing to do there (--metrics selects "
+                 "the CSV's columns)")
+    metrics = METRICS + (VGG_METRICS if args.vgg or args.from_csv is not None else [])
+    if args.metrics:
+        keep = {name.strip() for name in args.metrics.split(",") if name.strip()}
+        known = {m[0] for m in metrics} | {m[1] for m in metrics} | {"psnr"}
+        unknown = sorted(keep - known)
+        if unknown:
+            hint = "" if args.vgg or args.from_csv is not None else " (random-vgg needs --vgg)"
+            ap.error(f"--metrics: unknown {', '.join(map(repr, unknown))}; choose among "
+                     f"{', '.join(sorted(known))}{hint}")
+        metrics = [m for m in metrics if m[1] in keep or m[0] in keep]
+    return metrics
 
 
 def main() -> int:
     ap = build_parser()
     args = ap.parse_args()
+    metrics = select_metrics(ap, args)
     torch.manual_seed(0)
     rows = []
     with open(args.data / "labels.csv", newline="") as f:
         for r in csv.DictReader(f):
             if (r.get("dmos") or "").strip():
                 rows.append(r)
-    metrics = METRICS + (VGG_METRICS if args.vgg else [])
-    if args.metrics:
-        keep = set(args.metrics.split(","))
-        metrics = [m for m in metrics if m[1] in keep or m[0] in keep]
     dmos = np.array([float(r["dmos"]) for r in rows])
     groups = [r["distortion"] for r in rows]
     values: dict[str, list[float]] = {label: [] for label, *_ in metrics}
@@ -119,7 +138,14 @@ def main() -> int:
             saved = list(csv.DictReader(f))
         if [r["distorted"] for r in saved] != [r["distorted"] for r in rows]:
             raise SystemExit(f"{args.from_csv} does not list the rows of {args.data / 'labels.csv'} in order")
-        values = {k: [float(r[k]) for r in saved] for k in saved[0] if k not in ("distorted", "distortion", "dmos")}
+        columns = [k for k in saved[0] if k not in ("distorted", "distortion", "dmos")]
+        if args.metrics:
+            wanted = [label for label, *_ in metrics] + ["psnr"]
+            missing = [label for label in wanted if label not in columns]
+            if missing:
+                raise SystemExit(f"{args.from_csv} has no column {', '.join(map(repr, missing))}")
+            columns = wanted
+        values = {k: [float(r[k]) for r in saved] for k in columns}
         timings = dict.fromkeys(values, math.nan)
         rows_to_compute: list[dict[str, str]] = []
     else:
