@@ -1,7 +1,9 @@
 """Speed and memory of MMD++ against LPIPS (AlexNet / VGG16 trunks), SSIM and the exact estimator.
 
-All methods run in one process, interleaved round by round (so load changes hit every method alike), and
-each cell is the median over the rounds. Times are relative to LPIPS-alex in the same configuration.
+All methods run in one process, interleaved round by round (so load changes hit every method alike), in the
+listed order in even rounds and the reverse order in odd ones (so no method always follows the same one), and
+each cell is the median over the rounds. Times are relative to LPIPS-alex in the same configuration; the spread
+is the lowest and highest of the per-round ratios to LPIPS-alex (``ratio_min``, ``ratio_max``).
 
     python benchmarks/bench_perf.py                       # 64²x16, 256²x4, 1024²x1, forward and fwd+bwd
     python benchmarks/bench_perf.py --threads 1 --out benchmarks/results/cpu_1thread.csv --md docs/x.md
@@ -229,17 +231,20 @@ def bench(configs: list[tuple[int, int]], modes: list[str], repeats: int, device
             times: dict[str, list[float]] = {k: [] for k in fns}
             for fn in fns.values():  # warm-up (feature draws, caches, allocator)
                 run_once(fn, x, y, mode, device)
-            for _ in range(repeats):
-                for name, fn in fns.items():
+            for r in range(repeats):
+                # Reversed every other round: what runs just before a method (a parallel operation's spinning
+                # threads, a large buffer freed) changes its time, and a fixed order would bias the same ratios.
+                for name, fn in (list(fns.items()) if r % 2 == 0 else reversed(fns.items())):
                     times[name].append(run_once(fn, x, y, mode, device))
             ref = statistics.median(times["lpips-alex"])
             for name, ts in times.items():
                 med = statistics.median(ts)
+                ratios = [t / t0 for t, t0 in zip(ts, times["lpips-alex"], strict=True)]  # same round
                 rows.append(dict(device=device, threads=torch.get_num_threads(), size=size, batch=n, mode=mode,
                                  method=name, median_s=round(med, 5), vs_lpips_alex=round(med / ref, 3),
-                                 repeats=repeats))
-                print(f"{size:5d}² x{n:<3d} {mode:16s} {name:28s} {med * 1e3:10.1f} ms  {med / ref:7.3f}x lpips-alex",
-                      flush=True)
+                                 repeats=repeats, ratio_min=round(min(ratios), 3), ratio_max=round(max(ratios), 3)))
+                print(f"{size:5d}² x{n:<3d} {mode:16s} {name:28s} {med * 1e3:10.1f} ms  {med / ref:7.3f}x lpips-alex "
+                      f"(rounds {min(ratios):.3f}-{max(ratios):.3f})", flush=True)
     return rows
 
 
@@ -361,8 +366,8 @@ def kernel_scaling(configs: list[tuple[int, int]], repeats: int, threads: int) -
         for size, n in configs:
             x, y = images(n, size, "cpu")
             times: dict[tuple[str, int], list[float]] = {(p, t): [] for p in parts for t in (1, threads)}
-            for r in range(repeats + 1):  # round 0 warms up
-                for (name, t), ts in times.items():
+            for r in range(repeats + 1):  # round 0 warms up; odd rounds in the reverse order (as in bench)
+                for (name, t), ts in (list(times.items()) if r % 2 == 0 else reversed(times.items())):
                     torch.set_num_threads(t)
                     mode, fn = parts[name]
                     dt = 1000 * run_once(fn, x, y, mode, "cpu")
@@ -483,6 +488,17 @@ def parse_modes(text: str) -> list[str]:
     return modes
 
 
+def parse_sizes(text: str, option: str, at_least: int = 1) -> list[int]:
+    """``256,512,...`` into positive integers, at least ``at_least`` distinct ones; ValueError naming ``option``."""
+    try:
+        sizes = [int(v) for v in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1 or len(set(sizes)) < at_least:
+        raise ValueError(f"{option}: {text!r} is not {at_least} or more distinct positive integers, comma-separated")
+    return sizes
+
+
 def check_only(only: list[str], available: list[str]) -> None:
     """ValueError naming each ``--only`` method that this run does not have (a typo would otherwise leave just
     ``lpips-alex`` timed, silently)."""
@@ -535,17 +551,23 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     if a.repeats < 1:
         p.error("--repeats must be at least 1")
+    if a.threads is not None and a.threads < 1:
+        p.error("--threads must be at least 1")
+    if a.kernels and a.threads == 1:
+        p.error("--kernels compares 1 thread with --threads threads: give --threads 2 or more (default 2)")
     if a.compiled:
         COMPILED[0] = True
     try:
         configs = parse_configs(a.configs)
         modes = parse_modes(a.modes)
+        scaling_sizes = parse_sizes(a.scaling_sizes, "--scaling-sizes", at_least=2)  # a fitted exponent needs two
+        feature_counts = parse_sizes(a.accuracy_features, "--accuracy-features") if a.accuracy_features else []
         only = [v.strip() for v in a.only.split(",")] if a.only else None
         if only and not (a.kernels or a.accuracy or a.scaling or a.scaling_thp):
             check_only(only, list(methods("cpu", 64, True)))
     except ValueError as e:
         p.error(str(e))
-    if a.threads:
+    if a.threads is not None:
         torch.set_num_threads(a.threads)
     UNRELATED[0] = a.unrelated
     if a.compiled:
@@ -556,11 +578,11 @@ def main(argv: list[str] | None = None) -> None:
     if a.kernels:
         rows = kernel_scaling(configs, a.repeats, a.threads or 2)
     elif a.accuracy:
-        rows = accuracy([int(v) for v in a.accuracy_features.split(",") if v])
+        rows = accuracy(feature_counts)
     elif a.scaling_thp:
-        rows = scaling_thp([int(s) for s in a.scaling_sizes.split(",")], a.repeats, 3)
+        rows = scaling_thp(scaling_sizes, a.repeats, 3)
     elif a.scaling:
-        rows = scaling([int(s) for s in a.scaling_sizes.split(",")], a.repeats, a.device)
+        rows = scaling(scaling_sizes, a.repeats, a.device)
     elif a.memory:
         rows = memory(configs, modes, a.device, a.exact_max, only)
     else:

@@ -20,9 +20,10 @@ listen on ``lo``; firewall the port on shared machines, see docs/distributed.md)
 Ranks started without torchrun need ``WORLD_SIZE``, ``RANK`` and ``MASTER_PORT``; ``MASTER_ADDR`` defaults
 to 127.0.0.1 when every rank is on this machine (``patchmmd.scoring.distributed.process_group``).
 
-Options: --steps, --batch-size (per process), --image-size, --lr, --seed, --device auto|cpu|cuda,
---checksum-dir DIR (each rank writes rank{r}-init.txt and rank{r}.txt: hashes of its initial and final
-parameters).
+Options: --steps, --batch-size (per process), --image-size (a multiple of 4: the autoencoder halves it twice),
+--images (the synthetic data set, shared out between the processes: each needs at least --batch-size of them),
+--lr, --seed, --device auto|cpu|cuda, --checksum-dir DIR (each rank writes rank{r}-init.txt and rank{r}.txt:
+hashes of its initial and final parameters).
 """
 
 from __future__ import annotations
@@ -99,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if min(args.batch_size, args.images, args.image_size) < 1 or args.steps < 0:
+        parser.error("--batch-size, --images and --image-size must be at least 1, --steps at least 0")
+    if args.image_size % 4:
+        # The autoencoder halves the image twice and doubles it back: any other size comes out a different size.
+        parser.error(f"--image-size must be a multiple of 4, got {args.image_size}")
 
     with distributed.process_group(args.device) as (env, device):
         say = lambda *a: distributed.echo0(*a, env=env)  # noqa: E731
@@ -110,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         loss_fn = MMDPP()  # no parameters; features drawn from seed 0 on the CPU, then moved to `device`
 
         # The loss is the same function on every rank: same features, same value on the same probe.
-        probe = synthetic_images(2, args.image_size, seed=12345)
+        probe = synthetic_images(2, args.image_size, seed=12345).to(device)  # the features training will use
         with torch.no_grad():
             probe_loss = loss_fn(probe, probe.flip(-1))
         if not distributed.same_on_all_ranks(probe_loss):
@@ -122,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
         sampler = DistributedSampler(data, num_replicas=env.world_size, rank=env.rank, shuffle=True,
                                      seed=args.seed, drop_last=True)
         loader = DataLoader(data, batch_size=args.batch_size, sampler=sampler, drop_last=True)
+        if len(loader) == 0:  # no batch at all: the loop below would run epochs forever
+            say(f"{args.images} images give each of the {env.world_size} process(es) {len(sampler)}, fewer than "
+                f"--batch-size {args.batch_size}: pass more --images or a smaller --batch-size")
+            return 2
         opt = torch.optim.Adam(train.parameters(), lr=args.lr)
         if args.checksum_dir is not None:
             args.checksum_dir.mkdir(parents=True, exist_ok=True)
