@@ -399,8 +399,9 @@ def precompute_target(
 ) -> MMDPPTarget:
     """Precompute what :func:`mmdpp` needs of a fixed ``y``: ``mmdpp(x, precompute_target(y)) == mmdpp(x, y)``.
 
-    The target is computed without gradients (it is a constant). Options as in :func:`mmdpp`; they are
-    stored in the target.
+    The target is computed without gradients (it is a constant), as ordinary tensors even under
+    :func:`torch.inference_mode` (a target made there can be trained against). Options as in :func:`mmdpp`; they
+    are stored in the target.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -410,7 +411,9 @@ def precompute_target(
         True
     """
     cfg = get_config(preset, **options)
-    with torch.no_grad():
+    # ordinary tensors even under torch.inference_mode(): the target is trained against later, and autograd may not
+    # save inference tensors for a backward pass (the SSIM kernel's, against the target's moments)
+    with torch.inference_mode(False), torch.no_grad():
         ys, _, dtype = _prepare(y, y, cfg, value_range, out_of_range, names=("y", "y"))
         levels = tuple(cfg.levels(*ys.shape[-2:]))
         mmd_levels = tuple(cfg.mmd_levels(levels))

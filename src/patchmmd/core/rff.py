@@ -337,11 +337,15 @@ def rff_features(
 @lru_cache(maxsize=32)
 def _cached_features(channels: int, patch_size: int, bandwidth: float | tuple[float, ...], num_features: int, seed: int,
                      features: FeatureKind, center: bool, device: torch.device, dtype: torch.dtype) -> PairedFeatures:
-    weight, phase = random_features(
-        channels, patch_size, bandwidth, num_features, seed=seed, kind=features, center=center, device=device,
-        dtype=dtype,
-    )
-    return paired_features(weight, phase)
+    # Drawn outside torch.inference_mode() even when called there: the cache outlives the call, and an inference
+    # tensor cached by one validation pass would fail every later call whose backward must save it (the double
+    # backward of a gradient penalty).
+    with torch.inference_mode(False), torch.no_grad():
+        weight, phase = random_features(
+            channels, patch_size, bandwidth, num_features, seed=seed, kind=features, center=center, device=device,
+            dtype=dtype,
+        )
+        return paired_features(weight, phase)
 
 
 @torch.compiler.assume_constant_result

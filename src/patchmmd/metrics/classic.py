@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import math
+from functools import partial
 from types import ModuleType
 
 import torch
@@ -153,21 +154,14 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, *, win_size: int = 11) -> torch.Te
 @register("psnr", "peak signal-to-noise ratio in dB on [0, 1] (capped at 100 dB)", higher_is_better=True,
           group="baselines", differentiable=True)
 def _psnr(*, max_db: float = MAX_PSNR) -> Metric:
-    max_db = check_positive_float("max_db", max_db)
-
-    def metric(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return psnr(x, y, max_db=max_db)
-
-    return metric
+    # A partial of a module-level function, not a closure: a metric pickles (worker processes), as the package's
+    # own distances do.
+    return partial(psnr, max_db=check_positive_float("max_db", max_db))
 
 
 def _ssim_metric(win_size: int, downsample: bool, name: str) -> Metric:
     _msssim_module()  # fail when built, not when called
-
-    def metric(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return ssim(x, y, win_size=win_size, downsample=downsample, name=name)
-
-    return metric
+    return partial(ssim, win_size=win_size, downsample=downsample, name=name)  # picklable, as for psnr
 
 
 @register("ssim", "SSIM (pytorch-msssim, 11x11 Gaussian window) at the image's own resolution",
@@ -186,9 +180,4 @@ def _ssim_downsampled(*, win_size: int = 11) -> Metric:
           group="baselines", differentiable=True)
 def _ms_ssim(*, win_size: int = 11) -> Metric:
     _msssim_module()
-    win = check_win_size(win_size)
-
-    def metric(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return ms_ssim(x, y, win_size=win)
-
-    return metric
+    return partial(ms_ssim, win_size=check_win_size(win_size))  # picklable, as for psnr
