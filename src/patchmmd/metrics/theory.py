@@ -40,23 +40,27 @@ def with_scale_rule(metric: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     small for the rule, which would not downsample them) go to ``metric`` as given, so that its error names the
     caller's images, not downsampled ones.
     """
-    if not enabled:
-        return metric
-    config = get_config("default")
-    levels_of, min_side = config.levels, config.min_level_size
+    return _AtScaleRuleLevels(metric) if enabled else metric
 
-    def scaled(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+
+class _AtScaleRuleLevels:
+    """What :func:`with_scale_rule` returns: a class rather than a closure, so that the metric pickles (worker
+    processes), as the registry's other metrics do."""
+
+    def __init__(self, metric: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+        self.metric = metric
+        self.config = get_config("default")
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         xs, ys = check_image("x", x), check_image("y", y)
-        if xs.shape != ys.shape or min(xs.shape[-2:]) < min_side:
-            return metric(x, y)  # let the metric report the bad input (a small image has one level: factor 1)
+        if xs.shape != ys.shape or min(xs.shape[-2:]) < self.config.min_level_size:
+            return self.metric(x, y)  # let the metric report the bad input (a small image has one level: factor 1)
         total = None
-        for level in levels_of(x.shape[-2], x.shape[-1]):
-            value = level.weight * metric(downsample(x, level.factor), downsample(y, level.factor))
+        for level in self.config.levels(x.shape[-2], x.shape[-1]):
+            value = level.weight * self.metric(downsample(x, level.factor), downsample(y, level.factor))
             total = value if total is None else total + value
         assert total is not None
         return total
-
-    return scaled
 
 
 def _split(name: str, options: dict[str, Any], default_scale: bool, module: type) -> tuple[dict[str, Any], bool]:
