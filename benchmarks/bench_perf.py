@@ -409,11 +409,12 @@ def memory(configs: list[tuple[int, int]], modes: list[str], device: str, exact_
                     fn = methods(device, size, True)[name]
                     x, y = images(n, size, device)
                     run_once(fn, x, y, mode, device)  # warm-up, as in the CPU child (feature draws, a target)
-                    torch.cuda.reset_peak_memory_stats()
-                    base = torch.cuda.memory_allocated()
+                    dev = torch.device(device)  # cuda:N: that GPU's counters, not the current one's
+                    torch.cuda.reset_peak_memory_stats(dev)
+                    base = torch.cuda.memory_allocated(dev)
                     run_once(fn, x, y, mode, device)
-                    res = dict(peak_mb=torch.cuda.max_memory_allocated() / 2**20,
-                               above_inputs_mb=(torch.cuda.max_memory_allocated() - base) / 2**20)
+                    peak = torch.cuda.max_memory_allocated(dev)
+                    res = dict(peak_mb=peak / 2**20, above_inputs_mb=(peak - base) / 2**20)
                 else:
                     code = _MEM_CHILD.format(bench_dir=os.path.dirname(os.path.abspath(__file__)), size=size, n=n,
                                              method=name, mode=mode, threads=torch.get_num_threads(),
