@@ -265,6 +265,18 @@ class _BAPPS:
     def _image(self, path: Path) -> torch.Tensor:
         return _resize(load_image(path, mode=self.mode), self.load_size)
 
+    def _images(self, i: int, parts: Sequence[str]) -> list[torch.Tensor]:
+        """The images of item ``i`` (``parts`` of it), which a metric compares: of one size, or a
+        :class:`DatasetError` naming them."""
+        subset, stem, files = self.items[i]
+        images = [self._image(files[p]) for p in parts]
+        if any(t.shape != images[0].shape for t in images):
+            sizes = ", ".join(f"{p}/{files[p].name} {tuple(t.shape)}" for p, t in zip(parts, images, strict=True))
+            resized = "" if self.load_size is None else f" (shorter side resized to load_size={self.load_size})"
+            raise DatasetError(f"{subset}/{stem}: its images differ in size{resized}: {sizes}, in "
+                               f"{self.subset_dirs[subset]}")
+        return images
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.root)!r}, subsets={self.subsets}, n={len(self)})"
 
@@ -286,7 +298,8 @@ class BAPPS2AFC(_BAPPS):
 
     Raises:
         FileNotFoundError: the root or a named subset folder does not exist.
-        DatasetError: a folder is empty or its files do not match by name.
+        DatasetError: a folder is empty or its files do not match by name; on indexing, the item's patches
+            differ in size (once resized) or its judge file does not hold one fraction.
     """
 
     _parts: ClassVar[dict[str, Sequence[str]]] = {"ref": _IMG, "p0": _IMG, "p1": _IMG, "judge": _NPY}
@@ -294,8 +307,8 @@ class BAPPS2AFC(_BAPPS):
 
     def __getitem__(self, i: int) -> TwoAFCItem:
         subset, stem, f = self.items[i]
-        return TwoAFCItem(self._image(f["ref"]), self._image(f["p0"]), self._image(f["p1"]),
-                          _load_fraction(f["judge"], "judge"), subset, stem)
+        ref, p0, p1 = self._images(i, ("ref", "p0", "p1"))
+        return TwoAFCItem(ref, p0, p1, _load_fraction(f["judge"], "judge"), subset, stem)
 
     def __iter__(self) -> Iterator[TwoAFCItem]:
         return (self[i] for i in range(len(self)))
@@ -309,7 +322,8 @@ class BAPPSJND(_BAPPS):
 
     def __getitem__(self, i: int) -> JNDItem:
         subset, stem, f = self.items[i]
-        return JNDItem(self._image(f["p0"]), self._image(f["p1"]), _load_fraction(f["same"], "same"), subset, stem)
+        p0, p1 = self._images(i, ("p0", "p1"))
+        return JNDItem(p0, p1, _load_fraction(f["same"], "same"), subset, stem)
 
     def __iter__(self) -> Iterator[JNDItem]:
         return (self[i] for i in range(len(self)))

@@ -112,25 +112,27 @@ def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]])
             w.writerow([f"{v:.8g}" if isinstance(v, float) else v for v in r])
 
 
-def _plt() -> Any:
+def _matplotlib() -> Any:
+    """matplotlib, or an ImportError saying how to install it. Figures are drawn with :class:`matplotlib.figure.Figure`
+    and saved without pyplot: the backend of the caller's session (a notebook's) is left as it is, and no figure
+    is registered with pyplot."""
     try:
         import matplotlib
+        import matplotlib.figure
     except ImportError as e:
         raise ImportError("plots need matplotlib: `pip install 'patchmmd[eval]'` (or write without plots)") from e
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return matplotlib
 
 
 def _scatter(out: Path, metric: str, xs: Sequence[float], ys: Sequence[float], groups: Sequence[str],
              xlabel: str, ylabel: str, title: str, curve: Callable[[Any], Any] | None = None) -> str:
     import numpy as np
 
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 4.2), dpi=110)
+    mpl = _matplotlib()
+    fig = mpl.figure.Figure(figsize=(5.5, 4.2), dpi=110)
+    ax = fig.add_subplot()
     names = list(dict.fromkeys(groups))
-    cmap = plt.get_cmap("tab10")
+    cmap = mpl.colormaps["tab10"]
     for k, g in enumerate(names):
         idx = [i for i, gg in enumerate(groups) if gg == g]
         ax.scatter([xs[i] for i in idx], [ys[i] for i in idx], s=14, alpha=0.75, color=cmap(k % 10), label=str(g))
@@ -145,7 +147,6 @@ def _scatter(out: Path, metric: str, xs: Sequence[float], ys: Sequence[float], g
     fig.tight_layout()
     name = _plot_name(metric)
     fig.savefig(output_file(out / name))
-    plt.close(fig)
     return name
 
 
@@ -354,7 +355,7 @@ def write(result: EvaluationResult, out_dir: str | os.PathLike[str], *, plots: b
     """
     out = Path(out_dir)
     if plots:
-        _plt()  # fail before writing anything
+        _matplotlib()  # fail before writing anything
     out.mkdir(parents=True, exist_ok=True)
     if result.kind == "mos":
         return _write_mos(result, out, plots)

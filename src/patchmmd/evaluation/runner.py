@@ -13,8 +13,9 @@ holding the values and the statistics of :mod:`.stats`:
 
 With ``cache`` (a folder), each finished metric's values are stored as ``<cache>/<metric>.json`` (a name with
 characters some file systems refuse, such as ``mmdpp:preset=loss``, is written as :func:`cache_file_name` gives
-it) together with the settings they were computed with; a later run with the same settings reads them back instead of
-recomputing, and one with other settings raises :class:`CacheMismatchError`. The files are written atomically;
+it) together with the settings they were computed with (the items, and their image files' sizes and modification
+times, among them); a later run with the same settings reads them back instead of recomputing, and one with other
+settings raises :class:`CacheMismatchError`, naming what changed. The files are written atomically;
 one that cannot be decoded is recomputed with a warning (see :func:`_cached`); one someone else could have written
 is refused (:mod:`patchmmd._trust`). Progress is reported through
 a callback receiving :class:`Progress` events (no progress bar here). :mod:`.report` writes the result.
@@ -408,9 +409,9 @@ def _read_cache(path: Path, settings: dict[str, Any], n: int) -> list[list[float
     else:
         if not isinstance(data, dict) or not isinstance(data.get("settings"), dict):
             problem = "no settings"
-        elif data["settings"] != settings:
-            raise CacheMismatchError(f"{path} was computed with other settings ({data['settings']})", path,
-                                     data["settings"])
+        elif _changed(data["settings"], settings):
+            raise CacheMismatchError(f"{path} was computed with other settings "
+                                     f"({_what_changed(data['settings'], settings)})", path, data["settings"])
         elif not _cached_values_ok(data.get("values"), n):
             problem = f"not {n} rows of finite values"
         else:
@@ -419,6 +420,39 @@ def _read_cache(path: Path, settings: dict[str, Any], n: int) -> list[list[float
     warnings.warn(f"the cache file {path} is damaged ({problem}); ignoring it: the metric is computed again and "
                   "the file replaced", RuntimeWarning, stacklevel=4)
     return None
+
+
+def _json_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``settings`` as they read back from a cache file: tuples as lists, paths (and any other value JSON does
+    not hold) as their text, so that the stored and the current settings compare (and a path can be stored)."""
+    out: dict[str, Any] = json.loads(json.dumps(settings, default=lambda v: os.fspath(v) if isinstance(
+        v, os.PathLike) else repr(v)))
+    return out
+
+
+def _key(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)  # NaN as text: an option NaN equals itself
+
+
+def _changed(stored: Mapping[str, Any], settings: Mapping[str, Any]) -> list[str]:
+    """The keys of the settings whose values differ between a cache file's and the current run's (a key only one
+    of them has differs: a file written before the image files were stamped is refused, as it cannot tell)."""
+    return sorted(k for k in {**stored, **settings} if k not in stored or k not in settings
+                  or (stored[k] != settings[k] and _key(stored[k]) != _key(settings[k])))
+
+
+#: What a change of these settings means (their values are fingerprints that say nothing to a reader).
+_CHANGE_HINTS = {"items": "items: other ones, or in another order",
+                 "images": "images: files changed since, in size or modification time"}
+
+
+def _what_changed(stored: Mapping[str, Any], settings: Mapping[str, Any]) -> str:
+    def short(d: Mapping[str, Any], k: str) -> str:
+        text = _key(d[k]) if k in d else "(none)"
+        return text if len(text) <= 80 else text[:77] + "..."
+
+    return "; ".join(_CHANGE_HINTS.get(k, f"{k}: {short(stored, k)}, now {short(settings, k)}")
+                     for k in _changed(stored, settings))
 
 
 def _cached_values_ok(values: Any, n: int) -> bool:
@@ -435,6 +469,25 @@ def _plain(v: Any) -> Any:
 def _digest(items: Any) -> str:
     """A short fingerprint of the items' identities (names or paths, in order), stored with cached values."""
     return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
+
+
+def _image_stamps(paths: Sequence[Path]) -> str:
+    """A short fingerprint of the image files' sizes and modification times, in order (their names are in the
+    ``items`` fingerprint): an image replaced in place under the same name is not the one cached values came
+    from. A file that cannot be stat'ed counts as missing (reading it fails later, naming it)."""
+    stamps: dict[Path, str] = {}
+    for p in paths:
+        if p not in stamps:
+            try:
+                st = p.stat()
+            except (OSError, ValueError):
+                stamps[p] = "missing"
+            else:
+                stamps[p] = f"{st.st_size}:{st.st_mtime_ns}"
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(stamps[p].encode() + b"\n")
+    return h.hexdigest()[:16]
 
 
 #: Keys of a MOS result next to its groups (see :func:`run`): a group cannot have these names.
@@ -523,7 +576,10 @@ def run(
         result.settings = {"kind": kind, "root": str(Path(dataset.root).resolve()), "subsets": dataset.subsets,
                            "split": dataset.split, "load_size": dataset.load_size or 0, "mode": dataset.mode,
                            "limit": limit, "n": n,
-                           "items": _digest([[dataset.items[i][0], dataset.items[i][1]] for i in indices])}
+                           "items": _digest([[dataset.items[i][0], dataset.items[i][1]] for i in indices]),
+                           "images": _image_stamps([dataset.items[i][2][part] for i in indices
+                                                    for part in (("ref", "p0", "p1") if kind == "2afc"
+                                                                 else ("p0", "p1"))])}
     else:
         bootstrap, seed = _check_bootstrap(bootstrap, seed)  # before any metric runs
         result.bootstrap, result.seed = bootstrap, seed
@@ -544,7 +600,9 @@ def run(
         result.settings = {"kind": kind, "labels": str(dataset.labels_csv.resolve()),
                            "root": str(dataset.root.resolve()), "mode": dataset.mode, "n": n,
                            "columns": [dataset.reference_column, dataset.distorted_column, dataset.score_column],
-                           "items": _digest([[dataset.references[i], dataset.distorted[i]] for i in indices])}
+                           "items": _digest([[dataset.references[i], dataset.distorted[i]] for i in indices]),
+                           "images": _image_stamps([dataset.root / p for i in indices
+                                                    for p in (dataset.references[i], dataset.distorted[i])])}
     result.settings = {k: _plain(v) for k, v in result.settings.items()}
 
     for name, metric in specs.items():
@@ -552,6 +610,7 @@ def run(
         files = file_stamps(metric.options)
         if files:  # weight files: a file replaced in place is not the one the cached values came from
             settings["files"] = files
+        settings = _json_settings(settings)
         vals = _cached(cache_dir, metric, settings,
                        functools.partial(_compute, metric, dataset, indices, kind, batch_size, dev, progress),
                        progress, n)

@@ -180,18 +180,14 @@ def image_grid_figure(
     rows: Sequence[Sequence[torch.Tensor]], row_labels: Sequence[str], col_labels: Sequence[str] | None,
     path: str | os.PathLike[str], *, title: str | None = None, cell: float = 1.8,
 ) -> None:
-    """A matplotlib (Agg) grid of ``[0, 1]`` images ``(C, H, W)``; rows share ``row_labels``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """A matplotlib grid of ``[0, 1]`` images ``(C, H, W)``; rows share ``row_labels``. Drawn on a
+    :class:`matplotlib.figure.Figure` without pyplot: the caller's backend (a notebook's) is left as it is."""
+    from matplotlib.figure import Figure
 
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     h, w = rows[0][0].shape[-2:]
-    fig, axes = plt.subplots(
-        n_rows, n_cols, figsize=(cell * n_cols * w / max(h, w) + 0.6, cell * n_rows * h / max(h, w) + 0.4),
-        squeeze=False,
-    )
+    fig = Figure(figsize=(cell * n_cols * w / max(h, w) + 0.6, cell * n_rows * h / max(h, w) + 0.4))
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
     for i, row in enumerate(rows):
         for j in range(n_cols):
             ax = axes[i][j]
@@ -211,4 +207,3 @@ def image_grid_figure(
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(output_file(path), dpi=100)
-    plt.close(fig)
