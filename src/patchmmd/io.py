@@ -15,7 +15,9 @@ Value ranges: each kind of file is read with its own fixed range, never a guess 
 
 * 8-bit files (and palette, bilevel, CMYK, ... converted by Pillow): divided by 255.
 * 16-bit grayscale (PNG, TIFF, and PGM/PPM with a maxval above 255, which Pillow rescales to 16 bits):
-  divided by 65535, so a dark 16-bit image stays dark.
+  divided by 65535, so a dark 16-bit image stays dark. A TIFF whose 0 is white (PhotometricInterpretation
+  MinIsWhite) reads as shown, as Pillow reads 8-bit ones: 16-bit samples become ``1 - v / 65535``, and
+  floats ``1 - v``.
 * 16-bit colour PNG (RGB, RGBA, gray + alpha), TIFF and PPM: Pillow reduces each sample to 8 bits, so these
   are read at 8-bit precision (divided by 255, the right range), with a :class:`RuntimeWarning` saying so (a
   16-bit transparent colour of such a PNG is then ignored, and the warning says that too).
@@ -27,16 +29,19 @@ Value ranges: each kind of file is read with its own fixed range, never a guess 
 The EXIF orientation tag is applied (a photo saved rotated with an orientation tag reads upright, as
 viewers show it). Colour management is not: an embedded ICC profile and PNG ``gAMA``/``cHRM``/``sRGB`` chunks
 are ignored and the samples are read as stored. An animated file (GIF, APNG, WebP) is read as its first
-frame. Images larger than ``max_pixels`` (default :data:`DEFAULT_MAX_PIXELS`) are refused from their header,
-before any pixel is decoded, so a small compressed file that claims a huge size (a decompression bomb) costs
-nothing. ``.npy`` files (as in BAPPS's judgments) are not images and are read with :func:`numpy.load`
-elsewhere.
+frame, a multi-page TIFF as its first page. Only the raster formats of :data:`IMAGE_FORMATS` are opened, by
+their content whatever the file's suffix: Pillow's other readers (EPS, which runs Ghostscript; PSD, FITS, ...)
+are never asked to parse a file. Images larger than ``max_pixels`` (default
+:data:`DEFAULT_MAX_PIXELS`) are refused from their header, before any pixel is decoded, so a small compressed
+file that claims a huge size (a decompression bomb) costs nothing. ``.npy`` files (as in BAPPS's judgments)
+are not images and are read with :func:`numpy.load` elsewhere.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+import struct
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -49,6 +54,10 @@ from .core.validation import check_positive_int
 ImageMode = Literal["RGB", "L", "keep"]
 IMAGE_MODES = ("RGB", "L", "keep")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
+#: The file formats :func:`load_image` opens, those of :data:`IMAGE_SUFFIXES` (Pillow's names; JPEG includes
+#: multi-picture MPO files, PPM the PBM/PGM/PPM family). A file of any other format is refused unread, whatever
+#: its suffix.
+IMAGE_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "GIF", "WEBP", "PPM")
 
 DEFAULT_MAX_PIXELS = 64 * 2**20
 """The default largest image :func:`load_image` reads: 64 megapixels (8192 x 8192).
@@ -139,7 +148,11 @@ def load_image(
                 raise ImageReadError(f"cannot read {path}: not a regular file (a FIFO, a device or a socket)")
             # Our own limit decides (it is below Pillow's warning threshold by default).
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(f)
+            try:
+                im = Image.open(f, formats=IMAGE_FORMATS)
+            except UnidentifiedImageError:
+                raise ImageReadError(f"cannot read {path} as an image: not a file of the formats read "
+                                     f"({', '.join(IMAGE_FORMATS)})") from None
             w, h = im.size
             if max_pixels is not None and w * h > max_pixels:
                 raise ImageTooLargeError(
@@ -150,7 +163,9 @@ def load_image(
                 raise ImageReadError(f"cannot read {path}: a TIFF of signed integers has no known value range; "
                                      "save it as unsigned 8- or 16-bit, or float with values in [0, 1]")
             ppm_maxval = _ppm_maxval(im)  # known from the decoder's arguments, gone once loaded
+            min_is_white = fmt == "TIFF" and getattr(im, "tag_v2", {}).get(262) == 0  # PhotometricInterpretation
             im.load()
+            _scale_low_bit_gray_key(im, f)
             bits = _colour_bits_reduced(im, f, ppm_maxval)
             if bits:
                 ignored = ""
@@ -176,7 +191,11 @@ def load_image(
         if isinstance(e, ImageReadError):
             raise
         raise ImageReadError(f"cannot read {path} as an image: {e}") from None
-    a, scale = _pixels(_upright(im), fmt, mode, path)
+    except MemoryError:
+        raise
+    except Exception as e:  # a damaged file can fail Pillow's parsers in other ways (TypeError, struct.error, ...)
+        raise ImageReadError(f"cannot read {path} as an image: {type(e).__name__}: {e}") from e
+    a, scale = _pixels(_upright(im), fmt, mode, path, min_is_white=min_is_white)
     del im  # only the samples are needed now: let Pillow's copy go before the float one is made
     return _to_tensor(a, scale, mode, dtype)
 
@@ -193,6 +212,23 @@ def _png_colour_depth16(f: Any) -> bool:
     f.seek(16)  # 8-byte signature, IHDR length and type; then width, height, bit depth, colour type
     head = f.read(10)
     return len(head) == 10 and head[8] == 16 and head[9] in (2, 4, 6)
+
+
+def _scale_low_bit_gray_key(im: Any, f: Any) -> None:
+    """Scale the transparent gray level of a loaded 2- or 4-bit grayscale PNG to the 8-bit samples Pillow made.
+
+    The tRNS chunk holds the level in the file's bit depth (1 of 0..3 for 2 bits) while Pillow spreads the
+    samples over 0..255 (1 becomes 85); left as it is, the key would match no pixel. (Pillow maps 1-bit keys
+    itself; a key already spread, a multiple of 85 or 17 above the depth's top level, is left alone.)"""
+    key = im.info.get("transparency")
+    if im.format != "PNG" or im.mode != "L" or not isinstance(key, int):
+        return
+    f.seek(16)  # 8-byte signature, IHDR length and type; then width, height, bit depth, colour type
+    head = f.read(10)
+    if len(head) == 10 and head[8] in (2, 4) and head[9] == 0:
+        top = (1 << head[8]) - 1
+        if 0 <= key <= top:
+            im.info["transparency"] = key * (255 // top)
 
 
 def _tiff_signed(im: Any) -> bool:
@@ -229,22 +265,28 @@ def _colour_bits_reduced(im: Any, f: Any, ppm_maxval: int) -> int:
 
 
 def _upright(im: Any) -> Any:
-    """``im`` turned as its EXIF orientation tag says (unchanged without one or with unreadable EXIF)."""
-    from PIL import ImageOps
+    """``im`` turned as its EXIF orientation tag says (unchanged without one or with unreadable EXIF).
+
+    The turn is ``ImageOps.exif_transpose``'s, without its rewriting of the EXIF block (which fails on some
+    damaged tags that do not matter here)."""
+    from PIL import Image
 
     try:
         orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
-        if orientation in (2, 3, 4, 5, 6, 7, 8):
-            return ImageOps.exif_transpose(im)
-    except (OSError, ValueError, SyntaxError, KeyError, TypeError, EOFError):
-        pass  # damaged EXIF: the pixels are still good, read them as stored
-    return im
+    except (OSError, ValueError, SyntaxError, KeyError, TypeError, EOFError, IndexError, struct.error):
+        return im  # damaged EXIF: the pixels are still good, read them as stored
+    t = Image.Transpose
+    method = {2: t.FLIP_LEFT_RIGHT, 3: t.ROTATE_180, 4: t.FLIP_TOP_BOTTOM, 5: t.TRANSPOSE, 6: t.ROTATE_270,
+              7: t.TRANSVERSE, 8: t.ROTATE_90}.get(orientation) if isinstance(orientation, int) else None
+    return im if method is None else im.transpose(method)
 
 
-def _pixels(im: Any, fmt: str | None, mode: ImageMode, path: str | os.PathLike[str]) -> tuple[np.ndarray, float]:
+def _pixels(im: Any, fmt: str | None, mode: ImageMode, path: str | os.PathLike[str], *,
+            min_is_white: bool = False) -> tuple[np.ndarray, float]:
     """The image's samples as stored (``(H, W)`` or ``(H, W, C)``; 8-bit, 16-bit or float32) and the number
     they are divided by to map them to [0, 1]. ``fmt`` is the file's format (``im`` may be an upright copy,
-    which has none).
+    which has none). ``min_is_white``: a TIFF whose 0 is white (PhotometricInterpretation 0); Pillow inverts
+    its 1- to 8-bit samples itself but reads 16-bit and float ones as stored, so those are inverted here.
 
     Raises:
         ImageReadError: a mode whose range is unknown (32-bit integers), floats outside [0, 1], or a mode
@@ -254,6 +296,8 @@ def _pixels(im: Any, fmt: str | None, mode: ImageMode, path: str | os.PathLike[s
         a = np.asarray(im)
         if im.mode == "I" and a.size and (int(a.min()) < 0 or int(a.max()) > 65535):
             raise ImageReadError(f"cannot read {path}: its {fmt} 16-bit values are out of range")
+        if min_is_white:
+            a = 65535 - a
         key = im.info.get("transparency")
         if isinstance(key, int):  # a transparent gray level (PNG tRNS), as in 8-bit files
             clear = a == key
@@ -277,7 +321,7 @@ def _pixels(im: Any, fmt: str | None, mode: ImageMode, path: str | os.PathLike[s
                     f"cannot read {path}: a float image (mode F) is read as it is and must hold values in "
                     f"[0, 1]; it holds [{lo:.6g}, {hi:.6g}]"
                 )
-        return a, 1.0
+        return (1.0 - a if min_is_white else a), 1.0
     try:
         im = _to_8bit(im, mode)
     except ValueError as e:
@@ -310,6 +354,8 @@ def _to_8bit(im: Any, mode: ImageMode) -> Any:
     palette entry or colour (``im.info["transparency"]``) becomes alpha."""
     from PIL import Image
 
+    if im.mode == "LAB":  # no alpha, although its mode has an "A"; Pillow converts it to RGB, not to L
+        im = im.convert("RGB")
     if "transparency" in im.info and im.mode in ("1", "L", "P", "RGB"):
         im = im.convert("RGBA")  # Pillow turns the transparent index, gray level or colour into alpha
     elif im.mode == "P":
@@ -360,12 +406,17 @@ def save_image(t: torch.Tensor, path: str | os.PathLike[str]) -> None:
     """Write a ``(C, H, W)`` or ``(1, C, H, W)`` floating tensor in [0, 1] as an 8-bit image file; ``C`` is 1
     (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA).
 
-    Each value is rounded to the nearest multiple of 1/255, so :func:`load_image` reads 8-bit values back
-    exactly; values outside [0, 1] (infinities included) are clamped.
+    The format is the one of ``path``'s suffix, with Pillow's default settings. Each value is rounded to the
+    nearest multiple of 1/255, so :func:`load_image` reads 8-bit values back exactly from PNG and TIFF, and
+    from BMP and PPM without alpha (these two drop an RGBA image's alpha); JPEG and WebP are lossy by default,
+    GIF holds at most 256 colours. Values outside [0, 1] (infinities included) are clamped.
 
     Raises:
         TypeError: ``t`` is not a floating tensor (the 0..255 of an integer one would all clamp to 1).
-        ValueError: another shape, a batch of more than one image, or NaN values.
+        ValueError: another shape, a batch of more than one image, or NaN values; from Pillow, a suffix it
+            does not know.
+        OSError: from Pillow, a format that cannot hold the image's channels (alpha in JPEG, gray + alpha
+            in BMP).
     """
     from PIL import Image
 
