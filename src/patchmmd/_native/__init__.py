@@ -34,7 +34,9 @@ process can tell that it built it:
   cannot redirect the loader. A folder that fails these checks (``$PATCHMMD_CACHE_DIR`` or
   ``$XDG_CACHE_HOME`` pointing at a shared folder, a ``<tmp>/patchmmd-<uid>`` planted by another user) is
   not used, with one :class:`RuntimeWarning` that says why; if no candidate folder is usable the library
-  is compiled into a private ``tempfile.mkdtemp`` folder for this process only (slower start, still fast).
+  is compiled into a private ``tempfile.mkdtemp`` folder for this process only (slower start, still fast). A
+  folder that cannot be made or opened (a file in the way, no permission) is passed over silently for the next
+  one; if none is left, the warning says so (each new process then compiles again).
 - Beside ``kernels-<key>.so`` lies a record ``kernels-<key>.so.json`` (size, SHA-256, source hash,
   compiler, flags), written by this module only after the build passed its checks. Both are written to a
   temporary name, ``fsync``-ed and renamed into place (then the folder is ``fsync``-ed), under an ``flock``
@@ -45,7 +47,9 @@ process can tell that it built it:
   folder and that copy is loaded: on Linux through ``/proc/self/fd/<folder descriptor>/<copy>``, elsewhere
   through the folder's path after checking that it still names the opened folder. The copy is unlinked
   once loaded. So what is loaded is exactly what was verified (no check-then-swap window), and it lies on
-  the same file system as the cache (a ``noexec`` ``/tmp`` does not matter).
+  the same file system as the cache (a ``noexec`` ``/tmp`` does not matter). Where no file can be made in
+  the cache (a read-only mount or image layer, a full disk) the copy is made the same way in a private
+  ``tempfile.mkdtemp`` folder, so a verified library in a read-only cache is still used.
 - Before it is used or cached a build must export the kernel symbols and pass :func:`_self_check`.
 
 A cached library that fails any of this (no record, truncated, garbage, zero bytes, missing symbols, a
@@ -359,14 +363,55 @@ def _read_cached(dfd: int, folder: Path, name: str, key: str) -> bytes | None:
     return data
 
 
+class _NoCopy(Exception):
+    """No file could be made in a folder for :func:`_dlopen_copy` (read-only, full): ``error`` says why."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 def _dlopen_copy(dfd: int, folder: Path, data: bytes) -> ctypes.CDLL:
     """Load ``data`` (bytes already verified or just built) from a fresh private copy in the opened folder,
-    reached through its descriptor (see the module docstring); the copy is unlinked once loaded."""
-    name = f".load-{os.getpid()}-{secrets.token_hex(6)}{_SUFFIX}"
-    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _CLOEXEC, 0o700, dir_fd=dfd)
+    reached through its descriptor (see the module docstring); the copy is unlinked once loaded.
+
+    Where no file can be made in that folder (a read-only cache: a read-only mount, a container image's layer;
+    a full disk) the copy is made in a private temporary folder of this process instead, removed once loaded,
+    so that a verified library in a cache that cannot be written is still used (raises the first folder's
+    :class:`OSError` if that fails too)."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        return _dlopen_copy_in(dfd, folder, data)
+    except _NoCopy as e:
+        unwritable = e.error
+    try:
+        private = Path(tempfile.mkdtemp(prefix="patchmmd-load-"))
+    except OSError:
+        raise unwritable from None
+    try:
+        pfd = _open_private_dir(private)
+        try:
+            return _dlopen_copy_in(pfd, private, data)
+        finally:
+            os.close(pfd)
+    except (_NoCopy, _Untrusted):
+        raise unwritable from None
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def _dlopen_copy_in(dfd: int, folder: Path, data: bytes) -> ctypes.CDLL:
+    """:func:`_dlopen_copy` in the opened folder ``dfd`` only: :class:`_NoCopy` if the copy cannot be written."""
+    name = f".load-{os.getpid()}-{secrets.token_hex(6)}{_SUFFIX}"
+    try:
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _CLOEXEC, 0o700, dir_fd=dfd)
+    except OSError as e:
+        raise _NoCopy(e) from None
+    try:
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        except OSError as e:
+            raise _NoCopy(e) from None
         proc = Path(f"/proc/self/fd/{dfd}")
         if proc.is_dir():
             path = proc / name
@@ -855,6 +900,19 @@ def _self_check_scan(nk: NativeKernels, g: torch.Generator) -> bool:
 
 
 _ENABLED = [True]
+#: Held while :func:`_load` runs: the first call's build is done once, however many threads ask at once.
+_LOADING = threading.RLock()
+
+
+def _new_loading_lock() -> None:
+    """A forked child's lock (another thread of the parent may have held it at the fork, and never releases it
+    in the child)."""
+    global _LOADING
+    _LOADING = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_loading_lock)
 
 
 @contextmanager
@@ -884,7 +942,8 @@ def kernels() -> NativeKernels | None:
     :func:`disabled`)."""
     if not _ENABLED[-1] or _turned_off():
         return None
-    return _load()
+    with _LOADING:  # threads that ask at once wait for the one build (not one build each)
+        return _load()
 
 
 def status() -> str:
@@ -894,7 +953,8 @@ def status() -> str:
     off = _turned_off() or (None if _ENABLED[-1] else "turned off here by patchmmd._native.disabled()")
     if off:
         return f"off: {off}"
-    nk = _load()
+    with _LOADING:
+        nk = _load()
     if nk is None:
         return f"off: {_WHY_NOT[0] or 'not loaded'}"
     threads = torch.get_num_threads()
@@ -930,6 +990,7 @@ def _find_or_build() -> tuple[NativeKernels | None, str]:
     key = _cache_key(cc)
     name = f"kernels-{key}{_SUFFIX}"
     refused: list[str] = []  # security refusals: always said (once)
+    unusable: list[str] = []  # cache folders that cannot be made or opened (not a folder, no permission)
     dfd, folder, private = -1, Path(), False
     for candidate in _cache_dirs():
         try:
@@ -937,9 +998,10 @@ def _find_or_build() -> tuple[NativeKernels | None, str]:
             break
         except _Untrusted as e:
             refused.append(f"{e}: not used")
-        except OSError:
-            continue
+        except OSError as e:  # said only if no folder is usable (the defaults fall back to the next one silently)
+            unusable.append(f"the cache folder {candidate} cannot be used ({e})")
     if dfd < 0:
+        refused += unusable  # each new process would compile again, silently slower to start: said
         try:
             folder, private = Path(tempfile.mkdtemp(prefix="patchmmd-")), True
             dfd = _open_private_dir(folder)
@@ -948,7 +1010,8 @@ def _find_or_build() -> tuple[NativeKernels | None, str]:
             _warn([*refused, why], "using PyTorch")
             return None, why
         if refused:
-            refused.append("compiling into a private temporary folder for this process instead")
+            refused.append("compiling into a private temporary folder for this process instead (every new process "
+                           "compiles them again)")
     problems: list[str] = []  # said only if no working kernels come out of this
     try:
         try:

@@ -59,10 +59,14 @@ def _check_op_inputs(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor
                          f"(m, C k²) / (m,) with m a multiple of {BLOCK_FEATURES}")
 
 
-def _check_floor(floor: float) -> None:
-    if not 0.0 <= floor < float("inf"):
-        raise ValueError(f"patchmmd::rff ops: floor must be 0 (raw patches) or a positive finite number, "
-                         f"got {floor!r}")
+def _check_floor(floor: float, d: int) -> None:
+    """The kernels take ``d floor²`` (``d = C k²``) as a float32 and read 0 as raw patches: a positive ``floor``
+    whose ``d floor²`` underflows would silently give the raw patches' sums, one that overflows NaN."""
+    f32 = torch.finfo(torch.float32)
+    if not (floor == 0.0 or (0.0 < floor < float("inf") and f32.tiny <= d * floor * floor <= f32.max)):
+        raise ValueError(f"patchmmd::rff ops: floor must be 0 (raw patches) or a positive finite number with "
+                         f"C k² floor² a normal float32 ({f32.tiny:.3g} to {f32.max:.3g}), got {floor!r} "
+                         f"(C k² = {d})")
 
 
 def _sums_shape(xp: torch.Tensor, weight: torch.Tensor, hc: int, wc: int, bh: int, bw: int) -> tuple[int, ...]:
@@ -79,7 +83,7 @@ def rff_sums(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, floor:
     gives the angle of the normalised patch, docs/method.md §3.3). ``xp`` ``(N, C, Hp, Wp)``,
     ``Hp >= hc + k - 1``, ``Wp >= round_up(wc, VECTOR) + k - 1``; ``m`` a multiple of :data:`BLOCK_FEATURES`."""
     _check_op_inputs(xp, weight, phase, hc, wc, bh, bw, k)
-    _check_floor(floor)
+    _check_floor(floor, weight.shape[1])
     return _required().block_sums_split(xp, weight, phase, hc, wc, bh, bw, k, floor)
 
 
@@ -97,7 +101,7 @@ def rff_sums_grad(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, f
     (``(N, m, hc/bh, wc/bw)`` float32 each) with respect to the two outputs of :func:`rff_sums` with the same
     ``floor`` (through the angles and, for ``floor`` > 0, through each patch's factor ``s``)."""
     _check_op_inputs(xp, weight, phase, hc, wc, bh, bw, k)
-    _check_floor(floor)
+    _check_floor(floor, weight.shape[1])
     shape = _sums_shape(xp, weight, hc, wc, bh, bw)
     for name, t in (("g_cos", g_cos), ("g_sin", g_sin)):
         if tuple(t.shape) != shape or t.dtype != torch.float32 or t.device.type != "cpu":
@@ -129,7 +133,7 @@ def _plain_sums(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, flo
     z = z + phase.view(1, -1, 1, 1)
 
     def sums(t: torch.Tensor) -> torch.Tensor:
-        return t.view(n, -1, hc // bh, bh, wc // bw, bw).sum(dim=(3, 5))
+        return t.view(n, weight.shape[0], hc // bh, bh, wc // bw, bw).sum(dim=(3, 5))  # (not -1: n may be 0)
 
     return sums(torch.cos(z)), sums(torch.sin(z))
 
