@@ -4,7 +4,6 @@ arguments. Small sizes, one or two rounds: these check what is measured and how,
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,33 +13,24 @@ from types import ModuleType
 import pytest
 import torch
 
+from test_benchmarks import _load
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(name: str, path: Path) -> ModuleType:
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def bp() -> ModuleType:
-    return _load("bench_perf", ROOT / "benchmarks" / "bench_perf.py")
+    return _load("bench_perf")
 
 
 @pytest.fixture(scope="module")
 def ab() -> ModuleType:
-    return _load("ab_revisions", ROOT / "benchmarks" / "ab_revisions.py")
+    return _load("ab_revisions")
 
 
 @pytest.fixture(scope="module")
 def ddp() -> ModuleType:
-    return _load("ddp_train", ROOT / "examples" / "ddp_train.py")
+    return _load("ddp_train", ROOT / "examples")
 
 
 @pytest.fixture(autouse=True)

@@ -15,10 +15,11 @@ import torch
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def _load(name: str) -> ModuleType:
+def _load(name: str, folder: Path = BENCH) -> ModuleType:
+    """The script ``folder/name.py`` as a module (loaded once)."""
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
