@@ -154,3 +154,18 @@ def test_the_formats_read_are_read_whatever_the_suffix(tmp_path: Path, fmt: str,
     assert load_image(path).shape == (3, 16, 16)
     renamed = path.rename(tmp_path / "x.data")
     assert load_image(renamed).shape == (3, 16, 16)
+
+
+def test_a_warning_turned_into_an_error_is_not_reported_as_a_damaged_file(tmp_path: Path) -> None:
+    """Under ``-W error::RuntimeWarning`` the 8-bit-precision warning of a 16-bit colour PNG is raised as itself;
+    a catch-all around the read turned it (and any bug of the package's own helpers) into "cannot read as an
+    image", which ``score`` writes as an error row per file."""
+    import warnings
+
+    from test_io import _png16
+
+    (tmp_path / "c.png").write_bytes(_png16(np.array([[[0, 25737, 65535]]], dtype=np.uint16), 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with pytest.raises(RuntimeWarning, match="read at 8-bit precision"):
+            load_image(tmp_path / "c.png")

@@ -167,14 +167,9 @@ def load_image(
             im.load()
             _scale_low_bit_gray_key(im, f)
             bits = _colour_bits_reduced(im, f, ppm_maxval)
-            if bits:
-                ignored = ""
-                if "transparency" in im.info and len(im.getbands()) > 1:  # a 16-bit colour key: no 8-bit match
-                    del im.info["transparency"]
-                    ignored = "; its transparent colour (tRNS) is ignored"
-                warnings.warn(f"{path}: a {bits}-bit colour {fmt} is read at 8-bit precision (Pillow reduces each "
-                              f"sample to 8 bits){ignored}; save it as 8-bit, or 16-bit grayscale, to avoid this",
-                              RuntimeWarning, stacklevel=2)
+            key_ignored = bool(bits) and "transparency" in im.info and len(im.getbands()) > 1
+            if key_ignored:  # a 16-bit colour key: no 8-bit sample matches it
+                del im.info["transparency"]
     except FileNotFoundError:
         raise ImageReadError(f"image file not found: {path}") from None
     except Image.DecompressionBombError as e:
@@ -191,10 +186,15 @@ def load_image(
         if isinstance(e, ImageReadError):
             raise
         raise ImageReadError(f"cannot read {path} as an image: {e}") from None
-    except MemoryError:
-        raise
-    except Exception as e:  # a damaged file can fail Pillow's parsers in other ways (TypeError, struct.error, ...)
+    except (TypeError, struct.error, IndexError, KeyError, ZeroDivisionError) as e:
+        # how Pillow's parsers fail on damaged files besides the errors above (a TIFF with float StripOffsets: a
+        # TypeError); the package's own bugs and warnings turned into errors are not hidden as damaged files
         raise ImageReadError(f"cannot read {path} as an image: {type(e).__name__}: {e}") from e
+    if bits:
+        ignored = "; its transparent colour (tRNS) is ignored" if key_ignored else ""
+        warnings.warn(f"{path}: a {bits}-bit colour {fmt} is read at 8-bit precision (Pillow reduces each "
+                      f"sample to 8 bits){ignored}; save it as 8-bit, or 16-bit grayscale, to avoid this",
+                      RuntimeWarning, stacklevel=2)
     a, scale = _pixels(_upright(im), fmt, mode, path, min_is_white=min_is_white)
     del im  # only the samples are needed now: let Pillow's copy go before the float one is made
     return _to_tensor(a, scale, mode, dtype)
@@ -206,12 +206,18 @@ def _open_nonblocking(path: str, flags: int) -> int:
     return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
 
 
+def _png_depth_and_colour(f: Any) -> tuple[int, int]:
+    """The bit depth and colour type of the PNG open in ``f``, from its IHDR chunk ((0, 0) if it is cut short)."""
+    f.seek(16)  # 8-byte signature, IHDR length and type; then width, height, bit depth, colour type
+    head = f.read(10)
+    return (head[8], head[9]) if len(head) == 10 else (0, 0)
+
+
 def _png_colour_depth16(f: Any) -> bool:
     """Whether the PNG open in ``f`` has 16-bit samples and colour or alpha (IHDR: bit depth 16, colour type 2,
     4 or 6), which Pillow reduces to 8 bits."""
-    f.seek(16)  # 8-byte signature, IHDR length and type; then width, height, bit depth, colour type
-    head = f.read(10)
-    return len(head) == 10 and head[8] == 16 and head[9] in (2, 4, 6)
+    depth, colour = _png_depth_and_colour(f)
+    return depth == 16 and colour in (2, 4, 6)
 
 
 def _scale_low_bit_gray_key(im: Any, f: Any) -> None:
@@ -223,10 +229,9 @@ def _scale_low_bit_gray_key(im: Any, f: Any) -> None:
     key = im.info.get("transparency")
     if im.format != "PNG" or im.mode != "L" or not isinstance(key, int):
         return
-    f.seek(16)  # 8-byte signature, IHDR length and type; then width, height, bit depth, colour type
-    head = f.read(10)
-    if len(head) == 10 and head[8] in (2, 4) and head[9] == 0:
-        top = (1 << head[8]) - 1
+    depth, colour = _png_depth_and_colour(f)
+    if depth in (2, 4) and colour == 0:
+        top = (1 << depth) - 1
         if 0 <= key <= top:
             im.info["transparency"] = key * (255 // top)
 
