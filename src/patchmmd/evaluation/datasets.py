@@ -265,10 +265,18 @@ class _BAPPS:
     def _image(self, path: Path) -> torch.Tensor:
         return _resize(load_image(path, mode=self.mode), self.load_size)
 
-    def _images(self, i: int, parts: Sequence[str]) -> list[torch.Tensor]:
-        """The images of item ``i`` (``parts`` of it), which a metric compares: of one size, or a
-        :class:`DatasetError` naming them."""
+    def _image_parts(self) -> list[str]:
+        return [p for p, suffixes in self._parts.items() if suffixes is IMAGE_SUFFIXES]
+
+    def image_files(self, i: int) -> list[Path]:
+        """The image files of item ``i``, in the order its item holds them (``ref``, ``p0``, ``p1`` for 2AFC)."""
+        return [self.items[i][2][p] for p in self._image_parts()]
+
+    def _images(self, i: int) -> list[torch.Tensor]:
+        """The images of item ``i``, which a metric compares: of one size, or a :class:`DatasetError` naming
+        them."""
         subset, stem, files = self.items[i]
+        parts = self._image_parts()
         images = [self._image(files[p]) for p in parts]
         if any(t.shape != images[0].shape for t in images):
             sizes = ", ".join(f"{p}/{files[p].name} {tuple(t.shape)}" for p, t in zip(parts, images, strict=True))
@@ -307,7 +315,7 @@ class BAPPS2AFC(_BAPPS):
 
     def __getitem__(self, i: int) -> TwoAFCItem:
         subset, stem, f = self.items[i]
-        ref, p0, p1 = self._images(i, ("ref", "p0", "p1"))
+        ref, p0, p1 = self._images(i)
         return TwoAFCItem(ref, p0, p1, _load_fraction(f["judge"], "judge"), subset, stem)
 
     def __iter__(self) -> Iterator[TwoAFCItem]:
@@ -322,7 +330,7 @@ class BAPPSJND(_BAPPS):
 
     def __getitem__(self, i: int) -> JNDItem:
         subset, stem, f = self.items[i]
-        p0, p1 = self._images(i, ("p0", "p1"))
+        p0, p1 = self._images(i)
         return JNDItem(p0, p1, _load_fraction(f["same"], "same"), subset, stem)
 
     def __iter__(self) -> Iterator[JNDItem]:

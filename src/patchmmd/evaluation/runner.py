@@ -162,7 +162,8 @@ class EvaluationResult:
         names: per item, the file stem (BAPPS) or the distorted path (MOS).
         human: 2AFC only: the human majority ceiling ``mean(max(g, 1 - g))`` per subset (empty otherwise).
         unscored: MOS only: per metric, the checks of the rows without a score.
-        settings: the settings the values depend on (stored with cached values).
+        settings: the settings the values depend on (stored with cached values; with a cache, the image files'
+            stamps too).
         limit, score_higher_is_better, bootstrap, seed: the options of the run.
     """
 
@@ -409,9 +410,9 @@ def _read_cache(path: Path, settings: dict[str, Any], n: int) -> list[list[float
     else:
         if not isinstance(data, dict) or not isinstance(data.get("settings"), dict):
             problem = "no settings"
-        elif _changed(data["settings"], settings):
+        elif describe_changes(data["settings"], settings):
             raise CacheMismatchError(f"{path} was computed with other settings "
-                                     f"({_what_changed(data['settings'], settings)})", path, data["settings"])
+                                     f"({describe_changes(data['settings'], settings)})", path, data["settings"])
         elif not _cached_values_ok(data.get("values"), n):
             problem = f"not {n} rows of finite values"
         else:
@@ -422,37 +423,64 @@ def _read_cache(path: Path, settings: dict[str, Any], n: int) -> list[list[float
     return None
 
 
-def _json_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+def settings_as_json(settings: Mapping[str, Any]) -> dict[str, Any]:
     """``settings`` as they read back from a cache file: tuples as lists, paths (and any other value JSON does
-    not hold) as their text, so that the stored and the current settings compare (and a path can be stored)."""
-    out: dict[str, Any] = json.loads(json.dumps(settings, default=lambda v: os.fspath(v) if isinstance(
-        v, os.PathLike) else repr(v)))
+    not hold) as their text, so that the stored and the current settings compare, and a path can be stored.
+    Shared by this runner's cache and the suite's (:mod:`.suite_cache`)."""
+    out: dict[str, Any] = json.loads(json.dumps(settings, sort_keys=True, default=lambda v: os.fspath(v) if isinstance(
+        v, os.PathLike) else str(v)))
     return out
-
-
-def _key(value: Any) -> str:
-    return json.dumps(value, sort_keys=True)  # NaN as text: an option NaN equals itself
-
-
-def _changed(stored: Mapping[str, Any], settings: Mapping[str, Any]) -> list[str]:
-    """The keys of the settings whose values differ between a cache file's and the current run's (a key only one
-    of them has differs: a file written before the image files were stamped is refused, as it cannot tell)."""
-    return sorted(k for k in {**stored, **settings} if k not in stored or k not in settings
-                  or (stored[k] != settings[k] and _key(stored[k]) != _key(settings[k])))
 
 
 #: What a change of these settings means (their values are fingerprints that say nothing to a reader).
 _CHANGE_HINTS = {"items": "items: other ones, or in another order",
                  "images": "images: files changed since, in size or modification time"}
+_MISSING = object()
 
 
-def _what_changed(stored: Mapping[str, Any], settings: Mapping[str, Any]) -> str:
-    def short(d: Mapping[str, Any], k: str) -> str:
-        text = _key(d[k]) if k in d else "(none)"
-        return text if len(text) <= 80 else text[:77] + "..."
+def describe_changes(stored: Mapping[str, Any], now: Mapping[str, Any]) -> str:
+    """What differs between a cache file's settings and the current ones, setting by setting (nested ones as
+    ``a.b``; at most four named); ``""`` when nothing does. NaN equals NaN. A setting the file does not record
+    differs: a file written before it was recorded (the image files' stamps) cannot tell whether it changed.
 
-    return "; ".join(_CHANGE_HINTS.get(k, f"{k}: {short(stored, k)}, now {short(settings, k)}")
-                     for k in _changed(stored, settings))
+    Example:
+        >>> describe_changes({"mode": "RGB", "options": {"k": 3}}, {"mode": "L", "options": {"k": 3}})
+        'mode: "RGB", now "L"'
+    """
+    old, new = _flat(stored), _flat(now)
+
+    def differs(a: Any, b: Any) -> bool:
+        return a is _MISSING or b is _MISSING or (a != b and _text(a) != _text(b))
+
+    def say(k: str) -> str:
+        if k not in old:
+            return f"{k}: not recorded (a cache file of an earlier version)"
+        return _CHANGE_HINTS.get(k) or f"{k}: {_short(old[k])}, now {_short(new.get(k, _MISSING))}"
+
+    changed = sorted(k for k in {*old, *new} if differs(old.get(k, _MISSING), new.get(k, _MISSING)))
+    return "; ".join(map(say, changed[:4])) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
+
+
+def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as ``{"a.b": value}``, so that a mismatch names the setting that changed."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _text(v: Any) -> str:
+    return json.dumps(v, sort_keys=True)  # NaN as text: an option NaN equals itself
+
+
+def _short(v: Any) -> str:
+    if v is _MISSING:
+        return "(none)"
+    text = _text(v)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _cached_values_ok(values: Any, n: int) -> bool:
@@ -576,10 +604,8 @@ def run(
         result.settings = {"kind": kind, "root": str(Path(dataset.root).resolve()), "subsets": dataset.subsets,
                            "split": dataset.split, "load_size": dataset.load_size or 0, "mode": dataset.mode,
                            "limit": limit, "n": n,
-                           "items": _digest([[dataset.items[i][0], dataset.items[i][1]] for i in indices]),
-                           "images": _image_stamps([dataset.items[i][2][part] for i in indices
-                                                    for part in (("ref", "p0", "p1") if kind == "2afc"
-                                                                 else ("p0", "p1"))])}
+                           "items": _digest([[dataset.items[i][0], dataset.items[i][1]] for i in indices])}
+        images = [f for i in indices for f in dataset.image_files(i)]
     else:
         bootstrap, seed = _check_bootstrap(bootstrap, seed)  # before any metric runs
         result.bootstrap, result.seed = bootstrap, seed
@@ -600,9 +626,10 @@ def run(
         result.settings = {"kind": kind, "labels": str(dataset.labels_csv.resolve()),
                            "root": str(dataset.root.resolve()), "mode": dataset.mode, "n": n,
                            "columns": [dataset.reference_column, dataset.distorted_column, dataset.score_column],
-                           "items": _digest([[dataset.references[i], dataset.distorted[i]] for i in indices]),
-                           "images": _image_stamps([dataset.root / p for i in indices
-                                                    for p in (dataset.references[i], dataset.distorted[i])])}
+                           "items": _digest([[dataset.references[i], dataset.distorted[i]] for i in indices])}
+        images = [dataset.root / p for i in indices for p in (dataset.references[i], dataset.distorted[i])]
+    if cache_dir is not None:  # (a stat per file: only where values are kept or read back)
+        result.settings["images"] = _image_stamps(images)
     result.settings = {k: _plain(v) for k, v in result.settings.items()}
 
     for name, metric in specs.items():
@@ -610,7 +637,7 @@ def run(
         files = file_stamps(metric.options)
         if files:  # weight files: a file replaced in place is not the one the cached values came from
             settings["files"] = files
-        settings = _json_settings(settings)
+        settings = settings_as_json(settings)
         vals = _cached(cache_dir, metric, settings,
                        functools.partial(_compute, metric, dataset, indices, kind, batch_size, dev, progress),
                        progress, n)

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from .._trust import UntrustedFileError, read_controlled
-from .runner import CacheMismatchError, EvaluationError, safe_file_stem
+from .runner import CacheMismatchError, EvaluationError, describe_changes, safe_file_stem, settings_as_json
 
 __all__ = ["SuiteCache", "entry_name", "tensor_digest"]
 
@@ -59,12 +59,6 @@ def tensor_digest(tensors: Any) -> str:
         h.update(f"{tuple(t.shape)}{t.dtype};".encode())
         h.update(t.numpy().tobytes())
     return h.hexdigest()
-
-
-def _plain(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """``settings`` as they read back from JSON (tuples become lists), so that stored and current compare."""
-    out: dict[str, Any] = json.loads(json.dumps(settings, sort_keys=True, default=str))
-    return out
 
 
 class SuiteCache:
@@ -109,7 +103,7 @@ class SuiteCache:
             raise _untrusted(path, e) from None
         except OSError as e:
             raise EvaluationError(f"cannot read the suite cache file {path}: {e.strerror or e}") from e
-        want = _plain(settings)
+        want = settings_as_json(settings)
         try:
             data = json.loads(raw.decode("utf-8"))
         except ValueError as e:
@@ -117,11 +111,8 @@ class SuiteCache:
         if not isinstance(data, dict) or not isinstance(data.get("settings"), dict) \
                 or not isinstance(data.get("result"), dict):
             return self._damaged(path, "no settings or no result")
-        if data["settings"] != want:
-            old, new = _flat(data["settings"]), _flat(want)
-            changed = sorted(k for k in {*old, *new} if old.get(k, _MISSING) != new.get(k, _MISSING))
-            what = ", ".join(f"{k}: {_short(old.get(k, _MISSING))}, now {_short(new.get(k, _MISSING))}"
-                             for k in changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
+        what = describe_changes(data["settings"], want)
+        if what:
             raise CacheMismatchError(f"{path} was computed with other settings ({what})", path, data["settings"])
         outputs = None
         if data.get("outputs") is not None:
@@ -146,7 +137,8 @@ class SuiteCache:
             atomic_write_bytes(self.folder / f"{name}.npy", buf.getvalue())
             shape = list(array.shape)
         atomic_write_text(self.folder / f"{name}.json",
-                          json.dumps({"settings": _plain(settings), "result": dict(result), "outputs": shape}))
+                          json.dumps({"settings": settings_as_json(settings), "result": dict(result),
+                                      "outputs": shape}))
 
     def _outputs(self, path: Path, shape: Any) -> torch.Tensor | None:
         try:
@@ -170,27 +162,7 @@ class SuiteCache:
         return None
 
 
-_MISSING = object()
-
-
 def _untrusted(path: Path, e: UntrustedFileError) -> EvaluationError:
     return EvaluationError(f"the suite cache file {path} is refused: {e.problem}; whoever can write it decides the "
                            f"figures read back. {e.fix} Or remove it, and it is computed again.")
 
-
-def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested settings as ``{"a.b": value}``, so that a mismatch names the setting that changed."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, Mapping) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _short(v: Any) -> str:
-    if v is _MISSING:
-        return "(none)"
-    text = json.dumps(v, sort_keys=True)
-    return text if len(text) <= 80 else text[:77] + "..."
