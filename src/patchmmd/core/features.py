@@ -6,8 +6,9 @@ For filters ``w_j ~ N(0, Π / s^2)`` (zero-mean per channel, which applies Π ex
 ``avg_pool2d``; the squared difference of those window means, times ``2 / r``, is an unbiased estimate of
 the window's squared MMD.
 
-Features are drawn on the CPU in float64 by a :class:`torch.Generator` seeded with ``seed`` and only then
-moved to the target device and dtype, so a seed gives the same filters on every call and every device.
+Features are drawn on the CPU in float64 by a :class:`torch.Generator` seeded with ``seed`` (whatever
+:func:`torch.set_default_device` says) and only then moved to the target device and dtype, so a seed gives the
+same filters on every call and every device.
 
 Three laws of features, all with the same marginal law per feature (hence all unbiased):
 
@@ -44,11 +45,12 @@ def centred_basis(channels: int, patch_size: int, center: bool) -> torch.Tensor:
     k2 = patch_size * patch_size
     d = channels * k2
     if not center:
-        return torch.eye(d, dtype=torch.float64)
+        return torch.eye(d, dtype=torch.float64, device="cpu")
     if k2 == 1:
-        return torch.zeros(d, 0, dtype=torch.float64)
+        return torch.zeros(d, 0, dtype=torch.float64, device="cpu")
     # Per channel: the complement of the constant vector, from a QR of [1 | I].
-    block = torch.cat([torch.ones(k2, 1, dtype=torch.float64), torch.eye(k2, dtype=torch.float64)], dim=1)
+    block = torch.cat([torch.ones(k2, 1, dtype=torch.float64, device="cpu"),
+                       torch.eye(k2, dtype=torch.float64, device="cpu")], dim=1)
     q, _ = torch.linalg.qr(block)
     comp = q[:, 1:k2]  # (k2, k2 - 1), orthonormal and orthogonal to ones
     return torch.block_diag(*([comp] * channels))
@@ -61,7 +63,7 @@ def chi_quantile(u: torch.Tensor, dof: int) -> torch.Tensor:
     """
     lo = torch.zeros_like(u)
     hi = torch.full_like(u, float(dof) + 40.0 * math.sqrt(dof) + 100.0)
-    a = torch.tensor(dof / 2.0, dtype=torch.float64)
+    a = torch.tensor(dof / 2.0, dtype=torch.float64, device=u.device)
     for _ in range(100):
         mid = (lo + hi) / 2
         below = torch.special.gammainc(a, mid / 2) < u
@@ -74,15 +76,15 @@ def _orthogonal_directions(count: int, m: int, gen: torch.Generator) -> torch.Te
     """``count`` unit vectors in R^m, in blocks of ``m`` mutually orthogonal ones (Haar-distributed)."""
     blocks = []
     for _ in range(math.ceil(count / m)):
-        q, r = torch.linalg.qr(torch.randn(m, m, generator=gen, dtype=torch.float64))
+        q, r = torch.linalg.qr(torch.randn(m, m, generator=gen, dtype=torch.float64, device="cpu"))
         blocks.append((q * torch.sign(torch.diagonal(r)).unsqueeze(0)).T)
     return torch.cat(blocks)[:count]
 
 
 def _stratified_uniform(count: int, gen: torch.Generator) -> torch.Tensor:
     """``count`` numbers in [0, 1), one in each interval ``[i / count, (i + 1) / count)``, shuffled."""
-    perm = torch.randperm(count, generator=gen).to(torch.float64)
-    return (perm + torch.rand(count, generator=gen, dtype=torch.float64)) / count
+    perm = torch.randperm(count, generator=gen, device="cpu").to(torch.float64)
+    return (perm + torch.rand(count, generator=gen, dtype=torch.float64, device="cpu")) / count
 
 
 def distinct_draws(num_features: int, kind: str) -> int:
@@ -102,13 +104,13 @@ def _draw(
     m = basis.shape[1]
     count = distinct_draws(num_features, kind)
     if m == 0:
-        vectors = torch.zeros(count, 0, dtype=torch.float64)
+        vectors = torch.zeros(count, 0, dtype=torch.float64, device="cpu")
     elif kind == "iid":
-        vectors = torch.randn(count, m, generator=gen, dtype=torch.float64)
+        vectors = torch.randn(count, m, generator=gen, dtype=torch.float64, device="cpu")
     else:
         directions = _orthogonal_directions(count, m, gen)
         if kind == "orthogonal":
-            lengths = torch.randn(count, m, generator=gen, dtype=torch.float64).norm(dim=1)
+            lengths = torch.randn(count, m, generator=gen, dtype=torch.float64, device="cpu").norm(dim=1)
         else:
             lengths = chi_quantile(_stratified_uniform(count, gen), m)
         vectors = directions * lengths.unsqueeze(1)
@@ -119,7 +121,7 @@ def _draw(
         phases = torch.cat([phases, phases + math.pi / 2])[:num_features]
         per_draw = torch.cat([per_draw, per_draw])[:num_features]
     else:
-        phases = torch.rand(count, generator=gen, dtype=torch.float64) * (2.0 * math.pi)
+        phases = torch.rand(count, generator=gen, dtype=torch.float64, device="cpu") * (2.0 * math.pi)
     weights = (vectors @ basis.T) / per_draw.unsqueeze(1)
     return weights.reshape(num_features, channels, patch_size, patch_size), phases
 
@@ -132,7 +134,8 @@ def _draw_bandwidths(bandwidth: float | tuple[float, ...], count: int) -> torch.
     estimates the mean kernel. (Stratified features repeat each draw as a cos/sin pair on its bandwidth.)
     """
     widths = bandwidth if isinstance(bandwidth, tuple) else (bandwidth,)
-    return torch.tensor(widths, dtype=torch.float64)[torch.arange(count) * len(widths) // count]
+    draws = torch.arange(count, device="cpu") * len(widths) // count
+    return torch.tensor(widths, dtype=torch.float64, device="cpu")[draws]
 
 
 @torch.compiler.disable

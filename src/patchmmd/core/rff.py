@@ -29,6 +29,7 @@ from .._autograd import graph_vjp
 from .features import FeatureKind, random_features
 from .kernels import _checkpointed, gaussian_bandwidths
 from .patches import WindowGrid, contrast_normalized_patches, reflect_pad, window_grid
+from .validation import full_precision
 
 #: Default number of random features of the ``"rff"`` estimator.
 DEFAULT_NUM_FEATURES = 512
@@ -151,6 +152,7 @@ class _RFFBlockMeans(torch.autograd.Function):
         return out
 
     @staticmethod
+    @full_precision  # as the forward pass: a backward pass called inside an autocast region runs in full precision
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         feats, (bh, bw), hc, wc = ctx.feats, ctx.block, ctx.hc, ctx.wc
         (xp,) = ctx.saved_tensors

@@ -18,6 +18,7 @@ differences) nor the patch MMD (a fixed kernel bandwidth) do.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from .._autograd import graph_vjp
 from .patches import separable_filter, separable_filter_stack
 from .rff import _use_native
+from .validation import full_precision
 
 #: The window: 11 taps, Gaussian σ 1.5 px (the published SSIM's).
 SSIM_WINDOW = 11
@@ -33,12 +35,22 @@ SSIM_SIGMA = 1.5
 _C1, _C2 = 0.01**2, 0.03**2
 
 
+@torch.compiler.assume_constant_result
 def _window(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """The normalised 1-D Gaussian window: ``(SSIM_WINDOW,)``."""
-    half = SSIM_WINDOW // 2
-    t = torch.arange(-half, half + 1, dtype=torch.float64)
-    g = torch.exp(-(t * t) / (2.0 * SSIM_SIGMA * SSIM_SIGMA))
-    return (g / g.sum()).to(dtype=dtype, device=device)
+    """The normalised 1-D Gaussian window: ``(SSIM_WINDOW,)``. Computed once per dtype and device and kept (a
+    constant of a compiled graph): a copy from the CPU to a GPU at every call would wait for the GPU each time."""
+    return _cached_window(dtype, torch.device(device))
+
+
+@lru_cache(maxsize=32)
+def _cached_window(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    # In float64 on the CPU (whatever torch.set_default_device says), then cast and moved; an ordinary tensor even
+    # when first asked for under torch.inference_mode() (the cache outlives the call, and autograd saves the window).
+    with torch.inference_mode(False), torch.no_grad():
+        half = SSIM_WINDOW // 2
+        t = torch.arange(-half, half + 1, dtype=torch.float64, device="cpu")
+        g = torch.exp(-(t * t) / (2.0 * SSIM_SIGMA * SSIM_SIGMA))
+        return (g / g.sum()).to(dtype=dtype, device=device)
 
 
 def _check_size(xs: torch.Tensor) -> None:
@@ -188,6 +200,7 @@ class _Dissimilarity(torch.autograd.Function):
         return (1.0 - s).mean(dim=1, keepdim=True)
 
     @staticmethod
+    @full_precision  # as the forward pass: a backward pass called inside an autocast region must not filter in 16 bits
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, y, mx, my, a, b, p, q, s, xs, ys, y_moments = ctx.saved_tensors
         want_x, want_y, want_moments = ctx.needs_input_grad

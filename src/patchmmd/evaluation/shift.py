@@ -64,8 +64,10 @@ def shift_pairs(x: torch.Tensor, *, seed: int = 0) -> dict[str, tuple[torch.Tens
 
     ref = _crop(x, 0, 0)
     half = (9 * (_crop(x, 0, 0) + _crop(x, 0, 1)) - (_crop(x, 0, -1) + _crop(x, 0, 2))) / 16
+    # The noise is drawn on the CPU (the same noise on every device) and only then moved to the image's device.
     g = torch.Generator().manual_seed(seed)
-    noise = (ref + NOISE_SIGMA * torch.randn(ref.shape, generator=g, dtype=ref.dtype)).clamp(0, 1)
+    noise = torch.randn(ref.shape, generator=g, dtype=ref.dtype, device="cpu").to(ref.device)
+    noise = (ref + NOISE_SIGMA * noise).clamp(0, 1)
     others = {
         "shift-1px": _crop(x, 0, 1),
         "shift-1px-diag": _crop(x, 1, 1),

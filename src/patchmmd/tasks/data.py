@@ -139,12 +139,13 @@ def random_crops(regions: list[torch.Tensor], crop: int, n: int, generator: torc
         raise ValueError(f"region {small[0]} is {tuple(regions[small[0]].shape[-2:])} px: smaller than the "
                          f"{crop} px crops")
     out = []
+    dev = generator.device  # the draws on the generator's device, whatever torch.set_default_device says
     for _ in range(n):
-        r = regions[int(torch.randint(len(regions), (1,), generator=generator))]
-        top = int(torch.randint(r.shape[1] - crop + 1, (1,), generator=generator))
-        left = int(torch.randint(r.shape[2] - crop + 1, (1,), generator=generator))
+        r = regions[int(torch.randint(len(regions), (1,), generator=generator, device=dev))]
+        top = int(torch.randint(r.shape[1] - crop + 1, (1,), generator=generator, device=dev))
+        left = int(torch.randint(r.shape[2] - crop + 1, (1,), generator=generator, device=dev))
         c = r[:, top : top + crop, left : left + crop]
-        if bool(torch.rand((), generator=generator) < 0.5):
+        if bool(torch.rand((), generator=generator, device=dev) < 0.5):
             c = c.flip(-1)
         out.append(c)
     return torch.stack(out)

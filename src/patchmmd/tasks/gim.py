@@ -124,7 +124,7 @@ def generalized_mean(
         start = ys.mean(0, keepdim=True)
     elif init == "noise":  # drawn on the CPU (the same start on every device), then moved to the images' device
         g = torch.Generator().manual_seed(seed)
-        start = torch.rand((1, *ys.shape[1:]), generator=g, dtype=ys.dtype).to(ys.device)
+        start = torch.rand((1, *ys.shape[1:]), generator=g, dtype=ys.dtype, device="cpu").to(ys.device)
     else:
         raise ValueError(f"init must be 'mean' or 'noise', got {init!r}")
     x = start.clone().requires_grad_(True)

@@ -143,8 +143,9 @@ def random_cnn_weights(
     fan_in = in_channels * kernel_size * kernel_size
     shape: tuple[int, ...] = (width, in_channels, kernel_size, kernel_size)
     for i in range(depth):
-        w = torch.randn(shape, generator=gen, dtype=torch.float64) * (sigma_w2 / fan_in) ** 0.5
-        b = torch.randn(width, generator=gen, dtype=torch.float64)
+        # On the CPU whatever torch.set_default_device says: the generator is a CPU one.
+        w = torch.randn(shape, generator=gen, dtype=torch.float64, device="cpu") * (sigma_w2 / fan_in) ** 0.5
+        b = torch.randn(width, generator=gen, dtype=torch.float64, device="cpu")
         if i == 0 and first_layer == "zero_mean":
             w = w - w.mean(dim=(2, 3), keepdim=True)
         layers.append((w, b * sigma_b2**0.5 if sigma_b2 > 0 else None))
@@ -357,10 +358,10 @@ def _vgg16_random_weights(seed: int, first_layer: str) -> tuple[Layer, ...]:
     gen = torch.Generator(device="cpu").manual_seed(seed)
     layers: list[Layer] = []
     for i, (cout, cin) in enumerate(vgg16_conv_shapes()):
-        w = torch.randn(cout, cin, 3, 3, generator=gen, dtype=torch.float64) * (2.0 / (cin * 9)) ** 0.5
+        w = torch.randn(cout, cin, 3, 3, generator=gen, dtype=torch.float64, device="cpu") * (2.0 / (cin * 9)) ** 0.5
         if i == 0 and first_layer == "zero_mean":
             w = w - w.mean(dim=(2, 3), keepdim=True)
-        layers.append((w, torch.zeros(cout, dtype=torch.float64)))
+        layers.append((w, torch.zeros(cout, dtype=torch.float64, device="cpu")))
     return tuple(layers)
 
 
