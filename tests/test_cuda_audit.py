@@ -173,17 +173,18 @@ def test_ssim_term_copies_nothing_from_the_host_at_every_call():
 
 
 @pytest.mark.parametrize(("preset", "create_graph"), [("loss", False), ("loss", True), ("default", True)])
-def test_backward_inside_autocast_is_computed_as_outside(preset, create_graph):
+@pytest.mark.parametrize("native", [False, True], ids=["pytorch", "compiled-kernels"])
+def test_backward_inside_autocast_is_computed_as_outside(preset, create_graph, native):
     """The distances compute in full precision inside an autocast region (validation.full_precision); the hand-written
     backward passes (SSIM's closed form, the RFF estimator's graph of the gradient) did not, when the backward pass
     itself ran inside the region: their convolutions and matrix products ran in 16 bits (a 1-6 % error here, on
-    the PyTorch path that GPUs take)."""
+    the PyTorch path that GPUs take; the compiled kernels' graph of the gradient, recorded by graph_vjp, the same)."""
     g = torch.Generator().manual_seed(0)
     x0, y = (torch.rand(2, 3, 32, 32, generator=g) for _ in range(2))
     grads = []
     for inside in (False, True):
         x = x0.clone().requires_grad_(True)
-        with _native.disabled(), contextlib.ExitStack() as stack:
+        with contextlib.nullcontext() if native else _native.disabled(), contextlib.ExitStack() as stack:
             stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
             value = patchmmd.mmdpp(x, y, preset=preset).sum()
             if not inside:

@@ -34,14 +34,18 @@ def graph_vjp(
     ``fn`` returns a sequence of tensors, one per entry of ``grads`` (``None``: that output received no gradient;
     an output may be ``None`` too).
     Returns one entry per input: the gradient, or ``None`` where ``needs`` is false or the output does not
-    depend on the input. Called from a backward pass while grad mode is on (``create_graph=True``).
+    depend on the input. Called from a backward pass while grad mode is on (``create_graph=True``). Autocast is
+    off here, as in the distances' forward passes: a backward pass called inside an autocast region would
+    otherwise record the plain formulation's products and convolutions in 16 bits.
     """
-    with torch.enable_grad():
-        outs = fn(*inputs)
-    pairs = [(o, g) for o, g in zip(outs, grads, strict=True) if g is not None and o is not None and o.requires_grad]
-    wrt = [t for t, need in zip(inputs, needs, strict=True) if need and t is not None]
-    if not pairs or not wrt:
-        return tuple(None for _ in inputs)
-    got = iter(torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], create_graph=True,
-                                   allow_unused=True))
+    with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+        with torch.enable_grad():
+            outs = fn(*inputs)
+        pairs = [(o, g) for o, g in zip(outs, grads, strict=True)
+                 if g is not None and o is not None and o.requires_grad]
+        wrt = [t for t, need in zip(inputs, needs, strict=True) if need and t is not None]
+        if not pairs or not wrt:
+            return tuple(None for _ in inputs)
+        got = iter(torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], create_graph=True,
+                                       allow_unused=True))
     return tuple(next(got) if need and t is not None else None for t, need in zip(inputs, needs, strict=True))
