@@ -358,4 +358,6 @@ def reduce(values: torch.Tensor, reduction: Reduction) -> torch.Tensor:
 def to_unit_scale(t: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
     """Map values from ``[lo, hi]`` to the method's internal ``[-1, 1]`` scale."""
     scale = 2.0 / (hi - lo)
-    return torch.add(t.new_tensor(-1.0 - lo * scale), t, alpha=scale)  # one pass: -1 - lo s + s t
+    # one pass: -1 - lo s + s t; the offset a 0-d CPU tensor, which PyTorch takes as a scalar on any device
+    # (t.new_tensor would copy it to t's GPU at every call, waiting for the GPU)
+    return torch.add(torch.tensor(-1.0 - lo * scale, dtype=t.dtype, device="cpu"), t, alpha=scale)
