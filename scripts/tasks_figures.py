@@ -39,14 +39,18 @@ def _zoom(img: torch.Tensor, size: int) -> torch.Tensor:
                                            mode="nearest")[0]
 
 
+def _runs(runs: Path, task: str) -> dict[str, Path]:
+    """The run folders of ``task`` under ``runs`` that hold a metrics.json, by loss."""
+    return {loss: runs / f"{task}-{loss}" for loss in LOSSES if (runs / f"{task}-{loss}" / "metrics.json").exists()}
+
+
 def _has_runs(runs: Path) -> bool:
-    return any((runs / f"{task}-{loss}" / "metrics.json").exists()
-               for task in ("gim", "train-sr", "train-ae") for loss in LOSSES)
+    return any(_runs(runs, task) for task in ("gim", "train-sr", "train-ae"))
 
 
 def main(runs: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    gim = {loss: runs / f"gim-{loss}" for loss in LOSSES if (runs / f"gim-{loss}" / "metrics.json").exists()}
+    gim = _runs(runs, "gim")
     if gim:
         first = next(iter(gim.values()))
         m0 = json.loads((first / "metrics.json").read_text())
@@ -60,8 +64,7 @@ def main(runs: Path, out: Path) -> None:
         image_grid_figure([imgs, [_zoom(i, 32) for i in imgs]], ["64x64", "centre 32x32, x2"], labels,
                           out / "tasks-gim.png", cell=1.6)
     for task, name in (("train-sr", "tasks-sr.png"), ("train-ae", "tasks-ae.png")):
-        runs_t = {loss: runs / f"{task}-{loss}" for loss in LOSSES
-                  if (runs / f"{task}-{loss}" / "metrics.json").exists()}
+        runs_t = _runs(runs, task)
         if not runs_t:
             continue
         first = next(iter(runs_t.values()))

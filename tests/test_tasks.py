@@ -214,7 +214,7 @@ def test_evaluator_deep_distances_need_a_weights_folder(tmp_path) -> None:
     assert folder_files("dists") == {"backbone": "vgg16.pth", "weights": "dists.pt"}
     assert folder_files("mmdpp") == {}
     with pytest.raises(WeightsError, match=r"lpips-vgg needs the published weights: .*"
-                                           r"\(here: lpips/vgg.pth, vgg16.pth;.*given as weights_dir"):
+                                           r"\(here: lpips/vgg.pth, vgg16.pth\), given as weights_dir"):
         Evaluator(["mmdpp", "lpips-vgg"])
     with pytest.raises(WeightsError, match=r"^lpips-alex, dists need the published weights"):  # all of them at once
         Evaluator(["lpips-alex", "mmdpp", "dists"])

@@ -230,7 +230,8 @@ def test_deep_eval_distances_need_the_weights_folder(tmp_path: Path, photo_dir: 
         out = tmp_path / f"{cmd}-none"
         r = CliRunner().invoke(main, [*base, "--eval-distances", "mmdpp,lpips-vgg", "--out", str(out)])
         assert r.exit_code == 2 and "lpips-vgg needs the published weights" in r.output, r.output
-        assert "(on the command line: --weights); no folder given, so this run is skipped" in " ".join(r.output.split())
+        said = " ".join(r.output.split())
+        assert "given as weights_dir (--weights DIR); no folder given, so this run is skipped" in said
         assert "--eval-distances" in r.output and not out.exists()
         out = tmp_path / f"{cmd}-empty"
         r = CliRunner().invoke(main, [*base, "--eval-distances", "dists", "--weights", str(empty), "--out", str(out)])

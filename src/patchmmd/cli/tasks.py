@@ -278,8 +278,8 @@ def _evaluator(names: str, weights: str | None, probe: Any) -> Any:
         evaluate(probe, probe)
     except MissingWeightsError as e:
         given = "no folder given" if weights is None else f"{weights} is not a folder"
-        raise click.BadParameter(f"{e}; {given}, so this run is skipped (nothing written; patchmmd downloads "
-                                 "nothing)", param_hint="--eval-distances") from None
+        raise click.BadParameter(f"{e} (--weights DIR); {given}, so this run is skipped (nothing written; patchmmd "
+                                 "downloads nothing)", param_hint="--eval-distances") from None
     except (TypeError, ValueError) as e:
         raise click.BadParameter(str(e), param_hint="--eval-distances") from None
     return evaluate

@@ -58,7 +58,9 @@ def check_image(name: str, t: object) -> torch.Tensor:
     if t.shape[1] > 4 and t.shape[-1] <= 4:
         raise ValueError(
             f"{name} has shape {given}: {t.shape[1]} channels and a width of {t.shape[-1]} px looks like a "
-            "channels-last image; pass (N, C, H, W) or (C, H, W), e.g. x.permute(2, 0, 1) for an (H, W, C) image"
+            "channels-last image; pass (N, C, H, W) or (C, H, W): "
+            + ("x.permute(2, 0, 1) for an (H, W, C) image" if len(given) == 3 else
+               "x.permute(0, 3, 1, 2) for an (N, H, W, C) batch")
         )
     return t
 

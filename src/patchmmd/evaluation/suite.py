@@ -234,9 +234,6 @@ def parse_candidate(spec: str) -> tuple[str, dict[str, Any]]:
         items = _split_top(rest)
     except ValueError as e:
         raise ValueError(f"candidate {spec!r}: {e}") from None
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"candidate {spec!r}: option {item!r} is not KEY=VALUE")
     try:
         options = parse_options(items)
     except ValueError as e:

@@ -84,7 +84,7 @@ def center_crop_common(images: list[torch.Tensor], size: int | None) -> torch.Te
     w = min(t.shape[2] for t in images)
     if size is not None:
         if size > min(h, w):
-            raise ValueError(f"--size {size} is larger than the smallest image ({w}x{h})")
+            raise ValueError(f"size={size} is larger than the smallest image ({w}x{h})")
         h = w = size
     out = []
     for t in images:

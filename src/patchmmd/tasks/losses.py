@@ -125,8 +125,8 @@ def make_loss(name: str, *, weights: str | os.PathLike[str] | None = None, **opt
     if name == "vgg":
         if weights is None:
             raise MissingWeightsError(
-                "the 'vgg' loss needs a local pretrained VGG16 weights file (torchvision layout; pass "
-                "--weights PATH / weights=PATH). patchmmd downloads nothing: save one with "
+                "the 'vgg' loss needs a local pretrained VGG16 weights file (torchvision layout; weights=PATH). "
+                "patchmmd downloads nothing: save one with "
                 "torch.save(torchvision.models.vgg16(weights='IMAGENET1K_V1').state_dict(), PATH)"
             )
         if not os.path.exists(weights):

@@ -102,8 +102,8 @@ class Evaluator:
             files = sorted({f for n in unserved for f in folder_files(n).values()})
             raise MissingWeightsError(
                 f"{', '.join(unserved)} need{'s' if len(unserved) == 1 else ''} the published weights: a folder "
-                f"laid out as `patchmmd eval suite --weights DIR` takes it (here: {', '.join(files)}; "
-                "shared/tools/published_weights.py writes it), given as weights_dir (on the command line: --weights)"
+                f"laid out as shared/tools/published_weights.py writes it (here: {', '.join(files)}), given as "
+                "weights_dir"
             )
         self.distances = {}
         for name in names:
