@@ -45,12 +45,11 @@ def centred_basis(channels: int, patch_size: int, center: bool) -> torch.Tensor:
     k2 = patch_size * patch_size
     d = channels * k2
     if not center:
-        return torch.eye(d, dtype=torch.float64, device="cpu")
+        return torch.eye(d, dtype=torch.float64)
     if k2 == 1:
-        return torch.zeros(d, 0, dtype=torch.float64, device="cpu")
+        return torch.zeros(d, 0, dtype=torch.float64)
     # Per channel: the complement of the constant vector, from a QR of [1 | I].
-    block = torch.cat([torch.ones(k2, 1, dtype=torch.float64, device="cpu"),
-                       torch.eye(k2, dtype=torch.float64, device="cpu")], dim=1)
+    block = torch.cat([torch.ones(k2, 1, dtype=torch.float64), torch.eye(k2, dtype=torch.float64)], dim=1)
     q, _ = torch.linalg.qr(block)
     comp = q[:, 1:k2]  # (k2, k2 - 1), orthonormal and orthogonal to ones
     return torch.block_diag(*([comp] * channels))
@@ -76,15 +75,15 @@ def _orthogonal_directions(count: int, m: int, gen: torch.Generator) -> torch.Te
     """``count`` unit vectors in R^m, in blocks of ``m`` mutually orthogonal ones (Haar-distributed)."""
     blocks = []
     for _ in range(math.ceil(count / m)):
-        q, r = torch.linalg.qr(torch.randn(m, m, generator=gen, dtype=torch.float64, device="cpu"))
+        q, r = torch.linalg.qr(torch.randn(m, m, generator=gen, dtype=torch.float64))
         blocks.append((q * torch.sign(torch.diagonal(r)).unsqueeze(0)).T)
     return torch.cat(blocks)[:count]
 
 
 def _stratified_uniform(count: int, gen: torch.Generator) -> torch.Tensor:
     """``count`` numbers in [0, 1), one in each interval ``[i / count, (i + 1) / count)``, shuffled."""
-    perm = torch.randperm(count, generator=gen, device="cpu").to(torch.float64)
-    return (perm + torch.rand(count, generator=gen, dtype=torch.float64, device="cpu")) / count
+    perm = torch.randperm(count, generator=gen).to(torch.float64)
+    return (perm + torch.rand(count, generator=gen, dtype=torch.float64)) / count
 
 
 def distinct_draws(num_features: int, kind: str) -> int:
@@ -99,18 +98,26 @@ def _draw(
     channels: int, patch_size: int, bandwidth: float | tuple[float, ...], num_features: int, seed: int, kind: str,
     center: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.device("cpu"):  # every tensor of the draw on the CPU, whatever torch.set_default_device says
+        return _draw_on_cpu(channels, patch_size, bandwidth, num_features, seed, kind, center)
+
+
+def _draw_on_cpu(
+    channels: int, patch_size: int, bandwidth: float | tuple[float, ...], num_features: int, seed: int, kind: str,
+    center: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator(device="cpu").manual_seed(seed)
     basis = centred_basis(channels, patch_size, center)  # (d, m)
     m = basis.shape[1]
     count = distinct_draws(num_features, kind)
     if m == 0:
-        vectors = torch.zeros(count, 0, dtype=torch.float64, device="cpu")
+        vectors = torch.zeros(count, 0, dtype=torch.float64)
     elif kind == "iid":
-        vectors = torch.randn(count, m, generator=gen, dtype=torch.float64, device="cpu")
+        vectors = torch.randn(count, m, generator=gen, dtype=torch.float64)
     else:
         directions = _orthogonal_directions(count, m, gen)
         if kind == "orthogonal":
-            lengths = torch.randn(count, m, generator=gen, dtype=torch.float64, device="cpu").norm(dim=1)
+            lengths = torch.randn(count, m, generator=gen, dtype=torch.float64).norm(dim=1)
         else:
             lengths = chi_quantile(_stratified_uniform(count, gen), m)
         vectors = directions * lengths.unsqueeze(1)
@@ -121,7 +128,7 @@ def _draw(
         phases = torch.cat([phases, phases + math.pi / 2])[:num_features]
         per_draw = torch.cat([per_draw, per_draw])[:num_features]
     else:
-        phases = torch.rand(count, generator=gen, dtype=torch.float64, device="cpu") * (2.0 * math.pi)
+        phases = torch.rand(count, generator=gen, dtype=torch.float64) * (2.0 * math.pi)
     weights = (vectors @ basis.T) / per_draw.unsqueeze(1)
     return weights.reshape(num_features, channels, patch_size, patch_size), phases
 
@@ -134,8 +141,7 @@ def _draw_bandwidths(bandwidth: float | tuple[float, ...], count: int) -> torch.
     estimates the mean kernel. (Stratified features repeat each draw as a cos/sin pair on its bandwidth.)
     """
     widths = bandwidth if isinstance(bandwidth, tuple) else (bandwidth,)
-    draws = torch.arange(count, device="cpu") * len(widths) // count
-    return torch.tensor(widths, dtype=torch.float64, device="cpu")[draws]
+    return torch.tensor(widths, dtype=torch.float64)[torch.arange(count) * len(widths) // count]
 
 
 @torch.compiler.disable
