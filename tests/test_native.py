@@ -617,21 +617,21 @@ def _build_c(folder: Path, source: str) -> bytes:
     return (folder / "lib.so").read_bytes()
 
 
-@pytest.fixture(scope="module")
-def good_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """One good cache folder (library and record) for the cache tests to copy: (folder, library name)."""
+def good_cache_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """One good cache folder (library and record) for the cache tests to copy: (folder, library name). Skips the
+    test without a C compiler."""
     if _native.kernels() is None:
         pytest.skip("no C compiler: the PyTorch path is used")
     folder = tmp_path_factory.mktemp("good") / "cache"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PATCHMMD_CACHE_DIR", str(folder))
-        _native._load.cache_clear()
-        try:
-            nk = _native.kernels()
-        finally:
-            _native._load.cache_clear()
+        nk = _load_from(mp, folder)
     assert nk is not None
     return folder, nk.path.name
+
+
+@pytest.fixture(scope="module")
+def good_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    return good_cache_folder(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

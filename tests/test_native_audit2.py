@@ -22,21 +22,14 @@ import torch.nn.functional as F
 import patchmmd
 from patchmmd import _native
 from patchmmd._native import ops
-from test_native import _assert_good, _copy_cache, _kernel_outputs, _load_from
+from test_native import _assert_good, _copy_cache, _kernel_outputs, _load_from, good_cache_folder
 
 needs_native = pytest.mark.skipif(_native.kernels() is None, reason="no C compiler: the PyTorch path is used")
 
 
 @pytest.fixture(scope="module")
 def good_cache(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """A cache folder holding a good build and its record: (folder, library name), for the tests to copy."""
-    if _native.kernels() is None:
-        pytest.skip("no C compiler: the PyTorch path is used")
-    folder = tmp_path_factory.mktemp("good") / "cache"
-    with pytest.MonkeyPatch.context() as mp:
-        nk = _load_from(mp, folder)
-    assert nk is not None
-    return folder, nk.path.name
+    return good_cache_folder(tmp_path_factory)
 
 
 def _env(**extra: str) -> dict[str, str]:
