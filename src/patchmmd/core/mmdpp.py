@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -387,6 +387,22 @@ class MMDPPTarget:
     def device(self) -> torch.device:
         return self.image.device
 
+    def to(self, device: torch.device | str) -> MMDPPTarget:
+        """The same target on ``device`` (a new target; this one is unchanged), for inputs ``x`` there.
+
+        Example:
+            >>> t = precompute_target(torch.rand(1, 3, 32, 32))
+            >>> t.to("cpu").device
+            device(type='cpu')
+        """
+
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device)
+
+        image = self.image.to(device)
+        return replace(self, image=image, features=tuple(move(f) for f in self.features),
+                       ssim_moments=tuple(move(m) for m in self.ssim_moments))
+
 
 @full_precision
 def precompute_target(
@@ -449,8 +465,9 @@ def _mmdpp_target(
     if tuple(xs.shape) != target.shape:
         raise ValueError(f"x must have the target's shape {target.shape}, got {tuple(xs.shape)}")
     if xs.device != target.device or dtype != target.dtype:
+        moved = " (target.to(device) makes a copy on x's device)" if xs.device != target.device else ""
         raise ValueError(f"x must have the target's device and dtype ({target.device}, {target.dtype}), "
-                         f"got ({xs.device}, {dtype})")
+                         f"got ({xs.device}, {dtype}){moved}")
     return _target_internal(xs, target), dtype
 
 
