@@ -568,6 +568,14 @@ def main(argv: list[str] | None = None) -> None:
             check_only(only, list(methods("cpu", 64, True)))
     except ValueError as e:
         p.error(str(e))
+    # the other tables time fixed methods on the CPU: an option they would ignore is refused, not dropped silently
+    fixed = [flag for flag, on in (("--kernels", a.kernels), ("--accuracy", a.accuracy), ("--scaling", a.scaling),
+                                   ("--scaling-thp", a.scaling_thp)) if on]
+    if only and fixed:
+        p.error(f"--only chooses the methods of the timing and --memory tables, not of {fixed[0]}")
+    cpu_only = [flag for flag in fixed if flag != "--scaling"]
+    if cpu_only and a.device != "cpu":
+        p.error(f"{cpu_only[0]} runs on the CPU only (got --device {a.device})")
     if a.threads is not None:
         torch.set_num_threads(a.threads)
     UNRELATED[0] = a.unrelated

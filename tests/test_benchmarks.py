@@ -87,7 +87,10 @@ def test_check_only_names_unknown_methods(bp):
         bp.check_only(["ssim"], ["lpips-alex"])
 
 
-@pytest.mark.parametrize("argv", [["--modes", "fwd"], ["--configs", "64"], ["--only", "nope"], ["--repeats", "0"]])
+@pytest.mark.parametrize("argv", [["--modes", "fwd"], ["--configs", "64"], ["--only", "nope"], ["--repeats", "0"],
+                                  # options those tables would ignore (they time fixed methods on the CPU)
+                                  ["--kernels", "--only", "mmdpp-default"], ["--accuracy", "--device", "cuda"],
+                                  ["--scaling", "--only", "ssim"], ["--scaling-thp", "--device", "cuda"]])
 def test_main_rejects_bad_arguments_before_running(bp, argv, capsys):
     with pytest.raises(SystemExit) as e:
         bp.main(argv)
