@@ -118,15 +118,15 @@ def theory(
     x, y = _center_crop(x, crop).unsqueeze(0), _center_crop(y, crop).unsqueeze(0)
     if x.shape != y.shape:  # images that do not match: a failure (exit status 1), as in `compare`
         raise click.ClickException(f"the crops differ in size: {tuple(x.shape[1:])} vs {tuple(y.shape[1:])}")
-    if min(x.shape[-2:]) < KERNEL_SIZE:
-        raise click.UsageError(
+    if min(x.shape[-2:]) < KERNEL_SIZE:  # images unfit for the check, as ones that do not match: exit status 1
+        raise click.ClickException(
             f"the images are too small: their crops are {x.shape[-2]}x{x.shape[-1]} pixels, and the network's "
             f"{KERNEL_SIZE}x{KERNEL_SIZE} patches need at least {KERNEL_SIZE}x{KERNEL_SIZE}"
         )
     pooling = (window, stride)
     exact = float(infinite_cnn_distance(x, y, depth=depth, pooling=pooling, first_layer=first_layer))
     if exact <= 0:
-        raise click.UsageError("the two crops are identical (analytic distance 0): nothing to compare")
+        raise click.ClickException("the two crops are identical (analytic distance 0): nothing to compare")
     out = prepare_output_dir(out_dir, overwrite=overwrite)  # checked before the long sweep
     rows = []
     with torch.no_grad():
