@@ -86,8 +86,9 @@ def _build_loss(name: str, weights: str | None, items: tuple[str, ...]) -> Any:
                 raise click.BadParameter(str(e), param_hint="--weights") from None
         weights = None
     elif weights is not None and name != "vgg":
+        what = "is not a folder" if Path(weights).exists() else "does not exist"  # a mistyped folder: say so
         raise click.BadParameter(
-            f"{weights} is not a folder: a file given to --weights is the VGG16 state dict of --loss vgg only, not "
+            f"{weights} {what}: a file given to --weights is the VGG16 state dict of --loss vgg only, not "
             f"{name!r} (a folder of the published weights serves lpips-alex, lpips-vgg, dists and vgg)",
             param_hint="--weights")
     try:  # without a folder, a head file of lpips-*/dists comes as -o weights=PATH
@@ -173,7 +174,8 @@ def _load_inputs(items: tuple[str, ...]) -> tuple[list[Any], list[str]]:
 @click.option("--max-shift", type=click.IntRange(min=1), default=3, show_default=True,
               help="Offset of the shifted copies, in pixels.")
 @click.option("--size", type=click.IntRange(min=0), default=64, show_default=True,
-              help="Side of the central square crop optimised (0: the largest that fits).")
+              help="Side of the central square crop optimised (0: the largest that fits: with --shifts the largest "
+                   "square, else the images' common height and width).")
 @click.option("--steps", type=click.IntRange(min=1), default=100, show_default=True, help="Adam steps.")
 @click.option("--lr", type=FinitePositiveFloat(), default=0.02, show_default=True,
               help="Adam learning rate (pixels in [0, 1]); a finite number > 0.")
@@ -305,7 +307,7 @@ def _data(data_dir: str | None, crop: int, max_tiles: int | None) -> Any:
 
     try:
         photos, names = load_photos(data_dir)
-        return split_photos(photos, crop, max_tiles=max_tiles), names
+        return split_photos(photos, crop, max_tiles=max_tiles, names=names), names
     except ImageReadError as e:  # a photo that cannot be read: a failure, as in `compare` (exit status 1)
         raise click.ClickException(str(e)) from None
     except ValueError as e:  # no photos, too many, too small for --crop: the arguments (exit status 2)

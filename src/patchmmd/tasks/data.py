@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numbers
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,14 +83,16 @@ class Split:
 
 
 def split_photos(
-    images: list[torch.Tensor], crop: int, *, holdout: float = 0.25, max_tiles: int | None = None
+    images: list[torch.Tensor], crop: int, *, holdout: float = 0.25, max_tiles: int | None = None,
+    names: Sequence[str] | None = None,
 ) -> Split:
-    """The train / held-out split of the module docstring.
+    """The train / held-out split of the module docstring. ``names`` (one per image, e.g. the file names
+    :func:`load_photos` returns) name an image the errors refer to; without them it is named by its index.
 
     Raises:
         ValueError: an image too small for a training crop beside a held-out strip; no images, an image that
             is not ``(C, H, W)``, images of different channel counts; ``crop`` not an integer >= 1, ``holdout``
-            not in ``[0, 1)``, ``max_tiles`` neither ``None`` nor an integer >= 1.
+            not in ``[0, 1)``, ``max_tiles`` neither ``None`` nor an integer >= 1; ``names`` not one per image.
 
     Example:
         >>> s = split_photos([torch.rand(3, 64, 128)], 32)
@@ -103,17 +106,20 @@ def split_photos(
         max_tiles = check_positive_int("max_tiles", max_tiles)
     if not images:
         raise ValueError("no images to split")
+    if names is not None and len(names) != len(images):
+        raise ValueError(f"names must name each of the {len(images)} images, got {len(names)} names")
+    label = [f"image {i}" if names is None else repr(names[i]) for i in range(len(images))]
     for i, img in enumerate(images):
         if img.dim() != 3 or img.shape[0] != images[0].shape[0]:
-            raise ValueError(f"the images must be (C, H, W) with the same C, got {tuple(img.shape)} for image {i} "
-                             f"and {tuple(images[0].shape)} for image 0")
+            raise ValueError(f"the images must be (C, H, W) with the same C, got {tuple(img.shape)} for {label[i]} "
+                             f"and {tuple(images[0].shape)} for {label[0]}")
     train, tiles = [], []
     for i, img in enumerate(images):
         _, h, w = img.shape
         strip = max(crop, round(holdout * w))
         if h < crop or w - strip < crop:
             raise ValueError(
-                f"image {i} is {w}x{h}: too small for {crop} px training crops beside a {strip} px held-out strip"
+                f"{label[i]} is {w}x{h}: too small for {crop} px training crops beside a {strip} px held-out strip"
             )
         train.append(img[:, :, : w - strip])
         left = w - strip
