@@ -208,7 +208,7 @@ def test_bapps_item_whose_patches_differ_in_size_is_named(tmp_path: Path) -> Non
     # resized to the same shorter side they still differ: the message says so
     with pytest.raises(DatasetError, match=r"differ in size \(shorter side resized to load_size=16\)"):
         BAPPS2AFC(root, load_size=16)[1]
-    r = invoke("eval", "2afc", str(root), "-m", "l2", "--load-size", "0", "--out", str(tmp_path / "o"))
+    r = invoke("eval", "2afc", str(root), "-m", "l2", "--load-size", "0", "--out", str(tmp_path / "o"), "--strict")
     assert r.exit_code == 1 and "cnn/000001: its images differ in size" in r.output
     assert "Traceback" not in r.output and "RuntimeError" not in r.output
 
@@ -300,11 +300,11 @@ def test_batches_of_mixed_image_sizes_give_the_values_of_one_pair_at_a_time(tmp_
     assert sizes == [2, 1, 1, 2, 1] and many.values == one.values
 
 
-def test_an_image_that_cannot_be_read_stops_the_run_naming_it(tmp_path: Path) -> None:
+def test_an_image_that_cannot_be_read_stops_a_strict_run_naming_it(tmp_path: Path) -> None:
     root = make_2afc(tmp_path / "bapps")
     bad = root / "2afc" / "val" / "cnn" / "p0" / "000001.png"
     bad.write_bytes(b"not a png")
-    r = invoke("eval", "2afc", str(root), "-m", "l2", "--out", str(tmp_path / "o"), "--no-plots")
+    r = invoke("eval", "2afc", str(root), "-m", "l2", "--out", str(tmp_path / "o"), "--no-plots", "--strict")
     assert r.exit_code == 1 and f"cannot read {bad}" in r.output and "Traceback" not in r.output
 
 

@@ -6,6 +6,9 @@ or ``--resume``):
 * ``report.md`` and ``report.json``: the statistics per metric, overall and per subset / group;
 * ``scores.csv``: one row per item and metric (the distances and the human judgment);
 * ``plot-<metric>.png``: the metric against the human score, coloured by subset or distortion;
+* ``errors.csv``: the items left out because their files cannot be read (damaged, missing, a format not read, too
+  large, patches of different sizes), with the reason; only when there are any. The run goes on without them
+  (exit status 0, a warning on stderr; report.md says so at the top); ``--strict`` stops at the first instead;
 * ``cache/<metric>.json``: finished metrics, so that ``--resume`` skips them.
 
 While a command runs it holds a lock on ``--out`` (``OUT.lock`` beside the folder, as ``patchmmd score`` does
@@ -117,6 +120,9 @@ def _common_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--limit", type=click.IntRange(min=1), default=None,
                      help="Use only the first N items (per subset for BAPPS): quick runs."),
         click.option("--no-plots", is_flag=True, help="Skip the PNG plots."),
+        click.option("--strict", is_flag=True,
+                     help="Stop at the first item whose files cannot be read or are missing (default: leave it "
+                          "out, list it in errors.csv and go on)."),
     ]
     for d in reversed(decorators):
         f = d(f)
@@ -194,14 +200,16 @@ class _Bars:
 
 
 def _evaluate(ds: Any, built: list[Any], outdir: Path, *, device: Any, batch_size: int, limit: int | None,
-              no_plots: bool, **stats: Any) -> None:
-    """Run, write and print; every library error becomes one line."""
+              no_plots: bool, strict: bool, **stats: Any) -> None:
+    """Run, write and print; every library error becomes one line. Items whose files cannot be read are left
+    out (listed in errors.csv, with one warning), unless ``strict``."""
     from .. import evaluation
+    from ..evaluation.report import ERRORS_FILE
 
     bars = _Bars()
     try:
         result = evaluation.run(ds, built, cache=outdir / "cache", batch_size=batch_size, device=device,
-                                progress=bars, limit=limit, **stats)
+                                progress=bars, limit=limit, on_error="raise" if strict else "skip", **stats)
     except evaluation.CacheMismatchError as e:
         raise click.UsageError(f"--resume: {e}; pass --overwrite to start over") from None
     except evaluation.DatasetError as e:
@@ -218,7 +226,12 @@ def _evaluate(ds: Any, built: list[Any], outdir: Path, *, device: Any, batch_siz
         raise click.ClickException("plots need matplotlib: `pip install 'patchmmd[eval]'` (or pass --no-plots)"
                                    ) from None
     click.echo(report.summary)
-    click.echo(f"wrote {outdir}/report.md, report.json, scores.csv" + (", plots" if report.plots else ""), err=True)
+    click.echo(f"wrote {outdir}/report.md, report.json, scores.csv" + (", plots" if report.plots else "")
+               + (f", {ERRORS_FILE}" if result.errors else ""), err=True)
+    if result.errors:
+        k = len(result.errors)
+        click.echo(f"warning: {k} of {result.n + k} items left out (their files cannot be read); the statistics are "
+                   f"over the other {result.n}: see {outdir / ERRORS_FILE}", err=True)
 
 
 # ----------------------------------------------------------------------------------------------- group
@@ -226,7 +239,8 @@ def _evaluate(ds: Any, built: list[Any], outdir: Path, *, device: Any, batch_siz
 def eval_group() -> None:
     """Check metrics against human judgments: BAPPS 2AFC and JND, or any MOS/DMOS CSV.
 
-    Each run writes report.md, report.json, scores.csv and plots to --out. Several metrics can be
+    Each run writes report.md, report.json, scores.csv and plots to --out. An item whose files cannot be
+    read is left out and listed in errors.csv (--strict stops instead). Several metrics can be
     evaluated in one run (--metric a,b,c). Baselines: psnr, ssim, ms-ssim, and lpips-alex/lpips-vgg/dists
     from local weight files only (see docs/evaluation.md).
     """
@@ -235,19 +249,21 @@ def eval_group() -> None:
 def _bapps_command(kind: str) -> Callable[..., Any]:
     def command(root: str, subsets: str | None, split: str, load_size: int, metrics: Sequence[str],
                 metric_options: Sequence[str], out: str, overwrite: bool, resume: bool, device: str,
-                batch_size: int, mode: str, limit: int | None, no_plots: bool) -> None:
+                batch_size: int, mode: str, limit: int | None, no_plots: bool, strict: bool) -> None:
         from ..evaluation import BAPPS2AFC, BAPPSJND, select_items
 
         built = _build_metrics(metrics, metric_options)
         dev = resolve_device_or_fail(device)
         cls = BAPPS2AFC if kind == "2afc" else BAPPSJND
         try:
-            ds = cls(root, subsets, split=split, load_size=load_size or None, mode=mode)  # type: ignore[arg-type]
+            ds = cls(root, subsets, split=split, load_size=load_size or None, mode=mode,  # type: ignore[arg-type]
+                     on_missing="raise" if strict else "keep")
         except (OSError, ValueError) as e:
             raise _dataset_error(e) from None
         outdir = _prepare_out(out, overwrite, resume)
         click.echo(f"{kind}: {len(select_items(ds, limit))} items in {', '.join(ds.subsets)} ({ds.root})", err=True)
-        _evaluate(ds, built, outdir, device=dev, batch_size=batch_size, limit=limit, no_plots=no_plots)
+        _evaluate(ds, built, outdir, device=dev, batch_size=batch_size, limit=limit, no_plots=no_plots,
+                  strict=strict)
 
     return command
 
@@ -294,7 +310,7 @@ def mos_command(labels: str, root: str | None, score_higher_is_better: bool, gro
                 reference_column: str | None, distorted_column: str | None, score_column: str | None,
                 bootstrap: int, seed: int, metrics: Sequence[str], metric_options: Sequence[str], out: str,
                 overwrite: bool, resume: bool, device: str, batch_size: int, mode: str, limit: int | None,
-                no_plots: bool) -> None:
+                no_plots: bool, strict: bool) -> None:
     """Correlation of each metric with the MOS/DMOS scores of a full-reference dataset.
 
     LABELS is a CSV with a reference path, a distorted path and a score per row (paths relative to --root).
@@ -319,14 +335,15 @@ def mos_command(labels: str, root: str | None, score_higher_is_better: bool, gro
         group_column = None
     try:
         ds = MOSDataset(csv_path, root, reference_column=reference_column, distorted_column=distorted_column,
-                        score_column=score_column, group_column=group_column, mode=mode)  # type: ignore[arg-type]
+                        score_column=score_column, group_column=group_column, mode=mode,  # type: ignore[arg-type]
+                        on_missing="raise" if strict else "keep")
     except (OSError, ValueError) as e:
         raise _dataset_error(e) from None
     outdir = _prepare_out(out, overwrite, resume)
     rows = select_items(ds, limit)
     click.echo(f"mos: {len(rows)} rows ({sum(ds.scores[i] is not None for i in rows)} scored) from {csv_path}",
                err=True)
-    _evaluate(ds, built, outdir, device=dev, batch_size=batch_size, limit=limit, no_plots=no_plots,
+    _evaluate(ds, built, outdir, device=dev, batch_size=batch_size, limit=limit, no_plots=no_plots, strict=strict,
               score_higher_is_better=score_higher_is_better, bootstrap=bootstrap, seed=seed)
 
 

@@ -1,10 +1,11 @@
 """Agreement of metrics with human judgments: datasets, runner, statistics, report.
 
 * :mod:`.datasets`: readers of BAPPS 2AFC/JND folders and MOS/DMOS label files;
-* :mod:`.runner`: :func:`run` computes metrics over a dataset (with a per-metric cache) and their statistics;
+* :mod:`.runner`: :func:`run` computes metrics over a dataset (with a per-metric cache) and their statistics,
+  leaving out, with ``on_error="skip"``, the items whose files cannot be read;
 * :mod:`.stats`: 2AFC agreement, JND mAP, SROCC/KROCC/PLCC with bootstrap intervals (scipy, imported lazily);
 * :mod:`.report`: :func:`write` turns a result into report.md, report.json, scores.csv and plots (matplotlib,
-  imported lazily).
+  imported lazily), and errors.csv listing the items left out.
 
 ``import patchmmd.evaluation`` needs neither scipy, matplotlib nor click.
 

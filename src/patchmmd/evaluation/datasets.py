@@ -9,7 +9,11 @@
 Every reader is indexable and iterable; items are small named tuples of tensors read with
 :func:`patchmmd.io.load_image`. Files are matched by name when the reader is built, so a missing folder, an
 empty folder or an unmatched file is reported at once with a message naming it (:class:`DatasetError`, or
-:class:`FileNotFoundError` for paths that do not exist), never halfway through an evaluation.
+:class:`FileNotFoundError` for paths that do not exist), never halfway through an evaluation. With
+``on_missing="keep"`` an item lacking a file (a BAPPS name missing from one part folder, a MOS row naming a file
+that does not exist) is kept instead: reading it raises the error of the file it lacks, which
+``evaluation.run(..., on_error="skip")`` turns into a row of its ``errors``; a missing folder or an empty one is
+still refused at once.
 
 BAPPS patches are stored at 256×256 and evaluated at 64×64 by LPIPS's loader; ``load_size=64`` (the default)
 does the same (shorter side resized with antialiased bilinear interpolation); ``load_size=None`` keeps the
@@ -41,7 +45,7 @@ import os
 from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import ClassVar, NamedTuple
+from typing import ClassVar, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -63,6 +67,15 @@ __all__ = [
 #: The subsets of BAPPS, in LPIPS's order. 2AFC has all six; JND has ``traditional`` and ``cnn``.
 BAPPS_SUBSETS = ("traditional", "cnn", "superres", "deblur", "color", "frameinterp")
 _MAX_LISTED = 5
+
+#: What a reader does with an item lacking a file: refuse the dataset at once (``"raise"``) or keep the item,
+#: whose reading then fails naming the file (``"keep"``).
+OnMissing = Literal["raise", "keep"]
+
+
+def _check_on_missing(on_missing: str) -> None:
+    if on_missing not in ("raise", "keep"):
+        raise ValueError(f"on_missing must be 'raise' or 'keep', got {on_missing!r}")
 
 
 class DatasetError(ValueError):
@@ -137,8 +150,11 @@ def _stems(folder: Path, suffixes: Sequence[str]) -> dict[str, Path]:
     return found
 
 
-def _match(folder: Path, parts: dict[str, Sequence[str]]) -> list[tuple[str, dict[str, Path]]]:
-    """Files of each part folder matched by name; a name missing from any part is an error."""
+def _match(folder: Path, parts: dict[str, Sequence[str]], keep_missing: bool = False
+           ) -> list[tuple[str, dict[str, Path]]]:
+    """Files of each part folder matched by name; a name missing from any part is an error, or with
+    ``keep_missing`` kept with the path that part's file would have (the suffix of a file of the same kind the
+    name has, else the first one accepted): reading it fails, naming that file."""
     files = {part: _stems(folder / part, suffixes) for part, suffixes in parts.items()}
     names = set().union(*files.values())
     problems = []
@@ -146,9 +162,17 @@ def _match(folder: Path, parts: dict[str, Sequence[str]]) -> list[tuple[str, dic
         missing = sorted(names - set(found))
         if missing:
             problems.append(f"{part}/ lacks {len(missing)}: {_listing(missing)}")
-    if problems:
+    if problems and not keep_missing:
         raise DatasetError(f"unmatched files in {folder}: " + "; ".join(problems))
-    return [(name, {part: files[part][name] for part in parts}) for name in sorted(names)]
+
+    def path(name: str, part: str) -> Path:
+        if name in files[part]:
+            return files[part][name]
+        suffix = next((files[q][name].suffix for q in parts if parts[q] == parts[part] and name in files[q]),
+                      parts[part][0])
+        return folder / part / (name + suffix)
+
+    return [(name, {part: path(name, part) for part in parts}) for name in sorted(names)]
 
 
 def _load_fraction(path: Path, what: str) -> float:
@@ -242,9 +266,11 @@ class _BAPPS:
     _kind: ClassVar[str] = ""
 
     def __init__(self, root: str | os.PathLike[str], subsets: Sequence[str] | str | None = None, *,
-                 split: str = "val", load_size: int | None = 64, mode: ImageMode = "RGB") -> None:
+                 split: str = "val", load_size: int | None = 64, mode: ImageMode = "RGB",
+                 on_missing: OnMissing = "raise") -> None:
         if isinstance(subsets, str):
             subsets = [s.strip() for s in subsets.split(",") if s.strip()]
+        _check_on_missing(on_missing)
         self.root = Path(root)
         self.split = split
         self.load_size = _check_load_size(load_size)
@@ -252,7 +278,7 @@ class _BAPPS:
         self.subset_dirs = _subset_dirs(root, self._kind, split, subsets, list(self._parts))
         self.items: list[tuple[str, str, dict[str, Path]]] = []
         for name, folder in self.subset_dirs.items():
-            self.items += [(name, stem, files) for stem, files in _match(folder, self._parts)]
+            self.items += [(name, stem, files) for stem, files in _match(folder, self._parts, on_missing == "keep")]
 
     @property
     def subsets(self) -> list[str]:
@@ -269,7 +295,8 @@ class _BAPPS:
         return [p for p, suffixes in self._parts.items() if suffixes is IMAGE_SUFFIXES]
 
     def image_files(self, i: int) -> list[Path]:
-        """The image files of item ``i``, in the order its item holds them (``ref``, ``p0``, ``p1`` for 2AFC)."""
+        """The image files of item ``i``, in the order its item holds them (``ref``, ``p0``, ``p1`` for 2AFC); with
+        ``on_missing="keep"``, a file it lacks under the name it would have."""
         return [self.items[i][2][p] for p in self._image_parts()]
 
     def _images(self, i: int) -> list[torch.Tensor]:
@@ -303,11 +330,16 @@ class BAPPS2AFC(_BAPPS):
         split: ``"val"`` (default) or ``"train"``.
         load_size: shorter side after resizing (64, LPIPS's evaluation size) or ``None``.
         mode: colour mode of :func:`patchmmd.io.load_image`.
+        on_missing: ``"raise"``: a name missing from any part folder is a :class:`DatasetError` at once;
+            ``"keep"``: its item is kept, and reading it fails (:class:`~patchmmd.io.ImageReadError` for a
+            patch, :class:`DatasetError` for a judge file), naming the file it lacks.
 
     Raises:
         FileNotFoundError: the root or a named subset folder does not exist.
-        DatasetError: a folder is empty or its files do not match by name; on indexing, the item's patches
-            differ in size (once resized) or its judge file does not hold one fraction.
+        DatasetError: a folder is empty or its files do not match by name (``on_missing="raise"``); on
+            indexing, the item's patches differ in size (once resized) or its judge file does not hold one
+            fraction.
+        ImageReadError: on indexing, a patch cannot be read.
     """
 
     _parts: ClassVar[dict[str, Sequence[str]]] = {"ref": _IMG, "p0": _IMG, "p1": _IMG, "judge": _NPY}
@@ -373,12 +405,17 @@ class MOSDataset:
             names found (``reference``/``ref``…, ``distorted``/``dist``…, ``dmos``/``mos``/``score``…).
         group_column: a column to group results by (e.g. ``distortion``), or ``None``.
         mode: colour mode of :func:`patchmmd.io.load_image`.
+        on_missing: ``"raise"``: a file named by a row that does not exist is a :class:`FileNotFoundError` at
+            once; ``"keep"``: the row is kept, and reading it raises :class:`~patchmmd.io.ImageReadError` naming
+            the file.
 
     Rows whose score is empty (e.g. live-dev's copies identical to their reference) are kept with
-    ``score=None``; :attr:`scored` lists the others. Every referenced file must exist.
+    ``score=None``; :attr:`scored` lists the others. Every referenced file must exist (unless
+    ``on_missing="keep"``).
 
     Raises:
-        FileNotFoundError: the CSV, the root, or files it names do not exist (the first few are listed).
+        FileNotFoundError: the CSV or the root does not exist, or (``on_missing="raise"``) files it names do not
+            (the first few are listed).
         DatasetError: the CSV is not UTF-8 text, cannot be parsed as CSV or has no rows, a column is missing or
             appears twice (or, found by name, two columns read as the same name, e.g. ``dmos`` and ``DMOS``), a row
             has more fields than the header or too few to reach a column used, a path is absolute or leads
@@ -399,7 +436,8 @@ class MOSDataset:
     def __init__(self, labels_csv: str | os.PathLike[str], root: str | os.PathLike[str] | None = None, *,
                  reference_column: str | None = None, distorted_column: str | None = None,
                  score_column: str | None = None, group_column: str | None = None,
-                 mode: ImageMode = "RGB") -> None:
+                 mode: ImageMode = "RGB", on_missing: OnMissing = "raise") -> None:
+        _check_on_missing(on_missing)
         self.labels_csv = Path(labels_csv)
         if not self.labels_csv.is_file():
             raise FileNotFoundError(f"labels CSV not found: {self.labels_csv}")
@@ -484,7 +522,7 @@ class MOSDataset:
             self.distorted.append(dist)
             self.scores.append(score)
             self.groups.append((r.get(self.group_column) or "").strip() if self.group_column else None)
-        if missing:
+        if missing and on_missing == "raise":
             missing = sorted(set(missing))
             raise FileNotFoundError(
                 f"{len(missing)} image file(s) named in {self.labels_csv} not found under {self.root}: "

@@ -4,7 +4,11 @@
 * ``scores.csv``: one row per item and metric (the metric's values and the human judgment);
 * ``plot-<metric>.png``: the metric against the human score, coloured by subset or group (matplotlib, the
   ``eval`` extra, imported only when plots are written); a metric name that is no plain file name (``/``, ``:``)
-  is made one as for cache files (:func:`~.runner.cache_file_name`).
+  is made one as for cache files (:func:`~.runner.cache_file_name`);
+* ``errors.csv``, only when items were left out (their files cannot be read: ``errors`` of
+  :class:`~.runner.EvaluationResult`): one row per item, its identity and the reason (the ``error`` column, as in
+  ``patchmmd score``'s error rows, with the same cells: :func:`patchmmd.scoring.csv_text`); report.md says how
+  many were left out and why, at the top.
 
 :func:`write` returns a :class:`Report` holding the Markdown and its summary table (what a front end prints).
 :func:`remove_outputs` deletes these files (and a ``cache/`` folder) from a folder, to start a run over.
@@ -44,10 +48,12 @@ from typing import Any
 from ..io import output_file
 from .runner import EvaluationResult, cache_file_name
 
-__all__ = ["OUTPUT_FILES", "Report", "json_text", "remove_outputs", "write"]
+__all__ = ["ERRORS_FILE", "OUTPUT_FILES", "Report", "json_text", "remove_outputs", "write"]
 
-#: The files :func:`write` creates (besides ``plot-<metric>.png``).
+#: The files :func:`write` creates (besides ``plot-<metric>.png`` and :data:`ERRORS_FILE`).
 OUTPUT_FILES = ("report.md", "report.json", "scores.csv")
+#: The file :func:`write` lists the items left out in, when there are any (else it removes an earlier one).
+ERRORS_FILE = "errors.csv"
 
 
 @dataclass
@@ -67,7 +73,7 @@ def remove_outputs(out_dir: str | os.PathLike[str]) -> None:
     path = Path(out_dir)
     if not path.is_dir():
         return
-    for name in OUTPUT_FILES:
+    for name in (*OUTPUT_FILES, ERRORS_FILE):
         (path / name).unlink(missing_ok=True)
     for p in path.glob("plot-*.png"):
         p.unlink()
@@ -110,6 +116,41 @@ def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]])
         w.writerow(header)
         for r in rows:
             w.writerow([f"{v:.8g}" if isinstance(v, float) else v for v in r])
+
+
+def _write_errors(r: EvaluationResult, out: Path) -> list[Path]:
+    """``errors.csv``: the items left out, one row each (MOS: reference, distorted, the CSV's line; BAPPS: subset,
+    name; then the error), its cells as ``patchmmd score`` writes them; an earlier one is removed when there are
+    none (it would describe another run)."""
+    from ..scoring.output import csv_line, csv_text
+
+    path = output_file(out / ERRORS_FILE)
+    if not r.errors:
+        path.unlink(missing_ok=True)
+        return []
+    columns = ["reference", "distorted", "line"] if r.kind == "mos" else ["subset", "name"]
+    lines = [csv_line([*columns, "error"])]
+    lines += [csv_line([csv_text(str(e[c])) for c in (*columns, "error")]) for e in r.errors]
+    path.write_text("".join(lines), encoding="utf-8")
+    return [path]
+
+
+#: Items left out that report.md names (all are in errors.csv).
+_MAX_LISTED = 5
+
+
+def _left_out_md(r: EvaluationResult) -> list[str]:
+    """Lines of report.md saying how many items were left out and why (none when no item was)."""
+    if not r.errors:
+        return []
+    k = len(r.errors)
+    items = "row" if r.kind == "mos" else "item"
+    md = [f"**{k} of {r.n + k} {items}s left out**: {'its' if k == 1 else 'their'} files cannot be read, so every "
+          f"figure below is over the other {r.n} ({ERRORS_FILE} lists each with the reason):", ""]
+    md += [f"- {_cell(e['item'])}: {_cell(e['error'])}" for e in r.errors[:_MAX_LISTED]]
+    if k > _MAX_LISTED:
+        md.append(f"- and {k - _MAX_LISTED} more ({ERRORS_FILE})")
+    return [*md, ""]
 
 
 def _matplotlib() -> Any:
@@ -175,9 +216,12 @@ def json_text(obj: Any, indent: int | None = 2) -> str:
     return json.dumps(_finite(obj), indent=indent, allow_nan=False) + "\n"
 
 
-def _finish(out: Path, report: dict[str, Any], md: list[str], summary: str, plots: dict[str, str],
-            files: list[Path]) -> Report:
+def _finish(r: EvaluationResult, out: Path, report: dict[str, Any], md: list[str], summary: str,
+            plots: dict[str, str], files: list[Path]) -> Report:
+    report["left_out"] = r.errors
+    md[2:2] = _left_out_md(r)  # under the title: never missed
     markdown = "\n".join(md) + "\n"
+    files += _write_errors(r, out)
     output_file(out / "report.json").write_text(json_text(report), encoding="utf-8")
     output_file(out / "report.md").write_text(markdown, encoding="utf-8")
     files = [out / "report.md", out / "report.json", *files, *(out / p for p in plots.values())]
@@ -248,7 +292,7 @@ def _write_bapps(r: EvaluationResult, out: Path, plots_on: bool) -> Report:
     md += ["", "n per subset: " + ", ".join(f"{s} {subsets_of.count(s)}" for s in ds.subsets), ""]
     md += [f"![{m}]({p})" for m, p in plots.items()]
     summary = "\n".join(md[table_start:]).split("\n\n![")[0]
-    return _finish(out, report, md, summary, plots, [out / "scores.csv"])
+    return _finish(r, out, report, md, summary, plots, [out / "scores.csv"])
 
 
 def _curve(x: Any, params: Sequence[float]) -> Any:
@@ -337,13 +381,15 @@ def _write_mos(r: EvaluationResult, out: Path, plots_on: bool) -> Report:
                           f"{_fmt(c['value_on_itself'], 6)} | {'yes' if c['ok'] else 'NO'} |")
     md += [""] + [f"![{m}]({p})" for m, p in plots.items()]
     summary = "\n".join(md[md.index("## Summary (SROCC / KROCC / PLCC)"):md.index("## Details")]).rstrip()
-    return _finish(out, report, md, summary, plots, [out / "scores.csv"])
+    return _finish(r, out, report, md, summary, plots, [out / "scores.csv"])
 
 
 def write(result: EvaluationResult, out_dir: str | os.PathLike[str], *, plots: bool = True) -> Report:
-    """Write ``result`` into ``out_dir`` (created if missing): report.md, report.json, scores.csv, plots.
+    """Write ``result`` into ``out_dir`` (created if missing): report.md, report.json, scores.csv, plots, and
+    errors.csv when items were left out (``errors`` of :class:`~.runner.EvaluationResult`).
 
-    Files of an earlier report there are replaced; nothing else is touched.
+    Files of an earlier report there are replaced (an earlier errors.csv is removed when no item was left out);
+    nothing else is touched.
 
     Args:
         result: what :func:`~.runner.run` returned.

@@ -20,6 +20,16 @@ one that cannot be decoded is recomputed with a warning (see :func:`_cached`); o
 is refused (:mod:`patchmmd._trust`). Progress is reported through
 a callback receiving :class:`Progress` events (no progress bar here). :mod:`.report` writes the result.
 
+An item whose files cannot be read (a damaged or missing image, a format :func:`patchmmd.io.load_image` does not
+open, one too large, patches of different sizes, a judge file that does not hold one fraction) stops the run with
+its error (``on_error="raise"``, the default), or is left out for every metric, so that all are compared on the
+same items, and recorded in :attr:`EvaluationResult.errors` (``on_error="skip"``). A metric that fails is never
+left out: it raises :class:`EvaluationError` either way. With a cache, a metric's file records the items it could
+not read; a later run reads those again, and computes the metric again when one of them can be read now (the
+cached values lack it). The items left out are part of the cache's settings like the others (their names, and
+their files' sizes and modification times): a file mended by writing it again changes them, and the cached values
+are refused (:class:`CacheMismatchError`).
+
 Example:
     >>> import tempfile, pathlib, torch
     >>> from patchmmd.io import save_image
@@ -58,7 +68,9 @@ import torch
 
 from .._trust import UntrustedFileError, read_controlled
 from ..core.validation import check_positive_int
+from ..io import ImageReadError
 from ..metrics.weights import file_stamps
+from ..scoring.errors import error_text
 from .datasets import _BAPPS, BAPPS2AFC, BAPPSJND, DatasetError, MOSDataset, _load_fraction
 
 __all__ = [
@@ -73,6 +85,13 @@ __all__ = [
 
 Kind = Literal["2afc", "jnd", "mos"]
 Dataset = BAPPS2AFC | BAPPSJND | MOSDataset
+#: What :func:`run` does with an item whose files cannot be read: stop (``"raise"``) or leave it out (``"skip"``).
+OnError = Literal["raise", "skip"]
+
+#: What reading an item raises when its files cannot be read or do not fit (``on_error="skip"`` leaves it out):
+#: an image that cannot be read (:class:`~patchmmd.io.ImageReadError`, an :class:`OSError`), patches of different
+#: sizes or a judge file that does not hold one fraction (:class:`DatasetError`).
+_UNREADABLE: tuple[type[Exception], ...] = (ImageReadError, DatasetError, OSError)
 
 
 class EvaluationError(ValueError):
@@ -150,7 +169,8 @@ class EvaluationResult:
     Attributes:
         kind: ``"2afc"``, ``"jnd"`` or ``"mos"``.
         dataset: the dataset evaluated.
-        indices: indices into ``dataset`` of the items used (all, or the first ``limit``).
+        indices: indices into ``dataset`` of the items used (all, or the first ``limit``, less those in
+            :attr:`errors`).
         values: per metric, per item of ``indices``, the metric's values (``[d0, d1]`` for 2AFC, ``[d]``
             otherwise), as the metric returned them (not oriented).
         metrics: per metric, the statistics: 2AFC/JND ``{"subsets", "mean", "higher_is_better", "group"}``;
@@ -164,6 +184,11 @@ class EvaluationResult:
         unscored: MOS only: per metric, the checks of the rows without a score.
         settings: the settings the values depend on (stored with cached values; with a cache, the image files'
             stamps too).
+        errors: the items left out because their files cannot be read (``on_error="skip"``), in dataset order,
+            one dict per item: ``index`` (into ``dataset``), ``item`` (its name in messages), ``error`` (the
+            reason, ``"ErrorType: message"`` as in ``patchmmd score``'s error rows), and ``subset``, ``name``
+            (BAPPS) or ``reference``, ``distorted``, ``line`` (MOS, the CSV's line). Every statistic is over the
+            other items.
         limit, score_higher_is_better, bootstrap, seed: the options of the run.
     """
 
@@ -179,6 +204,7 @@ class EvaluationResult:
     human: dict[str, float] = field(default_factory=dict)
     unscored: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    errors: list[dict[str, Any]] = field(default_factory=list)
     limit: int | None = None
     score_higher_is_better: bool = False
     bootstrap: int = 0
@@ -200,7 +226,7 @@ class EvaluationResult:
         return [i for i, t in enumerate(self.truth) if t is not None]
 
     def write(self, out_dir: str | os.PathLike[str], *, plots: bool = True) -> Any:
-        """:func:`.report.write` of this result (report.md, report.json, scores.csv, plots)."""
+        """:func:`.report.write` of this result (report.md, report.json, scores.csv, plots, errors.csv)."""
         from .report import write
 
         return write(self, out_dir, plots=plots)
@@ -222,7 +248,7 @@ def _check_limit(limit: int | None) -> int | None:
 
 
 def select_items(dataset: Dataset, limit: int | None = None) -> list[int]:
-    """Indices of the items :func:`run` uses: all, or the first ``limit`` (per subset for BAPPS).
+    """Indices of the items :func:`run` reads: all, or the first ``limit`` (per subset for BAPPS).
 
     Example:
         >>> class Fake(BAPPSJND):
@@ -244,11 +270,20 @@ def select_items(dataset: Dataset, limit: int | None = None) -> list[int]:
 
 
 def _batches(indices: Sequence[int], load: Callable[[int], Any], size_of: Callable[[Any], tuple[int, ...]],
-             batch_size: int) -> Iterable[list[tuple[int, Any]]]:
-    """Consecutive items of equal image size, at most ``batch_size`` at a time (positions into ``indices``)."""
+             batch_size: int, failed: dict[int, str] | None = None) -> Iterable[list[tuple[int, Any]]]:
+    """Consecutive items of equal image size, at most ``batch_size`` at a time (positions into ``indices``).
+
+    With ``failed``, an item whose files cannot be read (:data:`_UNREADABLE`) is left out, its position and
+    reason recorded there; without, its error propagates."""
     batch: list[tuple[int, Any]] = []
     for pos, i in enumerate(indices):
-        item = load(i)
+        try:
+            item = load(i)
+        except _UNREADABLE as e:
+            if failed is None:
+                raise
+            failed[pos] = error_text(e)
+            continue
         if batch and (len(batch) == batch_size or size_of(batch[0][1]) != size_of(item)):
             yield batch
             batch = []
@@ -291,17 +326,20 @@ def _item_name(dataset: Dataset, i: int) -> str:
 
 
 def _compute(metric: EvalMetric, dataset: Dataset, indices: Sequence[int], kind: Kind, batch_size: int,
-             device: torch.device, progress: Callable[[Progress], None] | None) -> list[list[float]]:
-    """Values of ``metric`` over ``dataset[indices]``: 2 per item for 2AFC (d0, d1), 1 otherwise."""
+             device: torch.device, progress: Callable[[Progress], None] | None,
+             skip: bool = False) -> tuple[list[list[float]], dict[int, str]]:
+    """Values of ``metric`` over ``dataset[indices]``: 2 per item for 2AFC (d0, d1), 1 otherwise; and, with
+    ``skip``, the items whose files cannot be read (position into ``indices``: reason), whose values are ``[]``."""
     pairs, size_of = {"2afc": (_pairs_2afc, _size_2afc), "jnd": (_pairs_jnd, _size_jnd),
                       "mos": (_pairs_mos, _size_mos)}[kind]
     per_item = 2 if kind == "2afc" else 1
     n = len(indices)
     values: list[list[float]] = [[] for _ in range(n)]
+    failed: dict[int, str] = {}
     done = 0
     if progress is not None:
         progress(Progress(metric.name, 0, n))
-    for batch in _batches(indices, dataset.__getitem__, size_of, batch_size):
+    for batch in _batches(indices, dataset.__getitem__, size_of, batch_size, failed if skip else None):
         x, y = pairs([item for _, item in batch])
         try:
             with torch.no_grad():
@@ -321,17 +359,42 @@ def _compute(metric: EvalMetric, dataset: Dataset, indices: Sequence[int], kind:
                                   f"{len(items)} item(s): {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}")
         for j, (pos, _) in enumerate(batch):
             values[pos] = [float(d[j + r * k]) for r in range(per_item)]
-        done += k
+        done = batch[-1][0] + 1  # the items before it were computed or left out
         if progress is not None:
             progress(Progress(metric.name, done, n))
-    return values
+    if progress is not None and done < n:  # the last items were left out
+        progress(Progress(metric.name, n, n))
+    return values, failed
+
+
+def _read_again(dataset: Dataset, indices: Sequence[int], failed: Mapping[int, str],
+                skip: bool) -> dict[int, str] | None:
+    """The items a cache file records as unreadable (positions into ``indices``), read again: their reasons now,
+    or ``None`` when one of them can be read now (the cached values lack it). Without ``skip`` the error of the
+    first one propagates, as when computing."""
+    now: dict[int, str] = {}
+    for pos in sorted(failed):
+        try:
+            dataset[indices[pos]]
+        except _UNREADABLE as e:
+            if not skip:
+                raise
+            now[pos] = error_text(e)
+        else:
+            return None
+    return now
 
 
 def _cached(cache: Path | None, metric: EvalMetric, settings: dict[str, Any],
-            compute: Callable[[], list[list[float]]], progress: Callable[[Progress], None] | None,
-            n: int) -> list[list[float]]:
-    """``metric``'s values from ``cache/<metric>.json`` when it holds them for ``settings``, else computed and
-    stored there.
+            compute: Callable[[], tuple[list[list[float]], dict[int, str]]],
+            progress: Callable[[Progress], None] | None, n: int,
+            read_again: Callable[[dict[int, str]], dict[int, str] | None] | None = None,
+            ) -> tuple[list[list[float]], dict[int, str]]:
+    """``metric``'s values (and the items it could not read, by position) from ``cache/<metric>.json`` when it
+    holds them for ``settings``, else computed and stored there.
+
+    The items the file records as unreadable are read again (``read_again``): when one can be read now, the file
+    is not used (its values lack that item) and the metric is computed again.
 
     The file is written atomically (a temporary file in the same folder, fsynced, then renamed over it): it is
     either absent, the previous file or the complete new one. A file that cannot be decoded anyway (one cut
@@ -346,17 +409,22 @@ def _cached(cache: Path | None, metric: EvalMetric, settings: dict[str, Any],
     path = cache / cache_file_name(metric.name)
     cached = _read_cache(path, settings, n) if path.is_file() else None
     if cached is not None:
-        if progress is not None:
-            progress(Progress(metric.name, n, n, cached=path))
-        return cached
+        values, failed = cached
+        now = read_again(failed) if failed and read_again is not None else failed
+        if now is not None:
+            if progress is not None:
+                progress(Progress(metric.name, n, n, cached=path))
+            return values, now
     from ..scoring.output import atomic_write_text
 
     t0 = time.perf_counter()
-    values = compute()
+    values, failed = compute()
     cache.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps({"settings": settings, "values": values,
-                                        "seconds": time.perf_counter() - t0}))
-    return values
+    data: dict[str, Any] = {"settings": settings, "values": values}
+    if failed:  # (a file without them reads as before)
+        data["unreadable"] = [[pos, failed[pos]] for pos in sorted(failed)]
+    atomic_write_text(path, json.dumps({**data, "seconds": time.perf_counter() - t0}))
+    return values, failed
 
 
 def cache_file_name(name: str) -> str:
@@ -386,9 +454,10 @@ def safe_file_stem(text: str, *, key: str | None = None, limit: int = 64) -> str
     return f"{slug}-{digest[:8]}"
 
 
-def _read_cache(path: Path, settings: dict[str, Any], n: int) -> list[list[float]] | None:
-    """The values held by a cache file, or ``None`` (with a warning) when it is damaged: not UTF-8 JSON, or not
-    an object with ``settings`` and ``n`` rows of finite ``values``.
+def _read_cache(path: Path, settings: dict[str, Any], n: int) -> tuple[list[list[float]], dict[int, str]] | None:
+    """The values held by a cache file and the items it records as unreadable (position: reason), or ``None``
+    (with a warning) when it is damaged: not UTF-8 JSON, or not an object with ``settings`` and ``n`` rows of
+    finite ``values`` (empty for the items recorded as unreadable, as a list of ``[position, reason]``).
 
     Raises:
         CacheMismatchError: the file was computed with other settings.
@@ -413,11 +482,13 @@ def _read_cache(path: Path, settings: dict[str, Any], n: int) -> list[list[float
         elif describe_changes(data["settings"], settings):
             raise CacheMismatchError(f"{path} was computed with other settings "
                                      f"({describe_changes(data['settings'], settings)})", path, data["settings"])
-        elif not _cached_values_ok(data.get("values"), n):
+        elif (failed := _cached_failures(data.get("unreadable", []), n)) is None:
+            problem = "not a list of [position, reason] of unreadable items"
+        elif not _cached_values_ok(data.get("values"), n, failed):
             problem = f"not {n} rows of finite values"
         else:
             values: list[list[float]] = data["values"]
-            return values
+            return values, failed
     warnings.warn(f"the cache file {path} is damaged ({problem}); ignoring it: the metric is computed again and "
                   "the file replaced", RuntimeWarning, stacklevel=4)
     return None
@@ -483,11 +554,25 @@ def _short(v: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _cached_values_ok(values: Any, n: int) -> bool:
+def _cached_values_ok(values: Any, n: int, failed: Mapping[int, str]) -> bool:
+    """``n`` rows: empty for the items in ``failed``, else of finite numbers."""
     return isinstance(values, list) and len(values) == n and all(
-        isinstance(row, list) and row and all(
+        row == [] if pos in failed else isinstance(row, list) and row and all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in row)
-        for row in values)
+        for pos, row in enumerate(values))
+
+
+def _cached_failures(rows: Any, n: int) -> dict[int, str] | None:
+    """A cache file's ``unreadable`` list (``[position, reason]`` pairs) as a dict, or ``None`` when malformed."""
+    if not isinstance(rows, list):
+        return None
+    out: dict[int, str] = {}
+    for row in rows:
+        if not (isinstance(row, list) and len(row) == 2 and type(row[0]) is int and 0 <= row[0] < n
+                and isinstance(row[1], str) and row[0] not in out):
+            return None
+        out[row[0]] = row[1]
+    return out
 
 
 def _plain(v: Any) -> Any:
@@ -555,6 +640,7 @@ def run(
     score_higher_is_better: bool = False,
     bootstrap: int = 1000,
     seed: int = 0,
+    on_error: OnError = "raise",
 ) -> EvaluationResult:
     """Evaluate ``metrics`` on ``dataset``: their values over the items and the agreement statistics.
 
@@ -570,6 +656,11 @@ def run(
         score_higher_is_better: MOS only: the scores are qualities (MOS) rather than badnesses (DMOS).
         bootstrap: MOS only: bootstrap resamples for the confidence intervals (0: none).
         seed: MOS only: seed of the bootstrap.
+        on_error: what to do with an item whose files cannot be read (a damaged, missing or too large image, a
+            format not read, patches of different sizes, a judge file that does not hold one fraction):
+            ``"raise"`` its error (the default), or ``"skip"`` it: it is left out for every metric and recorded
+            in :attr:`EvaluationResult.errors`, and the statistics are over the other items. A metric's failure
+            raises either way.
 
     Returns:
         An :class:`EvaluationResult`; :func:`.report.write` (or its ``write`` method) writes it.
@@ -577,21 +668,26 @@ def run(
     Raises:
         CacheMismatchError: a cached metric was computed with other settings.
         EvaluationError: a metric failed on the data, returned the wrong number of values or a non-finite
-            value; fewer than 3 MOS rows have a score; or a cache file cannot be read (one that reads but cannot
-            be decoded is recomputed, with a :class:`RuntimeWarning`).
-        DatasetError, OSError: an item cannot be read.
+            value; fewer than 3 MOS rows have a score (or, with ``on_error="skip"``, can be read); no item of a
+            BAPPS subset can be read (``on_error="skip"``); or a cache file cannot be read (one that reads but
+            cannot be decoded is recomputed, with a :class:`RuntimeWarning`).
+        DatasetError, ImageReadError, OSError: an item cannot be read (``on_error="raise"``).
         ValueError, TypeError: bad arguments (unknown metric name, ``batch_size`` < 1, ...).
     """
     from ..scoring import resolve_device
     from .stats import _check_bootstrap, grouped_correlations, jnd_map, summarize, two_afc_score
 
     kind = _kind(dataset)
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    skip = on_error == "skip"
     specs = _metrics(metrics)
     batch_size = check_positive_int("batch_size", batch_size)
     dev = resolve_device(device) if isinstance(device, str) else device
     indices = select_items(dataset, limit)
     n = len(indices)
     cache_dir = None if cache is None else Path(cache)
+    left_out: dict[int, str] = {}  # position into indices: why the item is left out (on_error="skip")
 
     result = EvaluationResult(kind=kind, dataset=dataset, indices=indices, values={}, metrics={}, specs=specs,
                               truth=[], subsets=[], names=[], limit=limit,
@@ -600,7 +696,14 @@ def run(
         what = "judge" if kind == "2afc" else "same"
         result.subsets = [dataset.items[i][0] for i in indices]
         result.names = [dataset.items[i][1] for i in indices]
-        result.truth = [_load_fraction(dataset.items[i][2][what], what) for i in indices]
+        for pos, i in enumerate(indices):
+            try:
+                result.truth.append(_load_fraction(dataset.items[i][2][what], what))
+            except DatasetError as e:
+                if not skip:
+                    raise
+                result.truth.append(None)
+                left_out[pos] = error_text(e)
         result.settings = {"kind": kind, "root": str(Path(dataset.root).resolve()), "subsets": dataset.subsets,
                            "split": dataset.split, "load_size": dataset.load_size or 0, "mode": dataset.mode,
                            "limit": limit, "n": n,
@@ -632,16 +735,33 @@ def run(
         result.settings["images"] = _image_stamps(images)
     result.settings = {k: _plain(v) for k, v in result.settings.items()}
 
+    # every metric's values first: an item one of them cannot read is left out for all
     for name, metric in specs.items():
         settings = {**result.settings, "metric": name, "options": dict(metric.options)}
         files = file_stamps(metric.options)
         if files:  # weight files: a file replaced in place is not the one the cached values came from
             settings["files"] = files
         settings = settings_as_json(settings)
-        vals = _cached(cache_dir, metric, settings,
-                       functools.partial(_compute, metric, dataset, indices, kind, batch_size, dev, progress),
-                       progress, n)
+        vals, failed = _cached(cache_dir, metric, settings,
+                               functools.partial(_compute, metric, dataset, indices, kind, batch_size, dev, progress,
+                                                 skip),
+                               progress, n, functools.partial(_read_again, dataset, indices, skip=skip))
         result.values[name] = vals
+        for pos, reason in failed.items():
+            left_out.setdefault(pos, reason)
+    if left_out:
+        keep = [pos for pos in range(n) if pos not in left_out]
+        result.errors = [_left_out(dataset, indices[pos], left_out[pos]) for pos in sorted(left_out)]
+        result.indices = [indices[pos] for pos in keep]
+        result.subsets = [result.subsets[pos] for pos in keep]
+        result.names = [result.names[pos] for pos in keep]
+        result.truth = [result.truth[pos] for pos in keep]
+        result.values = {name: [vals[pos] for pos in keep] for name, vals in result.values.items()}
+        n = len(keep)
+        _check_enough(result)
+
+    for name, metric in specs.items():
+        vals = result.values[name]
         sign = -1.0 if metric.higher_is_better else 1.0  # statistics need "higher = more different"
         if kind in ("2afc", "jnd"):
             per_subset: dict[str, float] = {}
@@ -669,7 +789,7 @@ def run(
             if unscored:
                 checks = []
                 for i in unscored:
-                    item = dataset[indices[i]]
+                    item = dataset[result.indices[i]]
                     identical = bool(torch.equal(item.reference, item.distorted))
                     expected = _values_on_itself(metric, item, dev) if identical else None
                     v = vals[i][0]
@@ -684,3 +804,30 @@ def run(
                         for s in dataset.subsets}  # type: ignore[union-attr]  # BAPPS here
     return result
 
+
+def _left_out(dataset: Dataset, i: int, reason: str) -> dict[str, Any]:
+    """The row of :attr:`EvaluationResult.errors` of item ``i``, left out for ``reason``."""
+    if isinstance(dataset, MOSDataset):
+        where = {"reference": dataset.references[i], "distorted": dataset.distorted[i], "line": dataset.lines[i]}
+    else:
+        where = {"subset": dataset.items[i][0], "name": dataset.items[i][1]}
+    return {"index": i, "item": _item_name(dataset, i), **where, "error": reason}
+
+
+def _check_enough(result: EvaluationResult) -> None:
+    """With items left out, enough remain: 3 scored MOS rows, one item per BAPPS subset (else
+    :class:`EvaluationError`, naming the first item left out and why)."""
+    errors = result.errors
+    first = f"{errors[0]['item']}: {errors[0]['error']}"
+    if isinstance(result.dataset, MOSDataset):
+        scored = len(result.scored)
+        if scored < 3:
+            raise EvaluationError(f"{result.dataset.labels_csv}: only {scored} row(s) with a score among the first "
+                                  f"{result.n + len(errors)} can be read ({len(errors)} left out, the first "
+                                  f"{first}); correlations need at least 3")
+        return
+    for s in result.dataset.subsets:
+        if s not in result.subsets:
+            lost = [e for e in errors if e["subset"] == s]
+            raise EvaluationError(f"no item of subset {s!r} can be read ({len(lost)} left out, the first "
+                                  f"{lost[0]['item']}: {lost[0]['error']})")

@@ -18,6 +18,16 @@ from pathlib import Path
 from typing import Any
 
 
+def error_text(e: BaseException) -> str:
+    r"""An error as one line of an error row: ``"ErrorType: message"``.
+
+    Example:
+        >>> error_text(ValueError("bad\nimage"))
+        'ValueError: bad image'
+    """
+    return f"{type(e).__name__}: {e}".replace("\n", " ")
+
+
 def _rebuild(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]) -> BaseException:
     """Unpickle an error without calling its ``__init__`` (whose signature may differ from ``args``)."""
     e = cls.__new__(cls)
@@ -83,8 +93,9 @@ class MetricSetupError(ScoringError):
 
 
 class OutputPathError(ScoringError):
-    """The output path cannot hold a file: :attr:`reason` is ``"is_folder"``, ``"parent_is_file"`` or
-    ``"cannot_create"`` (its folder cannot be created: an operating-system error, not a usage error)."""
+    """The output path cannot hold a file: :attr:`reason` is ``"is_folder"``, ``"parent_is_file"``,
+    ``"name_too_long"`` (the file system refuses the names of the files kept next to it, its lock file and
+    journal) or ``"cannot_create"`` (its folder cannot be created: an operating-system error, not a usage error)."""
 
     def __init__(self, message: str, *, output: Path, reason: str) -> None:
         super().__init__(message)

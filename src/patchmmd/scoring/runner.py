@@ -45,6 +45,7 @@ from .errors import (
     OutputPathError,
     RankFailedError,
     ScoringError,
+    error_text,
 )
 from .jobs import PairTask, all_pair_tasks, job_header, list_images, paired_tasks, shard, tasks_digest
 from .journal import (
@@ -59,7 +60,7 @@ from .journal import (
     merge_journals,
     read_journal,
 )
-from .output import sorted_rows, value_column, write_output_atomic
+from .output import remove_stale_temporaries, sorted_rows, value_column, write_output_atomic
 
 T = TypeVar("T")
 
@@ -91,10 +92,6 @@ def _row(task: PairTask, metric: str, value: float | None, error: str | None) ->
     if value is not None and not math.isfinite(value):  # the journal and the CSV hold finite values only
         value, error = None, f"the metric returned {value}"
     return {"id": task.id, "ref": task.ref, "dist": task.dist, "metric": metric, "value": value, "error": error}
-
-
-def _error_text(e: BaseException) -> str:
-    return f"{type(e).__name__}: {e}".replace("\n", " ")
 
 
 DEFAULT_RESIZE_HINT = "resize=True resizes the second to the first"
@@ -248,7 +245,7 @@ def run_tasks(
                     raise ValueError(f"images differ in shape: {shape_text(x)} vs {shape_text(y)}"
                                      + (f" ({hint})" if hint else ""))
         except (ImageReadError, ValueError) as e:
-            error_rows.append(_row(t, metric, None, _error_text(e)))
+            error_rows.append(_row(t, metric, None, error_text(e)))
         else:
             groups.setdefault(tuple(x.shape), []).append((t, x, y))
             pending_pixels += _pixels(x)
@@ -292,7 +289,7 @@ def _score_batch(
         return [_row(t, metric, v, None) for (t, _, _), v in zip(batch, values, strict=True)]
     except (ValueError, TypeError, RuntimeError) as e:
         if len(batch) == 1:
-            return [_row(batch[0][0], metric, None, _error_text(e))]
+            return [_row(batch[0][0], metric, None, error_text(e))]
         # Find the culprit(s): score one by one.
         return [r for item in batch for r in _score_batch(fn, [item], metric, dev)]
 
@@ -456,6 +453,15 @@ _AGREED_ERRORS: tuple[type[BaseException], ...] = (ScoringError, OutputLockedErr
 #: Why a lock file could not be created that is the folder's fault (not a file system without ``flock``);
 #: ``ELOOP``: ``OUT.lock`` is a symbolic link, which is never followed.
 _NO_ACCESS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ELOOP})
+
+
+def _name_too_long(out: Path, companion: Path | None = None) -> OutputPathError:
+    """The error for an output whose name, or the name of a file kept next to it while it is written (its lock
+    file, a journal), is longer than the file system allows."""
+    suffix = (companion or journal_path(out)).name[len(out.name):]
+    return OutputPathError(f"{out}: the name is too long for the file system, or would be with the suffix "
+                           f"{suffix!r} of the files kept next to it while the job runs; give a shorter name",
+                           output=out, reason="name_too_long")
 
 
 def _one_line(e: BaseException) -> str:
@@ -623,11 +629,19 @@ class ScoreRunner:
 
     def _prepare_folder(self) -> None:
         out = self.job.output
-        if out.is_dir():
+        try:
+            is_folder = out.is_dir()
+        except OSError as e:  # e.g. a name longer than the file system allows
+            if e.errno == errno.ENAMETOOLONG:
+                raise _name_too_long(out) from None
+            raise OutputPathError(f"{out}: {e.strerror or e}", output=out, reason="cannot_create") from None
+        if is_folder:
             raise OutputPathError(f"{out} is a folder; give a file path", output=out, reason="is_folder")
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
+            if e.errno == errno.ENAMETOOLONG:
+                raise _name_too_long(out) from None
             blocker = file_in_the_way(out)
             if blocker is not None:
                 raise OutputPathError(f"{out}: {blocker} is a file, not a folder", output=out,
@@ -636,22 +650,34 @@ class ScoreRunner:
                                   reason="cannot_create") from None
 
     def _lock(self) -> OutputLock | None:
-        """Rank 0 (or the single process) locks the output for the whole run; None elsewhere."""
+        """Rank 0 (or the single process) locks the output for the whole run and removes the temporary files a
+        killed run left next to it (:func:`~patchmmd.scoring.output.remove_stale_temporaries`); None elsewhere."""
         self._prepare_folder()
         if not self.env.is_main:
             return None
+        out = self.job.output
         try:
-            return OutputLock.acquire(self.job.output, argv=self.argv)
+            lock = OutputLock.acquire(out, argv=self.argv)
         except OutputLockedError:
             raise
         except OSError as e:
             if e.errno in _NO_ACCESS:  # nor could the journal or the CSV be written there
-                out = self.job.output
                 raise OutputPathError(f"{out}: cannot create the lock file {lock_path(out)}: {e.strerror or e}",
                                       output=out, reason="cannot_create") from None
+            if e.errno == errno.ENAMETOOLONG:  # nor could its journal be created: no run can write this output
+                raise _name_too_long(out) from None
             # e.g. a file system without flock: go on, as before locks existed
-            self._notice(LockUnavailable(self.job.output, e))
+            self._notice(LockUnavailable(out, e))
             return None
+        if lock.held:  # no other run writes this output: a temporary file of its name was left by a killed one
+            env = self.env
+            try:
+                remove_stale_temporaries({out, journal_path(out), journal_path(out, env.rank, env.world_size),
+                                          *find_journals(out)})
+            except BaseException:
+                lock.release()
+                raise
+        return lock
 
     def _read_output(self, built: _Built) -> tuple[Path, dict[str, dict[str, Any]]]:
         """The output rules and, when resuming, the finished rows of the journals (reads only; locked)."""
@@ -689,6 +715,8 @@ class ScoreRunner:
         try:
             return Journal.open(own, built.job, resume=self.job.resume, tasks=built.tasks)
         except OSError as e:
+            if e.errno == errno.ENAMETOOLONG:  # a rank's journal has the longest name of them all
+                raise _name_too_long(self.job.output, own) from None
             raise JournalOpenError(f"cannot open the journal {own}: {e}", path=own) from None
 
     # ---------------------------------------------------------------------------------- the run
