@@ -106,6 +106,7 @@ from .output import (
     csv_text,
     format_value,
     readable_text,
+    remove_stale_temporaries,
     sorted_rows,
     value_column,
     write_csv_atomic,
@@ -142,7 +143,7 @@ __all__ = [
     "ScoringError", "UnmatchedImages", "UntrustedJournalError", "_ImageCache", "all_pair_tasks",
     "atomic_write_text", "check_metric", "creation_mode", "csv_line", "csv_text", "describe_holder", "done_rows",
     "drop_error_rows", "finalize", "find_journals", "format_value", "job_header", "journal_path", "list_images",
-    "lock_path", "merge_journals", "paired_tasks", "read_journal", "readable_text", "resize_to", "resolve_device",
-    "run_tasks", "shard", "sorted_rows", "task_id", "tasks_digest", "value_column", "write_csv_atomic",
-    "write_json_atomic", "write_output_atomic",
+    "lock_path", "merge_journals", "paired_tasks", "read_journal", "readable_text", "remove_stale_temporaries",
+    "resize_to", "resolve_device", "run_tasks", "shard", "sorted_rows", "task_id", "tasks_digest", "value_column",
+    "write_csv_atomic", "write_json_atomic", "write_output_atomic",
 ]

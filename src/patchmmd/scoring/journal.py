@@ -159,8 +159,15 @@ def _check_header(path: Path, header: Any, job: dict[str, Any]) -> None:
         raise JobMismatchError(f"{path} is not a patchmmd score journal (or its header is damaged)")
     differ = sorted(k for k in set(old) | set(job) if old.get(k) != job.get(k))
     if differ:
-        detail = "; ".join(f"{k}: journal {old.get(k)!r}, now {job.get(k)!r}" for k in differ)
-        raise JobMismatchError(f"{path} belongs to a different job ({detail}); rerun with the same arguments")
+        # the list of pairs is recorded as a hash: say what changed in words
+        pairs = [k for k in ("num_tasks", "tasks") if k in differ]
+        parts = [f"{k}: journal {old.get(k)!r}, now {job.get(k)!r}" for k in differ if k not in pairs]
+        if pairs:
+            parts.append(f"num_tasks, tasks: {old.get('num_tasks')!r} pairs in the journal, {job.get('num_tasks')!r} "
+                         "now, not the same ones: image files were added, removed or renamed in the folders")
+        detail = "; ".join(parts)
+        same = "the same arguments and image files" if pairs else "the same arguments"
+        raise JobMismatchError(f"{path} belongs to a different job ({detail}); rerun with {same}")
 
 
 def _row_problem(row: Any, metric: str | None, tasks: dict[str, PairTask] | None) -> str | None:
@@ -538,6 +545,11 @@ class OutputLock:
         except OSError:
             pass  # the lock holds without the details
         return cls(path, fd)
+
+    @property
+    def held(self) -> bool:
+        """Whether this process holds the lock (false where none can be taken, on Windows, and once released)."""
+        return self._fd is not None
 
     def release(self) -> None:
         """Remove the lock file and drop the lock (idempotent)."""

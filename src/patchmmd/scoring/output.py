@@ -2,14 +2,15 @@
 
 :func:`write_output_atomic` writes the final rows to a temporary file in the output folder, fsyncs it and renames
 it over the output (``os.replace``): the output is either absent, the old file or the complete new one, never
-half-written. An output named ``*.json`` gets a JSON array (:func:`write_json_atomic`), any other the CSV
-(:func:`write_csv_atomic`). File names are written readably (:func:`readable_text`) and, in the CSV, never as
-spreadsheet formulas (:func:`csv_text`).
+half-written (a temporary file a killed process left is removed by :func:`remove_stale_temporaries`). An output
+named ``*.json`` gets a JSON array (:func:`write_json_atomic`), any other the CSV (:func:`write_csv_atomic`). File
+names are written readably (:func:`readable_text`) and, in the CSV, never as spreadsheet formulas (:func:`csv_text`).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
 import tempfile
@@ -165,12 +166,78 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def _temp_prefix(name: str) -> str:
+    """The start of the name of :func:`atomic_write_bytes`'s temporary files for a file named ``name``:
+    ``.NAME.``, or for a name longer than 40 characters its first 31 and a hash of the whole name.
+
+    The temporary name is never longer than any name the file system allows (an output or journal with a long
+    name would otherwise be refused only at the very end, on every resume), and it tells which file it was for,
+    so that :func:`remove_stale_temporaries` removes no other file's.
+
+    Example:
+        >>> _temp_prefix("s.csv"), len(_temp_prefix("x" * 300))
+        ('.s.csv.', 42)
+    """
+    if len(name) <= 40:
+        return f".{name}."
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f".{name[:31]}~{digest}."
+
+
+# the random part of tempfile.mkstemp's names: 8 of these characters
+_TEMP_RANDOM = r"[a-z0-9_]{8}\.tmp"
+
+
+def remove_stale_temporaries(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Remove the temporary files :func:`atomic_write_bytes` left next to ``paths`` when a process writing one of
+    them was killed (``kill -9``, a power cut) before it renamed the temporary file; returns those removed.
+
+    Only regular files of this user (no symbolic links) named as that function names the temporary files of
+    exactly these paths are removed. Call it only while no other process can be writing them (e.g. holding the
+    lock of the output they belong to). Files that cannot be examined or removed are left as they are.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> for name in (".s.csv.ab12_xyz.tmp", ".s.csv.old.ab12_xyz.tmp", "s.csv"):
+        ...     (d / name).touch()
+        >>> [p.name for p in remove_stale_temporaries([d / "s.csv"])], sorted(p.name for p in d.iterdir())
+        (['.s.csv.ab12_xyz.tmp'], ['.s.csv.old.ab12_xyz.tmp', 's.csv'])
+    """
+    import re
+    import stat
+
+    by_folder: dict[Path, list[str]] = {}
+    for p in map(Path, paths):
+        by_folder.setdefault(p.parent, []).append(re.escape(_temp_prefix(p.name)))
+    removed: list[Path] = []
+    for folder, prefixes in by_folder.items():
+        pattern = re.compile(f"(?:{'|'.join(prefixes)}){_TEMP_RANDOM}")
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            if not pattern.fullmatch(entry.name):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+                if not stat.S_ISREG(st.st_mode) or (hasattr(os, "geteuid") and st.st_uid != os.geteuid()):
+                    continue
+                os.unlink(entry.path)
+            except OSError:
+                continue
+            removed.append(folder / entry.name)
+    return removed
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Replace ``path`` by a file holding ``data`` atomically, as :func:`atomic_write_text` does."""
+    """Replace ``path`` by a file holding ``data`` atomically, as :func:`atomic_write_text` does.
+
+    The temporary file is named ``.NAME.XXXXXXXX.tmp`` (see :func:`_temp_prefix`); one a killed process left behind
+    is removed by :func:`remove_stale_temporaries`."""
     path = Path(path)
-    # The name is cut so that the temporary one is never longer than any name the file system allows: an output
-    # (or journal) with a long name would otherwise be refused only at the very end, on every resume.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:40]}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
