@@ -97,3 +97,18 @@ def test_gim_size_0_of_several_images_is_their_common_size_as_the_help_says(tmp_
     assert json.loads((out / "metrics.json").read_text())["size"] == [24, 36]  # not a square
     help_text = " ".join(CliRunner().invoke(main, ["gim", "--help"]).output.split())
     assert "common height and width" in help_text
+
+
+def test_overwrite_with_fewer_tiles_leaves_no_images_of_the_earlier_run(tmp_path: Path, photo_dir: Path) -> None:
+    out = tmp_path / "o"
+    base = ["train-sr", str(photo_dir), "--crop", "16", "--out", str(out), "--loss", "l2", *FAST]
+    first = CliRunner().invoke(main, base)
+    assert first.exit_code == 0, first.output
+    many = sorted(p.name for p in out.glob("sr_*.png"))
+    assert len(many) > 1
+    (out / "notes.txt").write_text("mine")  # not the command's: kept
+    again = CliRunner().invoke(main, [*base, "--max-tiles", "1", "--overwrite"])
+    assert again.exit_code == 0, again.output
+    for prefix in ("sr", "heldout", "lowres", "bicubic"):
+        assert sorted(p.name for p in out.glob(f"{prefix}_*.png")) == [f"{prefix}_000.png"]
+    assert (out / "notes.txt").read_text() == "mine"

@@ -165,7 +165,20 @@ def write_json(data: dict[str, Any], path: str | os.PathLike[str]) -> None:
 
 
 def save_images(batch: torch.Tensor, folder: str | os.PathLike[str], prefix: str) -> list[str]:
-    """Save a batch as ``prefix_000.png, ...`` in ``folder``; returns the file names."""
+    """Save a batch as ``prefix_000.png, ...`` in ``folder``; returns the file names. Files of the same series
+    beyond the batch (``prefix_NNN.png`` left by an earlier, longer run written into the folder) are removed, so
+    the folder never mixes two runs' images.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> save_images(torch.rand(3, 3, 4, 4), d, "sr")
+        ['sr_000.png', 'sr_001.png', 'sr_002.png']
+        >>> save_images(torch.rand(1, 3, 4, 4), d, "sr"), sorted(p.name for p in d.iterdir())
+        (['sr_000.png'], ['sr_000.png'])
+    """
+    import re
+
     from ..io import save_image
 
     names = []
@@ -173,6 +186,10 @@ def save_images(batch: torch.Tensor, folder: str | os.PathLike[str], prefix: str
         name = f"{prefix}_{i:03d}.png"
         save_image(img.clamp(0, 1), output_file(Path(folder) / name))
         names.append(name)
+    series = re.compile(re.escape(prefix) + r"_[0-9]{3,}\.png")
+    for entry in os.scandir(folder):
+        if series.fullmatch(entry.name) and entry.name not in names and entry.is_file(follow_symlinks=False):
+            os.unlink(entry.path)
     return names
 
 
