@@ -90,6 +90,7 @@ __all__ = [
     "RandomCNNDistance",
     "VGGDistance",
     "load_vgg16_weights",
+    "normalize_floor",
     "pooled_feature_distance",
     "random_cnn_features",
     "random_cnn_weights",
@@ -336,6 +337,24 @@ class RandomCNNDistance(_LayerBuffers):
 VGGFirstLayer = Literal["he", "zero_mean"]
 
 
+def normalize_floor(dtype: torch.dtype) -> float:
+    """The length ``ε`` below which :class:`VGGDistance` (``normalize=True``) treats a channel vector as zero, in
+    ``f / √(‖f‖² + ε²)``: LPIPS's 1e-10, or 4096 units in the last place of ``dtype`` where that is larger.
+
+    Zero-mean first-layer filters answer a flat region with rounding instead of 0 (the filters cast to float32
+    no longer sum to 0, and the convolution rounds): about 1e-6 at every tap in float32, 1e-15 in float64.
+    Below 1e-10 that is nothing, as the exact value is; 1e-10 in float32 would scale it to unit length, and two
+    flat regions of different brightness, or a flat and a textured one, would differ by noise of the size of any
+    texture. 4096 eps (4.9e-4 in float32) keeps that rounding below 1 % of unit length, and is far below the
+    features of the faintest 8-bit texture (a one-grey-level dither: about 0.06 at relu1_2).
+
+    Example:
+        >>> normalize_floor(torch.float64), round(normalize_floor(torch.float32), 6)
+        (1e-10, 0.000488)
+    """
+    return max(1e-10, 4096 * float(torch.finfo(dtype).eps))
+
+
 def vgg16_random_weights(*, seed: int = 0, first_layer: VGGFirstLayer = "he") -> list[Layer]:
     """Random VGG16 convolution weights: He normal (variance ``2 / fan_in``), zero biases; float64, CPU.
 
@@ -401,6 +420,10 @@ class VGGDistance(_LayerBuffers):
     channel vector is scaled to unit length and the squared differences are summed over channels;
     with ``normalize=False`` they are averaged over channels (the ``(1/N) ‖.‖²`` of the random CNN).
     Then the mean over pixels, and the sum over taps.
+
+    The unit scaling is ``f / √(‖f‖² + ε²)``: vectors much shorter than ``ε`` count as zero. ``ε`` is LPIPS's
+    1e-10 in float64 and :func:`normalize_floor` (4.9e-4) in float32, where zero-mean first-layer filters answer
+    a flat region with rounding (about 1e-6) instead of 0, which 1e-10 would scale to unit length.
 
     Args:
         weights: ``None`` for random He-initialised filters drawn from ``seed``, or the path of a local
@@ -481,10 +504,11 @@ class VGGDistance(_LayerBuffers):
         # Each image through the trunk on its own, as LPIPS and DISTS do: as a loss, the backward pass then runs
         # through x's taps only.
         total = x.new_zeros(x.shape[0], dtype=ct)
+        floor2 = normalize_floor(ct) ** 2
         for fx, fy in zip(taps(x), taps(y), strict=True):
             if self.normalize:
-                fx = fx / torch.sqrt((fx * fx).sum(1, keepdim=True) + 1e-20)
-                fy = fy / torch.sqrt((fy * fy).sum(1, keepdim=True) + 1e-20)
+                fx = fx / torch.sqrt((fx * fx).sum(1, keepdim=True) + floor2)
+                fy = fy / torch.sqrt((fy * fy).sum(1, keepdim=True) + floor2)
                 total = total + (fx - fy).pow(2).sum(1).mean(dim=(1, 2))
             else:
                 total = total + (fx - fy).pow(2).mean(dim=(1, 2, 3))
