@@ -34,7 +34,8 @@ name                 what                                                       
 
 Files are read by :func:`patchmmd.metrics.weights.load_weights` (``torch.load(path, weights_only=True)``:
 tensors only, no code), and a file whose keys or shapes differ from the expected layout is refused with a
-message listing the differences.
+message listing the differences; so is a head with negative weights (trained LPIPS and DISTS weights are
+non-negative) or DISTS weights that are all 0.
 
 These modules import without pytorch-msssim; the SSIM metrics import it when built.
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from ..core.aligned import l2_distance, local_distance
-from ..core.mmd import patch_mmd
+from ..core.mmd import Estimator, patch_mmd
 from ..core.mmdpp import distance_map, get_config, mmdpp
 from ..core.validation import check_out_of_range, check_value_range
 from .registry import Metric, check_option_names, register
@@ -21,13 +21,14 @@ def _no_reduction(name: str, options: dict[str, Any]) -> None:
         raise TypeError(f"{name} takes no reduction option: a registry metric gives one value per image (N,)")
 
 
-def _bind(fn: Callable[..., torch.Tensor], name: str, options: dict[str, Any]) -> None:
+def _bind(fn: Callable[..., torch.Tensor], name: str, options: dict[str, Any], fixed: tuple[str, ...] = ()) -> None:
     """Refuse, when the metric is built, the options that ``fn`` does not take (its values are checked when it
-    is called), and ``reduction``: a registry metric gives one value per image."""
+    is called), ``reduction`` (a registry metric gives one value per image) and the options in ``fixed``, which
+    the metric's name sets or leaves unused."""
     _no_reduction(name, options)
     params = inspect.signature(fn).parameters
-    check_option_names(name, options,
-                       [k for k, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY and k != "reduction"])
+    check_option_names(name, options, [k for k, p in params.items()
+                                       if p.kind is inspect.Parameter.KEYWORD_ONLY and k not in ("reduction", *fixed)])
 
 
 def _mmdpp_options(name: str, preset: str | None, options: dict[str, Any]) -> dict[str, Any]:
@@ -66,16 +67,26 @@ _register_mmdpp("mmdpp-followup", "followup",
                 "the follow-up study's MMD++: native resolution, 512 i.i.d. random features")
 
 
+def _patch_mmd_metric(name: str, estimator: Estimator, options: dict[str, Any], fixed: tuple[str, ...]) -> Metric:
+    """``patch_mmd`` with the estimator of the metric ``name``: another ``estimator`` would silently make it the
+    other metric under this one's name, so it is refused, as are the options in ``fixed``."""
+    options = dict(options)
+    if options.pop("estimator", estimator) != estimator:
+        other = "patch-mmd-rff" if estimator == "exact" else "patch-mmd"
+        raise TypeError(f"{name} is the {estimator!r} estimator; use the {other!r} metric for the other one")
+    _bind(patch_mmd, name, options, ("estimator", *fixed))
+    return partial(patch_mmd, estimator=estimator, **options)
+
+
 @register("patch-mmd", "windowed squared patch MMD (centred Gaussian kernel), exact estimator", differentiable=True)
 def _patch_mmd(**options: Any) -> Metric:
-    _bind(patch_mmd, "patch-mmd", options)
-    return partial(patch_mmd, **{"estimator": "exact", **options})
+    # the random features' options do nothing to the exact estimator
+    return _patch_mmd_metric("patch-mmd", "exact", options, ("num_features", "features", "seed"))
 
 
 @register("patch-mmd-rff", "windowed squared patch MMD, random-feature estimator", differentiable=True)
 def _patch_mmd_rff(**options: Any) -> Metric:
-    _bind(patch_mmd, "patch-mmd-rff", options)
-    return partial(patch_mmd, **{"estimator": "rff", **options})
+    return _patch_mmd_metric("patch-mmd-rff", "rff", options, ())
 
 
 @register("local", "aligned 3x3 patch term of MMD++", differentiable=True)

@@ -71,8 +71,10 @@ def psnr(x: torch.Tensor, y: torch.Tensor, *, data_range: float = 1.0, max_db: f
     data_range = check_positive_float("data_range", data_range)
     max_db = check_positive_float("max_db", max_db)
     mse = (x.double() - y.double()).pow(2).flatten(1).mean(1)
-    floor = data_range**2 * 10.0 ** (-max_db / 10.0)
-    return (10.0 * torch.log10(data_range**2 / mse.clamp_min(floor))).to(x.dtype)
+    # In logarithms, and the cap by a mask rather than a floor on the MSE: range² and range² · 10^(−max_db / 10)
+    # overflow or underflow float64 for large ranges or caps (identical images then gave inf, and a NaN gradient).
+    db = 10.0 * (2.0 * math.log10(data_range) - torch.log10(mse.clamp_min(torch.finfo(torch.float64).tiny)))
+    return torch.where(mse > 0, db.clamp(max=max_db), max_db).to(x.dtype)
 
 
 def _msssim_module() -> ModuleType:

@@ -2,7 +2,8 @@
 
 Registered as ``dists`` (group ``"baselines"``); needs ``backbone=`` a torchvision VGG16 file
 (:func:`patchmmd.metrics.trunks.read_trunk`) and ``weights=`` DISTS's ``weights.pt`` (``alpha`` and ``beta``,
-each ``(1, 1475, 1, 1)``), read by :func:`patchmmd.metrics.weights.load_weights`. Differentiable.
+each ``(1, 1475, 1, 1)``, non-negative and not all 0), read by :func:`patchmmd.metrics.weights.load_weights`.
+Differentiable.
 
 Example:
     >>> import torch
@@ -33,7 +34,7 @@ from .trunks import (
     vgg16_features,
     vgg16_taps,
 )
-from .weights import WeightsPath, check_layout, load_weights
+from .weights import WeightsError, WeightsPath, check_layout, check_nonnegative, load_weights
 
 __all__ = ["DISTS"]
 
@@ -91,6 +92,13 @@ class DISTS(nn.Module):
         load_trunk(m.features, backbone, metric="dists", arch="VGG16")  # L2 pools hold no state: VGG16's keys
         head = load_weights(weights, what="the DISTS weights.pt (alpha and beta)", metric="dists", option="weights")
         check_layout(head, {"alpha": m.alpha, "beta": m.beta}, metric="dists", option="weights", path=weights)
+        # the distance weighs the terms by alpha and beta divided by their sum: negative or all-zero weights gave
+        # negative distances or NaN
+        check_nonnegative(head, metric="dists", option="weights", path=weights,
+                          why="DISTS's weights are non-negative (the distance is >= 0)")
+        if not float(head["alpha"].double().sum() + head["beta"].double().sum()) > 0:
+            raise WeightsError(f"dists: weights file {weights}: alpha and beta are all 0; DISTS divides them by "
+                               "their sum")
         m.alpha.data.copy_(head["alpha"].float())
         m.beta.data.copy_(head["beta"].float())
         return m

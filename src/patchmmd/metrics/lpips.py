@@ -3,8 +3,8 @@
 Registered as ``lpips-alex`` and ``lpips-vgg`` (group ``"baselines"``); both need two files, passed as options:
 ``backbone=`` the trunk in torchvision's layout (:func:`patchmmd.metrics.trunks.read_trunk`) and ``weights=``
 the lpips package's ``weights/v0.1/alex.pth`` or ``vgg.pth`` (``lin0.model.1.weight`` … ``lin4.model.1.weight``,
-shapes ``(1, C, 1, 1)``). Files are read by :func:`patchmmd.metrics.weights.load_weights` (weights only, nothing
-downloaded). The metric is differentiable (gradients flow when an input requires them).
+shapes ``(1, C, 1, 1)``, non-negative as trained). Files are read by :func:`patchmmd.metrics.weights.load_weights`
+(weights only, nothing downloaded). The metric is differentiable (gradients flow when an input requires them).
 
 Example:
     >>> from patchmmd.metrics.registry import get_metric
@@ -39,7 +39,7 @@ from .trunks import (
     vgg16_features,
     vgg16_taps,
 )
-from .weights import WeightsPath, check_layout, load_weights
+from .weights import WeightsError, WeightsPath, check_layout, check_nonnegative, load_weights
 
 __all__ = ["LPIPS"]
 
@@ -92,14 +92,22 @@ class LPIPS(nn.Module):
         load_trunk(m.features, backbone, metric=metric, arch="AlexNet" if net == "alex" else "VGG16")
         head = load_weights(weights, what=f"the LPIPS v0.1 linear heads (lpips package weights/v0.1/{net}.pth)",
                             metric=metric, option="weights")
-        renamed = {}
+        renamed: dict[str, torch.Tensor] = {}
+        spelled: dict[str, str] = {}  # the file's key of each renamed one, for the messages
         for k, v in head.items():
             parts = k.split(".")
             if len(parts) == 4 and parts[0].startswith("lin") and parts[1] == "model" and parts[3] == "weight":
-                renamed[f"{parts[0][3:]}.weight"] = v
+                name = f"{parts[0][3:]}.weight"
             else:
-                renamed[k] = v
+                name = k
+            if name in spelled:  # lin0.model.0.weight and lin0.model.1.weight: which one is meant is unknown
+                raise WeightsError(f"{metric}: weights file {weights} holds two weights of head {name}: "
+                                   f"{spelled[name]} and {k}")
+            renamed[name], spelled[name] = v, k
         check_layout(renamed, m.lins.state_dict(), metric=metric, option="weights", path=weights)
+        check_nonnegative({spelled[k]: v for k, v in renamed.items()}, metric=metric, option="weights", path=weights,
+                          why="LPIPS's linear heads are non-negative (the lpips package clamps them at 0 in training), "
+                              "so that the distance is >= 0")
         m.lins.load_state_dict({k: v.float() for k, v in renamed.items()})
         freeze(m)
         return m

@@ -264,12 +264,23 @@ def freeze(module: nn.Module) -> None:
 def module_metric(module: nn.Module) -> Metric:
     """A registry metric running ``module``: moved to the inputs' device on first use, no graph unless an input
     requires gradients (then the metric is differentiable). The module is kept as ``metric.module``."""
+    return _ModuleMetric(module)
 
-    def metric(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if next(module.buffers()).device != x.device:
+
+class _ModuleMetric:
+    """What :func:`module_metric` returns: a class rather than a closure, so that the metric pickles (worker
+    processes) and :func:`copy.deepcopy` copies its module, as the registry's other metrics do."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        module = self.module
+        if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
+            return module(x, y)  # its checks name the argument that is not a tensor
+        # Follow the inputs only to a device that holds values and is theirs alike: a module moved to "meta" loses
+        # its weights for good, and inputs on two devices are refused by the module's checks.
+        if x.device == y.device and x.device.type != "meta" and next(module.buffers()).device != x.device:
             module.to(x.device)
         with torch.no_grad() if not (x.requires_grad or y.requires_grad) else contextlib.nullcontext():
             return module(x, y)
-
-    metric.module = module  # type: ignore[attr-defined]  # an attribute on a plain function (see the docstring)
-    return metric

@@ -46,7 +46,8 @@ import torch
 from .._trust import UntrustedFileError, check_controlled
 
 __all__ = [
-    "WEIGHT_FOLDER", "WeightsError", "WeightsFileNotFoundError", "WeightsPath", "check_layout", "check_weight_tensor",
+    "WEIGHT_FOLDER", "WeightsError", "WeightsFileNotFoundError", "WeightsPath", "check_layout", "check_nonnegative",
+    "check_weight_tensor",
     "file_stamps", "folder_files", "folder_options", "load_weights",
 ]
 
@@ -129,17 +130,24 @@ def load_weights(
     except WeightsError:
         raise
     except Exception as e:  # unpickling errors come in many types
+        # some carry no message (an empty file: a bare EOFError)
+        reason = str(e) or f"{type(e).__name__} (the file is empty or cut short)"
         raise WeightsError(f"{metric}: cannot read {option} file {p} as a weights-only tensor file "
-                           f"(torch.load(weights_only=True)): {e}") from None
+                           f"(torch.load(weights_only=True)): {reason}") from None
     finally:
         f.close()
     for key in ("state_dict", "model"):
         if isinstance(obj, Mapping) and set(obj) == {key} and isinstance(obj[key], Mapping):
             obj = obj[key]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        got = type(obj).__name__
+    if not isinstance(obj, Mapping):
         raise WeightsError(f"{metric}: {option} file {p} is not a state dict (a mapping of names to tensors), "
-                           f"got {got}")
+                           f"got {type(obj).__name__}")
+    other = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if other:  # e.g. a training checkpoint: the weights under "state_dict" beside an epoch, an optimizer's state
+        nested = [k for k in ("state_dict", "model", *other) if k in other and isinstance(obj[k], Mapping)]
+        fix = f"; save the weights alone (torch.save(checkpoint[{nested[0]!r}], path))" if nested else ""
+        raise WeightsError(f"{metric}: {option} file {p} is not a state dict (a mapping of names to tensors): its "
+                           f"entry {other[0]!r} is of type {type(obj[other[0]]).__name__}, not a tensor{fix}")
     out: dict[str, torch.Tensor] = {}
     for k, v in obj.items():
         k = str(k)
@@ -171,6 +179,17 @@ def check_layout(
         if wrong:
             parts.append(f"wrong shape: {'; '.join(wrong[:8])}" + (" ..." if len(wrong) > 8 else ""))
         raise WeightsError(f"{metric}: {option} file {path} does not match the expected layout; " + " | ".join(parts))
+
+
+def check_nonnegative(
+    tensors: Mapping[str, torch.Tensor], *, metric: str, option: str, path: object, why: str
+) -> None:
+    """:class:`WeightsError` naming the first of ``tensors`` (by its key) that holds a negative value; ``why`` says
+    what needs them non-negative (learned weights of a distance that are >= 0 by construction)."""
+    for key, value in tensors.items():
+        low = float(value.min()) if value.numel() else 0.0
+        if low < 0:
+            raise WeightsError(f"{metric}: {option} file {path}: {key} has negative values (min {low:.3g}); {why}")
 
 
 #: A folder of the published weights, as ``shared/tools/published_weights.py`` writes it and ``patchmmd eval suite
