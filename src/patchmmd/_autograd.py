@@ -8,6 +8,10 @@ passes instead differentiate a plain PyTorch formulation of the same function wi
 graph: :func:`graph_vjp`. The second derivatives are then exact (for the plain formulation, which equals the
 fast one to rounding), where a backward pass that is not recorded would drop its own terms of them silently.
 
+The same plain formulations serve the ``torch.func`` transforms (:func:`functorch_active`): the hand-written
+backward passes are autograd functions without the ``setup_context``, vmap and forward-mode rules those
+transforms need, and the compiled kernels read raw data pointers, which a transform's wrapped tensors do not have.
+
 Example:
     >>> x = torch.tensor([0.5, 2.0], dtype=torch.float64, requires_grad=True)
     >>> with torch.enable_grad():  # inside a backward pass that records its graph
@@ -18,11 +22,47 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 
-__all__ = ["graph_vjp"]
+__all__ = ["functorch_active", "graph_vjp", "outside_transforms"]
+
+
+def functorch_active() -> bool:
+    """Whether a ``torch.func`` transform (``grad``, ``vjp``, ``jacrev``, ``jacfwd``, ``hessian``, ``jvp``,
+    ``vmap``) is running. The distances then take their plain differentiable PyTorch path, as under
+    ``torch.compile``: no compiled kernels, no hand-written backward passes, no activation checkpointing (its
+    saved-tensor hooks are refused by ``torch.func.grad``); the same values and gradients to rounding. One call
+    into PyTorch's C++ (tens of nanoseconds), so the eager path pays nothing measurable for asking.
+
+    Example:
+        >>> functorch_active()
+        False
+        >>> bool(torch.func.grad(lambda t: t * float(functorch_active()))(torch.tensor(2.0)))
+        True
+    """
+    return torch._C._are_functorch_transforms_active()
+
+
+@contextmanager
+def outside_transforms() -> Iterator[None]:
+    """Make plain tensors here even while a ``torch.func`` transform runs: for the constants that are cached beyond
+    the call (random features, the SSIM window). Made inside a transform they would be its wrapped tensors, dead
+    once it returns (a compiled kernel given one fails on its data pointer; a later transform could take it for
+    one of its own), and ``vmap`` refuses random draws.
+
+    Example:
+        >>> def f(t):
+        ...     with outside_transforms():
+        ...         c = torch.ones(2) * 2  # a plain tensor, not one of grad's
+        ...     return (t * c).sum()
+        >>> torch.func.grad(f)(torch.zeros(2))
+        tensor([2., 2.])
+    """
+    with torch._C._DisableFuncTorch():
+        yield
 
 
 def graph_vjp(

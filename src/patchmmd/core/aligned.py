@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .._autograd import graph_vjp
+from .._autograd import functorch_active, graph_vjp
 from .kernels import gaussian_bandwidth
 from .patches import WindowGrid, box_mean, window_grid
 from .scale import downsample
@@ -185,8 +185,9 @@ def displacement_correction(
     Computed without autograd (a stop-gradient): the displacement is a nuisance parameter fitted by least
     squares, so at the fit the residual's derivative through it vanishes to first order, and the backward
     pass treats the correction as a constant (``d (x - y - c) / dx = 1``), as cheap as a pixelwise
-    difference's. ``tests/test_shift_tolerance.py`` checks that the resulting gradient points where the
-    exact one does.
+    difference's. Returned detached, so forward mode (``torch.func.jvp``, which ``torch.no_grad`` does not
+    stop) treats it as a constant too. ``tests/test_shift_tolerance.py`` checks that the resulting gradient
+    points where the exact one does.
     """
     # g = (grad_x + grad_y) / 2 is never formed: at large sizes these full-size temporaries are the peak memory.
     a = 0.5 * (tensor_x + tensor_y)
@@ -199,11 +200,15 @@ def displacement_correction(
                  (window, window), padding=(window // 2, window // 2))
     b1, b2 = b[:, 0:1], b[:, 1:2]
     det = a11 * a22 - a12 * a12
-    hx = ((a22 * b1 - a12 * b2) / det).clamp_(-MAX_SUBPIXEL_SHIFT, MAX_SUBPIXEL_SHIFT).mul_(0.5)
-    hy = ((a11 * b2 - a12 * b1) / det).clamp_(-MAX_SUBPIXEL_SHIFT, MAX_SUBPIXEL_SHIFT).mul_(0.5)
+    hx = ((a22 * b1 - a12 * b2) / det).clamp(-MAX_SUBPIXEL_SHIFT, MAX_SUBPIXEL_SHIFT).mul_(0.5)
+    hy = ((a11 * b2 - a12 * b1) / det).clamp(-MAX_SUBPIXEL_SHIFT, MAX_SUBPIXEL_SHIFT).mul_(0.5)
     correction = grad_x[0] * hx
-    correction.addcmul_(grad_y[0], hx).addcmul_(grad_x[1], hy).addcmul_(grad_y[1], hy)
-    return correction
+    # In place (full-size temporaries), except under torch.func: vmap has no batching rule for addcmul_ (it would
+    # loop over the samples, warning); the out-of-place addcmul computes the same numbers.
+    plain = functorch_active()
+    for g, h in ((grad_y[0], hx), (grad_x[1], hy), (grad_y[1], hy)):
+        correction = torch.addcmul(correction, g, h) if plain else correction.addcmul_(g, h)
+    return correction.detach()
 
 
 def shift_image(y: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
@@ -264,7 +269,9 @@ def tolerant_aligned(
     window's winning offset's maps; elsewhere only each window's winning offsets are recomputed with
     autograd. From :data:`LARGE_ELEMENTS` elements on, the batch is taken in chunks of images and the
     winners' graphs (the fit's inputs, for the kernel) are recomputed in the backward pass: memory stays
-    bounded at any batch size.
+    bounded at any batch size. Under ``torch.compile`` and the ``torch.func`` transforms every offset is
+    computed with autograd and each window takes its first smallest value (``argmin``, as the scan's winner):
+    plain operations throughout, the same values and gradients, more memory (no recomputation).
     """
     large = xs.numel() >= LARGE_ELEMENTS
 
@@ -375,9 +382,9 @@ def _tolerant_aligned(
             return [torch.cat([p[i] for p in per_offset], dim=1) for i in range(len(grids))]
 
     needs_grad = torch.is_grad_enabled() and (xs.requires_grad or ys.requires_grad)
-    if torch.compiler.is_compiling() or (needs_grad and len(candidates) == 1):
+    if torch.compiler.is_compiling() or functorch_active() or (needs_grad and len(candidates) == 1):
         per_offset = [at_offset(xs, yp, fit, o) for o in candidates]
-        return [(torch.stack([p[i] for p in per_offset]).amin(dim=0), g) for i, g in enumerate(grids)]
+        return [(_first_smallest(torch.stack([p[i] for p in per_offset])), g) for i, g in enumerate(grids)]
     if not needs_grad:
         return [(v.amin(dim=1, keepdim=True), g) for v, g in zip(scan(), grids, strict=True)]
     if _native_scan(xs) and not ys.requires_grad:
@@ -456,6 +463,13 @@ class _WinningOffsets(torch.autograd.Function):
         return ctx.grad_x(gmap, [ctx.candidates[j] for j in used]), None, None, None, None, None
 
 
+def _first_smallest(values: torch.Tensor) -> torch.Tensor:
+    """The smallest of ``values`` ``(K, N, 1, rows, cols)`` over the offsets (dimension 0), its gradient all to the
+    first offset that attains it (``amin`` would share it among ties: a flat region's offsets tie exactly), as the
+    scan's ``argmin`` winner gets it on the eager path."""
+    return values.gather(0, values.detach().argmin(dim=0, keepdim=True)).squeeze(0)
+
+
 def _used_offsets(winners: Sequence[torch.Tensor]) -> list[int]:
     """The indices of the offsets that win some window at some level, in increasing order."""
     return sorted(set().union(*(set(w.unique().tolist()) for w in winners)))
@@ -463,8 +477,9 @@ def _used_offsets(winners: Sequence[torch.Tensor]) -> list[int]:
 
 def _native_scan(xs: torch.Tensor) -> bool:
     """Whether the offset scan runs on the compiled CPU kernel (:mod:`patchmmd._native`): float32 on the CPU,
-    kernels available, not while ``torch.compile`` traces (the traced path compares all offsets in PyTorch)."""
-    if xs.device.type != "cpu" or xs.dtype != torch.float32 or torch.compiler.is_compiling():
+    kernels available, not while ``torch.compile`` traces or a ``torch.func`` transform runs (the plain path
+    compares all offsets in PyTorch)."""
+    if xs.device.type != "cpu" or xs.dtype != torch.float32 or torch.compiler.is_compiling() or functorch_active():
         return False
     from .. import _native
 

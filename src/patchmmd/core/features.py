@@ -32,6 +32,8 @@ from typing import Literal
 
 import torch
 
+from .._autograd import outside_transforms
+
 FeatureKind = Literal["stratified", "orthogonal", "iid"]
 FEATURE_KINDS = ("stratified", "orthogonal", "iid")
 
@@ -98,7 +100,9 @@ def _draw(
     channels: int, patch_size: int, bandwidth: float | tuple[float, ...], num_features: int, seed: int, kind: str,
     center: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    with torch.device("cpu"):  # every tensor of the draw on the CPU, whatever torch.set_default_device says
+    # Every tensor of the draw on the CPU, whatever torch.set_default_device says, and plain even under a
+    # torch.func transform (a cached constant; vmap refuses random draws).
+    with torch.device("cpu"), outside_transforms():
         return _draw_on_cpu(channels, patch_size, bandwidth, num_features, seed, kind, center)
 
 

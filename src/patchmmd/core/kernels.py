@@ -19,6 +19,8 @@ from typing import Any, Protocol
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from .._autograd import functorch_active
+
 #: Largest number of kernel-matrix entries evaluated at once (per chunk); bounds temporary memory to
 #: a few times this many elements whatever the image size.
 MAX_KERNEL_ELEMENTS = 1 << 23
@@ -117,8 +119,9 @@ def mmd2_sets(kernel: Kernel, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 
 def _checkpointed(fn: Callable[..., torch.Tensor], *args: Any) -> torch.Tensor:
-    """Run ``fn`` without keeping its intermediates for backward when gradients are needed."""
+    """Run ``fn`` without keeping its intermediates for backward when gradients are needed (not under a
+    ``torch.func`` transform, whose ``grad`` refuses the checkpoint's saved-tensor hooks: there the graph is kept)."""
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors) and not functorch_active():
         return checkpoint(fn, *args, use_reentrant=False)
     return fn(*args)

@@ -431,6 +431,7 @@ def precompute_target(
     # save inference tensors for a backward pass (the SSIM kernel's, against the target's moments)
     with torch.inference_mode(False), torch.no_grad():
         ys, _, dtype = _prepare(y, y, cfg, value_range, out_of_range, names=("y", "y"))
+        ys = ys.detach()  # a constant for forward mode too (torch.func.jvp), which no_grad does not stop
         levels = tuple(cfg.levels(*ys.shape[-2:]))
         mmd_levels = tuple(cfg.mmd_levels(levels))
         feats = []

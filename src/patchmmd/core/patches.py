@@ -19,14 +19,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .._autograd import functorch_active
+
 
 def reflect_pad(x: torch.Tensor, patch_size: int) -> torch.Tensor:
     """Pad ``(N, C, H, W)`` by ``patch_size // 2`` on each side with reflection (no edge repeat)."""
     p = patch_size // 2
     if p == 0:
         return x
-    if (x.requires_grad and torch.is_grad_enabled() and not torch.compiler.is_compiling() and x.dim() == 4
-            and p < min(x.shape[-2:])):
+    if (x.requires_grad and torch.is_grad_enabled() and not torch.compiler.is_compiling() and not functorch_active()
+            and x.dim() == 4 and p < min(x.shape[-2:])):
         return _ReflectPad.apply(x, p)
     return F.pad(x, (p, p, p, p), mode="reflect")
 
@@ -260,8 +262,11 @@ def box_mean(
 def _conv_format(t: torch.Tensor) -> torch.memory_format:
     """The layout :func:`separable_filter` convolves in: on the CPU, oneDNN's depthwise convolution is several
     times faster on channels-last input, with the same sums (float32 values and gradients bitwise equal); float64,
-    which it does not take, is faster as it is."""
-    return torch.channels_last if t.device.type == "cpu" and t.dtype != torch.float64 else torch.contiguous_format
+    which it does not take, is faster as it is; so is everything under a ``torch.func`` transform (vmap takes no
+    other layout)."""
+    if t.device.type == "cpu" and t.dtype != torch.float64 and not functorch_active():
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def separable_filter(t: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
@@ -282,7 +287,8 @@ def separable_filter(t: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
 def separable_filter_stack(parts: Sequence[torch.Tensor], taps: torch.Tensor, pad: int = 0) -> torch.Tensor:
     """:func:`separable_filter` of the images ``parts`` (``(N, C_i, H, W)`` each) concatenated along the channels
     and zero-padded by ``pad`` on every side: the same as ``separable_filter(F.pad(torch.cat(parts, 1), (pad,) * 4),
-    taps)``, but the stack is written once, straight into the layout the convolution takes.
+    taps)``, but the stack is written once, straight into the layout the convolution takes (under a ``torch.func``
+    transform, where vmap refuses such a copy into a new tensor, it is that expression).
 
     Example:
         >>> a, b = torch.rand(2, 1, 2, 9, 9, generator=torch.Generator().manual_seed(0))
@@ -291,6 +297,8 @@ def separable_filter_stack(parts: Sequence[torch.Tensor], taps: torch.Tensor, pa
         ...                  separable_filter(F.pad(torch.cat([a, b], 1), (2, 2, 2, 2)), taps)))
         True
     """
+    if functorch_active():  # copying into a new tensor is refused under vmap: the same stack, out of place
+        return separable_filter(F.pad(torch.cat(list(parts), 1), (pad,) * 4), taps)
     n, _, h, w = parts[0].shape
     c = sum(t.shape[1] for t in parts)
     stack = torch.empty((n, c, h + 2 * pad, w + 2 * pad), dtype=parts[0].dtype, device=parts[0].device,

@@ -8,7 +8,8 @@ window's squared MMD is estimated by::
 one convolution, a cosine and an average pool: the fast estimator and training loss. Deterministic for a
 seed; relative error ``O(r^-1/2)``. The window means are computed by a fused path
 (:func:`rff_window_means`): the compiled CPU kernels of :mod:`patchmmd._native` for float32 on the CPU, a
-tiled PyTorch autograd function elsewhere, and plain differentiable operations under ``torch.compile``.
+tiled PyTorch autograd function elsewhere, and plain differentiable operations under ``torch.compile`` and the
+``torch.func`` transforms.
 :mod:`.mmd` dispatches to :func:`windowed_mmd2_rff`.
 """
 
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .. import _native
-from .._autograd import graph_vjp
+from .._autograd import functorch_active, graph_vjp, outside_transforms
 from .features import FeatureKind, random_features
 from .kernels import _checkpointed, gaussian_bandwidths
 from .patches import WindowGrid, contrast_normalized_patches, reflect_pad, window_grid
@@ -193,10 +194,11 @@ class _RFFBlockMeans(torch.autograd.Function):
 
 def _use_native(xp: torch.Tensor) -> bool:
     """Whether the compiled CPU kernels compute the block means of ``xp``: float32 on the CPU, where they are
-    available and not turned off. Decided from the device and dtype (static under ``torch.compile``): while
+    available and not turned off, and no ``torch.func`` transform is running (:func:`functorch_active`: the
+    kernels read raw data pointers). Decided from the device and dtype (static under ``torch.compile``): while
     a graph is traced, :func:`patchmmd._native.disabled` is a guard of the graph and the availability of the
     kernels (and ``PATCHMMD_NATIVE``) a constant of it."""
-    if xp.device.type != "cpu" or xp.dtype != torch.float32:
+    if xp.device.type != "cpu" or xp.dtype != torch.float32 or functorch_active():
         return False
     if torch.compiler.is_compiling():
         return _native._ENABLED[-1] and _native_available()
@@ -227,9 +229,9 @@ def _native_block_means(xp: torch.Tensor, feats: PairedFeatures, block: tuple[in
 def _traced_block_means(xp: torch.Tensor, feats: PairedFeatures, block: tuple[int, int], hc: int,
                         wc: int) -> torch.Tensor:
     """:class:`_RFFBlockMeans` as plain differentiable operations, for ``torch.compile`` (the tiled loop of
-    the eager path would only be unrolled): ``cos``/``sin`` of one GEMM per chunk of features, block
-    means; chunks of at most :data:`MAX_FEATURE_ELEMENTS` values, recomputed in the backward pass when
-    there are several."""
+    the eager path would only be unrolled) and the ``torch.func`` transforms: ``cos``/``sin`` of one GEMM per
+    chunk of features, block means; chunks of at most :data:`MAX_FEATURE_ELEMENTS` values, recomputed in the
+    backward pass when there are several (not under a transform: ``torch.func.grad`` refuses the checkpoint)."""
     k, m, n_sin = feats.patch_size, feats.m, feats.n_sin
     bh, bw = block
     n, pixels = xp.shape[0], hc * wc
@@ -243,8 +245,9 @@ def _traced_block_means(xp: torch.Tensor, feats: PairedFeatures, block: tuple[in
     if chunk >= m:
         parts = [part(feats.matrix, cols, n_sin)]
     else:
-        parts = [checkpoint(part, feats.matrix[j : j + chunk], cols, max(0, min(chunk, n_sin - j)), use_reentrant=False)
-                 for j in range(0, m, chunk)]
+        keep = functorch_active()  # the chunks' graphs are kept there
+        args = [(feats.matrix[j : j + chunk], cols, max(0, min(chunk, n_sin - j))) for j in range(0, m, chunk)]
+        parts = [part(*a) if keep else checkpoint(part, *a, use_reentrant=False) for a in args]
     cos_parts = [p[:, : min(chunk, m - j)] for p, j in zip(parts, range(0, m, chunk), strict=True)]
     sin_parts = [p[:, min(chunk, m - j) :] for p, j in zip(parts, range(0, m, chunk), strict=True)]
     return torch.cat(cos_parts + sin_parts, dim=1)
@@ -280,7 +283,8 @@ def rff_window_means(x: torch.Tensor, feats: PairedFeatures, grid: WindowGrid) -
     covers are never computed. float32 tensors on the CPU run on the compiled kernels of
     :mod:`patchmmd._native` where they are available (as the operator ``patchmmd::rff_sums``, which
     ``torch.compile`` traces into its graph); everything else on the tiled PyTorch path in eager mode, and
-    on the same computation in plain differentiable operations under ``torch.compile``.
+    on the same computation in plain differentiable operations under ``torch.compile`` and under the
+    ``torch.func`` transforms (which take no compiled kernel either).
     """
     k = feats.patch_size
     hc, wc = grid.covered
@@ -288,7 +292,7 @@ def rff_window_means(x: torch.Tensor, feats: PairedFeatures, grid: WindowGrid) -
     xp = reflect_pad(x, k)[..., : hc + k - 1, : wc + k - 1]
     if _use_native(xp):
         means = _native_block_means(xp, feats, block, hc, wc)
-    elif torch.compiler.is_compiling():
+    elif torch.compiler.is_compiling() or functorch_active():
         means = _traced_block_means(xp, feats, block, hc, wc)
     else:
         means = _RFFBlockMeans.apply(xp, feats, block, hc, wc, torch.is_grad_enabled() and xp.requires_grad)
@@ -341,8 +345,8 @@ def _cached_features(channels: int, patch_size: int, bandwidth: float | tuple[fl
                      features: FeatureKind, center: bool, device: torch.device, dtype: torch.dtype) -> PairedFeatures:
     # Drawn outside torch.inference_mode() even when called there: the cache outlives the call, and an inference
     # tensor cached by one validation pass would fail every later call whose backward must save it (the double
-    # backward of a gradient penalty).
-    with torch.inference_mode(False), torch.no_grad():
+    # backward of a gradient penalty); plain tensors even when first asked for under a torch.func transform.
+    with torch.inference_mode(False), torch.no_grad(), outside_transforms():
         weight, phase = random_features(
             channels, patch_size, bandwidth, num_features, seed=seed, kind=features, center=center, device=device,
             dtype=dtype,

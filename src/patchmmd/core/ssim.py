@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .._autograd import graph_vjp
+from .._autograd import functorch_active, graph_vjp, outside_transforms
 from .patches import separable_filter, separable_filter_stack
 from .rff import _use_native
 from .validation import full_precision
@@ -45,8 +45,9 @@ def _window(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
 @lru_cache(maxsize=32)
 def _cached_window(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     # In float64 on the CPU (whatever torch.set_default_device says), then cast and moved; an ordinary tensor even
-    # when first asked for under torch.inference_mode() (the cache outlives the call, and autograd saves the window).
-    with torch.inference_mode(False), torch.no_grad():
+    # when first asked for under torch.inference_mode() or a torch.func transform (the cache outlives the call, and
+    # autograd saves the window).
+    with torch.inference_mode(False), torch.no_grad(), outside_transforms():
         half = SSIM_WINDOW // 2
         t = torch.arange(-half, half + 1, dtype=torch.float64, device="cpu")
         g = torch.exp(-(t * t) / (2.0 * SSIM_SIGMA * SSIM_SIGMA))
@@ -80,7 +81,8 @@ def dissimilarity_map(xs: torch.Tensor, ys: torch.Tensor, y_moments: torch.Tenso
     ``x y`` are filtered then. The gradient is the closed form of :class:`_Dissimilarity` (one transposed
     filtering pass), not autograd through the formula. On float32 CPU tensors (``ys`` and ``y_moments`` without
     gradient) the compiled kernel ``torch.ops.patchmmd.ssim_map`` computes the same values and gradient
-    (:mod:`patchmmd._native`), without the layout copies and temporaries of the PyTorch path.
+    (:mod:`patchmmd._native`), without the layout copies and temporaries of the PyTorch path. Under a
+    ``torch.func`` transform it is autograd through the formula (:func:`ssim_values`), the same values.
 
     Example:
         >>> x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -93,6 +95,8 @@ def dissimilarity_map(xs: torch.Tensor, ys: torch.Tensor, y_moments: torch.Tenso
                                         None if y_moments is None else y_moments.contiguous(),
                                         _window(xs.dtype, xs.device))
         return (1.0 - s).mean(dim=1, keepdim=True)
+    if functorch_active():  # the closed-form backward has no rules for the transforms: autograd of the formula
+        return _plain_dissimilarity(xs, ys, y_moments)
     out: torch.Tensor = _Dissimilarity.apply(xs, ys, y_moments)
     return out
 

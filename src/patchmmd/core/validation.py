@@ -15,6 +15,8 @@ from typing import Any, Literal, ParamSpec, TypeVar, cast
 import numpy as np
 import torch
 
+from .._autograd import functorch_active
+
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
@@ -92,7 +94,9 @@ def check_pair(
     skipped: they read the data, which would break the graph. A compiled graph does not validate values;
     call the function eagerly once on representative data to validate them. The other checks (types, shapes,
     devices, dtypes) depend only on what the graph is specialised on and still raise, when it is traced.
-    ``out_of_range="clamp"`` still clamps.
+    ``out_of_range="clamp"`` still clamps. Under the ``torch.func`` transforms the value checks run on the tensors
+    the transforms wrap (:func:`torch.func.debug_unwrap`; ``vmap`` refuses reading a value of its own tensors):
+    under ``vmap`` they check the whole batch at once, so one bad sample raises, as an eager call on the batch does.
     """
     x_name, y_name = names
     both = x_name if x_name == y_name else f"{x_name} and {y_name}"
@@ -113,7 +117,7 @@ def check_pair(
         )
     # One rounding step of the dtype at the larger bound, where the relative tolerance is finer than that step.
     tol = max(RANGE_TOLERANCE * (hi - lo), float(torch.finfo(x.dtype).eps) * max(abs(lo), abs(hi)))
-    for name, t in (() if torch.compiler.is_compiling() else ((x_name, x.detach()), (y_name, y.detach()))):
+    for name, t in (() if torch.compiler.is_compiling() else ((x_name, _values(x)), (y_name, _values(y)))):
         # One pass: min and max propagate NaN, so both are finite only if every value is.
         tmin, tmax = (float(v) for v in torch.aminmax(t))
         if not (math.isfinite(tmin) and math.isfinite(tmax)):
@@ -125,6 +129,12 @@ def check_pair(
     if out_of_range == "clamp":
         x, y = x.clamp(lo, hi), y.clamp(lo, hi)
     return x, y
+
+
+def _values(t: torch.Tensor) -> torch.Tensor:
+    """``t``'s values to read on the host: ``t`` itself, or under a ``torch.func`` transform the tensor it wraps
+    (read only, never computed with: nothing of it flows into the transformed function's result)."""
+    return torch.func.debug_unwrap(t).detach() if functorch_active() else t.detach()
 
 
 def prepare_pair(
