@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from patchmmd.data import sample_image
 from patchmmd.data.distortions import gaussian_blur, jpeg
@@ -17,6 +18,16 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 @pytest.fixture(params=DEVICES)
 def device(request: pytest.FixtureRequest) -> str:
     return request.param
+
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of two random 48x32 RGB photos (PNG): training data for the task commands' quick runs."""
+    folder = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray((rng.random((32, 48, 3)) * 255).astype(np.uint8)).save(folder / f"p{i}.png")
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -29,8 +29,12 @@ def _pair(shape: tuple[int, ...], seed: int = 0, noise: float = 0.05) -> tuple[t
 
 @pytest.fixture(scope="module")
 def weight_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Random weight files in the published layouts (AlexNet and VGG16 trunks, LPIPS heads, DISTS alpha/beta)."""
-    d = tmp_path_factory.mktemp("audit_weights")
+    return random_weight_files(tmp_path_factory.mktemp("audit_weights"))
+
+
+def random_weight_files(d: Path) -> dict[str, Path]:
+    """Random weight files in the published layouts (AlexNet and VGG16 trunks, LPIPS heads, DISTS alpha/beta),
+    written in ``d``."""
     g = torch.Generator().manual_seed(0)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)

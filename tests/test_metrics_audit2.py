@@ -16,30 +16,18 @@ import torch
 
 from patchmmd.metrics.classic import psnr
 from patchmmd.metrics.registry import get_metric
-from patchmmd.metrics.trunks import alexnet_features, vgg16_features
 from patchmmd.metrics.weights import WeightsError, load_weights
-
-_ALEX_CHANNELS = (64, 192, 384, 256, 256)
+from test_metrics_audit import random_weight_files
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Random weight files in the published layouts (AlexNet and VGG16 trunks, LPIPS heads, DISTS alpha/beta)."""
+    """The random weight files of the first metrics audit, and LPIPS-vgg heads."""
     d = tmp_path_factory.mktemp("audit2_weights")
-    g = torch.Generator().manual_seed(0)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        alex, vgg = alexnet_features().state_dict(), vgg16_features().state_dict()
-    out = {"alex": d / "alexnet.pth", "vgg": d / "vgg16.pth", "alex_head": d / "alex.pth",
-           "vgg_head": d / "vgg.pth", "dists": d / "dists.pt"}
-    torch.save(alex, out["alex"])
-    torch.save(vgg, out["vgg"])
-    for key, chans in (("alex_head", _ALEX_CHANNELS), ("vgg_head", (64, 128, 256, 512, 512))):
-        torch.save({f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1, generator=g) for k, c in enumerate(chans)},
-                   out[key])
-    torch.save({"alpha": torch.rand(1, 1475, 1, 1, generator=g), "beta": torch.rand(1, 1475, 1, 1, generator=g)},
-               out["dists"])
-    return out
+    g = torch.Generator().manual_seed(1)
+    torch.save({f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1, generator=g)
+                for k, c in enumerate((64, 128, 256, 512, 512))}, d / "vgg.pth")
+    return {**random_weight_files(d), "vgg_head": d / "vgg.pth"}
 
 
 _DEEP = {"lpips-alex": ("alex", "alex_head"), "lpips-vgg": ("vgg", "vgg_head"), "dists": ("vgg", "dists")}

@@ -4,23 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 
 from patchmmd.cli import main
 
 FAST = ["--no-progress", "--eval-distances", "", "--steps", "2"]
-
-
-@pytest.fixture(scope="module")
-def photo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        Image.fromarray((rng.random((32, 48, 3)) * 255).astype(np.uint8)).save(folder / f"p{i}.png")
-    return folder
 
 
 @pytest.mark.parametrize("args", [

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -15,17 +14,7 @@ from PIL import Image
 from patchmmd.cli import main
 from patchmmd.tasks.data import split_photos
 from patchmmd.tasks.report import Evaluator, psnr, sharpness_ratio, ssim
-
-FAST = ["--no-progress", "--eval-distances", "", "--steps", "2"]
-
-
-@pytest.fixture(scope="module")
-def photo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        Image.fromarray((rng.random((32, 48, 3)) * 255).astype(np.uint8)).save(folder / f"p{i}.png")
-    return folder
+from test_task_commands_audit import FAST
 
 
 def test_the_evaluator_scores_many_tiles_in_bounded_chunks_with_the_same_numbers() -> None:
