@@ -5,7 +5,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from patchmmd.data import sample_image
 from patchmmd.data.distortions import gaussian_blur, jpeg
@@ -23,6 +22,8 @@ def device(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="module")
 def photo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder of two random 48x32 RGB photos (PNG): training data for the task commands' quick runs."""
+    from PIL import Image  # Pillow comes with the cli extra
+
     folder = tmp_path_factory.mktemp("photos")
     rng = np.random.default_rng(0)
     for i in range(2):

@@ -173,3 +173,13 @@ def test_psnr_of_identical_images_is_its_cap_with_a_finite_gradient(max_db: floa
     mse = (x.detach() - y).pow(2).flatten(1).mean(1)
     torch.testing.assert_close(psnr(x, y, max_db=max_db), -10 * torch.log10(mse), rtol=1e-12, atol=0)
 
+
+
+def test_psnr_of_nan_is_nan_where_the_value_checks_are_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compiled graphs skip the value checks: a NaN error must stay NaN, not read as identical images (the cap)."""
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = x.clone()
+    y[0, 0, 0, 0] = float("nan")
+    out = psnr(x, y)
+    assert torch.isnan(out[0]) and out[1] == 100.0

@@ -36,3 +36,9 @@ def test_device_mismatch_says_how_to_move() -> None:
     target = precompute_target(y).to("meta")
     with pytest.raises(ValueError, match=r"target\.to\(device\)"):
         MMDPP()(y, target)
+
+
+def test_a_dtype_is_refused() -> None:
+    target = precompute_target(torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(3)))
+    with pytest.raises((TypeError, RuntimeError)):
+        target.to(torch.float64)  # type: ignore[arg-type]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -101,3 +102,16 @@ def test_overwrite_with_fewer_tiles_leaves_no_images_of_the_earlier_run(tmp_path
     for prefix in ("sr", "heldout", "lowres", "bicubic"):
         assert sorted(p.name for p in out.glob(f"{prefix}_*.png")) == [f"{prefix}_000.png"]
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_gim_inputs_inside_the_output_folder_are_never_removed(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(3):  # named as gim's own series, and one beyond the two it is given
+        Image.fromarray((rng.random((24, 24, 3)) * 255).astype(np.uint8)).save(out / f"input_00{i}.png")
+    args = ["gim", str(out / "input_001.png"), str(out / "input_002.png"), "--size", "16", "--steps", "1",
+            "--loss", "l2", "--no-progress", "--eval-distances", "", "--out", str(out), "--overwrite"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert (out / "input_002.png").is_file()  # an input beyond the series written: kept

@@ -23,7 +23,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -43,7 +43,12 @@ def functorch_active() -> bool:
         >>> bool(torch.func.grad(lambda t: t * float(functorch_active()))(torch.tensor(2.0)))
         True
     """
-    return torch._C._are_functorch_transforms_active()
+    return _TRANSFORMS_ACTIVE()
+
+
+# PyTorch's own check (private; there is no public one). A PyTorch without it: no transform is taken to run, and
+# the distances keep their eager paths.
+_TRANSFORMS_ACTIVE: Callable[[], bool] = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
 
 
 @contextmanager
@@ -61,7 +66,8 @@ def outside_transforms() -> Iterator[None]:
         >>> torch.func.grad(f)(torch.zeros(2))
         tensor([2., 2.])
     """
-    with torch._C._DisableFuncTorch():
+    disable = getattr(torch._C, "_DisableFuncTorch", None)  # private; a PyTorch without it: nothing to leave
+    with disable() if disable is not None else nullcontext():
         yield
 
 

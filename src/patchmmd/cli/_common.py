@@ -345,7 +345,8 @@ def prepare_output_dir(path: str | os.PathLike[str], *, overwrite: bool, option:
     """The output-folder policy of every command that writes a folder: an existing folder that is not empty
     is refused unless ``overwrite`` (``--overwrite``); a file in its place is refused; the folder is created.
 
-    With ``overwrite`` nothing is deleted: the command's files are replaced as it writes them.
+    With ``overwrite`` nothing is deleted here: the command's files are replaced as it writes them (and the
+    training tasks remove the images of a numbered series beyond their own, left by an earlier, longer run).
 
     Raises:
         click.UsageError: ``path`` is a file, or a non-empty folder without ``overwrite``; a file is in the way of

@@ -244,7 +244,7 @@ def gim_command(
     write_json(metrics, folder / "metrics.json")  # first: an image that cannot be written (NaN) loses no figure
     save_image(res.image, output_file(folder / "result.png"))
     save_image(ys.mean(0, keepdim=True), output_file(folder / "pixel_mean.png"))
-    save_images(ys, folder, "input")
+    save_images(ys, folder, "input", keep=[n for n in names if Path(n).exists()])  # inputs inside --out stay
     shown = list(ys[: min(3, len(ys))])
     image_grid_figure(
         [[*shown, ys.mean(0), res.image[0]]], [f"K={len(ys)}"],

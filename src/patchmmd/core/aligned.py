@@ -200,12 +200,16 @@ def displacement_correction(
                  (window, window), padding=(window // 2, window // 2))
     b1, b2 = b[:, 0:1], b[:, 1:2]
     det = a11 * a22 - a12 * a12
-    hx = ((a22 * b1 - a12 * b2) / det).clamp(-MAX_SUBPIXEL_SHIFT, MAX_SUBPIXEL_SHIFT).mul_(0.5)
-    hy = ((a11 * b2 - a12 * b1) / det).clamp(-MAX_SUBPIXEL_SHIFT, MAX_SUBPIXEL_SHIFT).mul_(0.5)
-    correction = grad_x[0] * hx
-    # In place (full-size temporaries), except under torch.func: vmap has no batching rule for addcmul_ (it would
-    # loop over the samples, warning); the out-of-place addcmul computes the same numbers.
+    # In place (full-size temporaries), except under torch.func: vmap has no batching rule for clamp_ and addcmul_
+    # (it would loop over the samples, warning); the out-of-place forms compute the same numbers.
     plain = functorch_active()
+    hx, hy = (a22 * b1 - a12 * b2) / det, (a11 * b2 - a12 * b1) / det
+    if plain:
+        hx, hy = hx.clamp(-MAX_SUBPIXEL_SHIFT, MAX_SUBPIXEL_SHIFT), hy.clamp(-MAX_SUBPIXEL_SHIFT, MAX_SUBPIXEL_SHIFT)
+    else:
+        hx, hy = hx.clamp_(-MAX_SUBPIXEL_SHIFT, MAX_SUBPIXEL_SHIFT), hy.clamp_(-MAX_SUBPIXEL_SHIFT, MAX_SUBPIXEL_SHIFT)
+    hx, hy = hx.mul_(0.5), hy.mul_(0.5)
+    correction = grad_x[0] * hx
     for g, h in ((grad_y[0], hx), (grad_x[1], hy), (grad_y[1], hy)):
         correction = torch.addcmul(correction, g, h) if plain else correction.addcmul_(g, h)
     return correction.detach()

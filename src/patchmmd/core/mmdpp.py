@@ -396,6 +396,8 @@ class MMDPPTarget:
             device(type='cpu')
         """
 
+        device = torch.device(device)  # a device, not a dtype: the target's dtype is its inputs'
+
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(device)
 

@@ -74,7 +74,7 @@ def psnr(x: torch.Tensor, y: torch.Tensor, *, data_range: float = 1.0, max_db: f
     # In logarithms, and the cap by a mask rather than a floor on the MSE: range² and range² · 10^(−max_db / 10)
     # overflow or underflow float64 for large ranges or caps (identical images then gave inf, and a NaN gradient).
     db = 10.0 * (2.0 * math.log10(data_range) - torch.log10(mse.clamp_min(torch.finfo(torch.float64).tiny)))
-    return torch.where(mse > 0, db.clamp(max=max_db), max_db).to(x.dtype)
+    return torch.where(mse == 0, max_db, db.clamp(max=max_db)).to(x.dtype)  # NaN stays NaN (unchecked calls)
 
 
 def _msssim_module() -> ModuleType:

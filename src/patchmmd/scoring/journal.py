@@ -162,9 +162,11 @@ def _check_header(path: Path, header: Any, job: dict[str, Any]) -> None:
         # the list of pairs is recorded as a hash: say what changed in words
         pairs = [k for k in ("num_tasks", "tasks") if k in differ]
         parts = [f"{k}: journal {old.get(k)!r}, now {job.get(k)!r}" for k in differ if k not in pairs]
+        files = not parts  # only the list of pairs differs: the image files changed, not the arguments
         if pairs:
             parts.append(f"num_tasks, tasks: {old.get('num_tasks')!r} pairs in the journal, {job.get('num_tasks')!r} "
-                         "now, not the same ones: image files were added, removed or renamed in the folders")
+                         "now, not the same ones" + (": image files were added, removed or renamed in the folders"
+                                                     if files else ""))
         detail = "; ".join(parts)
         same = "the same arguments and image files" if pairs else "the same arguments"
         raise JobMismatchError(f"{path} belongs to a different job ({detail}); rerun with {same}")

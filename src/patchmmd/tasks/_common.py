@@ -164,10 +164,11 @@ def write_json(data: dict[str, Any], path: str | os.PathLike[str]) -> None:
     output_file(path).write_text(json_text(data, indent=2))
 
 
-def save_images(batch: torch.Tensor, folder: str | os.PathLike[str], prefix: str) -> list[str]:
+def save_images(batch: torch.Tensor, folder: str | os.PathLike[str], prefix: str,
+                keep: Sequence[str | os.PathLike[str]] = ()) -> list[str]:
     """Save a batch as ``prefix_000.png, ...`` in ``folder``; returns the file names. Files of the same series
     beyond the batch (``prefix_NNN.png`` left by an earlier, longer run written into the folder) are removed, so
-    the folder never mixes two runs' images.
+    the folder never mixes two runs' images; but never one of ``keep`` (the run's own input files).
 
     Example:
         >>> import tempfile
@@ -187,8 +188,10 @@ def save_images(batch: torch.Tensor, folder: str | os.PathLike[str], prefix: str
         save_image(img.clamp(0, 1), output_file(Path(folder) / name))
         names.append(name)
     series = re.compile(re.escape(prefix) + r"_[0-9]{3,}\.png")
+    kept = {os.path.realpath(p) for p in keep}
     for entry in os.scandir(folder):
-        if series.fullmatch(entry.name) and entry.name not in names and entry.is_file(follow_symlinks=False):
+        if (series.fullmatch(entry.name) and entry.name not in names and entry.is_file(follow_symlinks=False)
+                and os.path.realpath(entry.path) not in kept):
             os.unlink(entry.path)
     return names
 
