@@ -20,6 +20,8 @@ Gaussian kernel", "Several patch sizes at once") that were measured with losses 
     python scripts/sr_loss_variants.py --weights WEIGHTS --seeds 0,1,2 'energy-mmd:weight=118'
     python scripts/sr_loss_variants.py --weights WEIGHTS --seeds 0,1,2 'normalised-mmd:sizes=[3,5],weight=224' \\
         'normalised-mmd:sizes=[3,5,7],weight=234'
+    python scripts/sr_loss_variants.py --weights WEIGHTS --seeds 0,1,2 'sliced-wasserstein:weight=W' \\
+        'sliced-wasserstein:weight=W,seed=1'
 
 A variant is either a suite candidate (``mmdpp:preset=loss,weight_local=228``) or the training preset with its
 MMD term replaced (``weight_mmd=0``) by ``weight`` times one of these, in plain PyTorch operations (by default
@@ -37,6 +39,11 @@ once, seed 0):
 * ``energy-mmd``: the energy distance ``2 E‖p − q‖ − E‖p − p'‖ − E‖q − q'‖`` (the MMD under the distance
   kernel, no width, exact over all pairs of patches in each window, no random features) between the same
   contrast-normalised patches;
+* ``sliced-wasserstein``: the sliced Wasserstein distance of GPDM (Elnekave & Weiss 2022) and Heitz et al.
+  (2021) between the same contrast-normalised patches of each window: their projections on ``projections``
+  random unit directions (default 128, drawn once from ``seed``, default 0), sorted, the mean squared
+  difference of the sorted values (the squared 1-D W2 distance averaged over the directions), averaged over the
+  windows, summed over the octaves;
 * ``charbonnier``: ``sqrt((x − y)² + eps²) − eps`` averaged over pixels (an L1 smooth at 0);
 * ``laplacian-l1``: the Laplacian-pyramid L1 of Bojanowski et al. (2018): the mean absolute difference of each
   band-pass level of a pyramid of 2x2 box averages (``levels``, default 4, the coarsest level included);
@@ -267,6 +274,15 @@ def aligned_normalised(x: torch.Tensor, y: torch.Tensor, floor: float = FLOOR, l
     return total
 
 
+def _windows(p: torch.Tensor, window: int = WINDOW) -> torch.Tensor:
+    """The values of ``p`` ``(N, D, h, w)`` in each window of ``window`` px every ``window / 2`` (the windows of
+    :func:`_per_window`): ``(N, windows, window², D)``."""
+    wd = min(window, p.shape[-1])
+    u = p.unfold(2, wd, max(wd // 2, 1)).unfold(3, wd, max(wd // 2, 1))  # (N, D, nh, nw, wd, wd)
+    n, d, nh, nw = u.shape[:4]
+    return u.permute(0, 2, 3, 4, 5, 1).reshape(n, nh * nw, wd * wd, d)
+
+
 def energy_mmd(x: torch.Tensor, y: torch.Tensor, floor: float = FLOOR, levels: int = LEVELS, window: int = WINDOW,
                eps: float = 1e-3) -> torch.Tensor:
     """The energy distance ``2 E‖p − q‖ − E‖p − p'‖ − E‖q − q'‖`` between the contrast-normalised 3x3 patches
@@ -274,21 +290,37 @@ def energy_mmd(x: torch.Tensor, y: torch.Tensor, floor: float = FLOOR, levels: i
     averaged over the windows and summed over ``levels`` octaves: the MMD under the distance kernel
     ``−‖p − q‖``, whose gradient does not fade with the distance between patches as a Gaussian's does
     (``sqrt(d² + eps²)`` for a finite gradient at ``d = 0``)."""
-    def windows(p: torch.Tensor) -> torch.Tensor:
-        wd = min(window, p.shape[-1])
-        u = p.unfold(2, wd, max(wd // 2, 1)).unfold(3, wd, max(wd // 2, 1))  # (N, D, nh, nw, wd, wd)
-        n, d, nh, nw = u.shape[:4]
-        return u.permute(0, 2, 3, 4, 5, 1).reshape(n, nh * nw, wd * wd, d)
-
     def mean_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         d2 = (a.pow(2).sum(-1, keepdim=True) + b.pow(2).sum(-1).unsqueeze(-2) - 2 * a @ b.transpose(-1, -2))
         return (d2.clamp_min(0) + eps * eps).sqrt().mean((-1, -2)) - eps
 
     total = torch.zeros(())
     for _, xl, yl in _octaves(x, y, levels):
-        px, py = windows(_normalised(_centred_patches(xl), floor)), windows(_normalised(_centred_patches(yl), floor))
+        px = _windows(_normalised(_centred_patches(xl), floor), window)
+        py = _windows(_normalised(_centred_patches(yl), floor), window)
         e = 2 * mean_distance(px, py) - mean_distance(px, px) - mean_distance(py, py)
         total = total + e.mean(1)
+    return total
+
+
+def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, projections: int = FEATURES, seed: int = 0,
+                       floor: float = FLOOR, levels: int = LEVELS, window: int = WINDOW) -> torch.Tensor:
+    """The sliced Wasserstein distance (squared W2) between the contrast-normalised 3x3 patches of ``x`` and of
+    ``y`` in each window of ``window`` px every ``window / 2``: the patches projected on ``projections`` random
+    unit directions, each direction's projections sorted in each image, the mean squared difference of the
+    sorted values (the squared 1-D W2 distance, averaged over the directions), averaged over the windows and
+    summed over ``levels`` octaves. The directions are drawn once from a generator seeded ``seed``, level after
+    level (as :func:`_levels` draws the features); the gradient goes through the sort."""
+    g = torch.Generator().manual_seed(seed)
+    total = torch.zeros(())
+    for _, xl, yl in _octaves(x, y, levels):
+        px, py = _normalised(_centred_patches(xl), floor), _normalised(_centred_patches(yl), floor)
+        u = torch.randn(projections, px.shape[1], generator=g).to(px)
+        u = u / u.norm(dim=1, keepdim=True)
+        # (N, windows, K, patches): each window's projections, sorted along the last, contiguous dimension
+        sx = (u @ _windows(px, window).transpose(-1, -2)).sort(-1).values
+        sy = (u @ _windows(py, window).transpose(-1, -2)).sort(-1).values
+        total = total + (sx - sy).pow(2).mean((1, 2, 3))
     return total
 
 
@@ -307,7 +339,7 @@ def laplacian_l1(x: torch.Tensor, y: torch.Tensor, levels: int = 4) -> torch.Ten
 
 
 TERMS = {"aligned-normalised": aligned_normalised, "charbonnier": charbonnier, "laplacian-l1": laplacian_l1,
-         "energy-mmd": energy_mmd,
+         "energy-mmd": energy_mmd, "sliced-wasserstein": sliced_wasserstein,
          "normalised-mmd": normalised_mmd,
          "whitened-mmd": whitened_mmd, "joint-mmd": joint_mmd, "relu-mmd": relu_mmd, "vgg-mmd": vgg_mmd}
 
