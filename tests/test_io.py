@@ -237,12 +237,17 @@ def test_eval_mos_reports_a_bomb_in_one_line(tmp_path: Path) -> None:
         lines.append(f"ref.png,d{i}.png,{10 * i}")
     bomb_png(folder / "d2.png")
     (folder / "labels.csv").write_text("\n".join(lines) + "\n")
-    r = CliRunner().invoke(main, ["eval", "mos", str(folder / "labels.csv"), "-m", "l2", "--bootstrap", "0",
-                                  "--no-plots", "--out", str(tmp_path / "out")])
+    args = ["eval", "mos", str(folder / "labels.csv"), "-m", "l2", "--bootstrap", "0", "--no-plots"]
+    r = CliRunner().invoke(main, [*args, "--strict", "--out", str(tmp_path / "strict")])
     assert r.exit_code == 1, r.output
     assert isinstance(r.exception, SystemExit) and "Traceback" not in r.output
     assert r.output.splitlines()[-1].startswith("patchmmd: error: ") and "d2.png" in r.output
     assert "decompression bomb" in r.output
+    # without --strict the bomb's row is left out, with its reason in errors.csv, and the job finishes
+    r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    errors = (tmp_path / "out" / "errors.csv").read_text()
+    assert "d2.png" in errors and "decompression bomb" in errors and "1 of 4 items left out" in r.output
 
 
 def _png16(a: np.ndarray, colour_type: int, trns: tuple[int, ...] | None = None) -> bytes:
