@@ -1,7 +1,8 @@
 """SR x4 alone, trained and judged as ``patchmmd eval suite`` does it, for loss variants that the suite cannot
 name: the rows of docs/development-log.md ("Variants around the training preset", "Contrast-normalised patches
 in the training preset", "A third judge, and two more aligned terms", "The energy distance in place of the
-Gaussian kernel", "Several patch sizes at once") that were measured with losses outside the library.
+Gaussian kernel", "Several patch sizes at once", "The sliced Wasserstein distance in place of the MMD") that were
+measured with losses outside the library.
 
     python scripts/sr_loss_variants.py --weights WEIGHTS --seeds 0,1,2 \\
         'relu-mmd:weight=390' 'relu-mmd:weight=463,depth=2' \\
@@ -20,8 +21,8 @@ Gaussian kernel", "Several patch sizes at once") that were measured with losses 
     python scripts/sr_loss_variants.py --weights WEIGHTS --seeds 0,1,2 'energy-mmd:weight=118'
     python scripts/sr_loss_variants.py --weights WEIGHTS --seeds 0,1,2 'normalised-mmd:sizes=[3,5],weight=224' \\
         'normalised-mmd:sizes=[3,5,7],weight=234'
-    python scripts/sr_loss_variants.py --weights WEIGHTS --seeds 0,1,2 'sliced-wasserstein:weight=W' \\
-        'sliced-wasserstein:weight=W,seed=1'
+    python scripts/sr_loss_variants.py --weights WEIGHTS --seeds 0,1,2 'sliced-wasserstein:weight=2636' \\
+        'sliced-wasserstein:weight=2636,seed=1'
 
 A variant is either a suite candidate (``mmdpp:preset=loss,weight_local=228``) or the training preset with its
 MMD term replaced (``weight_mmd=0``) by ``weight`` times one of these, in plain PyTorch operations (by default
