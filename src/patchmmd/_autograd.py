@@ -27,7 +27,7 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 
-__all__ = ["functorch_active", "graph_vjp", "outside_transforms"]
+__all__ = ["functorch_active", "graph_vjp", "outside_transforms", "plain_path"]
 
 
 def functorch_active() -> bool:
@@ -44,6 +44,18 @@ def functorch_active() -> bool:
         True
     """
     return _TRANSFORMS_ACTIVE()
+
+
+def plain_path() -> bool:
+    """Whether the distances take their plain differentiable PyTorch path: while ``torch.compile`` traces them
+    or a ``torch.func`` transform runs (:func:`functorch_active`), rather than their eager fast paths
+    (hand-written backward passes, tiled loops).
+
+    Example:
+        >>> plain_path()
+        False
+    """
+    return torch.compiler.is_compiling() or functorch_active()
 
 
 # PyTorch's own check (private; there is no public one). A PyTorch without it: no transform is taken to run, and

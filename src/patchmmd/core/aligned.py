@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .._autograd import functorch_active, graph_vjp
+from .._autograd import functorch_active, graph_vjp, plain_path
 from .kernels import gaussian_bandwidth
 from .patches import WindowGrid, box_mean, window_grid
 from .scale import downsample
@@ -386,7 +386,7 @@ def _tolerant_aligned(
             return [torch.cat([p[i] for p in per_offset], dim=1) for i in range(len(grids))]
 
     needs_grad = torch.is_grad_enabled() and (xs.requires_grad or ys.requires_grad)
-    if torch.compiler.is_compiling() or functorch_active() or (needs_grad and len(candidates) == 1):
+    if plain_path() or (needs_grad and len(candidates) == 1):
         per_offset = [at_offset(xs, yp, fit, o) for o in candidates]
         return [(_first_smallest(torch.stack([p[i] for p in per_offset])), g) for i, g in enumerate(grids)]
     if not needs_grad:
@@ -483,7 +483,7 @@ def _native_scan(xs: torch.Tensor) -> bool:
     """Whether the offset scan runs on the compiled CPU kernel (:mod:`patchmmd._native`): float32 on the CPU,
     kernels available, not while ``torch.compile`` traces or a ``torch.func`` transform runs (the plain path
     compares all offsets in PyTorch)."""
-    if xs.device.type != "cpu" or xs.dtype != torch.float32 or torch.compiler.is_compiling() or functorch_active():
+    if xs.device.type != "cpu" or xs.dtype != torch.float32 or plain_path():
         return False
     from .. import _native
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .._autograd import functorch_active
+from .._autograd import functorch_active, plain_path
 
 
 def reflect_pad(x: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -27,8 +27,7 @@ def reflect_pad(x: torch.Tensor, patch_size: int) -> torch.Tensor:
     p = patch_size // 2
     if p == 0:
         return x
-    if (x.requires_grad and torch.is_grad_enabled() and not torch.compiler.is_compiling() and not functorch_active()
-            and x.dim() == 4 and p < min(x.shape[-2:])):
+    if x.requires_grad and torch.is_grad_enabled() and not plain_path() and x.dim() == 4 and p < min(x.shape[-2:]):
         return _ReflectPad.apply(x, p)
     return F.pad(x, (p, p, p, p), mode="reflect")
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .. import _native
-from .._autograd import functorch_active, graph_vjp, outside_transforms
+from .._autograd import functorch_active, graph_vjp, outside_transforms, plain_path
 from .features import FeatureKind, random_features
 from .kernels import _checkpointed, gaussian_bandwidths
 from .patches import WindowGrid, contrast_normalized_patches, reflect_pad, window_grid
@@ -292,7 +292,7 @@ def rff_window_means(x: torch.Tensor, feats: PairedFeatures, grid: WindowGrid) -
     xp = reflect_pad(x, k)[..., : hc + k - 1, : wc + k - 1]
     if _use_native(xp):
         means = _native_block_means(xp, feats, block, hc, wc)
-    elif torch.compiler.is_compiling() or functorch_active():
+    elif plain_path():
         means = _traced_block_means(xp, feats, block, hc, wc)
     else:
         means = _RFFBlockMeans.apply(xp, feats, block, hc, wc, torch.is_grad_enabled() and xp.requires_grad)

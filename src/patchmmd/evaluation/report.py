@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import output_file
+from .datasets import _MAX_LISTED  # as many items left out as report.md names (all are in errors.csv)
 from .runner import EvaluationResult, cache_file_name
 
 __all__ = ["ERRORS_FILE", "OUTPUT_FILES", "Report", "json_text", "remove_outputs", "write"]
@@ -133,10 +134,6 @@ def _write_errors(r: EvaluationResult, out: Path) -> list[Path]:
     lines += [csv_line([csv_text(str(e[c])) for c in (*columns, "error")]) for e in r.errors]
     path.write_text("".join(lines), encoding="utf-8")
     return [path]
-
-
-#: Items left out that report.md names (all are in errors.csv).
-_MAX_LISTED = 5
 
 
 def _left_out_md(r: EvaluationResult) -> list[str]:
