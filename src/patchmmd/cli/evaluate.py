@@ -9,7 +9,8 @@ or ``--resume``):
 * ``errors.csv``: the items left out because their files cannot be read (damaged, missing, a format not read, too
   large, patches of different sizes), with the reason; only when there are any. The run goes on without them
   (exit status 0, a warning on stderr; report.md says so at the top); ``--strict`` stops at the first instead;
-* ``cache/<metric>.json``: finished metrics, so that ``--resume`` skips them.
+* ``cache/<metric>.json``: finished metrics, so that ``--resume`` skips them (a resumed run first removes the
+  half-written temporary files a killed run left there).
 
 While a command runs it holds a lock on ``--out`` (``OUT.lock`` beside the folder, as ``patchmmd score`` does
 for its output): a second run on the same folder is refused, naming the first, before it deletes or writes
@@ -134,6 +135,7 @@ def _prepare_out(out: str, overwrite: bool, resume: bool,
     """The output folder of an eval command: ``--overwrite`` deletes what the command wrote there before
     (``remove``; default :func:`patchmmd.evaluation.remove_outputs`), ``--resume`` keeps it."""
     from ..evaluation import remove_outputs
+    from ..scoring import remove_stale_temporaries_in
 
     if overwrite and resume:
         raise click.UsageError("--resume and --overwrite exclude each other: continue a run, or start it over")
@@ -146,6 +148,8 @@ def _prepare_out(out: str, overwrite: bool, resume: bool,
     _lock_for_this_command(path)
     if overwrite:
         (remove or remove_outputs)(path)
+    else:  # a killed run's half-written cache files: no other run can be writing them while we hold the lock
+        remove_stale_temporaries_in(path / "cache")
     return path
 
 

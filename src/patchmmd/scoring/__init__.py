@@ -107,6 +107,7 @@ from .output import (
     format_value,
     readable_text,
     remove_stale_temporaries,
+    remove_stale_temporaries_in,
     sorted_rows,
     value_column,
     write_csv_atomic,
@@ -144,6 +145,7 @@ __all__ = [
     "atomic_write_text", "check_metric", "creation_mode", "csv_line", "csv_text", "describe_holder", "done_rows",
     "drop_error_rows", "finalize", "find_journals", "format_value", "job_header", "journal_path", "list_images",
     "lock_path", "merge_journals", "paired_tasks", "read_journal", "readable_text", "remove_stale_temporaries",
+    "remove_stale_temporaries_in",
     "resize_to", "resolve_device", "run_tasks", "shard", "sorted_rows", "task_id", "tasks_digest", "value_column",
     "write_csv_atomic", "write_json_atomic", "write_output_atomic",
 ]

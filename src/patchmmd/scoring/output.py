@@ -205,29 +205,62 @@ def remove_stale_temporaries(paths: Iterable[str | os.PathLike[str]]) -> list[Pa
         (['.s.csv.ab12_xyz.tmp'], ['.s.csv.old.ab12_xyz.tmp', 's.csv'])
     """
     import re
-    import stat
 
     by_folder: dict[Path, list[str]] = {}
     for p in map(Path, paths):
         by_folder.setdefault(p.parent, []).append(re.escape(_temp_prefix(p.name)))
     removed: list[Path] = []
     for folder, prefixes in by_folder.items():
-        pattern = re.compile(f"(?:{'|'.join(prefixes)}){_TEMP_RANDOM}")
+        removed += _remove_temporaries(folder, re.compile(f"(?:{'|'.join(prefixes)}){_TEMP_RANDOM}"), False)
+    return removed
+
+
+def remove_stale_temporaries_in(folder: str | os.PathLike[str]) -> list[Path]:
+    """Remove every temporary file :func:`atomic_write_bytes` left in ``folder`` and the folders below it (not
+    through symbolic links) when a process writing there was killed; returns those removed.
+
+    For a folder only one command writes (an evaluation's cache), whose lock the caller holds: any file named as
+    that function names its temporary files is a dead process's. Only regular files of this user are removed.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> (d / "sub").mkdir()
+        >>> for name in (".a.json.ab12_xyz.tmp", "sub/.b.npy.zz99_xyz.tmp", "a.json", ".hidden"):
+        ...     (d / name).touch()
+        >>> sorted(p.name for p in remove_stale_temporaries_in(d)), sorted(p.name for p in d.rglob("*"))
+        (['.a.json.ab12_xyz.tmp', '.b.npy.zz99_xyz.tmp'], ['.hidden', 'a.json', 'sub'])
+    """
+    import re
+
+    return _remove_temporaries(Path(folder), re.compile(rf"\..+\.{_TEMP_RANDOM}"), True)
+
+
+def _remove_temporaries(folder: Path, pattern: Any, recursive: bool) -> list[Path]:
+    """Remove the regular files of this user in ``folder`` whose names ``pattern`` matches whole (and, with
+    ``recursive``, in the folders below, never through a symbolic link); files that cannot be examined or removed
+    are left as they are."""
+    import stat
+
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
         try:
-            entries = list(os.scandir(folder))
-        except OSError:
-            continue
-        for entry in entries:
+            if recursive and entry.is_dir(follow_symlinks=False):
+                removed += _remove_temporaries(folder / entry.name, pattern, True)
+                continue
             if not pattern.fullmatch(entry.name):
                 continue
-            try:
-                st = entry.stat(follow_symlinks=False)
-                if not stat.S_ISREG(st.st_mode) or (hasattr(os, "geteuid") and st.st_uid != os.geteuid()):
-                    continue
-                os.unlink(entry.path)
-            except OSError:
+            st = entry.stat(follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode) or (hasattr(os, "geteuid") and st.st_uid != os.geteuid()):
                 continue
-            removed.append(folder / entry.name)
+            os.unlink(entry.path)
+        except OSError:
+            continue
+        removed.append(folder / entry.name)
     return removed
 
 
