@@ -45,6 +45,7 @@ from ..core.patches import extract_patches, window_grid
 from ..core.validation import (
     OutOfRange,
     Reduction,
+    _values,
     check_nonnegative_float,
     check_out_of_range,
     check_patch_size,
@@ -80,16 +81,28 @@ class _Kappa1(torch.autograd.Function):
     that meets such an entry (every diagonal ``k(p, p)``, every pair of equal patches). It is taken as 0 there,
     which is the exact contribution: ``c = ±1`` is where a cosine is extreme, so ``1 ∓ c = O(|δ|²)`` for a
     perturbation ``δ`` of the inputs, and ``κ₁`` deviates from its linear part by ``O((1 ∓ c)^{3/2}) = O(|δ|³)``.
+
+    The forward does not see ``ctx`` (``setup_context`` saves what the derivatives need), forward mode has its rule
+    (:meth:`jvp`) and ``vmap``'s is generated: so ``torch.func``'s transforms (``grad``, ``vmap``, ``jacrev``,
+    ``jvp``, ``jacfwd``, ``hessian``) go through it.
     """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(c: torch.Tensor) -> torch.Tensor:
+        cc = c.clamp(-1.0, 1.0)
+        theta = torch.arccos(cc)
+        s = torch.sqrt((1.0 - cc * cc).clamp_min(0.0))
+        return (s + (_PI - theta) * cc) / _PI
 
     # ``ctx`` is typed Any: torch's ``FunctionCtx`` declares ``save_for_backward`` but not ``saved_tensors``.
     @staticmethod
-    def forward(ctx: Any, c: torch.Tensor) -> torch.Tensor:
-        cc = c.clamp(-1.0, 1.0)
-        theta = torch.arccos(cc)
+    def setup_context(ctx: Any, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
+        (c,) = inputs
+        theta = torch.arccos(c.clamp(-1.0, 1.0))
         ctx.save_for_backward(theta, c)
-        s = torch.sqrt((1.0 - cc * cc).clamp_min(0.0))
-        return (s + (_PI - theta) * cc) / _PI
+        ctx.save_for_forward(theta)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
@@ -98,6 +111,12 @@ class _Kappa1(torch.autograd.Function):
             inside = c.abs() < 1.0
             theta = torch.where(inside, torch.arccos(torch.where(inside, c, torch.zeros_like(c))), theta)
         return grad * (_PI - theta) / _PI
+
+    @staticmethod
+    def jvp(ctx: Any, tangent: torch.Tensor) -> torch.Tensor:
+        """Forward mode (``torch.func.jvp``, ``jacfwd``, ``hessian``): the same derivative ``(π - arccos c) / π``."""
+        (theta,) = ctx.saved_tensors
+        return tangent * (_PI - theta) / _PI
 
 
 def _cosine_tolerance(dtype: torch.dtype) -> float:
@@ -130,7 +149,7 @@ def kappa1(c: torch.Tensor) -> torch.Tensor:
     if not c.is_floating_point():
         raise TypeError(f"c must be a floating-point tensor, got {c.dtype}")
     if c.numel():
-        lo, hi = (float(v) for v in torch.aminmax(c.detach()))
+        lo, hi = (float(v) for v in torch.aminmax(_values(c)))  # (under vmap: the whole batch's values)
         tol = _cosine_tolerance(c.dtype)
         if math.isnan(lo) or math.isnan(hi):
             raise ValueError("c contains NaN values")
