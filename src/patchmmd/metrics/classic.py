@@ -29,7 +29,14 @@ from types import ModuleType
 import torch
 import torch.nn.functional as F
 
-from ..core.validation import OutOfRange, check_pair, check_positive_float, check_positive_int, full_precision
+from ..core.validation import (
+    OutOfRange,
+    check_out_of_range,
+    check_pair,
+    check_positive_float,
+    check_positive_int,
+    full_precision,
+)
 from .registry import Metric, register
 
 __all__ = ["MAX_PSNR", "check_batch", "check_win_size", "ms_ssim", "psnr", "ssim"]
@@ -155,27 +162,29 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, *, win_size: int = 11) -> torch.Te
 
 @register("psnr", "peak signal-to-noise ratio in dB on [0, 1] (capped at 100 dB)", higher_is_better=True,
           group="baselines", differentiable=True)
-def _psnr(*, max_db: float = MAX_PSNR) -> Metric:
+def _psnr(*, max_db: float = MAX_PSNR, data_range: float = 1.0) -> Metric:
     # A partial of a module-level function, not a closure: a metric pickles (worker processes), as the package's
-    # own distances do.
-    return partial(psnr, max_db=check_positive_float("max_db", max_db))
+    # own distances do. The options are those psnr's errors name (data_range for images in [0, 255]).
+    return partial(psnr, max_db=check_positive_float("max_db", max_db),
+                   data_range=check_positive_float("data_range", data_range))
 
 
-def _ssim_metric(win_size: int, downsample: bool, name: str) -> Metric:
+def _ssim_metric(win_size: int, downsample: bool, name: str, out_of_range: object) -> Metric:
     _msssim_module()  # fail when built, not when called
-    return partial(ssim, win_size=win_size, downsample=downsample, name=name)  # picklable, as for psnr
+    return partial(ssim, win_size=win_size, downsample=downsample, name=name,  # picklable, as for psnr
+                   out_of_range=check_out_of_range(out_of_range))
 
 
 @register("ssim", "SSIM (pytorch-msssim, 11x11 Gaussian window) at the image's own resolution",
           higher_is_better=True, group="baselines", differentiable=True)
-def _ssim(*, win_size: int = 11) -> Metric:
-    return _ssim_metric(check_win_size(win_size), False, "ssim")
+def _ssim(*, win_size: int = 11, out_of_range: OutOfRange = "raise") -> Metric:
+    return _ssim_metric(check_win_size(win_size), False, "ssim", out_of_range)
 
 
 @register("ssim-downsampled", "SSIM after the reference code's downsampling by round(min(H,W)/256)",
           higher_is_better=True, group="baselines", differentiable=True)
-def _ssim_downsampled(*, win_size: int = 11) -> Metric:
-    return _ssim_metric(check_win_size(win_size), True, "ssim-downsampled")
+def _ssim_downsampled(*, win_size: int = 11, out_of_range: OutOfRange = "raise") -> Metric:
+    return _ssim_metric(check_win_size(win_size), True, "ssim-downsampled", out_of_range)
 
 
 @register("ms-ssim", "multi-scale SSIM (pytorch-msssim, 5 scales; images > 160 px)", higher_is_better=True,
