@@ -8,16 +8,17 @@ Modes (documented behaviour for the CLI and the dataset readers):
   index) is alpha too. 8-bit alpha is composited in 8 bits, as Pillow does: each value is the multiple of
   1/255 nearest to ``a * c + (1 - a)`` (the numbers of the image flattened over white and saved as 8-bit).
 * ``"L"``: one luminance channel (ITU-R 601-2, Pillow's conversion, of the image composited over white).
-* ``"keep"``: the file's own channels (1, 3 or 4), alpha included: gray + alpha, and gray or RGB with a
-  transparent colour, become RGBA; palette images RGB or RGBA; bilevel (1-bit) images one channel.
+* ``"keep"``: the file's own channels (1, 3 or 4), alpha included: gray + alpha (a TIFF's premultiplied alpha
+  too, taken back to straight alpha as Pillow does for RGB), and gray or RGB with a transparent colour, become
+  RGBA; palette images RGB or RGBA; bilevel (1-bit) images one channel.
 
 Value ranges: each kind of file is read with its own fixed range, never a guess from the pixels.
 
 * 8-bit files (and palette, bilevel, CMYK, ... converted by Pillow): divided by 255.
 * 16-bit grayscale (PNG, TIFF, and PGM/PPM with a maxval above 255, which Pillow rescales to 16 bits):
-  divided by 65535, so a dark 16-bit image stays dark. A TIFF whose 0 is white (PhotometricInterpretation
-  MinIsWhite) reads as shown, as Pillow reads 8-bit ones: 16-bit samples become ``1 - v / 65535``, and
-  floats ``1 - v``.
+  divided by 65535, so a dark 16-bit image stays dark; a 12-bit grayscale TIFF (which Pillow reads unscaled,
+  as 0..4095) by 4095. A TIFF whose 0 is white (PhotometricInterpretation MinIsWhite) reads as shown, as
+  Pillow reads 8-bit ones: 16-bit samples become ``1 - v / 65535``, and floats ``1 - v``.
 * 16-bit colour PNG (RGB, RGBA, gray + alpha), TIFF and PPM: Pillow reduces each sample to 8 bits, so these
   are read at 8-bit precision (divided by 255, the right range), with a :class:`RuntimeWarning` saying so (a
   16-bit transparent colour of such a PNG is then ignored, and the warning says that too).
@@ -29,9 +30,12 @@ Value ranges: each kind of file is read with its own fixed range, never a guess 
 The EXIF orientation tag is applied (a photo saved rotated with an orientation tag reads upright, as
 viewers show it). Colour management is not: an embedded ICC profile and PNG ``gAMA``/``cHRM``/``sRGB`` chunks
 are ignored and the samples are read as stored. An animated file (GIF, APNG, WebP) is read as its first
-frame, a multi-page TIFF as its first page. Only the raster formats of :data:`IMAGE_FORMATS` are opened, by
-their content whatever the file's suffix: Pillow's other readers (EPS, which runs Ghostscript; PSD, FITS, ...)
-are never asked to parse a file. Images larger than ``max_pixels`` (default
+frame, a multi-page TIFF as its first page. A truncated file is refused, as Pillow refuses it, unless the
+process has set ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` (then Pillow fills the missing part in, and such a file
+reads without an error). Only the raster formats of :data:`IMAGE_FORMATS` are opened, by their content whatever
+the file's suffix: Pillow's other readers (EPS, which runs Ghostscript; PSD, FITS, ...) are never asked to parse a
+file. A file of one of them that Pillow cannot read (a TIFF of a sample layout it does not know, a PNG of zero
+width) is refused with its format and Pillow's reason. Images larger than ``max_pixels`` (default
 :data:`DEFAULT_MAX_PIXELS`) are refused from their header, before any pixel is decoded, so a small compressed
 file that claims a huge size (a decompression bomb) costs nothing. ``.npy`` files (as in BAPPS's judgments)
 are not images and are read with :func:`numpy.load` elsewhere.
@@ -39,6 +43,7 @@ are not images and are read with :func:`numpy.load` elsewhere.
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import struct
@@ -151,8 +156,7 @@ def load_image(
             try:
                 im = Image.open(f, formats=IMAGE_FORMATS)
             except UnidentifiedImageError:
-                raise ImageReadError(f"cannot read {path} as an image: not a file of the formats read "
-                                     f"({', '.join(IMAGE_FORMATS)})") from None
+                raise ImageReadError(f"cannot read {path} as an image: {_why_unidentified(f, path)}") from None
             w, h = im.size
             if max_pixels is not None and w * h > max_pixels:
                 raise ImageTooLargeError(
@@ -164,6 +168,7 @@ def load_image(
                                      "save it as unsigned 8- or 16-bit, or float with values in [0, 1]")
             ppm_maxval = _ppm_maxval(im)  # known from the decoder's arguments, gone once loaded
             min_is_white = fmt == "TIFF" and getattr(im, "tag_v2", {}).get(262) == 0  # PhotometricInterpretation
+            top = _gray_top(im)
             im.load()
             _scale_low_bit_gray_key(im, f)
             bits = _colour_bits_reduced(im, f, ppm_maxval)
@@ -195,7 +200,7 @@ def load_image(
         warnings.warn(f"{path}: a {bits}-bit colour {fmt} is read at 8-bit precision (Pillow reduces each "
                       f"sample to 8 bits){ignored}; save it as 8-bit, or 16-bit grayscale, to avoid this",
                       RuntimeWarning, stacklevel=2)
-    a, scale = _pixels(_upright(im), fmt, mode, path, min_is_white=min_is_white)
+    a, scale = _pixels(_upright(im), fmt, mode, path, min_is_white=min_is_white, top=top)
     del im  # only the samples are needed now: let Pillow's copy go before the float one is made
     return _to_tensor(a, scale, mode, dtype)
 
@@ -204,6 +209,33 @@ def _open_nonblocking(path: str, flags: int) -> int:
     """``os.open`` for :func:`open`'s ``opener``, with ``O_NONBLOCK``: opening a FIFO does not wait for a writer
     (it is then refused as not a regular file); regular files read as usual."""
     return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
+
+
+def _why_unidentified(f: Any, path: str | os.PathLike[str]) -> str:
+    """Why Pillow identified the file open in ``f`` as none of :data:`IMAGE_FORMATS`: a file of one of them by its
+    signature that Pillow cannot read (a zero-size PNG, a TIFF of a sample layout Pillow does not know), with
+    Pillow's reason, or a file of another format."""
+    from PIL import Image
+
+    f.seek(0)
+    prefix = f.read(16)
+    for fmt in IMAGE_FORMATS:
+        factory, accept = Image.OPEN[fmt]
+        try:
+            looks = accept(prefix) if accept is not None else False
+        except (IndexError, TypeError, struct.error):  # a prefix too short for it: as Pillow does, not this one
+            looks = False
+        if isinstance(looks, str):  # Pillow lacks the codec
+            return f"a {fmt} file by its signature, which Pillow cannot read here ({looks})"
+        if looks:
+            reason = "its header is not understood"
+            try:
+                f.seek(0)
+                factory(f, os.fspath(path)).close()  # it failed in Image.open: say how
+            except Exception as e:  # Pillow's parsers raise many kinds (SyntaxError, struct.error, ...)
+                reason = str(e) or type(e).__name__
+            return f"a {fmt} file by its signature, damaged or of a kind Pillow cannot read ({reason})"
+    return f"not a file of the formats read ({', '.join(IMAGE_FORMATS)})"
 
 
 def _png_depth_and_colour(f: Any) -> tuple[int, int]:
@@ -269,6 +301,15 @@ def _colour_bits_reduced(im: Any, f: Any, ppm_maxval: int) -> int:
     return 0
 
 
+def _gray_top(im: Any) -> int:
+    """The largest sample of the 16-bit mode (``I;16``) image ``im`` not yet loaded: ``2**bits - 1`` for a TIFF of
+    9 to 15 bits per sample (Pillow reads a 12-bit one as ``I;16`` holding 0..4095, not rescaled), else 65535
+    (16-bit files, and PGM/PPM, which Pillow rescales to 0..65535)."""
+    bits = getattr(im, "tag_v2", {}).get(258, 16) if im.format == "TIFF" else 16  # BitsPerSample
+    bits = bits[0] if isinstance(bits, tuple) and bits else bits
+    return (1 << bits) - 1 if isinstance(bits, int) and 8 < bits < 16 else 65535
+
+
 def _upright(im: Any) -> Any:
     """``im`` turned as its EXIF orientation tag says (unchanged without one or with unreadable EXIF).
 
@@ -287,11 +328,12 @@ def _upright(im: Any) -> Any:
 
 
 def _pixels(im: Any, fmt: str | None, mode: ImageMode, path: str | os.PathLike[str], *,
-            min_is_white: bool = False) -> tuple[np.ndarray, float]:
+            min_is_white: bool = False, top: int = 65535) -> tuple[np.ndarray, float]:
     """The image's samples as stored (``(H, W)`` or ``(H, W, C)``; 8-bit, 16-bit or float32) and the number
     they are divided by to map them to [0, 1]. ``fmt`` is the file's format (``im`` may be an upright copy,
     which has none). ``min_is_white``: a TIFF whose 0 is white (PhotometricInterpretation 0); Pillow inverts
     its 1- to 8-bit samples itself but reads 16-bit and float ones as stored, so those are inverted here.
+    ``top``: the largest sample of a 16-bit mode image (4095 for a 12-bit TIFF, which Pillow reads unscaled).
 
     Raises:
         ImageReadError: a mode whose range is unknown (32-bit integers), floats outside [0, 1], or a mode
@@ -302,14 +344,14 @@ def _pixels(im: Any, fmt: str | None, mode: ImageMode, path: str | os.PathLike[s
         if im.mode == "I" and a.size and (int(a.min()) < 0 or int(a.max()) > 65535):
             raise ImageReadError(f"cannot read {path}: its {fmt} 16-bit values are out of range")
         if min_is_white:
-            a = 65535 - a
+            a = top - a
         key = im.info.get("transparency")
         if isinstance(key, int):  # a transparent gray level (PNG tRNS), as in 8-bit files
             clear = a == key
             if mode == "keep":
-                return np.stack([a, a, a, np.where(clear, 0, 65535).astype(a.dtype)], axis=2), 65535.0
-            a = np.where(clear, 65535, a).astype(a.dtype)  # composited over white
-        return a, 65535.0
+                return np.stack([a, a, a, np.where(clear, 0, top).astype(a.dtype)], axis=2), float(top)
+            a = np.where(clear, top, a).astype(a.dtype)  # composited over white
+        return a, float(top)
     if im.mode == "I":
         raise ImageReadError(
             f"cannot read {path}: a 32-bit integer image ({fmt}, mode I) has no known value range; "
@@ -361,6 +403,8 @@ def _to_8bit(im: Any, mode: ImageMode) -> Any:
 
     if im.mode == "LAB":  # no alpha, although its mode has an "A"; Pillow converts it to RGB, not to L
         im = im.convert("RGB")
+    elif im.mode == "La":  # gray + premultiplied alpha (a TIFF's associated alpha): Pillow converts it to LA only
+        im = im.convert("LA")
     if "transparency" in im.info and im.mode in ("1", "L", "P", "RGB"):
         im = im.convert("RGBA")  # Pillow turns the transparent index, gray level or colour into alpha
     elif im.mode == "P":
@@ -412,18 +456,26 @@ def save_image(t: torch.Tensor, path: str | os.PathLike[str]) -> None:
     (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA).
 
     The format is the one of ``path``'s suffix, with Pillow's default settings. Each value is rounded to the
-    nearest multiple of 1/255, so :func:`load_image` reads 8-bit values back exactly from PNG and TIFF, and
-    from BMP and PPM without alpha (these two drop an RGBA image's alpha); JPEG and WebP are lossy by default,
-    GIF holds at most 256 colours. Values outside [0, 1] (infinities included) are clamped.
+    nearest multiple of 1/255 (computed in float64: exactly for float32 and narrower tensors), so
+    :func:`load_image` reads 8-bit values back exactly from PNG and TIFF, and from BMP and PPM without alpha
+    (these two drop an RGBA image's alpha); JPEG and WebP are lossy by default, GIF holds at most 256 colours.
+    Values outside [0, 1] (infinities included) are clamped.
+
+    The file is encoded in memory first and then written atomically (a temporary file in the same folder,
+    renamed over ``path``): a failure (a format that cannot hold the image, a full disk, an interruption)
+    leaves an existing file at ``path`` as it was, never a truncated one. A symbolic link at ``path`` is
+    replaced by the file, not written through.
 
     Raises:
         TypeError: ``t`` is not a floating tensor (the 0..255 of an integer one would all clamp to 1).
-        ValueError: another shape, a batch of more than one image, or NaN values; from Pillow, a suffix it
-            does not know.
+        ValueError: another shape, a batch of more than one image, NaN values, or a suffix that names no format
+            Pillow writes.
         OSError: from Pillow, a format that cannot hold the image's channels (alpha in JPEG, gray + alpha
-            in BMP).
+            in BMP); ``FileNotFoundError`` when ``path``'s folder does not exist.
     """
     from PIL import Image
+
+    from .scoring.output import atomic_write_bytes
 
     if not t.is_floating_point():
         raise TypeError(f"save_image takes a floating tensor with values in [0, 1], got {t.dtype}")
@@ -434,6 +486,17 @@ def save_image(t: torch.Tensor, path: str | os.PathLike[str]) -> None:
                          f"{tuple(t.shape)}")
     if torch.isnan(t).any():
         raise ValueError("save_image: the image holds NaN values")
-    a = (t.detach().float().clamp(0, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+    suffix = os.path.splitext(os.fspath(path))[1].lower()
+    fmt = Image.registered_extensions().get(suffix)
+    if fmt is None or fmt not in Image.SAVE:
+        raise ValueError(f"save_image: {path}: no format Pillow writes has the suffix {suffix!r} (the format is "
+                         "chosen by the suffix, such as .png)")
+    folder = Path(path).parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"save_image: the folder {folder} of {path} does not exist")
+    # float64: x * 255 is exact for float32 and narrower values, so the rounding is to the nearest level
+    a = torch.round(t.detach().to(device="cpu", dtype=torch.float64).clamp(0, 1) * 255).to(torch.uint8).numpy()
     a = a.transpose(1, 2, 0)
-    Image.fromarray(a[..., 0] if a.shape[2] == 1 else a).save(path)
+    buf = io.BytesIO()
+    Image.fromarray(a[..., 0] if a.shape[2] == 1 else a).save(buf, format=fmt)
+    atomic_write_bytes(path, buf.getvalue())

@@ -34,7 +34,7 @@ def _check_images(name: str, x: object) -> torch.Tensor:
 
 @full_precision
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur with reflect padding (radius ``ceil(3 σ)``), per channel.
+    """Separable Gaussian blur with reflect padding (radius ``ceil(3 σ)``, at least 1), per channel.
 
     16-bit images are filtered in float32 and rounded back; inside a ``torch.autocast`` region too (autocast is
     turned off for the filter, which would otherwise run in 16 bits).
