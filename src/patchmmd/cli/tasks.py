@@ -3,7 +3,8 @@
 Each command is seeded and deterministic on CPU (same ``metrics.json`` for the same arguments), shows a
 progress bar, and writes to ``--out DIR`` (refused if it exists and is not empty, unless ``--overwrite``):
 its images, ``metrics.json`` and ``figure.png`` (side by side); ``train-ae`` and ``train-sr`` also save the trained
-network's ``state_dict`` as ``model.pt`` (``metrics.json``'s ``"model"``: file, class and constructor arguments).
+network's ``state_dict`` as ``model.pt`` (``metrics.json``'s ``"model"``: file, class and constructor arguments),
+keep a stopped run's state in ``checkpoint.pt`` and continue it with ``--resume``.
 See ``docs/tasks.md`` and :mod:`patchmmd.tasks`.
 """
 
@@ -116,10 +117,74 @@ def _probe_loss(loss: Any, name: str, probe: Any) -> None:
                                f"{' '.join(str(e).split())}") from None
 
 
-def _out_dir(out: str | None, command: str, loss: str, overwrite: bool) -> Path:
+def _out_dir(out: str | None, command: str, loss: str, overwrite: bool, resume: bool = False) -> Path:
+    """The output folder (see :func:`prepare_output_dir`). For the training commands (``resume``: their
+    ``--resume``): a stopped run's checkpoint makes the folder resumable, ``--overwrite`` removes it (training
+    starts over), and the folder is locked while the command runs (one run per folder, as ``eval`` does)."""
+    from ..tasks._common import CHECKPOINT_FILE
+
+    if overwrite and resume:
+        raise click.UsageError("--resume and --overwrite exclude each other: continue a run, or start it over")
     path = Path(out) if out is not None else Path("runs") / f"{command}-{loss}"
-    path = prepare_output_dir(path, overwrite=overwrite)
+    stopped = (path / CHECKPOINT_FILE).is_file()
+    if resume and not stopped and (path / "metrics.json").exists():
+        raise click.UsageError(f"nothing to resume in {path}: its run finished (metrics.json, no {CHECKPOINT_FILE}); "
+                               "pass --overwrite to train it again")
+    try:
+        path = prepare_output_dir(path, overwrite=overwrite or resume)
+    except click.UsageError as e:
+        if stopped:
+            raise click.UsageError(f"{e.message} (it holds a stopped run: --resume continues it)") from None
+        raise
+    if command != "gim":
+        from .evaluate import _lock_for_this_command
+
+        _lock_for_this_command(path)
+        if overwrite:
+            (path / CHECKPOINT_FILE).unlink(missing_ok=True)
     return path
+
+
+def _checkpoint(folder: Path, settings: dict[str, Any], data_dir: str | None, loss: str, weights: str | None,
+                loss_option: tuple[str, ...]) -> Any:
+    """The checkpoint of a training command in ``folder``: ``settings`` (the command's arguments) with the
+    versions and the identities (path, size, modification time) of the photo and weight files it reads, so
+    that ``--resume`` refuses a run whose inputs changed."""
+    import torch
+
+    from .. import __version__
+    from ..metrics.weights import WeightsError, file_stamps, folder_options
+    from ..tasks._common import CHECKPOINT_FILE, Checkpoint
+
+    files: dict[str, Any] = {}
+    if data_dir is not None:  # (the shipped photos are the package version's)
+        files.update(file_stamps({f"data:{n}": Path(data_dir) / n for n in settings["data"]}))
+    files.update(file_stamps({f"option:{k}": v for k, v in parse_metric_options(loss_option).items()}))
+    folder_ = _weights_folder(weights)
+    if folder_ is not None:
+        with contextlib.suppress(WeightsError):
+            files.update(file_stamps({f"weights:{k}": v for k, v in folder_options(loss, folder_).items()}))
+    elif weights is not None:
+        files.update(file_stamps({"weights": weights}))
+    return Checkpoint(folder / CHECKPOINT_FILE, {**settings, "files": files, "patchmmd": __version__,
+                                                 "torch": torch.__version__})
+
+
+@contextlib.contextmanager
+def _resumable(folder: Path) -> Iterator[None]:
+    """Around a training run with a checkpoint: Ctrl-C says where the finished steps are and how to go on; a
+    checkpoint that cannot be resumed (other settings) is a usage error naming ``--resume``."""
+    from ..tasks._common import CHECKPOINT_FILE, CheckpointError
+
+    try:
+        yield
+    except KeyboardInterrupt:
+        if (folder / CHECKPOINT_FILE).is_file():
+            click.echo(f"\ninterrupted: the finished steps are kept in {folder / CHECKPOINT_FILE}; rerun the same "
+                       "command with --resume to go on", err=True)
+        raise
+    except CheckpointError as e:
+        raise click.UsageError(f"--resume: {' '.join(str(e).split())}") from None
 
 
 @contextlib.contextmanager
@@ -298,6 +363,9 @@ def _split_options(f: Callable[..., Any], *, crop: int, steps: int, lr: float) -
     f = click.option("--width", type=click.IntRange(min=1), default=32, show_default=True, help="Network width.")(f)
     f = click.option("--max-tiles", type=click.IntRange(min=1), default=None,
                      help="Evaluate on at most this many held-out tiles [default: all].")(f)
+    f = click.option("--resume", is_flag=True,
+                     help="Continue the run a kill or Ctrl-C stopped in --out (its checkpoint.pt, saved every minute "
+                          "and when interrupted), with the same arguments; the result is the uninterrupted run's.")(f)
     return f
 
 
@@ -329,7 +397,7 @@ def _figure_columns(n: int, shown: int = 6) -> list[int]:
 def train_ae_command(
     data_dir: str | None, loss_name: str, weights: str | None, loss_option: tuple[str, ...], seed: int,
     out: str | None, overwrite: bool, progress: bool, eval_distances: str, steps: int, batch: int, crop: int,
-    lr: float, width: int, max_tiles: int | None, latent: int,
+    lr: float, width: int, max_tiles: int | None, resume: bool, latent: int,
 ) -> None:
     """Train a small convolutional autoencoder on random crops of the photos in DATA_DIR.
 
@@ -346,12 +414,16 @@ def train_ae_command(
     split, names = _data(data_dir, crop, max_tiles)
     _probe_loss(loss, loss_name, split.heldout[:1])
     evaluate = _evaluator(eval_distances, weights, split.heldout[:1])
-    folder = _out_dir(out, "train-ae", loss_name, overwrite)
+    folder = _out_dir(out, "train-ae", loss_name, overwrite, resume)
+    checkpoint = _checkpoint(folder, {
+        "task": "train-ae", "loss": loss_name, "loss_options": parse_metric_options(loss_option), "seed": seed,
+        "data": names, "crop": crop, "batch": batch, "steps": steps, "lr": lr, "width": width, "latent": latent,
+        "weights": weights}, data_dir, loss_name, weights, loss_option)
     t0 = time.time()
-    with deterministic(seed):
+    with deterministic(seed), _resumable(folder):
         with _bar(steps, f"train-ae {loss_name}", progress) as callback:
             res = train_autoencoder(split, loss, steps=steps, batch=batch, lr=lr, width=width, latent=latent,
-                                    seed=seed, callback=callback)
+                                    seed=seed, callback=callback, checkpoint=checkpoint)
         recon = reconstruct(res.model, split.heldout)
         m = evaluate(recon, split.heldout)
     model = save_model(res.model, folder)  # recon_NNN.png: ConvAutoencoder(**args)(heldout), clamped to [0, 1]
@@ -368,6 +440,7 @@ def train_ae_command(
     cols = _figure_columns(len(recon))
     image_grid_figure([[split.heldout[i] for i in cols], [recon[i] for i in cols]],
                       ["held-out", f"AE, {loss_name}"], None, folder / "figure.png")
+    checkpoint.path.unlink(missing_ok=True)  # everything is written: the run is finished
     _summary(folder, time.time() - t0, {"held-out": m})
 
 
@@ -380,7 +453,7 @@ def train_ae_command(
 def train_sr_command(
     data_dir: str | None, loss_name: str, weights: str | None, loss_option: tuple[str, ...], seed: int,
     out: str | None, overwrite: bool, progress: bool, eval_distances: str, steps: int, batch: int, crop: int,
-    lr: float, width: int, max_tiles: int | None, scale: int, blocks: int,
+    lr: float, width: int, max_tiles: int | None, resume: bool, scale: int, blocks: int,
 ) -> None:
     """Train a small super-resolution network (residual blocks, pixel shuffle) on crops of DATA_DIR's photos.
 
@@ -398,12 +471,16 @@ def train_sr_command(
     split, names = _data(data_dir, crop, max_tiles)
     _probe_loss(loss, loss_name, split.heldout[:1])
     evaluate = _evaluator(eval_distances, weights, split.heldout[:1])
-    folder = _out_dir(out, "train-sr", loss_name, overwrite)
+    folder = _out_dir(out, "train-sr", loss_name, overwrite, resume)
+    checkpoint = _checkpoint(folder, {
+        "task": "train-sr", "loss": loss_name, "loss_options": parse_metric_options(loss_option), "seed": seed,
+        "data": names, "scale": scale, "crop": crop, "batch": batch, "steps": steps, "lr": lr, "width": width,
+        "blocks": blocks, "weights": weights}, data_dir, loss_name, weights, loss_option)
     t0 = time.time()
-    with deterministic(seed):
+    with deterministic(seed), _resumable(folder):
         with _bar(steps, f"train-sr {loss_name}", progress) as callback:
             res = train_superres(split, loss, scale=scale, steps=steps, batch=batch, lr=lr, width=width,
-                                 blocks=blocks, seed=seed, callback=callback)
+                                 blocks=blocks, seed=seed, callback=callback, checkpoint=checkpoint)
         low = degrade(split.heldout, scale)
         sr = upscale(res.model, low)
         bic = bicubic(low, scale)
@@ -426,4 +503,5 @@ def train_sr_command(
         [[bic[i] for i in cols], [sr[i] for i in cols], [split.heldout[i] for i in cols]],
         ["bicubic", f"SR x{scale}, {loss_name}", "ground truth"], None, folder / "figure.png",
     )
+    checkpoint.path.unlink(missing_ok=True)  # everything is written: the run is finished
     _summary(folder, time.time() - t0, {"sr": m_sr, "bicubic": m_bic})

@@ -69,6 +69,36 @@ def check_finite(step: int, steps: int, t: torch.Tensor, what: str) -> None:
 class TrainResult:
     model: nn.Module
     history: list[float] = field(default_factory=list)
+    #: The steps read back from a checkpoint (0: the run started from scratch).
+    resumed_steps: int = 0
+
+
+#: The file of an unfinished (or finished but not yet reported) training run in a task's output folder.
+CHECKPOINT_FILE = "checkpoint.pt"
+
+_CHECKPOINT_FORMAT = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed: written for other settings, by another version of its format, or
+    not a checkpoint at all (the message says which, naming the file)."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where :func:`fit` keeps its state so that a killed or interrupted run resumes where it stopped.
+
+    ``settings``: everything the run's numbers depend on (JSON values); a checkpoint written with other settings
+    is refused (:class:`CheckpointError`). ``every``: seconds between saves (0: after every step); the state is
+    also saved when the run is interrupted (``KeyboardInterrupt``) and after the last step, so the caller removes
+    the file once it has written its results. The file (model, Adam's state, the batch generator's state, the
+    losses so far) is written atomically and read back with ``torch.load(weights_only=True)``, only if the user
+    controls it (:mod:`patchmmd._trust`). A resumed run gives the same weights as an uninterrupted one.
+    """
+
+    path: Path
+    settings: dict[str, Any]
+    every: float = 60.0
 
 
 def fit(
@@ -80,15 +110,23 @@ def fit(
     lr: float,
     seed: int,
     callback: Callable[[int, float], None] | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> TrainResult:
     """Adam on ``loss(model(input), target)`` for ``steps`` batches ``(input, target) = batches(g)``, ``g``
     a generator seeded with ``seed + 1``; the loss after each step goes to ``history`` and ``callback``.
 
+    With ``checkpoint`` the state is saved as :class:`Checkpoint` says, and a checkpoint found there is resumed:
+    its steps are not run again (``callback`` is called for each of them at once, so a progress bar starts where
+    the run stopped).
+
     Raises:
         TrainingDiverged: the network's outputs, the loss or its gradients became NaN or infinite (stops at
             that step, before the weights are updated).
+        CheckpointError: ``checkpoint`` holds a run of other settings, or no readable checkpoint.
         ValueError: ``steps`` not an integer >= 1, ``lr`` not a finite number > 0, ``seed`` not an integer.
     """
+    import time
+
     steps = check_positive_int("steps", steps)
     lr = check_positive_float("lr", lr)
     seed = check_seed(seed)
@@ -96,22 +134,100 @@ def fit(
     opt = torch.optim.Adam(params, lr=lr)
     g = torch.Generator().manual_seed(seed + 1)
     history: list[float] = []
-    model.train()
-    for step in range(steps):
-        inputs, target = batches(g)
-        opt.zero_grad(set_to_none=True)
-        outputs = model(inputs)
-        check_finite(step, steps, outputs, "the outputs hold")  # before the loss, whose checks would name only "x"
-        value = loss(outputs, target)
-        check_finite(step, steps, value, "the loss is")
-        value.backward()
-        check_gradients_finite(step, steps, params)
-        opt.step()
-        history.append(float(value.detach()))
+    if checkpoint is not None and checkpoint.path.exists():
+        history = _resume(checkpoint, model, opt, g, steps)
         if callback is not None:
-            callback(step, history[-1])
+            for step, done in enumerate(history):
+                callback(step, done)
+    resumed = len(history)
+    saved_at = time.monotonic()
+    drawn_from: torch.Tensor | None = None  # the generator's state before the batch of an unfinished step
+    updating = False  # inside Adam's update: the weights may be half updated
+    model.train()
+    try:
+        for step in range(resumed, steps):
+            drawn_from = g.get_state()
+            inputs, target = batches(g)
+            opt.zero_grad(set_to_none=True)
+            outputs = model(inputs)
+            check_finite(step, steps, outputs, "the outputs hold")  # before the loss: its checks name only "x"
+            value = loss(outputs, target)
+            check_finite(step, steps, value, "the loss is")
+            value.backward()
+            check_gradients_finite(step, steps, params)
+            updating = True
+            opt.step()
+            updating = False
+            history.append(float(value.detach()))
+            drawn_from = None
+            if checkpoint is not None and step + 1 < steps and time.monotonic() - saved_at >= checkpoint.every:
+                _save_checkpoint(checkpoint, model, opt, g, history)
+                saved_at = time.monotonic()
+            if callback is not None:
+                callback(step, history[-1])
+    except KeyboardInterrupt:
+        # The finished steps, not the one cut short: the generator as it was before that step drew its batch.
+        # Cut short inside the update, the weights may be half updated: the last periodic checkpoint stays.
+        if checkpoint is not None and len(history) > resumed and not updating:
+            if drawn_from is not None:
+                g.set_state(drawn_from)
+            _save_checkpoint(checkpoint, model, opt, g, history)
+        raise
+    if checkpoint is not None and len(history) > resumed:
+        _save_checkpoint(checkpoint, model, opt, g, history)
     model.eval()
-    return TrainResult(model, history)
+    return TrainResult(model, history, resumed)
+
+
+def _save_checkpoint(checkpoint: Checkpoint, model: nn.Module, opt: torch.optim.Optimizer, g: torch.Generator,
+                     history: list[float]) -> None:
+    """Write the state after ``len(history)`` steps to ``checkpoint.path`` atomically (the previous file or the
+    new one, never half of one)."""
+    import io
+    import json
+
+    from ..scoring.output import atomic_write_bytes
+
+    buf = io.BytesIO()
+    torch.save({
+        "format": _CHECKPOINT_FORMAT, "settings": json.dumps(checkpoint.settings, sort_keys=True),
+        "step": len(history), "history": list(history), "model": model.state_dict(),
+        "optimizer": opt.state_dict(), "generator": g.get_state(),
+    }, buf)
+    atomic_write_bytes(checkpoint.path, buf.getvalue())
+
+
+def _resume(checkpoint: Checkpoint, model: nn.Module, opt: torch.optim.Optimizer, g: torch.Generator,
+            steps: int) -> list[float]:
+    """Load the state saved in ``checkpoint.path`` into ``model``, ``opt`` and ``g``; the losses of its steps."""
+    import io
+    import json
+    import pickle
+
+    from .._trust import read_controlled
+
+    path = checkpoint.path
+    try:
+        state = torch.load(io.BytesIO(read_controlled(path)), weights_only=True, map_location="cpu")
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a training checkpoint that can be read ({type(e).__name__}); "
+                              "remove it to start over") from None
+    if not isinstance(state, dict) or state.get("format") != _CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a training checkpoint of this version; remove it to start over")
+    saved = json.loads(state["settings"])
+    wanted = json.loads(json.dumps(checkpoint.settings, sort_keys=True))
+    if saved != wanted:
+        differ = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
+        raise CheckpointError(f"{path} holds a run with other settings ({', '.join(differ)} differ: "
+                              f"{', '.join(f'{k}={saved.get(k)!r}' for k in differ)} there); start over, or "
+                              "resume with the settings it was written with")
+    history = [float(v) for v in state["history"]]
+    if state["step"] != len(history) or len(history) > steps:
+        raise CheckpointError(f"{path} is at step {state['step']} of a run of {steps} steps; remove it to start over")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    g.set_state(state["generator"])
+    return history
 
 
 #: The file name of a trained network's weights in a task's output folder.

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..core.validation import check_positive_int, check_seed
-from ._common import TrainResult, check_rgb_split, fit, predict
+from ._common import Checkpoint, TrainResult, check_rgb_split, fit, predict
 from .data import Split, random_crops
 
 __all__ = ["ConvAutoencoder", "TrainResult", "reconstruct", "train_autoencoder"]
@@ -62,11 +62,13 @@ def train_autoencoder(
     latent: int = 16,
     seed: int = 0,
     callback: Callable[[int, float], None] | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> TrainResult:
     """Train :class:`ConvAutoencoder` on random crops of ``split.train``; deterministic for ``seed``.
 
     The network is initialised from torch's global generator seeded with ``seed``, on a fork of it: the
     caller's global random state is left as it was. The network takes the dtype and device of the photos.
+    ``checkpoint``: where to keep the run's state so that it resumes after a kill (:class:`~._common.Checkpoint`).
 
     Raises:
         ValueError: a bad argument (named), non-RGB photos, a crop size that is not a multiple of 8.
@@ -87,7 +89,7 @@ def train_autoencoder(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = ConvAutoencoder(width, latent).to(device=ref.device, dtype=ref.dtype)
-        return fit(model, loss, batches, steps=steps, lr=lr, seed=seed, callback=callback)
+        return fit(model, loss, batches, steps=steps, lr=lr, seed=seed, callback=callback, checkpoint=checkpoint)
 
 
 def reconstruct(model: nn.Module, x: torch.Tensor, chunk: int = 16) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.validation import check_positive_int, check_seed
-from ._common import TrainResult, check_rgb_split, fit, predict
+from ._common import Checkpoint, TrainResult, check_rgb_split, fit, predict
 from .data import Split, random_crops
 
 
@@ -82,11 +82,13 @@ def train_superres(
     blocks: int = 4,
     seed: int = 0,
     callback: Callable[[int, float], None] | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> TrainResult:
     """Train :class:`SRNet` on random crops of ``split.train``; deterministic for ``seed``.
 
     The network is initialised from torch's global generator seeded with ``seed``, on a fork of it: the
     caller's global random state is left as it was. The network takes the dtype and device of the photos.
+    ``checkpoint``: where to keep the run's state so that it resumes after a kill (:class:`~._common.Checkpoint`).
 
     Raises:
         ValueError: a bad argument (named), non-RGB photos, a crop size that is not a multiple of ``scale``.
@@ -107,7 +109,7 @@ def train_superres(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = SRNet(scale, width, blocks).to(device=ref.device, dtype=ref.dtype)
-        return fit(model, loss, batches, steps=steps, lr=lr, seed=seed, callback=callback)
+        return fit(model, loss, batches, steps=steps, lr=lr, seed=seed, callback=callback, checkpoint=checkpoint)
 
 
 def upscale(model: nn.Module, lr: torch.Tensor, chunk: int = 16) -> torch.Tensor:
