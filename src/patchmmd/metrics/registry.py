@@ -74,7 +74,23 @@ def register(
     differentiable: bool = True,
     map_factory: Callable[..., MapMetric] | None = None,
 ) -> Callable[[Callable[..., Metric]], Callable[..., Metric]]:
-    """Decorator registering ``factory(**options) -> metric`` under ``name``, with its capabilities."""
+    """Decorator registering ``factory(**options) -> metric`` under ``name``, with its capabilities. The factory's
+    keyword arguments are the metric's options (others are refused, naming the valid ones); a name already
+    registered is a ``ValueError``.
+
+    Example:
+        >>> import torch
+        >>> from patchmmd.metrics import get_metric, get_spec, register
+        >>> @register("mean-abs-example", "mean absolute difference (an example)", group="examples")
+        ... def _mean_abs(*, scale: float = 1.0):
+        ...     return lambda x, y: scale * (x - y).abs().flatten(1).mean(1)
+        >>> get_metric("mean-abs-example", scale=2.0)(torch.zeros(1, 3, 4, 4), torch.ones(1, 3, 4, 4))
+        tensor([2.])
+        >>> get_spec("mean-abs-example").higher_is_better
+        False
+        >>> from patchmmd.metrics.registry import _REGISTRY
+        >>> del _REGISTRY["mean-abs-example"]  # (this example's clean-up: a registration lasts for the process)
+    """
 
     def deco(factory: Callable[..., Metric]) -> Callable[..., Metric]:
         if name in _REGISTRY:
@@ -175,17 +191,37 @@ def _load_builtins() -> None:
 
 
 def metric_specs() -> list[MetricSpec]:
-    """All registered metrics, sorted by group then name."""
+    """All registered metrics, sorted by group then name.
+
+    Example:
+        >>> from patchmmd.metrics import metric_specs
+        >>> [s.name for s in metric_specs() if s.group == "baselines"][:3]
+        ['dists', 'lpips-alex', 'lpips-vgg']
+    """
     _load_builtins()
     return sorted(_REGISTRY.values(), key=lambda s: (s.group, s.name))
 
 
 def metric_names() -> list[str]:
+    """The names of all registered metrics, in :func:`metric_specs`'s order.
+
+    Example:
+        >>> from patchmmd.metrics import metric_names
+        >>> {"mmdpp", "psnr", "lpips-vgg"} <= set(metric_names())
+        True
+    """
     return [s.name for s in metric_specs()]
 
 
 def get_spec(name: str) -> MetricSpec:
-    """The spec of a metric; ``ValueError`` naming the valid names if unknown (``TypeError`` if not a string)."""
+    """The spec of a metric; ``ValueError`` naming the valid names if unknown (``TypeError`` if not a string).
+
+    Example:
+        >>> from patchmmd.metrics import get_spec
+        >>> spec = get_spec("psnr")
+        >>> spec.higher_is_better, spec.differentiable, spec.has_map
+        (True, True, False)
+    """
     if not isinstance(name, str):
         raise TypeError(f"name must be a metric name (a str), got {type(name).__name__} {name!r}")
     _load_builtins()
@@ -196,5 +232,20 @@ def get_spec(name: str) -> MetricSpec:
 
 def get_metric(name: str, **options: object) -> Metric:
     """Build the metric ``name`` (options go to its factory; an option it does not take is a ``TypeError`` listing
-    the valid ones)."""
+    the valid ones).
+
+    Example:
+        >>> import torch
+        >>> from patchmmd.metrics import get_metric
+        >>> x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+        >>> d = get_metric("mmdpp")(x, x.flip(-1))
+        >>> d.shape, bool((d > 0).all())
+        (torch.Size([2]), True)
+        >>> get_metric("psnr", max_db=60.0)(x, x)
+        tensor([60., 60.])
+        >>> get_metric("psnr", window=3)
+        Traceback (most recent call last):
+        ...
+        TypeError: unknown option(s) ['window'] for psnr; valid options are ['data_range', 'max_db']
+    """
     return get_spec(name).factory(**options)

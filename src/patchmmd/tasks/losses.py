@@ -108,6 +108,21 @@ def make_loss(name: str, *, weights: str | os.PathLike[str] | None = None, **opt
         TypeError: an option the loss's distance does not take (the message lists the valid ones).
         MissingWeightsError: ``vgg`` without ``weights``, or a weights file that does not exist.
         WeightsError: a missing or bad weight file of the other losses in :data:`LOSSES_NEEDING_WEIGHTS`.
+
+    Example:
+        >>> import torch
+        >>> from patchmmd.tasks import make_loss
+        >>> loss = make_loss("mmdpp", preset="loss")
+        >>> out = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0), requires_grad=True)
+        >>> value = loss(out, torch.full((2, 3, 32, 32), 0.5))
+        >>> value.shape, bool(value > 0)
+        (torch.Size([]), True)
+        >>> value.backward(); bool(torch.isfinite(out.grad).all())
+        True
+        >>> make_loss("l2", window=3)
+        Traceback (most recent call last):
+        ...
+        ValueError: the 'l2' loss takes no options, got ['window']
     """
     if name not in LOSS_NAMES:
         raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSS_NAMES)}")
