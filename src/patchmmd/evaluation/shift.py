@@ -34,13 +34,15 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["BLUR_SIGMA", "NOISE_SIGMA", "SHIFTS", "shift_distances", "shift_pairs", "shift_ratios"]
+__all__ = ["BLUR_SIGMA", "MIN_SIZE", "NOISE_SIGMA", "SHIFTS", "shift_distances", "shift_pairs", "shift_ratios"]
 
 #: The shifts, in the order they are reported.
 SHIFTS: tuple[str, ...] = ("shift-1px", "shift-1px-diag", "shift-2px", "shift-0.5px")
 #: The mildest visible distortions the shifts are compared with.
 NOISE_SIGMA = 0.03
 BLUR_SIGMA = 1.0
+#: The smallest side a photo of the shift check may have (a 2 px margin each side and room for the shifts).
+MIN_SIZE = 12
 
 _M = 2  # margin of the reference crop
 
@@ -54,12 +56,12 @@ def shift_pairs(x: torch.Tensor, *, seed: int = 0) -> dict[str, tuple[torch.Tens
     """``{kind: (ref, other)}`` for the shifts and the two distortions of the module docstring.
 
     Raises:
-        ValueError: ``x`` is not ``(C, H, W)`` or is smaller than 12 px on a side.
+        ValueError: ``x`` is not ``(C, H, W)`` or is smaller than :data:`MIN_SIZE` on a side.
     """
     if x.dim() != 3:
         raise ValueError(f"expected one image (C, H, W), got shape {tuple(x.shape)}")
-    if min(x.shape[-2:]) < 12:
-        raise ValueError(f"the shift check needs images of at least 12 px, got {tuple(x.shape)}")
+    if min(x.shape[-2:]) < MIN_SIZE:
+        raise ValueError(f"the shift check needs images of at least {MIN_SIZE} px, got {tuple(x.shape)}")
     from ..data.distortions import gaussian_blur
 
     ref = _crop(x, 0, 0)

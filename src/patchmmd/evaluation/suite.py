@@ -33,17 +33,19 @@ import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..core.validation import check_positive_int
+from ..core.validation import check_positive_float, check_positive_int
 from ..io import output_file
 from ..metrics.weights import WEIGHT_FOLDER, file_stamps, folder_options
 from .artifacts import lattice_ratio
 from .report import json_text
-from .shift import SHIFTS, ratios, shift_distances
+from .runner import CacheMismatchError
+from .shift import MIN_SIZE, SHIFTS, ratios, shift_distances
 from .suite_cache import SuiteCache, entry_name, tensor_digest
 
 if TYPE_CHECKING:
@@ -94,6 +96,11 @@ CHECKS: dict[str, str] = {
 
 
 # ------------------------------------------------------------------------------------------------ config
+#: The window of the ssim loss (``patchmmd.tasks.losses``), a baseline every task trains with: no training crop
+#: may be smaller.
+_SSIM_WINDOW = 11
+
+
 @dataclass(frozen=True)
 class SuiteConfig:
     """Sizes and seeds of a suite run. The defaults are the full suite (SR as in docs/evaluation.md);
@@ -123,7 +130,31 @@ class SuiteConfig:
     task_seeds: int = 1  # SR and autoencoder: train with seeds seed, seed + 1, ...; report the mean and each run
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "task_seeds", check_positive_int("task_seeds", self.task_seeds))
+        """Check every size up front: a size the tasks cannot take failed only when its task started, after the
+        human part and the shift check had run (without a cache, their work was lost).
+
+        Raises:
+            ValueError: a count or size that is not a positive integer, a learning rate that is not a positive
+                number, a shift crop under :data:`~.shift.MIN_SIZE`, judge tiles that are not a multiple of 8 (the
+                SR x4 network and the autoencoder), an SR crop not a multiple of 4 or an autoencoder crop not a
+                multiple of 8, or a training crop (SR, autoencoder, image mean) under the ssim loss's window.
+        """
+        for name in ("task_seeds", "tile", "tiles_per_image", "sr_steps", "sr_batch", "ae_steps", "ae_batch",
+                     "gim_steps"):
+            object.__setattr__(self, name, check_positive_int(name, getattr(self, name)))
+        for name in ("bootstrap", "gim_shifts", "gim_max_shift"):
+            object.__setattr__(self, name, check_positive_int(name, getattr(self, name), minimum=0))
+        if self.human_limit is not None:
+            object.__setattr__(self, "human_limit", check_positive_int("human_limit", self.human_limit))
+        for name in ("sr_lr", "ae_lr", "gim_lr"):
+            object.__setattr__(self, name, check_positive_float(name, getattr(self, name)))
+        object.__setattr__(self, "shift_size", check_positive_int("shift_size", self.shift_size, minimum=MIN_SIZE))
+        for name, multiple in (("tile", 8), ("sr_crop", 4), ("ae_crop", 8)):
+            value = check_positive_int(name, getattr(self, name))
+            if value % multiple:
+                raise ValueError(f"{name} must be a multiple of {multiple}, got {value}")
+        for name in ("sr_crop", "ae_crop", "gim_size"):
+            check_positive_int(name, getattr(self, name), minimum=_SSIM_WINDOW)
 
     @property
     def training_seeds(self) -> tuple[int, ...]:
@@ -368,8 +399,10 @@ def _human(sets: Sequence[HumanSet], metrics: Sequence[SuiteMetric], cfg: SuiteC
     refs: list[torch.Tensor] = []
     ref_names: list[str] = []
     for hs in sets:
+        folder = None
         if cache is not None:
-            _human_stamp(cache, hs.name)
+            folder = cache.folder / entry_name("human", hs.name)
+            _human_stamp(cache, hs.name, folder)
         ds = open_human_set(hs)
         images, names = reference_images(ds, hs.name)
         refs += images
@@ -379,7 +412,7 @@ def _human(sets: Sequence[HumanSet], metrics: Sequence[SuiteMetric], cfg: SuiteC
         log(f"human {hs.name}: {len(ems)} metrics on {cfg.human_limit or len(ds)} rows")
         res = run(ds, ems, bootstrap=cfg.bootstrap, seed=cfg.seed, limit=cfg.human_limit, batch_size=4,
                   score_higher_is_better=hs.higher_is_better,
-                  cache=None if cache is None else cache.folder / entry_name("human", hs.name), progress=progress)
+                  cache=folder, progress=progress)
         out[hs.name] = {
             "labels": str(hs.labels), "n_rows": res.n, "n_scored": len(res.scored),
             "group_column": ds.group_column, "score_column": ds.score_column,
@@ -392,15 +425,23 @@ def _human(sets: Sequence[HumanSet], metrics: Sequence[SuiteMetric], cfg: SuiteC
     return out, refs, ref_names
 
 
-def _human_stamp(cache: SuiteCache, set_name: str) -> None:
-    """Check (or, the first time, write) the versions the human set's cached values were computed with.
+def _human_stamp(cache: SuiteCache, set_name: str, folder: Path) -> None:
+    """Check (or, the first time, write) the versions the human set's cached values (the runner's, in
+    ``folder``) were computed with.
 
     Raises:
-        CacheMismatchError: they were computed with other versions of patchmmd or PyTorch.
+        CacheMismatchError: they were computed with other versions of patchmmd or PyTorch, or ``folder`` holds
+            values but no readable stamp says with which (a stamp removed or damaged, a cache of a version that
+            wrote none): the stamp written now would vouch for them.
     """
     name, settings = entry_name("human", set_name, "versions"), {"part": "human", "set": set_name, **_versions()}
-    if cache.get(name, settings, count=False) is None:  # a stamp is no piece of work: it is not counted as reused
-        cache.put(name, settings, {})
+    if cache.get(name, settings, count=False) is not None:  # a stamp is no piece of work: it is not counted as reused
+        return
+    if folder.is_dir() and any(folder.glob("*.json")):
+        raise CacheMismatchError(f"{folder} holds values of the human set {set_name!r} but no readable record of the "
+                                 f"versions of patchmmd and PyTorch they were computed with ({name}.json)", folder,
+                                 {})
+    cache.put(name, settings, {})
 
 
 def _shift(photos: Sequence[torch.Tensor], names: Sequence[str], metrics: Sequence[SuiteMetric], cfg: SuiteConfig,
@@ -475,8 +516,19 @@ def _judge(judges: Mapping[str, SuiteMetric], x: torch.Tensor, y: torch.Tensor, 
 
 #: The held-out tiles each task keeps for its figure (and its cache entry), of every loss.
 FIGURE_TILES = 3
-#: The SuiteConfig fields the training tasks do not depend on (left out of their cache entries' settings).
-_NOT_TASK_FIELDS = ("quick", "seed", "bootstrap", "human_limit", "shift_size", "dists_loss", "task_seeds")
+
+
+def _task_fields(cfg: SuiteConfig, task: str) -> dict[str, Any]:
+    """The :class:`SuiteConfig` fields a training task's results depend on (stored with its cache entries, so
+    that a change of another task's sizes leaves its entries usable): its own (``sr_*``, ``ae_*``, ``gim_*``)
+    and, for SR and the autoencoder, the judge tiles' (the seed is stored per entry).
+
+    Example:
+        >>> sorted(_task_fields(SuiteConfig(), "gim"))
+        ['gim_lr', 'gim_max_shift', 'gim_shifts', 'gim_size', 'gim_steps']
+    """
+    tiles = ("tile", "tiles_per_image") if task != "gim" else ()
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k.startswith(f"{task}_") or k in tiles}
 
 
 def _tasks(losses: Sequence[SuiteMetric], judges: Mapping[str, SuiteMetric], train: list[torch.Tensor],
@@ -511,16 +563,20 @@ def _tasks(losses: Sequence[SuiteMetric], judges: Mapping[str, SuiteMetric], tra
         out = reconstruct(model, tiles)
         return out, _judge(judges, out, tiles)
 
-    # what every task's results depend on besides the loss and the seed: stored with each cache entry
-    inputs = {"config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_TASK_FIELDS},
-              "judges": {k: j.describe() for k, j in judges.items()}, "train_sha256": tensor_digest(train),
-              "tiles_sha256": tensor_digest([tiles]), **_versions()}
+    # what each task's results depend on besides the loss and the seed: stored with each cache entry. The thread
+    # count too: another one rounds the training's sums otherwise, and training amplifies that into other numbers.
+    common = {"judges": {k: j.describe() for k, j in judges.items()}, "threads": torch.get_num_threads(),
+              **_versions()}
+    fed = {"train_sha256": tensor_digest(train), "tiles_sha256": tensor_digest([tiles])}
+    inputs = {"sr": {"config": _task_fields(cfg, "sr"), **fed, **common},
+              "ae": {"config": _task_fields(cfg, "ae"), **fed, **common},
+              "gim": {"config": _task_fields(cfg, "gim"), "sets_sha256": tensor_digest(gim_sets), **common}}
 
     def kept(task: str, m: SuiteMetric, run: _Run, what: str) -> _Run:
         """``run`` with its result (or its divergence) kept in the cache, and its outputs cut to the figure's."""
         def go(loss: Loss, seed: int) -> tuple[torch.Tensor, dict[str, float]]:
             name = entry_name(task, m.label, f"seed{seed}")
-            settings = {**inputs, "task": task, "loss": m.describe(), "seed": seed}
+            settings = {**inputs[task], "task": task, "loss": m.describe(), "seed": seed}
             hit = None if cache is None else cache.get(name, settings)
             if hit is None:
                 log(f"tasks: {what}, seed {seed}")
@@ -555,7 +611,7 @@ def _tasks(losses: Sequence[SuiteMetric], judges: Mapping[str, SuiteMetric], tra
                 figures[task][m.label] = first
 
         name = entry_name("gim", m.label)
-        settings = {**inputs, "task": "gim", "loss": m.describe(), "seed": cfg.seed}
+        settings = {**inputs["gim"], "task": "gim", "loss": m.describe(), "seed": cfg.seed}
         hit = None if cache is None else cache.get(name, settings)
         if hit is not None:
             log(f"tasks: generalized image mean with {m.label}: reused from the cache ({name})")
@@ -697,8 +753,12 @@ def _checks(data: dict[str, Any], candidates: Sequence[str], deep: Sequence[str]
             rows.append(_check("sr-vs-l2", None if d_l2 is None else bool(d < d_l2),
                                f"DISTS {d:.{k}f} vs L2 {_fmtn(d_l2, k)}{_runs(sr[c], 'dists')}", _diverged(sr, "l2")))
             d_lp = sr.get("lpips-vgg", {}).get("dists")
-            rows.append(_check("sr-vs-lpips", None if d_lp is None else bool(d <= 1.05 * d_lp),
-                               f"DISTS {d:.4f} vs LPIPS-vgg loss {_fmtn(d_lp)} (≤ +5 %){_runs(sr[c], 'dists')}",
+            bound, k = None, 4
+            if d_lp is not None:  # the digits tell the value from the LPIPS-vgg loss's and from the bound
+                bound = _bound(d_lp, "1.05")
+                k = max(_digits(4, d, d_lp), _digits(4, d, bound))
+            rows.append(_check("sr-vs-lpips", None if bound is None else bool(d <= bound),
+                               f"DISTS {d:.{k}f} vs LPIPS-vgg loss {_fmtn(d_lp, k)} (≤ +5 %){_runs(sr[c], 'dists')}",
                                _diverged(sr, "lpips-vgg")))
         else:
             rows.append(_check("sr-vs-l2", None, "–", "no DISTS judge (no weights folder)"))
@@ -742,6 +802,18 @@ def _digits(digits: int, a: float, b: float) -> int:
     while digits < 6 and a != b and math.isfinite(a) and math.isfinite(b) and f"{a:.{digits}f}" == f"{b:.{digits}f}":
         digits += 1
     return digits
+
+
+def _bound(base: float, factor: str) -> float:
+    """``factor × base`` (``factor`` a decimal literal), multiplied in decimal on ``base`` as report.json holds
+    it and rounded once: in binary floating point ``1.05 * 0.3011`` is ``0.31615499999999996``, and a DISTS
+    exactly 5 % behind (0.316155) failed "within 5 %".
+
+    Example:
+        >>> 0.316155 <= _bound(0.3011, "1.05"), 0.316155 <= 1.05 * 0.3011, 0.316156 <= _bound(0.3011, "1.05")
+        (True, False, False)
+    """
+    return float(Decimal(factor) * Decimal(repr(base))) if math.isfinite(base) else float(factor) * base
 
 
 def _diverged(results: Mapping[str, Any], label: str) -> str:
@@ -846,6 +918,7 @@ def run_suite(
     data: dict[str, Any] = {
         "command": "eval suite",
         "config": {**dataclasses.asdict(cfg), "training_seeds": list(cfg.training_seeds)},
+        "threads": torch.get_num_threads(),  # the numbers depend on it (docs/evaluation.md)
         "weights": None if wdir is None else str(wdir),
         "candidates": [m.label for m in metrics if m.role == "candidate"],
         "metrics": {m.label: {"name": m.name, "options": {k: str(v) for k, v in m.options.items()},
@@ -898,9 +971,13 @@ def _markdown(d: dict[str, Any], figures: Sequence[str]) -> str:
     md = ["# Dev benchmark (`patchmmd eval suite`)", "",
           f"Candidates: {', '.join(f'`{c}`' for c in d['candidates'])}. Baselines: "
           + ", ".join(f"`{k}`" for k, v in d["metrics"].items() if v["role"] == "baseline")
-          + f". Seed {cfg['seed']}; wall time {d['seconds']['total']:.0f} s "
+          + f". Seed {cfg['seed']}" + (f"; {d['threads']} CPU threads" if "threads" in d else "")
+          + f"; wall time {d['seconds']['total']:.0f} s "
           f"(human {d['seconds']['human']:.0f} s, shift {d['seconds']['shift']:.0f} s, "
-          f"tasks {d['seconds']['tasks']:.0f} s). See docs/evaluation.md for the protocol.", ""]
+          f"tasks {d['seconds']['tasks']:.0f} s). See docs/evaluation.md for the protocol.", "",
+          "Rounding: correlations and shift ratios to 3 decimals, their intervals to 2, the tasks' numbers to 4, "
+          "a check's numbers to as many as tell them from its mark; report.json holds every number (the tasks' "
+          "and the shift ratios to 6 significant digits, the figures the checks compare).", ""]
     md += [f"> {n}" for n in d["notes"]] + ([""] if d["notes"] else [])
     md += ["## Checks", "", "| candidate | check | result | numbers | note |", "|---|---|---|---|---|"]
     for c, rows in d["checks"].items():
@@ -1013,11 +1090,19 @@ def remove_suite_outputs(out_dir: str | os.PathLike[str]) -> None:
 
 
 def write_suite(result: SuiteResult, out_dir: str | os.PathLike[str], *, figures: bool = True) -> list[Path]:
-    """Write report.md, report.json and (with ``figures``, needs matplotlib) the figures; returns the files."""
+    """Write report.md, report.json and (with ``figures``, needs matplotlib) the figures; returns the files.
+
+    A figure this call does not write (``figures=False``) is removed if an earlier call left one there (a
+    folder of that name is left as it is).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = _figures(result, out) if figures else []
     # UTF-8 whatever the locale (the report has σ, ×, ≥: a cp1252 or ASCII locale could not write them)
     output_file(out / "report.json").write_text(json_text(result.data), encoding="utf-8")  # NaN as null
     output_file(out / "report.md").write_text(_markdown(result.data, names), encoding="utf-8")
+    for name in sorted(set(FIGURES) - set(names)):  # an earlier run's figure beside a report that is not its own
+        path = out / name
+        if path.is_symlink() or path.is_file():
+            path.unlink()
     return [out / "report.md", out / "report.json", *(out / n for n in names)]
