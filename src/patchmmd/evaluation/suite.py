@@ -112,6 +112,8 @@ class SuiteConfig:
     human_limit: int | None = None  # rows per human set (None: all)
     shift_size: int = 256  # photos centre-cropped to at most this for the shift check
     tile: int = 128  # side of the held-out judge tiles
+    # judge tiles per photo where they come from the training photos (no human set) or from a reference too small
+    # to halve; a reference's right half gives every tile it holds (report.json's tiles.n counts them)
     tiles_per_image: int = 4
     sr_steps: int = 600
     sr_batch: int = 8
