@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import stat
@@ -68,20 +69,26 @@ def repeated_options(command: click.Command, ctx: click.Context, args: Iterable[
     options are not counted; the same value given twice is harmless and not reported.
 
     The scan reads the command line as click does: ``--name value``, ``--name=value``, ``-n value``, ``-nvalue``,
-    up to ``--``; a token that is another option's value is skipped.
+    short flags grouped before a short option (``-qn value``, ``-qnvalue``), up to ``--``; a token that is another
+    option's value is skipped.
 
     Example:
         >>> cmd = click.Command("c", params=[click.Option(["--metric", "-m"]), click.Option(["--out"]),
-        ...                                  click.Option(["-o"], multiple=True)])
+        ...                                  click.Option(["-o"], multiple=True), click.Option(["-q"], is_flag=True)])
         >>> repeated_options(cmd, click.Context(cmd), ["-m", "psnr", "-o", "-m", "--metric=ssim", "-mpsnr"])
         [('--metric', ['psnr', 'ssim', 'psnr'])]
+        >>> repeated_options(cmd, click.Context(cmd), ["-qm", "psnr", "-m", "l2", "-qqmssim"])
+        [('--metric', ['psnr', 'l2', 'ssim'])]
         >>> repeated_options(cmd, click.Context(cmd), ["--out", "x", "--out", "x", "-o", "a", "-o", "b"])
         []
     """
     takes_value: dict[str, click.Option] = {}
+    flags: set[str] = set()
     for p in command.get_params(ctx):
         if isinstance(p, click.Option) and not p.is_flag and not p.count:
             takes_value.update(dict.fromkeys(p.opts, p))
+        elif isinstance(p, click.Option):
+            flags.update(p.opts, p.secondary_opts)
     given: dict[click.Option, list[str]] = {}
     tokens = list(args)
     i = 0
@@ -91,8 +98,8 @@ def repeated_options(command: click.Command, ctx: click.Context, args: Iterable[
             break
         if token.startswith("--") and "=" in token:
             token, value = token.split("=", 1)
-        elif not token.startswith("--") and len(token) > 2 and token[:2] in takes_value:
-            token, value = token[:2], token[2:]
+        elif token.startswith("-") and not token.startswith("--") and len(token) > 2:
+            token, value = _short_option_in_group(token, takes_value, flags)
         option = takes_value.get(token)
         if option is not None:
             if value is None:
@@ -102,6 +109,24 @@ def repeated_options(command: click.Command, ctx: click.Context, args: Iterable[
                 given.setdefault(option, []).append(value)
         i += 1
     return [(max(o.opts, key=len), values) for o, values in given.items() if len(set(values)) > 1]
+
+
+def _short_option_in_group(token: str, takes_value: dict[str, click.Option], flags: set[str]) -> tuple[str, str | None]:
+    """The short option taking a value in a group of short options, as click reads the group: flags first, then
+    one option whose value is the rest of the token (``-qmpsnr``: ``("-m", "psnr")``), or the next token when
+    nothing is left (``-qm``: ``("-m", None)``); the token itself when the group has no such option.
+
+    Example:
+        >>> _short_option_in_group("-qbm", {"-m": click.Option(["-m"])}, {"-q", "-b"})
+        ('-m', None)
+    """
+    for j in range(1, len(token)):
+        name = "-" + token[j]
+        if name in takes_value:
+            return name, token[j + 1 :] or None
+        if name not in flags:
+            break
+    return token, None
 
 
 class SingleValueCommand(click.Command):
@@ -198,6 +223,28 @@ def check_input_file(path: str | os.PathLike[str], param_hint: str) -> None:
         raise click.BadParameter(f"{os.fsdecode(path)!r} is a folder; give an image file", param_hint=param_hint)
     raise click.BadParameter(f"{os.fsdecode(path)!r} is not a regular file (a FIFO, a device or a socket)",
                              param_hint=param_hint)
+
+
+class OutputFile(click.Path):
+    """An output file option (``score --out``, ``compare --map``): ``-`` is a usage error. Other tools read ``-``
+    as standard output; these commands write a file (``score`` keeps its journal and lock next to it), and taken
+    as a name it made a file called ``-`` while the command said it wrote "to -". ``./-`` names such a file.
+
+    Example:
+        >>> OutputFile().convert("-", None, None)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        click.exceptions.BadParameter: '-' (standard output) is not supported: ...
+    """
+
+    def __init__(self) -> None:
+        super().__init__(dir_okay=False, path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and value == "-":
+            self.fail("'-' (standard output) is not supported: the command writes a file; give its name "
+                      "(./- for a file named '-')", param, ctx)
+        return super().convert(value, param, ctx)
 
 
 class FinitePositiveFloat(click.ParamType):
@@ -350,8 +397,8 @@ def prepare_output_dir(path: str | os.PathLike[str], *, overwrite: bool, option:
 
     Raises:
         click.UsageError: ``path`` is a file, or a non-empty folder without ``overwrite``; a file is in the way of
-            its parents.
-        CommandError: the folder cannot be created (permission denied, a read-only file system).
+            its parents; a name on it is too long for the file system.
+        CommandError: the folder cannot be created (permission denied, a read-only file system) or listed.
 
     Example:
         >>> import tempfile
@@ -366,15 +413,23 @@ def prepare_output_dir(path: str | os.PathLike[str], *, overwrite: bool, option:
         click.exceptions.UsageError: --out ... already exists and is not empty; pass --overwrite to write into it
     """
     out = Path(path)
-    if out.exists() and not out.is_dir():
+    _check_name_length(option, out)
+    try:
+        is_file = out.exists() and not out.is_dir()
+        not_empty = out.is_dir() and any(out.iterdir())
+    except OSError as e:  # a name too long for the file system, a folder that cannot be listed
+        raise _output_path_error(option, out, e) from None
+    if is_file:
         raise click.UsageError(f"{option} {out} is a file; give a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    if not_empty and not overwrite:
         raise click.UsageError(f"{option} {out} already exists and is not empty; pass --overwrite to write into it")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # permission denied, a read-only file system: a failure (exit status 1), as in `score`
         from ..io import file_in_the_way
 
+        if e.errno == errno.ENAMETOOLONG:
+            raise _output_path_error(option, out, e) from None
         blocker = file_in_the_way(out)
         if blocker is not None:
             raise click.UsageError(f"{option} {out}: {blocker} is a file, not a folder") from None
@@ -398,13 +453,19 @@ def check_output_path(
 
     Raises:
         click.UsageError: the output (or a companion) exists and neither flag allows it; both flags given;
-            the output is a folder; a regular file is in the way of its folder.
+            the output is a folder; a regular file is in the way of its folder; a name on its path is too long
+            for the file system.
         CommandError: its folder cannot be created (permission denied, a read-only file system).
     """
     out = Path(path)
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other: continue a job, or start it over")
-    if out.is_dir():
+    _check_name_length(option, out)
+    try:
+        is_dir = out.is_dir()
+    except OSError as e:  # e.g. a folder on the path that cannot be searched
+        raise _output_path_error(option, out, e) from None
+    if is_dir:
         raise click.UsageError(f"{option} {out} is a folder; give a file path")
     # lexists: a symbolic link is an existing output even when it leads nowhere (the write would replace it)
     existing = [p for p in (out, *map(Path, companions)) if os.path.lexists(p)]
@@ -416,9 +477,30 @@ def check_output_path(
     except OSError as e:
         from ..io import file_in_the_way
 
+        if e.errno == errno.ENAMETOOLONG:
+            raise _output_path_error(option, out, e) from None
         blocker = file_in_the_way(out)
         if blocker is not None:
             raise click.UsageError(f"{option} {out}: {blocker} is a file, not a folder") from None
         # permission denied, a read-only file system: a failure (exit status 1), as `score` says it
         raise CommandError(f"{option} {out}: cannot create the folder {out.parent}: {e.strerror or e}") from None
     return out
+
+
+def _check_name_length(option: str, out: Path) -> None:
+    """A usage error if ``out``'s name (or a folder's on its path) is too long for the file system: ``Path.exists``
+    and ``Path.is_dir`` say False for such a name on recent Pythons, and writing it failed only after the work."""
+    try:
+        os.lstat(out)
+    except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:
+            raise _output_path_error(option, out, e) from None
+
+
+def _output_path_error(option: str, out: Path, e: OSError) -> click.ClickException:
+    """An output path the checks above cannot even look at: a name too long for the file system is a usage error
+    (exit status 2; no run could write it, as ``score`` says it), any other error a failure (exit status 1); both
+    name the option, without Python's ``[Errno N]``."""
+    if e.errno == errno.ENAMETOOLONG:
+        return click.UsageError(f"{option} {out}: the name is too long for the file system; give a shorter name")
+    return CommandError(f"{option} {out}: {e.strerror or e}")

@@ -11,6 +11,7 @@ from ..io import DEFAULT_MAX_PIXELS, ImageMode, output_file
 from . import main
 from ._common import (
     InputFile,
+    OutputFile,
     build_metric,
     check_output_path,
     debug_enabled,
@@ -129,7 +130,7 @@ def _checked_metric(name: str, options: dict[str, Any]) -> Any:
 @mode_option()
 @click.option("--resize", is_flag=True, help="Resize B to A's size (antialiased bilinear) if they differ.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object (metric, value, shapes) instead.")
-@click.option("--map", "map_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--map", "map_path", type=OutputFile(), default=None,
               help="Write the spatial distance map as a heat map over A (PNG); MMD++ metrics only.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --map file.")
 @max_pixels_option()

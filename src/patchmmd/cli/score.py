@@ -17,6 +17,7 @@ import click
 
 from . import main
 from ._common import (
+    OutputFile,
     batch_size_option,
     debug_enabled,
     device_option,
@@ -170,7 +171,7 @@ def _interrupts_exit_130(command: Callable[..., None]) -> Callable[..., None]:
 @main.command("score")
 @click.argument("folders", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("--all-pairs", is_flag=True, help="Score every unordered pair of images in one FOLDER.")
-@click.option("--out", "-O", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--out", "-O", "out", required=True, type=OutputFile(),
               help="File to write: CSV (ref,dist,metric,distance|score,error), or, for a name ending in .json, a "
                    "JSON array of objects with the same fields.")
 @metric_option()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import math
+import sys
 from typing import TYPE_CHECKING
 
 import click
@@ -130,7 +131,8 @@ def theory(
     out = prepare_output_dir(out_dir, overwrite=overwrite)  # checked before the long sweep
     rows = []
     with torch.no_grad():
-        for width in tqdm(width_list, desc="widths", unit="width"):
+        # the bar on stderr, and only for a terminal: a log or a pipe gets no carriage-return frames
+        for width in tqdm(width_list, desc="widths", unit="width", file=sys.stderr, disable=not sys.stderr.isatty()):
             for seed in range(seeds):
                 net = RandomCNNDistance(width=width, depth=depth, pooling=pooling, first_layer=first_layer, seed=seed)
                 d = float(net(x, y))
@@ -178,6 +180,6 @@ def theory(
     fig.savefig(output_file(out / "theory.png"), dpi=120)
     plt.close(fig)
     click.echo("\n".join(lines[4:]))
-    click.echo(f"wrote {out / 'theory.csv'}, {out / 'theory.md'}, {out / 'theory.png'}")
+    click.echo(f"wrote {out / 'theory.csv'}, {out / 'theory.md'}, {out / 'theory.png'}", err=True)  # as `demo`
     if not math.isfinite(slope):
         raise click.ClickException("the fitted slope is not finite")
