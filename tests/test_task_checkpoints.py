@@ -169,3 +169,13 @@ def test_overwrite_starts_over_and_a_changed_photo_is_refused(tmp_path: Path, ph
         _interrupt_after(m, 2)
         assert runner.invoke(main, ["train-sr", str(photos), *ARGS, "--out", str(out), "--overwrite"]).exit_code == 130
     assert torch.load(out / CHECKPOINT_FILE, weights_only=True)["step"] == 1
+
+
+def test_the_training_bar_is_drawn_on_a_terminal_only(tmp_path: Path, photo_dir: Path,
+                                                       capfd: pytest.CaptureFixture[str]) -> None:
+    """A log or a pipe (stderr not a terminal) gets no carriage-return frames of the progress bar."""
+    with_bar = [a for a in ARGS if a != "--no-progress"]
+    r = CliRunner().invoke(main, ["train-sr", str(photo_dir), *with_bar, "--out", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
+    err = capfd.readouterr().err
+    assert "\r" not in r.output + err and "train-sr l2" not in r.output + err

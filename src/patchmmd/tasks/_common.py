@@ -266,10 +266,14 @@ def predict(model: nn.Module, x: torch.Tensor, chunk: int = 16) -> torch.Tensor:
 
 
 def progress(total: int, desc: str, enabled: bool) -> Any:
-    """A tqdm progress bar (on stderr) or a silent stand-in."""
+    """A tqdm progress bar on stderr when it is a terminal (a log or a pipe gets no carriage-return frames), or a
+    silent stand-in."""
+    import sys
+
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, disable=not enabled or not sys.stderr.isatty(), leave=False,
+                dynamic_ncols=True, file=sys.stderr)
 
 
 def write_json(data: dict[str, Any], path: str | os.PathLike[str]) -> None:
