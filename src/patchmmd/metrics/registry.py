@@ -156,7 +156,15 @@ def _parse_value(text: str) -> Any:
 
 def _same_value(a: Any, b: Any) -> bool:
     """Whether two parsed option values are the same, ``NaN`` included (``-o sigma=NaN -o sigma=NaN`` is one value
-    given twice, not two; ``NaN != NaN``)."""
+    given twice, not two; ``NaN != NaN``). A boolean is never the same as a number (``1 == True`` in Python, but
+    ``-o k=1 -o k=true`` are two values).
+
+    Example:
+        >>> _same_value(float("nan"), float("nan")), _same_value(1, 1.0), _same_value(1, True), _same_value(0, False)
+        (True, True, False, False)
+    """
+    if isinstance(a, bool) != isinstance(b, bool):
+        return False
     return bool(a == b) or json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
