@@ -10,7 +10,8 @@ backward pass recomputes the angles instead of storing them. The aligned terms' 
 is a chain of some forty elementwise operations and box filters per offset; in PyTorch every one of them
 writes a full-size temporary, the C loop keeps each pixel's arithmetic in registers.
 
-The source is compiled once per machine with the system C compiler (``$CC``, else ``cc``/``gcc``/``clang``)
+The source is compiled once per machine with the system C compiler (``$CC``, which may hold arguments such as
+``ccache gcc``; else ``cc``/``gcc``/``clang``)
 into a cache folder (``$PATCHMMD_CACHE_DIR``, else ``$XDG_CACHE_HOME/patchmmd`` or ``~/.cache/patchmmd``, else
 ``<tmp>/patchmmd-<uid>``), and loaded with :mod:`ctypes`. Without a compiler, or with ``PATCHMMD_NATIVE=0``,
 or if the compiled kernels fail a self-check against PyTorch, :func:`kernels` returns ``None`` and the
@@ -70,6 +71,7 @@ import math
 import os
 import platform
 import secrets
+import shlex
 import shutil
 import stat
 import subprocess
@@ -138,9 +140,25 @@ class _BuildFailed(Exception):
 
 
 def _compiler() -> str | None:
-    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if name and shutil.which(name):
-            return shutil.which(name)
+    """The C compiler's command line (:func:`shlex.join` of the resolved executable and its arguments): ``$CC``,
+    which may hold arguments as ``make`` allows (``ccache gcc``, ``gcc -m64``), else the first of ``cc``, ``gcc``,
+    ``clang`` found; ``None`` if none is.
+
+    Example:
+        >>> os.environ["CC"], saved = "cc -O1", os.environ.get("CC")
+        >>> found = _compiler()
+        >>> found is None or shlex.split(found)[1:] == ["-O1"]
+        True
+        >>> _ = os.environ.pop("CC") if saved is None else os.environ.update(CC=saved)
+    """
+    for text in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        try:
+            words = shlex.split(text or "")
+        except ValueError:  # unbalanced quotes in $CC: not a command line
+            continue
+        path = shutil.which(words[0]) if words else None
+        if path:
+            return shlex.join([path, *words[1:]])
     return None
 
 
@@ -204,8 +222,8 @@ def _compile(cc: str, arch: list[str]) -> bytes:
         raise _BuildFailed(f"no temporary folder to compile in ({e})") from None
     try:
         out = os.path.join(build, "kernels" + _SUFFIX)
-        done = subprocess.run([cc, *FLAGS, *arch, str(SOURCE), "-o", out, "-lm"], capture_output=True, text=True,
-                              errors="replace", timeout=120)
+        done = subprocess.run([*shlex.split(cc), *FLAGS, *arch, str(SOURCE), "-o", out, "-lm"], capture_output=True,
+                              text=True, errors="replace", timeout=120)
         if done.returncode != 0:
             raise _BuildFailed(_compiler_said(done.stderr or done.stdout, done.returncode))
         try:
