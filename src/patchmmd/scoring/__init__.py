@@ -14,7 +14,8 @@ pieces are built so that a job can also be split over several writers (``torchru
   :func:`find_journals` lists an output's journals of any world size and :func:`done_rows` reads their
   finished rows, so a job can be resumed by another number of writers (see ``docs/distributed.md``).
   Reading a journal checks every row's shape (:class:`JournalError` names the line of a bad one).
-  :class:`OutputLock` keeps two runs from writing one output at once (``OUT.lock``, ``flock``).
+  :class:`OutputLock` keeps two runs from writing one output at once (``OUT.lock``, ``flock``); each open
+  journal is held with ``flock`` too, so that :func:`journals_in_use` finds a writer of an earlier run still alive.
 * :mod:`.output` — :func:`write_output_atomic` writes the final, sorted rows (CSV, or a JSON array for an
   output named ``*.json``) to a temporary file in the output folder, fsyncs it and renames it over the output
   (``os.replace``): the output is either absent, the old file or the complete new one, never half-written.
@@ -86,6 +87,7 @@ from .journal import (
     JOURNAL_VERSION,
     ROW_KEYS,
     Journal,
+    JournalBusyError,
     OutputLock,
     OutputLockedError,
     describe_holder,
@@ -93,6 +95,7 @@ from .journal import (
     drop_error_rows,
     find_journals,
     journal_path,
+    journals_in_use,
     lock_path,
     merge_journals,
     read_journal,
@@ -137,13 +140,15 @@ from .runner import (
 __all__ = [
     "CSV_COLUMNS_BASE", "DEFAULT_BATCH_PIXELS", "DEFAULT_CACHE_PIXELS", "DEFAULT_MODE_HINT", "DEFAULT_RESIZE_HINT",
     "FORMULA_CHARS", "JOURNAL_FORMAT", "JOURNAL_VERSION", "ROW_KEYS", "FinalizeError", "FolderError",
-    "IgnoredFiles", "InconsistentJournalsError", "JobInterrupted", "JobMismatchError", "Journal", "JournalError",
+    "IgnoredFiles", "InconsistentJournalsError", "JobInterrupted", "JobMismatchError", "Journal", "JournalBusyError",
+    "JournalError",
     "JournalOpenError", "JournalWriteError", "LockUnavailable", "MetricSetupError", "NoPairsError",
     "NothingToResumeError", "Notice", "OutputExistsError", "OutputLock", "OutputLockedError", "OutputPathError",
     "PairTask", "PairedJob", "RankFailedError", "RunSummary", "ScoreJob", "ScoreResult", "ScoreRunner",
     "ScoringError", "UnmatchedImages", "UntrustedJournalError", "_ImageCache", "all_pair_tasks",
     "atomic_write_text", "check_metric", "creation_mode", "csv_line", "csv_text", "describe_holder", "done_rows",
-    "drop_error_rows", "finalize", "find_journals", "format_value", "job_header", "journal_path", "list_images",
+    "drop_error_rows", "finalize", "find_journals", "format_value", "job_header", "journal_path", "journals_in_use",
+    "list_images",
     "lock_path", "merge_journals", "paired_tasks", "read_journal", "readable_text", "remove_stale_temporaries",
     "remove_stale_temporaries_in",
     "resize_to", "resolve_device", "run_tasks", "shard", "sorted_rows", "task_id", "tasks_digest", "value_column",

@@ -9,7 +9,9 @@ line of a bad one); a journal someone else could have written is not read (:clas
 journal holds at most one row per pair; :func:`drop_error_rows` rewrites one without its
 error rows, so that those pairs are scored again.
 
-:class:`OutputLock` keeps two runs from writing one output at once (``OUT.lock``, ``flock``).
+:class:`OutputLock` keeps two runs from writing one output at once (``OUT.lock``, ``flock``). A :class:`Journal` holds
+its file with ``flock`` while it is open, so that :func:`journals_in_use` finds a writer of an earlier run that lives
+on without the output's lock (:class:`JournalBusyError`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import io
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -64,8 +67,6 @@ def find_journals(output: str | os.PathLike[str]) -> list[Path]:
         >>> [p.name for p in find_journals(d / "s.csv")]
         ['s.csv.journal', 's.csv.rank0-of-2.journal', 's.csv.rank1-of-2.journal']
     """
-    import re
-
     out = Path(output)
     pattern = re.compile(re.escape(out.name) + _JOURNAL_RE)
     found: list[tuple[tuple[int, int], Path]] = []
@@ -147,6 +148,61 @@ def _line(obj: Any) -> bytes:
 def _open_nofollow(path: str, flags: int) -> int:
     """``os.open`` for :func:`open`'s ``opener`` that refuses a symbolic link (``OSError``, ``errno.ELOOP``)."""
     return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0))
+
+
+def _hold(fh: Any, path: Path) -> None:
+    """Take an exclusive ``flock`` on an open journal, held until it is closed: no two processes append to one
+    journal (a writer of an earlier run still alive would overwrite the rows of the new one, or they its rows).
+
+    Raises:
+        JournalBusyError: another process holds it. (A file system without ``flock``, or Windows: no lock.)
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise JournalBusyError(path) from None
+    except OSError:  # no flock on this file system: as for the output's lock, go on
+        pass
+
+
+def journals_in_use(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """The journals among ``paths`` that another process has open for writing (a :class:`Journal` holds its file
+    with ``flock``): writers of an earlier run still alive, e.g. ranks of a launch whose rank 0, which held the
+    output's lock, was killed. Their rows are not final yet, and reopening one would make two processes append to
+    it. Journals that cannot be opened or locked (no ``flock`` on the file system) are not counted.
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "s.csv.journal"
+        >>> with Journal.open(p, {"metric": "l2"}):
+        ...     [q.name for q in journals_in_use([p])]
+        ['s.csv.journal']
+        >>> journals_in_use([p])
+        []
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return []
+    busy: list[Path] = []
+    for p in map(Path, paths):
+        try:
+            fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            busy.append(p)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)  # drops a lock taken here
+    return busy
 
 
 def _check_header(path: Path, header: Any, job: dict[str, Any]) -> None:
@@ -284,15 +340,20 @@ class Journal:
     ) -> Journal:
         """Create (or with ``resume``, reopen) the journal at ``path`` for ``job``.
 
-        Reopened rows are checked as in :func:`read_journal` (against ``tasks`` when given).
+        Reopened rows are checked as in :func:`read_journal` (against ``tasks`` when given). The journal is held
+        with an exclusive ``flock`` while it is open (see :func:`journals_in_use`).
 
         Raises:
+            JournalBusyError: another process has the journal open (a writer of an earlier run still running).
+            OSError: the journal is not a regular file (``errno.EINVAL``; e.g. a FIFO, whose read would block).
             FileExistsError: the journal exists and ``resume`` is false.
             JobMismatchError: ``resume`` and the journal belongs to another job.
             JournalError: ``resume`` and a row of the journal is malformed.
         """
         path = Path(path)
         if path.exists():
+            if not path.is_file():  # a FIFO would block the read below for ever; a folder is no journal either
+                raise OSError(errno.EINVAL, "not a regular file", str(path))
             if not resume:
                 raise FileExistsError(f"journal {path} exists: resume it or remove it")
             header, numbered, valid, cut = _read_lines(path)
@@ -301,9 +362,14 @@ class Journal:
             _check_header(path, header, job)
             rows = _checked_rows(path, numbered, job, tasks)
             fh = open(path, "r+b")  # owned by the Journal, closed in close()
-            fh.truncate(valid)
-            fh.seek(valid)
-            _fsync(fh)
+            try:
+                _hold(fh, path)  # before cutting it: another process may still be appending to it
+                fh.truncate(valid)
+                fh.seek(valid)
+                _fsync(fh)
+            except BaseException:
+                fh.close()
+                raise
             return cls(path, fh, {r["id"]: r for r in rows})
         return cls._start(path, job, open(path, "xb"))
 
@@ -311,6 +377,7 @@ class Journal:
     def _start(cls, path: Path, job: dict[str, Any], fh: io.BufferedIOBase) -> Journal:
         """Write the header (only) into ``fh``, made durable."""
         try:
+            _hold(fh, path)
             fh.truncate(0)
             fh.seek(0)
             header = {"format": JOURNAL_FORMAT, "version": JOURNAL_VERSION, "job": job, "created": time.time()}
@@ -425,6 +492,20 @@ class OutputLockedError(RuntimeError):
         super().__init__(f"another run ({describe_holder(self.holder)}) is writing {output}; wait for it or stop it")
 
 
+class JournalBusyError(OutputLockedError):
+    """Another process has a journal of the output open for writing (see :func:`journals_in_use`): a writer of an
+    earlier run is still running, although no run holds the output's lock (e.g. a rank of a launch whose rank 0 was
+    killed). :attr:`journal` is the journal, :attr:`output` the output it belongs to."""
+
+    def __init__(self, journal: Path) -> None:
+        self.journal = Path(journal)
+        self.output = self.journal.with_name(re.sub(_JOURNAL_RE + "$", "", self.journal.name))
+        self.holder = {}
+        RuntimeError.__init__(self, f"another process is still writing the journal {self.journal} (a writer of an "
+                                    f"earlier run on {self.output} that is still running, e.g. a rank whose rank 0 "
+                                    "was stopped); wait for it or stop it")
+
+
 def describe_holder(holder: dict[str, Any]) -> str:
     """``pid N on HOST, started YYYY-mm-dd HH:MM:SS: COMMAND`` from a lock file's content (parts it lacks left out).
 
@@ -433,12 +514,16 @@ def describe_holder(holder: dict[str, Any]) -> str:
         'pid 12 on node1: patchmmd score'
         >>> describe_holder({})
         'its details are unknown'
+
+    The text is the lock file's, which whoever holds the lock wrote: characters that are not printable (a line
+    break, a terminal's escape sequence) are shown escaped, as ``\\n`` or ``\\x1b``, so that the message stays one
+    plain line.
     """
     who = []
     if isinstance(holder.get("pid"), int):
         who.append(f"pid {holder['pid']}")
     if isinstance(holder.get("host"), str):
-        who.append(f"on {holder['host']}")
+        who.append(f"on {_printable(holder['host'])}")
     parts = [" ".join(who)] if who else []
     if isinstance(holder.get("started"), (int, float)):
         try:
@@ -450,10 +535,21 @@ def describe_holder(holder: dict[str, Any]) -> str:
     if isinstance(argv, list) and all(isinstance(a, str) for a in argv):
         import shlex
 
-        command = shlex.join(argv)
+        command = _printable(shlex.join(argv))
         command = command if len(command) <= 200 else command[:197] + "..."
         text = f"{text}: {command}" if text else command
     return text or "its details are unknown"
+
+
+def _printable(text: str) -> str:
+    """``text`` with each character that is not printable (a line break, a control character, a lone surrogate)
+    escaped as Python writes it in a string (``\\n``, ``\\x1b``, ``\\udcff``).
+
+    Example:
+        >>> _printable("node1\\x1b[2J\\nx"), _printable("é ok")
+        ('node1\\\\x1b[2J\\\\nx', 'é ok')
+    """
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
 
 
 def lock_path(output: str | os.PathLike[str]) -> Path:

@@ -50,12 +50,14 @@ from .errors import (
 from .jobs import PairTask, all_pair_tasks, job_header, list_images, paired_tasks, shard, tasks_digest
 from .journal import (
     Journal,
+    JournalBusyError,
     OutputLock,
     OutputLockedError,
     done_rows,
     drop_error_rows,
     find_journals,
     journal_path,
+    journals_in_use,
     lock_path,
     merge_journals,
     read_journal,
@@ -451,8 +453,8 @@ class _Terminated(BaseException):
 _AGREED_ERRORS: tuple[type[BaseException], ...] = (ScoringError, OutputLockedError)
 
 #: Why a lock file could not be created that is the folder's fault (not a file system without ``flock``);
-#: ``ELOOP``: ``OUT.lock`` is a symbolic link, which is never followed.
-_NO_ACCESS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ELOOP})
+#: ``ELOOP``: ``OUT.lock`` is a symbolic link, which is never followed; ``EISDIR``: it is a folder.
+_NO_ACCESS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ELOOP, errno.EISDIR})
 
 
 def _name_too_long(out: Path, companion: Path | None = None) -> OutputPathError:
@@ -497,7 +499,8 @@ class ScoreRunner:
 
     Raises (from :meth:`run`):
         ScoringError: its subclasses say what is wrong (folders, metric, output, journals, another rank).
-        OutputLockedError: another run writes the output. patchmmd.runtime.DeviceError: a bad device.
+        OutputLockedError: another run writes the output (:class:`~patchmmd.scoring.journal.JournalBusyError`: a
+            writer of an earlier run still writes one of its journals). patchmmd.runtime.DeviceError: a bad device.
         JobInterrupted: Ctrl-C, or SIGTERM under a launch. distributed.PeerLostError: a rank is gone.
 
     Example:
@@ -685,6 +688,10 @@ class ScoreRunner:
         out = job.output
         journals = find_journals(out)
         own = journal_path(out, env.rank, env.world_size)
+        if env.is_main:  # the lock is ours, but a writer of an earlier run may live on without it
+            busy = journals_in_use(journals)
+            if busy:
+                raise JournalBusyError(busy[0])
         # lexists: a symbolic link in the output's place counts even when it leads nowhere (the CSV would replace it)
         existing = [p for p in (out, own, *journals) if os.path.lexists(p)]
         if existing and not (job.resume or job.overwrite):
