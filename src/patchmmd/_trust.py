@@ -74,9 +74,11 @@ def read_controlled(path: str | os.PathLike[str]) -> bytes:
 
     Raises:
         UntrustedFileError: someone else could have written the file or replaced it.
-        OSError: it cannot be opened or read, or it is not a regular file.
+        OSError: it cannot be opened or read, or it is not a regular file (a FIFO is refused, not waited on: it is
+            opened without blocking).
     """
-    with open(path, "rb") as f:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as f:
         check_controlled(f.fileno(), path)
         return f.read()
 
