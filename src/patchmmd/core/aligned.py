@@ -262,7 +262,9 @@ def tolerant_aligned(
     are read at ``o``, the difference is (if ``subpixel``) compensated as by :func:`compensated_difference`
     with a box of ``2 f + 1`` pixels (``f`` the first factor: the box sees the first level's pixel and its
     neighbours), then box-downsampled to each level, where the two terms' per-pixel maps are averaged
-    over windows of ``window`` level pixels at stride ``window // 2``. Each window keeps its smallest
+    over windows of ``window`` level pixels at stride ``window // 2``, the last row and column of windows clipped to
+    the level where the stride does not end at its edge (:class:`~.patches.CoveringWindowGrid`: every pixel is
+    in some window). Each window keeps its smallest
     value over the offsets. Returns, per level, the per-window values ``(N, 1, rows, cols)`` and the grid.
 
     With ``radius=0`` and ``subpixel=False`` this is the pixelwise terms, window-averaged.
@@ -299,7 +301,9 @@ def _tolerant_aligned(
     backward pass)."""
     lk_box = 2 * factors[0] + 1
     h, w = xs.shape[-2:]
-    grids = [window_grid(h // f, w // f, window, max(1, window // 2)) for f in factors]
+    # Covering grids: windows placed only fully inside a level would leave up to window // 2 - 1 of its last rows
+    # and columns in none (a difference there would cost nothing); clipped windows reach the edges.
+    grids = [window_grid(h // f, w // f, window, max(1, window // 2), cover=True) for f in factors]
 
     def padded(t: torch.Tensor) -> torch.Tensor:
         return F.pad(t, (radius,) * 4, mode="replicate") if radius else t

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from .features import FEATURE_KINDS, FeatureKind, distinct_draws
@@ -118,12 +119,15 @@ MAX_SIGMAS = 8
 
 
 def check_sigmas(name: str, value: object) -> float | tuple[float, ...]:
-    """One kernel width, or a tuple of 1 to :data:`MAX_SIGMAS` widths (the mean of their Gaussian kernels).
+    """One kernel width, or a tuple of 1 to :data:`MAX_SIGMAS` widths (the mean of their Gaussian kernels); a
+    list or a 1-D NumPy array of widths is taken as that tuple.
 
     Example:
         >>> check_sigmas("sigma", 0.06), check_sigmas("sigma", [0.015, 0.06])
         (0.06, (0.015, 0.06))
     """
+    if isinstance(value, np.ndarray) and value.ndim == 1:  # a NumPy sweep of widths, as a list of them
+        value = value.tolist()
     if isinstance(value, tuple | list):
         if not 1 <= len(value) <= MAX_SIGMAS:
             raise ValueError(f"{name} must be a number or 1 to {MAX_SIGMAS} numbers, got {len(value)}")

@@ -48,6 +48,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import torch
 
 from .aligned import aligned_map, tolerant_aligned
@@ -86,7 +87,10 @@ MAX_SHIFT_RADIUS = 4
 
 
 def _check_ssim_weights(value: object) -> float | tuple[float, ...]:
-    """``weight_ssim``: a number >= 0 (native resolution only) or one per octave, native first."""
+    """``weight_ssim``: a number >= 0 (native resolution only) or one per octave, native first (a tuple, a list or
+    a 1-D NumPy array)."""
+    if isinstance(value, np.ndarray) and value.ndim == 1:
+        value = value.tolist()
     per_octave = isinstance(value, list | tuple)
     weights: tuple[Any, ...] = tuple(value) if per_octave else (value,)  # type: ignore[arg-type]
     if not 1 <= len(weights) <= MAX_SSIM_OCTAVES:
@@ -138,7 +142,7 @@ class MMDPPConfig:
             center=self.center,
         ).items():
             put(name, value)
-        put("local_patch_size", check_patch_size(self.local_patch_size))
+        put("local_patch_size", check_patch_size(self.local_patch_size, "local_patch_size"))
         put("local_sigma", check_sigma("local_sigma", self.local_sigma))
         put("weight_ssim", _check_ssim_weights(self.weight_ssim))
         for name in SCALAR_WEIGHTS:
@@ -254,7 +258,7 @@ def get_config(preset: str | MMDPPConfig = "default", **options: object) -> MMDP
     """Resolve a preset name (or config) plus keyword overrides into a validated :class:`MMDPPConfig`."""
     if isinstance(preset, MMDPPConfig):
         base = preset
-    elif preset in PRESETS:
+    elif isinstance(preset, str) and preset in PRESETS:
         base = PRESETS[preset]
     else:
         raise ValueError(f"preset must be one of {sorted(PRESETS)} or an MMDPPConfig, got {preset!r}")
@@ -277,7 +281,7 @@ def _aligned_terms(
             local_patch_size=cfg.local_patch_size, local_sigma=cfg.local_sigma,
         )
         for level, (per_window, grid) in zip(levels, per_level, strict=True):
-            value = value + level.weight * per_window.mean(dim=(1, 2, 3))
+            value = value + level.weight * grid.average(per_window).mean(dim=1)  # (clipped edge windows by area)
             if full is not None:
                 full = full + level.weight * upsample_map(grid.spread(per_window), level.factor, h, w)
         return value, full

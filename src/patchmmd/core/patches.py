@@ -226,6 +226,10 @@ class WindowGrid:
         full = F.pad(full, (0, self.width - full.shape[-1], 0, self.height - full.shape[-2]))
         return full * (self.height * self.width / (self.patches_per_window * self.num_windows))
 
+    def average(self, per_window: torch.Tensor) -> torch.Tensor:
+        """The mean of per-window values ``(..., rows, cols)`` over the windows (the last two dimensions)."""
+        return per_window.mean(dim=(-2, -1))
+
 
 def box_mean(
     t: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int] = (1, 1), padding: tuple[int, int] = (0, 0)
@@ -311,11 +315,99 @@ def separable_filter_stack(parts: Sequence[torch.Tensor], taps: torch.Tensor, pa
     return separable_filter(stack, taps)
 
 
-def window_grid(height: int, width: int, window: int | None, stride: int) -> WindowGrid:
+@dataclass(frozen=True)
+class CoveringWindowGrid(WindowGrid):
+    """A :class:`WindowGrid` whose windows reach the bottom and right edges: where the windows placed every
+    ``stride`` leave the last rows or columns uncovered, one more row (column) of windows starts there, clipped to
+    the image (``avg_pool2d(..., ceil_mode=True)``'s placement). A clipped window's value is the mean over its
+    pixels inside the image, so every pixel is in some window, and in :meth:`average` its weight is its area inside
+    the image over a full window's (a clipped window of 3 rows out of 16 counts 3/16: the edge strip weighs what
+    the pixels in it do, not what a full window does). :func:`window_grid` with ``cover=True`` makes one only
+    where the plain grid leaves pixels out. The aligned terms' windows (docs/method.md §3.2); the MMD's stay
+    fully inside the image (§2), and the random-feature estimator's block pooling (:attr:`blocks`,
+    :meth:`pool_blocks`) takes only those.
+
+    Example:
+        >>> g = window_grid(22, 18, 8, 4, cover=True)
+        >>> (g.rows, g.cols), window_grid(22, 18, 8, 4).covered
+        ((5, 4), (20, 16))
+        >>> t = torch.rand(1, 1, 22, 18, generator=torch.Generator().manual_seed(0))
+        >>> bool(torch.allclose(g.pool(t), F.avg_pool2d(t, 8, 4, ceil_mode=True)))
+        True
+    """
+
+    @property
+    def rows(self) -> int:
+        return _ceil_windows(self.height, self.window_h, self.stride_h)
+
+    @property
+    def cols(self) -> int:
+        return _ceil_windows(self.width, self.window_w, self.stride_w)
+
+    @property
+    def covered(self) -> tuple[int, int]:
+        return self.height, self.width
+
+    @property
+    def _padded(self) -> WindowGrid:
+        """The plain grid of the image zero-padded at the bottom and right to the clipped windows' full extent."""
+        hp = (self.rows - 1) * self.stride_h + self.window_h
+        wp = (self.cols - 1) * self.stride_w + self.window_w
+        return WindowGrid(hp, wp, self.window_h, self.window_w, self.stride_h, self.stride_w)
+
+    def _pad(self, t: torch.Tensor) -> torch.Tensor:
+        padded = self._padded
+        return F.pad(t, (0, padded.width - self.width, 0, padded.height - self.height))
+
+    def _area_ratio(self, like: torch.Tensor) -> torch.Tensor:
+        """Per window, its full area over its area inside the image: ``(rows, cols)``, >= 1."""
+        def inside(size: int, window: int, stride: int, count: int) -> torch.Tensor:
+            start = torch.arange(count, dtype=like.dtype, device=like.device) * stride
+            return (start + window).clamp(max=size) - start
+
+        h = inside(self.height, self.window_h, self.stride_h, self.rows)
+        w = inside(self.width, self.window_w, self.stride_w, self.cols)
+        return (self.window_h * self.window_w) / (h[:, None] * w[None, :])
+
+    def pool(self, t: torch.Tensor) -> torch.Tensor:
+        return self._padded.pool(self._pad(t)) * self._area_ratio(t)
+
+    def pool_fast(self, t: torch.Tensor) -> torch.Tensor:
+        return self._padded.pool_fast(self._pad(t)) * self._area_ratio(t)
+
+    def pool_fast_adjoint(self, per_window: torch.Tensor) -> torch.Tensor:
+        full = self._padded.pool_fast_adjoint(per_window * self._area_ratio(per_window))
+        return full[..., : self.height, : self.width]
+
+    def average(self, per_window: torch.Tensor) -> torch.Tensor:
+        """The mean over windows weighted by each window's area inside the image (:class:`CoveringWindowGrid`)."""
+        inside = 1.0 / self._area_ratio(per_window)
+        return (per_window * inside).sum(dim=(-2, -1)) / inside.sum()
+
+    def spread(self, per_window: torch.Tensor) -> torch.Tensor:
+        """As :meth:`WindowGrid.spread`: each pixel receives the sum of the values of the windows that contain it,
+        scaled so that the mean over the grid is :meth:`average` (a window's value reaches its pixels inside the
+        image, in proportion to their number)."""
+        padded = self._padded
+        ones = per_window.new_ones(1, 1, self.window_h, self.window_w)
+        full = F.conv_transpose2d(per_window, ones, stride=(self.stride_h, self.stride_w))
+        full = F.pad(full, (0, padded.width - full.shape[-1], 0, padded.height - full.shape[-2]))
+        inside = float((1.0 / self._area_ratio(per_window)).sum())
+        return full[..., : self.height, : self.width] * (self.height * self.width / (self.patches_per_window * inside))
+
+
+def _ceil_windows(size: int, window: int, stride: int) -> int:
+    """How many windows ``avg_pool2d(..., ceil_mode=True)`` places along ``size`` (the last one starting inside)."""
+    count = -(-(size - window) // stride) + 1
+    return count - 1 if (count - 1) * stride >= size else count
+
+
+def window_grid(height: int, width: int, window: int | None, stride: int, *, cover: bool = False) -> WindowGrid:
     """The window placement for an image of ``height x width`` patch centres.
 
     A window larger than the image (or ``window=None``) is clipped to the image, leaving one window in
-    that dimension.
+    that dimension. Windows lie fully inside the image, so the last rows and columns may be in none of them;
+    ``cover=True`` adds a row (column) of windows clipped to the image there (:class:`CoveringWindowGrid`).
 
     Example:
         >>> g = window_grid(64, 64, 32, 16)
@@ -326,7 +418,10 @@ def window_grid(height: int, width: int, window: int | None, stride: int) -> Win
     """
     wh = height if window is None else min(window, height)
     ww = width if window is None else min(window, width)
-    return WindowGrid(height, width, wh, ww, stride, stride)
+    grid = WindowGrid(height, width, wh, ww, stride, stride)
+    if cover and grid.covered != (height, width):
+        return CoveringWindowGrid(height, width, wh, ww, stride, stride)
+    return grid
 
 
 def window_patch_sets(patch_map: torch.Tensor, grid: WindowGrid, row_start: int, row_stop: int) -> torch.Tensor:

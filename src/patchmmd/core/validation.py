@@ -36,6 +36,10 @@ RANGE_HINT = ("pass value_range=(lo, hi) for other scales (e.g. (0, 255) or (-1,
               "'ignore' for network outputs that overshoot slightly")
 
 
+#: The dtypes images may have (16-bit ones are computed in float32, :func:`compute_dtype`).
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
 def check_image(name: str, t: object) -> torch.Tensor:
     """Check one image argument and return it as a 4-D ``(N, C, H, W)`` tensor.
 
@@ -50,10 +54,10 @@ def check_image(name: str, t: object) -> torch.Tensor:
         t = t.unsqueeze(0)
     elif t.dim() != 4:
         raise ValueError(f"{name} must have shape (N, C, H, W) or (C, H, W), got {t.dim()} dimensions {tuple(t.shape)}")
-    if not t.is_floating_point():
+    if t.dtype not in FLOAT_DTYPES:  # float8 is floating point too, but nothing here computes in it
         raise TypeError(
             f"{name} must be a floating-point tensor (float16, bfloat16, float32 or float64), got {t.dtype}; "
-            "convert integer images with x.float() / 255"
+            + ("convert it with x.float()" if t.is_floating_point() else "convert integer images with x.float() / 255")
         )
     if t.shape[0] == 0 or t.shape[1] == 0:
         raise ValueError(f"{name} must have at least one image and one channel, got shape {tuple(t.shape)}")
@@ -315,10 +319,11 @@ def check_nonnegative_float(name: str, value: object) -> float:
     return number
 
 
-def check_patch_size(patch_size: object) -> int:
-    size = check_positive_int("patch_size", patch_size)
+def check_patch_size(patch_size: object, name: str = "patch_size") -> int:
+    """``patch_size`` as an odd ``int >= 1``; ``name``: the option's name in the error (``local_patch_size``)."""
+    size = check_positive_int(name, patch_size)
     if size % 2 == 0:
-        raise ValueError(f"patch_size must be odd (patches are centred on a pixel), got {patch_size!r}")
+        raise ValueError(f"{name} must be odd (patches are centred on a pixel), got {patch_size!r}")
     return size
 
 
