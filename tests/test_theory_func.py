@@ -83,3 +83,9 @@ def test_kappa1_under_transforms() -> None:
     _close(torch.func.hessian(lambda t: kappa1(t).sum())(inner).diagonal(), 1 / (torch.pi * (1 - inner**2).sqrt()))
     with pytest.raises(ValueError, match=r"cosines in \[-1, 1\].*got values in \[0\.5, 2\]"):
         torch.func.vmap(kappa1)(torch.tensor([[0.5], [2.0]], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("cls", [InfiniteCNNDistance, RandomCNNDistance])
+def test_an_even_kernel_size_is_refused_naming_it(cls: type) -> None:
+    with pytest.raises(ValueError, match=r"^kernel_size must be odd"):
+        cls(kernel_size=4)

@@ -132,7 +132,7 @@ def random_cnn_weights(
     in_channels = check_positive_int("in_channels", in_channels)
     width = check_positive_int("width", width)
     depth = check_positive_int("depth", depth)
-    kernel_size = check_patch_size(kernel_size)
+    kernel_size = check_patch_size(kernel_size, "kernel_size")
     sigma_w2 = check_positive_float("sigma_w2", sigma_w2)
     sigma_b2 = check_nonnegative_float("sigma_b2", sigma_b2)
     if first_layer not in FIRST_LAYERS:
@@ -286,7 +286,7 @@ class RandomCNNDistance(_LayerBuffers):
             )
         )  # checks these options
         self.width, self.depth = check_positive_int("width", width), check_positive_int("depth", depth)
-        self.kernel_size, self.seed = check_patch_size(kernel_size), check_seed(seed)
+        self.kernel_size, self.seed = check_patch_size(kernel_size, "kernel_size"), check_seed(seed)
         self.first_layer: FirstLayer = first_layer
         self.sigma_w2, self.sigma_b2 = check_positive_float("sigma_w2", sigma_w2), float(sigma_b2)
         self.in_channels = check_positive_int("in_channels", in_channels)

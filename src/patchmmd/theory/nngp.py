@@ -461,7 +461,7 @@ def infinite_cnn_distance(
         (True, 0.0)
     """
     depth, sigma_w2, sigma_b2 = _check_kernel_options(depth, sigma_w2, sigma_b2, first_layer)
-    kernel_size = check_patch_size(kernel_size)
+    kernel_size = check_patch_size(kernel_size, "kernel_size")
     check_first_layer_size(first_layer, kernel_size)
     pooling = check_pooling(pooling)
     reduction = check_reduction(reduction)
@@ -507,7 +507,7 @@ class InfiniteCNNDistance(nn.Module):
     ) -> None:
         super().__init__()
         depth, sigma_w2, sigma_b2 = _check_kernel_options(depth, sigma_w2, sigma_b2, first_layer)
-        kernel_size = check_patch_size(kernel_size)
+        kernel_size = check_patch_size(kernel_size, "kernel_size")
         check_first_layer_size(first_layer, kernel_size)
         self.options: dict[str, Any] = dict(
             depth=depth, kernel_size=kernel_size, pooling=check_pooling(pooling), first_layer=first_layer,
