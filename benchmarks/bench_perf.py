@@ -9,7 +9,7 @@ is the lowest and highest of the per-round ratios to LPIPS-alex (``ratio_min``, 
     python benchmarks/bench_perf.py --threads 1 --out benchmarks/results/cpu_1thread.csv --md docs/x.md
     python benchmarks/bench_perf.py --scaling             # default distance, 256² .. 2048², fitted exponent
     python benchmarks/bench_perf.py --scaling-thp         # the same with PyTorch's huge-page allocation off / on
-    python benchmarks/bench_perf.py --memory              # peak memory per method (one subprocess each)
+    python benchmarks/bench_perf.py --memory              # peak memory per method (one subprocess each; Linux)
     python benchmarks/bench_perf.py --memory --unrelated  # the same for unrelated image pairs
     python benchmarks/bench_perf.py --accuracy            # fast path vs exact estimator on distorted photos
     python benchmarks/bench_perf.py --device cuda         # on a GPU (peak memory from the CUDA allocator)
@@ -263,14 +263,15 @@ def scaling(sizes: list[int], repeats: int, device: str) -> list[dict[str, objec
     rows = []
     for s in sizes:
         rows.append(dict(device=device, threads=torch.get_num_threads(), size=s, batch=1, mode="forward+backward",
-                         method="mmdpp-default", median_s=round(med[s], 5), exponent=round(slope, 3)))
+                         method="mmdpp-default", median_s=round(med[s], 5), exponent=round(slope, 3),
+                         repeats=repeats))
         print(f"{s:5d}²  {med[s] * 1e3:10.1f} ms", flush=True)
     print(f"fitted exponent of time vs pixel count: {slope:.3f}")
     return rows
 
 
 _MEM_CHILD = """
-import json, resource, sys, torch
+import json, sys, torch
 sys.path.insert(0, {bench_dir!r})
 torch.set_num_threads({threads})
 import bench_perf as b
@@ -279,17 +280,17 @@ b.COMPILED[0] = {compiled}
 fn = b.methods("cpu", {size}, True)[{method!r}]
 x, y = b.images({n}, {size}, "cpu")
 b.run_once(fn, x, y, {mode!r}, "cpu")  # warm-up: feature draws, compiled kernels, allocator
-base, peak = b.rss_mb("VmRSS"), None
-try:  # Linux: reset the peak-RSS counter, so the peak is this call's alone
+base = b.rss_mb("VmRSS")
+try:  # reset the peak-RSS counter (VmHWM) to the current RSS, so that the peak is this call's alone
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
-except OSError:
-    pass
+except OSError as e:  # the process's peak since it started (the warm-up's, the models' building) is not this
+    sys.exit(f"the peak RSS of one call is read from Linux's /proc/self: cannot reset it here ({{e}})")
 b.run_once(fn, x, y, {mode!r}, "cpu")
 peak = b.rss_mb("VmHWM")
-if peak is None:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps(dict(peak_mb=peak, above_inputs_mb=peak - (base or 0))))
+if base is None or peak is None:
+    sys.exit("the peak RSS of one call is read from Linux's /proc/self/status (VmRSS, VmHWM): not readable here")
+print(json.dumps(dict(peak_mb=peak, above_inputs_mb=peak - base)))
 """
 
 
@@ -298,6 +299,7 @@ import json, sys, torch
 sys.path.insert(0, {bench_dir!r})
 torch.set_num_threads({threads})
 import bench_perf as b
+b.UNRELATED[0] = {unrelated}
 rows = b.scaling({sizes!r}, {repeats}, "cpu")
 print(json.dumps(dict(times={{r["size"]: r["median_s"] for r in rows}}, peak_mb=b.rss_mb("VmHWM"))))
 """
@@ -328,7 +330,7 @@ def scaling_thp(sizes: list[int], rounds: int, repeats: int) -> list[dict[str, o
     settings = ("0", "1")
     got: dict[str, list[dict[str, Any]]] = {v: [] for v in settings}
     code = _SCALING_CHILD.format(bench_dir=os.path.dirname(os.path.abspath(__file__)), sizes=sizes,
-                                 repeats=repeats, threads=torch.get_num_threads())
+                                 repeats=repeats, threads=torch.get_num_threads(), unrelated=UNRELATED[0])
     for r in range(rounds):
         for v in settings:
             res = _run_child(code, f"--scaling-thp THP_MEM_ALLOC_ENABLE={v}",
@@ -345,7 +347,7 @@ def scaling_thp(sizes: list[int], rounds: int, repeats: int) -> list[dict[str, o
         for s, t, t0 in zip(sizes, med[v], med["0"], strict=True):
             rows.append(dict(device="cpu", threads=torch.get_num_threads(), size=s, batch=1, mode="forward+backward",
                              method="mmdpp-default", thp=v, median_s=round(t, 5), vs_thp_off=round(t / t0, 3),
-                             exponent=round(slope, 3), peak_mb=round(peak, 1)))
+                             exponent=round(slope, 3), peak_mb=round(peak, 1), rounds=rounds, repeats=repeats))
         print(f"THP_MEM_ALLOC_ENABLE={v}: " + ", ".join(f"{s}² {t * 1e3:.1f} ms" for s, t in zip(sizes, med[v],
                                                                                                strict=True))
               + f"; exponent {slope:.3f}; largest peak RSS {peak:.0f} MB", flush=True)
@@ -376,7 +378,8 @@ def kernel_scaling(configs: list[tuple[int, int]], repeats: int, threads: int) -
             for name in parts:
                 one, many = statistics.median(times[(name, 1)]), statistics.median(times[(name, threads)])
                 rows.append(dict(size=size, batch=n, part=name, mode=parts[name][0], ms_1_thread=round(one, 2),
-                                 threads=threads, ms_threads=round(many, 2), speedup=round(one / many, 3)))
+                                 threads=threads, ms_threads=round(many, 2), speedup=round(one / many, 3),
+                                 repeats=repeats))
                 print(f"{size:>5}² x{n:<3} {name:14s} 1 thread {one:8.2f} ms   {threads} threads {many:8.2f} ms   "
                       f"x{one / many:.2f}", flush=True)
     finally:
@@ -556,8 +559,6 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--threads must be at least 1")
     if a.kernels and a.threads == 1:
         p.error("--kernels compares 1 thread with --threads threads: give --threads 2 or more (default 2)")
-    if a.compiled:
-        COMPILED[0] = True
     try:
         configs = parse_configs(a.configs)
         modes = parse_modes(a.modes)
@@ -565,22 +566,41 @@ def main(argv: list[str] | None = None) -> None:
         feature_counts = parse_sizes(a.accuracy_features, "--accuracy-features") if a.accuracy_features else []
         only = [v.strip() for v in a.only.split(",")] if a.only else None
         if only and not (a.kernels or a.accuracy or a.scaling or a.scaling_thp):
-            check_only(only, list(methods("cpu", 64, True)))
+            available = [*methods("cpu", 64, True)]
+            if a.compiled:
+                available += ["mmdpp-default-compiled", "mmdpp-default-compiled-torch"]
+            check_only(only, available)
     except ValueError as e:
         p.error(str(e))
+    # one table a run (--scaling-thp is --scaling with the huge-page setting): the others would be dropped silently
+    tables = [flag for flag, on in (("--kernels", a.kernels), ("--accuracy", a.accuracy),
+                                    ("--scaling-thp", a.scaling_thp), ("--scaling", a.scaling and not a.scaling_thp),
+                                    ("--memory", a.memory)) if on]
+    if len(tables) > 1:
+        p.error(f"{tables[0]} and {tables[1]} are two different tables: run them one at a time")
+    if only and "exact-default" in only and all(size > a.exact_max for size, _ in configs):
+        p.error(f"--only: exact-default runs at sizes up to --exact-max {a.exact_max} only, and --configs has none")
     # the other tables time fixed methods on the CPU: an option they would ignore is refused, not dropped silently
     fixed = [flag for flag, on in (("--kernels", a.kernels), ("--accuracy", a.accuracy), ("--scaling", a.scaling),
                                    ("--scaling-thp", a.scaling_thp)) if on]
     if only and fixed:
         p.error(f"--only chooses the methods of the timing and --memory tables, not of {fixed[0]}")
+    if a.compiled and fixed:
+        p.error(f"--compiled adds methods to the timing and --memory tables, not to {fixed[0]}")
+    if a.unrelated and a.accuracy:
+        p.error("--unrelated chooses the image pairs of the timed tables; --accuracy uses distorted photos")
     cpu_only = [flag for flag in fixed if flag != "--scaling"]
     if cpu_only and a.device != "cpu":
         p.error(f"{cpu_only[0]} runs on the CPU only (got --device {a.device})")
     if a.threads is not None:
         torch.set_num_threads(a.threads)
     UNRELATED[0] = a.unrelated
+    COMPILED[0] = a.compiled
     if a.compiled:
         torch._dynamo.config.cache_size_limit = 64  # one graph per size, mode and variant
+    for path in (a.out, a.md):  # the output folders made before the run: a bad path fails now, not after it
+        if path:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     nk = _native.kernels()
     print(f"device={a.device} threads={torch.get_num_threads()} torch={torch.__version__} "
           f"native-kernels={'yes' if nk is not None else 'no (PyTorch path)'}", flush=True)
@@ -597,7 +617,6 @@ def main(argv: list[str] | None = None) -> None:
     else:
         rows = bench(configs, modes, a.repeats, a.device, a.exact_max, only)
     if a.out:
-        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
         with open(a.out, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()

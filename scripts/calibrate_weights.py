@@ -19,9 +19,8 @@ term (MMD² of contrast-normalised patches at the preset's two levels) on the sa
 
 from __future__ import annotations
 
+import argparse
 import statistics
-
-import torch
 
 from patchmmd.core.mmdpp import get_config, mmdpp
 from patchmmd.data import sample_image, sample_names
@@ -40,8 +39,13 @@ def unit(preset: str = "default", **terms: object) -> float:
     return statistics.median(values)
 
 
-def main() -> None:
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser: no options (``--help`` describes the script; anything else is refused)."""
+    return argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+
+
+def main(argv: list[str] | None = None) -> None:
+    build_parser().parse_args(argv)
     aligned = unit(weight_l2=L2_SHARE, weight_local=LOCAL_SHARE, weight_mmd=0.0)
     mmd = unit(weight_l2=0.0, weight_local=0.0, weight_mmd=1.0)
     ssim = [unit(weight_l2=0.0, weight_local=0.0, weight_mmd=0.0, weight_ssim=(0.0,) * o + (1.0,)) for o in (0, 1)]

@@ -34,6 +34,7 @@ from patchmmd import l2_distance, local_distance, mmdpp, patch_mmd
 from patchmmd.data import sample_image, sample_names
 from patchmmd.data.distortions import gaussian_blur
 from patchmmd.io import load_image
+from patchmmd.metrics.weights import WeightsError, folder_options
 
 FACTORS = (1, 2, 4, 8)
 WINDOWS = (8, 16, 32)
@@ -96,19 +97,19 @@ def read_human(path: Path) -> list[dict[str, Any]]:
 
 
 def deep_metrics(weights: Path) -> dict[str, Any]:
+    """DISTS, LPIPS-vgg and LPIPS-alex with their published weights from the folder ``weights``.
+
+    Raises:
+        WeightsError: a file of the folder's layout is missing or does not load.
+    """
     from patchmmd.metrics.registry import get_metric
 
-    return {
-        "dists": get_metric("dists", backbone=str(weights / "vgg16.pth"), weights=str(weights / "dists.pt")),
-        "lpips-vgg": get_metric("lpips-vgg", backbone=str(weights / "vgg16.pth"),
-                                weights=str(weights / "lpips/vgg.pth")),
-        "lpips-alex": get_metric("lpips-alex", backbone=str(weights / "alexnet.pth"),
-                                 weights=str(weights / "lpips/alex.pth")),
-    }
+    return {name: get_metric(name, **folder_options(name, weights)) for name in ("dists", "lpips-vgg", "lpips-alex")}
 
 
-def compute(human_files: list[Path], weights: Path | None) -> list[dict[str, Any]]:
-    deep = deep_metrics(weights) if weights else {}
+def compute(human_files: list[Path], deep: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every term of :func:`components` (and each metric of ``deep``) on the human sets' scored pairs and on the
+    shift cases of the shipped photos and the sets' references."""
 
     def all_terms(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
         with torch.no_grad():
@@ -179,19 +180,29 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--human", type=Path, action="append", required=True, help="labels.csv of a human set")
     ap.add_argument("--weights", type=Path, default=None, help="published weights folder (deep reference rows)")
-    ap.add_argument("--out", type=Path, default=Path("components.json"))
+    ap.add_argument("--out", type=Path, default=None, help="JSON file of every row and the summary (default: none)")
     ap.add_argument("--threads", type=int, default=2)
     return ap
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = build_parser()
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    if args.threads < 1:
+        ap.error("--threads must be at least 1")
+    missing = [str(p) for p in args.human if not p.is_file()]
+    if missing:
+        ap.error(f"--human: no such file: {', '.join(missing)}")
+    try:  # before any work: a folder without the files stops here, not after the human sets are computed
+        deep = deep_metrics(args.weights) if args.weights else {}
+    except WeightsError as e:
+        ap.error(f"--weights: {e}")
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    rows = compute(args.human, args.weights)
+    rows = compute(args.human, deep)
     table = summarize(rows)
-    args.out.write_text(json.dumps({"rows": rows, "summary": table}, indent=1))
+    if args.out:
+        args.out.write_text(json.dumps({"rows": rows, "summary": table}, indent=1))
     sets = sorted({r["set"] for r in rows if r["set"] != "shift"})
     cols = sets + [f"{c} {s}" for c in SHIFT_CASES for s in ("median", "max")]
     print("| term | " + " | ".join(cols) + " |")
@@ -207,7 +218,8 @@ def main() -> None:
         print("|---" * (len(cols) + 1) + "|")
         for e in chosen:
             print(f"| {e['term']} | " + " | ".join(f"{e[c]:.3f}" for c in cols) + " |")
-    print(f"\n{len(rows)} rows in {time.time() - t0:.0f} s on {args.threads} threads; written to {args.out}")
+    print(f"\n{len(rows)} rows in {time.time() - t0:.0f} s on {args.threads} threads"
+          + (f"; written to {args.out}" if args.out else ""))
 
 
 if __name__ == "__main__":

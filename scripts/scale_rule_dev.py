@@ -61,13 +61,20 @@ def ladders() -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
     return out
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     default_live = Path(__file__).resolve().parents[2] / "shared" / "data" / "live-dev"
-    parser.add_argument("--live-dev", type=Path, default=default_live)
+    parser.add_argument("--live-dev", type=Path, default=default_live, help="folder of live-dev's labels.csv")
     parser.add_argument("--out", type=Path, default=None, help="also write the table to this file")
-    args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not (args.live_dev / "labels.csv").is_file():
+        parser.error(f"--live-dev: {args.live_dev / 'labels.csv'} not found")
 
     ds = MOSDataset(args.live_dev / "labels.csv", group_column="distortion")
     items = [ds[i] for i in ds.scored]

@@ -449,7 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("variants", nargs="+")
     ap.add_argument("--weights", type=Path, help="folder of shared/tools/published_weights.py (for the judges)")
-    ap.add_argument("--data", type=Path, default=Path("../shared/data"), help="folder of live-dev and csiq-dev")
+    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data",
+                    help="folder of live-dev and csiq-dev (default: shared/data next to the repository)")
     ap.add_argument("--seeds", type=_seeds, default="0,1,2", help="training seeds, comma-separated")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--judges", default=",".join(S.JUDGES),
@@ -464,6 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main() -> None:
     ap = build_parser()
     args = ap.parse_args()
+    if args.threads < 1:
+        ap.error("--threads must be at least 1")
     torch.set_num_threads(args.threads)
     if not args.calibrate and args.weights is None:
         ap.error("--weights is needed to judge the outputs")

@@ -10,8 +10,7 @@ full-size images, and reports Spearman SROCC, Kendall KROCC and Pearson PLCC aft
 logistic ``b1 (0.5 - 1 / (1 + exp(b2 (x - b3)))) + b4 x + b5``, overall and per distortion. Correlations are
 oriented so that a good metric is positive (PSNR, a similarity, is negated). Nothing is tuned here.
 
-The statistics come from :mod:`patchmmd.evaluation.stats` when it is installed, otherwise from the scipy
-fallback below (same definitions).
+The statistics are :func:`patchmmd.evaluation.stats.grouped_correlations`'s.
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from patchmmd.evaluation.stats import grouped_correlations
 from patchmmd.io import load_image
 from patchmmd.metrics.registry import get_metric
 
@@ -47,41 +47,6 @@ VGG_METRICS: list[tuple[str, str, dict[str, object], bool]] = [
     ("random-vgg (he)", "random-vgg", {}, False),
     ("random-vgg (zero_mean)", "random-vgg", {"first_layer": "zero_mean"}, False),
 ]
-
-
-def _logistic5(x, b1, b2, b3, b4, b5):  # type: ignore[no-untyped-def]
-    return b1 * (0.5 - 1.0 / (1.0 + np.exp(b2 * (x - b3)))) + b4 * x + b5
-
-
-def _fallback_stats(d: np.ndarray, s: np.ndarray) -> dict[str, float]:
-    from scipy.optimize import curve_fit
-    from scipy.stats import kendalltau, pearsonr, spearmanr
-
-    z = (d - d.mean()) / (d.std() or 1.0)
-    p0 = [np.ptp(s) or 1.0, 1.0, 0.0, 0.0, float(s.mean())]
-    try:
-        params, _ = curve_fit(_logistic5, z, s, p0=p0, maxfev=20000)
-        fitted = _logistic5(z, *params)
-    except RuntimeError:
-        fitted = z
-    return {
-        "n": len(d),
-        "srocc": float(spearmanr(d, s).statistic),
-        "krocc": float(kendalltau(d, s).statistic),
-        "plcc": float(pearsonr(fitted, s).statistic),
-    }
-
-
-def statistics(d: np.ndarray, s: np.ndarray, groups: list[str]) -> tuple[dict[str, dict[str, float]], str]:
-    try:
-        from patchmmd.evaluation.stats import grouped_correlations
-    except ImportError:
-        out = {"all": _fallback_stats(d, s)}
-        for g in sorted(set(groups)):
-            idx = np.array([i for i, x in enumerate(groups) if x == g])
-            out[g] = _fallback_stats(d[idx], s[idx])
-        return out, "scipy fallback in scripts/theory_live_dev.py"
-    return grouped_correlations(d, s, groups), "patchmmd.evaluation.stats.grouped_correlations"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,6 +87,8 @@ def main() -> int:
     ap = build_parser()
     args = ap.parse_args()
     metrics = select_metrics(ap, args)
+    if not (args.data / "labels.csv").is_file():
+        ap.error(f"--data: {args.data / 'labels.csv'} not found (the folder of the LIVE development subset)")
     torch.manual_seed(0)
     rows = []
     with open(args.data / "labels.csv", newline="") as f:
@@ -171,7 +138,6 @@ def main() -> int:
             for i, r in enumerate(rows):
                 w.writerow([r["distorted"], r["distortion"], r["dmos"], *(values[k][i] for k in values)])
     cols = ["all", *sorted(set(groups))]
-    source = ""
     print(f"LIVE dev subset: {len(rows)} distorted images with DMOS, {len(set(r['reference'] for r in rows))} "
           f"references; distortions: {', '.join(f'{g} ({groups.count(g)})' for g in cols[1:])}\n")
     print("| metric | " + " | ".join(f"{c} SROCC / KROCC / PLCC" for c in cols) + " | s per pair |")
@@ -180,10 +146,10 @@ def main() -> int:
         d = np.asarray(v, dtype=np.float64)
         if higher.get(label, False):
             d = -d
-        stats, source = statistics(d, dmos, groups)
+        stats = grouped_correlations(d, dmos, groups)
         cells = [f"{stats[c]['srocc']:.3f} / {stats[c]['krocc']:.3f} / {stats[c]['plcc']:.3f}" for c in cols]
         print(f"| {label} | " + " | ".join(cells) + f" | {timings[label] / len(rows):.2f} |")
-    print(f"\nStatistics: {source}. PLCC after the 5-parameter logistic fit.")
+    print("\nStatistics: patchmmd.evaluation.stats.grouped_correlations. PLCC after the 5-parameter logistic fit.")
     return 0
 
 
