@@ -159,9 +159,9 @@ def test_deep_baselines_name_the_channels_they_take(make: object) -> None:
 
 
 @pytest.mark.parametrize(("name", "option", "valid"), [
-    ("psnr", "data_range", "['max_db']"),
-    ("ssim", "reduction", "['win_size']"),
-    ("ssim-downsampled", "size_average", "['win_size']"),
+    ("psnr", "reduction", "['data_range', 'max_db']"),
+    ("ssim", "reduction", "['out_of_range', 'win_size']"),
+    ("ssim-downsampled", "size_average", "['out_of_range', 'win_size']"),
     ("ms-ssim", "weights", "['win_size']"),
     ("lpips-alex", "net", "['backbone', 'out_of_range', 'weights']"),
     ("lpips-vgg", "normalize", "['backbone', 'out_of_range', 'weights']"),
@@ -236,8 +236,8 @@ def test_spec_factories_name_the_metric_for_an_unknown_option_too() -> None:
 
     from patchmmd.metrics.registry import get_spec
 
-    with pytest.raises(TypeError, match=r"^unknown option\(s\) \['data_range'\] for psnr; valid options are"):
-        get_spec("psnr").factory(data_range=255)
+    with pytest.raises(TypeError, match=r"^unknown option\(s\) \['reduction'\] for psnr; valid options are"):
+        get_spec("psnr").factory(reduction="sum")
     assert list(inspect.signature(get_spec("lpips-alex").factory).parameters) == ["backbone", "weights", "out_of_range"]
 
 
