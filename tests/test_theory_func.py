@@ -89,3 +89,17 @@ def test_kappa1_under_transforms() -> None:
 def test_an_even_kernel_size_is_refused_naming_it(cls: type) -> None:
     with pytest.raises(ValueError, match=r"^kernel_size must be odd"):
         cls(kernel_size=4)
+
+
+def test_second_derivatives_of_kappa1_in_every_supported_composition() -> None:
+    """Reverse over reverse, forward over reverse (``hessian``) and reverse over forward give ``1 / (π √(1 - c²))``
+    inside ``(-1, 1)`` and 0 at ``±1``; reverse over forward used to give 0 (the forward rule used a constant)."""
+    c = torch.tensor([0.3, -0.5, 0.8, 1.0, -1.0], dtype=torch.float64)
+    want = torch.where(c.abs() < 1, 1 / (torch.pi * (1 - c.clamp(-0.99, 0.99) ** 2).sqrt()), torch.zeros_like(c))
+
+    def f(t: torch.Tensor) -> torch.Tensor:
+        return kappa1(t).sum()
+
+    for second in (torch.func.jacrev(torch.func.jacrev(f)), torch.func.hessian(f),
+                   torch.func.jacrev(torch.func.jacfwd(f))):
+        _close(second(c).diagonal(), want)

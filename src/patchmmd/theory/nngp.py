@@ -82,9 +82,13 @@ class _Kappa1(torch.autograd.Function):
     which is the exact contribution: ``c = ±1`` is where a cosine is extreme, so ``1 ∓ c = O(|δ|²)`` for a
     perturbation ``δ`` of the inputs, and ``κ₁`` deviates from its linear part by ``O((1 ∓ c)^{3/2}) = O(|δ|³)``.
 
-    The forward does not see ``ctx`` (``setup_context`` saves what the derivatives need), forward mode has its rule
-    (:meth:`jvp`) and ``vmap``'s is generated: so ``torch.func``'s transforms (``grad``, ``vmap``, ``jacrev``,
-    ``jvp``, ``jacfwd``, ``hessian``) go through it.
+    The derivative is itself an autograd function (:class:`_Kappa1Derivative`) used by both modes, so reverse over
+    reverse, ``hessian``'s forward over reverse and reverse over forward take the second derivative rather than a
+    constant. Forward over forward (``jacfwd(jacfwd(...))``, ``jvp`` of ``jvp``) is not supported: PyTorch gives
+    the forward rule's own derivative as 0 there (measured), so use ``hessian`` or reverse mode for second
+    derivatives. The forward does not see
+    ``ctx`` (``setup_context`` saves ``c``), and ``vmap``'s rule is generated: ``torch.func``'s transforms
+    (``grad``, ``vmap``, ``jacrev``, ``jvp``, ``jacfwd``, ``hessian``) go through it.
     """
 
     generate_vmap_rule = True
@@ -100,23 +104,52 @@ class _Kappa1(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
         (c,) = inputs
-        theta = torch.arccos(c.clamp(-1.0, 1.0))
-        ctx.save_for_backward(theta, c)
-        ctx.save_for_forward(theta)
+        ctx.save_for_backward(c)
+        ctx.save_for_forward(c)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        theta, c = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph=True: theta recomputed with its graph inside (-1, 1)
-            inside = c.abs() < 1.0
-            theta = torch.where(inside, torch.arccos(torch.where(inside, c, torch.zeros_like(c))), theta)
-        return grad * (_PI - theta) / _PI
+        (c,) = ctx.saved_tensors
+        return grad * _Kappa1Derivative.apply(c)
 
     @staticmethod
     def jvp(ctx: Any, tangent: torch.Tensor) -> torch.Tensor:
-        """Forward mode (``torch.func.jvp``, ``jacfwd``, ``hessian``): the same derivative ``(π - arccos c) / π``."""
-        (theta,) = ctx.saved_tensors
-        return tangent * (_PI - theta) / _PI
+        (c,) = ctx.saved_tensors
+        return tangent * _Kappa1Derivative.apply(c)
+
+
+class _Kappa1Derivative(torch.autograd.Function):
+    """``κ₁'(c) = (π - arccos c) / π`` for ``c`` clamped to ``[-1, 1]``, with the derivative ``1 / (π √(1 - c²))``
+    inside ``(-1, 1)`` and 0 at ``c = ±1`` (see :class:`_Kappa1`), in both modes; the derivative is plain PyTorch
+    operations, so higher orders follow."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(c: torch.Tensor) -> torch.Tensor:
+        return (_PI - torch.arccos(c.clamp(-1.0, 1.0))) / _PI
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
+        (c,) = inputs
+        ctx.save_for_backward(c)
+        ctx.save_for_forward(c)
+
+    @staticmethod
+    def _second(c: torch.Tensor) -> torch.Tensor:
+        inside = c.abs() < 1.0
+        safe = torch.where(inside, c, torch.zeros_like(c))
+        return torch.where(inside, 1.0 / (_PI * torch.sqrt(1.0 - safe * safe)), torch.zeros_like(c))
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (c,) = ctx.saved_tensors
+        return grad * _Kappa1Derivative._second(c)
+
+    @staticmethod
+    def jvp(ctx: Any, tangent: torch.Tensor) -> torch.Tensor:
+        (c,) = ctx.saved_tensors
+        return tangent * _Kappa1Derivative._second(c)
 
 
 def _cosine_tolerance(dtype: torch.dtype) -> float:
