@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from patchmmd.scoring import remove_stale_temporaries_in
 from test_eval_unreadable import mos_cli
 from test_evalrun_audit import mos_set
@@ -44,3 +46,22 @@ def test_remove_stale_temporaries_in_walks_down_but_not_through_links(tmp_path: 
     assert removed == [deep]
     assert victim.exists() and os.path.islink(tmp_path / ".y.json.abcdefgh.tmp")
     assert remove_stale_temporaries_in(tmp_path / "missing") == []
+
+
+def test_without_the_lock_no_temporary_is_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder that cannot be locked (no flock): another run may be writing its temporaries, so none is removed."""
+    from patchmmd.scoring import OutputLock
+
+    labels = mos_set(tmp_path / "mos", n=6)
+    out = tmp_path / "out"
+    assert mos_cli(labels, out).exit_code == 0
+    live = out / "cache" / ".l2.json.ab12cd_3.tmp"
+    live.write_text("being written")
+
+    def no_lock(path: object) -> object:
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(OutputLock, "acquire", staticmethod(no_lock))
+    r = mos_cli(labels, out, "--resume")
+    assert r.exit_code == 0, r.output
+    assert "cannot lock" in r.output and live.exists()

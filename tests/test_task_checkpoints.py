@@ -179,3 +179,67 @@ def test_the_training_bar_is_drawn_on_a_terminal_only(tmp_path: Path, photo_dir:
     assert r.exit_code == 0, r.output
     err = capfd.readouterr().err
     assert "\r" not in r.output + err and "train-sr l2" not in r.output + err
+
+
+def test_an_interruption_at_any_line_of_a_step_resumes_to_the_uninterrupted_run(tmp_path: Path) -> None:
+    """Ctrl-C lands between any two lines of the training loop (a trace function raises it before each line of the
+    loop's body in turn, in the third step): the checkpoint saved then resumes to the uninterrupted run's weights.
+    Saved between the update and its record, the step ran twice, or its batch was drawn twice."""
+    import inspect
+    import sys
+
+    split, loss = _split(), make_loss("l2")
+    full = train_superres(split, loss, steps=5, batch=2)
+    source, first = inspect.getsourcelines(_common.fit)
+    start = next(i for i, s in enumerate(source) if "for step in range(resumed, steps):" in s)
+    stop = next(i for i, s in enumerate(source) if "except KeyboardInterrupt:" in s)
+    lines = [first + i for i in range(start + 1, stop) if source[i].strip() and not source[i].strip().startswith("#")]
+    assert len(lines) >= 12
+    code = _common.fit.__code__
+    for n, line in enumerate(lines):
+        path = tmp_path / f"c{n}.pt"
+        hits = [0]
+
+        def local(frame: Any, event: str, arg: Any, line: int = line, hits: list[int] = hits) -> Any:
+            if event == "line" and frame.f_lineno == line:
+                hits[0] += 1
+                if hits[0] == 3:
+                    raise KeyboardInterrupt
+            return local
+
+        def tracer(frame: Any, event: str, arg: Any) -> Any:
+            return local if frame.f_code is code else None
+
+        sys.settrace(tracer)
+        try:
+            train_superres(split, loss, steps=5, batch=2, checkpoint=Checkpoint(path, {}))
+        except KeyboardInterrupt:
+            pass
+        finally:
+            sys.settrace(None)
+        res = train_superres(split, loss, steps=5, batch=2, checkpoint=Checkpoint(path, {}))
+        assert res.history == full.history and _same_weights(res.model, full.model), source[line - first]
+
+
+def test_resume_refuses_a_folder_without_a_checkpoint_and_another_thread_count(tmp_path: Path, photo_dir: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    runner, out = CliRunner(), tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    r = runner.invoke(main, ["train-sr", str(photo_dir), *ARGS, "--out", str(out), "--resume"])
+    assert r.exit_code == 2 and "nothing to resume" in r.output and "holds no checkpoint.pt" in r.output
+    assert (out / "notes.txt").read_text() == "mine" and not (out / "metrics.json").exists()
+    stopped = tmp_path / "stopped"
+    with monkeypatch.context() as m:
+        _interrupt_after(m, 2)
+        assert runner.invoke(main, ["train-sr", str(photo_dir), *ARGS, "--out", str(stopped)]).exit_code == 130
+    stale = stopped / ".checkpoint.pt.ab12cd34.tmp"  # a save cut short by a kill
+    stale.write_bytes(b"\0")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        r = runner.invoke(main, ["train-sr", str(photo_dir), *ARGS, "--out", str(stopped), "--resume"])
+    finally:
+        torch.set_num_threads(threads)
+    assert r.exit_code == 2 and "threads differ" in r.output
+    assert not stale.exists()

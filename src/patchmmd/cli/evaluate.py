@@ -145,18 +145,18 @@ def _prepare_out(out: str, overwrite: bool, resume: bool,
         if Path(out).is_dir():
             raise click.UsageError(f"{e.message} (or --resume to continue)") from None
         raise
-    _lock_for_this_command(path)
+    locked = _lock_for_this_command(path)
     if overwrite:
         (remove or remove_outputs)(path)
-    else:  # a killed run's half-written cache files: no other run can be writing them while we hold the lock
+    elif locked:  # a killed run's half-written cache files: no other run can be writing them while we hold the lock
         remove_stale_temporaries_in(path / "cache")
     return path
 
 
-def _lock_for_this_command(out: Path) -> None:
+def _lock_for_this_command(out: Path) -> bool:
     """Hold ``OUT.lock`` (:class:`patchmmd.scoring.OutputLock`) until the command ends: one run per output
-    folder. A lock that cannot be made (a read-only parent folder, a file system without ``flock``) is reported
-    and the command goes on without it, as ``patchmmd score`` does."""
+    folder; whether it is held. A lock that cannot be made (a read-only parent folder, a file system without
+    ``flock``) is reported and the command goes on without it, as ``patchmmd score`` does."""
     from ..scoring import OutputLock, OutputLockedError
 
     try:
@@ -165,8 +165,9 @@ def _lock_for_this_command(out: Path) -> None:
         raise click.ClickException(f"--out: {e}") from None
     except OSError as e:
         click.echo(f"warning: cannot lock {out} ({e.strerror or e}); make sure no other run writes it", err=True)
-        return
+        return False
     click.get_current_context().call_on_close(lock.release)
+    return True
 
 
 def _dataset_error(e: Exception) -> click.ClickException:

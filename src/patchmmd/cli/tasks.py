@@ -127,9 +127,12 @@ def _out_dir(out: str | None, command: str, loss: str, overwrite: bool, resume: 
         raise click.UsageError("--resume and --overwrite exclude each other: continue a run, or start it over")
     path = Path(out) if out is not None else Path("runs") / f"{command}-{loss}"
     stopped = (path / CHECKPOINT_FILE).is_file()
-    if resume and not stopped and (path / "metrics.json").exists():
-        raise click.UsageError(f"nothing to resume in {path}: its run finished (metrics.json, no {CHECKPOINT_FILE}); "
-                               "pass --overwrite to train it again")
+    if resume and not stopped and path.is_dir() and any(path.iterdir()):  # (a missing or empty folder: a new run)
+        if (path / "metrics.json").exists():
+            why = f"its run finished (metrics.json, no {CHECKPOINT_FILE}); pass --overwrite to train it again"
+        else:
+            why = f"it holds no {CHECKPOINT_FILE}; pass --overwrite to write into it"
+        raise click.UsageError(f"nothing to resume in {path}: {why}")
     try:
         path = prepare_output_dir(path, overwrite=overwrite or resume)
     except click.UsageError as e:
@@ -139,7 +142,10 @@ def _out_dir(out: str | None, command: str, loss: str, overwrite: bool, resume: 
     if command != "gim":
         from .evaluate import _lock_for_this_command
 
-        _lock_for_this_command(path)
+        if _lock_for_this_command(path):  # a killed save's temporary: no other run writes here while we hold it
+            from ..scoring import remove_stale_temporaries
+
+            remove_stale_temporaries([path / CHECKPOINT_FILE])
         if overwrite:
             (path / CHECKPOINT_FILE).unlink(missing_ok=True)
     return path
@@ -166,8 +172,9 @@ def _checkpoint(folder: Path, settings: dict[str, Any], data_dir: str | None, lo
             files.update(file_stamps({f"weights:{k}": v for k, v in folder_options(loss, folder_).items()}))
     elif weights is not None:
         files.update(file_stamps({"weights": weights}))
+    # the thread count too: another one rounds the training's sums otherwise (as the suite's cache records it)
     return Checkpoint(folder / CHECKPOINT_FILE, {**settings, "files": files, "patchmmd": __version__,
-                                                 "torch": torch.__version__})
+                                                 "torch": torch.__version__, "threads": torch.get_num_threads()})
 
 
 @contextlib.contextmanager

@@ -135,7 +135,7 @@ def fit(
     g = torch.Generator().manual_seed(seed + 1)
     history: list[float] = []
     if checkpoint is not None and checkpoint.path.exists():
-        history = _resume(checkpoint, model, opt, g, steps)
+        history = _resume(checkpoint, model, opt, g, steps, lr)
         if callback is not None:
             for step, done in enumerate(history):
                 callback(step, done)
@@ -155,11 +155,14 @@ def fit(
             check_finite(step, steps, value, "the loss is")
             value.backward()
             check_gradients_finite(step, steps, params)
+            done = float(value.detach())
+            # From here until the step is recorded, an interruption keeps the last periodic checkpoint: every line
+            # before is "step not started" (rolled back), every line after "step finished".
             updating = True
             opt.step()
-            updating = False
-            history.append(float(value.detach()))
+            history.append(done)
             drawn_from = None
+            updating = False
             if checkpoint is not None and step + 1 < steps and time.monotonic() - saved_at >= checkpoint.every:
                 _save_checkpoint(checkpoint, model, opt, g, history)
                 saved_at = time.monotonic()
@@ -198,7 +201,7 @@ def _save_checkpoint(checkpoint: Checkpoint, model: nn.Module, opt: torch.optim.
 
 
 def _resume(checkpoint: Checkpoint, model: nn.Module, opt: torch.optim.Optimizer, g: torch.Generator,
-            steps: int) -> list[float]:
+            steps: int, lr: float) -> list[float]:
     """Load the state saved in ``checkpoint.path`` into ``model``, ``opt`` and ``g``; the losses of its steps."""
     import io
     import json
@@ -212,7 +215,8 @@ def _resume(checkpoint: Checkpoint, model: nn.Module, opt: torch.optim.Optimizer
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
         raise CheckpointError(f"{path} is not a training checkpoint that can be read ({type(e).__name__}); "
                               "remove it to start over") from None
-    if not isinstance(state, dict) or state.get("format") != _CHECKPOINT_FORMAT:
+    keys = {"settings", "step", "history", "model", "optimizer", "generator"}
+    if not isinstance(state, dict) or state.get("format") != _CHECKPOINT_FORMAT or not keys <= state.keys():
         raise CheckpointError(f"{path} is not a training checkpoint of this version; remove it to start over")
     saved = json.loads(state["settings"])
     wanted = json.loads(json.dumps(checkpoint.settings, sort_keys=True))
@@ -221,12 +225,21 @@ def _resume(checkpoint: Checkpoint, model: nn.Module, opt: torch.optim.Optimizer
         raise CheckpointError(f"{path} holds a run with other settings ({', '.join(differ)} differ: "
                               f"{', '.join(f'{k}={saved.get(k)!r}' for k in differ)} there); start over, or "
                               "resume with the settings it was written with")
-    history = [float(v) for v in state["history"]]
-    if state["step"] != len(history) or len(history) > steps:
-        raise CheckpointError(f"{path} is at step {state['step']} of a run of {steps} steps; remove it to start over")
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    g.set_state(state["generator"])
+    try:
+        history = [float(v) for v in state["history"]]
+        if state["step"] != len(history) or len(history) > steps:
+            raise CheckpointError(f"{path} is at step {state['step']} of a run of {steps} steps; remove it to start "
+                                  "over")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if [grp["lr"] for grp in opt.param_groups] != [lr for _ in opt.param_groups]:
+            raise CheckpointError(f"{path} holds a run with another learning rate; start over")
+        g.set_state(state["generator"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"{path} does not fit this run ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
+                              "remove it to start over") from None
     return history
 
 
