@@ -100,3 +100,14 @@ def test_numpy_arrays_of_widths_and_weights_are_sequences() -> None:
                        patch_mmd(x, x.flip(-1), sigma=[0.03, 0.06]))
     with pytest.raises(ValueError, match="sigma must be a number or 1 to 8 numbers"):
         get_config(sigma=np.zeros(0))
+
+
+def test_the_edge_windows_areas_are_counted_exactly_in_16_bit_dtypes() -> None:
+    """The clipped windows' areas were counted in the tensor's dtype: in bfloat16 a 1030-px level's edge ratio
+    came out 1.0 (it is 16/14 and 16/12.25), and beyond 4096 px infinite."""
+    for size in (1030, 4100):
+        grid = window_grid(size, size, 16, 8, cover=True)
+        ref = grid._area_ratio(torch.zeros(1, dtype=torch.float64))
+        for dtype in (torch.bfloat16, torch.float16):
+            got = grid._area_ratio(torch.zeros(1, dtype=dtype))
+            torch.testing.assert_close(got.double(), ref, rtol=1e-2, atol=0)

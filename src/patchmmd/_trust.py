@@ -77,7 +77,8 @@ def read_controlled(path: str | os.PathLike[str]) -> bytes:
         OSError: it cannot be opened or read, or it is not a regular file (a FIFO is refused, not waited on: it is
             opened without blocking).
     """
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+                 | getattr(os, "O_BINARY", 0))  # (Windows: a raw descriptor is text mode without it)
     with os.fdopen(fd, "rb") as f:
         check_controlled(f.fileno(), path)
         return f.read()

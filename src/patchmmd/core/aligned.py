@@ -265,7 +265,8 @@ def tolerant_aligned(
     over windows of ``window`` level pixels at stride ``window // 2``, the last row and column of windows clipped to
     the level where the stride does not end at its edge (:class:`~.patches.CoveringWindowGrid`: every pixel is
     in some window). Each window keeps its smallest
-    value over the offsets. Returns, per level, the per-window values ``(N, 1, rows, cols)`` and the grid.
+    value over the offsets. Returns, per level, the per-window values ``(N, 1, rows, cols)`` and the grid; reduce
+    them with ``grid.average`` (a covering grid weighs its clipped windows by their area), not ``.mean``.
 
     With ``radius=0`` and ``subpixel=False`` this is the pixelwise terms, window-averaged.
 
@@ -463,8 +464,8 @@ class _WinningOffsets(torch.autograd.Function):
                 maps.append(torch.zeros(n, len(used), hl * wl))
                 continue
             masked = torch.where(winners == idx, g, torch.zeros((), dtype=g.dtype))  # (N, len(used), rows, cols)
-            # The adjoint of the window pooling (pool_fast's: 5-10x faster here than WindowGrid.spread's
-            # transposed convolution, which is the same up to a constant factor).
+            # The adjoint of the window pooling (pool_fast's: 5-10x faster here than a transposed convolution; for a
+            # plain grid WindowGrid.spread is the same up to a constant factor, for a covering one it is not).
             spread = grid.pool_fast_adjoint(masked.reshape(n * len(used), 1, *g.shape[-2:]))
             maps.append(spread.reshape(n, len(used), hl * wl))
         gmap = torch.cat(maps, dim=2).contiguous()

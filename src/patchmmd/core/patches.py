@@ -360,14 +360,15 @@ class CoveringWindowGrid(WindowGrid):
         return F.pad(t, (0, padded.width - self.width, 0, padded.height - self.height))
 
     def _area_ratio(self, like: torch.Tensor) -> torch.Tensor:
-        """Per window, its full area over its area inside the image: ``(rows, cols)``, >= 1."""
+        """Per window, its full area over its area inside the image: ``(rows, cols)``, >= 1, in ``like``'s dtype
+        (pixels counted in int64: bfloat16 holds integers exactly only up to 256)."""
         def inside(size: int, window: int, stride: int, count: int) -> torch.Tensor:
-            start = torch.arange(count, dtype=like.dtype, device=like.device) * stride
+            start = torch.arange(count, dtype=torch.int64, device=like.device) * stride
             return (start + window).clamp(max=size) - start
 
         h = inside(self.height, self.window_h, self.stride_h, self.rows)
         w = inside(self.width, self.window_w, self.stride_w, self.cols)
-        return (self.window_h * self.window_w) / (h[:, None] * w[None, :])
+        return ((self.window_h * self.window_w) / (h[:, None] * w[None, :]).double()).to(like.dtype)
 
     def pool(self, t: torch.Tensor) -> torch.Tensor:
         return self._padded.pool(self._pad(t)) * self._area_ratio(t)
