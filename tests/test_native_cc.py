@@ -40,3 +40,12 @@ def test_the_kernels_are_built_with_the_arguments_of_cc(monkeypatch: pytest.Monk
     assert nk is not None
     record = json.loads(nk.path.with_name(nk.path.name + ".json").read_text())
     assert record["compiler"].endswith("-DPATCHMMD_FROM_CC_ARGS=1")
+
+
+@needs_cc
+def test_a_cc_that_names_no_executable_is_said(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The user's $CC passed over for cc is said in a warning (it was silent)."""
+    monkeypatch.setenv("CC", "no-such-compiler-here -O2")
+    with pytest.warns(RuntimeWarning, match=r"\$CC \('no-such-compiler-here -O2'\) names no executable found; "
+                                            r"using .*cc instead"):
+        assert _load_from(monkeypatch, tmp_path / "cache") is not None

@@ -162,6 +162,15 @@ def _compiler() -> str | None:
     return None
 
 
+def _is_cc(found: str, wanted: str) -> bool:
+    """Whether the command line :func:`_compiler` found is ``$CC``'s (``wanted``), not a fallback."""
+    try:
+        words = shlex.split(wanted)
+    except ValueError:
+        return False
+    return bool(words) and shlex.split(found)[1:] == words[1:] and shutil.which(words[0]) == shlex.split(found)[0]
+
+
 def _cache_dirs() -> list[Path]:
     """Where the compiled library may live, in order of preference: the first that can be created and passes
     :func:`_open_private_dir` is used (if none does, a private temporary folder for this process)."""
@@ -1003,6 +1012,10 @@ def _find_or_build() -> tuple[NativeKernels | None, str]:
     if not SOURCE.exists():
         return None, f"the kernels' source {SOURCE} is missing"
     cc = _compiler()
+    wanted = os.environ.get("CC", "").strip()
+    if wanted and (cc is None or not _is_cc(cc, wanted)):  # the user's choice passed over: said, not silent
+        _warn([f"$CC ({wanted!r}) names no executable found"],
+              f"using {cc} instead" if cc is not None else "no other C compiler either; using PyTorch")
     if cc is None:
         return None, "no C compiler found (looked for $CC, cc, gcc, clang)"
     key = _cache_key(cc)
