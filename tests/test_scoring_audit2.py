@@ -77,6 +77,7 @@ def test_the_temporary_files_of_a_killed_run_are_removed_by_the_next_and_the_csv
 def _stale_temporary(target: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The temporary file an atomic write of ``target`` leaves when its process dies before the rename (made by
     the writer itself, named as it names them)."""
+    from patchmmd import _files  # where the atomic writes live
     from patchmmd.scoring import output
 
     made: list[str] = []
@@ -94,8 +95,8 @@ def _stale_temporary(target: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         raise Killed
 
     with monkeypatch.context() as mp:
-        mp.setattr(output.tempfile, "mkstemp", mkstemp)
-        mp.setattr(output.os, "replace", replace)
+        mp.setattr(_files.tempfile, "mkstemp", mkstemp)
+        mp.setattr(_files.os, "replace", replace)
         with pytest.raises(Killed):
             output.write_output_atomic(target, [], value_column="distance")
     stale = Path(made[0])

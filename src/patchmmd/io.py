@@ -475,7 +475,7 @@ def save_image(t: torch.Tensor, path: str | os.PathLike[str]) -> None:
     """
     from PIL import Image
 
-    from .scoring.output import atomic_write_bytes
+    from ._files import atomic_write_bytes
 
     if not t.is_floating_point():
         raise TypeError(f"save_image takes a floating tensor with values in [0, 1], got {t.dtype}")

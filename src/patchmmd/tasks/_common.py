@@ -189,7 +189,7 @@ def _save_checkpoint(checkpoint: Checkpoint, model: nn.Module, opt: torch.optim.
     import io
     import json
 
-    from ..scoring.output import atomic_write_bytes
+    from .._files import atomic_write_bytes
 
     buf = io.BytesIO()
     torch.save({
