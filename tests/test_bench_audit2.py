@@ -4,7 +4,6 @@ Tiny sizes only: nothing here measures anything."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import pytest
 import torch
 
 from test_benchmarks import _load
+from test_scripts_audit import load
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
@@ -41,11 +41,7 @@ def flags(bp: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"bench_audit2_{name}", SCRIPTS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load(name)  # the scripts audit's loader
 
 
 # ------------------------------------------------------------------------------------------------ bench_perf

@@ -1013,9 +1013,8 @@ def _find_or_build() -> tuple[NativeKernels | None, str]:
         return None, f"the kernels' source {SOURCE} is missing"
     cc = _compiler()
     wanted = os.environ.get("CC", "").strip()
-    if wanted and (cc is None or not _is_cc(cc, wanted)):  # the user's choice passed over: said, not silent
-        _warn([f"$CC ({wanted!r}) names no executable found"],
-              f"using {cc} instead" if cc is not None else "no other C compiler either; using PyTorch")
+    if wanted and cc is not None and not _is_cc(cc, wanted):  # the user's choice passed over for another: said
+        _warn([f"$CC ({wanted!r}) names no executable found"], f"using {cc} instead")
     if cc is None:
         return None, "no C compiler found (looked for $CC, cc, gcc, clang)"
     key = _cache_key(cc)

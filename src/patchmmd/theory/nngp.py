@@ -73,7 +73,25 @@ PATCH_NORM_EPS = 1e-3
 _PI = math.pi
 
 
-class _Kappa1(torch.autograd.Function):
+class _Elementwise(torch.autograd.Function):
+    """An elementwise function of ``c`` whose derivative is :meth:`derivative` in both modes (``setup_context``
+    saves ``c`` for both; ``vmap``'s rule is generated). Subclasses define ``forward`` and ``derivative``."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def derivative(c: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    # ``ctx`` is typed Any: torch's ``FunctionCtx`` declares ``save_for_backward`` but not ``saved_tensors``.
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
+        (c,) = inputs
+        ctx.save_for_backward(c)
+        ctx.save_for_forward(c)
+
+
+class _Kappa1(_Elementwise):
     """``κ₁(c)`` for ``c`` clamped to ``[-1, 1]``, with the derivative ``(π - arccos c) / π`` everywhere (and,
     when the gradient's graph is asked for, the second derivative ``1 / (π √(1 - c²))`` inside ``(-1, 1)``).
 
@@ -91,8 +109,6 @@ class _Kappa1(torch.autograd.Function):
     (``grad``, ``vmap``, ``jacrev``, ``jvp``, ``jacfwd``, ``hessian``) go through it.
     """
 
-    generate_vmap_rule = True
-
     @staticmethod
     def forward(c: torch.Tensor) -> torch.Tensor:
         cc = c.clamp(-1.0, 1.0)
@@ -100,56 +116,41 @@ class _Kappa1(torch.autograd.Function):
         s = torch.sqrt((1.0 - cc * cc).clamp_min(0.0))
         return (s + (_PI - theta) * cc) / _PI
 
-    # ``ctx`` is typed Any: torch's ``FunctionCtx`` declares ``save_for_backward`` but not ``saved_tensors``.
     @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
-        (c,) = inputs
-        ctx.save_for_backward(c)
-        ctx.save_for_forward(c)
+    def derivative(c: torch.Tensor) -> torch.Tensor:
+        return _Kappa1Derivative.apply(c)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        (c,) = ctx.saved_tensors
-        return grad * _Kappa1Derivative.apply(c)
+        return grad * _Kappa1.derivative(ctx.saved_tensors[0])
 
     @staticmethod
     def jvp(ctx: Any, tangent: torch.Tensor) -> torch.Tensor:
-        (c,) = ctx.saved_tensors
-        return tangent * _Kappa1Derivative.apply(c)
+        return tangent * _Kappa1.derivative(ctx.saved_tensors[0])
 
 
-class _Kappa1Derivative(torch.autograd.Function):
+class _Kappa1Derivative(_Elementwise):
     """``κ₁'(c) = (π - arccos c) / π`` for ``c`` clamped to ``[-1, 1]``, with the derivative ``1 / (π √(1 - c²))``
     inside ``(-1, 1)`` and 0 at ``c = ±1`` (see :class:`_Kappa1`), in both modes; the derivative is plain PyTorch
     operations, so higher orders follow."""
-
-    generate_vmap_rule = True
 
     @staticmethod
     def forward(c: torch.Tensor) -> torch.Tensor:
         return (_PI - torch.arccos(c.clamp(-1.0, 1.0))) / _PI
 
     @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
-        (c,) = inputs
-        ctx.save_for_backward(c)
-        ctx.save_for_forward(c)
-
-    @staticmethod
-    def _second(c: torch.Tensor) -> torch.Tensor:
+    def derivative(c: torch.Tensor) -> torch.Tensor:
         inside = c.abs() < 1.0
         safe = torch.where(inside, c, torch.zeros_like(c))
         return torch.where(inside, 1.0 / (_PI * torch.sqrt(1.0 - safe * safe)), torch.zeros_like(c))
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        (c,) = ctx.saved_tensors
-        return grad * _Kappa1Derivative._second(c)
+        return grad * _Kappa1Derivative.derivative(ctx.saved_tensors[0])
 
     @staticmethod
     def jvp(ctx: Any, tangent: torch.Tensor) -> torch.Tensor:
-        (c,) = ctx.saved_tensors
-        return tangent * _Kappa1Derivative._second(c)
+        return tangent * _Kappa1Derivative.derivative(ctx.saved_tensors[0])
 
 
 def _cosine_tolerance(dtype: torch.dtype) -> float:
