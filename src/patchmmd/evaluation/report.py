@@ -85,9 +85,9 @@ def remove_outputs(out_dir: str | os.PathLike[str]) -> None:
 _UNDEFINED = "–"
 _UNDEFINED_MOS = (
     f"{_UNDEFINED}: undefined (null in report.json): SROCC, KROCC and PLCC where the values or the scores are all "
-    "tied; PLCC and RMSE with at most 5 distinct (value, score) pairs, which the 5-parameter logistic passes "
-    "through whatever they are; every statistic of a group of fewer than 3 items; an interval where more than 5% "
-    "of the resamples leave the statistic undefined."
+    "tied; PLCC and RMSE with at most 5 distinct values of the metric, where the 5-parameter logistic passes "
+    "through the mean score of each whatever their order; every statistic of a group of fewer than 3 items; an "
+    "interval where more than 5% of the resamples leave the statistic undefined."
 )
 _UNDEFINED_JND = (
     f"{_UNDEFINED}: undefined (null in report.json): no pair of the subset was judged 'same', so it has no "

@@ -67,7 +67,7 @@ from typing import Any, Literal
 import torch
 
 from .._trust import UntrustedFileError, read_controlled
-from ..core.validation import check_positive_int
+from ..core.validation import check_bool, check_positive_int
 from ..io import ImageReadError
 from ..metrics.weights import file_stamps
 from ..scoring.errors import error_text
@@ -134,6 +134,10 @@ class EvalMetric:
     higher_is_better: bool = False
     group: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # a direction given as text ("False") would negate the values, and every statistic, silently
+        check_bool("higher_is_better", self.higher_is_better)
 
     @classmethod
     def from_registry(cls, name: str, **options: Any) -> EvalMetric:
@@ -681,6 +685,7 @@ def run(
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     skip = on_error == "skip"
+    score_higher_is_better = check_bool("score_higher_is_better", score_higher_is_better)
     specs = _metrics(metrics)
     batch_size = check_positive_int("batch_size", batch_size)
     dev = resolve_device(device) if isinstance(device, str) else device

@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from ..core.validation import check_bool
+
 ArrayLike = Any  # anything numpy.asarray accepts
 
 __all__ = [
@@ -50,7 +52,7 @@ __all__ = [
 ]
 
 STATISTICS = ("srocc", "krocc", "plcc", "rmse")
-#: Parameters of :func:`logistic5`: PLCC and RMSE after the fit need more distinct (value, score) pairs than this.
+#: Parameters of :func:`logistic5`: PLCC and RMSE after the fit need more distinct values of the metric than this.
 LOGISTIC_PARAMETERS = 5
 
 
@@ -274,16 +276,18 @@ def orient(values: ArrayLike, *, higher_is_better: bool) -> np.ndarray:
         [-1.0, -2.0]
     """
     a = np.asarray(values, dtype=np.float64)
-    return -a if higher_is_better else a
+    return -a if check_bool("higher_is_better", higher_is_better) else a
 
 
 def _point_stats(
     x: np.ndarray, y: np.ndarray, scipy: ModuleType, start: Sequence[float] | None = None
 ) -> dict[str, Any]:
     # A 5-parameter curve passes through (or next to) up to 5 points whatever they are: PLCC near 1 and RMSE near 0
-    # would say nothing of the metric (3 points always give PLCC = 1), so there is no fit. Bootstrap resamples
-    # repeat items, so distinct (value, score) pairs are what count.
-    fit = len(set(zip(x.tolist(), y.tolist(), strict=True))) > LOGISTIC_PARAMETERS
+    # would say nothing of the metric (3 points always give PLCC = 1), so there is no fit. What counts is the
+    # metric's distinct values: over at most 5 of them the curve reaches the mean score of each, in any order (3
+    # values with mean scores low, high, low give PLCC near 1 for an SROCC near 0), and bootstrap resamples repeat
+    # items.
+    fit = np.unique(x).size > LOGISTIC_PARAMETERS
     plcc = rmse = math.nan
     params: Sequence[float] = ()
     with np.errstate(all="ignore"):
@@ -339,12 +343,15 @@ def correlations(
         r between the logistic-fitted values and the (oriented) scores, ``rmse`` the fit's residual in score
         units, ``plcc_linear`` Pearson's r without the fit, ``logistic`` the fit's parameters (on the oriented
         values; empty where there is no fit, see below). ``ci`` maps each of srocc/krocc/plcc/rmse to
-        ``[low, high]`` (percentile bootstrap) or is empty without bootstrap; resamples where a statistic is
-        undefined are left out while they are at most ``1 - confidence`` of all, beyond that its interval is
-        NaN. Statistics that are undefined are NaN: correlations of constant input (all values or all scores
-        tied), and PLCC and RMSE where at most :data:`LOGISTIC_PARAMETERS` (5) distinct (value, score) pairs
-        leave the 5-parameter fit nothing to test (it would pass through every point: 3 points always give
-        PLCC 1 and RMSE 0), so there is no fit.
+        ``[low, high]`` (percentile bootstrap: items resampled as oriented (value, score) pairs, each resample's
+        statistic computed as the point estimate is, numpy's percentiles of them; the interval need not contain the
+        point estimate with few items or few resamples, see docs/evaluation.md) or is empty without bootstrap;
+        resamples where a statistic is undefined are left out while they are at most ``1 - confidence`` of all,
+        beyond that its interval is NaN. Statistics that are undefined are NaN: correlations of constant input
+        (all values or all scores tied), and PLCC and RMSE where at most :data:`LOGISTIC_PARAMETERS` (5) distinct
+        values of the metric leave the 5-parameter fit nothing to test (it would pass through every point, or
+        through the mean score of each value whatever their order: 3 points always give PLCC 1 and RMSE 0), so
+        there is no fit.
 
     Example:
         >>> import numpy as np
@@ -360,6 +367,9 @@ def correlations(
         ['krocc', 'plcc', 'rmse', 'srocc']
     """
     scipy = _require_scipy("correlations")
+    # a flag given as text ("False") would flip a sign silently
+    higher_is_better = check_bool("higher_is_better", higher_is_better)
+    score_higher_is_better = check_bool("score_higher_is_better", score_higher_is_better)
     x = orient(_as_1d("distances", distances), higher_is_better=higher_is_better)
     y = orient(_as_1d("scores", scores), higher_is_better=score_higher_is_better)
     n = _same_length(distances=x, scores=y)
