@@ -65,3 +65,17 @@ def test_without_the_lock_no_temporary_is_removed(tmp_path: Path, monkeypatch: p
     r = mos_cli(labels, out, "--resume")
     assert r.exit_code == 0, r.output
     assert "cannot lock" in r.output and live.exists()
+
+
+def test_a_metric_cached_under_another_version_is_refused_naming_it(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-metric cache did not record the versions of patchmmd and PyTorch: after an upgrade, ``--resume``
+    silently reused values the new code may compute differently."""
+    import patchmmd
+
+    labels = mos_set(tmp_path / "mos", n=6)
+    out = tmp_path / "out"
+    assert mos_cli(labels, out).exit_code == 0
+    monkeypatch.setattr(patchmmd, "__version__", "999.0")
+    r = mos_cli(labels, out, "--resume")
+    assert r.exit_code != 0 and "versions.patchmmd" in r.output and "999.0" in r.output, r.output

@@ -507,6 +507,20 @@ def settings_as_json(settings: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def versions() -> dict[str, str]:
+    """The versions a cached value depends on (stored with it): patchmmd's and PyTorch's. A distance's numbers
+    may change with either, so values cached under others are recomputed only after the user agrees (a
+    :class:`CacheMismatchError` naming the version).
+
+    Example:
+        >>> sorted(versions())
+        ['patchmmd', 'torch']
+    """
+    from .. import __version__
+
+    return {"patchmmd": __version__, "torch": torch.__version__}
+
+
 #: What a change of these settings means (their values are fingerprints that say nothing to a reader).
 _CHANGE_HINTS = {"items": "items: other ones, or in another order",
                  "images": "images: files changed since, in size or modification time"}
@@ -742,7 +756,7 @@ def run(
 
     # every metric's values first: an item one of them cannot read is left out for all
     for name, metric in specs.items():
-        settings = {**result.settings, "metric": name, "options": dict(metric.options)}
+        settings = {**result.settings, "metric": name, "options": dict(metric.options), "versions": versions()}
         files = file_stamps(metric.options)
         if files:  # weight files: a file replaced in place is not the one the cached values came from
             settings["files"] = files

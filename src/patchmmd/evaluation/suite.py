@@ -45,6 +45,7 @@ from ..metrics.weights import WEIGHT_FOLDER, file_stamps, folder_options
 from .artifacts import lattice_ratio
 from .report import json_text
 from .runner import CacheMismatchError
+from .runner import versions as _versions
 from .shift import MIN_SIZE, SHIFTS, ratios, shift_distances
 from .suite_cache import SuiteCache, entry_name, tensor_digest
 
@@ -493,13 +494,6 @@ def _unique_names(names: Sequence[str]) -> list[str]:
             new, k = f"{name} ({k})", k + 1
         out.append(new)
     return out
-
-
-def _versions() -> dict[str, str]:
-    """The versions a cached result depends on (stored with it)."""
-    from .. import __version__
-
-    return {"patchmmd": __version__, "torch": torch.__version__}
 
 
 def _judge(judges: Mapping[str, SuiteMetric], x: torch.Tensor, y: torch.Tensor, chunk: int = 8) -> dict[str, float]:
