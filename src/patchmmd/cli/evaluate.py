@@ -142,7 +142,11 @@ def _prepare_out(out: str, overwrite: bool, resume: bool,
     try:
         path = prepare_output_dir(out, overwrite=overwrite or resume)
     except click.UsageError as e:
-        if Path(out).is_dir():
+        try:
+            existing = Path(out).is_dir()
+        except OSError:  # a name too long for the file system (Python < 3.13 raises): the error says so already
+            existing = False
+        if existing:
             raise click.UsageError(f"{e.message} (or --resume to continue)") from None
         raise
     locked = _lock_for_this_command(path)

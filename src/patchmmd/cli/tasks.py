@@ -126,8 +126,12 @@ def _out_dir(out: str | None, command: str, loss: str, overwrite: bool, resume: 
     if overwrite and resume:
         raise click.UsageError("--resume and --overwrite exclude each other: continue a run, or start it over")
     path = Path(out) if out is not None else Path("runs") / f"{command}-{loss}"
-    stopped = (path / CHECKPOINT_FILE).is_file()
-    if resume and not stopped and path.is_dir() and any(path.iterdir()):  # (a missing or empty folder: a new run)
+    try:
+        stopped = (path / CHECKPOINT_FILE).is_file()
+        holds_files = path.is_dir() and any(path.iterdir())
+    except OSError:  # a name too long for the file system, a folder that cannot be listed: prepare_output_dir says
+        stopped = holds_files = False
+    if resume and not stopped and holds_files:  # (a missing or empty folder: a new run)
         if (path / "metrics.json").exists():
             why = f"its run finished (metrics.json, no {CHECKPOINT_FILE}); pass --overwrite to train it again"
         else:
