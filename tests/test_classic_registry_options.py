@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pickle
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -56,3 +57,19 @@ def test_the_options_give_the_functions_numbers() -> None:
 def test_bad_option_values_are_refused_when_built(name: str, options: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         get_metric(name, **options)
+
+
+def test_the_command_line_refuses_a_range_other_than_its_files(tmp_path: Path) -> None:
+    """Image files are read in [0, 1]: ``compare -m psnr -o data_range=255`` gave a PSNR 48 dB too high, and
+    ``-o value_range=[0,255]`` a distance of the wrong scale. Other ranges are refused; the files' own is accepted."""
+    from cli_runner import invoke
+    from patchmmd.io import save_image
+
+    x, y = _pair()
+    save_image(x[0], tmp_path / "a.png")
+    save_image(y[0], tmp_path / "b.png")
+    for args in (["-m", "psnr", "-o", "data_range=255"], ["-m", "mmdpp", "-o", "value_range=[0,255]"]):
+        r = invoke("compare", tmp_path / "a.png", tmp_path / "b.png", *args)
+        assert r.exit_code == 2 and "reads image files in [0, 1]" in r.output, r.output
+    r = invoke("compare", tmp_path / "a.png", tmp_path / "b.png", "-m", "psnr", "-o", "data_range=1", "--json")
+    assert r.exit_code == 0, r.output

@@ -314,9 +314,18 @@ def parse_metric_options(items: Iterable[str]) -> dict[str, Any]:
     from ..metrics.registry import parse_options
 
     try:
-        return parse_options(items)
+        options = parse_options(items)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--option") from None
+    # Image files are read in [0, 1] (8-bit / 255, 16-bit / 65535): another range would give a wrong number
+    # (PSNR 48 dB too high with data_range=255), not a check. The options are for tensors in Python.
+    for key, default in (("value_range", [0, 1]), ("data_range", 1)):
+        if key in options and options[key] != default:
+            raise click.BadParameter(
+                f"{key}={options[key]!r}: the command line reads image files in [0, 1] (8-bit values / 255, 16-bit "
+                f"/ 65535), so their range is always {default!r}; {key} is for tensors of other ranges in Python",
+                param_hint="--option")
+    return options
 
 
 def metric_options_option() -> Callable[[F], F]:

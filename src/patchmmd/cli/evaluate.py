@@ -160,7 +160,9 @@ def _prepare_out(out: str, overwrite: bool, resume: bool,
 def _lock_for_this_command(out: Path) -> bool:
     """Hold ``OUT.lock`` (:class:`patchmmd.scoring.OutputLock`) until the command ends: one run per output
     folder; whether it is held. A lock that cannot be made (a read-only parent folder, a file system without
-    ``flock``) is reported and the command goes on without it, as ``patchmmd score`` does."""
+    ``flock``, a name too long for ``OUT.lock``) is reported and the command goes on without it (``patchmmd score``
+    goes on only without ``flock``, and refuses the others); what only the lock's holder may do (removing a killed
+    run's temporaries) is then not done."""
     from ..scoring import OutputLock, OutputLockedError
 
     try:
