@@ -152,23 +152,21 @@ def _compiler() -> str | None:
         >>> _ = os.environ.pop("CC") if saved is None else os.environ.update(CC=saved)
     """
     for text in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        try:
-            words = shlex.split(text or "")
-        except ValueError:  # unbalanced quotes in $CC: not a command line
-            continue
-        path = shutil.which(words[0]) if words else None
-        if path:
-            return shlex.join([path, *words[1:]])
+        found = _command_line(text or "")
+        if found is not None:
+            return found
     return None
 
 
-def _is_cc(found: str, wanted: str) -> bool:
-    """Whether the command line :func:`_compiler` found is ``$CC``'s (``wanted``), not a fallback."""
+def _command_line(text: str) -> str | None:
+    """``text`` as a command line whose program is found (its resolved path, then its arguments, joined by
+    :func:`shlex.join`), or ``None``: no program found, or not a command line (unbalanced quotes)."""
     try:
-        words = shlex.split(wanted)
+        words = shlex.split(text)
     except ValueError:
-        return False
-    return bool(words) and shlex.split(found)[1:] == words[1:] and shutil.which(words[0]) == shlex.split(found)[0]
+        return None
+    path = shutil.which(words[0]) if words else None
+    return shlex.join([path, *words[1:]]) if path else None
 
 
 def _cache_dirs() -> list[Path]:
@@ -1013,7 +1011,7 @@ def _find_or_build() -> tuple[NativeKernels | None, str]:
         return None, f"the kernels' source {SOURCE} is missing"
     cc = _compiler()
     wanted = os.environ.get("CC", "").strip()
-    if wanted and cc is not None and not _is_cc(cc, wanted):  # the user's choice passed over for another: said
+    if wanted and cc is not None and _command_line(wanted) is None:  # the user's choice passed over: said
         _warn([f"$CC ({wanted!r}) names no executable found"], f"using {cc} instead")
     if cc is None:
         return None, "no C compiler found (looked for $CC, cc, gcc, clang)"
