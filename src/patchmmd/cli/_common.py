@@ -513,3 +513,22 @@ def _output_path_error(option: str, out: Path, e: OSError) -> click.ClickExcepti
     if e.errno == errno.ENAMETOOLONG:
         return click.UsageError(f"{option} {out}: the name is too long for the file system; give a shorter name")
     return CommandError(f"{option} {out}: {e.strerror or e}")
+
+
+def lock_output_folder(out: Path) -> bool:
+    """Hold ``OUT.lock`` (:class:`patchmmd.scoring.OutputLock`) until the command ends: one run per output
+    folder (``eval``, ``train-ae``, ``train-sr``); whether it is held. A lock that cannot be made (a read-only
+    parent folder, a file system without ``flock``, a name too long for ``OUT.lock``) is reported and the command
+    goes on without it (``patchmmd score`` goes on only without ``flock``, and refuses the others); what only the
+    lock's holder may do (removing a killed run's temporaries) is then not done."""
+    from ..scoring import OutputLock, OutputLockedError
+
+    try:
+        lock = OutputLock.acquire(out)
+    except OutputLockedError as e:
+        raise click.ClickException(f"--out: {e}") from None
+    except OSError as e:
+        click.echo(f"warning: cannot lock {out} ({e.strerror or e}); make sure no other run writes it", err=True)
+        return False
+    click.get_current_context().call_on_close(lock.release)
+    return True

@@ -37,6 +37,7 @@ from ._common import (
     InputFile,
     batch_size_option,
     device_option,
+    lock_output_folder,
     mode_option,
     parse_metric_options,
     prepare_output_dir,
@@ -149,31 +150,12 @@ def _prepare_out(out: str, overwrite: bool, resume: bool,
         if existing:
             raise click.UsageError(f"{e.message} (or --resume to continue)") from None
         raise
-    locked = _lock_for_this_command(path)
+    locked = lock_output_folder(path)
     if overwrite:
         (remove or remove_outputs)(path)
     elif locked:  # a killed run's half-written cache files: no other run can be writing them while we hold the lock
         remove_stale_temporaries_in(path / "cache")
     return path
-
-
-def _lock_for_this_command(out: Path) -> bool:
-    """Hold ``OUT.lock`` (:class:`patchmmd.scoring.OutputLock`) until the command ends: one run per output
-    folder; whether it is held. A lock that cannot be made (a read-only parent folder, a file system without
-    ``flock``, a name too long for ``OUT.lock``) is reported and the command goes on without it (``patchmmd score``
-    goes on only without ``flock``, and refuses the others); what only the lock's holder may do (removing a killed
-    run's temporaries) is then not done."""
-    from ..scoring import OutputLock, OutputLockedError
-
-    try:
-        lock = OutputLock.acquire(out)
-    except OutputLockedError as e:
-        raise click.ClickException(f"--out: {e}") from None
-    except OSError as e:
-        click.echo(f"warning: cannot lock {out} ({e.strerror or e}); make sure no other run writes it", err=True)
-        return False
-    click.get_current_context().call_on_close(lock.release)
-    return True
 
 
 def _dataset_error(e: Exception) -> click.ClickException:
