@@ -17,21 +17,7 @@ import scipy.stats
 from patchmmd.evaluation import MOSDataset, run
 from patchmmd.evaluation.runner import EvalMetric
 from patchmmd.evaluation.stats import correlations, grouped_correlations, logistic5
-
-
-def _mos_csv(folder: Path, n: int = 8) -> Path:
-    from patchmmd.io import save_image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    g = torch.Generator().manual_seed(0)
-    ref = torch.rand(3, 16, 16, generator=g) * 0.5 + 0.25
-    save_image(ref, folder / "ref.png")
-    rows = ["reference,distorted,dmos"]
-    for i in range(n):
-        save_image((ref + (i + 1) * 0.03 * torch.randn(3, 16, 16, generator=g)).clamp(0, 1), folder / f"d{i}.png")
-        rows.append(f"ref.png,d{i}.png,{10 * (i + 1)}")
-    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
-    return folder / "labels.csv"
+from test_evalrun_audit import mos_set
 
 
 def test_no_logistic_fit_over_at_most_five_distinct_metric_values() -> None:
@@ -69,7 +55,7 @@ def test_direction_flags_given_as_text_are_refused(tmp_path: Path) -> None:
         calls.append(a.shape[0])
         return (a - b).pow(2).flatten(1).mean(1)
 
-    ds = MOSDataset(_mos_csv(tmp_path / "data"))
+    ds = MOSDataset(mos_set(tmp_path / "data"))  # the evaluation audit's tiny MOS set
     with pytest.raises(ValueError, match="score_higher_is_better must be True or False"):
         run(ds, [EvalMetric("l2", l2)], bootstrap=0, score_higher_is_better="no")  # type: ignore[arg-type]
     assert calls == []  # refused before any metric ran

@@ -19,7 +19,14 @@ from typing import Any
 import click
 
 from . import main
-from ._common import SEED, FinitePositiveFloat, check_input_file, parse_metric_options, prepare_output_dir
+from ._common import (
+    SEED,
+    FinitePositiveFloat,
+    check_input_file,
+    lock_output_folder,
+    parse_metric_options,
+    prepare_output_dir,
+)
 
 
 def _check_loss(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -144,9 +151,7 @@ def _out_dir(out: str | None, command: str, loss: str, overwrite: bool, resume: 
             raise click.UsageError(f"{e.message} (it holds a stopped run: --resume continues it)") from None
         raise
     if command != "gim":
-        from .evaluate import _lock_for_this_command
-
-        if _lock_for_this_command(path):  # a killed save's temporary: no other run writes here while we hold it
+        if lock_output_folder(path):  # a killed save's temporary: no other run writes here while we hold it
             from ..scoring import remove_stale_temporaries
 
             remove_stale_temporaries([path / CHECKPOINT_FILE])
@@ -426,10 +431,11 @@ def train_ae_command(
     _probe_loss(loss, loss_name, split.heldout[:1])
     evaluate = _evaluator(eval_distances, weights, split.heldout[:1])
     folder = _out_dir(out, "train-ae", loss_name, overwrite, resume)
-    checkpoint = _checkpoint(folder, {
+    arguments = {  # what the run depends on: in the checkpoint and, first, in metrics.json
         "task": "train-ae", "loss": loss_name, "loss_options": parse_metric_options(loss_option), "seed": seed,
         "data": names, "crop": crop, "batch": batch, "steps": steps, "lr": lr, "width": width, "latent": latent,
-        "weights": weights}, data_dir, loss_name, weights, loss_option)
+    }
+    checkpoint = _checkpoint(folder, {**arguments, "weights": weights}, data_dir, loss_name, weights, loss_option)
     t0 = time.time()
     with deterministic(seed), _resumable(folder):
         with _bar(steps, f"train-ae {loss_name}", progress) as callback:
@@ -439,9 +445,7 @@ def train_ae_command(
         m = evaluate(recon, split.heldout)
     model = save_model(res.model, folder)  # recon_NNN.png: ConvAutoencoder(**args)(heldout), clamped to [0, 1]
     metrics = {
-        "task": "train-ae", "loss": loss_name, "loss_options": parse_metric_options(loss_option), "seed": seed,
-        "data": names, "crop": crop, "batch": batch, "steps": steps, "lr": lr, "width": width, "latent": latent,
-        "heldout_tiles": len(split.heldout), "final_loss": float(f"{res.history[-1]:.6g}"),
+        **arguments, "heldout_tiles": len(split.heldout), "final_loss": float(f"{res.history[-1]:.6g}"),
         "loss_history": _history(res.history), "heldout": m, "weights": weights,
         "model": model,
     }
@@ -483,10 +487,12 @@ def train_sr_command(
     _probe_loss(loss, loss_name, split.heldout[:1])
     evaluate = _evaluator(eval_distances, weights, split.heldout[:1])
     folder = _out_dir(out, "train-sr", loss_name, overwrite, resume)
-    checkpoint = _checkpoint(folder, {
+    arguments = {  # what the run depends on: in the checkpoint and, first, in metrics.json
         "task": "train-sr", "loss": loss_name, "loss_options": parse_metric_options(loss_option), "seed": seed,
         "data": names, "scale": scale, "crop": crop, "batch": batch, "steps": steps, "lr": lr, "width": width,
-        "blocks": blocks, "weights": weights}, data_dir, loss_name, weights, loss_option)
+        "blocks": blocks,
+    }
+    checkpoint = _checkpoint(folder, {**arguments, "weights": weights}, data_dir, loss_name, weights, loss_option)
     t0 = time.time()
     with deterministic(seed), _resumable(folder):
         with _bar(steps, f"train-sr {loss_name}", progress) as callback:
@@ -498,9 +504,7 @@ def train_sr_command(
         m_sr, m_bic = evaluate(sr, split.heldout), evaluate(bic, split.heldout)
     model = save_model(res.model, folder)  # sr_NNN.png: SRNet(**args)(degrade(heldout, scale)), clamped to [0, 1]
     metrics = {
-        "task": "train-sr", "loss": loss_name, "loss_options": parse_metric_options(loss_option), "seed": seed,
-        "data": names, "scale": scale, "crop": crop, "batch": batch, "steps": steps, "lr": lr, "width": width,
-        "blocks": blocks, "heldout_tiles": len(split.heldout), "final_loss": float(f"{res.history[-1]:.6g}"),
+        **arguments, "heldout_tiles": len(split.heldout), "final_loss": float(f"{res.history[-1]:.6g}"),
         "loss_history": _history(res.history), "heldout": m_sr, "bicubic": m_bic, "weights": weights,
         "model": model,
     }

@@ -225,21 +225,18 @@ def _resume(checkpoint: Checkpoint, model: nn.Module, opt: torch.optim.Optimizer
         raise CheckpointError(f"{path} holds a run with other settings ({', '.join(differ)} differ: "
                               f"{', '.join(f'{k}={saved.get(k)!r}' for k in differ)} there); start over, or "
                               "resume with the settings it was written with")
-    try:
+    try:  # (into this run's objects: refused below if it is not this run's, and the run stops)
         history = [float(v) for v in state["history"]]
-        if state["step"] != len(history) or len(history) > steps:
-            raise CheckpointError(f"{path} is at step {state['step']} of a run of {steps} steps; remove it to start "
-                                  "over")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        if [grp["lr"] for grp in opt.param_groups] != [lr for _ in opt.param_groups]:
-            raise CheckpointError(f"{path} holds a run with another learning rate; start over")
         g.set_state(state["generator"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        if isinstance(e, CheckpointError):
-            raise
         raise CheckpointError(f"{path} does not fit this run ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
                               "remove it to start over") from None
+    if state["step"] != len(history) or len(history) > steps:
+        raise CheckpointError(f"{path} is at step {state['step']} of a run of {steps} steps; remove it to start over")
+    if any(group["lr"] != lr for group in opt.param_groups):
+        raise CheckpointError(f"{path} holds a run with another learning rate; start over")
     return history
 
 
