@@ -221,10 +221,13 @@ class WindowGrid:
         Each pixel receives the sum of the values of the windows that contain it, scaled so that the mean
         over the grid equals the mean over windows. Pixels that no window covers receive 0.
         """
+        return self._window_sums(per_window) * (self.height * self.width / (self.patches_per_window * self.num_windows))
+
+    def _window_sums(self, per_window: torch.Tensor) -> torch.Tensor:
+        """Each pixel of the ``height x width`` grid: the sum of the values of the windows that contain it."""
         ones = per_window.new_ones(1, 1, self.window_h, self.window_w)
         full = F.conv_transpose2d(per_window, ones, stride=(self.stride_h, self.stride_w))
-        full = F.pad(full, (0, self.width - full.shape[-1], 0, self.height - full.shape[-2]))
-        return full * (self.height * self.width / (self.patches_per_window * self.num_windows))
+        return F.pad(full, (0, self.width - full.shape[-1], 0, self.height - full.shape[-2]))
 
     def average(self, per_window: torch.Tensor) -> torch.Tensor:
         """The mean of per-window values ``(..., rows, cols)`` over the windows (the last two dimensions)."""
@@ -389,12 +392,9 @@ class CoveringWindowGrid(WindowGrid):
         """As :meth:`WindowGrid.spread`: each pixel receives the sum of the values of the windows that contain it,
         scaled so that the mean over the grid is :meth:`average` (a window's value reaches its pixels inside the
         image, in proportion to their number)."""
-        padded = self._padded
-        ones = per_window.new_ones(1, 1, self.window_h, self.window_w)
-        full = F.conv_transpose2d(per_window, ones, stride=(self.stride_h, self.stride_w))
-        full = F.pad(full, (0, padded.width - full.shape[-1], 0, padded.height - full.shape[-2]))
+        full = self._padded._window_sums(per_window)[..., : self.height, : self.width]
         inside = float((1.0 / self._area_ratio(per_window)).sum())
-        return full[..., : self.height, : self.width] * (self.height * self.width / (self.patches_per_window * inside))
+        return full * (self.height * self.width / (self.patches_per_window * inside))
 
 
 def _ceil_windows(size: int, window: int, stride: int) -> int:
