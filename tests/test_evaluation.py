@@ -535,3 +535,17 @@ def test_non_finite_metric_value_names_the_item(tmp_path: Path) -> None:
     with pytest.raises(EvaluationError, match=r"'psnr-raw' returned a non-finite value \(NaN or infinity\) on 1 "
                                               r"item\(s\): ref\.png -> ref\.png \(line 7\)"):
         run(ds, [EvalMetric("psnr-raw", fails_on_identical, higher_is_better=True)], batch_size=4, bootstrap=0)
+
+
+def test_jnd_map_counts_tied_distances_as_one_step_whatever_their_order() -> None:
+    """Pairs of equal distance are one step of the ranking: the same mAP for every order of the tied pairs, the
+    value of precision and recall taken after the whole group (by hand: 2 same of 3 at the tie, then 1 of 1)."""
+    d = [0.2, 0.2, 0.2, 0.5]
+    s = [1.0, 0.0, 1.0, 1.0]
+    # one step at recall 2/3 with precision 2/3, then recall 1 with precision 3/4: envelope 3/4 over both
+    expected = (2 / 3) * 0.75 + (1 / 3) * 0.75
+    for i in range(3):  # the tied pairs rotated: same=0 first, in the middle, last
+        assert jnd_map(d, s[:3][i:] + s[:3][:i] + s[3:]) == pytest.approx(expected)
+    assert jnd_map([0.1, 0.1], [1, 0]) == jnd_map([0.1, 0.1], [0, 1]) == pytest.approx(0.5)
+    # without ties the steps are the pairs' own (unchanged)
+    assert jnd_map([0.1, 0.2, 0.3, 0.4], [1, 0, 1, 0]) == pytest.approx(5 / 6)

@@ -152,14 +152,18 @@ def jnd_map(d: ArrayLike, same: ArrayLike) -> float:
 
     Pairs are sorted by distance, ascending (a small distance predicts "same"); each pair counts as
     ``same`` true positives and ``1 − same`` false positives (``same`` is the fraction of people who judged
-    the two patches identical); precision and recall along the ranking give :func:`voc_ap`. Ties in the
-    distance keep the input order (a stable sort; LPIPS's default ``np.argsort`` leaves their order unspecified).
+    the two patches identical); precision and recall along the ranking give :func:`voc_ap`. Pairs of equal
+    distance are one step of the ranking: precision and recall are taken after all of them, so the result does
+    not depend on the pairs' order (LPIPS's ``np.argsort`` leaves the order of ties unspecified, and the result
+    then depends on it: e.g. PSNR's cap of 100 dB on identical patches).
 
     Example:
         >>> jnd_map([0.1, 0.2, 0.3, 0.4], [1, 0, 1, 0])  # precision 1, 1/2, 2/3, 1/2 at recall 1/2, 1/2, 1, 1
         0.8333333333333333
         >>> jnd_map([0.4, 0.3, 0.2, 0.1], [1, 1, 0, 0])  # the worst ranking
         0.5
+        >>> jnd_map([0.1, 0.1], [1, 0]), jnd_map([0.1, 0.1], [0, 1])  # one tied step: precision 1/2 at recall 1
+        (0.5, 0.5)
     """
     dist, s = _as_1d("d", d), _as_1d("same", same)
     _same_length(d=dist, same=s)
@@ -169,9 +173,10 @@ def jnd_map(d: ArrayLike, same: ArrayLike) -> float:
     if total == 0:
         raise ValueError("same is zero everywhere: average precision is undefined without any 'same' judgment")
     order = np.argsort(dist, kind="stable")
-    s = s[order]
-    tp = np.cumsum(s)
-    fp = np.cumsum(1.0 - s)
+    dist, s = dist[order], s[order]
+    step_ends = np.append(dist[1:] != dist[:-1], True)  # the last pair of each run of equal distances
+    tp = np.cumsum(s)[step_ends]
+    fp = np.cumsum(1.0 - s)[step_ends]
     precision = tp / (tp + fp)
     recall = tp / total
     return voc_ap(recall, precision)
