@@ -525,13 +525,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: PyTorch's)")
-    p.add_argument("--configs", default="64x16,256x4,1024x1", help="SIZExBATCH,... (square images)")
-    p.add_argument("--modes", default="forward,forward+backward")
+    p.add_argument("--configs", default=None, help="SIZExBATCH,... (square images; default 64x16,256x4,1024x1)")
+    p.add_argument("--modes", default=None, help="forward, forward+backward or both (the default)")
     p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--exact-max", type=int, default=64, help="largest size at which the exact estimator runs")
+    p.add_argument("--exact-max", type=int, default=None,
+                   help="largest size at which the exact estimator runs (default 64)")
     p.add_argument("--only", default=None, help="comma-separated method names (lpips-alex always runs)")
     p.add_argument("--scaling", action="store_true", help="time vs image size of the default distance")
-    p.add_argument("--scaling-sizes", default="256,512,1024,2048")
+    p.add_argument("--scaling-sizes", default=None, help="with --scaling: sizes (default 256,512,1024,2048)")
     p.add_argument("--scaling-thp", action="store_true",
                    help="--scaling with THP_MEM_ALLOC_ENABLE=0 and =1 alternating, one subprocess each, --repeats "
                         "rounds (3 calls per size in each)")
@@ -541,8 +542,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernels", action="store_true",
                    help="thread scaling (1 vs --threads, default 2) of the compiled kernels' work")
     p.add_argument("--accuracy", action="store_true", help="fast path vs exact estimator on distorted photo crops")
-    p.add_argument("--accuracy-features", default="256,512",
-                   help="with --accuracy: feature counts to compare besides the default's")
+    p.add_argument("--accuracy-features", default=None,
+                   help="with --accuracy: feature counts to compare besides the default's (default 256,512)")
     p.add_argument("--compiled", action="store_true",
                    help="add torch.compile (inductor) of the default distance, with and without the C kernels")
     p.add_argument("--out", default=None, help="CSV file")
@@ -550,9 +551,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# which table reads which option (the timing table, the default, reads --configs, --modes and --exact-max)
+_READ_BY = {
+    "configs": ("timing", "--memory", "--kernels"),
+    "modes": ("timing", "--memory"),
+    "exact_max": ("timing", "--memory"),
+    "scaling_sizes": ("--scaling", "--scaling-thp"),
+    "accuracy_features": ("--accuracy",),
+}
+
+
+def refuse_ignored_options(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """An option given for a table that does not read it is refused, not dropped silently."""
+    table = next((flag for flag, on in (("--kernels", a.kernels), ("--accuracy", a.accuracy),
+                                        ("--scaling-thp", a.scaling_thp), ("--scaling", a.scaling),
+                                        ("--memory", a.memory)) if on), "timing")
+    for dest, tables in _READ_BY.items():
+        if getattr(a, dest) is not None and table not in tables:
+            where = "the timing table (no table flag)" if tables[0] == "timing" else tables[0]
+            others = ", ".join(t for t in tables[1:])
+            p.error(f"--{dest.replace('_', '-')} is read by {where}{' and ' + others if others else ''}, "
+                    f"not by {'the timing table' if table == 'timing' else table}")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = build_parser()
     a = p.parse_args(argv)
+    refuse_ignored_options(p, a)
+    a.configs = "64x16,256x4,1024x1" if a.configs is None else a.configs
+    a.modes = "forward,forward+backward" if a.modes is None else a.modes
+    a.exact_max = 64 if a.exact_max is None else a.exact_max
+    a.scaling_sizes = "256,512,1024,2048" if a.scaling_sizes is None else a.scaling_sizes
+    a.accuracy_features = "256,512" if a.accuracy_features is None else a.accuracy_features
     if a.repeats < 1:
         p.error("--repeats must be at least 1")
     if a.threads is not None and a.threads < 1:
