@@ -33,8 +33,9 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import BinaryIO
 
-__all__ = ["UntrustedFileError", "check_controlled", "read_controlled"]
+__all__ = ["UntrustedFileError", "check_controlled", "open_without_blocking", "read_controlled"]
 
 
 class UntrustedFileError(PermissionError):
@@ -77,11 +78,17 @@ def read_controlled(path: str | os.PathLike[str]) -> bytes:
         OSError: it cannot be opened or read, or it is not a regular file (a FIFO is refused, not waited on: it is
             opened without blocking).
     """
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-                 | getattr(os, "O_BINARY", 0))  # (Windows: a raw descriptor is text mode without it)
-    with os.fdopen(fd, "rb") as f:
+    with open_without_blocking(path) as f:
         check_controlled(f.fileno(), path)
         return f.read()
+
+
+def open_without_blocking(path: str | os.PathLike[str]) -> BinaryIO:
+    """``path`` opened for reading, in binary, without blocking: a FIFO put in a file's place is not waited on
+    (:func:`check_controlled` then refuses it as not a regular file)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+                 | getattr(os, "O_BINARY", 0))  # (Windows: a raw descriptor is text mode without it)
+    return os.fdopen(fd, "rb")
 
 
 def _check(path: Path, st: os.stat_result, subject: str, fix: str, sticky_ok: bool = False) -> None:

@@ -26,6 +26,7 @@ from .trunks import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     build_quietly,
+    check_compute_dtype,
     check_rgb,
     conv_layers,
     freeze,
@@ -60,7 +61,8 @@ class DISTS(nn.Module):
 
     The VGG16 trunk's max-pools are replaced by L2 pooling; the distance is ``1 − Σ (α·S1 + β·S2)`` over the
     input and five stages (weights normalised to sum 1), 0 for identical images; one float32 value per image
-    ``(N,)`` (the trunk runs in float32 whatever the input dtype, inside an autocast region too). Inputs are RGB
+    ``(N,)`` (the trunk runs in float32 whatever the input dtype, inside an autocast region too; in float64 after
+    ``.double()``, and a module converted to 16 bits, ``.half()``, is refused with a ``TypeError``). Inputs are RGB
     (or grayscale: the distance of the image repeated in R, G and B) image batches in [0, 1], checked as the
     package's own distances check theirs (``out_of_range="ignore"`` or ``"clamp"`` admits network outputs that
     overshoot, as the training losses do).
@@ -107,6 +109,7 @@ class DISTS(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x, y = check_batch(x, y, out_of_range=self.out_of_range)
         check_rgb(x, "dists")
+        check_compute_dtype(self, "dists")
         w = self.alpha.sum() + self.beta.sum()
         alphas = torch.split(self.alpha / w, list(self._CHANNELS), dim=1)
         betas = torch.split(self.beta / w, list(self._CHANNELS), dim=1)

@@ -30,6 +30,7 @@ from .trunks import (
     alexnet_features,
     alexnet_taps,
     build_quietly,
+    check_compute_dtype,
     check_rgb,
     conv_layers,
     freeze,
@@ -52,7 +53,8 @@ class LPIPS(nn.Module):
     mapped to [-1, 1] and shifted/scaled as LPIPS does. They are RGB (3 channels) or grayscale (1 channel: the
     distance of the image repeated in R, G and B). Output:
     one float32 distance per image ``(N,)`` (spatial average, summed over the five layers; the trunk runs in
-    float32 whatever the input dtype, inside an autocast region too). Build it with
+    float32 whatever the input dtype, inside an autocast region too; in float64 after ``.double()``, and a module
+    converted to 16 bits, ``.half()``, is refused with a ``TypeError``). Build it with
     :meth:`from_files` (or the registry's ``lpips-alex`` / ``lpips-vgg``).
 
     Example:
@@ -118,6 +120,7 @@ class LPIPS(nn.Module):
                            min_size_reason=f"what the {'AlexNet' if self.net == 'alex' else 'VGG16'} trunk's strides "
                                            "and poolings need")
         check_rgb(x, f"lpips-{self.net}")
+        check_compute_dtype(self, f"lpips-{self.net}")
         total = torch.zeros(x.shape[0], device=x.device)
         # Each image through the trunk on its own, as the lpips package does: a backward pass then runs through
         # the trunk of the images that need a gradient only (one pass over both computes the same function).

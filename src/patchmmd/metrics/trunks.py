@@ -43,6 +43,7 @@ __all__ = [
     "alexnet_features",
     "alexnet_taps",
     "build_quietly",
+    "check_compute_dtype",
     "check_rgb",
     "conv_layers",
     "freeze",
@@ -243,6 +244,18 @@ def check_rgb(x: torch.Tensor, metric: str) -> None:
         raise ValueError(
             f"x and y must have 3 channels (RGB) or 1 (grayscale) for {metric}, got {x.shape[1]} channels (for RGBA "
             "images, drop the alpha channel with x[:, :3])"
+        )
+
+
+def check_compute_dtype(module: nn.Module, metric: str) -> None:
+    """Refuse a metric module whose weights were converted to 16 bits (``m.half()``, ``m.to(torch.bfloat16)``): it
+    computes in float32 whatever the input dtype (in float64 after ``m.double()``), and its 16-bit weights stopped
+    the call in PyTorch's "Input type (float) and bias type (c10::Half) should be the same"."""
+    dtype = next(module.parameters()).dtype
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(
+            f"{metric}'s weights were converted to {dtype}, but it computes in float32 (16-bit inputs are promoted; "
+            "autocast is turned off inside it): convert the module back with .float()"
         )
 
 

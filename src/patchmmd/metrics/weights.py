@@ -12,7 +12,8 @@ the file, and the key when one is at fault. Nothing is ever downloaded.
   can write a weight file decides what the metric computes; such a file is refused with the ``chmod``/copy that
   makes it safe, and the checked file is the one read (one open file, no second lookup of the path).
 * A ``{"state_dict": {...}}`` / ``{"model": {...}}`` wrapper and a ``module.`` prefix (DataParallel) are unwrapped.
-* Every tensor must be real floating point with finite values.
+* The path must lead to a regular file (a FIFO is refused, not waited on); every tensor must be real floating point
+  with finite values, dense and not on the ``meta`` device.
 * :func:`check_layout` lists the missing keys, the unexpected keys and the wrong shapes.
 
 Example:
@@ -43,7 +44,7 @@ from typing import Any
 
 import torch
 
-from .._trust import UntrustedFileError, check_controlled
+from .._trust import UntrustedFileError, check_controlled, open_without_blocking
 
 __all__ = [
     "WEIGHT_FOLDER", "WeightsError", "WeightsFileNotFoundError", "WeightsPath", "check_layout", "check_nonnegative",
@@ -77,6 +78,8 @@ def check_weight_tensor(where: str, key: str, value: object) -> torch.Tensor:
                            "tensor of finite values (float16, bfloat16, float32 or float64)")
     if value.layout != torch.strided:
         raise WeightsError(f"{where}: {key} is a {value.layout} tensor; weights must be dense (torch.strided)")
+    if value.device.type == "meta":  # a shape without values (a model saved before its weights were loaded)
+        raise WeightsError(f"{where}: {key} is a meta tensor (a shape without values); weights must hold values")
     if value.numel() and not bool(torch.isfinite(value).all()):
         raise WeightsError(f"{where}: {key} contains NaN or Inf values; weights must be finite")
     return value
@@ -116,12 +119,18 @@ def load_weights(
         raise WeightsError(f"metric {metric!r}: {option} must be a file path (a str or os.PathLike), got "
                            f"{type(path).__name__} {path!r}")
     p = Path(path).expanduser()
-    if p.is_dir():
-        raise WeightsError(f"{metric}: {option} {p} is a folder; give the file itself ({what}){suffix}")
-    if not p.is_file():
-        raise WeightsFileNotFoundError(f"{metric}: {option} file not found: {p} ({what}){suffix}")
     try:
-        f = open(p, "rb")  # closed below; the checked descriptor is the one torch reads
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise WeightsFileNotFoundError(f"{metric}: {option} file not found: {p} ({what}){suffix}") from None
+    except (OSError, ValueError) as e:  # a name too long, a folder on the way that cannot be searched, a NUL
+        raise WeightsError(f"{metric}: cannot open {option} file {p}: {getattr(e, 'strerror', None) or e}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise WeightsError(f"{metric}: {option} {p} is a folder; give the file itself ({what}){suffix}")
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read, a device (/dev/null) is no weight file
+        raise WeightsError(f"{metric}: {option} {p} is not a regular file; give the file itself ({what}){suffix}")
+    try:  # without blocking: a FIFO that replaced the file after the check above is refused below, not waited on
+        f = open_without_blocking(p)  # closed below; the checked descriptor is the one torch reads
     except OSError as e:
         raise WeightsError(f"{metric}: cannot open {option} file {p}: {e.strerror or e}") from None
     try:
@@ -149,14 +158,14 @@ def load_weights(
         raise WeightsError(f"{metric}: {option} file {p} is not a state dict (a mapping of names to tensors): its "
                            f"entry {other[0]!r} is of type {type(obj[other[0]]).__name__}, not a tensor{fix}")
     out: dict[str, torch.Tensor] = {}
-    for k, v in obj.items():
-        k = str(k)
+    spelled: dict[str, object] = {}  # the file's key of each name, for the message
+    for key, v in obj.items():
+        k = str(key)
         check_weight_tensor(f"{metric}: {option} file {p}", k, v)
         name = k.removeprefix("module.")
-        if name in out:  # "w" and "module.w": which one is meant is unknown
-            raise WeightsError(f"{metric}: {option} file {p} holds {name} twice (with and without the "
-                               "'module.' prefix)")
-        out[name] = v
+        if name in out:  # "w" and "module.w" (or the key 0 and "0"): which one is meant is unknown
+            raise WeightsError(f"{metric}: {option} file {p} holds {name} twice, as {spelled[name]!r} and {key!r}")
+        out[name], spelled[name] = v, key
     return out
 
 
