@@ -12,7 +12,8 @@ writes a full-size temporary, the C loop keeps each pixel's arithmetic in regist
 
 The source is compiled once per machine with the system C compiler (``$CC``, which may hold arguments such as
 ``ccache gcc``; else ``cc``/``gcc``/``clang``)
-into a cache folder (``$PATCHMMD_CACHE_DIR``, else ``$XDG_CACHE_HOME/patchmmd`` or ``~/.cache/patchmmd``, else
+into a cache folder (``$PATCHMMD_CACHE_DIR``, else ``$XDG_CACHE_HOME/patchmmd`` (an absolute path; a relative one
+is ignored, as the XDG specification says) or ``~/.cache/patchmmd``, else
 ``<tmp>/patchmmd-<uid>``), and loaded with :mod:`ctypes`. Without a compiler, or with ``PATCHMMD_NATIVE=0``,
 or if the compiled kernels fail a self-check against PyTorch, :func:`kernels` returns ``None`` and the
 estimator uses its PyTorch path (same numbers to float32 rounding, slower). No compiler at all is silent; a
@@ -40,8 +41,13 @@ process can tell that it built it:
   one; if none is left, the warning says so (each new process then compiles again).
 - Beside ``kernels-<key>.so`` lies a record ``kernels-<key>.so.json`` (size, SHA-256, source hash,
   compiler, flags), written by this module only after the build passed its checks. Both are written to a
-  temporary name, ``fsync``-ed and renamed into place (then the folder is ``fsync``-ed), under an ``flock``
-  of the folder, so a crash or a concurrent process never leaves a half-written library that looks valid.
+  temporary name, ``fsync``-ed and renamed into place (then the folder is ``fsync``-ed), under an exclusive
+  ``flock`` of the folder (readers take it shared), so a crash or a concurrent process never leaves a
+  half-written library that looks valid. A process that finds no usable library takes that lock, looks
+  again and only then builds, so processes starting at once build once (the others wait, at most
+  :data:`_LOCK_WAIT` seconds, then build their own). Once a new build is cached, the libraries of other builds
+  unused for 30 days (a load refreshes a library's ``mtime``) and old temporary files are removed
+  (:func:`_remove_stale`).
   The files must be regular files (opened with ``O_NOFOLLOW``) owned by the user and not group/other
   writable, and the library's bytes, read through that descriptor, must match the record.
 - The verified bytes, held in memory, are written to a fresh file (``O_EXCL``, mode 0700) in the same
@@ -78,6 +84,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -176,6 +183,8 @@ def _cache_dirs() -> list[Path]:
     if root:
         return [Path(root)]
     xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg and not os.path.isabs(xdg):  # invalid by the XDG specification: ignored (not a folder under the cwd)
+        xdg = None
     uid = os.getuid() if hasattr(os, "getuid") else "user"
     dirs: list[Path] = []
     try:
@@ -292,20 +301,33 @@ def _open_private_dir(folder: Path) -> int:
     return fd
 
 
+#: Longest wait, in seconds, for another process's lock of the cache folder (it holds it while it builds): past it
+#: the caller goes on without the lock, which costs at most a build of its own (what is loaded is verified anyway).
+_LOCK_WAIT = 300.0
+
+
 @contextmanager
 def _locked(dfd: int, shared: bool = False) -> Iterator[None]:
-    """An advisory ``flock`` of the cache folder (shared to read, exclusive to write; none where unsupported),
-    so that a reader never pairs one process's library with another's record."""
+    """An advisory ``flock`` of the cache folder: shared to read, exclusive to build and write (none where
+    unsupported, and none after :data:`_LOCK_WAIT` seconds of waiting), so that a reader never pairs one process's
+    library with another's record and a process that finds no library waits for the one being built."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX
         yield
         return
-    try:
-        fcntl.flock(dfd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
-        held = True
-    except OSError:
-        held = False
+    held, deadline = False, time.monotonic() + _LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(dfd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+            held = True
+            break
+        except BlockingIOError:  # held by another process: wait for it, within bounds
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
+        except OSError:  # a file system without flock
+            break
     try:
         yield
     finally:
@@ -371,21 +393,81 @@ def _matches(record: object, key: str, data: bytes) -> bool:
 
 def _read_cached(dfd: int, folder: Path, name: str, key: str) -> bytes | None:
     """The cached library's bytes if they match its record; ``None`` if there is no cached library. Raises
-    :class:`_Untrusted` (owner, mode, link) or :class:`_Broken` (no record, or bytes that do not match it)."""
-    with _locked(dfd, shared=True):
-        try:
-            data = _read_private(dfd, folder, name)
-        except FileNotFoundError:
-            return None
-        try:
-            record = json.loads(_read_private(dfd, folder, name + ".json"))
-        except FileNotFoundError:
-            raise _Broken(f"the cached library {folder / name} has no record") from None
-        except ValueError:
-            raise _Broken(f"the record of the cached library {folder / name} is damaged") from None
+    :class:`_Untrusted` (owner, mode, link) or :class:`_Broken` (no record, or bytes that do not match it).
+    The caller holds the folder's lock (:func:`_locked`)."""
+    try:
+        data = _read_private(dfd, folder, name)
+    except FileNotFoundError:
+        return None
+    try:
+        record = json.loads(_read_private(dfd, folder, name + ".json"))
+    except FileNotFoundError:
+        raise _Broken(f"the cached library {folder / name} has no record") from None
+    except ValueError:
+        raise _Broken(f"the record of the cached library {folder / name} is damaged") from None
     if not _matches(record, key, data):
         raise _Broken(f"the cached library {folder / name} does not match its record")
     return data
+
+
+#: A cached library of another build (another source, compiler, flags or CPU) whose modification time is older
+#: than this many seconds is removed when a new one is cached: its ``mtime`` is refreshed when it is loaded
+#: (at most once a day), so this is the time since it was last used.
+_UNUSED_FOR = 30 * 86400
+#: Temporary files older than this many seconds (a crashed write or load) are removed along with them.
+_TEMPORARY_FOR = 3600
+
+
+def _refresh(dfd: int, name: str) -> None:
+    """Mark the cached library ``name`` as used (its ``mtime``, if over a day old; not where the cache cannot be
+    written), so that :func:`_remove_stale` keeps it."""
+    try:
+        if time.time() - os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mtime > 86400:
+            os.utime(name, dir_fd=dfd, follow_symlinks=False)
+    except (OSError, NotImplementedError):  # a read-only cache, or no utimensat: it may be removed as stale one day
+        pass
+
+
+def _remove_stale(dfd: int, keep: str) -> None:
+    """Remove what piles up in the cache folder: the libraries of other builds (and their records) unused for
+    :data:`_UNUSED_FOR` seconds, and temporary files (``.kernels-*.tmp`` of an interrupted write, ``.load-*`` of
+    an interrupted load) older than :data:`_TEMPORARY_FOR`. Only regular files of this user with the names this
+    module gives are touched. The caller holds the folder's exclusive lock, so no other process is reading or
+    writing a library or a record; no process maps a cached file itself (each loads a private copy, unlinked once
+    loaded), and a fresh ``.load-*`` copy another process may be about to load is left alone."""
+    try:
+        names = os.listdir(dfd)
+    except (OSError, TypeError):  # (TypeError: a platform that cannot list a folder by its descriptor)
+        return
+    now, libraries = time.time(), set()
+    for entry in names:
+        stem = entry[: -len(".json")] if entry.endswith(_SUFFIX + ".json") else entry
+        if stem.startswith("kernels-") and stem.endswith(_SUFFIX) and stem != keep:
+            libraries.add(stem)
+            continue
+        if entry.startswith((".kernels-", ".load-")) and entry.endswith((".tmp", _SUFFIX)):
+            _remove_if_older(dfd, entry, now - _TEMPORARY_FOR)
+    for lib in libraries:
+        try:
+            st = os.stat(lib, dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError:  # a record without its library: old records go
+            _remove_if_older(dfd, lib + ".json", now - _UNUSED_FOR)
+            continue
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_mtime < now - _UNUSED_FOR:
+            _unlink(dfd, lib)
+            _unlink(dfd, lib + ".json")
+
+
+def _remove_if_older(dfd: int, name: str, cutoff: float) -> None:
+    """Unlink ``name`` in the opened folder if it is a regular file of this user modified before ``cutoff``."""
+    try:
+        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_mtime < cutoff:
+            _unlink(dfd, name)
+    except OSError:
+        pass
 
 
 class _NoCopy(Exception):
@@ -472,22 +554,21 @@ def _kernels_from(data: bytes, dfd: int, folder: Path, name: str) -> NativeKerne
 
 
 def _store(dfd: int, name: str, data: bytes, record: dict) -> None:
-    """Cache a build that passed its checks: the library, then its record (each atomically and durably)."""
-    with _locked(dfd):
-        _write_durably(dfd, name, data)
-        _write_durably(dfd, name + ".json", json.dumps(record, indent=1).encode())
+    """Cache a build that passed its checks: the library, then its record (each atomically and durably). The
+    caller holds the folder's exclusive lock."""
+    _write_durably(dfd, name, data)
+    _write_durably(dfd, name + ".json", json.dumps(record, indent=1).encode())
 
 
 def _discard(dfd: int, name: str) -> None:
-    """Delete a cached library that failed verification, and its record."""
-    with _locked(dfd):
-        _unlink(dfd, name)
-        _unlink(dfd, name + ".json")
+    """Delete a cached library that failed verification, and its record (under the folder's exclusive lock)."""
+    _unlink(dfd, name)
+    _unlink(dfd, name + ".json")
 
 
-def _warn(reasons: list[str], outcome: str) -> None:
-    # the caller of kernels(): _warn, _find_or_build, _load, kernels, it
-    warnings.warn(f"patchmmd: {'; '.join(reasons)}; {outcome}", RuntimeWarning, stacklevel=5)
+def _warn(reasons: list[str], outcome: str, stacklevel: int = 5) -> None:
+    # the caller of kernels(): _warn, _find_or_build, _load, kernels, it (one more from _in_use)
+    warnings.warn(f"patchmmd: {'; '.join(reasons)}; {outcome}", RuntimeWarning, stacklevel=stacklevel)
 
 
 class NativeKernels:
@@ -1043,42 +1124,50 @@ def _find_or_build() -> tuple[NativeKernels | None, str]:
     problems: list[str] = []  # said only if no working kernels come out of this
     try:
         try:
-            data = _read_cached(dfd, folder, name, key)
+            with _locked(dfd, shared=True):  # (waits while another process builds: then its library is found)
+                data = _read_cached(dfd, folder, name, key)
             if data is not None:
-                nk = _kernels_from(data, dfd, folder, name)
-                if refused:
-                    _warn(refused, "the compiled kernels are in use")
-                return nk, ""
-        except (_Untrusted, _Broken, OSError) as e:
-            reason = str(e) if not isinstance(e, OSError) else f"the cached library {folder / name} is unreadable ({e})"
-            (refused if isinstance(e, _Untrusted) else problems).append(reason)
+                return _in_use(_kernels_from(data, dfd, folder, name), dfd, name, refused)
+        except (_Untrusted, _Broken, OSError):
+            pass  # looked at again below, under the exclusive lock, and said from there
+        # One process builds at a time: one that waited here finds the library the other cached.
+        with _locked(dfd):
             try:
-                _discard(dfd, name)
-            except OSError:
-                pass
-        # rebuild once: with OpenMP and -march=native, else without one or both of them
-        failed = ""  # what the compiler said the last time it failed
-        for arch in (["-march=native", *OPENMP_FLAGS], ["-march=native"], [*OPENMP_FLAGS], []):
-            try:
-                data = _compile(cc, arch)
-            except _BuildFailed as e:
-                failed = f"the build failed ({' '.join([cc, *arch])}: {e})"
-                continue
-            try:
-                nk = _kernels_from(data, dfd, folder, name)
-            except (_Untrusted, _Broken) as e:
-                problems.append(f"the new build ({' '.join(arch) or 'no -march'}): {e}")
-                continue
-            said = list(refused)
-            if not private:
+                data = _read_cached(dfd, folder, name, key)
+                if data is not None:
+                    return _in_use(_kernels_from(data, dfd, folder, name), dfd, name, refused)
+            except (_Untrusted, _Broken, OSError) as e:
+                reason = (str(e) if not isinstance(e, OSError)
+                          else f"the cached library {folder / name} is unreadable ({e})")
+                (refused if isinstance(e, _Untrusted) else problems).append(reason)
                 try:
-                    _store(dfd, name, data, _record(key, cc, arch, data))
-                except OSError as e:  # said: each new process would compile again, silently slower to start
-                    said.append(f"could not cache the compiled kernels in {folder} ({e}); every new process "
-                                "compiles them again")
-            if said:
-                _warn(said, "the compiled kernels are in use")
-            return nk, ""
+                    _discard(dfd, name)
+                except OSError:
+                    pass
+            # rebuild once: with OpenMP and -march=native, else without one or both of them
+            failed = ""  # what the compiler said the last time it failed
+            for arch in (["-march=native", *OPENMP_FLAGS], ["-march=native"], [*OPENMP_FLAGS], []):
+                try:
+                    data = _compile(cc, arch)
+                except _BuildFailed as e:
+                    failed = f"the build failed ({' '.join([cc, *arch])}: {e})"
+                    continue
+                try:
+                    nk = _kernels_from(data, dfd, folder, name)
+                except (_Untrusted, _Broken) as e:
+                    problems.append(f"the new build ({' '.join(arch) or 'no -march'}): {e}")
+                    continue
+                said = list(refused)
+                if not private:
+                    try:
+                        _store(dfd, name, data, _record(key, cc, arch, data))
+                        _remove_stale(dfd, name)
+                    except OSError as e:  # said: each new process would compile again, silently slower to start
+                        said.append(f"could not cache the compiled kernels in {folder} ({e}); every new process "
+                                    "compiles them again")
+                if said:
+                    _warn(said, "the compiled kernels are in use")
+                return nk, ""
         reasons = [failed, *problems] if failed else problems
         _warn([*refused, *reasons], "using PyTorch")
         return None, "; ".join(reasons)
@@ -1086,6 +1175,14 @@ def _find_or_build() -> tuple[NativeKernels | None, str]:
         os.close(dfd)
         if private:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _in_use(nk: NativeKernels, dfd: int, name: str, refused: list[str]) -> tuple[NativeKernels, str]:
+    """The outcome of :func:`_find_or_build` for kernels loaded from the cache: marked as used, refusals said."""
+    _refresh(dfd, name)
+    if refused:
+        _warn(refused, "the compiled kernels are in use", stacklevel=6)
+    return nk, ""
 
 
 # The PyTorch operators (``torch.ops.patchmmd.*``), registered on import; they use the names above.
