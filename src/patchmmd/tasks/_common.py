@@ -80,8 +80,9 @@ _CHECKPOINT_FORMAT = 1
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be resumed: written for other settings, by another version of its format, or
-    not a checkpoint at all (the message says which, naming the file)."""
+    """A checkpoint that cannot be resumed: written for other settings, by another version of its format,
+    damaged (a record that fails its CRC-32 or header check), or not a checkpoint at all (the message says which,
+    naming the file)."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,9 @@ class Checkpoint:
     also saved when the run is interrupted (``KeyboardInterrupt``) and after the last step, so the caller removes
     the file once it has written its results. The file (model, Adam's state, the batch generator's state, the
     losses so far) is written atomically and read back with ``torch.load(weights_only=True)``, only if the user
-    controls it (:mod:`patchmmd._trust`). A resumed run gives the same weights as an uninterrupted one.
+    controls it (:mod:`patchmmd._trust`) and its records pass their CRC-32 and header checks (``torch.load`` does
+    not check them: a damaged tensor would resume another run). A resumed run gives the same weights as an
+    uninterrupted one.
     """
 
     path: Path
@@ -122,7 +125,7 @@ def fit(
     Raises:
         TrainingDiverged: the network's outputs, the loss or its gradients became NaN or infinite (stops at
             that step, before the weights are updated).
-        CheckpointError: ``checkpoint`` holds a run of other settings, or no readable checkpoint.
+        CheckpointError: ``checkpoint`` holds a run of other settings, a damaged checkpoint, or no readable one.
         ValueError: ``steps`` not an integer >= 1, ``lr`` not a finite number > 0, ``seed`` not an integer.
     """
     import time
@@ -210,8 +213,13 @@ def _resume(checkpoint: Checkpoint, model: nn.Module, opt: torch.optim.Optimizer
     from .._trust import read_controlled
 
     path = checkpoint.path
+    data = read_controlled(path)
+    damaged = _damaged_record(data)
+    if damaged is not None:  # torch.load reads a flipped bit in a tensor as another number: a different run
+        raise CheckpointError(f"{path} is damaged (its record {damaged} fails its CRC-32 or header check); remove "
+                              "it to start over")
     try:
-        state = torch.load(io.BytesIO(read_controlled(path)), weights_only=True, map_location="cpu")
+        state = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
         raise CheckpointError(f"{path} is not a training checkpoint that can be read ({type(e).__name__}); "
                               "remove it to start over") from None
@@ -238,6 +246,28 @@ def _resume(checkpoint: Checkpoint, model: nn.Module, opt: torch.optim.Optimizer
     if any(group["lr"] != lr for group in opt.param_groups):
         raise CheckpointError(f"{path} holds a run with another learning rate; start over")
     return history
+
+
+def _damaged_record(data: bytes) -> str | None:
+    """The first record of the ``torch.save`` archive ``data`` that fails its CRC-32 or whose header cannot be
+    read, or ``None`` (also when ``data`` is no zip archive: ``torch.load`` then says it cannot read it).
+    ``torch.load`` checks neither; records written without a CRC (``torch.serialization.set_crc32_options(False)``:
+    0) pass."""
+    import io
+    import zipfile
+    import zlib
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            for info in archive.infolist():
+                if info.CRC != 0:
+                    try:
+                        archive.read(info)
+                    except (zipfile.BadZipFile, NotImplementedError, zlib.error, EOFError, OSError, ValueError):
+                        return info.filename  # its header is damaged (torch.load would read it elsewhere)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):  # not a zip archive, or a damaged directory
+        return None
+    return None
 
 
 #: The file name of a trained network's weights in a task's output folder.
