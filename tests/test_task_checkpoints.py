@@ -243,3 +243,34 @@ def test_resume_refuses_a_folder_without_a_checkpoint_and_another_thread_count(t
         torch.set_num_threads(threads)
     assert r.exit_code == 2 and "threads differ" in r.output
     assert not stale.exists()
+
+
+@pytest.mark.parametrize("command", ["train-sr", "train-ae"])
+def test_sigterm_saves_the_finished_steps_and_resume_goes_on(tmp_path: Path, photo_dir: Path, command: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM (a scheduler's stop, ``timeout``) in the middle of a step keeps the finished steps, as Ctrl-C does,
+    and exits 143; the handler is the caller's again afterwards; --resume gives the uninterrupted run's results."""
+    import signal
+
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    runner = CliRunner()
+    assert runner.invoke(main, [command, str(photo_dir), *ARGS, "--out", str(whole)]).exit_code == 0
+    real, count = _common.check_gradients_finite, [0]
+
+    def check(step: int, steps: int, tensors: Any) -> None:
+        count[0] += 1
+        if count[0] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler runs here, before the update
+        real(step, steps, tensors)
+
+    before = signal.getsignal(signal.SIGTERM)
+    with monkeypatch.context() as m:
+        m.setattr(_common, "check_gradients_finite", check)
+        r = runner.invoke(main, [command, str(photo_dir), *ARGS, "--out", str(stopped)])
+    assert r.exit_code == 143, r.output
+    assert "stopped (SIGTERM)" in r.output and f"kept in {stopped / CHECKPOINT_FILE}" in r.output
+    assert torch.load(stopped / CHECKPOINT_FILE, weights_only=True)["step"] == 2
+    assert signal.getsignal(signal.SIGTERM) is before
+    r = runner.invoke(main, [command, str(photo_dir), *ARGS, "--out", str(stopped), "--resume"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((whole / "metrics.json").read_text()) == json.loads((stopped / "metrics.json").read_text())

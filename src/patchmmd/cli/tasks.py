@@ -11,6 +11,8 @@ See ``docs/tasks.md`` and :mod:`patchmmd.tasks`.
 from __future__ import annotations
 
 import contextlib
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -186,21 +188,45 @@ def _checkpoint(folder: Path, settings: dict[str, Any], data_dir: str | None, lo
                                                  "torch": torch.__version__, "threads": torch.get_num_threads()})
 
 
+#: The exit status after SIGTERM (128 + 15), as ``score`` under a launcher.
+TERMINATED = 143
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch scheduler's stop, ``timeout``, ``docker stop``) raised in the main thread, so that the
+    training saves its finished steps as it does on Ctrl-C."""
+
+
 @contextlib.contextmanager
 def _resumable(folder: Path) -> Iterator[None]:
-    """Around a training run with a checkpoint: Ctrl-C says where the finished steps are and how to go on; a
-    checkpoint that cannot be resumed (other settings) is a usage error naming ``--resume``."""
+    """Around a training run with a checkpoint: Ctrl-C or SIGTERM saves the finished steps and says where they are
+    and how to go on (exit status 130, 143 for SIGTERM); a checkpoint that cannot be resumed (other settings) is a
+    usage error naming ``--resume``."""
     from ..tasks._common import CHECKPOINT_FILE, CheckpointError
 
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise _Terminated()
+
+    old = None
+    if threading.current_thread() is threading.main_thread():  # (signal handlers can only be set there)
+        old = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         yield
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        what = "stopped (SIGTERM)" if isinstance(e, _Terminated) else "interrupted"
         if (folder / CHECKPOINT_FILE).is_file():
-            click.echo(f"\ninterrupted: the finished steps are kept in {folder / CHECKPOINT_FILE}; rerun the same "
+            click.echo(f"\n{what}: the finished steps are kept in {folder / CHECKPOINT_FILE}; rerun the same "
                        "command with --resume to go on", err=True)
+        elif isinstance(e, _Terminated):
+            click.echo(f"\n{what}", err=True)
+        if isinstance(e, _Terminated):
+            raise click.exceptions.Exit(TERMINATED) from None
         raise
     except CheckpointError as e:
         raise click.UsageError(f"--resume: {' '.join(str(e).split())}") from None
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
 
 
 @contextlib.contextmanager
