@@ -88,6 +88,12 @@ def test_a_checkpoint_of_other_settings_or_not_a_checkpoint_is_refused(tmp_path:
     torch.save({"model": {}}, path)
     with pytest.raises(CheckpointError, match="not a training checkpoint of this version"):
         train_superres(split, loss, steps=2, batch=2, checkpoint=Checkpoint(path, {}))
+    train_superres(split, loss, steps=2, batch=2, checkpoint=Checkpoint(tmp_path / "good.pt", {}))
+    state = torch.load(tmp_path / "good.pt", weights_only=True)
+    for settings in ("{not json", 7, "[1, 2]"):  # settings that are not a JSON object: refused, not a raw error
+        torch.save({**state, "settings": settings}, path)
+        with pytest.raises(CheckpointError, match="holds no readable settings"):
+            train_superres(split, loss, steps=2, batch=2, checkpoint=Checkpoint(path, {}))
 
 
 @pytest.mark.skipif(os.name != "posix", reason="POSIX owners and modes")

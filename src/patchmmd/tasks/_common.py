@@ -226,7 +226,13 @@ def _resume(checkpoint: Checkpoint, model: nn.Module, opt: torch.optim.Optimizer
     keys = {"settings", "step", "history", "model", "optimizer", "generator"}
     if not isinstance(state, dict) or state.get("format") != _CHECKPOINT_FORMAT or not keys <= state.keys():
         raise CheckpointError(f"{path} is not a training checkpoint of this version; remove it to start over")
-    saved = json.loads(state["settings"])
+    try:
+        saved = json.loads(state["settings"])
+    except (TypeError, ValueError):  # not text, or not JSON
+        saved = None
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path} holds no readable settings (not a checkpoint this version wrote); remove it "
+                              "to start over")
     wanted = json.loads(json.dumps(checkpoint.settings, sort_keys=True))
     if saved != wanted:
         differ = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
