@@ -47,6 +47,7 @@ def test_gim_shifts_writes_outputs_and_is_deterministic(tmp_path: Path) -> None:
     assert a == (tmp_path / "b" / "metrics.json").read_text()
     m = json.loads(a)
     assert m["offsets"] == [[0, 0], [0, 3], [0, -3]] and m["size"] == [32, 32] and len(m["loss_history"]) == 2
+    assert m["loss_history_every"] == 1 and m["final_loss"] == m["loss_history"][-1]
     for key in ("psnr", "ssim", "mse", "mmdpp", "sharpness"):
         assert key in m["result"]["vs_inputs"] and key in m["pixel_mean"]["vs_first"]
     assert m["pixel_mean"]["vs_inputs"]["sharpness"] < 1
@@ -308,3 +309,14 @@ def test_a_diverged_training_run_is_one_line_naming_the_step(tmp_path: Path, pho
     assert r.exit_code == 1, r.output
     assert r.output.strip().splitlines()[-1].startswith(
         "patchmmd: error: training diverged at step 1 of 5: the loss is NaN or infinite; try a lower learning rate")
+
+
+def test_the_loss_history_says_which_steps_it_holds() -> None:
+    """``metrics.json`` keeps about 50 of the losses; ``loss_history_every`` says they are the steps 0, every, ...
+    (the last step is ``final_loss``)."""
+    from patchmmd.cli.tasks import _history
+
+    h = _history([float(i) for i in range(120)])
+    assert h["loss_history_every"] == 2 and h["loss_history"] == [float(i) for i in range(0, 120, 2)]
+    assert h["final_loss"] == 119.0
+    assert _history([0.5]) == {"final_loss": 0.5, "loss_history": [0.5], "loss_history_every": 1}

@@ -247,9 +247,12 @@ def _bar(total: int, desc: str, enabled: bool) -> Iterator[Callable[[int, float]
         bar.close()
 
 
-def _history(values: list[float], points: int = 50) -> list[float]:
+def _history(values: list[float], points: int = 50) -> dict[str, Any]:
+    """``metrics.json``'s losses: the last step's, and about ``points`` of the history (steps 0, every, 2·every,
+    ...: ``loss_history_every`` says which), each to 6 significant digits."""
     every = max(1, len(values) // points)
-    return [float(f"{v:.6g}") for v in values[::every]]
+    return {"final_loss": float(f"{values[-1]:.6g}"), "loss_history": [float(f"{v:.6g}") for v in values[::every]],
+            "loss_history_every": every}
 
 
 def _load_inputs(items: tuple[str, ...]) -> tuple[list[Any], list[str]]:
@@ -343,7 +346,7 @@ def gim_command(
             "task": "gim", "loss": loss_name, "loss_options": parse_metric_options(loss_option), "seed": seed,
             "inputs": names, "shifts": shifts, "offsets": offsets, "size": list(ys.shape[-2:]),
             "steps": steps, "lr": lr, "init": init,
-            "final_loss": float(f"{res.history[-1]:.6g}"), "loss_history": _history(res.history),
+            **_history(res.history),
             "result": report(res.image), "pixel_mean": report(ys.mean(0, keepdim=True)), "weights": weights,
         }
     from ..io import save_image
@@ -471,8 +474,7 @@ def train_ae_command(
         m = evaluate(recon, split.heldout)
     model = save_model(res.model, folder)  # recon_NNN.png: ConvAutoencoder(**args)(heldout), clamped to [0, 1]
     metrics = {
-        **arguments, "heldout_tiles": len(split.heldout), "final_loss": float(f"{res.history[-1]:.6g}"),
-        "loss_history": _history(res.history), "heldout": m, "weights": weights,
+        **arguments, "heldout_tiles": len(split.heldout), **_history(res.history), "heldout": m, "weights": weights,
         "model": model,
     }
     write_json(metrics, folder / "metrics.json")  # first: an image that cannot be written (NaN) loses no figure
@@ -530,8 +532,8 @@ def train_sr_command(
         m_sr, m_bic = evaluate(sr, split.heldout), evaluate(bic, split.heldout)
     model = save_model(res.model, folder)  # sr_NNN.png: SRNet(**args)(degrade(heldout, scale)), clamped to [0, 1]
     metrics = {
-        **arguments, "heldout_tiles": len(split.heldout), "final_loss": float(f"{res.history[-1]:.6g}"),
-        "loss_history": _history(res.history), "heldout": m_sr, "bicubic": m_bic, "weights": weights,
+        **arguments, "heldout_tiles": len(split.heldout), **_history(res.history), "heldout": m_sr, "bicubic": m_bic,
+        "weights": weights,
         "model": model,
     }
     write_json(metrics, folder / "metrics.json")  # first: an image that cannot be written (NaN) loses no figure
