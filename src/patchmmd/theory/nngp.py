@@ -200,6 +200,20 @@ def _safe_sqrt(v: torch.Tensor) -> torch.Tensor:
     return torch.where(pos, torch.sqrt(torch.where(pos, v, torch.ones_like(v))), torch.zeros_like(v))
 
 
+def _cosine(pq: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(g, c)``: ``g = a b`` and the cosine ``c = pq / g`` where ``g > 0`` (0 elsewhere), for norms ``a, b >= 0``.
+
+    ``pq`` is divided by ``a`` and then by ``b``, not by their product: the gradient of a quotient divides by the
+    denominator once more, and for vectors of norm about 1e-20 (float32; 1e-155 in float64) ``c / g`` overflowed,
+    which made the gradient inf or NaN. ``pq / a`` is at most ``b`` in size, so neither step overflows.
+    """
+    g = a * b
+    pos = g > 0
+    one = torch.ones((), dtype=g.dtype, device=g.device)
+    c = pq / torch.where(a > 0, a, one) / torch.where(b > 0, b, one)
+    return g, torch.where(pos, c, torch.zeros_like(c))
+
+
 def _check_kernel_options(
     depth: object, sigma_w2: object, sigma_b2: object, first_layer: object
 ) -> tuple[int, float, float]:
@@ -252,10 +266,7 @@ def nngp_from_inner_products(
     if method == "closed_form" and sigma_b2 != 0:
         raise ValueError(f"the closed form needs sigma_b2 == 0, got sigma_b2={sigma_b2!r}")
     if method == "closed_form" or (method == "auto" and sigma_b2 == 0):
-        np_, nq = _safe_sqrt(pp), _safe_sqrt(qq)
-        g = np_ * nq
-        pos = g > 0
-        c = torch.where(pos, pq / torch.where(pos, g, torch.ones_like(g)), torch.zeros_like(g))
+        g, c = _cosine(pq, _safe_sqrt(pp), _safe_sqrt(qq))
         for _ in range(depth):
             c = _Kappa1.apply(c)
         return g * c * ((sigma_w2 / 2.0) ** depth / dim)
@@ -264,9 +275,7 @@ def nngp_from_inner_products(
     kpq = sigma_b2 + sigma_w2 / dim * pq
     post = kpq
     for layer in range(depth):
-        g = _safe_sqrt(kpp) * _safe_sqrt(kqq)
-        pos = g > 0
-        c = torch.where(pos, kpq / torch.where(pos, g, torch.ones_like(g)), torch.zeros_like(g))
+        g, c = _cosine(kpq, _safe_sqrt(kpp), _safe_sqrt(kqq))
         post = 0.5 * g * _Kappa1.apply(c)
         if layer + 1 < depth:
             kpq = sigma_b2 + sigma_w2 * post
