@@ -212,7 +212,9 @@ class MMDPPConfig:
         """A copy with ``options`` changed; an unknown option name raises ``TypeError`` listing the valid ones."""
         unknown = sorted(set(options) - set(OPTION_NAMES))
         if unknown:
-            raise TypeError(f"unknown option(s) {unknown}; valid options are {sorted(OPTION_NAMES)}")
+            # data_range is the pixel range's name in SSIM code (scikit-image, pytorch-msssim, piq, torchmetrics)
+            hint = " (the pixel range is value_range=(lo, hi), e.g. (0, 255))" if "data_range" in unknown else ""
+            raise TypeError(f"unknown option(s) {unknown}{hint}; valid options are {sorted(OPTION_NAMES)}")
         return dataclasses.replace(self, **options)
 
     def levels(self, height: int, width: int) -> list[Level]:
@@ -400,7 +402,10 @@ class MMDPPTarget:
             device(type='cpu')
         """
 
-        device = torch.device(device)  # a device, not a dtype: the target's dtype is its inputs'
+        if not isinstance(device, torch.device | str | int):  # a device, not a dtype: the target's dtype is its inputs'
+            raise TypeError(f"MMDPPTarget.to takes a device, got {device!r}; a target keeps the dtype of the y it was "
+                            "made from: precompute it from y.to(dtype) for inputs of another dtype")
+        device = torch.device(device)
 
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(device)
@@ -504,7 +509,11 @@ def mmdpp(
     Args:
         x, y: images ``(N, C, H, W)`` or ``(C, H, W)`` with values in ``value_range`` (default ``[0, 1]``);
             ``y`` may be a :class:`MMDPPTarget` from :func:`precompute_target` (same value, half the work;
-            the options are then the target's).
+            the options are then the target's). Any number of channels; the weights are calibrated on RGB
+            images, and the Local and MMD terms sum squared differences over the channels, so a one-channel
+            grayscale pair scores less than the same pair replicated to three (``x.expand(-1, 3, -1, -1)``; the
+            default: about 0.4 times, for noise and blur of a sample photo): replicate grayscale images to
+            compare their distances with those of RGB images.
         preset: ``"default"`` (the metric), ``"loss"`` (for training on crops), ``"pixelwise"`` (the previous
             default), ``"followup"`` (the follow-up study's MMD++), or a config.
         value_range, out_of_range: the valid pixel range and what to do outside it (``"raise"``,

@@ -82,7 +82,8 @@ class MMDPP(nn.Module):
         return distance_map(x, y, preset=self.config, value_range=self.value_range, out_of_range=self.out_of_range)
 
     def extra_repr(self) -> str:
-        return f"config={self.config}, value_range={self.value_range}, reduction={self.reduction!r}"
+        return (f"config={self.config}, value_range={self.value_range}, out_of_range={self.out_of_range!r}, "
+                f"reduction={self.reduction!r}")
 
 
 class PatchMMD(nn.Module):

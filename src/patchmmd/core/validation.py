@@ -57,7 +57,7 @@ def check_image(name: str, t: object) -> torch.Tensor:
     if t.dtype not in FLOAT_DTYPES:  # float8 is floating point too, but nothing here computes in it
         raise TypeError(
             f"{name} must be a floating-point tensor (float16, bfloat16, float32 or float64), got {t.dtype}; "
-            + ("convert it with x.float()" if t.is_floating_point() else "convert integer images with x.float() / 255")
+            + _conversion_hint(t.dtype)
         )
     if t.shape[0] == 0 or t.shape[1] == 0:
         raise ValueError(f"{name} must have at least one image and one channel, got shape {tuple(t.shape)}")
@@ -69,6 +69,21 @@ def check_image(name: str, t: object) -> torch.Tensor:
                "x.permute(0, 3, 1, 2) for an (N, H, W, C) batch")
         )
     return t
+
+
+def _conversion_hint(dtype: torch.dtype) -> str:
+    """How to turn a tensor of ``dtype`` into an image the distances take (the end of :func:`check_image`'s error):
+    ``/ 255`` only for 8-bit images, whose scale it is (a boolean mask divided by 255 would be an almost black
+    image, a 16-bit one would be out of range)."""
+    if dtype.is_floating_point:
+        return "convert it with x.float()"
+    if dtype == torch.bool:
+        return "convert a mask with x.float() (True is 1)"
+    if dtype == torch.uint8:
+        return "convert 8-bit images with x.float() / 255"
+    if dtype.is_complex:
+        return "a complex tensor is not an image; pass a real floating-point tensor"
+    return "convert it with x.float() and pass value_range=(lo, hi) of its scale (e.g. (0, 65535) for 16-bit images)"
 
 
 def check_pair(
@@ -111,7 +126,8 @@ def check_pair(
     if x.device != y.device:
         raise ValueError(f"{both} must be on the same device, got {x.device} and {y.device}")
     if x.dtype != y.dtype:
-        raise TypeError(f"{both} must have the same dtype, got {x.dtype} and {y.dtype}")
+        raise TypeError(f"{both} must have the same dtype, got {x.dtype} and {y.dtype}; convert one to the other's "
+                        "(e.g. with .float(): inside torch.autocast a network's output is 16-bit)")
     lo, hi = check_value_range(value_range)
     check_out_of_range(out_of_range)
     h, w = x.shape[-2:]
