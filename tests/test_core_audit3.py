@@ -183,3 +183,21 @@ def test_ssim_style_data_range_points_to_value_range() -> None:
                                             r"value_range=\(lo, hi\), e\.g\. \(0, 255\)\); valid options"):
             call()
     assert float(mmdpp(x, x.flip(-1), value_range=(0, 255))) == float(mmdpp(x / 255, x.flip(-1) / 255))
+
+
+def test_autocast_of_other_device_types_is_off_inside_the_distances() -> None:
+    """The distances turn autocast off for Apple's mps and Intel's xpu as well as the CPU and CUDA (only those two
+    were turned off: on an mps or xpu device an autocast region reached the distances' products)."""
+    from patchmmd.core.validation import full_precision
+
+    seen: list[bool] = []
+
+    @full_precision
+    def probe() -> None:
+        seen.extend(torch.is_autocast_enabled(d) for d in ("cpu", "mps", "xpu"))
+
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.autocast("mps", dtype=torch.float16), \
+            torch.autocast("xpu", dtype=torch.bfloat16):
+        assert torch.is_autocast_enabled("mps") and torch.is_autocast_enabled("xpu")
+        probe()
+    assert seen == [False, False, False]

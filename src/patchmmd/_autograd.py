@@ -83,6 +83,25 @@ def outside_transforms() -> Iterator[None]:
         yield
 
 
+#: The device types whose autocast :func:`autocast_off` turns off.
+AUTOCAST_DEVICES = ("cpu", "cuda", "mps", "xpu")
+
+
+@contextmanager
+def autocast_off() -> Iterator[None]:
+    """Autocast turned off for every device type of :data:`AUTOCAST_DEVICES` (Apple's ``mps`` and Intel's ``xpu``
+    besides the CPU and CUDA), whatever region the caller is in: the distances compute in their inputs' dtype.
+
+    Example:
+        >>> with torch.autocast("cpu", dtype=torch.bfloat16), autocast_off():
+        ...     (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
+        torch.float32
+    """
+    with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False), \
+            torch.autocast("mps", enabled=False), torch.autocast("xpu", enabled=False):
+        yield
+
+
 def graph_vjp(
     fn: Callable[..., Sequence[torch.Tensor | None]], inputs: Sequence[torch.Tensor | None],
     grads: Sequence[torch.Tensor | None], needs: Sequence[bool],
@@ -96,7 +115,7 @@ def graph_vjp(
     off here, as in the distances' forward passes: a backward pass called inside an autocast region would
     otherwise record the plain formulation's products and convolutions in 16 bits.
     """
-    with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+    with autocast_off():
         with torch.enable_grad():
             outs = fn(*inputs)
         pairs = [(o, g) for o, g in zip(outs, grads, strict=True)

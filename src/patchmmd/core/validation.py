@@ -15,7 +15,7 @@ from typing import Any, Literal, ParamSpec, TypeVar, cast
 import numpy as np
 import torch
 
-from .._autograd import functorch_active
+from .._autograd import autocast_off, functorch_active
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -354,8 +354,8 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def full_precision(fn: Callable[_P, _R]) -> Callable[_P, _R]:
-    """Run ``fn`` with autocast turned off (CPU and CUDA), so that a distance called inside an autocast region
-    computes in its inputs' compute dtype (:func:`compute_dtype`) as it does outside one.
+    """Run ``fn`` with autocast turned off (:func:`patchmmd._autograd.autocast_off`), so that a distance called
+    inside an autocast region computes in its inputs' compute dtype (:func:`compute_dtype`) as it does outside one.
 
     Under autocast the matrix products and convolutions would run in 16 bits, and the exact estimator's
     ``|a|² + |b|² - 2 a·b`` cancels: bfloat16 autocast moved the exact windowed MMD by 3 % and set a small
@@ -373,7 +373,7 @@ def full_precision(fn: Callable[_P, _R]) -> Callable[_P, _R]:
 
     @functools.wraps(fn)
     def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+        with autocast_off():
             return fn(*args, **kwargs)
 
     return wrapper
