@@ -78,6 +78,12 @@ def load_pair(
     return x, y, resized
 
 
+#: The longest side, in image pixels, that :func:`save_heatmap` draws at full resolution (its dots per inch grow
+#: with the image up to it). Without a limit the figure's fixed-size title and colour bar grew with the square of
+#: the image's long side: the map of a 3 x 50000 image took a 1.7-gigapixel figure and 9 GB of memory.
+HEATMAP_MAX_SIDE = 2048
+
+
 def save_heatmap(
     reference: Any, dmap: Any, path: str | Path, *, title: str, label: str = "distance per pixel"
 ) -> None:
@@ -86,19 +92,30 @@ def save_heatmap(
     Uses matplotlib's Agg backend (no display needed), imported here. The file is PNG whatever ``path`` ends with
     (matplotlib would otherwise pick the format from the suffix, and write ``path + ".png"`` for a name without
     one: not the file that was checked, maybe one that exists).
+
+    The image takes 6 inches on its long side, at 1.2 figure pixels per image pixel or more. An image longer than
+    :data:`HEATMAP_MAX_SIDE` is drawn averaged down to that (each drawn pixel the mean of the map over its area),
+    so that the figure, whose title and colour bar have a fixed size in inches, stays a few megapixels whatever
+    the image's size or shape.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import torch.nn.functional as F
 
     ref = reference.float()
     gray = ref.mean(dim=0) if ref.shape[0] in (1, 3) else ref[:3].mean(dim=0)
+    dmap = dmap.float()
     h, w = gray.shape
+    if max(h, w) > HEATMAP_MAX_SIDE:
+        size = [max(1, round(n * HEATMAP_MAX_SIDE / max(h, w))) for n in (h, w)]
+        gray, dmap = (F.interpolate(a[None, None], size=size, mode="area")[0, 0] for a in (gray, dmap))
+        h, w = size
     scale = 6.0 / max(h, w)
     fig, ax = plt.subplots(figsize=(w * scale + 1.6, h * scale + 0.6), dpi=max(100, int(max(h, w) / 5)))
     ax.imshow(gray.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    im = ax.imshow(dmap.float().numpy(), cmap="inferno", alpha=0.6, interpolation="nearest")
+    im = ax.imshow(dmap.numpy(), cmap="inferno", alpha=0.6, interpolation="nearest")
     ax.set_axis_off()
     ax.set_title(title, fontsize=10, parse_math=False)  # a file name may hold '$': text, not mathtext
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=label)

@@ -1,7 +1,8 @@
 """``patchmmd demo``: MMD++, L2 and SSIM on a ladder of distortions of a shipped photo.
 
 The ladder: shifts by 1 and 2 pixels (both images cropped so they align, no wrap-around), Gaussian blur
-(σ = 1, 2 px), Gaussian noise (σ = 0.03, 0.06 on the [0, 1] scale) and JPEG (quality 50, 20). Every
+(σ = 1, 2 px), Gaussian noise (σ = 0.03, 0.06 on the [0, 1] scale, seeded; the result clipped to [0, 1], which
+takes a little of it off in the photo's darkest and brightest parts) and JPEG (quality 50, 20). Every
 distorted image is compared with the same reference crop. The table ranks the distortions by each
 metric (1 = judged least different).
 """
@@ -206,7 +207,7 @@ def demo(image_name: str, out_dir: Path, map_for: str, overwrite: bool, device: 
         f"- SSIM: {ssim_note}" if ssim_fn is not None else "",
         "- Shifts: the reference is the image without its last 2 columns; the shifted image is the same-size "
         "crop k px to the right (no wrap-around). Other distortions are applied to the whole photo, then "
-        "cropped like the reference. Noise is seeded (0).",
+        "cropped like the reference. Noise is seeded (0) and the noisy image clipped to [0, 1].",
         "",
         f"![MMD++ distance map for {map_for}]({files['map'].name})",
         "",

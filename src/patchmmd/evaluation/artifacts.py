@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import torch
 
+from ..core.validation import check_positive_int
+
 __all__ = ["lattice_power", "lattice_ratio"]
 
 _LUMA = (0.299, 0.587, 0.114)
@@ -34,6 +36,8 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
         x = x[None]
     if x.dim() != 4:
         raise ValueError(f"expected images (N, C, H, W) or (C, H, W), got shape {tuple(x.shape)}")
+    if x.shape[1] not in (1, 3):
+        raise ValueError(f"expected 1 (gray) or 3 (RGB) channels, got shape {tuple(x.shape)}")
     x = x.detach().double()
     if x.shape[1] == 3:
         w = torch.tensor(_LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
@@ -45,14 +49,14 @@ def lattice_power(x: torch.Tensor, period: int = 4) -> torch.Tensor:
     """Per-image power at the lattice frequencies of ``period`` (see the module docstring): ``(N,)``.
 
     Raises:
-        ValueError: a side that is not a multiple of ``period``, or ``period < 2``.
+        ValueError: not 1 or 3 channels, a side that is not a multiple of ``period``, or ``period`` not an integer
+            >= 2 (NumPy integers included).
 
     Example:
         >>> float(lattice_power(torch.full((1, 3, 8, 8), 0.5)))
         0.0
     """
-    if period < 2:
-        raise ValueError(f"period must be at least 2, got {period}")
+    period = check_positive_int("period", period, minimum=2)
     g = _gray(x)
     h, w = g.shape[-2:]
     if h % period or w % period:

@@ -34,6 +34,8 @@ from collections.abc import Callable
 
 import torch
 
+from ..core.validation import check_seed
+
 __all__ = ["BLUR_SIGMA", "MIN_SIZE", "NOISE_SIGMA", "SHIFTS", "shift_distances", "shift_pairs", "shift_ratios"]
 
 #: The shifts, in the order they are reported.
@@ -56,8 +58,13 @@ def shift_pairs(x: torch.Tensor, *, seed: int = 0) -> dict[str, tuple[torch.Tens
     """``{kind: (ref, other)}`` for the shifts and the two distortions of the module docstring.
 
     Raises:
-        ValueError: ``x`` is not ``(C, H, W)`` or is smaller than :data:`MIN_SIZE` on a side.
+        TypeError: ``x`` is not a floating tensor.
+        ValueError: ``x`` is not ``(C, H, W)`` or is smaller than :data:`MIN_SIZE` on a side, or ``seed`` is not an
+            integer with ``0 <= seed < 2**63``.
     """
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError(f"the shift check expects a floating image in [0, 1], got {getattr(x, 'dtype', type(x))}")
+    seed = check_seed(seed)
     if x.dim() != 3:
         raise ValueError(f"expected one image (C, H, W), got shape {tuple(x.shape)}")
     if min(x.shape[-2:]) < MIN_SIZE:
