@@ -139,7 +139,8 @@ def test_module_repr_shows_every_setting() -> None:
 
 @pytest.mark.parametrize(("make", "hint"), [
     (lambda x: x > 0.5, r"got torch\.bool; convert a mask with x\.float\(\) \(True is 1\)$"),
-    (lambda x: (x * 255).to(torch.uint8), r"got torch\.uint8; convert 8-bit images with x\.float\(\) / 255$"),
+    (lambda x: (x * 255).to(torch.uint8), r"got torch\.uint8; convert 8-bit images with x\.float\(\) / 255, or "
+                                             r"with x\.float\(\) and value_range=\(0, 255\)$"),
     (lambda x: (x * 65535).to(torch.int32), r"got torch\.int32; convert it with x\.float\(\) and pass "
                                             r"value_range=\(lo, hi\) of its scale"),
     (lambda x: x.to(torch.complex64), r"got torch\.complex64; a complex tensor is not an image"),
@@ -201,3 +202,16 @@ def test_autocast_of_other_device_types_is_off_inside_the_distances() -> None:
         assert torch.is_autocast_enabled("mps") and torch.is_autocast_enabled("xpu")
         probe()
     assert seen == [False, False, False]
+
+
+def test_the_8_bit_hint_follows_the_value_range_given() -> None:
+    """With value_range=(0, 255) the hint said "x.float() / 255" too: followed, it gave a near-black image inside
+    the range and a distance about 59,000 times too small, silently. It now says x.float() there, and names both
+    ways without a range."""
+    x = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(TypeError, match=r"with x\.float\(\) \(its values on the scale of value_range=\(0, 255\)\)$"):
+        mmdpp(x, x, value_range=(0, 255))
+    with pytest.raises(TypeError, match=r"x\.float\(\) / 255, or with x\.float\(\) and value_range=\(0, 255\)$"):
+        mmdpp(x, x)
+    with pytest.raises(TypeError, match=r"x\.float\(\) / 255"):  # a malformed range: the plain hint, no crash
+        mmdpp(x, x, value_range=5)

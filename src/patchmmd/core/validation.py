@@ -40,8 +40,11 @@ RANGE_HINT = ("pass value_range=(lo, hi) for other scales (e.g. (0, 255) or (-1,
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def check_image(name: str, t: object) -> torch.Tensor:
+def check_image(name: str, t: object, value_range: Any = None) -> torch.Tensor:
     """Check one image argument and return it as a 4-D ``(N, C, H, W)`` tensor.
+
+    ``value_range``: the range the caller was given, if any, for the conversion hint of an integer tensor (with
+    ``value_range=(0, 255)`` an 8-bit image is converted with ``x.float()``, not divided by 255 as well).
 
     A 3-D ``(C, H, W)`` tensor is taken as a batch of one. A tensor with more than 4 channels and a width of at
     most 4 pixels is refused as a channels-last image (``(H, W, C)``, as numpy and PIL give them): read as
@@ -57,7 +60,7 @@ def check_image(name: str, t: object) -> torch.Tensor:
     if t.dtype not in FLOAT_DTYPES:  # float8 is floating point too, but nothing here computes in it
         raise TypeError(
             f"{name} must be a floating-point tensor (float16, bfloat16, float32 or float64), got {t.dtype}; "
-            + _conversion_hint(t.dtype)
+            + _conversion_hint(t.dtype, value_range)
         )
     if t.shape[0] == 0 or t.shape[1] == 0:
         raise ValueError(f"{name} must have at least one image and one channel, got shape {tuple(t.shape)}")
@@ -71,16 +74,24 @@ def check_image(name: str, t: object) -> torch.Tensor:
     return t
 
 
-def _conversion_hint(dtype: torch.dtype) -> str:
+def _conversion_hint(dtype: torch.dtype, value_range: Any = None) -> str:
     """How to turn a tensor of ``dtype`` into an image the distances take (the end of :func:`check_image`'s error):
     ``/ 255`` only for 8-bit images, whose scale it is (a boolean mask divided by 255 would be an almost black
-    image, a 16-bit one would be out of range)."""
+    image, a 16-bit one would be out of range), and only where no other ``value_range`` was given (with
+    ``value_range=(0, 255)``, ``x.float() / 255`` would be a near-black image inside the range: a silently tiny
+    distance)."""
     if dtype.is_floating_point:
         return "convert it with x.float()"
     if dtype == torch.bool:
         return "convert a mask with x.float() (True is 1)"
+    try:  # (a malformed value_range is refused later, by check_value_range)
+        given = None if value_range is None else tuple(float(v) for v in value_range)
+    except (TypeError, ValueError):
+        given = None
+    if dtype == torch.uint8 and given is not None and given != (0.0, 1.0):
+        return f"convert it with x.float() (its values on the scale of value_range={value_range!r})"
     if dtype == torch.uint8:
-        return "convert 8-bit images with x.float() / 255"
+        return "convert 8-bit images with x.float() / 255, or with x.float() and value_range=(0, 255)"
     if dtype.is_complex:
         return "a complex tensor is not an image; pass a real floating-point tensor"
     return "convert it with x.float() and pass value_range=(lo, hi) of its scale (e.g. (0, 65535) for 16-bit images)"
@@ -119,8 +130,8 @@ def check_pair(
     """
     x_name, y_name = names
     both = x_name if x_name == y_name else f"{x_name} and {y_name}"
-    x = check_image(x_name, x)
-    y = check_image(y_name, y)
+    x = check_image(x_name, x, value_range)
+    y = check_image(y_name, y, value_range)
     if x.shape != y.shape:
         raise ValueError(f"{both} must have the same shape (N, C, H, W), got {tuple(x.shape)} and {tuple(y.shape)}")
     if x.device != y.device:
