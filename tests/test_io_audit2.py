@@ -164,3 +164,22 @@ def test_save_image_files_get_the_permissions_open_gives(tmp_path: Path) -> None
         pass
     save_image(torch.rand(3, 4, 4), tmp_path / "x.png")
     assert (tmp_path / "x.png").stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777
+
+
+def test_an_image_in_memory_is_refused_saying_how_to_convert_it() -> None:
+    """A PIL image or a BytesIO passed as the path ended in "cannot read <PIL...> as an image: TypeError"; it is a
+    TypeError naming what was given, and the conversion it gives is right."""
+    import io as std_io
+
+    import numpy as np
+    from PIL import Image
+
+    from patchmmd.data import sample_path
+
+    im = Image.open(sample_path("coffee"))
+    with pytest.raises(TypeError, match=r"path must be a file path \(str or os.PathLike\), got PngImageFile"):
+        load_image(im)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="got BytesIO"):
+        load_image(std_io.BytesIO(b"x"))  # type: ignore[arg-type]
+    converted = torch.from_numpy(np.asarray(im.convert("RGB"))).permute(2, 0, 1) / 255
+    assert torch.allclose(converted, load_image(sample_path("coffee")))

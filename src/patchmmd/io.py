@@ -129,6 +129,7 @@ def load_image(
         ImageReadError: the file does not exist, is not a regular file (a FIFO, a device: refused at once,
             never waited on), cannot be decoded as an image, or holds values whose range is unknown (32-bit
             or signed integers, floats outside [0, 1]).
+        TypeError: ``path`` is not a path (a PIL image or a file object: the error says how to convert one).
         ValueError: ``mode`` is not one of ``"RGB"``, ``"L"``, ``"keep"``, ``dtype`` is not a floating dtype
             (an integer one would truncate the [0, 1] values to 0 and 1), or ``max_pixels`` is not a positive
             integer or None.
@@ -142,6 +143,9 @@ def load_image(
     """
     from PIL import Image, UnidentifiedImageError
 
+    if not isinstance(path, str | bytes | os.PathLike):  # a PIL image, a BytesIO: not read as a "file not found"
+        raise TypeError(f"path must be a file path (str or os.PathLike), got {type(path).__name__}; an 8-bit image "
+                        "in memory converts as torch.from_numpy(np.asarray(im.convert('RGB'))).permute(2, 0, 1) / 255")
     if mode not in IMAGE_MODES:
         raise ValueError(f"mode must be one of {IMAGE_MODES}, got {mode!r}")
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
