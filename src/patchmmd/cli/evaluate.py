@@ -342,7 +342,13 @@ def mos_command(labels: str, root: str | None, score_higher_is_better: bool, gro
 
 # ------------------------------------------------------------------------------------------------ suite
 def _human_sets(items: Sequence[str], higher_is_better: Sequence[str] = ()) -> list[Any]:
-    from ..evaluation.suite import HumanSet
+    """The ``--human`` sets, each label file read (its rows, columns and image files checked).
+
+    Raises:
+        click.BadParameter: a malformed entry, a name given twice, a labels file that is missing or cannot be
+            read as a set, or a ``--higher-is-better`` name that is no set.
+    """
+    from ..evaluation.suite import HumanSet, open_human_set
 
     sets, names = [], set()
     for item in items:
@@ -357,6 +363,11 @@ def _human_sets(items: Sequence[str], higher_is_better: Sequence[str] = ()) -> l
             raise click.BadParameter(f"{name}: labels file {what}: {path}", param_hint="--human")
         names.add(name)
         sets.append(HumanSet(name, Path(path), higher_is_better=name in higher_is_better))
+    for hs in sets:  # read now: a bad file is a usage error before --out is touched (--overwrite empties it)
+        try:
+            open_human_set(hs)
+        except (OSError, ValueError) as e:  # not UTF-8, no score column, an image it names is missing, ...
+            raise click.BadParameter(f"{hs.name}: {e}", param_hint="--human") from None
     unknown = sorted(set(higher_is_better) - names)
     if unknown:
         raise click.BadParameter(f"{unknown[0]!r} is not the name of a --human set", param_hint="--higher-is-better")
@@ -411,8 +422,17 @@ def suite_command(candidates: Sequence[str], human: Sequence[str], mos_sets: Seq
     import time
 
     from ..evaluation import CacheMismatchError
-    from ..evaluation.suite import SuiteConfig, parse_candidate, remove_suite_outputs, run_suite, write_suite
+    from ..evaluation.suite import (
+        SuiteConfig,
+        candidate_metrics,
+        parse_candidate,
+        remove_suite_outputs,
+        run_suite,
+        weight_folder_options,
+        write_suite,
+    )
     from ..metrics.registry import get_spec
+    from ..metrics.weights import WeightsFileNotFoundError
 
     specs = list(candidates) or ["mmdpp"]
     for spec in specs:
@@ -424,9 +444,21 @@ def suite_command(candidates: Sequence[str], human: Sequence[str], mos_sets: Seq
             get_spec(name)
         except ValueError as e:
             raise click.BadParameter(f"{e} (see `patchmmd metrics`)", param_hint="--candidate") from None
+    # everything refused before any work is refused before --out is touched: --overwrite empties it
+    try:  # every candidate given, even those --quick leaves out
+        candidate_metrics(specs)
+    except ValueError as e:  # an option its factory refuses, a metric that cannot be a training loss
+        raise click.BadParameter(str(e), param_hint="--candidate") from None
+    except ImportError as e:
+        raise click.ClickException(f"a candidate needs an optional dependency: {e}") from None
     sets = _human_sets(human, mos_sets)
     if weights is not None and not Path(weights).is_dir():
         raise click.BadParameter(f"folder not found: {weights}", param_hint="--weights")
+    if weights is not None:
+        try:
+            weight_folder_options(weights)
+        except WeightsFileNotFoundError as e:
+            raise click.BadParameter(str(e), param_hint="--weights") from None
     photos: list[Any] = []
     if train_photos is not None:
         from ..io import ImageReadError
@@ -464,7 +496,7 @@ def suite_command(candidates: Sequence[str], human: Sequence[str], mos_sets: Seq
     try:
         result = run_suite(specs, human=sets, weights=weights, train_photos=photos, config=cfg, log=log,
                            cache=outdir / "cache")
-    except FileNotFoundError as e:  # a file missing from the weights folder
+    except WeightsFileNotFoundError as e:  # a file gone from the weights folder since it was checked above
         raise click.BadParameter(str(e), param_hint="--weights") from None
     except CacheMismatchError as e:
         raise click.UsageError(f"--resume: {e}; pass --overwrite to start over") from None

@@ -62,6 +62,7 @@ __all__ = [
     "SuiteConfig",
     "SuiteMetric",
     "SuiteResult",
+    "candidate_metrics",
     "judge_tiles",
     "open_human_set",
     "parse_candidate",
@@ -70,6 +71,7 @@ __all__ = [
     "run_suite",
     "sr_task",
     "task_photos",
+    "weight_folder_options",
     "write_suite",
 ]
 
@@ -276,6 +278,37 @@ def parse_candidate(spec: str) -> tuple[str, dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------------------------- building
+def candidate_metrics(candidates: Sequence[str]) -> list[SuiteMetric]:
+    """The candidates ``NAME[:KEY=VALUE,...]``, parsed and built, each checked to be a training loss (a
+    differentiable distance): what :func:`run_suite` refuses of them before any work, and what a front end can
+    check before it touches an output folder.
+
+    Raises:
+        ValueError: a bad spec, an unknown metric, an option its factory refuses, or a metric that cannot be a
+            training loss (the message starts with the candidate's spec).
+    """
+    out = []
+    for spec in candidates:
+        name, options = parse_candidate(spec)
+        m = SuiteMetric(spec, name, options, "candidate")
+        try:
+            _build(m)
+            _check_trainable(m.name)  # each candidate is trained with: refused now, not after the human part
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{m.label}: {e}") from e
+        out.append(m)
+    return out
+
+
+def weight_folder_options(weights: str | os.PathLike[str]) -> dict[str, dict[str, str]]:
+    """The options of each deep baseline (:data:`DEEP_BASELINES`) from a ``weights`` folder.
+
+    Raises:
+        WeightsFileNotFoundError: a file of the layout is missing (a ``FileNotFoundError`` naming it).
+    """
+    return {name: folder_options(name, weights) for name in DEEP_BASELINES}
+
+
 def _build(m: SuiteMetric) -> SuiteMetric:
     from ..metrics.registry import get_spec
 
@@ -371,8 +404,11 @@ def open_human_set(hs: HumanSet) -> MOSDataset:
 
     from .datasets import MOSDataset
 
-    with open(hs.labels, newline="", encoding="utf-8-sig") as f:
-        header = next(csv.reader(f), [])
+    try:
+        with open(hs.labels, newline="", encoding="utf-8-sig") as f:
+            header = next(csv.reader(f), [])
+    except (OSError, ValueError):  # not UTF-8, not CSV, unreadable: MOSDataset says so, naming the file
+        header = []
     return MOSDataset(hs.labels, group_column="distortion" if "distortion" in header else None)
 
 
@@ -876,15 +912,12 @@ def run_suite(
     notes: list[str] = []
     if cfg.quick:
         notes.append("quick run: tiny sizes, one candidate; the numbers only show that every part runs")
-    metrics: list[SuiteMetric] = []
-    for spec in specs:
-        name, options = parse_candidate(spec)
-        metrics.append(SuiteMetric(spec, name, options, "candidate"))
+    metrics = candidate_metrics(specs)
     wdir = Path(weights) if weights is not None else None
     baselines = ["l2", "ssim"]
+    deep_options: dict[str, dict[str, str]] = {}
     if wdir is not None:
-        for name in DEEP_BASELINES:
-            folder_options(name, wdir)  # WeightsFileNotFoundError (a FileNotFoundError) naming a missing file
+        deep_options = weight_folder_options(wdir)
         baselines += list(DEEP_BASELINES)
     else:
         notes.append("no weights folder: the deep baselines (lpips-vgg, lpips-alex, dists), the LPIPS-vgg loss and "
@@ -892,14 +925,11 @@ def run_suite(
     labels = {m.label for m in metrics}
     for b in baselines:
         if b not in labels:
-            metrics.append(SuiteMetric(b, b, folder_options(b, wdir) if b in WEIGHT_FILES and wdir else {}, "baseline"))
-    for m in metrics:
-        try:
-            _build(m)
-            if m.role == "candidate":  # each candidate is trained with: refused now, not after the human part
-                _check_trainable(m.name)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{m.label}: {e}") from e
+            m = SuiteMetric(b, b, deep_options.get(b, {}), "baseline")
+            try:
+                metrics.append(_build(m))
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{m.label}: {e}") from e
     by_label = {m.label: m for m in metrics}
     judges = {j: by_label[j] for j in JUDGES if j in by_label}
     loss_labels = [m.label for m in metrics if m.role == "candidate"] + ["l2", "ssim"]
