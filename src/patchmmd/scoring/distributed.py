@@ -93,11 +93,13 @@ def detect(environ: Mapping[str, str] | None = None) -> DistEnv:
 
     Unset variables mean a single process (world size 1, rank 0). ``LOCAL_RANK`` defaults to ``RANK`` and
     ``LOCAL_WORLD_SIZE`` to ``WORLD_SIZE`` (one node). With ``WORLD_SIZE`` above 1, ``RANK`` must be set: every
-    process would otherwise take itself for rank 0 (and wait for the others until the timeout).
+    process would otherwise take itself for rank 0 (and wait for the others until the timeout). A ``RANK`` or
+    ``LOCAL_RANK`` other than 0 without ``WORLD_SIZE`` is refused too (a launch's rank that lacks its size).
 
     Raises:
-        ValueError: a variable is not an integer, the ranks or ``LOCAL_WORLD_SIZE`` are out of range, or
-            ``RANK`` is unset while ``WORLD_SIZE`` is above 1.
+        ValueError: a variable is not an integer, the ranks or ``LOCAL_WORLD_SIZE`` are out of range, ``RANK``
+            is unset while ``WORLD_SIZE`` is above 1, or ``RANK`` / ``LOCAL_RANK`` is not 0 while ``WORLD_SIZE``
+            is unset.
 
     Example:
         >>> detect({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"})
@@ -110,6 +112,11 @@ def detect(environ: Mapping[str, str] | None = None) -> DistEnv:
     local_world_size = _env_int(environ, "LOCAL_WORLD_SIZE", world_size)
     if world_size < 1:
         raise ValueError(f"WORLD_SIZE must be at least 1, got {world_size}")
+    if (environ.get("WORLD_SIZE") or "").strip() == "":  # a rank of a launch that lacks the launch's size
+        for name, value in (("RANK", rank), ("LOCAL_RANK", local_rank)):
+            if value != 0:
+                raise ValueError(f"{name}={value} is set but WORLD_SIZE is not: set WORLD_SIZE to the number of "
+                                 f"processes, or unset {name} to run a single process")
     if world_size > 1:  # a launch: every process needs its rank, and the ranks of one node are some of them
         if (environ.get("RANK") or "").strip() == "":
             raise ValueError(f"WORLD_SIZE={world_size} but RANK is not set: give each process its rank "

@@ -476,7 +476,8 @@ class ScoreRunner:
 
     Steps, each checked on every rank before the next (if one rank fails, every rank stops: the failing one
     with its error, the others with :class:`RankFailedError`): build the tasks and check the metric on a
-    tiny pair; check that every rank built the same job (:class:`InconsistentJournalsError` if not); lock the
+    tiny pair; check that every rank built the same job, with the same output, ``resume``, ``overwrite`` and
+    ``retry_errors`` (:class:`InconsistentJournalsError` if not); lock the
     output (rank 0); apply the output rules (an existing output or journal needs
     ``resume`` or ``overwrite``) and read the finished rows when resuming; check that every rank sees the
     same journals; with ``retry_errors``, drop the error rows from the journals (rank 0); open this rank's
@@ -769,10 +770,19 @@ class ScoreRunner:
         the job starts) or were given other arguments would share out different pair lists: pairs lost or
         scored twice, and journals of different jobs that no merge or resume accepts. Every rank compares all
         the ranks' jobs with rank 0's alike, so all stop with the same error, before any journal is touched.
+
+        The output and what to do with it (``resume``, ``overwrite``, ``retry_errors``) are compared too: they
+        are no part of the job's journal header, but ranks that differ in them take different steps (only some
+        would delete the journals and wait for the others, or drop the error rows), so their meetings would no
+        longer match (a hang until the timeout, or one step's answer taken for another's) and their shares
+        would be cut from different lists of pairs.
         """
         if not self.env.is_distributed:
             return
-        jobs = distributed.all_gather_object(built.job)
+        job = self.job
+        run = {"output": os.fspath(job.output), "resume": job.resume, "overwrite": job.overwrite,
+               "retry_errors": job.retry_errors}
+        jobs = distributed.all_gather_object({**built.job, **run})
         for rank, other in enumerate(jobs):
             if other != jobs[0]:
                 differ = sorted(k for k in set(other) | set(jobs[0]) if other.get(k) != jobs[0].get(k))
