@@ -5,8 +5,7 @@ reports (:mod:`patchmmd.tasks.report`) and the ``ssim`` training loss (:mod:`pat
 :func:`psnr`, :func:`ssim` and :func:`ms_ssim`. Inputs are image batches ``(N, C, H, W)`` on ``[0, 1]``; every
 function returns one value per image, ``(N,)``, higher for more similar images, and is differentiable.
 
-* :func:`psnr`: ``10·log10(1 / MSE)`` dB, computed in float64, capped at ``max_db`` (identical images give the cap);
-  returned in the input's dtype, float32 for 16-bit inputs.
+* :func:`psnr`: ``10·log10(1 / MSE)`` dB, computed in float64, capped at ``max_db`` (identical images give the cap).
 * :func:`ssim`: pytorch-msssim's SSIM (11×11 Gaussian window, σ 1.5), channels averaged; ``downsample=True``
   first average-pools by ``f = max(1, round(min(H, W) / 256))`` as Wang et al.'s reference ``ssim.m`` does
   (MATLAB's ``round``: halves up).
@@ -68,9 +67,8 @@ def check_batch(x: object, y: object, *, data_range: float | None = None, out_of
 def psnr(x: torch.Tensor, y: torch.Tensor, *, data_range: float = 1.0, max_db: float = MAX_PSNR) -> torch.Tensor:
     """PSNR in dB per image, ``10·log10(range² / MSE)``, capped at ``max_db`` (identical images give the cap).
 
-    Computed in float64 and returned in the input's dtype, but in float32 for 16-bit inputs, as the other baselines
-    return theirs: a bfloat16 value resolves only 0.125 dB at 16 to 32 dB and 0.25 dB above, so images 0.05 dB
-    apart would tie, and float16 overflows at 65504 (a large ``max_db`` read as ``inf``).
+    Computed in float64 and returned in the input's dtype, the package's rule (a bfloat16 result resolves 0.125 dB
+    at 16 to 32 dB: pass float32 images for finer values).
 
     Example:
         >>> x = torch.zeros(1, 1, 4, 4)
@@ -86,8 +84,7 @@ def psnr(x: torch.Tensor, y: torch.Tensor, *, data_range: float = 1.0, max_db: f
     # In logarithms, and the cap by a mask rather than a floor on the MSE: range² and range² · 10^(−max_db / 10)
     # overflow or underflow float64 for large ranges or caps (identical images then gave inf, and a NaN gradient).
     db = 10.0 * (2.0 * math.log10(data_range) - torch.log10(mse.clamp_min(torch.finfo(torch.float64).tiny)))
-    out = torch.where(mse == 0, max_db, db.clamp(max=max_db))  # NaN stays NaN (unchecked calls)
-    return out.to(x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32)
+    return torch.where(mse == 0, max_db, db.clamp(max=max_db)).to(x.dtype)  # NaN stays NaN (unchecked calls)
 
 
 def _msssim_module() -> ModuleType:
