@@ -215,3 +215,25 @@ def test_the_8_bit_hint_follows_the_value_range_given() -> None:
         mmdpp(x, x)
     with pytest.raises(TypeError, match=r"x\.float\(\) / 255"):  # a malformed range: the plain hint, no crash
         mmdpp(x, x, value_range=5)
+
+
+def test_a_pytorch_without_mps_or_xpu_autocast_still_computes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before about 2.5, torch.autocast("mps"/"xpu", enabled=False) raised "unsupported autocast device_type": such
+    a PyTorch is detected once, and the distances then turn off the CPU's and CUDA's autocast only."""
+    from patchmmd import _autograd
+
+    real = torch.autocast
+
+    def old_autocast(device_type: str, *args: object, **kwargs: object) -> object:
+        if device_type in ("mps", "xpu"):
+            raise RuntimeError(f"User specified an unsupported autocast device_type '{device_type}'")
+        return real(device_type, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "autocast", old_autocast)
+    assert not _autograd._autocast_known("mps") and _autograd._autocast_known("cpu")
+    monkeypatch.setattr(_autograd, "AUTOCAST_MPS_XPU", False)
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with real("cpu", dtype=torch.bfloat16):
+        got = mmdpp(x, (x * 0.9).clamp(0, 1))
+    monkeypatch.undo()
+    assert torch.equal(got, mmdpp(x, (x * 0.9).clamp(0, 1)))

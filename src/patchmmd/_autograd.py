@@ -83,23 +83,38 @@ def outside_transforms() -> Iterator[None]:
         yield
 
 
-#: The device types whose autocast :func:`autocast_off` turns off.
-AUTOCAST_DEVICES = ("cpu", "cuda", "mps", "xpu")
+def _autocast_known(device_type: str) -> bool:
+    """Whether this PyTorch's ``torch.autocast`` takes ``device_type`` (before 2.5 or so, ``"mps"`` and ``"xpu"``
+    raised "unsupported autocast device_type", even with ``enabled=False``)."""
+    try:
+        torch.autocast(device_type, enabled=False)
+    except (RuntimeError, AttributeError, ValueError):
+        return False
+    return True
+
+
+#: Whether :func:`autocast_off` turns off Apple's ``mps`` and Intel's ``xpu`` autocast too (this PyTorch knows
+#: them). A constant, so that ``torch.compile`` traces one fixed set of context managers.
+AUTOCAST_MPS_XPU = _autocast_known("mps") and _autocast_known("xpu")
 
 
 @contextmanager
 def autocast_off() -> Iterator[None]:
-    """Autocast turned off for every device type of :data:`AUTOCAST_DEVICES` (Apple's ``mps`` and Intel's ``xpu``
-    besides the CPU and CUDA), whatever region the caller is in: the distances compute in their inputs' dtype.
+    """Autocast turned off for the CPU and CUDA, and for ``mps`` and ``xpu`` where this PyTorch knows them
+    (:data:`AUTOCAST_MPS_XPU`), whatever region the caller is in: the distances compute in their inputs' dtype.
 
     Example:
         >>> with torch.autocast("cpu", dtype=torch.bfloat16), autocast_off():
         ...     (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
         torch.float32
     """
-    with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False), \
-            torch.autocast("mps", enabled=False), torch.autocast("xpu", enabled=False):
-        yield
+    if AUTOCAST_MPS_XPU:
+        with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False), \
+                torch.autocast("mps", enabled=False), torch.autocast("xpu", enabled=False):
+            yield
+    else:
+        with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+            yield
 
 
 def graph_vjp(
