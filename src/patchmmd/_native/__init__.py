@@ -307,16 +307,17 @@ _LOCK_WAIT = 300.0
 
 
 @contextmanager
-def _locked(dfd: int, shared: bool = False) -> Iterator[None]:
+def _locked(dfd: int, shared: bool = False, wait: float | None = None) -> Iterator[bool]:
     """An advisory ``flock`` of the cache folder: shared to read, exclusive to build and write (none where
-    unsupported, and none after :data:`_LOCK_WAIT` seconds of waiting), so that a reader never pairs one process's
-    library with another's record and a process that finds no library waits for the one being built."""
+    unsupported, and none after ``wait`` seconds of waiting, by default :data:`_LOCK_WAIT`), so that a reader
+    never pairs one process's library with another's record and a process that finds no library waits for the
+    one being built. Yields whether the lock is held."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX
-        yield
+        yield False
         return
-    held, deadline = False, time.monotonic() + _LOCK_WAIT
+    held, deadline = False, time.monotonic() + (_LOCK_WAIT if wait is None else wait)
     while True:
         try:
             fcntl.flock(dfd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
@@ -329,7 +330,7 @@ def _locked(dfd: int, shared: bool = False) -> Iterator[None]:
         except OSError:  # a file system without flock
             break
     try:
-        yield
+        yield held
     finally:
         if held:
             fcntl.flock(dfd, fcntl.LOCK_UN)
@@ -1122,16 +1123,18 @@ def _find_or_build() -> tuple[NativeKernels | None, str]:
             refused.append("compiling into a private temporary folder for this process instead (every new process "
                            "compiles them again)")
     problems: list[str] = []  # said only if no working kernels come out of this
+    wait = _LOCK_WAIT  # for both locks together: the exclusive one is not waited for after the shared one timed out
     try:
         try:
-            with _locked(dfd, shared=True):  # (waits while another process builds: then its library is found)
+            with _locked(dfd, shared=True) as held:  # (waits while another process builds: then its library is found)
+                wait = _LOCK_WAIT if held else 0.0
                 data = _read_cached(dfd, folder, name, key)
             if data is not None:
                 return _in_use(_kernels_from(data, dfd, folder, name), dfd, name, refused)
         except (_Untrusted, _Broken, OSError):
             pass  # looked at again below, under the exclusive lock, and said from there
         # One process builds at a time: one that waited here finds the library the other cached.
-        with _locked(dfd):
+        with _locked(dfd, wait=wait) as held:
             try:
                 data = _read_cached(dfd, folder, name, key)
                 if data is not None:
@@ -1161,7 +1164,8 @@ def _find_or_build() -> tuple[NativeKernels | None, str]:
                 if not private:
                     try:
                         _store(dfd, name, data, _record(key, cc, arch, data))
-                        _remove_stale(dfd, name)
+                        if held:  # (only under the exclusive lock: another process may be reading otherwise)
+                            _remove_stale(dfd, name)
                     except OSError as e:  # said: each new process would compile again, silently slower to start
                         said.append(f"could not cache the compiled kernels in {folder} ({e}); every new process "
                                     "compiles them again")
