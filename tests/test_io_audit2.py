@@ -181,5 +181,5 @@ def test_an_image_in_memory_is_refused_saying_how_to_convert_it() -> None:
         load_image(im)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="got BytesIO"):
         load_image(std_io.BytesIO(b"x"))  # type: ignore[arg-type]
-    converted = torch.from_numpy(np.asarray(im.convert("RGB"))).permute(2, 0, 1) / 255
+    converted = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1) / 255
     assert torch.allclose(converted, load_image(sample_path("coffee")))

@@ -131,3 +131,17 @@ def test_ctrl_c_while_evaluating_then_resume_gives_the_uninterrupted_results(
     assert a == b
     wa, wb = (torch.load(d / "model.pt", weights_only=True) for d in (whole, stopped))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_a_checkpoint_whose_record_reads_as_encrypted_is_refused_as_damaged(tmp_path: Path) -> None:
+    # a flipped "encrypted" bit of a central directory entry made zipfile raise RuntimeError ("password required"),
+    # which escaped as a raw error instead of the CheckpointError
+    split, loss = _split(), make_loss("l2")
+    ck = Checkpoint(tmp_path / CHECKPOINT_FILE, {"run": 1})
+    train_superres(split, loss, steps=2, batch=2, width=4, blocks=1, checkpoint=ck)
+    data = bytearray(ck.path.read_bytes())
+    entry = data.rfind(b"PK\x01\x02")  # the last central directory entry; +8: its general-purpose flags
+    data[entry + 8] ^= 0x01
+    ck.path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="is damaged"):
+        train_superres(split, loss, steps=3, batch=2, width=4, blocks=1, checkpoint=ck)

@@ -145,7 +145,7 @@ def load_image(
 
     if not isinstance(path, str | bytes | os.PathLike):  # a PIL image, a BytesIO: not read as a "file not found"
         raise TypeError(f"path must be a file path (str or os.PathLike), got {type(path).__name__}; an 8-bit image "
-                        "in memory converts as torch.from_numpy(np.asarray(im.convert('RGB'))).permute(2, 0, 1) / 255")
+                        "in memory converts as torch.from_numpy(np.array(im.convert('RGB'))).permute(2, 0, 1) / 255")
     if mode not in IMAGE_MODES:
         raise ValueError(f"mode must be one of {IMAGE_MODES}, got {mode!r}")
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):

@@ -207,9 +207,9 @@ def _resumable(folder: Path) -> Iterator[None]:
     def on_sigterm(signum: int, frame: object) -> None:
         raise _Terminated()
 
-    old = None
+    installed, old = False, None
     if threading.current_thread() is threading.main_thread():  # (signal handlers can only be set there)
-        old = signal.signal(signal.SIGTERM, on_sigterm)
+        old, installed = signal.signal(signal.SIGTERM, on_sigterm), True
     try:
         yield
     except KeyboardInterrupt as e:
@@ -225,8 +225,8 @@ def _resumable(folder: Path) -> Iterator[None]:
     except CheckpointError as e:
         raise click.UsageError(f"--resume: {' '.join(str(e).split())}") from None
     finally:
-        if old is not None:
-            signal.signal(signal.SIGTERM, old)
+        if installed:  # (None: the handler was not set from Python; the default action is the closest restore)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if old is None else old)
 
 
 @contextlib.contextmanager

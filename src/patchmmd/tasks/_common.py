@@ -269,9 +269,10 @@ def _damaged_record(data: bytes) -> str | None:
                 if info.CRC != 0:
                     try:
                         archive.read(info)
-                    except (zipfile.BadZipFile, NotImplementedError, zlib.error, EOFError, OSError, ValueError):
+                    except (zipfile.BadZipFile, NotImplementedError, zlib.error, EOFError, OSError, ValueError,
+                            RuntimeError):  # (RuntimeError: a flipped "encrypted" flag, "password required")
                         return info.filename  # its header is damaged (torch.load would read it elsewhere)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError):  # not a zip archive, or a damaged directory
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError):  # not a zip archive, a damaged directory
         return None
     return None
 
