@@ -76,6 +76,25 @@ def test_a_rendezvous_no_rank_joins_reports_the_timeout_and_frees_the_port() -> 
 
 
 # --- ranks that built different jobs ------------------------------------------------------------------
+def run_two_ranks(args: list[list[str]], cwd: list[Path], *, timeout: str = "60",
+                  wait: float = 120) -> tuple[list[int], list[str]]:
+    """Two ranks of ``python -m patchmmd ARGS[r]`` started by hand (as by srun), rank ``r`` in ``cwd[r]``, each
+    waiting ``timeout`` seconds for the other: their exit statuses and stderr (killed after ``wait`` seconds)."""
+    env = _env() | {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
+                    "PATCHMMD_DIST_TIMEOUT": timeout}
+    procs = [subprocess.Popen([sys.executable, "-m", "patchmmd", *args[r]], env=env | {"RANK": str(r),
+                              "LOCAL_RANK": str(r)}, cwd=cwd[r], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for r in range(2)]
+    try:
+        errs = [p.communicate(timeout=wait)[1] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return [p.returncode for p in procs], errs
+
+
 @needs_gloo
 def test_ranks_that_list_different_files_refuse_to_start(tmp_path: Path) -> None:
     """Each rank lists the folders itself: ranks that see other files (inputs not on a shared file system) must
@@ -84,19 +103,9 @@ def test_ranks_that_list_different_files_refuse_to_start(tmp_path: Path) -> None
     _images(nodes[0] / "imgs", 3, size=16)
     _images(nodes[1] / "imgs", 4, size=16)  # one image more on the second "node"
     out = tmp_path / "shared" / "s.csv"
-    env = _env() | {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
-                    "PATCHMMD_DIST_TIMEOUT": "60"}
-    cmd = [sys.executable, "-m", "patchmmd", *_score_args(Path("imgs"), out, "-m", "l2", "-q")]
-    procs = [subprocess.Popen(cmd, env=env | {"RANK": str(r), "LOCAL_RANK": str(r)}, cwd=nodes[r],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
-    try:
-        errs = [p.communicate(timeout=120)[1] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    assert [p.returncode for p in procs] == [2, 2], errs
+    args = _score_args(Path("imgs"), out, "-m", "l2", "-q")
+    codes, errs = run_two_ranks([args, args], nodes)
+    assert codes == [2, 2], errs
     assert "the ranks built different jobs" in errs[0] and "num_tasks: rank 0 3, rank 1 6" in errs[0], errs[0]
     assert "different jobs" not in errs[1]  # rank 0 alone says it
     assert not out.exists() and scoring.find_journals(out) == []

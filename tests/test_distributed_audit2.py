@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +15,6 @@ from patchmmd import scoring
 from patchmmd.scoring import distributed
 from test_distributed import (
     _env,
-    _free_port,
     _images,
     _rows_in,
     _score_args,
@@ -24,7 +22,7 @@ from test_distributed import (
     needs_gloo,
     needs_proc,
 )
-from test_distributed_audit import no_launch  # noqa: F401  (a fixture)
+from test_distributed_audit import no_launch, run_two_ranks  # noqa: F401  (no_launch: a fixture)
 
 _TIMEOUT = "40"  # seconds a rank waits for the others: a hang shows as a timeout, not as a refusal
 
@@ -34,20 +32,10 @@ def _by_hand(folder: Path, out: Path, extra: tuple[list[str], list[str]], *,
     """Two ranks started by hand (as by srun), each with its own extra arguments (and rank 1 with ``out1`` as its
     output when given): exit statuses, stderr, seconds."""
     outs = (out, out if out1 is None else out1)
-    env = _env() | {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
-                    "PATCHMMD_DIST_TIMEOUT": _TIMEOUT}
     t0 = time.monotonic()
-    procs = [subprocess.Popen([sys.executable, "-m", "patchmmd", *_score_args(folder, outs[r], "-m", "l2", "-q"),
-                               *extra[r]], env=env | {"RANK": str(r), "LOCAL_RANK": str(r)}, cwd=folder.parent,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
-    try:
-        errs = [p.communicate(timeout=150)[1] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    return [p.returncode for p in procs], errs, time.monotonic() - t0
+    codes, errs = run_two_ranks([[*_score_args(folder, outs[r], "-m", "l2", "-q"), *extra[r]] for r in range(2)],
+                                [folder.parent, folder.parent], timeout=_TIMEOUT, wait=150)
+    return codes, errs, time.monotonic() - t0
 
 
 # --- ranks given other output flags -------------------------------------------------------------------

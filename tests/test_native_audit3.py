@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-import patchmmd
 from patchmmd import _native
 from test_native import _assert_good, _copy_cache, good_cache_folder
+from test_native_audit2 import _env
 
 pytestmark = pytest.mark.skipif(not _native._secure_fs(), reason="this platform always uses the PyTorch path")
 
@@ -23,12 +23,6 @@ pytestmark = pytest.mark.skipif(not _native._secure_fs(), reason="this platform 
 @pytest.fixture(scope="module")
 def good_cache(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return good_cache_folder(tmp_path_factory)
-
-
-def _env(**extra: str) -> dict[str, str]:
-    """The environment of a child process that imports this checkout's patchmmd."""
-    path = os.pathsep.join([str(Path(patchmmd.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])
-    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **extra}
 
 
 # A child that loads the kernels with a "compiler" that hands back a good build slowly and logs each build.
