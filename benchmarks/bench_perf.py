@@ -561,11 +561,20 @@ _READ_BY = {
 }
 
 
+def chosen_tables(a: argparse.Namespace) -> list[str]:
+    """The table flags given (``--scaling-thp`` is ``--scaling`` with the huge-page setting, so it counts once)."""
+    return [flag for flag, on in (("--kernels", a.kernels), ("--accuracy", a.accuracy),
+                                  ("--scaling-thp", a.scaling_thp), ("--scaling", a.scaling and not a.scaling_thp),
+                                  ("--memory", a.memory)) if on]
+
+
 def refuse_ignored_options(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
-    """An option given for a table that does not read it is refused, not dropped silently."""
-    table = next((flag for flag, on in (("--kernels", a.kernels), ("--accuracy", a.accuracy),
-                                        ("--scaling-thp", a.scaling_thp), ("--scaling", a.scaling),
-                                        ("--memory", a.memory)) if on), "timing")
+    """One table a run (the others would be dropped silently), and an option given for a table that does not read
+    it is refused, not dropped silently."""
+    tables = chosen_tables(a)
+    if len(tables) > 1:
+        p.error(f"{tables[0]} and {tables[1]} are two different tables: run them one at a time")
+    table = tables[0] if tables else "timing"
     for dest, tables in _READ_BY.items():
         if getattr(a, dest) is not None and table not in tables:
             where = "the timing table (no table flag)" if tables[0] == "timing" else tables[0]
@@ -602,12 +611,6 @@ def main(argv: list[str] | None = None) -> None:
             check_only(only, available)
     except ValueError as e:
         p.error(str(e))
-    # one table a run (--scaling-thp is --scaling with the huge-page setting): the others would be dropped silently
-    tables = [flag for flag, on in (("--kernels", a.kernels), ("--accuracy", a.accuracy),
-                                    ("--scaling-thp", a.scaling_thp), ("--scaling", a.scaling and not a.scaling_thp),
-                                    ("--memory", a.memory)) if on]
-    if len(tables) > 1:
-        p.error(f"{tables[0]} and {tables[1]} are two different tables: run them one at a time")
     if only and "exact-default" in only and all(size > a.exact_max for size, _ in configs):
         p.error(f"--only: exact-default runs at sizes up to --exact-max {a.exact_max} only, and --configs has none")
     # the other tables time fixed methods on the CPU: an option they would ignore is refused, not dropped silently

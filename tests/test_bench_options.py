@@ -45,3 +45,10 @@ def test_the_tables_take_the_options_they_read(bp, monkeypatch):
     bp.main(["--threads", "1"])
     assert seen == {"kernels": [(32, 1)], "scaling": [32, 48],
                     "bench": ([(64, 16), (256, 4), (1024, 1)], ["forward", "forward+backward"], 64)}
+
+
+def test_two_tables_are_refused_before_an_option_either_does_not_read(bp, capsys):
+    """``--kernels --memory --modes forward`` said --modes is not read by --kernels; the problem is two tables."""
+    with pytest.raises(SystemExit):
+        bp.main(["--kernels", "--memory", "--modes", "forward"])
+    assert "--kernels and --memory are two different tables" in capsys.readouterr().err
