@@ -6,6 +6,8 @@ and a registry metric with its options in the suite's ``NAME[:KEY=VALUE,...]`` g
 ``src`` is exported once (``git archive``) to a temporary folder, and the arms are timed in fresh subprocesses
 that alternate round by round (A, B, B, A, A, B, ...), so that a change of the machine's load hits both alike;
 each subprocess runs one configuration, with its own warm-up, and reports the median of ``--calls`` calls.
+Before any timing, each arm's metric is built once in a subprocess of its revision: a name or an option that
+revision does not know stops the run there, not after the other arm's first timings.
 The compiled CPU kernels build once per revision into the usual cache (keyed by their source).
 
     python benchmarks/ab_revisions.py 'HEAD~1@mmdpp' 'HEAD@mmdpp' --configs 1024x1,2048x1 --threads 1
@@ -48,6 +50,9 @@ try:
 except ImportError:
     from patchmmd.registry import get_metric
 metric = get_metric(spec["name"], **spec["options"])
+if spec["build_only"]:  # the arm's check before any timing: the metric and its options exist at this revision
+    print(json.dumps({"times": [], "file": __import__("patchmmd").__file__}))
+    raise SystemExit(0)
 size, batch = spec["size"], spec["batch"]
 g = torch.Generator().manual_seed(0)
 y = torch.rand(batch, 3, size, size, generator=g)
@@ -137,9 +142,13 @@ def export(rev: str, into: Path) -> Path:
     return dest / "src"
 
 
-def run_arm(src: Path, name: str, options: dict[str, object], size: int, batch: int, args: argparse.Namespace) -> float:
+def run_arm(src: Path, name: str, options: dict[str, object], size: int, batch: int, args: argparse.Namespace,
+            build_only: bool = False) -> float:
+    """The median time of ``args.calls`` calls of the metric at ``src`` in a fresh subprocess; with ``build_only``
+    the subprocess only builds the metric (a bad name or option exits here, before any arm is timed) and 0 is
+    returned."""
     spec = {"name": name, "options": options, "size": size, "batch": batch, "mode": args.mode,
-            "threads": args.threads, "calls": args.calls, "warmup": args.warmup}
+            "threads": args.threads, "calls": args.calls, "warmup": args.warmup, "build_only": build_only}
     env = {**os.environ, "PYTHONPATH": str(src)}
     proc = subprocess.run([sys.executable, "-c", WORKER, json.dumps(spec)], env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -148,7 +157,7 @@ def run_arm(src: Path, name: str, options: dict[str, object], size: int, batch: 
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     if not Path(result["file"]).resolve().is_relative_to(src.resolve()):
         raise SystemExit(f"the subprocess imported {result['file']}, not the exported {src}")
-    return statistics.median(result["times"])
+    return statistics.median(result["times"]) if not build_only else 0.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,6 +184,8 @@ def main(argv: list[str] | None = None) -> None:
     check_not_dirty([rev for rev, _, _ in arms])
     with tempfile.TemporaryDirectory(prefix="patchmmd-ab-") as tmp:
         srcs = [export(rev, Path(tmp)) for rev, _, _ in arms]
+        for src, (_, name, options) in zip(srcs, arms, strict=True):  # both arms build before either is timed
+            run_arm(src, name, options, *configs[0], args, build_only=True)
         print(f"A = {args.a}\nB = {args.b}\n{args.mode}, {args.threads} thread(s), {args.rounds} rounds, "
               f"median of {args.calls} calls each (ms)")
         for size, batch in configs:

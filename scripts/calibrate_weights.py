@@ -11,7 +11,9 @@ by its units alone (docs/method.md §3.2, item 3).
     python scripts/calibrate_weights.py
 
 prints the two constants and the resulting ``weight_l2``, ``weight_local`` and ``weight_mmd``; the
-default preset in ``patchmmd.core.mmdpp`` holds them rounded to three significant digits. It also prints the
+default preset in ``patchmmd.core.mmdpp`` holds the weights of the units rounded to three significant digits
+(``weight_local = 0.05 / 4.37e-4 = 114``, where the unrounded unit prints 115), the MMD unit as measured with the
+256 random features of that time (``19.9``; docs/method.md §3.2, item 3). It also prints the
 unit of the SSIM term (``1 - SSIM``) at native resolution and one octave down, which only the training preset
 uses, one unit per octave (``weight_ssim``), and what the training preset's MMD weight is in units of its
 term (MMD² of contrast-normalised patches at the preset's two levels) on the same distortions.

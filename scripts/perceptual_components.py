@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from patchmmd import l2_distance, local_distance, mmdpp, patch_mmd
+from patchmmd._files import atomic_write_text
 from patchmmd.data import sample_image, sample_names
 from patchmmd.data.distortions import gaussian_blur
 from patchmmd.io import load_image
@@ -85,14 +86,28 @@ def shift_cases(x: torch.Tensor, seed: int) -> dict[str, tuple[torch.Tensor, tor
 
 
 def read_human(path: Path) -> list[dict[str, Any]]:
+    """The scored rows of a human set's ``labels.csv`` (the set named after its folder).
+
+    Raises:
+        ValueError: a column is missing, a DMOS is not a number or an image is not there.
+    """
     rows = []
     with open(path, newline="") as f:
-        for r in csv.DictReader(f):
+        for line, r in enumerate(csv.DictReader(f), start=2):
             if r.get("dmos", "") == "":
                 continue
+            missing = [k for k in ("reference", "distorted", "distortion") if not r.get(k)]
+            if missing:
+                raise ValueError(f"{path}, line {line}: no {', '.join(missing)}")
+            try:
+                dmos = float(r["dmos"])
+            except ValueError:
+                raise ValueError(f"{path}, line {line}: DMOS {r['dmos']!r} is not a number") from None
             rows.append({"set": path.parent.name, "ref": str(path.parent / r["reference"]),
-                         "dist": str(path.parent / r["distorted"]), "distortion": r["distortion"],
-                         "dmos": float(r["dmos"])})
+                         "dist": str(path.parent / r["distorted"]), "distortion": r["distortion"], "dmos": dmos})
+    absent = sorted({p for r in rows for p in (r["ref"], r["dist"]) if not Path(p).is_file()})
+    if absent:
+        raise ValueError(f"{path}: {len(absent)} image(s) not found, e.g. {absent[0]}")
     return rows
 
 
@@ -109,7 +124,7 @@ def deep_metrics(weights: Path) -> dict[str, Any]:
 
 def compute(human_files: list[Path], deep: dict[str, Any]) -> list[dict[str, Any]]:
     """Every term of :func:`components` (and each metric of ``deep``) on the human sets' scored pairs and on the
-    shift cases of the shipped photos and the sets' references."""
+    shift cases of the shipped photos and the sets' references (the sets as :func:`read_human` reads them)."""
 
     def all_terms(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
         with torch.no_grad():
@@ -197,12 +212,23 @@ def main(argv: list[str] | None = None) -> None:
         deep = deep_metrics(args.weights) if args.weights else {}
     except WeightsError as e:
         ap.error(f"--weights: {e}")
+    # every set is read before any work: a bad second file would otherwise stop the run after the first set
+    names = [p.parent.name for p in args.human]
+    if len(set(names)) < len(names):
+        ap.error(f"--human: two sets named alike (a set is named after its folder): {', '.join(names)}")
+    for path in args.human:
+        try:
+            read_human(path)
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            ap.error(f"--human: {e}")
+    if args.out is not None and (args.out.is_dir() or not args.out.parent.is_dir()):
+        ap.error(f"--out: {args.out} is a folder or its folder does not exist")
     torch.set_num_threads(args.threads)
     t0 = time.time()
     rows = compute(args.human, deep)
     table = summarize(rows)
     if args.out:
-        args.out.write_text(json.dumps({"rows": rows, "summary": table}, indent=1))
+        atomic_write_text(args.out, json.dumps({"rows": rows, "summary": table}, indent=1))
     sets = sorted({r["set"] for r in rows if r["set"] != "shift"})
     cols = sets + [f"{c} {s}" for c in SHIFT_CASES for s in ("median", "max")]
     print("| term | " + " | ".join(cols) + " |")

@@ -28,6 +28,7 @@ from PIL import Image
 from scipy.stats import kendalltau
 
 import patchmmd
+from patchmmd._files import atomic_write_text
 from patchmmd.data import sample_image, sample_names
 from patchmmd.data.distortions import jpeg
 from patchmmd.evaluation.datasets import MOSDataset
@@ -75,6 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not (args.live_dev / "labels.csv").is_file():
         parser.error(f"--live-dev: {args.live_dev / 'labels.csv'} not found")
+    if args.out is not None and (args.out.is_dir() or not args.out.parent.is_dir()):  # before minutes of work
+        parser.error(f"--out: {args.out} is a folder or its folder does not exist")
 
     ds = MOSDataset(args.live_dev / "labels.csv", group_column="distortion")
     items = [ds[i] for i in ds.scored]
@@ -100,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(table)
     if args.out:
-        args.out.write_text(table + "\n")
+        atomic_write_text(args.out, table + "\n")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import math
 import sys
 import time
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from patchmmd._files import atomic_write_text
 from patchmmd.evaluation.stats import grouped_correlations
 from patchmmd.io import load_image
 from patchmmd.metrics.registry import get_metric
@@ -95,7 +97,19 @@ def main() -> int:
         for r in csv.DictReader(f):
             if (r.get("dmos") or "").strip():
                 rows.append(r)
-    dmos = np.array([float(r["dmos"]) for r in rows])
+    # the whole list is checked before the first distance: a bad row would otherwise end the run there
+    missing = [] if args.from_csv is not None else sorted(
+        {name or "(empty name)" for r in rows for name in (r.get("reference"), r.get("distorted"))
+         if not name or not (args.data / name).is_file()})
+    if not rows or missing:
+        ap.error(f"--data: {args.data / 'labels.csv'} has no row with a DMOS" if not rows else
+                 f"--data: {len(missing)} image(s) of {args.data / 'labels.csv'} not found, e.g. {missing[0]}")
+    if args.out is not None and (args.out.is_dir() or not args.out.parent.is_dir()):
+        ap.error(f"--out: {args.out} is a folder or its folder does not exist")
+    try:
+        dmos = np.array([float(r["dmos"]) for r in rows])
+    except ValueError as e:
+        ap.error(f"--data: a DMOS of {args.data / 'labels.csv'} is not a number ({e})")
     groups = [r["distortion"] for r in rows]
     values: dict[str, list[float]] = {label: [] for label, *_ in metrics}
     values["psnr"] = []
@@ -132,11 +146,12 @@ def main() -> int:
     higher = {label: hib for label, _, _, hib in [*METRICS, *VGG_METRICS]}
     higher["psnr"] = True
     if args.out and rows_to_compute:
-        with open(args.out, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["distorted", "distortion", "dmos", *values])
-            for i, r in enumerate(rows):
-                w.writerow([r["distorted"], r["distortion"], r["dmos"], *(values[k][i] for k in values)])
+        text = io.StringIO(newline="")
+        w = csv.writer(text)
+        w.writerow(["distorted", "distortion", "dmos", *values])
+        for i, r in enumerate(rows):
+            w.writerow([r["distorted"], r["distortion"], r["dmos"], *(values[k][i] for k in values)])
+        atomic_write_text(args.out, text.getvalue())
     cols = ["all", *sorted(set(groups))]
     print(f"LIVE dev subset: {len(rows)} distorted images with DMOS, {len(set(r['reference'] for r in rows))} "
           f"references; distortions: {', '.join(f'{g} ({groups.count(g)})' for g in cols[1:])}\n")
