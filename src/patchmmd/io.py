@@ -10,11 +10,13 @@ Modes (documented behaviour for the CLI and the dataset readers):
 * ``"L"``: one luminance channel (ITU-R 601-2, Pillow's conversion, of the image composited over white).
 * ``"keep"``: the file's own channels (1, 3 or 4), alpha included: gray + alpha (a TIFF's premultiplied alpha
   too, taken back to straight alpha as Pillow does for RGB), and gray or RGB with a transparent colour, become
-  RGBA; palette images RGB or RGBA; bilevel (1-bit) images one channel.
+  RGBA; palette images RGB or RGBA; bilevel (1-bit) images one channel; CMYK, CIELab and YCbCr images RGB
+  (Pillow's conversion).
 
 Value ranges: each kind of file is read with its own fixed range, never a guess from the pixels.
 
-* 8-bit files (and palette, bilevel, CMYK, ... converted by Pillow): divided by 255.
+* 8-bit files (and palette, bilevel, CMYK, ... converted by Pillow, and PGM/PPM with a maxval below 255, which
+  Pillow rescales to 0..255, rounding): divided by 255.
 * 16-bit grayscale (PNG, TIFF, and PGM/PPM with a maxval above 255, which Pillow rescales to 16 bits):
   divided by 65535, so a dark 16-bit image stays dark; a 12-bit grayscale TIFF (which Pillow reads unscaled,
   as 0..4095) by 4095. A TIFF whose 0 is white (PhotometricInterpretation MinIsWhite) reads as shown, as
@@ -27,10 +29,11 @@ Value ranges: each kind of file is read with its own fixed range, never a guess 
 * 32-bit integer grayscale, and TIFFs of signed integers (8-bit ones included, which Pillow would read as
   unsigned), are refused: their range is unknown.
 
-The EXIF orientation tag is applied (a photo saved rotated with an orientation tag reads upright, as
-viewers show it). Colour management is not: an embedded ICC profile and PNG ``gAMA``/``cHRM``/``sRGB`` chunks
-are ignored and the samples are read as stored. An animated file (GIF, APNG, WebP) is read as its first
-frame, a multi-page TIFF as its first page. A truncated file is refused, as Pillow refuses it, unless the
+The EXIF orientation tag (a TIFF's own Orientation tag too) is applied (a photo saved rotated with an
+orientation tag reads upright, as viewers show it). Colour management is not: an embedded ICC profile and PNG
+``gAMA``/``cHRM``/``sRGB`` chunks are ignored and the samples are read as stored. An animated file (GIF, APNG,
+WebP) is read as its first frame (an APNG's default image where that is not part of the animation, as Pillow
+reads it), a multi-page TIFF as its first page. A truncated file is refused, as Pillow refuses it, unless the
 process has set ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` (then Pillow fills the missing part in, and such a file
 reads without an error). Only the raster formats of :data:`IMAGE_FORMATS` are opened, by their content whatever
 the file's suffix: Pillow's other readers (EPS, which runs Ghostscript; PSD, FITS, ...) are never asked to parse a
@@ -58,7 +61,7 @@ from .core.validation import check_positive_int
 
 ImageMode = Literal["RGB", "L", "keep"]
 IMAGE_MODES = ("RGB", "L", "keep")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".gif")
 #: The file formats :func:`load_image` opens, those of :data:`IMAGE_SUFFIXES` (Pillow's names; JPEG includes
 #: multi-picture MPO files, PPM the PBM/PGM/PPM family). A file of any other format is refused unread, whatever
 #: its suffix.
@@ -223,6 +226,8 @@ def _why_unidentified(f: Any, path: str | os.PathLike[str]) -> str:
 
     f.seek(0)
     prefix = f.read(16)
+    if not prefix:
+        return "the file is empty"
     for fmt in IMAGE_FORMATS:
         factory, accept = Image.OPEN[fmt]
         try:
@@ -462,8 +467,9 @@ def save_image(t: torch.Tensor, path: str | os.PathLike[str]) -> None:
     The format is the one of ``path``'s suffix, with Pillow's default settings. Each value is rounded to the
     nearest multiple of 1/255 (computed in float64: exactly for float32 and narrower tensors), so
     :func:`load_image` reads 8-bit values back exactly from PNG and TIFF, and from BMP and PPM without alpha
-    (these two drop an RGBA image's alpha); JPEG and WebP are lossy by default, GIF holds at most 256 colours.
-    Values outside [0, 1] (infinities included) are clamped.
+    (these two drop an RGBA image's alpha); JPEG and WebP are lossy by default, GIF holds at most 256 colours
+    and no partial alpha (Pillow drops a gray + alpha image's alpha, and keeps of an RGBA one at most one
+    transparent colour). Values outside [0, 1] (infinities included) are clamped.
 
     The file is encoded in memory first and then written atomically (a temporary file in the same folder,
     renamed over ``path``): a failure (a format that cannot hold the image, a full disk, an interruption)
@@ -472,10 +478,11 @@ def save_image(t: torch.Tensor, path: str | os.PathLike[str]) -> None:
 
     Raises:
         TypeError: ``t`` is not a floating tensor (the 0..255 of an integer one would all clamp to 1).
-        ValueError: another shape, a batch of more than one image, NaN values, or a suffix that names no format
-            Pillow writes.
-        OSError: from Pillow, a format that cannot hold the image's channels (alpha in JPEG, gray + alpha
-            in BMP); ``FileNotFoundError`` when ``path``'s folder does not exist.
+        ValueError: another shape, a batch of more than one image, NaN values, a suffix that names no format
+            Pillow writes, or (from Pillow, naming ``path``) an image of no pixels.
+        OSError: a format that cannot hold the image's channels (alpha in JPEG, gray + alpha in BMP or PPM):
+            Pillow's reason, naming ``path`` and the format; ``FileNotFoundError`` when ``path``'s folder does
+            not exist.
     """
     from PIL import Image
 
@@ -502,5 +509,9 @@ def save_image(t: torch.Tensor, path: str | os.PathLike[str]) -> None:
     a = torch.round(t.detach().to(device="cpu", dtype=torch.float64).clamp(0, 1) * 255).to(torch.uint8).numpy()
     a = a.transpose(1, 2, 0)
     buf = io.BytesIO()
-    Image.fromarray(a[..., 0] if a.shape[2] == 1 else a).save(buf, format=fmt)
+    try:
+        Image.fromarray(a[..., 0] if a.shape[2] == 1 else a).save(buf, format=fmt)
+    except (OSError, ValueError) as e:  # Pillow's reason ("cannot write mode LA as JPEG") names no file
+        kind = OSError if isinstance(e, OSError) else ValueError
+        raise kind(f"save_image: cannot write {path} as {fmt}: {e}") from None
     atomic_write_bytes(path, buf.getvalue())
