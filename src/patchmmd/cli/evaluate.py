@@ -51,12 +51,15 @@ _DATASET_FLAGS = {"reference_column": "--reference-column", "distorted_column": 
 
 # ------------------------------------------------------------------------------------------------ options
 def _split_metrics(values: Sequence[str]) -> list[str]:
+    """The ``--metric`` names, comma-separated or repeated, each once; ``mmdpp`` when the option is not given.
+    A value that names no metric (``-m ""``, say from an unset shell variable) is a usage error, not the default.
+    """
     names: list[str] = []
     for v in values:
-        for n in v.split(","):
-            n = n.strip()
-            if n and n not in names:
-                names.append(n)
+        found = [n.strip() for n in v.split(",") if n.strip()]
+        if not found:
+            raise click.BadParameter(f"{v!r} names no metric (see `patchmmd metrics`)", param_hint="--metric")
+        names.extend(n for n in found if n not in names)
     return names or ["mmdpp"]
 
 
@@ -286,12 +289,13 @@ eval_group.command(
 # -------------------------------------------------------------------------------------------------- MOS
 @eval_group.command("mos")
 @click.argument("labels", type=InputFile())
-@click.option("--root", type=click.Path(), default=None,
+@click.option("--root", type=click.Path(file_okay=False), default=None,  # a file is a usage error
               help="Folder the CSV's paths are relative to (default: the CSV's folder).")
 @click.option("--higher-is-better", "score_higher_is_better", is_flag=True,
               help="The scores are qualities (MOS: higher = better). Default: DMOS-like, higher = worse.")
 @click.option("--group-column", default=None, metavar="COLUMN",
-              help="Column to break results down by (default: 'distortion' if present; '' for none).")
+              help="Column to break results down by (default: a 'distortion' column if present, in any case; "
+                   "'' for none).")
 @click.option("--reference-column", default=None, metavar="COLUMN", help="Default: reference/ref/...")
 @click.option("--distorted-column", default=None, metavar="COLUMN", help="Default: distorted/dist/...")
 @click.option("--score-column", default=None, metavar="COLUMN", help="Default: dmos/mos/score/...")
@@ -323,7 +327,7 @@ def mos_command(labels: str, root: str | None, score_higher_is_better: bool, gro
                 header = next(csv.reader(f), [])
         except (OSError, ValueError):  # missing, not UTF-8, not CSV: MOSDataset says so, naming the file
             header = []
-        group_column = "distortion" if "distortion" in header else None
+        group_column = _distortion_column(header)
     elif group_column == "":
         group_column = None
     try:
@@ -338,6 +342,21 @@ def mos_command(labels: str, root: str | None, score_higher_is_better: bool, gro
                err=True)
     _evaluate(ds, built, outdir, device=dev, batch_size=batch_size, limit=limit, no_plots=no_plots, strict=strict,
               score_higher_is_better=score_higher_is_better, bootstrap=bootstrap, seed=seed)
+
+
+def _distortion_column(header: Sequence[str]) -> str | None:
+    """The default group column of ``eval mos``: the header's ``distortion`` column, its name read as the dataset
+    reader reads the other columns' names (in any case, with spaces around it, as in a header written with ``", "``
+    between names); ``None`` if there is none. Of several such columns, the exact name ``distortion``, else none.
+
+    Example:
+        >>> _distortion_column(["Reference", " Distorted", " DMOS", " Distortion"])
+        ' Distortion'
+    """
+    if "distortion" in header:
+        return "distortion"
+    found = list(dict.fromkeys(h for h in header if h.strip().lower() == "distortion"))
+    return found[0] if len(found) == 1 else None
 
 
 # ------------------------------------------------------------------------------------------------ suite

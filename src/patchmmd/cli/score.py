@@ -172,8 +172,8 @@ def _interrupts_exit_130(command: Callable[..., None]) -> Callable[..., None]:
 @click.argument("folders", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("--all-pairs", is_flag=True, help="Score every unordered pair of images in one FOLDER.")
 @click.option("--out", "-O", "out", required=True, type=OutputFile(),
-              help="File to write: CSV (ref,dist,metric,distance|score,error), or, for a name ending in .json, a "
-                   "JSON array of objects with the same fields.")
+              help="File to write: CSV (ref,dist,metric,distance|score,error), or, for a name ending in .json (any "
+                   "case), a JSON array of objects with the same fields.")
 @metric_option()
 @metric_options_option()
 @mode_option()

@@ -112,11 +112,16 @@ def _plot_name(metric: str) -> str:
 
 
 def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """``scores.csv``: numbers to 8 significant digits, text cells (file names, subsets, groups) as ``patchmmd
+    score`` writes them: readable, and never a spreadsheet formula (:func:`patchmmd.scoring.output.csv_text`)."""
+    from ..scoring.output import csv_text
+
     with open(output_file(path), "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(header)
         for r in rows:
-            w.writerow([f"{v:.8g}" if isinstance(v, float) else v for v in r])
+            w.writerow([f"{v:.8g}" if isinstance(v, float) else csv_text(v) if isinstance(v, str) else v
+                        for v in r])
 
 
 def _write_errors(r: EvaluationResult, out: Path) -> list[Path]:
