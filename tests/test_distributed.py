@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -135,6 +136,17 @@ def test_bad_launch_environment_is_a_usage_error(tmp_path: Path, monkeypatch: py
 
 
 # --- resuming with another number of writers (the engine, in one process) ----------------------------
+def write_journals(folder: Path, out: Path, writers: int, done: Callable[[int], int | None] = lambda r: None) -> None:
+    """The journals an all-pairs ``l2`` job on ``folder`` with ``writers`` writers leaves beside ``out``: writer
+    ``r`` having scored the first ``done(r)`` pairs of its share (``None``: all of them)."""
+    tasks = scoring.all_pair_tasks(folder)
+    job = scoring.job_header("l2", {}, tasks, mode="RGB", resize=False, kind="all-pairs",
+                             folder=str(folder.resolve()))
+    for rank in range(writers):
+        with scoring.Journal.open(scoring.journal_path(out, rank, writers), job) as j:
+            scoring.run_tasks(scoring.shard(tasks, rank, writers)[: done(rank)], "l2", j)
+
+
 def test_resume_with_another_world_size(tmp_path: Path) -> None:
     d = tmp_path / "d"
     _images(d, 7, size=16)
@@ -143,11 +155,7 @@ def test_resume_with_another_world_size(tmp_path: Path) -> None:
     assert invoke(*_score_args(d, ref, "-m", "l2", "-q")).exit_code == 0
     # a 3-writer job that died part-way: each writer finished only some of its share
     out = tmp_path / "s.csv"
-    tasks = scoring.all_pair_tasks(d)
-    job = scoring.job_header("l2", {}, tasks, mode="RGB", resize=False, kind="all-pairs", folder=str(d.resolve()))
-    for rank in range(3):
-        with scoring.Journal.open(scoring.journal_path(out, rank, 3), job) as j:
-            scoring.run_tasks(scoring.shard(tasks, rank, 3)[: 2 + rank], "l2", j)
+    write_journals(d, out, 3, lambda rank: 2 + rank)
     assert [p.name for p in scoring.find_journals(out)] == [f"s.csv.rank{r}-of-3.journal" for r in range(3)]
     r = invoke(*_score_args(d, out, "-m", "l2"))
     assert r.exit_code == 2 and "rank0-of-3.journal" in r.output and "--resume" in r.output

@@ -21,6 +21,7 @@ from test_distributed import (
     _torchrun,
     needs_gloo,
     needs_proc,
+    write_journals,
 )
 from test_distributed_audit import no_launch, run_two_ranks  # noqa: F401  (no_launch: a fixture)
 
@@ -138,11 +139,7 @@ def test_a_resumed_job_with_no_pair_left(tmp_path: Path) -> None:
     single = tmp_path / "single.csv"
     assert invoke(*_score_args(d, single, "-m", "l2", "-q")).exit_code == 0
     out = tmp_path / "s.csv"
-    tasks = scoring.all_pair_tasks(d)
-    job = scoring.job_header("l2", {}, tasks, mode="RGB", resize=False, kind="all-pairs", folder=str(d.resolve()))
-    for rank in range(3):
-        with scoring.Journal.open(scoring.journal_path(out, rank, 3), job) as j:
-            scoring.run_tasks(scoring.shard(tasks, rank, 3), "l2", j)
+    write_journals(d, out, 3)  # every pair done
     p = subprocess.run(_torchrun("-m", "patchmmd", *_score_args(d, out, "-m", "l2", "--resume")),
                        capture_output=True, text=True, timeout=150, env=_env(), cwd=tmp_path)
     assert p.returncode == 0, p.stdout + p.stderr
