@@ -75,9 +75,24 @@ _PI = math.pi
 
 class _Elementwise(torch.autograd.Function):
     """An elementwise function of ``c`` whose derivative is :meth:`derivative` in both modes (``setup_context``
-    saves ``c`` for both; ``vmap``'s rule is generated). Subclasses define ``forward`` and ``derivative``."""
+    saves ``c`` for both; ``vmap``'s rule is generated). Subclasses define ``forward`` and ``derivative``; each
+    gets the ``backward`` and ``jvp`` that multiply by its ``derivative`` (static methods, as autograd calls them,
+    made once per subclass here)."""
 
     generate_vmap_rule = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        derivative = cls.derivative
+
+        def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+            return grad * derivative(ctx.saved_tensors[0])
+
+        def jvp(ctx: Any, tangent: torch.Tensor) -> torch.Tensor:
+            return tangent * derivative(ctx.saved_tensors[0])
+
+        cls.backward = staticmethod(backward)  # type: ignore[method-assign]
+        cls.jvp = staticmethod(jvp)  # type: ignore[method-assign]
 
     @staticmethod
     def derivative(c: torch.Tensor) -> torch.Tensor:
@@ -120,14 +135,6 @@ class _Kappa1(_Elementwise):
     def derivative(c: torch.Tensor) -> torch.Tensor:
         return _Kappa1Derivative.apply(c)
 
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        return grad * _Kappa1.derivative(ctx.saved_tensors[0])
-
-    @staticmethod
-    def jvp(ctx: Any, tangent: torch.Tensor) -> torch.Tensor:
-        return tangent * _Kappa1.derivative(ctx.saved_tensors[0])
-
 
 class _Kappa1Derivative(_Elementwise):
     """``κ₁'(c) = (π - arccos c) / π`` for ``c`` clamped to ``[-1, 1]``, with the derivative ``1 / (π √(1 - c²))``
@@ -143,14 +150,6 @@ class _Kappa1Derivative(_Elementwise):
         inside = c.abs() < 1.0
         safe = torch.where(inside, c, torch.zeros_like(c))
         return torch.where(inside, 1.0 / (_PI * torch.sqrt(1.0 - safe * safe)), torch.zeros_like(c))
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        return grad * _Kappa1Derivative.derivative(ctx.saved_tensors[0])
-
-    @staticmethod
-    def jvp(ctx: Any, tangent: torch.Tensor) -> torch.Tensor:
-        return tangent * _Kappa1Derivative.derivative(ctx.saved_tensors[0])
 
 
 def _cosine_tolerance(dtype: torch.dtype) -> float:
