@@ -449,26 +449,26 @@ def _remove_stale(dfd: int, keep: str) -> None:
         if entry.startswith((".kernels-", ".load-")) and entry.endswith((".tmp", _SUFFIX)):
             _remove_if_older(dfd, entry, now - _TEMPORARY_FOR)
     for lib in libraries:
-        try:
-            st = os.stat(lib, dir_fd=dfd, follow_symlinks=False)
-        except FileNotFoundError:  # a record without its library: old records go
-            _remove_if_older(dfd, lib + ".json", now - _UNUSED_FOR)
-            continue
-        except OSError:
-            continue
-        if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_mtime < now - _UNUSED_FOR:
-            _unlink(dfd, lib)
+        removed = _remove_if_older(dfd, lib, now - _UNUSED_FOR)
+        if removed:
             _unlink(dfd, lib + ".json")
+        elif removed is None:  # a record without its library: old records go
+            _remove_if_older(dfd, lib + ".json", now - _UNUSED_FOR)
 
 
-def _remove_if_older(dfd: int, name: str, cutoff: float) -> None:
-    """Unlink ``name`` in the opened folder if it is a regular file of this user modified before ``cutoff``."""
+def _remove_if_older(dfd: int, name: str, cutoff: float) -> bool | None:
+    """Unlink ``name`` in the opened folder if it is a regular file of this user modified before ``cutoff``:
+    whether it was removed, ``None`` if there is no such file."""
     try:
         st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
         if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_mtime < cutoff:
             _unlink(dfd, name)
+            return True
+    except FileNotFoundError:
+        return None
     except OSError:
         pass
+    return False
 
 
 class _NoCopy(Exception):
