@@ -486,11 +486,14 @@ def test_16_bit_colour_tiff_and_ppm_warn_as_png_does(tmp_path: Path) -> None:
 def test_signed_integer_tiffs_are_refused(tmp_path: Path) -> None:
     tiff = pytest.importorskip("tifffile")
     tiff.imwrite(tmp_path / "s8.tif", np.array([[-128, -1, 0, 127]], np.int8))  # Pillow reads -1 as 255
-    with pytest.raises(ImageReadError, match="TIFF of signed integers"):
+    with pytest.raises(ImageReadError, match="TIFF of signed 8-bit integers"):
         load_image(tmp_path / "s8.tif")
     tiff.imwrite(tmp_path / "s16.tif", np.array([[-5, 7]], np.int16))  # Pillow widens it to 32 bits (mode I)
-    with pytest.raises(ImageReadError, match="32-bit integer"):
+    with pytest.raises(ImageReadError, match="TIFF of signed 16-bit integers"):
         load_image(tmp_path / "s16.tif")
+    tiff.imwrite(tmp_path / "s32.tif", np.array([[-5, 7]], np.int32))
+    with pytest.raises(ImageReadError, match="TIFF of signed 32-bit integers"):
+        load_image(tmp_path / "s32.tif")
 
 
 def test_a_16_bit_mode_i_image_keeps_its_range_when_turned_upright(tmp_path: Path,

@@ -170,9 +170,9 @@ def load_image(
                     f"{path}: {w}x{h} = {w * h} pixels is over the limit of {max_pixels} (max_pixels)"
                 )
             fmt = im.format  # an upright copy has none
-            if fmt == "TIFF" and im.mode != "I" and _tiff_signed(im):  # mode I (32 bits) is refused below
-                raise ImageReadError(f"cannot read {path}: a TIFF of signed integers has no known value range; "
-                                     "save it as unsigned 8- or 16-bit, or float with values in [0, 1]")
+            if fmt == "TIFF" and _tiff_signed(im):  # whatever Pillow widens it to (16 bits: mode I)
+                raise ImageReadError(f"cannot read {path}: a TIFF of signed {_tiff_bits(im)}integers has no known "
+                                     "value range; save it as unsigned 8- or 16-bit, or float with values in [0, 1]")
             ppm_maxval = _ppm_maxval(im)  # known from the decoder's arguments, gone once loaded
             min_is_white = fmt == "TIFF" and getattr(im, "tag_v2", {}).get(262) == 0  # PhotometricInterpretation
             top = _gray_top(im)
@@ -281,6 +281,13 @@ def _tiff_signed(im: Any) -> bool:
     """Whether the TIFF ``im`` holds signed integers (SampleFormat 2)."""
     fmt = getattr(im, "tag_v2", {}).get(339, 1)
     return 2 in (fmt if isinstance(fmt, tuple) else (fmt,))
+
+
+def _tiff_bits(im: Any) -> str:
+    """``"16-bit "`` for a TIFF ``im`` of 16-bit samples (BitsPerSample), ``""`` when not known."""
+    bits = getattr(im, "tag_v2", {}).get(258)
+    bits = bits if isinstance(bits, tuple) else (bits,)
+    return f"{bits[0]}-bit " if bits and isinstance(bits[0], int) and len(set(bits)) == 1 else ""
 
 
 def _ppm_maxval(im: Any) -> int:
