@@ -537,3 +537,13 @@ def test_save_refuses_what_it_would_write_wrong(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="shape"):
             save_image(torch.rand(*shape), tmp_path / "s.png")
     assert not list(tmp_path.iterdir())
+
+
+def test_dng_raw_files_are_refused_not_read_as_their_preview(tmp_path: Path) -> None:
+    tiff = pytest.importorskip("tifffile")
+    preview = np.zeros((32, 48, 3), np.uint8)
+    tiff.imwrite(tmp_path / "raw.dng", preview, subfiletype=1, extratags=[(50706, "B", 4, (1, 4, 0, 0), True)])
+    with pytest.raises(ImageReadError, match="DNG raw file"):
+        load_image(tmp_path / "raw.dng")
+    tiff.imwrite(tmp_path / "plain.tif", preview, subfiletype=1)  # the same TIFF without the DNG tag reads
+    assert load_image(tmp_path / "plain.tif").shape == (3, 32, 48)

@@ -29,19 +29,20 @@ Value ranges: each kind of file is read with its own fixed range, never a guess 
 * 32-bit integer grayscale, and TIFFs of signed integers (8-bit ones included, which Pillow would read as
   unsigned), are refused: their range is unknown.
 
-The EXIF orientation tag (a TIFF's own Orientation tag too) is applied (a photo saved rotated with an
-orientation tag reads upright, as viewers show it). Colour management is not: an embedded ICC profile and PNG
+The EXIF orientation tag (a TIFF's own Orientation tag too) is applied (a photo saved rotated with an orientation
+tag reads upright, as viewers show it). Colour management is not: an embedded ICC profile and PNG
 ``gAMA``/``cHRM``/``sRGB`` chunks are ignored and the samples are read as stored. An animated file (GIF, APNG,
-WebP) is read as its first frame (an APNG's default image where that is not part of the animation, as Pillow
-reads it), a multi-page TIFF as its first page. A truncated file is refused, as Pillow refuses it, unless the
-process has set ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` (then Pillow fills the missing part in, and such a file
-reads without an error). Only the raster formats of :data:`IMAGE_FORMATS` are opened, by their content whatever
-the file's suffix: Pillow's other readers (EPS, which runs Ghostscript; PSD, FITS, ...) are never asked to parse a
-file. A file of one of them that Pillow cannot read (a TIFF of a sample layout it does not know, a PNG of zero
-width) is refused with its format and Pillow's reason. Images larger than ``max_pixels`` (default
-:data:`DEFAULT_MAX_PIXELS`) are refused from their header, before any pixel is decoded, so a small compressed
-file that claims a huge size (a decompression bomb) costs nothing. ``.npy`` files (as in BAPPS's judgments)
-are not images and are read with :func:`numpy.load` elsewhere.
+WebP) is read as its first frame (an APNG's default image where that is not part of the animation, as Pillow reads
+it), a multi-page TIFF as its first page. A DNG raw file, which Pillow would open as the small TIFF preview it
+holds, is refused (the raw data needs a raw converter). A truncated file is refused, as Pillow refuses it, unless
+the process has set ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` (then Pillow fills the missing part in, and such a
+file reads without an error). Only the raster formats of :data:`IMAGE_FORMATS` are opened, by their content
+whatever the file's suffix: Pillow's other readers (EPS, which runs Ghostscript; PSD, FITS, ...) are never asked
+to parse a file. A file of one of them that Pillow cannot read (a TIFF of a sample layout it does not know, a PNG
+of zero width) is refused with its format and Pillow's reason. Images larger than ``max_pixels`` (default
+:data:`DEFAULT_MAX_PIXELS`) are refused from their header, before any pixel is decoded, so a small compressed file
+that claims a huge size (a decompression bomb) costs nothing. ``.npy`` files (as in BAPPS's judgments) are not
+images and are read with :func:`numpy.load` elsewhere.
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ def load_image(
         ImageTooLargeError: the image has more than ``max_pixels`` pixels (a subclass of ImageReadError).
         ImageReadError: the file does not exist, is not a regular file (a FIFO, a device: refused at once,
             never waited on), cannot be decoded as an image, or holds values whose range is unknown (32-bit
-            or signed integers, floats outside [0, 1]).
+            or signed integers, floats outside [0, 1]), or is a DNG raw file.
         TypeError: ``path`` is not a path (a PIL image or a file object: the error says how to convert one).
         ValueError: ``mode`` is not one of ``"RGB"``, ``"L"``, ``"keep"``, ``dtype`` is not a floating dtype
             (an integer one would truncate the [0, 1] values to 0 and 1), or ``max_pixels`` is not a positive
@@ -170,6 +171,10 @@ def load_image(
                     f"{path}: {w}x{h} = {w * h} pixels is over the limit of {max_pixels} (max_pixels)"
                 )
             fmt = im.format  # an upright copy has none
+            if fmt == "TIFF" and _DNG_VERSION in getattr(im, "tag_v2", {}):
+                raise ImageReadError(f"cannot read {path}: a DNG raw file; only the small preview it holds could "
+                                     "be read, not its raw data; convert it to PNG or 16-bit TIFF with a raw "
+                                     "converter (e.g. rawpy, dcraw) first")
             if fmt == "TIFF" and _tiff_signed(im):  # whatever Pillow widens it to (16 bits: mode I)
                 raise ImageReadError(f"cannot read {path}: a TIFF of signed {_tiff_bits(im)}integers has no known "
                                      "value range; save it as unsigned 8- or 16-bit, or float with values in [0, 1]")
@@ -275,6 +280,10 @@ def _scale_low_bit_gray_key(im: Any, f: Any) -> None:
         top = (1 << depth) - 1
         if 0 <= key <= top:
             im.info["transparency"] = key * (255 // top)
+
+
+#: The TIFF tag that marks a DNG raw file (DNGVersion).
+_DNG_VERSION = 50706
 
 
 def _tiff_signed(im: Any) -> bool:
