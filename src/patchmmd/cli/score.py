@@ -68,8 +68,12 @@ def max_pixels_option() -> Callable[[Any], Any]:
 
 
 def _describe(names: list[str]) -> str:
+    """The first few file names, each on one plain line (a line break or an escape character in a name shown as
+    ``\\n`` or ``\\x1b``, never written to the terminal as it is)."""
+    from ..scoring import printable_text
+
     more = f" and {len(names) - _SHOW_UNMATCHED} more" if len(names) > _SHOW_UNMATCHED else ""
-    return ", ".join(names[:_SHOW_UNMATCHED]) + more
+    return ", ".join(map(printable_text, names[:_SHOW_UNMATCHED])) + more
 
 
 def _unmatched(only_ref: list[str], only_dist: list[str]) -> str:

@@ -24,7 +24,8 @@ pieces are built so that a job can also be split over several writers (``torchru
   recording a read error or a size mismatch in the pair's row and going on), skipping tasks already in the
   journal; :class:`ScoreRunner` runs a whole :class:`ScoreJob` (output and resume rules, the lock, rank
   agreement, journals, final CSV), reporting through callbacks.
-* :mod:`.errors` — :class:`ScoringError` and its subclasses: what is wrong, never in terms of flags.
+* :mod:`.errors` — :class:`ScoringError` and its subclasses: what is wrong, never in terms of flags; file names
+  in messages and error rows are shown escaped (:func:`printable_text`), one plain line whatever they hold.
 * :mod:`.distributed` — the launch (``torchrun``) and its collectives.
 
 Example:
@@ -70,6 +71,8 @@ from .errors import (
     RankFailedError,
     ScoringError,
     UntrustedJournalError,
+    error_text,
+    printable_text,
 )
 from .jobs import (
     PairedJob,
@@ -147,10 +150,10 @@ __all__ = [
     "PairTask", "PairedJob", "RankFailedError", "RunSummary", "ScoreJob", "ScoreResult", "ScoreRunner",
     "ScoringError", "UnmatchedImages", "UntrustedJournalError", "_ImageCache", "all_pair_tasks",
     "atomic_write_text", "check_metric", "creation_mode", "csv_line", "csv_text", "describe_holder", "done_rows",
-    "drop_error_rows", "finalize", "find_journals", "format_value", "job_header", "journal_path", "journals_in_use",
-    "list_images",
-    "lock_path", "merge_journals", "paired_tasks", "read_journal", "readable_text", "remove_stale_temporaries",
-    "remove_stale_temporaries_in",
+    "drop_error_rows", "error_text", "finalize", "find_journals", "format_value", "job_header", "journal_path",
+    "journals_in_use", "list_images",
+    "lock_path", "merge_journals", "paired_tasks", "printable_text", "read_journal", "readable_text",
+    "remove_stale_temporaries", "remove_stale_temporaries_in",
     "resize_to", "resolve_device", "run_tasks", "shard", "sorted_rows", "task_id", "tasks_digest", "value_column",
     "write_csv_atomic", "write_json_atomic", "write_output_atomic",
 ]

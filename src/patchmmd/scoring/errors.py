@@ -13,19 +13,58 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 
-def error_text(e: BaseException) -> str:
-    r"""An error as one line of an error row: ``"ErrorType: message"``.
+def readable_text(text: str) -> str:
+    """A file name (or any text) as valid Unicode: names that are not valid UTF-8 (lone surrogates from
+    :func:`os.fsdecode`) show their undecodable bytes as ``\\xNN``.
+
+    Example:
+        >>> readable_text("bad\\udcff.png"), readable_text("é.png")
+        ('bad\\\\xff.png', 'é.png')
+    """
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that no file name decodes to (a hand-edited journal)
+        return text.encode("utf-8", "backslashreplace").decode("ascii")
+
+
+def printable_text(text: str) -> str:
+    """A file name (or any text) as a message shows it, on one plain line: :func:`readable_text`, then each
+    character that is not printable (a line break, a tab, a terminal's escape character) escaped as Python writes
+    it in a string (``\\n``, ``\\t``, ``\\x1b``).
+
+    Example:
+        >>> printable_text("a\\nb\\x1b[2J.png"), printable_text("bad\\udcff é.png")
+        ('a\\\\nb\\\\x1b[2J.png', 'bad\\\\xff é.png')
+    """
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in readable_text(text))
+
+
+def error_text(e: BaseException, paths: Iterable[str | os.PathLike[str]] = ()) -> str:
+    r"""An error as one line of an error row: ``"ErrorType: message"`` (``"ErrorType"`` for an error without a
+    message, such as a bare ``MemoryError``).
+
+    The ``paths`` (the files the error is about) are shown as :func:`printable_text` writes them wherever the
+    message holds them, so that a line break or a control character in a file name reads as ``\n`` or ``\x1b``;
+    the message's own line breaks become spaces and any other character that is not printable is escaped.
 
     Example:
         >>> error_text(ValueError("bad\nimage"))
         'ValueError: bad image'
+        >>> error_text(ValueError("cannot read d/a\nb.png"), paths=["d/a\nb.png"])
+        'ValueError: cannot read d/a\\nb.png'
     """
-    return f"{type(e).__name__}: {e}".replace("\n", " ")
+    text = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__  # e.g. a bare MemoryError
+    for path in paths:
+        name = os.fspath(path)
+        if name:
+            text = text.replace(name, printable_text(name))
+    return printable_text(" ".join(text.splitlines()))
 
 
 def _rebuild(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]) -> BaseException:
@@ -95,7 +134,9 @@ class MetricSetupError(ScoringError):
 class OutputPathError(ScoringError):
     """The output path cannot hold a file: :attr:`reason` is ``"is_folder"``, ``"parent_is_file"``,
     ``"name_too_long"`` (the file system refuses the names of the files kept next to it, its lock file and
-    journal) or ``"cannot_create"`` (its folder cannot be created: an operating-system error, not a usage error)."""
+    journal), ``"is_input"`` (it, or its journal or lock file, is one of the job's images: the same file, by name or
+    through a link, which the job would replace) or ``"cannot_create"`` (its folder cannot be created: an
+    operating-system error, not a usage error)."""
 
     def __init__(self, message: str, *, output: Path, reason: str) -> None:
         super().__init__(message)

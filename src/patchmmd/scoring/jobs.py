@@ -28,6 +28,7 @@ from typing import Any, NoReturn
 
 from ..core.validation import check_positive_int
 from ..io import IMAGE_SUFFIXES
+from .errors import printable_text
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ def list_images(folder: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
     others: list[str] = []
     def unreadable(e: OSError) -> NoReturn:
         where = e.filename if e.filename is not None else root
-        raise OSError(f"cannot list the folder {os.fsdecode(where)}: {e.strerror or e}") from e
+        raise OSError(f"cannot list the folder {printable_text(os.fsdecode(where))}: {e.strerror or e}") from e
 
     # Folders reached through a symbolic link are listed too, except a link back to a folder above (a loop):
     # ``above`` holds, for each folder to visit, the (device, inode) of the folders above it.

@@ -28,7 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from .._trust import UntrustedFileError, read_controlled
-from .errors import JobMismatchError, JournalError, JournalWriteError, UntrustedJournalError, _rebuild
+from .errors import (
+    JobMismatchError,
+    JournalError,
+    JournalWriteError,
+    UntrustedJournalError,
+    _rebuild,
+    printable_text,
+)
 from .jobs import PairTask
 from .output import _fsync, _fsync_dir, atomic_write_text
 
@@ -523,7 +530,7 @@ def describe_holder(holder: dict[str, Any]) -> str:
     if isinstance(holder.get("pid"), int):
         who.append(f"pid {holder['pid']}")
     if isinstance(holder.get("host"), str):
-        who.append(f"on {_printable(holder['host'])}")
+        who.append(f"on {printable_text(holder['host'])}")
     parts = [" ".join(who)] if who else []
     if isinstance(holder.get("started"), (int, float)):
         try:
@@ -535,21 +542,10 @@ def describe_holder(holder: dict[str, Any]) -> str:
     if isinstance(argv, list) and all(isinstance(a, str) for a in argv):
         import shlex
 
-        command = _printable(shlex.join(argv))
+        command = printable_text(shlex.join(argv))
         command = command if len(command) <= 200 else command[:197] + "..."
         text = f"{text}: {command}" if text else command
     return text or "its details are unknown"
-
-
-def _printable(text: str) -> str:
-    """``text`` with each character that is not printable (a line break, a control character, a lone surrogate)
-    escaped as Python writes it in a string (``\\n``, ``\\x1b``, ``\\udcff``).
-
-    Example:
-        >>> _printable("node1\\x1b[2J\\nx"), _printable("é ok")
-        ('node1\\\\x1b[2J\\\\nx', 'é ok')
-    """
-    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
 
 
 def lock_path(output: str | os.PathLike[str]) -> Path:

@@ -26,6 +26,7 @@ from .._files import (  # noqa: F401  (re-exported: the package's file writing, 
     remove_stale_temporaries,
     remove_stale_temporaries_in,
 )
+from .errors import printable_text, readable_text
 from .jobs import PairTask
 
 CSV_COLUMNS_BASE = ("ref", "dist", "metric")
@@ -47,7 +48,8 @@ def sorted_rows(rows: Iterable[dict[str, Any]], tasks: Sequence[PairTask]) -> li
     missing = [t for t in tasks if t.id not in by_id]
     if missing:
         first = missing[0]
-        raise ValueError(f"{len(missing)} of {len(tasks)} pairs have no row yet (first: {first.ref}, {first.dist})")
+        raise ValueError(f"{len(missing)} of {len(tasks)} pairs have no row yet (first: "
+                         f"{printable_text(first.ref)}, {printable_text(first.dist)})")
     return [by_id[t.id] for t in tasks]
 
 
@@ -63,20 +65,6 @@ def format_value(value: float | None) -> str:
 
 FORMULA_CHARS = ("=", "+", "-", "@", "\t", "\r", "'")
 """A text cell starting with one of these gets a leading ``'`` in the CSV (see :func:`csv_text`)."""
-
-
-def readable_text(text: str) -> str:
-    """A file name (or any text) as valid Unicode: names that are not valid UTF-8 (lone surrogates from
-    :func:`os.fsdecode`) show their undecodable bytes as ``\\xNN``.
-
-    Example:
-        >>> readable_text("bad\\udcff.png"), readable_text("é.png")
-        ('bad\\\\xff.png', 'é.png')
-    """
-    try:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:  # a surrogate that no file name decodes to (a hand-edited journal)
-        return text.encode("utf-8", "backslashreplace").decode("ascii")
 
 
 def csv_text(text: str) -> str:

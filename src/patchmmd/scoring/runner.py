@@ -16,6 +16,7 @@ import errno
 import math
 import os
 import signal
+import stat
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -46,6 +47,7 @@ from .errors import (
     RankFailedError,
     ScoringError,
     error_text,
+    printable_text,
 )
 from .jobs import PairTask, all_pair_tasks, job_header, list_images, paired_tasks, shard, tasks_digest
 from .journal import (
@@ -179,9 +181,10 @@ def run_tasks(
     Pairs are read in job order in chunks of ``4 * batch_size`` pairs or ``4 * batch_pixels`` pixels,
     whichever comes first; inside a chunk, pairs whose images have the same shape are scored together in
     batches of up to ``batch_size`` pairs and ``batch_pixels`` pixels (a larger pair alone). A pair whose
-    file cannot be read (or is over ``max_pixels``), whose two images differ in shape (unless ``resize``:
-    the second is resized to the first) or on which the metric fails gets a row with an empty value and
-    the error, and the job goes on.
+    file cannot be read (or is over ``max_pixels``, or runs out of memory as it is decoded), whose two images
+    differ in shape (unless ``resize``: the second is resized to the first) or on which the metric fails (out of
+    memory included; the pairs of a batch that fails are scored again one by one) gets a row with an empty value
+    and the error, and the job goes on.
 
     Memory is bounded whatever the files: one image is at most ``max_pixels``, the cache of loaded images
     holds at most :data:`DEFAULT_CACHE_PIXELS` (and 128 images) plus the newest, a chunk about
@@ -246,8 +249,8 @@ def run_tasks(
                 if hint is not None:
                     raise ValueError(f"images differ in shape: {shape_text(x)} vs {shape_text(y)}"
                                      + (f" ({hint})" if hint else ""))
-        except (ImageReadError, ValueError) as e:
-            error_rows.append(_row(t, metric, None, error_text(e)))
+        except (ImageReadError, ValueError, MemoryError) as e:  # MemoryError: e.g. decoding a huge image
+            error_rows.append(_row(t, metric, None, error_text(e, paths=(t.ref_path, t.dist_path))))
         else:
             groups.setdefault(tuple(x.shape), []).append((t, x, y))
             pending_pixels += _pixels(x)
@@ -289,7 +292,7 @@ def _score_batch(
         with torch.no_grad():
             values = fn(x, y).detach().double().cpu().tolist()
         return [_row(t, metric, v, None) for (t, _, _), v in zip(batch, values, strict=True)]
-    except (ValueError, TypeError, RuntimeError) as e:
+    except (ValueError, TypeError, RuntimeError, MemoryError) as e:  # out of memory: torch's or Python's
         if len(batch) == 1:
             return [_row(batch[0][0], metric, None, error_text(e))]
         # Find the culprit(s): score one by one.
@@ -457,6 +460,23 @@ _AGREED_ERRORS: tuple[type[BaseException], ...] = (ScoringError, OutputLockedErr
 _NO_ACCESS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ELOOP, errno.EISDIR})
 
 
+def _file_keys(path: Path) -> set[tuple[int, int]]:
+    """The (device, inode) of ``path`` itself and, for a symbolic link, of the file it leads to; empty when there is
+    nothing at ``path``."""
+    try:
+        st = os.lstat(path)
+    except (OSError, ValueError):
+        return set()
+    keys = {(st.st_dev, st.st_ino)}
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            st = os.stat(path)
+        except (OSError, ValueError):
+            return keys
+        keys.add((st.st_dev, st.st_ino))
+    return keys
+
+
 def _name_too_long(out: Path, companion: Path | None = None) -> OutputPathError:
     """The error for an output whose name, or the name of a file kept next to it while it is written (its lock
     file, a journal), is longer than the file system allows."""
@@ -475,7 +495,8 @@ class ScoreRunner:
     """Runs a :class:`ScoreJob` from start to final CSV, alone or as one rank of a launch.
 
     Steps, each checked on every rank before the next (if one rank fails, every rank stops: the failing one
-    with its error, the others with :class:`RankFailedError`): build the tasks and check the metric on a
+    with its error, the others with :class:`RankFailedError`): build the tasks, refuse an output that is one of
+    their images (:class:`OutputPathError`, also when its journal or lock file is one) and check the metric on a
     tiny pair; check that every rank built the same job, with the same output, ``resume``, ``overwrite`` and
     ``retry_errors`` (:class:`InconsistentJournalsError` if not); lock the
     output (rank 0); apply the output rules (an existing output or journal needs
@@ -571,7 +592,8 @@ class ScoreRunner:
         return value
 
     # ---------------------------------------------------------------------------------- the steps
-    def _list(self, folder: str | os.PathLike[str], role: str) -> None:
+    def _list(self, folder: str | os.PathLike[str], role: str) -> list[Path]:
+        """The images of ``folder`` (at least one; notices for the other files)."""
         from ..io import IMAGE_SUFFIXES
 
         try:
@@ -579,20 +601,23 @@ class ScoreRunner:
         except OSError as e:  # missing, not a folder, or a folder in it that cannot be listed
             raise FolderError(str(e), role=role) from None
         if not images:
-            extra = f" (it holds {len(others)} other file(s), e.g. {others[0]})" if others else " (it is empty)"
+            extra = (f" (it holds {len(others)} other file(s), e.g. {printable_text(others[0])})" if others
+                     else " (it is empty)")
             raise FolderError(f"no image files in {folder}{extra}; looked for {', '.join(IMAGE_SUFFIXES)}",
                               role=role)
         if others:
             self._notice(IgnoredFiles(role, others))
+        return [Path(folder) / name for name in images]
 
     def _build(self) -> _Built:
-        """The tasks, the job header and the metric, all checked before any work (reads only)."""
+        """The tasks, the job header and the metric, all checked before any work (reads only), and an output that
+        is not one of the job's images."""
         from ..metrics.registry import get_spec
 
         job = self.job
         if job.all_pairs:
             folder = job.folders[0]
-            self._list(folder, "folder")
+            inputs = self._list(folder, "folder")
             tasks = all_pair_tasks(folder)
             if not tasks:
                 raise FolderError(f"{folder} holds a single image; an all-pairs job needs at least two",
@@ -600,8 +625,7 @@ class ScoreRunner:
             where: dict[str, Any] = {"kind": "all-pairs", "folder": str(Path(folder).resolve())}
         else:
             ref_dir, dist_dir = job.folders
-            self._list(ref_dir, "ref")
-            self._list(dist_dir, "dist")
+            inputs = self._list(ref_dir, "ref") + self._list(dist_dir, "dist")
             pairs = paired_tasks(ref_dir, dist_dir)
             tasks = pairs.tasks
             if not tasks:
@@ -613,6 +637,7 @@ class ScoreRunner:
                 self._notice(UnmatchedImages(pairs.only_ref, pairs.only_dist))
             where = {"kind": "paired", "ref_dir": str(Path(ref_dir).resolve()),
                      "dist_dir": str(Path(dist_dir).resolve())}
+        self._output_not_input(inputs)
         if job.max_pixels != DEFAULT_MAX_PIXELS:  # a job with the default limit keeps its header as before
             where["max_pixels"] = "none" if job.max_pixels is None else job.max_pixels
         options = dict(job.options)
@@ -630,6 +655,31 @@ class ScoreRunner:
         if header_error is not None:
             raise header_error
         return _Built(tasks, header, value_column(get_spec(job.metric).higher_is_better))
+
+    def _output_not_input(self, inputs: Sequence[Path]) -> None:
+        """Refuse an output that is one of the job's images (the same file, by name, link or hard link), or whose
+        journal or lock file is: the job would replace or truncate it. Reads only; costs nothing (no image is
+        looked at) unless the output or one of the files kept next to it exists."""
+        out, env = self.job.output, self.env
+        try:
+            journals = find_journals(out)
+        except OSError:  # its folder cannot be listed: said when the output is prepared
+            journals = []
+        own = journal_path(out, env.rank, env.world_size)
+        held: dict[tuple[int, int], Path] = {}
+        for path in (out, lock_path(out), journal_path(out), own, *journals):
+            for key in _file_keys(path):
+                held.setdefault(key, path)
+        if not held:
+            return
+        for image in inputs:
+            for key in _file_keys(image):
+                if key in held:
+                    path = held[key]
+                    what = f"{out} is" if path == out else f"{out}: {path}, kept next to it while the job runs, is"
+                    raise OutputPathError(f"{what} the image {printable_text(str(image))} that the job reads (the "
+                                          "same file, or a link to it); the job would replace it: give a path that is "
+                                          "not one of the job's images", output=out, reason="is_input")
 
     def _prepare_folder(self) -> None:
         out = self.job.output
