@@ -277,6 +277,13 @@ def score(
     except scoring.JobInterrupted:
         bar.close()
         raise  # see _interrupts_exit_130
+    except distributed.LaunchEnvironmentError as e:  # found as the ranks set up their group (e.g. no MASTER_PORT)
+        bar.close()
+        raise click.UsageError(f"bad launch environment: {e}") from None
+    except distributed.RendezvousError as e:  # before any step: nothing was read, locked or written
+        bar.close()
+        raise click.ClickException(f"{e}; nothing was scored or written (the journals of an earlier run next to "
+                                   f"{out}, if any, are kept)") from None
     except distributed.PeerLostError as e:
         bar.close()
         _lost_contact(e, out)

@@ -17,7 +17,8 @@ script need:
 * :func:`echo0` prints from rank 0 only.
 
 Errors of a collective caused by a lost peer (a rank killed or crashed) are raised as :class:`PeerLostError`
-with a message that says so.
+with a message that says so; ranks that do not all meet to set up the group, as :class:`RendezvousError` (one of
+them). A missing or malformed launch variable is a :class:`LaunchEnvironmentError` (a ``ValueError``).
 
 Example (a single process: nothing is initialised, collectives are trivial):
     >>> env = detect({})
@@ -54,8 +55,19 @@ DEFAULT_TIMEOUT_S = 3600.0
 LOOPBACK_ADDR = "127.0.0.1"
 
 
+class LaunchEnvironmentError(ValueError):
+    """The launch's environment variables (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``,
+    ``MASTER_ADDR``, ``MASTER_PORT``, ``PATCHMMD_DIST_TIMEOUT``) are missing, malformed or inconsistent."""
+
+
 class PeerLostError(RuntimeError):
     """A collective failed: another rank is gone (killed, crashed) or did not answer within the timeout."""
+
+
+class RendezvousError(PeerLostError):
+    """The process group could not be set up (:func:`init`): not every rank joined within the timeout (one that
+    never started, or was started with another ``MASTER_ADDR`` or ``MASTER_PORT``), or the backend could not
+    connect the ranks. Raised before any collective, so nothing was shared out or scored."""
 
 
 @dataclass(frozen=True)
@@ -85,7 +97,7 @@ def _env_int(environ: Mapping[str, str], name: str, default: int) -> int:
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"environment variable {name}={text!r} is not an integer") from None
+        raise LaunchEnvironmentError(f"environment variable {name}={text!r} is not an integer") from None
 
 
 def detect(environ: Mapping[str, str] | None = None) -> DistEnv:
@@ -97,9 +109,9 @@ def detect(environ: Mapping[str, str] | None = None) -> DistEnv:
     ``LOCAL_RANK`` other than 0 without ``WORLD_SIZE`` is refused too (a launch's rank that lacks its size).
 
     Raises:
-        ValueError: a variable is not an integer, the ranks or ``LOCAL_WORLD_SIZE`` are out of range, ``RANK``
-            is unset while ``WORLD_SIZE`` is above 1, or ``RANK`` / ``LOCAL_RANK`` is not 0 while ``WORLD_SIZE``
-            is unset.
+        LaunchEnvironmentError: (a ``ValueError``) a variable is not an integer, the ranks or
+            ``LOCAL_WORLD_SIZE`` are out of range, ``RANK`` is unset while ``WORLD_SIZE`` is above 1, or ``RANK`` /
+            ``LOCAL_RANK`` is not 0 while ``WORLD_SIZE`` is unset.
 
     Example:
         >>> detect({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"})
@@ -111,22 +123,24 @@ def detect(environ: Mapping[str, str] | None = None) -> DistEnv:
     local_rank = _env_int(environ, "LOCAL_RANK", rank)
     local_world_size = _env_int(environ, "LOCAL_WORLD_SIZE", world_size)
     if world_size < 1:
-        raise ValueError(f"WORLD_SIZE must be at least 1, got {world_size}")
+        raise LaunchEnvironmentError(f"WORLD_SIZE must be at least 1, got {world_size}")
     if (environ.get("WORLD_SIZE") or "").strip() == "":  # a rank of a launch that lacks the launch's size
         for name, value in (("RANK", rank), ("LOCAL_RANK", local_rank)):
             if value != 0:
-                raise ValueError(f"{name}={value} is set but WORLD_SIZE is not: set WORLD_SIZE to the number of "
-                                 f"processes, or unset {name} to run a single process")
+                raise LaunchEnvironmentError(f"{name}={value} is set but WORLD_SIZE is not: set WORLD_SIZE to the "
+                                             f"number of processes, or unset {name} to run a single process")
     if world_size > 1:  # a launch: every process needs its rank, and the ranks of one node are some of them
         if (environ.get("RANK") or "").strip() == "":
-            raise ValueError(f"WORLD_SIZE={world_size} but RANK is not set: give each process its rank "
-                             f"(0 to {world_size - 1}), or unset WORLD_SIZE to run a single process")
+            raise LaunchEnvironmentError(f"WORLD_SIZE={world_size} but RANK is not set: give each process its "
+                                         f"rank (0 to {world_size - 1}), or unset WORLD_SIZE to run a single process")
         if not 1 <= local_world_size <= world_size:
-            raise ValueError(f"LOCAL_WORLD_SIZE must be in [1, WORLD_SIZE={world_size}], got {local_world_size}")
+            raise LaunchEnvironmentError(f"LOCAL_WORLD_SIZE must be in [1, WORLD_SIZE={world_size}], "
+                                         f"got {local_world_size}")
     if not 0 <= rank < world_size:
-        raise ValueError(f"RANK must be in [0, WORLD_SIZE={world_size}), got {rank}")
+        raise LaunchEnvironmentError(f"RANK must be in [0, WORLD_SIZE={world_size}), got {rank}")
     if not 0 <= local_rank < max(local_world_size, 1):
-        raise ValueError(f"LOCAL_RANK must be in [0, LOCAL_WORLD_SIZE={local_world_size}), got {local_rank}")
+        raise LaunchEnvironmentError(f"LOCAL_RANK must be in [0, LOCAL_WORLD_SIZE={local_world_size}), "
+                                     f"got {local_rank}")
     return DistEnv(rank, world_size, local_rank, local_world_size)
 
 
@@ -171,7 +185,8 @@ def default_timeout() -> timedelta:
     """The timeout of collectives: ``$PATCHMMD_DIST_TIMEOUT`` seconds, default one hour.
 
     Raises:
-        ValueError: the variable is not a positive, finite number of seconds (at most :attr:`timedelta.max`).
+        LaunchEnvironmentError: (a ``ValueError``) the variable is not a positive, finite number of seconds (at
+            most :attr:`timedelta.max`).
     """
     text = os.environ.get(TIMEOUT_ENV, "").strip()
     if not text:
@@ -182,9 +197,30 @@ def default_timeout() -> timedelta:
     except (ValueError, OverflowError):  # not a number; inf, or beyond what a timedelta holds
         timeout = timedelta(0)
     if not timeout > timedelta(0):
-        raise ValueError(f"{TIMEOUT_ENV}={text!r}: expected a positive number of seconds, finite "
-                         f"(e.g. {int(DEFAULT_TIMEOUT_S)})")
+        raise LaunchEnvironmentError(f"{TIMEOUT_ENV}={text!r}: expected a positive number of seconds, finite "
+                                     f"(e.g. {int(DEFAULT_TIMEOUT_S)})")
     return timeout
+
+
+def rendezvous_port(environ: Mapping[str, str] | None = None) -> int:
+    """The rendezvous port, ``$MASTER_PORT``: a launcher (``torchrun``) sets it; ranks started by hand must.
+
+    Raises:
+        LaunchEnvironmentError: (a ``ValueError``) ``MASTER_PORT`` is unset or not a port number (1-65535).
+
+    Example:
+        >>> rendezvous_port({"MASTER_PORT": "29500"})
+        29500
+    """
+    environ = os.environ if environ is None else environ
+    raw = environ.get("MASTER_PORT", "").strip()
+    if not raw:
+        raise LaunchEnvironmentError("MASTER_PORT is not set: give every rank the same free port for the "
+                                     "rendezvous (e.g. MASTER_PORT=29500; torchrun sets it)")
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise LaunchEnvironmentError(f"MASTER_PORT must be a port number (1-65535) for the rendezvous, "
+                                     f"got {raw!r}")
+    return int(raw)
 
 
 def rendezvous_address(env: DistEnv, environ: Mapping[str, str] | None = None) -> str:
@@ -195,7 +231,7 @@ def rendezvous_address(env: DistEnv, environ: Mapping[str, str] | None = None) -
     started by hand, and keeps them on the loopback interface instead of the host's public name.
 
     Raises:
-        ValueError: ``MASTER_ADDR`` is unset and the ranks span several machines.
+        LaunchEnvironmentError: (a ``ValueError``) ``MASTER_ADDR`` is unset and the ranks span several machines.
 
     Example:
         >>> rendezvous_address(DistEnv(rank=1, world_size=2, local_rank=1, local_world_size=2), {})
@@ -208,7 +244,7 @@ def rendezvous_address(env: DistEnv, environ: Mapping[str, str] | None = None) -
     if addr:
         return addr
     if env.local_world_size != env.world_size:
-        raise ValueError(
+        raise LaunchEnvironmentError(
             f"MASTER_ADDR is not set and the {env.world_size} ranks span several machines "
             f"(LOCAL_WORLD_SIZE={env.local_world_size}); set MASTER_ADDR to the host of rank 0"
         )
@@ -230,11 +266,18 @@ def init(device: str | torch.device, env: DistEnv | None = None, *, timeout: tim
     """Set up the default process group for ``env`` (rendezvous from ``MASTER_ADDR`` / ``MASTER_PORT``).
 
     ``MASTER_ADDR`` defaults to 127.0.0.1 on one machine (:func:`rendezvous_address`); ``MASTER_PORT``
-    must be set (``torchrun`` sets both).
+    must be set (``torchrun`` sets both). Every rank waits up to ``timeout`` (default :func:`default_timeout`)
+    for the others to join.
 
     The backend follows ``device`` (:func:`choose_backend`); a CUDA device becomes the current device.
     Does nothing for a single process or when a group is already initialised. Returns the backend
     (``""`` when nothing was initialised).
+
+    Raises:
+        LaunchEnvironmentError: ``MASTER_ADDR`` / ``MASTER_PORT`` missing or malformed (:func:`rendezvous_address`,
+            :func:`rendezvous_port`). ValueError: rank 0 cannot listen on ``MASTER_PORT`` (:func:`loopback_store`).
+        RendezvousError: the ranks did not all join within the timeout (one message naming the address,
+            the world size and the timeout), or the backend could not connect them.
     """
     import torch.distributed as dist
 
@@ -244,7 +287,8 @@ def init(device: str | torch.device, env: DistEnv | None = None, *, timeout: tim
         return ""
     if not dist.is_available():
         raise RuntimeError("this build of PyTorch has no torch.distributed; run a single process")
-    os.environ["MASTER_ADDR"] = rendezvous_address(env)
+    addr, port = rendezvous_address(env), rendezvous_port()
+    os.environ["MASTER_ADDR"] = addr
     dev = torch.device(device)
     backend = choose_backend(dev)
     if backend == "nccl":
@@ -253,13 +297,30 @@ def init(device: str | torch.device, env: DistEnv | None = None, *, timeout: tim
     else:
         _collective_device = torch.device("cpu")
     timeout = timeout or default_timeout()
-    store = loopback_store(env, timeout)
-    if store is None:
-        dist.init_process_group(backend=backend, init_method="env://", rank=env.rank, world_size=env.world_size,
-                                timeout=timeout)
-    else:
-        dist.init_process_group(backend=backend, store=store, rank=env.rank, world_size=env.world_size,
-                                timeout=timeout)
+    try:
+        store = loopback_store(env, timeout)
+        if store is None:
+            dist.init_process_group(backend=backend, init_method="env://", rank=env.rank,
+                                    world_size=env.world_size, timeout=timeout)
+        else:
+            dist.init_process_group(backend=backend, store=store, rank=env.rank, world_size=env.world_size,
+                                    timeout=timeout)
+    except RuntimeError as e:  # e.g. torch's DistStoreError / DistNetworkError: a rank that never came
+        _collective_device = None
+        text = str(e).splitlines()[0] if str(e) else ""
+        detail, where = f"{type(e).__name__}: {text}", f"the rendezvous at {addr}:{port} (MASTER_ADDR:MASTER_PORT)"
+        timed_out = "timed out" in text.lower() or "timeout" in text.lower()
+        if isinstance(e, (dist.DistStoreError, dist.DistNetworkError)) and timed_out:
+            raise RendezvousError(
+                f"rank {env.rank}: not all {env.world_size} ranks (WORLD_SIZE) joined {where} within "
+                f"{timeout.total_seconds():g} s ({TIMEOUT_ENV}); start every rank, 0 to {env.world_size - 1} "
+                f"(RANK), with the same WORLD_SIZE, MASTER_ADDR and MASTER_PORT [{detail}]"
+            ) from e
+        raise RendezvousError(f"rank {env.rank}: could not set up the {backend} process group through {where}: "
+                              f"{detail}") from e
+    except BaseException:
+        _collective_device = None
+        raise
     return backend
 
 
@@ -281,7 +342,8 @@ def loopback_store(env: DistEnv, timeout: timedelta, environ: Mapping[str, str] 
     reachable from them).
 
     Raises:
-        ValueError: ``MASTER_PORT`` is unset, not a port number, or (rank 0) cannot be listened on (in use).
+        ValueError: ``MASTER_PORT`` is unset, not a port number (:class:`LaunchEnvironmentError`), or (rank 0)
+            cannot be listened on (in use).
     """
     import socket
 
@@ -291,18 +353,16 @@ def loopback_store(env: DistEnv, timeout: timedelta, environ: Mapping[str, str] 
     host = environ.get("MASTER_ADDR", "").strip()
     if host not in _LOOPBACK_HOSTS or environ.get("TORCHELASTIC_USE_AGENT_STORE", "").strip().lower() == "true":
         return None
-    raw = environ.get("MASTER_PORT", "").strip()
-    if not raw.isdigit() or not 0 < int(raw) < 65536:
-        raise ValueError(f"MASTER_PORT must be a port number (1-65535) for the rendezvous, got {raw!r}")
-    port = int(raw)
+    port = rendezvous_port(environ)
     ip, family = ("::1", socket.AF_INET6) if host == "::1" else ("127.0.0.1", socket.AF_INET)
     if env.rank != 0:
         return dist.TCPStore(ip, port, env.world_size, False, timeout)
     try:
         listener = socket.create_server((ip, port), family=family, backlog=max(128, env.world_size))
     except OSError as e:
-        raise ValueError(f"cannot listen for the rendezvous on {ip} port {port} (MASTER_PORT): "
-                         f"{e.strerror or e}") from None
+        raise ValueError(f"cannot listen for the rendezvous on {ip} port {port} (MASTER_PORT): {e.strerror or e} "
+                         "(another launch, or a second rank 0, may be using it: give this launch's ranks another "
+                         "MASTER_PORT)") from None
     ident = os.fstat(listener.fileno())
     fd = listener.detach()  # the store owns the descriptor from here on
     try:

@@ -523,7 +523,10 @@ class ScoreRunner:
         ScoringError: its subclasses say what is wrong (folders, metric, output, journals, another rank).
         OutputLockedError: another run writes the output (:class:`~patchmmd.scoring.journal.JournalBusyError`: a
             writer of an earlier run still writes one of its journals). patchmmd.runtime.DeviceError: a bad device.
-        JobInterrupted: Ctrl-C, or SIGTERM under a launch. distributed.PeerLostError: a rank is gone.
+        JobInterrupted: Ctrl-C, or SIGTERM under a launch. distributed.PeerLostError: a rank is gone
+            (:class:`~patchmmd.scoring.distributed.RendezvousError`: the ranks did not all meet at the start,
+            before any step). distributed.LaunchEnvironmentError: ``MASTER_ADDR`` / ``MASTER_PORT`` missing or
+            malformed (found before any step).
 
     Example:
         >>> import tempfile, torch
@@ -944,7 +947,12 @@ class ScoreRunner:
                 failure = f"rank 0 could not write {out}: {type(e).__name__}: {e}"
                 if isinstance(e, ValueError) and not isinstance(e, JournalError):
                     failure += f" (is {out.parent} on a file system shared by all nodes?)"
-        failures = distributed.all_gather_object(failure)
+        try:
+            failures = distributed.all_gather_object(failure)
+        except distributed.PeerLostError:
+            if not (env.is_main and failure is None):
+                raise
+            failures = [None]  # the CSV is written and the journals are gone: a rank lost now changes nothing
         if failures[0] is not None:
             raise FinalizeError(failures[0])
         return ScoreResult(
