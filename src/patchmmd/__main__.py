@@ -1,19 +1,23 @@
 """``python -m patchmmd`` and the ``patchmmd`` script: the command line (:mod:`patchmmd.cli`).
 
-The command line needs the ``cli`` extra (click, Pillow, tqdm, matplotlib, pytorch-msssim); without click,
-:func:`run` prints one line saying how to install it instead of a traceback. The package's warnings are shown as
-one line each (:func:`one_line_warning`).
+The command line needs the ``cli`` extra (click, Pillow, tqdm, matplotlib, pytorch-msssim, scipy); without one
+of them, :func:`run` prints one line saying how to install it instead of a traceback. The package's warnings are
+shown as one line each (:func:`one_line_warning`).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import warnings
 from typing import Any
 
-#: Printed (on stderr) when the command line is started without click installed.
+#: Printed (on stderr) when the command line is started without one of :data:`CLI_MODULES` installed.
 MISSING_CLI = 'patchmmd: the command line needs the "cli" extra: pip install "patchmmd[cli]"'
+#: The modules of the ``cli`` extra's distributions (click, Pillow, tqdm, matplotlib, pytorch-msssim, scipy):
+#: looked up (not imported) before the command line starts, so a command never fails half-way for want of one.
+CLI_MODULES = ("click", "PIL", "tqdm", "matplotlib", "pytorch_msssim", "scipy")
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
@@ -37,13 +41,11 @@ def one_line_warning(message: Warning | str, category: type[Warning], filename: 
 
 def run() -> None:
     """Entry point of the ``patchmmd`` script and of ``python -m patchmmd``."""
-    try:
-        from .cli import main
-    except ModuleNotFoundError as e:
-        if e.name != "click":
-            raise
+    if any(importlib.util.find_spec(name) is None for name in CLI_MODULES):
         print(MISSING_CLI, file=sys.stderr)
-        raise SystemExit(1) from None
+        raise SystemExit(1)
+    from .cli import main
+
     warnings.formatwarning = one_line_warning  # this process is the command line's alone
     main(prog_name="patchmmd")
 
