@@ -53,6 +53,7 @@ import stat
 import struct
 import warnings
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Literal
 
 import numpy as np
@@ -145,6 +146,7 @@ def load_image(
         >>> load_image(sample_path("coffee"), mode="L").shape
         torch.Size([1, 256, 384])
     """
+    require_pillow("load_image")
     from PIL import Image, UnidentifiedImageError
 
     if not isinstance(path, str | bytes | os.PathLike):  # a PIL image, a BytesIO: not read as a "file not found"
@@ -221,6 +223,21 @@ def _open_nonblocking(path: str, flags: int) -> int:
     """``os.open`` for :func:`open`'s ``opener``, with ``O_NONBLOCK``: opening a FIFO does not wait for a writer
     (it is then refused as not a regular file); regular files read as usual."""
     return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
+
+
+def require_pillow(what: str) -> ModuleType:
+    """Pillow's ``PIL.Image``, which reading and writing image files needs (it is not a dependency of
+    ``import patchmmd``).
+
+    Raises:
+        ImportError: Pillow is not installed; the message names ``what`` needs it and how to install it.
+    """
+    try:
+        from PIL import Image
+    except ImportError as e:
+        raise ImportError(f"{what} needs Pillow (image files); install it with `pip install 'patchmmd[cli]'` "
+                          "(or `pip install pillow`)") from e
+    return Image
 
 
 def _why_unidentified(f: Any, path: str | os.PathLike[str]) -> str:
@@ -500,7 +517,7 @@ def save_image(t: torch.Tensor, path: str | os.PathLike[str]) -> None:
             Pillow's reason, naming ``path`` and the format; ``FileNotFoundError`` when ``path``'s folder does
             not exist.
     """
-    from PIL import Image
+    Image = require_pillow("save_image")
 
     from ._files import atomic_write_bytes
 

@@ -54,8 +54,11 @@ def sample_image(name: str, *, dtype: torch.dtype = torch.float32) -> torch.Tens
     Raises:
         ValueError: ``name`` is not one of :func:`sample_names`.
         TypeError: ``dtype`` is not a floating dtype.
+        ImportError: Pillow is not installed (the message says how to install it).
     """
-    from PIL import Image
+    from ..io import require_pillow
+
+    Image = require_pillow("sample_image")
 
     _check_float_dtype(dtype)
     with sample_path(name).open("rb") as f:

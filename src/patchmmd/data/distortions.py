@@ -74,6 +74,7 @@ def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
         TypeError: ``x`` is not a floating tensor.
         ValueError: another shape or channel count, a side over 65500 pixels (the format's limit), NaN values,
             or ``quality`` not an integer in 0-100.
+        ImportError: Pillow is not installed (the message says how to install it).
 
     Example:
         >>> x = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -81,8 +82,9 @@ def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
         >>> y.shape == x.shape, y.dtype == x.dtype, bool((y * 255 - (y * 255).round()).abs().max() < 1e-3)
         (True, True, True)
     """
-    from PIL import Image
+    from ..io import require_pillow
 
+    Image = require_pillow("jpeg")
     _check_images("jpeg", x)
     quality = check_positive_int("quality", quality, minimum=0, maximum=100)
     if x.shape[-3] not in (1, 3):
