@@ -34,7 +34,6 @@ from typing import Any
 
 import click
 import pytest
-import tomllib
 
 from test_docs_commands import DOC_FILES, ROOT, NotParsed, check, existing_paths, extract  # noqa: F401
 
@@ -588,6 +587,7 @@ def test_environment_variables_match() -> None:
 
 
 def check_extras(text: str, source: str) -> list[str]:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
     problems = []
     for m in re.finditer(r"(?:patchmmd|\.)\[([\w,-]+)\]", text):
