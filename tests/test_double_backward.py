@@ -84,13 +84,34 @@ def test_compiled_float32_path_gives_the_float64_second_derivatives(name):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_first_order_gradient_stays_the_hand_written_one(dtype):
-    """Without create_graph the fast backward passes run: the gradient carries no graph."""
+def test_first_order_gradient_stays_the_hand_written_one(dtype, monkeypatch):
+    """Without create_graph the fast backward passes run: none of them falls back to autograd of the plain
+    formulation (:func:`patchmmd._autograd.graph_vjp`); with create_graph they do. (A gradient returned without
+    create_graph never carries a graph, whichever path made it: the calls are what tells the paths apart.)"""
+    import patchmmd._native.ops as ops
+    import patchmmd.core.aligned as aligned
+    import patchmmd.core.rff as rff
+    import patchmmd.core.ssim as ssim
+
+    calls: list[str] = []
+    for module in (ops, aligned, rff, ssim):
+        real = module.graph_vjp
+
+        def counted(*args, _real=real, _name=module.__name__, **kwargs):  # type: ignore[no-untyped-def]
+            calls.append(_name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(module, "graph_vjp", counted)
     x, y, _ = _images(32)
     x = x.to(dtype).requires_grad_()
     for kwargs in ({}, {"preset": "loss"}):
         (g,) = torch.autograd.grad(mmdpp(x, y.to(dtype), **kwargs).sum(), x)
         assert not g.requires_grad and torch.isfinite(g).all()
+        assert calls == [], (kwargs, calls)
+        (gg,) = torch.autograd.grad(mmdpp(x, y.to(dtype), **kwargs).sum(), x, create_graph=True)
+        assert gg.requires_grad and len(calls) > 0, kwargs  # the counter sees the plain path when it is taken
+        torch.testing.assert_close(gg.detach(), g, rtol=1e-4 if dtype == torch.float32 else 1e-10, atol=1e-7)
+        calls.clear()
 
 
 def test_rff_block_means_gradgradcheck():

@@ -4,6 +4,7 @@ processes, a bounded wait for another process's lock, and the removal of what pi
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import subprocess
 import sys
@@ -25,9 +26,11 @@ def good_cache(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return good_cache_folder(tmp_path_factory)
 
 
-# A child that loads the kernels with a "compiler" that hands back a good build slowly and logs each build.
+# A child that loads the kernels with a "compiler" that hands back a good build slowly and logs each build; it prints
+# the cache folder locks it asked for ([shared, wait, held] each).
 CHILD = """if True:
-    import sys, time
+    import json, sys, time
+    from contextlib import contextmanager
     from pathlib import Path
     from patchmmd import _native
     good, log, me, sync = Path(sys.argv[1]).read_bytes(), Path(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
@@ -40,6 +43,15 @@ CHILD = """if True:
 
     _native._compile = slow_build
     _native._LOCK_WAIT = float(sys.argv[5])
+    locked, locks = _native._locked, []
+
+    @contextmanager
+    def traced(dfd, shared=False, wait=None):  # each lock asked for: (shared, wait, held)
+        with locked(dfd, shared, wait) as held:
+            locks.append([shared, wait, held])
+            yield held
+
+    _native._locked = traced
     (sync / ("ready-" + me)).touch()
     while not (sync / "go").exists():
         time.sleep(0.01)
@@ -47,6 +59,7 @@ CHILD = """if True:
     nk = _native.kernels()
     print("kernels:", nk is not None)
     print("seconds:", time.monotonic() - t0)
+    print("locks:", json.dumps(locks))
 """
 
 
@@ -104,9 +117,10 @@ def test_a_lock_held_for_too_long_is_waited_for_within_bounds(good_cache, tmp_pa
     assert proc.returncode == 0, err[-2000:]
     assert out.splitlines()[0] == "kernels: True"
     assert len(log.read_text().split()) == 1
-    # one bounded wait in all (the shared lock's), then the 1.5 s build: not a second wait for the exclusive lock
-    # (that made it 4 + 4 + 1.5 s)
-    assert float(out.splitlines()[1].split()[1]) < 4.0 + 1.5 + 2.0
+    # one bounded wait in all (the shared lock's, the default 4 s here, not held), then the build without a second
+    # wait for the exclusive lock (that made it 4 + 4 + 1.5 s). Read from the locks asked for, not from a clock.
+    locks = json.loads(out.splitlines()[2].removeprefix("locks: "))
+    assert locks == [[True, None, False], [False, 0.0, False]], locks
 
 
 # What piles up in the cache folder: old builds of other sources, compilers or CPUs, and temporary files.

@@ -73,8 +73,10 @@ def test_shift_ratio_on_a_ramp() -> None:
     r = shift_ratios(mean_abs, x, seed=0)
     assert list(r) == list(SHIFTS)
     assert r["shift-2px"] == pytest.approx(2 * a / mild, rel=1e-5)
-    # noise of σ 0.03: mean |N| = σ √(2/π); the blur only changes the ramp near the borders (reflect padding)
-    assert d["noise"] == pytest.approx(0.03 * (2 / torch.pi) ** 0.5, rel=0.1)
+    # noise of σ 0.03: mean |N| = σ √(2/π); the blur only changes the ramp near the borders (reflect padding). The
+    # mean of 3 x 36 x 36 draws of |N| has a relative standard deviation of √(π/2 - 1) / √3888 = 1.2 % (this seed:
+    # -1.0 %): 4 % is over 3 of them, and a σ of 0.032 (+6.7 %) no longer passes as 0.03.
+    assert d["noise"] == pytest.approx(0.03 * (2 / torch.pi) ** 0.5, rel=0.04)
 
 
 def test_shift_pairs_are_crops_of_the_photo_and_seeded() -> None:
