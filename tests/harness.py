@@ -322,18 +322,20 @@ class MetricTester:
                 self.assert_close(got, expected, dtype)
 
     def check_gradients(self, dtype: torch.dtype) -> None:
-        """Finite gradients to both inputs at ``x == y`` (where they vanish: an optimum) and at ``x != y``."""
+        """Finite gradients to both inputs at ``x != y`` and at ``x == y``, where they vanish (an optimum): there
+        at most 1e-5 times the largest gradient at ``x != y`` (every metric gives 0 or rounding, at most 1e-6
+        times it; an absolute bound would not do, since the gradients at ``x != y`` range from 3e-5 to 0.8)."""
         x0, y0 = self.inputs(dtype, margin=0.05)
         m = self.metric()
-        for name, (a, b) in {"x == y": (x0, x0), "x != y": (x0, y0)}.items():
+        largest: dict[str, float] = {}
+        for name, (a, b) in {"x != y": (x0, y0), "x == y": (x0, x0)}.items():
             a, b = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
             ga, gb = torch.autograd.grad(m(a, b).sum(), (a, b))
             for g in (ga, gb):
                 assert g.dtype == dtype and bool(torch.isfinite(g).all()), f"{self.case.name} at {name}: {g}"
-            if name == "x == y":
-                assert float(ga.abs().max()) < 1e-3 and float(gb.abs().max()) < 1e-3, f"{self.case.name}: not 0"
-            else:
-                assert float(ga.abs().max()) > 0, f"{self.case.name}: zero gradient at x != y"
+            largest[name] = max(float(ga.abs().max()), float(gb.abs().max()))
+        assert largest["x != y"] > 0, f"{self.case.name}: zero gradient at x != y"
+        assert largest["x == y"] <= 1e-5 * largest["x != y"], f"{self.case.name}: not 0 at x == y: {largest}"
 
     def check_gradcheck(self) -> None:
         """``torch.autograd.gradcheck`` in float64 on tiny inputs (fast mode), away from the [0, 1] bounds."""
