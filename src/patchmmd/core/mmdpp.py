@@ -466,9 +466,9 @@ def _mmdpp_target(
     options: dict[str, object],
 ) -> tuple[torch.Tensor, torch.dtype]:
     cfg = target.config
-    # "default" is the argument's default, so it stands for "not given"; a preset that names the target's own
-    # configuration is accepted too
-    same = preset == "default" or preset == cfg or (isinstance(preset, str) and PRESETS.get(preset) == cfg)
+    # None: no preset given (the argument's default); a preset that names the target's own configuration is accepted
+    # too, any other is refused (an explicit "default" against a target of other options included)
+    same = preset is None or preset == cfg or (isinstance(preset, str) and PRESETS.get(preset) == cfg)
     if options or not same:
         raise ValueError("mmdpp(x, target): the options are the target's; pass them to precompute_target")
     if check_value_range(value_range) != target.value_range:
@@ -477,9 +477,12 @@ def _mmdpp_target(
     if tuple(xs.shape) != target.shape:
         raise ValueError(f"x must have the target's shape {target.shape}, got {tuple(xs.shape)}")
     if xs.device != target.device or dtype != target.dtype:
-        moved = " (target.to(device) makes a copy on x's device)" if xs.device != target.device else ""
+        hints = ["target.to(device) makes a copy on x's device"] if xs.device != target.device else []
+        if dtype != target.dtype:
+            hints.append(f"x.to({target.dtype}) converts x (inside torch.autocast a network's output is 16-bit), or "
+                         "precompute the target from y of x's dtype")
         raise ValueError(f"x must have the target's device and dtype ({target.device}, {target.dtype}), "
-                         f"got ({xs.device}, {dtype}){moved}")
+                         f"got ({xs.device}, {dtype}) ({'; '.join(hints)})")
     return _target_internal(xs, target), dtype
 
 
@@ -498,7 +501,7 @@ def mmdpp(
     x: torch.Tensor,
     y: torch.Tensor | MMDPPTarget,
     *,
-    preset: str | MMDPPConfig = "default",
+    preset: str | MMDPPConfig | None = None,
     value_range: Sequence[float] = (0.0, 1.0),
     out_of_range: OutOfRange = "raise",
     reduction: Reduction = "none",
@@ -515,7 +518,9 @@ def mmdpp(
             default: about 0.4 times, for noise and blur of a sample photo): replicate grayscale images to
             compare their distances with those of RGB images.
         preset: ``"default"`` (the metric), ``"loss"`` (for training on crops), ``"pixelwise"`` (the previous
-            default), ``"followup"`` (the follow-up study's MMD++), or a config.
+            default), ``"followup"`` (the follow-up study's MMD++), or a config. ``None`` (not given) is
+            ``"default"``, or against a precomputed target the target's options; a preset given with a target must
+            name the target's options (an explicit ``"default"`` against a ``"loss"`` target is refused).
         value_range, out_of_range: the valid pixel range and what to do outside it (``"raise"``,
             ``"clamp"``, ``"ignore"``).
         reduction: ``"none"`` -> ``(N,)``, ``"mean"`` / ``"sum"`` -> scalar.
@@ -533,7 +538,7 @@ def mmdpp(
     if isinstance(y, MMDPPTarget):
         value, dtype = _mmdpp_target(x, y, preset, value_range, out_of_range, options)
         return reduce(value.to(dtype), reduction)
-    cfg = get_config(preset, **options)
+    cfg = get_config("default" if preset is None else preset, **options)
     xs, ys, dtype = _prepare(x, y, cfg, value_range, out_of_range)
     value, _ = mmdpp_internal(xs, ys, cfg)
     return reduce(value.to(dtype), reduction)

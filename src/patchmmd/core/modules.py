@@ -35,6 +35,11 @@ class MMDPP(nn.Module):
         reduction: ``"mean"`` by default, as for PyTorch loss modules; ``"none"`` gives ``(N,)``.
         **options: :class:`MMDPPConfig` fields overriding the preset.
 
+    As a training loss use ``preset="loss"`` (docs/method.md §3.3). The default's shift-tolerant aligned terms take
+    their fitted sub-pixel correction as a constant (a stop-gradient, docs/method.md §3.2), so its gradient points
+    about the way the exact one does but is not equal to it (``torch.autograd.gradcheck`` fails on it); the training
+    preset's is the exact gradient.
+
     Example:
         >>> loss_fn = MMDPP()
         >>> x = torch.rand(4, 3, 64, 64, requires_grad=True)
@@ -90,7 +95,8 @@ class PatchMMD(nn.Module):
     """The windowed patch MMD² as a module: ``PatchMMD(**kw)(x, y) == patch_mmd(x, y, **kw)``.
 
     ``reduction`` defaults to ``"mean"`` as for PyTorch loss modules; other arguments as in
-    :func:`patchmmd.patch_mmd`.
+    :func:`patchmmd.patch_mmd`. As a training loss pass ``estimator="rff"``: the default, ``"exact"``, forms every
+    kernel value (one 256x256 RGB pair, forward and backward on the CPU: tens of seconds, against a fraction of one).
 
     Example:
         >>> m = PatchMMD(estimator="rff")

@@ -30,7 +30,7 @@ from .._autograd import functorch_active, graph_vjp, outside_transforms, plain_p
 from .features import FeatureKind, random_features
 from .kernels import _checkpointed, gaussian_bandwidths
 from .patches import WindowGrid, contrast_normalized_patches, reflect_pad, window_grid
-from .validation import full_precision
+from .validation import full_precision, static_shapes
 
 #: Default number of random features of the ``"rff"`` estimator.
 DEFAULT_NUM_FEATURES = 512
@@ -337,7 +337,12 @@ def rff_features(
     key = (x.shape[1] if channels is None else channels, patch_size, widths, num_features, seed, features, center,
            x.device, x.dtype)
     m, n_sin = _feature_split(*key)
-    return PairedFeatures(_feature_matrix(*key), m, n_sin, patch_size)
+    matrix = _feature_matrix(*key)
+    if torch.compiler.is_compiling():
+        # a constant of the graph whose width follows the channels: static, or a second channel count would trace
+        # it with a symbolic width (PyTorch then fails building its guards)
+        static_shapes(matrix)
+    return PairedFeatures(matrix, m, n_sin, patch_size)
 
 
 @lru_cache(maxsize=32)

@@ -162,6 +162,23 @@ def check_pair(
     return x, y
 
 
+def static_shapes(*images: torch.Tensor) -> None:
+    """Under ``torch.compile``: specialise the graph on the tensors' sizes (:func:`torch._dynamo.mark_static`, which
+    PyTorch allows inside a graph), so that the graph is traced again for each new size, as with static shapes.
+
+    The distances compute their window grids, pyramid levels and block layouts in Python from the sizes. The second
+    size a compiled function sees, PyTorch traces with symbolic sizes, and those failed there (``math.gcd`` of a
+    symbol: refused in a ``fullgraph=True`` graph, a graph break otherwise). ``torch.compile(dynamic=True)`` is
+    still not supported (it makes the options' numbers symbolic too). A PyTorch whose ``mark_static`` may not be
+    called in a graph (marked ``_dynamo_forbidden``) is left as it is.
+    """
+    mark_static = getattr(torch._dynamo, "mark_static", None)
+    if mark_static is None or getattr(mark_static, "_dynamo_forbidden", False):
+        return
+    for image in images:
+        mark_static(image)
+
+
 def _values(t: torch.Tensor) -> torch.Tensor:
     """``t``'s values to read on the host: ``t`` itself, or under a ``torch.func`` transform the tensor it wraps
     (read only, never computed with: nothing of it flows into the transformed function's result)."""
@@ -182,10 +199,12 @@ def prepare_pair(
     scale.
 
     Returns the two images in the compute dtype (:func:`compute_dtype`) and the input dtype, which results
-    are cast back to.
+    are cast back to. Under ``torch.compile`` the graph is specialised on the images' sizes (:func:`static_shapes`).
     """
     x, y = check_pair(x, y, value_range=value_range, out_of_range=out_of_range, min_size=min_size,
                       min_size_reason=min_size_reason, names=names)
+    if torch.compiler.is_compiling():
+        static_shapes(x, y)
     lo, hi = check_value_range(value_range)
     ct = compute_dtype(x.dtype)
     return to_unit_scale(x.to(ct), lo, hi), to_unit_scale(y.to(ct), lo, hi), x.dtype
