@@ -264,9 +264,22 @@ def _bapps_command(kind: str) -> Callable[..., Any]:
     return command
 
 
+def _check_load_size(ctx: click.Context, param: click.Parameter, value: int) -> int:
+    """``--load-size`` above the readers' bound is a usage error, before any folder is read."""
+    from ..evaluation.datasets import MAX_LOAD_SIZE
+
+    if value > MAX_LOAD_SIZE:
+        raise click.BadParameter(f"{value} is above {MAX_LOAD_SIZE}: BAPPS patches are stored at 256x256 (LPIPS "
+                                 "evaluates them at 64), so a larger size only upsamples them, at a memory cost that "
+                                 "grows with its square; 0 keeps the files' size")
+    return value
+
+
 def _bapps_options(kind: str, f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--load-size", type=click.IntRange(min=0), default=64, show_default=True,
-                     help="Resize the shorter side to this (LPIPS evaluates at 64); 0 keeps the files' size.")(f)
+                     callback=_check_load_size,
+                     help="Resize the shorter side to this (LPIPS evaluates at 64; at most 1024, 4x the stored "
+                          "patches); 0 keeps the files' size.")(f)
     f = click.option("--split", default="val", show_default=True, help="BAPPS split folder: val or train.")(f)
     f = click.option("--subset", "subsets", default=None, metavar="NAME[,NAME...]",
                      help="Subsets to evaluate (default: every one present), e.g. traditional,cnn.")(f)

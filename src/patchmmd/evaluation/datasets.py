@@ -17,7 +17,7 @@ still refused at once.
 
 BAPPS patches are stored at 256×256 and evaluated at 64×64 by LPIPS's loader; ``load_size=64`` (the default)
 does the same (shorter side resized with antialiased bilinear interpolation); ``load_size=None`` keeps the
-files' size.
+files' size. A ``load_size`` above :data:`MAX_LOAD_SIZE` (1024) is refused: it would only upsample the patches.
 
 Example:
     >>> import numpy as np, tempfile, pathlib
@@ -57,6 +57,7 @@ __all__ = [
     "BAPPS2AFC",
     "BAPPSJND",
     "BAPPS_SUBSETS",
+    "MAX_LOAD_SIZE",
     "DatasetError",
     "JNDItem",
     "MOSDataset",
@@ -203,9 +204,21 @@ def _resize(t: torch.Tensor, load_size: int | None) -> torch.Tensor:
     return out[0].clamp(0, 1)
 
 
+#: The largest ``load_size`` a BAPPS reader takes: 4 times the 256-pixel patches BAPPS stores (LPIPS evaluates at
+#: 64). A larger one would only upsample every patch, its memory growing with the square of the size.
+MAX_LOAD_SIZE = 1024
+
+
 def _check_load_size(load_size: int | None) -> int | None:
-    """``load_size`` as an ``int >= 1``, or ``None`` (keep the files' size)."""
-    return None if load_size is None else check_positive_int("load_size", load_size)
+    """``load_size`` as an ``int`` in ``[1, MAX_LOAD_SIZE]``, or ``None`` (keep the files' size)."""
+    if load_size is None:
+        return None
+    size = check_positive_int("load_size", load_size)
+    if size > MAX_LOAD_SIZE:
+        raise ValueError(f"load_size must be at most {MAX_LOAD_SIZE} pixels, got {size}: BAPPS patches are stored at "
+                         f"256x256 (LPIPS evaluates them at 64), so a larger size only upsamples them, at a memory "
+                         f"cost that grows with its square; None keeps the files' size")
+    return size
 
 
 _SPLITS = ("train", "val")
@@ -328,13 +341,15 @@ class BAPPS2AFC(_BAPPS):
         subsets: names (``"traditional"`` or ``"val/traditional"``), a comma-separated string, or ``None``
             for every subset present, in LPIPS's order.
         split: ``"val"`` (default) or ``"train"``.
-        load_size: shorter side after resizing (64, LPIPS's evaluation size) or ``None``.
+        load_size: shorter side after resizing (64, LPIPS's evaluation size; at most :data:`MAX_LOAD_SIZE`) or
+            ``None`` (the files' size).
         mode: colour mode of :func:`patchmmd.io.load_image`.
         on_missing: ``"raise"``: a name missing from any part folder is a :class:`DatasetError` at once;
             ``"keep"``: its item is kept, and reading it fails (:class:`~patchmmd.io.ImageReadError` for a
             patch, :class:`DatasetError` for a judge file), naming the file it lacks.
 
     Raises:
+        ValueError: ``load_size`` is not an integer in ``[1, MAX_LOAD_SIZE]`` (nor ``None``).
         FileNotFoundError: the root or a named subset folder does not exist.
         DatasetError: a folder is empty or its files do not match by name (``on_missing="raise"``); on
             indexing, the item's patches differ in size (once resized) or its judge file does not hold one

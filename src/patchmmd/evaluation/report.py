@@ -28,8 +28,10 @@ Example:
     >>> rep = write(run(MOSDataset(root / "labels.csv"), ["l2"], bootstrap=0), root / "out", plots=False)
     >>> sorted(p.name for p in rep.files)
     ['report.json', 'report.md', 'scores.csv']
-    >>> print(rep.summary.splitlines()[-1])
+    >>> print(rep.summary.splitlines()[4])
     | l2 | 1.000 / 1.000 / 1.000 |
+    >>> rep.summary.splitlines()[-1].startswith("PLCC over fewer than 20 items is optimistic")  # 6 items
+    True
 """
 
 from __future__ import annotations
@@ -89,10 +91,21 @@ _UNDEFINED_MOS = (
     "through the mean score of each whatever their order; every statistic of a group of fewer than 3 items; an "
     "interval where more than 5% of the resamples leave the statistic undefined."
 )
+#: Below this many items a PLCC after the 5-parameter fit gets the note :data:`_FEW_ITEMS_MOS` in report.md.
+FEW_ITEMS_PLCC = 20
+_FEW_ITEMS_MOS = (
+    f"PLCC over fewer than {FEW_ITEMS_PLCC} items is optimistic: the 5-parameter logistic follows the noise of a few "
+    "points (on scores unrelated to the metric, its median PLCC is about 0.9 over 6 items, 0.7 over 10 and 0.5 over "
+    "20), so compare such groups by SROCC."
+)
 _UNDEFINED_JND = (
     f"{_UNDEFINED}: undefined (null in report.json): no pair of the subset was judged 'same', so it has no "
     "average precision, and the mean over subsets has none either."
 )
+
+
+#: The ``ok`` column of report.md's rows without a score: a pair that is not identical has nothing to check.
+_OK = {True: "yes", False: "NO", None: "not checked"}
 
 
 def _fmt(v: Any, digits: int = 4) -> str:
@@ -111,16 +124,25 @@ def _plot_name(metric: str) -> str:
     return "plot-" + cache_file_name(metric)[: -len(".json")] + ".png"
 
 
+def _number(v: float) -> str:
+    """``v`` with every digit it needs to read back as itself (the shortest such text, ``repr``'s), an integral value
+    without its ``.0``: ``0.1`` → ``0.1``, ``1.0000000001`` → ``1.0000000001``, ``100.0`` → ``100``."""
+    text = repr(float(v))
+    return text[:-2] if text.endswith(".0") else text
+
+
 def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    """``scores.csv``: numbers to 8 significant digits, text cells (file names, subsets, groups) as ``patchmmd
-    score`` writes them: readable, and never a spreadsheet formula (:func:`patchmmd.scoring.output.csv_text`)."""
+    """``scores.csv``: numbers with every digit they need (:func:`_number`: read back, they are the values the
+    statistics were computed from; rounded, distinct values could read as ties), text cells (file names, subsets,
+    groups) as ``patchmmd score`` writes them: readable, and never a spreadsheet formula
+    (:func:`patchmmd.scoring.output.csv_text`)."""
     from ..scoring.output import csv_text
 
     with open(output_file(path), "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(header)
         for r in rows:
-            w.writerow([f"{v:.8g}" if isinstance(v, float) else csv_text(v) if isinstance(v, str) else v
+            w.writerow([_number(v) if isinstance(v, float) else csv_text(v) if isinstance(v, str) else v
                         for v in r])
 
 
@@ -224,6 +246,9 @@ def _finish(r: EvaluationResult, out: Path, report: dict[str, Any], md: list[str
     md[2:2] = _left_out_md(r)  # under the title: never missed
     markdown = "\n".join(md) + "\n"
     files += _write_errors(r, out)
+    for stale in set(out.glob("plot-*.png")) - {out / p for p in plots.values()}:  # of another run: other figures
+        if not stale.is_dir():
+            stale.unlink()
     output_file(out / "report.json").write_text(json_text(report), encoding="utf-8")
     output_file(out / "report.md").write_text(markdown, encoding="utf-8")
     files = [out / "report.md", out / "report.json", *files, *(out / p for p in plots.values())]
@@ -373,6 +398,10 @@ def _write_mos(r: EvaluationResult, out: Path, plots_on: bool) -> Report:
         # said under the summary table, which front ends print on their own
         md.insert(md.index("## Details") - 1, "")
         md.insert(md.index("## Details") - 1, _UNDEFINED_MOS)
+    if any(not math.isnan(res[g]["plcc"]) and res[g]["n"] < FEW_ITEMS_PLCC
+           for res in results.values() for g in ["all", *group_names]):
+        md.insert(md.index("## Details") - 1, "")
+        md.insert(md.index("## Details") - 1, _FEW_ITEMS_MOS)
     if r.unscored:
         md += ["", "## Rows without a score", "",
                "| metric | distorted | identical to reference | value | value on (ref, ref) | ok |",
@@ -380,7 +409,7 @@ def _write_mos(r: EvaluationResult, out: Path, plots_on: bool) -> Report:
         for name, checks in r.unscored.items():
             for c in checks:
                 md.append(f"| {_cell(name)} | {_cell(c['distorted'])} | {c['identical']} | {_fmt(c['value'], 6)} | "
-                          f"{_fmt(c['value_on_itself'], 6)} | {'yes' if c['ok'] else 'NO'} |")
+                          f"{_fmt(c['value_on_itself'], 6)} | {_OK[c['ok']]} |")
     md += [""] + [f"![{m}]({p})" for m, p in plots.items()]
     summary = "\n".join(md[md.index("## Summary (SROCC / KROCC / PLCC)"):md.index("## Details")]).rstrip()
     return _finish(r, out, report, md, summary, plots, [out / "scores.csv"])
@@ -390,8 +419,9 @@ def write(result: EvaluationResult, out_dir: str | os.PathLike[str], *, plots: b
     """Write ``result`` into ``out_dir`` (created if missing): report.md, report.json, scores.csv, plots, and
     errors.csv when items were left out (``errors`` of :class:`~.runner.EvaluationResult`).
 
-    Files of an earlier report there are replaced (an earlier errors.csv is removed when no item was left out);
-    nothing else is touched.
+    Files of an earlier report there are replaced (an earlier errors.csv is removed when no item was left out, and
+    so are earlier ``plot-*.png`` files this report does not write: without ``plots``, all of them); nothing else is
+    touched.
 
     Args:
         result: what :func:`~.runner.run` returned.

@@ -185,7 +185,9 @@ class EvaluationResult:
         subsets: per item, the BAPPS subset or the MOS group (``None`` without a group column).
         names: per item, the file stem (BAPPS) or the distorted path (MOS).
         human: 2AFC only: the human majority ceiling ``mean(max(g, 1 - g))`` per subset (empty otherwise).
-        unscored: MOS only: per metric, the checks of the rows without a score.
+        unscored: MOS only: per metric, the checks of the rows without a score: ``distorted``, ``identical``,
+            ``value``, ``value_on_itself`` (the metric on ``(ref, ref)``, for an identical pair) and ``ok`` (whether
+            ``value`` is that value; ``None`` for a pair that is not identical, which has nothing to check).
         settings: the settings the values depend on (stored with cached values; with a cache, the image files'
             stamps too).
         errors: the items left out because their files cannot be read (``on_error="skip"``), in dataset order,
@@ -461,7 +463,8 @@ def safe_file_stem(text: str, *, key: str | None = None, limit: int = 64) -> str
 def _read_cache(path: Path, settings: dict[str, Any], n: int) -> tuple[list[list[float]], dict[int, str]] | None:
     """The values held by a cache file and the items it records as unreadable (position: reason), or ``None``
     (with a warning) when it is damaged: not UTF-8 JSON, or not an object with ``settings`` and ``n`` rows of
-    finite ``values`` (empty for the items recorded as unreadable, as a list of ``[position, reason]``).
+    finite ``values``, two per item for 2AFC (``d0``, ``d1``) and one otherwise (empty for the items recorded as
+    unreadable, as a list of ``[position, reason]``).
 
     Raises:
         CacheMismatchError: the file was computed with other settings.
@@ -488,8 +491,8 @@ def _read_cache(path: Path, settings: dict[str, Any], n: int) -> tuple[list[list
                                      f"({describe_changes(data['settings'], settings)})", path, data["settings"])
         elif (failed := _cached_failures(data.get("unreadable", []), n)) is None:
             problem = "not a list of [position, reason] of unreadable items"
-        elif not _cached_values_ok(data.get("values"), n, failed):
-            problem = f"not {n} rows of finite values"
+        elif not _cached_values_ok(data.get("values"), n, failed, per_item := _per_item(settings)):
+            problem = f"not {n} rows of {per_item} finite value(s)"
         else:
             values: list[list[float]] = data["values"]
             return values, failed
@@ -572,10 +575,15 @@ def _short(v: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _cached_values_ok(values: Any, n: int, failed: Mapping[int, str]) -> bool:
-    """``n`` rows: empty for the items in ``failed``, else of finite numbers."""
+def _per_item(settings: Mapping[str, Any]) -> int:
+    """Values per item of a run with ``settings``: 2 for 2AFC (``d0``, ``d1``), else 1."""
+    return 2 if settings.get("kind") == "2afc" else 1
+
+
+def _cached_values_ok(values: Any, n: int, failed: Mapping[int, str], per_item: int = 1) -> bool:
+    """``n`` rows: empty for the items in ``failed``, else of ``per_item`` finite numbers (2 for 2AFC: d0, d1)."""
     return isinstance(values, list) and len(values) == n and all(
-        row == [] if pos in failed else isinstance(row, list) and row and all(
+        row == [] if pos in failed else isinstance(row, list) and len(row) == per_item and all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in row)
         for pos, row in enumerate(values))
 
@@ -812,10 +820,11 @@ def run(
                     identical = bool(torch.equal(item.reference, item.distorted))
                     expected = _values_on_itself(metric, item, dev) if identical else None
                     v = vals[i][0]
+                    # only an identical pair has a value to check; another unscored row is not checked (None)
                     checks.append({"distorted": result.names[i], "identical": identical, "value": v,
                                    "value_on_itself": expected,
-                                   "ok": identical and expected is not None
-                                   and abs(v - expected) <= 1e-6 * max(1.0, abs(expected))})
+                                   "ok": None if expected is None
+                                   else abs(v - expected) <= 1e-6 * max(1.0, abs(expected))})
                 result.unscored[name] = checks
     if kind == "2afc":
         result.human = {s: float(sum(max(result.truth[i], 1 - result.truth[i]) for i in range(n)

@@ -217,6 +217,37 @@ def _profile(theta: np.ndarray, z: np.ndarray, y: np.ndarray) -> tuple[float, np
     return float(r @ r), np.array([coef[0], b2, b3, coef[1], coef[2]])
 
 
+def _best_step(z: np.ndarray, y: np.ndarray, low: float, high: float) -> np.ndarray | None:
+    """``(log b2, b3)`` of the steep logistic (a step plus the line) that fits best among the steps between two
+    neighbouring values of the standardised ``z`` (mean 0, variance 1) whose midpoint lies in ``[low, high]``; ``None``
+    when there is no such step.
+
+    A steep curve's squared error is flat along the centre between two neighbouring values, so a search from a grid
+    of centres stays in the gap it starts in; a jump between two close values (a saturated set) needs a start in that
+    gap. The error of each step is computed at once, in the limit of an infinite slope: with ``e`` the residuals of
+    the least-squares line and ``s`` the step (``±1/2``), adding ``s`` lowers the line's error by
+    ``(e·s)² / |s − its projection on (1, z)|²`` (Frisch–Waugh)."""
+    order = np.argsort(z, kind="stable")
+    zs = z[order]
+    n = zs.size
+    e = y - y.mean() - (z @ (y - y.mean()) / n) * z  # the line's residuals (z standardised)
+    cum_e = np.cumsum(e[order])[:-1]  # e·s = −Σ of the residuals below the step
+    cum_z = np.cumsum(zs)[:-1]  # s·z = −Σ of z below (Σ z = 0)
+    below = np.arange(1, n)
+    norm = n / 4 - (n / 2 - below) ** 2 / n - cum_z**2 / n
+    mid = (zs[1:] + zs[:-1]) / 2
+    ok = (zs[1:] > zs[:-1]) & (mid >= low - 1e-12) & (mid <= high + 1e-12) & (norm > 1e-12 * n)
+    if not ok.any():
+        return None
+    gain = np.where(ok, cum_e**2 / np.where(ok, norm, 1.0), -np.inf)
+    j = int(np.argmax(gain))
+    # the slope: from the neighbours a little off their plateaus (the sigmoid e^-2 from them) to on them (e^-15), the
+    # best; a start on the plateaus alone leaves the refinement no slope to follow towards a smoother curve
+    half = float(zs[j + 1] - zs[j]) / 2
+    starts = [np.array([math.log(min(max(t / half, 1.0), math.exp(12.0))), float(mid[j])]) for t in (2, 5, 15)]
+    return min(starts, key=lambda t: _profile(t, z, y)[0])
+
+
 def fit_logistic(
     x: ArrayLike, y: ArrayLike, *, start: Sequence[float] | None = None
 ) -> tuple[float, float, float, float, float]:
@@ -224,11 +255,13 @@ def fit_logistic(
 
     The model is linear in ``b1, b4, b5`` once ``b2, b3`` are fixed, so those three are solved exactly
     (variable projection) and only ``(log b2, b3)`` is searched: a grid over slopes and centres on the
-    standardised ``x``, then Nelder–Mead from the best grid point of each slope (or, shorter, from ``start``,
-    parameters of an earlier fit on the raw ``x``, and from the best grid point, as the bootstrap does), keeping
-    the best. ``b2 > 0`` without loss of generality (the sign of the sigmoid is carried by ``b1``); the
-    least-squares line is the limit ``b1 = 0``. Deterministic and robust where plain Levenberg–Marquardt
-    wanders off on nearly linear data. Parameters apply to the raw ``x``.
+    standardised ``x``, then Nelder–Mead from the best grid point of each slope and from the best steep step
+    between two neighbouring values within the grid's centres (:func:`_best_step`) (or, shorter, from ``start``,
+    parameters of an earlier fit on the raw ``x``, from the best grid point and from that step, as the bootstrap
+    does), keeping the best: never worse than the least-squares line, nor than that step (up to the steepest slope
+    searched, ``e^12`` per standard deviation of ``x``). ``b2 > 0`` without loss of generality (the sign of the
+    sigmoid is carried by ``b1``); the least-squares line is the limit ``b1 = 0``. Deterministic and robust where
+    plain Levenberg–Marquardt wanders off on nearly linear data. Parameters apply to the raw ``x``.
 
     Example:
         >>> import numpy as np
@@ -249,14 +282,17 @@ def fit_logistic(
     # saturated set whose jump falls between two grid centres), so one start is not enough.
     per_slope = [min((np.array([math.log(b2), c]) for c in centres), key=lambda t: _profile(t, z, ys)[0])
                  for b2 in (0.3, 1.0, 3.0, 10.0)]
+    # a steep curve's error is flat between neighbouring values: a jump between two of them needs its own start
+    step = _best_step(z, ys, centres[0], centres[-1])
+    steps = [] if step is None else [step]
     if start is not None:
         b2, b3 = float(start[1]) * std, (float(start[2]) - mean) / std
         # the earlier fit's basin, and the grid's best: a resample may sit better in another basin
         candidates = [np.array([math.log(max(abs(b2), 1e-6)), b3]),
-                      min(per_slope, key=lambda t: _profile(t, z, ys)[0])]
+                      min(per_slope, key=lambda t: _profile(t, z, ys)[0]), *steps]
         maxiter = 80
     else:
-        candidates = per_slope
+        candidates = per_slope + steps
         maxiter = 400
     best = min((_profile(t, z, ys) for t in candidates), key=lambda r: r[0])
     for t in candidates:

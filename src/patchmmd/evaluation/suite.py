@@ -458,7 +458,8 @@ def _human(sets: Sequence[HumanSet], metrics: Sequence[SuiteMetric], cfg: SuiteC
             "score_higher_is_better": hs.higher_is_better,
             "metrics": {k: {g: v for g, v in st.items() if g not in ("higher_is_better", "group")}
                         for k, st in res.metrics.items()},
-            "unscored_ok": {k: all(c["ok"] for c in v) for k, v in res.unscored.items()},
+            # every checked row right (a row that is not an identical pair has nothing to check: ok None)
+            "unscored_ok": {k: all(c["ok"] is not False for c in v) for k, v in res.unscored.items()},
             "seconds": round(time.perf_counter() - t0, 1),
         }
     return out, refs, ref_names
