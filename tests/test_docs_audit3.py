@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 import click
 import pytest
 
-from test_docs_audit import ROOT, commands, doc_texts, line_of, without_fences
+from test_docs_audit import ROOT, _broken, commands, doc_texts, line_of, without_fences
 
 
 def _flat(text: str) -> str:
@@ -203,12 +203,6 @@ def test_method_md_states_the_presets_values() -> None:
 
 
 # ------------------------------------------------------------------------------- the checks can fail
-def _broken(doc: str, old: str, new: str) -> str:
-    text = (ROOT / doc).read_text(encoding="utf-8")
-    assert old in text, f"{doc} no longer holds {old!r}: update this copy"
-    return text.replace(old, new, 1)
-
-
 BROKEN: dict[str, tuple[Callable[[], list[str]], str]] = {
     "section on the wrong side": (
         lambda: check_side_references(_broken("docs/performance.md", '"torch.compile" above', '"torch.compile" below'),
