@@ -59,6 +59,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from ._trust import open_without_blocking
 from .core.validation import check_positive_int
 
 ImageMode = Literal["RGB", "L", "keep"]
@@ -158,7 +159,7 @@ def load_image(
         raise ValueError(f"dtype must be a floating dtype such as torch.float32, got {dtype!r}")
     max_pixels = check_max_pixels(max_pixels)
     try:
-        with open(path, "rb", opener=_open_nonblocking) as f, warnings.catch_warnings():
+        with open_without_blocking(path) as f, warnings.catch_warnings():
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # a FIFO would block for ever, a device never end
                 raise ImageReadError(f"cannot read {path}: not a regular file (a FIFO, a device or a socket)")
             # Our own limit decides (it is below Pillow's warning threshold by default).
@@ -217,12 +218,6 @@ def load_image(
     a, scale = _pixels(_upright(im), fmt, mode, path, min_is_white=min_is_white, top=top)
     del im  # only the samples are needed now: let Pillow's copy go before the float one is made
     return _to_tensor(a, scale, mode, dtype)
-
-
-def _open_nonblocking(path: str, flags: int) -> int:
-    """``os.open`` for :func:`open`'s ``opener``, with ``O_NONBLOCK``: opening a FIFO does not wait for a writer
-    (it is then refused as not a regular file); regular files read as usual."""
-    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
 
 
 def require_pillow(what: str) -> ModuleType:
