@@ -338,10 +338,9 @@ def rff_features(
            x.device, x.dtype)
     m, n_sin = _feature_split(*key)
     matrix = _feature_matrix(*key)
-    if torch.compiler.is_compiling():
-        # a constant of the graph whose width follows the channels: static, or a second channel count would trace
-        # it with a symbolic width (PyTorch then fails building its guards)
-        static_shapes(matrix)
+    # a constant of the graph whose width follows the channels: static under torch.compile, or a second channel
+    # count would trace it with a symbolic width (PyTorch then fails building its guards)
+    static_shapes(matrix)
     return PairedFeatures(matrix, m, n_sin, patch_size)
 
 

@@ -163,8 +163,9 @@ def check_pair(
 
 
 def static_shapes(*images: torch.Tensor) -> None:
-    """Under ``torch.compile``: specialise the graph on the tensors' sizes (:func:`torch._dynamo.mark_static`, which
-    PyTorch allows inside a graph), so that the graph is traced again for each new size, as with static shapes.
+    """Under ``torch.compile`` (nothing outside it): specialise the graph on the tensors' sizes
+    (:func:`torch._dynamo.mark_static`, which PyTorch allows inside a graph), so that the graph is traced again for
+    each new size, as with static shapes.
 
     The distances compute their window grids, pyramid levels and block layouts in Python from the sizes. The second
     size a compiled function sees, PyTorch traces with symbolic sizes, and those failed there (``math.gcd`` of a
@@ -172,6 +173,8 @@ def static_shapes(*images: torch.Tensor) -> None:
     still not supported (it makes the options' numbers symbolic too). A PyTorch whose ``mark_static`` may not be
     called in a graph (marked ``_dynamo_forbidden``) is left as it is.
     """
+    if not torch.compiler.is_compiling():
+        return
     mark_static = getattr(torch._dynamo, "mark_static", None)
     if mark_static is None or getattr(mark_static, "_dynamo_forbidden", False):
         return
@@ -203,8 +206,7 @@ def prepare_pair(
     """
     x, y = check_pair(x, y, value_range=value_range, out_of_range=out_of_range, min_size=min_size,
                       min_size_reason=min_size_reason, names=names)
-    if torch.compiler.is_compiling():
-        static_shapes(x, y)
+    static_shapes(x, y)
     lo, hi = check_value_range(value_range)
     ct = compute_dtype(x.dtype)
     return to_unit_scale(x.to(ct), lo, hi), to_unit_scale(y.to(ct), lo, hi), x.dtype
