@@ -22,3 +22,16 @@ def test_an_unscored_pair_of_different_images_leaves_unscored_ok_true(tmp_path: 
                        lambda _: None, None)
     assert out["tiny"]["n_rows"] == 10 and out["tiny"]["n_scored"] == 8
     assert out["tiny"]["unscored_ok"] == {"l2": True}
+
+
+def test_a_human_set_is_grouped_by_its_distortion_column_in_any_case(tmp_path: Path) -> None:
+    """The suite finds a set's distortion column as ``patchmmd eval mos`` does (one function for both): a header
+    ``Reference, Distorted, Distortion, DMOS`` was grouped by ``eval mos`` and not by the suite."""
+    from patchmmd.evaluation.suite import open_human_set
+
+    labels = tiny_human_set(tmp_path)
+    rows = labels.read_text().splitlines()
+    labels.write_text("\n".join(["Reference, Distorted, Distortion, DMOS", *rows[1:]]) + "\n")
+    ds = open_human_set(HumanSet("tiny", labels))
+    assert ds.group_column == " Distortion"
+    assert sorted(set(ds.groups)) == ["blur", "noise"]

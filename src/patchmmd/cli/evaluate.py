@@ -23,7 +23,6 @@ turns the library's errors into one clear line naming the options involved.
 
 from __future__ import annotations
 
-import csv
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -330,17 +329,13 @@ def mos_command(labels: str, root: str | None, score_higher_is_better: bool, gro
     out of the statistics; where such a pair is identical, the metric's value on it is checked.
     """
     from ..evaluation import MOSDataset, select_items
+    from ..evaluation.datasets import distortion_column
 
     built = _build_metrics(metrics, metric_options)
     dev = resolve_device_or_fail(device)
     csv_path = Path(labels)
-    if group_column is None:
-        try:  # LABELS is a regular file or missing (InputFile): opening it cannot block on a FIFO
-            with open(csv_path, newline="", encoding="utf-8-sig") as f:
-                header = next(csv.reader(f), [])
-        except (OSError, ValueError):  # missing, not UTF-8, not CSV: MOSDataset says so, naming the file
-            header = []
-        group_column = _distortion_column(header)
+    if group_column is None:  # LABELS is a regular file or missing (InputFile): reading it cannot block on a FIFO
+        group_column = distortion_column(csv_path)
     elif group_column == "":
         group_column = None
     try:
@@ -355,21 +350,6 @@ def mos_command(labels: str, root: str | None, score_higher_is_better: bool, gro
                err=True)
     _evaluate(ds, built, outdir, device=dev, batch_size=batch_size, limit=limit, no_plots=no_plots, strict=strict,
               score_higher_is_better=score_higher_is_better, bootstrap=bootstrap, seed=seed)
-
-
-def _distortion_column(header: Sequence[str]) -> str | None:
-    """The default group column of ``eval mos``: the header's ``distortion`` column, its name read as the dataset
-    reader reads the other columns' names (in any case, with spaces around it, as in a header written with ``", "``
-    between names); ``None`` if there is none. Of several such columns, the exact name ``distortion``, else none.
-
-    Example:
-        >>> _distortion_column(["Reference", " Distorted", " DMOS", " Distortion"])
-        ' Distortion'
-    """
-    if "distortion" in header:
-        return "distortion"
-    found = list(dict.fromkeys(h for h in header if h.strip().lower() == "distortion"))
-    return found[0] if len(found) == 1 else None
 
 
 # ------------------------------------------------------------------------------------------------ suite

@@ -63,6 +63,7 @@ __all__ = [
     "MOSDataset",
     "MOSItem",
     "TwoAFCItem",
+    "distortion_column",
 ]
 
 #: The subsets of BAPPS, in LPIPS's order. 2AFC has all six; JND has ``traditional`` and ``cnn``.
@@ -388,6 +389,30 @@ _REFERENCE_COLUMNS = ("reference", "ref", "reference_path", "ref_path", "ref_nam
 _DISTORTED_COLUMNS = ("distorted", "dist", "distorted_path", "dist_path", "dis_path", "dist_name",
                       "distorted_image", "image")
 _SCORE_COLUMNS = ("dmos", "mos", "score", "dmos_score", "mos_score", "zscore")
+
+
+def distortion_column(labels: str | os.PathLike[str]) -> str | None:
+    """The default group column of a MOS label file: its ``distortion`` column, the name read as
+    :class:`MOSDataset` reads the other columns' names (in any case, with spaces around it, as in a header written
+    with ``", "`` between names); ``None`` if there is none, or if the file cannot be read (:class:`MOSDataset`
+    then says why, naming it). Of several such columns, the exact name ``distortion``, else none.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "labels.csv"
+        >>> _ = p.write_text("Reference, Distorted, DMOS, Distortion\\n")
+        >>> distortion_column(p)
+        ' Distortion'
+    """
+    try:
+        with open(labels, newline="", encoding="utf-8-sig") as f:
+            header = next(csv.reader(f), [])
+    except (OSError, ValueError):  # missing, not UTF-8, not CSV
+        return None
+    if "distortion" in header:
+        return "distortion"
+    found = list(dict.fromkeys(h for h in header if h.strip().lower() == "distortion"))
+    return found[0] if len(found) == 1 else None
 
 
 def _pick_column(header: Sequence[str], given: str | None, candidates: Sequence[str], what: str,

@@ -399,17 +399,11 @@ def task_photos(samples: Sequence[torch.Tensor], train_photos: Sequence[torch.Te
 
 
 def open_human_set(hs: HumanSet) -> MOSDataset:
-    """The set's labels as a :class:`MOSDataset`, grouped by its ``distortion`` column where it has one."""
-    import csv
+    """The set's labels as a :class:`MOSDataset`, grouped by its ``distortion`` column where it has one (found as
+    ``patchmmd eval mos`` finds it: :func:`~.datasets.distortion_column`)."""
+    from .datasets import MOSDataset, distortion_column
 
-    from .datasets import MOSDataset
-
-    try:
-        with open(hs.labels, newline="", encoding="utf-8-sig") as f:
-            header = next(csv.reader(f), [])
-    except (OSError, ValueError):  # not UTF-8, not CSV, unreadable: MOSDataset says so, naming the file
-        header = []
-    return MOSDataset(hs.labels, group_column="distortion" if "distortion" in header else None)
+    return MOSDataset(hs.labels, group_column=distortion_column(hs.labels))
 
 
 def reference_images(ds: MOSDataset, set_name: str) -> tuple[list[torch.Tensor], list[str]]:
