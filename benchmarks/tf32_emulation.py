@@ -44,6 +44,16 @@ JPEG quality 50 and a 1 px shift, it prints per setting the relative change of e
 ``|g_tf32 - g| / |g|``), and for how many photos the order of the four distortions changes.
 
     python benchmarks/tf32_emulation.py --threads 2 --fp64
+
+On an NVIDIA GPU, ``--device cuda`` measures instead of emulating: the same pairs and quantities on the GPU
+with TF32 off (``ieee``: ``torch.backends.cudnn.allow_tf32 = False``, matmul precision ``highest``), with
+PyTorch's defaults (``default``: cuDNN convolutions may use TF32), with ``set_float32_matmul_precision("high")``
+(``high``), and ``torch.compile`` of the loss preset and of its SSIM term alone, without gradient, under the
+defaults (``compiled``), each against float64 on the CPU, beside float32 on the CPU (the compiled kernels on).
+Only the old flags are set (``allow_tf32``, ``set_float32_matmul_precision``): mixing them with the
+``fp32_precision`` API is an error in recent PyTorch, and inductor reads the old ones.
+
+    python benchmarks/tf32_emulation.py --device cuda
 """
 
 from __future__ import annotations
@@ -53,7 +63,7 @@ import contextlib
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -338,15 +348,17 @@ def _fmt(v: float) -> str:
     return f"{v:.1e}"
 
 
-def report(columns: dict[str, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]], photos: int) -> list[str]:
-    """Markdown table rows: per quantity, per column ``name: (reference, results)``."""
+def report(columns: dict[str, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]], photos: int,
+           missing: str = SAME) -> list[str]:
+    """Markdown table rows: per quantity, per column ``name: (reference, results)``; ``missing`` fills the cells
+    of a quantity a column did not compute."""
     names = list(next(iter(columns.values()))[0])
     lines = ["| quantity | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name in (n for n in names if not n.startswith("grad")):
         cells = []
         for ref, res in columns.values():
             if name not in res:
-                cells.append(SAME)
+                cells.append(missing)
                 continue
             e = ref[name].double()
             rel = ((res[name].double() - e).abs() / e.abs()).tolist()
@@ -356,8 +368,8 @@ def report(columns: dict[str, tuple[dict[str, torch.Tensor], dict[str, torch.Ten
         cos_cells, rel_cells = [], []
         for ref, res in columns.values():
             if name not in res:
-                cos_cells.append(SAME)
-                rel_cells.append(SAME)
+                cos_cells.append(missing)
+                rel_cells.append(missing)
                 continue
             g, h = ref[name].double().flatten(1), res[name].double().flatten(1)
             cos = F.cosine_similarity(g, h, dim=1)
@@ -367,10 +379,67 @@ def report(columns: dict[str, tuple[dict[str, torch.Tensor], dict[str, torch.Ten
         lines.append(f"| {name}: cosine, min | " + " | ".join(cos_cells) + " |")
         lines.append(f"| {name}: rel. norm of difference, max (median) | " + " | ".join(rel_cells) + " |")
     for name in ("mmdpp default", "mmdpp loss"):
-        cells = [f"{_ranking_changes(ref[name], res[name], photos)} of {photos}" if name in res else SAME
+        cells = [f"{_ranking_changes(ref[name], res[name], photos)} of {photos}" if name in res else missing
                  for ref, res in columns.values()]
         lines.append(f"| {name}: photos whose distortion order changes | " + " | ".join(cells) + " |")
     return lines
+
+
+@contextlib.contextmanager
+def cuda_precision(conv_tf32: bool, matmul: str) -> Iterator[None]:
+    """cuDNN convolutions in TF32 or not, and ``torch.set_float32_matmul_precision(matmul)``, for the block."""
+    old = torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
+    torch.backends.cudnn.allow_tf32 = conv_tf32
+    torch.set_float32_matmul_precision(matmul)
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = old[0]
+        torch.set_float32_matmul_precision(old[1])
+
+
+#: ``--device cuda``: per column, ``(cuDNN convolutions in TF32, matmul precision)``.
+GPU_SETTINGS: dict[str, tuple[bool, str]] = {
+    "ieee": (False, "highest"),
+    "default": (True, "highest"),
+    "high": (True, "high"),
+}
+
+#: ``--device cuda``, the ``compiled`` column: values only, compiled and run without gradient.
+COMPILED_JOBS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "mmdpp loss": lambda x, y: patchmmd.mmdpp(x, y, preset="loss"),
+    "loss: SSIM term alone": lambda x, y: patchmmd.mmdpp(x, y, preset="loss", weight_l2=0.0, weight_local=0.0,
+                                                          weight_mmd=0.0),
+}
+
+
+def measure_on_gpu(x: torch.Tensor, y: torch.Tensor, device: str
+                   ) -> dict[str, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
+    """The columns of ``--device cuda``: CPU float32 and each GPU setting against CPU float64."""
+    truth, _ = evaluate(x.double(), y.double(), None)
+    columns = {"CPU fp32": (truth, _evaluate_plain(x, y))}  # as a user gets it: the compiled kernels on
+    xd, yd = x.to(device), y.to(device)
+    for setting, (conv_tf32, matmul) in GPU_SETTINGS.items():
+        with cuda_precision(conv_tf32, matmul):
+            values = {k: v.cpu() for k, v in _evaluate_plain(xd, yd).items()}
+        columns[f"GPU {setting}"] = (truth, values)
+    compiled: dict[str, torch.Tensor] = {}
+    with cuda_precision(True, "highest"), torch.no_grad():
+        for name, fn in COMPILED_JOBS.items():
+            try:
+                compiled[name] = torch.compile(fn, fullgraph=True)(xd, yd).cpu()
+            except Exception as e:  # reported, not fatal: the other columns stand
+                print(f"compiled {name}: {type(e).__name__}: {e}".splitlines()[0])
+    columns["GPU compiled, no grad"] = (truth, compiled)
+    return columns
+
+
+def _evaluate_plain(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every quantity of :data:`JOBS`, on whatever path ``x``'s device and the current settings take."""
+    values: dict[str, torch.Tensor] = {}
+    for job in JOBS.values():
+        values.update({k: v.detach() for k, v in job(x, y).items()})
+    return values
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -379,6 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounding", choices=ROUNDINGS, default="nearest",
                    help="how an operand becomes TF32: round to nearest even (default), or drop the low bits")
     p.add_argument("--fp64", action="store_true", help="also compare exact float32 with float64 (slower)")
+    p.add_argument("--device", default="cpu",
+                   help="cpu (the default): emulate TF32; cuda: measure it on the GPU (see the module's docstring)")
     return p
 
 
@@ -388,6 +459,15 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
+    if args.device != "cpu":
+        if not torch.cuda.is_available():
+            raise SystemExit(f"--device {args.device}: no CUDA device")
+        print(f"torch {torch.__version__}, {torch.cuda.get_device_name(args.device)}, {args.threads} CPU threads")
+        y, x, labels = photo_pairs()
+        print(f"{len(labels)} pairs of {tuple(x.shape[1:])} (x: distorted, y: reference); against float64 on the CPU:")
+        print("\n".join(report(measure_on_gpu(x, y, args.device), len(sample_names()), missing="-")))
+        print(f"\n({time.perf_counter() - start:.0f} s)")
+        return
     print(f"torch {torch.__version__}, {args.threads} threads, rounding: {args.rounding}")
     print("emulation against NumPy float64 on hand-rounded operands (largest error / largest value):")
     for name, emulated, plain in validate(args.rounding):

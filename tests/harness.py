@@ -159,6 +159,10 @@ CASES: dict[str, MetricCase] = {c.name: c for c in [
 #: Registered metrics the harness leaves out entirely, with the reason (none: every metric is covered).
 EXCLUDED: dict[str, str] = {}
 
+#: Cases that are convolutional networks run by cuDNN on a GPU, whose backward pass is not bit-reproducible
+#: there (:meth:`MetricTester.check_gradcheck`).
+CONVOLUTION_NETWORKS = frozenset({"random-cnn", "random-cnn-zero-mean", "random-vgg", "vgg"})
+
 _FLOAT32_INSIDE = "computes in float32 whatever the input dtype, so a float64 gradcheck measures float32 rounding"
 _NO_REDUCTION = "its module (LPIPS / DISTS) has no reduction= option: the module is checked with (N,) results only"
 
@@ -338,12 +342,19 @@ class MetricTester:
         assert largest["x == y"] <= 1e-5 * largest["x != y"], f"{self.case.name}: not 0 at x == y: {largest}"
 
     def check_gradcheck(self) -> None:
-        """``torch.autograd.gradcheck`` in float64 on tiny inputs (fast mode), away from the [0, 1] bounds."""
+        """``torch.autograd.gradcheck`` in float64 on tiny inputs (fast mode), away from the [0, 1] bounds.
+
+        On a GPU, cuDNN's convolution backward passes sum in an order that changes from run to run (the deep
+        trunks' and the random CNNs' gradients on an H200 were "not reentrant" at tolerance 0): two backward
+        passes may differ in the last float64 bits. ``nondet_tol`` allows 1e-12 there, far below the 1e-7 by
+        which the analytical gradient must match the numerical one. The package's own distances pass at 0."""
         x, y = images(self.case.grad_shape, torch.float64, self.device, seed=2, margin=0.1)
         m = self.metric(self.case.grad_options or self.case.options)
         x.requires_grad_(True)
         y.requires_grad_(True)
-        assert torch.autograd.gradcheck(m, (x, y), eps=1e-6, atol=1e-7, rtol=1e-4, fast_mode=True)
+        nondet_tol = 1e-12 if self.device != "cpu" and self.case.name in CONVOLUTION_NETWORKS else 0.0
+        assert torch.autograd.gradcheck(m, (x, y), eps=1e-6, atol=1e-7, rtol=1e-4, fast_mode=True,
+                                        nondet_tol=nondet_tol)
 
     def check_half(self, dtype: torch.dtype) -> None:
         """16-bit inputs: the documented result dtype, within ``half_rtol`` of float32, finite gradients."""

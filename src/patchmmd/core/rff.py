@@ -62,9 +62,14 @@ def _pooled_chunk(xp: torch.Tensor, weight: torch.Tensor, phase: torch.Tensor, g
 
 
 # ------------------------------------------------------------------------------- fast RFF window means
-#: Work size (elements of one ``features x pixels`` tile) of the fused RFF kernel: temporaries of this
-#: size are reused across tiles, so they stay in cache and are never re-allocated.
+#: Work size (elements of one ``features x pixels`` tile) of the fused RFF kernel on the CPU: temporaries of
+#: this size are reused across tiles, so they stay in cache and are never re-allocated.
 TILE_ELEMENTS = 1 << 18
+
+#: The same on other devices (GPUs). There each tile costs a handful of kernel launches whatever its size, and
+#: launches, not caches, bound the time (docs/performance.md, "GPU"): tiles 64 times larger (64 MB of float32 per
+#: temporary) cut the launches of ``mmdpp`` at 256² by about half; memory stays bounded by the tile.
+DEVICE_TILE_ELEMENTS = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -101,11 +106,14 @@ def paired_features(weight: torch.Tensor, phase: torch.Tensor) -> PairedFeatures
     return PairedFeatures(matrix, m, n_sin, weight.shape[-1])
 
 
-def _tiles(n: int, m: int, pixels: int) -> list[tuple[tuple[int, int], list[tuple[int, int]]]]:
+def _tiles(n: int, m: int, pixels: int, device: torch.device
+           ) -> list[tuple[tuple[int, int], list[tuple[int, int]]]]:
     """Blocks of images ``(i0, i1)``, each with its chunks of features ``(j0, j1)``: tiles of about
-    :data:`TILE_ELEMENTS` features x pixels. The unfolded patches are formed one image block at a time."""
-    fc = max(1, min(m, TILE_ELEMENTS // max(1, pixels)))
-    nb = max(1, min(n, TILE_ELEMENTS // max(1, fc * pixels)))
+    :data:`TILE_ELEMENTS` features x pixels on the CPU, :data:`DEVICE_TILE_ELEMENTS` elsewhere. The unfolded
+    patches are formed one image block at a time."""
+    size = TILE_ELEMENTS if device.type == "cpu" else DEVICE_TILE_ELEMENTS
+    fc = max(1, min(m, size // max(1, pixels)))
+    nb = max(1, min(n, size // max(1, fc * pixels)))
     chunks = [(j, min(m, j + fc)) for j in range(0, m, fc)]
     return [((i, min(n, i + nb)), chunks) for i in range(0, n, nb)]
 
@@ -135,7 +143,7 @@ class _RFFBlockMeans(torch.autograd.Function):
         out = xp.new_empty(n, m + n_sin, hb, wb)
         save = need_grad and n * (m + sin_rows) * pixels <= MAX_FEATURE_ELEMENTS
         saved: list[tuple[torch.Tensor, torch.Tensor]] = []
-        tiles = _tiles(n, m, pixels)
+        tiles = _tiles(n, m, pixels, xp.device)
         for (i0, i1), chunks in tiles:
             cols = _unfold_ones(xp[i0:i1], k)  # C k² + 1 values a pixel, for this block of images only
             for j0, j1 in chunks:
