@@ -113,3 +113,32 @@ def test_help_parses(tf32, capsys):
     assert (args.threads, args.rounding, args.fp64) == (2, "nearest", False)
     with pytest.raises(SystemExit):
         tf32.build_parser().parse_args(["--rounding", "up"])
+
+
+def test_gpu_mode_settings_restore_and_columns(tf32, monkeypatch):
+    """``--device cuda``: the precision settings are set for the block and restored after it, even on an error,
+    and the measurement's columns hold every quantity (the compiled column the values only). The columns are
+    computed here on the CPU (the settings exist in CPU builds too), on two small crops, without compiling."""
+    before = torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
+    with tf32.cuda_precision(False, "high"):
+        assert (torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()) == (False, "high")
+    with pytest.raises(RuntimeError), tf32.cuda_precision(not before[0], "medium"):
+        raise RuntimeError
+    assert (torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()) == before
+    monkeypatch.setattr(torch, "compile", lambda fn, **_: fn)
+    y, x, _ = tf32.photo_pairs()
+    x, y = x[:2, :, :40, :40].contiguous(), y[:2, :, :40, :40].contiguous()
+    columns = tf32.measure_on_gpu(x, y, "cpu")
+    assert list(columns) == ["CPU fp32", "GPU ieee", "GPU default", "GPU high", "GPU compiled, no grad"]
+    truth, _ = columns["CPU fp32"]
+    assert truth["mmdpp default"].dtype == torch.float64 and "grad loss" in truth
+    assert set(columns["GPU compiled, no grad"][1]) == set(tf32.COMPILED_JOBS)
+    for name, (_, values) in columns.items():
+        for key, v in values.items():  # float32 against float64: rounding only
+            t = truth[key]
+            assert float((v.double() - t).norm() / t.norm()) < 1e-4, (name, key)
+    rows = tf32.report(columns, 1, missing="-")
+    assert rows[0].count("|") == len(columns) + 2 and any("| - |" in r for r in rows)
+    with pytest.raises(SystemExit, match="no CUDA device"):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        tf32.main(["--device", "cuda"])
