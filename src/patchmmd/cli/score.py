@@ -87,7 +87,14 @@ def _unmatched(only_ref: list[str], only_dist: list[str]) -> str:
 
 def _show_notice(notice: Any) -> None:
     """The runner's notices (rank 0 only), as notes and warnings on stderr."""
-    from ..scoring import IgnoredFiles, LockUnavailable, UnmatchedImages
+    from ..scoring import (
+        ChangedErrorRows,
+        ChangedImages,
+        IgnoredFiles,
+        LockUnavailable,
+        UnmatchedImages,
+        UnstampedRows,
+    )
 
     if isinstance(notice, IgnoredFiles):
         click.echo(f"note: {_ROLES[notice.role]}: {len(notice.files)} file(s) without an image suffix ignored "
@@ -98,6 +105,16 @@ def _show_notice(notice: Any) -> None:
     elif isinstance(notice, LockUnavailable):
         click.echo(f"warning: cannot lock {notice.output} ({notice.error}); make sure no other run writes it",
                    err=True)
+    elif isinstance(notice, ChangedImages):
+        click.echo(f"warning: {notice.pairs} finished pair(s) are scored again: {len(notice.files)} image file(s) "
+                   f"changed since they were scored ({_describe(notice.files)})", err=True)
+    elif isinstance(notice, ChangedErrorRows):
+        click.echo(f"note: {notice.rows} error row(s) are of image files changed since they were scored "
+                   f"({_describe(notice.files)}); they are kept, --retry-errors scores them again", err=True)
+    elif isinstance(notice, UnstampedRows):
+        click.echo(f"warning: {notice.rows} finished pair(s) come from a journal of an earlier patchmmd that "
+                   "records no file sizes or times: they are kept without checking whether their images changed "
+                   "since; if some did, start over with --overwrite", err=True)
 
 
 def _click_error(e: BaseException, *, retry_errors: bool = False) -> click.ClickException:
@@ -218,9 +235,11 @@ def score(
     atomically when the job ends. After an interruption (Ctrl-C, kill -9, a crash), rerun the same command
     with --resume to score only what is left (exit status 130 after Ctrl-C). A file that cannot be read or
     is larger than --max-pixels, or a pair of images of different sizes, gets a row with its error and the job
-    goes on; --resume keeps such rows, --resume --retry-errors scores them again. A folder that cannot be
-    listed is an error before the job starts. One run at a time may write OUT: a second one is refused while
-    the first holds OUT.lock.
+    goes on; --resume keeps such rows, --resume --retry-errors scores them again. --resume scores again the
+    pairs with a value whose image files changed since they were scored (size or modification time; a warning
+    says how many).
+    A folder that cannot be listed is an error before the job starts. One run at a time may write OUT: a second
+    one is refused while the first holds OUT.lock.
 
     Under torchrun (or any launcher setting WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) each
     process scores its share into its own journal (OUT.rank{r}-of-{w}.journal) and rank 0 writes the
@@ -302,6 +321,7 @@ def score(
         by = f" by {result.world_size} processes" if result.world_size > 1 else ""
         resumed = f", {result.skipped} from the journal" if result.skipped else ""
         resumed += f", {result.retried} error row(s) retried" if result.retried else ""
+        resumed += f", {result.changed} rescored (image files changed)" if result.changed else ""
         click.echo(
             f"wrote {len(result.rows)} rows to {out} ({result.scored + result.errors} scored now{by}{resumed}; "
             f"{result.error_rows} with errors) in {result.seconds:.1f}s",

@@ -13,6 +13,8 @@ pieces are built so that a job can also be split over several writers (``torchru
   batch. A ``kill -9`` can leave at most a truncated last line, which reading ignores and reopening cuts off.
   :func:`find_journals` lists an output's journals of any world size and :func:`done_rows` reads their
   finished rows, so a job can be resumed by another number of writers (see ``docs/distributed.md``).
+  Each row records the size and modification time of its two image files (:func:`file_stamp`), so that
+  :func:`changed_rows` finds the rows of images replaced in place since, which a resumed job scores again.
   Reading a journal checks every row's shape (:class:`JournalError` names the line of a bad one).
   :class:`OutputLock` keeps two runs from writing one output at once (``OUT.lock``, ``flock``); each open
   journal is held with ``flock`` too, so that :func:`journals_in_use` finds a writer of an earlier run still alive.
@@ -89,13 +91,17 @@ from .journal import (
     JOURNAL_FORMAT,
     JOURNAL_VERSION,
     ROW_KEYS,
+    STAMPS_KEY,
     Journal,
     JournalBusyError,
     OutputLock,
     OutputLockedError,
+    changed_rows,
     describe_holder,
     done_rows,
     drop_error_rows,
+    drop_rows,
+    file_stamp,
     find_journals,
     journal_path,
     journals_in_use,
@@ -125,6 +131,8 @@ from .runner import (
     DEFAULT_CACHE_PIXELS,
     DEFAULT_MODE_HINT,
     DEFAULT_RESIZE_HINT,
+    ChangedErrorRows,
+    ChangedImages,
     IgnoredFiles,
     LockUnavailable,
     Notice,
@@ -133,6 +141,7 @@ from .runner import (
     ScoreResult,
     ScoreRunner,
     UnmatchedImages,
+    UnstampedRows,
     _ImageCache,
     check_metric,
     finalize,
@@ -142,15 +151,16 @@ from .runner import (
 
 __all__ = [
     "CSV_COLUMNS_BASE", "DEFAULT_BATCH_PIXELS", "DEFAULT_CACHE_PIXELS", "DEFAULT_MODE_HINT", "DEFAULT_RESIZE_HINT",
-    "FORMULA_CHARS", "JOURNAL_FORMAT", "JOURNAL_VERSION", "ROW_KEYS", "FinalizeError", "FolderError",
-    "IgnoredFiles", "InconsistentJournalsError", "JobInterrupted", "JobMismatchError", "Journal", "JournalBusyError",
-    "JournalError",
+    "FORMULA_CHARS", "JOURNAL_FORMAT", "JOURNAL_VERSION", "ROW_KEYS", "STAMPS_KEY", "ChangedErrorRows",
+    "ChangedImages", "FinalizeError", "FolderError", "IgnoredFiles", "InconsistentJournalsError", "JobInterrupted",
+    "JobMismatchError", "Journal", "JournalBusyError", "JournalError",
     "JournalOpenError", "JournalWriteError", "LockUnavailable", "MetricSetupError", "NoPairsError",
     "NothingToResumeError", "Notice", "OutputExistsError", "OutputLock", "OutputLockedError", "OutputPathError",
     "PairTask", "PairedJob", "RankFailedError", "RunSummary", "ScoreJob", "ScoreResult", "ScoreRunner",
-    "ScoringError", "UnmatchedImages", "UntrustedJournalError", "_ImageCache", "all_pair_tasks",
-    "atomic_write_text", "check_metric", "creation_mode", "csv_line", "csv_text", "describe_holder", "done_rows",
-    "drop_error_rows", "error_text", "finalize", "find_journals", "format_value", "job_header", "journal_path",
+    "ScoringError", "UnmatchedImages", "UnstampedRows", "UntrustedJournalError", "_ImageCache", "all_pair_tasks",
+    "atomic_write_text", "changed_rows", "check_metric", "creation_mode", "csv_line", "csv_text", "describe_holder",
+    "done_rows", "drop_error_rows", "drop_rows", "error_text", "file_stamp", "finalize", "find_journals",
+    "format_value", "job_header", "journal_path",
     "journals_in_use", "list_images",
     "lock_path", "merge_journals", "paired_tasks", "printable_text", "read_journal", "readable_text",
     "remove_stale_temporaries", "remove_stale_temporaries_in",

@@ -51,12 +51,15 @@ from .errors import (
 )
 from .jobs import PairTask, all_pair_tasks, job_header, list_images, paired_tasks, shard, tasks_digest
 from .journal import (
+    STAMPS_KEY,
     Journal,
     JournalBusyError,
     OutputLock,
     OutputLockedError,
+    changed_rows,
     done_rows,
-    drop_error_rows,
+    drop_rows,
+    file_stamp,
     find_journals,
     journal_path,
     journals_in_use,
@@ -117,7 +120,12 @@ def _pixels(img: torch.Tensor) -> int:
 
 
 class _ImageCache:
-    """A small LRU cache of loaded images, bounded in count and in pixels (the newest image always stays)."""
+    """A small LRU cache of loaded images, bounded in count and in pixels (the newest image always stays).
+
+    Each image is kept with the :func:`~patchmmd.scoring.journal.file_stamp` its file had just before it was read
+    (:meth:`stamp`), so that a row records the stamps of the files its value comes from: a file changed after the
+    stamp was taken (even while it was read) has another stamp by the time a resume compares them.
+    """
 
     def __init__(
         self,
@@ -133,22 +141,31 @@ class _ImageCache:
         self.pixel_capacity = pixel_capacity
         self.pixels = 0
         self._items: OrderedDict[Path, torch.Tensor | ImageReadError] = OrderedDict()
+        self._stamps: dict[Path, list[int] | None] = {}
+
+    def stamp(self, path: Path) -> list[int] | None:
+        """The stamp of ``path`` taken as its cached image was read (or its reading failed); for a file not cached
+        (not read, or its reading ran out of memory), its stamp now."""
+        return self._stamps[path] if path in self._stamps else file_stamp(path)
 
     def get(self, path: Path) -> torch.Tensor:
         if path in self._items:
             self._items.move_to_end(path)
             item = self._items[path]
         else:
+            stamp = file_stamp(path)  # before reading: a change while it is read makes the stamp differ later
             try:
                 item = load_image(path, mode=self.mode, max_pixels=self.max_pixels)
             except ImageReadError as e:
                 item = e
             self._items[path] = item
+            self._stamps[path] = stamp
             self.pixels += self._size(item)
             while len(self._items) > 1 and (
                 len(self._items) > self.capacity or self.pixels > self.pixel_capacity
             ):
-                _, old = self._items.popitem(last=False)
+                gone, old = self._items.popitem(last=False)
+                del self._stamps[gone]
                 self.pixels -= self._size(old)
         if isinstance(item, ImageReadError):
             raise item
@@ -177,6 +194,9 @@ def run_tasks(
     mode_hint: str = DEFAULT_MODE_HINT,
 ) -> RunSummary:
     """Score the tasks not yet in ``journal`` and append their rows, one durable batch at a time.
+
+    Each row records the :func:`~patchmmd.scoring.journal.file_stamp` of its two files, taken just before they
+    were read (``stamps``; see :func:`~patchmmd.scoring.journal.changed_rows`).
 
     Pairs are read in job order in chunks of ``4 * batch_size`` pairs or ``4 * batch_pixels`` pixels,
     whichever comes first; inside a chunk, pairs whose images have the same shape are scored together in
@@ -211,8 +231,11 @@ def run_tasks(
     summary = RunSummary()
     todo = [t for t in tasks if t.id not in journal.done]
     summary.skipped = len(tasks) - len(todo)
+    stamps: dict[str, dict[str, list[int] | None]] = {}  # of the pairs read and not yet committed, by id
 
     def commit(rows: list[dict[str, Any]]) -> None:
+        for r in rows:
+            r[STAMPS_KEY] = stamps.pop(r["id"], {"ref": None, "dist": None})
         journal.append(rows)
         summary.scored += sum(r["error"] is None for r in rows)
         summary.errors += sum(r["error"] is not None for r in rows)
@@ -234,10 +257,18 @@ def run_tasks(
         error_rows.clear()
         groups.clear()
 
-    for t in todo:
+    def load(path: Path, role: str, pair: dict[str, list[int] | None]) -> torch.Tensor:
         try:
-            x = cache.get(t.ref_path)
-            y = cache.get(t.dist_path)
+            return cache.get(path)
+        finally:  # an unreadable file's stamp too: a resume tells when its error row is of a changed file
+            pair[role] = cache.stamp(path)
+
+    for t in todo:
+        pair: dict[str, list[int] | None] = {}
+        stamps[t.id] = pair
+        try:
+            x = load(t.ref_path, "ref", pair)
+            y = load(t.dist_path, "dist", pair)
             if x.shape != y.shape:
                 if x.shape[0] != y.shape[0]:
                     hint = mode_hint
@@ -250,6 +281,8 @@ def run_tasks(
                     raise ValueError(f"images differ in shape: {shape_text(x)} vs {shape_text(y)}"
                                      + (f" ({hint})" if hint else ""))
         except (ImageReadError, ValueError, MemoryError) as e:  # MemoryError: e.g. decoding a huge image
+            if "dist" not in pair:  # not read, as the first failed: its stamp as it is (the row holds either way)
+                pair["dist"] = cache.stamp(t.dist_path)
             error_rows.append(_row(t, metric, None, error_text(e, paths=(t.ref_path, t.dist_path))))
         else:
             groups.setdefault(tuple(x.shape), []).append((t, x, y))
@@ -409,7 +442,34 @@ class LockUnavailable:
     error: OSError
 
 
-Notice = IgnoredFiles | UnmatchedImages | LockUnavailable
+@dataclass(frozen=True)
+class ChangedImages:
+    """Notice (when resuming): ``pairs`` finished rows are dropped to be scored again because image files of theirs
+    (``files``, paths as the job reads them) changed since they were scored, in size or modification time."""
+
+    pairs: int
+    files: list[str]
+
+
+@dataclass(frozen=True)
+class ChangedErrorRows:
+    """Notice (when resuming without ``retry_errors``): ``rows`` error rows are of image files (``files``) that
+    changed since they were scored; they are kept, as every error row is unless ``retry_errors`` is set, which
+    scores them again."""
+
+    rows: int
+    files: list[str]
+
+
+@dataclass(frozen=True)
+class UnstampedRows:
+    """Notice (when resuming): ``rows`` finished rows come from a journal of an earlier version, which recorded no
+    file stamps: they are kept, though whether their image files changed since cannot be told."""
+
+    rows: int
+
+
+Notice = IgnoredFiles | UnmatchedImages | LockUnavailable | ChangedImages | ChangedErrorRows | UnstampedRows
 
 
 @dataclass
@@ -425,6 +485,8 @@ class ScoreResult:
     seconds: float
     retried: int = 0
     """Error rows of the journals dropped to be scored again (``retry_errors``)."""
+    changed: int = 0
+    """Rows with a value dropped to be scored again because an image file of their pair changed since."""
 
     @property
     def error_rows(self) -> int:
@@ -501,8 +563,11 @@ class ScoreRunner:
     ``retry_errors`` (:class:`InconsistentJournalsError` if not); lock the
     output (rank 0); apply the output rules (an existing output or journal needs
     ``resume`` or ``overwrite``) and read the finished rows when resuming; check that every rank sees the
-    same journals; with ``retry_errors``, drop the error rows from the journals (rank 0); open this rank's
-    journal; score this rank's share of what is left; rank 0 merges all journals into the CSV.
+    same journals; when resuming, drop from the journals (rank 0) the rows with a value whose image files changed
+    since they were scored (:func:`~patchmmd.scoring.journal.changed_rows`; notices :class:`ChangedImages`,
+    :class:`ChangedErrorRows` for error rows, which are kept as any error row, and :class:`UnstampedRows` for rows
+    of an earlier version's journal, which are kept unchecked) and, with ``retry_errors``, the error rows; open
+    this rank's journal; score this rank's share of what is left; rank 0 merges all journals into the CSV.
 
     Ctrl-C at any step (the listing, the metric check, the final CSV, not only the scoring) raises
     :class:`JobInterrupted` with what the journals hold; the CSV is replaced only whole, and the journals
@@ -761,16 +826,41 @@ class ScoreRunner:
             done = done_rows(journals, built.job, built.tasks)
         return own, done
 
-    def _drop_error_rows(self, built: _Built) -> None:
-        """Rank 0 rewrites every journal of the output without its error rows (``retry_errors``; locked)."""
+    def _drop_rows(self, built: _Built, ids: set[str], what: str) -> None:
+        """Rank 0 rewrites every journal of the output without the rows of ``ids`` (``what`` they are; locked)."""
         if not self.env.is_main:
             return
         for path in find_journals(self.job.output):
             try:
-                drop_error_rows(path, built.job, built.tasks)
+                drop_rows(path, ids, built.job, built.tasks)
             except OSError as e:
-                raise JournalOpenError(f"cannot rewrite the journal {path} without its error rows: {e}",
+                raise JournalOpenError(f"cannot rewrite the journal {path} without its {what}: {e}",
                                        path=path) from None
+
+    def _changed(self, done: dict[str, dict[str, Any]], tasks: Sequence[PairTask]) -> set[str]:
+        """The rows with a value whose image files changed since they were scored, as rank 0 finds them (every rank
+        gets rank 0's answer: the files are stat'ed once, and all ranks share out the same pairs). Notices say how
+        many and which files, how many error rows are of changed files (kept unless ``retry_errors``, like any
+        error row) and how many rows could not be checked (no stamps)."""
+        found: tuple[dict[str, list[str]], int] = ({}, 0)
+        if self.env.is_main:
+            found = changed_rows(done.values(), tasks)
+        if self.env.is_distributed:
+            found = distributed.all_gather_object(found)[0]
+        changed, unstamped = found
+
+        def files(ids: list[str]) -> list[str]:
+            return list(dict.fromkeys(f for i in ids for f in changed[i]))
+
+        values = [i for i in changed if done[i]["error"] is None]
+        errors = [i for i in changed if done[i]["error"] is not None]
+        if values:
+            self._notice(ChangedImages(len(values), files(values)))
+        if errors and not self.job.retry_errors:
+            self._notice(ChangedErrorRows(len(errors), files(errors)))
+        if unstamped:
+            self._notice(UnstampedRows(unstamped))
+        return set(values)
 
     def _open_journal(self, own: Path, built: _Built) -> Journal:
         try:
@@ -872,15 +962,19 @@ class ScoreRunner:
                 for p in find_journals(out):
                     p.unlink(missing_ok=True)
             distributed.barrier()  # no rank writes before the old journals are gone
-        retried = 0
-        if job.retry_errors:
-            failed = {i for i, r in done.items() if r["error"] is not None}
-            if failed:
+        retried = changed = 0
+        if done:  # resuming: rows with a value of changed image files are scored again, error rows on request
+            stale = self._changed(done, tasks)  # rows with a value only: error rows go with retry_errors
+            failed = {i for i, r in done.items() if r["error"] is not None} if job.retry_errors else set()
+            drop = stale | failed
+            if drop:
                 # Out of the journals before any rank opens its own (the step is a meeting point): the journals
                 # then hold one row per pair, so the new row is the only one whatever journal it lands in.
-                self._agreed(lambda: self._drop_error_rows(built))
-                done = {i: r for i, r in done.items() if i not in failed}
-                retried = len(failed)
+                what = "error rows" if not stale else "rows whose image files changed" + (
+                    " and error rows" if failed else "")
+                self._agreed(lambda: self._drop_rows(built, drop, what))
+                done = {i: r for i, r in done.items() if i not in drop}
+                retried, changed = len(failed), len(stale)
         # Every rank has read the same finished rows: the rest is shared out alike on every rank.
         remaining = [t for t in tasks if t.id not in done]
         skipped = len(tasks) - len(remaining)
@@ -958,6 +1052,7 @@ class ScoreRunner:
         return ScoreResult(
             output=out, rows=rows, scored=sum(s for s, _ in counts), errors=sum(e for _, e in counts),
             skipped=skipped, world_size=env.world_size, seconds=time.perf_counter() - t0, retried=retried,
+            changed=changed,
         )
 
 
