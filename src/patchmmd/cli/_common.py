@@ -358,7 +358,8 @@ def metric_setup_error(e: MetricSetupError) -> click.ClickException:
     naming ``--option`` (exit status 2)."""
     if e.missing_dependency:
         return click.ClickException(f"metric {e.metric!r} needs an optional dependency: {e}")
-    return click.BadParameter(f"{e.metric}: {e}", param_hint="--option")
+    text = str(e)  # a metric's own message may name it already ("vgg: weights file not found: ...")
+    return click.BadParameter(text if text.startswith(f"{e.metric}:") else f"{e.metric}: {text}", param_hint="--option")
 
 
 def device_option() -> Callable[[F], F]:

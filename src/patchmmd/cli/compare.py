@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,45 @@ def size_text(img: Any) -> str:
     return shape_text(img)
 
 
+def shown(path: str | Path) -> str:
+    """A file name as a message shows it, on one plain line (:func:`patchmmd.scoring.printable_text`): a line break
+    as ``\\n``, a terminal's escape character as ``\\x1b``, bytes that are not UTF-8 as ``\\xNN``.
+
+    Example:
+        >>> shown("a\\nb.png")
+        'a\\\\nb.png'
+    """
+    from ..scoring import printable_text
+
+    return printable_text(str(path))
+
+
+def shown_names(message: str, *paths: str | Path) -> str:
+    """``message`` (a reader's error, which holds the file names as they are) with each of ``paths`` as
+    :func:`shown` writes it."""
+    for path in paths:
+        if str(path):
+            message = message.replace(str(path), shown(path))
+    return message
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether ``a`` and ``b`` are one file (the same name, a hard link or a symbolic link to it); ``False`` when
+    either does not exist.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> _ = (d / "x.png").write_bytes(b"x")
+        >>> same_file(d / "x.png", d / "." / "x.png"), same_file(d / "x.png", d / "y.png")
+        (True, False)
+    """
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return False
+
+
 def load_pair(
     a: str, b: str, *, mode: ImageMode, resize: bool, max_pixels: int | None = DEFAULT_MAX_PIXELS
 ) -> tuple[Any, Any, bool]:
@@ -58,19 +98,20 @@ def load_pair(
         y = load_image(b, mode=mode, max_pixels=max_pixels)
     except ImageTooLargeError as e:
         hint = "" if e.by_pillow else "; --max-pixels sets the limit"
-        raise click.ClickException(f"{e}{hint}") from None
+        raise click.ClickException(f"{shown_names(str(e), a, b)}{hint}") from None
     except ImageReadError as e:
-        raise click.ClickException(str(e)) from None
+        raise click.ClickException(shown_names(str(e), a, b)) from None
     if x.shape[0] != y.shape[0]:
         raise click.ClickException(
-            f"the images have different modes: A {a} has {x.shape[0]} channel(s), B {b} has {y.shape[0]} "
-            f"(with --mode {mode}); use --mode RGB (alpha composited over white, gray replicated) or --mode L"
+            f"the images have different modes: A {shown(a)} has {x.shape[0]} channel(s), B {shown(b)} has "
+            f"{y.shape[0]} (with --mode {mode}); use --mode RGB (alpha composited over white, gray replicated) or "
+            "--mode L"
         )
     resized = False
     if x.shape != y.shape:
         if not resize:
             raise click.ClickException(
-                f"the images differ in size: A {a} is {size_text(x)}, B {b} is {size_text(y)}; "
+                f"the images differ in size: A {shown(a)} is {size_text(x)}, B {shown(b)} is {size_text(y)}; "
                 "pass --resize to resize B to A's size"
             )
         y = resize_to(y, (x.shape[1], x.shape[2]))
@@ -192,6 +233,10 @@ def compare(
     fn = _checked_metric(metric, options)
     dev = resolve_device_or_fail(device)
     if map_path is not None:  # after the other usage errors: it creates the map's folder
+        for role, image in (("A", a), ("B", b)):
+            if same_file(map_path, image):  # --overwrite would replace the image with the heat map
+                raise click.UsageError(f"--map {shown(map_path)} is the image {role} {shown(image)} (the same file, "
+                                       "or a link to it); give a path that is not one of the images")
         check_output_path(map_path, overwrite=overwrite, option="--map")
     x, y, resized = load_pair(a, b, mode=mode, resize=resize, max_pixels=max_pixels)
     try:
@@ -205,12 +250,15 @@ def compare(
         assert spec.map_factory is not None
         with torch.no_grad():
             dmap = spec.map_factory(**options)(x[None].to(dev), y[None].to(dev))
-        save_heatmap(
-            x, dmap[0, 0].cpu(), map_path,
-            # names that are not UTF-8 as \xNN: matplotlib cannot draw a lone surrogate
-            title=f"{metric}({readable_text(Path(a).name)}, {readable_text(Path(b).name)}) = {value:.4g}",
-            label=f"{metric} per pixel (mean = distance)",
-        )
+        try:
+            save_heatmap(
+                x, dmap[0, 0].cpu(), map_path,
+                # names that are not UTF-8 as \xNN: matplotlib cannot draw a lone surrogate
+                title=f"{metric}({readable_text(Path(a).name)}, {readable_text(Path(b).name)}) = {value:.4g}",
+                label=f"{metric} per pixel (mean = distance)",
+            )
+        except OSError as e:  # a read-only folder, a full disk: one line naming the option (exit status 1)
+            raise click.ClickException(f"--map {shown(map_path)}: cannot write the map: {e.strerror or e}") from None
     key = "score" if spec.higher_is_better else "distance"
     if as_json:
         obj = {
@@ -230,4 +278,4 @@ def compare(
     else:
         click.echo(repr(value))
         if map_path is not None:
-            click.echo(f"wrote distance map to {map_path}", err=True)
+            click.echo(f"wrote distance map to {shown(map_path)}", err=True)

@@ -36,7 +36,9 @@ def distortion_ladder(image: Any, *, seed: int = 0) -> tuple[Any, list[str], Any
 
     Raises:
         TypeError: ``image`` is not a floating tensor.
-        ValueError: another shape (a batch of several images included), an image too small, or a bad ``seed``.
+        ValueError: another shape (a batch of several images included), an image too small, values outside
+            [0, 1] (beyond rounding) or not finite (the distortions other than the shifts are clipped to [0, 1], so
+            such an image would be compared partly clipped), or a bad ``seed``.
 
     Example:
         >>> import torch
@@ -48,13 +50,15 @@ def distortion_ladder(image: Any, *, seed: int = 0) -> tuple[Any, list[str], Any
     """
     import torch
 
-    from ..core.validation import check_seed
+    from ..core.validation import check_pair, check_seed
 
     if not isinstance(image, torch.Tensor) or not image.is_floating_point():
         raise TypeError(f"distortion_ladder expects a floating tensor, got {getattr(image, 'dtype', type(image))}")
     x = image[None] if image.dim() == 3 else image
     if x.dim() != 4 or x.shape[0] != 1:
         raise ValueError(f"distortion_ladder expects one image (C, H, W) or (1, C, H, W), got {tuple(image.shape)}")
+    # finite and in [0, 1] up to rounding (RANGE_TOLERANCE): the distortions other than the shifts are clipped to it
+    check_pair(x, x, names=("image", "image"), range_text="[0, 1]", range_hint="rescale it to [0, 1]")
     seed = check_seed(seed)
     w = x.shape[-1] - MAX_SHIFT
     ref = x[..., :w]
@@ -134,7 +138,7 @@ def demo(image_name: str, out_dir: Path, map_for: str, overwrite: bool, device: 
 
     from .. import distance_map, l2_distance, mmdpp
     from ..data import sample_image, sample_names
-    from .compare import save_heatmap
+    from .compare import save_heatmap, shown
 
     if image_name not in sample_names():
         raise click.BadParameter(f"must be one of {sample_names()}, got {image_name!r}", param_hint="--image")
@@ -225,4 +229,4 @@ def demo(image_name: str, out_dir: Path, map_for: str, overwrite: bool, device: 
         "map": {"distortion": map_for, "file": files["map"].name},
     }
     output_file(files["json"]).write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    click.echo(f"wrote {files['md']}, {files['json']} and {files['map']}", err=True)
+    click.echo(f"wrote {shown(files['md'])}, {shown(files['json'])} and {shown(files['map'])}", err=True)

@@ -93,8 +93,9 @@ def theory(
 ) -> None:
     """Finite random CNN distance vs its infinite-width closed form (error ~ N^-1/2).
 
-    IMAGE1 and IMAGE2 are compared on their centre crops (same size needed); without them, a shipped
-    photo and a noisy copy are used.
+    IMAGE1 and IMAGE2 are read as RGB (as `compare` reads them) and compared on their square centre crops of
+    --crop pixels (of the shorter side if that is shorter), which must have the same size; without them, a
+    shipped photo and a noisy copy are used.
     """
     import matplotlib
 
@@ -108,6 +109,7 @@ def theory(
     from ..scoring.output import readable_text
     from ..theory.cnn import RandomCNNDistance
     from ..theory.nngp import infinite_cnn_distance
+    from .compare import shown, shown_names
 
     width_list = _parse_widths(widths)
     if (image1 is None) != (image2 is None):
@@ -118,7 +120,7 @@ def theory(
         try:  # a file that cannot be read: one line, as `compare` says it (exit status 1)
             x, y = load_image(image1, dtype=torch.float64), load_image(image2, dtype=torch.float64)
         except ImageReadError as e:
-            raise click.ClickException(str(e)) from None
+            raise click.ClickException(shown_names(str(e), image1, image2)) from None
         # names that are not UTF-8 as \xNN: theory.md is UTF-8, and a lone surrogate failed its write after the sweep
         label = f"{readable_text(image1)} vs {readable_text(image2)}"
     x, y = _center_crop(x, crop).unsqueeze(0), _center_crop(y, crop).unsqueeze(0)
@@ -197,6 +199,7 @@ def theory(
     fig.savefig(output_file(out / "theory.png"), dpi=120)
     plt.close(fig)
     click.echo("\n".join(lines[4:]))
-    click.echo(f"wrote {out / 'theory.csv'}, {out / 'theory.md'}, {out / 'theory.png'}", err=True)  # as `demo`
+    written = ", ".join(shown(out / name) for name in ("theory.csv", "theory.md", "theory.png"))
+    click.echo(f"wrote {written}", err=True)  # as `demo`
     if not math.isfinite(slope):
         raise click.ClickException("the fitted slope is not finite")

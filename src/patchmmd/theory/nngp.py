@@ -251,6 +251,11 @@ def nngp_from_inner_products(
     no-bias closed form ``(σ_w²/2)^L (‖p‖‖q‖/d) κ₁^{∘L}(cos)``; ``"auto"`` picks the closed form when
     ``sigma_b2 == 0``. Shapes broadcast.
 
+    Raises:
+        ValueError: ``depth`` or ``dim`` not an integer >= 1, ``sigma_w2`` not a finite number > 0, ``sigma_b2``
+            not a finite number >= 0 (no network has no layer or a negative variance), an unknown ``method``, or
+            ``method="closed_form"`` with ``sigma_b2 > 0``.
+
     Example:
         >>> pp, qq, pq = (torch.tensor(v, dtype=torch.float64) for v in (4.0, 9.0, 0.0))
         >>> v = nngp_from_inner_products(pp, qq, pq, dim=6, depth=1)  # (2 * 3 / 6) * κ₁(0) = 1/π
@@ -262,6 +267,9 @@ def nngp_from_inner_products(
     """
     if method not in ("auto", "recursion", "closed_form"):
         raise ValueError(f"method must be 'auto', 'recursion' or 'closed_form', got {method!r}")
+    depth, sigma_w2, sigma_b2 = (check_positive_int("depth", depth), check_positive_float("sigma_w2", sigma_w2),
+                                 check_nonnegative_float("sigma_b2", sigma_b2))
+    dim = check_positive_int("dim", dim)
     if method == "closed_form" and sigma_b2 != 0:
         raise ValueError(f"the closed form needs sigma_b2 == 0, got sigma_b2={sigma_b2!r}")
     if method == "closed_form" or (method == "auto" and sigma_b2 == 0):
