@@ -87,6 +87,12 @@ def _build_loss(name: str, weights: str | None, items: tuple[str, ...]) -> Any:
             "folder of the published weights holding vgg16.pth); no file given, so this run is skipped (nothing "
             "written; patchmmd downloads nothing)."
         )
+    if weights is None and folder_files(name) and not {"backbone", "weights"} & given_options:
+        raise click.UsageError(
+            f"--loss {name} needs its weight files: --weights DIR, a folder of the published weights (here: "
+            f"{', '.join(sorted(set(folder_files(name).values())))}), or -o backbone=PATH -o weights=PATH; none "
+            "given, so this run is skipped (nothing written; patchmmd downloads nothing)."
+        )
     folder = _weights_folder(weights)
     if folder is not None:  # the deep losses take their files from the folder (-o backbone=/weights= win)
         if any(k not in options for k in folder_files(name)):
@@ -126,15 +132,21 @@ def _probe_loss(loss: Any, name: str, probe: Any) -> None:
                                f"{' '.join(str(e).split())}") from None
 
 
-def _out_dir(out: str | None, command: str, loss: str, overwrite: bool, resume: bool = False) -> Path:
+def _out_dir(out: str | None, command: str, loss: str, overwrite: bool, resume: bool = False,
+             data_dir: str | None = None) -> Path:
     """The output folder (see :func:`prepare_output_dir`). For the training commands (``resume``: their
     ``--resume``): a stopped run's checkpoint makes the folder resumable, ``--overwrite`` removes it (training
-    starts over), and the folder is locked while the command runs (one run per folder, as ``eval`` does)."""
+    starts over), and the folder is locked while the command runs (one run per folder, as ``eval`` does). The
+    folder of the photos (``data_dir``) is refused: the run's images would become photos of the next run."""
     from ..tasks._common import CHECKPOINT_FILE
 
     if overwrite and resume:
         raise click.UsageError("--resume and --overwrite exclude each other: continue a run, or start it over")
     path = Path(out) if out is not None else Path("runs") / f"{command}-{loss}"
+    if data_dir is not None and _same_folder(path, Path(data_dir)):
+        raise click.UsageError(f"--out {path} is DATA_DIR: the run's images (held-out tiles, outputs) would be read "
+                               "as training photos by the next run on it, and could replace photos; give another "
+                               "folder")
     try:
         stopped = (path / CHECKPOINT_FILE).is_file()
         holds_files = path.is_dir() and any(path.iterdir())
@@ -160,6 +172,15 @@ def _out_dir(out: str | None, command: str, loss: str, overwrite: bool, resume: 
         if overwrite:
             (path / CHECKPOINT_FILE).unlink(missing_ok=True)
     return path
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` are one folder (through links, ``..``, another spelling); ``False`` if either
+    cannot be looked at."""
+    try:
+        return a.exists() and b.exists() and a.samefile(b)
+    except OSError:
+        return False
 
 
 def _checkpoint(folder: Path, settings: dict[str, Any], data_dir: str | None, loss: str, weights: str | None,
@@ -382,6 +403,10 @@ def _evaluator(names: str, weights: str | None, probe: Any) -> Any:
     from ..tasks.losses import MissingWeightsError
     from ..tasks.report import Evaluator
 
+    try:  # the metrics every run reports (PSNR, SSIM, sharpness) first: their size error is not a distance's
+        Evaluator(())(probe, probe)
+    except ValueError as e:
+        raise click.UsageError(f"these {tuple(probe.shape[-2:])} px images cannot be scored: {e}") from None
     distances = [n.strip() for n in names.split(",") if n.strip()]
     folder = _weights_folder(weights)
     vgg_file = weights if folder is None else None
@@ -407,7 +432,8 @@ def _split_options(f: Callable[..., Any], *, crop: int, steps: int, lr: float) -
                      help="Adam learning rate, a finite number > 0.")(f)
     f = click.option("--width", type=click.IntRange(min=1), default=32, show_default=True, help="Network width.")(f)
     f = click.option("--max-tiles", type=click.IntRange(min=1), default=None,
-                     help="Evaluate on at most this many held-out tiles [default: all].")(f)
+                     help="Evaluate on at most this many held-out tiles, taken in turns from the photos "
+                          "[default: all].")(f)
     f = click.option("--resume", is_flag=True,
                      help="Continue the run a kill or Ctrl-C stopped in --out (its checkpoint.pt, saved every minute "
                           "and when interrupted), with the same arguments; the result is the uninterrupted run's.")(f)
@@ -459,7 +485,7 @@ def train_ae_command(
     split, names = _data(data_dir, crop, max_tiles)
     _probe_loss(loss, loss_name, split.heldout[:1])
     evaluate = _evaluator(eval_distances, weights, split.heldout[:1])
-    folder = _out_dir(out, "train-ae", loss_name, overwrite, resume)
+    folder = _out_dir(out, "train-ae", loss_name, overwrite, resume, data_dir)
     arguments = {  # what the run depends on: in the checkpoint and, first, in metrics.json
         "task": "train-ae", "loss": loss_name, "loss_options": parse_metric_options(loss_option), "seed": seed,
         "data": names, "crop": crop, "batch": batch, "steps": steps, "lr": lr, "width": width, "latent": latent,
@@ -514,7 +540,7 @@ def train_sr_command(
     split, names = _data(data_dir, crop, max_tiles)
     _probe_loss(loss, loss_name, split.heldout[:1])
     evaluate = _evaluator(eval_distances, weights, split.heldout[:1])
-    folder = _out_dir(out, "train-sr", loss_name, overwrite, resume)
+    folder = _out_dir(out, "train-sr", loss_name, overwrite, resume, data_dir)
     arguments = {  # what the run depends on: in the checkpoint and, first, in metrics.json
         "task": "train-sr", "loss": loss_name, "loss_options": parse_metric_options(loss_option), "seed": seed,
         "data": names, "scale": scale, "crop": crop, "batch": batch, "steps": steps, "lr": lr, "width": width,

@@ -86,8 +86,8 @@ def train_autoencoder(
         x = random_crops(split.train, split.crop, batch, g)
         return x, x
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # the CPU generator alone: fork_rng restores it, and only it
+        torch.default_generator.manual_seed(seed)
         model = ConvAutoencoder(width, latent).to(device=ref.device, dtype=ref.dtype)
         return fit(model, loss, batches, steps=steps, lr=lr, seed=seed, callback=callback, checkpoint=checkpoint)
 

@@ -2,8 +2,11 @@
 
 Split (the same for every image): the right-most columns, ``max(crop, round(holdout * W))`` wide, are held
 out; the held-out crops are the non-overlapping ``crop x crop`` tiles of that strip's left-most ``crop`` columns,
-top to bottom (one tile per ``crop`` rows; the rest of a wider strip is neither trained on nor evaluated). Training
-crops are drawn from the remaining columns only, so no held-out pixel is ever seen in training. Crop
+top to bottom (one tile per ``crop`` rows; the rest of a wider strip is neither trained on nor evaluated). The
+tiles are ordered in turns over the images: every image's top tile, then every image's second tile, and so on (an
+image out of tiles drops out), so that the first ``max_tiles`` of them come from every image, not from the first
+image alone. Training crops are drawn from the remaining columns only, so no held-out pixel is ever seen in
+training. Crop
 positions (and horizontal flips) come from a ``torch.Generator`` seeded with the run's seed: the data order
 is fixed.
 """
@@ -113,7 +116,7 @@ def split_photos(
         if img.dim() != 3 or img.shape[0] != images[0].shape[0]:
             raise ValueError(f"the images must be (C, H, W) with the same C, got {tuple(img.shape)} for {label[i]} "
                              f"and {tuple(images[0].shape)} for {label[0]}")
-    train, tiles = [], []
+    train, columns = [], []
     for i, img in enumerate(images):
         _, h, w = img.shape
         strip = max(crop, round(holdout * w))
@@ -123,11 +126,11 @@ def split_photos(
             )
         train.append(img[:, :, : w - strip])
         left = w - strip
-        for top in range(0, h - crop + 1, crop):
-            tiles.append(img[:, top : top + crop, left : left + crop])
-    heldout = torch.stack(tiles)
-    if max_tiles is not None:
-        heldout = heldout[:max_tiles]
+        columns.append([img[:, top : top + crop, left : left + crop] for top in range(0, h - crop + 1, crop)])
+    # in turns over the images: a cut to max_tiles keeps tiles of every image (image by image, the first
+    # image's tiles alone would be the whole evaluation)
+    tiles = [column[k] for k in range(max(map(len, columns))) for column in columns if k < len(column)]
+    heldout = torch.stack(tiles[:max_tiles] if max_tiles is not None else tiles)
     return Split(train, heldout, crop)
 
 

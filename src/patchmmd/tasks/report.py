@@ -126,6 +126,9 @@ class Evaluator:
         if x.shape != y.shape or x.dim() != 4 or len(x) == 0:
             raise ValueError(f"x and y must be non-empty batches (N, C, H, W) of the same shape, got {tuple(x.shape)} "
                              f"and {tuple(y.shape)}")
+        if min(x.shape[-2:]) < 2:  # (pytorch-msssim's error named neither the size nor the metric)
+            raise ValueError(f"the metrics need images of at least 2x2 px (SSIM's window, the sharpness's Laplacian), "
+                             f"got {tuple(x.shape)}")
         x, y = x.detach().clamp(0, 1), y.detach().clamp(0, 1)
         step = max(1, self.CHUNK_PIXELS // (x.shape[-2] * x.shape[-1]))
         sums: dict[str, float] = {}

@@ -106,8 +106,8 @@ def train_superres(
         hr = random_crops(split.train, split.crop, batch, g)
         return degrade(hr, scale), hr
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # the CPU generator alone: fork_rng restores it, and only it
+        torch.default_generator.manual_seed(seed)
         model = SRNet(scale, width, blocks).to(device=ref.device, dtype=ref.dtype)
         return fit(model, loss, batches, steps=steps, lr=lr, seed=seed, callback=callback, checkpoint=checkpoint)
 
