@@ -32,7 +32,8 @@ def files(tmp_path: Path) -> dict[str, Path]:
 
 
 def test_value_equals_library(files: dict[str, Path]) -> None:
-    r = invoke("compare", files["a"], files["b"])
+    # on the CPU, as the library call it is compared with (--device auto would pick a GPU where there is one)
+    r = invoke("compare", files["a"], files["b"], "--device", "cpu")
     assert r.exit_code == 0, r.output
     x, y = load_image(files["a"]), load_image(files["b"])
     assert float(r.output) == pytest.approx(float(mmdpp(x, y)), rel=1e-6)
@@ -43,7 +44,7 @@ def test_value_equals_library(files: dict[str, Path]) -> None:
 
 
 def test_metric_options(files: dict[str, Path]) -> None:
-    r = invoke("compare", files["a"], files["b"], "-o", "seed=3", "-o", "num_features=64", "--json")
+    r = invoke("compare", files["a"], files["b"], "-o", "seed=3", "-o", "num_features=64", "--json", "--device", "cpu")
     assert r.exit_code == 0, r.output
     x, y = load_image(files["a"]), load_image(files["b"])
     assert json.loads(r.output)["distance"] == pytest.approx(float(mmdpp(x, y, seed=3, num_features=64)), rel=1e-6)
@@ -178,7 +179,7 @@ def test_a_single_valued_option_given_twice_is_refused(files: dict[str, Path], t
     assert r.exit_code == 2 and "seed was given twice (1, 2)" in r.output, r.output
     # the same value twice, flags twice and a repeatable option are harmless
     r = invoke("compare", files["a"], files["b"], "-m", "l2", "--metric", "l2", "--json", "--json",
-                "-o", "value_range=[0, 1]", "-o", "value_range=[0, 1]")
+                "-o", "value_range=[0, 1]", "-o", "value_range=[0, 1]", "--device", "cpu")
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["distance"] == pytest.approx(float(l2_distance(load_image(files["a"]),
                                                                                load_image(files["b"]))), rel=1e-6)

@@ -491,8 +491,8 @@ def test_ctrl_c_during_the_metric_check_exits_130_and_keeps_the_journal(
     pair_dirs: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ref, dist = pair_dirs
-    expected = tmp_path / "expected.csv"
-    assert invoke("score", ref, dist, "--out", expected, "-m", "l2", "-q").exit_code == 0
+    expected = tmp_path / "expected.csv"  # on the CPU, as the journal's rows (a GPU's sums round otherwise)
+    assert invoke("score", ref, dist, "--out", expected, "-m", "l2", "-q", "--device", "cpu").exit_code == 0
     out = tmp_path / "s.csv"
     journal = _journal_of(ref, dist, out, 2)
     before = journal.read_bytes()
@@ -505,7 +505,7 @@ def test_ctrl_c_during_the_metric_check_exits_130_and_keeps_the_journal(
         assert journal.read_bytes() == before and not out.exists()
         r = invoke("score", ref, dist, "--out", tmp_path / "fresh.csv", "-m", "l2")  # a fresh job: nothing saved
         assert r.exit_code == 130 and "interrupted: 0 of 5 pairs are saved" in r.output, r.output
-    r = invoke("score", ref, dist, "--out", out, "-m", "l2", "--resume")
+    r = invoke("score", ref, dist, "--out", out, "-m", "l2", "--resume", "--device", "cpu")
     assert r.exit_code == 0 and "2 from the journal" in r.output, r.output
     assert out.read_text() == expected.read_text()
 
@@ -551,8 +551,8 @@ def flaky_job(pair_dirs: tuple[Path, Path], tmp_path: Path) -> tuple[Path, Path,
     (dist / "im01.png").write_bytes(good)
     rows = [json.loads(line) for line in journal.read_text().splitlines()[1:]]
     assert {r["ref"]: r["error"] is not None for r in rows} == {"im00.png": False, "im01.png": True, "im02.png": False}
-    expected = tmp_path / "expected.csv"
-    assert invoke("score", ref, dist, "--out", expected, "-m", "l2", "-q").exit_code == 0
+    expected = tmp_path / "expected.csv"  # on the CPU, as the journal's rows (a GPU's sums round otherwise)
+    assert invoke("score", ref, dist, "--out", expected, "-m", "l2", "-q", "--device", "cpu").exit_code == 0
     return ref, dist, expected
 
 
@@ -566,12 +566,12 @@ def test_resume_keeps_error_rows_and_retry_errors_scores_them_again(
     kept = tmp_path / "kept.csv"
     shutil.copy(tmp_path / "s.csv.journal", tmp_path / "kept.csv.journal")
     # --resume alone keeps the error row
-    r = invoke("score", ref, dist, "--out", kept, "-m", "l2", "--resume")
+    r = invoke("score", ref, dist, "--out", kept, "-m", "l2", "--resume", "--device", "cpu")
     assert r.exit_code == 0, r.output
     assert "1 with errors" in r.output
     assert _rows(kept)[1]["error"] != "" and _rows(kept)[1]["distance"] == ""
     # --retry-errors scores it again; the rows with a value are kept
-    r = invoke("score", ref, dist, "--out", out, "-m", "l2", "--resume", "--retry-errors")
+    r = invoke("score", ref, dist, "--out", out, "-m", "l2", "--resume", "--retry-errors", "--device", "cpu")
     assert r.exit_code == 0, r.output
     assert "2 from the journal, 1 error row(s) retried" in r.output and "0 with errors" in r.output
     assert out.read_text() == expected.read_text()
@@ -596,9 +596,9 @@ def test_retry_errors_replaces_an_error_row_of_another_writers_journal(
         with scoring.Journal.open(scoring.journal_path(out, rank, 2), job) as j:
             scoring.run_tasks(scoring.shard(tasks, rank, 2)[:2], "l2", j)
     (dist / "im03.png").write_bytes(good)
-    expected = tmp_path / "expected.csv"
-    assert invoke("score", ref, dist, "--out", expected, "-m", "l2", "-q").exit_code == 0
-    r = invoke("score", ref, dist, "--out", out, "-m", "l2", "--resume", "--retry-errors")
+    expected = tmp_path / "expected.csv"  # on the CPU, as the journals' rows
+    assert invoke("score", ref, dist, "--out", expected, "-m", "l2", "-q", "--device", "cpu").exit_code == 0
+    r = invoke("score", ref, dist, "--out", out, "-m", "l2", "--resume", "--retry-errors", "--device", "cpu")
     assert r.exit_code == 0, r.output
     assert "1 error row(s) retried" in r.output
     assert out.read_text() == expected.read_text()
