@@ -74,14 +74,15 @@ def _split(name: str, options: dict[str, Any], default_scale: bool, module: type
     return opts, check_bool("scale_rule", opts.pop("scale_rule", default_scale))
 
 
-@register("random-cnn", "random-filter CNN (3x3 + 1x1 conv, ReLU, He, width 512), windowed pooling",
+@register("random-cnn", "random-filter CNN (3x3 + 1x1 conv, ReLU, He, width 512), windowed pooling; under MMD++'s "
+                       "scale rule (scale_rule=false: at full resolution)",
           group="theory", differentiable=True)
 def _random_cnn(**options: Any) -> Metric:
     opts, scale = _split("random-cnn", options, True, RandomCNNDistance)
     return with_scale_rule(RandomCNNDistance(**opts), scale)
 
 
-@register("random-cnn-zero-mean", "random-filter CNN with zero-mean first-layer filters",
+@register("random-cnn-zero-mean", "random-filter CNN with zero-mean first-layer filters; under the scale rule",
           group="theory", differentiable=True)
 def _random_cnn_zero_mean(**options: Any) -> Metric:
     opts, scale = _split("random-cnn-zero-mean", options, True, RandomCNNDistance)
@@ -91,7 +92,8 @@ def _random_cnn_zero_mean(**options: Any) -> Metric:
     return with_scale_rule(RandomCNNDistance(**{"first_layer": "zero_mean", **opts}), scale)
 
 
-@register("infinite-cnn", "infinitely wide random CNN: windowed MMD² with the arc-cosine (NNGP) kernel",
+@register("infinite-cnn", "infinitely wide random CNN: windowed MMD² with the arc-cosine (NNGP) kernel; under the "
+                          "scale rule",
           group="theory", differentiable=True)
 def _infinite_cnn(**options: Any) -> Metric:
     opts, scale = _split("infinite-cnn", options, True, InfiniteCNNDistance)
