@@ -32,6 +32,9 @@ _LUMA = (0.299, 0.587, 0.114)
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        # 8-bit levels would be counted in units of 255²: a ratio against a [0, 1] truth off by 65025
+        raise TypeError(f"the lattice power expects floating images in [0, 1], got {getattr(x, 'dtype', type(x))}")
     if x.dim() == 3:
         x = x[None]
     if x.dim() != 4:
@@ -48,9 +51,17 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
 def lattice_power(x: torch.Tensor, period: int = 4) -> torch.Tensor:
     """Per-image power at the lattice frequencies of ``period`` (see the module docstring): ``(N,)``.
 
+    The power is a sum over the pixels (Parseval: over all bins it is the image's sum of squared deviations from
+    its mean), so the same pattern on an image of twice the area has twice the power; it does not change when a
+    constant is added to the image, nor when the image is shifted circularly. :func:`lattice_ratio` compares
+    images of the same size.
+
     Raises:
-        ValueError: not 1 or 3 channels, a side that is not a multiple of ``period``, or ``period`` not an integer
-            >= 2 (NumPy integers included).
+        TypeError: ``x`` is not a floating tensor (8-bit levels would be counted in other units than a [0, 1]
+            image's).
+        ValueError: not 1 or 3 channels, a side that is not a multiple of ``period`` or shorter than two periods
+            (within one period every image is periodic: every bin would count), or ``period`` not an integer >= 2
+            (NumPy integers included).
 
     Example:
         >>> float(lattice_power(torch.full((1, 3, 8, 8), 0.5)))
@@ -59,8 +70,8 @@ def lattice_power(x: torch.Tensor, period: int = 4) -> torch.Tensor:
     period = check_positive_int("period", period, minimum=2)
     g = _gray(x)
     h, w = g.shape[-2:]
-    if h % period or w % period:
-        raise ValueError(f"image sides {h}x{w} must be multiples of the period {period}")
+    if h % period or w % period or min(h, w) < 2 * period:
+        raise ValueError(f"image sides {h}x{w} must be multiples of the period {period}, at least two periods long")
     g = g - g.mean(dim=(-2, -1), keepdim=True)
     power = torch.fft.fft2(g).abs().pow(2) / (h * w)
     bins = power[:, :: h // period, :: w // period]  # (N, period, period): bins (k H/p, l W/p)
@@ -71,9 +82,14 @@ def lattice_ratio(x: torch.Tensor, truth: torch.Tensor, period: int = 4) -> floa
     """Lattice power of ``x`` summed over the batch, divided by that of ``truth`` (same shapes).
 
     NaN when the truth has no power there (a constant image).
+
+    Raises:
+        TypeError, ValueError: as :func:`lattice_power`; also shapes that differ or an empty batch.
     """
     if x.shape != truth.shape:
         raise ValueError(f"x {tuple(x.shape)} and truth {tuple(truth.shape)} differ in shape")
+    if x.dim() == 4 and x.shape[0] == 0:  # else NaN, read as "the truth has no lattice power"
+        raise ValueError("the lattice ratio needs at least one image, got an empty batch")
     den = float(lattice_power(truth, period).sum())
     num = float(lattice_power(x, period).sum())
     return num / den if den > 0 else float("nan")
