@@ -56,7 +56,8 @@ def high_frequency_energy(x: torch.Tensor) -> torch.Tensor:
 
 
 def sharpness_ratio(x: torch.Tensor, reference: torch.Tensor) -> float:
-    """Total high-frequency energy of ``x`` over that of ``reference`` (batches of any sizes)."""
+    """Mean per-image high-frequency energy (:func:`high_frequency_energy`, itself a mean over pixels) of ``x``
+    over that of ``reference`` (batches of any sizes; every image counts alike whatever its size)."""
     den = float(high_frequency_energy(reference).mean())
     return float(high_frequency_energy(x).mean()) / den if den > 0 else float("nan")
 
