@@ -17,9 +17,10 @@ The compiled CPU kernels build once per revision into the usual cache (keyed by 
 Only committed code is timed (the working tree is never read or changed): an arm at ``HEAD`` while ``src``
 has uncommitted changes is refused, since it would not time them.
 
-Printed per configuration: each round's median for A and B (ms) and the ratio B / A of the medians over the
-rounds. Inputs are a seeded image and a noisy copy of it, in [0, 1], float32 on the CPU; the mode is the
-distance forward (``forward``) or forward and backward through ``x`` (``forward+backward``).
+Printed per configuration: each round's median for A and B (ms), the ratio B / A of the medians over the
+rounds, and the lowest and highest ratio of one round's pair. Inputs are a seeded image and a noisy copy of it,
+in [0, 1], float32 on the CPU; the mode is the distance forward (``forward``) or forward and backward through
+``x`` (``forward+backward``).
 """
 
 from __future__ import annotations
@@ -197,7 +198,9 @@ def main(argv: list[str] | None = None) -> None:
                     times[i].append(run_arm(srcs[i], name, options, size, batch, args))
             a, b = (" / ".join(f"{t * 1e3:.1f}" for t in ts) for ts in times)
             ratio = statistics.median(times[1]) / statistics.median(times[0])
-            print(f"{size}x{size} x{batch}: A {a} | B {b} | B/A {ratio:.3f}", flush=True)
+            rounds = [tb / ta for ta, tb in zip(times[0], times[1], strict=True)]  # each round's pair
+            print(f"{size}x{size} x{batch}: A {a} | B {b} | B/A {ratio:.3f} (rounds {min(rounds):.3f}-"
+                  f"{max(rounds):.3f})", flush=True)
 
 
 if __name__ == "__main__":

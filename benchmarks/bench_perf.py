@@ -241,8 +241,8 @@ def bench(configs: list[tuple[int, int]], modes: list[str], repeats: int, device
                 med = statistics.median(ts)
                 ratios = [t / t0 for t, t0 in zip(ts, times["lpips-alex"], strict=True)]  # same round
                 rows.append(dict(device=device, threads=torch.get_num_threads(), size=size, batch=n, mode=mode,
-                                 method=name, median_s=round(med, 5), vs_lpips_alex=round(med / ref, 3),
-                                 repeats=repeats, ratio_min=round(min(ratios), 3), ratio_max=round(max(ratios), 3)))
+                                 method=name, median_s=med, vs_lpips_alex=med / ref, repeats=repeats,
+                                 ratio_min=min(ratios), ratio_max=max(ratios)))
                 print(f"{size:5d}² x{n:<3d} {mode:16s} {name:28s} {med * 1e3:10.1f} ms  {med / ref:7.3f}x lpips-alex "
                       f"(rounds {min(ratios):.3f}-{max(ratios):.3f})", flush=True)
     return rows
@@ -255,16 +255,15 @@ def scaling(sizes: list[int], repeats: int, device: str) -> list[dict[str, objec
     times: dict[int, list[float]] = {s: [] for s in sizes}
     for s in sizes:
         run_once(fn, *data[s], "forward+backward", device)
-    for _ in range(repeats):
-        for s in sizes:
+    for r in range(repeats):
+        for s in (sizes if r % 2 == 0 else sizes[::-1]):  # odd rounds in the reverse order (as in bench)
             times[s].append(run_once(fn, *data[s], "forward+backward", device))
     med = {s: statistics.median(v) for s, v in times.items()}
     slope = _exponent(sizes, [med[s] for s in sizes])
     rows = []
     for s in sizes:
         rows.append(dict(device=device, threads=torch.get_num_threads(), size=s, batch=1, mode="forward+backward",
-                         method="mmdpp-default", median_s=round(med[s], 5), exponent=round(slope, 3),
-                         repeats=repeats))
+                         method="mmdpp-default", median_s=med[s], exponent=slope, repeats=repeats))
         print(f"{s:5d}²  {med[s] * 1e3:10.1f} ms", flush=True)
     print(f"fitted exponent of time vs pixel count: {slope:.3f}")
     return rows
@@ -323,41 +322,49 @@ def _exponent(sizes: list[int], times: list[float]) -> float:
     return sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=True)) / sum((a - mx) ** 2 for a in lx)
 
 
+def _mb(value: float | None) -> str:
+    return f"{value:.0f} MB" if value is not None else "not readable"
+
+
 def scaling_thp(sizes: list[int], rounds: int, repeats: int) -> list[dict[str, object]]:
     """``--scaling`` with PyTorch's transparent-huge-page allocation off and on (``THP_MEM_ALLOC_ENABLE``, read
     by PyTorch's CPU allocator, so one subprocess per setting), the two settings alternating for ``rounds``
-    rounds; per size the median over the rounds of each child's median of ``repeats`` calls."""
+    rounds (off first in even rounds, on first in odd ones); per size the median over the rounds of each child's
+    median of ``repeats`` calls, its ratio to THP off and the lowest and highest ratio of one round's pair."""
     settings = ("0", "1")
     got: dict[str, list[dict[str, Any]]] = {v: [] for v in settings}
     code = _SCALING_CHILD.format(bench_dir=os.path.dirname(os.path.abspath(__file__)), sizes=sizes,
                                  repeats=repeats, threads=torch.get_num_threads(), unrelated=UNRELATED[0])
     for r in range(rounds):
-        for v in settings:
+        for v in (settings if r % 2 == 0 else settings[::-1]):
             res = _run_child(code, f"--scaling-thp THP_MEM_ALLOC_ENABLE={v}",
                              env={**os.environ, "THP_MEM_ALLOC_ENABLE": v})
             got[v].append(res)
             print(f"round {r + 1} THP_MEM_ALLOC_ENABLE={v}: "
                   + ", ".join(f"{s}² {res['times'][str(s)] * 1e3:.1f} ms" for s in sizes)
-                  + f", peak RSS {res['peak_mb']:.0f} MB", flush=True)
+                  + f", peak RSS {_mb(res['peak_mb'])}", flush=True)
     rows = []
     med = {v: [statistics.median(g["times"][str(s)] for g in got[v]) for s in sizes] for v in settings}
     for v in settings:
         slope = _exponent(sizes, med[v])
-        peak = max(g["peak_mb"] or 0.0 for g in got[v])
+        peaks = [g["peak_mb"] for g in got[v]]
+        peak = None if None in peaks else max(peaks)  # not readable (not Linux): no figure rather than 0
         for s, t, t0 in zip(sizes, med[v], med["0"], strict=True):
+            ratios = [g["times"][str(s)] / g0["times"][str(s)] for g, g0 in zip(got[v], got["0"], strict=True)]
             rows.append(dict(device="cpu", threads=torch.get_num_threads(), size=s, batch=1, mode="forward+backward",
-                             method="mmdpp-default", thp=v, median_s=round(t, 5), vs_thp_off=round(t / t0, 3),
-                             exponent=round(slope, 3), peak_mb=round(peak, 1), rounds=rounds, repeats=repeats))
+                             method="mmdpp-default", thp=v, median_s=t, vs_thp_off=t / t0, ratio_min=min(ratios),
+                             ratio_max=max(ratios), exponent=slope, peak_mb=peak, rounds=rounds, repeats=repeats))
         print(f"THP_MEM_ALLOC_ENABLE={v}: " + ", ".join(f"{s}² {t * 1e3:.1f} ms" for s, t in zip(sizes, med[v],
                                                                                                strict=True))
-              + f"; exponent {slope:.3f}; largest peak RSS {peak:.0f} MB", flush=True)
+              + f"; exponent {slope:.3f}; largest peak RSS {_mb(peak)}", flush=True)
     return rows
 
 
 def kernel_scaling(configs: list[tuple[int, int]], repeats: int, threads: int) -> list[dict[str, object]]:
     """Thread scaling of what the compiled CPU kernels run, in the default distance: its MMD term forward+backward
     (``rff_sums`` for both images, ``rff_sums_grad``) and its aligned terms without gradient (the offset
-    scan ``aligned_scan``), each on 1 and on ``threads`` threads, interleaved, medians."""
+    scan ``aligned_scan``), each on 1 and on ``threads`` threads, interleaved, medians; the speedup's spread is the
+    lowest and highest ratio of one round's pair."""
     parts: dict[str, tuple[str, Callable]] = {
         "mmd-term": ("forward+backward", lambda x, y: patchmmd.mmdpp(x, y, weight_l2=0.0, weight_local=0.0)),
         "aligned-scan": ("forward", lambda x, y: patchmmd.mmdpp(x, y, weight_mmd=0.0)),
@@ -377,9 +384,10 @@ def kernel_scaling(configs: list[tuple[int, int]], repeats: int, threads: int) -
                         ts.append(dt)
             for name in parts:
                 one, many = statistics.median(times[(name, 1)]), statistics.median(times[(name, threads)])
-                rows.append(dict(size=size, batch=n, part=name, mode=parts[name][0], ms_1_thread=round(one, 2),
-                                 threads=threads, ms_threads=round(many, 2), speedup=round(one / many, 3),
-                                 repeats=repeats))
+                speedups = [a / b for a, b in zip(times[(name, 1)], times[(name, threads)], strict=True)]  # same round
+                rows.append(dict(size=size, batch=n, part=name, mode=parts[name][0], ms_1_thread=one,
+                                 threads=threads, ms_threads=many, speedup=one / many, speedup_min=min(speedups),
+                                 speedup_max=max(speedups), repeats=repeats))
                 print(f"{size:>5}² x{n:<3} {name:14s} 1 thread {one:8.2f} ms   {threads} threads {many:8.2f} ms   "
                       f"x{one / many:.2f}", flush=True)
     finally:
@@ -409,6 +417,9 @@ def memory(configs: list[tuple[int, int]], modes: list[str], device: str, exact_
         for mode in modes:
             for name in names:
                 if device.startswith("cuda"):
+                    # the targets an earlier method precomputed (other images, another preset) would stay on the GPU
+                    # and count in this one's peak: each measurement starts without them, as in a fresh CPU child
+                    _TARGETS.clear()
                     fn = methods(device, size, True)[name]
                     x, y = images(n, size, device)
                     run_once(fn, x, y, mode, device)  # warm-up, as in the CPU child (feature draws, a target)
@@ -424,8 +435,7 @@ def memory(configs: list[tuple[int, int]], modes: list[str], device: str, exact_
                                              unrelated=UNRELATED[0], compiled=COMPILED[0])
                     res = _run_child(code, f"--memory {name} {size}x{n} {mode}")
                 rows.append(dict(device=device, threads=torch.get_num_threads(), size=size, batch=n, mode=mode,
-                                 method=name, peak_mb=round(res["peak_mb"], 1),
-                                 above_inputs_mb=round(res["above_inputs_mb"], 1)))
+                                 method=name, peak_mb=res["peak_mb"], above_inputs_mb=res["above_inputs_mb"]))
                 print(f"{size:5d}² x{n:<3d} {mode:16s} {name:22s} peak {res['peak_mb']:8.1f} MB "
                       f"(+{res['above_inputs_mb']:.1f} MB during the call)", flush=True)
     return rows
@@ -449,8 +459,8 @@ def accuracy(feature_counts: list[int]) -> list[dict[str, object]]:
         fast = patchmmd.mmdpp(ref.to(dtype), dist.to(dtype), num_features=count).double()
         rel = (fast - exact).abs() / exact
         rows.append(dict(num_features=count, dtype=str(dtype).replace("torch.", ""), pairs=len(ref),
-                         spearman=round(float(spearmanr(fast.numpy(), exact.numpy()).statistic), 4),
-                         median_rel_error=round(float(rel.median()), 5), max_rel_error=round(float(rel.max()), 5)))
+                         spearman=float(spearmanr(fast.numpy(), exact.numpy()).statistic),
+                         median_rel_error=float(rel.median()), max_rel_error=float(rel.max())))
         print(rows[-1], flush=True)
     return rows
 
@@ -459,8 +469,12 @@ def markdown(rows: list[dict[str, object]]) -> str:
     if not rows:
         return ""
     keys = list(rows[0])
+
+    def cell(v: object) -> str:  # a table to read: 4 significant digits (the CSV keeps every digit)
+        return f"{v:.4g}" if isinstance(v, float) else "" if v is None else str(v)
+
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]
+    lines += ["| " + " | ".join(cell(r.get(k)) for k in keys) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -625,6 +639,8 @@ def main(argv: list[str] | None = None) -> None:
     cpu_only = [flag for flag in fixed if flag != "--scaling"]
     if cpu_only and a.device != "cpu":
         p.error(f"{cpu_only[0]} runs on the CPU only (got --device {a.device})")
+    if a.out and a.md and os.path.realpath(a.out) == os.path.realpath(a.md):
+        p.error(f"--out and --md name one file ({a.out}): the Markdown table would overwrite the CSV")
     if a.threads is not None:
         torch.set_num_threads(a.threads)
     UNRELATED[0] = a.unrelated

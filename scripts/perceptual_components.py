@@ -223,6 +223,8 @@ def main(argv: list[str] | None = None) -> None:
             ap.error(f"--human: {e}")
     if args.out is not None and (args.out.is_dir() or not args.out.parent.is_dir()):
         ap.error(f"--out: {args.out} is a folder or its folder does not exist")
+    if args.out is not None and args.out.resolve() in {p.resolve() for p in args.human}:
+        ap.error(f"--out: {args.out} is a human set's labels.csv that this run reads (--human)")
     torch.set_num_threads(args.threads)
     t0 = time.time()
     rows = compute(args.human, deep)

@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--live-dev: {args.live_dev / 'labels.csv'} not found")
     if args.out is not None and (args.out.is_dir() or not args.out.parent.is_dir()):  # before minutes of work
         parser.error(f"--out: {args.out} is a folder or its folder does not exist")
+    if args.out is not None and args.out.resolve() == (args.live_dev / "labels.csv").resolve():
+        parser.error(f"--out: {args.out} is the human scores this run reads (--live-dev's labels.csv)")
 
     ds = MOSDataset(args.live_dev / "labels.csv", group_column="distortion")
     items = [ds[i] for i in ds.scored]

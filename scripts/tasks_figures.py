@@ -2,7 +2,9 @@
 
 Usage: python scripts/tasks_figures.py RUNS_DIR OUT_IMG_DIR
 (RUNS_DIR holds gim-LOSS/, train-sr-LOSS/, train-ae-LOSS/ as written by the commands in docs/tasks.md.)
-Prints the Markdown tables; writes tasks-gim.png, tasks-sr.png, tasks-ae.png for the tasks that have runs.
+Prints the Markdown tables; writes tasks-gim.png, tasks-sr.png, tasks-ae.png for the tasks that have runs. A run
+folder that lacks a file or a metrics.json entry the script reads stops it before any output, naming what is
+missing; a column a run did not evaluate is "–" and named on stderr.
 The MMD++ column is the previous default, ``mmdpp-pixelwise``, which those commands evaluate
 (``--eval-distances=mmdpp-pixelwise,random-cnn``).
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -25,6 +28,11 @@ COLS = (("psnr", "PSNR dB ↑"), ("ssim", "SSIM ↑"), ("mmdpp-pixelwise", "MMD+
 
 
 def _row(label: str, m: dict) -> str:
+    """A table row of the metrics ``m``; a column the run did not evaluate is "–", and said so on stderr (the run
+    was not made with the documented ``--eval-distances``)."""
+    absent = [k for k, _ in COLS if k not in m]
+    if absent:
+        print(f"note: row {label!r} has no {', '.join(absent)} (shown as –)", file=sys.stderr)
     return f"| {label} | " + " | ".join(f"{m[k]:.4g}" if k in m else "–" for k, _ in COLS) + " |"
 
 
@@ -46,6 +54,49 @@ def _runs(runs: Path, task: str) -> dict[str, Path]:
 
 def _has_runs(runs: Path) -> bool:
     return any(_runs(runs, task) for task in ("gim", "train-sr", "train-ae"))
+
+
+def _picks(n: int) -> list[int]:
+    """The held-out tiles shown in a figure: the first, the middle and the last of ``n``."""
+    return sorted({0, n // 2, n - 1})
+
+
+def problems(runs: Path) -> list[str]:
+    """What the run folders under ``runs`` lack that :func:`main` reads (a file, a key of a metrics.json), so that
+    a run cut short stops the script before any table or figure, not with a traceback half-way."""
+    found: list[str] = []
+
+    def metrics(folder: Path, *keys: str) -> dict:
+        try:
+            m = json.loads((folder / "metrics.json").read_text())
+        except (OSError, ValueError) as e:
+            found.append(f"{folder / 'metrics.json'}: not readable ({e})")
+            return {}
+        found.extend(f"{folder / 'metrics.json'}: no {k!r}" for k in keys if k not in m)
+        return m
+
+    def files(folder: Path, *names: str) -> None:
+        found.extend(str(folder / name) for name in names if not (folder / name).is_file())
+
+    gim = _runs(runs, "gim")
+    for i, d in enumerate(gim.values()):
+        metrics(d, "result", *(("pixel_mean",) if i == 0 else ()))
+        files(d, "result.png", *(("input_000.png", "pixel_mean.png") if i == 0 else ()))
+    for task, prefix in (("train-sr", "sr"), ("train-ae", "recon")):
+        runs_t = _runs(runs, task)
+        if not runs_t:
+            continue
+        first = next(iter(runs_t.values()))
+        n = metrics(first, "heldout_tiles", *(("bicubic",) if task == "train-sr" else ())).get("heldout_tiles", 1)
+        if not isinstance(n, int) or n < 1:
+            found.append(f"{first / 'metrics.json'}: heldout_tiles is {n!r}, not a positive count")
+            continue
+        picks = [f"{j:03d}.png" for j in _picks(n)]
+        files(first, *(f"heldout_{j}" for j in picks), *(f"bicubic_{j}" for j in picks if task == "train-sr"))
+        for d in runs_t.values():
+            metrics(d, "heldout")
+            files(d, *(f"{prefix}_{j}" for j in picks))
+    return found
 
 
 def main(runs: Path, out: Path) -> None:
@@ -74,7 +125,7 @@ def main(runs: Path, out: Path) -> None:
         for loss, d in runs_t.items():
             print(_row(loss, json.loads((d / "metrics.json").read_text())["heldout"]))
         n = json.loads((first / "metrics.json").read_text())["heldout_tiles"]
-        picks = sorted({0, n // 2, n - 1})
+        picks = _picks(n)
         prefix = "sr" if task == "train-sr" else "recon"
         cols = (["bicubic"] if task == "train-sr" else []) + list(runs_t) + ["ground truth"]
         rows = []
@@ -100,4 +151,7 @@ if __name__ == "__main__":
     if not _has_runs(args.runs):
         ap.error(f"{args.runs}: no run folder with a metrics.json (gim-LOSS/, train-sr-LOSS/, train-ae-LOSS/, "
                  f"LOSS one of {', '.join(LOSSES)})")
+    lacking = problems(args.runs)
+    if lacking:
+        ap.error(f"{len(lacking)} input(s) missing from the run folders, e.g. " + "; ".join(lacking[:5]))
     main(args.runs, args.out)

@@ -106,6 +106,8 @@ def main() -> int:
                  f"--data: {len(missing)} image(s) of {args.data / 'labels.csv'} not found, e.g. {missing[0]}")
     if args.out is not None and (args.out.is_dir() or not args.out.parent.is_dir()):
         ap.error(f"--out: {args.out} is a folder or its folder does not exist")
+    if args.out is not None and args.out.resolve() == (args.data / "labels.csv").resolve():
+        ap.error(f"--out: {args.out} is the human scores this run reads (--data's labels.csv)")
     try:
         dmos = np.array([float(r["dmos"]) for r in rows])
     except ValueError as e:
