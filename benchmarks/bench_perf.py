@@ -69,7 +69,7 @@ class LPIPSArch(nn.Module):
         if net == "alex":
             for spec in ALEX:
                 if spec == "R":
-                    layers.append(nn.ReLU())
+                    layers.append(nn.ReLU(inplace=True))  # as torchvision's trunks, which lpips uses
                     taps.append(len(layers))
                     chans.append(layers[-2].out_channels)  # type: ignore[union-attr]
                 elif spec == "M":
@@ -83,7 +83,7 @@ class LPIPSArch(nn.Module):
                 if v == "M":
                     layers.append(nn.MaxPool2d(2, 2))
                     continue
-                layers += [nn.Conv2d(cin, int(v), 3, padding=1), nn.ReLU()]
+                layers += [nn.Conv2d(cin, int(v), 3, padding=1), nn.ReLU(inplace=True)]
                 cin = int(v)
                 if i + 1 == len(VGG) or VGG[i + 1] == "M":
                     taps.append(len(layers))
