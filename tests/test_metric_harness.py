@@ -43,7 +43,7 @@ def metrics_for(check: str) -> list[Any]:
 def full_float32_on_gpus(request: pytest.FixtureRequest) -> Iterator[None]:
     """On NVIDIA GPUs since Ampere, PyTorch lets cuDNN run float32 convolutions in TF32 (10-bit mantissas) by
     default, and the deep trunks' float32 values then move by about 1e-4 between batch sizes and against the
-    CPU (measured on an H200: LPIPS-vgg's batch and one image alone 2.3e-5 apart, random-vgg's GPU and CPU
+    CPU (measured on an H200: the vgg trunk distance's batch and one image alone 2.3e-5 apart, random-vgg's GPU and CPU
     values 1.05e-4), beyond float32 rounding. These checks are of the metrics' code, so on a GPU they run in
     full float32; what TF32 changes in the package's own distances (nothing, under PyTorch's defaults) is
     measured by ``benchmarks/tf32_emulation.py --device cuda`` (docs/performance.md, "GPU")."""
