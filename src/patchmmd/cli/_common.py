@@ -274,6 +274,36 @@ class FinitePositiveFloat(click.ParamType):
 SEED = click.IntRange(min=0, max=2**63 - 1)
 
 
+def shown(path: str | os.PathLike[str]) -> str:
+    """A file name as a message shows it, on one plain line (:func:`patchmmd.scoring.printable_text`): a line break
+    as ``\\n``, a terminal's escape character as ``\\x1b``, bytes that are not UTF-8 as ``\\xNN``.
+
+    Example:
+        >>> shown("a\\nb.png")
+        'a\\\\nb.png'
+    """
+    from ..scoring import printable_text
+
+    return printable_text(os.fspath(path))
+
+
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether ``a`` and ``b`` are one file or folder (another spelling, a hard link, a symbolic link to it);
+    ``False`` when either does not exist or cannot be looked at.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> _ = (d / "x.png").write_bytes(b"x")
+        >>> same_file(d / "x.png", d / "." / "x.png"), same_file(d / "x.png", d / "y.png")
+        (True, False)
+    """
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return False
+
+
 def json_line(obj: Any) -> str:
     """``obj`` as strict JSON on one line: a float that is not finite is written as ``null`` (JSON has no NaN),
     as :func:`patchmmd.evaluation.report.json_text` does for the report files (which it indents).

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,8 @@ from ._common import (
     mode_option,
     parse_metric_options,
     resolve_device_or_fail,
+    same_file,
+    shown,
 )
 from .score import max_pixels_option
 
@@ -42,45 +43,6 @@ def size_text(img: Any) -> str:
     return shape_text(img)
 
 
-def shown(path: str | Path) -> str:
-    """A file name as a message shows it, on one plain line (:func:`patchmmd.scoring.printable_text`): a line break
-    as ``\\n``, a terminal's escape character as ``\\x1b``, bytes that are not UTF-8 as ``\\xNN``.
-
-    Example:
-        >>> shown("a\\nb.png")
-        'a\\\\nb.png'
-    """
-    from ..scoring import printable_text
-
-    return printable_text(str(path))
-
-
-def shown_names(message: str, *paths: str | Path) -> str:
-    """``message`` (a reader's error, which holds the file names as they are) with each of ``paths`` as
-    :func:`shown` writes it."""
-    for path in paths:
-        if str(path):
-            message = message.replace(str(path), shown(path))
-    return message
-
-
-def same_file(a: str | Path, b: str | Path) -> bool:
-    """Whether ``a`` and ``b`` are one file (the same name, a hard link or a symbolic link to it); ``False`` when
-    either does not exist.
-
-    Example:
-        >>> import tempfile
-        >>> d = Path(tempfile.mkdtemp())
-        >>> _ = (d / "x.png").write_bytes(b"x")
-        >>> same_file(d / "x.png", d / "." / "x.png"), same_file(d / "x.png", d / "y.png")
-        (True, False)
-    """
-    try:
-        return os.path.samefile(a, b)
-    except (OSError, ValueError):
-        return False
-
-
 def load_pair(
     a: str, b: str, *, mode: ImageMode, resize: bool, max_pixels: int | None = DEFAULT_MAX_PIXELS
 ) -> tuple[Any, Any, bool]:
@@ -91,16 +53,16 @@ def load_pair(
             (``--mode keep`` on an RGBA and an RGB file); the sizes differ and ``resize`` is false.
     """
     from ..io import ImageReadError, ImageTooLargeError, load_image
-    from ..scoring import resize_to
+    from ..scoring import printable_paths, resize_to
 
     try:
         x = load_image(a, mode=mode, max_pixels=max_pixels)
         y = load_image(b, mode=mode, max_pixels=max_pixels)
     except ImageTooLargeError as e:
         hint = "" if e.by_pillow else "; --max-pixels sets the limit"
-        raise click.ClickException(f"{shown_names(str(e), a, b)}{hint}") from None
+        raise click.ClickException(f"{printable_paths(str(e), (a, b))}{hint}") from None
     except ImageReadError as e:
-        raise click.ClickException(shown_names(str(e), a, b)) from None
+        raise click.ClickException(printable_paths(str(e), (a, b))) from None
     if x.shape[0] != y.shape[0]:
         raise click.ClickException(
             f"the images have different modes: A {shown(a)} has {x.shape[0]} channel(s), B {shown(b)} has "

@@ -20,7 +20,7 @@ import click
 from ..data.distortions import gaussian_blur, jpeg
 from ..io import output_file
 from . import main
-from ._common import device_option, prepare_output_dir, resolve_device_or_fail
+from ._common import device_option, prepare_output_dir, resolve_device_or_fail, shown
 
 #: Pixels cut from the right edge of every image so that shifts up to this size need no wrap-around.
 MAX_SHIFT = 2
@@ -138,7 +138,7 @@ def demo(image_name: str, out_dir: Path, map_for: str, overwrite: bool, device: 
 
     from .. import distance_map, l2_distance, mmdpp
     from ..data import sample_image, sample_names
-    from .compare import save_heatmap, shown
+    from .compare import save_heatmap
 
     if image_name not in sample_names():
         raise click.BadParameter(f"must be one of {sample_names()}, got {image_name!r}", param_hint="--image")

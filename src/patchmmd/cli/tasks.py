@@ -28,6 +28,7 @@ from ._common import (
     lock_output_folder,
     parse_metric_options,
     prepare_output_dir,
+    same_file,
 )
 
 
@@ -143,7 +144,7 @@ def _out_dir(out: str | None, command: str, loss: str, overwrite: bool, resume: 
     if overwrite and resume:
         raise click.UsageError("--resume and --overwrite exclude each other: continue a run, or start it over")
     path = Path(out) if out is not None else Path("runs") / f"{command}-{loss}"
-    if data_dir is not None and _same_folder(path, Path(data_dir)):
+    if data_dir is not None and same_file(path, data_dir):
         raise click.UsageError(f"--out {path} is DATA_DIR: the run's images (held-out tiles, outputs) would be read "
                                "as training photos by the next run on it, and could replace photos; give another "
                                "folder")
@@ -172,15 +173,6 @@ def _out_dir(out: str | None, command: str, loss: str, overwrite: bool, resume: 
         if overwrite:
             (path / CHECKPOINT_FILE).unlink(missing_ok=True)
     return path
-
-
-def _same_folder(a: Path, b: Path) -> bool:
-    """Whether ``a`` and ``b`` are one folder (through links, ``..``, another spelling); ``False`` if either
-    cannot be looked at."""
-    try:
-        return a.exists() and b.exists() and a.samefile(b)
-    except OSError:
-        return False
 
 
 def _checkpoint(folder: Path, settings: dict[str, Any], data_dir: str | None, loss: str, weights: str | None,

@@ -20,7 +20,7 @@ import click
 
 from ..io import output_file
 from . import main
-from ._common import InputFile, prepare_output_dir
+from ._common import InputFile, prepare_output_dir, shown
 
 if TYPE_CHECKING:
     import torch
@@ -106,10 +106,10 @@ def theory(
     from tqdm import tqdm
 
     from ..io import ImageReadError, load_image
+    from ..scoring import printable_paths
     from ..scoring.output import readable_text
     from ..theory.cnn import RandomCNNDistance
     from ..theory.nngp import infinite_cnn_distance
-    from .compare import shown, shown_names
 
     width_list = _parse_widths(widths)
     if (image1 is None) != (image2 is None):
@@ -120,7 +120,7 @@ def theory(
         try:  # a file that cannot be read: one line, as `compare` says it (exit status 1)
             x, y = load_image(image1, dtype=torch.float64), load_image(image2, dtype=torch.float64)
         except ImageReadError as e:
-            raise click.ClickException(shown_names(str(e), image1, image2)) from None
+            raise click.ClickException(printable_paths(str(e), (image1, image2))) from None
         # names that are not UTF-8 as \xNN: theory.md is UTF-8, and a lone surrogate failed its write after the sweep
         label = f"{readable_text(image1)} vs {readable_text(image2)}"
     x, y = _center_crop(x, crop).unsqueeze(0), _center_crop(y, crop).unsqueeze(0)

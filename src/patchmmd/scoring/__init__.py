@@ -74,6 +74,7 @@ from .errors import (
     ScoringError,
     UntrustedJournalError,
     error_text,
+    printable_paths,
     printable_text,
 )
 from .jobs import (
@@ -162,7 +163,7 @@ __all__ = [
     "done_rows", "drop_error_rows", "drop_rows", "error_text", "file_stamp", "finalize", "find_journals",
     "format_value", "job_header", "journal_path",
     "journals_in_use", "list_images",
-    "lock_path", "merge_journals", "paired_tasks", "printable_text", "read_journal", "readable_text",
+    "lock_path", "merge_journals", "paired_tasks", "printable_paths", "printable_text", "read_journal", "readable_text",
     "remove_stale_temporaries", "remove_stale_temporaries_in",
     "resize_to", "resolve_device", "run_tasks", "shard", "sorted_rows", "task_id", "tasks_digest", "value_column",
     "write_csv_atomic", "write_json_atomic", "write_output_atomic",

@@ -45,6 +45,21 @@ def printable_text(text: str) -> str:
     return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in readable_text(text))
 
 
+def printable_paths(text: str, paths: Iterable[str | os.PathLike[str]]) -> str:
+    r"""``text`` (a message that holds file names as they are) with each of ``paths`` as :func:`printable_text`
+    writes it; the rest of ``text`` is left as it is.
+
+    Example:
+        >>> printable_paths("cannot read d/a\nb.png", ["d/a\nb.png"])
+        'cannot read d/a\\nb.png'
+    """
+    for path in paths:
+        name = os.fspath(path)
+        if name:
+            text = text.replace(name, printable_text(name))
+    return text
+
+
 def error_text(e: BaseException, paths: Iterable[str | os.PathLike[str]] = ()) -> str:
     r"""An error as one line of an error row: ``"ErrorType: message"`` (``"ErrorType"`` for an error without a
     message, such as a bare ``MemoryError``).
@@ -60,11 +75,7 @@ def error_text(e: BaseException, paths: Iterable[str | os.PathLike[str]] = ()) -
         'ValueError: cannot read d/a\\nb.png'
     """
     text = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__  # e.g. a bare MemoryError
-    for path in paths:
-        name = os.fspath(path)
-        if name:
-            text = text.replace(name, printable_text(name))
-    return printable_text(" ".join(text.splitlines()))
+    return printable_text(" ".join(printable_paths(text, paths).splitlines()))
 
 
 def _rebuild(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]) -> BaseException:
