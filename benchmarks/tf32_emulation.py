@@ -319,13 +319,15 @@ JOBS: dict[str, Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]]
 }
 
 
-def evaluate(x: torch.Tensor, y: torch.Tensor, mode: TF32Emulation | None, jobs: list[str] | None = None
-             ) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, int]]]:
+def evaluate(x: torch.Tensor, y: torch.Tensor, mode: TF32Emulation | None, jobs: list[str] | None = None,
+             kernels: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, int]]]:
     """The values and gradients of ``jobs`` (default all of :data:`JOBS`), under ``mode`` if given, on the PyTorch
-    path (the compiled CPU kernels turned off), and per job the operations ``mode`` counted."""
+    path (the compiled CPU kernels turned off, unless ``kernels``: as a user gets float32 on the CPU), and per job
+    the operations ``mode`` counted."""
     values: dict[str, torch.Tensor] = {}
     counts: dict[str, dict[str, int]] = {}
-    with _native.disabled(), (mode if mode is not None else contextlib.nullcontext()):
+    path = contextlib.nullcontext() if kernels else _native.disabled()
+    with path, (mode if mode is not None else contextlib.nullcontext()):
         for job in jobs or list(JOBS):
             before = dict(mode.counts) if mode is not None else {}
             values.update(JOBS[job](x, y))
@@ -417,11 +419,11 @@ def measure_on_gpu(x: torch.Tensor, y: torch.Tensor, device: str
                    ) -> dict[str, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
     """The columns of ``--device cuda``: CPU float32 and each GPU setting against CPU float64."""
     truth, _ = evaluate(x.double(), y.double(), None)
-    columns = {"CPU fp32": (truth, _evaluate_plain(x, y))}  # as a user gets it: the compiled kernels on
+    columns = {"CPU fp32": (truth, evaluate(x, y, None, kernels=True)[0])}
     xd, yd = x.to(device), y.to(device)
     for setting, (conv_tf32, matmul) in GPU_SETTINGS.items():
         with cuda_precision(conv_tf32, matmul):
-            values = {k: v.cpu() for k, v in _evaluate_plain(xd, yd).items()}
+            values = {k: v.cpu() for k, v in evaluate(xd, yd, None)[0].items()}
         columns[f"GPU {setting}"] = (truth, values)
     compiled: dict[str, torch.Tensor] = {}
     with cuda_precision(True, "highest"), torch.no_grad():
@@ -432,14 +434,6 @@ def measure_on_gpu(x: torch.Tensor, y: torch.Tensor, device: str
                 print(f"compiled {name}: {type(e).__name__}: {e}".splitlines()[0])
     columns["GPU compiled, no grad"] = (truth, compiled)
     return columns
-
-
-def _evaluate_plain(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Every quantity of :data:`JOBS`, on whatever path ``x``'s device and the current settings take."""
-    values: dict[str, torch.Tensor] = {}
-    for job in JOBS.values():
-        values.update({k: v.detach() for k, v in job(x, y).items()})
-    return values
 
 
 def build_parser() -> argparse.ArgumentParser:
