@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -17,6 +18,22 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 @pytest.fixture(params=DEVICES)
 def device(request: pytest.FixtureRequest) -> str:
     return request.param
+
+
+@pytest.fixture(scope="module")
+def bp() -> ModuleType:
+    """benchmarks/bench_perf.py as a module."""
+    from test_benchmarks import _load
+
+    return _load("bench_perf")
+
+
+@pytest.fixture(scope="module")
+def ab() -> ModuleType:
+    """benchmarks/ab_revisions.py as a module."""
+    from test_benchmarks import _load
+
+    return _load("ab_revisions")
 
 
 @pytest.fixture(scope="module")

@@ -19,16 +19,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def bp() -> ModuleType:
-    return _load("bench_perf")
-
-
-@pytest.fixture(scope="module")
-def ab() -> ModuleType:
-    return _load("ab_revisions")
-
-
-@pytest.fixture(scope="module")
 def ddp() -> ModuleType:
     return _load("ddp_train", ROOT / "examples")
 

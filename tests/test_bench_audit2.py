@@ -14,16 +14,10 @@ from types import ModuleType
 import pytest
 import torch
 
-from test_benchmarks import _load
 from test_scripts_audit import load
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
-
-
-@pytest.fixture(scope="module")
-def bp() -> ModuleType:
-    return _load("bench_perf")
 
 
 @pytest.fixture(autouse=True)

@@ -24,16 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
 
 
-@pytest.fixture(scope="module")
-def bp() -> ModuleType:
-    return _load("bench_perf")
-
-
-@pytest.fixture(scope="module")
-def ab() -> ModuleType:
-    return _load("ab_revisions")
-
-
 @pytest.fixture(autouse=True)
 def _keep_threads() -> Iterator[None]:
     before = torch.get_num_threads()

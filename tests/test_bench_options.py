@@ -3,16 +3,8 @@
 from __future__ import annotations
 
 import re
-from types import ModuleType
 
 import pytest
-
-from test_benchmarks import _load
-
-
-@pytest.fixture(scope="module")
-def bp() -> ModuleType:
-    return _load("bench_perf")
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -27,16 +27,6 @@ def _load(name: str, folder: Path = BENCH) -> ModuleType:
     return module
 
 
-@pytest.fixture(scope="module")
-def bp() -> ModuleType:
-    return _load("bench_perf")
-
-
-@pytest.fixture(scope="module")
-def ab() -> ModuleType:
-    return _load("ab_revisions")
-
-
 # ------------------------------------------------------------------------------------------- bench_perf
 def test_target_methods_keep_their_own_precomputed_target(bp, monkeypatch):
     """Two ``-target`` methods interleaved in one round each precompute once (they used to evict each other's
